@@ -1,0 +1,601 @@
+//! The configuration file (TOML), validated up front with the file, line and field of every
+//! mistake, and secrets resolved from the environment or files. Nothing here does I/O after
+//! start-up.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::media::g711::G711;
+
+/// One mistake in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// 1-based line, 0 when the mistake has no place (e.g. the file could not be read).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted path of the field, e.g. `trunks.carrier.addresses`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// All mistakes found in one file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, as given.
+    pub file: PathBuf,
+    /// Every issue found, in file order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{}:{}: {}: {}", self.file.display(), issue.line, issue.column, issue.field, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// SIP transport for a trunk (RFC 3261 §18; TLS per RFC 5630).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Datagrams; requests are retransmitted by the transaction layer.
+    Udp,
+    /// One TCP connection per trunk address.
+    Tcp,
+    /// TCP with TLS (rustls); the certificate is checked against the address's host name.
+    Tls,
+}
+
+impl Transport {
+    /// The token used in Via headers and `transport=` URI parameters.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// True for transports that deliver reliably (no SIP retransmission, §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sip: RawSip,
+    #[serde(default)]
+    rtp: RawRtp,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    trunks: BTreeMap<String, Spanned<RawTrunk>>,
+    #[serde(default)]
+    targets: BTreeMap<String, Spanned<RawTarget>>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSip {
+    udp: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    tls: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
+    public_ip: Option<Spanned<String>>,
+    user_agent: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRtp {
+    ip: Option<Spanned<String>>,
+    port_min: Option<Spanned<u16>>,
+    port_max: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrunk {
+    addresses: Spanned<Vec<String>>,
+    #[serde(default = "default_transport")]
+    transport: Transport,
+    username: Option<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    from_user: Option<String>,
+    from_domain: Option<String>,
+    #[serde(default = "default_codecs")]
+    codecs: Spanned<Vec<String>>,
+    #[serde(default)]
+    register: bool,
+    #[serde(default = "default_register_expires")]
+    register_expires: u32,
+    #[serde(default = "default_options_interval")]
+    options_interval: u32,
+    max_channels: Option<u32>,
+    #[serde(default = "empty_list")]
+    failover: Spanned<Vec<String>>,
+    ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    trunk: Spanned<String>,
+    number: Spanned<String>,
+}
+
+fn default_transport() -> Transport {
+    Transport::Udp
+}
+fn default_codecs() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["PCMU".into(), "PCMA".into()])
+}
+fn empty_list() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
+fn default_register_expires() -> u32 {
+    600
+}
+fn default_options_interval() -> u32 {
+    30
+}
+
+/// Global limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent calls across all trunks.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: u32,
+    /// Seconds running calls may continue after SIGTERM before they are hung up.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u32,
+}
+
+fn default_max_calls() -> u32 {
+    500
+}
+fn default_drain_seconds() -> u32 {
+    60
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_calls: default_max_calls(), drain_seconds: default_drain_seconds() }
+    }
+}
+
+/// SIP listening and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// UDP listen address.
+    pub udp: SocketAddr,
+    /// TCP listen address, if any.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listen address, if any (needs `tls_cert` and `tls_key`).
+    pub tls: Option<SocketAddr>,
+    /// PEM certificate chain and key for the TLS listener.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
+    /// Address advertised in Via, Contact and SDP (1:1 NAT); the bound address otherwise.
+    pub public_ip: Option<IpAddr>,
+    /// The User-Agent / Server header value.
+    pub user_agent: String,
+}
+
+/// The RTP side: which address and ports trunk media uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpConfig {
+    /// Bind address for RTP sockets.
+    pub ip: IpAddr,
+    /// Lowest port (even).
+    pub port_min: u16,
+    /// Highest port.
+    pub port_max: u16,
+}
+
+/// A SIP trunk: a carrier or PBX the gateway places calls on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkConfig {
+    /// The trunk's name in this file.
+    pub name: String,
+    /// `host:port` (or `host`, port 5060/5061) in failover order.
+    pub addresses: Vec<String>,
+    /// Transport to all addresses.
+    pub transport: Transport,
+    /// Digest credentials, if the trunk challenges.
+    pub credentials: Option<Credentials>,
+    /// User part of From (the caller ID when none is given per call).
+    pub from_user: String,
+    /// Host part of From and of the Request-URI; the first address's host by default.
+    pub from_domain: Option<String>,
+    /// Codecs offered, in preference order.
+    pub codecs: Vec<G711>,
+    /// Register to the trunk (registration-based trunks).
+    pub register: bool,
+    /// Requested registration lifetime, seconds.
+    pub register_expires: u32,
+    /// OPTIONS health-check interval, seconds; 0 disables.
+    pub options_interval: u32,
+    /// Concurrent calls on this trunk.
+    pub max_channels: Option<u32>,
+    /// Trunks to try next, in order, after a timeout, 408 or 5xx.
+    pub failover: Vec<String>,
+    /// PEM CA bundle trusted for TLS, in addition to the public roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .field("transport", &self.transport)
+            .field("credentials", &self.credentials.as_ref().map(|c| &c.username))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Username and password for digest authentication. The password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Digest username.
+    pub username: String,
+    /// Digest password, from the environment or a file.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
+    }
+}
+
+/// A named call target: what a widget calls instead of a raw number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Trunk to place the call on.
+    pub trunk: String,
+    /// Number dialled on that trunk.
+    pub number: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SIP side.
+    pub sip: SipConfig,
+    /// RTP side.
+    pub rtp: RtpConfig,
+    /// HTTP (signaling, demo, metrics) listen address.
+    pub http_listen: SocketAddr,
+    /// Trunks by name.
+    pub trunks: BTreeMap<String, TrunkConfig>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, Target>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+struct Checker<'a> {
+    source: &'a str,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn issue(&mut self, span: std::ops::Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = line_col(self.source, span.start);
+        self.issues.push(ConfigIssue { line, column, field: field.into(), message: message.into() });
+    }
+
+    fn addr<T>(&mut self, value: &Option<Spanned<String>>, field: &str, default: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+        match value {
+            Some(v) => {
+                let parsed = parse(v.get_ref());
+                if parsed.is_none() {
+                    self.issue(v.span(), field, format!("`{}` is not a valid address here; write it like `0.0.0.0:5060`", v.get_ref()));
+                }
+                parsed
+            }
+            None => default.and_then(|d| parse(d)),
+        }
+    }
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads, parses and validates a file; secrets are read from the environment and files.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            issues: vec![ConfigIssue { line: 0, column: 0, field: "(file)".into(), message: format!("cannot read the file: {e}") }],
+        })?;
+        Self::parse(&text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text`; `env` looks up environment variables (injected for tests).
+    pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let fail = |issues| ConfigError { file: path.to_path_buf(), issues };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            let message = e.message().to_string();
+            let field = message
+                .split('`')
+                .nth(1)
+                .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+                .unwrap_or("(syntax)")
+                .to_string();
+            fail(vec![ConfigIssue { line, column, field, message: e.message().replace('\n', " ") }])
+        })?;
+        let mut c = Checker { source: text, issues: Vec::new() };
+        let parse_sock = |s: &str| s.parse::<SocketAddr>().ok();
+        let parse_ip = |s: &str| s.parse::<IpAddr>().ok();
+
+        let udp = c.addr(&raw.sip.udp, "sip.udp", Some("0.0.0.0:5060"), parse_sock);
+        let tcp = c.addr(&raw.sip.tcp, "sip.tcp", None, parse_sock);
+        let tls = c.addr(&raw.sip.tls, "sip.tls", None, parse_sock);
+        let public_ip = c.addr(&raw.sip.public_ip, "sip.public_ip", None, parse_ip);
+        let tls_identity = match (&raw.sip.tls_cert, &raw.sip.tls_key) {
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert.get_ref()), PathBuf::from(key.get_ref()))),
+            (None, None) => None,
+            (Some(v), None) | (None, Some(v)) => {
+                c.issue(v.span(), "sip.tls_cert", "set both `tls_cert` and `tls_key`, or neither");
+                None
+            }
+        };
+        if let Some(v) = &raw.sip.tls
+            && tls_identity.is_none()
+        {
+            c.issue(v.span(), "sip.tls", "a TLS listener needs `tls_cert` and `tls_key` (PEM files)");
+        }
+        let rtp_ip = c.addr(&raw.rtp.ip, "rtp.ip", Some("0.0.0.0"), parse_ip);
+        let port_min = raw.rtp.port_min.as_ref().map_or(20000, |p| *p.get_ref());
+        let port_max = raw.rtp.port_max.as_ref().map_or(29999, |p| *p.get_ref());
+        if port_max <= port_min
+            && let Some(p) = raw.rtp.port_max.as_ref().or(raw.rtp.port_min.as_ref())
+        {
+            c.issue(p.span(), "rtp.port_max", format!("the RTP range {port_min}..{port_max} is empty; make port_max larger than port_min"));
+        }
+        let http_listen = c.addr(&raw.http.listen, "http.listen", Some("0.0.0.0:8080"), parse_sock);
+
+        let mut trunks = BTreeMap::new();
+        for (name, spanned) in &raw.trunks {
+            let t = spanned.get_ref();
+            let field = |f: &str| format!("trunks.{name}.{f}");
+            if t.addresses.get_ref().is_empty() {
+                c.issue(t.addresses.span(), field("addresses"), "list at least one `host:port`");
+            }
+            for a in t.addresses.get_ref() {
+                if crate::sip::transport::split_host_port(a, t.transport).is_none() {
+                    c.issue(t.addresses.span(), field("addresses"), format!("`{a}` is not `host` or `host:port`"));
+                }
+            }
+            let mut codecs = Vec::new();
+            for name in t.codecs.get_ref() {
+                match G711::from_encoding_name(name) {
+                    Some(codec) => codecs.push(codec),
+                    None => c.issue(t.codecs.span(), field("codecs"), format!("unknown codec `{name}`; the trunk side speaks PCMU and PCMA")),
+                }
+            }
+            if codecs.is_empty() && t.codecs.get_ref().is_empty() {
+                c.issue(t.codecs.span(), field("codecs"), "list at least one of PCMU, PCMA");
+            }
+            let password = match (&t.password_env, &t.password_file) {
+                (Some(var), None) => match env(var.get_ref()) {
+                    Some(p) => Some(p),
+                    None => {
+                        c.issue(var.span(), field("password_env"), format!("environment variable `{}` is not set; export it before starting the gateway", var.get_ref()));
+                        None
+                    }
+                },
+                (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
+                    Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
+                    Err(e) => {
+                        c.issue(file.span(), field("password_file"), format!("cannot read `{}`: {e}", file.get_ref()));
+                        None
+                    }
+                },
+                (Some(v), Some(_)) => {
+                    c.issue(v.span(), field("password_env"), "set `password_env` or `password_file`, not both");
+                    None
+                }
+                (None, None) => None,
+            };
+            let credentials = match (&t.username, password) {
+                (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
+                (Some(_), None) if t.password_env.is_none() && t.password_file.is_none() => {
+                    c.issue(spanned.span(), field("username"), "a username needs `password_env` or `password_file`");
+                    None
+                }
+                (None, Some(_)) => {
+                    c.issue(spanned.span(), field("username"), "a password is configured but no `username`");
+                    None
+                }
+                _ => None,
+            };
+            if t.register && credentials.is_none() && t.username.is_none() {
+                c.issue(spanned.span(), field("register"), "registration needs `username` and a password");
+            }
+            for other in t.failover.get_ref() {
+                if !raw.trunks.contains_key(other) {
+                    c.issue(t.failover.span(), field("failover"), format!("no trunk named `{other}`"));
+                } else if other == name {
+                    c.issue(t.failover.span(), field("failover"), "a trunk cannot fail over to itself");
+                }
+            }
+            if t.transport != Transport::Tls
+                && let Some(ca) = &t.ca_file
+            {
+                c.issue(ca.span(), field("ca_file"), "`ca_file` only applies to `transport = \"tls\"`");
+            }
+            trunks.insert(
+                name.clone(),
+                TrunkConfig {
+                    name: name.clone(),
+                    addresses: t.addresses.get_ref().clone(),
+                    transport: t.transport,
+                    credentials,
+                    from_user: t.from_user.clone().or_else(|| t.username.clone()).unwrap_or_else(|| "gateway".into()),
+                    from_domain: t.from_domain.clone(),
+                    codecs,
+                    register: t.register,
+                    register_expires: t.register_expires,
+                    options_interval: t.options_interval,
+                    max_channels: t.max_channels,
+                    failover: t.failover.get_ref().clone(),
+                    ca_file: t.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+                },
+            );
+        }
+        let mut targets = BTreeMap::new();
+        for (name, spanned) in &raw.targets {
+            let t = spanned.get_ref();
+            if !raw.trunks.contains_key(t.trunk.get_ref()) {
+                c.issue(t.trunk.span(), format!("targets.{name}.trunk"), format!("no trunk named `{}`", t.trunk.get_ref()));
+            }
+            if t.number.get_ref().trim().is_empty() {
+                c.issue(t.number.span(), format!("targets.{name}.number"), "the number is empty");
+            }
+            targets.insert(name.clone(), Target { trunk: t.trunk.get_ref().clone(), number: t.number.get_ref().clone() });
+        }
+        if !c.issues.is_empty() {
+            c.issues.sort_by_key(|i| (i.line, i.column));
+            return Err(fail(c.issues));
+        }
+        let (Some(udp), Some(rtp_ip), Some(http_listen)) = (udp, rtp_ip, http_listen) else {
+            unreachable!("every unparsed address recorded an issue");
+        };
+        Ok(Config {
+            sip: SipConfig {
+                udp,
+                tcp,
+                tls,
+                tls_identity,
+                public_ip,
+                user_agent: raw.sip.user_agent.unwrap_or_else(|| format!("gateway/{}", env!("CARGO_PKG_VERSION"))),
+            },
+            rtp: RtpConfig { ip: rtp_ip, port_min, port_max },
+            http_listen,
+            trunks,
+            targets,
+            limits: raw.limits,
+        })
+    }
+
+    /// The trunk named `name`, or an error listing the configured names.
+    pub fn trunk(&self, name: &str) -> Result<&TrunkConfig, String> {
+        self.trunks.get(name).ok_or_else(|| {
+            let names: Vec<_> = self.trunks.keys().map(String::as_str).collect();
+            format!("no trunk named `{name}`; configured trunks: {}", if names.is_empty() { "(none)".into() } else { names.join(", ") })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("gw.toml"), &|name| (name == "CARRIER_PW").then(|| "s3cret".to_string()))
+    }
+
+    const GOOD: &str = r#"
+[sip]
+udp = "127.0.0.1:5060"
+
+[rtp]
+port_min = 30000
+port_max = 30100
+
+[trunks.carrier]
+addresses = ["127.0.0.1:5080", "127.0.0.1:5081"]
+username = "acme"
+password_env = "CARRIER_PW"
+codecs = ["PCMA", "PCMU"]
+failover = ["backup"]
+
+[trunks.backup]
+addresses = ["pbx.example.com"]
+transport = "tcp"
+
+[targets.sales]
+trunk = "carrier"
+number = "+4930123456"
+"#;
+
+    #[test]
+    fn a_good_file_loads_with_secrets_resolved() {
+        let c = parse(GOOD).unwrap();
+        let t = &c.trunks["carrier"];
+        assert_eq!(t.codecs, vec![G711::Pcma, G711::Pcmu]);
+        assert_eq!(t.credentials.as_ref().unwrap().password, "s3cret");
+        assert_eq!(t.failover, vec!["backup"]);
+        assert_eq!(c.trunks["backup"].transport, Transport::Tcp);
+        assert_eq!(c.targets["sales"].number, "+4930123456");
+        assert!(!format!("{t:?}").contains("s3cret"), "secrets never reach logs");
+    }
+
+    #[test]
+    fn every_mistake_is_reported_with_line_and_field() {
+        let bad = GOOD
+            .replace("\"CARRIER_PW\"", "\"MISSING_PW\"")
+            .replace("[\"PCMA\", \"PCMU\"]", "[\"PCMA\", \"G729\"]")
+            .replace("failover = [\"backup\"]", "failover = [\"nowhere\"]")
+            .replace("port_max = 30100", "port_max = 100");
+        let err = parse(&bad).unwrap_err();
+        let text = err.to_string();
+        let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["rtp.port_max", "trunks.carrier.password_env", "trunks.carrier.codecs", "trunks.carrier.failover"], "{text}");
+        assert!(text.contains("gw.toml:7:12: rtp.port_max"), "{text}");
+        assert!(text.contains("`MISSING_PW` is not set"), "{text}");
+        assert!(text.contains("unknown codec `G729`"), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_name_the_place() {
+        let err = parse("[sip]\nudpp = \"1.2.3.4:5060\"\n").unwrap_err();
+        assert_eq!(err.issues[0].line, 2);
+        assert_eq!(err.issues[0].field, "udpp");
+        let err = parse("[trunks.x]\naddresses = [\n").unwrap_err();
+        assert_eq!(err.issues[0].field, "(syntax)");
+        let err = parse("[trunks.x]\ntransport = \"udp\"\n").unwrap_err();
+        assert!(err.to_string().contains("addresses"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_is_a_valid_default_config() {
+        let c = parse("").unwrap();
+        assert_eq!(c.sip.udp, "0.0.0.0:5060".parse().unwrap());
+        assert!(c.trunks.is_empty());
+    }
+}

@@ -1,0 +1,581 @@
+//! The SIP endpoint: one tokio task that owns the sockets and every transaction, and routes
+//! messages between the wire and transaction users (call legs, the registrar client).
+//!
+//! The protocol decisions live in the sans-IO [`super::transaction`] types; this task only
+//! moves bytes, runs timers and matches messages to transactions (§17.1.3, §17.2.3).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use rsip::prelude::*;
+use rsip::{Method, Request, Response, SipMessage};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+use super::message::{self, bad_request_for, response_to};
+use super::transaction::{ClientEvent, ClientTransaction, ServerEvent, ServerTransaction, Timers};
+use super::transport::{self, StreamEvent, Target};
+use crate::config::Transport;
+
+/// How to start an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// UDP bind address (port 0 picks one).
+    pub udp: SocketAddr,
+    /// TCP listen address, if any.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listen address and server settings, if any.
+    pub tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
+    /// Address advertised in Via and Contact; the bound address when `None`.
+    pub public_ip: Option<IpAddr>,
+    /// User-Agent header value.
+    pub user_agent: String,
+    /// Transaction timers.
+    pub timers: Timers,
+}
+
+/// A request that reached a transaction user.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The request.
+    pub request: Request,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// Over which transport.
+    pub transport: Transport,
+    /// Handle to answer it; `None` for ACK and CANCEL notifications, which take no answer.
+    pub responder: Option<Responder>,
+}
+
+/// Answers one server transaction.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    key: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Responder {
+    /// Sends `response` through the server transaction (retransmitted as §17.2 requires).
+    pub fn respond(&self, response: Response) {
+        let _ = self.commands.send(Command::Respond { key: self.key.clone(), response });
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Request { request: Request, target: Target, events: mpsc::UnboundedSender<ClientEvent> },
+    Stateless { request: Request, target: Target },
+    Respond { key: String, response: Response },
+    Dialog { call_id: String, tx: Option<mpsc::UnboundedSender<IncomingRequest>> },
+}
+
+/// Handle to the endpoint task. Cheap to clone; the task ends when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    commands: mpsc::UnboundedSender<Command>,
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    advertised: IpAddr,
+    user_agent: String,
+}
+
+impl Endpoint {
+    /// Binds the sockets and starts the task. Out-of-dialog requests other than OPTIONS
+    /// (which the endpoint answers itself) arrive on the returned receiver.
+    pub async fn start(config: EndpointConfig) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<IncomingRequest>)> {
+        let udp = UdpSocket::bind(config.udp).await?;
+        let udp_addr = udp.local_addr()?;
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        let tcp_addr = match config.tcp {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(accept_loop(listener, None, stream_tx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let tls_addr = match config.tls.clone() {
+            Some((addr, server)) => {
+                let listener = TcpListener::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(accept_loop(listener, Some(server), stream_tx.clone()));
+                Some(bound)
+            }
+            None => None,
+        };
+        let advertised = config.public_ip.unwrap_or_else(|| {
+            let ip = udp_addr.ip();
+            if ip.is_unspecified() { local_ip_guess() } else { ip }
+        });
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (app_tx, app_rx) = mpsc::unbounded_channel();
+        let endpoint = Endpoint {
+            commands: commands.clone(),
+            udp: udp_addr,
+            tcp: tcp_addr,
+            tls: tls_addr,
+            advertised,
+            user_agent: config.user_agent.clone(),
+        };
+        let core = Core {
+            udp,
+            timers: config.timers,
+            commands,
+            stream_tx,
+            streams: HashMap::new(),
+            pending_streams: HashMap::new(),
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            dialogs: HashMap::new(),
+            app: app_tx,
+            user_agent: config.user_agent,
+        };
+        tokio::spawn(core.run(command_rx, stream_rx));
+        Ok((endpoint, app_rx))
+    }
+
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp
+    }
+
+    /// The bound TCP listen address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The bound TLS listen address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls
+    }
+
+    /// The address put in Via, Contact and SDP.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.advertised
+    }
+
+    /// The User-Agent value.
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
+    fn advertised_port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.udp.port(),
+            Transport::Tcp => self.tcp.map_or(self.udp.port(), |a| a.port()),
+            Transport::Tls => self.tls.map_or(self.udp.port(), |a| a.port()),
+        }
+    }
+
+    fn host_port(&self, transport: Transport) -> String {
+        match self.advertised {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.advertised_port(transport)),
+            IpAddr::V4(ip) => format!("{ip}:{}", self.advertised_port(transport)),
+        }
+    }
+
+    /// A Via header for a new client transaction, with `rport` (RFC 3581) so responses
+    /// find their way back through NAT.
+    pub fn via(&self, transport: Transport, branch: &str) -> rsip::Header {
+        rsip::Header::Via(rsip::headers::Via::new(format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_token(),
+            self.host_port(transport)
+        )))
+    }
+
+    /// Our Contact URI for dialogs over `transport`.
+    pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
+        let params = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        let scheme = if transport == Transport::Tls { "sips" } else { "sip" };
+        format!("{scheme}:{user}@{}{params}", self.host_port(transport))
+    }
+
+    /// Starts a client transaction for `request` towards `target`.
+    pub fn request(&self, request: Request, target: Target) -> mpsc::UnboundedReceiver<ClientEvent> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Request { request, target, events });
+        rx
+    }
+
+    /// Sends a request outside any transaction: the ACK for a 2xx (§13.2.2.4).
+    pub fn send_stateless(&self, request: Request, target: Target) {
+        let _ = self.commands.send(Command::Stateless { request, target });
+    }
+
+    /// Routes requests carrying `call_id` (in-dialog requests, ACKs, CANCELs) to the
+    /// returned receiver until [`Self::forget_dialog`].
+    pub fn register_dialog(&self, call_id: &str) -> mpsc::UnboundedReceiver<IncomingRequest> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Dialog { call_id: call_id.to_string(), tx: Some(tx) });
+        rx
+    }
+
+    /// Stops routing `call_id`.
+    pub fn forget_dialog(&self, call_id: &str) {
+        let _ = self.commands.send(Command::Dialog { call_id: call_id.to_string(), tx: None });
+    }
+}
+
+/// The first non-loopback address of this host, found by asking the kernel which source it
+/// would use for a public destination (no packet is sent).
+fn local_ip_guess() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<std::sync::Arc<rustls::ServerConfig>>, events: mpsc::UnboundedSender<StreamEvent>) {
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let _ = tcp.set_nodelay(true);
+        let events = events.clone();
+        match tls.clone() {
+            None => {
+                tokio::spawn(transport::run_stream(tcp, peer, Transport::Tcp, events, vec![]));
+            }
+            Some(config) => {
+                tokio::spawn(async move {
+                    match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                        Ok(stream) => transport::run_stream(stream, peer, Transport::Tls, events, vec![]).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "TLS accept failed"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+struct ClientEntry {
+    tx: ClientTransaction,
+    target: Target,
+    events: mpsc::UnboundedSender<ClientEvent>,
+}
+
+struct ServerEntry {
+    tx: ServerTransaction,
+    source: SocketAddr,
+    transport: Transport,
+    call_id: String,
+    cseq: u32,
+}
+
+struct Core {
+    udp: UdpSocket,
+    timers: Timers,
+    commands: mpsc::UnboundedSender<Command>,
+    stream_tx: mpsc::UnboundedSender<StreamEvent>,
+    streams: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Messages waiting for a connection being set up.
+    pending_streams: HashMap<SocketAddr, Vec<Vec<u8>>>,
+    clients: HashMap<String, ClientEntry>,
+    servers: HashMap<String, ServerEntry>,
+    dialogs: HashMap<String, mpsc::UnboundedSender<IncomingRequest>>,
+    app: mpsc::UnboundedSender<IncomingRequest>,
+    user_agent: String,
+}
+
+fn client_key(branch: &str, method: &Method) -> String {
+    // CANCEL shares the INVITE's branch (§9.1), so the method is part of the key.
+    format!("{branch}|{method}")
+}
+
+impl Core {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut streams: mpsc::UnboundedReceiver<StreamEvent>) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let next = self.next_timer();
+            tokio::select! {
+                received = self.udp.recv_from(&mut buf) => {
+                    match received {
+                        Ok((n, source)) => {
+                            let bytes = buf[..n].to_vec();
+                            self.on_message(&bytes, source, Transport::Udp);
+                        }
+                        // ICMP port unreachable surfaces here on some systems; it concerns one peer only.
+                        Err(e) => tracing::debug!(error = %e, "UDP receive error"),
+                    }
+                }
+                event = streams.recv() => {
+                    if let Some(event) = event { self.on_stream_event(event) }
+                }
+                command = commands.recv() => {
+                    match command {
+                        Some(c) => self.on_command(c),
+                        None => return,
+                    }
+                }
+                _ = sleep_until_opt(next) => self.on_timers(Instant::now()),
+            }
+            self.flush().await;
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let c = self.clients.values().filter_map(|e| e.tx.next_timer());
+        let s = self.servers.values().filter_map(|e| e.tx.next_timer());
+        c.chain(s).min()
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        for e in self.clients.values_mut() {
+            if e.tx.next_timer().is_some_and(|t| t <= now) {
+                e.tx.on_timer(now);
+            }
+        }
+        for e in self.servers.values_mut() {
+            if e.tx.next_timer().is_some_and(|t| t <= now) {
+                e.tx.on_timer(now);
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Request { request, target, events } => {
+                let Some(branch) = message::top_branch(&request) else {
+                    tracing::error!("request without a Via branch not sent");
+                    let _ = events.send(ClientEvent::Timeout);
+                    return;
+                };
+                let key = client_key(&branch, &request.method);
+                let tx = ClientTransaction::new(request, target.transport.is_reliable(), self.timers, now);
+                self.clients.insert(key, ClientEntry { tx, target, events });
+            }
+            Command::Stateless { request, target } => {
+                let bytes = message::request_bytes(&request);
+                self.send_to_target(&target, bytes);
+            }
+            Command::Respond { key, response } => {
+                if let Some(e) = self.servers.get_mut(&key) {
+                    e.tx.respond(&response, now);
+                }
+            }
+            Command::Dialog { call_id, tx: Some(tx) } => {
+                self.dialogs.insert(call_id, tx);
+            }
+            Command::Dialog { call_id, tx: None } => {
+                self.dialogs.remove(&call_id);
+            }
+        }
+    }
+
+    fn on_stream_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Up { peer, tx, .. } => {
+                for msg in self.pending_streams.remove(&peer).unwrap_or_default() {
+                    let _ = tx.send(msg);
+                }
+                self.streams.insert(peer, tx);
+            }
+            StreamEvent::Message { peer, transport, bytes } => self.on_message(&bytes, peer, transport),
+            StreamEvent::Down { peer } => {
+                self.streams.remove(&peer);
+                self.pending_streams.remove(&peer);
+                for e in self.clients.values_mut() {
+                    if e.target.addr == peer && e.target.transport.is_reliable() {
+                        e.tx.on_transport_error();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
+        let now = Instant::now();
+        let msg = match message::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%source, error = %e, "malformed SIP message");
+                if let Some(reply) = bad_request_for(bytes, &e) {
+                    self.send_back(source, transport, reply);
+                }
+                return;
+            }
+        };
+        match msg {
+            SipMessage::Response(resp) => self.on_response(resp, now),
+            SipMessage::Request(req) => self.on_request(req, source, transport, now),
+        }
+    }
+
+    fn on_response(&mut self, resp: Response, now: Instant) {
+        let (Some(branch), Some((_, method))) = (message::top_branch(&resp), message::cseq(&resp)) else {
+            return;
+        };
+        match self.clients.get_mut(&client_key(&branch, &method)) {
+            Some(e) => e.tx.on_response(resp, now),
+            None => tracing::debug!(%branch, "response matches no transaction; dropped (§18.1.2)"),
+        }
+    }
+
+    fn on_request(&mut self, req: Request, source: SocketAddr, transport: Transport, now: Instant) {
+        let branch = message::top_branch(&req).unwrap_or_default();
+        let call_id = message::call_id(&req).unwrap_or_default();
+        let cseq = message::cseq(&req).map(|c| c.0).unwrap_or(0);
+        let method = req.method;
+        if method == Method::Ack {
+            // Non-2xx ACK matches the INVITE transaction by branch; a 2xx ACK has its own
+            // branch and matches by dialog and CSeq (§17.2.3, §13.3.1.4).
+            let key = self
+                .servers
+                .iter()
+                .find(|(k, e)| **k == client_key(&branch, &Method::Invite) || (e.call_id == call_id && e.cseq == cseq))
+                .map(|(k, _)| k.clone());
+            if let Some(key) = key
+                && let Some(e) = self.servers.get_mut(&key)
+            {
+                e.tx.on_ack(now);
+            }
+            if let Some(d) = self.dialogs.get(&call_id) {
+                let _ = d.send(IncomingRequest { request: req, source, transport, responder: None });
+            }
+            return;
+        }
+        let key = client_key(&branch, &method);
+        if let Some(e) = self.servers.get_mut(&key) {
+            e.tx.on_retransmission();
+            return;
+        }
+        let mut tx = ServerTransaction::new(&method, transport.is_reliable(), self.timers);
+        if method == Method::Cancel {
+            // §9.2: answer the CANCEL, then end the matching INVITE with 487.
+            let invite_key = client_key(&branch, &Method::Invite);
+            let matched = self.servers.get_mut(&invite_key).filter(|e| e.tx.awaiting_final());
+            let code = if matched.is_some() { 200 } else { 481 };
+            tx.respond(&response_to(&req, code, None), now);
+            if let Some(invite) = matched {
+                let mut terminated = response_to(&req, 487, Some(&message::random_token()));
+                terminated.headers.retain(|h| !matches!(h, rsip::Header::CSeq(_)));
+                terminated.headers.push(rsip::typed::CSeq { seq: cseq, method: Method::Invite }.into());
+                invite.tx.respond(&terminated, now);
+                let target = self.dialogs.get(&call_id).unwrap_or(&self.app);
+                let _ = target.send(IncomingRequest { request: req.clone(), source, transport, responder: None });
+            }
+            self.servers.insert(key, ServerEntry { tx, source, transport, call_id, cseq });
+            return;
+        }
+        if method == Method::Invite {
+            // §17.2.1: a 100 at once stops the client's retransmissions while the TU decides.
+            tx.respond(&response_to(&req, 100, None), now);
+        }
+        let responder = Responder { key: key.clone(), commands: self.commands.clone() };
+        let in_dialog = message::to_tag(&req).is_some();
+        let dialog = self.dialogs.get(&call_id).cloned();
+        self.servers.insert(key, ServerEntry { tx, source, transport, call_id, cseq });
+        let incoming = IncomingRequest { request: req, source, transport, responder: Some(responder.clone()) };
+        match (dialog, in_dialog, method) {
+            (Some(d), _, _) => {
+                if let Err(lost) = d.send(incoming) {
+                    responder.respond(response_for(&lost.0.request, 481));
+                }
+            }
+            (None, true, _) => {
+                // §12.2.2: a request for a dialog we do not know.
+                responder.respond(response_for(&incoming.request, 481));
+            }
+            (None, false, Method::Options) => {
+                let mut ok = response_for(&incoming.request, 200);
+                ok.headers.push(rsip::Header::Allow(rsip::headers::Allow::new("INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")));
+                ok.headers.push(rsip::Header::Other("Accept".into(), "application/sdp".into()));
+                ok.headers.push(rsip::Header::Server(rsip::headers::Server::new(self.user_agent.clone())));
+                responder.respond(ok);
+            }
+            (None, false, _) => {
+                if let Err(lost) = self.app.send(incoming) {
+                    responder.respond(response_for(&lost.0.request, 503));
+                }
+            }
+        }
+    }
+
+    fn send_back(&mut self, peer: SocketAddr, transport: Transport, bytes: Vec<u8>) {
+        match transport {
+            Transport::Udp => {
+                let _ = self.udp.try_send_to(&bytes, peer);
+            }
+            _ => {
+                if let Some(tx) = self.streams.get(&peer) {
+                    let _ = tx.send(bytes);
+                }
+            }
+        }
+    }
+
+    fn send_to_target(&mut self, target: &Target, bytes: Vec<u8>) {
+        if target.transport == Transport::Udp {
+            if let Err(e) = self.udp.try_send_to(&bytes, target.addr) {
+                tracing::debug!(peer = %target.addr, error = %e, "UDP send failed");
+            }
+            return;
+        }
+        if let Some(tx) = self.streams.get(&target.addr) {
+            let _ = tx.send(bytes);
+            return;
+        }
+        if let Some(queue) = self.pending_streams.get_mut(&target.addr) {
+            queue.push(bytes);
+            return;
+        }
+        self.pending_streams.insert(target.addr, Vec::new());
+        tokio::spawn(transport::connect(target.clone(), self.stream_tx.clone(), vec![bytes]));
+    }
+
+    async fn flush(&mut self) {
+        let mut out: Vec<(Target, Vec<u8>)> = Vec::new();
+        self.clients.retain(|_, e| {
+            while let Some(bytes) = e.tx.poll_transmit() {
+                out.push((e.target.clone(), bytes));
+            }
+            while let Some(ev) = e.tx.poll_event() {
+                let _ = e.events.send(ev);
+            }
+            !e.tx.is_terminated()
+        });
+        for (target, bytes) in out {
+            self.send_to_target(&target, bytes);
+        }
+        let mut back = Vec::new();
+        let mut ack_timeouts = Vec::new();
+        self.servers.retain(|_, e| {
+            while let Some(bytes) = e.tx.poll_transmit() {
+                back.push((e.source, e.transport, bytes));
+            }
+            while let Some(ev) = e.tx.poll_event() {
+                if ev == ServerEvent::AckTimeout {
+                    ack_timeouts.push(e.call_id.clone());
+                }
+            }
+            !e.tx.is_terminated()
+        });
+        for (peer, transport, bytes) in back {
+            self.send_back(peer, transport, bytes);
+        }
+        for call_id in ack_timeouts {
+            tracing::warn!(%call_id, "no ACK for final response (Timer H)");
+        }
+    }
+}
+
+fn response_for(req: &Request, code: u16) -> Response {
+    response_to(req, code, Some(&message::random_token()))
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

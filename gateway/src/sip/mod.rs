@@ -1,0 +1,11 @@
+//! The SIP trunk leg on `rsip`: transports, transactions, dialogs, digest authentication,
+//! SDP for G.711, and the outbound call with failover.
+
+pub mod auth;
+pub mod dialog;
+pub mod endpoint;
+pub mod message;
+pub mod sdp;
+pub mod transaction;
+pub mod transport;
+pub mod trunk;
