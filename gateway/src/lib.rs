@@ -4,6 +4,6 @@
 //! its own module (see `DESIGN.md` at the repository root for the map).
 
 pub mod config;
-// pub mod dial;
+pub mod dial;
 pub mod media;
 pub mod sip;

@@ -1,1 +1,165 @@
-fn main() {}
+//! The `gateway` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use gateway::dial::{DialOptions, dial};
+
+#[derive(Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "WebRTC-to-SIP trunking gateway with WebAssembly call plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file; prints every mistake as FILE:LINE:COLUMN: FIELD: PROBLEM.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Place one real call through a trunk, play a tone, and report SIP and RTP results.
+    Dial {
+        /// The TOML configuration with the trunk.
+        #[arg(long)]
+        config: PathBuf,
+        /// Trunk name (its failover trunks follow).
+        #[arg(long)]
+        trunk: String,
+        /// Number to call.
+        #[arg(long)]
+        to: String,
+        /// Caller ID user part (default: the trunk's from_user).
+        #[arg(long)]
+        from: Option<String>,
+        /// Seconds to stay connected.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Probe tone in Hz.
+        #[arg(long, default_value_t = 1000.0)]
+        tone: f64,
+        /// DTMF digits to send once connected (RFC 4733).
+        #[arg(long)]
+        dtmf: Option<String>,
+        /// Cancel the call if not answered within this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        answer_timeout: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: OK ({} trunks, {} targets)",
+                    file.display(),
+                    config.trunks.len(),
+                    config.targets.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Dial {
+            config,
+            trunk,
+            to,
+            from,
+            seconds,
+            tone,
+            dtmf,
+            answer_timeout,
+            json,
+        } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let options = DialOptions {
+                trunk,
+                to,
+                from,
+                seconds,
+                tone_hz: tone,
+                dtmf,
+                answer_timeout: Duration::from_secs_f64(answer_timeout.max(0.1)),
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let report = match runtime.block_on(dial(&config, &options)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "SIP {} {} via trunk {}",
+                    report.sip_code,
+                    report.reason,
+                    report.trunk_used.as_deref().unwrap_or("-")
+                );
+                if let Some(ms) = report.setup_ms {
+                    println!(
+                        "setup {ms:.1} ms; RTP sent {} received {}",
+                        report.rtp_sent, report.rtp_received
+                    );
+                    match report.tone_snr_db {
+                        Some(snr) => println!(
+                            "tone {} Hz came back: {} (SNR {snr} dB)",
+                            tone,
+                            if report.tone_detected { "yes" } else { "no" }
+                        ),
+                        None => println!("tone {tone} Hz came back: no"),
+                    }
+                    if !report.dtmf_received.is_empty() {
+                        println!("DTMF received: {}", report.dtmf_received);
+                    }
+                    println!("ended by {}", report.ended_by);
+                }
+            }
+            if report.connected {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,1 +1,135 @@
-//! stub
+//! Harness for end-to-end tests against real SIP peers: runs `sipp` scenarios from
+//! `tests/sipp/` on loopback and writes gateway configurations pointing at them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// Hands out distinct loopback ports so tests can run in parallel: each call returns a
+/// SIP port and an RTP port for one sipp instance. sipp's `-rtp_echo` binds the RTP port
+/// and the one two above it (video echo), with RTCP beside each: four ports per instance.
+pub fn ports() -> (u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) % 40;
+    // Per-process offset so two test binaries running at once do not collide.
+    let base = 20_000 + (std::process::id() % 100) as u16 * 200;
+    (base + n, base + 40 + 4 * n)
+}
+
+/// The folder of sipp scenario files.
+pub fn scenarios() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sipp")
+}
+
+/// A folder for this test's files (configs, sipp logs), emptied first.
+pub fn out_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("out").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create test output folder");
+    dir
+}
+
+/// A running sipp playing the trunk side of one scenario.
+pub struct Sipp {
+    child: Child,
+    /// SIP port sipp listens on.
+    pub port: u16,
+    /// RTP port sipp echoes on.
+    pub media_port: u16,
+    log_dir: PathBuf,
+    name: String,
+}
+
+impl Sipp {
+    /// Starts `sipp -sf SCENARIO` as a UAS on 127.0.0.1 with RTP echo, for one call.
+    /// `transport` is sipp's `-t` value (`u1` or `t1`).
+    pub fn uas(scenario: &str, transport: &str, log_dir: &Path) -> Sipp {
+        let (port, media_port) = ports();
+        let file = scenarios().join(scenario);
+        let child = Command::new("sipp")
+            .args(["-sf"])
+            .arg(&file)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo"])
+            .args(["-t", transport, "-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err", "-trace_msg"])
+            .current_dir(log_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sipp ({e}): install the Debian package sip-tester (the README's test command does)"));
+        // sipp binds quickly; give it a moment so the first INVITE is not lost to an unbound port.
+        std::thread::sleep(Duration::from_millis(300));
+        Sipp {
+            child,
+            port,
+            media_port,
+            log_dir: log_dir.to_path_buf(),
+            name: scenario.to_string(),
+        }
+    }
+
+    /// Waits for sipp to finish its one call; true when the scenario completed as written.
+    pub fn finish(mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!(
+                            "sipp {} failed ({status}); logs in {}",
+                            self.name,
+                            self.log_dir.display()
+                        );
+                        for entry in std::fs::read_dir(&self.log_dir)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                        {
+                            let path = entry.path();
+                            if path.to_string_lossy().ends_with("errors.log") {
+                                eprintln!("{}", std::fs::read_to_string(&path).unwrap_or_default());
+                            }
+                        }
+                    }
+                    return status.success();
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    eprintln!("sipp {} did not finish in time", self.name);
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration file with one trunk per `(name, port, transport, failover)` entry, all on
+/// 127.0.0.1, credentials gw / trunk-secret (from the environment variable the file names).
+pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBuf {
+    let mut text = String::from(
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 40000\nport_max = 44999\n",
+    );
+    for (name, port, transport, failover) in trunks {
+        let failover: Vec<String> = failover.iter().map(|f| format!("\"{f}\"")).collect();
+        text.push_str(&format!(
+            "\n[trunks.{name}]\naddresses = [\"127.0.0.1:{port}\"]\ntransport = \"{transport}\"\nusername = \"gw\"\npassword_file = \"{}\"\nfailover = [{}]\n",
+            dir.join("password").display(),
+            failover.join(", ")
+        ));
+    }
+    std::fs::write(dir.join("password"), "trunk-secret\n").expect("write password file");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}

@@ -40,7 +40,15 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}: {}", self.file.display(), issue.line, issue.column, issue.field, issue.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file.display(),
+                issue.line,
+                issue.column,
+                issue.field,
+                issue.message
+            )?;
         }
         Ok(())
     }
@@ -186,7 +194,10 @@ fn default_drain_seconds() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_calls: default_max_calls(), drain_seconds: default_drain_seconds() }
+        Limits {
+            max_calls: default_max_calls(),
+            drain_seconds: default_drain_seconds(),
+        }
     }
 }
 
@@ -255,7 +266,10 @@ impl fmt::Debug for TrunkConfig {
             .field("name", &self.name)
             .field("addresses", &self.addresses)
             .field("transport", &self.transport)
-            .field("credentials", &self.credentials.as_ref().map(|c| &c.username))
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| &c.username),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -271,7 +285,11 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
     }
 }
 
@@ -307,17 +325,40 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn issue(&mut self, span: std::ops::Range<usize>, field: impl Into<String>, message: impl Into<String>) {
+    fn issue(
+        &mut self,
+        span: std::ops::Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let (line, column) = line_col(self.source, span.start);
-        self.issues.push(ConfigIssue { line, column, field: field.into(), message: message.into() });
+        self.issues.push(ConfigIssue {
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
-    fn addr<T>(&mut self, value: &Option<Spanned<String>>, field: &str, default: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    fn addr<T>(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        field: &str,
+        default: Option<&str>,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
         match value {
             Some(v) => {
                 let parsed = parse(v.get_ref());
                 if parsed.is_none() {
-                    self.issue(v.span(), field, format!("`{}` is not a valid address here; write it like `0.0.0.0:5060`", v.get_ref()));
+                    self.issue(
+                        v.span(),
+                        field,
+                        format!(
+                            "`{}` is not a valid address here; write it like `0.0.0.0:5060`",
+                            v.get_ref()
+                        ),
+                    );
                 }
                 parsed
             }
@@ -329,7 +370,10 @@ impl Checker<'_> {
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -338,26 +382,48 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
-            issues: vec![ConfigIssue { line: 0, column: 0, field: "(file)".into(), message: format!("cannot read the file: {e}") }],
+            issues: vec![ConfigIssue {
+                line: 0,
+                column: 0,
+                field: "(file)".into(),
+                message: format!("cannot read the file: {e}"),
+            }],
         })?;
         Self::parse(&text, path, &|name| std::env::var(name).ok())
     }
 
     /// Parses and validates `text`; `env` looks up environment variables (injected for tests).
-    pub fn parse(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let fail = |issues| ConfigError { file: path.to_path_buf(), issues };
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let fail = |issues| ConfigError {
+            file: path.to_path_buf(),
+            issues,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
             let message = e.message().to_string();
             let field = message
                 .split('`')
                 .nth(1)
-                .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
+                .filter(|_| {
+                    message.starts_with("unknown field") || message.starts_with("missing field")
+                })
                 .unwrap_or("(syntax)")
                 .to_string();
-            fail(vec![ConfigIssue { line, column, field, message: e.message().replace('\n', " ") }])
+            fail(vec![ConfigIssue {
+                line,
+                column,
+                field,
+                message: e.message().replace('\n', " "),
+            }])
         })?;
-        let mut c = Checker { source: text, issues: Vec::new() };
+        let mut c = Checker {
+            source: text,
+            issues: Vec::new(),
+        };
         let parse_sock = |s: &str| s.parse::<SocketAddr>().ok();
         let parse_ip = |s: &str| s.parse::<IpAddr>().ok();
 
@@ -366,17 +432,27 @@ impl Config {
         let tls = c.addr(&raw.sip.tls, "sip.tls", None, parse_sock);
         let public_ip = c.addr(&raw.sip.public_ip, "sip.public_ip", None, parse_ip);
         let tls_identity = match (&raw.sip.tls_cert, &raw.sip.tls_key) {
-            (Some(cert), Some(key)) => Some((PathBuf::from(cert.get_ref()), PathBuf::from(key.get_ref()))),
+            (Some(cert), Some(key)) => {
+                Some((PathBuf::from(cert.get_ref()), PathBuf::from(key.get_ref())))
+            }
             (None, None) => None,
             (Some(v), None) | (None, Some(v)) => {
-                c.issue(v.span(), "sip.tls_cert", "set both `tls_cert` and `tls_key`, or neither");
+                c.issue(
+                    v.span(),
+                    "sip.tls_cert",
+                    "set both `tls_cert` and `tls_key`, or neither",
+                );
                 None
             }
         };
         if let Some(v) = &raw.sip.tls
             && tls_identity.is_none()
         {
-            c.issue(v.span(), "sip.tls", "a TLS listener needs `tls_cert` and `tls_key` (PEM files)");
+            c.issue(
+                v.span(),
+                "sip.tls",
+                "a TLS listener needs `tls_cert` and `tls_key` (PEM files)",
+            );
         }
         let rtp_ip = c.addr(&raw.rtp.ip, "rtp.ip", Some("0.0.0.0"), parse_ip);
         let port_min = raw.rtp.port_min.as_ref().map_or(20000, |p| *p.get_ref());
@@ -386,29 +462,50 @@ impl Config {
         {
             c.issue(p.span(), "rtp.port_max", format!("the RTP range {port_min}..{port_max} is empty; make port_max larger than port_min"));
         }
-        let http_listen = c.addr(&raw.http.listen, "http.listen", Some("0.0.0.0:8080"), parse_sock);
+        let http_listen = c.addr(
+            &raw.http.listen,
+            "http.listen",
+            Some("0.0.0.0:8080"),
+            parse_sock,
+        );
 
         let mut trunks = BTreeMap::new();
         for (name, spanned) in &raw.trunks {
             let t = spanned.get_ref();
             let field = |f: &str| format!("trunks.{name}.{f}");
             if t.addresses.get_ref().is_empty() {
-                c.issue(t.addresses.span(), field("addresses"), "list at least one `host:port`");
+                c.issue(
+                    t.addresses.span(),
+                    field("addresses"),
+                    "list at least one `host:port`",
+                );
             }
             for a in t.addresses.get_ref() {
                 if crate::sip::transport::split_host_port(a, t.transport).is_none() {
-                    c.issue(t.addresses.span(), field("addresses"), format!("`{a}` is not `host` or `host:port`"));
+                    c.issue(
+                        t.addresses.span(),
+                        field("addresses"),
+                        format!("`{a}` is not `host` or `host:port`"),
+                    );
                 }
             }
             let mut codecs = Vec::new();
             for name in t.codecs.get_ref() {
                 match G711::from_encoding_name(name) {
                     Some(codec) => codecs.push(codec),
-                    None => c.issue(t.codecs.span(), field("codecs"), format!("unknown codec `{name}`; the trunk side speaks PCMU and PCMA")),
+                    None => c.issue(
+                        t.codecs.span(),
+                        field("codecs"),
+                        format!("unknown codec `{name}`; the trunk side speaks PCMU and PCMA"),
+                    ),
                 }
             }
             if codecs.is_empty() && t.codecs.get_ref().is_empty() {
-                c.issue(t.codecs.span(), field("codecs"), "list at least one of PCMU, PCMA");
+                c.issue(
+                    t.codecs.span(),
+                    field("codecs"),
+                    "list at least one of PCMU, PCMA",
+                );
             }
             let password = match (&t.password_env, &t.password_file) {
                 (Some(var), None) => match env(var.get_ref()) {
@@ -421,42 +518,77 @@ impl Config {
                 (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
                     Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
                     Err(e) => {
-                        c.issue(file.span(), field("password_file"), format!("cannot read `{}`: {e}", file.get_ref()));
+                        c.issue(
+                            file.span(),
+                            field("password_file"),
+                            format!("cannot read `{}`: {e}", file.get_ref()),
+                        );
                         None
                     }
                 },
                 (Some(v), Some(_)) => {
-                    c.issue(v.span(), field("password_env"), "set `password_env` or `password_file`, not both");
+                    c.issue(
+                        v.span(),
+                        field("password_env"),
+                        "set `password_env` or `password_file`, not both",
+                    );
                     None
                 }
                 (None, None) => None,
             };
             let credentials = match (&t.username, password) {
-                (Some(username), Some(password)) => Some(Credentials { username: username.clone(), password }),
+                (Some(username), Some(password)) => Some(Credentials {
+                    username: username.clone(),
+                    password,
+                }),
                 (Some(_), None) if t.password_env.is_none() && t.password_file.is_none() => {
-                    c.issue(spanned.span(), field("username"), "a username needs `password_env` or `password_file`");
+                    c.issue(
+                        spanned.span(),
+                        field("username"),
+                        "a username needs `password_env` or `password_file`",
+                    );
                     None
                 }
                 (None, Some(_)) => {
-                    c.issue(spanned.span(), field("username"), "a password is configured but no `username`");
+                    c.issue(
+                        spanned.span(),
+                        field("username"),
+                        "a password is configured but no `username`",
+                    );
                     None
                 }
                 _ => None,
             };
             if t.register && credentials.is_none() && t.username.is_none() {
-                c.issue(spanned.span(), field("register"), "registration needs `username` and a password");
+                c.issue(
+                    spanned.span(),
+                    field("register"),
+                    "registration needs `username` and a password",
+                );
             }
             for other in t.failover.get_ref() {
                 if !raw.trunks.contains_key(other) {
-                    c.issue(t.failover.span(), field("failover"), format!("no trunk named `{other}`"));
+                    c.issue(
+                        t.failover.span(),
+                        field("failover"),
+                        format!("no trunk named `{other}`"),
+                    );
                 } else if other == name {
-                    c.issue(t.failover.span(), field("failover"), "a trunk cannot fail over to itself");
+                    c.issue(
+                        t.failover.span(),
+                        field("failover"),
+                        "a trunk cannot fail over to itself",
+                    );
                 }
             }
             if t.transport != Transport::Tls
                 && let Some(ca) = &t.ca_file
             {
-                c.issue(ca.span(), field("ca_file"), "`ca_file` only applies to `transport = \"tls\"`");
+                c.issue(
+                    ca.span(),
+                    field("ca_file"),
+                    "`ca_file` only applies to `transport = \"tls\"`",
+                );
             }
             trunks.insert(
                 name.clone(),
@@ -465,7 +597,11 @@ impl Config {
                     addresses: t.addresses.get_ref().clone(),
                     transport: t.transport,
                     credentials,
-                    from_user: t.from_user.clone().or_else(|| t.username.clone()).unwrap_or_else(|| "gateway".into()),
+                    from_user: t
+                        .from_user
+                        .clone()
+                        .or_else(|| t.username.clone())
+                        .unwrap_or_else(|| "gateway".into()),
                     from_domain: t.from_domain.clone(),
                     codecs,
                     register: t.register,
@@ -481,12 +617,26 @@ impl Config {
         for (name, spanned) in &raw.targets {
             let t = spanned.get_ref();
             if !raw.trunks.contains_key(t.trunk.get_ref()) {
-                c.issue(t.trunk.span(), format!("targets.{name}.trunk"), format!("no trunk named `{}`", t.trunk.get_ref()));
+                c.issue(
+                    t.trunk.span(),
+                    format!("targets.{name}.trunk"),
+                    format!("no trunk named `{}`", t.trunk.get_ref()),
+                );
             }
             if t.number.get_ref().trim().is_empty() {
-                c.issue(t.number.span(), format!("targets.{name}.number"), "the number is empty");
+                c.issue(
+                    t.number.span(),
+                    format!("targets.{name}.number"),
+                    "the number is empty",
+                );
             }
-            targets.insert(name.clone(), Target { trunk: t.trunk.get_ref().clone(), number: t.number.get_ref().clone() });
+            targets.insert(
+                name.clone(),
+                Target {
+                    trunk: t.trunk.get_ref().clone(),
+                    number: t.number.get_ref().clone(),
+                },
+            );
         }
         if !c.issues.is_empty() {
             c.issues.sort_by_key(|i| (i.line, i.column));
@@ -502,9 +652,16 @@ impl Config {
                 tls,
                 tls_identity,
                 public_ip,
-                user_agent: raw.sip.user_agent.unwrap_or_else(|| format!("gateway/{}", env!("CARGO_PKG_VERSION"))),
+                user_agent: raw
+                    .sip
+                    .user_agent
+                    .unwrap_or_else(|| format!("gateway/{}", env!("CARGO_PKG_VERSION"))),
             },
-            rtp: RtpConfig { ip: rtp_ip, port_min, port_max },
+            rtp: RtpConfig {
+                ip: rtp_ip,
+                port_min,
+                port_max,
+            },
             http_listen,
             trunks,
             targets,
@@ -516,7 +673,14 @@ impl Config {
     pub fn trunk(&self, name: &str) -> Result<&TrunkConfig, String> {
         self.trunks.get(name).ok_or_else(|| {
             let names: Vec<_> = self.trunks.keys().map(String::as_str).collect();
-            format!("no trunk named `{name}`; configured trunks: {}", if names.is_empty() { "(none)".into() } else { names.join(", ") })
+            format!(
+                "no trunk named `{name}`; configured trunks: {}",
+                if names.is_empty() {
+                    "(none)".into()
+                } else {
+                    names.join(", ")
+                }
+            )
         })
     }
 }
@@ -526,7 +690,9 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(text, Path::new("gw.toml"), &|name| (name == "CARRIER_PW").then(|| "s3cret".to_string()))
+        Config::parse(text, Path::new("gw.toml"), &|name| {
+            (name == "CARRIER_PW").then(|| "s3cret".to_string())
+        })
     }
 
     const GOOD: &str = r#"
@@ -562,7 +728,10 @@ number = "+4930123456"
         assert_eq!(t.failover, vec!["backup"]);
         assert_eq!(c.trunks["backup"].transport, Transport::Tcp);
         assert_eq!(c.targets["sales"].number, "+4930123456");
-        assert!(!format!("{t:?}").contains("s3cret"), "secrets never reach logs");
+        assert!(
+            !format!("{t:?}").contains("s3cret"),
+            "secrets never reach logs"
+        );
     }
 
     #[test]
@@ -575,7 +744,16 @@ number = "+4930123456"
         let err = parse(&bad).unwrap_err();
         let text = err.to_string();
         let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
-        assert_eq!(fields, ["rtp.port_max", "trunks.carrier.password_env", "trunks.carrier.codecs", "trunks.carrier.failover"], "{text}");
+        assert_eq!(
+            fields,
+            [
+                "rtp.port_max",
+                "trunks.carrier.password_env",
+                "trunks.carrier.codecs",
+                "trunks.carrier.failover"
+            ],
+            "{text}"
+        );
         assert!(text.contains("gw.toml:7:12: rtp.port_max"), "{text}");
         assert!(text.contains("`MISSING_PW` is not set"), "{text}");
         assert!(text.contains("unknown codec `G729`"), "{text}");

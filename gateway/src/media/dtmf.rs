@@ -120,7 +120,10 @@ impl DtmfSender {
 
     /// True while an event is being sent: the audio stream must pause its own packets.
     pub fn is_active(&self) -> bool {
-        matches!(self.state, SenderState::Tone { .. } | SenderState::Ending { .. })
+        matches!(
+            self.state,
+            SenderState::Tone { .. } | SenderState::Ending { .. }
+        )
     }
 
     /// True when nothing is queued or playing.
@@ -146,26 +149,44 @@ impl DtmfSender {
                     };
                     return Some(EventPacket {
                         marker: frame == 1,
-                        payload: EventPayload { event, end: false, volume: 10, duration },
+                        payload: EventPayload {
+                            event,
+                            end: false,
+                            volume: 10,
+                            duration,
+                        },
                     });
                 }
                 SenderState::Ending { event, repeats } => {
-                    let duration = (self.tone_frames * SAMPLES_PER_FRAME).min(u16::MAX as u32) as u16;
+                    let duration =
+                        (self.tone_frames * SAMPLES_PER_FRAME).min(u16::MAX as u32) as u16;
                     self.state = if repeats >= 2 {
-                        SenderState::Gap { frames_left: self.gap_frames }
+                        SenderState::Gap {
+                            frames_left: self.gap_frames,
+                        }
                     } else {
-                        SenderState::Ending { event, repeats: repeats + 1 }
+                        SenderState::Ending {
+                            event,
+                            repeats: repeats + 1,
+                        }
                     };
                     return Some(EventPacket {
                         marker: false,
-                        payload: EventPayload { event, end: true, volume: 10, duration },
+                        payload: EventPayload {
+                            event,
+                            end: true,
+                            volume: 10,
+                            duration,
+                        },
                     });
                 }
                 SenderState::Gap { frames_left } => {
                     self.state = if frames_left <= 1 {
                         SenderState::Idle
                     } else {
-                        SenderState::Gap { frames_left: frames_left - 1 }
+                        SenderState::Gap {
+                            frames_left: frames_left - 1,
+                        }
                     };
                     return None;
                 }
@@ -207,7 +228,14 @@ mod tests {
 
     #[test]
     fn digits_map_to_rfc4733_codes_and_back() {
-        for (d, c) in [('0', 0), ('9', 9), ('*', 10), ('#', 11), ('A', 12), ('D', 15)] {
+        for (d, c) in [
+            ('0', 0),
+            ('9', 9),
+            ('*', 10),
+            ('#', 11),
+            ('A', 12),
+            ('D', 15),
+        ] {
             assert_eq!(event_code(d), Some(c));
             assert_eq!(event_digit(c), Some(d));
         }
@@ -228,7 +256,11 @@ mod tests {
         assert!(packets[1..].iter().all(|p| !p.marker));
         assert_eq!(packets[0].payload.duration, 160);
         assert_eq!(packets[4].payload.duration, 800);
-        assert!(packets[5..].iter().all(|p| p.payload.end && p.payload.duration == 800));
+        assert!(
+            packets[5..]
+                .iter()
+                .all(|p| p.payload.end && p.payload.duration == 800)
+        );
         assert!(packets.iter().all(|p| p.payload.event == 5));
     }
 

@@ -3,5 +3,5 @@
 pub mod dtmf;
 pub mod g711;
 pub mod rtp;
-// pub mod session;
+pub mod session;
 pub mod tone;

@@ -132,7 +132,14 @@ impl RtpSender {
     /// and returns the header length.
     pub fn next_header(&mut self, out: &mut [u8], payload_type: u8, samples: u32) -> usize {
         let marker = std::mem::take(&mut self.talkspurt);
-        write_header(out, marker, payload_type, self.sequence, self.timestamp, self.ssrc);
+        write_header(
+            out,
+            marker,
+            payload_type,
+            self.sequence,
+            self.timestamp,
+            self.ssrc,
+        );
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(samples);
         HEADER_LEN
@@ -140,8 +147,21 @@ impl RtpSender {
 
     /// Writes a header with an explicit timestamp and marker (used for RFC 4733 events,
     /// whose packets share the event's start timestamp); only the sequence advances.
-    pub fn event_header(&mut self, out: &mut [u8], payload_type: u8, marker: bool, timestamp: u32) -> usize {
-        write_header(out, marker, payload_type, self.sequence, timestamp, self.ssrc);
+    pub fn event_header(
+        &mut self,
+        out: &mut [u8],
+        payload_type: u8,
+        marker: bool,
+        timestamp: u32,
+    ) -> usize {
+        write_header(
+            out,
+            marker,
+            payload_type,
+            self.sequence,
+            timestamp,
+            self.ssrc,
+        );
         self.sequence = self.sequence.wrapping_add(1);
         HEADER_LEN
     }
@@ -197,7 +217,10 @@ mod tests {
         assert_eq!(RtpPacket::parse(&[0x40; 12]), Err(RtpError::BadVersion(1)));
         let mut csrc_overrun = [0u8; 12];
         csrc_overrun[0] = 0x8F;
-        assert_eq!(RtpPacket::parse(&csrc_overrun), Err(RtpError::Truncated(12)));
+        assert_eq!(
+            RtpPacket::parse(&csrc_overrun),
+            Err(RtpError::Truncated(12))
+        );
         let mut pad_overrun = [0u8; 13];
         pad_overrun[0] = 0xA0;
         pad_overrun[12] = 200;

@@ -105,7 +105,9 @@ impl ToneDetector {
         let n = self.block as f64;
         // |X(f)|² of a sine of amplitude A over N samples is (A·N/2)²; its energy is A²·N/2.
         let tone_energy = (2.0 * (re * re + im * im) / n).min(self.energy);
-        let rest = (self.energy - tone_energy).max(self.energy * 1e-9).max(1e-9);
+        let rest = (self.energy - tone_energy)
+            .max(self.energy * 1e-9)
+            .max(1e-9);
         self.blocks += 1;
         if self.energy / n > SILENCE_POWER {
             self.snrs.push(10.0 * (tone_energy / rest).log10());
@@ -188,6 +190,9 @@ mod tests {
         // Tone power 4000²/2 = 8.0e6; uniform noise in ±4096 has power 4096²/3 = 5.6e6.
         let expected = 10.0 * (8.0e6f64 / 5.59e6).log10();
         let r = snr_of(&pcm, 1000.0);
-        assert!((r.snr_db - expected).abs() < 1.0, "{r:?}, expected {expected:.1} dB");
+        assert!(
+            (r.snr_db - expected).abs() < 1.0,
+            "{r:?}, expected {expected:.1} dB"
+        );
     }
 }

@@ -39,7 +39,11 @@ fn params(text: &str) -> Vec<(String, String)> {
     let mut rest = text.trim();
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else { break };
-        let name = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let name = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         rest = rest[eq + 1..].trim_start();
         let value;
         if let Some(quoted) = rest.strip_prefix('"') {
@@ -66,14 +70,25 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
     }
     let mut realm = None;
     let mut nonce = None;
-    let mut ch = Challenge { realm: String::new(), nonce: String::new(), opaque: None, algorithm: Algorithm::Md5, qop_auth: false, stale: false };
+    let mut ch = Challenge {
+        realm: String::new(),
+        nonce: String::new(),
+        opaque: None,
+        algorithm: Algorithm::Md5,
+        qop_auth: false,
+        stale: false,
+    };
     for (name, value) in params(rest) {
         match name.as_str() {
             "realm" => realm = Some(value),
             "nonce" => nonce = Some(value),
             "opaque" => ch.opaque = Some(value),
             "stale" => ch.stale = value.eq_ignore_ascii_case("true"),
-            "qop" => ch.qop_auth = value.split(',').any(|q| q.trim().eq_ignore_ascii_case("auth")),
+            "qop" => {
+                ch.qop_auth = value
+                    .split(',')
+                    .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+            }
             "algorithm" => {
                 ch.algorithm = match value.to_ascii_uppercase().as_str() {
                     "MD5" => Algorithm::Md5,
@@ -92,14 +107,20 @@ pub fn parse_challenge(value: &str) -> Option<Challenge> {
 /// The challenge to answer in a 401 (WWW-Authenticate) or 407 (Proxy-Authenticate):
 /// SHA-256 when offered, as RFC 8760 §2.4 asks clients to prefer the strongest.
 pub fn best_challenge(response: &Response) -> Option<Challenge> {
-    let wanted = if response.status_code.code() == 407 { "proxy-authenticate" } else { "www-authenticate" };
+    let wanted = if response.status_code.code() == 407 {
+        "proxy-authenticate"
+    } else {
+        "www-authenticate"
+    };
     response
         .headers
         .iter()
         .filter_map(|h| {
             let text = h.to_string();
             let (name, value) = text.split_once(':')?;
-            (name.trim().to_ascii_lowercase() == wanted).then(|| parse_challenge(value)).flatten()
+            (name.trim().to_ascii_lowercase() == wanted)
+                .then(|| parse_challenge(value))
+                .flatten()
         })
         .max_by_key(|c| c.algorithm == Algorithm::Sha256)
 }
@@ -113,9 +134,22 @@ fn hash(algorithm: Algorithm, data: &str) -> String {
 
 /// The `Authorization` / `Proxy-Authorization` value answering `challenge` for a request
 /// with `method` and Request-URI `uri`. `nc` counts uses of this nonce (RFC 7616 §3.4).
-pub fn authorization(challenge: &Challenge, credentials: &Credentials, method: &str, uri: &str, nc: u32, cnonce: &str) -> String {
+pub fn authorization(
+    challenge: &Challenge,
+    credentials: &Credentials,
+    method: &str,
+    uri: &str,
+    nc: u32,
+    cnonce: &str,
+) -> String {
     let alg = challenge.algorithm;
-    let ha1 = hash(alg, &format!("{}:{}:{}", credentials.username, challenge.realm, credentials.password));
+    let ha1 = hash(
+        alg,
+        &format!(
+            "{}:{}:{}",
+            credentials.username, challenge.realm, credentials.password
+        ),
+    );
     let ha2 = hash(alg, &format!("{method}:{uri}"));
     let algorithm = match alg {
         Algorithm::Md5 => "MD5",
@@ -128,7 +162,10 @@ pub fn authorization(challenge: &Challenge, credentials: &Credentials, method: &
     let response = if challenge.qop_auth {
         let nc = format!("{nc:08x}");
         value.push_str(&format!(", qop=auth, nc={nc}, cnonce=\"{cnonce}\""));
-        hash(alg, &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", challenge.nonce))
+        hash(
+            alg,
+            &format!("{ha1}:{}:{nc}:{cnonce}:auth:{ha2}", challenge.nonce),
+        )
     } else {
         hash(alg, &format!("{ha1}:{}:{ha2}", challenge.nonce))
     };
@@ -144,16 +181,32 @@ mod tests {
     use super::*;
 
     fn creds(user: &str, pw: &str) -> Credentials {
-        Credentials { username: user.into(), password: pw.into() }
+        Credentials {
+            username: user.into(),
+            password: pw.into(),
+        }
     }
 
     #[test]
     fn rfc2617_example_without_qop() {
         // RFC 2069-style digest, as in RFC 2617 §3.5 with qop omitted (value computed by
         // the reference algorithm with Mufasa / "Circle Of Life").
-        let ch = parse_challenge(r#"Digest realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093""#).unwrap();
-        let v = authorization(&ch, &creds("Mufasa", "Circle Of Life"), "GET", "/dir/index.html", 1, "x");
-        assert!(v.contains(r#"response="670fd8c2df070c60b045671b8b24ff02""#), "{v}");
+        let ch = parse_challenge(
+            r#"Digest realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093""#,
+        )
+        .unwrap();
+        let v = authorization(
+            &ch,
+            &creds("Mufasa", "Circle Of Life"),
+            "GET",
+            "/dir/index.html",
+            1,
+            "x",
+        );
+        assert!(
+            v.contains(r#"response="670fd8c2df070c60b045671b8b24ff02""#),
+            "{v}"
+        );
     }
 
     #[test]
@@ -163,8 +216,18 @@ mod tests {
         )
         .unwrap();
         assert!(ch.qop_auth);
-        let v = authorization(&ch, &creds("Mufasa", "Circle Of Life"), "GET", "/dir/index.html", 1, "0a4f113b");
-        assert!(v.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{v}");
+        let v = authorization(
+            &ch,
+            &creds("Mufasa", "Circle Of Life"),
+            "GET",
+            "/dir/index.html",
+            1,
+            "0a4f113b",
+        );
+        assert!(
+            v.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{v}"
+        );
         assert!(v.contains("nc=00000001"));
         assert!(v.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#));
     }
@@ -177,14 +240,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ch.algorithm, Algorithm::Sha256);
-        let v = authorization(&ch, &creds("Mufasa", "Circle of Life"), "GET", "/dir/index.html", 1, "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ");
-        assert!(v.contains(r#"response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1""#), "{v}");
+        let v = authorization(
+            &ch,
+            &creds("Mufasa", "Circle of Life"),
+            "GET",
+            "/dir/index.html",
+            1,
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+        );
+        assert!(
+            v.contains(
+                r#"response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1""#
+            ),
+            "{v}"
+        );
     }
 
     #[test]
     fn unsupported_schemes_and_algorithms_are_skipped() {
         assert_eq!(parse_challenge(r#"Basic realm="x""#), None);
-        assert_eq!(parse_challenge(r#"Digest realm="x", nonce="y", algorithm=MD5-sess"#), None);
-        assert_eq!(parse_challenge(r#"Digest nonce="y""#), None, "realm is required");
+        assert_eq!(
+            parse_challenge(r#"Digest realm="x", nonce="y", algorithm=MD5-sess"#),
+            None
+        );
+        assert_eq!(
+            parse_challenge(r#"Digest nonce="y""#),
+            None,
+            "realm is required"
+        );
     }
 }

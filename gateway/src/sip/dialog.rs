@@ -28,7 +28,12 @@ pub struct Dialog {
 }
 
 fn strip_tag(value: &str) -> String {
-    value.split(";tag=").next().unwrap_or(value).trim().to_string()
+    value
+        .split(";tag=")
+        .next()
+        .unwrap_or(value)
+        .trim()
+        .to_string()
 }
 
 fn contact_uri(msg: &impl HeadersExt) -> Option<rsip::Uri> {
@@ -49,7 +54,12 @@ impl Dialog {
             .headers
             .iter()
             .filter_map(|h| match h {
-                Header::RecordRoute(rr) => Some(rr.value().split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>()),
+                Header::RecordRoute(rr) => Some(
+                    rr.value()
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .collect::<Vec<_>>(),
+                ),
                 _ => None,
             })
             .flatten()
@@ -75,7 +85,13 @@ impl Dialog {
     }
 
     /// Builds an in-dialog request (§12.2.1.1) with a new CSeq. `via` comes from the endpoint.
-    pub fn request(&mut self, method: Method, via: Header, extra: Vec<Header>, body: Vec<u8>) -> Request {
+    pub fn request(
+        &mut self,
+        method: Method,
+        via: Header,
+        extra: Vec<Header>,
+        body: Vec<u8>,
+    ) -> Request {
         let seq = self.next_seq();
         self.build(method, seq, via, extra, body)
     }
@@ -85,27 +101,50 @@ impl Dialog {
         self.build(Method::Ack, invite_seq, via, vec![], vec![])
     }
 
-    fn build(&self, method: Method, seq: u32, via: Header, extra: Vec<Header>, body: Vec<u8>) -> Request {
+    fn build(
+        &self,
+        method: Method,
+        seq: u32,
+        via: Header,
+        extra: Vec<Header>,
+        body: Vec<u8>,
+    ) -> Request {
         let mut headers = rsip::Headers::default();
         headers.push(via);
         for route in &self.route_set {
             headers.push(Header::Route(rsip::headers::Route::new(route.clone())));
         }
         headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
-        headers.push(Header::From(rsip::headers::From::new(format!("{};tag={}", self.local_uri, self.local_tag))));
-        headers.push(Header::To(rsip::headers::To::new(format!("{};tag={}", self.remote_uri, self.remote_tag))));
-        headers.push(Header::CallId(rsip::headers::CallId::new(self.call_id.clone())));
+        headers.push(Header::From(rsip::headers::From::new(format!(
+            "{};tag={}",
+            self.local_uri, self.local_tag
+        ))));
+        headers.push(Header::To(rsip::headers::To::new(format!(
+            "{};tag={}",
+            self.remote_uri, self.remote_tag
+        ))));
+        headers.push(Header::CallId(rsip::headers::CallId::new(
+            self.call_id.clone(),
+        )));
         headers.push(rsip::typed::CSeq { seq, method }.into());
         for h in extra {
             headers.push(h);
         }
-        Request { method, uri: self.remote_target.clone(), version: rsip::Version::V2, headers, body }
+        Request {
+            method,
+            uri: self.remote_target.clone(),
+            version: rsip::Version::V2,
+            headers,
+            body,
+        }
     }
 
     /// Checks an incoming in-dialog request (§12.2.2): CSeq must grow. Returns the status
     /// to reject with otherwise (500, as the RFC says).
     pub fn accept_remote(&mut self, request: &Request) -> Result<(), u16> {
-        let Some((seq, method)) = message::cseq(request) else { return Err(400) };
+        let Some((seq, method)) = message::cseq(request) else {
+            return Err(400);
+        };
         if method == Method::Ack || method == Method::Cancel {
             return Ok(());
         }
@@ -148,7 +187,9 @@ mod tests {
     }
 
     fn via() -> Header {
-        Header::Via(rsip::headers::Via::new("SIP/2.0/UDP gw:5060;branch=z9hG4bK2"))
+        Header::Via(rsip::headers::Via::new(
+            "SIP/2.0/UDP gw:5060;branch=z9hG4bK2",
+        ))
     }
 
     #[test]
@@ -158,7 +199,10 @@ mod tests {
         assert_eq!(d.route_set, vec!["<sip:p1;lr>", "<sip:p2;lr>"]);
         let bye = d.request(Method::Bye, via(), vec![], vec![]);
         let text = bye.to_string();
-        assert!(text.starts_with("BYE sip:100@10.0.0.9:5070 SIP/2.0"), "{text}");
+        assert!(
+            text.starts_with("BYE sip:100@10.0.0.9:5070 SIP/2.0"),
+            "{text}"
+        );
         assert!(text.contains("CSeq: 3 BYE"));
         assert!(text.contains("From: <sip:gw@gw>;tag=L"));
         assert!(text.contains("To: <sip:100@pbx>;tag=R"));
@@ -176,7 +220,13 @@ mod tests {
         assert_eq!(d.accept_remote(&bye), Ok(()));
         assert_eq!(d.accept_remote(&bye), Err(500));
         bye.headers.retain(|h| !matches!(h, Header::CSeq(_)));
-        bye.headers.push(rsip::typed::CSeq { seq: 6, method: Method::Bye }.into());
+        bye.headers.push(
+            rsip::typed::CSeq {
+                seq: 6,
+                method: Method::Bye,
+            }
+            .into(),
+        );
         assert_eq!(d.accept_remote(&bye), Ok(()));
     }
 }

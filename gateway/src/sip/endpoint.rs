@@ -58,16 +58,32 @@ pub struct Responder {
 impl Responder {
     /// Sends `response` through the server transaction (retransmitted as §17.2 requires).
     pub fn respond(&self, response: Response) {
-        let _ = self.commands.send(Command::Respond { key: self.key.clone(), response });
+        let _ = self.commands.send(Command::Respond {
+            key: self.key.clone(),
+            response,
+        });
     }
 }
 
 #[derive(Debug)]
 enum Command {
-    Request { request: Request, target: Target, events: mpsc::UnboundedSender<ClientEvent> },
-    Stateless { request: Request, target: Target },
-    Respond { key: String, response: Response },
-    Dialog { call_id: String, tx: Option<mpsc::UnboundedSender<IncomingRequest>> },
+    Request {
+        request: Request,
+        target: Target,
+        events: mpsc::UnboundedSender<ClientEvent>,
+    },
+    Stateless {
+        request: Request,
+        target: Target,
+    },
+    Respond {
+        key: String,
+        response: Response,
+    },
+    Dialog {
+        call_id: String,
+        tx: Option<mpsc::UnboundedSender<IncomingRequest>>,
+    },
 }
 
 /// Handle to the endpoint task. Cheap to clone; the task ends when every handle is dropped.
@@ -84,7 +100,9 @@ pub struct Endpoint {
 impl Endpoint {
     /// Binds the sockets and starts the task. Out-of-dialog requests other than OPTIONS
     /// (which the endpoint answers itself) arrive on the returned receiver.
-    pub async fn start(config: EndpointConfig) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<IncomingRequest>)> {
+    pub async fn start(
+        config: EndpointConfig,
+    ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<IncomingRequest>)> {
         let udp = UdpSocket::bind(config.udp).await?;
         let udp_addr = udp.local_addr()?;
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
@@ -108,7 +126,11 @@ impl Endpoint {
         };
         let advertised = config.public_ip.unwrap_or_else(|| {
             let ip = udp_addr.ip();
-            if ip.is_unspecified() { local_ip_guess() } else { ip }
+            if ip.is_unspecified() {
+                local_ip_guess()
+            } else {
+                ip
+            }
         });
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (app_tx, app_rx) = mpsc::unbounded_channel();
@@ -194,14 +216,26 @@ impl Endpoint {
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
         };
-        let scheme = if transport == Transport::Tls { "sips" } else { "sip" };
+        let scheme = if transport == Transport::Tls {
+            "sips"
+        } else {
+            "sip"
+        };
         format!("{scheme}:{user}@{}{params}", self.host_port(transport))
     }
 
     /// Starts a client transaction for `request` towards `target`.
-    pub fn request(&self, request: Request, target: Target) -> mpsc::UnboundedReceiver<ClientEvent> {
+    pub fn request(
+        &self,
+        request: Request,
+        target: Target,
+    ) -> mpsc::UnboundedReceiver<ClientEvent> {
         let (events, rx) = mpsc::unbounded_channel();
-        let _ = self.commands.send(Command::Request { request, target, events });
+        let _ = self.commands.send(Command::Request {
+            request,
+            target,
+            events,
+        });
         rx
     }
 
@@ -214,13 +248,19 @@ impl Endpoint {
     /// returned receiver until [`Self::forget_dialog`].
     pub fn register_dialog(&self, call_id: &str) -> mpsc::UnboundedReceiver<IncomingRequest> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = self.commands.send(Command::Dialog { call_id: call_id.to_string(), tx: Some(tx) });
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: Some(tx),
+        });
         rx
     }
 
     /// Stops routing `call_id`.
     pub fn forget_dialog(&self, call_id: &str) {
-        let _ = self.commands.send(Command::Dialog { call_id: call_id.to_string(), tx: None });
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: None,
+        });
     }
 }
 
@@ -236,19 +276,34 @@ fn local_ip_guess() -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<std::sync::Arc<rustls::ServerConfig>>, events: mpsc::UnboundedSender<StreamEvent>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    events: mpsc::UnboundedSender<StreamEvent>,
+) {
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else { continue };
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let events = events.clone();
         match tls.clone() {
             None => {
-                tokio::spawn(transport::run_stream(tcp, peer, Transport::Tcp, events, vec![]));
+                tokio::spawn(transport::run_stream(
+                    tcp,
+                    peer,
+                    Transport::Tcp,
+                    events,
+                    vec![],
+                ));
             }
             Some(config) => {
                 tokio::spawn(async move {
                     match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
-                        Ok(stream) => transport::run_stream(stream, peer, Transport::Tls, events, vec![]).await,
+                        Ok(stream) => {
+                            transport::run_stream(stream, peer, Transport::Tls, events, vec![])
+                                .await
+                        }
                         Err(e) => tracing::debug!(%peer, error = %e, "TLS accept failed"),
                     }
                 });
@@ -292,7 +347,11 @@ fn client_key(branch: &str, method: &Method) -> String {
 }
 
 impl Core {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, mut streams: mpsc::UnboundedReceiver<StreamEvent>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut streams: mpsc::UnboundedReceiver<StreamEvent>,
+    ) {
         let mut buf = vec![0u8; 65536];
         loop {
             let next = self.next_timer();
@@ -344,14 +403,23 @@ impl Core {
     fn on_command(&mut self, command: Command) {
         let now = Instant::now();
         match command {
-            Command::Request { request, target, events } => {
+            Command::Request {
+                request,
+                target,
+                events,
+            } => {
                 let Some(branch) = message::top_branch(&request) else {
                     tracing::error!("request without a Via branch not sent");
                     let _ = events.send(ClientEvent::Timeout);
                     return;
                 };
                 let key = client_key(&branch, &request.method);
-                let tx = ClientTransaction::new(request, target.transport.is_reliable(), self.timers, now);
+                let tx = ClientTransaction::new(
+                    request,
+                    target.transport.is_reliable(),
+                    self.timers,
+                    now,
+                );
                 self.clients.insert(key, ClientEntry { tx, target, events });
             }
             Command::Stateless { request, target } => {
@@ -363,7 +431,10 @@ impl Core {
                     e.tx.respond(&response, now);
                 }
             }
-            Command::Dialog { call_id, tx: Some(tx) } => {
+            Command::Dialog {
+                call_id,
+                tx: Some(tx),
+            } => {
                 self.dialogs.insert(call_id, tx);
             }
             Command::Dialog { call_id, tx: None } => {
@@ -380,7 +451,11 @@ impl Core {
                 }
                 self.streams.insert(peer, tx);
             }
-            StreamEvent::Message { peer, transport, bytes } => self.on_message(&bytes, peer, transport),
+            StreamEvent::Message {
+                peer,
+                transport,
+                bytes,
+            } => self.on_message(&bytes, peer, transport),
             StreamEvent::Down { peer } => {
                 self.streams.remove(&peer);
                 self.pending_streams.remove(&peer);
@@ -412,7 +487,8 @@ impl Core {
     }
 
     fn on_response(&mut self, resp: Response, now: Instant) {
-        let (Some(branch), Some((_, method))) = (message::top_branch(&resp), message::cseq(&resp)) else {
+        let (Some(branch), Some((_, method))) = (message::top_branch(&resp), message::cseq(&resp))
+        else {
             return;
         };
         match self.clients.get_mut(&client_key(&branch, &method)) {
@@ -432,7 +508,10 @@ impl Core {
             let key = self
                 .servers
                 .iter()
-                .find(|(k, e)| **k == client_key(&branch, &Method::Invite) || (e.call_id == call_id && e.cseq == cseq))
+                .find(|(k, e)| {
+                    **k == client_key(&branch, &Method::Invite)
+                        || (e.call_id == call_id && e.cseq == cseq)
+                })
                 .map(|(k, _)| k.clone());
             if let Some(key) = key
                 && let Some(e) = self.servers.get_mut(&key)
@@ -440,7 +519,12 @@ impl Core {
                 e.tx.on_ack(now);
             }
             if let Some(d) = self.dialogs.get(&call_id) {
-                let _ = d.send(IncomingRequest { request: req, source, transport, responder: None });
+                let _ = d.send(IncomingRequest {
+                    request: req,
+                    source,
+                    transport,
+                    responder: None,
+                });
             }
             return;
         }
@@ -453,29 +537,71 @@ impl Core {
         if method == Method::Cancel {
             // §9.2: answer the CANCEL, then end the matching INVITE with 487.
             let invite_key = client_key(&branch, &Method::Invite);
-            let matched = self.servers.get_mut(&invite_key).filter(|e| e.tx.awaiting_final());
+            let matched = self
+                .servers
+                .get_mut(&invite_key)
+                .filter(|e| e.tx.awaiting_final());
             let code = if matched.is_some() { 200 } else { 481 };
             tx.respond(&response_to(&req, code, None), now);
             if let Some(invite) = matched {
                 let mut terminated = response_to(&req, 487, Some(&message::random_token()));
-                terminated.headers.retain(|h| !matches!(h, rsip::Header::CSeq(_)));
-                terminated.headers.push(rsip::typed::CSeq { seq: cseq, method: Method::Invite }.into());
+                terminated
+                    .headers
+                    .retain(|h| !matches!(h, rsip::Header::CSeq(_)));
+                terminated.headers.push(
+                    rsip::typed::CSeq {
+                        seq: cseq,
+                        method: Method::Invite,
+                    }
+                    .into(),
+                );
                 invite.tx.respond(&terminated, now);
                 let target = self.dialogs.get(&call_id).unwrap_or(&self.app);
-                let _ = target.send(IncomingRequest { request: req.clone(), source, transport, responder: None });
+                let _ = target.send(IncomingRequest {
+                    request: req.clone(),
+                    source,
+                    transport,
+                    responder: None,
+                });
             }
-            self.servers.insert(key, ServerEntry { tx, source, transport, call_id, cseq });
+            self.servers.insert(
+                key,
+                ServerEntry {
+                    tx,
+                    source,
+                    transport,
+                    call_id,
+                    cseq,
+                },
+            );
             return;
         }
         if method == Method::Invite {
             // §17.2.1: a 100 at once stops the client's retransmissions while the TU decides.
             tx.respond(&response_to(&req, 100, None), now);
         }
-        let responder = Responder { key: key.clone(), commands: self.commands.clone() };
+        let responder = Responder {
+            key: key.clone(),
+            commands: self.commands.clone(),
+        };
         let in_dialog = message::to_tag(&req).is_some();
         let dialog = self.dialogs.get(&call_id).cloned();
-        self.servers.insert(key, ServerEntry { tx, source, transport, call_id, cseq });
-        let incoming = IncomingRequest { request: req, source, transport, responder: Some(responder.clone()) };
+        self.servers.insert(
+            key,
+            ServerEntry {
+                tx,
+                source,
+                transport,
+                call_id,
+                cseq,
+            },
+        );
+        let incoming = IncomingRequest {
+            request: req,
+            source,
+            transport,
+            responder: Some(responder.clone()),
+        };
         match (dialog, in_dialog, method) {
             (Some(d), _, _) => {
                 if let Err(lost) = d.send(incoming) {
@@ -488,9 +614,18 @@ impl Core {
             }
             (None, false, Method::Options) => {
                 let mut ok = response_for(&incoming.request, 200);
-                ok.headers.push(rsip::Header::Allow(rsip::headers::Allow::new("INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")));
-                ok.headers.push(rsip::Header::Other("Accept".into(), "application/sdp".into()));
-                ok.headers.push(rsip::Header::Server(rsip::headers::Server::new(self.user_agent.clone())));
+                ok.headers
+                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
+                        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
+                    )));
+                ok.headers.push(rsip::Header::Other(
+                    "Accept".into(),
+                    "application/sdp".into(),
+                ));
+                ok.headers
+                    .push(rsip::Header::Server(rsip::headers::Server::new(
+                        self.user_agent.clone(),
+                    )));
                 responder.respond(ok);
             }
             (None, false, _) => {
@@ -530,7 +665,11 @@ impl Core {
             return;
         }
         self.pending_streams.insert(target.addr, Vec::new());
-        tokio::spawn(transport::connect(target.clone(), self.stream_tx.clone(), vec![bytes]));
+        tokio::spawn(transport::connect(
+            target.clone(),
+            self.stream_tx.clone(),
+            vec![bytes],
+        ));
     }
 
     async fn flush(&mut self) {

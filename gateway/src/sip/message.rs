@@ -86,7 +86,10 @@ fn content_length_of(head: &str) -> Result<Option<usize>, MessageError> {
 /// require Content-Length (§18.3); a missing one is taken as zero, as most stacks do.
 pub fn frame(buf: &[u8]) -> Result<Frame, MessageError> {
     // Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are consumed as their own frame.
-    let blank = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+    let blank = buf
+        .iter()
+        .take_while(|b| **b == b'\r' || **b == b'\n')
+        .count();
     if blank > 0 {
         return Ok(Frame::Complete(blank));
     }
@@ -96,7 +99,11 @@ pub fn frame(buf: &[u8]) -> Result<Frame, MessageError> {
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| MessageError::NotUtf8)?;
     let body_len = content_length_of(head)?.unwrap_or(0);
     let total = end + 4 + body_len;
-    Ok(if buf.len() >= total { Frame::Complete(total) } else { Frame::Incomplete })
+    Ok(if buf.len() >= total {
+        Frame::Complete(total)
+    } else {
+        Frame::Incomplete
+    })
 }
 
 /// Unfolds continuation lines and expands compact header names.
@@ -113,7 +120,10 @@ fn canonical_head(head: &str) -> String {
             out.push_str("\r\n");
             if let Some((name, value)) = line.split_once(':') {
                 let name = name.trim();
-                if let Some((_, long)) = COMPACT_FORMS.iter().find(|(short, _)| name.eq_ignore_ascii_case(short)) {
+                if let Some((_, long)) = COMPACT_FORMS
+                    .iter()
+                    .find(|(short, _)| name.eq_ignore_ascii_case(short))
+                {
                     out.push_str(long);
                     out.push_str(": ");
                     out.push_str(value.trim_start());
@@ -133,7 +143,10 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, MessageError> {
     let available = buf.len() - (end + 4);
     let body_len = match content_length_of(head)? {
         Some(declared) if declared > available => {
-            return Err(MessageError::BodyTooShort { declared, actual: available });
+            return Err(MessageError::BodyTooShort {
+                declared,
+                actual: available,
+            });
         }
         Some(declared) => declared,
         // §18.3: over UDP a missing Content-Length means the rest of the datagram.
@@ -142,7 +155,8 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, MessageError> {
     let mut canonical = canonical_head(head).into_bytes();
     canonical.extend_from_slice(b"\r\n\r\n");
     canonical.extend_from_slice(&buf[end + 4..end + 4 + body_len]);
-    let msg = SipMessage::try_from(canonical.as_slice()).map_err(|e| MessageError::Syntax(e.to_string()))?;
+    let msg = SipMessage::try_from(canonical.as_slice())
+        .map_err(|e| MessageError::Syntax(e.to_string()))?;
     validate(&msg)?;
     Ok(msg)
 }
@@ -153,7 +167,8 @@ fn validate(msg: &SipMessage) -> Result<(), MessageError> {
         .ok()
         .and_then(|v| v.typed().ok())
         .ok_or(MessageError::MissingHeader("Via"))?;
-    msg.call_id_header().map_err(|_| MessageError::MissingHeader("Call-ID"))?;
+    msg.call_id_header()
+        .map_err(|_| MessageError::MissingHeader("Call-ID"))?;
     msg.cseq_header()
         .ok()
         .and_then(|c| c.typed().ok())
@@ -188,7 +203,9 @@ pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
     let mut copied = String::new();
     let mut have = [false; 5];
     for line in lines {
-        let Some((name, _)) = line.split_once(':') else { continue };
+        let Some((name, _)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim();
         for (i, wanted) in ["Via", "From", "To", "Call-ID", "CSeq"].iter().enumerate() {
             if name.eq_ignore_ascii_case(wanted) {
@@ -201,7 +218,12 @@ pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
     if !have.iter().all(|h| *h) {
         return None;
     }
-    let phrase: String = reason.to_string().chars().filter(|c| !c.is_control()).take(100).collect();
+    let phrase: String = reason
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect();
     Some(format!("SIP/2.0 400 Bad Request\r\n{copied}Warning: 399 gateway \"{}\"\r\nContent-Length: 0\r\n\r\n", phrase.replace('"', "'")).into_bytes())
 }
 
@@ -221,7 +243,9 @@ pub fn response_bytes(resp: &Response) -> Vec<u8> {
 
 fn set_content_length(headers: &mut rsip::Headers, len: usize) {
     headers.retain(|h| !matches!(h, Header::ContentLength(_)));
-    headers.push(Header::ContentLength(rsip::headers::ContentLength::new(len.to_string())));
+    headers.push(Header::ContentLength(rsip::headers::ContentLength::new(
+        len.to_string(),
+    )));
 }
 
 /// The Call-ID value.
@@ -243,12 +267,22 @@ pub fn top_branch(msg: &impl HeadersExt) -> Option<String> {
 
 /// The tag of the To header.
 pub fn to_tag(msg: &impl HeadersExt) -> Option<String> {
-    msg.to_header().ok()?.typed().ok()?.tag().map(|t| t.value().to_string())
+    msg.to_header()
+        .ok()?
+        .typed()
+        .ok()?
+        .tag()
+        .map(|t| t.value().to_string())
 }
 
 /// The tag of the From header.
 pub fn from_tag(msg: &impl HeadersExt) -> Option<String> {
-    msg.from_header().ok()?.typed().ok()?.tag().map(|t| t.value().to_string())
+    msg.from_header()
+        .ok()?
+        .typed()
+        .ok()?
+        .tag()
+        .map(|t| t.value().to_string())
 }
 
 /// The value of the first header named `name` (case-insensitive), typed or not.
@@ -256,7 +290,9 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
     headers.iter().find_map(|h| {
         let text = h.to_string();
         let (n, v) = text.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_string())
     })
 }
 
@@ -264,7 +300,9 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
 pub fn random_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..16).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    (0..16)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
 }
 
 /// A new branch with the RFC 3261 magic cookie (§8.1.1.7).
@@ -278,13 +316,17 @@ pub fn response_to(req: &Request, code: u16, to_tag: Option<&str>) -> Response {
     let mut headers = rsip::Headers::default();
     for h in req.headers.iter() {
         match h {
-            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) | Header::RecordRoute(_) => {
-                headers.push(h.clone())
-            }
+            Header::Via(_)
+            | Header::From(_)
+            | Header::CallId(_)
+            | Header::CSeq(_)
+            | Header::RecordRoute(_) => headers.push(h.clone()),
             Header::To(to) => {
                 let has_tag = to.typed().ok().and_then(|t| t.tag().cloned()).is_some();
                 match (has_tag, to_tag) {
-                    (false, Some(tag)) => headers.push(Header::To(rsip::headers::To::new(format!("{};tag={tag}", to.value())))),
+                    (false, Some(tag)) => headers.push(Header::To(rsip::headers::To::new(
+                        format!("{};tag={tag}", to.value()),
+                    ))),
                     _ => headers.push(h.clone()),
                 }
             }
@@ -332,7 +374,13 @@ l: 4\r\n\r\nv=0\r\n";
     fn body_shorter_than_content_length_is_refused_with_400() {
         let raw = INVITE.replace("l: 4", "l: 400");
         let err = parse(raw.as_bytes()).unwrap_err();
-        assert_eq!(err, MessageError::BodyTooShort { declared: 400, actual: 5 });
+        assert_eq!(
+            err,
+            MessageError::BodyTooShort {
+                declared: 400,
+                actual: 5
+            }
+        );
         let reply = String::from_utf8(bad_request_for(raw.as_bytes(), &err).unwrap()).unwrap();
         assert!(reply.starts_with("SIP/2.0 400 Bad Request\r\n"));
         assert!(reply.contains("Call-ID: a84b4c76e66710"));
@@ -342,7 +390,10 @@ l: 4\r\n\r\nv=0\r\n";
     #[test]
     fn missing_mandatory_header_is_named() {
         let raw = INVITE.replace("i: a84b4c76e66710\r\n", "");
-        assert_eq!(parse(raw.as_bytes()).unwrap_err(), MessageError::MissingHeader("Call-ID"));
+        assert_eq!(
+            parse(raw.as_bytes()).unwrap_err(),
+            MessageError::MissingHeader("Call-ID")
+        );
         // Without a Call-ID there is nothing to answer to.
         assert!(bad_request_for(raw.as_bytes(), &MessageError::MissingHeader("Call-ID")).is_none());
     }
@@ -357,7 +408,9 @@ l: 4\r\n\r\nv=0\r\n";
             b"INVITE sip:x SIP/2.0\r\nVia: garbage\r\nCSeq: x\r\n\r\n".to_vec(),
             vec![0xff; 64],
             INVITE.as_bytes()[..60].to_vec(),
-            INVITE.replace("CSeq: 314159\r\n INVITE", "CSeq: INVITE 1").into_bytes(),
+            INVITE
+                .replace("CSeq: 314159\r\n INVITE", "CSeq: INVITE 1")
+                .into_bytes(),
             INVITE.replace("l: 4", "l: -1").into_bytes(),
         ];
         for input in inputs {

@@ -132,11 +132,19 @@ impl ClientTransaction {
                     self.transmit.push_back(ack.clone());
                     self.ack = Some(ack);
                     // Timer D: at least 32 s over UDP to absorb final-response retransmissions.
-                    let d = if self.reliable { Duration::ZERO } else { Duration::from_secs(32) };
+                    let d = if self.reliable {
+                        Duration::ZERO
+                    } else {
+                        Duration::from_secs(32)
+                    };
                     self.deadline = Some(now + d);
                 } else {
                     // Timer K.
-                    let k = if self.reliable { Duration::ZERO } else { self.timers.t4 };
+                    let k = if self.reliable {
+                        Duration::ZERO
+                    } else {
+                        self.timers.t4
+                    };
                     self.deadline = Some(now + k);
                 }
                 self.events.push_back(ClientEvent::Response(response));
@@ -230,15 +238,28 @@ fn ack_for_non_2xx(invite: &Request, response: &Response) -> Request {
     }
     for h in invite.headers.iter() {
         match h {
-            Header::From(_) | Header::CallId(_) | Header::Route(_) | Header::MaxForwards(_) => headers.push(h.clone()),
+            Header::From(_) | Header::CallId(_) | Header::Route(_) | Header::MaxForwards(_) => {
+                headers.push(h.clone())
+            }
             _ => {}
         }
     }
     if let Ok(to) = response.to_header() {
         headers.push(Header::To(to.clone()));
     }
-    let seq = invite.cseq_header().ok().and_then(|c| c.typed().ok()).map(|c| c.seq).unwrap_or(1);
-    headers.push(rsip::typed::CSeq { seq, method: Method::Ack }.into());
+    let seq = invite
+        .cseq_header()
+        .ok()
+        .and_then(|c| c.typed().ok())
+        .map(|c| c.seq)
+        .unwrap_or(1);
+    headers.push(
+        rsip::typed::CSeq {
+            seq,
+            method: Method::Ack,
+        }
+        .into(),
+    );
     Request {
         method: Method::Ack,
         uri: invite.uri.clone(),
@@ -295,7 +316,11 @@ impl ServerTransaction {
             invite,
             reliable,
             timers,
-            state: if invite { ServerState::Proceeding } else { ServerState::Trying },
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
+            },
             last_response: None,
             retransmit_at: None,
             interval: timers.t1,
@@ -321,7 +346,11 @@ impl ServerTransaction {
                 self.state = ServerState::Confirmed;
                 self.retransmit_at = None;
                 // Timer I absorbs ACK retransmissions.
-                let i = if self.reliable { Duration::ZERO } else { self.timers.t4 };
+                let i = if self.reliable {
+                    Duration::ZERO
+                } else {
+                    self.timers.t4
+                };
                 self.deadline = Some(now + i);
                 self.events.push_back(ServerEvent::Acknowledged);
             }
@@ -339,7 +368,13 @@ impl ServerTransaction {
     /// The TU answers.
     pub fn respond(&mut self, response: &Response, now: Instant) {
         let code = response.status_code.code();
-        if matches!(self.state, ServerState::Completed | ServerState::Accepted | ServerState::Confirmed | ServerState::Terminated) {
+        if matches!(
+            self.state,
+            ServerState::Completed
+                | ServerState::Accepted
+                | ServerState::Confirmed
+                | ServerState::Terminated
+        ) {
             return;
         }
         let wire = response_bytes(response);
@@ -363,7 +398,11 @@ impl ServerTransaction {
         } else {
             self.state = ServerState::Completed;
             // Timer J.
-            let j = if self.reliable { Duration::ZERO } else { 64 * self.timers.t1 };
+            let j = if self.reliable {
+                Duration::ZERO
+            } else {
+                64 * self.timers.t1
+            };
             self.deadline = Some(now + j);
         }
     }
@@ -435,7 +474,13 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let mut r = invite();
         r.method = Method::Options;
         r.headers.retain(|h| !matches!(h, Header::CSeq(_)));
-        r.headers.push(rsip::typed::CSeq { seq: 1, method: Method::Options }.into());
+        r.headers.push(
+            rsip::typed::CSeq {
+                seq: 1,
+                method: Method::Options,
+            }
+            .into(),
+        );
         r
     }
 
@@ -491,9 +536,15 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let mut tx = ClientTransaction::new(invite(), false, Timers::default(), t0);
         drain(&mut tx);
         tx.on_response(response(180, true), t0 + Duration::from_millis(100));
-        assert!(matches!(tx.poll_event(), Some(ClientEvent::Response(r)) if r.status_code.code() == 180));
+        assert!(
+            matches!(tx.poll_event(), Some(ClientEvent::Response(r)) if r.status_code.code() == 180)
+        );
         assert_eq!(run_until(&mut tx, t0, Duration::from_secs(60)), 0);
-        assert_eq!(tx.poll_event(), None, "an INVITE in Proceeding waits for the TU");
+        assert_eq!(
+            tx.poll_event(),
+            None,
+            "an INVITE in Proceeding waits for the TU"
+        );
     }
 
     #[test]
@@ -505,7 +556,10 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let ack = tx.poll_transmit().unwrap();
         let ack_text = String::from_utf8(ack).unwrap();
         assert!(ack_text.starts_with("ACK sip:1000@127.0.0.1 SIP/2.0"));
-        assert!(ack_text.contains("branch=z9hG4bKabc"), "same branch as the INVITE");
+        assert!(
+            ack_text.contains("branch=z9hG4bKabc"),
+            "same branch as the INVITE"
+        );
         assert!(ack_text.contains("tag=t9"), "To from the response");
         assert!(ack_text.contains("CSeq: 1 ACK"));
         assert!(matches!(tx.poll_event(), Some(ClientEvent::Response(_))));
@@ -563,7 +617,10 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         st.on_timer(t0 + Duration::from_millis(500));
         assert!(st.poll_transmit().is_some(), "Timer G");
         st.on_retransmission();
-        assert!(st.poll_transmit().is_some(), "a retransmitted INVITE gets the final again");
+        assert!(
+            st.poll_transmit().is_some(),
+            "a retransmitted INVITE gets the final again"
+        );
         st.on_ack(t0 + Duration::from_secs(1));
         assert_eq!(st.poll_event(), Some(ServerEvent::Acknowledged));
         st.on_timer(t0 + Duration::from_secs(2));

@@ -17,7 +17,11 @@ const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 /// Splits `host[:port]` (with `[v6]:port`), applying the transport's default port
 /// (5060, or 5061 for TLS, §19.1.2).
 pub fn split_host_port(address: &str, transport: Transport) -> Option<(String, u16)> {
-    let default_port = if transport == Transport::Tls { 5061 } else { 5060 };
+    let default_port = if transport == Transport::Tls {
+        5061
+    } else {
+        5060
+    };
     let address = address.trim();
     if address.is_empty() || address.contains(char::is_whitespace) || address.contains('/') {
         return None;
@@ -53,7 +57,13 @@ pub struct Target {
 
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.host, self.addr.port(), self.transport.via_token())
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host,
+            self.addr.port(),
+            self.transport.via_token()
+        )
     }
 }
 
@@ -86,14 +96,19 @@ pub enum StreamEvent {
 }
 
 /// Builds the TLS client settings for a trunk: public roots plus an optional private CA.
-pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn tls_client_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
             let cert = cert.map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
-            roots.add(cert).map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("unusable certificate in {}: {e}", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -106,8 +121,12 @@ pub fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls
 }
 
 /// Builds the TLS server settings from PEM files.
-pub fn tls_server_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let cert_pem = std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
+pub fn tls_server_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let cert_pem =
+        std::fs::read(cert).map_err(|e| format!("cannot read {}: {e}", cert.display()))?;
     let key_pem = std::fs::read(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -126,7 +145,11 @@ pub fn tls_server_config(cert: &std::path::Path, key: &std::path::Path) -> Resul
 }
 
 /// Connects to `target` and runs the connection until it closes; reports through `events`.
-pub async fn connect(target: Target, events: mpsc::UnboundedSender<StreamEvent>, first: Vec<Vec<u8>>) {
+pub async fn connect(
+    target: Target,
+    events: mpsc::UnboundedSender<StreamEvent>,
+    first: Vec<Vec<u8>>,
+) {
     let peer = target.addr;
     let tcp = match TcpStream::connect(peer).await {
         Ok(s) => s,
@@ -147,7 +170,10 @@ pub async fn connect(target: Target, events: mpsc::UnboundedSender<StreamEvent>,
                     return;
                 }
             };
-            match tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await {
+            match tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+            {
                 Ok(stream) => run_stream(stream, peer, Transport::Tls, events, first).await,
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "TLS handshake with trunk failed");
@@ -160,8 +186,13 @@ pub async fn connect(target: Target, events: mpsc::UnboundedSender<StreamEvent>,
 }
 
 /// Runs one established stream: frames incoming messages, writes queued ones.
-pub async fn run_stream<S>(stream: S, peer: SocketAddr, transport: Transport, events: mpsc::UnboundedSender<StreamEvent>, first: Vec<Vec<u8>>)
-where
+pub async fn run_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    transport: Transport,
+    events: mpsc::UnboundedSender<StreamEvent>,
+    first: Vec<Vec<u8>>,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -169,7 +200,14 @@ where
     for msg in first {
         let _ = tx.send(msg);
     }
-    if events.send(StreamEvent::Up { peer, transport, tx }).is_err() {
+    if events
+        .send(StreamEvent::Up {
+            peer,
+            transport,
+            tx,
+        })
+        .is_err()
+    {
         return;
     }
     let write = async move {
@@ -196,7 +234,14 @@ where
                         if bytes.iter().all(|b| *b == b'\r' || *b == b'\n') {
                             continue;
                         }
-                        if events_r.send(StreamEvent::Message { peer, transport, bytes }).is_err() {
+                        if events_r
+                            .send(StreamEvent::Message {
+                                peer,
+                                transport,
+                                bytes,
+                            })
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -227,9 +272,18 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("10.0.0.1:5080", Transport::Udp), Some(("10.0.0.1".into(), 5080)));
-        assert_eq!(split_host_port("pbx.example.com", Transport::Tls), Some(("pbx.example.com".into(), 5061)));
-        assert_eq!(split_host_port("[::1]:5062", Transport::Tcp), Some(("::1".into(), 5062)));
+        assert_eq!(
+            split_host_port("10.0.0.1:5080", Transport::Udp),
+            Some(("10.0.0.1".into(), 5080))
+        );
+        assert_eq!(
+            split_host_port("pbx.example.com", Transport::Tls),
+            Some(("pbx.example.com".into(), 5061))
+        );
+        assert_eq!(
+            split_host_port("[::1]:5062", Transport::Tcp),
+            Some(("::1".into(), 5062))
+        );
         assert_eq!(split_host_port("pbx:port", Transport::Udp), None);
         assert_eq!(split_host_port("", Transport::Udp), None);
         assert_eq!(split_host_port("sip:pbx", Transport::Udp), None);

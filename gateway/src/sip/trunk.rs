@@ -108,12 +108,21 @@ impl Trunks {
         let mut channels = HashMap::new();
         for c in configs {
             if c.transport == Transport::Tls {
-                tls.insert(c.name.clone(), tls_client_config(c.ca_file.as_deref()).map_err(|e| format!("trunk `{}`: {e}", c.name))?);
+                tls.insert(
+                    c.name.clone(),
+                    tls_client_config(c.ca_file.as_deref())
+                        .map_err(|e| format!("trunk `{}`: {e}", c.name))?,
+                );
             }
             channels.insert(c.name.clone(), Arc::new(AtomicU32::new(0)));
             map.insert(c.name.clone(), c);
         }
-        Ok(Arc::new(Trunks { configs: map, tls, down_until: Mutex::new(HashMap::new()), channels }))
+        Ok(Arc::new(Trunks {
+            configs: map,
+            tls,
+            down_until: Mutex::new(HashMap::new()),
+            channels,
+        }))
     }
 
     /// The configuration of trunk `name`.
@@ -139,27 +148,43 @@ impl Trunks {
 
     fn mark_down(&self, trunk: &str, address: &str, for_how_long: Duration) {
         let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        down.insert((trunk.to_string(), address.to_string()), Instant::now() + for_how_long);
+        down.insert(
+            (trunk.to_string(), address.to_string()),
+            Instant::now() + for_how_long,
+        );
     }
 
     fn is_down(&self, trunk: &str, address: &str) -> bool {
         let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        down.get(&(trunk.to_string(), address.to_string())).is_some_and(|until| *until > Instant::now())
+        down.get(&(trunk.to_string(), address.to_string()))
+            .is_some_and(|until| *until > Instant::now())
     }
 
     fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
         let config = self.configs.get(trunk)?;
         let counter = self.channels.get(trunk)?.clone();
         let max = config.max_channels.unwrap_or(u32::MAX);
-        counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
         Some(ChannelGuard(counter))
     }
 
     /// Resolves one configured address of a trunk.
     pub async fn target(&self, trunk: &TrunkConfig, address: &str) -> Option<Target> {
         let (host, port) = split_host_port(address, trunk.transport)?;
-        let addr = tokio::net::lookup_host((host.as_str(), port)).await.ok()?.next()?;
-        Some(Target { addr, transport: trunk.transport, host, tls: self.tls.get(&trunk.name).cloned() })
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?;
+        Some(Target {
+            addr,
+            transport: trunk.transport,
+            host,
+            tls: self.tls.get(&trunk.name).cloned(),
+        })
     }
 }
 
@@ -216,8 +241,16 @@ pub enum InDialog {
 
 fn uri_host(trunk: &TrunkConfig, target: &Target) -> String {
     trunk.from_domain.clone().unwrap_or_else(|| {
-        let default = if trunk.transport == Transport::Tls { 5061 } else { 5060 };
-        if target.addr.port() == default { target.host.clone() } else { format!("{}:{}", target.host, target.addr.port()) }
+        let default = if trunk.transport == Transport::Tls {
+            5061
+        } else {
+            5060
+        };
+        if target.addr.port() == default {
+            target.host.clone()
+        } else {
+            format!("{}:{}", target.host, target.addr.port())
+        }
     })
 }
 
@@ -233,22 +266,34 @@ pub async fn place_call(
 ) -> Result<TrunkCall, CallFailure> {
     let mut last = CallFailure::NoTrunk(format!("trunk `{first_trunk}` is not configured"));
     for trunk_name in trunks.chain(first_trunk) {
-        let Some(trunk) = trunks.config(&trunk_name) else { continue };
+        let Some(trunk) = trunks.config(&trunk_name) else {
+            continue;
+        };
         let Some(channel) = trunks.take_channel(&trunk_name) else {
-            last = CallFailure::NoTrunk(format!("trunk `{trunk_name}` has all {} channels in use", trunk.max_channels.unwrap_or(0)));
+            last = CallFailure::NoTrunk(format!(
+                "trunk `{trunk_name}` has all {} channels in use",
+                trunk.max_channels.unwrap_or(0)
+            ));
             continue;
         };
         let mut channel = Some(channel);
         for address in &trunk.addresses {
             if trunks.is_down(&trunk_name, address) {
-                last = CallFailure::NoTrunk(format!("trunk `{trunk_name}` at {address} asked us to wait (Retry-After)"));
+                last = CallFailure::NoTrunk(format!(
+                    "trunk `{trunk_name}` at {address} asked us to wait (Retry-After)"
+                ));
                 continue;
             }
             let Some(target) = trunks.target(trunk, address).await else {
-                last = CallFailure::NoTrunk(format!("trunk `{trunk_name}`: cannot resolve `{address}`"));
+                last = CallFailure::NoTrunk(format!(
+                    "trunk `{trunk_name}`: cannot resolve `{address}`"
+                ));
                 continue;
             };
-            let _ = progress.send(Progress::Trying { trunk: trunk_name.clone(), address: address.clone() });
+            let _ = progress.send(Progress::Trying {
+                trunk: trunk_name.clone(),
+                address: address.clone(),
+            });
             match invite(endpoint, trunk, &target, request, progress, cancel).await {
                 Ok((dialog, answer_sdp, incoming)) => {
                     return Ok(TrunkCall {
@@ -277,34 +322,77 @@ pub async fn place_call(
     Err(last)
 }
 
-type Attempt = Result<(Dialog, Vec<u8>, mpsc::UnboundedReceiver<IncomingRequest>), (CallFailure, Option<Duration>)>;
+type Attempt = Result<
+    (Dialog, Vec<u8>, mpsc::UnboundedReceiver<IncomingRequest>),
+    (CallFailure, Option<Duration>),
+>;
 
-fn build_invite(endpoint: &Endpoint, trunk: &TrunkConfig, target: &Target, request: &CallRequest, ids: &(String, String), seq: u32, auth: Option<Header>) -> Request {
+fn build_invite(
+    endpoint: &Endpoint,
+    trunk: &TrunkConfig,
+    target: &Target,
+    request: &CallRequest,
+    ids: &(String, String),
+    seq: u32,
+    auth: Vec<Header>,
+) -> Request {
     let host = uri_host(trunk, target);
-    let scheme = if trunk.transport == Transport::Tls { "sips" } else { "sip" };
-    let uri = rsip::Uri::try_from(format!("{scheme}:{}@{host}", request.to)).unwrap_or_else(|_| rsip::Uri {
-        scheme: Some(rsip::Scheme::Sip),
-        auth: Some(rsip::Auth { user: request.to.clone(), password: None }),
-        host_with_port: rsip::Domain::from(host.clone()).into(),
-        ..Default::default()
+    let scheme = if trunk.transport == Transport::Tls {
+        "sips"
+    } else {
+        "sip"
+    };
+    let uri = rsip::Uri::try_from(format!("{scheme}:{}@{host}", request.to)).unwrap_or_else(|_| {
+        rsip::Uri {
+            scheme: Some(rsip::Scheme::Sip),
+            auth: Some(rsip::Auth {
+                user: request.to.clone(),
+                password: None,
+            }),
+            host_with_port: rsip::Domain::from(host.clone()).into(),
+            ..Default::default()
+        }
     });
     let from_user = request.from_user.as_deref().unwrap_or(&trunk.from_user);
     let (call_id, from_tag) = ids;
     let mut headers = rsip::Headers::default();
     headers.push(endpoint.via(trunk.transport, &message::new_branch()));
     headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
-    headers.push(Header::From(rsip::headers::From::new(format!("<{scheme}:{from_user}@{host}>;tag={from_tag}"))));
+    headers.push(Header::From(rsip::headers::From::new(format!(
+        "<{scheme}:{from_user}@{host}>;tag={from_tag}"
+    ))));
     headers.push(Header::To(rsip::headers::To::new(format!("<{uri}>"))));
     headers.push(Header::CallId(rsip::headers::CallId::new(call_id.clone())));
-    headers.push(rsip::typed::CSeq { seq, method: Method::Invite }.into());
-    headers.push(Header::Contact(rsip::headers::Contact::new(format!("<{}>", endpoint.contact_uri("gw", trunk.transport)))));
-    headers.push(Header::Allow(rsip::headers::Allow::new("INVITE, ACK, BYE, CANCEL, OPTIONS, INFO")));
-    headers.push(Header::UserAgent(rsip::headers::UserAgent::new(endpoint.user_agent().to_string())));
-    headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
-    if let Some(a) = auth {
+    headers.push(
+        rsip::typed::CSeq {
+            seq,
+            method: Method::Invite,
+        }
+        .into(),
+    );
+    headers.push(Header::Contact(rsip::headers::Contact::new(format!(
+        "<{}>",
+        endpoint.contact_uri("gw", trunk.transport)
+    ))));
+    headers.push(Header::Allow(rsip::headers::Allow::new(
+        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
+    )));
+    headers.push(Header::UserAgent(rsip::headers::UserAgent::new(
+        endpoint.user_agent().to_string(),
+    )));
+    headers.push(Header::ContentType(rsip::headers::ContentType::new(
+        "application/sdp",
+    )));
+    for a in auth {
         headers.push(a);
     }
-    Request { method: Method::Invite, uri, version: rsip::Version::V2, headers, body: request.sdp_offer.clone().into_bytes() }
+    Request {
+        method: Method::Invite,
+        uri,
+        version: rsip::Version::V2,
+        headers,
+        body: request.sdp_offer.clone().into_bytes(),
+    }
 }
 
 /// §9.1: CANCEL copies the INVITE's Request-URI, top Via (same branch), From, To, Call-ID
@@ -315,18 +403,41 @@ fn build_cancel(invite: &Request) -> Request {
         headers.push(Header::Via(via.clone()));
     }
     for h in invite.headers.iter() {
-        if matches!(h, Header::From(_) | Header::To(_) | Header::CallId(_) | Header::Route(_) | Header::MaxForwards(_)) {
+        if matches!(
+            h,
+            Header::From(_)
+                | Header::To(_)
+                | Header::CallId(_)
+                | Header::Route(_)
+                | Header::MaxForwards(_)
+        ) {
             headers.push(h.clone());
         }
     }
     let seq = message::cseq(invite).map(|c| c.0).unwrap_or(1);
-    headers.push(rsip::typed::CSeq { seq, method: Method::Cancel }.into());
-    Request { method: Method::Cancel, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] }
+    headers.push(
+        rsip::typed::CSeq {
+            seq,
+            method: Method::Cancel,
+        }
+        .into(),
+    );
+    Request {
+        method: Method::Cancel,
+        uri: invite.uri.clone(),
+        version: rsip::Version::V2,
+        headers,
+        body: vec![],
+    }
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
     let value = message::header_value(&resp.headers, "Retry-After")?;
-    let secs: u64 = value.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+    let secs: u64 = value
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs.min(3600)))
 }
 
@@ -338,7 +449,10 @@ async fn invite(
     progress: &mpsc::UnboundedSender<Progress>,
     cancel: &mut watch::Receiver<bool>,
 ) -> Attempt {
-    let ids = (format!("{}@gateway", message::random_token()), message::random_token());
+    let ids = (
+        format!("{}@gateway", message::random_token()),
+        message::random_token(),
+    );
     // Registered before the INVITE leaves, so a BYE or re-INVITE racing the 200 finds its dialog.
     let incoming = endpoint.register_dialog(&ids.0);
     let result = invite_inner(endpoint, trunk, target, request, progress, cancel, &ids).await;
@@ -361,13 +475,23 @@ async fn invite_inner(
     cancel: &mut watch::Receiver<bool>,
     ids: &(String, String),
 ) -> Result<(Dialog, Vec<u8>), (CallFailure, Option<Duration>)> {
-    let timeout = |trunk: &TrunkConfig| CallFailure::Timeout { trunk: trunk.name.clone(), address: format!("{:?}", target) };
+    let timeout = |trunk: &TrunkConfig| CallFailure::Timeout {
+        trunk: trunk.name.clone(),
+        address: format!("{:?}", target),
+    };
     let mut seq = 1;
-    let mut auth_header = None;
+    let mut credentials: Vec<((u16, String), Header)> = Vec::new();
     let mut challenges = 0;
-    let mut nc = 0;
     'attempt: loop {
-        let invite = build_invite(endpoint, trunk, target, request, ids, seq, auth_header.clone());
+        let invite = build_invite(
+            endpoint,
+            trunk,
+            target,
+            request,
+            ids,
+            seq,
+            credentials.iter().map(|(_, h)| h.clone()).collect(),
+        );
         let mut events = endpoint.request(invite.clone(), target.clone());
         let mut provisional = false;
         let mut cancel_pending = *cancel.borrow();
@@ -387,7 +511,14 @@ async fn invite_inner(
             let response = match event {
                 Some(ClientEvent::Response(r)) => r,
                 Some(ClientEvent::Timeout) | None => {
-                    return Err((if cancel_pending { CallFailure::Cancelled } else { timeout(trunk) }, None));
+                    return Err((
+                        if cancel_pending {
+                            CallFailure::Cancelled
+                        } else {
+                            timeout(trunk)
+                        },
+                        None,
+                    ));
                 }
             };
             let code = response.status_code.code();
@@ -401,37 +532,76 @@ async fn invite_inner(
                 200..=299 => {
                     let Some(dialog) = Dialog::from_uac(&invite, &response) else {
                         tracing::warn!("2xx without To tag; treating as failure");
-                        return Err((CallFailure::Rejected { trunk: trunk.name.clone(), code: 502, reason: "2xx without To tag".into() }, None));
+                        return Err((
+                            CallFailure::Rejected {
+                                trunk: trunk.name.clone(),
+                                code: 502,
+                                reason: "2xx without To tag".into(),
+                            },
+                            None,
+                        ));
                     };
-                    let ack = dialog.ack(seq, endpoint.via(trunk.transport, &message::new_branch()));
+                    let ack =
+                        dialog.ack(seq, endpoint.via(trunk.transport, &message::new_branch()));
                     endpoint.send_stateless(ack, target.clone());
                     if cancel_pending {
                         // §9.1: the 200 crossed our CANCEL; the call exists, so end it with BYE.
                         let mut call = dialog.clone();
-                        let bye = call.request(Method::Bye, endpoint.via(trunk.transport, &message::new_branch()), vec![], vec![]);
+                        let bye = call.request(
+                            Method::Bye,
+                            endpoint.via(trunk.transport, &message::new_branch()),
+                            vec![],
+                            vec![],
+                        );
                         let _ = endpoint.request(bye, target.clone());
                         return Err((CallFailure::Cancelled, None));
                     }
                     return Ok((dialog, response.body.clone()));
                 }
-                401 | 407 if challenges < 2 && trunk.credentials.is_some() && !cancel_pending => {
+                401 | 407 if challenges < 4 && trunk.credentials.is_some() && !cancel_pending => {
                     let Some(challenge) = auth::best_challenge(&response) else {
-                        return Err((CallFailure::Rejected { trunk: trunk.name.clone(), code, reason: "challenge without a usable Digest".into() }, None));
+                        return Err((
+                            CallFailure::Rejected {
+                                trunk: trunk.name.clone(),
+                                code,
+                                reason: "challenge without a usable Digest".into(),
+                            },
+                            None,
+                        ));
                     };
-                    // A second challenge with the same nonce means the password is wrong; only
-                    // a stale nonce is worth another try (RFC 2617 §3.2.1).
-                    if challenges == 1 && !challenge.stale {
-                        return Err((CallFailure::Rejected { trunk: trunk.name.clone(), code, reason: "credentials refused: check the trunk's username and password".into() }, None));
+                    // §22.3: credentials are kept per realm, so a proxy (407) and the far end
+                    // (401) can both be answered. The same realm challenging again means the
+                    // password is wrong; only a stale nonce is worth another try (RFC 2617 §3.2.1).
+                    let key = (code, challenge.realm.clone());
+                    if credentials.iter().any(|(k, _)| *k == key) && !challenge.stale {
+                        return Err((
+                            CallFailure::Rejected {
+                                trunk: trunk.name.clone(),
+                                code,
+                                reason:
+                                    "credentials refused: check the trunk's username and password"
+                                        .into(),
+                            },
+                            None,
+                        ));
                     }
                     challenges += 1;
-                    nc += 1;
                     let creds = trunk.credentials.as_ref().expect("checked above");
-                    let value = auth::authorization(&challenge, creds, "INVITE", &invite.uri.to_string(), nc, &message::random_token());
-                    auth_header = Some(if code == 407 {
+                    let value = auth::authorization(
+                        &challenge,
+                        creds,
+                        "INVITE",
+                        &invite.uri.to_string(),
+                        1,
+                        &message::random_token(),
+                    );
+                    let header = if code == 407 {
                         Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(value))
                     } else {
                         Header::Authorization(rsip::headers::Authorization::new(value))
-                    });
+                    };
+                    credentials.retain(|(k, _)| *k != key);
+                    credentials.push((key, header));
                     seq += 1;
                     continue 'attempt;
                 }
@@ -440,9 +610,23 @@ async fn invite_inner(
                         return Err((CallFailure::Cancelled, None));
                     }
                     let reason = response.status_code.to_string();
-                    let reason = reason.split_once(' ').map(|(_, r)| r.to_string()).unwrap_or(reason);
-                    let wait = if code == 503 { retry_after(&response) } else { None };
-                    return Err((CallFailure::Rejected { trunk: trunk.name.clone(), code, reason }, wait));
+                    let reason = reason
+                        .split_once(' ')
+                        .map(|(_, r)| r.to_string())
+                        .unwrap_or(reason);
+                    let wait = if code == 503 {
+                        retry_after(&response)
+                    } else {
+                        None
+                    };
+                    return Err((
+                        CallFailure::Rejected {
+                            trunk: trunk.name.clone(),
+                            code,
+                            reason,
+                        },
+                        wait,
+                    ));
                 }
             }
         }
@@ -461,7 +645,9 @@ impl TrunkCall {
     pub async fn next(&mut self) -> Option<InDialog> {
         loop {
             let incoming = self.incoming.recv().await?;
-            let Some(responder) = incoming.responder.clone() else { continue };
+            let Some(responder) = incoming.responder.clone() else {
+                continue;
+            };
             if let Err(code) = self.dialog.accept_remote(&incoming.request) {
                 responder.respond(self.dialog.response(&incoming.request, code));
                 continue;
@@ -473,13 +659,20 @@ impl TrunkCall {
                 }
                 Method::Invite => {
                     let sdp = incoming.request.body.clone();
-                    return Some(InDialog::Reinvite { sdp, request: incoming });
+                    return Some(InDialog::Reinvite {
+                        sdp,
+                        request: incoming,
+                    });
                 }
                 Method::Info => {
                     let body = String::from_utf8_lossy(&incoming.request.body).to_string();
                     let digit = body
                         .lines()
-                        .find_map(|l| l.trim().strip_prefix("Signal").map(|v| v.trim_start_matches([' ', '=']).trim().to_string()))
+                        .find_map(|l| {
+                            l.trim()
+                                .strip_prefix("Signal")
+                                .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+                        })
                         .and_then(|v| v.chars().next());
                     let code = if digit.is_some() { 200 } else { 415 };
                     responder.respond(self.dialog.response(&incoming.request, code));
@@ -494,11 +687,22 @@ impl TrunkCall {
 
     /// Answers a re-INVITE with `sdp` (or rejects it with `code` when `sdp` is `None`: 488).
     pub fn answer_reinvite(&self, request: &IncomingRequest, sdp: Option<String>) {
-        let Some(responder) = &request.responder else { return };
-        let mut resp = self.dialog.response(&request.request, if sdp.is_some() { 200 } else { 488 });
+        let Some(responder) = &request.responder else {
+            return;
+        };
+        let mut resp = self
+            .dialog
+            .response(&request.request, if sdp.is_some() { 200 } else { 488 });
         if let Some(sdp) = sdp {
-            resp.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<{}>", self.endpoint.contact_uri("gw", self.target.transport)))));
-            resp.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+            resp.headers
+                .push(Header::Contact(rsip::headers::Contact::new(format!(
+                    "<{}>",
+                    self.endpoint.contact_uri("gw", self.target.transport)
+                ))));
+            resp.headers
+                .push(Header::ContentType(rsip::headers::ContentType::new(
+                    "application/sdp",
+                )));
             resp.body = sdp.into_bytes();
         }
         responder.respond(resp);
@@ -507,12 +711,16 @@ impl TrunkCall {
     /// Hangs up with BYE and waits (bounded by the transaction's own timeout) for the answer.
     /// Returns the BYE's final status, or `None` on timeout.
     pub async fn hangup(mut self) -> Option<u16> {
-        let via = self.endpoint.via(self.target.transport, &message::new_branch());
+        let via = self
+            .endpoint
+            .via(self.target.transport, &message::new_branch());
         let bye = self.dialog.request(Method::Bye, via, vec![], vec![]);
         let mut events = self.endpoint.request(bye, self.target.clone());
         let result = loop {
             match events.recv().await {
-                Some(ClientEvent::Response(r)) if r.status_code.code() >= 200 => break Some(r.status_code.code()),
+                Some(ClientEvent::Response(r)) if r.status_code.code() >= 200 => {
+                    break Some(r.status_code.code());
+                }
                 Some(ClientEvent::Response(_)) => continue,
                 Some(ClientEvent::Timeout) | None => break None,
             }
@@ -551,17 +759,32 @@ mod tests {
 
     #[test]
     fn failover_chain_is_ordered_and_loop_free() {
-        let t = Trunks::new([trunk("a", &["b", "c"]), trunk("b", &["c", "a"]), trunk("c", &[])]).unwrap();
+        let t = Trunks::new([
+            trunk("a", &["b", "c"]),
+            trunk("b", &["c", "a"]),
+            trunk("c", &[]),
+        ])
+        .unwrap();
         assert_eq!(t.chain("a"), vec!["a", "b", "c"]);
         assert_eq!(t.chain("c"), vec!["c"]);
     }
 
     #[test]
     fn only_timeouts_408_and_5xx_fail_over() {
-        let rejected = |code| CallFailure::Rejected { trunk: "a".into(), code, reason: String::new() };
+        let rejected = |code| CallFailure::Rejected {
+            trunk: "a".into(),
+            code,
+            reason: String::new(),
+        };
         assert!(rejected(503).allows_failover());
         assert!(rejected(408).allows_failover());
-        assert!(CallFailure::Timeout { trunk: "a".into(), address: "x".into() }.allows_failover());
+        assert!(
+            CallFailure::Timeout {
+                trunk: "a".into(),
+                address: "x".into()
+            }
+            .allows_failover()
+        );
         for code in [404, 486, 603, 403] {
             assert!(!rejected(code).allows_failover(), "{code}");
         }

@@ -1,0 +1,249 @@
+//! One RTP stream of the trunk leg: a UDP socket from the configured port range, G.711
+//! framing, RFC 4733 events both ways, and symmetric RTP (RFC 4961) latching.
+//!
+//! Buffers are owned by the stream and reused; nothing allocates per packet.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::UdpSocket;
+
+use super::dtmf::{DtmfReceiver, DtmfSender};
+use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
+use crate::sip::sdp::RemoteMedia;
+
+/// Samples in one 20 ms G.711 frame.
+pub const FRAME_SAMPLES: usize = 160;
+
+/// Packet counters of one stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RtpStats {
+    /// RTP packets sent (audio and events).
+    pub sent: u64,
+    /// RTP packets received and accepted.
+    pub received: u64,
+    /// Datagrams dropped: not RTP, or from an unexpected payload type.
+    pub dropped: u64,
+}
+
+/// What one received datagram turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// One frame of audio decoded into the caller's buffer (this many samples).
+    Audio(usize),
+    /// The start of a DTMF event.
+    Digit(char),
+    /// Nothing usable (continuation of an event, junk, wrong payload type).
+    Nothing,
+}
+
+/// An RTP stream towards one trunk peer.
+#[derive(Debug)]
+pub struct RtpStream {
+    socket: UdpSocket,
+    remote: Option<RemoteMedia>,
+    /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
+    latched: Option<SocketAddr>,
+    sender: RtpSender,
+    dtmf_out: DtmfSender,
+    dtmf_in: DtmfReceiver,
+    event_timestamp: u32,
+    out: [u8; HEADER_LEN + FRAME_SAMPLES],
+    /// Counters.
+    pub stats: RtpStats,
+}
+
+impl RtpStream {
+    /// Binds an even port in `port_min..=port_max` on `ip` (RFC 3550 §11: RTP on even ports),
+    /// starting at a random place so concurrent calls do not collide on retries.
+    pub async fn bind(ip: IpAddr, port_min: u16, port_max: u16) -> std::io::Result<RtpStream> {
+        let first = port_min + (port_min % 2);
+        let slots = ((port_max.saturating_sub(first)) / 2 + 1) as u32;
+        let start: u32 = rand::random::<u32>() % slots.max(1);
+        for i in 0..slots {
+            let port = first as u32 + 2 * ((start + i) % slots);
+            if let Ok(socket) = UdpSocket::bind(SocketAddr::new(ip, port as u16)).await {
+                return Ok(Self::with_socket(socket));
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "no free even RTP port in {port_min}..={port_max} on {ip}; widen [rtp] port_min/port_max"
+            ),
+        ))
+    }
+
+    fn with_socket(socket: UdpSocket) -> RtpStream {
+        RtpStream {
+            socket,
+            remote: None,
+            latched: None,
+            sender: RtpSender::new(),
+            dtmf_out: DtmfSender::new(100, 60),
+            dtmf_in: DtmfReceiver::new(),
+            event_timestamp: 0,
+            out: [0; HEADER_LEN + FRAME_SAMPLES],
+            stats: RtpStats::default(),
+        }
+    }
+
+    /// The bound port.
+    pub fn local_port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Points the stream at the peer described by SDP (answer, early media, or a re-INVITE
+    /// that moved the media: a new `c=`/port is followed at once).
+    pub fn set_remote(&mut self, remote: RemoteMedia) {
+        if self.remote.is_some_and(|r| r.addr != remote.addr) {
+            self.latched = None;
+        }
+        self.remote = Some(remote);
+    }
+
+    /// The peer as last described.
+    pub fn remote(&self) -> Option<RemoteMedia> {
+        self.remote
+    }
+
+    /// Queues DTMF digits to be sent as RFC 4733 events.
+    pub fn send_digits(&mut self, digits: &str) {
+        self.dtmf_out.push_digits(digits);
+    }
+
+    /// True when no digits are queued or playing.
+    pub fn digits_idle(&self) -> bool {
+        self.dtmf_out.is_idle()
+    }
+
+    /// Sends one 20 ms frame: an event packet while a digit plays, else the audio. Nothing is
+    /// sent when the peer does not want media (hold: it said sendonly or inactive).
+    pub fn send_frame(&mut self, pcm: &[i16]) {
+        let Some(remote) = self.remote else { return };
+        let dest = self.latched.unwrap_or(remote.addr);
+        if !remote.direction.peer_receives() || dest.ip().is_unspecified() {
+            self.sender.skip(FRAME_SAMPLES as u32);
+            return;
+        }
+        let len = match (remote.dtmf_payload_type, self.dtmf_out.next_frame()) {
+            (Some(pt), Some(event)) => {
+                if event.marker {
+                    self.event_timestamp = self.sender.timestamp();
+                }
+                let n =
+                    self.sender
+                        .event_header(&mut self.out, pt, event.marker, self.event_timestamp);
+                event.payload.write(&mut self.out[n..]);
+                // The media clock keeps running under the event (RFC 4733 §2.5.1.2); audio
+                // after it starts a new talkspurt.
+                self.sender.skip(FRAME_SAMPLES as u32);
+                n + 4
+            }
+            _ => {
+                let n = self.sender.next_header(
+                    &mut self.out,
+                    remote.codec.payload_type(),
+                    FRAME_SAMPLES as u32,
+                );
+                remote
+                    .codec
+                    .encode(&pcm[..FRAME_SAMPLES], &mut self.out[n..n + FRAME_SAMPLES]);
+                n + FRAME_SAMPLES
+            }
+        };
+        if self.socket.try_send_to(&self.out[..len], dest).is_ok() {
+            self.stats.sent += 1;
+        }
+    }
+
+    /// Waits for the next datagram into `buf`; returns its length and source.
+    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        self.socket.recv_from(buf).await
+    }
+
+    /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
+    pub fn on_datagram(&mut self, data: &[u8], source: SocketAddr, pcm: &mut [i16]) -> Received {
+        let Some(remote) = self.remote else {
+            self.stats.dropped += 1;
+            return Received::Nothing;
+        };
+        let Ok(packet) = RtpPacket::parse(data) else {
+            self.stats.dropped += 1;
+            return Received::Nothing;
+        };
+        let is_audio = packet.payload_type == remote.codec.payload_type();
+        let is_event = Some(packet.payload_type) == remote.dtmf_payload_type;
+        if !is_audio && !is_event {
+            self.stats.dropped += 1;
+            return Received::Nothing;
+        }
+        self.stats.received += 1;
+        if self.latched != Some(source) {
+            self.latched = Some(source);
+        }
+        if is_event {
+            return self
+                .dtmf_in
+                .on_packet(packet.timestamp, packet.payload)
+                .map_or(Received::Nothing, Received::Digit);
+        }
+        let n = packet.payload.len().min(pcm.len());
+        remote.codec.decode(&packet.payload[..n], &mut pcm[..n]);
+        Received::Audio(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::g711::G711;
+    use crate::sip::sdp::Direction;
+
+    #[tokio::test]
+    async fn audio_and_digits_cross_a_loopback_pair() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut a = RtpStream::bind(ip, 41000, 41100).await.unwrap();
+        let mut b = RtpStream::bind(ip, 41000, 41100).await.unwrap();
+        assert_eq!(a.local_port() % 2, 0);
+        let remote = |port| RemoteMedia {
+            addr: SocketAddr::new(ip, port),
+            codec: G711::Pcma,
+            dtmf_payload_type: Some(101),
+            direction: Direction::SendRecv,
+        };
+        a.set_remote(remote(b.local_port()));
+        b.set_remote(remote(a.local_port()));
+        a.send_digits("7");
+        let tone = [1000i16; FRAME_SAMPLES];
+        let mut buf = [0u8; 1500];
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut digits = String::new();
+        let mut audio = 0;
+        for _ in 0..20 {
+            a.send_frame(&tone);
+            let (n, src) = b.recv(&mut buf).await.unwrap();
+            match b.on_datagram(&buf[..n], src, &mut pcm) {
+                Received::Audio(_) => audio += 1,
+                Received::Digit(d) => digits.push(d),
+                Received::Nothing => {}
+            }
+        }
+        assert_eq!(digits, "7");
+        assert!(audio >= 10, "audio resumes after the event: {audio}");
+        assert_eq!(b.stats.received, 20);
+    }
+
+    #[tokio::test]
+    async fn a_held_peer_gets_no_media() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut a = RtpStream::bind(ip, 41200, 41300).await.unwrap();
+        a.set_remote(RemoteMedia {
+            addr: "127.0.0.1:9".parse().unwrap(),
+            codec: G711::Pcmu,
+            dtmf_payload_type: None,
+            direction: Direction::SendOnly,
+        });
+        a.send_frame(&[0; FRAME_SAMPLES]);
+        assert_eq!(a.stats.sent, 0);
+    }
+}
