@@ -1,7 +1,7 @@
 //! A WebRTC-to-SIP trunking gateway whose call logic is extended by WebAssembly plugins.
 //!
 //! Data flows from the browser leg through the call to the SIP trunk; each concern lives in
-//! its own module (see `DESIGN.md` at the repository root for the map).
+//! its own module; the README has the map.
 
 pub mod config;
 pub mod dial;

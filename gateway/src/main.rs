@@ -43,8 +43,8 @@ enum Command {
         /// Seconds to stay connected.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Probe tone in Hz.
-        #[arg(long, default_value_t = 1000.0)]
+        /// Probe tone in Hz (1004 Hz, the telephony test tone: not a divisor of 8 kHz, so G.711 quantisation noise spreads instead of hiding under the tone).
+        #[arg(long, default_value_t = 1004.0)]
         tone: f64,
         /// DTMF digits to send once connected (RFC 4733).
         #[arg(long)]

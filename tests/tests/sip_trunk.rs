@@ -16,7 +16,7 @@ fn options(trunk: &str, seconds: f64) -> DialOptions {
         to: "+15550100".into(),
         from: None,
         seconds,
-        tone_hz: 1000.0,
+        tone_hz: 1004.0,
         dtmf: None,
         answer_timeout: Duration::from_secs(20),
     }

@@ -362,7 +362,7 @@ impl Checker<'_> {
                 }
                 parsed
             }
-            None => default.and_then(|d| parse(d)),
+            None => default.and_then(parse),
         }
     }
 }

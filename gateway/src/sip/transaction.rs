@@ -149,7 +149,7 @@ impl ClientTransaction {
                 }
                 self.events.push_back(ClientEvent::Response(response));
             }
-            ClientState::Accepted if code >= 200 && code < 300 => {
+            ClientState::Accepted if (200..300).contains(&code) => {
                 self.events.push_back(ClientEvent::Response(response));
             }
             ClientState::Completed if self.invite && code >= 300 => {

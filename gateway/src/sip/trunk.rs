@@ -233,7 +233,7 @@ pub enum InDialog {
         /// The offer.
         sdp: Vec<u8>,
         /// The request, for answering.
-        request: IncomingRequest,
+        request: Box<IncomingRequest>,
     },
     /// DTMF by SIP INFO (`application/dtmf-relay`), already answered 200.
     InfoDtmf(char),
@@ -661,7 +661,7 @@ impl TrunkCall {
                     let sdp = incoming.request.body.clone();
                     return Some(InDialog::Reinvite {
                         sdp,
-                        request: incoming,
+                        request: Box::new(incoming),
                     });
                 }
                 Method::Info => {

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs, only when missing, the system packages the gateway's demo and tests use.
+# Idempotent: a second run installs nothing. Works as root or through sudo.
+set -euo pipefail
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing the trunk
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+
+if ((${#need[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust 1.95 or newer (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
