@@ -5,6 +5,8 @@ pub mod auth;
 pub mod dialog;
 pub mod endpoint;
 pub mod message;
+pub mod monitor;
+pub mod registration;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;

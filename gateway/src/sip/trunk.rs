@@ -97,6 +97,8 @@ pub struct Trunks {
     tls: HashMap<String, Arc<rustls::ClientConfig>>,
     /// `(trunk, address)` → not to be used before this instant (Retry-After, §21.5.4).
     down_until: Mutex<HashMap<(String, String), Instant>>,
+    /// `(trunk, address)` → false while OPTIONS probes fail.
+    health: Mutex<HashMap<(String, String), bool>>,
     channels: HashMap<String, Arc<AtomicU32>>,
 }
 
@@ -121,6 +123,7 @@ impl Trunks {
             configs: map,
             tls,
             down_until: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
             channels,
         }))
     }
@@ -154,10 +157,41 @@ impl Trunks {
         );
     }
 
-    fn is_down(&self, trunk: &str, address: &str) -> bool {
-        let down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
-        down.get(&(trunk.to_string(), address.to_string()))
-            .is_some_and(|until| *until > Instant::now())
+    /// Records an OPTIONS probe result; returns true when the health changed.
+    pub fn set_health(&self, trunk: &str, address: &str, up: bool) -> bool {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.insert((trunk.to_string(), address.to_string()), up) != Some(up)
+    }
+
+    /// The last OPTIONS probe result for an address, `None` before the first probe.
+    pub fn health(&self, trunk: &str, address: &str) -> Option<bool> {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health
+            .get(&(trunk.to_string(), address.to_string()))
+            .copied()
+    }
+
+    /// True while an address asked us to wait (Retry-After) or fails its OPTIONS probes.
+    pub fn is_down(&self, trunk: &str, address: &str) -> bool {
+        let key = (trunk.to_string(), address.to_string());
+        let waiting = self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|until| *until > Instant::now());
+        let unhealthy = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            == Some(&false);
+        waiting || unhealthy
+    }
+
+    /// The configured trunk names.
+    pub fn names(&self) -> Vec<String> {
+        self.configs.keys().cloned().collect()
     }
 
     fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
@@ -280,7 +314,7 @@ pub async fn place_call(
         for address in &trunk.addresses {
             if trunks.is_down(&trunk_name, address) {
                 last = CallFailure::NoTrunk(format!(
-                    "trunk `{trunk_name}` at {address} asked us to wait (Retry-After)"
+                    "trunk `{trunk_name}` at {address} is down (Retry-After or failed OPTIONS probes)"
                 ));
                 continue;
             }
