@@ -6,4 +6,5 @@
 pub mod config;
 pub mod dial;
 pub mod media;
+pub mod run;
 pub mod sip;

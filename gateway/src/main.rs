@@ -21,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway: SIP listeners, trunk registrations and health checks.
+    Run {
+        /// The TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file; prints every mistake as FILE:LINE:COLUMN: FIELD: PROBLEM.
     CheckConfig {
         /// The TOML file.
@@ -68,6 +74,44 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime.block_on(async {
+                let gateway = match gateway::run::start(&config).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                eprintln!(
+                    "gateway running: SIP on udp {}{}; {} trunks",
+                    gateway.endpoint.udp_addr(),
+                    gateway
+                        .endpoint
+                        .tcp_addr()
+                        .map(|a| format!(", tcp {a}"))
+                        .unwrap_or_default(),
+                    config.trunks.len()
+                );
+                shutdown_signal().await;
+                eprintln!("stopping");
+                ExitCode::SUCCESS
+            })
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!(
@@ -162,4 +206,26 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -69,8 +69,57 @@ impl Sipp {
         }
     }
 
+    /// Starts `sipp -sf SCENARIO` as a UAC from `local_ip` (and `port`, else a fresh one),
+    /// placing one call to `target`.
+    pub fn uac(
+        scenario: &str,
+        local_ip: &str,
+        port: Option<u16>,
+        target: std::net::SocketAddr,
+        log_dir: &Path,
+    ) -> Sipp {
+        let (fresh, media_port) = ports();
+        let port = port.unwrap_or(fresh);
+        let file = scenarios().join(scenario);
+        let child = Command::new("sipp")
+            .arg(target.to_string())
+            .args(["-sf"])
+            .arg(&file)
+            .args(["-i", local_ip, "-p", &port.to_string(), "-mp", &media_port.to_string(), "-s", "+15550100"])
+            .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error", "-trace_err", "-trace_msg"])
+            .current_dir(log_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run sipp ({e}): install the Debian package sip-tester (the README's test command does)"));
+        Sipp {
+            child,
+            port,
+            media_port,
+            log_dir: log_dir.to_path_buf(),
+            name: scenario.to_string(),
+        }
+    }
+
+    /// Everything sipp logged with `-trace_msg` so far.
+    pub fn messages(&self) -> String {
+        std::fs::read_dir(&self.log_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().to_string_lossy().ends_with("messages.log"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect()
+    }
+
     /// Waits for sipp to finish its one call; true when the scenario completed as written.
     pub fn finish(mut self) -> bool {
+        self.wait()
+    }
+
+    /// Like [`Self::finish`], keeping the handle (for [`Self::messages`]).
+    pub fn wait(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(45);
         loop {
             match self.child.try_wait() {

@@ -122,7 +122,6 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         }
     });
     let mut rtp = RtpStream::bind(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
-        .await
         .map_err(|e| DialError::Setup(e.to_string()))?;
     let media_ip = config
         .sip

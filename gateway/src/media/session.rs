@@ -40,6 +40,9 @@ pub enum Received {
 #[derive(Debug)]
 pub struct RtpStream {
     socket: UdpSocket,
+    /// The same socket for sending: a plain non-blocking send never waits for the reactor
+    /// to learn the socket is writable, so no frame is lost at start-up.
+    sender_socket: std::net::UdpSocket,
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
     latched: Option<SocketAddr>,
@@ -55,14 +58,14 @@ pub struct RtpStream {
 impl RtpStream {
     /// Binds an even port in `port_min..=port_max` on `ip` (RFC 3550 §11: RTP on even ports),
     /// starting at a random place so concurrent calls do not collide on retries.
-    pub async fn bind(ip: IpAddr, port_min: u16, port_max: u16) -> std::io::Result<RtpStream> {
+    pub fn bind(ip: IpAddr, port_min: u16, port_max: u16) -> std::io::Result<RtpStream> {
         let first = port_min + (port_min % 2);
         let slots = ((port_max.saturating_sub(first)) / 2 + 1) as u32;
         let start: u32 = rand::random::<u32>() % slots.max(1);
         for i in 0..slots {
             let port = first as u32 + 2 * ((start + i) % slots);
-            if let Ok(socket) = UdpSocket::bind(SocketAddr::new(ip, port as u16)).await {
-                return Ok(Self::with_socket(socket));
+            if let Ok(socket) = std::net::UdpSocket::bind(SocketAddr::new(ip, port as u16)) {
+                return Self::with_socket(socket);
             }
         }
         Err(std::io::Error::new(
@@ -73,9 +76,12 @@ impl RtpStream {
         ))
     }
 
-    fn with_socket(socket: UdpSocket) -> RtpStream {
-        RtpStream {
-            socket,
+    fn with_socket(socket: std::net::UdpSocket) -> std::io::Result<RtpStream> {
+        socket.set_nonblocking(true)?;
+        let sender_socket = socket.try_clone()?;
+        Ok(RtpStream {
+            socket: UdpSocket::from_std(socket)?,
+            sender_socket,
             remote: None,
             latched: None,
             sender: RtpSender::new(),
@@ -84,7 +90,7 @@ impl RtpStream {
             event_timestamp: 0,
             out: [0; HEADER_LEN + FRAME_SAMPLES],
             stats: RtpStats::default(),
-        }
+        })
     }
 
     /// The bound port.
@@ -151,7 +157,7 @@ impl RtpStream {
                 n + FRAME_SAMPLES
             }
         };
-        if self.socket.try_send_to(&self.out[..len], dest).is_ok() {
+        if self.sender_socket.send_to(&self.out[..len], dest).is_ok() {
             self.stats.sent += 1;
         }
     }
@@ -202,8 +208,8 @@ mod tests {
     #[tokio::test]
     async fn audio_and_digits_cross_a_loopback_pair() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut a = RtpStream::bind(ip, 41000, 41100).await.unwrap();
-        let mut b = RtpStream::bind(ip, 41000, 41100).await.unwrap();
+        let mut a = RtpStream::bind(ip, 41000, 41100).unwrap();
+        let mut b = RtpStream::bind(ip, 41000, 41100).unwrap();
         assert_eq!(a.local_port() % 2, 0);
         let remote = |port| RemoteMedia {
             addr: SocketAddr::new(ip, port),
@@ -221,7 +227,11 @@ mod tests {
         let mut audio = 0;
         for _ in 0..20 {
             a.send_frame(&tone);
-            let (n, src) = b.recv(&mut buf).await.unwrap();
+            let (n, src) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), b.recv(&mut buf))
+                    .await
+                    .expect("frame arrives")
+                    .unwrap();
             match b.on_datagram(&buf[..n], src, &mut pcm) {
                 Received::Audio(_) => audio += 1,
                 Received::Digit(d) => digits.push(d),
@@ -236,7 +246,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_peer_gets_no_media() {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let mut a = RtpStream::bind(ip, 41200, 41300).await.unwrap();
+        let mut a = RtpStream::bind(ip, 41200, 41300).unwrap();
         a.set_remote(RemoteMedia {
             addr: "127.0.0.1:9".parse().unwrap(),
             codec: G711::Pcmu,

@@ -614,10 +614,7 @@ impl Core {
             }
             (None, false, Method::Options) => {
                 let mut ok = response_for(&incoming.request, 200);
-                ok.headers
-                    .push(rsip::Header::Allow(rsip::headers::Allow::new(
-                        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
-                    )));
+                ok.headers.push(crate::sip::message::allow_header());
                 ok.headers.push(rsip::Header::Other(
                     "Accept".into(),
                     "application/sdp".into(),

@@ -296,6 +296,13 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
     })
 }
 
+/// The methods the gateway accepts, for Allow headers (§20.5).
+pub fn allow_header() -> Header {
+    Header::Allow(rsip::headers::Allow::new(
+        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
+    ))
+}
+
 /// A fresh random token for tags, branches and Call-IDs.
 pub fn random_token() -> String {
     use rand::Rng;

@@ -408,9 +408,7 @@ fn build_invite(
         "<{}>",
         endpoint.contact_uri("gw", trunk.transport)
     ))));
-    headers.push(Header::Allow(rsip::headers::Allow::new(
-        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
-    )));
+    headers.push(message::allow_header());
     headers.push(Header::UserAgent(rsip::headers::UserAgent::new(
         endpoint.user_agent().to_string(),
     )));

@@ -1,0 +1,221 @@
+//! Hostile and broken SIP straight at the endpoint's sockets: every message gets a 400 or
+//! is dropped, nothing panics, and the endpoint keeps answering well-formed requests.
+
+use std::time::Duration;
+
+use gateway::sip::endpoint::{Endpoint, EndpointConfig};
+use gateway::sip::transaction::Timers;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+fn options(branch: &str, extra: &str) -> String {
+    format!(
+        "OPTIONS sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bK{branch}\r\nFrom: <sip:t@127.0.0.1>;tag=a\r\nTo: <sip:gw@127.0.0.1>\r\nCall-ID: {branch}@test\r\nCSeq: 1 OPTIONS\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+async fn start() -> Endpoint {
+    let (endpoint, _inbound) = Endpoint::start(EndpointConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        tls: None,
+        public_ip: None,
+        user_agent: "gateway-test".into(),
+        timers: Timers::default(),
+    })
+    .await
+    .unwrap();
+    // The inbound receiver is dropped: out-of-dialog INVITEs must then get 503, not vanish.
+    endpoint
+}
+
+async fn exchange(socket: &UdpSocket, to: std::net::SocketAddr, message: &[u8]) -> Option<String> {
+    socket.send_to(message, to).await.unwrap();
+    let mut buf = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_millis(400), socket.recv(&mut buf)).await {
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+        _ => None,
+    }
+}
+
+fn status(reply: &Option<String>) -> Option<&str> {
+    reply.as_deref().and_then(|r| r.split(' ').nth(1))
+}
+
+#[tokio::test]
+async fn udp_garbage_gets_400_or_silence_and_the_endpoint_survives() {
+    let endpoint = start().await;
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let good = options("good1", "");
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("body shorter than Content-Length", good.replace("Content-Length: 0\r\n\r\n", "Content-Length: 99\r\n\r\nshort").into_bytes(), Some("400")),
+        ("Content-Length not a number", good.replace("Content-Length: 0", "Content-Length: many").into_bytes(), Some("400")),
+        ("bad Request-URI", good.replace("OPTIONS sip:gw@127.0.0.1 SIP/2.0", "OPTIONS not a uri SIP/2.0").into_bytes(), Some("400")),
+        ("unreadable CSeq", good.replace("CSeq: 1 OPTIONS", "CSeq: one OPTIONS").into_bytes(), Some("400")),
+        ("missing Call-ID", good.replace("Call-ID: good1@test\r\n", "").into_bytes(), None),
+        ("truncated", good.as_bytes()[..70].to_vec(), None),
+        ("binary noise", (0..=255u8).cycle().take(900).collect(), None),
+        ("empty datagram", vec![], None),
+        ("only CRLF", b"\r\n\r\n".to_vec(), None),
+        ("ACK with bad CSeq", good.replace("OPTIONS sip", "ACK sip").replace("CSeq: 1 OPTIONS", "CSeq: x ACK").into_bytes(), None),
+        ("response to nothing", b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: z\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n".to_vec(), None),
+        ("in-dialog request for an unknown dialog", good.replace("To: <sip:gw@127.0.0.1>", "To: <sip:gw@127.0.0.1>;tag=nope").into_bytes(), Some("481")),
+    ];
+    for (what, bytes, expected) in cases {
+        let reply = exchange(&socket, to, &bytes).await;
+        assert_eq!(status(&reply), expected, "{what}: {reply:?}");
+        if expected == Some("400") {
+            assert!(
+                reply.as_deref().unwrap().contains("Warning: 399"),
+                "{what}: the 400 says why"
+            );
+        }
+    }
+    // Compact forms are fine, and the endpoint still answers.
+    let compact = options("good2", "")
+        .replace("Call-ID:", "i:")
+        .replace("Via:", "v:");
+    assert_eq!(
+        status(&exchange(&socket, to, compact.as_bytes()).await),
+        Some("200")
+    );
+    // An INVITE nobody takes (no transaction user) gets 100 then 503, never silence.
+    let invite = options("inv1", "")
+        .replace("OPTIONS sip", "INVITE sip")
+        .replace("1 OPTIONS", "1 INVITE");
+    assert_eq!(
+        status(&exchange(&socket, to, invite.as_bytes()).await),
+        Some("100")
+    );
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 503"));
+}
+
+async fn tcp_reply(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(String::new()),
+        Ok(Ok(n)) => Some(String::from_utf8_lossy(&buf[..n]).to_string()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn tcp_streams_are_framed_and_hostile_ones_closed() {
+    let endpoint = start().await;
+    let addr = endpoint.tcp_addr().unwrap();
+
+    // Two messages in one write, with keep-alive CRLFs between: both answered, in order.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let both = format!("{}\r\n\r\n{}", options("t1", ""), options("t2", ""));
+    s.write_all(both.as_bytes()).await.unwrap();
+    let mut got = String::new();
+    while got.matches("SIP/2.0 200").count() < 2 {
+        match tcp_reply(&mut s).await {
+            Some(r) if !r.is_empty() => got.push_str(&r),
+            other => panic!("missing answers: {got:?} then {other:?}"),
+        }
+    }
+    assert!(got.find("t1@test").unwrap() < got.find("t2@test").unwrap());
+
+    // One message split across writes is reassembled.
+    let msg = options("t3", "");
+    s.write_all(&msg.as_bytes()[..30]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(&msg.as_bytes()[30..]).await.unwrap();
+    assert!(tcp_reply(&mut s).await.unwrap().starts_with("SIP/2.0 200"));
+
+    // A bad Content-Length cannot be framed: the connection is closed, nothing else happens.
+    let mut bad = TcpStream::connect(addr).await.unwrap();
+    bad.write_all(
+        options("t4", "")
+            .replace("Content-Length: 0", "Content-Length: lots")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tcp_reply(&mut bad).await.as_deref(), Some(""), "closed");
+
+    // Endless headers: closed at the 64 KiB limit instead of buffering forever.
+    let mut flood = TcpStream::connect(addr).await.unwrap();
+    let junk = vec![b'A'; 70 * 1024];
+    let _ = flood.write_all(&junk).await;
+    assert_eq!(tcp_reply(&mut flood).await.as_deref(), Some(""), "closed");
+
+    // The first connection is unaffected.
+    s.write_all(options("t5", "").as_bytes()).await.unwrap();
+    assert!(tcp_reply(&mut s).await.unwrap().starts_with("SIP/2.0 200"));
+}
+
+#[tokio::test]
+async fn cancel_ends_a_pending_inbound_invite_with_487() {
+    let (endpoint, mut inbound) = Endpoint::start(EndpointConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        tcp: None,
+        tls: None,
+        public_ip: None,
+        user_agent: "gateway-test".into(),
+        timers: Timers::default(),
+    })
+    .await
+    .unwrap();
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let invite = options("c1", "")
+        .replace("OPTIONS sip", "INVITE sip")
+        .replace("1 OPTIONS", "1 INVITE");
+    assert_eq!(
+        status(&exchange(&socket, to, invite.as_bytes()).await),
+        Some("100")
+    );
+    let offered = inbound.recv().await.unwrap();
+    assert_eq!(offered.request.method, rsip::Method::Invite);
+    // The transaction user sits on it (a browser ringing); the caller gives up (§9.2).
+    let cancel = invite
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("1 INVITE", "1 CANCEL");
+    let mut replies = vec![exchange(&socket, to, cancel.as_bytes()).await.unwrap()];
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    replies.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.starts_with("SIP/2.0 200") && r.contains("CSeq: 1 CANCEL")),
+        "{replies:?}"
+    );
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.starts_with("SIP/2.0 487") && r.contains("CSeq: 1 INVITE")),
+        "{replies:?}"
+    );
+    let notice = inbound.recv().await.unwrap();
+    assert_eq!(
+        notice.request.method,
+        rsip::Method::Cancel,
+        "the TU learns the call is gone"
+    );
+    // Answering the INVITE now is too late: nothing more goes out.
+    offered
+        .responder
+        .unwrap()
+        .respond(gateway::sip::message::response_to(
+            &offered.request,
+            200,
+            Some("late"),
+        ));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf))
+            .await
+            .is_err()
+    );
+}
