@@ -100,11 +100,39 @@ impl ToneDetector {
     }
 
     fn finish_block(&mut self) {
-        let re = self.s1 - self.s2 * self.cos;
-        let im = self.s2 * self.sin;
         let n = self.block as f64;
-        // |X(f)|² of a sine of amplitude A over N samples is (A·N/2)²; its energy is A²·N/2.
-        let tone_energy = (2.0 * (re * re + im * im) / n).min(self.energy);
+        let w = self.sin.atan2(self.cos);
+        // Goertzel's end state gives y = Σ x[k]·e^{jω(N-1-k)}; rotate it to the DFT term
+        // X = Σ x[k]·e^{-jωk} = C - jS, with C = Σ x·cos ωk and S = Σ x·sin ωk.
+        let (y_re, y_im) = (self.s1 - self.s2 * self.cos, self.s2 * self.sin);
+        let (rot_cos, rot_sin) = ((w * (n - 1.0)).cos(), -(w * (n - 1.0)).sin());
+        let c = y_re * rot_cos - y_im * rot_sin;
+        let s = -(y_re * rot_sin + y_im * rot_cos);
+        // Least-squares fit of a·cos + b·sin: the tone's energy is the projection of the
+        // block onto that plane. Over a block that is not a whole number of periods cos and
+        // sin are not orthogonal, and the plain 2|X|²/N can exceed the block's energy; the
+        // Gram matrix (closed-form sums of cos 2ωk and sin 2ωk) corrects that exactly.
+        let (sum2_cos, sum2_sin) = if (2.0 * w).sin().abs() < 1e-12 {
+            (n, 0.0)
+        } else {
+            let amplitude = (n * w).sin() / w.sin();
+            (
+                amplitude * (w * (n - 1.0)).cos(),
+                amplitude * (w * (n - 1.0)).sin(),
+            )
+        };
+        let cc = n / 2.0 + sum2_cos / 2.0;
+        let ss = n / 2.0 - sum2_cos / 2.0;
+        let cs = sum2_sin / 2.0;
+        let det = cc * ss - cs * cs;
+        let tone_energy = if det.abs() < 1e-9 {
+            2.0 * (c * c + s * s) / n
+        } else {
+            let a = (c * ss - s * cs) / det;
+            let b = (s * cc - c * cs) / det;
+            a * c + b * s
+        }
+        .clamp(0.0, self.energy);
         let rest = (self.energy - tone_energy)
             .max(self.energy * 1e-9)
             .max(1e-9);
@@ -167,6 +195,22 @@ mod tests {
         let mut pcm = vec![0i16; 8000];
         g.fill(&mut pcm);
         assert!(snr_of(&pcm, 1000.0).snr_db < 0.0);
+    }
+
+    #[test]
+    fn snr_is_finite_for_frequencies_that_do_not_divide_the_block() {
+        // 1004 Hz over 800 samples is 100.4 periods: the leakage must not read as a perfect tone.
+        for f in [1004.0, 697.0, 1633.0, 3100.0] {
+            let mut g = ToneGenerator::new(f, 8000, 8000);
+            let mut pcm = vec![0i16; 8000];
+            g.fill(&mut pcm);
+            let coded: Vec<i16> = pcm
+                .iter()
+                .map(|&s| G711::Pcmu.decode_sample(G711::Pcmu.encode_sample(s)))
+                .collect();
+            let r = snr_of(&coded, f);
+            assert!(r.snr_db > 30.0 && r.snr_db < 50.0, "{f} Hz: {r:?}");
+        }
     }
 
     #[test]

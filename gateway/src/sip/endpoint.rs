@@ -103,7 +103,13 @@ impl Endpoint {
     pub async fn start(
         config: EndpointConfig,
     ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<IncomingRequest>)> {
-        let udp = UdpSocket::bind(config.udp).await?;
+        let std_udp = std::net::UdpSocket::bind(config.udp)?;
+        std_udp.set_nonblocking(true)?;
+        // Sends go through a plain non-blocking clone: tokio's `try_send_to` reports
+        // WouldBlock until the reactor has seen the socket writable, which silently cost the
+        // first INVITE of a fresh endpoint a T1 (500 ms) retransmission.
+        let udp_send = std_udp.try_clone()?;
+        let udp = UdpSocket::from_std(std_udp)?;
         let udp_addr = udp.local_addr()?;
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let tcp_addr = match config.tcp {
@@ -144,6 +150,7 @@ impl Endpoint {
         };
         let core = Core {
             udp,
+            udp_send,
             timers: config.timers,
             commands,
             stream_tx,
@@ -328,6 +335,7 @@ struct ServerEntry {
 
 struct Core {
     udp: UdpSocket,
+    udp_send: std::net::UdpSocket,
     timers: Timers,
     commands: mpsc::UnboundedSender<Command>,
     stream_tx: mpsc::UnboundedSender<StreamEvent>,
@@ -636,7 +644,7 @@ impl Core {
     fn send_back(&mut self, peer: SocketAddr, transport: Transport, bytes: Vec<u8>) {
         match transport {
             Transport::Udp => {
-                let _ = self.udp.try_send_to(&bytes, peer);
+                let _ = self.udp_send.send_to(&bytes, peer);
             }
             _ => {
                 if let Some(tx) = self.streams.get(&peer) {
@@ -648,7 +656,7 @@ impl Core {
 
     fn send_to_target(&mut self, target: &Target, bytes: Vec<u8>) {
         if target.transport == Transport::Udp {
-            if let Err(e) = self.udp.try_send_to(&bytes, target.addr) {
+            if let Err(e) = self.udp_send.send_to(&bytes, target.addr) {
                 tracing::debug!(peer = %target.addr, error = %e, "UDP send failed");
             }
             return;
