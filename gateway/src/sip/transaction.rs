@@ -34,6 +34,13 @@ impl Default for Timers {
     }
 }
 
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What a client transaction tells its TU.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
@@ -217,10 +224,7 @@ impl ClientTransaction {
 
     /// When [`Self::on_timer`] wants to run next.
     pub fn next_timer(&self) -> Option<Instant> {
-        match (self.retransmit_at, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.retransmit_at, self.deadline)
     }
 
     /// True once the transaction can be forgotten (after draining its outputs).
@@ -442,10 +446,7 @@ impl ServerTransaction {
 
     /// When [`Self::on_timer`] wants to run next.
     pub fn next_timer(&self) -> Option<Instant> {
-        match (self.retransmit_at, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(self.retransmit_at, self.deadline)
     }
 
     /// True once a final response was sent and its timers ran out.
