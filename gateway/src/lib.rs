@@ -6,5 +6,6 @@
 pub mod config;
 pub mod dial;
 pub mod media;
+pub mod rtc;
 pub mod run;
 pub mod sip;

@@ -773,7 +773,10 @@ number = "+4930123456"
     #[test]
     fn an_empty_file_is_a_valid_default_config() {
         let c = parse("").unwrap();
-        assert_eq!(c.sip.udp, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(
+            c.sip.udp,
+            "0.0.0.0:5060".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert!(c.trunks.is_empty());
     }
 }

@@ -310,7 +310,7 @@ mod tests {
             G711::Pcmu,
             "static PT 0 without rtpmap is still PCMU"
         );
-        assert_eq!(remote.addr, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(remote.addr, "127.0.0.1:6000".parse::<SocketAddr>().unwrap());
         let text = answer(&local(), 2, &remote);
         assert!(text.contains("a=recvonly\r\n"), "{text}");
         assert!(text.contains("m=audio 30000 RTP/AVP 0 101\r\n"), "{text}");

@@ -1,0 +1,266 @@
+//! Jitter buffer for the trunk → browser path, sans-IO: RTP audio goes in as it arrives
+//! (any packet size, out of order), one 20 ms frame comes out per tick of the browser leg's
+//! clock, with concealment for gaps. Fixed storage, no allocation after construction.
+
+/// Samples per output frame (20 ms at 8 kHz).
+pub const FRAME: usize = 160;
+/// Frames of storage: one second.
+const SLOTS: usize = 50;
+
+/// What [`JitterBuffer::pop`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Playout {
+    /// Received audio.
+    Audio,
+    /// Nothing arrived for this frame: the previous frame, faded, stands in for it.
+    Concealed,
+    /// Nothing to play (before the stream starts, or after a long gap): silence.
+    Silence,
+}
+
+/// Counters for metrics and CDRs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct JitterStats {
+    /// Frames played from received audio.
+    pub played: u64,
+    /// Frames concealed.
+    pub concealed: u64,
+    /// Packets that arrived after their playout time.
+    pub late: u64,
+    /// Times the buffer resynchronised (clock drift, a timestamp jump, or a long gap).
+    pub resyncs: u64,
+}
+
+/// The jitter buffer.
+#[derive(Debug, Clone)]
+pub struct JitterBuffer {
+    pcm: Box<[[i16; FRAME]; SLOTS]>,
+    filled: [u16; SLOTS],
+    /// RTP timestamp of the next frame to play; `None` until the first packet.
+    next_ts: Option<u32>,
+    /// Timestamp that frame boundaries are counted from (the first packet's).
+    origin: u32,
+    /// Frames to hold before playing, to absorb jitter.
+    depth: u32,
+    priming: bool,
+    last: [i16; FRAME],
+    losses_in_a_row: u32,
+    /// Counters.
+    pub stats: JitterStats,
+}
+
+/// Concealment gives up after this many frames in a row (60 ms) and plays silence.
+const MAX_CONCEALED: u32 = 3;
+
+impl JitterBuffer {
+    /// A buffer that holds `depth_ms` of audio before playing (rounded to 20 ms frames).
+    pub fn new(depth_ms: u32) -> Self {
+        JitterBuffer {
+            pcm: Box::new([[0; FRAME]; SLOTS]),
+            filled: [0; SLOTS],
+            next_ts: None,
+            origin: 0,
+            depth: (depth_ms / 20).clamp(1, SLOTS as u32 / 2),
+            priming: true,
+            last: [0; FRAME],
+            losses_in_a_row: 0,
+            stats: JitterStats::default(),
+        }
+    }
+
+    fn slot(&self, ts: u32) -> usize {
+        (ts.wrapping_sub(self.origin) / FRAME as u32) as usize % SLOTS
+    }
+
+    fn clear(&mut self) {
+        self.filled = [0; SLOTS];
+    }
+
+    /// Frames buffered ahead of the playout point.
+    pub fn buffered(&self) -> u32 {
+        let Some(next) = self.next_ts else { return 0 };
+        (0..SLOTS as u32)
+            .filter(|i| self.filled[self.slot(next.wrapping_add(i * FRAME as u32))] > 0)
+            .count() as u32
+    }
+
+    /// Stores received PCM that starts at RTP `timestamp` (8 kHz clock).
+    pub fn push(&mut self, timestamp: u32, pcm: &[i16]) {
+        let next = match self.next_ts {
+            Some(n) => n,
+            None => {
+                // The first packet fixes the frame grid and the playout point; playing
+                // starts once `depth` frames are buffered.
+                self.origin = timestamp;
+                self.next_ts = Some(timestamp);
+                self.priming = true;
+                timestamp
+            }
+        };
+        let ahead = timestamp.wrapping_sub(next) as i32;
+        if ahead < 0 && ahead > -(SLOTS as i32 * FRAME as i32) {
+            self.stats.late += 1;
+            return;
+        }
+        if ahead < 0 || ahead as usize + pcm.len() > (SLOTS - 1) * FRAME {
+            // Too far behind or ahead to be jitter: the far end restarted its clock or ours
+            // drifted. Start again from this packet.
+            self.stats.resyncs += 1;
+            self.clear();
+            self.next_ts = None;
+            return self.push(timestamp, pcm);
+        }
+        for (i, &s) in pcm.iter().enumerate() {
+            let ts = timestamp.wrapping_add(i as u32);
+            let slot = self.slot(ts);
+            let offset = (ts.wrapping_sub(self.origin) % FRAME as u32) as usize;
+            self.pcm[slot][offset] = s;
+            self.filled[slot] = (self.filled[slot] + 1).min(FRAME as u16);
+        }
+    }
+
+    /// Produces the next 20 ms frame into `out`.
+    pub fn pop(&mut self, out: &mut [i16; FRAME]) -> Playout {
+        let Some(next) = self.next_ts else {
+            out.fill(0);
+            return Playout::Silence;
+        };
+        if self.priming {
+            if self.buffered() < self.depth {
+                out.fill(0);
+                return Playout::Silence;
+            }
+            self.priming = false;
+        }
+        let slot = self.slot(next);
+        let result = if self.filled[slot] > 0 {
+            out.copy_from_slice(&self.pcm[slot]);
+            self.last.copy_from_slice(out);
+            self.losses_in_a_row = 0;
+            self.stats.played += 1;
+            Playout::Audio
+        } else if self.losses_in_a_row < MAX_CONCEALED {
+            // Repeat the last frame at half the level each time: simple, and it avoids the
+            // click a sudden gap makes.
+            self.losses_in_a_row += 1;
+            for (o, l) in out.iter_mut().zip(self.last.iter_mut()) {
+                *l /= 2;
+                *o = *l;
+            }
+            self.stats.concealed += 1;
+            Playout::Concealed
+        } else {
+            self.losses_in_a_row += 1;
+            out.fill(0);
+            Playout::Silence
+        };
+        self.filled[slot] = 0;
+        self.next_ts = Some(next.wrapping_add(FRAME as u32));
+        if self.losses_in_a_row > 25 {
+            // Half a second of nothing (hold, DTX, a dead trunk): re-prime on the next packet.
+            self.next_ts = None;
+            self.clear();
+            self.stats.resyncs += 1;
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(value: i16) -> [i16; FRAME] {
+        [value; FRAME]
+    }
+
+    fn play(jb: &mut JitterBuffer, n: usize) -> Vec<(Playout, i16)> {
+        let mut out = [0i16; FRAME];
+        (0..n).map(|_| (jb.pop(&mut out), out[0])).collect()
+    }
+
+    #[test]
+    fn waits_for_its_depth_then_plays_in_order() {
+        let mut jb = JitterBuffer::new(40);
+        jb.push(1000, &frame(1));
+        assert_eq!(play(&mut jb, 1)[0].0, Playout::Silence, "priming");
+        jb.push(1160, &frame(2));
+        jb.push(1320, &frame(3));
+        let got = play(&mut jb, 5);
+        let audio: Vec<i16> = got
+            .iter()
+            .filter(|(p, _)| *p == Playout::Audio)
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(audio, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn reordered_packets_come_out_in_timestamp_order() {
+        let mut jb = JitterBuffer::new(60);
+        for (ts, v) in [(0u32, 1i16), (320, 3), (160, 2), (480, 4)] {
+            jb.push(ts, &frame(v));
+        }
+        let audio: Vec<i16> = play(&mut jb, 8)
+            .into_iter()
+            .filter(|(p, _)| *p == Playout::Audio)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(audio, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_gap_is_concealed_with_fading_then_silence() {
+        let mut jb = JitterBuffer::new(20);
+        jb.push(0, &frame(1000));
+        let mut out = [0i16; FRAME];
+        while jb.pop(&mut out) != Playout::Audio {}
+        let next: Vec<(Playout, i16)> = play(&mut jb, 4);
+        assert_eq!(
+            next,
+            vec![
+                (Playout::Concealed, 500),
+                (Playout::Concealed, 250),
+                (Playout::Concealed, 125),
+                (Playout::Silence, 0)
+            ]
+        );
+        assert_eq!(jb.stats.concealed, 3);
+    }
+
+    #[test]
+    fn late_packets_are_dropped_and_counted() {
+        let mut jb = JitterBuffer::new(20);
+        jb.push(1600, &frame(1));
+        let mut out = [0i16; FRAME];
+        while jb.pop(&mut out) != Playout::Audio {}
+        jb.push(1440, &frame(9));
+        assert_eq!(jb.stats.late, 1);
+    }
+
+    #[test]
+    fn small_packets_fill_whole_frames() {
+        let mut jb = JitterBuffer::new(20);
+        jb.push(0, &[7i16; 80]);
+        jb.push(80, &[7i16; 80]);
+        let mut out = [0i16; FRAME];
+        while jb.pop(&mut out) != Playout::Audio {}
+        assert!(out.iter().all(|s| *s == 7));
+    }
+
+    #[test]
+    fn a_timestamp_jump_resyncs() {
+        let mut jb = JitterBuffer::new(20);
+        jb.push(0, &frame(1));
+        jb.push(4_000_000, &frame(2));
+        assert_eq!(jb.stats.resyncs, 1);
+        let mut out = [0i16; FRAME];
+        let mut seen = vec![];
+        for _ in 0..4 {
+            if jb.pop(&mut out) == Playout::Audio {
+                seen.push(out[0]);
+            }
+        }
+        assert_eq!(seen, vec![2]);
+    }
+}

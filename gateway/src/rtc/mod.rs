@@ -1,0 +1,402 @@
+//! The browser leg on webrtc-rs's sans-IO core (`rtc` 0.21): ICE-lite, DTLS-SRTP, one Opus
+//! track each way and RFC 4733 events from the browser.
+//!
+//! A [`BrowserLeg`] never touches a socket. All browser media share one UDP port: the media
+//! task owns the socket and hands each datagram to the leg it belongs to, found by the STUN
+//! USERNAME on first contact ([`stun_username_ufrag`]) and by the peer's address after.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use ::rtc::media_stream::MediaStreamTrack;
+use ::rtc::peer_connection::RTCPeerConnection;
+use ::rtc::peer_connection::RTCPeerConnectionBuilder;
+use ::rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use ::rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
+};
+use ::rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use ::rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use ::rtc::peer_connection::sdp::RTCSessionDescription;
+use ::rtc::peer_connection::state::RTCPeerConnectionState;
+use ::rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use ::rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use ::rtc::sansio::Protocol;
+use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use bytes::{Bytes, BytesMut};
+
+use crate::media::dtmf::DtmfReceiver;
+use crate::media::opus::RTP_TICKS_PER_FRAME;
+
+/// Payload types we register; an offer's own numbers win in the answer.
+const OPUS_PT: u8 = 111;
+const DTMF_PT: u8 = 126;
+
+/// Why the browser leg could not be set up or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    /// The browser's SDP offer was refused.
+    #[error("the SDP offer cannot be used: {0}")]
+    BadOffer(String),
+    /// The offer has no audio we can receive (Opus is required).
+    #[error("the SDP offer has no Opus audio; offer an audio track with Opus")]
+    NoOpus,
+    /// The WebRTC stack refused an operation.
+    #[error("WebRTC error: {0}")]
+    Stack(String),
+}
+
+fn stack(e: impl std::fmt::Display) -> RtcError {
+    RtcError::Stack(e.to_string())
+}
+
+/// What the leg reports to the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrowserEvent {
+    /// ICE and DTLS are up: media can flow.
+    Connected,
+    /// The connection failed or closed.
+    Disconnected,
+    /// An Opus packet from the browser.
+    Opus {
+        /// RTP sequence number (for loss detection).
+        sequence: u16,
+        /// RTP timestamp (48 kHz clock).
+        timestamp: u32,
+        /// The Opus packet.
+        payload: Bytes,
+    },
+    /// A DTMF digit (RFC 4733) from the browser's RTCDTMFSender.
+    Dtmf(char),
+}
+
+/// One browser's peer connection.
+pub struct BrowserLeg {
+    pc: RTCPeerConnection,
+    local: SocketAddr,
+    ufrag: String,
+    sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
+    ssrc: u32,
+    opus_pt: u8,
+    dtmf_pt: Option<u8>,
+    sequence: u16,
+    timestamp: u32,
+    dtmf: DtmfReceiver,
+    events: std::collections::VecDeque<BrowserEvent>,
+}
+
+impl std::fmt::Debug for BrowserLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrowserLeg")
+            .field("ufrag", &self.ufrag)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opus as browsers offer it: 48 kHz clock, two channels in SDP (RFC 7587 §7), FEC on.
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn media_engine() -> Result<MediaEngine, RtcError> {
+    let mut engine = MediaEngine::default();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PT,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(stack)?;
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+                    clock_rate: 8000,
+                    channels: 0,
+                    sdp_fmtp_line: "0-15".to_owned(),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: DTMF_PT,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(stack)?;
+    Ok(engine)
+}
+
+fn random_ice_string(len: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| {
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+                    [rng.random_range(0..64)],
+            )
+        })
+        .collect()
+}
+
+impl BrowserLeg {
+    /// Answers a browser's offer. `local` is the shared media socket's address and
+    /// `advertised` the IP the browser should send to (the public IP behind 1:1 NAT). The
+    /// answer carries our only candidate, so no trickle round-trip is needed.
+    pub fn answer(
+        offer_sdp: &str,
+        local: SocketAddr,
+        advertised: IpAddr,
+        now: Instant,
+    ) -> Result<(BrowserLeg, String), RtcError> {
+        // RFC 8445 §5.3: ufrag ≥ 4 and pwd ≥ 22 characters of ice-char.
+        let ufrag = random_ice_string(8);
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), random_ice_string(24))
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media_engine()?)
+            .build(now)
+            .map_err(stack)?;
+        let ssrc: u32 = rand::random();
+        let track = MediaStreamTrack::new(
+            "gateway".to_owned(),
+            "gateway-audio".to_owned(),
+            "gateway".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec(),
+                ..Default::default()
+            }],
+        );
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        pc.set_remote_description(now, offer)
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        let sender = pc.add_track(track).map_err(stack)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: advertised.to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(stack)?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(stack)?)
+            .map_err(stack)?;
+        let answer = pc
+            .create_answer(None)
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        pc.set_local_description(now, answer).map_err(stack)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| stack("no local description after answering"))?;
+        let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
+        let leg = BrowserLeg {
+            pc,
+            local,
+            ufrag,
+            sender,
+            ssrc,
+            opus_pt,
+            dtmf_pt,
+            sequence: rand::random(),
+            timestamp: rand::random(),
+            dtmf: DtmfReceiver::new(),
+            events: Default::default(),
+        };
+        Ok((leg, sdp))
+    }
+
+    /// Our ICE username fragment: STUN requests from the browser carry it first in USERNAME.
+    pub fn ufrag(&self) -> &str {
+        &self.ufrag
+    }
+
+    /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP).
+    pub fn handle_datagram(&mut self, datagram: &[u8], peer: SocketAddr, now: Instant) {
+        let message = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: peer,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(datagram),
+        };
+        if let Err(e) = self.pc.handle_read(message) {
+            tracing::debug!(error = %e, %peer, "browser datagram refused");
+        }
+        self.drain();
+    }
+
+    /// Runs due timers (ICE checks' consent, DTLS retransmission, RTCP).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.pc.handle_timeout(now) {
+            tracing::debug!(error = %e, "browser leg timer");
+        }
+        self.drain();
+    }
+
+    /// When [`Self::handle_timeout`] wants to run.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.pc.poll_timeout()
+    }
+
+    /// The next datagram to send and where.
+    pub fn poll_transmit(&mut self) -> Option<(BytesMut, SocketAddr)> {
+        self.pc
+            .poll_write()
+            .map(|m| (m.message, m.transport.peer_addr))
+    }
+
+    /// The next event for the call.
+    pub fn poll_event(&mut self) -> Option<BrowserEvent> {
+        self.drain();
+        self.events.pop_front()
+    }
+
+    fn drain(&mut self) {
+        while let Some(event) = self.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Connected,
+                ) => self.events.push_back(BrowserEvent::Connected),
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+                    | RTCPeerConnectionState::Disconnected,
+                ) => self.events.push_back(BrowserEvent::Disconnected),
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
+                _ => {}
+            }
+        }
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, packet) = message {
+                let pt = packet.header.payload_type;
+                if pt == self.opus_pt {
+                    self.events.push_back(BrowserEvent::Opus {
+                        sequence: packet.header.sequence_number,
+                        timestamp: packet.header.timestamp,
+                        payload: packet.payload,
+                    });
+                } else if Some(pt) == self.dtmf_pt
+                    && let Some(digit) = self
+                        .dtmf
+                        .on_packet(packet.header.timestamp, &packet.payload)
+                {
+                    self.events.push_back(BrowserEvent::Dtmf(digit));
+                }
+            }
+        }
+    }
+
+    /// Sends one 20 ms Opus frame to the browser. `marker` starts a talkspurt (after DTX).
+    pub fn send_opus(
+        &mut self,
+        payload: &[u8],
+        marker: bool,
+        now: Instant,
+    ) -> Result<(), RtcError> {
+        let packet = ::rtc::rtp::Packet {
+            header: ::rtc::rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: self.opus_pt,
+                sequence_number: self.sequence,
+                timestamp: self.timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: Bytes::copy_from_slice(payload),
+        };
+        self.sequence = self.sequence.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
+        let mut sender = self
+            .pc
+            .rtp_sender(self.sender)
+            .ok_or_else(|| stack("audio sender vanished"))?;
+        sender.write_rtp(now, packet).map_err(stack)
+    }
+
+    /// Advances the outgoing clock by one frame without sending (DTX silence).
+    pub fn skip_frame(&mut self) {
+        self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
+    }
+
+    /// Closes the peer connection.
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+    }
+}
+
+/// The payload types the answer settled on for Opus and telephone-event.
+fn negotiated_payload_types(answer: &str) -> Option<(u8, Option<u8>)> {
+    let mut opus = None;
+    let mut dtmf = None;
+    for line in answer.lines() {
+        let Some(rest) = line.strip_prefix("a=rtpmap:") else {
+            continue;
+        };
+        let (pt, codec) = rest.split_once(' ')?;
+        let pt: u8 = pt.parse().ok()?;
+        let name = codec.split('/').next().unwrap_or("");
+        if name.eq_ignore_ascii_case("opus") && opus.is_none() {
+            opus = Some(pt);
+        } else if name.eq_ignore_ascii_case("telephone-event") && dtmf.is_none() {
+            dtmf = Some(pt);
+        }
+    }
+    Some((opus?, dtmf))
+}
+
+/// The local (first) ufrag of a STUN Binding request's USERNAME (`local:remote`,
+/// RFC 8445 §7.2.2), used to find the leg a new browser address belongs to.
+pub fn stun_username_ufrag(datagram: &[u8]) -> Option<&str> {
+    // RFC 5389 §6: type 0x0001 (Binding request), magic cookie 0x2112A442, 20-byte header.
+    if datagram.len() < 20
+        || datagram[0..2] != [0x00, 0x01]
+        || datagram[4..8] != [0x21, 0x12, 0xA4, 0x42]
+    {
+        return None;
+    }
+    let mut at = 20;
+    while at + 4 <= datagram.len() {
+        let kind = u16::from_be_bytes([datagram[at], datagram[at + 1]]);
+        let len = u16::from_be_bytes([datagram[at + 2], datagram[at + 3]]) as usize;
+        let value = datagram.get(at + 4..at + 4 + len)?;
+        if kind == 0x0006 {
+            let username = std::str::from_utf8(value).ok()?;
+            return username.split(':').next();
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

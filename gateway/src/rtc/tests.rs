@@ -1,0 +1,221 @@
+//! The browser leg against a real WebRTC peer (the same stack in ordinary, non-lite mode):
+//! ICE, DTLS and SRTP complete over loopback and Opus flows both ways.
+
+use super::*;
+use ::rtc::peer_connection::configuration::media_engine::MediaEngine;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+
+struct Client {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
+    ssrc: u32,
+    received: Vec<Bytes>,
+    connected: bool,
+}
+
+async fn client() -> (Client, String) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut engine = MediaEngine::default();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: 111,
+            },
+            RtpCodecKind::Audio,
+        )
+        .unwrap();
+    let now = Instant::now();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .build(now)
+        .unwrap();
+    let ssrc = 4242;
+    let track = MediaStreamTrack::new(
+        "browser".into(),
+        "mic".into(),
+        "mic".into(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            },
+            ..Default::default()
+        }],
+    );
+    let sender = pc.add_track(track).unwrap();
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: "127.0.0.1".into(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .unwrap();
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
+        .unwrap();
+    let offer = pc.create_offer(None).unwrap();
+    pc.set_local_description(now, offer).unwrap();
+    let sdp = pc.local_description().unwrap().sdp;
+    (
+        Client {
+            pc,
+            socket,
+            local,
+            sender,
+            ssrc,
+            received: vec![],
+            connected: false,
+        },
+        sdp,
+    )
+}
+
+#[tokio::test]
+async fn browser_leg_connects_and_carries_opus_both_ways() {
+    let (mut client, offer) = client().await;
+    let gw_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let gw_local = gw_socket.local_addr().unwrap();
+    let (mut leg, answer) =
+        BrowserLeg::answer(&offer, gw_local, gw_local.ip(), Instant::now()).unwrap();
+    assert!(answer.contains("a=ice-lite"), "{answer}");
+    assert!(
+        answer.contains(&format!("{} typ host", gw_local.port())),
+        "the answer carries our candidate: {answer}"
+    );
+    client
+        .pc
+        .set_remote_description(
+            Instant::now(),
+            RTCSessionDescription::answer(answer).unwrap(),
+        )
+        .unwrap();
+
+    let mut gw_connected = false;
+    let mut gw_opus = 0;
+    let mut sent = 0u16;
+    let mut buf = vec![0u8; 2000];
+    let mut gw_buf = vec![0u8; 2000];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && (gw_opus < 20 || client.received.len() < 20) {
+        let now = Instant::now();
+        while let Some(m) = client.pc.poll_write() {
+            client
+                .socket
+                .send_to(&m.message, m.transport.peer_addr)
+                .await
+                .unwrap();
+        }
+        while let Some((bytes, peer)) = leg.poll_transmit() {
+            gw_socket.send_to(&bytes, peer).await.unwrap();
+        }
+        while let Some(ev) = client.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                RTCPeerConnectionState::Connected,
+            ) = ev
+            {
+                client.connected = true;
+            }
+        }
+        while let Some(TaggedRTCMessage { message, .. }) = client.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, p) = message {
+                client.received.push(p.payload);
+            }
+        }
+        while let Some(ev) = leg.poll_event() {
+            match ev {
+                BrowserEvent::Connected => gw_connected = true,
+                BrowserEvent::Opus { .. } => gw_opus += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        if client.connected && gw_connected {
+            // A 20 ms frame each way per turn.
+            let packet = ::rtc::rtp::Packet {
+                header: ::rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: sent,
+                    timestamp: sent as u32 * 960,
+                    ssrc: client.ssrc,
+                    ..Default::default()
+                },
+                payload: Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+            };
+            client
+                .pc
+                .rtp_sender(client.sender)
+                .unwrap()
+                .write_rtp(now, packet)
+                .unwrap();
+            leg.send_opus(&[0xf8, 0xff, 0xfe], sent == 0, now).unwrap();
+            sent += 1;
+        }
+        tokio::select! {
+            r = client.socket.recv_from(&mut buf) => {
+                let (n, peer) = r.unwrap();
+                client.pc.handle_read(TaggedBytesMut { now: Instant::now(), transport: TransportContext { local_addr: client.local, peer_addr: peer, ecn: None, transport_protocol: TransportProtocol::UDP }, message: BytesMut::from(&buf[..n]) }).unwrap();
+            }
+            r = gw_socket.recv_from(&mut gw_buf) => {
+                let (n, peer) = r.unwrap();
+                if let Some(ufrag) = stun_username_ufrag(&gw_buf[..n]) {
+                    assert_eq!(ufrag, leg.ufrag(), "STUN USERNAME names our leg first");
+                }
+                leg.handle_datagram(&gw_buf[..n], peer, Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                let now = Instant::now();
+                if client.pc.poll_timeout().is_some_and(|t| t <= now) { client.pc.handle_timeout(now).unwrap(); }
+                if leg.poll_timeout().is_some_and(|t| t <= now) { leg.handle_timeout(now); }
+            }
+        }
+    }
+    assert!(
+        gw_connected && client.connected,
+        "ICE + DTLS did not complete"
+    );
+    assert!(gw_opus >= 20, "gateway received {gw_opus} Opus packets");
+    assert!(
+        client.received.len() >= 20,
+        "browser received {} packets",
+        client.received.len()
+    );
+    assert!(
+        client
+            .received
+            .iter()
+            .all(|p| p.as_ref() == [0xf8, 0xff, 0xfe])
+    );
+}
+
+#[test]
+fn stun_username_is_read_from_a_binding_request() {
+    // Binding request, magic cookie, transaction id, USERNAME "abcd:wxyz", then padding.
+    let mut msg = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xA4, 0x42];
+    msg.extend_from_slice(&[7; 12]);
+    msg.extend_from_slice(&[0x00, 0x06, 0x00, 0x09]);
+    msg.extend_from_slice(b"abcd:wxyz\0\0\0");
+    assert_eq!(stun_username_ufrag(&msg), Some("abcd"));
+    assert_eq!(stun_username_ufrag(&msg[..22]), None, "truncated");
+    assert_eq!(
+        stun_username_ufrag(b"\x80\x00 definitely RTP, not STUN"),
+        None
+    );
+}
