@@ -3,9 +3,11 @@
 //! Data flows from the browser leg through the call to the SIP trunk; each concern lives in
 //! its own module; the README has the map.
 
+pub mod call;
 pub mod config;
 pub mod dial;
 pub mod media;
 pub mod rtc;
 pub mod run;
+pub mod signal;
 pub mod sip;

@@ -1,6 +1,8 @@
 //! Harness for end-to-end tests against real SIP peers: runs `sipp` scenarios from
 //! `tests/sipp/` on loopback and writes gateway configurations pointing at them.
 
+pub mod client;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -167,12 +169,12 @@ impl Drop for Sipp {
 /// 127.0.0.1, credentials gw / trunk-secret (from the environment variable the file names).
 pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBuf {
     let mut text = String::from(
-        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 40000\nport_max = 44999\n",
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 40000\nport_max = 44999\n\n[http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n",
     );
     for (name, port, transport, failover) in trunks {
         let failover: Vec<String> = failover.iter().map(|f| format!("\"{f}\"")).collect();
         text.push_str(&format!(
-            "\n[trunks.{name}]\naddresses = [\"127.0.0.1:{port}\"]\ntransport = \"{transport}\"\nusername = \"gw\"\npassword_file = \"{}\"\nfailover = [{}]\n",
+            "\n[trunks.{name}]\naddresses = [\"127.0.0.1:{port}\"]\ntransport = \"{transport}\"\nusername = \"gw\"\npassword_file = \"{}\"\nfailover = [{}]\noptions_interval = 0\n",
             dir.join("password").display(),
             failover.join(", ")
         ));

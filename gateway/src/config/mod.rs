@@ -92,6 +92,12 @@ struct RawConfig {
     #[serde(default)]
     http: RawHttp,
     #[serde(default)]
+    webrtc: RawWebrtc,
+    #[serde(default)]
+    media: RawMedia,
+    #[serde(default)]
+    cdr: RawCdr,
+    #[serde(default)]
     trunks: BTreeMap<String, Spanned<RawTrunk>>,
     #[serde(default)]
     targets: BTreeMap<String, Spanned<RawTarget>>,
@@ -123,6 +129,31 @@ struct RawRtp {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    token_secret_env: Option<Spanned<String>>,
+    token_secret_file: Option<Spanned<String>>,
+    #[serde(default)]
+    anonymous: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebrtc {
+    udp: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMedia {
+    opus_complexity: Option<Spanned<u8>>,
+    jitter_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCdr {
+    path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,15 +333,57 @@ pub struct Target {
     pub number: String,
 }
 
+/// The HTTP side: signaling, demo page, metrics.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// `Origin` values allowed to open `/ws`; empty allows any (development only).
+    pub allowed_origins: Vec<String>,
+    /// HS256 secret for call tokens; `None` when tokens are not configured.
+    pub token_secret: Option<Vec<u8>>,
+    /// Calls to named targets without a token (a public demo).
+    pub anonymous: bool,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("anonymous", &self.anonymous)
+            .finish()
+    }
+}
+
+/// Media processing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Opus encoder complexity, 0-10.
+    pub opus_complexity: u8,
+    /// Jitter buffer depth on the trunk → browser path, ms.
+    pub jitter_ms: u32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// HTTP side.
+    pub http: HttpConfig,
+    /// UDP address for all browser media (one port, ICE mux).
+    pub webrtc_udp: SocketAddr,
+    /// Media settings.
+    pub media: MediaConfig,
+    /// Where CDRs are appended as JSON lines; `None` disables them.
+    pub cdr_path: Option<PathBuf>,
     /// SIP side.
     pub sip: SipConfig,
     /// RTP side.
     pub rtp: RtpConfig,
-    /// HTTP (signaling, demo, metrics) listen address.
-    pub http_listen: SocketAddr,
     /// Trunks by name.
     pub trunks: BTreeMap<String, TrunkConfig>,
     /// Targets by name.
@@ -468,6 +541,63 @@ impl Config {
             Some("0.0.0.0:8080"),
             parse_sock,
         );
+        let webrtc_udp = c.addr(
+            &raw.webrtc.udp,
+            "webrtc.udp",
+            Some("0.0.0.0:10000"),
+            parse_sock,
+        );
+        let token_secret = match (&raw.http.token_secret_env, &raw.http.token_secret_file) {
+            (Some(var), None) => match env(var.get_ref()) {
+                Some(v) if v.len() >= 16 => Some(v.into_bytes()),
+                Some(_) => {
+                    c.issue(
+                        var.span(),
+                        "http.token_secret_env",
+                        "the token secret must be at least 16 bytes; use 32 random bytes",
+                    );
+                    None
+                }
+                None => {
+                    c.issue(var.span(), "http.token_secret_env", format!("environment variable `{}` is not set; export it before starting the gateway", var.get_ref()));
+                    None
+                }
+            },
+            (None, Some(file)) => match std::fs::read(file.get_ref()) {
+                Ok(v) => Some(v.trim_ascii_end().to_vec()),
+                Err(e) => {
+                    c.issue(
+                        file.span(),
+                        "http.token_secret_file",
+                        format!("cannot read `{}`: {e}", file.get_ref()),
+                    );
+                    None
+                }
+            },
+            (Some(v), Some(_)) => {
+                c.issue(
+                    v.span(),
+                    "http.token_secret_env",
+                    "set `token_secret_env` or `token_secret_file`, not both",
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        let opus_complexity = raw
+            .media
+            .opus_complexity
+            .as_ref()
+            .map_or(5, |v| *v.get_ref());
+        if let Some(v) = &raw.media.opus_complexity
+            && *v.get_ref() > 10
+        {
+            c.issue(
+                v.span(),
+                "media.opus_complexity",
+                "Opus complexity goes from 0 to 10",
+            );
+        }
 
         let mut trunks = BTreeMap::new();
         for (name, spanned) in &raw.trunks {
@@ -642,10 +772,24 @@ impl Config {
             c.issues.sort_by_key(|i| (i.line, i.column));
             return Err(fail(c.issues));
         }
-        let (Some(udp), Some(rtp_ip), Some(http_listen)) = (udp, rtp_ip, http_listen) else {
+        let (Some(udp), Some(rtp_ip), Some(http_listen), Some(webrtc_udp)) =
+            (udp, rtp_ip, http_listen, webrtc_udp)
+        else {
             unreachable!("every unparsed address recorded an issue");
         };
         Ok(Config {
+            http: HttpConfig {
+                listen: http_listen,
+                allowed_origins: raw.http.allowed_origins,
+                token_secret,
+                anonymous: raw.http.anonymous,
+            },
+            webrtc_udp,
+            media: MediaConfig {
+                opus_complexity: opus_complexity.min(10),
+                jitter_ms: raw.media.jitter_ms.unwrap_or(60),
+            },
+            cdr_path: raw.cdr.path.map(PathBuf::from),
             sip: SipConfig {
                 udp,
                 tcp,
@@ -662,7 +806,6 @@ impl Config {
                 port_min,
                 port_max,
             },
-            http_listen,
             trunks,
             targets,
             limits: raw.limits,

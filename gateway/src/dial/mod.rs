@@ -263,7 +263,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
             received = rtp.recv(&mut buf) => {
                 let Ok((n, source)) = received else { continue };
                 match rtp.on_datagram(&buf[..n], source, &mut pcm_in) {
-                    Received::Audio(samples) => {
+                    Received::Audio { samples, .. } => {
                         if answered_at.is_some() { detector.push(&pcm_in[..samples]) } else { early_detector.push(&pcm_in[..samples]) }
                     }
                     Received::Digit(d) => report.dtmf_received.push(d),
@@ -280,22 +280,8 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
                     Some(InDialog::InfoDtmf(d)) => report.dtmf_received.push(d),
                     Some(InDialog::Reinvite { sdp: offer, request }) => {
                         let c = call.as_ref().expect("guarded");
-                        if offer.is_empty() {
-                            // RFC 3264 §5 / RFC 3261 §14.2: an offerless re-INVITE gets our offer.
-                            sdp_version += 1;
-                            c.answer_reinvite(&request, Some(sdp::offer(&local, sdp_version, Direction::SendRecv)));
-                        } else {
-                            match sdp::parse_remote(&offer, &local.codecs, false) {
-                                Ok(remote) => {
-                                    sdp_version += 1;
-                                    rtp.set_remote(remote);
-                                    c.answer_reinvite(&request, Some(sdp::answer(&local, sdp_version, &remote)));
-                                }
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "re-INVITE offer refused with 488");
-                                    c.answer_reinvite(&request, None);
-                                }
-                            }
+                        if let Some(remote) = c.handle_reinvite(&request, &offer, &local, &mut sdp_version) {
+                            rtp.set_remote(remote);
                         }
                         report.reinvites += 1;
                     }

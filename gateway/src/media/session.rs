@@ -28,8 +28,13 @@ pub struct RtpStats {
 /// What one received datagram turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
-    /// One frame of audio decoded into the caller's buffer (this many samples).
-    Audio(usize),
+    /// Audio decoded into the caller's buffer.
+    Audio {
+        /// Samples decoded.
+        samples: usize,
+        /// RTP timestamp of the first sample (8 kHz clock).
+        timestamp: u32,
+    },
     /// The start of a DTMF event.
     Digit(char),
     /// Nothing usable (continuation of an event, junk, wrong payload type).
@@ -195,7 +200,10 @@ impl RtpStream {
         }
         let n = packet.payload.len().min(pcm.len());
         remote.codec.decode(&packet.payload[..n], &mut pcm[..n]);
-        Received::Audio(n)
+        Received::Audio {
+            samples: n,
+            timestamp: packet.timestamp,
+        }
     }
 }
 
@@ -233,7 +241,7 @@ mod tests {
                     .expect("frame arrives")
                     .unwrap();
             match b.on_datagram(&buf[..n], src, &mut pcm) {
-                Received::Audio(_) => audio += 1,
+                Received::Audio { .. } => audio += 1,
                 Received::Digit(d) => digits.push(d),
                 Received::Nothing => {}
             }

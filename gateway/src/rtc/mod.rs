@@ -29,6 +29,8 @@ use ::rtc::sansio::Protocol;
 use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use bytes::{Bytes, BytesMut};
 
+pub mod mux;
+
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::opus::RTP_TICKS_PER_FRAME;
 

@@ -1,6 +1,5 @@
-//! `gateway run`: the long-running gateway. Today it keeps the trunk side up (SIP listeners,
-//! registrations, OPTIONS health checks) and polices inbound calls; the browser leg and the
-//! plugin chain attach here as they are built.
+//! `gateway run`: the long-running gateway: SIP listeners, trunk registrations and health
+//! checks, the inbound policy, the shared WebRTC media port and the HTTP side.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -8,7 +7,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::call::CallContext;
+use crate::call::cdr::CdrLog;
 use crate::config::Config;
+use crate::rtc::mux::MediaMux;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingRequest};
 use crate::sip::message::{random_token, response_to};
 use crate::sip::monitor::{RegistrationStates, spawn_health_checks, spawn_registrations};
@@ -16,7 +18,7 @@ use crate::sip::transaction::Timers;
 use crate::sip::transport::tls_server_config;
 use crate::sip::trunk::Trunks;
 
-/// A running trunk side.
+/// A running gateway.
 pub struct Gateway {
     /// The SIP endpoint.
     pub endpoint: Endpoint,
@@ -24,6 +26,43 @@ pub struct Gateway {
     pub trunks: Arc<Trunks>,
     /// Registration state per registering trunk.
     pub registrations: RegistrationStates,
+    /// What calls share (metrics, drain state, the media port).
+    pub calls: Arc<CallContext>,
+    /// The bound HTTP address (`/ws`, `/healthz`, `/metrics`).
+    pub http_addr: std::net::SocketAddr,
+}
+
+impl Gateway {
+    /// Graceful drain (SIGTERM): refuse new calls, let running ones finish for up to
+    /// `deadline`, then end the rest (BYE or CANCEL).
+    pub async fn drain(&self, deadline: std::time::Duration) {
+        self.calls
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let until = tokio::time::Instant::now() + deadline;
+        while self
+            .calls
+            .metrics
+            .active_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let _ = self.calls.shutdown.send(true);
+        let hard_stop = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self
+            .calls
+            .metrics
+            .active_calls
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+            && tokio::time::Instant::now() < hard_stop
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Starts listeners, registrations, health checks and the inbound-request policy.
@@ -47,10 +86,47 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     let registrations = spawn_registrations(&endpoint, &trunks);
     spawn_health_checks(&endpoint, &trunks);
     tokio::spawn(police_inbound(inbound, sources));
+    let mux = MediaMux::bind(config.webrtc_udp).map_err(|e| {
+        format!(
+            "cannot bind the WebRTC media port {}: {e}",
+            config.webrtc_udp
+        )
+    })?;
+    let media_ip = config.sip.public_ip.unwrap_or_else(|| {
+        let ip = mux.local_addr().ip();
+        if ip.is_unspecified() {
+            endpoint.advertised_ip()
+        } else {
+            ip
+        }
+    });
+    let calls = Arc::new(CallContext {
+        config: config.clone(),
+        endpoint: endpoint.clone(),
+        trunks: trunks.clone(),
+        mux,
+        media_ip,
+        cdr: config.cdr_path.clone().map(CdrLog::new),
+        metrics: Default::default(),
+        draining: Default::default(),
+        shutdown: tokio::sync::watch::channel(false).0,
+    });
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
+    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = crate::signal::router(calls.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
     Ok(Gateway {
         endpoint,
         trunks,
         registrations,
+        calls,
+        http_addr,
     })
 }
 

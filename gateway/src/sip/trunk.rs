@@ -15,6 +15,7 @@ use super::auth;
 use super::dialog::Dialog;
 use super::endpoint::{Endpoint, IncomingRequest};
 use super::message;
+use super::sdp;
 use super::transaction::ClientEvent;
 use super::transport::{Target, split_host_port, tls_client_config};
 use crate::config::{Transport, TrunkConfig};
@@ -738,6 +739,37 @@ impl TrunkCall {
             resp.body = sdp.into_bytes();
         }
         responder.respond(resp);
+    }
+
+    /// Answers a re-INVITE from the trunk per RFC 3264: an offer is answered with the
+    /// mirrored direction (hold: `sendonly` gets `recvonly`) and returns the peer's new media
+    /// to follow; an offerless re-INVITE gets our offer (§5); an unusable offer gets 488.
+    pub fn handle_reinvite(
+        &self,
+        request: &IncomingRequest,
+        offer: &[u8],
+        local: &sdp::LocalMedia,
+        sdp_version: &mut u64,
+    ) -> Option<sdp::RemoteMedia> {
+        *sdp_version += 1;
+        if offer.is_empty() {
+            self.answer_reinvite(
+                request,
+                Some(sdp::offer(local, *sdp_version, sdp::Direction::SendRecv)),
+            );
+            return None;
+        }
+        match sdp::parse_remote(offer, &local.codecs, false) {
+            Ok(remote) => {
+                self.answer_reinvite(request, Some(sdp::answer(local, *sdp_version, &remote)));
+                Some(remote)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-INVITE offer refused with 488");
+                self.answer_reinvite(request, None);
+                None
+            }
+        }
     }
 
     /// Hangs up with BYE and waits (bounded by the transaction's own timeout) for the answer.

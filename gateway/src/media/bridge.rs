@@ -1,0 +1,230 @@
+//! The per-call transcoding bridge, sans-IO: browser Opus ⇄ 8 kHz PCM ⇄ trunk G.711.
+//!
+//! Browser → trunk: each Opus packet is decoded straight to 8 kHz; a gap in sequence numbers
+//! is filled from the next packet's in-band FEC (RFC 6716 §2.1.7), or concealed. Trunk →
+//! browser: G.711 PCM goes through the jitter buffer and one Opus frame is produced per
+//! 20 ms tick. Buffers are owned and reused: nothing allocates per packet.
+
+use super::jitter::JitterBuffer;
+use super::opus::{
+    EncoderSettings, FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder, OpusEncoder, OpusError,
+};
+
+/// Counters for metrics and CDRs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BridgeStats {
+    /// Opus packets received from the browser.
+    pub browser_packets: u64,
+    /// Browser frames lost and rebuilt from FEC.
+    pub browser_fec_recovered: u64,
+    /// Browser frames lost and concealed.
+    pub browser_concealed: u64,
+    /// Opus packets sent to the browser.
+    pub browser_packets_sent: u64,
+}
+
+/// One call's transcoder.
+pub struct Bridge {
+    decoder: OpusDecoder,
+    encoder: OpusEncoder,
+    jitter: JitterBuffer,
+    last_sequence: Option<u16>,
+    pcm: [i16; FRAME_SAMPLES_8K],
+    out: [u8; MAX_PACKET],
+    /// Counters.
+    pub stats: BridgeStats,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Losses longer than this are concealed once and then left to the trunk side's silence:
+/// FEC only covers the frame just before a packet.
+const MAX_CONCEALED_GAP: u16 = 5;
+
+impl Bridge {
+    /// A bridge with the given Opus encoder settings and jitter-buffer depth.
+    pub fn new(settings: EncoderSettings, jitter_ms: u32) -> Result<Bridge, OpusError> {
+        Ok(Bridge {
+            decoder: OpusDecoder::new()?,
+            encoder: OpusEncoder::new(settings)?,
+            jitter: JitterBuffer::new(jitter_ms),
+            last_sequence: None,
+            pcm: [0; FRAME_SAMPLES_8K],
+            out: [0; MAX_PACKET],
+            stats: BridgeStats::default(),
+        })
+    }
+
+    /// Browser → trunk: decodes one Opus packet and hands each resulting 20 ms frame (the
+    /// recovered or concealed ones first) to `emit`.
+    pub fn from_browser(
+        &mut self,
+        sequence: u16,
+        packet: &[u8],
+        mut emit: impl FnMut(&[i16; FRAME_SAMPLES_8K]),
+    ) {
+        self.stats.browser_packets += 1;
+        if let Some(last) = self.last_sequence {
+            let gap = sequence.wrapping_sub(last);
+            if gap == 0 || gap > 0x8000 {
+                return; // duplicate or reordered behind us: already played out
+            }
+            let missing = gap - 1;
+            for i in 0..missing.min(MAX_CONCEALED_GAP) {
+                let recovered = if i + 1 == missing {
+                    self.decoder.recover(packet, &mut self.pcm)
+                } else {
+                    self.decoder.conceal(&mut self.pcm)
+                };
+                match recovered {
+                    Ok(_) => {
+                        if i + 1 == missing {
+                            self.stats.browser_fec_recovered += 1;
+                        } else {
+                            self.stats.browser_concealed += 1;
+                        }
+                        emit(&self.pcm);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "loss recovery failed"),
+                }
+            }
+        }
+        self.last_sequence = Some(sequence);
+        match self.decoder.decode(packet, &mut self.pcm) {
+            Ok(FRAME_SAMPLES_8K) => emit(&self.pcm),
+            Ok(n) => tracing::debug!(samples = n, "Opus packet is not 20 ms; dropped"),
+            Err(e) => tracing::debug!(error = %e, "undecodable Opus packet dropped"),
+        }
+    }
+
+    /// Trunk → browser: stores decoded G.711 PCM that starts at RTP `timestamp`.
+    pub fn from_trunk(&mut self, timestamp: u32, pcm: &[i16]) {
+        self.jitter.push(timestamp, pcm);
+    }
+
+    /// Produces the next 20 ms Opus packet for the browser; `None` when there is nothing to
+    /// send (DTX during silence).
+    pub fn to_browser(&mut self) -> Option<&[u8]> {
+        self.jitter.pop(&mut self.pcm);
+        let n = match self.encoder.encode(&self.pcm, &mut self.out) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "Opus encode failed");
+                return None;
+            }
+        };
+        // RFC 6716 §2.1.9: packets of 1-2 bytes are DTX, nothing worth sending.
+        if n <= 2 {
+            return None;
+        }
+        self.stats.browser_packets_sent += 1;
+        Some(&self.out[..n])
+    }
+
+    /// Jitter-buffer counters (trunk → browser).
+    pub fn jitter_stats(&self) -> super::jitter::JitterStats {
+        self.jitter.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::tone::{ToneDetector, ToneGenerator};
+
+    fn opus_tone(n: usize) -> Vec<Vec<u8>> {
+        let mut enc = OpusEncoder::new(EncoderSettings {
+            dtx: false,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut g = ToneGenerator::new(1004.0, 8000, 8000);
+        (0..n)
+            .map(|_| {
+                let mut f = [0i16; FRAME_SAMPLES_8K];
+                g.fill(&mut f);
+                let mut p = [0u8; MAX_PACKET];
+                let len = enc.encode(&f, &mut p).unwrap();
+                p[..len].to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn browser_audio_keeps_its_timing_through_losses() {
+        let mut bridge = Bridge::new(EncoderSettings::default(), 40).unwrap();
+        let packets = opus_tone(60);
+        let mut frames = 0;
+        let mut det = ToneDetector::new(1004.0, 8000, 800);
+        for (i, p) in packets.iter().enumerate() {
+            if i % 10 == 5 || i == 30 || i == 31 {
+                continue; // lost in the network
+            }
+            bridge.from_browser(1000u16.wrapping_add(i as u16), p, |pcm| {
+                frames += 1;
+                det.push(pcm);
+            });
+        }
+        assert_eq!(frames, 60, "every 20 ms slot produced exactly one frame");
+        assert!(bridge.stats.browser_fec_recovered >= 6);
+        assert!(det.report().snr_db > 10.0, "{:?}", det.report());
+    }
+
+    #[test]
+    fn duplicates_and_stale_packets_are_ignored() {
+        let mut bridge = Bridge::new(EncoderSettings::default(), 40).unwrap();
+        let packets = opus_tone(3);
+        let mut frames = 0;
+        bridge.from_browser(10, &packets[0], |_| frames += 1);
+        bridge.from_browser(10, &packets[0], |_| frames += 1);
+        bridge.from_browser(9, &packets[1], |_| frames += 1);
+        bridge.from_browser(11, &packets[1], |_| frames += 1);
+        assert_eq!(frames, 2);
+    }
+
+    #[test]
+    fn trunk_audio_becomes_opus_for_the_browser() {
+        let mut bridge = Bridge::new(
+            EncoderSettings {
+                dtx: true,
+                ..Default::default()
+            },
+            40,
+        )
+        .unwrap();
+        let mut g = ToneGenerator::new(1004.0, 8000, 8000);
+        let mut dec = OpusDecoder::new().unwrap();
+        let mut det = ToneDetector::new(1004.0, 8000, 800);
+        let mut pcm = [0i16; FRAME_SAMPLES_8K];
+        let mut out = [0i16; FRAME_SAMPLES_8K];
+        let mut sent = 0;
+        for i in 0..80u32 {
+            g.fill(&mut pcm);
+            bridge.from_trunk(5000 + i * 160, &pcm);
+            if let Some(packet) = bridge.to_browser() {
+                sent += 1;
+                dec.decode(packet, &mut out).unwrap();
+                if i > 20 {
+                    det.push(&out);
+                }
+            }
+        }
+        assert!(sent >= 70, "{sent}");
+        assert!(det.report().snr_db > 15.0, "{:?}", det.report());
+        // Silence from the trunk: DTX keeps the browser leg nearly quiet.
+        let mut quiet = 0;
+        for i in 80..130u32 {
+            bridge.from_trunk(5000 + i * 160, &[0i16; FRAME_SAMPLES_8K]);
+            if bridge.to_browser().is_some() {
+                quiet += 1;
+            }
+        }
+        assert!(quiet < 20, "DTX: {quiet} of 50 silent frames sent");
+    }
+}

@@ -1,0 +1,135 @@
+//! One UDP port for all browser media (ICE mux). The mux task owns the socket's receive
+//! side and routes each datagram to its call: by the peer's address once known, else by the
+//! ufrag in a STUN Binding request's USERNAME (RFC 8445 §7.2.2). Sending needs no routing:
+//! every call sends through a shared non-blocking handle of the same socket.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::stun_username_ufrag;
+
+/// A datagram for one call.
+pub type Datagram = (BytesMut, SocketAddr);
+
+#[derive(Default)]
+struct Routes {
+    by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
+    by_addr: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
+}
+
+/// The shared browser media socket.
+#[derive(Clone)]
+pub struct MediaMux {
+    send: Arc<std::net::UdpSocket>,
+    local: SocketAddr,
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl std::fmt::Debug for MediaMux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MediaMux({})", self.local)
+    }
+}
+
+/// Per-call queue depth: at 50 packets/s plus STUN and RTCP, a second of backlog.
+const QUEUE: usize = 64;
+
+impl MediaMux {
+    /// Binds the port and starts the receive task.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<MediaMux> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let send = Arc::new(socket.try_clone()?);
+        let recv = UdpSocket::from_std(socket)?;
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        tokio::spawn(receive_loop(recv, routes.clone()));
+        Ok(MediaMux {
+            send,
+            local,
+            routes,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Routes datagrams whose STUN USERNAME starts with `ufrag` (and, after that, datagrams
+    /// from the same address) to the returned receiver until [`Self::unregister`].
+    pub fn register(&self, ufrag: &str) -> mpsc::Receiver<Datagram> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ufrag
+            .insert(ufrag.to_string(), tx);
+        rx
+    }
+
+    /// Forgets a call's routes.
+    pub fn unregister(&self, ufrag: &str) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = routes.by_ufrag.remove(ufrag) {
+            routes.by_addr.retain(|_, t| !t.same_channel(&tx));
+        }
+    }
+
+    /// Sends a datagram to a browser.
+    pub fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if let Err(e) = self.send.send_to(bytes, to) {
+            tracing::debug!(error = %e, %to, "browser media send failed");
+        }
+    }
+
+    /// Calls with routes (for metrics and tests).
+    pub fn calls(&self) -> usize {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ufrag
+            .len()
+    }
+}
+
+async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "browser media receive error");
+                continue;
+            }
+        };
+        let data = &buf[..n];
+        let target = {
+            let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+            match routes.by_addr.get(&peer) {
+                Some(tx) => Some(tx.clone()),
+                None => {
+                    let found = stun_username_ufrag(data)
+                        .and_then(|u| routes.by_ufrag.get(u))
+                        .cloned();
+                    if let Some(tx) = &found {
+                        routes.by_addr.insert(peer, tx.clone());
+                    }
+                    found
+                }
+            }
+        };
+        match target {
+            // A full queue means the call task is stalled: drop rather than stall every call.
+            Some(tx) => {
+                let _ = tx.try_send((BytesMut::from(data), peer));
+            }
+            None => tracing::trace!(%peer, "datagram for no call dropped"),
+        }
+    }
+}

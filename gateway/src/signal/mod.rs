@@ -1,0 +1,352 @@
+//! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz` and `/metrics`. Knows no
+//! SIP: calls are handed to [`crate::call`].
+
+pub mod protocol;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::call::{CallCommand, CallContext, Outbound, run_outbound};
+use crate::media::dtmf::validate_digits;
+use crate::rtc::BrowserLeg;
+use protocol::{ClientMessage, ErrorCode, ServerMessage, VERSION};
+use token::Claims;
+
+/// The router, ready to serve.
+pub fn router(ctx: Arc<CallContext>) -> Router {
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx)
+}
+
+async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
+    if ctx.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
+    let m = &ctx.metrics;
+    let answered = m.calls_answered.load(Ordering::Relaxed);
+    let mut text = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+        ));
+    };
+    metric(
+        "gateway_active_calls",
+        "gauge",
+        "Calls in progress.",
+        m.active_calls.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "gateway_calls_total",
+        "counter",
+        "Calls started.",
+        m.calls_total.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "gateway_calls_answered_total",
+        "counter",
+        "Calls answered by the trunk.",
+        answered.to_string(),
+    );
+    metric(
+        "gateway_setup_seconds_sum",
+        "counter",
+        "Sum of INVITE-to-answer times.",
+        format!("{:.6}", m.setup_us_sum.load(Ordering::Relaxed) as f64 / 1e6),
+    );
+    metric(
+        "gateway_browser_fec_recovered_total",
+        "counter",
+        "Browser frames rebuilt from Opus FEC.",
+        m.fec_recovered.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        "gateway_trunk_concealed_total",
+        "counter",
+        "Trunk frames concealed by the jitter buffer.",
+        m.trunk_concealed.load(Ordering::Relaxed).to_string(),
+    );
+    text.push_str("# HELP gateway_calls_ended_total Calls ended, by reason.\n# TYPE gateway_calls_ended_total counter\n");
+    for (reason, count) in m.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        text.push_str(&format!(
+            "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn ws(
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    State(ctx): State<Arc<CallContext>>,
+) -> Response {
+    let allowed = &ctx.config.http.allowed_origins;
+    if !allowed.is_empty() {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        if !allowed.iter().any(|a| a == origin) {
+            // Browsers always send Origin on WebSocket upgrades: a page not on the list is
+            // refused before any call can be attempted (cross-site WebSocket hijacking).
+            return (
+                StatusCode::FORBIDDEN,
+                format!("origin `{origin}` is not allowed; add it to [http] allowed_origins\n"),
+            )
+                .into_response();
+        }
+    }
+    ws.on_upgrade(move |socket| connection(socket, ctx))
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, call_id: Option<&str>) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message: message.into(),
+        call_id: call_id.map(str::to_owned),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Decides what `to` means for this caller: `(trunk, number)`, or the error to send.
+fn authorize(
+    ctx: &CallContext,
+    claims: Option<&Claims>,
+    to: &str,
+) -> Result<(String, String), (ErrorCode, String)> {
+    if let Some(target) = ctx.config.targets.get(to) {
+        let allowed = match claims {
+            Some(c) => c.targets.iter().any(|t| t == to || t == "*"),
+            None => ctx.config.http.anonymous,
+        };
+        return if allowed {
+            Ok((target.trunk.clone(), target.number.clone()))
+        } else if claims.is_none() {
+            Err((
+                ErrorCode::Unauthorized,
+                "send `auth` with a token first".into(),
+            ))
+        } else {
+            Err((
+                ErrorCode::Forbidden,
+                format!("the token does not allow calling `{to}`"),
+            ))
+        };
+    }
+    // A raw number: toll fraud's favourite, so only with a token that says `numbers`.
+    match claims {
+        Some(c) if c.numbers => match ctx.config.targets.values().next() {
+            Some(t) if to.chars().all(|ch| ch.is_ascii_digit() || ch == '+') && to.len() >= 3 => {
+                Ok((t.trunk.clone(), to.to_string()))
+            }
+            _ => Err((
+                ErrorCode::Forbidden,
+                format!("`{to}` is not a target name or a dialable number"),
+            )),
+        },
+        _ => Err((
+            ErrorCode::Forbidden,
+            format!("no target named `{to}`; widgets call target names, not numbers"),
+        )),
+    }
+}
+
+async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
+    let (mut sink, mut stream) = socket.split();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let writer = tokio::spawn(async move {
+        while let Some(message) = out_rx.recv().await {
+            let Ok(text) = serde_json::to_string(&message) else {
+                continue;
+            };
+            if sink.send(Message::Text(text.into())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let auth_required = !ctx.config.http.anonymous;
+    let _ = out.send(ServerMessage::Hello {
+        version: VERSION,
+        auth_required,
+    });
+    let mut claims: Option<Claims> = None;
+    let mut calls: HashMap<String, mpsc::UnboundedSender<CallCommand>> = HashMap::new();
+    while let Some(frame) = stream.next().await {
+        let text = match frame {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => {
+                let _ = out.send(error(
+                    ErrorCode::BadJson,
+                    "binary frames are not part of the protocol; send JSON text",
+                    None,
+                ));
+                continue;
+            }
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        calls.retain(|_, tx| !tx.is_closed());
+        let message = match protocol::parse(&text) {
+            Ok(m) => m,
+            Err((code, why)) => {
+                let _ = out.send(error(code, why, None));
+                continue;
+            }
+        };
+        match message {
+            ClientMessage::Auth { token } => match &ctx.config.http.token_secret {
+                None => {
+                    let _ = out.send(error(
+                        ErrorCode::Unauthorized,
+                        "this gateway has no token secret configured",
+                        None,
+                    ));
+                }
+                Some(secret) => match token::verify(&token, secret, now_secs()) {
+                    Ok(c) => {
+                        let _ = out.send(ServerMessage::Authenticated {
+                            subject: c.sub.clone(),
+                        });
+                        claims = Some(c);
+                    }
+                    Err(e) => {
+                        let _ = out.send(error(ErrorCode::Unauthorized, e.to_string(), None));
+                    }
+                },
+            },
+            ClientMessage::Call { to, sdp } => {
+                if ctx.draining.load(Ordering::Relaxed) {
+                    let _ = out.send(error(
+                        ErrorCode::Draining,
+                        "the gateway is shutting down; try again shortly",
+                        None,
+                    ));
+                    continue;
+                }
+                let (trunk, number) = match authorize(&ctx, claims.as_ref(), &to) {
+                    Ok(route) => route,
+                    Err((code, why)) => {
+                        let _ = out.send(error(code, why, None));
+                        continue;
+                    }
+                };
+                if ctx.metrics.active_calls.load(Ordering::Relaxed)
+                    >= ctx.config.limits.max_calls as u64
+                {
+                    let _ = out.send(error(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "the gateway's limit of {} calls is reached",
+                            ctx.config.limits.max_calls
+                        ),
+                        None,
+                    ));
+                    continue;
+                }
+                let (leg, answer) = match BrowserLeg::answer(
+                    &sdp,
+                    ctx.mux.local_addr(),
+                    ctx.media_ip,
+                    std::time::Instant::now(),
+                ) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
+                        continue;
+                    }
+                };
+                let call_id = format!("c-{}", crate::sip::message::random_token());
+                let browser_rx = ctx.mux.register(leg.ufrag());
+                let _ = out.send(ServerMessage::Answer {
+                    call_id: call_id.clone(),
+                    sdp: answer,
+                });
+                let (commands, command_rx) = mpsc::unbounded_channel();
+                calls.insert(call_id.clone(), commands);
+                let from = claims
+                    .as_ref()
+                    .map_or("anonymous".to_string(), |c| c.sub.clone());
+                let call = Outbound {
+                    call_id,
+                    from,
+                    to,
+                    trunk,
+                    number,
+                };
+                tokio::spawn(run_outbound(
+                    ctx.clone(),
+                    call,
+                    leg,
+                    browser_rx,
+                    out.clone(),
+                    command_rx,
+                ));
+            }
+            ClientMessage::Dtmf { call_id, digits } => {
+                if let Err(bad) = validate_digits(&digits) {
+                    let _ = out.send(error(
+                        ErrorCode::BadMessage,
+                        format!("`{bad}` is not a DTMF digit; use 0-9, *, #, A-D"),
+                        Some(&call_id),
+                    ));
+                    continue;
+                }
+                match calls.get(&call_id) {
+                    Some(tx) => {
+                        let _ = tx.send(CallCommand::Dtmf(digits));
+                    }
+                    None => {
+                        let _ = out.send(error(
+                            ErrorCode::NoSuchCall,
+                            format!("no call `{call_id}` on this connection"),
+                            Some(&call_id),
+                        ));
+                    }
+                }
+            }
+            ClientMessage::Hangup { call_id } => match calls.remove(&call_id) {
+                Some(tx) => {
+                    let _ = tx.send(CallCommand::Hangup);
+                }
+                None => {
+                    let _ = out.send(error(
+                        ErrorCode::NoSuchCall,
+                        format!("no call `{call_id}` on this connection"),
+                        Some(&call_id),
+                    ));
+                }
+            },
+        }
+    }
+    // The page went away: its calls end (BYE after answer, CANCEL before).
+    for (_, tx) in calls.drain() {
+        let _ = tx.send(CallCommand::Hangup);
+    }
+    drop(out);
+    let _ = writer.await;
+}

@@ -1,0 +1,216 @@
+//! The WebSocket signaling protocol, version 1: one JSON object per message, each with a
+//! `type`. Documented for integrators in `docs/protocol.md`; this file is the source of truth.
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version announced in `hello`.
+pub const VERSION: u32 = 1;
+
+/// Messages from the browser.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// Authenticate with a JWT (HS256) minted by the website's backend.
+    Auth {
+        /// The token.
+        token: String,
+    },
+    /// Place a call to a target name (or a number, if the token allows it) with an SDP offer.
+    Call {
+        /// Target name or number.
+        to: String,
+        /// The browser's SDP offer (non-trickle: gather first, or the gateway's ICE-lite
+        /// answer still works with the candidates the browser sends later in STUN).
+        sdp: String,
+    },
+    /// Send DTMF digits on a call (RFC 4733 towards the trunk).
+    Dtmf {
+        /// The call.
+        call_id: String,
+        /// Digits 0-9, *, #, A-D.
+        digits: String,
+    },
+    /// Hang up a call.
+    Hangup {
+        /// The call.
+        call_id: String,
+    },
+}
+
+/// Messages to the browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Sent once on connect.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// True when calls need an `auth` first.
+        auth_required: bool,
+    },
+    /// `auth` succeeded.
+    Authenticated {
+        /// The token's subject.
+        subject: String,
+    },
+    /// The SDP answer for a `call`; media can start while the trunk is dialled.
+    Answer {
+        /// The new call's id.
+        call_id: String,
+        /// The gateway's SDP answer.
+        sdp: String,
+    },
+    /// The trunk is trying (100) or reports session progress (183).
+    Progress {
+        /// The call.
+        call_id: String,
+        /// SIP status.
+        sip_code: u16,
+    },
+    /// The far end is ringing (180).
+    Ringing {
+        /// The call.
+        call_id: String,
+    },
+    /// The far end answered.
+    Answered {
+        /// The call.
+        call_id: String,
+    },
+    /// A DTMF digit from the far end.
+    Dtmf {
+        /// The call.
+        call_id: String,
+        /// The digit.
+        digit: String,
+    },
+    /// The call is over.
+    Ended {
+        /// The call.
+        call_id: String,
+        /// Why, in words: `hangup`, `remote_hangup`, `busy`, `rejected`, `no_answer`,
+        /// `trunk_unavailable`, `media_failed`, `shutdown`.
+        reason: String,
+        /// The SIP status that ended it (200 for a normal hang-up after answer).
+        sip_code: u16,
+    },
+    /// A message could not be acted on; the connection and other calls are unaffected.
+    Error {
+        /// Machine-readable code (see [`ErrorCode`]).
+        code: ErrorCode,
+        /// What went wrong and what to do.
+        message: String,
+        /// The call concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
+}
+
+/// Error codes of the `error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not an object with a string `type`.
+    BadJson,
+    /// `type` is not one of the client messages.
+    UnknownType,
+    /// A field is missing, unknown or has the wrong type.
+    BadMessage,
+    /// The token is missing, malformed, badly signed or expired.
+    Unauthorized,
+    /// The token (or anonymous mode) does not allow calling this target.
+    Forbidden,
+    /// No call with this id on this connection.
+    NoSuchCall,
+    /// The SDP offer cannot be used.
+    BadSdp,
+    /// A concurrent-call limit was reached.
+    LimitReached,
+    /// The gateway is shutting down and takes no new calls.
+    Draining,
+    /// Something failed inside the gateway; the message says what.
+    Internal,
+}
+
+/// Reads one text frame, classifying failures as the protocol's error codes.
+pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| (ErrorCode::BadJson, format!("not JSON: {e}")))?;
+    let Some(kind) = value
+        .get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+    else {
+        return Err((
+            ErrorCode::BadJson,
+            "expected an object with a string field `type`".into(),
+        ));
+    };
+    const KNOWN: [&str; 4] = ["auth", "call", "dtmf", "hangup"];
+    if !KNOWN.contains(&kind.as_str()) {
+        return Err((
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type `{kind}`; expected one of {}",
+                KNOWN.join(", ")
+            ),
+        ));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| (ErrorCode::BadMessage, format!("bad `{kind}` message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_parse_and_errors_are_classified() {
+        assert_eq!(
+            parse(r#"{"type":"hangup","call_id":"c1"}"#),
+            Ok(ClientMessage::Hangup {
+                call_id: "c1".into()
+            })
+        );
+        assert_eq!(parse("{nope").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(parse("[1,2]").unwrap_err().0, ErrorCode::BadJson);
+        assert_eq!(
+            parse(r#"{"type":"fly"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            parse(r#"{"type":"call","to":"sales"}"#).unwrap_err().0,
+            ErrorCode::BadMessage
+        );
+        assert_eq!(
+            parse(r#"{"type":"hangup","call_id":"c1","x":1}"#)
+                .unwrap_err()
+                .0,
+            ErrorCode::BadMessage
+        );
+    }
+
+    #[test]
+    fn server_messages_have_a_type_field() {
+        let text = serde_json::to_string(&ServerMessage::Ended {
+            call_id: "c".into(),
+            reason: "busy".into(),
+            sip_code: 486,
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"ended","call_id":"c","reason":"busy","sip_code":486}"#
+        );
+        let text = serde_json::to_string(&ServerMessage::Error {
+            code: ErrorCode::NoSuchCall,
+            message: "m".into(),
+            call_id: None,
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"type":"error","code":"no_such_call","message":"m"}"#
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! A headless WebRTC browser for tests and load: speaks the gateway's `/ws` protocol, runs a
+//! real WebRTC peer (webrtc-rs's `rtc` stack, ICE + DTLS-SRTP) on its own UDP socket, sends a
+//! tone as Opus and measures what comes back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use gateway::media::dtmf::{DtmfSender, EventPayload};
+use gateway::media::opus::{
+    EncoderSettings, FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder, OpusEncoder,
+};
+use gateway::media::tone::{ToneDetector, ToneGenerator};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
+};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use serde_json::{Value, json};
+use tokio::net::UdpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What to do on one call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Target name or number.
+    pub to: String,
+    /// Token for `auth`, if any.
+    pub token: Option<String>,
+    /// Seconds to stay after `answered`.
+    pub seconds: f64,
+    /// Tone to send, Hz.
+    pub tone_hz: f64,
+    /// DTMF digits to send as RFC 4733 from the browser, after 0.5 s in the call.
+    pub dtmf: Option<String>,
+    /// Hang up by closing the WebSocket instead of sending `hangup`.
+    pub close_instead_of_hangup: bool,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallReport {
+    /// Gateway call id.
+    pub call_id: Option<String>,
+    /// `call` sent → `answered` received, ms.
+    pub setup_ms: Option<f64>,
+    /// Message types received, in order.
+    pub messages: Vec<String>,
+    /// The `ended` message, if one came.
+    pub ended: Option<Value>,
+    /// `error` messages received.
+    pub errors: Vec<Value>,
+    /// Opus packets sent.
+    pub packets_sent: u64,
+    /// Opus packets received.
+    pub packets_received: u64,
+    /// Packets received before `answered` (early media).
+    pub early_packets: u64,
+    /// Median SNR of the returned tone, dB.
+    pub tone_snr_db: Option<f64>,
+    /// DTMF digits reported by the gateway (`dtmf` messages).
+    pub dtmf_received: String,
+    /// ICE + DTLS completed.
+    pub media_connected: bool,
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn telephone_event() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+        clock_rate: 8000,
+        channels: 0,
+        sdp_fmtp_line: "0-15".into(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn text(m: &Value) -> Message {
+    Message::Text(m.to_string().into())
+}
+
+/// Places one call through the gateway at `ws_url` and reports.
+pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<CallReport> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let mut report = CallReport::default();
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let local = socket.local_addr()?;
+    let mut engine = MediaEngine::default();
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: opus_codec(),
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: telephone_event(),
+            payload_type: 126,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .build(Instant::now())?;
+    let ssrc: u32 = rand_u32();
+    let sender = pc.add_track(MediaStreamTrack::new(
+        "browser".into(),
+        "mic".into(),
+        "mic".into(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    ))?;
+    // Like a browser's RTCDTMFSender: telephone-event goes out on the audio sender, so it
+    // must be among the sender's codecs, not only the track's Opus.
+    if let Some(mut transceiver) = pc.rtp_transceiver(sender.into()) {
+        transceiver.set_codec_preferences(vec![
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: 111,
+            },
+            RTCRtpCodecParameters {
+                rtp_codec: telephone_event(),
+                payload_type: 126,
+            },
+        ])?;
+    }
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    let offer = pc.create_offer(None)?;
+    pc.set_local_description(Instant::now(), offer)?;
+    let offer_sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
+
+    if let Some(token) = &options.token {
+        ws.send(text(&json!({"type": "auth", "token": token})))
+            .await?;
+    }
+    ws.send(text(
+        &json!({"type": "call", "to": options.to, "sdp": offer_sdp}),
+    ))
+    .await?;
+    let call_sent = Instant::now();
+
+    let mut encoder = OpusEncoder::new(EncoderSettings {
+        dtx: false,
+        complexity: 10,
+        ..Default::default()
+    })?;
+    let mut decoder = OpusDecoder::new()?;
+    let mut tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
+    let mut detector = ToneDetector::new(options.tone_hz, 8000, 800);
+    let mut dtmf = DtmfSender::new(100, 60);
+    let mut dtmf_queued = false;
+    let mut dtmf_ts = 0u32;
+    let mut frame = [0i16; FRAME_SAMPLES_8K];
+    let mut packet = [0u8; MAX_PACKET];
+    let mut decoded = [0i16; FRAME_SAMPLES_8K];
+    let mut sequence: u16 = 1;
+    let mut timestamp: u32 = 1000;
+    let mut answered_at: Option<Instant> = None;
+    let mut buf = vec![0u8; 2000];
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    let mut hung_up = false;
+    let hard_deadline = Instant::now() + Duration::from_secs_f64(options.seconds + 30.0);
+
+    while Instant::now() < hard_deadline {
+        while let Some(m) = pc.poll_write() {
+            let _ = socket.send_to(&m.message, m.transport.peer_addr).await;
+        }
+        while let Some(ev) = pc.poll_event() {
+            match ev {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Connected,
+                ) => report.media_connected = true,
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Failed,
+                ) => anyhow::bail!("WebRTC connection failed"),
+                _ => {}
+            }
+        }
+        while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, p) = message
+                && p.header.payload_type == 111
+            {
+                report.packets_received += 1;
+                if answered_at.is_none() {
+                    report.early_packets += 1;
+                }
+                if decoder.decode(&p.payload, &mut decoded).is_ok()
+                    && answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300))
+                {
+                    detector.push(&decoded);
+                }
+            }
+        }
+        if report.ended.is_some() {
+            break;
+        }
+        if let Some(at) = answered_at
+            && !hung_up
+            && at.elapsed().as_secs_f64() >= options.seconds
+            && dtmf.is_idle()
+        {
+            hung_up = true;
+            if options.close_instead_of_hangup {
+                let _ = ws.close(None).await;
+                break;
+            }
+            let id = report.call_id.clone().unwrap_or_default();
+            ws.send(text(&json!({"type": "hangup", "call_id": id})))
+                .await?;
+        }
+        let timer = pc
+            .poll_timeout()
+            .unwrap_or(Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = ticker.tick() => {
+                if report.media_connected {
+                    let now = Instant::now();
+                    if let (Some(at), Some(digits)) = (answered_at, &options.dtmf)
+                        && !dtmf_queued
+                        && at.elapsed() > Duration::from_millis(500)
+                    {
+                        dtmf.push_digits(digits);
+                        dtmf_queued = true;
+                    }
+                    let (pt, payload, marker) = match dtmf.next_frame() {
+                        Some(event) => {
+                            if event.marker { dtmf_ts = timestamp; }
+                            let mut p = [0u8; 4];
+                            EventPayload { ..event.payload }.write(&mut p);
+                            (126u8, Bytes::copy_from_slice(&p), event.marker)
+                        }
+                        None => {
+                            tone.fill(&mut frame);
+                            let n = encoder.encode(&frame, &mut packet)?;
+                            (111u8, Bytes::copy_from_slice(&packet[..n]), false)
+                        }
+                    };
+                    let ts = if pt == 126 { dtmf_ts } else { timestamp };
+                    let rtp = rtc::rtp::Packet { header: rtc::rtp::header::Header { version: 2, marker, payload_type: pt, sequence_number: sequence, timestamp: ts, ssrc, ..Default::default() }, payload };
+                    if let Some(mut s) = pc.rtp_sender(sender) {
+                        match s.write_rtp(now, rtp) {
+                            Ok(()) if pt == 111 => report.packets_sent += 1,
+                            Ok(()) => {}
+                            Err(e) => eprintln!("client write_rtp pt {pt}: {e}"),
+                        }
+                    }
+                    sequence = sequence.wrapping_add(1);
+                    timestamp = timestamp.wrapping_add(960);
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, peer): (usize, SocketAddr) = r?;
+                let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport: TransportContext { local_addr: local, peer_addr: peer, ecn: None, transport_protocol: TransportProtocol::UDP }, message: BytesMut::from(&buf[..n]) });
+            }
+            _ = tokio::time::sleep_until(timer.into()) => {
+                let _ = pc.handle_timeout(Instant::now());
+            }
+            msg = ws.next() => {
+                let Some(Ok(Message::Text(t))) = msg else { break };
+                let v: Value = serde_json::from_str(&t)?;
+                let kind = v["type"].as_str().unwrap_or("").to_string();
+                report.messages.push(kind.clone());
+                match kind.as_str() {
+                    "answer" => {
+                        report.call_id = v["call_id"].as_str().map(str::to_owned);
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                    }
+                    "answered" => {
+                        answered_at = Some(Instant::now());
+                        report.setup_ms = Some(call_sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    "dtmf" => report.dtmf_received.push_str(v["digit"].as_str().unwrap_or("")),
+                    "ended" => report.ended = Some(v),
+                    "error" => {
+                        let fatal = report.call_id.is_none();
+                        report.errors.push(v);
+                        if fatal { break; }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let r = detector.report();
+    report.tone_snr_db = r
+        .snr_db
+        .is_finite()
+        .then_some((r.snr_db * 10.0).round() / 10.0);
+    let _ = pc.close();
+    Ok(report)
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u32
+}

@@ -1,0 +1,69 @@
+//! The whole path: a WebRTC client (real ICE, DTLS-SRTP, Opus) calls through the gateway's
+//! `/ws` signaling onto a sipp trunk that echoes RTP; the tone must come back.
+
+use gateway::config::Config;
+use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::{Sipp, out_dir, write_config};
+
+fn with_target(path: &std::path::Path, extra: &str) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    text.push_str("\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n");
+    text.push_str(extra);
+    std::fs::write(path, text).unwrap();
+}
+
+fn options(seconds: f64) -> CallOptions {
+    CallOptions {
+        to: "echo".into(),
+        token: None,
+        seconds,
+        tone_hz: 1004.0,
+        dtmf: None,
+        close_instead_of_hangup: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
+    let dir = out_dir("browser_echo");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(
+        &path,
+        &format!("\n[cdr]\npath = \"{}\"\n", dir.join("cdr.jsonl").display()),
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let mut opts = options(3.0);
+    opts.dtmf = Some("42".into());
+    let report = run_call(&url, &opts).await.unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.media_connected);
+    assert_eq!(&report.messages[..2], ["hello", "answer"]);
+    assert!(report.messages.contains(&"ringing".to_string()));
+    assert!(report.messages.contains(&"answered".to_string()));
+    assert!(
+        report.tone_snr_db.unwrap_or(f64::NEG_INFINITY) >= 20.0,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.dtmf_received, "42",
+        "browser RFC 4733 → trunk → echoed → reported back"
+    );
+    let ended = report.ended.expect("ended");
+    assert_eq!(ended["reason"], "hangup");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap(),
+        "sipp did not get BYE"
+    );
+    let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(cdr.lines().next().unwrap()).unwrap();
+    assert_eq!(record["end_reason"], "hangup");
+    assert_eq!(record["trunk"], "carrier");
+    assert!(record["duration_s"].as_f64().unwrap() >= 2.5);
+    assert!(record["trunk_packets_in"].as_u64().unwrap() > 100);
+}
