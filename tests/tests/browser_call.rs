@@ -67,3 +67,87 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     assert!(record["duration_s"].as_f64().unwrap() >= 2.5);
     assert!(record["trunk_packets_in"].as_u64().unwrap() > 100);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn early_media_reaches_the_browser_before_the_answer() {
+    let dir = out_dir("browser_early");
+    let sipp = Sipp::uas("early_media.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(1.5))
+        .await
+        .unwrap();
+    assert!(
+        report.messages.contains(&"progress".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        report.early_packets > 50,
+        "two seconds of 183 early media reach the browser: {report:?}"
+    );
+    assert!(report.setup_ms.unwrap() >= 1900.0);
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trunk_hangup_ends_the_browser_call() {
+    let dir = out_dir("browser_trunk_bye");
+    let sipp = Sipp::uas("trunk_hangs_up.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(20.0))
+        .await
+        .unwrap();
+    let ended = report.ended.clone().expect("ended");
+    assert_eq!(ended["reason"], "remote_hangup", "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "audio flowed until the BYE: {report:?}"
+    );
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        gateway
+            .calls
+            .metrics
+            .active_calls
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_websocket_hangs_up_with_bye() {
+    let dir = out_dir("browser_ws_close");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let mut opts = options(1.5);
+    opts.close_instead_of_hangup = true;
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert!(report.messages.contains(&"answered".to_string()));
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap(),
+        "sipp expects the BYE the closed page caused"
+    );
+}

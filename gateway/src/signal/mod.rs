@@ -100,14 +100,14 @@ async fn ws(
     State(ctx): State<Arc<CallContext>>,
 ) -> Response {
     let allowed = &ctx.config.http.allowed_origins;
-    if !allowed.is_empty() {
-        let origin = headers
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .unwrap_or("");
+    // Browsers always send Origin on WebSocket upgrades, so a page that is not on the list
+    // is refused before any call can be attempted (cross-site WebSocket hijacking). A client
+    // without Origin is not a browser (a backend, the load generator): tokens still apply.
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !allowed.is_empty()
+    {
+        let origin = origin.to_str().unwrap_or("");
         if !allowed.iter().any(|a| a == origin) {
-            // Browsers always send Origin on WebSocket upgrades: a page not on the list is
-            // refused before any call can be attempted (cross-site WebSocket hijacking).
             return (
                 StatusCode::FORBIDDEN,
                 format!("origin `{origin}` is not allowed; add it to [http] allowed_origins\n"),

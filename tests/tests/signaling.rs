@@ -1,0 +1,180 @@
+//! Signaling misuse: bad tokens, wrong origins, malformed and unknown messages each get the
+//! documented error, and a call already running on the same gateway keeps its audio.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gateway::config::Config;
+use gateway::signal::token::{Claims, sign};
+use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::{Sipp, out_dir, write_config};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+async fn next_json(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
+    let dir = out_dir("signaling");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("anonymous = true", "anonymous = false");
+    text = text.replace(
+        "[http]\n",
+        &format!(
+            "[http]\nallowed_origins = [\"https://shop.example\"]\ntoken_secret_file = \"{}\"\n",
+            dir.join("secret").display()
+        ),
+    );
+    text.push_str("\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[targets.sales]\ntrunk = \"carrier\"\nnumber = \"200\"\n");
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+
+    // A wrong origin is refused at the upgrade.
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://evil.example".parse().unwrap());
+    let refused = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+
+    // A good call runs meanwhile (the test client sends no Origin: non-browser clients may
+    // connect, as browsers always send one).
+    let token = sign(
+        &Claims {
+            sub: "alice".into(),
+            exp: now() + 60,
+            targets: vec!["echo".into()],
+            numbers: false,
+        },
+        SECRET.as_bytes(),
+    );
+    let good = tokio::spawn({
+        let url = url.clone();
+        async move {
+            run_call(
+                &url,
+                &CallOptions {
+                    to: "echo".into(),
+                    token: Some(token),
+                    seconds: 4.0,
+                    tone_hz: 1004.0,
+                    dtmf: None,
+                    close_instead_of_hangup: false,
+                },
+            )
+            .await
+            .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", "https://shop.example".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "hello", "version": 1, "auth_required": true})
+    );
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "bad_json"),
+        (r#"{"no":"type"}"#.into(), "bad_json"),
+        (r#"{"type":"teleport"}"#.into(), "unknown_type"),
+        (r#"{"type":"call","to":"echo"}"#.into(), "bad_message"),
+        (json!({"type": "call", "to": "echo", "sdp": "v=0"}).to_string(), "unauthorized"),
+        (json!({"type": "auth", "token": "a.b.c"}).to_string(), "unauthorized"),
+        (json!({"type": "auth", "token": sign(&Claims { sub: "x".into(), exp: now() - 1, targets: vec![], numbers: false }, SECRET.as_bytes())}).to_string(), "unauthorized"),
+        (json!({"type": "auth", "token": sign(&Claims { sub: "x".into(), exp: now() + 60, targets: vec![], numbers: true }, b"not the secret at all")}).to_string(), "unauthorized"),
+        (json!({"type": "hangup", "call_id": "c-nope"}).to_string(), "no_such_call"),
+        (json!({"type": "dtmf", "call_id": "c-nope", "digits": "1x"}).to_string(), "bad_message"),
+    ];
+    for (message, code) in cases {
+        ws.send(Message::Text(message.clone().into()))
+            .await
+            .unwrap();
+        let reply = next_json(&mut ws).await;
+        assert_eq!(reply["type"], "error", "{message}: {reply}");
+        assert_eq!(reply["code"], code, "{message}: {reply}");
+        assert!(!reply["message"].as_str().unwrap().is_empty());
+    }
+    // A valid token for `echo` only: `sales` and raw numbers are forbidden.
+    let token = sign(
+        &Claims {
+            sub: "bob".into(),
+            exp: now() + 60,
+            targets: vec!["echo".into()],
+            numbers: false,
+        },
+        SECRET.as_bytes(),
+    );
+    ws.send(Message::Text(
+        json!({"type": "auth", "token": token}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "authenticated", "subject": "bob"})
+    );
+    for to in ["sales", "+4930123456"] {
+        ws.send(Message::Text(
+            json!({"type": "call", "to": to, "sdp": "v=0"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(next_json(&mut ws).await["code"], "forbidden", "{to}");
+    }
+    ws.send(Message::Text(
+        json!({"type": "call", "to": "echo", "sdp": "not sdp"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
+
+    let report = good.await.unwrap();
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the other call kept its audio: {report:?}"
+    );
+    assert_eq!(report.ended.unwrap()["reason"], "hangup");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap()
+    );
+}
