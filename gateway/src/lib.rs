@@ -5,6 +5,7 @@
 
 pub mod call;
 pub mod config;
+pub mod demo;
 pub mod dial;
 pub mod media;
 pub mod rtc;

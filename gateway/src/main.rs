@@ -21,11 +21,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway: SIP listeners, trunk registrations and health checks.
+    /// Run the gateway. Without --config: demo mode, with a built-in echo/tone trunk.
     Run {
         /// The TOML configuration.
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Validate a configuration file; prints every mistake as FILE:LINE:COLUMN: FIELD: PROBLEM.
     CheckConfig {
@@ -68,20 +68,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,rtc_dtls=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
+        Command::Run { config: path } => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -90,6 +83,25 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async {
+                let config = match path {
+                    Some(path) => match Config::load(&path) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            eprintln!("{e}");
+                            return ExitCode::from(2);
+                        }
+                    },
+                    None => match gateway::demo::start().await {
+                        Ok(trunk) => {
+                            eprintln!("demo mode: built-in trunk on {trunk}; targets `echo` and `tone`, no token needed");
+                            Config::demo(trunk)
+                        }
+                        Err(e) => {
+                            eprintln!("cannot start the demo trunk: {e}");
+                            return ExitCode::from(2);
+                        }
+                    },
+                };
                 let gateway = match gateway::run::start(&config).await {
                     Ok(g) => g,
                     Err(e) => {
@@ -97,18 +109,20 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
+                let http = gateway.http_addr;
+                let host = if http.ip().is_unspecified() { "localhost".to_string() } else { http.ip().to_string() };
+                eprintln!("gateway running: signaling ws://{host}:{}/ws, health http://{host}:{}/healthz, metrics /metrics", http.port(), http.port());
                 eprintln!(
-                    "gateway running: SIP on udp {}{}; {} trunks",
+                    "  WebRTC media on udp {}; SIP on udp {}{}; {} trunks",
+                    gateway.calls.mux.local_addr(),
                     gateway.endpoint.udp_addr(),
-                    gateway
-                        .endpoint
-                        .tcp_addr()
-                        .map(|a| format!(", tcp {a}"))
-                        .unwrap_or_default(),
+                    gateway.endpoint.tcp_addr().map(|a| format!(", tcp {a}")).unwrap_or_default(),
                     config.trunks.len()
                 );
                 shutdown_signal().await;
-                eprintln!("stopping");
+                eprintln!("draining: no new calls; running calls have {} s to finish", config.limits.drain_seconds);
+                gateway.drain(Duration::from_secs(config.limits.drain_seconds as u64)).await;
+                eprintln!("stopped");
                 ExitCode::SUCCESS
             })
         }

@@ -812,6 +812,20 @@ impl Config {
         })
     }
 
+    /// The configuration of demo mode (`gateway run` with no file): signaling on port 8080,
+    /// browser media on UDP 10000, anonymous calls to the targets `echo` and `tone` on the
+    /// built-in demo trunk at `demo_trunk`. SIP stays on loopback.
+    pub fn demo(demo_trunk: SocketAddr) -> Config {
+        let text = format!(
+            "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 30000\nport_max = 30999\n\n\
+             [http]\nlisten = \"0.0.0.0:8080\"\nanonymous = true\n\n[webrtc]\nudp = \"0.0.0.0:10000\"\n\n\
+             [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
+             [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n[targets.tone]\ntrunk = \"demo\"\nnumber = \"tone\"\n"
+        );
+        Config::parse(&text, Path::new("(demo)"), &|_| None)
+            .expect("the demo configuration is valid")
+    }
+
     /// The trunk named `name`, or an error listing the configured names.
     pub fn trunk(&self, name: &str) -> Result<&TrunkConfig, String> {
         self.trunks.get(name).ok_or_else(|| {
@@ -911,6 +925,14 @@ number = "+4930123456"
         assert_eq!(err.issues[0].field, "(syntax)");
         let err = parse("[trunks.x]\ntransport = \"udp\"\n").unwrap_err();
         assert!(err.to_string().contains("addresses"), "{err}");
+    }
+
+    #[test]
+    fn the_demo_configuration_is_valid() {
+        let c = Config::demo("127.0.0.1:5999".parse().unwrap());
+        assert!(c.http.anonymous);
+        assert_eq!(c.targets["echo"].number, "echo");
+        assert_eq!(c.trunks["demo"].addresses, ["127.0.0.1:5999"]);
     }
 
     #[test]

@@ -219,7 +219,10 @@ impl BrowserLeg {
         let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
         let leg = BrowserLeg {
             pc,
-            local,
+            // The stack matches incoming datagrams to our candidate by local address, so
+            // datagrams are tagged with the advertised address even when the socket is bound
+            // to 0.0.0.0 or a private address behind 1:1 NAT.
+            local: SocketAddr::new(advertised, local.port()),
             ufrag,
             sender,
             ssrc,
