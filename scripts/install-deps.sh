@@ -7,6 +7,7 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing the trunk
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # libopus for the Opus <-> G.711 bridge (audiopus links the system library through pkg-config).
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 
