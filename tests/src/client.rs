@@ -67,6 +67,8 @@ pub struct CallReport {
     pub packets_sent: u64,
     /// Opus packets received.
     pub packets_received: u64,
+    /// Packets the gateway sent that never arrived, from RTP sequence gaps (RFC 3550 §6.4.1).
+    pub packets_lost: u64,
     /// Packets received before `answered` (early media).
     pub early_packets: u64,
     /// Median SNR of the returned tone, dB.
@@ -201,6 +203,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut buf = vec![0u8; 2000];
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut hung_up = false;
+    let mut first_seq: Option<u16> = None;
+    let mut highest_seq: u64 = 0;
     let hard_deadline = Instant::now() + Duration::from_secs_f64(options.seconds + 30.0);
 
     while Instant::now() < hard_deadline {
@@ -223,6 +227,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 && p.header.payload_type == 111
             {
                 report.packets_received += 1;
+                let first = *first_seq.get_or_insert(p.header.sequence_number);
+                highest_seq = highest_seq.max(p.header.sequence_number.wrapping_sub(first) as u64);
                 if answered_at.is_none() {
                     report.early_packets += 1;
                 }
@@ -322,6 +328,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 }
             }
         }
+    }
+    if first_seq.is_some() {
+        report.packets_lost = (highest_seq + 1).saturating_sub(report.packets_received);
     }
     let r = detector.report();
     report.tone_snr_db = r

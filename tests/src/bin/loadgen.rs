@@ -116,6 +116,7 @@ async fn main() -> std::process::ExitCode {
     snrs.sort_by(f64::total_cmp);
     let sent: u64 = reports.iter().map(|r| r.packets_sent).sum();
     let received: u64 = reports.iter().map(|r| r.packets_received).sum();
+    let lost: u64 = reports.iter().map(|r| r.packets_lost).sum();
     let summary = Summary {
         calls_ok: good.len(),
         calls_failed: args.calls - good.len(),
@@ -123,10 +124,12 @@ async fn main() -> std::process::ExitCode {
         setup_ms_p99: percentile(&setups, 99.0),
         packets_sent: sent,
         packets_received: received,
-        loss_pct: if sent == 0 {
+        // Loss on the way back to the callers, from RTP sequence gaps: the pipeline's start-up
+        // and the packets in flight at hang-up are not loss.
+        loss_pct: if received + lost == 0 {
             0.0
         } else {
-            ((1.0 - received as f64 / sent as f64).max(0.0) * 10000.0).round() / 100.0
+            (lost as f64 / (received + lost) as f64 * 10000.0).round() / 100.0
         },
         tone_detected: !good.is_empty()
             && good
@@ -145,12 +148,13 @@ async fn main() -> std::process::ExitCode {
             serde_json::to_string_pretty(&summary).unwrap_or_default()
         );
     } else {
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
         println!(
-            "{} ok, {} failed; setup p50 {:?} ms p99 {:?} ms; packets {} sent {} received ({:.2} % loss); tone {} (median SNR {:?} dB)",
+            "{} ok, {} failed; setup p50 {} ms, p99 {} ms; packets {} sent, {} received, {:.2} % lost; tone {} (median SNR {} dB); DTMF back on {} calls",
             summary.calls_ok,
             summary.calls_failed,
-            summary.setup_ms_p50,
-            summary.setup_ms_p99,
+            show(summary.setup_ms_p50),
+            show(summary.setup_ms_p99),
             summary.packets_sent,
             summary.packets_received,
             summary.loss_pct,
@@ -159,7 +163,8 @@ async fn main() -> std::process::ExitCode {
             } else {
                 "missing"
             },
-            summary.tone_snr_db
+            show(summary.tone_snr_db),
+            summary.dtmf_received
         );
         for f in &summary.failures {
             println!("  {f}");
