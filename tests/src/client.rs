@@ -48,6 +48,8 @@ pub struct CallOptions {
     pub dtmf: Option<String>,
     /// Hang up by closing the WebSocket instead of sending `hangup`.
     pub close_instead_of_hangup: bool,
+    /// Instead of calling `to`, register this identity and answer the first `incoming` call.
+    pub answer_as: Option<String>,
 }
 
 /// What happened.
@@ -169,19 +171,26 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     }
     .new_candidate_host()?;
     pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    let offer = pc.create_offer(None)?;
-    pc.set_local_description(Instant::now(), offer)?;
-    let offer_sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
-
     if let Some(token) = &options.token {
         ws.send(text(&json!({"type": "auth", "token": token})))
             .await?;
     }
-    ws.send(text(
-        &json!({"type": "call", "to": options.to, "sdp": offer_sdp}),
-    ))
-    .await?;
-    let call_sent = Instant::now();
+    match &options.answer_as {
+        Some(identity) => {
+            ws.send(text(&json!({"type": "register", "identity": identity})))
+                .await?
+        }
+        None => {
+            let offer = pc.create_offer(None)?;
+            pc.set_local_description(Instant::now(), offer)?;
+            let offer_sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
+            ws.send(text(
+                &json!({"type": "call", "to": options.to, "sdp": offer_sdp}),
+            ))
+            .await?;
+        }
+    }
+    let mut call_sent = Instant::now();
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
         dtx: false,
@@ -312,6 +321,15 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     "answer" => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                    }
+                    "incoming" if report.call_id.is_none() => {
+                        report.call_id = v["call_id"].as_str().map(str::to_owned);
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                        let answer = pc.create_answer(None)?;
+                        pc.set_local_description(Instant::now(), answer)?;
+                        let sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
+                        ws.send(text(&json!({"type": "answer", "call_id": report.call_id, "sdp": sdp}))).await?;
+                        call_sent = Instant::now();
                     }
                     "answered" => {
                         answered_at = Some(Instant::now());

@@ -20,6 +20,7 @@ fn options(seconds: f64) -> CallOptions {
         tone_hz: 1004.0,
         dtmf: None,
         close_instead_of_hangup: false,
+        answer_as: None,
     }
 }
 
@@ -149,5 +150,48 @@ async fn closing_the_websocket_hangs_up_with_bye() {
             .await
             .unwrap(),
         "sipp expects the BYE the closed page caused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() {
+    let dir = out_dir("browser_inbound");
+    let (trunk_port, _) = gateway_tests::ports();
+    let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
+    with_target(&path, "\n[inbound]\n\"+15550100\" = \"agent-7\"\n");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let mut opts = options(30.0);
+    opts.answer_as = Some("agent-7".into());
+    let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // sipp calls from the trunk's own address, echoing whatever the browser sends.
+    let mut sipp = Sipp::uac(
+        "uac_call_echo.xml",
+        "127.0.0.1",
+        Some(trunk_port),
+        gateway.endpoint.udp_addr(),
+        &dir,
+    );
+    let report = browser.await.unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(
+        &report.messages[..3],
+        ["hello", "registered", "incoming"],
+        "{report:?}"
+    );
+    assert!(report.messages.contains(&"answered".to_string()));
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "browser tone → gateway → sipp echo → back: {report:?}"
+    );
+    assert_eq!(report.ended.unwrap()["reason"], "remote_hangup");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.wait())
+            .await
+            .unwrap(),
+        "sipp's call did not complete"
     );
 }

@@ -22,6 +22,7 @@ fn call(to: &str, tone_hz: f64) -> CallOptions {
         tone_hz,
         dtmf: None,
         close_instead_of_hangup: false,
+        answer_as: None,
     }
 }
 

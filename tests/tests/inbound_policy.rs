@@ -15,7 +15,12 @@ async fn invites_from_unknown_addresses_get_403_and_from_trunks_480() {
         &format!("udp = \"127.0.0.1:{gateway_port}\""),
         1,
     );
-    std::fs::write(&path, text).unwrap();
+    // The dialled number routes to a browser identity that nobody has registered.
+    std::fs::write(
+        &path,
+        format!("{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n"),
+    )
+    .unwrap();
     let config = Config::load(&path).unwrap();
     let gateway = gateway::run::start(&config).await.unwrap();
     let target = gateway.endpoint.udp_addr();

@@ -90,6 +90,7 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
                     tone_hz: 1004.0,
                     dtmf: None,
                     close_instead_of_hangup: false,
+                    answer_as: None,
                 },
             )
             .await

@@ -17,11 +17,13 @@ use crate::media::opus::EncoderSettings;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
 use crate::rtc::mux::{Datagram, MediaMux};
 use crate::rtc::{BrowserEvent, BrowserLeg};
-use crate::signal::protocol::ServerMessage;
-use crate::sip::endpoint::Endpoint;
+use crate::signal::protocol::{ErrorCode, ServerMessage};
+use crate::sip::endpoint::{Endpoint, IncomingRequest};
+use crate::sip::message::{random_token, response_to};
 use crate::sip::sdp::{self, Direction, LocalMedia};
 use crate::sip::trunk::{CallRequest, InDialog, Progress, TrunkCall, Trunks, place_call};
 use cdr::{Cdr, CdrLog, unix_ms};
+use rsip::prelude::*;
 use state::{CallState, Input, Output};
 
 /// Everything a call needs from the running gateway.
@@ -43,6 +45,8 @@ pub struct CallContext {
     pub metrics: Metrics,
     /// Set on SIGTERM: no new calls.
     pub draining: AtomicBool,
+    /// Identities registered for inbound calls, by name.
+    pub registered: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
     /// Turns true when running calls must end (drain deadline).
     pub shutdown: watch::Sender<bool>,
 }
@@ -73,11 +77,24 @@ pub enum CallCommand {
     Hangup,
     /// Send DTMF digits to the trunk.
     Dtmf(String),
+    /// The browser accepted an inbound call with this SDP answer.
+    Answer(String),
 }
 
-/// An outbound call as requested over signaling.
+/// A connection that registered an identity for inbound calls.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Messages to the browser.
+    pub out: mpsc::UnboundedSender<ServerMessage>,
+    /// Hands the connection a new call's id and command channel.
+    pub calls: mpsc::UnboundedSender<(String, mpsc::UnboundedSender<CallCommand>)>,
+}
+
+/// Who and what a call is about.
 #[derive(Debug, Clone)]
 pub struct Outbound {
+    /// `outbound` (browser → trunk) or `inbound` (trunk → browser).
+    pub direction: &'static str,
     /// Gateway call id.
     pub call_id: String,
     /// Caller (token subject or `anonymous`).
@@ -94,10 +111,10 @@ pub struct Outbound {
 pub async fn run_outbound(
     ctx: Arc<CallContext>,
     call: Outbound,
-    mut leg: BrowserLeg,
-    mut browser_rx: mpsc::Receiver<Datagram>,
+    leg: BrowserLeg,
+    browser_rx: mpsc::Receiver<Datagram>,
     events: mpsc::UnboundedSender<ServerMessage>,
-    mut commands: mpsc::UnboundedReceiver<CallCommand>,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
 ) {
     let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +156,7 @@ pub async fn run_outbound(
         };
         Ok::<_, &str>((rtp, bridge, local))
     };
-    let (mut rtp, mut bridge, local) = match setup.await {
+    let (rtp, bridge, local) = match setup.await {
         Ok(parts) => parts,
         Err(why) => {
             tracing::error!(call_id = %call.call_id, why, "call setup failed");
@@ -163,25 +180,86 @@ pub async fn run_outbound(
             return;
         }
     };
-    let mut sdp_version = 1;
     let request = CallRequest {
         to: call.number.clone(),
         from_user: None,
-        sdp_offer: sdp::offer(&local, sdp_version, Direction::SendRecv),
+        sdp_offer: sdp::offer(&local, 1, Direction::SendRecv),
     };
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
+    let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let (cancel_tx, mut cancel_rx) = watch::channel(false);
-    let mut shutdown = ctx.shutdown.subscribe();
-    let dial_started = Instant::now();
-    let placing = place_call(
+    let placing = Box::pin(place_call(
         &ctx.endpoint,
         &ctx.trunks,
         &call.trunk,
         &request,
         &progress_tx,
         &mut cancel_rx,
-    );
-    tokio::pin!(placing);
+    ));
+    let parts = Parts {
+        leg,
+        browser_rx,
+        events: events.clone(),
+        commands,
+        rtp,
+        bridge,
+        local,
+        progress_rx,
+        cancel_tx,
+        browser_answered: None,
+    };
+    drive(&ctx, &call, state, started_ms, parts, placing).await;
+}
+
+/// The pieces a call runs with once set up.
+struct Parts {
+    leg: BrowserLeg,
+    browser_rx: mpsc::Receiver<Datagram>,
+    events: mpsc::UnboundedSender<ServerMessage>,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+    rtp: RtpStream,
+    bridge: Bridge,
+    local: LocalMedia,
+    progress_rx: mpsc::UnboundedReceiver<Progress>,
+    cancel_tx: watch::Sender<bool>,
+    /// Inbound calls: fired when the browser accepts, so the trunk gets its 200.
+    browser_answered: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+type Placing<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<TrunkCall, crate::sip::trunk::CallFailure>>
+            + Send
+            + 'a,
+    >,
+>;
+
+/// The call's event loop: media both ways, trunk and browser events, until it ends.
+async fn drive(
+    ctx: &Arc<CallContext>,
+    call: &Outbound,
+    mut state: CallState,
+    started_ms: u64,
+    parts: Parts,
+    mut placing: Placing<'_>,
+) {
+    let Parts {
+        mut leg,
+        mut browser_rx,
+        events,
+        mut commands,
+        mut rtp,
+        mut bridge,
+        local,
+        mut progress_rx,
+        cancel_tx,
+        mut browser_answered,
+    } = parts;
+    let send = |m: ServerMessage| {
+        let _ = events.send(m);
+    };
+    let mut sdp_version = 1;
+    let mut shutdown = ctx.shutdown.subscribe();
+    let dial_started = Instant::now();
     let mut trunk: Option<TrunkCall> = None;
     let mut trunk_used: Option<String> = None;
     let mut placing_done = false;
@@ -199,7 +277,7 @@ pub async fn run_outbound(
         let mut inputs: Vec<Input> = Vec::new();
         let leg_timer = leg.poll_timeout();
         tokio::select! {
-            result = &mut placing, if !placing_done => {
+            result = placing.as_mut(), if !placing_done => {
                 placing_done = true;
                 match result {
                     Ok(answered) => {
@@ -212,6 +290,7 @@ pub async fn run_outbound(
                         trunk = Some(answered);
                         inputs.push(Input::Answered);
                     }
+                    Err(crate::sip::trunk::CallFailure::Cancelled) if call.direction == "inbound" => inputs.push(Input::TrunkCancelled),
                     Err(failure) => inputs.push(Input::Failed(failure.sip_code())),
                 }
             }
@@ -277,6 +356,16 @@ pub async fn run_outbound(
             command = commands.recv() => {
                 match command {
                     Some(CallCommand::Dtmf(digits)) => rtp.send_digits(&digits),
+                    Some(CallCommand::Answer(sdp)) => match (browser_answered.take(), leg.accept_answer(&sdp, Instant::now())) {
+                        (Some(answered), Ok(())) => {
+                            let _ = answered.send(());
+                        }
+                        (None, _) => send(ServerMessage::Error { code: ErrorCode::BadMessage, message: "this call was not offered to you: `answer` is for `incoming` calls".into(), call_id: Some(call.call_id.clone()) }),
+                        (Some(answered), Err(e)) => {
+                            browser_answered = Some(answered);
+                            send(ServerMessage::Error { code: ErrorCode::BadSdp, message: e.to_string(), call_id: Some(call.call_id.clone()) });
+                        }
+                    },
                     Some(CallCommand::Hangup) | None => inputs.push(Input::BrowserHangup),
                 }
             }
@@ -336,8 +425,8 @@ pub async fn run_outbound(
     ctx.mux.unregister(leg.ufrag());
     let sip_call_id = trunk.as_ref().map(|t| t.call_id().to_string());
     finish(
-        &ctx,
-        &call,
+        ctx,
+        call,
         &state,
         trunk_used,
         started_ms,
@@ -346,6 +435,239 @@ pub async fn run_outbound(
         &rtp.stats,
     )
     .await;
+}
+
+/// Offers a call from a trunk to the browser registered for the dialled number, and runs
+/// it. `invite` is the trunk's INVITE (already answered 100 by the endpoint).
+pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingRequest) {
+    let Some(responder) = invite.responder.clone() else {
+        return;
+    };
+    let request = &invite.request;
+    let tag = random_token();
+    let refuse = |code: u16| responder.respond(response_to(request, code, Some(&tag)));
+    let dialled = request
+        .uri
+        .auth
+        .as_ref()
+        .map(|a| a.user.clone())
+        .unwrap_or_default();
+    // §21.4.5: 404 when the number is routed nowhere; 480 when its browser is not connected.
+    let Some(identity) = ctx.config.inbound.get(&dialled).cloned() else {
+        tracing::info!(%trunk, number = %dialled, "inbound call to an unrouted number: 404");
+        return refuse(404);
+    };
+    let Some(browser) = ctx
+        .registered
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&identity)
+        .cloned()
+    else {
+        return refuse(480);
+    };
+    if ctx.draining.load(Ordering::Relaxed)
+        || ctx.metrics.active_calls.load(Ordering::Relaxed) >= ctx.config.limits.max_calls as u64
+    {
+        return refuse(503);
+    }
+    let (Some(trunk_config), Some(channel)) =
+        (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))
+    else {
+        return refuse(503);
+    };
+    let remote = match sdp::parse_remote(&request.body, &trunk_config.codecs, false) {
+        Ok(r) => r,
+        Err(e) => {
+            // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5); trunks
+            // send offers, so this is refused rather than half-supported.
+            tracing::warn!(error = %e, "inbound offer unusable: 488");
+            return refuse(488);
+        }
+    };
+    let Ok(mut rtp) = RtpStream::bind(
+        ctx.config.rtp.ip,
+        ctx.config.rtp.port_min,
+        ctx.config.rtp.port_max,
+    ) else {
+        return refuse(503);
+    };
+    rtp.set_remote(remote);
+    let Ok(bridge) = Bridge::new(
+        EncoderSettings {
+            complexity: ctx.config.media.opus_complexity,
+            ..Default::default()
+        },
+        ctx.config.media.jitter_ms,
+    ) else {
+        return refuse(500);
+    };
+    let ip = ctx
+        .config
+        .sip
+        .public_ip
+        .unwrap_or(if ctx.config.rtp.ip.is_unspecified() {
+            ctx.endpoint.advertised_ip()
+        } else {
+            ctx.config.rtp.ip
+        });
+    let local = LocalMedia {
+        ip,
+        port: rtp.local_port(),
+        codecs: trunk_config.codecs.clone(),
+        session_id: rand::random::<u32>() as u64,
+    };
+    let Ok((leg, offer)) = BrowserLeg::offer(ctx.mux.local_addr(), ctx.media_ip, Instant::now())
+    else {
+        return refuse(500);
+    };
+    let Some(sip_call_id) = crate::sip::message::call_id(request) else {
+        return refuse(400);
+    };
+    let dialog_rx = ctx.endpoint.register_dialog(&sip_call_id);
+    let browser_rx = ctx.mux.register(leg.ufrag());
+    let call_id = format!("c-{}", random_token());
+    let from = request
+        .from_header()
+        .ok()
+        .and_then(|f| f.typed().ok())
+        .and_then(|f| f.uri.auth.map(|a| a.user))
+        .unwrap_or_else(|| "anonymous".into());
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let _ = browser.calls.send((call_id.clone(), commands_tx));
+    let _ = browser.out.send(ServerMessage::Incoming {
+        call_id: call_id.clone(),
+        from: from.clone(),
+        to: dialled.clone(),
+        sdp: offer,
+    });
+    responder.respond(response_to(request, 180, Some(&tag)));
+    let started_ms = unix_ms();
+    ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.active_calls.fetch_add(1, Ordering::Relaxed);
+    let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let (_, progress_rx) = mpsc::unbounded_channel();
+    let target = crate::sip::transport::Target {
+        addr: invite.source,
+        transport: invite.transport,
+        host: invite.source.ip().to_string(),
+        tls: None,
+    };
+    let accepted = Accepting {
+        endpoint: ctx.endpoint.clone(),
+        tag,
+        local: local.clone(),
+        remote,
+        trunk: trunk.clone(),
+        channel,
+        target,
+    };
+    let placing = Box::pin(accepted.run(invite, answered_rx, cancel_rx, dialog_rx));
+    let info = Outbound {
+        direction: "inbound",
+        call_id: call_id.clone(),
+        from,
+        to: dialled.clone(),
+        trunk,
+        number: dialled,
+    };
+    let parts = Parts {
+        leg,
+        browser_rx,
+        events: browser.out.clone(),
+        commands,
+        rtp,
+        bridge,
+        local,
+        progress_rx,
+        cancel_tx,
+        browser_answered: Some(answered_tx),
+    };
+    drive(
+        &ctx,
+        &info,
+        CallState::new(&call_id),
+        started_ms,
+        parts,
+        placing,
+    )
+    .await;
+}
+
+/// The trunk side of an inbound call while the browser rings.
+struct Accepting {
+    endpoint: Endpoint,
+    tag: String,
+    local: LocalMedia,
+    remote: sdp::RemoteMedia,
+    trunk: String,
+    channel: crate::sip::trunk::ChannelGuard,
+    target: crate::sip::transport::Target,
+}
+
+/// How long a browser may ring before the caller hears 480.
+const RING_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Accepting {
+    async fn run(
+        self,
+        invite: IncomingRequest,
+        answered: tokio::sync::oneshot::Receiver<()>,
+        mut cancel: watch::Receiver<bool>,
+        mut dialog: mpsc::UnboundedReceiver<IncomingRequest>,
+    ) -> Result<TrunkCall, crate::sip::trunk::CallFailure> {
+        use crate::sip::trunk::CallFailure;
+        let responder = invite.responder.clone().ok_or(CallFailure::Cancelled)?;
+        let request = &invite.request;
+        let reject = |code: u16, reason: &str| {
+            responder.respond(response_to(request, code, Some(&self.tag)));
+            CallFailure::Rejected {
+                trunk: self.trunk.clone(),
+                code,
+                reason: reason.into(),
+            }
+        };
+        let ring = tokio::time::sleep(RING_TIMEOUT);
+        tokio::pin!(ring);
+        tokio::pin!(answered);
+        loop {
+            tokio::select! {
+                result = &mut answered => {
+                    if result.is_err() {
+                        return Err(reject(603, "declined"));
+                    }
+                    let mut ok = response_to(request, 200, Some(&self.tag));
+                    ok.headers.push(rsip::Header::Contact(rsip::headers::Contact::new(format!("<{}>", self.endpoint.contact_uri("gw", self.target.transport)))));
+                    ok.headers.push(rsip::Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+                    ok.body = sdp::answer(&self.local, 1, &self.remote).into_bytes();
+                    responder.respond(ok);
+                    let Some(state) = crate::sip::dialog::Dialog::from_uas(request, &self.tag) else {
+                        return Err(reject(400, "INVITE without Contact or From tag"));
+                    };
+                    return Ok(TrunkCall::inbound(self.endpoint, self.target, state, dialog, self.trunk, self.channel));
+                }
+                changed = cancel.changed() => {
+                    if changed.is_err() || *cancel.borrow() {
+                        return Err(reject(603, "declined"));
+                    }
+                }
+                incoming = dialog.recv() => {
+                    match incoming {
+                        // The endpoint has already answered the CANCEL and sent 487 (§9.2).
+                        Some(r) if r.request.method == rsip::Method::Cancel => return Err(CallFailure::Cancelled),
+                        Some(r) => {
+                            if let Some(resp) = r.responder {
+                                resp.respond(response_to(&r.request, 491, None));
+                            }
+                        }
+                        None => return Err(CallFailure::Cancelled),
+                    }
+                }
+                _ = &mut ring => return Err(reject(480, "nobody answered")),
+            }
+        }
+    }
 }
 
 fn leg_stats(
@@ -398,7 +720,7 @@ async fn finish(
     let record = Cdr {
         call_id: call.call_id.clone(),
         sip_call_id,
-        direction: "outbound",
+        direction: call.direction,
         from: call.from.clone(),
         to: call.to.clone(),
         trunk,

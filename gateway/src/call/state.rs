@@ -36,6 +36,8 @@ pub enum Input {
     Failed(u16),
     /// The trunk sent BYE.
     TrunkHangup,
+    /// The caller on the trunk gave up before the browser answered (CANCEL).
+    TrunkCancelled,
     /// The browser hung up (message or WebSocket closed).
     BrowserHangup,
     /// The browser's media connection failed.
@@ -138,6 +140,7 @@ impl CallState {
             }
             Input::Failed(code) => vec![self.ended(failure_reason(code), code)],
             Input::TrunkHangup => vec![self.ended("remote_hangup", 200)],
+            Input::TrunkCancelled => vec![self.ended("remote_hangup", 487)],
             Input::BrowserHangup => {
                 let code = if answered { 200 } else { 487 };
                 vec![Output::EndTrunk, self.ended("hangup", code)]

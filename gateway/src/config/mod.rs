@@ -103,6 +103,8 @@ struct RawConfig {
     targets: BTreeMap<String, Spanned<RawTarget>>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    inbound: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -380,6 +382,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Where CDRs are appended as JSON lines; `None` disables them.
     pub cdr_path: Option<PathBuf>,
+    /// Inbound routing: the number dialled on a trunk (DID) → the browser identity to ring.
+    pub inbound: BTreeMap<String, String>,
     /// SIP side.
     pub sip: SipConfig,
     /// RTP side.
@@ -790,6 +794,7 @@ impl Config {
                 jitter_ms: raw.media.jitter_ms.unwrap_or(60),
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
+            inbound: raw.inbound,
             sip: SipConfig {
                 udp,
                 tcp,

@@ -153,28 +153,28 @@ fn random_ice_string(len: usize) -> String {
 }
 
 impl BrowserLeg {
-    /// Answers a browser's offer. `local` is the shared media socket's address and
-    /// `advertised` the IP the browser should send to (the public IP behind 1:1 NAT). The
-    /// answer carries our only candidate, so no trickle round-trip is needed.
-    pub fn answer(
-        offer_sdp: &str,
-        local: SocketAddr,
-        advertised: IpAddr,
-        now: Instant,
-    ) -> Result<(BrowserLeg, String), RtcError> {
+    fn build(now: Instant) -> Result<(RTCPeerConnection, String, u32), RtcError> {
         // RFC 8445 §5.3: ufrag ≥ 4 and pwd ≥ 22 characters of ice-char.
         let ufrag = random_ice_string(8);
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), random_ice_string(24))
             .build();
-        let mut pc = RTCPeerConnectionBuilder::new()
+        let pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(settings)
             .with_media_engine(media_engine()?)
             .build(now)
             .map_err(stack)?;
-        let ssrc: u32 = rand::random();
+        Ok((pc, ufrag, rand::random()))
+    }
+
+    fn add_track_and_candidate(
+        pc: &mut RTCPeerConnection,
+        ssrc: u32,
+        local: SocketAddr,
+        advertised: IpAddr,
+    ) -> Result<::rtc::rtp_transceiver::RTCRtpSenderId, RtcError> {
         let track = MediaStreamTrack::new(
             "gateway".to_owned(),
             "gateway-audio".to_owned(),
@@ -189,10 +189,6 @@ impl BrowserLeg {
                 ..Default::default()
             }],
         );
-        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        pc.set_remote_description(now, offer)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
         let sender = pc.add_track(track).map_err(stack)?;
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
@@ -208,6 +204,50 @@ impl BrowserLeg {
         .map_err(stack)?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(stack)?)
             .map_err(stack)?;
+        Ok(sender)
+    }
+
+    fn finish(
+        pc: RTCPeerConnection,
+        local: SocketAddr,
+        advertised: IpAddr,
+        ufrag: String,
+        sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
+        ssrc: u32,
+    ) -> BrowserLeg {
+        BrowserLeg {
+            pc,
+            // The stack matches incoming datagrams to our candidate by local address, so
+            // datagrams are tagged with the advertised address even when the socket is bound
+            // to 0.0.0.0 or a private address behind 1:1 NAT.
+            local: SocketAddr::new(advertised, local.port()),
+            ufrag,
+            sender,
+            ssrc,
+            opus_pt: OPUS_PT,
+            dtmf_pt: Some(DTMF_PT),
+            sequence: rand::random(),
+            timestamp: rand::random(),
+            dtmf: DtmfReceiver::new(),
+            events: Default::default(),
+        }
+    }
+
+    /// Answers a browser's offer. `local` is the shared media socket's address and
+    /// `advertised` the IP the browser should send to (the public IP behind 1:1 NAT). The
+    /// answer carries our only candidate, so no trickle round-trip is needed.
+    pub fn answer(
+        offer_sdp: &str,
+        local: SocketAddr,
+        advertised: IpAddr,
+        now: Instant,
+    ) -> Result<(BrowserLeg, String), RtcError> {
+        let (mut pc, ufrag, ssrc) = Self::build(now)?;
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        pc.set_remote_description(now, offer)
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
         let answer = pc
             .create_answer(None)
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
@@ -217,23 +257,43 @@ impl BrowserLeg {
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after answering"))?;
         let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
-        let leg = BrowserLeg {
-            pc,
-            // The stack matches incoming datagrams to our candidate by local address, so
-            // datagrams are tagged with the advertised address even when the socket is bound
-            // to 0.0.0.0 or a private address behind 1:1 NAT.
-            local: SocketAddr::new(advertised, local.port()),
-            ufrag,
-            sender,
-            ssrc,
-            opus_pt,
-            dtmf_pt,
-            sequence: rand::random(),
-            timestamp: rand::random(),
-            dtmf: DtmfReceiver::new(),
-            events: Default::default(),
-        };
+        let mut leg = Self::finish(pc, local, advertised, ufrag, sender, ssrc);
+        leg.opus_pt = opus_pt;
+        leg.dtmf_pt = dtmf_pt;
         Ok((leg, sdp))
+    }
+
+    /// Offers a call to a browser (inbound calls); complete with [`Self::accept_answer`].
+    pub fn offer(
+        local: SocketAddr,
+        advertised: IpAddr,
+        now: Instant,
+    ) -> Result<(BrowserLeg, String), RtcError> {
+        let (mut pc, ufrag, ssrc) = Self::build(now)?;
+        let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
+        let offer = pc.create_offer(None).map_err(stack)?;
+        pc.set_local_description(now, offer).map_err(stack)?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| stack("no local description after offering"))?;
+        Ok((
+            Self::finish(pc, local, advertised, ufrag, sender, ssrc),
+            sdp,
+        ))
+    }
+
+    /// Applies the browser's answer to our offer.
+    pub fn accept_answer(&mut self, answer_sdp: &str, now: Instant) -> Result<(), RtcError> {
+        let (opus_pt, dtmf_pt) = negotiated_payload_types(answer_sdp).ok_or(RtcError::NoOpus)?;
+        let answer = RTCSessionDescription::answer(answer_sdp.to_owned())
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        self.pc
+            .set_remote_description(now, answer)
+            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        self.opus_pt = opus_pt;
+        self.dtmf_pt = dtmf_pt;
+        Ok(())
     }
 
     /// Our ICE username fragment: STUN requests from the browser carry it first in USERNAME.

@@ -85,7 +85,6 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     let sources = trunk_sources(&trunks).await;
     let registrations = spawn_registrations(&endpoint, &trunks);
     spawn_health_checks(&endpoint, &trunks);
-    tokio::spawn(police_inbound(inbound, sources));
     let mux = MediaMux::bind(config.webrtc_udp).map_err(|e| {
         format!(
             "cannot bind the WebRTC media port {}: {e}",
@@ -109,8 +108,10 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         cdr: config.cdr_path.clone().map(CdrLog::new),
         metrics: Default::default(),
         draining: Default::default(),
+        registered: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,
     });
+    tokio::spawn(police_inbound(inbound, sources, calls.clone()));
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
@@ -152,30 +153,36 @@ async fn trunk_sources(trunks: &Trunks) -> HashMap<IpAddr, String> {
 }
 
 /// Out-of-dialog requests: INVITEs from unknown addresses get 403 (toll-fraud scanners
-/// probe every public SIP port); INVITEs from trunks get 480 until a browser leg exists.
+/// probe every public SIP port); INVITEs from trunks are offered to browsers.
 async fn police_inbound(
     mut inbound: mpsc::UnboundedReceiver<IncomingRequest>,
     sources: HashMap<IpAddr, String>,
+    calls: Arc<CallContext>,
 ) {
     while let Some(incoming) = inbound.recv().await {
+        if incoming.request.method == rsip::Method::Invite
+            && let Some(trunk) = sources.get(&incoming.source.ip())
+        {
+            tokio::spawn(crate::call::run_inbound(
+                calls.clone(),
+                trunk.clone(),
+                incoming,
+            ));
+            continue;
+        }
         let Some(responder) = incoming.responder else {
             continue;
         };
         let request = &incoming.request;
-        let tag = random_token();
-        let code = match (request.method, sources.get(&incoming.source.ip())) {
-            (rsip::Method::Invite, None) => {
+        let code = match request.method {
+            rsip::Method::Invite => {
                 tracing::warn!(source = %incoming.source, "INVITE from an address that is no trunk refused");
                 403
             }
-            (rsip::Method::Invite, Some(trunk)) => {
-                tracing::info!(%trunk, "inbound call refused: no browser is registered for it");
-                480
-            }
-            (rsip::Method::Bye | rsip::Method::Info | rsip::Method::Update, _) => 481,
+            rsip::Method::Bye | rsip::Method::Info | rsip::Method::Update => 481,
             _ => 405,
         };
-        let mut response = response_to(request, code, Some(&tag));
+        let mut response = response_to(request, code, Some(&random_token()));
         if code == 405 {
             response.headers.push(crate::sip::message::allow_header());
         }

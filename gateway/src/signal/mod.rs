@@ -196,7 +196,21 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     });
     let mut claims: Option<Claims> = None;
     let mut calls: HashMap<String, mpsc::UnboundedSender<CallCommand>> = HashMap::new();
-    while let Some(frame) = stream.next().await {
+    // Inbound calls for an identity this connection registered arrive here.
+    let (offered_tx, mut offered) =
+        mpsc::unbounded_channel::<(String, mpsc::UnboundedSender<CallCommand>)>();
+    let mut identity: Option<String> = None;
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            Some((call_id, commands)) = offered.recv() => {
+                calls.insert(call_id, commands);
+                continue;
+            }
+        };
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
@@ -292,6 +306,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     .as_ref()
                     .map_or("anonymous".to_string(), |c| c.sub.clone());
                 let call = Outbound {
+                    direction: "outbound",
                     call_id,
                     from,
                     to,
@@ -307,6 +322,46 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     command_rx,
                 ));
             }
+            ClientMessage::Register { identity: wanted } => {
+                // Only the token's own subject may take its calls; anonymous demos may pick any name.
+                let allowed = match &claims {
+                    Some(c) => c.sub == wanted,
+                    None => ctx.config.http.anonymous,
+                };
+                if !allowed {
+                    let code = if claims.is_none() {
+                        ErrorCode::Unauthorized
+                    } else {
+                        ErrorCode::Forbidden
+                    };
+                    let _ = out.send(error(code, format!("this connection may not take calls for `{wanted}`; register as the token's subject"), None));
+                    continue;
+                }
+                let entry = crate::call::Registered {
+                    out: out.clone(),
+                    calls: offered_tx.clone(),
+                };
+                ctx.registered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(wanted.clone(), entry);
+                let _ = out.send(ServerMessage::Registered {
+                    identity: wanted.clone(),
+                });
+                identity = Some(wanted);
+            }
+            ClientMessage::Answer { call_id, sdp } => match calls.get(&call_id) {
+                Some(tx) => {
+                    let _ = tx.send(CallCommand::Answer(sdp));
+                }
+                None => {
+                    let _ = out.send(error(
+                        ErrorCode::NoSuchCall,
+                        format!("no call `{call_id}` on this connection"),
+                        Some(&call_id),
+                    ));
+                }
+            },
             ClientMessage::Dtmf { call_id, digits } => {
                 if let Err(bad) = validate_digits(&digits) {
                     let _ = out.send(error(
@@ -341,6 +396,15 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     ));
                 }
             },
+        }
+    }
+    if let Some(name) = identity {
+        let mut registered = ctx.registered.lock().unwrap_or_else(|e| e.into_inner());
+        if registered
+            .get(&name)
+            .is_some_and(|r| r.calls.same_channel(&offered_tx))
+        {
+            registered.remove(&name);
         }
     }
     // The page went away: its calls end (BYE after answer, CANCEL before).

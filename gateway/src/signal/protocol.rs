@@ -23,6 +23,18 @@ pub enum ClientMessage {
         /// answer still works with the candidates the browser sends later in STUN).
         sdp: String,
     },
+    /// Take inbound calls for an identity (the token's subject, or any name in anonymous mode).
+    Register {
+        /// The identity that `[inbound]` routes numbers to.
+        identity: String,
+    },
+    /// Accept an `incoming` call with the browser's SDP answer.
+    Answer {
+        /// The call.
+        call_id: String,
+        /// The browser's SDP answer to the gateway's offer.
+        sdp: String,
+    },
     /// Send DTMF digits on a call (RFC 4733 towards the trunk).
     Dtmf {
         /// The call.
@@ -52,6 +64,23 @@ pub enum ServerMessage {
     Authenticated {
         /// The token's subject.
         subject: String,
+    },
+    /// `register` succeeded: inbound calls for the identity come to this connection.
+    Registered {
+        /// The identity.
+        identity: String,
+    },
+    /// A call from a trunk for the registered identity; accept with `answer`, refuse with
+    /// `hangup`.
+    Incoming {
+        /// The new call's id.
+        call_id: String,
+        /// Caller ID as the trunk sent it.
+        from: String,
+        /// The number that was dialled.
+        to: String,
+        /// The gateway's SDP offer.
+        sdp: String,
     },
     /// The SDP answer for a `call`; media can start while the trunk is dialled.
     Answer {
@@ -146,7 +175,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
             "expected an object with a string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 4] = ["auth", "call", "dtmf", "hangup"];
+    const KNOWN: [&str; 6] = ["auth", "call", "register", "answer", "dtmf", "hangup"];
     if !KNOWN.contains(&kind.as_str()) {
         return Err((
             ErrorCode::UnknownType,

@@ -78,6 +78,37 @@ impl Dialog {
         })
     }
 
+    /// The UAS side of a dialog from a received INVITE and the tag we put in our To (§12.1.1):
+    /// the route set is the INVITE's Record-Route in order, the remote target its Contact.
+    pub fn from_uas(invite: &Request, local_tag: &str) -> Option<Dialog> {
+        let route_set: Vec<String> = invite
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::RecordRoute(rr) => Some(
+                    rr.value()
+                        .split(',')
+                        .map(|s| s.trim().to_string())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        Some(Dialog {
+            call_id: message::call_id(invite)?,
+            local_uri: strip_tag(invite.to_header().ok()?.value()),
+            local_tag: local_tag.to_string(),
+            remote_uri: strip_tag(invite.from_header().ok()?.value()),
+            remote_tag: message::from_tag(invite)?,
+            remote_target: contact_uri(invite)?,
+            route_set,
+            // Our own requests start from a CSeq of our choosing (§12.1.1).
+            local_seq: 1,
+            remote_seq: message::cseq(invite).map(|c| c.0),
+        })
+    }
+
     /// The next local CSeq number, for a new request in this dialog.
     fn next_seq(&mut self) -> u32 {
         self.local_seq += 1;
@@ -208,6 +239,23 @@ mod tests {
         assert!(text.contains("To: <sip:100@pbx>;tag=R"));
         assert!(text.find("sip:p1").unwrap() < text.find("sip:p2").unwrap());
         assert!(d.ack(2, via()).to_string().contains("CSeq: 2 ACK"));
+    }
+
+    #[test]
+    fn uas_dialog_swaps_roles_and_targets_the_callers_contact() {
+        let invite: Request = parse(b"INVITE sip:+15550100@gw SIP/2.0\r\nVia: SIP/2.0/UDP pbx;branch=z9hG4bK1\r\nRecord-Route: <sip:p1;lr>\r\nFrom: <sip:caller@pbx>;tag=R\r\nTo: <sip:+15550100@gw>\r\nCall-ID: in@pbx\r\nCSeq: 7 INVITE\r\nContact: <sip:caller@10.0.0.9:5070>\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut d = Dialog::from_uas(&invite, "L").unwrap();
+        let bye = d.request(Method::Bye, via(), vec![], vec![]).to_string();
+        assert!(
+            bye.starts_with("BYE sip:caller@10.0.0.9:5070 SIP/2.0"),
+            "{bye}"
+        );
+        assert!(bye.contains("From: <sip:+15550100@gw>;tag=L"));
+        assert!(bye.contains("To: <sip:caller@pbx>;tag=R"));
+        assert!(bye.contains("Route: <sip:p1;lr>"));
     }
 
     #[test]

@@ -195,7 +195,8 @@ impl Trunks {
         self.configs.keys().cloned().collect()
     }
 
-    fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
+    /// Takes one of the trunk's channels for a call, if any is free.
+    pub fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
         let config = self.configs.get(trunk)?;
         let counter = self.channels.get(trunk)?.clone();
         let max = config.max_channels.unwrap_or(u32::MAX);
@@ -667,6 +668,26 @@ async fn invite_inner(
 }
 
 impl TrunkCall {
+    /// An inbound call from a trunk, answered by us: the UAS side of the dialog (§12.1.1).
+    pub fn inbound(
+        endpoint: Endpoint,
+        target: Target,
+        dialog: Dialog,
+        incoming: mpsc::UnboundedReceiver<IncomingRequest>,
+        trunk: String,
+        channel: ChannelGuard,
+    ) -> TrunkCall {
+        TrunkCall {
+            endpoint,
+            target,
+            dialog,
+            incoming,
+            trunk,
+            answer_sdp: Vec::new(),
+            _channel: channel,
+        }
+    }
+
     /// The Call-ID on the trunk side (new, unrelated to the browser leg: B2BUA).
     pub fn call_id(&self) -> &str {
         &self.dialog.call_id

@@ -82,6 +82,7 @@ async fn main() -> std::process::ExitCode {
         tone_hz: args.tone,
         dtmf: args.dtmf.clone(),
         close_instead_of_hangup: false,
+        answer_as: None,
     };
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks = Vec::new();
