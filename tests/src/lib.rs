@@ -184,3 +184,18 @@ pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBu
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// A plain HTTP/1.0 GET on loopback, for `/metrics` and `/healthz`; returns the whole reply.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.expect("read reply");
+    reply
+}

@@ -67,6 +67,21 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     assert_eq!(record["trunk"], "carrier");
     assert!(record["duration_s"].as_f64().unwrap() >= 2.5);
     assert!(record["trunk_packets_in"].as_u64().unwrap() > 100);
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_calls_ended_total{reason=\"hangup\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_setup_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_active_calls 0"), "{metrics}");
+    assert!(
+        gateway_tests::http_get(gateway.http_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.0 200")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -62,12 +62,27 @@ pub struct Metrics {
     pub calls_answered: AtomicU64,
     /// Sum of setup times (INVITE → 2xx), µs, for the average.
     pub setup_us_sum: AtomicU64,
+    /// Setup-time histogram: counts per bucket of [`SETUP_BUCKETS`] (cumulative on output).
+    pub setup_buckets: [AtomicU64; SETUP_BUCKETS.len()],
     /// Ended calls by reason.
     pub ended: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// Browser frames recovered from FEC, all calls.
     pub fec_recovered: AtomicU64,
     /// Trunk frames concealed, all calls.
     pub trunk_concealed: AtomicU64,
+}
+
+/// Upper bounds, seconds, of the setup-time histogram (`+Inf` is implied).
+pub const SETUP_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+impl Metrics {
+    fn record_setup(&self, setup: Duration) {
+        self.setup_us_sum
+            .fetch_add(setup.as_micros() as u64, Ordering::Relaxed);
+        if let Some(i) = SETUP_BUCKETS.iter().position(|b| setup.as_secs_f64() <= *b) {
+            self.setup_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the signaling side can ask of a running call.
@@ -281,7 +296,7 @@ async fn drive(
                 placing_done = true;
                 match result {
                     Ok(answered) => {
-                        ctx.metrics.setup_us_sum.fetch_add(dial_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        ctx.metrics.record_setup(dial_started.elapsed());
                         ctx.metrics.calls_answered.fetch_add(1, Ordering::Relaxed);
                         trunk_used = Some(answered.trunk.clone());
                         if let Ok(remote) = sdp::parse_remote(&answered.answer_sdp, &local.codecs, true) {

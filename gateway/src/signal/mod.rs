@@ -68,12 +68,6 @@ async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         answered.to_string(),
     );
     metric(
-        "gateway_setup_seconds_sum",
-        "counter",
-        "Sum of INVITE-to-answer times.",
-        format!("{:.6}", m.setup_us_sum.load(Ordering::Relaxed) as f64 / 1e6),
-    );
-    metric(
         "gateway_browser_fec_recovered_total",
         "counter",
         "Browser frames rebuilt from Opus FEC.",
@@ -85,6 +79,21 @@ async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Trunk frames concealed by the jitter buffer.",
         m.trunk_concealed.load(Ordering::Relaxed).to_string(),
     );
+    text.push_str("# HELP gateway_setup_seconds INVITE-to-answer time of answered calls.\n# TYPE gateway_setup_seconds histogram\n");
+    let mut cumulative = 0;
+    for (bound, count) in crate::call::SETUP_BUCKETS.iter().zip(&m.setup_buckets) {
+        cumulative += count.load(Ordering::Relaxed);
+        text.push_str(&format!(
+            "gateway_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
+        ));
+    }
+    text.push_str(&format!(
+        "gateway_setup_seconds_bucket{{le=\"+Inf\"}} {answered}\n"
+    ));
+    text.push_str(&format!(
+        "gateway_setup_seconds_sum {:.6}\ngateway_setup_seconds_count {answered}\n",
+        m.setup_us_sum.load(Ordering::Relaxed) as f64 / 1e6
+    ));
     text.push_str("# HELP gateway_calls_ended_total Calls ended, by reason.\n# TYPE gateway_calls_ended_total counter\n");
     for (reason, count) in m.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         text.push_str(&format!(
