@@ -210,3 +210,43 @@ async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() 
         "sipp's call did not complete"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
+    let dir = out_dir("browser_drain");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = std::sync::Arc::new(
+        gateway::run::start(&Config::load(&path).unwrap())
+            .await
+            .unwrap(),
+    );
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let long_call = tokio::spawn({
+        let url = url.clone();
+        async move { run_call(&url, &options(60.0)).await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let drain = tokio::spawn({
+        let gateway = gateway.clone();
+        async move { gateway.drain(std::time::Duration::from_secs(1)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        gateway_tests::http_get(gateway.http_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.0 503")
+    );
+    let refused = run_call(&url, &options(1.0)).await.unwrap();
+    assert_eq!(refused.errors[0]["code"], "draining", "{refused:?}");
+    drain.await.unwrap();
+    let report = long_call.await.unwrap();
+    assert_eq!(report.ended.unwrap()["reason"], "shutdown");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap(),
+        "the running call got its BYE"
+    );
+}
