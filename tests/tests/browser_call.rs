@@ -78,6 +78,18 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     );
     assert!(metrics.contains("gateway_active_calls 0"), "{metrics}");
     assert!(
+        metrics.contains("gateway_trunk_jitter_ms_count 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_trunk_packets_lost_total 0"),
+        "loopback loses nothing: {metrics}"
+    );
+    assert!(
+        record["trunk_jitter_ms"].as_f64().unwrap() < 20.0,
+        "{record}"
+    );
+    assert!(
         gateway_tests::http_get(gateway.http_addr, "/healthz")
             .await
             .starts_with("HTTP/1.0 200")

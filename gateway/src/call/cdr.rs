@@ -46,6 +46,10 @@ pub struct Cdr {
     pub trunk_packets_in: u64,
     /// Trunk frames concealed by the jitter buffer.
     pub trunk_concealed: u64,
+    /// RTP packets from the trunk that never arrived.
+    pub trunk_packets_lost: u64,
+    /// Interarrival jitter of the trunk's RTP at the end of the call, ms (RFC 3550).
+    pub trunk_jitter_ms: f64,
 }
 
 /// Appends CDRs to a file.

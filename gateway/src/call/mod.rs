@@ -70,7 +70,20 @@ pub struct Metrics {
     pub fec_recovered: AtomicU64,
     /// Trunk frames concealed, all calls.
     pub trunk_concealed: AtomicU64,
+    /// RTP packets received from trunks, all ended calls.
+    pub trunk_received: AtomicU64,
+    /// RTP packets from trunks that never arrived, all ended calls.
+    pub trunk_lost: AtomicU64,
+    /// Per-call trunk jitter histogram, counts per bucket of [`JITTER_BUCKETS_MS`].
+    pub jitter_buckets: [AtomicU64; JITTER_BUCKETS_MS.len()],
+    /// Calls with a jitter figure.
+    pub jitter_calls: AtomicU64,
+    /// Sum of per-call jitter, µs.
+    pub jitter_us_sum: AtomicU64,
 }
+
+/// Upper bounds, ms, of the per-call jitter histogram (`+Inf` is implied).
+pub const JITTER_BUCKETS_MS: [f64; 6] = [1.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
 /// Upper bounds, seconds, of the setup-time histogram (`+Inf` is implied).
 pub const SETUP_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
@@ -333,8 +346,7 @@ async fn drive(
             _ = ticker.tick() => {
                 match bridge.to_browser() {
                     Some(packet) if browser_connected => {
-                        let packet = packet.to_vec();
-                        if let Err(e) = leg.send_opus(&packet, std::mem::take(&mut talkspurt), Instant::now()) {
+                        if let Err(e) = leg.send_opus(packet, std::mem::take(&mut talkspurt), Instant::now()) {
                             tracing::debug!(error = %e, "Opus to browser");
                         }
                     }
@@ -728,6 +740,22 @@ async fn finish(
     ctx.metrics
         .trunk_concealed
         .fetch_add(media.1.concealed, Ordering::Relaxed);
+    ctx.metrics
+        .trunk_received
+        .fetch_add(rtp.received, Ordering::Relaxed);
+    ctx.metrics
+        .trunk_lost
+        .fetch_add(rtp.lost, Ordering::Relaxed);
+    if rtp.received > 0 {
+        let jitter_ms = rtp.jitter as f64 / 8.0;
+        if let Some(i) = JITTER_BUCKETS_MS.iter().position(|b| jitter_ms <= *b) {
+            ctx.metrics.jitter_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.metrics.jitter_calls.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics
+            .jitter_us_sum
+            .fetch_add((jitter_ms * 1000.0) as u64, Ordering::Relaxed);
+    }
     let ended_ms = unix_ms();
     let answered_ms = state
         .answered_at()
@@ -751,6 +779,8 @@ async fn finish(
         trunk_packets_out: rtp.sent,
         trunk_packets_in: rtp.received,
         trunk_concealed: media.1.concealed,
+        trunk_packets_lost: rtp.lost,
+        trunk_jitter_ms: rtp.jitter as f64 / 8.0,
     };
     if let Some(log) = &ctx.cdr
         && let Err(e) = log.append(&record).await

@@ -23,6 +23,57 @@ pub struct RtpStats {
     pub received: u64,
     /// Datagrams dropped: not RTP, or from an unexpected payload type.
     pub dropped: u64,
+    /// Packets the peer sent that never arrived, from sequence gaps (RFC 3550 §6.4.1).
+    pub lost: u64,
+    /// Interarrival jitter, in 8 kHz timestamp units (RFC 3550 §6.4.1, A.8).
+    pub jitter: u32,
+}
+
+/// Receive-side bookkeeping for loss and jitter (RFC 3550 appendix A.1, A.8).
+#[derive(Debug, Clone, Copy)]
+struct Reception {
+    /// Highest sequence seen, extended with wrap-arounds, relative to the first.
+    highest: u32,
+    last_sequence: u16,
+    received: u64,
+    last_transit: Option<i64>,
+    jitter: f64,
+    started: std::time::Instant,
+}
+
+impl Reception {
+    fn new(sequence: u16, now: std::time::Instant) -> Self {
+        Reception {
+            highest: 0,
+            last_sequence: sequence,
+            received: 0,
+            last_transit: None,
+            jitter: 0.0,
+            started: now,
+        }
+    }
+
+    fn on_packet(&mut self, sequence: u16, timestamp: Option<u32>, now: std::time::Instant) {
+        self.received += 1;
+        let delta = sequence.wrapping_sub(self.last_sequence);
+        if delta < 0x8000 {
+            self.highest = self.highest.wrapping_add(delta as u32);
+            self.last_sequence = sequence;
+        }
+        let Some(timestamp) = timestamp else { return };
+        // Transit time in timestamp units; only its variation matters, not its origin.
+        let arrival = (now - self.started).as_micros() as i64 * 8 / 1000;
+        let transit = arrival - timestamp as i64;
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs() as f64;
+            self.jitter += (d - self.jitter) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    fn lost(&self) -> u64 {
+        (self.highest as u64 + 1).saturating_sub(self.received)
+    }
 }
 
 /// What one received datagram turned out to be.
@@ -55,6 +106,7 @@ pub struct RtpStream {
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
     event_timestamp: u32,
+    reception: Option<Reception>,
     out: [u8; HEADER_LEN + FRAME_SAMPLES],
     /// Counters.
     pub stats: RtpStats,
@@ -93,6 +145,7 @@ impl RtpStream {
             dtmf_out: DtmfSender::new(100, 60),
             dtmf_in: DtmfReceiver::new(),
             event_timestamp: 0,
+            reception: None,
             out: [0; HEADER_LEN + FRAME_SAMPLES],
             stats: RtpStats::default(),
         })
@@ -189,6 +242,15 @@ impl RtpStream {
             return Received::Nothing;
         }
         self.stats.received += 1;
+        // Audio and RFC 4733 events share one sequence space; only audio has a steadily
+        // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
+        let now = std::time::Instant::now();
+        let reception = self
+            .reception
+            .get_or_insert_with(|| Reception::new(packet.sequence, now));
+        reception.on_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
+        self.stats.lost = reception.lost();
+        self.stats.jitter = reception.jitter as u32;
         if self.latched != Some(source) {
             self.latched = Some(source);
         }
@@ -249,6 +311,41 @@ mod tests {
         assert_eq!(digits, "7");
         assert!(audio >= 10, "audio resumes after the event: {audio}");
         assert_eq!(b.stats.received, 20);
+    }
+
+    #[test]
+    fn loss_and_jitter_follow_rfc3550() {
+        let t0 = std::time::Instant::now();
+        let mut r = Reception::new(65530, t0);
+        // Ten packets 20 ms apart, sequence wrapping, two of them lost.
+        for i in 0..10u16 {
+            if i == 3 || i == 7 {
+                continue;
+            }
+            r.on_packet(
+                65530u16.wrapping_add(i),
+                Some(1000 + i as u32 * 160),
+                t0 + std::time::Duration::from_millis(20 * i as u64),
+            );
+        }
+        assert_eq!(r.lost(), 2);
+        assert!(
+            r.jitter < 1.0,
+            "perfectly paced packets have no jitter: {}",
+            r.jitter
+        );
+        // Arrivals alternately on time and 20 ms late: consecutive transits differ by 160
+        // units, so the estimate converges to 160 (20 ms).
+        let mut r = Reception::new(0, t0);
+        for i in 0..200u16 {
+            let skew = if i % 2 == 0 { 0 } else { 20 };
+            r.on_packet(
+                i,
+                Some(i as u32 * 160),
+                t0 + std::time::Duration::from_millis(20 * i as u64 + skew),
+            );
+        }
+        assert!(r.jitter > 150.0 && r.jitter < 165.0, "{}", r.jitter);
     }
 
     #[tokio::test]

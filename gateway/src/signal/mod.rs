@@ -40,60 +40,104 @@ async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
     }
 }
 
+fn metric(text: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    text.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    ));
+}
+
+fn histogram(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    counts: &[std::sync::atomic::AtomicU64],
+    total: u64,
+    sum: f64,
+) {
+    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    let mut cumulative = 0;
+    for (bound, count) in bounds.iter().zip(counts) {
+        cumulative += count.load(Ordering::Relaxed);
+        text.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n"));
+    }
+    text.push_str(&format!(
+        "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum:.6}\n{name}_count {total}\n"
+    ));
+}
+
 async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     let m = &ctx.metrics;
-    let answered = m.calls_answered.load(Ordering::Relaxed);
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let answered = load(&m.calls_answered);
     let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
-    };
     metric(
+        &mut text,
         "gateway_active_calls",
         "gauge",
         "Calls in progress.",
-        m.active_calls.load(Ordering::Relaxed).to_string(),
+        load(&m.active_calls),
     );
     metric(
+        &mut text,
         "gateway_calls_total",
         "counter",
         "Calls started.",
-        m.calls_total.load(Ordering::Relaxed).to_string(),
+        load(&m.calls_total),
     );
     metric(
+        &mut text,
         "gateway_calls_answered_total",
         "counter",
-        "Calls answered by the trunk.",
-        answered.to_string(),
+        "Calls answered.",
+        answered,
+    );
+    histogram(
+        &mut text,
+        "gateway_setup_seconds",
+        "Time to answer: INVITE to 2xx for outbound calls, offer to browser answer for inbound.",
+        &crate::call::SETUP_BUCKETS,
+        &m.setup_buckets,
+        answered,
+        load(&m.setup_us_sum) as f64 / 1e6,
     );
     metric(
+        &mut text,
         "gateway_browser_fec_recovered_total",
         "counter",
         "Browser frames rebuilt from Opus FEC.",
-        m.fec_recovered.load(Ordering::Relaxed).to_string(),
+        load(&m.fec_recovered),
     );
     metric(
+        &mut text,
         "gateway_trunk_concealed_total",
         "counter",
         "Trunk frames concealed by the jitter buffer.",
-        m.trunk_concealed.load(Ordering::Relaxed).to_string(),
+        load(&m.trunk_concealed),
     );
-    text.push_str("# HELP gateway_setup_seconds INVITE-to-answer time of answered calls.\n# TYPE gateway_setup_seconds histogram\n");
-    let mut cumulative = 0;
-    for (bound, count) in crate::call::SETUP_BUCKETS.iter().zip(&m.setup_buckets) {
-        cumulative += count.load(Ordering::Relaxed);
-        text.push_str(&format!(
-            "gateway_setup_seconds_bucket{{le=\"{bound}\"}} {cumulative}\n"
-        ));
-    }
-    text.push_str(&format!(
-        "gateway_setup_seconds_bucket{{le=\"+Inf\"}} {answered}\n"
-    ));
-    text.push_str(&format!(
-        "gateway_setup_seconds_sum {:.6}\ngateway_setup_seconds_count {answered}\n",
-        m.setup_us_sum.load(Ordering::Relaxed) as f64 / 1e6
-    ));
+    metric(
+        &mut text,
+        "gateway_trunk_packets_received_total",
+        "counter",
+        "RTP packets received from trunks (ended calls).",
+        load(&m.trunk_received),
+    );
+    metric(
+        &mut text,
+        "gateway_trunk_packets_lost_total",
+        "counter",
+        "RTP packets from trunks that never arrived (ended calls).",
+        load(&m.trunk_lost),
+    );
+    histogram(
+        &mut text,
+        "gateway_trunk_jitter_ms",
+        "Interarrival jitter of trunk RTP per call (RFC 3550).",
+        &crate::call::JITTER_BUCKETS_MS,
+        &m.jitter_buckets,
+        load(&m.jitter_calls),
+        load(&m.jitter_us_sum) as f64 / 1000.0,
+    );
     text.push_str("# HELP gateway_calls_ended_total Calls ended, by reason.\n# TYPE gateway_calls_ended_total counter\n");
     for (reason, count) in m.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         text.push_str(&format!(
