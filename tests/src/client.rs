@@ -50,6 +50,10 @@ pub struct CallOptions {
     pub close_instead_of_hangup: bool,
     /// Instead of calling `to`, register this identity and answer the first `incoming` call.
     pub answer_as: Option<String>,
+    /// Digits to send with a `dtmf` message (not in RTP) 0.5 s after the answer.
+    pub dtmf_message: Option<String>,
+    /// Send `hold` this many seconds after the answer and `unhold` 1.5 s later.
+    pub hold_after: Option<f64>,
 }
 
 /// What happened.
@@ -191,6 +195,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         }
     }
     let mut call_sent = Instant::now();
+    let mut dtmf_message_sent = false;
+    let mut hold_step = 0;
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
         dtx: false,
@@ -264,6 +270,31 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             let id = report.call_id.clone().unwrap_or_default();
             ws.send(text(&json!({"type": "hangup", "call_id": id})))
                 .await?;
+        }
+        if let Some(at) = answered_at {
+            let id = report.call_id.clone().unwrap_or_default();
+            if let Some(digits) = &options.dtmf_message
+                && !dtmf_message_sent
+                && at.elapsed() > Duration::from_millis(500)
+            {
+                dtmf_message_sent = true;
+                ws.send(text(
+                    &json!({"type": "dtmf", "call_id": id, "digits": digits}),
+                ))
+                .await?;
+            }
+            if let Some(after) = options.hold_after {
+                let t = at.elapsed().as_secs_f64();
+                if hold_step == 0 && t >= after {
+                    hold_step = 1;
+                    ws.send(text(&json!({"type": "hold", "call_id": id})))
+                        .await?;
+                } else if hold_step == 1 && t >= after + 1.5 {
+                    hold_step = 2;
+                    ws.send(text(&json!({"type": "unhold", "call_id": id})))
+                        .await?;
+                }
+            }
         }
         let timer = pc
             .poll_timeout()

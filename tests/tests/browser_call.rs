@@ -21,6 +21,8 @@ fn options(seconds: f64) -> CallOptions {
         dtmf: None,
         close_instead_of_hangup: false,
         answer_as: None,
+        dtmf_message: None,
+        hold_after: None,
     }
 }
 
@@ -260,5 +262,36 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
             .await
             .unwrap(),
         "the running call got its BYE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_hold_reinvites_sendonly_and_dtmf_messages_reach_the_trunk() {
+    let dir = out_dir("browser_hold");
+    let sipp = Sipp::uas("browser_hold.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let mut opts = options(5.0);
+    opts.dtmf_message = Some("7#".into());
+    opts.hold_after = Some(1.5);
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.errors.is_empty(), "{report:?}");
+    // The `dtmf` message went out as RFC 4733, sipp echoed it, and it came back.
+    assert_eq!(report.dtmf_received, "7#");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "audio is back after unhold: {report:?}"
+    );
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap(),
+        "sipp expected sendonly then sendrecv re-INVITEs"
     );
 }

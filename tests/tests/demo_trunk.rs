@@ -23,6 +23,8 @@ fn call(to: &str, tone_hz: f64) -> CallOptions {
         dtmf: None,
         close_instead_of_hangup: false,
         answer_as: None,
+        dtmf_message: None,
+        hold_after: None,
     }
 }
 

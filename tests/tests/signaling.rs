@@ -91,6 +91,8 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
                     dtmf: None,
                     close_instead_of_hangup: false,
                     answer_as: None,
+                    dtmf_message: None,
+                    hold_after: None,
                 },
             )
             .await

@@ -107,6 +107,8 @@ pub enum CallCommand {
     Dtmf(String),
     /// The browser accepted an inbound call with this SDP answer.
     Answer(String),
+    /// Hold (true) or resume (false).
+    Hold(bool),
 }
 
 /// A connection that registered an identity for inbound calls.
@@ -286,6 +288,7 @@ async fn drive(
         let _ = events.send(m);
     };
     let mut sdp_version = 1;
+    let mut held = false;
     let mut shutdown = ctx.shutdown.subscribe();
     let dial_started = Instant::now();
     let mut trunk: Option<TrunkCall> = None;
@@ -359,7 +362,8 @@ async fn drive(
             received = rtp.recv(&mut rtp_buf) => {
                 if let Ok((n, source)) = received {
                     match rtp.on_datagram(&rtp_buf[..n], source, &mut pcm_in) {
-                        Received::Audio { samples, timestamp } => bridge.from_trunk(timestamp, &pcm_in[..samples]),
+                        Received::Audio { samples, timestamp } if !held => bridge.from_trunk(timestamp, &pcm_in[..samples]),
+                        Received::Audio { .. } => {}
                         Received::Digit(d) => send(ServerMessage::Dtmf { call_id: call.call_id.clone(), digit: d.to_string() }),
                         Received::Nothing => {}
                     }
@@ -383,6 +387,25 @@ async fn drive(
             command = commands.recv() => {
                 match command {
                     Some(CallCommand::Dtmf(digits)) => rtp.send_digits(&digits),
+                    Some(CallCommand::Hold(hold)) => match trunk.as_mut() {
+                        Some(t) if hold != held => {
+                            sdp_version += 1;
+                            let direction = if hold { Direction::SendOnly } else { Direction::SendRecv };
+                            // The media pauses for the round trip; a trunk that does not answer
+                            // within 4 s leaves the call as it was.
+                            match t.reinvite(sdp::offer(&local, sdp_version, direction), Duration::from_secs(4)).await {
+                                Ok(answer) => {
+                                    if let Ok(remote) = sdp::parse_remote(&answer, &local.codecs, true) {
+                                        rtp.set_remote(remote);
+                                    }
+                                    held = hold;
+                                }
+                                Err(code) => send(ServerMessage::Error { code: ErrorCode::Internal, message: format!("the trunk refused the {} re-INVITE with {code}", if hold { "hold" } else { "resume" }), call_id: Some(call.call_id.clone()) }),
+                            }
+                        }
+                        Some(_) => {}
+                        None => send(ServerMessage::Error { code: ErrorCode::BadMessage, message: "hold and unhold need an answered call".into(), call_id: Some(call.call_id.clone()) }),
+                    },
                     Some(CallCommand::Answer(sdp)) => match (browser_answered.take(), leg.accept_answer(&sdp, Instant::now())) {
                         (Some(answered), Ok(())) => {
                             let _ = answered.send(());
@@ -411,8 +434,12 @@ async fn drive(
                     sequence, payload, ..
                 } => {
                     let rtp = &mut rtp;
+                    // On hold the browser's audio is decoded (to keep the decoder's state) but
+                    // not forwarded.
                     bridge.from_browser(sequence, &payload, |pcm| {
-                        rtp.send_frame(&pcm[..FRAME_SAMPLES])
+                        if !held {
+                            rtp.send_frame(&pcm[..FRAME_SAMPLES])
+                        }
                     });
                 }
                 BrowserEvent::Dtmf(d) => rtp.send_digits(&d.to_string()),

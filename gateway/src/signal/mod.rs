@@ -437,6 +437,21 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     }
                 }
             }
+            ClientMessage::Hold { call_id } | ClientMessage::Unhold { call_id }
+                if !calls.contains_key(&call_id) =>
+            {
+                let _ = out.send(error(
+                    ErrorCode::NoSuchCall,
+                    format!("no call `{call_id}` on this connection"),
+                    Some(&call_id),
+                ));
+            }
+            ClientMessage::Hold { call_id } => {
+                let _ = calls[&call_id].send(CallCommand::Hold(true));
+            }
+            ClientMessage::Unhold { call_id } => {
+                let _ = calls[&call_id].send(CallCommand::Hold(false));
+            }
             ClientMessage::Hangup { call_id } => match calls.remove(&call_id) {
                 Some(tx) => {
                     let _ = tx.send(CallCommand::Hangup);

@@ -42,6 +42,16 @@ pub enum ClientMessage {
         /// Digits 0-9, *, #, A-D.
         digits: String,
     },
+    /// Put the far end on hold (re-INVITE `sendonly`); audio stops both ways.
+    Hold {
+        /// The call.
+        call_id: String,
+    },
+    /// Resume a held call (re-INVITE `sendrecv`).
+    Unhold {
+        /// The call.
+        call_id: String,
+    },
     /// Hang up a call.
     Hangup {
         /// The call.
@@ -175,7 +185,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
             "expected an object with a string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 6] = ["auth", "call", "register", "answer", "dtmf", "hangup"];
+    const KNOWN: [&str; 8] = [
+        "auth", "call", "register", "answer", "dtmf", "hold", "unhold", "hangup",
+    ];
     if !KNOWN.contains(&kind.as_str()) {
         return Err((
             ErrorCode::UnknownType,

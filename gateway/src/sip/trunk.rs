@@ -793,6 +793,53 @@ impl TrunkCall {
         }
     }
 
+    /// Sends a re-INVITE with `offer` (hold: `sendonly`; resume: `sendrecv`, RFC 3264 §8.4)
+    /// and returns the answer's SDP on 2xx. Bounded by `limit`, so a silent trunk cannot
+    /// stall the call for Timer B's 32 s.
+    pub async fn reinvite(
+        &mut self,
+        offer: String,
+        limit: std::time::Duration,
+    ) -> Result<Vec<u8>, u16> {
+        let via = self
+            .endpoint
+            .via(self.target.transport, &message::new_branch());
+        let extra = vec![
+            Header::Contact(rsip::headers::Contact::new(format!(
+                "<{}>",
+                self.endpoint.contact_uri("gw", self.target.transport)
+            ))),
+            Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
+        ];
+        let request = self
+            .dialog
+            .request(Method::Invite, via, extra, offer.into_bytes());
+        let seq = message::cseq(&request).map(|c| c.0).unwrap_or(1);
+        let mut events = self.endpoint.request(request, self.target.clone());
+        let outcome = tokio::time::timeout(limit, async {
+            loop {
+                match events.recv().await {
+                    Some(ClientEvent::Response(r)) if r.status_code.code() >= 200 => break Ok(r),
+                    Some(ClientEvent::Response(_)) => continue,
+                    Some(ClientEvent::Timeout) | None => break Err::<Response, u16>(408),
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(408))?;
+        let code = outcome.status_code.code();
+        if !(200..300).contains(&code) {
+            return Err(code);
+        }
+        let ack = self.dialog.ack(
+            seq,
+            self.endpoint
+                .via(self.target.transport, &message::new_branch()),
+        );
+        self.endpoint.send_stateless(ack, self.target.clone());
+        Ok(outcome.body)
+    }
+
     /// Hangs up with BYE and waits (bounded by the transaction's own timeout) for the answer.
     /// Returns the BYE's final status, or `None` on timeout.
     pub async fn hangup(mut self) -> Option<u16> {

@@ -83,6 +83,8 @@ async fn main() -> std::process::ExitCode {
         dtmf: args.dtmf.clone(),
         close_instead_of_hangup: false,
         answer_as: None,
+        dtmf_message: None,
+        hold_after: None,
     };
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks = Vec::new();
