@@ -39,6 +39,8 @@ pub struct CallContext {
     pub mux: MediaMux,
     /// The IP browsers send media to (public IP behind NAT).
     pub media_ip: IpAddr,
+    /// The DTLS certificate all browser legs use.
+    pub dtls: crate::rtc::DtlsCertificate,
     /// CDR log, if configured.
     pub cdr: Option<CdrLog>,
     /// Counters for `/metrics`.
@@ -571,8 +573,12 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         codecs: trunk_config.codecs.clone(),
         session_id: rand::random::<u32>() as u64,
     };
-    let Ok((leg, offer)) = BrowserLeg::offer(ctx.mux.local_addr(), ctx.media_ip, Instant::now())
-    else {
+    let Ok((leg, offer)) = BrowserLeg::offer(
+        ctx.mux.local_addr(),
+        ctx.media_ip,
+        &ctx.dtls,
+        Instant::now(),
+    ) else {
         return refuse(500);
     };
     let Some(sip_call_id) = crate::sip::message::call_id(request) else {

@@ -76,6 +76,37 @@ pub enum BrowserEvent {
     Dtmf(char),
 }
 
+/// The gateway's DTLS certificate, generated once per process and shared by every browser
+/// leg. Generating an ECDSA key per call cost ~40 ms of call setup; a browser checks the
+/// fingerprint carried in the (authenticated) signaling, not the certificate's identity, so
+/// one certificate serves all calls, as RTCPeerConnection.generateCertificate() allows.
+/// A restart rotates it.
+#[derive(Clone)]
+pub struct DtlsCertificate(::rtc::peer_connection::certificate::RTCCertificate);
+
+impl std::fmt::Debug for DtlsCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DtlsCertificate")
+    }
+}
+
+impl DtlsCertificate {
+    /// A fresh ECDSA P-256 certificate.
+    pub fn generate() -> Result<DtlsCertificate, RtcError> {
+        let provider = ::rtc::crypto::default_provider().map_err(stack)?;
+        let params =
+            ::rtc::peer_connection::certificate::CertificateParams::new(vec!["gateway".to_owned()])
+                .map_err(stack)?;
+        let certificate = ::rtc::peer_connection::certificate::RTCCertificate::generate(
+            provider.crypto(),
+            ::rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            params,
+        )
+        .map_err(stack)?;
+        Ok(DtlsCertificate(certificate))
+    }
+}
+
 /// One browser's peer connection.
 pub struct BrowserLeg {
     pc: RTCPeerConnection,
@@ -153,7 +184,10 @@ fn random_ice_string(len: usize) -> String {
 }
 
 impl BrowserLeg {
-    fn build(now: Instant) -> Result<(RTCPeerConnection, String, u32), RtcError> {
+    fn build(
+        certificate: &DtlsCertificate,
+        now: Instant,
+    ) -> Result<(RTCPeerConnection, String, u32), RtcError> {
         // RFC 8445 §5.3: ufrag ≥ 4 and pwd ≥ 22 characters of ice-char.
         let ufrag = random_ice_string(8);
         let settings = SettingEngineBuilder::new()
@@ -161,7 +195,11 @@ impl BrowserLeg {
             .with_ice_credentials(ufrag.clone(), random_ice_string(24))
             .build();
         let pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![certificate.0.clone()])
+                    .build(),
+            )
             .with_setting_engine(settings)
             .with_media_engine(media_engine()?)
             .build(now)
@@ -240,9 +278,10 @@ impl BrowserLeg {
         offer_sdp: &str,
         local: SocketAddr,
         advertised: IpAddr,
+        certificate: &DtlsCertificate,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
-        let (mut pc, ufrag, ssrc) = Self::build(now)?;
+        let (mut pc, ufrag, ssrc) = Self::build(certificate, now)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
         pc.set_remote_description(now, offer)
@@ -267,9 +306,10 @@ impl BrowserLeg {
     pub fn offer(
         local: SocketAddr,
         advertised: IpAddr,
+        certificate: &DtlsCertificate,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
-        let (mut pc, ufrag, ssrc) = Self::build(now)?;
+        let (mut pc, ufrag, ssrc) = Self::build(certificate, now)?;
         let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
         let offer = pc.create_offer(None).map_err(stack)?;
         pc.set_local_description(now, offer).map_err(stack)?;

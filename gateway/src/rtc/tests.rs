@@ -93,8 +93,14 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
     let (mut client, offer) = client().await;
     let gw_socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let gw_local = gw_socket.local_addr().unwrap();
-    let (mut leg, answer) =
-        BrowserLeg::answer(&offer, gw_local, gw_local.ip(), Instant::now()).unwrap();
+    let (mut leg, answer) = BrowserLeg::answer(
+        &offer,
+        gw_local,
+        gw_local.ip(),
+        &DtlsCertificate::generate().unwrap(),
+        Instant::now(),
+    )
+    .unwrap();
     assert!(answer.contains("a=ice-lite"), "{answer}");
     assert!(
         answer.contains(&format!("{} typ host", gw_local.port())),

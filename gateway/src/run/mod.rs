@@ -105,6 +105,8 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         trunks: trunks.clone(),
         mux,
         media_ip,
+        dtls: crate::rtc::DtlsCertificate::generate()
+            .map_err(|e| format!("cannot create the DTLS certificate: {e}"))?,
         cdr: config.cdr_path.clone().map(CdrLog::new),
         metrics: Default::default(),
         draining: Default::default(),
@@ -117,6 +119,11 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let app = crate::signal::router(calls.clone());
+    // Signaling messages are small and come in bursts (`answer`, `ringing`, `answered`): with
+    // Nagle's algorithm each second write waited for the peer's delayed ACK, adding 40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "HTTP server stopped");

@@ -339,6 +339,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     &sdp,
                     ctx.mux.local_addr(),
                     ctx.media_ip,
+                    &ctx.dtls,
                     std::time::Instant::now(),
                 ) {
                     Ok(pair) => pair,
