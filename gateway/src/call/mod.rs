@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::media::bridge::Bridge;
+use crate::media::g711::G711;
 use crate::media::opus::EncoderSettings;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
 use crate::rtc::mux::{Datagram, MediaMux};
@@ -51,6 +52,35 @@ pub struct CallContext {
     pub registered: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
     /// Turns true when running calls must end (drain deadline).
     pub shutdown: watch::Sender<bool>,
+}
+
+impl CallContext {
+    /// The trunk side's media for a new call: an RTP stream from the configured range, the
+    /// transcoding bridge, and what our SDP will say about them.
+    fn trunk_media(
+        &self,
+        codecs: &[G711],
+    ) -> Result<(RtpStream, Bridge, LocalMedia), &'static str> {
+        let rtp = RtpStream::bind(
+            self.config.rtp.ip,
+            self.config.rtp.port_min,
+            self.config.rtp.port_max,
+        )
+        .map_err(|_| "no free RTP port")?;
+        let settings = EncoderSettings {
+            complexity: self.config.media.opus_complexity,
+            ..Default::default()
+        };
+        let bridge =
+            Bridge::new(settings, self.config.media.jitter_ms).map_err(|_| "Opus unavailable")?;
+        let local = LocalMedia {
+            ip: self.config.rtp_advertised_ip(self.endpoint.advertised_ip()),
+            port: rtp.local_port(),
+            codecs: codecs.to_vec(),
+            session_id: rand::random::<u32>() as u64,
+        };
+        Ok((rtp, bridge, local))
+    }
 }
 
 /// Gateway-wide counters.
@@ -157,36 +187,7 @@ pub async fn run_outbound(
     };
     let setup = async {
         let trunk = ctx.trunks.config(&call.trunk).ok_or("trunk vanished")?;
-        let rtp = RtpStream::bind(
-            ctx.config.rtp.ip,
-            ctx.config.rtp.port_min,
-            ctx.config.rtp.port_max,
-        )
-        .map_err(|_| "no free RTP port")?;
-        let bridge = Bridge::new(
-            EncoderSettings {
-                complexity: ctx.config.media.opus_complexity,
-                ..Default::default()
-            },
-            ctx.config.media.jitter_ms,
-        )
-        .map_err(|_| "Opus unavailable")?;
-        let ip = ctx
-            .config
-            .sip
-            .public_ip
-            .unwrap_or(if ctx.config.rtp.ip.is_unspecified() {
-                ctx.endpoint.advertised_ip()
-            } else {
-                ctx.config.rtp.ip
-            });
-        let local = LocalMedia {
-            ip,
-            port: rtp.local_port(),
-            codecs: trunk.codecs.clone(),
-            session_id: rand::random::<u32>() as u64,
-        };
-        Ok::<_, &str>((rtp, bridge, local))
+        ctx.trunk_media(&trunk.codecs)
     };
     let (rtp, bridge, local) = match setup.await {
         Ok(parts) => parts,
@@ -541,38 +542,10 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             return refuse(488);
         }
     };
-    let Ok(mut rtp) = RtpStream::bind(
-        ctx.config.rtp.ip,
-        ctx.config.rtp.port_min,
-        ctx.config.rtp.port_max,
-    ) else {
+    let Ok((mut rtp, bridge, local)) = ctx.trunk_media(&trunk_config.codecs) else {
         return refuse(503);
     };
     rtp.set_remote(remote);
-    let Ok(bridge) = Bridge::new(
-        EncoderSettings {
-            complexity: ctx.config.media.opus_complexity,
-            ..Default::default()
-        },
-        ctx.config.media.jitter_ms,
-    ) else {
-        return refuse(500);
-    };
-    let ip = ctx
-        .config
-        .sip
-        .public_ip
-        .unwrap_or(if ctx.config.rtp.ip.is_unspecified() {
-            ctx.endpoint.advertised_ip()
-        } else {
-            ctx.config.rtp.ip
-        });
-    let local = LocalMedia {
-        ip,
-        port: rtp.local_port(),
-        codecs: trunk_config.codecs.clone(),
-        session_id: rand::random::<u32>() as u64,
-    };
     let Ok((leg, offer)) = BrowserLeg::offer(
         ctx.mux.local_addr(),
         ctx.media_ip,

@@ -831,6 +831,18 @@ impl Config {
             .expect("the demo configuration is valid")
     }
 
+    /// The address our trunk-side SDP advertises: the public IP behind 1:1 NAT, else the RTP
+    /// bind address, else (bound to all interfaces) the SIP endpoint's own address.
+    pub fn rtp_advertised_ip(&self, endpoint_ip: IpAddr) -> IpAddr {
+        self.sip
+            .public_ip
+            .unwrap_or(if self.rtp.ip.is_unspecified() {
+                endpoint_ip
+            } else {
+                self.rtp.ip
+            })
+    }
+
     /// The trunk named `name`, or an error listing the configured names.
     pub fn trunk(&self, name: &str) -> Result<&TrunkConfig, String> {
         self.trunks.get(name).ok_or_else(|| {

@@ -123,14 +123,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
     });
     let mut rtp = RtpStream::bind(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
         .map_err(|e| DialError::Setup(e.to_string()))?;
-    let media_ip = config
-        .sip
-        .public_ip
-        .unwrap_or(if config.rtp.ip.is_unspecified() {
-            endpoint.advertised_ip()
-        } else {
-            config.rtp.ip
-        });
+    let media_ip = config.rtp_advertised_ip(endpoint.advertised_ip());
     let local = LocalMedia {
         ip: media_ip,
         port: rtp.local_port(),

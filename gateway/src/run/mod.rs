@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -35,32 +37,20 @@ pub struct Gateway {
 impl Gateway {
     /// Graceful drain (SIGTERM): refuse new calls, let running ones finish for up to
     /// `deadline`, then end the rest (BYE or CANCEL).
-    pub async fn drain(&self, deadline: std::time::Duration) {
-        self.calls
-            .draining
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let until = tokio::time::Instant::now() + deadline;
-        while self
-            .calls
-            .metrics
-            .active_calls
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
+    pub async fn drain(&self, deadline: Duration) {
+        self.calls.draining.store(true, Ordering::Relaxed);
+        self.wait_for_no_calls(deadline).await;
+        let _ = self.calls.shutdown.send(true);
+        // Ending a call takes a BYE round trip at most; give them a moment to finish.
+        self.wait_for_no_calls(Duration::from_secs(5)).await;
+    }
+
+    async fn wait_for_no_calls(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        while self.calls.metrics.active_calls.load(Ordering::Relaxed) > 0
             && tokio::time::Instant::now() < until
         {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let _ = self.calls.shutdown.send(true);
-        let hard_stop = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while self
-            .calls
-            .metrics
-            .active_calls
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-            && tokio::time::Instant::now() < hard_stop
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -36,6 +36,23 @@ fn strip_tag(value: &str) -> String {
         .to_string()
 }
 
+/// Every Record-Route entry, in message order (one header may carry several, §20.30).
+fn record_route(headers: &rsip::Headers) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::RecordRoute(rr) => Some(
+                rr.value()
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 fn contact_uri(msg: &impl HeadersExt) -> Option<rsip::Uri> {
     let contact = msg.contact_header().ok()?;
     contact.typed().ok().map(|c| c.uri).or_else(|| {
@@ -50,20 +67,8 @@ impl Dialog {
     /// Returns `None` when the response lacks a To tag or Contact.
     pub fn from_uac(invite: &Request, response: &Response) -> Option<Dialog> {
         let (seq, _) = message::cseq(invite)?;
-        let mut route_set: Vec<String> = response
-            .headers
-            .iter()
-            .filter_map(|h| match h {
-                Header::RecordRoute(rr) => Some(
-                    rr.value()
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        // §12.1.2: the UAC's route set is the 2xx's Record-Route in reverse order.
+        let mut route_set = record_route(&response.headers);
         route_set.reverse();
         Some(Dialog {
             call_id: message::call_id(invite)?,
@@ -81,20 +86,7 @@ impl Dialog {
     /// The UAS side of a dialog from a received INVITE and the tag we put in our To (§12.1.1):
     /// the route set is the INVITE's Record-Route in order, the remote target its Contact.
     pub fn from_uas(invite: &Request, local_tag: &str) -> Option<Dialog> {
-        let route_set: Vec<String> = invite
-            .headers
-            .iter()
-            .filter_map(|h| match h {
-                Header::RecordRoute(rr) => Some(
-                    rr.value()
-                        .split(',')
-                        .map(|s| s.trim().to_string())
-                        .collect::<Vec<_>>(),
-                ),
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let route_set = record_route(&invite.headers);
         Some(Dialog {
             call_id: message::call_id(invite)?,
             local_uri: strip_tag(invite.to_header().ok()?.value()),
