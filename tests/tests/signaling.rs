@@ -169,6 +169,39 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
     .unwrap();
     assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
 
+    // Even a token that allows numbers cannot dial one unless the operator named a trunk.
+    let agent = sign(
+        &Claims {
+            sub: "agent".into(),
+            exp: now() + 60,
+            targets: vec![],
+            numbers: true,
+        },
+        SECRET.as_bytes(),
+    );
+    ws.send(Message::Text(
+        json!({"type": "auth", "token": agent}).to_string().into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    ws.send(Message::Text(
+        json!({"type": "call", "to": "+4930123456", "sdp": "v=0"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["code"], "forbidden");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("numbers_trunk"),
+        "{refused}"
+    );
+
     let report = good.await.unwrap();
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,

@@ -137,6 +137,7 @@ struct RawHttp {
     token_secret_file: Option<Spanned<String>>,
     #[serde(default)]
     anonymous: bool,
+    numbers_trunk: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -346,6 +347,8 @@ pub struct HttpConfig {
     pub token_secret: Option<Vec<u8>>,
     /// Calls to named targets without a token (a public demo).
     pub anonymous: bool,
+    /// The trunk for raw numbers (tokens with `numbers: true`); `None` refuses raw numbers.
+    pub numbers_trunk: Option<String>,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -358,6 +361,7 @@ impl fmt::Debug for HttpConfig {
                 &self.token_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("anonymous", &self.anonymous)
+            .field("numbers_trunk", &self.numbers_trunk)
             .finish()
     }
 }
@@ -588,6 +592,15 @@ impl Config {
             }
             (None, None) => None,
         };
+        if let Some(t) = &raw.http.numbers_trunk
+            && !raw.trunks.contains_key(t.get_ref())
+        {
+            c.issue(
+                t.span(),
+                "http.numbers_trunk",
+                format!("no trunk named `{}`", t.get_ref()),
+            );
+        }
         let opus_complexity = raw
             .media
             .opus_complexity
@@ -787,6 +800,7 @@ impl Config {
                 allowed_origins: raw.http.allowed_origins,
                 token_secret,
                 anonymous: raw.http.anonymous,
+                numbers_trunk: raw.http.numbers_trunk.map(|t| t.into_inner()),
             },
             webrtc_udp,
             media: MediaConfig {

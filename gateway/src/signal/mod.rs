@@ -211,17 +211,23 @@ fn authorize(
             ))
         };
     }
-    // A raw number: toll fraud's favourite, so only with a token that says `numbers`.
-    match claims {
-        Some(c) if c.numbers => match ctx.config.targets.values().next() {
-            Some(t) if to.chars().all(|ch| ch.is_ascii_digit() || ch == '+') && to.len() >= 3 => {
-                Ok((t.trunk.clone(), to.to_string()))
-            }
-            _ => Err((
-                ErrorCode::Forbidden,
-                format!("`{to}` is not a target name or a dialable number"),
-            )),
-        },
+    // A raw number: toll fraud's favourite, so only with a token that says `numbers`, only on
+    // the trunk the operator named for it, and only digits (a leading + allowed).
+    let dialable = to.len() >= 3
+        && to
+            .trim_start_matches('+')
+            .chars()
+            .all(|ch| ch.is_ascii_digit());
+    match (claims, &ctx.config.http.numbers_trunk) {
+        (Some(c), Some(trunk)) if c.numbers && dialable => Ok((trunk.clone(), to.to_string())),
+        (Some(c), None) if c.numbers => Err((
+            ErrorCode::Forbidden,
+            "raw numbers are not enabled on this gateway ([http] numbers_trunk)".into(),
+        )),
+        (Some(c), Some(_)) if c.numbers => Err((
+            ErrorCode::Forbidden,
+            format!("`{to}` is not a target name or a dialable number"),
+        )),
         _ => Err((
             ErrorCode::Forbidden,
             format!("no target named `{to}`; widgets call target names, not numbers"),
