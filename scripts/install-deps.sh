@@ -23,3 +23,8 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo not found: install Rust 1.95 or newer (https://rustup.rs) and run this again" >&2
   exit 1
 fi
+
+# Plugins are WebAssembly components built from source for wasm32-wasip2.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi

@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod dial;
 pub mod media;
+pub mod plugin;
 pub mod rtc;
 pub mod run;
 pub mod signal;

@@ -199,3 +199,39 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut reply).await.expect("read reply");
     reply
 }
+
+/// Builds an example plugin from `plugins/` for wasm32-wasip2 and returns the component's
+/// path. Plugins are never committed as binaries: every test run compiles them from source.
+pub fn build_plugin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    let target_dir = root.join("target").join("plugins");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            name,
+            "--manifest-path",
+        ])
+        .arg(root.join("plugins").join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo to build the plugin");
+    assert!(
+        status.success(),
+        "building plugin `{name}` failed; `rustup target add wasm32-wasip2` (the README's test command does)"
+    );
+    target_dir
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{name}.wasm"))
+}

@@ -42,6 +42,8 @@ pub struct CallContext {
     pub media_ip: IpAddr,
     /// The DTLS certificate all browser legs use.
     pub dtls: crate::rtc::DtlsCertificate,
+    /// The plugin chain every call passes through.
+    pub plugins: Arc<crate::plugin::PluginChain>,
     /// CDR log, if configured.
     pub cdr: Option<CdrLog>,
     /// Counters for `/metrics`.
@@ -172,7 +174,7 @@ pub struct Outbound {
 /// Runs an outbound call from a browser whose offer `leg` has answered, until it ends.
 pub async fn run_outbound(
     ctx: Arc<CallContext>,
-    call: Outbound,
+    mut call: Outbound,
     leg: BrowserLeg,
     browser_rx: mpsc::Receiver<Datagram>,
     events: mpsc::UnboundedSender<ServerMessage>,
@@ -185,15 +187,75 @@ pub async fn run_outbound(
     let send = |m: ServerMessage| {
         let _ = events.send(m);
     };
+    // The plugin chain decides first: it may reject the call or move it to another trunk,
+    // number or caller ID before anything is dialled.
+    let caller_id = ctx
+        .trunks
+        .config(&call.trunk)
+        .map(|t| t.from_user.clone())
+        .unwrap_or_default();
+    let info = crate::plugin::CallInfo {
+        call_id: call.call_id.clone(),
+        direction: crate::plugin::Direction::Outbound,
+        caller: call.from.clone(),
+        destination: call.to.clone(),
+        trunk: call.trunk.clone(),
+        number: call.number.clone(),
+        caller_id,
+    };
+    // Hooks are synchronous wasm calls (bounded by their deadline) and WASI's stdio blocks:
+    // they run on the blocking pool, never on the threads that drive media.
+    let chain = ctx.plugins.clone();
+    let (decision, call_plugins) =
+        match tokio::task::spawn_blocking(move || chain.start_call(info)).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "plugin host failed");
+                (
+                    crate::plugin::Decision::Reject {
+                        sip_code: 500,
+                        reason: "plugin host failed".into(),
+                        plugin: String::new(),
+                    },
+                    Default::default(),
+                )
+            }
+        };
+    let (from_user, refusal) = match decision {
+        crate::plugin::Decision::Place {
+            trunk,
+            number,
+            caller_id,
+            ..
+        } => {
+            call.trunk = trunk;
+            call.number = number;
+            (Some(caller_id), None)
+        }
+        crate::plugin::Decision::Reject {
+            sip_code,
+            reason,
+            plugin,
+        } => {
+            tracing::info!(call_id = %call.call_id, %plugin, sip_code, %reason, "call rejected by plugin");
+            (None, Some(sip_code))
+        }
+    };
     let setup = async {
-        let trunk = ctx.trunks.config(&call.trunk).ok_or("trunk vanished")?;
-        ctx.trunk_media(&trunk.codecs)
+        if let Some(code) = refusal {
+            return Err(("rejected by a plugin", code));
+        }
+        let trunk = ctx
+            .trunks
+            .config(&call.trunk)
+            .ok_or(("a plugin routed to a trunk that does not exist", 503))?;
+        ctx.trunk_media(&trunk.codecs).map_err(|why| (why, 503))
     };
     let (rtp, bridge, local) = match setup.await {
         Ok(parts) => parts,
-        Err(why) => {
-            tracing::error!(call_id = %call.call_id, why, "call setup failed");
-            for o in state.on(Input::Failed(503), Instant::now()) {
+        Err((why, code)) => {
+            tracing::info!(call_id = %call.call_id, why, "call not placed");
+            for o in state.on(Input::Failed(code), Instant::now()) {
                 if let Output::Send(m) = o {
                     send(m);
                 }
@@ -215,7 +277,7 @@ pub async fn run_outbound(
     };
     let request = CallRequest {
         to: call.number.clone(),
-        from_user: None,
+        from_user,
         sdp_offer: sdp::offer(&local, 1, Direction::SendRecv),
     };
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
@@ -239,6 +301,7 @@ pub async fn run_outbound(
         progress_rx,
         cancel_tx,
         browser_answered: None,
+        plugins: Some(call_plugins),
     };
     drive(&ctx, &call, state, started_ms, parts, placing).await;
 }
@@ -256,6 +319,8 @@ struct Parts {
     cancel_tx: watch::Sender<bool>,
     /// Inbound calls: fired when the browser accepts, so the trunk gets its 200.
     browser_answered: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The plugin instances that saw the call start, for its later events.
+    plugins: Option<crate::plugin::CallPlugins>,
 }
 
 type Placing<'a> = std::pin::Pin<
@@ -286,6 +351,7 @@ async fn drive(
         mut progress_rx,
         cancel_tx,
         mut browser_answered,
+        mut plugins,
     } = parts;
     let send = |m: ServerMessage| {
         let _ = events.send(m);
@@ -454,7 +520,20 @@ async fn drive(
         for input in inputs {
             for output in state.on(input, Instant::now()) {
                 match output {
-                    Output::Send(m) => send(m),
+                    Output::Send(m) => {
+                        if let Some(event) = plugin_event(&m, state.answered_at())
+                            && let Some(mut instances) = plugins.take()
+                        {
+                            let (chain, call_id) = (ctx.plugins.clone(), call.call_id.clone());
+                            plugins = tokio::task::spawn_blocking(move || {
+                                chain.event(&mut instances, &call_id, &event);
+                                instances
+                            })
+                            .await
+                            .ok();
+                        }
+                        send(m)
+                    }
                     Output::EndTrunk => {
                         if let Some(t) = trunk.take() {
                             let _ = t.hangup().await;
@@ -616,6 +695,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         progress_rx,
         cancel_tx,
         browser_answered: Some(answered_tx),
+        plugins: None,
     };
     drive(
         &ctx,
@@ -700,6 +780,26 @@ impl Accepting {
                 _ = &mut ring => return Err(reject(480, "nobody answered")),
             }
         }
+    }
+}
+
+/// The plugin event for a message the browser is told, if plugins care about it.
+fn plugin_event(
+    message: &ServerMessage,
+    answered_at: Option<Instant>,
+) -> Option<crate::plugin::Event> {
+    use crate::plugin::Event;
+    match message {
+        ServerMessage::Ringing { .. } => Some(Event::Ringing),
+        ServerMessage::Answered { .. } => Some(Event::Answered),
+        ServerMessage::Ended {
+            reason, sip_code, ..
+        } => Some(Event::Ended(crate::plugin::CallEnd {
+            reason: reason.clone(),
+            sip_code: *sip_code,
+            duration_ms: answered_at.map_or(0, |a| a.elapsed().as_millis() as u64),
+        })),
+        _ => None,
     }
 }
 

@@ -105,6 +105,52 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     inbound: BTreeMap<String, String>,
+    #[serde(default)]
+    plugins: Vec<Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: String,
+    path: Spanned<String>,
+    #[serde(default)]
+    config: toml::Table,
+    #[serde(default)]
+    policy: FailurePolicy,
+    reject_code: Option<Spanned<u16>>,
+    memory_mb: Option<u32>,
+    deadline_ms: Option<u32>,
+}
+
+/// What happens when a plugin traps, times out or exceeds its memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Continue as if the plugin had said `continue` (routing helpers, observers).
+    #[default]
+    FailOpen,
+    /// Reject the call with the plugin's `reject_code` (compliance gates).
+    FailClosed,
+}
+
+/// One plugin in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Name, for logs and metrics.
+    pub name: String,
+    /// The component (`.wasm`).
+    pub path: PathBuf,
+    /// The `[plugins.config]` table as JSON, passed to `init`.
+    pub config_json: String,
+    /// Failure policy.
+    pub policy: FailurePolicy,
+    /// SIP status for `fail-closed` rejections.
+    pub reject_code: u16,
+    /// Memory cap per instance.
+    pub memory_bytes: usize,
+    /// Deadline per hook call.
+    pub deadline: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -388,6 +434,8 @@ pub struct Config {
     pub cdr_path: Option<PathBuf>,
     /// Inbound routing: the number dialled on a trunk (DID) → the browser identity to ring.
     pub inbound: BTreeMap<String, String>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginConfig>,
     /// SIP side.
     pub sip: SipConfig,
     /// RTP side.
@@ -446,6 +494,11 @@ impl Checker<'_> {
             None => default.and_then(parse),
         }
     }
+}
+
+/// Relative plugin paths are relative to the configuration file's folder.
+fn path_base(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
@@ -600,6 +653,55 @@ impl Config {
                 "http.numbers_trunk",
                 format!("no trunk named `{}`", t.get_ref()),
             );
+        }
+        let mut plugins = Vec::new();
+        for (i, spanned) in raw.plugins.iter().enumerate() {
+            let p = spanned.get_ref();
+            let field = |f: &str| format!("plugins[{i}].{f}");
+            let plugin_path = PathBuf::from(p.path.get_ref());
+            let plugin_path = if plugin_path.is_relative() {
+                path_base(path).join(plugin_path)
+            } else {
+                plugin_path
+            };
+            if !plugin_path.is_file() {
+                c.issue(
+                    p.path.span(),
+                    field("path"),
+                    format!(
+                        "no plugin file at `{}`; build the plugin for wasm32-wasip2 first",
+                        plugin_path.display()
+                    ),
+                );
+            }
+            if plugins.iter().any(|q: &PluginConfig| q.name == p.name) {
+                c.issue(
+                    spanned.span(),
+                    field("name"),
+                    format!("two plugins are named `{}`", p.name),
+                );
+            }
+            let reject_code = p.reject_code.as_ref().map_or(503, |c| *c.get_ref());
+            if !(400..700).contains(&reject_code)
+                && let Some(code) = &p.reject_code
+            {
+                c.issue(
+                    code.span(),
+                    field("reject_code"),
+                    "a rejection needs a 4xx, 5xx or 6xx SIP status",
+                );
+            }
+            plugins.push(PluginConfig {
+                name: p.name.clone(),
+                path: plugin_path,
+                config_json: serde_json::to_string(&p.config).unwrap_or_else(|_| "{}".into()),
+                policy: p.policy,
+                reject_code,
+                memory_bytes: p.memory_mb.unwrap_or(16) as usize * 1024 * 1024,
+                deadline: std::time::Duration::from_millis(
+                    p.deadline_ms.unwrap_or(20).max(1) as u64
+                ),
+            });
         }
         let opus_complexity = raw
             .media
@@ -809,6 +911,7 @@ impl Config {
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
             inbound: raw.inbound,
+            plugins,
             sip: SipConfig {
                 udp,
                 tcp,

@@ -89,12 +89,22 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
             ip
         }
     });
+    // Loading runs each plugin's init, wasm that may write through WASI's blocking stdio:
+    // it belongs on the blocking pool.
+    let plugin_configs = config.plugins.clone();
+    let plugins =
+        tokio::task::spawn_blocking(move || crate::plugin::PluginChain::load(&plugin_configs))
+            .await
+            .map_err(|e| format!("plugin loading failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+    let plugins = Arc::new(plugins);
     let calls = Arc::new(CallContext {
         config: config.clone(),
         endpoint: endpoint.clone(),
         trunks: trunks.clone(),
         mux,
         media_ip,
+        plugins,
         dtls: crate::rtc::DtlsCertificate::generate()
             .map_err(|e| format!("cannot create the DTLS certificate: {e}"))?,
         cdr: config.cdr_path.clone().map(CdrLog::new),
