@@ -3,6 +3,9 @@
 //! (allocates until refused), `escape` (tries to read /etc/passwd), `reject` (a well-behaved
 //! 403), or `continue`.
 
+// The generated bindings have as many parameters as the WIT functions.
+#![allow(clippy::too_many_arguments)]
+
 wit_bindgen::generate!({ path: "../../plugin-sdk/wit", world: "plugin" });
 
 use std::sync::OnceLock;
@@ -15,7 +18,15 @@ struct Hostile;
 
 impl Guest for Hostile {
     fn init(config: String) -> Result<(), String> {
-        let mode = config.trim().trim_matches(|c| c == '{' || c == '}').split(':').nth(1).unwrap_or("\"continue\"").trim().trim_matches('"').to_string();
+        let mode = config
+            .trim()
+            .trim_matches(|c| c == '{' || c == '}')
+            .split(':')
+            .nth(1)
+            .unwrap_or("\"continue\"")
+            .trim()
+            .trim_matches('"')
+            .to_string();
         let _ = MODE.set(mode);
         Ok(())
     }
@@ -37,10 +48,16 @@ impl Guest for Hostile {
                 }
             }
             "escape" => match std::fs::read_to_string("/etc/passwd") {
-                Ok(_) => Verdict::Reject(Reject { sip_code: 599, reason: "escaped the sandbox".into() }),
+                Ok(_) => Verdict::Reject(Reject {
+                    sip_code: 599,
+                    reason: "escaped the sandbox".into(),
+                }),
                 Err(_) => Verdict::Continue,
             },
-            "reject" => Verdict::Reject(Reject { sip_code: 403, reason: "blocked by policy".into() }),
+            "reject" => Verdict::Reject(Reject {
+                sip_code: 403,
+                reason: "blocked by policy".into(),
+            }),
             _ => Verdict::Continue,
         }
     }
