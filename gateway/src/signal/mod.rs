@@ -144,6 +144,21 @@ async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
         ));
     }
+    text.push_str("# HELP gateway_plugin_counter Counters plugins keep through the host.\n# TYPE gateway_plugin_counter counter\n");
+    for (plugin, name, value) in ctx.plugins.counters() {
+        // Names come from plugins: keep them to what a label value may hold.
+        let clean = |v: &str| {
+            v.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .take(64)
+                .collect::<String>()
+        };
+        text.push_str(&format!(
+            "gateway_plugin_counter{{plugin=\"{}\",name=\"{}\"}} {value}\n",
+            clean(&plugin),
+            clean(&name)
+        ));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
