@@ -131,12 +131,23 @@ impl std::fmt::Debug for BrowserLeg {
 }
 
 /// Opus as browsers offer it: 48 kHz clock, two channels in SDP (RFC 7587 §7), FEC on.
-fn opus_codec() -> RTCRtpCodec {
+pub fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48000,
         channels: 2,
         sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// RFC 4733 telephone events at 8 kHz, events 0-15 (DTMF).
+pub fn telephone_event_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+        clock_rate: 8000,
+        channels: 0,
+        sdp_fmtp_line: "0-15".to_owned(),
         rtcp_feedback: vec![],
     }
 }
@@ -155,13 +166,7 @@ fn media_engine() -> Result<MediaEngine, RtcError> {
     engine
         .register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
-                    clock_rate: 8000,
-                    channels: 0,
-                    sdp_fmtp_line: "0-15".to_owned(),
-                    rtcp_feedback: vec![],
-                },
+                rtp_codec: telephone_event_codec(),
                 payload_type: DTMF_PT,
             },
             RtpCodecKind::Audio,

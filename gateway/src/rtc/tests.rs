@@ -46,13 +46,7 @@ async fn client() -> (Client, String) {
                 ssrc: Some(ssrc),
                 ..Default::default()
             },
-            codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_OPUS.to_owned(),
-                clock_rate: 48000,
-                channels: 2,
-                sdp_fmtp_line: String::new(),
-                rtcp_feedback: vec![],
-            },
+            codec: opus_codec(),
             ..Default::default()
         }],
     );
