@@ -8,6 +8,9 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing t
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Node.js and npm build the JavaScript example plugin (jco/componentize-js from npm).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # libopus for the Opus <-> G.711 bridge (audiopus links the system library through pkg-config).
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 

@@ -119,6 +119,19 @@ fn main() -> ExitCode {
                     gateway.endpoint.tcp_addr().map(|a| format!(", tcp {a}")).unwrap_or_default(),
                     config.trunks.len()
                 );
+                #[cfg(unix)]
+                if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                    // SIGHUP: reload the plugins from the configuration file.
+                    let calls = gateway.calls.clone();
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            match gateway::run::reload_plugins(&calls).await {
+                                Ok(names) => eprintln!("plugins reloaded: {}", names.join(", ")),
+                                Err(e) => eprintln!("plugin reload refused, the running plugins stay: {e}"),
+                            }
+                        }
+                    });
+                }
                 shutdown_signal().await;
                 eprintln!("draining: no new calls; running calls have {} s to finish", config.limits.drain_seconds);
                 gateway.drain(Duration::from_secs(config.limits.drain_seconds as u64)).await;

@@ -32,7 +32,7 @@ use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
 /// What to do on one call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// Target name or number.
     pub to: String,
@@ -52,6 +52,8 @@ pub struct CallOptions {
     pub dtmf_message: Option<String>,
     /// Send `hold` this many seconds after the answer and `unhold` 1.5 s later.
     pub hold_after: Option<f64>,
+    /// More RFC 4733 digits from the browser, each `(seconds after the answer, digits)`.
+    pub dtmf_later: Vec<(f64, String)>,
 }
 
 /// What happened.
@@ -186,6 +188,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut detector = ToneDetector::new(options.tone_hz, 8000, 800);
     let mut dtmf = DtmfSender::new(100, 60);
     let mut dtmf_queued = false;
+    let mut dtmf_later_sent = 0;
     let mut dtmf_ts = 0u32;
     let mut frame = [0i16; FRAME_SAMPLES_8K];
     let mut packet = [0u8; MAX_PACKET];
@@ -287,6 +290,14 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     {
                         dtmf.push_digits(digits);
                         dtmf_queued = true;
+                    }
+                    if let Some(at) = answered_at {
+                        while let Some((when, digits)) = options.dtmf_later.get(dtmf_later_sent)
+                            && at.elapsed().as_secs_f64() >= *when
+                        {
+                            dtmf.push_digits(digits);
+                            dtmf_later_sent += 1;
+                        }
                     }
                     let (pt, payload, marker) = match dtmf.next_frame() {
                         Some(event) => {

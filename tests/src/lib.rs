@@ -47,13 +47,18 @@ impl Sipp {
     /// Starts `sipp -sf SCENARIO` as a UAS on 127.0.0.1 with RTP echo, for one call.
     /// `transport` is sipp's `-t` value (`u1` or `t1`).
     pub fn uas(scenario: &str, transport: &str, log_dir: &Path) -> Sipp {
+        Self::uas_calls(scenario, transport, log_dir, 1)
+    }
+
+    /// Like [`Sipp::uas`], answering `calls` calls (concurrent ones too) before it exits.
+    pub fn uas_calls(scenario: &str, transport: &str, log_dir: &Path, calls: u32) -> Sipp {
         let (port, media_port) = ports();
         let file = scenarios().join(scenario);
         let child = Command::new("sipp")
             .args(["-sf"])
             .arg(&file)
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo"])
-            .args(["-t", transport, "-m", "1", "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err", "-trace_msg"])
+            .args(["-t", transport, "-m", &calls.to_string(), "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err", "-trace_msg"])
             .current_dir(log_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -202,36 +207,79 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
 
 /// Builds an example plugin from `plugins/` for wasm32-wasip2 and returns the component's
 /// path. Plugins are never committed as binaries: every test run compiles them from source.
+/// The first call builds every plugin (the Rust workspace and the JavaScript one), so no
+/// test's calls share the CPU with a compiler.
 pub fn build_plugin(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root");
+    let target_dir = root.join("target").join("plugins");
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--workspace", "--manifest-path"])
+            .arg(root.join("plugins").join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .status()
+            .expect("run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building the plugins failed; `rustup target add wasm32-wasip2` (the README's test command does)"
+        );
+        build_js_plugin("screen-js");
+    });
+    if name.ends_with("-js") {
+        return build_js_plugin(name);
+    }
+    target_dir
+        .join("wasm32-wasip2")
+        .join("release")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Builds a JavaScript plugin from `plugins/<name>` (plugin.js) into a WebAssembly component
+/// with jco/componentize-js (npm packages pinned by the plugin's package-lock.json) and returns
+/// its path. Rebuilt only when the source or the WIT changed.
+pub fn build_js_plugin(name: &str) -> PathBuf {
     static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("repository root");
-    let target_dir = root.join("target").join("plugins");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-            "-p",
-            name,
-            "--manifest-path",
-        ])
-        .arg(root.join("plugins").join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
+    let dir = root.join("plugins").join(name);
+    let wit = root.join("plugin-sdk").join("wit");
+    let out_dir = root.join("target").join("plugins");
+    std::fs::create_dir_all(&out_dir).expect("create target/plugins");
+    let out = out_dir.join(format!("{name}.wasm"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let fresh = modified(&out).is_some_and(|built| {
+        [dir.join("plugin.js"), wit.join("plugin.wit")]
+            .iter()
+            .all(|src| modified(src).is_some_and(|m| m <= built))
+    });
+    if fresh {
+        return out;
+    }
+    if !dir.join("node_modules").join(".bin").join("jco").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm (the README's test command installs Node.js and npm)");
+        assert!(status.success(), "npm ci in plugins/{name} failed");
+    }
+    let status = Command::new(dir.join("node_modules").join(".bin").join("jco"))
+        .arg("componentize")
+        .arg("plugin.js")
+        .arg("--wit")
+        .arg(&wit)
+        .args(["--world-name", "plugin", "--disable", "all", "-o"])
+        .arg(&out)
+        .current_dir(&dir)
         .status()
-        .expect("run cargo to build the plugin");
-    assert!(
-        status.success(),
-        "building plugin `{name}` failed; `rustup target add wasm32-wasip2` (the README's test command does)"
-    );
-    target_dir
-        .join("wasm32-wasip2")
-        .join("release")
-        .join(format!("{name}.wasm"))
+        .expect("run jco");
+    assert!(status.success(), "building plugin `{name}` with jco failed");
+    out
 }

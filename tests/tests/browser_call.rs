@@ -23,6 +23,7 @@ fn options(seconds: f64) -> CallOptions {
         answer_as: None,
         dtmf_message: None,
         hold_after: None,
+        dtmf_later: Vec::new(),
     }
 }
 

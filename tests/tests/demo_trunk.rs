@@ -25,6 +25,7 @@ fn call(to: &str, tone_hz: f64) -> CallOptions {
         answer_as: None,
         dtmf_message: None,
         hold_after: None,
+        dtmf_later: Vec::new(),
     }
 }
 

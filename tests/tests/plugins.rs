@@ -1,7 +1,9 @@
-//! The plugin chain on real calls: plugins built from source to wasm, loaded by the gateway,
-//! routing and rejecting calls, and hostile ones contained while calls keep their audio.
+//! The plugin chain on real calls: plugins built from source to wasm (Rust and JavaScript),
+//! loaded by the gateway, routing, rejecting and recording calls, hostile ones contained
+//! while another call keeps its audio, and a reload during a live call.
 
 use gateway::config::Config;
+use gateway::media::tone::ToneDetector;
 use gateway_tests::client::{CallOptions, run_call};
 use gateway_tests::{Sipp, build_plugin, out_dir, ports, write_config};
 
@@ -16,16 +18,24 @@ fn options() -> CallOptions {
         answer_as: None,
         dtmf_message: None,
         hold_after: None,
+        dtmf_later: Vec::new(),
     }
 }
 
-/// A gateway whose target `sales` dials 030 1234 on `carrier` (which nothing answers), plus
-/// a trunk `berlin` at sipp, and the given `[[plugins]]` entries.
+/// A gateway whose targets `sales` and `bad` dial 030 1234 on `carrier` (which nothing
+/// answers), plus a trunk `berlin` at sipp, and the given `[[plugins]]` entries.
 async fn gateway_with(
     dir: &std::path::Path,
     sipp_port: u16,
     plugins: &str,
 ) -> gateway::run::Gateway {
+    let path = config_with(dir, sipp_port, plugins);
+    gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap()
+}
+
+fn config_with(dir: &std::path::Path, sipp_port: u16, plugins: &str) -> std::path::PathBuf {
     let (dead, _) = ports();
     let path = write_config(
         dir,
@@ -36,18 +46,32 @@ async fn gateway_with(
     );
     let mut text = std::fs::read_to_string(&path).unwrap();
     text.push_str("\n[targets.sales]\ntrunk = \"carrier\"\nnumber = \"030 1234\"\n");
+    text.push_str("\n[targets.bad]\ntrunk = \"carrier\"\nnumber = \"030 1234\"\n");
     text.push_str(plugins);
     std::fs::write(&path, text).unwrap();
-    gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap()
+    path
 }
 
 fn plugin(name: &str, file: &std::path::Path, policy: &str, config: &str) -> String {
+    plugin_in(name, file, policy, "", config)
+}
+
+/// A `[[plugins]]` entry with extra settings (`data_dir`, `memory_mb`, …).
+fn plugin_in(
+    name: &str,
+    file: &std::path::Path,
+    policy: &str,
+    settings: &str,
+    config: &str,
+) -> String {
     format!(
-        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\npolicy = \"{policy}\"\nreject_code = 503\n[plugins.config]\n{config}\n",
+        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\npolicy = \"{policy}\"\nreject_code = 503\n{settings}\n[plugins.config]\n{config}\n",
         file.display()
     )
+}
+
+fn counters(gateway: &gateway::run::Gateway) -> Vec<(String, String, u64)> {
+    gateway.calls.plugins.current().counters()
 }
 
 fn router_config() -> &'static str {
@@ -74,13 +98,7 @@ async fn the_router_moves_the_call_to_another_trunk_and_number() {
         log.contains("INVITE sip:+49301234@"),
         "sipp sees the E.164 number on the routed trunk: {log}"
     );
-    assert!(
-        gateway
-            .calls
-            .plugins
-            .counters()
-            .contains(&("router".into(), "routed".into(), 1))
-    );
+    assert!(counters(&gateway).contains(&("router".into(), "routed".into(), 1)));
     assert!(
         tokio::task::spawn_blocking(move || sipp.finish())
             .await
@@ -89,64 +107,86 @@ async fn the_router_moves_the_call_to_another_trunk_and_number() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_rejecting_plugin_stops_the_call_before_any_invite() {
-    let hostile = build_plugin("hostile");
+async fn a_compliance_reject_ends_the_call_before_any_invite() {
+    let router = build_plugin("router");
+    let compliance = build_plugin("compliance");
     let dir = out_dir("plugin_reject");
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let gateway = gateway_with(
-        &dir,
-        sipp.port,
-        &plugin("gate", &hostile, "fail-closed", "mode = \"reject\""),
-    )
-    .await;
+    let mut chain = plugin("router", &router, "fail-open", router_config());
+    chain.push_str(&plugin(
+        "compliance",
+        &compliance,
+        "fail-closed",
+        "deny = [\"+4930123\"]\npremium = [\"+49900\"]\nemergency = [\"112\"]",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
         .await
         .unwrap();
     let ended = report.ended.expect("ended");
+    // docs/protocol.md: a plugin's refusal ends the call with reason `rejected` and its code.
     assert_eq!(ended["sip_code"], 403);
     assert_eq!(ended["reason"], "rejected");
     assert!(
         !sipp.messages().contains("INVITE"),
         "no INVITE reached the trunk"
     );
+    assert!(counters(&gateway).contains(&("compliance".into(), "rejected".into(), 1)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn hostile_plugins_are_contained_and_the_call_keeps_its_audio() {
+async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
     let hostile = build_plugin("hostile");
     let router = build_plugin("router");
     let dir = out_dir("plugin_hostile");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
+    // Each hostile plugin misbehaves only on calls to `bad`; calls to `sales` are normal.
     let mut chain = String::new();
     for mode in ["loop", "trap", "memory", "escape"] {
-        chain.push_str(&plugin(
+        chain.push_str(&plugin_in(
             mode,
             &hostile,
             "fail-open",
-            &format!("mode = \"{mode}\""),
+            &format!("data_dir = \"{}\"", dir.join(mode).display()),
+            &format!("mode = \"{mode}\"\nwhen_to = \"bad\""),
         ));
     }
     chain.push_str(&plugin("router", &router, "fail-open", router_config()));
     let gateway = gateway_with(&dir, sipp.port, &chain).await;
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
-        .await
-        .unwrap();
+    let ws = format!("ws://{}/ws", gateway.http_addr);
+    let normal = tokio::spawn({
+        let ws = ws.clone();
+        async move {
+            let mut o = options();
+            o.seconds = 4.0;
+            run_call(&ws, &o).await.unwrap()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut o = options();
+    o.to = "bad".into();
+    let poisoned = run_call(&ws, &o).await.unwrap();
+    let normal = normal.await.unwrap();
     assert!(
-        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
-        "the call went through with audio: {report:?}"
+        normal.tone_snr_db.unwrap_or(0.0) >= 20.0 && normal.packets_lost == 0,
+        "the concurrent normal call kept its audio: {normal:?}"
     );
-    let counters = gateway.calls.plugins.counters();
+    assert!(
+        poisoned.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "fail-open: the poisoned call went through too: {poisoned:?}"
+    );
+    let counters = counters(&gateway);
     for mode in ["loop", "trap", "memory"] {
         assert!(
             counters.contains(&(mode.into(), "failures".into(), 1)),
-            "{mode} was contained and counted: {counters:?}"
+            "{mode} was contained and counted once: {counters:?}"
         );
     }
     assert!(
         !counters
             .iter()
             .any(|(p, n, _)| p == "escape" && n == "failures"),
-        "reading /etc/passwd failed inside the plugin, it did not trap: {counters:?}"
+        "reading outside /data failed inside the plugin, it did not trap: {counters:?}"
     );
     assert!(
         tokio::task::spawn_blocking(move || sipp.finish())
@@ -163,7 +203,13 @@ async fn a_failing_fail_closed_plugin_rejects_with_its_code() {
     let gateway = gateway_with(
         &dir,
         sipp.port,
-        &plugin("compliance", &hostile, "fail-closed", "mode = \"trap\""),
+        &plugin_in(
+            "compliance",
+            &hostile,
+            "fail-closed",
+            &format!("data_dir = \"{}\"", dir.join("data").display()),
+            "mode = \"trap\"",
+        ),
     )
     .await;
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
@@ -171,4 +217,234 @@ async fn a_failing_fail_closed_plugin_rejects_with_its_code() {
         .unwrap();
     assert_eq!(report.ended.expect("ended")["sip_code"], 503);
     assert!(!sipp.messages().contains("INVITE"));
+}
+
+/// Samples of a 16-bit stereo WAV file: (left, right).
+fn read_wav(path: &std::path::Path) -> Option<(Vec<i16>, Vec<i16>)> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 44 || &bytes[..4] != b"RIFF" || u16::from_le_bytes([bytes[22], bytes[23]]) != 2
+    {
+        return None;
+    }
+    let data = u32::from_le_bytes(bytes[40..44].try_into().ok()?) as usize;
+    if data == 0 || bytes.len() < 44 + data {
+        return None;
+    }
+    let samples: Vec<i16> = bytes[44..44 + data]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    Some((
+        samples.iter().step_by(2).copied().collect(),
+        samples.iter().skip(1).step_by(2).copied().collect(),
+    ))
+}
+
+fn tone_snr(pcm: &[i16]) -> f64 {
+    let mut d = ToneDetector::new(1004.0, 8000, 800);
+    d.push(pcm);
+    d.report().snr_db
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recorder_writes_the_call_and_pauses_on_dtmf() {
+    let recorder = build_plugin("recorder");
+    let dir = out_dir("plugin_recorder");
+    let recordings = dir.join("recordings");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let mut chain = plugin(
+        "router",
+        &build_plugin("router"),
+        "fail-open",
+        router_config(),
+    );
+    chain.push_str(&plugin_in(
+        "recorder",
+        &recorder,
+        "fail-open",
+        &format!("data_dir = \"{}\"", recordings.display()),
+        "record = \"all\"\npause_key = \"*\"\nresume_key = \"#\"",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    let mut o = options();
+    o.seconds = 5.0;
+    // Pause for about two seconds in the middle of the call.
+    o.dtmf_later = vec![(1.5, "*".into()), (3.5, "#".into())];
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &o)
+        .await
+        .unwrap();
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    let call_id = report.call_id.clone().expect("call id");
+    let path = recordings.join(format!("{call_id}.wav"));
+    // The recorder closes the file as the call ends, just after the browser hears `ended`.
+    let mut wav = None;
+    for _ in 0..100 {
+        wav = read_wav(&path);
+        if wav.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (left, right) =
+        wav.unwrap_or_else(|| panic!("no finished recording at {}", path.display()));
+    let seconds = left.len() as f64 / 8000.0;
+    assert!((4.0..7.0).contains(&seconds), "recorded {seconds} s");
+    // The pause: the longest run where both channels are exactly zero.
+    let (mut best, mut run_start, mut best_start) = (0, 0, 0);
+    for i in 0..left.len() {
+        if left[i] != 0 || right[i] != 0 {
+            run_start = i + 1;
+        } else if i + 1 - run_start > best {
+            best = i + 1 - run_start;
+            best_start = run_start;
+        }
+    }
+    let paused = best as f64 / 8000.0;
+    assert!(
+        (1.5..2.5).contains(&paused),
+        "about 2 s of silence while paused, found {paused} s at {} s",
+        best_start as f64 / 8000.0
+    );
+    let before = &right[..best_start.saturating_sub(1600)];
+    let after = &right[(best_start + best + 2400).min(right.len())..];
+    assert!(
+        tone_snr(&before[before.len().saturating_sub(4000)..]) >= 15.0,
+        "the callee's tone on the right channel before the pause"
+    );
+    assert!(
+        tone_snr(&after[..after.len().min(4000)]) >= 15.0,
+        "the callee's tone on the right channel after the pause"
+    );
+    let counters = counters(&gateway);
+    assert!(
+        counters.contains(&("recorder".into(), "recordings".into(), 1)),
+        "{counters:?}"
+    );
+    assert!(
+        counters.contains(&("recorder".into(), "pauses".into(), 1)),
+        "{counters:?}"
+    );
+}
+
+async fn admin_reload(addr: std::net::SocketAddr, token: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST /admin/plugins/reload HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).await.unwrap();
+    reply
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
+    // The plugin here is the JavaScript one: the WIT interface beyond Rust.
+    let screen = build_plugin("screen-js");
+    let dir = out_dir("plugin_reload");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let token = "admin-token-0123456789abcdef";
+    std::fs::write(dir.join("admin-token"), token).unwrap();
+    let settings = "memory_mb = 256\ndeadline_ms = 200\n";
+    let chain = |block: &str| {
+        let mut c = plugin(
+            "router",
+            &build_plugin("router"),
+            "fail-open",
+            router_config(),
+        );
+        c.push_str(&plugin_in(
+            "screen",
+            &screen,
+            "fail-closed",
+            settings,
+            &format!("block = [{block}]\nheader = \"X-Screened\""),
+        ));
+        c
+    };
+    let path = config_with(&dir, sipp.port, &chain(""));
+    let with_admin = std::fs::read_to_string(&path).unwrap().replace(
+        "anonymous = true\n",
+        &format!(
+            "anonymous = true\nadmin_token_file = \"{}\"\n",
+            dir.join("admin-token").display()
+        ),
+    );
+    std::fs::write(&path, &with_admin).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let ws = format!("ws://{}/ws", gateway.http_addr);
+    let live = tokio::spawn({
+        let ws = ws.clone();
+        async move {
+            let mut o = options();
+            o.seconds = 6.0;
+            run_call(&ws, &o).await.unwrap()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Wrong token: refused, nothing changes.
+    assert!(
+        admin_reload(gateway.http_addr, "wrong-token-wrong-token")
+            .await
+            .starts_with("HTTP/1.0 401")
+    );
+    // The new configuration blocks anonymous callers.
+    std::fs::write(
+        &path,
+        with_admin.replace("block = []", "block = [\"anonymous\"]"),
+    )
+    .unwrap();
+    let reply = admin_reload(gateway.http_addr, token).await;
+    assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+    assert!(reply.contains("\"screen\""), "{reply}");
+    // A configuration whose plugin does not load is refused; the new chain stays.
+    let broken = with_admin.replace(&screen.display().to_string(), "/nonexistent/screen.wasm");
+    std::fs::write(&path, broken).unwrap();
+    let reply = admin_reload(gateway.http_addr, token).await;
+    assert!(reply.starts_with("HTTP/1.0 422"), "{reply}");
+    assert!(
+        reply.contains("nonexistent"),
+        "the error names the problem: {reply}"
+    );
+    let live = live.await.unwrap();
+    assert!(
+        live.tone_snr_db.unwrap_or(0.0) >= 20.0 && live.packets_lost == 0,
+        "the call running during the reload kept its audio: {live:?}"
+    );
+    assert_eq!(
+        live.ended.as_ref().expect("ended")["reason"],
+        "hangup",
+        "{live:?}"
+    );
+    let next = run_call(&ws, &options()).await.unwrap();
+    let ended = next.ended.expect("ended");
+    assert_eq!(
+        ended["sip_code"], 603,
+        "the reloaded plugin blocks anonymous callers"
+    );
+    assert_eq!(ended["reason"], "rejected");
+    let log = sipp.messages();
+    assert_eq!(
+        log.matches("INVITE sip:").count(),
+        1,
+        "only the first call reached the trunk: {log}"
+    );
+    assert!(
+        log.contains("X-Screened: passed"),
+        "the JavaScript plugin's header reached the trunk: {log}"
+    );
+    assert!(counters(&gateway).contains(&("screen".into(), "blocked".into(), 1)));
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap()
+    );
 }

@@ -93,6 +93,7 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
                     answer_as: None,
                     dtmf_message: None,
                     hold_after: None,
+                    dtmf_later: Vec::new(),
                 },
             )
             .await

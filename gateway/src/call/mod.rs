@@ -3,6 +3,7 @@
 
 pub mod cdr;
 pub mod state;
+mod tap;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -42,8 +43,8 @@ pub struct CallContext {
     pub media_ip: IpAddr,
     /// The DTLS certificate all browser legs use.
     pub dtls: crate::rtc::DtlsCertificate,
-    /// The plugin chain every call passes through.
-    pub plugins: Arc<crate::plugin::PluginChain>,
+    /// The plugin chain every call passes through (reloadable).
+    pub plugins: crate::plugin::PluginHost,
     /// CDR log, if configured.
     pub cdr: Option<CdrLog>,
     /// Counters for `/metrics`.
@@ -203,33 +204,22 @@ pub async fn run_outbound(
         number: call.number.clone(),
         caller_id,
     };
-    // Hooks are synchronous wasm calls (bounded by their deadline) and WASI's stdio blocks:
-    // they run on the blocking pool, never on the threads that drive media.
-    let chain = ctx.plugins.clone();
-    let (decision, call_plugins) =
-        match tokio::task::spawn_blocking(move || chain.start_call(info)).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::error!(error = %e, "plugin host failed");
-                (
-                    crate::plugin::Decision::Reject {
-                        sip_code: 500,
-                        reason: "plugin host failed".into(),
-                        plugin: String::new(),
-                    },
-                    Default::default(),
-                )
-            }
-        };
+    let (decision, hooks) = decide(&ctx, info).await;
+    let mut headers = Vec::new();
+    let mut failover = Vec::new();
     let (from_user, refusal) = match decision {
         crate::plugin::Decision::Place {
             trunk,
+            failover: order,
             number,
             caller_id,
+            headers: extra,
             ..
         } => {
             call.trunk = trunk;
             call.number = number;
+            headers = extra;
+            failover = order;
             (Some(caller_id), None)
         }
         crate::plugin::Decision::Reject {
@@ -269,6 +259,7 @@ pub async fn run_outbound(
                 None,
                 &leg_stats(None),
                 &rtp_stats_none(),
+                hooks,
             )
             .await;
             ctx.mux.unregister(leg.ufrag());
@@ -279,6 +270,8 @@ pub async fn run_outbound(
         to: call.number.clone(),
         from_user,
         sdp_offer: sdp::offer(&local, 1, Direction::SendRecv),
+        headers,
+        failover,
     };
     let (progress_tx, progress_rx) = mpsc::unbounded_channel();
     let (cancel_tx, mut cancel_rx) = watch::channel(false);
@@ -301,9 +294,57 @@ pub async fn run_outbound(
         progress_rx,
         cancel_tx,
         browser_answered: None,
-        plugins: Some(call_plugins),
+        hooks,
     };
     drive(&ctx, &call, state, started_ms, parts, placing).await;
+}
+
+/// Runs the plugin chain's call-start hooks for a new call. Hooks are synchronous wasm calls
+/// (bounded by their deadline) and WASI's stdio blocks: they run on the blocking pool, never
+/// on the threads that drive media. The call keeps the chain it started with, even if the
+/// plugins are reloaded meanwhile.
+async fn decide(
+    ctx: &CallContext,
+    info: crate::plugin::CallInfo,
+) -> (crate::plugin::Decision, Option<crate::plugin::CallHooks>) {
+    let chain = ctx.plugins.current();
+    if chain.is_empty() {
+        return (
+            crate::plugin::Decision::Place {
+                trunk: info.trunk,
+                failover: Vec::new(),
+                number: info.number,
+                caller_id: info.caller_id,
+                headers: Vec::new(),
+                record: false,
+            },
+            None,
+        );
+    }
+    let call_id = info.call_id.clone();
+    let deciding = chain.clone();
+    match tokio::task::spawn_blocking(move || deciding.start_call(info)).await {
+        Ok((decision, instances)) => {
+            let record = matches!(
+                decision,
+                crate::plugin::Decision::Place { record: true, .. }
+            );
+            let hooks = (!instances.is_empty())
+                .then(|| crate::plugin::CallHooks::spawn(chain, call_id, instances, record));
+            (decision, hooks)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "plugin host failed");
+            (
+                crate::plugin::Decision::Reject {
+                    sip_code: 500,
+                    reason: "plugin host failed".into(),
+                    plugin: String::new(),
+                },
+                None,
+            )
+        }
+    }
 }
 
 /// The pieces a call runs with once set up.
@@ -319,8 +360,8 @@ struct Parts {
     cancel_tx: watch::Sender<bool>,
     /// Inbound calls: fired when the browser accepts, so the trunk gets its 200.
     browser_answered: Option<tokio::sync::oneshot::Sender<()>>,
-    /// The plugin instances that saw the call start, for its later events.
-    plugins: Option<crate::plugin::CallPlugins>,
+    /// The plugin instances that saw the call start, for its later events and audio.
+    hooks: Option<crate::plugin::CallHooks>,
 }
 
 type Placing<'a> = std::pin::Pin<
@@ -351,8 +392,15 @@ async fn drive(
         mut progress_rx,
         cancel_tx,
         mut browser_answered,
-        mut plugins,
+        mut hooks,
     } = parts;
+    // Who is who for plugins: the browser places outbound calls, the trunk inbound ones.
+    let (browser_party, trunk_party) = if call.direction == "inbound" {
+        (crate::plugin::Party::Callee, crate::plugin::Party::Caller)
+    } else {
+        (crate::plugin::Party::Caller, crate::plugin::Party::Callee)
+    };
+    let mut tap = tap::AudioTap::default();
     let send = |m: ServerMessage| {
         let _ = events.send(m);
     };
@@ -416,6 +464,11 @@ async fn drive(
                 leg.handle_timeout(Instant::now());
             }
             _ = ticker.tick() => {
+                if let Some(h) = hooks.as_mut().filter(|h| h.wants_audio())
+                    && state.answered_at().is_some()
+                {
+                    h.audio(tap.frame(browser_party == crate::plugin::Party::Caller));
+                }
                 match bridge.to_browser() {
                     Some(packet) if browser_connected => {
                         if let Err(e) = leg.send_opus(packet, std::mem::take(&mut talkspurt), Instant::now()) {
@@ -431,9 +484,15 @@ async fn drive(
             received = rtp.recv(&mut rtp_buf) => {
                 if let Ok((n, source)) = received {
                     match rtp.on_datagram(&rtp_buf[..n], source, &mut pcm_in) {
-                        Received::Audio { samples, timestamp } if !held => bridge.from_trunk(timestamp, &pcm_in[..samples]),
+                        Received::Audio { samples, timestamp } if !held => {
+                            bridge.from_trunk(timestamp, &pcm_in[..samples]);
+                            tap.trunk(&pcm_in[..samples]);
+                        }
                         Received::Audio { .. } => {}
-                        Received::Digit(d) => send(ServerMessage::Dtmf { call_id: call.call_id.clone(), digit: d.to_string() }),
+                        Received::Digit(d) => {
+                            dtmf_event(&hooks, trunk_party, &d.to_string());
+                            send(ServerMessage::Dtmf { call_id: call.call_id.clone(), digit: d.to_string() });
+                        }
                         Received::Nothing => {}
                     }
                 }
@@ -444,7 +503,10 @@ async fn drive(
                         if let Some(t) = trunk.take() { t.finish() }
                         inputs.push(Input::TrunkHangup);
                     }
-                    Some(InDialog::InfoDtmf(d)) => send(ServerMessage::Dtmf { call_id: call.call_id.clone(), digit: d.to_string() }),
+                    Some(InDialog::InfoDtmf(d)) => {
+                        dtmf_event(&hooks, trunk_party, &d.to_string());
+                        send(ServerMessage::Dtmf { call_id: call.call_id.clone(), digit: d.to_string() });
+                    }
                     Some(InDialog::Reinvite { sdp: offer, request }) => {
                         let t = trunk.as_ref().expect("guarded");
                         if let Some(remote) = t.handle_reinvite(&request, &offer, &local, &mut sdp_version) {
@@ -455,7 +517,10 @@ async fn drive(
             }
             command = commands.recv() => {
                 match command {
-                    Some(CallCommand::Dtmf(digits)) => rtp.send_digits(&digits),
+                    Some(CallCommand::Dtmf(digits)) => {
+                        dtmf_event(&hooks, browser_party, &digits);
+                        rtp.send_digits(&digits);
+                    }
                     Some(CallCommand::Hold(hold)) => match trunk.as_mut() {
                         Some(t) if hold != held => {
                             sdp_version += 1;
@@ -468,6 +533,9 @@ async fn drive(
                                         rtp.set_remote(remote);
                                     }
                                     held = hold;
+                                    if let Some(h) = &hooks {
+                                        h.event(crate::plugin::Event::Hold(hold));
+                                    }
                                 }
                                 Err(code) => send(ServerMessage::Error { code: ErrorCode::Internal, message: format!("the trunk refused the {} re-INVITE with {code}", if hold { "hold" } else { "resume" }), call_id: Some(call.call_id.clone()) }),
                             }
@@ -502,16 +570,20 @@ async fn drive(
                 BrowserEvent::Opus {
                     sequence, payload, ..
                 } => {
-                    let rtp = &mut rtp;
+                    let (rtp, tap) = (&mut rtp, &mut tap);
                     // On hold the browser's audio is decoded (to keep the decoder's state) but
                     // not forwarded.
                     bridge.from_browser(sequence, &payload, |pcm| {
                         if !held {
-                            rtp.send_frame(&pcm[..FRAME_SAMPLES])
+                            rtp.send_frame(&pcm[..FRAME_SAMPLES]);
+                            tap.browser(&pcm[..FRAME_SAMPLES]);
                         }
                     });
                 }
-                BrowserEvent::Dtmf(d) => rtp.send_digits(&d.to_string()),
+                BrowserEvent::Dtmf(d) => {
+                    dtmf_event(&hooks, browser_party, &d.to_string());
+                    rtp.send_digits(&d.to_string());
+                }
             }
         }
         while let Some((bytes, peer)) = leg.poll_transmit() {
@@ -521,16 +593,16 @@ async fn drive(
             for output in state.on(input, Instant::now()) {
                 match output {
                     Output::Send(m) => {
-                        if let Some(event) = plugin_event(&m, state.answered_at())
-                            && let Some(mut instances) = plugins.take()
-                        {
-                            let (chain, call_id) = (ctx.plugins.clone(), call.call_id.clone());
-                            plugins = tokio::task::spawn_blocking(move || {
-                                chain.event(&mut instances, &call_id, &event);
-                                instances
-                            })
-                            .await
-                            .ok();
+                        if let Some(h) = &hooks {
+                            match m {
+                                ServerMessage::Ringing { .. } => {
+                                    h.event(crate::plugin::Event::Ringing)
+                                }
+                                ServerMessage::Answered { .. } => {
+                                    h.event(crate::plugin::Event::Answered)
+                                }
+                                _ => {}
+                            }
                         }
                         send(m)
                     }
@@ -569,6 +641,7 @@ async fn drive(
         sip_call_id,
         &leg_stats(Some(&bridge)),
         &rtp.stats,
+        hooks,
     )
     .await;
 }
@@ -593,58 +666,107 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         tracing::info!(%trunk, number = %dialled, "inbound call to an unrouted number: 404");
         return refuse(404);
     };
-    let Some(browser) = ctx
-        .registered
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&identity)
-        .cloned()
-    else {
-        return refuse(480);
-    };
-    if ctx.draining.load(Ordering::Relaxed)
-        || ctx.metrics.active_calls.load(Ordering::Relaxed) >= ctx.config.limits.max_calls as u64
-    {
-        return refuse(503);
-    }
-    let (Some(trunk_config), Some(channel)) =
-        (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))
-    else {
-        return refuse(503);
-    };
-    let remote = match sdp::parse_remote(&request.body, &trunk_config.codecs, false) {
-        Ok(r) => r,
-        Err(e) => {
-            // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5); trunks
-            // send offers, so this is refused rather than half-supported.
-            tracing::warn!(error = %e, "inbound offer unusable: 488");
-            return refuse(488);
-        }
-    };
-    let Ok((mut rtp, bridge, local)) = ctx.trunk_media(&trunk_config.codecs) else {
-        return refuse(503);
-    };
-    rtp.set_remote(remote);
-    let Ok((leg, offer)) = BrowserLeg::offer(
-        ctx.mux.local_addr(),
-        ctx.media_ip,
-        &ctx.dtls,
-        Instant::now(),
-    ) else {
-        return refuse(500);
-    };
-    let Some(sip_call_id) = crate::sip::message::call_id(request) else {
-        return refuse(400);
-    };
-    let dialog_rx = ctx.endpoint.register_dialog(&sip_call_id);
-    let browser_rx = ctx.mux.register(leg.ufrag());
-    let call_id = format!("c-{}", random_token());
     let from = request
         .from_header()
         .ok()
         .and_then(|f| f.typed().ok())
         .and_then(|f| f.uri.auth.map(|a| a.user))
         .unwrap_or_else(|| "anonymous".into());
+    let call_id = format!("c-{}", random_token());
+    let started_ms = unix_ms();
+    // Plugins decide before anything rings: they may refuse the call or pick another browser.
+    let info = crate::plugin::CallInfo {
+        call_id: call_id.clone(),
+        direction: crate::plugin::Direction::Inbound,
+        caller: from.clone(),
+        destination: dialled.clone(),
+        trunk: trunk.clone(),
+        number: identity,
+        caller_id: from.clone(),
+    };
+    let (decision, hooks) = decide(&ctx, info).await;
+    let setup = || -> Result<_, u16> {
+        let identity = match decision {
+            crate::plugin::Decision::Place { number, .. } => number,
+            crate::plugin::Decision::Reject {
+                sip_code,
+                reason,
+                plugin,
+            } => {
+                tracing::info!(%call_id, %plugin, sip_code, %reason, "inbound call rejected by plugin");
+                return Err(sip_code);
+            }
+        };
+        let browser = ctx
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&identity)
+            .cloned()
+            .ok_or(480u16)?;
+        if ctx.draining.load(Ordering::Relaxed)
+            || ctx.metrics.active_calls.load(Ordering::Relaxed)
+                >= ctx.config.limits.max_calls as u64
+        {
+            return Err(503);
+        }
+        let (Some(trunk_config), Some(channel)) =
+            (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))
+        else {
+            return Err(503);
+        };
+        let remote = match sdp::parse_remote(&request.body, &trunk_config.codecs, false) {
+            Ok(r) => r,
+            Err(e) => {
+                // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5);
+                // trunks send offers, so this is refused rather than half-supported.
+                tracing::warn!(error = %e, "inbound offer unusable: 488");
+                return Err(488);
+            }
+        };
+        let (mut rtp, bridge, local) = ctx.trunk_media(&trunk_config.codecs).map_err(|_| 503u16)?;
+        rtp.set_remote(remote);
+        let (leg, offer) = BrowserLeg::offer(
+            ctx.mux.local_addr(),
+            ctx.media_ip,
+            &ctx.dtls,
+            Instant::now(),
+        )
+        .map_err(|_| 500u16)?;
+        let sip_call_id = crate::sip::message::call_id(request).ok_or(400u16)?;
+        Ok((
+            browser,
+            channel,
+            remote,
+            rtp,
+            bridge,
+            local,
+            leg,
+            offer,
+            sip_call_id,
+        ))
+    };
+    let (browser, channel, remote, rtp, bridge, local, leg, offer, sip_call_id) = match setup() {
+        Ok(parts) => parts,
+        Err(code) => {
+            refuse(code);
+            if let Some(hooks) = hooks {
+                hooks.event(crate::plugin::Event::Ended(crate::plugin::CallEnd {
+                    reason: crate::call::state::failure_reason(code).into(),
+                    sip_code: code,
+                    duration_ms: 0,
+                    trunk: Some(trunk),
+                    sip_call_id: None,
+                    started_ms,
+                    answered_ms: None,
+                }));
+                hooks.finish().await;
+            }
+            return;
+        }
+    };
+    let dialog_rx = ctx.endpoint.register_dialog(&sip_call_id);
+    let browser_rx = ctx.mux.register(leg.ufrag());
     let (commands_tx, commands) = mpsc::unbounded_channel();
     let _ = browser.calls.send((call_id.clone(), commands_tx));
     let _ = browser.out.send(ServerMessage::Incoming {
@@ -654,7 +776,6 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         sdp: offer,
     });
     responder.respond(response_to(request, 180, Some(&tag)));
-    let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
     ctx.metrics.active_calls.fetch_add(1, Ordering::Relaxed);
     let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
@@ -695,7 +816,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         progress_rx,
         cancel_tx,
         browser_answered: Some(answered_tx),
-        plugins: None,
+        hooks,
     };
     drive(
         &ctx,
@@ -783,23 +904,12 @@ impl Accepting {
     }
 }
 
-/// The plugin event for a message the browser is told, if plugins care about it.
-fn plugin_event(
-    message: &ServerMessage,
-    answered_at: Option<Instant>,
-) -> Option<crate::plugin::Event> {
-    use crate::plugin::Event;
-    match message {
-        ServerMessage::Ringing { .. } => Some(Event::Ringing),
-        ServerMessage::Answered { .. } => Some(Event::Answered),
-        ServerMessage::Ended {
-            reason, sip_code, ..
-        } => Some(Event::Ended(crate::plugin::CallEnd {
-            reason: reason.clone(),
-            sip_code: *sip_code,
-            duration_ms: answered_at.map_or(0, |a| a.elapsed().as_millis() as u64),
-        })),
-        _ => None,
+/// Tells the call's plugins about DTMF digits and who pressed them.
+fn dtmf_event(hooks: &Option<crate::plugin::CallHooks>, party: crate::plugin::Party, digits: &str) {
+    if let Some(h) = hooks {
+        for d in digits.chars() {
+            h.event(crate::plugin::Event::Dtmf((party, d.to_string())));
+        }
     }
 }
 
@@ -831,6 +941,7 @@ async fn finish(
         crate::media::jitter::JitterStats,
     ),
     rtp: &crate::media::session::RtpStats,
+    hooks: Option<crate::plugin::CallHooks>,
 ) {
     ctx.metrics.active_calls.fetch_sub(1, Ordering::Relaxed);
     let (reason, code) = state.end.clone().unwrap_or_else(|| ("hangup".into(), 200));
@@ -888,6 +999,19 @@ async fn finish(
         trunk_packets_lost: rtp.lost,
         trunk_jitter_ms: rtp.jitter as f64 / 8.0,
     };
+    if let Some(hooks) = hooks {
+        hooks.event(crate::plugin::Event::Ended(crate::plugin::CallEnd {
+            reason: record.end_reason.clone(),
+            sip_code: record.sip_code,
+            duration_ms: answered_ms.map_or(0, |a| ended_ms.saturating_sub(a)),
+            trunk: record.trunk.clone(),
+            sip_call_id: record.sip_call_id.clone(),
+            started_ms,
+            answered_ms,
+        }));
+        // Plugins finish their work (a recording's file) before the call is over.
+        hooks.finish().await;
+    }
     if let Some(log) = &ctx.cdr
         && let Err(e) = log.append(&record).await
     {

@@ -121,6 +121,8 @@ struct RawPlugin {
     reject_code: Option<Spanned<u16>>,
     memory_mb: Option<u32>,
     deadline_ms: Option<u32>,
+    max_instances: Option<u32>,
+    data_dir: Option<Spanned<String>>,
 }
 
 /// What happens when a plugin traps, times out or exceeds its memory.
@@ -151,6 +153,10 @@ pub struct PluginConfig {
     pub memory_bytes: usize,
     /// Deadline per hook call.
     pub deadline: std::time::Duration,
+    /// Calls that may hold an instance of this plugin at once; beyond, the failure policy.
+    pub max_instances: u32,
+    /// The folder mounted at `/data` for a plugin whose manifest asks for one.
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -184,6 +190,8 @@ struct RawHttp {
     #[serde(default)]
     anonymous: bool,
     numbers_trunk: Option<Spanned<String>>,
+    admin_token_env: Option<Spanned<String>>,
+    admin_token_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -395,6 +403,8 @@ pub struct HttpConfig {
     pub anonymous: bool,
     /// The trunk for raw numbers (tokens with `numbers: true`); `None` refuses raw numbers.
     pub numbers_trunk: Option<String>,
+    /// Bearer token for `/admin/*`; `None` disables the admin API.
+    pub admin_token: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -405,6 +415,10 @@ impl fmt::Debug for HttpConfig {
             .field(
                 "token_secret",
                 &self.token_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
             )
             .field("anonymous", &self.anonymous)
             .field("numbers_trunk", &self.numbers_trunk)
@@ -424,6 +438,8 @@ pub struct MediaConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file this came from (reloads read it again); `None` in demo mode.
+    pub source: Option<PathBuf>,
     /// HTTP side.
     pub http: HttpConfig,
     /// UDP address for all browser media (one port, ICE mux).
@@ -454,6 +470,59 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// A secret given by environment variable or file (one of them), at least 16 bytes.
+    fn secret(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        (env_field, var): (&str, &Option<Spanned<String>>),
+        (file_field, file): (&str, &Option<Spanned<String>>),
+    ) -> Option<Vec<u8>> {
+        let value = match (var, file) {
+            (Some(var), None) => match env(var.get_ref()) {
+                Some(v) => (var.span(), env_field, v.into_bytes()),
+                None => {
+                    self.issue(var.span(), env_field, format!("environment variable `{}` is not set; export it before starting the gateway", var.get_ref()));
+                    return None;
+                }
+            },
+            (None, Some(path)) => match std::fs::read(path.get_ref()) {
+                Ok(v) => (path.span(), file_field, v.trim_ascii_end().to_vec()),
+                Err(e) => {
+                    self.issue(
+                        path.span(),
+                        file_field,
+                        format!("cannot read `{}`: {e}", path.get_ref()),
+                    );
+                    return None;
+                }
+            },
+            (Some(v), Some(_)) => {
+                let short = |f: &str| f.rsplit('.').next().unwrap_or(f).to_string();
+                self.issue(
+                    v.span(),
+                    env_field,
+                    format!(
+                        "set `{}` or `{}`, not both",
+                        short(env_field),
+                        short(file_field)
+                    ),
+                );
+                return None;
+            }
+            (None, None) => return None,
+        };
+        let (span, field, bytes) = value;
+        if bytes.len() < 16 {
+            self.issue(
+                span,
+                field,
+                "the secret must be at least 16 bytes; use 32 random bytes",
+            );
+            return None;
+        }
+        Some(bytes)
+    }
+
     fn issue(
         &mut self,
         span: std::ops::Range<usize>,
@@ -523,7 +592,9 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }],
         })?;
-        Self::parse(&text, path, &|name| std::env::var(name).ok())
+        let mut config = Self::parse(&text, path, &|name| std::env::var(name).ok())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses and validates `text`; `env` looks up environment variables (injected for tests).
@@ -608,43 +679,16 @@ impl Config {
             Some("0.0.0.0:10000"),
             parse_sock,
         );
-        let token_secret = match (&raw.http.token_secret_env, &raw.http.token_secret_file) {
-            (Some(var), None) => match env(var.get_ref()) {
-                Some(v) if v.len() >= 16 => Some(v.into_bytes()),
-                Some(_) => {
-                    c.issue(
-                        var.span(),
-                        "http.token_secret_env",
-                        "the token secret must be at least 16 bytes; use 32 random bytes",
-                    );
-                    None
-                }
-                None => {
-                    c.issue(var.span(), "http.token_secret_env", format!("environment variable `{}` is not set; export it before starting the gateway", var.get_ref()));
-                    None
-                }
-            },
-            (None, Some(file)) => match std::fs::read(file.get_ref()) {
-                Ok(v) => Some(v.trim_ascii_end().to_vec()),
-                Err(e) => {
-                    c.issue(
-                        file.span(),
-                        "http.token_secret_file",
-                        format!("cannot read `{}`: {e}", file.get_ref()),
-                    );
-                    None
-                }
-            },
-            (Some(v), Some(_)) => {
-                c.issue(
-                    v.span(),
-                    "http.token_secret_env",
-                    "set `token_secret_env` or `token_secret_file`, not both",
-                );
-                None
-            }
-            (None, None) => None,
-        };
+        let token_secret = c.secret(
+            env,
+            ("http.token_secret_env", &raw.http.token_secret_env),
+            ("http.token_secret_file", &raw.http.token_secret_file),
+        );
+        let admin_token = c.secret(
+            env,
+            ("http.admin_token_env", &raw.http.admin_token_env),
+            ("http.admin_token_file", &raw.http.admin_token_file),
+        );
         if let Some(t) = &raw.http.numbers_trunk
             && !raw.trunks.contains_key(t.get_ref())
         {
@@ -701,6 +745,15 @@ impl Config {
                 deadline: std::time::Duration::from_millis(
                     p.deadline_ms.unwrap_or(20).max(1) as u64
                 ),
+                max_instances: p.max_instances.unwrap_or(1000).max(1),
+                data_dir: p.data_dir.as_ref().map(|d| {
+                    let dir = PathBuf::from(d.get_ref());
+                    if dir.is_relative() {
+                        path_base(path).join(dir)
+                    } else {
+                        dir
+                    }
+                }),
             });
         }
         let opus_complexity = raw
@@ -897,10 +950,12 @@ impl Config {
             unreachable!("every unparsed address recorded an issue");
         };
         Ok(Config {
+            source: None,
             http: HttpConfig {
                 listen: http_listen,
                 allowed_origins: raw.http.allowed_origins,
                 token_secret,
+                admin_token,
                 anonymous: raw.http.anonymous,
                 numbers_trunk: raw.http.numbers_trunk.map(|t| t.into_inner()),
             },

@@ -135,6 +135,8 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         to: options.to.clone(),
         from_user: options.from.clone(),
         sdp_offer: sdp::offer(&local, sdp_version, Direction::SendRecv),
+        headers: Vec::new(),
+        failover: Vec::new(),
     };
 
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();

@@ -1,29 +1,37 @@
 //! The plugin host: WebAssembly components (wasmtime) that see every call and may route,
-//! reject or observe it. The interface is `plugin-sdk/wit/plugin.wit`.
+//! reject, record or observe it. The interface is `plugin-sdk/wit/plugin.wit`.
 //!
-//! Each plugin is compiled once; each call gets fresh instances from a cached `InstancePre`
-//! (one short-lived store per call per plugin), so no state leaks between calls except
-//! through the host's key-value store. Limits per plugin: memory, and a deadline per hook
-//! call enforced by epoch interruption. A trap, a timeout or a memory-limit hit discards the
-//! instance and applies the plugin's failure policy; it never takes the call or the gateway
-//! down.
+//! Each plugin is compiled once and pre-linked (`InstancePre`); each call gets fresh
+//! instances (one short-lived store per call per plugin), from the pooling allocator when the
+//! machine allows it, so no state leaks between calls except through the host's key-value
+//! store. Limits per plugin: memory, a deadline per hook call (epoch interruption) and the
+//! number of live instances. A trap, a timeout or a limit hit discards the instance and
+//! applies the plugin's failure policy; it never takes the call or the gateway down.
+//!
+//! [`PluginHost`] holds the current chain; a reload swaps in a new one for new calls while
+//! running calls finish on the chain they started with.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod calls;
+mod host;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Config, Engine, PoolingAllocationConfig, Store, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::config::{FailurePolicy, PluginConfig};
+pub use calls::{CallHooks, CallPlugins};
+use host::{Shared, Slot, State};
 
 mod bindings {
     wasmtime::component::bindgen!({ path: "../plugin-sdk/wit", world: "plugin" });
 }
 
-pub use bindings::gateway::plugin::types::{CallEnd, CallInfo, Direction, Event, Verdict};
-use bindings::gateway::plugin::{host, types};
+pub use bindings::gateway::plugin::types::{
+    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Verdict,
+};
 
 /// Epoch ticks per millisecond of hook deadline.
 const TICK: Duration = Duration::from_millis(1);
@@ -31,7 +39,7 @@ const TICK: Duration = Duration::from_millis(1);
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
-    /// The file is missing or not a component.
+    /// The file is missing or not a component of this interface.
     #[error("plugin `{name}`: cannot load {path}: {reason}")]
     Load {
         /// Plugin name.
@@ -41,7 +49,7 @@ pub enum PluginError {
         /// What went wrong.
         reason: String,
     },
-    /// `init` refused the configuration.
+    /// `init` refused the configuration, or the manifest asks for what is not configured.
     #[error("plugin `{name}` refused its configuration: {reason}")]
     Init {
         /// Plugin name.
@@ -54,123 +62,18 @@ pub enum PluginError {
     Engine(String),
 }
 
-/// A key-value store shared by one plugin's instances, with expiry.
-#[derive(Debug, Default)]
-struct Kv {
-    entries: Mutex<HashMap<String, (String, Option<Instant>)>>,
-}
-
-impl Kv {
-    fn get(&self, key: &str) -> Option<String> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
-            Some((_, Some(expiry))) if *expiry <= Instant::now() => {
-                entries.remove(key);
-                None
-            }
-            Some((value, _)) => Some(value.clone()),
-            None => None,
-        }
-    }
-
-    fn set(&self, key: String, value: String, ttl: Option<u32>) {
-        let expiry = ttl.map(|s| Instant::now() + Duration::from_secs(s as u64));
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (value, expiry));
-    }
-}
-
-/// Per-store state: WASI with nothing granted, the limits, and this plugin's shared parts.
-struct State {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    limits: StoreLimits,
-    plugin: Arc<Shared>,
-}
-
-/// What all instances of one plugin share.
-#[derive(Debug)]
-struct Shared {
-    name: String,
-    kv: Kv,
-    counters: Mutex<BTreeMap<String, u64>>,
-}
-
-impl WasiView for State {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl types::Host for State {}
-
-impl host::Host for State {
-    fn log(&mut self, level: host::Level, message: String) {
-        let plugin = &self.plugin.name;
-        // Plugins are not trusted: their text is cut and logged as data.
-        let message: String = message.chars().take(1000).collect();
-        match level {
-            host::Level::Debug => tracing::debug!(%plugin, %message, "plugin"),
-            host::Level::Info => tracing::info!(%plugin, %message, "plugin"),
-            host::Level::Warn => tracing::warn!(%plugin, %message, "plugin"),
-            host::Level::Error => tracing::error!(%plugin, %message, "plugin"),
-        }
-    }
-
-    fn counter(&mut self, name: String, delta: u64) {
-        let mut counters = self
-            .plugin
-            .counters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if counters.len() < 100 || counters.contains_key(&name) {
-            *counters.entry(name).or_default() += delta;
-        }
-    }
-
-    fn kv_get(&mut self, key: String) -> Option<String> {
-        self.plugin.kv.get(&key)
-    }
-
-    fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
-        self.plugin.kv.set(key, value, ttl_seconds);
-    }
-
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
-        let current: i64 = self
-            .plugin
-            .kv
-            .get(&key)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let next = current.saturating_add(delta);
-        self.plugin.kv.set(key, next.to_string(), ttl_seconds);
-        next
-    }
-
-    fn now_seconds(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
 struct Loaded {
     config: PluginConfig,
+    manifest: Manifest,
     pre: bindings::PluginPre<State>,
     shared: Arc<Shared>,
 }
 
-/// The configured plugins, in order.
+/// The configured plugins, in order, compiled for one engine.
 pub struct PluginChain {
     engine: Engine,
     plugins: Vec<Loaded>,
+    pooling: bool,
 }
 
 impl std::fmt::Debug for PluginChain {
@@ -188,13 +91,15 @@ pub enum Decision {
     Place {
         /// Trunk.
         trunk: String,
-        /// Number.
+        /// Trunks to try after it; empty keeps the trunk's configured failover.
+        failover: Vec<String>,
+        /// Number (outbound) or browser identity (inbound).
         number: String,
         /// Caller ID.
         caller_id: String,
         /// Extra `X-` headers.
         headers: Vec<(String, String)>,
-        /// Recording requested.
+        /// Audio requested for the plugins that asked for it.
         record: bool,
     },
     /// Refuse the call.
@@ -208,24 +113,69 @@ pub enum Decision {
     },
 }
 
-/// The plugin instances of one call, kept for its later events and dropped at its end.
-#[derive(Default)]
-pub struct CallPlugins {
-    instances: Vec<(usize, Store<State>, bindings::Plugin)>,
-}
-
-impl std::fmt::Debug for CallPlugins {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CallPlugins({})", self.instances.len())
+fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    if pooling {
+        // Slots for every instance the limits allow, plus one per plugin for loading.
+        let instances: u32 = configs
+            .iter()
+            .map(|c| c.max_instances.saturating_add(1))
+            .fold(0u32, u32::saturating_add)
+            .clamp(1, 20_000);
+        let max_memory = configs
+            .iter()
+            .map(|c| c.memory_bytes)
+            .max()
+            .unwrap_or(1 << 24);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .max_memory_size(max_memory)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            // Components built from other languages (a JavaScript engine, say) have large
+            // function tables.
+            .table_elements(100_000);
+        config.allocation_strategy(pool);
+        // Reserve only the largest allowed memory per slot (bounds checks stay in the code)
+        // instead of 4 GiB each, so thousands of slots fit the address space.
+        config.memory_reservation(max_memory as u64);
+        config.memory_guard_size(64 * 1024);
     }
+    Engine::new(&config)
 }
 
 impl PluginChain {
-    /// Compiles every plugin and runs its `init` once, refusing plugins that fail.
-    pub fn load(configs: &[PluginConfig]) -> Result<PluginChain, PluginError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+    /// Compiles every plugin, reads its manifest and runs its `init` once, refusing plugins
+    /// that fail. Uses the pooling allocator, or on-demand allocation if the pool cannot be
+    /// set up here (restricted address space, say). Plugins also in `previous` keep their
+    /// key-value store and counters.
+    pub fn load(
+        configs: &[PluginConfig],
+        previous: Option<&PluginChain>,
+    ) -> Result<PluginChain, PluginError> {
+        match Self::load_with(configs, previous, true) {
+            Ok(chain) => Ok(chain),
+            // The plugin itself refused: the allocator is not the problem.
+            Err(e @ PluginError::Init { .. }) => Err(e),
+            Err(pool_error) => {
+                let chain = Self::load_with(configs, previous, false)?;
+                tracing::warn!(error = %pool_error, "pooling allocator unavailable; plugin instances are allocated on demand");
+                Ok(chain)
+            }
+        }
+    }
+
+    fn load_with(
+        configs: &[PluginConfig],
+        previous: Option<&PluginChain>,
+        pooling: bool,
+    ) -> Result<PluginChain, PluginError> {
+        let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let ticker = engine.weak();
         // The hook deadline's clock: one epoch per millisecond while the engine lives.
         std::thread::Builder::new()
@@ -250,48 +200,81 @@ impl PluginChain {
                 path: c.path.display().to_string(),
                 reason,
             };
+            let init_err = |reason: String| PluginError::Init {
+                name: c.name.clone(),
+                reason,
+            };
             let component =
                 Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .map_err(|e| load_err(format!("{e:#}")))?;
+            let pre = linker.instantiate_pre(&component).map_err(|e| {
+                load_err(format!(
+                    "{e:#} (is it built against plugin-sdk/wit, package gateway:plugin@0.2.0?)"
+                ))
+            })?;
             let pre = bindings::PluginPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
-            let shared = Arc::new(Shared {
-                name: c.name.clone(),
-                kv: Kv::default(),
-                counters: Mutex::default(),
-            });
-            let loaded = Loaded {
+            let shared = previous
+                .and_then(|p| p.plugins.iter().find(|l| l.config.name == c.name))
+                .map(|l| l.shared.clone())
+                .unwrap_or_else(|| Arc::new(Shared::new(&c.name)));
+            let mut loaded = Loaded {
                 config: c.clone(),
+                manifest: Manifest {
+                    audio: false,
+                    data_dir: false,
+                },
                 pre,
                 shared,
             };
             let (mut store, plugin) = loaded
-                .instantiate(&engine)
+                .instantiate(&engine, None)
+                .map_err(|e| load_err(format!("{e:#}")))?;
+            loaded.manifest = plugin
+                .call_manifest(&mut store)
+                .map_err(|e| init_err(format!("manifest trapped: {e:#}")))?;
+            match (&loaded.manifest.data_dir, &c.data_dir) {
+                (true, None) => {
+                    return Err(init_err(format!(
+                        "it asks for a data directory: set `data_dir` in its [[plugins]] entry (a folder only `{}` uses)",
+                        c.name
+                    )));
+                }
+                (true, Some(dir)) => std::fs::create_dir_all(dir).map_err(|e| {
+                    init_err(format!(
+                        "data_dir `{}` cannot be created: {e}",
+                        dir.display()
+                    ))
+                })?,
+                (false, Some(_)) => {
+                    tracing::warn!(plugin = %c.name, "data_dir is set but the plugin does not ask for one; not granted");
+                }
+                (false, None) => {}
+            }
+            // The data directory is granted from here on (the manifest was read without it).
+            let (mut store, plugin) = loaded
+                .instantiate(&engine, None)
                 .map_err(|e| load_err(format!("{e:#}")))?;
             match plugin.call_init(&mut store, &c.config_json) {
                 Ok(Ok(())) => {}
-                Ok(Err(reason)) => {
-                    return Err(PluginError::Init {
-                        name: c.name.clone(),
-                        reason,
-                    });
-                }
-                Err(e) => {
-                    return Err(PluginError::Init {
-                        name: c.name.clone(),
-                        reason: format!("trapped: {e:#}"),
-                    });
-                }
+                Ok(Err(reason)) => return Err(init_err(reason)),
+                Err(e) => return Err(init_err(format!("trapped: {e:#}"))),
             }
             plugins.push(loaded);
         }
-        Ok(PluginChain { engine, plugins })
+        Ok(PluginChain {
+            engine,
+            plugins,
+            pooling,
+        })
     }
 
     /// True when no plugin is configured.
     pub fn is_empty(&self) -> bool {
         self.plugins.is_empty()
+    }
+
+    /// Whether instances come from the pooling allocator.
+    pub fn pooling(&self) -> bool {
+        self.pooling
     }
 
     /// Counters plugins reported through the host, by plugin and name.
@@ -314,18 +297,22 @@ impl PluginChain {
     /// Runs the call-start hooks in order. A `reject` stops the chain; a `route` rewrites
     /// what the next plugins see. Returns the decision and the instances for later events.
     pub fn start_call(&self, mut call: CallInfo) -> (Decision, CallPlugins) {
-        let mut instances = Vec::new();
+        let mut instances = CallPlugins::default();
         let mut headers = Vec::new();
+        let mut failover = Vec::new();
         let mut record = false;
         for (index, loaded) in self.plugins.iter().enumerate() {
-            let result = loaded
-                .instantiate(&self.engine)
+            let result = Slot::take(&loaded.shared, loaded.config.max_instances)
+                .ok_or_else(|| {
+                    wasmtime::Error::msg(format!(
+                        "instance limit: {} calls hold one already (max_instances)",
+                        loaded.config.max_instances
+                    ))
+                })
+                .and_then(|slot| loaded.instantiate(&self.engine, Some(slot)))
                 .and_then(|(mut store, plugin)| {
-                    match plugin.call_init(&mut store, &loaded.config.config_json)? {
-                        Ok(()) => {}
-                        Err(reason) => {
-                            return Err(wasmtime::Error::msg(format!("init refused: {reason}")));
-                        }
+                    if let Err(reason) = plugin.call_init(&mut store, &loaded.config.config_json)? {
+                        return Err(wasmtime::Error::msg(format!("init refused: {reason}")));
                     }
                     store.set_epoch_deadline(loaded.deadline_ticks());
                     let verdict = plugin.call_on_call_start(&mut store, &call)?;
@@ -333,12 +320,12 @@ impl PluginChain {
                 });
             let verdict = match result {
                 Ok((store, plugin, verdict)) => {
-                    instances.push((index, store, plugin));
+                    instances.push(index, store, plugin);
                     verdict
                 }
                 Err(e) => {
                     tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed at call start");
-                    loaded.count_failure();
+                    loaded.shared.count("failures", 1);
                     match loaded.config.policy {
                         FailurePolicy::FailOpen => Verdict::Continue,
                         FailurePolicy::FailClosed => {
@@ -348,7 +335,7 @@ impl PluginChain {
                                     reason: format!("plugin `{}` failed", loaded.config.name),
                                     plugin: loaded.config.name.clone(),
                                 },
-                                CallPlugins { instances },
+                                instances,
                             );
                         }
                     }
@@ -363,18 +350,20 @@ impl PluginChain {
                     } else {
                         403
                     };
+                    let reason: String = r.reason.chars().take(200).collect();
                     return (
                         Decision::Reject {
                             sip_code,
-                            reason: r.reason,
+                            reason,
                             plugin: loaded.config.name.clone(),
                         },
-                        CallPlugins { instances },
+                        instances,
                     );
                 }
                 Verdict::Route(route) => {
                     if let Some(t) = route.trunk {
                         call.trunk = t;
+                        failover = route.failover;
                     }
                     if let Some(n) = route.number {
                         call.number = n;
@@ -382,12 +371,13 @@ impl PluginChain {
                     if let Some(c) = route.caller_id {
                         call.caller_id = c;
                     }
-                    headers.extend(
-                        route
-                            .headers
-                            .into_iter()
-                            .filter(|(name, _)| name.to_ascii_lowercase().starts_with("x-")),
-                    );
+                    headers.extend(route.headers.into_iter().filter(|(name, value)| {
+                        // X- headers only, and nothing that could break the message.
+                        name.len() > 2
+                            && name[..2].eq_ignore_ascii_case("x-")
+                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            && !value.bytes().any(|b| b == b'\r' || b == b'\n')
+                    }));
                     record |= route.record_audio;
                 }
             }
@@ -395,47 +385,43 @@ impl PluginChain {
         (
             Decision::Place {
                 trunk: call.trunk,
+                failover,
                 number: call.number,
                 caller_id: call.caller_id,
                 headers,
                 record,
             },
-            CallPlugins { instances },
+            instances,
         )
-    }
-
-    /// Passes a later event of a call to the plugins that saw its start. A failing plugin is
-    /// dropped from the call (events are informational: nothing to fail closed on).
-    pub fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
-        call.instances.retain_mut(|(index, store, plugin)| {
-            let loaded = &self.plugins[*index];
-            store.set_epoch_deadline(loaded.deadline_ticks());
-            match plugin.call_on_event(&mut *store, call_id, event) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on an event; dropped for this call");
-                    loaded.count_failure();
-                    false
-                }
-            }
-        });
     }
 }
 
 impl Loaded {
-    fn instantiate(&self, engine: &Engine) -> wasmtime::Result<(Store<State>, bindings::Plugin)> {
+    fn instantiate(
+        &self,
+        engine: &Engine,
+        slot: Option<Slot>,
+    ) -> wasmtime::Result<(Store<State>, bindings::Plugin)> {
+        // No environment, no arguments, no network, no clock beyond WASI's, and no files but
+        // the data directory the manifest asked for.
+        let mut wasi = WasiCtx::builder();
+        if self.manifest.data_dir
+            && let Some(dir) = &self.config.data_dir
+        {
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadWrite)?;
+        }
         let state = State {
-            // No environment, no arguments, no preopened directories, no network: nothing.
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.config.memory_bytes)
-                .instances(4)
+                .instances(16)
                 .tables(20)
                 .memories(4)
                 .trap_on_grow_failure(true)
                 .build(),
             plugin: self.shared.clone(),
+            _slot: slot,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -447,14 +433,46 @@ impl Loaded {
     fn deadline_ticks(&self) -> u64 {
         (self.config.deadline.as_millis() as u64 / TICK.as_millis() as u64).max(1)
     }
+}
 
-    fn count_failure(&self) {
-        *self
-            .shared
-            .counters
-            .lock()
+/// The current plugin chain of a running gateway, replaceable while calls run.
+#[derive(Debug)]
+pub struct PluginHost {
+    current: RwLock<Arc<PluginChain>>,
+    /// One reload at a time, so the later request's plugins are the ones that stay.
+    reloading: std::sync::Mutex<()>,
+}
+
+impl PluginHost {
+    /// Starts with `chain`.
+    pub fn new(chain: PluginChain) -> PluginHost {
+        PluginHost {
+            current: RwLock::new(Arc::new(chain)),
+            reloading: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The chain new calls use; a call keeps the one it started with to its end.
+    pub fn current(&self) -> Arc<PluginChain> {
+        self.current
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .entry("failures".into())
-            .or_default() += 1;
+            .clone()
+    }
+
+    /// Loads `configs` and, if every plugin loads, makes them the chain for new calls.
+    /// Blocking (compiles wasm): call it from the blocking pool. On error the running chain
+    /// stays. Returns the names now loaded.
+    pub fn reload(&self, configs: &[PluginConfig]) -> Result<Vec<String>, PluginError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.current();
+        let chain = PluginChain::load(configs, Some(&previous))?;
+        let names = chain
+            .plugins
+            .iter()
+            .map(|p| p.config.name.clone())
+            .collect();
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(chain);
+        Ok(names)
     }
 }

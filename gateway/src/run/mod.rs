@@ -92,12 +92,16 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     // Loading runs each plugin's init, wasm that may write through WASI's blocking stdio:
     // it belongs on the blocking pool.
     let plugin_configs = config.plugins.clone();
-    let plugins =
-        tokio::task::spawn_blocking(move || crate::plugin::PluginChain::load(&plugin_configs))
-            .await
-            .map_err(|e| format!("plugin loading failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-    let plugins = Arc::new(plugins);
+    let plugins = tokio::task::spawn_blocking(move || {
+        crate::plugin::PluginChain::load(&plugin_configs, None)
+    })
+    .await
+    .map_err(|e| format!("plugin loading failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    if !plugins.is_empty() {
+        tracing::info!(plugins = ?plugins, pooling = plugins.pooling(), "plugins loaded");
+    }
+    let plugins = crate::plugin::PluginHost::new(plugins);
     let calls = Arc::new(CallContext {
         config: config.clone(),
         endpoint: endpoint.clone(),
@@ -136,6 +140,33 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         calls,
         http_addr,
     })
+}
+
+/// Reads the configuration file again and replaces the plugin chain for new calls; running
+/// calls finish on the chain they started with. On any error (the file, a plugin that does
+/// not load or refuses its configuration) the running chain stays. Returns the plugins now
+/// loaded. Only `[[plugins]]` is applied; other changes need a restart.
+pub async fn reload_plugins(calls: &Arc<CallContext>) -> Result<Vec<String>, String> {
+    let Some(path) = calls.config.source.clone() else {
+        return Err(
+            "the gateway runs without a configuration file (demo mode): nothing to reload".into(),
+        );
+    };
+    let calls = calls.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let config = Config::load(&path).map_err(|e| e.to_string())?;
+        calls
+            .plugins
+            .reload(&config.plugins)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("plugin reload failed: {e}"))?;
+    match &result {
+        Ok(names) => tracing::info!(plugins = ?names, "plugins reloaded"),
+        Err(e) => tracing::warn!(error = %e, "plugin reload refused; the running plugins stay"),
+    }
+    result
 }
 
 /// The IP addresses of every trunk, resolved once at start-up: only these may send calls in.

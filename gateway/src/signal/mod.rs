@@ -1,5 +1,5 @@
-//! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz` and `/metrics`. Knows no
-//! SIP: calls are handed to [`crate::call`].
+//! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics` and the admin
+//! API (`POST /admin/plugins/reload`). Knows no SIP: calls are handed to [`crate::call`].
 
 pub mod protocol;
 pub mod token;
@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -29,7 +29,44 @@ pub fn router(ctx: Arc<CallContext>) -> Router {
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/admin/plugins/reload", post(reload_plugins))
         .with_state(ctx)
+}
+
+/// `POST /admin/plugins/reload` with `Authorization: Bearer <http.admin_token>`: new calls
+/// use the plugins as the configuration file now lists them; running calls keep theirs.
+async fn reload_plugins(headers: HeaderMap, State(ctx): State<Arc<CallContext>>) -> Response {
+    let Some(expected) = &ctx.config.http.admin_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            "the admin API is off: set http.admin_token_env or http.admin_token_file\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !token::constant_time_eq(given.as_bytes(), expected) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <admin token>`\n",
+        )
+            .into_response();
+    }
+    match crate::run::reload_plugins(&ctx).await {
+        Ok(names) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "reloaded": names })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(serde_json::json!({ "error": e, "running": "unchanged" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
@@ -145,7 +182,7 @@ async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         ));
     }
     text.push_str("# HELP gateway_plugin_counter Counters plugins keep through the host.\n# TYPE gateway_plugin_counter counter\n");
-    for (plugin, name, value) in ctx.plugins.counters() {
+    for (plugin, name, value) in ctx.plugins.current().counters() {
         // Names come from plugins: keep them to what a label value may hold.
         let clean = |v: &str| {
             v.chars()

@@ -89,6 +89,11 @@ pub fn verify(token: &str, secret: &[u8], now: u64) -> Result<Claims, TokenError
     Ok(claims)
 }
 
+/// Compares secrets in time that depends on their length only, not on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

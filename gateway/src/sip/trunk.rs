@@ -243,6 +243,10 @@ pub struct CallRequest {
     pub from_user: Option<String>,
     /// Our SDP offer.
     pub sdp_offer: String,
+    /// Extra headers for the INVITE (plugins' `X-` headers, already checked).
+    pub headers: Vec<(String, String)>,
+    /// Trunks to try after the first, in order; empty follows the trunk's `failover`.
+    pub failover: Vec<String>,
 }
 
 /// An answered call on a trunk.
@@ -301,7 +305,18 @@ pub async fn place_call(
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<TrunkCall, CallFailure> {
     let mut last = CallFailure::NoTrunk(format!("trunk `{first_trunk}` is not configured"));
-    for trunk_name in trunks.chain(first_trunk) {
+    let order = if request.failover.is_empty() {
+        trunks.chain(first_trunk)
+    } else {
+        let mut order = vec![first_trunk.to_string()];
+        for t in &request.failover {
+            if !order.contains(t) {
+                order.push(t.clone());
+            }
+        }
+        order
+    };
+    for trunk_name in order {
         let Some(trunk) = trunks.config(&trunk_name) else {
             continue;
         };
@@ -419,6 +434,9 @@ fn build_invite(
     )));
     for a in auth {
         headers.push(a);
+    }
+    for (name, value) in &request.headers {
+        headers.push(Header::Other(name.clone(), value.clone()));
     }
     Request {
         method: Method::Invite,

@@ -1,38 +1,49 @@
 //! A plugin that misbehaves on purpose, so the tests can show the host contains it. Its
-//! configuration is one word, the mode: `loop` (never returns), `trap` (panics), `memory`
-//! (allocates until refused), `escape` (tries to read /etc/passwd), `reject` (a well-behaved
-//! 403), or `continue`.
+//! configuration names the mode: `{"mode": "loop"}` (never returns), `trap` (panics),
+//! `memory` (allocates until refused), `escape` (tries to read host files: `/etc/passwd`,
+//! and `../` out of its data directory), `reject` (a well-behaved 403), or `continue`.
+//! With `"when_to": "bad"` it misbehaves only on calls to that destination, so tests can run
+//! a normal call beside a poisoned one.
 
-// The generated bindings have as many parameters as the WIT functions.
-#![allow(clippy::too_many_arguments)]
+use gateway_plugin_sdk::{CallInfo, Manifest, Plugin, Reject, Verdict, export_plugin};
 
-wit_bindgen::generate!({ path: "../../plugin-sdk/wit", world: "plugin" });
+/// The plugin; the mode is its whole state.
+pub struct Hostile {
+    mode: String,
+    when_to: Option<String>,
+}
 
-use std::sync::OnceLock;
-
-use gateway::plugin::types::Reject;
-
-static MODE: OnceLock<String> = OnceLock::new();
-
-struct Hostile;
-
-impl Guest for Hostile {
-    fn init(config: String) -> Result<(), String> {
-        let mode = config
-            .trim()
-            .trim_matches(|c| c == '{' || c == '}')
-            .split(':')
-            .nth(1)
-            .unwrap_or("\"continue\"")
-            .trim()
-            .trim_matches('"')
-            .to_string();
-        let _ = MODE.set(mode);
-        Ok(())
+impl Plugin for Hostile {
+    fn manifest() -> Manifest {
+        // Asks for a data directory so the escape mode can try to climb out of it.
+        Manifest {
+            audio: false,
+            data_dir: true,
+        }
     }
 
-    fn on_call_start(_call: CallInfo) -> Verdict {
-        match MODE.get().map(String::as_str).unwrap_or("continue") {
+    fn init(config: &str) -> Result<Self, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(config).map_err(|e| format!("hostile config: {e}"))?;
+        Ok(Hostile {
+            mode: v
+                .get("mode")
+                .and_then(|m| m.as_str())
+                .unwrap_or("continue")
+                .to_string(),
+            when_to: v.get("when_to").and_then(|w| w.as_str()).map(str::to_owned),
+        })
+    }
+
+    fn on_call_start(&mut self, call: &CallInfo) -> Verdict {
+        if self
+            .when_to
+            .as_ref()
+            .is_some_and(|to| *to != call.destination)
+        {
+            return Verdict::Continue;
+        }
+        match self.mode.as_str() {
             "loop" => {
                 let mut n: u64 = 0;
                 loop {
@@ -47,13 +58,21 @@ impl Guest for Hostile {
                     std::hint::black_box(&hoard);
                 }
             }
-            "escape" => match std::fs::read_to_string("/etc/passwd") {
-                Ok(_) => Verdict::Reject(Reject {
-                    sip_code: 599,
-                    reason: "escaped the sandbox".into(),
-                }),
-                Err(_) => Verdict::Continue,
-            },
+            "escape" => {
+                let data = gateway_plugin_sdk::data_dir();
+                let attempts = [
+                    std::path::PathBuf::from("/etc/passwd"),
+                    data.join("../../../../etc/passwd"),
+                    data.join("..").join("..").join("etc").join("hostname"),
+                ];
+                match attempts.iter().find(|p| std::fs::read(p).is_ok()) {
+                    Some(p) => Verdict::Reject(Reject {
+                        sip_code: 599,
+                        reason: format!("escaped the sandbox: read {}", p.display()),
+                    }),
+                    None => Verdict::Continue,
+                }
+            }
             "reject" => Verdict::Reject(Reject {
                 sip_code: 403,
                 reason: "blocked by policy".into(),
@@ -61,8 +80,6 @@ impl Guest for Hostile {
             _ => Verdict::Continue,
         }
     }
-
-    fn on_event(_call_id: String, _event: Event) {}
 }
 
-export!(Hostile);
+export_plugin!(Hostile);

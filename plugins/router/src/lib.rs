@@ -5,19 +5,35 @@
 //! Configuration (JSON):
 //! ```json
 //! { "country_code": "49", "national_prefix": "0", "international_prefix": "00",
-//!   "routes": [ { "prefix": "+4930", "trunk": "berlin" }, { "prefix": "+49", "trunk": "de" } ],
+//!   "routes": [ { "prefix": "+4930", "trunks": ["berlin", "de"], "caller_id": "+4930999" },
+//!               { "prefix": "+49", "trunk": "de" } ],
 //!   "caller_id": "+4930123456" }
 //! ```
+//! A route names one `trunk` or a failover order of `trunks` (tried in order on timeout,
+//! 408 or 5xx), and may set the caller ID for calls it matches; the top-level `caller_id`
+//! applies to the others.
 
-// The generated bindings have as many parameters as the WIT functions.
-#![allow(clippy::too_many_arguments)]
+use gateway_plugin_sdk::{CallInfo, Level, Plugin, Verdict, export_plugin, host};
 
-wit_bindgen::generate!({ path: "../../plugin-sdk/wit", world: "plugin" });
+/// One prefix's destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRule {
+    prefix: String,
+    /// In failover order.
+    trunks: Vec<String>,
+    caller_id: Option<String>,
+}
 
-use std::sync::OnceLock;
-
-use gateway::plugin::host::{Level, counter, log};
-use gateway::plugin::types::Route;
+/// Where a number goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// E.164.
+    pub number: String,
+    /// Trunks in failover order; empty keeps the configured trunk.
+    pub trunks: Vec<String>,
+    /// Caller ID to send, if a rule sets one.
+    pub caller_id: Option<String>,
+}
 
 /// The parsed configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +41,8 @@ pub struct Rules {
     country_code: String,
     national_prefix: String,
     international_prefix: String,
-    /// `(prefix, trunk)`, longest prefix first.
-    routes: Vec<(String, String)>,
+    /// Longest prefix first.
+    routes: Vec<RouteRule>,
     caller_id: Option<String>,
 }
 
@@ -59,18 +75,47 @@ impl Rules {
                 .get("prefix")
                 .and_then(|p| p.as_str())
                 .ok_or(format!("router config: routes[{i}].prefix is missing"))?;
-            let trunk = r
-                .get("trunk")
-                .and_then(|t| t.as_str())
-                .ok_or(format!("router config: routes[{i}].trunk is missing"))?;
+            let trunks: Vec<String> = match (r.get("trunk"), r.get("trunks")) {
+                (Some(serde_json::Value::String(t)), None) => vec![t.clone()],
+                (None, Some(serde_json::Value::Array(list))) if !list.is_empty() => list
+                    .iter()
+                    .map(|t| t.as_str().map(str::to_owned))
+                    .collect::<Option<_>>()
+                    .ok_or(format!(
+                        "router config: routes[{i}].trunks must be a list of trunk names"
+                    ))?,
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "router config: routes[{i}] has both `trunk` and `trunks`; keep one"
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "router config: routes[{i}].trunk is missing (or give `trunks`, a list)"
+                    ));
+                }
+            };
             if !prefix.starts_with('+') {
                 return Err(format!(
                     "router config: routes[{i}].prefix `{prefix}` must be E.164, starting with +"
                 ));
             }
-            routes.push((prefix.to_string(), trunk.to_string()));
+            let caller_id = match r.get("caller_id") {
+                None => None,
+                Some(serde_json::Value::String(c)) => Some(c.clone()),
+                Some(_) => {
+                    return Err(format!(
+                        "router config: routes[{i}].caller_id must be a string"
+                    ));
+                }
+            };
+            routes.push(RouteRule {
+                prefix: prefix.to_string(),
+                trunks,
+                caller_id,
+            });
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Rules {
             country_code: text("country_code", "")?,
             national_prefix: text("national_prefix", "0")?,
@@ -110,65 +155,67 @@ impl Rules {
         (e164.len() > 3 && e164[1..].chars().all(|c| c.is_ascii_digit())).then_some(e164)
     }
 
-    /// The verdict for a call.
-    pub fn decide(&self, number: &str) -> Option<(String, Option<String>)> {
+    /// Where a dialled number goes, or `None` if it is not a phone number.
+    pub fn decide(&self, number: &str) -> Option<Decision> {
         let e164 = self.normalise(number)?;
-        let trunk = self
+        let rule = self
             .routes
             .iter()
-            .find(|(prefix, _)| e164.starts_with(prefix.as_str()))
-            .map(|(_, t)| t.clone());
-        Some((e164, trunk))
+            .find(|r| e164.starts_with(r.prefix.as_str()));
+        Some(Decision {
+            number: e164,
+            trunks: rule.map(|r| r.trunks.clone()).unwrap_or_default(),
+            caller_id: rule
+                .and_then(|r| r.caller_id.clone())
+                .or_else(|| self.caller_id.clone()),
+        })
     }
 }
 
-static RULES: OnceLock<Rules> = OnceLock::new();
+/// The plugin: one per call, holding the parsed rules.
+pub struct Router {
+    rules: Rules,
+}
 
-struct Router;
-
-impl Guest for Router {
-    fn init(config: String) -> Result<(), String> {
-        let rules = Rules::parse(&config)?;
-        let _ = RULES.set(rules);
-        Ok(())
+impl Plugin for Router {
+    fn init(config: &str) -> Result<Self, String> {
+        Ok(Router {
+            rules: Rules::parse(config)?,
+        })
     }
 
-    fn on_call_start(call: CallInfo) -> Verdict {
-        let Some(rules) = RULES.get() else {
+    fn on_call_start(&mut self, call: &CallInfo) -> Verdict {
+        if call.direction != gateway_plugin_sdk::Direction::Outbound {
+            return Verdict::Continue;
+        }
+        // Not a phone number (a SIP user name, say): leave it to the next plugin.
+        let Some(decision) = self.rules.decide(&call.number) else {
             return Verdict::Continue;
         };
-        match rules.decide(&call.number) {
-            Some((number, trunk)) => {
-                log(
-                    Level::Debug,
-                    &format!(
-                        "{} -> {number} via {}",
-                        call.number,
-                        trunk.as_deref().unwrap_or(&call.trunk)
-                    ),
-                );
-                counter("routed", 1);
-                Verdict::Route(Route {
-                    trunk,
-                    number: Some(number),
-                    caller_id: rules.caller_id.clone(),
-                    headers: vec![],
-                    record_audio: false,
-                })
-            }
-            // Not a phone number (a SIP user name, say): leave it to the next plugin.
-            None => Verdict::Continue,
-        }
+        host::log(
+            Level::Debug,
+            &format!(
+                "{} -> {} via {:?}",
+                call.number, decision.number, decision.trunks
+            ),
+        );
+        host::counter("routed", 1);
+        let mut trunks = decision.trunks.into_iter();
+        let mut route = gateway_plugin_sdk::route();
+        route.trunk = trunks.next();
+        route.failover = trunks.collect();
+        route.number = Some(decision.number);
+        route.caller_id = decision.caller_id;
+        Verdict::Route(route)
     }
-
-    fn on_event(_call_id: String, _event: Event) {}
 }
 
-export!(Router);
+export_plugin!(Router);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_plugin_sdk::mock;
 
     fn rules() -> Rules {
         Rules::parse(r#"{"country_code":"49","routes":[{"prefix":"+49","trunk":"de"},{"prefix":"+4930","trunk":"berlin"},{"prefix":"+1","trunk":"us"}]}"#).unwrap()
@@ -186,15 +233,42 @@ mod tests {
     #[test]
     fn the_longest_prefix_wins() {
         let r = rules();
+        let d = r.decide("0301234").unwrap();
         assert_eq!(
-            r.decide("0301234"),
-            Some(("+49301234".into(), Some("berlin".into())))
+            (d.number.as_str(), d.trunks),
+            ("+49301234", vec!["berlin".to_string()])
         );
+        let d = r.decide("089123").unwrap();
         assert_eq!(
-            r.decide("089123"),
-            Some(("+4989123".into(), Some("de".into())))
+            (d.number.as_str(), d.trunks),
+            ("+4989123", vec!["de".to_string()])
         );
-        assert_eq!(r.decide("+44 20 1234"), Some(("+44201234".into(), None)));
+        let d = r.decide("+44 20 1234").unwrap();
+        assert_eq!((d.number.as_str(), d.trunks), ("+44201234", vec![]));
+    }
+
+    #[test]
+    fn a_route_gives_failover_order_and_caller_id() {
+        let mut router = Router::init(
+            r#"{"caller_id":"+4930100","routes":[{"prefix":"+1","trunks":["us-a","us-b"],"caller_id":"+15550000"},{"prefix":"+49","trunk":"de"}]}"#,
+        )
+        .unwrap();
+        let Verdict::Route(r) = router.on_call_start(&mock::call("alice", "+1 555 0100")) else {
+            panic!("expected a route");
+        };
+        assert_eq!(r.trunk.as_deref(), Some("us-a"));
+        assert_eq!(r.failover, vec!["us-b".to_string()]);
+        assert_eq!(r.number.as_deref(), Some("+15550100"));
+        assert_eq!(r.caller_id.as_deref(), Some("+15550000"));
+        let Verdict::Route(r) = router.on_call_start(&mock::call("alice", "+49 89 1")) else {
+            panic!("expected a route");
+        };
+        assert_eq!(r.caller_id.as_deref(), Some("+4930100"));
+        assert!(matches!(
+            router.on_call_start(&mock::call("alice", "sales")),
+            Verdict::Continue
+        ));
+        assert_eq!(mock::counter("routed"), 2);
     }
 
     #[test]

@@ -85,6 +85,7 @@ async fn main() -> std::process::ExitCode {
         answer_as: None,
         dtmf_message: None,
         hold_after: None,
+        dtmf_later: Vec::new(),
     };
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks = Vec::new();

@@ -1,0 +1,209 @@
+//! One call's plugin instances, and the task that feeds them the call's events and audio in
+//! order without ever making the call's media loop wait.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::mpsc;
+use wasmtime::Store;
+
+use super::bindings;
+use super::host::State;
+use super::{AudioFrame, Event, PluginChain};
+
+/// Audio frames that may wait for a slow plugin (1 s); more are dropped and counted.
+const AUDIO_BACKLOG: usize = 50;
+
+/// The plugin instances of one call, kept for its later events and dropped at its end.
+#[derive(Default)]
+pub struct CallPlugins {
+    instances: Vec<(usize, Store<State>, bindings::Plugin)>,
+}
+
+impl std::fmt::Debug for CallPlugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CallPlugins({})", self.instances.len())
+    }
+}
+
+impl CallPlugins {
+    pub(super) fn push(&mut self, index: usize, store: Store<State>, plugin: bindings::Plugin) {
+        self.instances.push((index, store, plugin));
+    }
+
+    /// No instance is left (none configured, or all failed).
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+}
+
+impl PluginChain {
+    /// Passes a later event of a call to the plugins that saw its start. A failing plugin is
+    /// dropped from the call (events are informational: nothing to fail closed on).
+    pub fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
+        self.each(call, "event", |store, plugin| {
+            plugin.call_on_event(store, call_id, event)
+        });
+    }
+
+    /// Passes 20 ms of audio to the call's plugins that asked for audio.
+    pub fn audio(&self, call: &mut CallPlugins, call_id: &str, frame: &AudioFrame) {
+        let plugins = &self.plugins;
+        call.instances.retain_mut(|(index, store, plugin)| {
+            let loaded = &plugins[*index];
+            if !loaded.manifest.audio {
+                return true;
+            }
+            store.set_epoch_deadline(loaded.deadline_ticks());
+            match plugin.call_on_audio(&mut *store, call_id, frame) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on audio; dropped for this call");
+                    loaded.shared.count("failures", 1);
+                    false
+                }
+            }
+        });
+    }
+
+    fn each(
+        &self,
+        call: &mut CallPlugins,
+        what: &str,
+        mut hook: impl FnMut(&mut Store<State>, &bindings::Plugin) -> wasmtime::Result<()>,
+    ) {
+        call.instances.retain_mut(|(index, store, plugin)| {
+            let loaded = &self.plugins[*index];
+            store.set_epoch_deadline(loaded.deadline_ticks());
+            match hook(store, plugin) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on an {what}; dropped for this call");
+                    loaded.shared.count("failures", 1);
+                    false
+                }
+            }
+        });
+    }
+
+    /// Whether any of the call's instances asked for audio.
+    pub fn wants_audio(&self, call: &CallPlugins) -> bool {
+        call.instances
+            .iter()
+            .any(|(index, ..)| self.plugins[*index].manifest.audio)
+    }
+}
+
+enum Work {
+    Event(Event),
+    Audio(AudioFrame),
+}
+
+/// Feeds one call's plugin instances from the call's task. Hooks are synchronous wasm calls
+/// and WASI's stdio blocks, so they run on the blocking pool, in batches, in order; the call
+/// only queues work and never waits for a plugin.
+#[derive(Debug)]
+pub struct CallHooks {
+    tx: mpsc::UnboundedSender<Work>,
+    worker: tokio::task::JoinHandle<()>,
+    audio: bool,
+    audio_queued: Arc<AtomicUsize>,
+    audio_dropped: u64,
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Event(e) => write!(f, "{e:?}"),
+            Work::Audio(_) => write!(f, "audio"),
+        }
+    }
+}
+
+impl CallHooks {
+    /// Starts the feeder for a call's instances. `record`: the chain marked the call for
+    /// recording, so plugins that asked for audio get it.
+    pub fn spawn(
+        chain: Arc<PluginChain>,
+        call_id: String,
+        plugins: CallPlugins,
+        record: bool,
+    ) -> CallHooks {
+        let audio = record && chain.wants_audio(&plugins);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
+        let audio_queued = Arc::new(AtomicUsize::new(0));
+        let queued = audio_queued.clone();
+        let worker = tokio::spawn(async move {
+            let mut plugins = Some(plugins);
+            let call_id = Arc::new(call_id);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 64
+                    && let Ok(more) = rx.try_recv()
+                {
+                    batch.push(more);
+                }
+                let Some(mut instances) = plugins.take() else {
+                    break;
+                };
+                let (chain, call_id, queued) = (chain.clone(), call_id.clone(), queued.clone());
+                plugins = tokio::task::spawn_blocking(move || {
+                    for work in batch {
+                        match work {
+                            Work::Event(e) => chain.event(&mut instances, &call_id, &e),
+                            Work::Audio(frame) => {
+                                queued.fetch_sub(1, Ordering::Relaxed);
+                                chain.audio(&mut instances, &call_id, &frame);
+                            }
+                        }
+                    }
+                    instances
+                })
+                .await
+                .ok();
+            }
+        });
+        CallHooks {
+            tx,
+            worker,
+            audio,
+            audio_queued,
+            audio_dropped: 0,
+        }
+    }
+
+    /// Whether the call should produce audio frames for its plugins.
+    pub fn wants_audio(&self) -> bool {
+        self.audio
+    }
+
+    /// Queues an event.
+    pub fn event(&self, event: Event) {
+        let _ = self.tx.send(Work::Event(event));
+    }
+
+    /// Queues 20 ms of audio, unless plugins are a second behind (then it is dropped).
+    pub fn audio(&mut self, frame: AudioFrame) {
+        if !self.audio {
+            return;
+        }
+        if self.audio_queued.load(Ordering::Relaxed) >= AUDIO_BACKLOG {
+            self.audio_dropped += 1;
+            return;
+        }
+        self.audio_queued.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Work::Audio(frame));
+    }
+
+    /// Waits until every queued hook has run and the instances are dropped (files closed).
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.worker.await;
+        if self.audio_dropped > 0 {
+            tracing::warn!(
+                frames = self.audio_dropped,
+                "plugins fell behind; audio frames were not delivered"
+            );
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! What the gateway offers a plugin: logging, counters on `/metrics`, a key-value store shared
+//! by the plugin's instances (with expiry), and the time. Inside the gateway these are host
+//! calls; in a native build (a plugin's `cargo test`) they go to the [`mock`](crate::mock).
+
+use crate::Level;
+
+#[cfg(target_arch = "wasm32")]
+use crate::bindings::gateway::plugin::host as imp;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::mock::host as imp;
+
+/// Writes to the gateway's log, tagged with the plugin's name.
+pub fn log(level: Level, message: &str) {
+    imp::log(level, message)
+}
+
+/// Adds to the counter `gateway_plugin_counter{plugin, name}`.
+pub fn counter(name: &str, delta: u64) {
+    imp::counter(name, delta)
+}
+
+/// The value under `key`, unless missing or expired.
+pub fn kv_get(key: &str) -> Option<String> {
+    imp::kv_get(key)
+}
+
+/// Stores `value` under `key`, forgotten after `ttl_seconds` if given.
+pub fn kv_set(key: &str, value: &str, ttl_seconds: Option<u32>) {
+    imp::kv_set(key, value, ttl_seconds)
+}
+
+/// Adds `delta` to the integer under `key` (missing counts as 0) and returns the result; the
+/// TTL, if given, restarts.
+pub fn kv_incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> i64 {
+    imp::kv_incr(key, delta, ttl_seconds)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_seconds() -> u64 {
+    imp::now_seconds()
+}
