@@ -215,7 +215,9 @@ async fn a_failing_fail_closed_plugin_rejects_with_its_code() {
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
         .await
         .unwrap();
-    assert_eq!(report.ended.expect("ended")["sip_code"], 503);
+    let ended = report.ended.expect("ended");
+    assert_eq!(ended["sip_code"], 503);
+    assert_eq!(ended["reason"], "rejected");
     assert!(!sipp.messages().contains("INVITE"));
 }
 
@@ -447,4 +449,52 @@ async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
             .await
             .unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_calls_pass_through_the_chain_too() {
+    let screen = build_plugin("screen-js");
+    let dir = out_dir("plugin_inbound");
+    let (trunk_port, _) = ports();
+    let (gateway_port, _) = ports();
+    let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "udp = \"127.0.0.1:0\"",
+        &format!("udp = \"127.0.0.1:{gateway_port}\""),
+        1,
+    );
+    // sipp calls from the trunk's address as `caller`, whom the screening plugin blocks.
+    let plugins = plugin_in(
+        "screen",
+        &screen,
+        "fail-closed",
+        "memory_mb = 256\ndeadline_ms = 200",
+        "block = [\"caller\"]\ncode = 603",
+    );
+    std::fs::write(
+        &path,
+        format!("{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n{plugins}"),
+    )
+    .unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let target = gateway.endpoint.udp_addr();
+    let mut sipp = Sipp::uac(
+        "uac_invite.xml",
+        "127.0.0.1",
+        Some(trunk_port),
+        target,
+        &dir,
+    );
+    let (ok, sipp) = tokio::task::spawn_blocking(move || (sipp.wait(), sipp))
+        .await
+        .unwrap();
+    assert!(ok, "sipp got a final response");
+    assert!(
+        sipp.messages().contains("SIP/2.0 603"),
+        "the plugin declined the inbound call before any browser rang: {}",
+        sipp.messages()
+    );
+    assert!(counters(&gateway).contains(&("screen".into(), "blocked".into(), 1)));
 }

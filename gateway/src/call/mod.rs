@@ -233,19 +233,20 @@ pub async fn run_outbound(
     };
     let setup = async {
         if let Some(code) = refusal {
-            return Err(("rejected by a plugin", code));
+            return Err(("rejected by a plugin", Input::Refused(code)));
         }
-        let trunk = ctx
-            .trunks
-            .config(&call.trunk)
-            .ok_or(("a plugin routed to a trunk that does not exist", 503))?;
-        ctx.trunk_media(&trunk.codecs).map_err(|why| (why, 503))
+        let trunk = ctx.trunks.config(&call.trunk).ok_or((
+            "a plugin routed to a trunk that does not exist",
+            Input::Failed(503),
+        ))?;
+        ctx.trunk_media(&trunk.codecs)
+            .map_err(|why| (why, Input::Failed(503)))
     };
     let (rtp, bridge, local) = match setup.await {
         Ok(parts) => parts,
-        Err((why, code)) => {
+        Err((why, input)) => {
             tracing::info!(call_id = %call.call_id, why, "call not placed");
-            for o in state.on(Input::Failed(code), Instant::now()) {
+            for o in state.on(input, Instant::now()) {
                 if let Output::Send(m) = o {
                     send(m);
                 }

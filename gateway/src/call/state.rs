@@ -34,6 +34,8 @@ pub enum Input {
     Answered,
     /// The attempt failed with this SIP status (408 for timeouts, 503 for no trunk).
     Failed(u16),
+    /// A plugin refused the call with this SIP status before anything was dialled.
+    Refused(u16),
     /// The trunk sent BYE.
     TrunkHangup,
     /// The caller on the trunk gave up before the browser answered (CANCEL).
@@ -139,6 +141,7 @@ impl CallState {
                 vec![Output::Send(ServerMessage::Answered { call_id: id })]
             }
             Input::Failed(code) => vec![self.ended(failure_reason(code), code)],
+            Input::Refused(code) => vec![self.ended("rejected", code)],
             Input::TrunkHangup => vec![self.ended("remote_hangup", 200)],
             Input::TrunkCancelled => vec![self.ended("remote_hangup", 487)],
             Input::BrowserHangup => {

@@ -1,0 +1,119 @@
+//! What the plugin chain costs a call, on the example plugins built from source:
+//! - per call: fresh instances from the cached `InstancePre` + `init` + the call-start
+//!   verdict, and dropping the instances at the end (p50 / p99);
+//! - per event (`answered`) on a call's live instances;
+//! - per 20 ms audio frame to the recorder (which writes the WAV file).
+//!
+//! Run: `cargo bench -p gateway-tests --bench plugin_hooks`. Prints one table.
+
+use std::time::{Duration, Instant};
+
+use gateway::config::{FailurePolicy, PluginConfig};
+use gateway::plugin::{AudioFrame, CallInfo, Decision, Direction, Event, PluginChain};
+use gateway_tests::build_plugin;
+
+fn config(name: &str, json: &str, data_dir: Option<std::path::PathBuf>) -> PluginConfig {
+    PluginConfig {
+        name: name.into(),
+        path: build_plugin(name),
+        config_json: json.into(),
+        policy: FailurePolicy::FailOpen,
+        reject_code: 503,
+        memory_bytes: 16 << 20,
+        deadline: Duration::from_millis(20),
+        max_instances: 1000,
+        data_dir,
+    }
+}
+
+fn call(i: u64) -> CallInfo {
+    CallInfo {
+        call_id: format!("c-bench-{i}"),
+        direction: Direction::Outbound,
+        caller: format!("user{}", i % 1000),
+        destination: "030 1234567".into(),
+        trunk: "carrier".into(),
+        number: "030 1234567".into(),
+        caller_id: String::new(),
+    }
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+fn row(what: &str, samples: Vec<Duration>) {
+    let n = samples.len();
+    let (p50, p99) = percentiles(samples);
+    println!("| {what:<52} | {n:>6} | {p50:>8.1} | {p99:>8.1} |");
+}
+
+fn main() {
+    let router = r#"{"country_code":"49","routes":[{"prefix":"+4930","trunks":["berlin","de"]},{"prefix":"+49","trunk":"de"}]}"#;
+    let compliance = r#"{"emergency":["112"],"deny":["+4930666"],"premium":["+49900"],"rate_limit":{"calls":1000000,"per_seconds":60}}"#;
+    let dir = std::env::temp_dir().join(format!("plugin-bench-{}", std::process::id()));
+    let chains = [
+        ("router", vec![config("router", router, None)]),
+        (
+            "router + compliance",
+            vec![
+                config("router", router, None),
+                config("compliance", compliance, None),
+            ],
+        ),
+    ];
+    println!("| measurement | runs | p50 µs | p99 µs |");
+    println!("|---|---:|---:|---:|");
+    for (label, configs) in chains {
+        let chain = PluginChain::load(&configs, None).expect("plugins load");
+        assert!(
+            chain.pooling(),
+            "expected the pooling allocator on this machine"
+        );
+        for i in 0..500 {
+            drop(chain.start_call(call(i)));
+        }
+        let mut samples = Vec::with_capacity(20_000);
+        for i in 0..20_000 {
+            let started = Instant::now();
+            let (decision, instances) = chain.start_call(call(i));
+            drop(instances);
+            samples.push(started.elapsed());
+            assert!(matches!(decision, Decision::Place { .. }));
+        }
+        row(
+            &format!("instantiate + init + verdict + drop: {label}"),
+            samples,
+        );
+        let (_, mut instances) = chain.start_call(call(0));
+        let mut samples = Vec::with_capacity(50_000);
+        for _ in 0..50_000 {
+            let started = Instant::now();
+            chain.event(&mut instances, "c-bench-0", &Event::Answered);
+            samples.push(started.elapsed());
+        }
+        row(&format!("event (answered): {label}"), samples);
+    }
+    let recorder = config(
+        "recorder",
+        r#"{"record":"all"}"#,
+        Some(dir.join("recordings")),
+    );
+    let chain = PluginChain::load(&[recorder], None).expect("recorder loads");
+    let (_, mut instances) = chain.start_call(call(0));
+    let frame = AudioFrame {
+        caller: (0..160).map(|i| (i * 97 % 2000) as i16).collect(),
+        callee: (0..160).map(|i| (i * 31 % 2000) as i16).collect(),
+    };
+    let mut samples = Vec::with_capacity(30_000);
+    for _ in 0..30_000 {
+        let started = Instant::now();
+        chain.audio(&mut instances, "c-bench-0", &frame);
+        samples.push(started.elapsed());
+    }
+    row("audio frame (20 ms, both ways) to the recorder", samples);
+    drop(instances);
+    let _ = std::fs::remove_dir_all(&dir);
+}
