@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 # Node.js and npm build the JavaScript example plugin (jco/componentize-js from npm).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Headless Chromium for the web demo's browser test (driven by playwright-core from npm).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # libopus for the Opus <-> G.711 bridge (audiopus links the system library through pkg-config).
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 

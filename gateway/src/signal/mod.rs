@@ -1,5 +1,5 @@
-//! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics` and the admin
-//! API (`POST /admin/plugins/reload`). Knows no SIP: calls are handed to [`crate::call`].
+//! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics`, the admin
+//! API (`POST /admin/plugins/reload`), and the web demo (`/`) with its widget (`/widget.js`). Knows no SIP: calls are handed to [`crate::call`].
 
 pub mod protocol;
 pub mod token;
@@ -30,7 +30,35 @@ pub fn router(ctx: Arc<CallContext>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/admin/plugins/reload", post(reload_plugins))
+        .route("/", get(demo_page))
+        .route("/widget.js", get(widget))
         .with_state(ctx)
+}
+
+/// The demo page (`web-demo/index.html`), built into the binary so one file is the product.
+async fn demo_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../../web-demo/index.html"),
+    )
+        .into_response()
+}
+
+/// The embeddable widget (`web-demo/widget.js`). Sites load it from another origin, so it is
+/// served to any (it holds no secret); short caching so fixes reach visitors.
+async fn widget() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        include_str!("../../../web-demo/widget.js"),
+    )
+        .into_response()
 }
 
 /// `POST /admin/plugins/reload` with `Authorization: Bearer <http.admin_token>`: new calls

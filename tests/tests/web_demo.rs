@@ -1,0 +1,252 @@
+//! The web demo and its widget in real headless Chromium (Debian's `chromium`, driven by
+//! `playwright-core` from npm): a visitor opens the page the gateway serves, clicks Call, and
+//! hears the fake microphone's tone come back through the built-in demo trunk and through
+//! sipp; keypad digits travel as RFC 4733 and come back; hanging up writes the CDR.
+//! Screenshots of each state land in `tests/out/web_demo/<target>/`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gateway::config::Config;
+use gateway_tests::{Sipp, out_dir};
+
+/// `npm ci` for the browser driver, once.
+fn driver() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    if !dir.join("node_modules").join("playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .expect("run npm (the README's test command installs Node.js and npm)");
+        assert!(status.success(), "npm ci in tests/web failed");
+    }
+    dir.join("demo.mjs")
+}
+
+/// A 48 kHz mono WAV of a 1004 Hz tone, for Chromium's fake microphone (it loops the file).
+fn tone_wav(path: &Path) {
+    let rate = 48_000u32;
+    let samples: Vec<i16> = (0..rate * 2)
+        .map(|i| {
+            let t = i as f64 / rate as f64;
+            (8000.0 * (2.0 * std::f64::consts::PI * 1004.0 * t).sin()) as i16
+        })
+        .collect();
+    let data = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + data as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("write the tone file");
+}
+
+/// Runs the visitor in Chromium against `url`; returns what the driver saw.
+async fn visit(url: String, out: PathBuf, tone: PathBuf, digits: &str) -> serde_json::Value {
+    let script = driver();
+    let digits = digits.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(url)
+            .arg(&out)
+            .arg(tone)
+            .arg("1004")
+            .arg(digits)
+            .output()
+            .expect("run node (the README's test command installs Node.js)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!("the browser driver printed no result ({e}); stdout: {stdout}\nstderr: {stderr}")
+    })
+}
+
+fn check(target: &str, seen: &serde_json::Value, digits: &str) {
+    let states: Vec<&str> = seen["states"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        seen["errors"].as_array().is_some_and(|e| e.is_empty()),
+        "{target}: no errors: {seen}"
+    );
+    assert!(
+        states.starts_with(&["connecting"]) && states.contains(&"in-call"),
+        "{target}: connecting, then in call: {seen}"
+    );
+    assert_eq!(states.last(), Some(&"ended"), "{target}: {seen}");
+    let peak = seen["peakHz"].as_f64().unwrap_or(0.0);
+    assert!(
+        (peak - 1004.0).abs() <= 25.0,
+        "{target}: the page's analyser hears the tone come back: {seen}"
+    );
+    assert!(
+        seen["statusInCall"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("In call"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["digits"].as_str(),
+        Some(digits),
+        "{target}: keypad digits went out as RFC 4733 and came back: {seen}"
+    );
+    assert!(
+        seen["mutedLevelDb"].as_f64().unwrap_or(0.0) < -45.0,
+        "{target}: muted, the echo goes quiet: {seen}"
+    );
+    assert_eq!(
+        seen["mutedDetail"].as_str(),
+        Some("Your microphone is muted"),
+        "{seen}"
+    );
+    assert!(
+        (seen["unmutedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+        "{target}: unmuted, the tone is back: {seen}"
+    );
+    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
+    assert!(
+        seen["detailEnded"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("You hung up after 0:0"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["screenshots"].as_array().map(Vec::len),
+        Some(5),
+        "{target}: a screenshot per state: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
+    let dir = out_dir("web_demo");
+    let tone = dir.join("tone-1004.wav");
+    tone_wav(&tone);
+    let demo_trunk = gateway::demo::start().await.expect("demo trunk");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let cdr = dir.join("cdr.jsonl");
+    let text = format!(
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 45000\nport_max = 45999\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n\n\
+         [cdr]\npath = \"{}\"\n\n\
+         [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
+         [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\n\n\
+         [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
+         [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n",
+        cdr.display(),
+        sipp.port
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", gateway.http_addr);
+
+    // The built-in demo trunk: audio and digits echoed.
+    let out = dir.join("echo");
+    std::fs::create_dir_all(&out).unwrap();
+    let seen = visit(format!("{base}/?target=echo"), out, tone.clone(), "42").await;
+    check("echo", &seen, "42");
+
+    // sipp as the PBX, echoing RTP (and the RFC 4733 digits with it).
+    let out = dir.join("sales");
+    std::fs::create_dir_all(&out).unwrap();
+    let seen = visit(format!("{base}/?target=sales"), out, tone, "7#").await;
+    check("sales", &seen, "7#");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.finish())
+            .await
+            .unwrap(),
+        "sipp saw the call through"
+    );
+
+    // A gateway that cannot be reached is reported in plain words, not a stack trace.
+    let out = dir.join("unreachable");
+    std::fs::create_dir_all(&out).unwrap();
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let seen = visit(
+        format!("{base}/?target=echo&gateway=ws://{closed}/ws"),
+        out,
+        dir.join("tone-1004.wav"),
+        "--unreachable",
+    )
+    .await;
+    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
+    assert_eq!(
+        seen["detailEnded"].as_str(),
+        Some("Cannot reach the call service. Check your connection and try again."),
+        "{seen}"
+    );
+
+    // The CDR: one line per call, the second the sipp one.
+    let mut lines = String::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&cdr).unwrap_or_default();
+        if lines.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "{lines}");
+    let sales = &records[1];
+    assert_eq!(sales["to"], "sales", "{sales}");
+    assert_eq!(sales["trunk"], "pbx", "{sales}");
+    assert_eq!(sales["end_reason"], "hangup", "{sales}");
+    assert_eq!(sales["sip_code"], 200, "{sales}");
+    assert!(sales["duration_s"].as_f64().unwrap_or(0.0) > 1.0, "{sales}");
+    assert!(
+        sales["browser_packets_in"].as_u64().unwrap_or(0) > 50,
+        "{sales}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_serves_the_page_and_the_widget() {
+    let dir = out_dir("web_demo_serve");
+    let path = gateway_tests::write_config(&dir, &[]);
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let page = gateway_tests::http_get(gateway.http_addr, "/").await;
+    assert!(
+        page.starts_with("HTTP/1.0 200") || page.starts_with("HTTP/1.1 200"),
+        "{page}"
+    );
+    assert!(page.contains("text/html"), "{page}");
+    assert!(page.contains("src=\"/widget.js\""), "{page}");
+    let widget = gateway_tests::http_get(gateway.http_addr, "/widget.js").await;
+    assert!(widget.contains("text/javascript"), "{widget}");
+    assert!(
+        widget
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: *")
+    );
+    assert!(widget.contains("GatewayCall"), "{widget}");
+}

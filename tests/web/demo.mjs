@@ -1,0 +1,129 @@
+// Drives the gateway's demo page in headless Chromium like a visitor: open it, click Call,
+// wait for "in call", listen (the page's WebAudio analyser) for the tone the fake
+// microphone sends coming back, press keypad digits, hang up. Writes a screenshot of each
+// state and prints one JSON line with what it saw. The Rust test (tests/tests/web_demo.rs)
+// starts the gateway and the trunks and checks the result.
+//
+// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS
+
+import { chromium } from 'playwright-core';
+
+const [url, outDir, toneWav, expectHzText, digits] = process.argv.slice(2);
+const expectHz = Number(expectHzText);
+const result = { states: [], peakHz: 0, levelDb: -120, digits: '', statusInCall: '', statusEnded: '', detailEnded: '', errors: [], screenshots: [] };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${toneWav}`,
+    '--autoplay-policy=no-user-gesture-required',
+    // The gateway listens on loopback in the tests.
+    '--allow-loopback-in-peer-connection',
+  ],
+});
+
+async function shot(page, name) {
+  const path = `${outDir}/${name}.png`;
+  await page.screenshot({ path, fullPage: true });
+  result.screenshots.push(path);
+}
+
+async function poll(page, fn, arg, timeoutMs) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await page.evaluate(fn, arg);
+    if (value) return value;
+    if (Date.now() > until) return null;
+    await page.waitForTimeout(100);
+  }
+}
+
+let failure = null; // `throw null` ends a scenario early without an error
+try {
+  const context = await browser.newContext({ permissions: ['microphone'] });
+  const page = await context.newPage();
+  page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
+  page.on('pageerror', (e) => result.errors.push(`page error: ${e.message}`));
+  await page.goto(url);
+  const widget = page.locator('.gateway-call');
+  await widget.locator('#status').waitFor();
+  await shot(page, '1-idle');
+
+  await widget.locator('#call').click();
+  if (await poll(page, () => window.demo.states.includes('connecting'), null, 5000)) {
+    await shot(page, '2-connecting');
+  }
+  if (digits === '--unreachable') {
+    // The page was pointed at a gateway that is not there: the widget must say so plainly.
+    await poll(page, () => window.demo.states.includes('ended'), null, 10000);
+    result.statusEnded = await widget.locator('#status').textContent();
+    result.detailEnded = await widget.locator('#detail').textContent();
+    await shot(page, '3-unreachable');
+    const demo = await page.evaluate(() => window.demo);
+    result.states = demo.states;
+    result.shownErrors = demo.errors;
+    throw null;
+  }
+  const inCall = await poll(page, () => window.demo.states.includes('in-call') || window.demo.states.includes('ended'), null, 20000);
+  if (!inCall || !(await page.evaluate(() => window.demo.states.includes('in-call')))) {
+    throw new Error('the call never reached "in call"');
+  }
+  // Listen: the tone must come back, steadily, for a second.
+  let steady = 0;
+  const until = Date.now() + 15000;
+  while (Date.now() < until && steady < 10) {
+    const d = await page.evaluate(() => ({ peakHz: window.demo.peakHz, levelDb: window.demo.levelDb }));
+    result.peakHz = d.peakHz;
+    result.levelDb = d.levelDb;
+    steady = Math.abs(d.peakHz - expectHz) <= 25 ? steady + 1 : 0;
+    await page.waitForTimeout(100);
+  }
+  result.statusInCall = await widget.locator('#status').textContent();
+  await shot(page, '3-in-call');
+
+  if (digits) {
+    await widget.locator('#keypad').click();
+    for (const key of digits) {
+      await widget.locator(`button[data-key="${key}"]`).click();
+      await page.waitForTimeout(300);
+    }
+    await poll(page, (n) => window.demo.digits.length >= n, digits.length, 10000);
+    await shot(page, '4-keypad');
+  }
+
+  // Mute: the far end (an echo) goes quiet; unmute brings the tone back.
+  await widget.locator('#mute').click();
+  await page.waitForTimeout(1500);
+  result.mutedLevelDb = await page.evaluate(() => window.demo.levelDb);
+  result.mutedDetail = await widget.locator('#detail').textContent();
+  await widget.locator('#mute').click();
+  result.unmutedPeakHz = (await poll(page, (hz) => Math.abs(window.demo.peakHz - hz) <= 25 && window.demo.peakHz, expectHz, 5000)) || 0;
+
+  await widget.locator('#call').click();
+  await poll(page, () => window.demo.states.includes('ended'), null, 10000);
+  result.statusEnded = await widget.locator('#status').textContent();
+  result.detailEnded = await widget.locator('#detail').textContent();
+  await shot(page, '5-ended');
+  const demo = await page.evaluate(() => window.demo);
+  result.states = demo.states;
+  result.digits = demo.digits;
+  result.errors.push(...demo.errors);
+} catch (e) {
+  failure = e;
+} finally {
+  await browser.close();
+}
+if (failure) {
+  result.errors.push(String(failure.stack || failure));
+}
+console.log(JSON.stringify(result));

@@ -1,0 +1,490 @@
+/*
+ * Click-to-call widget for the WebRTC-to-SIP gateway. No build step, no dependencies.
+ *
+ * One tag puts a call button on a page:
+ *
+ *   <script src="https://GATEWAY/widget.js" data-target="sales" data-token-url="/token"></script>
+ *
+ * Attributes (all but data-target optional):
+ *   data-target     what to call: a target name from the gateway's configuration
+ *   data-token-url  your backend's URL that returns a call token, as JSON {"token": "..."}
+ *                   or as plain text; fetched with the page's cookies before each call.
+ *                   Without it the gateway must run in anonymous (demo) mode.
+ *   data-gateway    the gateway's WebSocket URL; default: wss://<host of this script>/ws
+ *   data-label      the button's text; default "Call"
+ *   data-container  CSS selector of the element to render into; default: after the tag
+ *   data-ui="none"  no user interface: use the JavaScript API only
+ *
+ * JavaScript API, for sites that want their own button:
+ *
+ *   const phone = GatewayCall.create({ target: 'sales', tokenUrl: '/token' });
+ *   phone.on('state', ({ state, reason, sipCode, message }) => ...);
+ *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#');
+ *
+ * States: idle, connecting, ringing, in-call, ended. Events: state, dtmf ({digit}, a digit
+ * from the far end), error ({message}), remotestream (the far end's MediaStream), muted.
+ * The first widget made from a tag is GatewayCall.widgets[0].
+ */
+(function () {
+  'use strict';
+
+  const REASONS = {
+    hangup: 'Call ended',
+    remote_hangup: 'The other side hung up',
+    busy: 'The line is busy',
+    no_answer: 'No answer',
+    not_found: 'That number does not exist',
+    rejected: 'The call was not allowed',
+    trunk_unavailable: 'The phone network is unavailable right now; please try again later',
+    media_failed: 'The audio connection failed; a firewall may be blocking it',
+    shutdown: 'The call service is restarting; please call again',
+  };
+
+  const ERRORS = {
+    NotAllowedError:
+      'Microphone access is blocked. Allow the microphone for this site (the icon in the address bar) and try again.',
+    SecurityError:
+      'Microphone access is blocked. Allow the microphone for this site (the icon in the address bar) and try again.',
+    NotFoundError: 'No microphone was found. Connect one and try again.',
+    NotReadableError: 'The microphone is in use by another program. Close it and try again.',
+  };
+
+  // Errors before a call starts, in the caller's words (docs/protocol.md lists the codes).
+  const FAILURES = {
+    unauthorized: 'You are not signed in for calls, or your session expired. Reload the page and try again.',
+    forbidden: 'You are not allowed to call this destination.',
+    limit_reached: 'All lines are busy right now. Please try again in a minute.',
+    draining: 'The call service is restarting. Please try again in a minute.',
+    bad_sdp: 'This browser could not offer audio the call service understands.',
+  };
+
+  const script = document.currentScript;
+
+  function clock(ms) {
+    const s = Math.floor(ms / 1000);
+    return Math.floor(s / 60) + ':' + String(s % 60).padStart(2, '0');
+  }
+
+  function defaultGateway(src) {
+    const base = src ? new URL(src, location.href) : new URL(location.href);
+    const scheme = base.protocol === 'https:' ? 'wss:' : 'ws:';
+    return scheme + '//' + base.host + '/ws';
+  }
+
+  class Widget {
+    constructor(options) {
+      this.gateway = options.gateway || defaultGateway(options.scriptSrc);
+      this.target = options.target || '';
+      this.tokenUrl = options.tokenUrl || null;
+      this.label = options.label || 'Call';
+      this.state = 'idle';
+      this.listeners = {};
+      this.ws = null;
+      this.pc = null;
+      this.mic = null;
+      this.callId = null;
+      this.muted = false;
+      this.startedAt = null;
+      this.timer = null;
+      this.audio = null;
+      if (options.container !== null) {
+        this.render(options.container);
+      }
+    }
+
+    on(event, fn) {
+      (this.listeners[event] = this.listeners[event] || []).push(fn);
+      return this;
+    }
+
+    emit(event, detail) {
+      for (const fn of this.listeners[event] || []) {
+        try {
+          fn(detail);
+        } catch (e) {
+          console.error(e);
+        }
+      }
+    }
+
+    setState(state, extra) {
+      this.state = state;
+      const detail = Object.assign({ state: state }, extra || {});
+      this.emit('state', detail);
+      this.paint(detail);
+    }
+
+    fail(message) {
+      this.emit('error', { message: message });
+      this.cleanup();
+      this.setState('ended', { reason: 'error', message: message });
+    }
+
+    async call() {
+      if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+        return;
+      }
+      if (!this.target) {
+        return this.fail('No one to call: set data-target on the widget.');
+      }
+      if (!window.RTCPeerConnection || !navigator.mediaDevices) {
+        return this.fail('This browser cannot make calls. Use a current Chrome, Edge, Firefox or Safari.');
+      }
+      this.startedAt = null;
+      this.setState('connecting');
+      try {
+        this.mic = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+        });
+      } catch (e) {
+        return this.fail(ERRORS[e.name] || 'The microphone could not be opened: ' + e.message);
+      }
+      let token = null;
+      if (this.tokenUrl) {
+        try {
+          const response = await fetch(this.tokenUrl, { credentials: 'include' });
+          if (!response.ok) {
+            return this.fail('You are not allowed to call right now (the token service answered ' + response.status + ').');
+          }
+          const text = (await response.text()).trim();
+          token = text.startsWith('{') ? JSON.parse(text).token : text;
+        } catch (e) {
+          return this.fail('Could not reach the token service. Check your connection and try again.');
+        }
+      }
+      this.connect(token);
+    }
+
+    connect(token) {
+      let opened = false;
+      let ws;
+      try {
+        ws = new WebSocket(this.gateway);
+      } catch (e) {
+        return this.fail('The call service address is wrong: ' + this.gateway);
+      }
+      this.ws = ws;
+      ws.onopen = () => {
+        opened = true;
+      };
+      ws.onerror = () => {};
+      ws.onclose = () => {
+        if (this.ws !== ws) {
+          return;
+        }
+        if (!opened) {
+          this.fail('Cannot reach the call service. Check your connection and try again.');
+        } else if (this.state !== 'ended' && this.state !== 'idle') {
+          this.fail('The connection to the call service was lost.');
+        }
+      };
+      ws.onmessage = (event) => {
+        let message;
+        try {
+          message = JSON.parse(event.data);
+        } catch (e) {
+          return;
+        }
+        this.handle(message, token).catch((e) => this.fail('The call could not be set up: ' + e.message));
+      };
+    }
+
+    send(message) {
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+        this.ws.send(JSON.stringify(message));
+      }
+    }
+
+    async handle(m, token) {
+      switch (m.type) {
+        case 'hello':
+          if (token) {
+            this.send({ type: 'auth', token: token });
+          } else {
+            await this.offer();
+          }
+          break;
+        case 'authenticated':
+          await this.offer();
+          break;
+        case 'answer':
+          this.callId = m.call_id;
+          await this.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+          break;
+        case 'progress':
+        case 'ringing':
+          if (this.state === 'connecting') {
+            this.setState('ringing');
+          }
+          break;
+        case 'answered':
+          this.startedAt = Date.now();
+          this.setState('in-call');
+          this.timer = setInterval(() => this.paint({ state: 'in-call' }), 1000);
+          break;
+        case 'dtmf':
+          this.emit('dtmf', { digit: m.digit });
+          break;
+        case 'ended': {
+          let message = REASONS[m.reason] || 'Call ended';
+          if (m.reason === 'hangup' && this.startedAt) {
+            message = 'You hung up after ' + clock(Date.now() - this.startedAt);
+          }
+          this.cleanup();
+          this.setState('ended', { reason: m.reason, sipCode: m.sip_code, message: message });
+          break;
+        }
+        case 'error':
+          if (this.state === 'connecting' && !this.callId) {
+            this.fail(FAILURES[m.code] || 'The call could not start: ' + m.message);
+          } else {
+            this.emit('error', { message: m.message, code: m.code });
+          }
+          break;
+        default:
+          break;
+      }
+    }
+
+    async offer() {
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      this.pc = pc;
+      for (const track of this.mic.getAudioTracks()) {
+        pc.addTrack(track, this.mic);
+      }
+      pc.ontrack = (event) => {
+        const stream = event.streams[0] || new MediaStream([event.track]);
+        if (!this.audio) {
+          this.audio = new Audio();
+          this.audio.autoplay = true;
+        }
+        this.audio.srcObject = stream;
+        this.audio.play().catch(() => {});
+        this.emit('remotestream', stream);
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === 'failed' && this.pc === pc) {
+          this.hangup();
+          this.fail(REASONS.media_failed);
+        }
+      };
+      await pc.setLocalDescription(await pc.createOffer());
+      // The gateway takes the offer whole (no trickle): wait for candidates, briefly.
+      await new Promise((resolve) => {
+        if (pc.iceGatheringState === 'complete') {
+          return resolve();
+        }
+        const done = () => {
+          if (pc.iceGatheringState === 'complete') {
+            resolve();
+          }
+        };
+        pc.addEventListener('icegatheringstatechange', done);
+        setTimeout(resolve, 1500);
+      });
+      this.send({ type: 'call', to: this.target, sdp: pc.localDescription.sdp });
+    }
+
+    hangup() {
+      if (this.callId) {
+        this.send({ type: 'hangup', call_id: this.callId });
+      }
+      if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+        // The gateway answers with `ended`; if it cannot, end here after a moment.
+        const ws = this.ws;
+        setTimeout(() => {
+          if (this.ws === ws && this.state !== 'ended') {
+            this.cleanup();
+            this.setState('ended', { reason: 'hangup', message: REASONS.hangup });
+          }
+        }, 2000);
+        if (!this.callId) {
+          this.cleanup();
+          this.setState('ended', { reason: 'hangup', message: REASONS.hangup });
+        }
+      }
+    }
+
+    mute(on) {
+      this.muted = on === undefined ? !this.muted : !!on;
+      if (this.mic) {
+        for (const track of this.mic.getAudioTracks()) {
+          track.enabled = !this.muted;
+        }
+      }
+      this.emit('muted', { muted: this.muted });
+      this.paint({ state: this.state });
+    }
+
+    dtmf(digits) {
+      digits = String(digits).toUpperCase().replace(/[^0-9*#A-D]/g, '');
+      if (!digits || this.state !== 'in-call') {
+        return;
+      }
+      const sender = this.pc && this.pc.getSenders().find((s) => s.track && s.track.kind === 'audio');
+      if (sender && sender.dtmf && sender.dtmf.canInsertDTMF) {
+        sender.dtmf.insertDTMF(digits, 100, 70);
+      } else {
+        this.send({ type: 'dtmf', call_id: this.callId, digits: digits });
+      }
+    }
+
+    cleanup() {
+      clearInterval(this.timer);
+      this.timer = null;
+      if (this.pc) {
+        this.pc.close();
+        this.pc = null;
+      }
+      if (this.mic) {
+        for (const track of this.mic.getTracks()) {
+          track.stop();
+        }
+        this.mic = null;
+      }
+      const ws = this.ws;
+      this.ws = null;
+      if (ws) {
+        ws.close();
+      }
+      this.callId = null;
+      this.muted = false;
+    }
+
+    // --- the user interface (inside a shadow root, so the page's styles do not leak in) ---
+
+    render(container) {
+      const host = document.createElement('div');
+      host.className = 'gateway-call';
+      if (container) {
+        (typeof container === 'string' ? document.querySelector(container) : container).appendChild(host);
+      } else if (script && script.parentNode) {
+        script.parentNode.insertBefore(host, script.nextSibling);
+      } else {
+        document.body.appendChild(host);
+      }
+      const root = host.attachShadow({ mode: 'open' });
+      root.innerHTML =
+        '<style>' +
+        ':host{all:initial;font:15px/1.4 system-ui,sans-serif;color:#1d2433}' +
+        '.card{display:inline-flex;flex-direction:column;gap:10px;padding:14px 16px;border:1px solid #d5dae3;border-radius:14px;background:#fff;width:250px;box-shadow:0 2px 10px rgba(0,0,0,.06)}' +
+        '.row{display:flex;gap:8px;align-items:center}' +
+        'button{font:inherit;border:0;border-radius:999px;padding:9px 16px;cursor:pointer}' +
+        '.call{background:#16a34a;color:#fff;font-weight:600;flex:1}' +
+        '.call.hang{background:#dc2626}' +
+        '.small{background:#eef1f6;color:#1d2433}' +
+        '.small[aria-pressed=true]{background:#1d2433;color:#fff}' +
+        '.status{font-weight:600}' +
+        '.detail{color:#5b6475;font-size:13px;min-height:18px}' +
+        '.keys{display:grid;grid-template-columns:repeat(3,52px);gap:6px}' +
+        '.keys button{border-radius:10px;padding:8px 0;background:#eef1f6}' +
+        '[hidden]{display:none!important}' +
+        '</style>' +
+        '<div class="card" part="card">' +
+        '<div class="status" id="status" role="status" aria-live="polite">Ready to call</div>' +
+        '<div class="detail" id="detail"></div>' +
+        '<div class="row"><button class="call" id="call" type="button"></button>' +
+        '<button class="small" id="mute" type="button" aria-pressed="false" hidden>Mute</button>' +
+        '<button class="small" id="keypad" type="button" aria-pressed="false" hidden>Keypad</button></div>' +
+        '<div class="keys" id="keys" hidden></div>' +
+        '</div>';
+      const $ = (id) => root.getElementById(id);
+      this.ui = { status: $('status'), detail: $('detail'), call: $('call'), mute: $('mute'), keypad: $('keypad'), keys: $('keys') };
+      for (const key of '123456789*0#') {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.textContent = key;
+        b.setAttribute('aria-label', 'Key ' + key);
+        b.dataset.key = key;
+        b.addEventListener('click', () => this.dtmf(key));
+        this.ui.keys.appendChild(b);
+      }
+      this.ui.call.addEventListener('click', () => {
+        if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+          this.hangup();
+        } else {
+          this.call();
+        }
+      });
+      this.ui.mute.addEventListener('click', () => this.mute());
+      this.ui.keypad.addEventListener('click', () => {
+        const open = this.ui.keys.hidden;
+        this.ui.keys.hidden = !open;
+        this.ui.keypad.setAttribute('aria-pressed', String(open));
+      });
+      this.paint({ state: 'idle' });
+    }
+
+    paint(detail) {
+      if (!this.ui) {
+        return;
+      }
+      const ui = this.ui;
+      const active = ['connecting', 'ringing', 'in-call'].includes(this.state);
+      ui.call.textContent = active ? 'Hang up' : this.label;
+      ui.call.classList.toggle('hang', active);
+      ui.call.setAttribute('aria-label', active ? 'Hang up' : this.label);
+      ui.mute.hidden = this.state !== 'in-call';
+      ui.keypad.hidden = this.state !== 'in-call';
+      if (this.state !== 'in-call') {
+        ui.keys.hidden = true;
+        ui.keypad.setAttribute('aria-pressed', 'false');
+      }
+      ui.mute.textContent = this.muted ? 'Unmute' : 'Mute';
+      ui.mute.setAttribute('aria-pressed', String(this.muted));
+      ui.status.dataset.state = this.state;
+      switch (this.state) {
+        case 'idle':
+          ui.status.textContent = 'Ready to call';
+          ui.detail.textContent = '';
+          break;
+        case 'connecting':
+          ui.status.textContent = 'Connecting…';
+          ui.detail.textContent = '';
+          break;
+        case 'ringing':
+          ui.status.textContent = 'Ringing…';
+          break;
+        case 'in-call': {
+          ui.status.textContent = 'In call ' + clock(Date.now() - (this.startedAt || Date.now()));
+          ui.detail.textContent = this.muted ? 'Your microphone is muted' : '';
+          break;
+        }
+        case 'ended':
+          ui.status.textContent = 'Call ended';
+          ui.detail.textContent = detail.message || REASONS[detail.reason] || '';
+          break;
+      }
+    }
+  }
+
+  const api = {
+    widgets: [],
+    create: function (options) {
+      const widget = new Widget(Object.assign({ container: null }, options || {}));
+      api.widgets.push(widget);
+      return widget;
+    },
+  };
+  window.GatewayCall = window.GatewayCall || api;
+
+  if (script && script.dataset.target !== undefined) {
+    const d = script.dataset;
+    const make = () =>
+      window.GatewayCall.widgets.push(
+        new Widget({
+          scriptSrc: script.src,
+          gateway: d.gateway,
+          target: d.target,
+          tokenUrl: d.tokenUrl,
+          label: d.label,
+          container: d.ui === 'none' ? null : d.container || undefined,
+        })
+      );
+    if (document.readyState === 'loading' && d.container) {
+      document.addEventListener('DOMContentLoaded', make);
+    } else {
+      make();
+    }
+  }
+})();
