@@ -17,6 +17,7 @@ done
 echo "checking the path with one WebRTC call to \`echo\` (tone out, tone back, DTMF 42):"
 target/release/loadgen --ws ws://localhost:8080/ws --to echo --seconds 3 --dtmf 42
 echo
-echo "The gateway is running: signaling at ws://localhost:8080/ws (see docs/protocol.md)."
-echo "Call the targets \`echo\` or \`tone\`; press Ctrl-C to stop."
+echo "The gateway is running. Open http://localhost:8080/ and press Call (allow the microphone):"
+echo "  \`echo\` returns your voice and keypad digits, \`tone\` plays 440 Hz."
+echo "Signaling: ws://localhost:8080/ws (docs/protocol.md). Press Ctrl-C to stop."
 wait "$gateway_pid"
