@@ -54,6 +54,9 @@ pub struct CallOptions {
     pub hold_after: Option<f64>,
     /// More RFC 4733 digits from the browser, each `(seconds after the answer, digits)`.
     pub dtmf_later: Vec<(f64, String)>,
+    /// Load mode: send a pre-encoded one-second Opus loop of the tone instead of encoding
+    /// every frame, and only count and time what comes back (no decoding, no tone check).
+    pub light: bool,
 }
 
 /// What happened.
@@ -81,6 +84,8 @@ pub struct CallReport {
     pub tone_snr_db: Option<f64>,
     /// DTMF digits reported by the gateway (`dtmf` messages).
     pub dtmf_received: String,
+    /// RFC 3550 §6.4.1 interarrival jitter of the audio coming back, ms.
+    pub jitter_ms: Option<f64>,
     /// ICE + DTLS completed.
     pub media_connected: bool,
 }
@@ -197,6 +202,25 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut timestamp: u32 = 1000;
     let mut answered_at: Option<Instant> = None;
     let mut buf = vec![0u8; 2000];
+    // Light mode: one second of the tone, encoded once (1004 Hz has a whole number of
+    // periods per second, so the loop is seamless).
+    let tone_loop: Vec<Bytes> = if options.light {
+        let mut loop_tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
+        (0..50)
+            .map(|_| {
+                loop_tone.fill(&mut frame);
+                let n = encoder.encode(&frame, &mut packet)?;
+                Ok(Bytes::copy_from_slice(&packet[..n]))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let mut loop_index = 0usize;
+    // RFC 3550 §6.4.1 jitter, in 48 kHz timestamp units.
+    let started = Instant::now();
+    let mut transit_prev: Option<f64> = None;
+    let mut jitter = 0.0f64;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut hung_up = false;
     let mut first_seq: Option<u16> = None;
@@ -223,12 +247,23 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 && p.header.payload_type == 111
             {
                 report.packets_received += 1;
+                let arrival = started.elapsed().as_secs_f64() * 48_000.0;
+                let transit = arrival - p.header.timestamp as f64;
+                if let Some(prev) = transit_prev {
+                    let d = (transit - prev).abs();
+                    // A timestamp jump (new talkspurt, wrap) is not jitter.
+                    if d < 48_000.0 {
+                        jitter += (d - jitter) / 16.0;
+                    }
+                }
+                transit_prev = Some(transit);
                 let first = *first_seq.get_or_insert(p.header.sequence_number);
                 highest_seq = highest_seq.max(p.header.sequence_number.wrapping_sub(first) as u64);
                 if answered_at.is_none() {
                     report.early_packets += 1;
                 }
-                if decoder.decode(&p.payload, &mut decoded).is_ok()
+                if !options.light
+                    && decoder.decode(&p.payload, &mut decoded).is_ok()
                     && answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300))
                 {
                     detector.push(&decoded);
@@ -306,6 +341,10 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             EventPayload { ..event.payload }.write(&mut p);
                             (126u8, Bytes::copy_from_slice(&p), event.marker)
                         }
+                        None if options.light => {
+                            loop_index = (loop_index + 1) % tone_loop.len();
+                            (111u8, tone_loop[loop_index].clone(), false)
+                        }
                         None => {
                             tone.fill(&mut frame);
                             let n = encoder.encode(&frame, &mut packet)?;
@@ -369,6 +408,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     }
     if first_seq.is_some() {
         report.packets_lost = (highest_seq + 1).saturating_sub(report.packets_received);
+        report.jitter_ms = Some((jitter / 48.0 * 100.0).round() / 100.0);
     }
     let r = detector.report();
     report.tone_snr_db = r

@@ -24,6 +24,7 @@ fn options(seconds: f64) -> CallOptions {
         dtmf_message: None,
         hold_after: None,
         dtmf_later: Vec::new(),
+        light: false,
     }
 }
 

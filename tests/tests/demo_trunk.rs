@@ -26,6 +26,7 @@ fn call(to: &str, tone_hz: f64) -> CallOptions {
         dtmf_message: None,
         hold_after: None,
         dtmf_later: Vec::new(),
+        light: false,
     }
 }
 

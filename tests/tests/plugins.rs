@@ -19,6 +19,7 @@ fn options() -> CallOptions {
         dtmf_message: None,
         hold_after: None,
         dtmf_later: Vec::new(),
+        light: false,
     }
 }
 

@@ -94,6 +94,7 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
                     dtmf_message: None,
                     hold_after: None,
                     dtmf_later: Vec::new(),
+                    light: false,
                 },
             )
             .await

@@ -402,6 +402,8 @@ async fn drive(
         (crate::plugin::Party::Caller, crate::plugin::Party::Callee)
     };
     let mut tap = tap::AudioTap::default();
+    // Only calls whose plugins asked for audio collect it (the profile showed the copies).
+    let tapping = hooks.as_ref().is_some_and(|h| h.wants_audio());
     let send = |m: ServerMessage| {
         let _ = events.send(m);
     };
@@ -487,7 +489,9 @@ async fn drive(
                     match rtp.on_datagram(&rtp_buf[..n], source, &mut pcm_in) {
                         Received::Audio { samples, timestamp } if !held => {
                             bridge.from_trunk(timestamp, &pcm_in[..samples]);
-                            tap.trunk(&pcm_in[..samples]);
+                            if tapping {
+                                tap.trunk(&pcm_in[..samples]);
+                            }
                         }
                         Received::Audio { .. } => {}
                         Received::Digit(d) => {
@@ -577,7 +581,9 @@ async fn drive(
                     bridge.from_browser(sequence, &payload, |pcm| {
                         if !held {
                             rtp.send_frame(&pcm[..FRAME_SAMPLES]);
-                            tap.browser(&pcm[..FRAME_SAMPLES]);
+                            if tapping {
+                                tap.browser(&pcm[..FRAME_SAMPLES]);
+                            }
                         }
                     });
                 }

@@ -1,0 +1,174 @@
+//! The per-call media pipeline, per 20 ms frame both ways, against the floor: raw libopus
+//! encode + decode of the same frame at the same rate (8 kHz) and settings, in the same run.
+//!
+//! - pipeline, browser → trunk: Opus packet → `Bridge::from_browser` (decode, FEC/loss
+//!   logic) → G.711 encode → RTP header;
+//! - pipeline, trunk → browser: RTP parse → G.711 decode → jitter buffer → Opus encode;
+//! - floor: `opus_decode` of the browser packet + `opus_encode` of the trunk frame, straight
+//!   through audiopus, nothing else.
+//!
+//! The UDP and SRTP work around it is not in either (it is the same syscall and cipher per
+//! packet whatever the pipeline does). Prints `pipeline / floor` at the end.
+//! Run: `cargo bench -p gateway --bench media` (`OPUS_COMPLEXITY=N` for another setting).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use audiopus::coder::{Decoder, Encoder};
+use audiopus::packet::Packet;
+use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate, Signal};
+use criterion::Criterion;
+use gateway::media::bridge::Bridge;
+use gateway::media::g711::G711;
+use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K, OpusEncoder};
+use gateway::media::rtp::{RtpPacket, RtpSender};
+use gateway::media::tone::ToneGenerator;
+
+const FRAMES: usize = 500;
+
+/// Ten seconds of a voice-like test signal: a tone with a second partial and some noise,
+/// so the encoder works as it would on speech rather than on a pure sine.
+fn signal() -> Vec<[i16; FRAME_SAMPLES_8K]> {
+    let mut a = ToneGenerator::new(1004.0, 8000, 6000);
+    let mut b = ToneGenerator::new(310.0, 8000, 3000);
+    let mut seed = 0x1234_5678u32;
+    (0..FRAMES)
+        .map(|_| {
+            let mut x = [0i16; FRAME_SAMPLES_8K];
+            let mut y = [0i16; FRAME_SAMPLES_8K];
+            a.fill(&mut x);
+            b.fill(&mut y);
+            for (s, t) in x.iter_mut().zip(y) {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                *s = s
+                    .saturating_add(t)
+                    .saturating_add(((seed >> 20) as i16) - 2048);
+            }
+            x
+        })
+        .collect()
+}
+
+fn floor_encoder(settings: EncoderSettings) -> Encoder {
+    // The same settings as gateway::media::opus::OpusEncoder.
+    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
+    e.set_complexity(settings.complexity).unwrap();
+    e.set_signal(Signal::Voice).unwrap();
+    e.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
+    e.set_bitrate(Bitrate::BitsPerSecond(24_000)).unwrap();
+    e.set_inband_fec(true).unwrap();
+    e.set_packet_loss_perc(settings.expected_loss_pct).unwrap();
+    e.set_dtx(settings.dtx).unwrap();
+    e
+}
+
+fn main() {
+    // OPUS_COMPLEXITY=0..10 measures another setting (the gateway's `media.opus_complexity`).
+    let settings = EncoderSettings {
+        complexity: std::env::var("OPUS_COMPLEXITY")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(EncoderSettings::default().complexity),
+        ..EncoderSettings::default()
+    };
+    println!("Opus complexity {}", settings.complexity);
+    let frames = signal();
+    // What the browser sends: the signal, Opus-encoded once, up front.
+    let mut browser = OpusEncoder::new(settings).unwrap();
+    let packets: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| {
+            let mut out = [0u8; 400];
+            let n = browser.encode(f, &mut out).unwrap();
+            out[..n].to_vec()
+        })
+        .collect();
+    // What the trunk sends: the signal as G.711 µ-law RTP.
+    let mut trunk_sender = RtpSender::new();
+    let trunk_packets: Vec<Vec<u8>> = frames
+        .iter()
+        .map(|f| {
+            let mut out = [0u8; 12 + FRAME_SAMPLES_8K];
+            let n = trunk_sender.next_header(&mut out, 0, FRAME_SAMPLES_8K as u32);
+            G711::Pcmu.encode(f, &mut out[n..]);
+            out.to_vec()
+        })
+        .collect();
+
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(8))
+        .sample_size(60)
+        .configure_from_args();
+
+    let mut bridge = Bridge::new(settings, 40).unwrap();
+    let mut sender = RtpSender::new();
+    let mut out = [0u8; 12 + FRAME_SAMPLES_8K];
+    let mut pcm = [0i16; FRAME_SAMPLES_8K];
+    let mut i = 0usize;
+    let mut seq = 0u16;
+    c.bench_function("pipeline: 20 ms both ways", |bench| {
+        bench.iter(|| {
+            let k = i % FRAMES;
+            i += 1;
+            seq = seq.wrapping_add(1);
+            // Browser → trunk.
+            bridge.from_browser(seq, &packets[k], |frame| {
+                let n = sender.next_header(&mut out, 0, FRAME_SAMPLES_8K as u32);
+                G711::Pcmu.encode(frame, &mut out[n..]);
+                black_box(&out);
+            });
+            // Trunk → browser.
+            let rtp = RtpPacket::parse(&trunk_packets[k]).unwrap();
+            G711::Pcmu.decode(rtp.payload, &mut pcm);
+            bridge.from_trunk(rtp.timestamp, &pcm);
+            black_box(bridge.to_browser());
+        })
+    });
+
+    let encoder = floor_encoder(settings);
+    let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+    let mut decoded = [0i16; FRAME_SAMPLES_8K];
+    let mut encoded = [0u8; 400];
+    let mut j = 0usize;
+    c.bench_function("floor: libopus decode + encode", |bench| {
+        bench.iter(|| {
+            let k = j % FRAMES;
+            j += 1;
+            let packet = Packet::try_from(packets[k].as_slice()).unwrap();
+            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+            black_box(decoder.decode(Some(packet), signals, false).unwrap());
+            black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
+        })
+    });
+    c.final_summary();
+
+    // The ratio, from criterion's own estimates (median of each).
+    let median = |name: &str| -> Option<f64> {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()?
+            .join("criterion")
+            // criterion's file-name-safe form of the benchmark's name
+            .join(name.replace(':', "_"))
+            .join("new")
+            .join("estimates.json");
+        let text = std::fs::read_to_string(dir).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        v["median"]["point_estimate"].as_f64()
+    };
+    match (
+        median("pipeline: 20 ms both ways"),
+        median("floor: libopus decode + encode"),
+    ) {
+        (Some(p), Some(f)) => println!(
+            "\nper 20 ms frame, both ways: pipeline {:.2} µs, libopus floor {:.2} µs, ratio {:.3}× (goal ≤ 1.3×)\n\
+             one call = 50 frames/s: pipeline {:.3} % of a core, floor {:.3} %",
+            p / 1000.0,
+            f / 1000.0,
+            p / f,
+            p * 50.0 / 1e7,
+            f * 50.0 / 1e7
+        ),
+        _ => println!("(criterion estimates not found; see target/criterion)"),
+    }
+}

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""End-to-end load ramp: N concurrent transcoded WebRTC calls through the gateway to sipp
+(-rtp_echo), for each N in the ramp, all on this machine (gateway + generator + sipp).
+
+Per step it records, from /proc, the gateway's CPU (as % of one core, in total and per call)
+and RSS (above idle, per call) over a steady window when every call is up, and from the load
+generator the setup time p50/p99, packet loss, jitter and whether the sampled calls (every
+10th decodes and checks the tone) still carry it. Writes target/load-ramp/ramp.json and
+ramp.md and prints the table.
+
+usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1]
+Bounded: every step ends within its call length plus the generator's own 30 s limit.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "load-ramp"
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+SIP_PORT, SIPP_PORT, SIPP_MEDIA, HTTP_PORT, WEBRTC_PORT = 25170, 25160, 26160, 28180, 19180
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid):
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
+
+
+def wait_http(port, timeout=20):
+    import urllib.request
+
+    until = time.time() + timeout
+    while time.time() < until:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("the gateway did not come up")
+
+
+def config(max_calls):
+    return f"""[sip]
+udp = "127.0.0.1:{SIP_PORT}"
+
+[rtp]
+ip = "127.0.0.1"
+port_min = 20000
+port_max = 29999
+
+[http]
+listen = "127.0.0.1:{HTTP_PORT}"
+anonymous = true
+
+[webrtc]
+udp = "127.0.0.1:{WEBRTC_PORT}"
+
+[limits]
+max_calls = {max_calls}
+
+[trunks.echo]
+addresses = ["127.0.0.1:{SIPP_PORT}"]
+options_interval = 0
+
+[targets.echo]
+trunk = "echo"
+number = "100"
+"""
+
+
+def active_calls():
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("gateway_active_calls "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def step(gateway, n, window):
+    ramp = max(2.0, n / 100.0)  # start calls over this long: DTLS handshakes are CPU work
+    settle = 3.0
+    seconds = ramp + settle + window + 2.0
+    idle_rss = rss_mb(gateway.pid)
+    generator = subprocess.Popen(
+        [str(ROOT / "target/release/loadgen"), "--ws", f"ws://127.0.0.1:{HTTP_PORT}/ws",
+         "--to", "echo", "--calls", str(n), "--concurrency", str(n), "--seconds", str(seconds),
+         "--ramp-seconds", str(ramp), "--light", "--sample", "10", "--json"],
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(ramp + settle)
+    up0 = active_calls()
+    c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
+    time.sleep(window)
+    c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
+    rss = rss_mb(gateway.pid)
+    # Per-call figures divide by the calls actually up in the window (the gateway's own
+    # gauge), not by the calls attempted: under overload many never connect.
+    up = max(1.0, (up0 + active_calls()) / 2)
+    out, _ = generator.communicate(timeout=seconds + 60)
+    summary = json.loads(out)
+    cpu = (c1 - c0) / (t1 - t0) * 100
+    return {
+        "calls": n,
+        "calls_up": round(up),
+        "gateway_cpu_pct": round(cpu, 1),
+        "gateway_cpu_pct_per_call": round(cpu / up, 3),
+        "gateway_rss_mb": round(rss, 1),
+        "gateway_rss_mb_per_call": round(max(0.0, rss - idle_rss) / up, 3),
+        "failures_sample": summary["failures"][:3],
+        "generator_cpu_pct": round((g1 - g0) / (t1 - t0) * 100, 1),
+        "calls_ok": summary["calls_ok"],
+        "calls_failed": summary["calls_failed"],
+        "setup_ms_p50": summary["setup_ms_p50"],
+        "setup_ms_p99": summary["setup_ms_p99"],
+        "loss_pct": summary["loss_pct"],
+        "jitter_ms_p50": summary["jitter_ms_p50"],
+        "jitter_ms_p99": summary["jitter_ms_p99"],
+        "tone_intact": summary["tone_detected"],
+        "tone_snr_db_p50": summary["tone_snr_db"],
+        "tone_calls_checked": summary["tone_calls_checked"],
+    }
+
+
+def markdown(rows):
+    head = ("| calls | up | gateway CPU % | % per call | RSS MB | MB per call | setup p50 ms | "
+            "setup p99 ms | loss % | jitter p50/p99 ms | tone (sampled) | failed |")
+    lines = [head, "|" + "---:|" * 12]
+    for r in rows:
+        tone = f"{'yes' if r['tone_intact'] else 'NO'} ({r['tone_calls_checked']}, {r['tone_snr_db_p50']} dB)"
+        lines.append(
+            f"| {r['calls']} | {r['calls_up']} | {r['gateway_cpu_pct']} | {r['gateway_cpu_pct_per_call']} | "
+            f"{r['gateway_rss_mb']} | {r['gateway_rss_mb_per_call']} | {r['setup_ms_p50']} | "
+            f"{r['setup_ms_p99']} | {r['loss_pct']} | {r['jitter_ms_p50']}/{r['jitter_ms_p99']} | "
+            f"{tone} | {r['calls_failed']} |")
+    return "\n".join(lines)
+
+
+def main():
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--steps", default="50,100,200,300,400")
+    args.add_argument("--window", type=float, default=10.0, help="seconds of steady state measured")
+    args.add_argument("--runs", type=int, default=1, help="repeat the ramp; the table shows medians")
+    args.add_argument("--no-build", action="store_true")
+    args.add_argument("--complexity", type=int, default=None,
+                      help="the gateway's media.opus_complexity (default: its default, 5)")
+    a = args.parse_args()
+    steps = [int(s) for s in a.steps.split(",")]
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "-p",
+                        "gateway-tests", "--bin", "gateway", "--bin", "loadgen"], cwd=ROOT, check=True)
+    if not shutil.which("sipp"):
+        sys.exit("sipp not found: scripts/install-deps.sh installs it")
+    OUT.mkdir(parents=True, exist_ok=True)
+    text = config(max(steps) + 100)
+    if a.complexity is not None:
+        text += f"\n[media]\nopus_complexity = {a.complexity}\n"
+    (OUT / "gateway.toml").write_text(text)
+    runs = []
+    for run in range(a.runs):
+        sipp = subprocess.Popen(
+            ["sipp", "-sf", str(ROOT / "tests/sipp/echo.xml"), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
+             "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
+            cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        gateway = subprocess.Popen(
+            [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
+            stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
+        try:
+            wait_http(HTTP_PORT)
+            rows = []
+            for n in steps:
+                row = step(gateway, n, a.window)
+                print(json.dumps(row), file=sys.stderr)
+                rows.append(row)
+                time.sleep(3)  # calls hang up; let the gateway settle
+            runs.append(rows)
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            sipp.terminate()
+            gateway.wait(timeout=90)
+            sipp.wait(timeout=10)
+    # Medians across runs, per step.
+    def median(values):
+        values = sorted(v for v in values if v is not None)
+        return values[len(values) // 2] if values else None
+
+    table = []
+    for i, n in enumerate(steps):
+        per = [r[i] for r in runs]
+        row = {k: median([p[k] for p in per]) for k in per[0]
+               if k not in ("calls", "tone_intact", "failures_sample")}
+        row["calls"] = n
+        row["tone_intact"] = all(p["tone_intact"] for p in per)
+        table.append(row)
+    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+    result = {"machine": {"cpu": cpu, "cores": os.cpu_count()}, "opus_complexity": 5 if a.complexity is None else a.complexity,
+              "runs": runs, "median": table}
+    (OUT / "ramp.json").write_text(json.dumps(result, indent=2))
+    md = markdown(table)
+    (OUT / "ramp.md").write_text(md + "\n")
+    print(f"{cpu}, {os.cpu_count()} cores, {a.runs} run(s), medians:\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
