@@ -9,7 +9,8 @@
 //!
 //! The UDP and SRTP work around it is not in either (it is the same syscall and cipher per
 //! packet whatever the pipeline does). Prints `pipeline / floor` at the end.
-//! Run: `cargo bench -p gateway --bench media` (`OPUS_COMPLEXITY=N` for another setting).
+//! Run: `cargo bench -p gateway --bench media` (`OPUS_COMPLEXITY=N`, `OPUS_LOSS_PCT=N` for
+//! other settings).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -69,9 +70,17 @@ fn main() {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(EncoderSettings::default().complexity),
+        // OPUS_LOSS_PCT=0 measures the encoder without in-band FEC (no LBRR is coded).
+        expected_loss_pct: std::env::var("OPUS_LOSS_PCT")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(EncoderSettings::default().expected_loss_pct),
         ..EncoderSettings::default()
     };
-    println!("Opus complexity {}", settings.complexity);
+    println!(
+        "Opus complexity {}, expected loss {} %",
+        settings.complexity, settings.expected_loss_pct
+    );
     let frames = signal();
     // What the browser sends: the signal, Opus-encoded once, up front.
     let mut browser = OpusEncoder::new(settings).unwrap();
