@@ -201,6 +201,25 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
         "{seen}"
     );
 
+    // A visitor who refuses the microphone is told what to do.
+    let out = dir.join("no-microphone");
+    std::fs::create_dir_all(&out).unwrap();
+    let seen = visit(
+        format!("{base}/?target=echo"),
+        out,
+        dir.join("tone-1004.wav"),
+        "--no-mic",
+    )
+    .await;
+    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
+    assert!(
+        seen["detailEnded"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Microphone access is blocked."),
+        "{seen}"
+    );
+
     // The CDR: one line per call, the second the sipp one.
     let mut lines = String::new();
     for _ in 0..50 {
@@ -220,6 +239,7 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     assert_eq!(sales["trunk"], "pbx", "{sales}");
     assert_eq!(sales["end_reason"], "hangup", "{sales}");
     assert_eq!(sales["sip_code"], 200, "{sales}");
+    assert!(sales["sip_call_id"].is_string(), "{sales}");
     assert!(sales["duration_s"].as_f64().unwrap_or(0.0) > 1.0, "{sales}");
     assert!(
         sales["browser_packets_in"].as_u64().unwrap_or(0) > 50,

@@ -4,7 +4,7 @@
 // state and prints one JSON line with what it saw. The Rust test (tests/tests/web_demo.rs)
 // starts the gateway and the trunks and checks the result.
 //
-// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS
+// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS|--unreachable|--no-mic
 
 import { chromium } from 'playwright-core';
 
@@ -23,7 +23,8 @@ const browser = await chromium.launch({
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
-    '--use-fake-ui-for-media-stream',
+    // --no-mic: the visitor refuses the microphone (no auto-accepting fake permission UI).
+    ...(digits === '--no-mic' ? [] : ['--use-fake-ui-for-media-stream']),
     '--use-fake-device-for-media-stream',
     `--use-file-for-fake-audio-capture=${toneWav}`,
     '--autoplay-policy=no-user-gesture-required',
@@ -50,7 +51,7 @@ async function poll(page, fn, arg, timeoutMs) {
 
 let failure = null; // `throw null` ends a scenario early without an error
 try {
-  const context = await browser.newContext({ permissions: ['microphone'] });
+  const context = await browser.newContext({ permissions: digits === '--no-mic' ? [] : ['microphone'] });
   const page = await context.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
   page.on('pageerror', (e) => result.errors.push(`page error: ${e.message}`));
@@ -63,12 +64,12 @@ try {
   if (await poll(page, () => window.demo.states.includes('connecting'), null, 5000)) {
     await shot(page, '2-connecting');
   }
-  if (digits === '--unreachable') {
-    // The page was pointed at a gateway that is not there: the widget must say so plainly.
+  if (digits === '--unreachable' || digits === '--no-mic') {
+    // No gateway there, or no microphone allowed: the widget must say so plainly.
     await poll(page, () => window.demo.states.includes('ended'), null, 10000);
     result.statusEnded = await widget.locator('#status').textContent();
     result.detailEnded = await widget.locator('#detail').textContent();
-    await shot(page, '3-unreachable');
+    await shot(page, digits === '--no-mic' ? '3-no-microphone' : '3-unreachable');
     const demo = await page.evaluate(() => window.demo);
     result.states = demo.states;
     result.shownErrors = demo.errors;

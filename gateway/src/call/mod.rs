@@ -413,6 +413,8 @@ async fn drive(
     let dial_started = Instant::now();
     let mut trunk: Option<TrunkCall> = None;
     let mut trunk_used: Option<String> = None;
+    // Kept apart from `trunk`, which hanging up consumes before the CDR is written.
+    let mut sip_call_id: Option<String> = None;
     let mut placing_done = false;
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -435,6 +437,7 @@ async fn drive(
                         ctx.metrics.record_setup(dial_started.elapsed());
                         ctx.metrics.calls_answered.fetch_add(1, Ordering::Relaxed);
                         trunk_used = Some(answered.trunk.clone());
+                        sip_call_id = Some(answered.call_id().to_string());
                         if let Ok(remote) = sdp::parse_remote(&answered.answer_sdp, &local.codecs, true) {
                             rtp.set_remote(remote);
                         }
@@ -638,7 +641,6 @@ async fn drive(
         ctx.mux.send(&bytes, peer);
     }
     ctx.mux.unregister(leg.ufrag());
-    let sip_call_id = trunk.as_ref().map(|t| t.call_id().to_string());
     finish(
         ctx,
         call,

@@ -118,10 +118,12 @@ impl CallState {
         let id = self.call_id.clone();
         let answered = self.phase == Phase::Answered;
         match input {
+            // A provisional that lost the race with the 2xx (both were queued when the call
+            // task looked) must not take an answered call back to ringing.
             Input::Progress {
                 code: 180,
                 early_media: false,
-            } => {
+            } if !answered => {
                 self.phase = Phase::Ringing;
                 vec![Output::Send(ServerMessage::Ringing { call_id: id })]
             }
@@ -163,6 +165,23 @@ impl CallState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_late_ringing_does_not_unanswer_the_call() {
+        let now = Instant::now();
+        let mut c = CallState::new("c-1");
+        c.on(Input::Answered, now);
+        let late = c.on(
+            Input::Progress {
+                code: 180,
+                early_media: false,
+            },
+            now,
+        );
+        assert!(late.is_empty(), "no ringing after answered");
+        c.on(Input::BrowserHangup, now);
+        assert_eq!(c.end, Some(("hangup".into(), 200)));
+    }
 
     fn sent(outputs: &[Output]) -> Vec<String> {
         outputs
