@@ -59,6 +59,18 @@ pub struct CallOptions {
     pub light: bool,
 }
 
+impl CallOptions {
+    /// A two-second call to `to` sending a 1004 Hz tone; everything else off.
+    pub fn new(to: &str) -> Self {
+        CallOptions {
+            to: to.into(),
+            seconds: 2.0,
+            tone_hz: 1004.0,
+            ..Default::default()
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CallReport {

@@ -125,6 +125,13 @@ impl Sipp {
         self.wait()
     }
 
+    /// [`Self::finish`] from async tests, off the runtime's threads (it polls and sleeps).
+    pub async fn finished(self) -> bool {
+        tokio::task::spawn_blocking(move || self.finish())
+            .await
+            .expect("the sipp waiter panicked")
+    }
+
     /// Like [`Self::finish`], keeping the handle (for [`Self::messages`]).
     pub fn wait(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(45);
@@ -192,17 +199,45 @@ pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBu
 
 /// A plain HTTP/1.0 GET on loopback, for `/metrics` and `/healthz`; returns the whole reply.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http_request(addr, &format!("GET {path}"), &[]).await
+}
+
+/// One plain HTTP/1.0 request without a body on loopback: `line` is the method and path,
+/// `headers` go after `Host`. Returns the whole reply.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    line: &str,
+    headers: &[(&str, &str)],
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect to the gateway");
+    let mut request = format!("{line} HTTP/1.0\r\nHost: localhost\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .write_all(request.as_bytes())
         .await
         .expect("send request");
     let mut reply = String::new();
     stream.read_to_string(&mut reply).await.expect("read reply");
     reply
+}
+
+/// `npm ci` in `dir` unless `installed` (a path under its node_modules) is already there.
+pub fn npm_ci(dir: &Path, installed: &str) {
+    if dir.join("node_modules").join(installed).exists() {
+        return;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .status()
+        .expect("run npm (the README's test command installs Node.js and npm)");
+    assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
 /// Builds an example plugin from `plugins/` for wasm32-wasip2 and returns the component's
@@ -262,14 +297,7 @@ pub fn build_js_plugin(name: &str) -> PathBuf {
     if fresh {
         return out;
     }
-    if !dir.join("node_modules").join(".bin").join("jco").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (the README's test command installs Node.js and npm)");
-        assert!(status.success(), "npm ci in plugins/{name} failed");
-    }
+    npm_ci(&dir, ".bin/jco");
     let status = Command::new(dir.join("node_modules").join(".bin").join("jco"))
         .arg("componentize")
         .arg("plugin.js")

@@ -14,17 +14,8 @@ fn with_target(path: &std::path::Path, extra: &str) {
 
 fn options(seconds: f64) -> CallOptions {
     CallOptions {
-        to: "echo".into(),
-        token: None,
         seconds,
-        tone_hz: 1004.0,
-        dtmf: None,
-        close_instead_of_hangup: false,
-        answer_as: None,
-        dtmf_message: None,
-        hold_after: None,
-        dtmf_later: Vec::new(),
-        light: false,
+        ..CallOptions::new("echo")
     }
 }
 
@@ -59,12 +50,7 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     );
     let ended = report.ended.expect("ended");
     assert_eq!(ended["reason"], "hangup");
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
-        "sipp did not get BYE"
-    );
+    assert!(sipp.finished().await, "sipp did not get BYE");
     let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
     let record: serde_json::Value = serde_json::from_str(cdr.lines().next().unwrap()).unwrap();
     assert_eq!(record["end_reason"], "hangup");
@@ -121,11 +107,7 @@ async fn early_media_reaches_the_browser_before_the_answer() {
         "two seconds of 183 early media reach the browser: {report:?}"
     );
     assert!(report.setup_ms.unwrap() >= 1900.0);
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,11 +128,7 @@ async fn trunk_hangup_ends_the_browser_call() {
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "audio flowed until the BYE: {report:?}"
     );
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
     assert_eq!(
         gateway
             .calls
@@ -177,9 +155,7 @@ async fn closing_the_websocket_hangs_up_with_bye() {
         .unwrap();
     assert!(report.messages.contains(&"answered".to_string()));
     assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
+        sipp.finished().await,
         "sipp expects the BYE the closed page caused"
     );
 }
@@ -259,12 +235,7 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
     drain.await.unwrap();
     let report = long_call.await.unwrap();
     assert_eq!(report.ended.unwrap()["reason"], "shutdown");
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
-        "the running call got its BYE"
-    );
+    assert!(sipp.finished().await, "the running call got its BYE");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -291,9 +262,7 @@ async fn browser_hold_reinvites_sendonly_and_dtmf_messages_reach_the_trunk() {
         "audio is back after unhold: {report:?}"
     );
     assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
+        sipp.finished().await,
         "sipp expected sendonly then sendrecv re-INVITEs"
     );
 }

@@ -16,17 +16,8 @@ async fn demo_gateway() -> gateway::run::Gateway {
 
 fn call(to: &str, tone_hz: f64) -> CallOptions {
     CallOptions {
-        to: to.into(),
-        token: None,
-        seconds: 2.0,
         tone_hz,
-        dtmf: None,
-        close_instead_of_hangup: false,
-        answer_as: None,
-        dtmf_message: None,
-        hold_after: None,
-        dtmf_later: Vec::new(),
-        light: false,
+        ..CallOptions::new(to)
     }
 }
 

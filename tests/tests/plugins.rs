@@ -8,19 +8,7 @@ use gateway_tests::client::{CallOptions, run_call};
 use gateway_tests::{Sipp, build_plugin, out_dir, ports, write_config};
 
 fn options() -> CallOptions {
-    CallOptions {
-        to: "sales".into(),
-        token: None,
-        seconds: 2.0,
-        tone_hz: 1004.0,
-        dtmf: None,
-        close_instead_of_hangup: false,
-        answer_as: None,
-        dtmf_message: None,
-        hold_after: None,
-        dtmf_later: Vec::new(),
-        light: false,
-    }
+    CallOptions::new("sales")
 }
 
 /// A gateway whose targets `sales` and `bad` dial 030 1234 on `carrier` (which nothing
@@ -100,11 +88,7 @@ async fn the_router_moves_the_call_to_another_trunk_and_number() {
         "sipp sees the E.164 number on the routed trunk: {log}"
     );
     assert!(counters(&gateway).contains(&("router".into(), "routed".into(), 1)));
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -189,11 +173,7 @@ async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
             .any(|(p, n, _)| p == "escape" && n == "failures"),
         "reading outside /data failed inside the plugin, it did not trap: {counters:?}"
     );
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,20 +310,13 @@ async fn the_recorder_writes_the_call_and_pauses_on_dtmf() {
 }
 
 async fn admin_reload(addr: std::net::SocketAddr, token: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "POST /admin/plugins/reload HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).await.unwrap();
-    reply
+    let bearer = format!("Bearer {token}");
+    gateway_tests::http_request(
+        addr,
+        "POST /admin/plugins/reload",
+        &[("Authorization", &bearer), ("Content-Length", "0")],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -445,11 +418,7 @@ async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
         "the JavaScript plugin's header reached the trunk: {log}"
     );
     assert!(counters(&gateway).contains(&("screen".into(), "blocked".into(), 1)));
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -84,17 +84,9 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
             run_call(
                 &url,
                 &CallOptions {
-                    to: "echo".into(),
                     token: Some(token),
                     seconds: 4.0,
-                    tone_hz: 1004.0,
-                    dtmf: None,
-                    close_instead_of_hangup: false,
-                    answer_as: None,
-                    dtmf_message: None,
-                    hold_after: None,
-                    dtmf_later: Vec::new(),
-                    light: false,
+                    ..CallOptions::new("echo")
                 },
             )
             .await
@@ -210,9 +202,5 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
         "the other call kept its audio: {report:?}"
     );
     assert_eq!(report.ended.unwrap()["reason"], "hangup");
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap()
-    );
+    assert!(sipp.finished().await);
 }

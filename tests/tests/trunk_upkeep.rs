@@ -90,9 +90,7 @@ async fn registration_answers_the_challenge_and_refreshes_before_expiry() {
         "the refresh got the 60 s grant"
     );
     assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
+        sipp.finished().await,
         "sipp refused a digest or missed the refresh"
     );
 }

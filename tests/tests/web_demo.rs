@@ -13,14 +13,7 @@ use gateway_tests::{Sipp, out_dir};
 /// `npm ci` for the browser driver, once.
 fn driver() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
-    if !dir.join("node_modules").join("playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()
-            .expect("run npm (the README's test command installs Node.js and npm)");
-        assert!(status.success(), "npm ci in tests/web failed");
-    }
+    gateway_tests::npm_ci(&dir, "playwright-core");
     dir.join("demo.mjs")
 }
 
@@ -173,12 +166,7 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     std::fs::create_dir_all(&out).unwrap();
     let seen = visit(format!("{base}/?target=sales"), out, tone, "7#").await;
     check("sales", &seen, "7#");
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.finish())
-            .await
-            .unwrap(),
-        "sipp saw the call through"
-    );
+    assert!(sipp.finished().await, "sipp saw the call through");
 
     // A gateway that cannot be reached is reported in plain words, not a stack trace.
     let out = dir.join("unreachable");

@@ -760,16 +760,17 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         Err(code) => {
             refuse(code);
             if let Some(hooks) = hooks {
-                hooks.event(crate::plugin::Event::Ended(crate::plugin::CallEnd {
-                    reason: crate::call::state::failure_reason(code).into(),
-                    sip_code: code,
-                    duration_ms: 0,
-                    trunk: Some(trunk),
-                    sip_call_id: None,
-                    started_ms,
-                    answered_ms: None,
-                }));
-                hooks.finish().await;
+                hooks
+                    .end(crate::plugin::CallEnd {
+                        reason: crate::call::state::failure_reason(code).into(),
+                        sip_code: code,
+                        duration_ms: 0,
+                        trunk: Some(trunk),
+                        sip_call_id: None,
+                        started_ms,
+                        answered_ms: None,
+                    })
+                    .await;
             }
             return;
         }
@@ -1009,17 +1010,18 @@ async fn finish(
         trunk_jitter_ms: rtp.jitter as f64 / 8.0,
     };
     if let Some(hooks) = hooks {
-        hooks.event(crate::plugin::Event::Ended(crate::plugin::CallEnd {
-            reason: record.end_reason.clone(),
-            sip_code: record.sip_code,
-            duration_ms: answered_ms.map_or(0, |a| ended_ms.saturating_sub(a)),
-            trunk: record.trunk.clone(),
-            sip_call_id: record.sip_call_id.clone(),
-            started_ms,
-            answered_ms,
-        }));
         // Plugins finish their work (a recording's file) before the call is over.
-        hooks.finish().await;
+        hooks
+            .end(crate::plugin::CallEnd {
+                reason: record.end_reason.clone(),
+                sip_code: record.sip_code,
+                duration_ms: answered_ms.map_or(0, |a| ended_ms.saturating_sub(a)),
+                trunk: record.trunk.clone(),
+                sip_call_id: record.sip_call_id.clone(),
+                started_ms,
+                answered_ms,
+            })
+            .await;
     }
     if let Some(log) = &ctx.cdr
         && let Err(e) = log.append(&record).await

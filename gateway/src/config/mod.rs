@@ -702,12 +702,8 @@ impl Config {
         for (i, spanned) in raw.plugins.iter().enumerate() {
             let p = spanned.get_ref();
             let field = |f: &str| format!("plugins[{i}].{f}");
-            let plugin_path = PathBuf::from(p.path.get_ref());
-            let plugin_path = if plugin_path.is_relative() {
-                path_base(path).join(plugin_path)
-            } else {
-                plugin_path
-            };
+            // Relative to the configuration file (an absolute path replaces the base).
+            let plugin_path = path_base(path).join(p.path.get_ref());
             if !plugin_path.is_file() {
                 c.issue(
                     p.path.span(),
@@ -746,14 +742,10 @@ impl Config {
                     p.deadline_ms.unwrap_or(20).max(1) as u64
                 ),
                 max_instances: p.max_instances.unwrap_or(1000).max(1),
-                data_dir: p.data_dir.as_ref().map(|d| {
-                    let dir = PathBuf::from(d.get_ref());
-                    if dir.is_relative() {
-                        path_base(path).join(dir)
-                    } else {
-                        dir
-                    }
-                }),
+                data_dir: p
+                    .data_dir
+                    .as_ref()
+                    .map(|d| path_base(path).join(d.get_ref())),
             });
         }
         let opus_complexity = raw

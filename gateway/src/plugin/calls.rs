@@ -9,7 +9,7 @@ use wasmtime::Store;
 
 use super::bindings;
 use super::host::State;
-use super::{AudioFrame, Event, PluginChain};
+use super::{AudioFrame, CallEnd, Event, PluginChain};
 
 /// Audio frames that may wait for a slow plugin (1 s); more are dropped and counted.
 const AUDIO_BACKLOG: usize = 50;
@@ -41,39 +41,38 @@ impl PluginChain {
     /// Passes a later event of a call to the plugins that saw its start. A failing plugin is
     /// dropped from the call (events are informational: nothing to fail closed on).
     pub fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
-        self.each(call, "event", |store, plugin| {
-            plugin.call_on_event(store, call_id, event)
-        });
+        self.each(
+            call,
+            "event",
+            |_| true,
+            |store, plugin| plugin.call_on_event(store, call_id, event),
+        );
     }
 
     /// Passes 20 ms of audio to the call's plugins that asked for audio.
     pub fn audio(&self, call: &mut CallPlugins, call_id: &str, frame: &AudioFrame) {
-        let plugins = &self.plugins;
-        call.instances.retain_mut(|(index, store, plugin)| {
-            let loaded = &plugins[*index];
-            if !loaded.manifest.audio {
-                return true;
-            }
-            store.set_epoch_deadline(loaded.deadline_ticks());
-            match plugin.call_on_audio(&mut *store, call_id, frame) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on audio; dropped for this call");
-                    loaded.shared.count("failures", 1);
-                    false
-                }
-            }
-        });
+        self.each(
+            call,
+            "audio frame",
+            |manifest| manifest.audio,
+            |store, plugin| plugin.call_on_audio(store, call_id, frame),
+        );
     }
 
+    /// Runs `hook` on each instance whose manifest passes `wanted`, under its deadline; an
+    /// instance that fails is logged, counted and dropped from the call.
     fn each(
         &self,
         call: &mut CallPlugins,
         what: &str,
+        wanted: impl Fn(&super::Manifest) -> bool,
         mut hook: impl FnMut(&mut Store<State>, &bindings::Plugin) -> wasmtime::Result<()>,
     ) {
         call.instances.retain_mut(|(index, store, plugin)| {
             let loaded = &self.plugins[*index];
+            if !wanted(&loaded.manifest) {
+                return true;
+            }
             store.set_epoch_deadline(loaded.deadline_ticks());
             match hook(store, plugin) {
                 Ok(()) => true,
@@ -195,8 +194,15 @@ impl CallHooks {
         let _ = self.tx.send(Work::Audio(frame));
     }
 
+    /// Tells the plugins how the call ended, then waits until every queued hook has run
+    /// and the instances are dropped (a recording's file closed).
+    pub async fn end(self, end: CallEnd) {
+        self.event(Event::Ended(end));
+        self.finish().await;
+    }
+
     /// Waits until every queued hook has run and the instances are dropped (files closed).
-    pub async fn finish(self) {
+    async fn finish(self) {
         drop(self.tx);
         let _ = self.worker.await;
         if self.audio_dropped > 0 {

@@ -22,17 +22,28 @@ pub(super) struct Kv {
     entries: Mutex<HashMap<String, (String, Option<Instant>)>>,
 }
 
+fn live(expiry: &Option<Instant>, now: Instant) -> bool {
+    expiry.is_none_or(|e| e > now)
+}
+
 impl Kv {
     pub(super) fn get(&self, key: &str) -> Option<String> {
+        let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(key) {
-            Some((_, Some(expiry))) if *expiry <= Instant::now() => {
+            Some((value, expiry)) if live(expiry, now) => Some(value.clone()),
+            Some(_) => {
                 entries.remove(key);
                 None
             }
-            Some((value, _)) => Some(value.clone()),
             None => None,
         }
+    }
+
+    /// False when the store is full of live keys.
+    pub(super) fn set(&self, key: String, value: String, ttl: Option<u32>) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        insert(&mut entries, key, value, ttl, Instant::now())
     }
 
     /// Adds `delta` to the integer under `key` (missing or not a number counts as 0), under
@@ -41,31 +52,33 @@ impl Kv {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let current: i64 = match entries.get(&key) {
-            Some((value, expiry)) if expiry.is_none_or(|e| e > now) => value.parse().unwrap_or(0),
+            Some((value, expiry)) if live(expiry, now) => value.parse().unwrap_or(0),
             _ => 0,
         };
         let next = current.saturating_add(delta);
-        if entries.len() < KV_MAX_KEYS || entries.contains_key(&key) {
-            let expiry = ttl.map(|s| now + Duration::from_secs(s as u64));
-            entries.insert(key, (next.to_string(), expiry));
-        }
+        insert(&mut entries, key, next.to_string(), ttl, now);
         next
     }
+}
 
-    /// False when the store is full of live keys.
-    pub(super) fn set(&self, key: String, value: String, ttl: Option<u32>) -> bool {
-        let now = Instant::now();
-        let expiry = ttl.map(|s| now + Duration::from_secs(s as u64));
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= KV_MAX_KEYS && !entries.contains_key(&key) {
-            entries.retain(|_, (_, e)| e.is_none_or(|e| e > now));
-            if entries.len() >= KV_MAX_KEYS {
-                return false;
-            }
+/// Stores a value unless the store is full of live keys (expired ones are swept first);
+/// false when it was refused.
+fn insert(
+    entries: &mut HashMap<String, (String, Option<Instant>)>,
+    key: String,
+    value: String,
+    ttl: Option<u32>,
+    now: Instant,
+) -> bool {
+    if entries.len() >= KV_MAX_KEYS && !entries.contains_key(&key) {
+        entries.retain(|_, (_, expiry)| live(expiry, now));
+        if entries.len() >= KV_MAX_KEYS {
+            return false;
         }
-        entries.insert(key, (value, expiry));
-        true
     }
+    let expiry = ttl.map(|s| now + Duration::from_secs(s as u64));
+    entries.insert(key, (value, expiry));
+    true
 }
 
 /// What all instances of one plugin share, across calls and reloads.

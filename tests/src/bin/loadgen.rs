@@ -89,17 +89,11 @@ fn ok(r: &CallReport) -> bool {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let options = CallOptions {
-        to: args.to.clone(),
         token: args.token.clone(),
         seconds: args.seconds,
         tone_hz: args.tone,
         dtmf: args.dtmf.clone(),
-        close_instead_of_hangup: false,
-        answer_as: None,
-        dtmf_message: None,
-        hold_after: None,
-        dtmf_later: Vec::new(),
-        light: false,
+        ..CallOptions::new(&args.to)
     };
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut tasks = Vec::new();
