@@ -233,6 +233,15 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
         sales["browser_packets_in"].as_u64().unwrap_or(0) > 50,
         "{sales}"
     );
+    // Chromium's RTCP reports on our audio reach the call (they steer in-band FEC); nothing
+    // is lost on loopback.
+    for record in &records {
+        assert!(
+            record["browser_reports"].as_u64().unwrap_or(0) >= 1,
+            "{record}"
+        );
+        assert_eq!(record["browser_reported_loss_pct"], 0.0, "{record}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,6 +40,10 @@ pub struct Cdr {
     pub browser_packets_out: u64,
     /// Browser frames rebuilt from FEC.
     pub browser_fec_recovered: u64,
+    /// RTCP reports the browser sent on the audio it received from us.
+    pub browser_reports: u64,
+    /// The highest loss the browser reported, percent (none without reports).
+    pub browser_reported_loss_pct: Option<f64>,
     /// RTP packets sent to the trunk.
     pub trunk_packets_out: u64,
     /// RTP packets from the trunk.

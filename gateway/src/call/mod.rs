@@ -425,10 +425,21 @@ async fn drive(
     let connect_deadline = tokio::time::sleep(Duration::from_secs(15));
     tokio::pin!(connect_deadline);
     let mut browser_connected = false;
+    // The browser leg's next timer; one Sleep re-armed when the stack's deadline moves rather
+    // than a new timer-wheel entry on every turn of the loop (three turns per 20 ms).
+    let leg_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(leg_timer);
+    let mut leg_deadline: Option<Instant> = None;
 
     loop {
         let mut inputs: Vec<Input> = Vec::new();
-        let leg_timer = leg.poll_timeout();
+        let next = leg.poll_timeout();
+        if next != leg_deadline {
+            leg_deadline = next;
+            if let Some(at) = next {
+                leg_timer.as_mut().reset(at.into());
+            }
+        }
         tokio::select! {
             result = placing.as_mut(), if !placing_done => {
                 placing_done = true;
@@ -464,9 +475,10 @@ async fn drive(
                 }
             }
             Some((datagram, peer)) = browser_rx.recv() => {
-                leg.handle_datagram(&datagram, peer, Instant::now());
+                leg.handle_datagram(datagram, peer, Instant::now());
             }
-            _ = sleep_until_opt(leg_timer) => {
+            _ = &mut leg_timer, if leg_deadline.is_some() => {
+                leg_deadline = None;
                 leg.handle_timeout(Instant::now());
             }
             _ = ticker.tick() => {
@@ -593,6 +605,9 @@ async fn drive(
                 BrowserEvent::Dtmf(d) => {
                     dtmf_event(&hooks, browser_party, &d.to_string());
                     rtp.send_digits(&d.to_string());
+                }
+                BrowserEvent::ReceiverReport { fraction_lost } => {
+                    bridge.on_browser_report(fraction_lost)
                 }
             }
         }
@@ -1003,6 +1018,10 @@ async fn finish(
         browser_packets_in: media.0.browser_packets,
         browser_packets_out: media.0.browser_packets_sent,
         browser_fec_recovered: media.0.browser_fec_recovered,
+        browser_reports: media.0.browser_reports,
+        browser_reported_loss_pct: (media.0.browser_reports > 0).then(|| {
+            (media.0.browser_reported_loss_max as f64 * 100.0 / 256.0 * 10.0).round() / 10.0
+        }),
         trunk_packets_out: rtp.sent,
         trunk_packets_in: rtp.received,
         trunk_concealed: media.1.concealed,
@@ -1027,12 +1046,5 @@ async fn finish(
         && let Err(e) = log.append(&record).await
     {
         tracing::error!(error = %e, call_id = %call.call_id, "CDR could not be written");
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -184,17 +184,20 @@ impl PluginChain {
     ) -> Result<PluginChain, PluginError> {
         let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
         let ticker = engine.weak();
-        // The hook deadline's clock: one epoch per millisecond while the engine lives.
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        // The hook deadline's clock: one epoch per millisecond while the engine lives. Without
+        // plugins no wasm runs, and the thread's thousand wake-ups a second would be waste.
+        if !configs.is_empty() {
+            std::thread::Builder::new()
+                .name("plugin-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(TICK);
+                    }
+                })
+                .map_err(|e| PluginError::Engine(e.to_string()))?;
+        }
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| PluginError::Engine(e.to_string()))?;

@@ -30,6 +30,7 @@ use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use bytes::{Bytes, BytesMut};
 
 pub mod mux;
+mod reports;
 
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::opus::RTP_TICKS_PER_FRAME;
@@ -74,6 +75,12 @@ pub enum BrowserEvent {
     },
     /// A DTMF digit (RFC 4733) from the browser's RTCDTMFSender.
     Dtmf(char),
+    /// The browser's RTCP report on the audio we send it: the fraction of packets lost since
+    /// its previous report, in 1/256 (RFC 3550 §6.4.1).
+    ReceiverReport {
+        /// Fraction lost, 0-255.
+        fraction_lost: u8,
+    },
 }
 
 /// The gateway's DTLS certificate, generated once per process and shared by every browser
@@ -207,6 +214,11 @@ impl BrowserLeg {
             )
             .with_setting_engine(settings)
             .with_media_engine(media_engine()?)
+            // Application-most, past every built-in slot: it only marks what reaches us.
+            .with_interceptor_registry(::rtc::interceptor::Registry::new().with(
+                ::rtc::interceptor::Slot::Custom(14_000),
+                reports::DeliverReports::default(),
+            ))
             .build(now)
             .map_err(stack)?;
         Ok((pc, ufrag, rand::random()))
@@ -346,8 +358,9 @@ impl BrowserLeg {
         &self.ufrag
     }
 
-    /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP).
-    pub fn handle_datagram(&mut self, datagram: &[u8], peer: SocketAddr, now: Instant) {
+    /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP); the stack decrypts it in
+    /// place, so it is handed over rather than copied.
+    pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) {
         let message = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -356,7 +369,7 @@ impl BrowserLeg {
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
             },
-            message: BytesMut::from(datagram),
+            message: datagram,
         };
         if let Err(e) = self.pc.handle_read(message) {
             tracing::debug!(error = %e, %peer, "browser datagram refused");
@@ -406,6 +419,9 @@ impl BrowserLeg {
             }
         }
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            if let RTCMessage::RtcpPacket(_, packets) = &message {
+                self.receiver_reports(packets);
+            }
             if let RTCMessage::RtpPacket(_, packet) = message {
                 let pt = packet.header.payload_type;
                 if pt == self.opus_pt {
@@ -421,6 +437,29 @@ impl BrowserLeg {
                 {
                     self.events.push_back(BrowserEvent::Dtmf(digit));
                 }
+            }
+        }
+    }
+
+    /// Picks the report blocks about our audio out of an RTCP compound packet: a browser
+    /// that also sends audio puts them in its sender report, else in a receiver report
+    /// (RFC 3550 §6.4).
+    fn receiver_reports(&mut self, packets: &[Box<dyn ::rtc::rtcp::Packet>]) {
+        use ::rtc::rtcp::receiver_report::ReceiverReport;
+        use ::rtc::rtcp::sender_report::SenderReport;
+        for packet in packets {
+            let any = packet.as_any();
+            let blocks = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                &rr.reports
+            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                &sr.reports
+            } else {
+                continue;
+            };
+            for block in blocks.iter().filter(|b| b.ssrc == self.ssrc) {
+                self.events.push_back(BrowserEvent::ReceiverReport {
+                    fraction_lost: block.fraction_lost,
+                });
             }
         }
     }

@@ -109,23 +109,18 @@ async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
             }
         };
         let data = &buf[..n];
-        let target = {
-            let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
-            match routes.by_addr.get(&peer) {
-                Some(tx) => Some(tx.clone()),
-                None => {
-                    let found = stun_username_ufrag(data)
-                        .and_then(|u| routes.by_ufrag.get(u))
-                        .cloned();
-                    if let Some(tx) = &found {
-                        routes.by_addr.insert(peer, tx.clone());
-                    }
-                    found
-                }
-            }
+        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = &mut *routes;
+        let target = match routes.by_addr.get(&peer) {
+            Some(tx) => Some(tx),
+            None => match stun_username_ufrag(data).and_then(|u| routes.by_ufrag.get(u)) {
+                Some(tx) => Some(&*routes.by_addr.entry(peer).or_insert_with(|| tx.clone())),
+                None => None,
+            },
         };
         match target {
             // A full queue means the call task is stalled: drop rather than stall every call.
+            // The copy is the only one: the call's stack decrypts it in place.
             Some(tx) => {
                 let _ = tx.try_send((BytesMut::from(data), peer));
             }

@@ -110,11 +110,14 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
 
     let mut gw_connected = false;
     let mut gw_opus = 0;
-    let mut sent = 0u16;
+    let mut gw_reports = Vec::new();
+    let mut sent = 0u32;
     let mut buf = vec![0u8; 2000];
     let mut gw_buf = vec![0u8; 2000];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline && (gw_opus < 20 || client.received.len() < 20) {
+    while Instant::now() < deadline
+        && (gw_opus < 20 || client.received.len() < 20 || gw_reports.is_empty())
+    {
         let now = Instant::now();
         while let Some(m) = client.pc.poll_write() {
             client
@@ -143,6 +146,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
             match ev {
                 BrowserEvent::Connected => gw_connected = true,
                 BrowserEvent::Opus { .. } => gw_opus += 1,
+                BrowserEvent::ReceiverReport { fraction_lost } => gw_reports.push(fraction_lost),
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -152,8 +156,8 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
                 header: ::rtc::rtp::header::Header {
                     version: 2,
                     payload_type: 111,
-                    sequence_number: sent,
-                    timestamp: sent as u32 * 960,
+                    sequence_number: sent as u16,
+                    timestamp: sent.wrapping_mul(960),
                     ssrc: client.ssrc,
                     ..Default::default()
                 },
@@ -166,6 +170,29 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
                 .write_rtp(now, packet)
                 .unwrap();
             leg.send_opus(&[0xf8, 0xff, 0xfe], sent == 0, now).unwrap();
+            if sent == 10 {
+                // The browser's view of our audio: a quarter lost (RFC 3550 §6.4.2), then a
+                // block about another source, which the leg must not take as ours.
+                let report = ::rtc::rtcp::receiver_report::ReceiverReport {
+                    ssrc: client.ssrc,
+                    reports: [(leg.ssrc, 64), (leg.ssrc.wrapping_add(1), 200)]
+                        .map(|(ssrc, fraction_lost)| {
+                            ::rtc::rtcp::reception_report::ReceptionReport {
+                                ssrc,
+                                fraction_lost,
+                                ..Default::default()
+                            }
+                        })
+                        .to_vec(),
+                    ..Default::default()
+                };
+                client
+                    .pc
+                    .rtp_sender(client.sender)
+                    .unwrap()
+                    .write_rtcp(now, vec![Box::new(report)])
+                    .unwrap();
+            }
             sent += 1;
         }
         tokio::select! {
@@ -178,7 +205,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
                 if let Some(ufrag) = stun_username_ufrag(&gw_buf[..n]) {
                     assert_eq!(ufrag, leg.ufrag(), "STUN USERNAME names our leg first");
                 }
-                leg.handle_datagram(&gw_buf[..n], peer, Instant::now());
+                leg.handle_datagram(BytesMut::from(&gw_buf[..n]), peer, Instant::now());
             }
             _ = tokio::time::sleep(Duration::from_millis(20)) => {
                 let now = Instant::now();
@@ -192,6 +219,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         "ICE + DTLS did not complete"
     );
     assert!(gw_opus >= 20, "gateway received {gw_opus} Opus packets");
+    assert_eq!(gw_reports, [64], "the browser's report on our audio");
     assert!(
         client.received.len() >= 20,
         "browser received {} packets",
