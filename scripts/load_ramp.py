@@ -8,7 +8,9 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 10th decodes and checks the tone) still carry it. Writes target/load-ramp/ramp.json and
 ramp.md and prints the table.
 
-usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1]
+usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
+With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
+step shows what one core of gateway carries, without the generator competing for it.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
 """
 
@@ -91,13 +93,12 @@ def active_calls():
     return 0.0
 
 
-def step(gateway, n, window):
+def step(gateway, n, window, prefix, idle_rss):
     ramp = max(2.0, n / 100.0)  # start calls over this long: DTLS handshakes are CPU work
     settle = 3.0
     seconds = ramp + settle + window + 2.0
-    idle_rss = rss_mb(gateway.pid)
     generator = subprocess.Popen(
-        [str(ROOT / "target/release/loadgen"), "--ws", f"ws://127.0.0.1:{HTTP_PORT}/ws",
+        prefix + [str(ROOT / "target/release/loadgen"), "--ws", f"ws://127.0.0.1:{HTTP_PORT}/ws",
          "--to", "echo", "--calls", str(n), "--concurrency", str(n), "--seconds", str(seconds),
          "--ramp-seconds", str(ramp), "--light", "--sample", "10", "--json"],
         stdout=subprocess.PIPE, text=True)
@@ -157,7 +158,15 @@ def main():
     args.add_argument("--no-build", action="store_true")
     args.add_argument("--complexity", type=int, default=None,
                       help="the gateway's media.opus_complexity (default: its default, 5)")
+    args.add_argument("--pin", action="store_true",
+                      help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    if a.pin and len(cpus) < 2:
+        sys.exit("--pin needs at least two CPUs")
+    # taskset also narrows the gateway's runtime: tokio sizes its workers from the affinity.
+    gateway_prefix = ["taskset", "-c", str(cpus[0])] if a.pin else []
+    others_prefix = ["taskset", "-c", ",".join(map(str, cpus[1:]))] if a.pin else []
     steps = [int(s) for s in a.steps.split(",")]
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "-p",
@@ -172,17 +181,21 @@ def main():
     runs = []
     for run in range(a.runs):
         sipp = subprocess.Popen(
-            ["sipp", "-sf", str(ROOT / "tests/sipp/echo.xml"), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
+            others_prefix + ["sipp", "-sf", str(ROOT / "tests/sipp/echo.xml"), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
              "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
             cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         gateway = subprocess.Popen(
-            [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
+            gateway_prefix + [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
             stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
         try:
             wait_http(HTTP_PORT)
+            # Memory per call is measured against the gateway before its first call: what an
+            # earlier step left allocated (the allocator keeps freed pages) must not be
+            # subtracted from a later one.
+            idle_rss = rss_mb(gateway.pid)
             rows = []
             for n in steps:
-                row = step(gateway, n, a.window)
+                row = step(gateway, n, a.window, others_prefix, idle_rss)
                 print(json.dumps(row), file=sys.stderr)
                 rows.append(row)
                 time.sleep(3)  # calls hang up; let the gateway settle
@@ -207,7 +220,7 @@ def main():
         table.append(row)
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     result = {"machine": {"cpu": cpu, "cores": os.cpu_count()}, "opus_complexity": 5 if a.complexity is None else a.complexity,
-              "runs": runs, "median": table}
+              "pinned": a.pin, "runs": runs, "median": table}
     (OUT / "ramp.json").write_text(json.dumps(result, indent=2))
     md = markdown(table)
     (OUT / "ramp.md").write_text(md + "\n")

@@ -70,7 +70,8 @@ fn main() {
             .ok()
             .and_then(|c| c.parse().ok())
             .unwrap_or(EncoderSettings::default().complexity),
-        // OPUS_LOSS_PCT=0 measures the encoder without in-band FEC (no LBRR is coded).
+        // The default is a clean path (the browser reports no loss: no FEC is coded);
+        // OPUS_LOSS_PCT=N measures the encoder protecting against N % loss with in-band FEC.
         expected_loss_pct: std::env::var("OPUS_LOSS_PCT")
             .ok()
             .and_then(|c| c.parse().ok())

@@ -196,6 +196,33 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
         "{refused}"
     );
 
+    // A message over the 64 KiB limit ends that connection, and only that one.
+    let (mut big, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut big).await["type"], "hello");
+    let _ = big.send(Message::Text("x".repeat(100 * 1024).into())).await;
+    let _how = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match big.next().await {
+                Some(Ok(Message::Close(frame))) => break format!("close {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break format!("error {e}"),
+                None => break "end".to_string(),
+            }
+        }
+    })
+    .await
+    .expect("the oversized message's connection ends");
+    ws.send(Message::Text(
+        json!({"type": "hangup", "call_id": "c-nope"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["code"], "no_such_call");
+
     let report = good.await.unwrap();
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
