@@ -157,7 +157,7 @@ def main():
     args.add_argument("--runs", type=int, default=1, help="repeat the ramp; the table shows medians")
     args.add_argument("--no-build", action="store_true")
     args.add_argument("--complexity", type=int, default=None,
-                      help="the gateway's media.opus_complexity (default: its default, 5)")
+                      help="the gateway's media.opus_complexity (default: its default, 1)")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
@@ -219,7 +219,7 @@ def main():
         row["tone_intact"] = all(p["tone_intact"] for p in per)
         table.append(row)
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
-    result = {"machine": {"cpu": cpu, "cores": os.cpu_count()}, "opus_complexity": 5 if a.complexity is None else a.complexity,
+    result = {"machine": {"cpu": cpu, "cores": os.cpu_count()}, "opus_complexity": 1 if a.complexity is None else a.complexity,
               "pinned": a.pin, "runs": runs, "median": table}
     (OUT / "ramp.json").write_text(json.dumps(result, indent=2))
     md = markdown(table)

@@ -72,6 +72,7 @@ impl CallContext {
         .map_err(|_| "no free RTP port")?;
         let settings = EncoderSettings {
             complexity: self.config.media.opus_complexity,
+            complexity_under_loss: self.config.media.opus_complexity_under_loss,
             ..Default::default()
         };
         let bridge =

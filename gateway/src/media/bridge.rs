@@ -61,6 +61,8 @@ pub struct Bridge {
     encoder: OpusEncoder,
     jitter: JitterBuffer,
     loss: LossEstimate,
+    settings: EncoderSettings,
+    complexity: u8,
     last_sequence: Option<u16>,
     pcm: [i16; FRAME_SAMPLES_8K],
     out: [u8; MAX_PACKET],
@@ -83,18 +85,41 @@ const MAX_CONCEALED_GAP: u16 = 5;
 impl Bridge {
     /// A bridge with the given Opus encoder settings and jitter-buffer depth.
     pub fn new(settings: EncoderSettings, jitter_ms: u32) -> Result<Bridge, OpusError> {
-        Ok(Bridge {
+        let mut bridge = Bridge {
             decoder: OpusDecoder::new()?,
             encoder: OpusEncoder::new(settings)?,
             jitter: JitterBuffer::new(jitter_ms),
             loss: LossEstimate {
                 percent: settings.expected_loss_pct,
             },
+            settings,
+            complexity: settings.complexity,
             last_sequence: None,
             pcm: [0; FRAME_SAMPLES_8K],
             out: [0; MAX_PACKET],
             stats: BridgeStats::default(),
-        })
+        };
+        bridge.follow_loss()?;
+        Ok(bridge)
+    }
+
+    /// Codes FEC at the complexity meant for it while loss is expected, and goes back to the
+    /// cheaper clean-path complexity when it is not.
+    fn follow_loss(&mut self) -> Result<(), OpusError> {
+        let percent = self.loss.percent();
+        let complexity = if percent > 0 {
+            self.settings
+                .complexity
+                .max(self.settings.complexity_under_loss)
+        } else {
+            self.settings.complexity
+        };
+        self.encoder.set_expected_loss(percent)?;
+        if complexity != self.complexity {
+            self.encoder.set_complexity(complexity)?;
+            self.complexity = complexity;
+        }
+        Ok(())
     }
 
     /// Browser → trunk: decodes one Opus packet and hands each resulting 20 ms frame (the
@@ -169,11 +194,16 @@ impl Bridge {
         self.stats.browser_reports += 1;
         self.stats.browser_reported_loss_max =
             self.stats.browser_reported_loss_max.max(fraction_lost);
-        if let Some(percent) = self.loss.on_report(fraction_lost)
-            && let Err(e) = self.encoder.set_expected_loss(percent)
+        if self.loss.on_report(fraction_lost).is_some()
+            && let Err(e) = self.follow_loss()
         {
             tracing::debug!(error = %e, "FEC not adapted to the browser's loss");
         }
+    }
+
+    /// The encoder's complexity now.
+    pub fn complexity(&self) -> u8 {
+        self.complexity
     }
 
     /// The loss in-band FEC protects against now, percent.
@@ -364,11 +394,17 @@ mod tests {
         let mut clean = Bridge::new(settings, 20).unwrap();
         clean.on_browser_report(0);
         assert_eq!(clean.expected_loss(), 0);
+        assert_eq!(
+            clean.complexity(),
+            settings.complexity,
+            "cheap on a clean path"
+        );
         assert_eq!(rebuilt_from_fec(&mut clean), 0, "no FEC on a clean path");
 
         let mut lossy = Bridge::new(settings, 20).unwrap();
         lossy.on_browser_report(64);
         assert_eq!(lossy.expected_loss(), 25);
+        assert_eq!(lossy.complexity(), settings.complexity_under_loss);
         let rebuilt = rebuilt_from_fec(&mut lossy);
         assert!(
             rebuilt >= 12,
@@ -376,5 +412,13 @@ mod tests {
         );
         assert_eq!(lossy.stats.browser_reports, 1);
         assert_eq!(lossy.stats.browser_reported_loss_max, 64);
+        while lossy.expected_loss() > 0 {
+            lossy.on_browser_report(0);
+        }
+        assert_eq!(
+            lossy.complexity(),
+            settings.complexity,
+            "back once the path is clean"
+        );
     }
 }

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Listening quality of the audio the gateway sends to browsers, per Opus encoder setting:
+PESQ (ITU-T P.862, narrowband MOS-LQO) of speech that went trunk G.711 → jitter buffer →
+Opus encoder (the gateway's own code, gateway/examples/opus_quality.rs) → Opus decoder,
+against the speech before it. For choosing `media.opus_complexity` by measurement.
+
+The speech is synthesised with espeak-ng (two voices, two passages of about 8 s each), so
+the scores compare settings with each other; they are not the scores of recorded speech.
+
+usage: scripts/opus_quality.py [--complexities 0,1,2,3,5,8,10]
+Needs espeak-ng (`apt-get install espeak-ng`); installs numpy and pesq from PyPI into
+target/quality-venv on first use. Writes target/opus-quality/quality.{json,md}.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "target" / "opus-quality"
+VENV = ROOT / "target" / "quality-venv"
+
+PASSAGES = [
+    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
+    "It is easy to tell the depth of a well. These days a chicken leg is a rare dish.",
+    "Thank you for calling. Please hold while we connect you to the next available agent. "
+    "Your order number is four seven two nine, and it will ship on Thursday morning.",
+]
+VOICES = ["en-us", "en-us+f3"]
+
+
+def in_venv():
+    """Re-runs this script inside a venv with numpy and pesq when they are missing."""
+    try:
+        import numpy  # noqa: F401
+        import pesq  # noqa: F401
+        return
+    except ImportError:
+        pass
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<3", "pesq==0.0.4"],
+                       check=True)
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+def to_8k(samples, rate):
+    """Band-limited resampling to 8 kHz (spectrum cut at 4 kHz, inverse FFT at the new length)."""
+    import numpy as np
+
+    n = int(round(len(samples) * 8000 / rate))
+    spectrum = np.fft.rfft(samples)[: n // 2 + 1]
+    return np.fft.irfft(spectrum, n) * (n / len(samples))
+
+
+def speech(text, voice):
+    import numpy as np
+
+    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text],
+                         check=True, capture_output=True).stdout
+    # espeak-ng writes a 44-byte RIFF header and 16-bit mono PCM at 22050 Hz.
+    rate = int.from_bytes(wav[24:28], "little")
+    pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.float64)
+    pcm = to_8k(pcm, rate)
+    # Active speech near -26 dBov, the level P.862 expects.
+    rms = np.sqrt(np.mean(pcm[np.abs(pcm) > 100] ** 2))
+    pcm = pcm * (32768 * 10 ** (-26 / 20) / rms)
+    return np.clip(np.round(pcm), -32768, 32767).astype("<i2")
+
+
+def main():
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--complexities", default="0,1,2,3,5,8,10")
+    a = args.parse_args()
+    if not shutil.which("espeak-ng"):
+        sys.exit("espeak-ng not found: apt-get install espeak-ng")
+    in_venv()
+    import numpy as np
+    from pesq import pesq
+
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
+                    "opus_quality"], cwd=ROOT, check=True)
+    tool = ROOT / "target" / "release" / "examples" / "opus_quality"
+    OUT.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for i, text in enumerate(PASSAGES):
+        for voice in VOICES:
+            path = OUT / f"speech-{i}-{voice.replace('+', '-')}.s16le"
+            path.write_bytes(speech(text, voice).tobytes())
+            samples.append(path)
+    # (label, complexity, expected loss % the encoder codes FEC for, % of packets lost).
+    settings = [("G.711 only (the ceiling)", "g711", 0, 0)]
+    settings += [(f"complexity {c}", c, 0, 0) for c in map(int, a.complexities.split(","))]
+    settings.append(("complexity 5, FEC for 10 % loss, nothing lost", 5, 10, 0))
+    for c in (1, 3, 5):
+        settings.append((f"10 % lost: complexity {c}, no FEC", c, 0, 10))
+        settings.append((f"10 % lost: complexity {c}, FEC for 10 %", c, 10, 10))
+    rows = []
+    for label, complexity, loss, lost in settings:
+        scores = []
+        for path in samples:
+            out = path.with_suffix(f".c{complexity}-l{loss}-d{lost}.out")
+            subprocess.run([str(tool), str(path), str(out), str(complexity), str(loss), str(lost)],
+                           check=True)
+            ref = np.frombuffer(path.read_bytes(), dtype="<i2").astype(np.float64)
+            deg = np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float64)
+            scores.append(pesq(8000, ref, deg, "nb"))
+        rows.append({"setting": label, "complexity": complexity, "expected_loss_pct": loss,
+                     "packets_lost_pct": lost,
+                     "pesq_nb": [round(s, 3) for s in scores],
+                     "pesq_nb_mean": round(float(np.mean(scores)), 3)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    (OUT / "quality.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| setting | PESQ NB (MOS-LQO), mean of 4 | per sample |", "|---|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['setting']} | {r['pesq_nb_mean']} | {', '.join(map(str, r['pesq_nb']))} |")
+    (OUT / "quality.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
