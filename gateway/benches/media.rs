@@ -65,11 +65,15 @@ fn floor_encoder(settings: EncoderSettings) -> Encoder {
 
 fn main() {
     // OPUS_COMPLEXITY=0..10 measures another setting (the gateway's `media.opus_complexity`).
+    let complexity = std::env::var("OPUS_COMPLEXITY")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(EncoderSettings::default().complexity);
     let settings = EncoderSettings {
-        complexity: std::env::var("OPUS_COMPLEXITY")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(EncoderSettings::default().complexity),
+        complexity,
+        // One complexity per run, lossy or not, so pipeline and floor encode alike (the
+        // gateway itself switches to `complexity_under_loss` while FEC is coded).
+        complexity_under_loss: complexity,
         // The default is a clean path (the browser reports no loss: no FEC is coded);
         // OPUS_LOSS_PCT=N measures the encoder protecting against N % loss with in-band FEC.
         expected_loss_pct: std::env::var("OPUS_LOSS_PCT")

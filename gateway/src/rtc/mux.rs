@@ -109,12 +109,12 @@ async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
             }
         };
         let data = &buf[..n];
-        let mut routes = routes.lock().unwrap_or_else(|e| e.into_inner());
-        let routes = &mut *routes;
-        let target = match routes.by_addr.get(&peer) {
+        let mut table = routes.lock().unwrap_or_else(|e| e.into_inner());
+        let table = &mut *table;
+        let target = match table.by_addr.get(&peer) {
             Some(tx) => Some(tx),
-            None => match stun_username_ufrag(data).and_then(|u| routes.by_ufrag.get(u)) {
-                Some(tx) => Some(&*routes.by_addr.entry(peer).or_insert_with(|| tx.clone())),
+            None => match stun_username_ufrag(data).and_then(|u| table.by_ufrag.get(u)) {
+                Some(tx) => Some(&*table.by_addr.entry(peer).or_insert_with(|| tx.clone())),
                 None => None,
             },
         };
