@@ -47,9 +47,17 @@ fn tone_wav(path: &Path) {
 }
 
 /// Runs the visitor in Chromium against `url`; returns what the driver saw.
-async fn visit(url: String, out: PathBuf, tone: PathBuf, digits: &str) -> serde_json::Value {
+/// For a call the widget could not start: it says "Call ended"; returns the line under it.
+fn ended_detail(seen: &serde_json::Value) -> &str {
+    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
+    seen["detailEnded"].as_str().unwrap_or("")
+}
+
+async fn visit(url: String, out: PathBuf, tone: &Path, digits: &str) -> serde_json::Value {
+    std::fs::create_dir_all(&out).unwrap();
     let script = driver();
     let digits = digits.to_string();
+    let tone = tone.to_path_buf();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
@@ -156,55 +164,54 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     let base = format!("http://{}", gateway.http_addr);
 
     // The built-in demo trunk: audio and digits echoed.
-    let out = dir.join("echo");
-    std::fs::create_dir_all(&out).unwrap();
-    let seen = visit(format!("{base}/?target=echo"), out, tone.clone(), "42").await;
+    let seen = visit(
+        format!("{base}/?target=echo"),
+        dir.join("echo"),
+        &tone,
+        "42",
+    )
+    .await;
     check("echo", &seen, "42");
 
     // sipp as the PBX, echoing RTP (and the RFC 4733 digits with it).
-    let out = dir.join("sales");
-    std::fs::create_dir_all(&out).unwrap();
-    let seen = visit(format!("{base}/?target=sales"), out, tone, "7#").await;
+    let seen = visit(
+        format!("{base}/?target=sales"),
+        dir.join("sales"),
+        &tone,
+        "7#",
+    )
+    .await;
     check("sales", &seen, "7#");
     assert!(sipp.finished().await, "sipp saw the call through");
 
     // A gateway that cannot be reached is reported in plain words, not a stack trace.
-    let out = dir.join("unreachable");
-    std::fs::create_dir_all(&out).unwrap();
     let closed = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let seen = visit(
         format!("{base}/?target=echo&gateway=ws://{closed}/ws"),
-        out,
-        dir.join("tone-1004.wav"),
+        dir.join("unreachable"),
+        &tone,
         "--unreachable",
     )
     .await;
-    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
     assert_eq!(
-        seen["detailEnded"].as_str(),
-        Some("Cannot reach the call service. Check your connection and try again."),
+        ended_detail(&seen),
+        "Cannot reach the call service. Check your connection and try again.",
         "{seen}"
     );
 
     // A visitor who refuses the microphone is told what to do.
-    let out = dir.join("no-microphone");
-    std::fs::create_dir_all(&out).unwrap();
     let seen = visit(
         format!("{base}/?target=echo"),
-        out,
-        dir.join("tone-1004.wav"),
+        dir.join("no-microphone"),
+        &tone,
         "--no-mic",
     )
     .await;
-    assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
     assert!(
-        seen["detailEnded"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("Microphone access is blocked."),
+        ended_detail(&seen).starts_with("Microphone access is blocked."),
         "{seen}"
     );
 

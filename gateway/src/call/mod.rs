@@ -1020,9 +1020,7 @@ async fn finish(
         browser_packets_out: media.0.browser_packets_sent,
         browser_fec_recovered: media.0.browser_fec_recovered,
         browser_reports: media.0.browser_reports,
-        browser_reported_loss_pct: (media.0.browser_reports > 0).then(|| {
-            (media.0.browser_reported_loss_max as f64 * 100.0 / 256.0 * 10.0).round() / 10.0
-        }),
+        browser_reported_loss_pct: media.0.browser_reported_loss_pct(),
         trunk_packets_out: rtp.sent,
         trunk_packets_in: rtp.received,
         trunk_concealed: media.1.concealed,

@@ -27,6 +27,14 @@ pub struct BridgeStats {
     pub browser_reported_loss_max: u8,
 }
 
+impl BridgeStats {
+    /// The highest loss the browser reported, percent to one decimal; `None` without reports.
+    pub fn browser_reported_loss_pct(&self) -> Option<f64> {
+        (self.browser_reports > 0)
+            .then(|| (self.browser_reported_loss_max as f64 * 1000.0 / 256.0).round() / 10.0)
+    }
+}
+
 /// The loss the encoder protects against, from the browser's receiver reports: it follows
 /// a rise at once (the next frames carry FEC sized for it) and decays by a quarter per
 /// report after, so one clean interval in a lossy call does not switch FEC off, while a
@@ -62,7 +70,6 @@ pub struct Bridge {
     jitter: JitterBuffer,
     loss: LossEstimate,
     settings: EncoderSettings,
-    complexity: u8,
     last_sequence: Option<u16>,
     pcm: [i16; FRAME_SAMPLES_8K],
     out: [u8; MAX_PACKET],
@@ -93,33 +100,24 @@ impl Bridge {
                 percent: settings.expected_loss_pct,
             },
             settings,
-            complexity: settings.complexity,
             last_sequence: None,
             pcm: [0; FRAME_SAMPLES_8K],
             out: [0; MAX_PACKET],
             stats: BridgeStats::default(),
         };
-        bridge.follow_loss()?;
+        // The encoder starts at the clean-path complexity; loss expected from the start needs
+        // the under-loss one.
+        if settings.expected_loss_pct > 0 {
+            bridge.follow_loss()?;
+        }
         Ok(bridge)
     }
 
     /// Codes FEC at the complexity meant for it while loss is expected, and goes back to the
-    /// cheaper clean-path complexity when it is not.
+    /// cheaper clean-path complexity when it is not. Runs only when the estimate changes.
     fn follow_loss(&mut self) -> Result<(), OpusError> {
-        let percent = self.loss.percent();
-        let complexity = if percent > 0 {
-            self.settings
-                .complexity
-                .max(self.settings.complexity_under_loss)
-        } else {
-            self.settings.complexity
-        };
-        self.encoder.set_expected_loss(percent)?;
-        if complexity != self.complexity {
-            self.encoder.set_complexity(complexity)?;
-            self.complexity = complexity;
-        }
-        Ok(())
+        self.encoder.set_expected_loss(self.loss.percent())?;
+        self.encoder.set_complexity(self.complexity())
     }
 
     /// Browser → trunk: decodes one Opus packet and hands each resulting 20 ms frame (the
@@ -203,7 +201,13 @@ impl Bridge {
 
     /// The encoder's complexity now.
     pub fn complexity(&self) -> u8 {
-        self.complexity
+        if self.loss.percent() > 0 {
+            self.settings
+                .complexity
+                .max(self.settings.complexity_under_loss)
+        } else {
+            self.settings.complexity
+        }
     }
 
     /// The loss in-band FEC protects against now, percent.

@@ -419,24 +419,25 @@ impl BrowserLeg {
             }
         }
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-            if let RTCMessage::RtcpPacket(_, packets) = &message {
-                self.receiver_reports(packets);
-            }
-            if let RTCMessage::RtpPacket(_, packet) = message {
-                let pt = packet.header.payload_type;
-                if pt == self.opus_pt {
-                    self.events.push_back(BrowserEvent::Opus {
-                        sequence: packet.header.sequence_number,
-                        timestamp: packet.header.timestamp,
-                        payload: packet.payload,
-                    });
-                } else if Some(pt) == self.dtmf_pt
-                    && let Some(digit) = self
-                        .dtmf
-                        .on_packet(packet.header.timestamp, &packet.payload)
-                {
-                    self.events.push_back(BrowserEvent::Dtmf(digit));
+            match message {
+                RTCMessage::RtcpPacket(_, packets) => self.receiver_reports(&packets),
+                RTCMessage::RtpPacket(_, packet) => {
+                    let pt = packet.header.payload_type;
+                    if pt == self.opus_pt {
+                        self.events.push_back(BrowserEvent::Opus {
+                            sequence: packet.header.sequence_number,
+                            timestamp: packet.header.timestamp,
+                            payload: packet.payload,
+                        });
+                    } else if Some(pt) == self.dtmf_pt
+                        && let Some(digit) = self
+                            .dtmf
+                            .on_packet(packet.header.timestamp, &packet.payload)
+                    {
+                        self.events.push_back(BrowserEvent::Dtmf(digit));
+                    }
                 }
+                _ => {}
             }
         }
     }
