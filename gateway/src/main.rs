@@ -64,14 +64,24 @@ enum Command {
     },
 }
 
+/// Logs to stderr: plain text (colours only on a terminal, so files and journals get no
+/// escape codes), or JSON lines with `GATEWAY_LOG_FORMAT=json` for log pipelines.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| "warn,rtc_dtls=error".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("GATEWAY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
-                .unwrap_or_else(|_| "warn,rtc_dtls=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config: path } => {

@@ -197,6 +197,34 @@ pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBu
     path
 }
 
+/// A configuration for plugin tests: targets `sales` and `bad` dial 030-1234 on `carrier`
+/// (where nothing answers), a trunk `berlin` at `sipp_port`, and the `[[plugins]]` entries.
+pub fn plugins_config(dir: &Path, sipp_port: u16, plugins: &str) -> PathBuf {
+    let (dead, _) = ports();
+    let path = write_config(
+        dir,
+        &[
+            ("carrier", dead, "udp", &[]),
+            ("berlin", sipp_port, "udp", &[]),
+        ],
+    );
+    let mut text = std::fs::read_to_string(&path).expect("read the config just written");
+    text.push_str("\n[targets.sales]\ntrunk = \"carrier\"\nnumber = \"030-1234\"\n");
+    text.push_str("\n[targets.bad]\ntrunk = \"carrier\"\nnumber = \"030-1234\"\n");
+    text.push_str(plugins);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A `[[plugins]]` entry: `settings` are extra keys (`data_dir`, `memory_mb`, …), `config`
+/// the `[plugins.config]` table's lines.
+pub fn plugin_in(name: &str, file: &Path, policy: &str, settings: &str, config: &str) -> String {
+    format!(
+        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\npolicy = \"{policy}\"\nreject_code = 503\n{settings}\n[plugins.config]\n{config}\n",
+        file.display()
+    )
+}
+
 /// A plain HTTP/1.0 GET on loopback, for `/metrics` and `/healthz`; returns the whole reply.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http_request(addr, &format!("GET {path}"), &[]).await

@@ -166,12 +166,37 @@ async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() 
     let (trunk_port, _) = gateway_tests::ports();
     let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
     with_target(&path, "\n[inbound]\n\"+15550100\" = \"agent-7\"\n");
+    // Taking an identity's calls needs a token whose subject it is.
+    let secret = "agent-secret-0123456789abcdef";
+    std::fs::write(dir.join("secret"), secret).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[http]\n",
+        &format!(
+            "[http]\ntoken_secret_file = \"{}\"\n",
+            dir.join("secret").display()
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
     let mut opts = options(30.0);
     opts.answer_as = Some("agent-7".into());
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 120;
+    opts.token = Some(gateway::signal::token::sign(
+        &gateway::signal::token::Claims {
+            sub: "agent-7".into(),
+            exp,
+            targets: vec![],
+            numbers: false,
+        },
+        secret.as_bytes(),
+    ));
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.
@@ -185,8 +210,8 @@ async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() 
     let report = browser.await.unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert_eq!(
-        &report.messages[..3],
-        ["hello", "registered", "incoming"],
+        &report.messages[..4],
+        ["hello", "authenticated", "registered", "incoming"],
         "{report:?}"
     );
     assert!(report.messages.contains(&"answered".to_string()));

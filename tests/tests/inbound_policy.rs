@@ -4,15 +4,16 @@ use gateway::config::Config;
 use gateway_tests::{Sipp, out_dir, ports, write_config};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn invites_from_unknown_addresses_get_403_and_from_trunks_480() {
+async fn invites_from_unknown_addresses_get_one_stateless_403_and_from_trunks_480() {
     let (trunk_port, _) = ports();
     let (gateway_port, _) = ports();
     let trunk_dir = out_dir("inbound_trunk");
     let stranger_dir = out_dir("inbound_stranger");
     let path = write_config(&trunk_dir, &[("carrier", trunk_port, "udp", &[])]);
+    // Refusing rather than dropping (the default), so the stranger has something to see.
     let text = std::fs::read_to_string(&path).unwrap().replacen(
         "udp = \"127.0.0.1:0\"",
-        &format!("udp = \"127.0.0.1:{gateway_port}\""),
+        &format!("udp = \"127.0.0.1:{gateway_port}\"\nunknown_sources = \"reject\""),
         1,
     );
     // The dialled number routes to a browser identity that nobody has registered.
@@ -35,11 +36,11 @@ async fn invites_from_unknown_addresses_get_403_and_from_trunks_480() {
     .await
     .unwrap();
     assert!(stranger.0, "sipp did not get a final response");
-    assert!(
-        stranger.1.messages().contains("SIP/2.0 403"),
-        "{}",
-        stranger.1.messages()
-    );
+    let seen = stranger.1.messages();
+    assert!(seen.contains("SIP/2.0 403"), "{seen}");
+    // Stateless: no 100 Trying first, no retransmission of the 403 after.
+    assert!(!seen.contains("SIP/2.0 100"), "{seen}");
+    assert_eq!(seen.matches("SIP/2.0 403").count(), 1, "{seen}");
 
     // The trunk's own address (sipp bound to the configured trunk port) is let in; with no
     // browser registered yet the call is refused as temporarily unavailable.

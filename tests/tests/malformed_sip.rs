@@ -22,6 +22,7 @@ async fn start() -> Endpoint {
         public_ip: None,
         user_agent: "gateway-test".into(),
         timers: Timers::default(),
+        edge: Default::default(),
     })
     .await
     .unwrap();
@@ -161,6 +162,7 @@ async fn cancel_ends_a_pending_inbound_invite_with_487() {
         public_ip: None,
         user_agent: "gateway-test".into(),
         timers: Timers::default(),
+        edge: Default::default(),
     })
     .await
     .unwrap();
@@ -218,4 +220,38 @@ async fn cancel_ends_a_pending_inbound_invite_with_487() {
             .await
             .is_err()
     );
+}
+
+/// Messages modelled on RFC 4475 (`gateway/fuzz/seeds/rfc4475`, also the fuzzers' seeds):
+/// `v-*` are well-formed and parse; `x-*` are not, and are refused with an error (never a
+/// panic). Then each goes to a live endpoint over UDP, which answers with a status or stays
+/// silent, and still answers an OPTIONS afterwards.
+#[tokio::test]
+async fn rfc4475_torture_messages_parse_or_are_refused_and_the_endpoint_survives() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/fuzz/seeds/rfc4475");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the RFC 4475 seeds")
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 25, "{files:?}");
+    let endpoint = start().await;
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut outcomes = Vec::new();
+    for path in &files {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let bytes = std::fs::read(path).unwrap();
+        let parsed = gateway::sip::message::parse(&bytes);
+        if name.starts_with("v-") {
+            assert!(parsed.is_ok(), "{name} is valid (RFC 4475 §3.1.1): {parsed:?}");
+        } else {
+            assert!(parsed.is_err(), "{name} is invalid (RFC 4475 §3.1.2)");
+        }
+        let reply = exchange(&socket, to, &bytes).await;
+        outcomes.push(format!("{name}: {:?}", status(&reply)));
+    }
+    eprintln!("{}", outcomes.join("\n"));
+    let reply = exchange(&socket, to, options("after", "").as_bytes()).await;
+    assert_eq!(status(&reply), Some("200"), "the endpoint still answers");
 }

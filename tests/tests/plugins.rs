@@ -5,58 +5,26 @@
 use gateway::config::Config;
 use gateway::media::tone::ToneDetector;
 use gateway_tests::client::{CallOptions, run_call};
-use gateway_tests::{Sipp, build_plugin, out_dir, ports, write_config};
+use gateway_tests::{Sipp, build_plugin, out_dir, plugin_in, plugins_config, ports, write_config};
 
 fn options() -> CallOptions {
     CallOptions::new("sales")
 }
 
-/// A gateway whose targets `sales` and `bad` dial 030 1234 on `carrier` (which nothing
-/// answers), plus a trunk `berlin` at sipp, and the given `[[plugins]]` entries.
+/// A gateway configured by [`plugins_config`].
 async fn gateway_with(
     dir: &std::path::Path,
     sipp_port: u16,
     plugins: &str,
 ) -> gateway::run::Gateway {
-    let path = config_with(dir, sipp_port, plugins);
+    let path = plugins_config(dir, sipp_port, plugins);
     gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap()
 }
 
-fn config_with(dir: &std::path::Path, sipp_port: u16, plugins: &str) -> std::path::PathBuf {
-    let (dead, _) = ports();
-    let path = write_config(
-        dir,
-        &[
-            ("carrier", dead, "udp", &[]),
-            ("berlin", sipp_port, "udp", &[]),
-        ],
-    );
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str("\n[targets.sales]\ntrunk = \"carrier\"\nnumber = \"030 1234\"\n");
-    text.push_str("\n[targets.bad]\ntrunk = \"carrier\"\nnumber = \"030 1234\"\n");
-    text.push_str(plugins);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn plugin(name: &str, file: &std::path::Path, policy: &str, config: &str) -> String {
     plugin_in(name, file, policy, "", config)
-}
-
-/// A `[[plugins]]` entry with extra settings (`data_dir`, `memory_mb`, …).
-fn plugin_in(
-    name: &str,
-    file: &std::path::Path,
-    policy: &str,
-    settings: &str,
-    config: &str,
-) -> String {
-    format!(
-        "\n[[plugins]]\nname = \"{name}\"\npath = \"{}\"\npolicy = \"{policy}\"\nreject_code = 503\n{settings}\n[plugins.config]\n{config}\n",
-        file.display()
-    )
 }
 
 fn counters(gateway: &gateway::run::Gateway) -> Vec<(String, String, u64)> {
@@ -344,7 +312,7 @@ async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
         ));
         c
     };
-    let path = config_with(&dir, sipp.port, &chain(""));
+    let path = plugins_config(&dir, sipp.port, &chain(""));
     let with_admin = std::fs::read_to_string(&path).unwrap().replace(
         "anonymous = true\n",
         &format!(
@@ -467,4 +435,57 @@ async fn inbound_calls_pass_through_the_chain_too() {
         sipp.messages()
     );
     assert!(counters(&gateway).contains(&("screen".into(), "blocked".into(), 1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trunk() {
+    let hostile = build_plugin("hostile");
+    let router = build_plugin("router");
+    // Fail-open: the injecting plugin's route is ignored, the router's stands, and the call
+    // is placed with clean values.
+    let dir = out_dir("plugin_inject_open");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let mut chain = plugin("router", &router, "fail-open", router_config());
+    chain.push_str(&plugin_in(
+        "crm",
+        &hostile,
+        "fail-open",
+        &format!("data_dir = \"{}\"", dir.join("data").display()),
+        "mode = \"inject\"",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
+        .await
+        .unwrap();
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    let log = sipp.messages();
+    assert!(log.contains("INVITE sip:+49301234@"), "{log}");
+    assert!(
+        !log.contains("X-Injected"),
+        "an injected header reached the trunk: {log}"
+    );
+    assert!(counters(&gateway).contains(&("crm".into(), "failures".into(), 1)));
+    assert!(sipp.finished().await);
+
+    // Fail-closed: the call is refused with the plugin's code, and no INVITE goes out.
+    let dir = out_dir("plugin_inject_closed");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let mut chain = plugin("router", &router, "fail-open", router_config());
+    chain.push_str(&plugin_in(
+        "crm",
+        &hostile,
+        "fail-closed",
+        &format!("data_dir = \"{}\"", dir.join("data").display()),
+        "mode = \"inject\"",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
+        .await
+        .unwrap();
+    let ended = report.ended.expect("ended");
+    assert_eq!(ended["sip_code"], 503, "{ended}");
+    assert!(
+        !sipp.messages().contains("INVITE"),
+        "no INVITE reached the trunk"
+    );
 }

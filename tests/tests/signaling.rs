@@ -231,3 +231,168 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
     assert_eq!(report.ended.unwrap()["reason"], "hangup");
     assert!(sipp.finished().await);
 }
+
+/// A gateway taking calls to `echo` with tokens signed by [`SECRET`] (and, with
+/// `anonymous`, without); `[inbound]` routes +15550100 to `agent-7`.
+async fn token_gateway(dir: &std::path::Path, anonymous: bool) -> gateway::run::Gateway {
+    let (trunk_port, _) = gateway_tests::ports();
+    let path = write_config(dir, &[("carrier", trunk_port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("anonymous = true", &format!("anonymous = {anonymous}"))
+        .replace(
+            "[http]\n",
+            &format!(
+                "[http]\ntoken_secret_file = \"{}\"\n",
+                dir.join("secret").display()
+            ),
+        );
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[inbound]\n\"+15550100\" = \"agent-7\"\n"),
+    )
+    .unwrap();
+    gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap()
+}
+
+fn token(sub: &str, exp: u64) -> String {
+    sign(
+        &Claims {
+            sub: sub.into(),
+            exp,
+            targets: vec!["echo".into()],
+            numbers: false,
+        },
+        SECRET.as_bytes(),
+    )
+}
+
+async fn send(
+    ws: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+    message: Value,
+) {
+    ws.send(Message::Text(message.to_string().into()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
+    let dir = out_dir("signaling_expiry");
+    let gateway = token_gateway(&dir, false).await;
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    send(
+        &mut ws,
+        json!({"type": "auth", "token": token("alice", now() + 2)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    // Accepted while it is valid (the SDP is what fails here)...
+    send(
+        &mut ws,
+        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
+    // ...and refused on the same socket once `exp` has passed.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    send(
+        &mut ws,
+        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
+    )
+    .await;
+    let refused = next_json(&mut ws).await;
+    assert_eq!(refused["code"], "unauthorized", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("expired"),
+        "{refused}"
+    );
+    // The token is gone with it: a second try does not get further.
+    send(&mut ws, json!({"type": "register", "identity": "alice"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "unauthorized");
+    // A fresh `auth` carries on.
+    send(
+        &mut ws,
+        json!({"type": "auth", "token": token("alice", now() + 60)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    send(
+        &mut ws,
+        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registering_needs_a_token_even_in_anonymous_mode_and_a_takeover_is_announced() {
+    let dir = out_dir("signaling_register");
+    let gateway = token_gateway(&dir, true).await;
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let connect = || async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut ws).await["type"], "hello");
+        ws
+    };
+    // Anonymous mode lets anyone call demo targets, not take an agent's calls.
+    let mut stranger = connect().await;
+    send(
+        &mut stranger,
+        json!({"type": "register", "identity": "agent-7"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut stranger).await["code"], "unauthorized");
+    // With a token, only its own subject.
+    send(
+        &mut stranger,
+        json!({"type": "auth", "token": token("mallory", now() + 60)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut stranger).await["type"], "authenticated");
+    send(
+        &mut stranger,
+        json!({"type": "register", "identity": "agent-7"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut stranger).await["code"], "forbidden");
+
+    let mut first = connect().await;
+    send(
+        &mut first,
+        json!({"type": "auth", "token": token("agent-7", now() + 60)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut first).await["type"], "authenticated");
+    send(
+        &mut first,
+        json!({"type": "register", "identity": "agent-7"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut first).await["type"], "registered");
+    let mut second = connect().await;
+    send(
+        &mut second,
+        json!({"type": "auth", "token": token("agent-7", now() + 60)}),
+    )
+    .await;
+    assert_eq!(next_json(&mut second).await["type"], "authenticated");
+    send(
+        &mut second,
+        json!({"type": "register", "identity": "agent-7"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut second).await["type"], "registered");
+    let told = next_json(&mut first).await;
+    assert_eq!(told["type"], "unregistered", "{told}");
+    assert_eq!(told["identity"], "agent-7");
+}

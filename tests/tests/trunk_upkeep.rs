@@ -20,6 +20,7 @@ fn endpoint_config() -> EndpointConfig {
         public_ip: None,
         user_agent: "gateway-test".into(),
         timers: Timers::default(),
+        edge: Default::default(),
     }
 }
 
@@ -43,6 +44,7 @@ fn trunk(
         max_channels: None,
         failover: vec![],
         ca_file,
+        rtp_source: Default::default(),
     }
 }
 

@@ -64,12 +64,13 @@ impl CallContext {
         &self,
         codecs: &[G711],
     ) -> Result<(RtpStream, Bridge, LocalMedia), &'static str> {
-        let rtp = RtpStream::bind(
+        let mut rtp = RtpStream::bind(
             self.config.rtp.ip,
             self.config.rtp.port_min,
             self.config.rtp.port_max,
         )
         .map_err(|_| "no free RTP port")?;
+        rtp.set_drop_counters(self.metrics.media_drops.clone());
         let settings = EncoderSettings {
             complexity: self.config.media.opus_complexity,
             complexity_under_loss: self.config.media.opus_complexity_under_loss,
@@ -84,6 +85,32 @@ impl CallContext {
             session_id: rand::random::<u32>() as u64,
         };
         Ok((rtp, bridge, local))
+    }
+}
+
+/// One of the gateway's `limits.max_calls`, held for a call's whole life and given back when
+/// dropped, on every exit (a panicking call task included).
+#[derive(Debug)]
+pub struct CallSlot(Arc<CallContext>);
+
+impl CallContext {
+    /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
+    /// the increment are one atomic step, so a burst of calls cannot overshoot the limit.
+    pub fn take_call_slot(self: &Arc<Self>) -> Option<CallSlot> {
+        let max = self.config.limits.max_calls as u64;
+        self.metrics
+            .active_calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| CallSlot(self.clone()))
+    }
+}
+
+impl Drop for CallSlot {
+    fn drop(&mut self) {
+        self.0.metrics.active_calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -116,6 +143,8 @@ pub struct Metrics {
     pub jitter_calls: AtomicU64,
     /// Sum of per-call jitter, µs.
     pub jitter_us_sum: AtomicU64,
+    /// Media datagrams refused (wrong source, not RTP), live.
+    pub media_drops: Arc<crate::media::MediaDrops>,
 }
 
 /// Upper bounds, ms, of the per-call jitter histogram (`+Inf` is implied).
@@ -174,8 +203,10 @@ pub struct Outbound {
 }
 
 /// Runs an outbound call from a browser whose offer `leg` has answered, until it ends.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_outbound(
     ctx: Arc<CallContext>,
+    _slot: CallSlot,
     mut call: Outbound,
     leg: BrowserLeg,
     browser_rx: mpsc::Receiver<Datagram>,
@@ -184,7 +215,6 @@ pub async fn run_outbound(
 ) {
     let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.active_calls.fetch_add(1, Ordering::Relaxed);
     let mut state = CallState::new(&call.call_id);
     let send = |m: ServerMessage| {
         let _ = events.send(m);
@@ -462,7 +492,11 @@ async fn drive(
             }
             Some(progress) = progress_rx.recv() => {
                 match progress {
-                    Progress::Trying { trunk, .. } => trunk_used = Some(trunk),
+                    Progress::Trying { trunk, addr, .. } => {
+                        let source = ctx.trunks.config(&trunk).map(|t| t.rtp_source).unwrap_or_default();
+                        rtp.set_source_policy(source, Some(addr.ip()));
+                        trunk_used = Some(trunk);
+                    }
                     Progress::Provisional { code, sdp: early } => {
                         let early_media = match early.as_deref().map(|b| sdp::parse_remote(b, &local.codecs, true)) {
                             Some(Ok(remote)) => {
@@ -476,7 +510,9 @@ async fn drive(
                 }
             }
             Some((datagram, peer)) = browser_rx.recv() => {
-                leg.handle_datagram(datagram, peer, Instant::now());
+                if !leg.handle_datagram(datagram, peer, Instant::now()) {
+                    ctx.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
+                }
             }
             _ = &mut leg_timer, if leg_deadline.is_some() => {
                 leg_deadline = None;
@@ -729,12 +765,10 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             .get(&identity)
             .cloned()
             .ok_or(480u16)?;
-        if ctx.draining.load(Ordering::Relaxed)
-            || ctx.metrics.active_calls.load(Ordering::Relaxed)
-                >= ctx.config.limits.max_calls as u64
-        {
+        if ctx.draining.load(Ordering::Relaxed) {
             return Err(503);
         }
+        let slot = ctx.take_call_slot().ok_or(503u16)?;
         let (Some(trunk_config), Some(channel)) =
             (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))
         else {
@@ -750,6 +784,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             }
         };
         let (mut rtp, bridge, local) = ctx.trunk_media(&trunk_config.codecs).map_err(|_| 503u16)?;
+        rtp.set_source_policy(trunk_config.rtp_source, Some(invite.source.ip()));
         rtp.set_remote(remote);
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
@@ -760,6 +795,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         .map_err(|_| 500u16)?;
         let sip_call_id = crate::sip::message::call_id(request).ok_or(400u16)?;
         Ok((
+            slot,
             browser,
             channel,
             remote,
@@ -771,26 +807,27 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             sip_call_id,
         ))
     };
-    let (browser, channel, remote, rtp, bridge, local, leg, offer, sip_call_id) = match setup() {
-        Ok(parts) => parts,
-        Err(code) => {
-            refuse(code);
-            if let Some(hooks) = hooks {
-                hooks
-                    .end(crate::plugin::CallEnd {
-                        reason: crate::call::state::failure_reason(code).into(),
-                        sip_code: code,
-                        duration_ms: 0,
-                        trunk: Some(trunk),
-                        sip_call_id: None,
-                        started_ms,
-                        answered_ms: None,
-                    })
-                    .await;
+    let (_slot, browser, channel, remote, rtp, bridge, local, leg, offer, sip_call_id) =
+        match setup() {
+            Ok(parts) => parts,
+            Err(code) => {
+                refuse(code);
+                if let Some(hooks) = hooks {
+                    hooks
+                        .end(crate::plugin::CallEnd {
+                            reason: crate::call::state::failure_reason(code).into(),
+                            sip_code: code,
+                            duration_ms: 0,
+                            trunk: Some(trunk),
+                            sip_call_id: None,
+                            started_ms,
+                            answered_ms: None,
+                        })
+                        .await;
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let dialog_rx = ctx.endpoint.register_dialog(&sip_call_id);
     let browser_rx = ctx.mux.register(leg.ufrag());
     let (commands_tx, commands) = mpsc::unbounded_channel();
@@ -803,7 +840,6 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     });
     responder.respond(response_to(request, 180, Some(&tag)));
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
-    ctx.metrics.active_calls.fetch_add(1, Ordering::Relaxed);
     let (answered_tx, answered_rx) = tokio::sync::oneshot::channel();
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let (_, progress_rx) = mpsc::unbounded_channel();
@@ -969,7 +1005,6 @@ async fn finish(
     rtp: &crate::media::session::RtpStats,
     hooks: Option<crate::plugin::CallHooks>,
 ) {
-    ctx.metrics.active_calls.fetch_sub(1, Ordering::Relaxed);
     let (reason, code) = state.end.clone().unwrap_or_else(|| ("hangup".into(), 200));
     *ctx.metrics
         .ended

@@ -83,6 +83,44 @@ impl Transport {
     }
 }
 
+/// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
+/// latches to any source hands the call's audio to whoever sprays the port range).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtpSource {
+    /// Only from the exact address and port the trunk's SDP names.
+    Strict,
+    /// From the SDP's IP or the trunk's signalling IP, any port (NAT rewrites ports), latched
+    /// to the first such source for the rest of the stream (RFC 4961 symmetric RTP).
+    #[default]
+    Latch,
+}
+
+/// What the SIP side does with a request from an address that is no trunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSources {
+    /// Nothing: no reply, no state. Scanners learn nothing and a spoofed source is sent
+    /// nothing (no reflection). The default: every legitimate peer is a configured trunk.
+    #[default]
+    Drop,
+    /// One stateless 403 per request (no transaction, never retransmitted); for operators
+    /// who want a misconfigured peer to see why it is refused.
+    Reject,
+}
+
+/// What a second connection registering an identity already registered gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterConflict {
+    /// It takes the identity; the first connection is told (`unregistered`). A reloaded tab
+    /// re-registers before the old socket notices it is gone.
+    #[default]
+    Replace,
+    /// It is refused while the first connection is open.
+    Refuse,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -170,6 +208,9 @@ struct RawSip {
     tls_key: Option<Spanned<String>>,
     public_ip: Option<Spanned<String>>,
     user_agent: Option<String>,
+    #[serde(default)]
+    unknown_sources: UnknownSources,
+    rate_limit: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -193,6 +234,9 @@ struct RawHttp {
     numbers_trunk: Option<Spanned<String>>,
     admin_token_env: Option<Spanned<String>>,
     admin_token_file: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    register_conflict: RegisterConflict,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -238,6 +282,8 @@ struct RawTrunk {
     #[serde(default = "empty_list")]
     failover: Spanned<Vec<String>>,
     ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    rtp_source: RtpSource,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,7 +319,19 @@ pub struct Limits {
     /// Seconds running calls may continue after SIGTERM before they are hung up.
     #[serde(default = "default_drain_seconds")]
     pub drain_seconds: u32,
+    /// Concurrent calls one signaling connection may hold (a page needs one; an agent's
+    /// console a few).
+    #[serde(default = "default_max_calls_per_connection")]
+    pub max_calls_per_connection: u32,
 }
+
+fn default_max_calls_per_connection() -> u32 {
+    4
+}
+
+/// Requests per second from one address before it is ignored: far above what a trunk sends
+/// (a busy carrier trunk with 500 calls of 3-minute average sends ~10/s), far below a flood.
+pub const DEFAULT_SIP_RATE_LIMIT: u32 = 200;
 
 fn default_max_calls() -> u32 {
     500
@@ -287,6 +345,7 @@ impl Default for Limits {
         Limits {
             max_calls: default_max_calls(),
             drain_seconds: default_drain_seconds(),
+            max_calls_per_connection: default_max_calls_per_connection(),
         }
     }
 }
@@ -306,6 +365,10 @@ pub struct SipConfig {
     pub public_ip: Option<IpAddr>,
     /// The User-Agent / Server header value.
     pub user_agent: String,
+    /// Requests from addresses that are no trunk: dropped or refused statelessly.
+    pub unknown_sources: UnknownSources,
+    /// Requests per second one source address may send before it is ignored for a while.
+    pub rate_limit: u32,
 }
 
 /// The RTP side: which address and ports trunk media uses.
@@ -348,6 +411,8 @@ pub struct TrunkConfig {
     pub failover: Vec<String>,
     /// PEM CA bundle trusted for TLS, in addition to the public roots.
     pub ca_file: Option<PathBuf>,
+    /// Where this trunk's RTP may come from.
+    pub rtp_source: RtpSource,
 }
 
 impl fmt::Debug for TrunkConfig {
@@ -407,6 +472,11 @@ pub struct HttpConfig {
     pub numbers_trunk: Option<String>,
     /// Bearer token for `/admin/*`; `None` disables the admin API.
     pub admin_token: Option<Vec<u8>>,
+    /// A separate listen address for `/metrics` and `/admin/*`, so they need not face the
+    /// internet; `None` serves them on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// A second registration of the same identity replaces the first, or is refused.
+    pub register_conflict: RegisterConflict,
 }
 
 impl fmt::Debug for HttpConfig {
@@ -424,6 +494,7 @@ impl fmt::Debug for HttpConfig {
             )
             .field("anonymous", &self.anonymous)
             .field("numbers_trunk", &self.numbers_trunk)
+            .field("admin_listen", &self.admin_listen)
             .finish()
     }
 }
@@ -470,6 +541,25 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// The most a secret file may hold: a password or key is short.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE`] bytes (a device or a
+/// pipe named by mistake would otherwise hang start-up or fill memory).
+fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "it holds {} bytes; a secret file holds at most {MAX_SECRET_FILE}",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
+}
+
 struct Checker<'a> {
     source: &'a str,
     issues: Vec<ConfigIssue>,
@@ -491,7 +581,7 @@ impl Checker<'_> {
                     return None;
                 }
             },
-            (None, Some(path)) => match std::fs::read(path.get_ref()) {
+            (None, Some(path)) => match read_secret_file(path.get_ref()) {
                 Ok(v) => (path.span(), file_field, v.trim_ascii_end().to_vec()),
                 Err(e) => {
                     self.issue(
@@ -679,6 +769,19 @@ impl Config {
             Some("0.0.0.0:8080"),
             parse_sock,
         );
+        let admin_listen = c.addr(
+            &raw.http.admin_listen,
+            "http.admin_listen",
+            None,
+            parse_sock,
+        );
+        if let Some(limit) = raw.sip.rate_limit.as_ref().filter(|l| *l.get_ref() == 0) {
+            c.issue(
+                limit.span(),
+                "sip.rate_limit",
+                "a rate limit of 0 would ignore every peer, trunks included; leave it out for the default (200 requests/s)",
+            );
+        }
         let webrtc_udp = c.addr(
             &raw.webrtc.udp,
             "webrtc.udp",
@@ -820,7 +923,9 @@ impl Config {
                         None
                     }
                 },
-                (None, Some(file)) => match std::fs::read_to_string(file.get_ref()) {
+                (None, Some(file)) => match read_secret_file(file.get_ref())
+                    .and_then(|p| String::from_utf8(p).map_err(|_| "it is not UTF-8 text".into()))
+                {
                     Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
                     Err(e) => {
                         c.issue(
@@ -895,6 +1000,15 @@ impl Config {
                     "`ca_file` only applies to `transport = \"tls\"`",
                 );
             }
+            if let Some(user) = t.from_user.as_ref().or(t.username.as_ref())
+                && let Err(e) = crate::sip::values::check_user("the caller ID", user)
+            {
+                c.issue(
+                    spanned.span(),
+                    field("from_user"),
+                    format!("{e}; it becomes the user part of From (set `from_user` when the digest username is not one)"),
+                );
+            }
             trunks.insert(
                 name.clone(),
                 TrunkConfig {
@@ -915,6 +1029,7 @@ impl Config {
                     max_channels: t.max_channels,
                     failover: t.failover.get_ref().clone(),
                     ca_file: t.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+                    rtp_source: t.rtp_source,
                 },
             );
         }
@@ -928,11 +1043,11 @@ impl Config {
                     format!("no trunk named `{}`", t.trunk.get_ref()),
                 );
             }
-            if t.number.get_ref().trim().is_empty() {
+            if let Err(e) = crate::sip::values::check_user("the number", t.number.get_ref()) {
                 c.issue(
                     t.number.span(),
                     format!("targets.{name}.number"),
-                    "the number is empty",
+                    format!("{e}; write the number as the trunk expects it, e.g. +4930123456"),
                 );
             }
             targets.insert(
@@ -961,6 +1076,8 @@ impl Config {
                 admin_token,
                 anonymous: raw.http.anonymous,
                 numbers_trunk: raw.http.numbers_trunk.map(|t| t.into_inner()),
+                admin_listen,
+                register_conflict: raw.http.register_conflict,
             },
             webrtc_udp,
             media: MediaConfig {
@@ -981,6 +1098,11 @@ impl Config {
                     .sip
                     .user_agent
                     .unwrap_or_else(|| format!("gateway/{}", env!("CARGO_PKG_VERSION"))),
+                unknown_sources: raw.sip.unknown_sources,
+                rate_limit: raw
+                    .sip
+                    .rate_limit
+                    .map_or(DEFAULT_SIP_RATE_LIMIT, |l| *l.get_ref()),
             },
             rtp: RtpConfig {
                 ip: rtp_ip,

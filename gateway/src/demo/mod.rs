@@ -26,6 +26,8 @@ pub async fn start() -> std::io::Result<SocketAddr> {
         public_ip: None,
         user_agent: "gateway-demo-trunk".into(),
         timers: Timers::default(),
+        // On loopback, reached by the gateway alone.
+        edge: Default::default(),
     })
     .await?;
     let addr = endpoint.udp_addr();

@@ -103,6 +103,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
     let digits = options.dtmf.clone().unwrap_or_default();
     validate_digits(&digits).map_err(DialError::BadDigit)?;
     let trunks = Trunks::new(config.trunks.values().cloned()).map_err(DialError::Setup)?;
+    let sources = trunks.sources().await;
     // A one-shot tool binds an ephemeral SIP port so it can run beside a live gateway.
     let (endpoint, mut stray) = Endpoint::start(EndpointConfig {
         udp: std::net::SocketAddr::new(config.sip.udp.ip(), 0),
@@ -111,6 +112,11 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         public_ip: config.sip.public_ip,
         user_agent: config.sip.user_agent.clone(),
         timers: Timers::default(),
+        edge: crate::sip::edge::EdgePolicy {
+            trusted: Some(sources.into_keys().collect()),
+            unknown_sources: config.sip.unknown_sources,
+            rate_limit: config.sip.rate_limit,
+        },
     })
     .await
     .map_err(|e| DialError::Setup(format!("cannot bind SIP on {}: {e}", config.sip.udp.ip())))?;
@@ -217,7 +223,11 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
             }
             Some(progress) = progress_rx.recv() => {
                 match progress {
-                    Progress::Trying { trunk, .. } => report.trunk_used = Some(trunk),
+                    Progress::Trying { trunk, addr, .. } => {
+                        let source = config.trunks.get(&trunk).map(|t| t.rtp_source).unwrap_or_default();
+                        rtp.set_source_policy(source, Some(addr.ip()));
+                        report.trunk_used = Some(trunk);
+                    }
                     Progress::Provisional { code, sdp: early } => {
                         report.provisional.push(code);
                         if let Some(body) = early {

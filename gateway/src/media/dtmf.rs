@@ -80,6 +80,9 @@ pub struct EventPacket {
     pub payload: EventPayload,
 }
 
+/// Digits that may wait to be played; more are dropped.
+pub const MAX_QUEUED_DIGITS: usize = 64;
+
 /// Plays a queue of digits as RFC 4733 events, one call per 20 ms frame.
 ///
 /// Each digit lasts `tone_ms`, is ended by three packets with the E bit (§2.5.1.4: the
@@ -115,7 +118,10 @@ impl DtmfSender {
     /// Queues digits; characters that are not DTMF are skipped (validate first with
     /// [`validate_digits`] to report them).
     pub fn push_digits(&mut self, digits: &str) {
-        self.queue.extend(digits.chars().filter_map(event_code));
+        // Each digit plays for about 160 ms: a queue longer than this is abuse, not dialling.
+        let room = MAX_QUEUED_DIGITS.saturating_sub(self.queue.len());
+        self.queue
+            .extend(digits.chars().filter_map(event_code).take(room));
     }
 
     /// True while an event is being sent: the audio stream must pause its own packets.

@@ -8,3 +8,28 @@ pub mod opus;
 pub mod rtp;
 pub mod session;
 pub mod tone;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Media datagrams refused, all calls, for `/metrics` (`gateway_media_dropped_total`).
+#[derive(Debug, Default)]
+pub struct MediaDrops {
+    /// Trunk-side datagrams from an address the trunk's SDP did not name.
+    pub trunk_source: AtomicU64,
+    /// Trunk-side datagrams that were not RTP of a negotiated payload type.
+    pub trunk_malformed: AtomicU64,
+    /// Browser-side DTLS/SRTP from an address that is not an ICE-validated pair.
+    pub browser_source: AtomicU64,
+}
+
+impl MediaDrops {
+    /// `(leg, reason, count)` rows for the metrics page.
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 3] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("trunk", "source", get(&self.trunk_source)),
+            ("trunk", "malformed", get(&self.trunk_malformed)),
+            ("browser", "source", get(&self.browser_source)),
+        ]
+    }
+}

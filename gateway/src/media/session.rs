@@ -1,14 +1,19 @@
 //! One RTP stream of the trunk leg: a UDP socket from the configured port range, G.711
-//! framing, RFC 4733 events both ways, and symmetric RTP (RFC 4961) latching.
+//! framing, RFC 4733 events both ways, and symmetric RTP (RFC 4961) latching — only to a
+//! source the trunk's signalling names ([`RtpSource`]), never to whoever sends first.
 //!
 //! Buffers are owned by the stream and reused; nothing allocates per packet.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::net::UdpSocket;
 
+use super::MediaDrops;
 use super::dtmf::{DtmfReceiver, DtmfSender};
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
+use crate::config::RtpSource;
 use crate::sip::sdp::RemoteMedia;
 
 /// Samples in one 20 ms G.711 frame.
@@ -23,6 +28,8 @@ pub struct RtpStats {
     pub received: u64,
     /// Datagrams dropped: not RTP, or from an unexpected payload type.
     pub dropped: u64,
+    /// Datagrams dropped because they came from an address the signalling did not name.
+    pub dropped_source: u64,
     /// Packets the peer sent that never arrived, from sequence gaps (RFC 3550 §6.4.1).
     pub lost: u64,
     /// Interarrival jitter, in 8 kHz timestamp units (RFC 3550 §6.4.1, A.8).
@@ -102,6 +109,12 @@ pub struct RtpStream {
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
     latched: Option<SocketAddr>,
+    /// Which sources may be latched to.
+    source: RtpSource,
+    /// The trunk's SIP address: behind NAT its media comes from there, not from the SDP's IP.
+    signalling_ip: Option<IpAddr>,
+    /// Gateway-wide drop counters, when the stream belongs to a running gateway.
+    drops: Option<Arc<MediaDrops>>,
     sender: RtpSender,
     dtmf_out: DtmfSender,
     dtmf_in: DtmfReceiver,
@@ -141,6 +154,9 @@ impl RtpStream {
             sender_socket,
             remote: None,
             latched: None,
+            source: RtpSource::default(),
+            signalling_ip: None,
+            drops: None,
             sender: RtpSender::new(),
             dtmf_out: DtmfSender::new(100, 60),
             dtmf_in: DtmfReceiver::new(),
@@ -154,6 +170,49 @@ impl RtpStream {
     /// The bound port.
     pub fn local_port(&self) -> u16 {
         self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Sets where the peer's RTP may come from: `signalling_ip` is the address the trunk's
+    /// SIP came from, accepted as a media source in [`RtpSource::Latch`] mode.
+    pub fn set_source_policy(&mut self, source: RtpSource, signalling_ip: Option<IpAddr>) {
+        self.source = source;
+        self.signalling_ip = signalling_ip;
+    }
+
+    /// Counts this stream's drops in `drops` too.
+    pub fn set_drop_counters(&mut self, drops: Arc<MediaDrops>) {
+        self.drops = Some(drops);
+    }
+
+    /// True when a datagram from `source` may be this stream's media. The first acceptable
+    /// source is latched; after that only it is (a stranger cannot take the stream over).
+    fn accepts(&self, source: SocketAddr, remote: &RemoteMedia) -> bool {
+        if let Some(latched) = self.latched {
+            return latched == source;
+        }
+        match self.source {
+            RtpSource::Strict => source == remote.addr,
+            RtpSource::Latch => {
+                source.ip() == remote.addr.ip() || Some(source.ip()) == self.signalling_ip
+            }
+        }
+    }
+
+    fn drop_datagram(&mut self, from_stranger: bool) -> Received {
+        if from_stranger {
+            self.stats.dropped_source += 1;
+        } else {
+            self.stats.dropped += 1;
+        }
+        if let Some(drops) = &self.drops {
+            let counter = if from_stranger {
+                &drops.trunk_source
+            } else {
+                &drops.trunk_malformed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        Received::Nothing
     }
 
     /// Points the stream at the peer described by SDP (answer, early media, or a re-INVITE
@@ -227,19 +286,20 @@ impl RtpStream {
 
     /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
     pub fn on_datagram(&mut self, data: &[u8], source: SocketAddr, pcm: &mut [i16]) -> Received {
+        // Before the trunk's SDP, nobody's media is expected.
         let Some(remote) = self.remote else {
-            self.stats.dropped += 1;
-            return Received::Nothing;
+            return self.drop_datagram(true);
         };
+        if !self.accepts(source, &remote) {
+            return self.drop_datagram(true);
+        }
         let Ok(packet) = RtpPacket::parse(data) else {
-            self.stats.dropped += 1;
-            return Received::Nothing;
+            return self.drop_datagram(false);
         };
         let is_audio = packet.payload_type == remote.codec.payload_type();
         let is_event = Some(packet.payload_type) == remote.dtmf_payload_type;
         if !is_audio && !is_event {
-            self.stats.dropped += 1;
-            return Received::Nothing;
+            return self.drop_datagram(false);
         }
         self.stats.received += 1;
         // Audio and RFC 4733 events share one sequence space; only audio has a steadily
@@ -251,9 +311,7 @@ impl RtpStream {
         reception.on_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
         self.stats.lost = reception.lost();
         self.stats.jitter = reception.jitter as u32;
-        if self.latched != Some(source) {
-            self.latched = Some(source);
-        }
+        self.latched = Some(source);
         if is_event {
             return self
                 .dtmf_in
@@ -346,6 +404,83 @@ mod tests {
             );
         }
         assert!(r.jitter > 150.0 && r.jitter < 165.0, "{}", r.jitter);
+    }
+
+    /// A PCMU packet with sequence `seq`.
+    fn pcmu(seq: u16) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0xff; FRAME_SAMPLES]);
+        p
+    }
+
+    async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut s = RtpStream::bind(ip, 41400, 41500).unwrap();
+        s.set_remote(RemoteMedia {
+            addr: sdp_addr.parse().unwrap(),
+            codec: G711::Pcmu,
+            dtmf_payload_type: None,
+            direction: Direction::SendRecv,
+        });
+        s.set_source_policy(source, Some("192.0.2.7".parse().unwrap()));
+        s.set_drop_counters(Arc::new(MediaDrops::default()));
+        s
+    }
+
+    #[tokio::test]
+    async fn strict_mode_takes_media_only_from_the_sdp_address() {
+        let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        for stranger in ["198.51.100.1:4000", "192.0.2.10:4002", "192.0.2.7:4000"] {
+            let got = s.on_datagram(&pcmu(1), stranger.parse().unwrap(), &mut pcm);
+            assert_eq!(got, Received::Nothing, "{stranger}");
+        }
+        assert_eq!(s.stats.dropped_source, 3);
+        let got = s.on_datagram(&pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
+        assert!(matches!(got, Received::Audio { .. }));
+        let drops = s.drops.as_ref().unwrap();
+        assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
+        // SDP names a private address (the trunk is behind NAT); media comes from its SIP IP.
+        let mut s = stream_towards("10.0.0.5:4000", RtpSource::Latch).await;
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+        assert_eq!(
+            s.on_datagram(&pcmu(1), stranger, &mut pcm),
+            Received::Nothing
+        );
+        let nat: SocketAddr = "192.0.2.7:31000".parse().unwrap();
+        assert!(matches!(
+            s.on_datagram(&pcmu(2), nat, &mut pcm),
+            Received::Audio { .. }
+        ));
+        // Latched: another port of the same IP, or the SDP address itself, is refused now.
+        for other in ["192.0.2.7:31002", "10.0.0.5:4000"] {
+            let got = s.on_datagram(&pcmu(3), other.parse().unwrap(), &mut pcm);
+            assert_eq!(got, Received::Nothing, "{other}");
+        }
+        assert_eq!(
+            s.latched,
+            Some(nat),
+            "replies keep going to the latched source"
+        );
+        assert_eq!(s.stats.received, 1);
+        assert_eq!(s.stats.dropped_source, 3);
+        // A re-INVITE moving the media starts over.
+        s.set_remote(RemoteMedia {
+            addr: "192.0.2.20:5000".parse().unwrap(),
+            codec: G711::Pcmu,
+            dtmf_payload_type: None,
+            direction: Direction::SendRecv,
+        });
+        assert!(matches!(
+            s.on_datagram(&pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
+            Received::Audio { .. }
+        ));
     }
 
     #[tokio::test]

@@ -14,6 +14,10 @@ use super::{AudioFrame, CallEnd, Event, PluginChain};
 /// Audio frames that may wait for a slow plugin (1 s); more are dropped and counted.
 const AUDIO_BACKLOG: usize = 50;
 
+/// Events that may wait for a call's plugins; beyond, events are dropped (the end of the
+/// call never is). A browser pressing keys as fast as it can must not grow memory.
+const EVENT_BACKLOG: usize = 256;
+
 /// The plugin instances of one call, kept for its later events and dropped at its end.
 #[derive(Default)]
 pub struct CallPlugins {
@@ -108,6 +112,7 @@ pub struct CallHooks {
     audio: bool,
     audio_queued: Arc<AtomicUsize>,
     audio_dropped: u64,
+    events_queued: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Work {
@@ -132,6 +137,8 @@ impl CallHooks {
         let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
         let audio_queued = Arc::new(AtomicUsize::new(0));
         let queued = audio_queued.clone();
+        let events_queued = Arc::new(AtomicUsize::new(0));
+        let events_waiting = events_queued.clone();
         let worker = tokio::spawn(async move {
             let mut plugins = Some(plugins);
             let call_id = Arc::new(call_id);
@@ -146,10 +153,14 @@ impl CallHooks {
                     break;
                 };
                 let (chain, call_id, queued) = (chain.clone(), call_id.clone(), queued.clone());
+                let events_waiting = events_waiting.clone();
                 plugins = tokio::task::spawn_blocking(move || {
                     for work in batch {
                         match work {
-                            Work::Event(e) => chain.event(&mut instances, &call_id, &e),
+                            Work::Event(e) => {
+                                events_waiting.fetch_sub(1, Ordering::Relaxed);
+                                chain.event(&mut instances, &call_id, &e)
+                            }
                             Work::Audio(frame) => {
                                 queued.fetch_sub(1, Ordering::Relaxed);
                                 chain.audio(&mut instances, &call_id, &frame);
@@ -168,6 +179,7 @@ impl CallHooks {
             audio,
             audio_queued,
             audio_dropped: 0,
+            events_queued,
         }
     }
 
@@ -176,8 +188,15 @@ impl CallHooks {
         self.audio
     }
 
-    /// Queues an event.
+    /// Queues an event, unless [`EVENT_BACKLOG`] events wait already; the call's end is
+    /// always queued.
     pub fn event(&self, event: Event) {
+        let waiting = self.events_queued.fetch_add(1, Ordering::Relaxed);
+        if waiting >= EVENT_BACKLOG && !matches!(event, Event::Ended(_)) {
+            self.events_queued.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!("plugins fell behind; an event was not delivered");
+            return;
+        }
         let _ = self.tx.send(Work::Event(event));
     }
 

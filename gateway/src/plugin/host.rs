@@ -16,10 +16,35 @@ use super::bindings::gateway::plugin::{host, types};
 /// Keys one plugin may keep; beyond, expired keys are swept and new ones refused.
 const KV_MAX_KEYS: usize = 100_000;
 
-/// A key-value store shared by one plugin's instances, with expiry.
+/// The longest key, bytes.
+pub(super) const KV_MAX_KEY: usize = 256;
+
+/// The largest value, bytes: counters, flags and small records, not files.
+pub(super) const KV_MAX_VALUE: usize = 4096;
+
+/// Keys and values one plugin may hold in all, bytes; the gateway's memory stays bounded
+/// whatever a plugin stores.
+pub(super) const KV_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Log lines one plugin may write per second (a burst of as many is allowed); the rest are
+/// dropped and counted, so a plugin cannot fill the disk or drown the gateway's own log.
+const LOG_LINES_PER_SECOND: u32 = 50;
+
+/// Why a write to the key-value store was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KvRefusal {
+    /// The key or the value is over its size limit.
+    TooLarge,
+    /// The plugin's store is full (keys or bytes) of live entries.
+    Full,
+}
+
+type Entries = HashMap<String, (String, Option<Instant>)>;
+
+/// A key-value store shared by one plugin's instances, with expiry and size limits.
 #[derive(Debug, Default)]
 pub(super) struct Kv {
-    entries: Mutex<HashMap<String, (String, Option<Instant>)>>,
+    entries: Mutex<(Entries, usize)>,
 }
 
 fn live(expiry: &Option<Instant>, now: Instant) -> bool {
@@ -29,56 +54,129 @@ fn live(expiry: &Option<Instant>, now: Instant) -> bool {
 impl Kv {
     pub(super) fn get(&self, key: &str) -> Option<String> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (entries, bytes) = &mut *guard;
         match entries.get(key) {
             Some((value, expiry)) if live(expiry, now) => Some(value.clone()),
             Some(_) => {
-                entries.remove(key);
+                if let Some((value, _)) = entries.remove(key) {
+                    *bytes -= key.len() + value.len();
+                }
                 None
             }
             None => None,
         }
     }
 
-    /// False when the store is full of live keys.
-    pub(super) fn set(&self, key: String, value: String, ttl: Option<u32>) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        insert(&mut entries, key, value, ttl, Instant::now())
+    /// Stores `value` under `key`, unless a limit refuses it.
+    pub(super) fn set(
+        &self,
+        key: String,
+        value: String,
+        ttl: Option<u32>,
+    ) -> Result<(), KvRefusal> {
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (entries, bytes) = &mut *guard;
+        insert(entries, bytes, key, value, ttl, Instant::now())
+    }
+
+    /// Bytes of keys and values held now.
+    pub(super) fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     /// Adds `delta` to the integer under `key` (missing or not a number counts as 0), under
     /// one lock so concurrent calls never lose an increment.
-    pub(super) fn incr(&self, key: String, delta: i64, ttl: Option<u32>) -> i64 {
+    pub(super) fn incr(&self, key: String, delta: i64, ttl: Option<u32>) -> Result<i64, KvRefusal> {
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let (entries, bytes) = &mut *guard;
         let current: i64 = match entries.get(&key) {
             Some((value, expiry)) if live(expiry, now) => value.parse().unwrap_or(0),
             _ => 0,
         };
         let next = current.saturating_add(delta);
-        insert(&mut entries, key, next.to_string(), ttl, now);
-        next
+        insert(entries, bytes, key, next.to_string(), ttl, now)?;
+        Ok(next)
     }
 }
 
-/// Stores a value unless the store is full of live keys (expired ones are swept first);
-/// false when it was refused.
+/// Stores a value unless it is too large or the store is full of live entries (expired ones
+/// are swept first). `bytes` tracks the keys' and values' total size.
 fn insert(
-    entries: &mut HashMap<String, (String, Option<Instant>)>,
+    entries: &mut Entries,
+    bytes: &mut usize,
     key: String,
     value: String,
     ttl: Option<u32>,
     now: Instant,
-) -> bool {
-    if entries.len() >= KV_MAX_KEYS && !entries.contains_key(&key) {
-        entries.retain(|_, (_, expiry)| live(expiry, now));
-        if entries.len() >= KV_MAX_KEYS {
-            return false;
+) -> Result<(), KvRefusal> {
+    if key.len() > KV_MAX_KEY || value.len() > KV_MAX_VALUE {
+        return Err(KvRefusal::TooLarge);
+    }
+    let replaced = entries.get(&key).map_or(0, |(v, _)| key.len() + v.len());
+    let fits = |entries: &Entries, bytes: usize| {
+        (entries.len() < KV_MAX_KEYS || entries.contains_key(&key))
+            && bytes - replaced + key.len() + value.len() <= KV_MAX_BYTES
+    };
+    if !fits(entries, *bytes) {
+        entries.retain(|k, (v, expiry)| {
+            let keep = live(expiry, now) || *k == key;
+            if !keep {
+                *bytes -= k.len() + v.len();
+            }
+            keep
+        });
+        if !fits(entries, *bytes) {
+            return Err(KvRefusal::Full);
         }
     }
     let expiry = ttl.map(|s| now + Duration::from_secs(s as u64));
+    *bytes = *bytes - replaced + key.len() + value.len();
     entries.insert(key, (value, expiry));
-    true
+    Ok(())
+}
+
+/// A plugin's log text as one line of data: control characters (line breaks above all,
+/// which would start a forged log line, and terminal escapes) are written as escapes.
+pub(super) fn escape_log(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(1000));
+    for c in message.chars().take(1000) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A one-second window of log lines.
+#[derive(Debug)]
+pub(super) struct LogBudget {
+    window: Instant,
+    lines: u32,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        LogBudget {
+            window: Instant::now(),
+            lines: 0,
+        }
+    }
+}
+
+impl LogBudget {
+    /// True when one more line fits this second's budget.
+    fn take(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.lines = 0;
+        }
+        self.lines += 1;
+        self.lines <= LOG_LINES_PER_SECOND
+    }
 }
 
 /// What all instances of one plugin share, across calls and reloads.
@@ -89,6 +187,8 @@ pub(super) struct Shared {
     pub(super) counters: Mutex<BTreeMap<String, u64>>,
     /// Instances alive now (calls holding one), against `max_instances`.
     pub(super) live: AtomicUsize,
+    /// This second's log lines.
+    pub(super) log_budget: Mutex<LogBudget>,
 }
 
 impl Shared {
@@ -98,6 +198,7 @@ impl Shared {
             kv: Kv::default(),
             counters: Mutex::default(),
             live: AtomicUsize::new(0),
+            log_budget: Mutex::default(),
         }
     }
 
@@ -152,11 +253,34 @@ impl WasiView for State {
 
 impl types::Host for State {}
 
+impl State {
+    /// Counts a refused key-value write (`kv_refused_too_large`, `kv_refused_full` on
+    /// `/metrics`); logged at debug only, since a plugin could otherwise flood the log.
+    fn kv_refused(&self, refusal: KvRefusal) {
+        let name = match refusal {
+            KvRefusal::TooLarge => "kv_refused_too_large",
+            KvRefusal::Full => "kv_refused_full",
+        };
+        self.plugin.count(name, 1);
+        tracing::debug!(plugin = %self.plugin.name, ?refusal, "plugin key-value write refused");
+    }
+}
+
 impl host::Host for State {
     fn log(&mut self, level: host::Level, message: String) {
         let plugin = &self.plugin.name;
-        // Plugins are not trusted: their text is cut and logged as data.
-        let message: String = message.chars().take(1000).collect();
+        let allowed = self
+            .plugin
+            .log_budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(Instant::now());
+        if !allowed {
+            self.plugin.count("log_lines_dropped", 1);
+            return;
+        }
+        // Plugins are not trusted: their text is cut, escaped and logged as data.
+        let message = escape_log(&message);
         match level {
             host::Level::Debug => tracing::debug!(%plugin, %message, "plugin"),
             host::Level::Info => tracing::info!(%plugin, %message, "plugin"),
@@ -174,13 +298,21 @@ impl host::Host for State {
     }
 
     fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
-        if !self.plugin.kv.set(key, value, ttl_seconds) {
-            tracing::warn!(plugin = %self.plugin.name, "plugin key-value store full; write dropped");
+        if let Err(refusal) = self.plugin.kv.set(key, value, ttl_seconds) {
+            self.kv_refused(refusal);
         }
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
-        self.plugin.kv.incr(key, delta, ttl_seconds)
+        // The WIT gives `kv-incr` no error: a refused increment reads as 0, which a rate
+        // limiter treats as "first call", and the refusal is counted.
+        self.plugin
+            .kv
+            .incr(key, delta, ttl_seconds)
+            .unwrap_or_else(|refusal| {
+                self.kv_refused(refusal);
+                0
+            })
     }
 
     fn now_seconds(&mut self) -> u64 {
@@ -188,5 +320,70 @@ impl host::Host for State {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_refuses_large_values_and_stops_at_its_byte_budget() {
+        let kv = Kv::default();
+        assert_eq!(
+            kv.set("k".into(), "v".repeat(KV_MAX_VALUE + 1), None),
+            Err(KvRefusal::TooLarge)
+        );
+        assert_eq!(
+            kv.set("k".repeat(KV_MAX_KEY + 1), "v".into(), None),
+            Err(KvRefusal::TooLarge)
+        );
+        let value = "v".repeat(KV_MAX_VALUE);
+        let mut stored = 0;
+        for i in 0..10_000 {
+            match kv.set(format!("key-{i}"), value.clone(), None) {
+                Ok(()) => stored += 1,
+                Err(refusal) => {
+                    assert_eq!(refusal, KvRefusal::Full);
+                    break;
+                }
+            }
+        }
+        assert!(kv.bytes() <= KV_MAX_BYTES, "{}", kv.bytes());
+        assert!(stored > 1000 && stored < 2100, "{stored}");
+        // Replacing a value with a smaller one always fits, and frees bytes.
+        let before = kv.bytes();
+        assert_eq!(kv.set("key-0".into(), "1".into(), None), Ok(()));
+        assert_eq!(kv.bytes(), before - KV_MAX_VALUE + 1);
+        assert_eq!(kv.incr("key-0".into(), 2, None), Ok(3));
+    }
+
+    #[test]
+    fn expired_entries_make_room() {
+        let kv = Kv::default();
+        let value = "v".repeat(KV_MAX_VALUE);
+        // 12 MB of entries with a TTL of 0 s: each time the store is full, the sweep frees
+        // the expired ones and the write is taken.
+        for i in 0..3000 {
+            assert_eq!(
+                kv.set(format!("t-{i}"), value.clone(), Some(0)),
+                Ok(()),
+                "{i}"
+            );
+        }
+        assert!(kv.bytes() <= KV_MAX_BYTES);
+    }
+
+    #[test]
+    fn log_text_stays_one_line_and_the_budget_holds() {
+        assert_eq!(
+            escape_log("ok\nFAKE LOG LINE level=error\r\u{1b}[31m"),
+            "ok\\nFAKE LOG LINE level=error\\r\\u{1b}[31m"
+        );
+        let mut budget = LogBudget::default();
+        let t0 = Instant::now();
+        let allowed = (0..200).filter(|_| budget.take(t0)).count();
+        assert_eq!(allowed, LOG_LINES_PER_SECOND as usize);
+        assert!(budget.take(t0 + Duration::from_secs(1)));
     }
 }

@@ -22,6 +22,7 @@ use wasmtime::{Config, Engine, PoolingAllocationConfig, Store, StoreLimitsBuilde
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::config::{FailurePolicy, PluginConfig};
+use crate::sip::values::{ValueError, check_extension_header, check_user};
 pub use calls::{CallHooks, CallPlugins};
 use host::{Shared, Slot, State};
 
@@ -30,7 +31,7 @@ mod bindings {
 }
 
 pub use bindings::gateway::plugin::types::{
-    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Verdict,
+    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Route, Verdict,
 };
 
 /// Epoch ticks per millisecond of hook deadline.
@@ -304,6 +305,14 @@ impl PluginChain {
         out
     }
 
+    /// Bytes each plugin holds in its key-value store.
+    pub fn kv_bytes(&self) -> Vec<(String, usize)> {
+        self.plugins
+            .iter()
+            .map(|p| (p.config.name.clone(), p.shared.kv.bytes()))
+            .collect()
+    }
+
     /// Runs the call-start hooks in order. A `reject` stops the chain; a `route` rewrites
     /// what the next plugins see. Returns the decision and the instances for later events.
     pub fn start_call(&self, mut call: CallInfo) -> (Decision, CallPlugins) {
@@ -328,6 +337,18 @@ impl PluginChain {
                     let verdict = plugin.call_on_call_start(&mut store, &call)?;
                     Ok((store, plugin, verdict))
                 });
+            // A route whose values would not make a well-formed INVITE is the plugin failing,
+            // like a trap: its policy decides, and nothing it wrote reaches the trunk.
+            let result = result.and_then(|(store, plugin, verdict)| match &verdict {
+                Verdict::Route(route) => match check_route(route) {
+                    Ok(()) => Ok((store, plugin, verdict)),
+                    Err(e) => {
+                        instances.push(index, store, plugin);
+                        Err(wasmtime::Error::msg(format!("unusable route: {e}")))
+                    }
+                },
+                _ => Ok((store, plugin, verdict)),
+            });
             let verdict = match result {
                 Ok((store, plugin, verdict)) => {
                     instances.push(index, store, plugin);
@@ -381,13 +402,7 @@ impl PluginChain {
                     if let Some(c) = route.caller_id {
                         call.caller_id = c;
                     }
-                    headers.extend(route.headers.into_iter().filter(|(name, value)| {
-                        // X- headers only, and nothing that could break the message.
-                        name.len() > 2
-                            && name[..2].eq_ignore_ascii_case("x-")
-                            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                            && !value.bytes().any(|b| b == b'\r' || b == b'\n')
-                    }));
+                    headers.extend(route.headers);
                     record |= route.record_audio;
                 }
             }
@@ -404,6 +419,21 @@ impl PluginChain {
             instances,
         )
     }
+}
+
+/// Holds a route's number, caller ID and headers to the SIP grammar
+/// ([`crate::sip::values`]) before any of them is used.
+fn check_route(route: &Route) -> Result<(), ValueError> {
+    if let Some(number) = &route.number {
+        check_user("the number", number)?;
+    }
+    if let Some(caller_id) = &route.caller_id {
+        check_user("the caller ID", caller_id)?;
+    }
+    for (name, value) in &route.headers {
+        check_extension_header(name, value)?;
+    }
+    Ok(())
 }
 
 impl Loaded {

@@ -127,6 +127,24 @@ pub struct BrowserLeg {
     timestamp: u32,
     dtmf: DtmfReceiver,
     events: std::collections::VecDeque<BrowserEvent>,
+    /// Browser addresses whose ICE checks the stack answered with success: the only ones
+    /// DTLS and SRTP are taken from.
+    validated: Vec<SocketAddr>,
+}
+
+/// Validated pairs one leg keeps; a browser has a handful of candidates at most.
+const MAX_VALIDATED: usize = 8;
+
+/// RFC 7983 §7: a first byte of 0–3 is STUN; everything else (DTLS, SRTP) needs a pair.
+fn is_stun(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| *b < 4)
+}
+
+/// A STUN Binding success response (RFC 5389 §6: type 0x0101, magic cookie).
+fn is_binding_success(datagram: &[u8]) -> bool {
+    datagram.len() >= 20
+        && datagram[0..2] == [0x01, 0x01]
+        && datagram[4..8] == [0x21, 0x12, 0xA4, 0x42]
 }
 
 impl std::fmt::Debug for BrowserLeg {
@@ -285,6 +303,7 @@ impl BrowserLeg {
             timestamp: rand::random(),
             dtmf: DtmfReceiver::new(),
             events: Default::default(),
+            validated: Vec::new(),
         }
     }
 
@@ -359,8 +378,13 @@ impl BrowserLeg {
     }
 
     /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP); the stack decrypts it in
-    /// place, so it is handed over rather than copied.
-    pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) {
+    /// place, so it is handed over rather than copied. Returns false, and drops it, when it is
+    /// DTLS or SRTP from an address no ICE check validated (RFC 8445 §7.3.1.4: only the valid
+    /// pair carries media; anything else is a stranger's).
+    pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) -> bool {
+        if !is_stun(&datagram) && !self.validated.contains(&peer) {
+            return false;
+        }
         let message = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -375,6 +399,7 @@ impl BrowserLeg {
             tracing::debug!(error = %e, %peer, "browser datagram refused");
         }
         self.drain();
+        true
     }
 
     /// Runs due timers (ICE checks' consent, DTLS retransmission, RTCP).
@@ -392,9 +417,19 @@ impl BrowserLeg {
 
     /// The next datagram to send and where.
     pub fn poll_transmit(&mut self) -> Option<(BytesMut, SocketAddr)> {
-        self.pc
+        let (bytes, peer) = self
+            .pc
             .poll_write()
-            .map(|m| (m.message, m.transport.peer_addr))
+            .map(|m| (m.message, m.transport.peer_addr))?;
+        // The stack answers a check with success only when its MESSAGE-INTEGRITY proved the
+        // sender knows our ICE password: from then on the address is a validated pair.
+        if is_binding_success(&bytes) && !self.validated.contains(&peer) {
+            if self.validated.len() == MAX_VALIDATED {
+                self.validated.remove(0);
+            }
+            self.validated.push(peer);
+        }
+        Some((bytes, peer))
     }
 
     /// The next event for the call.

@@ -13,6 +13,7 @@ use crate::call::CallContext;
 use crate::call::cdr::CdrLog;
 use crate::config::Config;
 use crate::rtc::mux::MediaMux;
+use crate::sip::edge::EdgePolicy;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingRequest};
 use crate::sip::message::{random_token, response_to};
 use crate::sip::monitor::{RegistrationStates, spawn_health_checks, spawn_registrations};
@@ -30,8 +31,10 @@ pub struct Gateway {
     pub registrations: RegistrationStates,
     /// What calls share (metrics, drain state, the media port).
     pub calls: Arc<CallContext>,
-    /// The bound HTTP address (`/ws`, `/healthz`, `/metrics`).
+    /// The bound HTTP address (`/ws`, `/healthz`, and `/metrics` unless served apart).
     pub http_addr: std::net::SocketAddr,
+    /// The bound `[http] admin_listen` address (`/metrics`, `/admin/*`), if configured.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 impl Gateway {
@@ -61,6 +64,8 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         (Some(addr), Some((cert, key))) => Some((*addr, tls_server_config(cert, key)?)),
         _ => None,
     };
+    let trunks = Trunks::new(config.trunks.values().cloned())?;
+    let sources = trunks.sources().await;
     let (endpoint, inbound) = Endpoint::start(EndpointConfig {
         udp: config.sip.udp,
         tcp: config.sip.tcp,
@@ -68,11 +73,15 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         public_ip: config.sip.public_ip,
         user_agent: config.sip.user_agent.clone(),
         timers: Timers::default(),
+        // Only trunks are served: everyone else is dropped or refused statelessly.
+        edge: EdgePolicy {
+            trusted: Some(sources.keys().copied().collect()),
+            unknown_sources: config.sip.unknown_sources,
+            rate_limit: config.sip.rate_limit,
+        },
     })
     .await
     .map_err(|e| format!("cannot bind the SIP listeners ({}): {e}", config.sip.udp))?;
-    let trunks = Trunks::new(config.trunks.values().cloned())?;
-    let sources = trunk_sources(&trunks).await;
     let registrations = spawn_registrations(&endpoint, &trunks);
     spawn_health_checks(&endpoint, &trunks);
     let mux = MediaMux::bind(config.webrtc_udp).map_err(|e| {
@@ -122,7 +131,23 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         .await
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http.listen))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let app = crate::signal::router(calls.clone());
+    let admin_addr = match config.http.admin_listen {
+        Some(addr) => {
+            let admin = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen for the admin HTTP side on {addr}: {e}"))?;
+            let bound = admin.local_addr().map_err(|e| e.to_string())?;
+            let app = crate::signal::admin_router(calls.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin, app).await {
+                    tracing::error!(error = %e, "admin HTTP server stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let app = crate::signal::router(calls.clone(), admin_addr.is_none());
     // Signaling messages are small and come in bursts (`answer`, `ringing`, `answered`): with
     // Nagle's algorithm each second write waited for the peer's delayed ACK, adding 40 ms.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
@@ -139,6 +164,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         registrations,
         calls,
         http_addr,
+        admin_addr,
     })
 }
 
@@ -169,29 +195,8 @@ pub async fn reload_plugins(calls: &Arc<CallContext>) -> Result<Vec<String>, Str
     result
 }
 
-/// The IP addresses of every trunk, resolved once at start-up: only these may send calls in.
-async fn trunk_sources(trunks: &Trunks) -> HashMap<IpAddr, String> {
-    let mut sources = HashMap::new();
-    for name in trunks.names() {
-        let Some(config) = trunks.config(&name) else {
-            continue;
-        };
-        for address in &config.addresses {
-            match trunks.target(config, address).await {
-                Some(target) => {
-                    sources.insert(target.addr.ip(), name.clone());
-                }
-                None => {
-                    tracing::warn!(trunk = %name, %address, "cannot resolve trunk address; calls from it will be refused")
-                }
-            }
-        }
-    }
-    sources
-}
-
-/// Out-of-dialog requests: INVITEs from unknown addresses get 403 (toll-fraud scanners
-/// probe every public SIP port); INVITEs from trunks are offered to browsers.
+/// Out-of-dialog requests, which the endpoint lets through from trunk addresses only (see
+/// [`crate::sip::edge`]): INVITEs are offered to browsers; other methods are refused.
 async fn police_inbound(
     mut inbound: mpsc::UnboundedReceiver<IncomingRequest>,
     sources: HashMap<IpAddr, String>,
@@ -213,10 +218,8 @@ async fn police_inbound(
         };
         let request = &incoming.request;
         let code = match request.method {
-            rsip::Method::Invite => {
-                tracing::warn!(source = %incoming.source, "INVITE from an address that is no trunk refused");
-                403
-            }
+            // Only reachable without a trunk list entry for the source (it has none).
+            rsip::Method::Invite => 403,
             rsip::Method::Bye | rsip::Method::Info | rsip::Method::Update => 481,
             _ => 405,
         };

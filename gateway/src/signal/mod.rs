@@ -18,21 +18,39 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::call::{CallCommand, CallContext, Outbound, run_outbound};
+use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
 use crate::rtc::BrowserLeg;
 use protocol::{ClientMessage, ErrorCode, ServerMessage, VERSION};
 use token::Claims;
 
-/// The router, ready to serve.
-pub fn router(ctx: Arc<CallContext>) -> Router {
-    Router::new()
+/// The public router: signaling, the demo page and widget, `/healthz`; with `admin`, also
+/// `/metrics` and `/admin/*` (when `[http] admin_listen` does not serve them apart).
+pub fn router(ctx: Arc<CallContext>, admin: bool) -> Router {
+    let public = Router::new()
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
+        .route("/", get(demo_page))
+        .route("/widget.js", get(widget));
+    let public = if admin {
+        public.merge(admin_routes())
+    } else {
+        public
+    };
+    public.with_state(ctx)
+}
+
+/// `/metrics`, `/admin/*` and `/healthz` alone, for `[http] admin_listen`.
+pub fn admin_router(ctx: Arc<CallContext>) -> Router {
+    admin_routes()
+        .route("/healthz", get(healthz))
+        .with_state(ctx)
+}
+
+fn admin_routes() -> Router<Arc<CallContext>> {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/plugins/reload", post(reload_plugins))
-        .route("/", get(demo_page))
-        .route("/widget.js", get(widget))
-        .with_state(ctx)
 }
 
 /// The demo page (`web-demo/index.html`), built into the binary so one file is the product.
@@ -131,6 +149,14 @@ fn histogram(
     ));
 }
 
+/// Names from plugins and configuration, kept to what a label value may hold unescaped.
+fn label_value(v: &str) -> String {
+    v.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(64)
+        .collect()
+}
+
 async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     let m = &ctx.metrics;
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
@@ -209,19 +235,39 @@ async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
         ));
     }
+    text.push_str("# HELP gateway_media_dropped_total Media datagrams refused, by leg and reason (source: not from where signalling said).\n# TYPE gateway_media_dropped_total counter\n");
+    for (leg, reason, count) in m.media_drops.rows() {
+        text.push_str(&format!(
+            "gateway_media_dropped_total{{leg=\"{leg}\",reason=\"{reason}\"}} {count}\n"
+        ));
+    }
+    text.push_str("# HELP gateway_sip_refused_total SIP requests kept out at the edge: from addresses that are no trunk (dropped or one stateless 403), or over a source's rate.\n# TYPE gateway_sip_refused_total counter\n");
+    let edge = ctx.endpoint.edge_counters();
+    for (reason, count) in edge.rows() {
+        text.push_str(&format!(
+            "gateway_sip_refused_total{{reason=\"{reason}\"}} {count}\n"
+        ));
+    }
+    metric(
+        &mut text,
+        "gateway_sip_sources_banned_total",
+        "counter",
+        "Times a SIP source went over its request rate and was ignored for a while.",
+        edge.sources_banned.load(Ordering::Relaxed),
+    );
     text.push_str("# HELP gateway_plugin_counter Counters plugins keep through the host.\n# TYPE gateway_plugin_counter counter\n");
     for (plugin, name, value) in ctx.plugins.current().counters() {
-        // Names come from plugins: keep them to what a label value may hold.
-        let clean = |v: &str| {
-            v.chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                .take(64)
-                .collect::<String>()
-        };
         text.push_str(&format!(
             "gateway_plugin_counter{{plugin=\"{}\",name=\"{}\"}} {value}\n",
-            clean(&plugin),
-            clean(&name)
+            label_value(&plugin),
+            label_value(&name)
+        ));
+    }
+    text.push_str("# HELP gateway_plugin_kv_bytes Bytes of keys and values a plugin holds in its key-value store.\n# TYPE gateway_plugin_kv_bytes gauge\n");
+    for (plugin, bytes) in ctx.plugins.current().kv_bytes() {
+        text.push_str(&format!(
+            "gateway_plugin_kv_bytes{{plugin=\"{}\"}} {bytes}\n",
+            label_value(&plugin)
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -326,6 +372,30 @@ fn authorize(
     }
 }
 
+/// The identity a connection registered: removed from the table when the connection ends,
+/// however it ends, unless another connection has taken it since.
+struct Registration {
+    ctx: Arc<CallContext>,
+    identity: String,
+    calls: mpsc::UnboundedSender<(String, mpsc::UnboundedSender<CallCommand>)>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut registered = self
+            .ctx
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if registered
+            .get(&self.identity)
+            .is_some_and(|r| r.calls.same_channel(&self.calls))
+        {
+            registered.remove(&self.identity);
+        }
+    }
+}
+
 async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
@@ -349,7 +419,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     // Inbound calls for an identity this connection registered arrive here.
     let (offered_tx, mut offered) =
         mpsc::unbounded_channel::<(String, mpsc::UnboundedSender<CallCommand>)>();
-    let mut identity: Option<String> = None;
+    let mut registration: Option<Registration> = None;
     loop {
         let frame = tokio::select! {
             frame = stream.next() => match frame {
@@ -387,6 +457,21 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 continue;
             }
         };
+        // A token is good until its `exp`, not until the socket closes: every use checks it
+        // again, and a client sends `auth` with a fresh token to go on.
+        if matches!(
+            message,
+            ClientMessage::Call { .. } | ClientMessage::Register { .. }
+        ) && claims.as_ref().is_some_and(|c| c.exp <= now_secs())
+        {
+            claims = None;
+            let _ = out.send(error(
+                ErrorCode::Unauthorized,
+                "the token has expired; send `auth` with a fresh token and try again",
+                None,
+            ));
+            continue;
+        }
         match message {
             ClientMessage::Auth { token } => match &ctx.config.http.token_secret {
                 None => {
@@ -424,9 +509,18 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         continue;
                     }
                 };
-                if ctx.metrics.active_calls.load(Ordering::Relaxed)
-                    >= ctx.config.limits.max_calls as u64
-                {
+                let live = calls.values().filter(|tx| !tx.is_closed()).count();
+                if live >= ctx.config.limits.max_calls_per_connection as usize {
+                    let _ = out.send(error(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "this connection has {live} calls already (limits.max_calls_per_connection)"
+                        ),
+                        None,
+                    ));
+                    continue;
+                }
+                let Some(slot) = ctx.take_call_slot() else {
                     let _ = out.send(error(
                         ErrorCode::LimitReached,
                         format!(
@@ -436,7 +530,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         None,
                     ));
                     continue;
-                }
+                };
                 let (leg, answer) = match BrowserLeg::answer(
                     &sdp,
                     ctx.mux.local_addr(),
@@ -471,6 +565,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 };
                 tokio::spawn(run_outbound(
                     ctx.clone(),
+                    slot,
                     call,
                     leg,
                     browser_rx,
@@ -479,32 +574,63 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 ));
             }
             ClientMessage::Register { identity: wanted } => {
-                // Only the token's own subject may take its calls; anonymous demos may pick any name.
-                let allowed = match &claims {
-                    Some(c) => c.sub == wanted,
-                    None => ctx.config.http.anonymous,
+                // Taking someone's inbound calls needs proof of being them: a token whose
+                // subject is the identity, anonymous mode or not (anonymous is for calling
+                // demo targets).
+                let Some(c) = &claims else {
+                    let _ = out.send(error(
+                        ErrorCode::Unauthorized,
+                        "`register` needs a token: send `auth` first",
+                        None,
+                    ));
+                    continue;
                 };
-                if !allowed {
-                    let code = if claims.is_none() {
-                        ErrorCode::Unauthorized
-                    } else {
-                        ErrorCode::Forbidden
-                    };
-                    let _ = out.send(error(code, format!("this connection may not take calls for `{wanted}`; register as the token's subject"), None));
+                if c.sub != wanted {
+                    let _ = out.send(error(ErrorCode::Forbidden, format!("this connection may not take calls for `{wanted}`; register as the token's subject"), None));
                     continue;
                 }
                 let entry = crate::call::Registered {
                     out: out.clone(),
                     calls: offered_tx.clone(),
                 };
-                ctx.registered
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(wanted.clone(), entry);
+                let replaced = {
+                    let mut registered = ctx.registered.lock().unwrap_or_else(|e| e.into_inner());
+                    let current = registered
+                        .get(&wanted)
+                        .filter(|r| !r.calls.same_channel(&offered_tx) && !r.calls.is_closed())
+                        .cloned();
+                    if current.is_some()
+                        && ctx.config.http.register_conflict == RegisterConflict::Refuse
+                    {
+                        drop(registered);
+                        let _ = out.send(error(
+                            ErrorCode::Conflict,
+                            format!(
+                                "`{wanted}` is registered on another connection; close it first"
+                            ),
+                            None,
+                        ));
+                        continue;
+                    }
+                    registered.insert(wanted.clone(), entry);
+                    current
+                };
+                if let Some(previous) = replaced {
+                    let _ = previous.out.send(ServerMessage::Unregistered {
+                        identity: wanted.clone(),
+                        reason: "another connection registered this identity".into(),
+                    });
+                }
                 let _ = out.send(ServerMessage::Registered {
                     identity: wanted.clone(),
                 });
-                identity = Some(wanted);
+                if registration.as_ref().map(|r| &r.identity) != Some(&wanted) {
+                    registration = Some(Registration {
+                        ctx: ctx.clone(),
+                        identity: wanted,
+                        calls: offered_tx.clone(),
+                    });
+                }
             }
             ClientMessage::Answer { call_id, sdp } => match calls.get(&call_id) {
                 Some(tx) => {
@@ -569,15 +695,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             },
         }
     }
-    if let Some(name) = identity {
-        let mut registered = ctx.registered.lock().unwrap_or_else(|e| e.into_inner());
-        if registered
-            .get(&name)
-            .is_some_and(|r| r.calls.same_channel(&offered_tx))
-        {
-            registered.remove(&name);
-        }
-    }
+    drop(registration);
     // The page went away: its calls end (BYE after answer, CANCEL before).
     for (_, tx) in calls.drain() {
         let _ = tx.send(CallCommand::Hangup);

@@ -23,7 +23,7 @@ pub enum ClientMessage {
         /// answer still works with the candidates the browser sends later in STUN).
         sdp: String,
     },
-    /// Take inbound calls for an identity (the token's subject, or any name in anonymous mode).
+    /// Take inbound calls for an identity: the token's subject (a token is always needed).
     Register {
         /// The identity that `[inbound]` routes numbers to.
         identity: String,
@@ -79,6 +79,13 @@ pub enum ServerMessage {
     Registered {
         /// The identity.
         identity: String,
+    },
+    /// Another connection registered the same identity: its inbound calls go there now.
+    Unregistered {
+        /// The identity.
+        identity: String,
+        /// Why, in words.
+        reason: String,
     },
     /// A call from a trunk for the registered identity; accept with `answer`, refuse with
     /// `hangup`.
@@ -167,6 +174,8 @@ pub enum ErrorCode {
     LimitReached,
     /// The gateway is shutting down and takes no new calls.
     Draining,
+    /// The identity is registered on another connection (`[http] register_conflict = "refuse"`).
+    Conflict,
     /// Something failed inside the gateway; the message says what.
     Internal,
 }

@@ -162,14 +162,22 @@ impl Dialog {
         }
     }
 
-    /// Checks an incoming in-dialog request (§12.2.2): CSeq must grow. Returns the status
-    /// to reject with otherwise (500, as the RFC says).
+    /// Checks an incoming in-dialog request (§12.2.2): it must name this dialog by Call-ID
+    /// and both tags (481 otherwise), and its CSeq must grow (500 otherwise). The remote
+    /// sequence starts empty on our side of a dialog we placed (§12.1.2): the peer's first
+    /// request may carry any number, 1 included.
     pub fn accept_remote(&mut self, request: &Request) -> Result<(), u16> {
         let Some((seq, method)) = message::cseq(request) else {
             return Err(400);
         };
         if method == Method::Ack || method == Method::Cancel {
             return Ok(());
+        }
+        let names_us = message::call_id(request).as_deref() == Some(self.call_id.as_str())
+            && message::from_tag(request).as_deref() == Some(self.remote_tag.as_str())
+            && message::to_tag(request).as_deref() == Some(self.local_tag.as_str());
+        if !names_us {
+            return Err(481);
         }
         if self.remote_seq.is_some_and(|last| seq <= last) {
             return Err(500);
@@ -182,6 +190,25 @@ impl Dialog {
             self.remote_target = uri;
         }
         Ok(())
+    }
+
+    /// The peer's addresses this dialog itself names: the remote target's and the route
+    /// set's hosts when they are IP literals. With the trunk's own address, the only sources
+    /// an in-dialog request is taken from.
+    pub fn peer_ips(&self) -> Vec<std::net::IpAddr> {
+        let host_ip = |uri: &rsip::Uri| match &uri.host_with_port.host {
+            rsip::Host::IpAddr(ip) => Some(*ip),
+            rsip::Host::Domain(d) => d.to_string().parse().ok(),
+        };
+        let routes = self.route_set.iter().filter_map(|r| {
+            let inner = r.trim().trim_start_matches('<');
+            let inner = inner.split('>').next().unwrap_or(inner);
+            rsip::Uri::try_from(inner).ok()
+        });
+        std::iter::once(self.remote_target.clone())
+            .chain(routes)
+            .filter_map(|u| host_ip(&u))
+            .collect()
     }
 
     /// A response to an in-dialog request, carrying our tag.
@@ -248,6 +275,28 @@ mod tests {
         assert!(bye.contains("From: <sip:+15550100@gw>;tag=L"));
         assert!(bye.contains("To: <sip:caller@pbx>;tag=R"));
         assert!(bye.contains("Route: <sip:p1;lr>"));
+    }
+
+    fn request(text: &str) -> Request {
+        parse(text.as_bytes()).unwrap().try_into().unwrap()
+    }
+
+    #[test]
+    fn a_first_bye_with_cseq_1_is_accepted_and_wrong_tags_get_481() {
+        let mut d = Dialog::from_uac(&invite(), &ok()).unwrap();
+        let bye = |from_tag: &str, to_tag: &str, call_id: &str| {
+            request(&format!(
+                "BYE sip:gw@gw SIP/2.0\r\nVia: SIP/2.0/UDP pbx;branch=z9hG4bK9\r\nFrom: <sip:100@pbx>;tag={from_tag}\r\nTo: <sip:gw@gw>;tag={to_tag}\r\nCall-ID: {call_id}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+            ))
+        };
+        assert_eq!(d.accept_remote(&bye("X", "L", "c@gw")), Err(481));
+        assert_eq!(d.accept_remote(&bye("R", "X", "c@gw")), Err(481));
+        assert_eq!(d.accept_remote(&bye("R", "L", "other@gw")), Err(481));
+        assert_eq!(d.accept_remote(&bye("R", "L", "c@gw")), Ok(()));
+        assert_eq!(
+            d.peer_ips(),
+            vec!["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 
     #[test]

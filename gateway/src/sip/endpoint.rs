@@ -13,6 +13,7 @@ use rsip::{Method, Request, Response, SipMessage};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
+use super::edge::{Admission, Edge, EdgeCounters, EdgePolicy};
 use super::message::{self, bad_request_for, response_to};
 use super::transaction::{ClientEvent, ClientTransaction, ServerEvent, ServerTransaction, Timers};
 use super::transport::{self, StreamEvent, Target};
@@ -33,6 +34,8 @@ pub struct EndpointConfig {
     pub user_agent: String,
     /// Transaction timers.
     pub timers: Timers,
+    /// Which sources are served, and how fast.
+    pub edge: EdgePolicy,
 }
 
 /// A request that reached a transaction user.
@@ -95,6 +98,7 @@ pub struct Endpoint {
     tls: Option<SocketAddr>,
     advertised: IpAddr,
     user_agent: String,
+    edge_counters: std::sync::Arc<EdgeCounters>,
 }
 
 impl Endpoint {
@@ -112,11 +116,24 @@ impl Endpoint {
         let udp = UdpSocket::from_std(std_udp)?;
         let udp_addr = udp.local_addr()?;
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        // In drop mode a stranger's connection is closed at once: no TLS handshake, no
+        // buffer, nothing to learn from.
+        let admit = match (&config.edge.trusted, config.edge.unknown_sources) {
+            (Some(trusted), crate::config::UnknownSources::Drop) => {
+                Some(std::sync::Arc::new(trusted.clone()))
+            }
+            _ => None,
+        };
         let tcp_addr = match config.tcp {
             Some(addr) => {
                 let listener = TcpListener::bind(addr).await?;
                 let bound = listener.local_addr()?;
-                tokio::spawn(accept_loop(listener, None, stream_tx.clone()));
+                tokio::spawn(accept_loop(
+                    listener,
+                    None,
+                    admit.clone(),
+                    stream_tx.clone(),
+                ));
                 Some(bound)
             }
             None => None,
@@ -125,7 +142,12 @@ impl Endpoint {
             Some((addr, server)) => {
                 let listener = TcpListener::bind(addr).await?;
                 let bound = listener.local_addr()?;
-                tokio::spawn(accept_loop(listener, Some(server), stream_tx.clone()));
+                tokio::spawn(accept_loop(
+                    listener,
+                    Some(server),
+                    admit.clone(),
+                    stream_tx.clone(),
+                ));
                 Some(bound)
             }
             None => None,
@@ -140,6 +162,7 @@ impl Endpoint {
         });
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (app_tx, app_rx) = mpsc::unbounded_channel();
+        let edge_counters = std::sync::Arc::new(EdgeCounters::default());
         let endpoint = Endpoint {
             commands: commands.clone(),
             udp: udp_addr,
@@ -147,6 +170,7 @@ impl Endpoint {
             tls: tls_addr,
             advertised,
             user_agent: config.user_agent.clone(),
+            edge_counters: edge_counters.clone(),
         };
         let core = Core {
             udp,
@@ -161,6 +185,8 @@ impl Endpoint {
             dialogs: HashMap::new(),
             app: app_tx,
             user_agent: config.user_agent,
+            edge: Edge::new(config.edge),
+            edge_counters,
         };
         tokio::spawn(core.run(command_rx, stream_rx));
         Ok((endpoint, app_rx))
@@ -189,6 +215,11 @@ impl Endpoint {
     /// The User-Agent value.
     pub fn user_agent(&self) -> &str {
         &self.user_agent
+    }
+
+    /// What the edge policy kept out, for `/metrics`.
+    pub fn edge_counters(&self) -> &EdgeCounters {
+        &self.edge_counters
     }
 
     fn advertised_port(&self, transport: Transport) -> u16 {
@@ -286,12 +317,17 @@ fn local_ip_guess() -> IpAddr {
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    admit: Option<std::sync::Arc<std::collections::HashSet<IpAddr>>>,
     events: mpsc::UnboundedSender<StreamEvent>,
 ) {
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
+        if admit.as_ref().is_some_and(|a| !a.contains(&peer.ip())) {
+            tracing::debug!(%peer, "SIP connection from an address that is no trunk closed");
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let events = events.clone();
         match tls.clone() {
@@ -306,7 +342,11 @@ async fn accept_loop(
             }
             Some(config) => {
                 tokio::spawn(async move {
-                    match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+                    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+                    match tokio::time::timeout(transport::HANDSHAKE_TIMEOUT, handshake)
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    {
                         Ok(stream) => {
                             transport::run_stream(stream, peer, Transport::Tls, events, vec![])
                                 .await
@@ -339,7 +379,7 @@ struct Core {
     timers: Timers,
     commands: mpsc::UnboundedSender<Command>,
     stream_tx: mpsc::UnboundedSender<StreamEvent>,
-    streams: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    streams: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     /// Messages waiting for a connection being set up.
     pending_streams: HashMap<SocketAddr, Vec<Vec<u8>>>,
     clients: HashMap<String, ClientEntry>,
@@ -347,6 +387,8 @@ struct Core {
     dialogs: HashMap<String, mpsc::UnboundedSender<IncomingRequest>>,
     app: mpsc::UnboundedSender<IncomingRequest>,
     user_agent: String,
+    edge: Edge,
+    edge_counters: std::sync::Arc<EdgeCounters>,
 }
 
 fn client_key(branch: &str, method: &Method) -> String {
@@ -455,7 +497,7 @@ impl Core {
         match event {
             StreamEvent::Up { peer, tx, .. } => {
                 for msg in self.pending_streams.remove(&peer).unwrap_or_default() {
-                    let _ = tx.send(msg);
+                    let _ = tx.try_send(msg);
                 }
                 self.streams.insert(peer, tx);
             }
@@ -478,10 +520,21 @@ impl Core {
 
     fn on_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
         let now = Instant::now();
+        // Responses only ever match our own transactions (by a branch we made up); anything
+        // else is a request, or junk in its place, and meets the edge policy before parsing.
+        let admission = if bytes.starts_with(b"SIP/") {
+            Admission::Serve
+        } else {
+            self.edge
+                .handle_request(source.ip(), now, &self.edge_counters)
+        };
+        if admission == Admission::Drop {
+            return;
+        }
         let msg = match message::parse(bytes) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(%source, error = %e, "malformed SIP message");
+                tracing::debug!(%source, error = %e, "malformed SIP message");
                 if let Some(reply) = bad_request_for(bytes, &e) {
                     self.send_back(source, transport, reply);
                 }
@@ -490,6 +543,16 @@ impl Core {
         };
         match msg {
             SipMessage::Response(resp) => self.on_response(resp, now),
+            SipMessage::Request(req) if admission == Admission::Refuse => {
+                // One stateless 403 (§8.2.6, §16.7 of a stateless element): no transaction,
+                // so nothing is ever retransmitted to a source that may be spoofed; an ACK
+                // gets nothing at all (§17.2.3).
+                tracing::debug!(%source, method = %req.method, "request from an address that is no trunk refused");
+                if req.method != Method::Ack {
+                    let reply = response_for(&req, 403);
+                    self.send_back(source, transport, message::response_bytes(&reply));
+                }
+            }
             SipMessage::Request(req) => self.on_request(req, source, transport, now),
         }
     }
@@ -646,10 +709,25 @@ impl Core {
             Transport::Udp => {
                 let _ = self.udp_send.send_to(&bytes, peer);
             }
-            _ => {
-                if let Some(tx) = self.streams.get(&peer) {
-                    let _ = tx.send(bytes);
-                }
+            _ => self.send_on_stream(peer, bytes),
+        }
+    }
+
+    /// Queues `bytes` on an open connection. A full queue means the peer has stopped
+    /// reading: the connection is dropped (its writer ends, the stream closes) rather than
+    /// let it hold our memory.
+    fn send_on_stream(&mut self, peer: SocketAddr, bytes: Vec<u8>) {
+        let Some(tx) = self.streams.get(&peer) else {
+            return;
+        };
+        match tx.try_send(bytes) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%peer, "SIP connection's write queue is full; dropping the connection");
+                self.streams.remove(&peer);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.streams.remove(&peer);
             }
         }
     }
@@ -661,12 +739,14 @@ impl Core {
             }
             return;
         }
-        if let Some(tx) = self.streams.get(&target.addr) {
-            let _ = tx.send(bytes);
+        if self.streams.contains_key(&target.addr) {
+            self.send_on_stream(target.addr, bytes);
             return;
         }
         if let Some(queue) = self.pending_streams.get_mut(&target.addr) {
-            queue.push(bytes);
+            if queue.len() < transport::WRITE_QUEUE {
+                queue.push(bytes);
+            }
             return;
         }
         self.pending_streams.insert(target.addr, Vec::new());

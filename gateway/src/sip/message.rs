@@ -31,6 +31,9 @@ pub enum MessageError {
         /// What arrived.
         actual: usize,
     },
+    /// Content-Length announces more than a stream message may hold.
+    #[error("Content-Length {0} is larger than the {MAX_BODY} bytes a SIP body may have here")]
+    BodyTooLarge(usize),
     /// `rsip` refused the start line or a header.
     #[error("unparseable SIP: {0}")]
     Syntax(String),
@@ -38,6 +41,10 @@ pub enum MessageError {
     #[error("missing or malformed {0} header")]
     MissingHeader(&'static str),
 }
+
+/// The largest body a message may announce: SDP is a few KiB, and a stream message as a
+/// whole is held to 64 KiB by the transport.
+pub const MAX_BODY: usize = 60 * 1024;
 
 /// Outcome of looking for one message at the start of a stream buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -98,6 +105,11 @@ pub fn frame(buf: &[u8]) -> Result<Frame, MessageError> {
     };
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| MessageError::NotUtf8)?;
     let body_len = content_length_of(head)?.unwrap_or(0);
+    // Checked before any arithmetic: a hostile Content-Length near usize::MAX must neither
+    // overflow nor make the reader wait for gigabytes.
+    if body_len > MAX_BODY {
+        return Err(MessageError::BodyTooLarge(body_len));
+    }
     let total = end + 4 + body_len;
     Ok(if buf.len() >= total {
         Frame::Complete(total)

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod dialog;
+pub mod edge;
 pub mod endpoint;
 pub mod message;
 pub mod monitor;
@@ -11,3 +12,4 @@ pub mod sdp;
 pub mod transaction;
 pub mod transport;
 pub mod trunk;
+pub mod values;

@@ -14,6 +14,20 @@ use crate::config::Transport;
 /// Largest message accepted on a stream before the connection is dropped as hostile.
 const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 
+/// How long a TLS handshake may take, either way; a peer that opens a connection and says
+/// nothing must not hold a task and a socket for ever.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A connection on which nothing arrives for this long is closed (trunks send keep-alive
+/// CRLFs or OPTIONS far more often, RFC 5626 §4.4.1; the next request reconnects).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long one write may wait for the peer to read.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Messages queued for one connection; a peer that does not read them is dropped.
+pub const WRITE_QUEUE: usize = 256;
+
 /// Splits `host[:port]` (with `[v6]:port`), applying the transport's default port
 /// (5060, or 5061 for TLS, §19.1.2).
 pub fn split_host_port(address: &str, transport: Transport) -> Option<(String, u16)> {
@@ -76,8 +90,8 @@ pub enum StreamEvent {
         peer: SocketAddr,
         /// Transport of the connection.
         transport: Transport,
-        /// Outgoing message queue.
-        tx: mpsc::UnboundedSender<Vec<u8>>,
+        /// Outgoing message queue (bounded: [`WRITE_QUEUE`]).
+        tx: mpsc::Sender<Vec<u8>>,
     },
     /// One framed message arrived.
     Message {
@@ -170,9 +184,10 @@ pub async fn connect(
                     return;
                 }
             };
-            match tokio_rustls::TlsConnector::from(tls)
-                .connect(name, tcp)
+            let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
                 .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
             {
                 Ok(stream) => run_stream(stream, peer, Transport::Tls, events, first).await,
                 Err(e) => {
@@ -196,9 +211,9 @@ pub async fn run_stream<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     for msg in first {
-        let _ = tx.send(msg);
+        let _ = tx.try_send(msg);
     }
     if events
         .send(StreamEvent::Up {
@@ -212,8 +227,13 @@ pub async fn run_stream<S>(
     }
     let write = async move {
         while let Some(msg) = rx.recv().await {
-            if writer.write_all(&msg).await.is_err() {
-                break;
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::warn!(%peer, "SIP peer does not read what we send; closing");
+                    break;
+                }
             }
         }
     };
@@ -222,9 +242,13 @@ pub async fn run_stream<S>(
         let mut buf = Vec::with_capacity(8192);
         let mut chunk = [0u8; 8192];
         loop {
-            let n = match reader.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
+            let n = match tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut chunk)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    tracing::debug!(%peer, "SIP connection idle; closing");
+                    return;
+                }
             };
             buf.extend_from_slice(&chunk[..n]);
             loop {

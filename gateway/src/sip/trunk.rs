@@ -81,6 +81,8 @@ pub enum Progress {
         trunk: String,
         /// Address as configured.
         address: String,
+        /// The address it resolved to: where the trunk's signalling (and often media) is.
+        addr: std::net::SocketAddr,
     },
     /// 180/183, with the early-media SDP if any.
     Provisional {
@@ -188,6 +190,28 @@ impl Trunks {
             .get(&key)
             == Some(&false);
         waiting || unhealthy
+    }
+
+    /// The IP address of every trunk, resolved once (at start-up): only these may send
+    /// requests in. Addresses that do not resolve are logged and left out.
+    pub async fn sources(&self) -> HashMap<std::net::IpAddr, String> {
+        let mut sources = HashMap::new();
+        for name in self.names() {
+            let Some(config) = self.config(&name) else {
+                continue;
+            };
+            for address in &config.addresses {
+                match self.target(config, address).await {
+                    Some(target) => {
+                        sources.insert(target.addr.ip(), name.clone());
+                    }
+                    None => {
+                        tracing::warn!(trunk = %name, %address, "cannot resolve trunk address; requests from it will be refused")
+                    }
+                }
+            }
+        }
+        sources
     }
 
     /// The configured trunk names.
@@ -344,6 +368,7 @@ pub async fn place_call(
             let _ = progress.send(Progress::Trying {
                 trunk: trunk_name.clone(),
                 address: address.clone(),
+                addr: target.addr,
             });
             match invite(endpoint, trunk, &target, request, progress, cancel).await {
                 Ok((dialog, answer_sdp, incoming)) => {
@@ -720,6 +745,14 @@ impl TrunkCall {
             let Some(responder) = incoming.responder.clone() else {
                 continue;
             };
+            // The endpoint serves trunk addresses only; this keeps one trunk (or a host in
+            // its pool) from ending or moving another peer's call by its Call-ID.
+            let source = incoming.source.ip();
+            if source != self.target.addr.ip() && !self.dialog.peer_ips().contains(&source) {
+                tracing::warn!(%source, call_id = %self.dialog.call_id, method = %incoming.request.method, "in-dialog request from an address that is not this dialog's peer refused");
+                responder.respond(self.dialog.response(&incoming.request, 403));
+                continue;
+            }
             if let Err(code) = self.dialog.accept_remote(&incoming.request) {
                 responder.respond(self.dialog.response(&incoming.request, code));
                 continue;
@@ -904,6 +937,7 @@ mod tests {
             max_channels: Some(1),
             failover: failover.iter().map(|s| s.to_string()).collect(),
             ca_file: None,
+            rtp_source: Default::default(),
         }
     }
 

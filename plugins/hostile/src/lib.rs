@@ -1,11 +1,16 @@
 //! A plugin that misbehaves on purpose, so the tests can show the host contains it. Its
 //! configuration names the mode: `{"mode": "loop"}` (never returns), `trap` (panics),
 //! `memory` (allocates until refused), `escape` (tries to read host files: `/etc/passwd`,
-//! and `../` out of its data directory), `reject` (a well-behaved 403), or `continue`.
+//! and `../` out of its data directory), `inject` (routes with CR/LF in the number, caller
+//! ID and a header, to write its own SIP headers), `kv-flood` (stores 200 values of 1 MB and
+//! then small values until refused), `log-flood` (20,000 log lines, one with a line break
+//! that forges a log line), `reject` (a well-behaved 403), or `continue`.
 //! With `"when_to": "bad"` it misbehaves only on calls to that destination, so tests can run
 //! a normal call beside a poisoned one.
 
-use gateway_plugin_sdk::{CallInfo, Manifest, Plugin, Reject, Verdict, export_plugin};
+use gateway_plugin_sdk::{
+    CallInfo, Level, Manifest, Plugin, Reject, Verdict, export_plugin, host, route,
+};
 
 /// The plugin; the mode is its whole state.
 pub struct Hostile {
@@ -72,6 +77,33 @@ impl Plugin for Hostile {
                     }),
                     None => Verdict::Continue,
                 }
+            }
+            "inject" => Verdict::Route(gateway_plugin_sdk::Route {
+                number: Some(format!("{}\r\nX-Injected-Number: yes", call.number)),
+                caller_id: Some("+15551234\r\nX-Injected-Caller: yes".into()),
+                headers: vec![("X-Crm".into(), "gold\r\nX-Injected-Header: yes".into())],
+                ..route()
+            }),
+            "kv-flood" => {
+                let big = "x".repeat(1 << 20);
+                for i in 0..200 {
+                    host::kv_set(&format!("big-{}-{i}", call.call_id), &big, None);
+                }
+                let small = "y".repeat(4096);
+                for i in 0..10_000 {
+                    host::kv_set(&format!("small-{}-{i}", call.call_id), &small, None);
+                }
+                Verdict::Continue
+            }
+            "log-flood" => {
+                host::log(
+                    Level::Error,
+                    "caller looked up\nFAKE LOG LINE level=error forged by a plugin",
+                );
+                for i in 0..20_000 {
+                    host::log(Level::Warn, &format!("noise {i}"));
+                }
+                Verdict::Continue
             }
             "reject" => Verdict::Reject(Reject {
                 sip_code: 403,
