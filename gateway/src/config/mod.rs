@@ -237,6 +237,23 @@ struct RawHttp {
     admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     register_conflict: RegisterConflict,
+    token_kid: Option<String>,
+    #[serde(default)]
+    token_keys: Vec<Spanned<RawTokenKey>>,
+    token_jwks_file: Option<Spanned<String>>,
+    token_audience: Option<String>,
+    token_issuer: Option<String>,
+}
+
+/// One more key tokens may be signed with: an HS256 secret (rotation) or a public key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenKey {
+    kid: Option<String>,
+    secret_env: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    public_key_file: Option<Spanned<String>>,
+    algorithm: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -458,14 +475,14 @@ pub struct Target {
 }
 
 /// The HTTP side: signaling, demo page, metrics.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
     /// `Origin` values allowed to open `/ws`; empty allows any (development only).
     pub allowed_origins: Vec<String>,
-    /// HS256 secret for call tokens; `None` when tokens are not configured.
-    pub token_secret: Option<Vec<u8>>,
+    /// The keys call tokens are verified with; `None` when tokens are not configured.
+    pub tokens: Option<crate::signal::token::TokenVerifier>,
     /// Calls to named targets without a token (a public demo).
     pub anonymous: bool,
     /// The trunk for raw numbers (tokens with `numbers: true`); `None` refuses raw numbers.
@@ -484,10 +501,7 @@ impl fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
             .field("allowed_origins", &self.allowed_origins)
-            .field(
-                "token_secret",
-                &self.token_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("tokens", &self.tokens)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -541,19 +555,26 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// The most a key file (a PEM public key, a JWK set) may hold.
+const MAX_KEY_FILE: u64 = 1024 * 1024;
+
 /// The most a secret file may hold: a password or key is short.
 const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE`] bytes (a device or a
 /// pipe named by mistake would otherwise hang start-up or fill memory).
 fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+    read_small_file(path, MAX_SECRET_FILE)
+}
+
+fn read_small_file(path: &str, max: u64) -> Result<Vec<u8>, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("it is not a regular file".into());
     }
-    if meta.len() > MAX_SECRET_FILE {
+    if meta.len() > max {
         return Err(format!(
-            "it holds {} bytes; a secret file holds at most {MAX_SECRET_FILE}",
+            "it holds {} bytes; such a file holds at most {max}",
             meta.len()
         ));
     }
@@ -566,6 +587,86 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Every key call tokens may be signed with: `token_secret_*` (with `token_kid`), each
+    /// `[[http.token_keys]]` entry, and `token_jwks_file`. `None` when there is none.
+    fn token_keys(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        http: &RawHttp,
+    ) -> Option<crate::signal::token::TokenVerifier> {
+        use crate::signal::token::TokenVerifier;
+        let mut verifier =
+            TokenVerifier::new(http.token_audience.clone(), http.token_issuer.clone());
+        if let Some(secret) = self.secret(
+            env,
+            ("http.token_secret_env", &http.token_secret_env),
+            ("http.token_secret_file", &http.token_secret_file),
+        ) {
+            // `secret` holds at least 16 bytes: adding it cannot fail.
+            let _ = verifier.add_secret(http.token_kid.clone(), &secret);
+        }
+        for (i, spanned) in http.token_keys.iter().enumerate() {
+            let key = spanned.get_ref();
+            let field = |f: &str| format!("http.token_keys[{i}].{f}");
+            let secret = self.secret(
+                env,
+                (&field("secret_env"), &key.secret_env),
+                (&field("secret_file"), &key.secret_file),
+            );
+            let given_secret = key.secret_env.is_some() || key.secret_file.is_some();
+            match (&key.public_key_file, given_secret) {
+                (None, true) => {
+                    if let Some(secret) = secret {
+                        let _ = verifier.add_secret(key.kid.clone(), &secret);
+                    }
+                }
+                (Some(file), false) => {
+                    let algorithm = match key.algorithm.as_ref().map(|a| a.get_ref().as_str()) {
+                        Some("RS256") => jsonwebtoken::Algorithm::RS256,
+                        Some("ES256") => jsonwebtoken::Algorithm::ES256,
+                        _ => {
+                            self.issue(
+                                key.algorithm.as_ref().map_or(spanned.span(), |a| a.span()),
+                                field("algorithm"),
+                                "a public key needs `algorithm = \"RS256\"` or `\"ES256\"`",
+                            );
+                            continue;
+                        }
+                    };
+                    let added = read_small_file(file.get_ref(), MAX_KEY_FILE).and_then(|pem| {
+                        verifier
+                            .add_public_pem(key.kid.clone(), algorithm, &pem)
+                            .map_err(|e| e.to_string())
+                    });
+                    if let Err(e) = added {
+                        self.issue(
+                            file.span(),
+                            field("public_key_file"),
+                            format!("cannot use `{}`: {e}", file.get_ref()),
+                        );
+                    }
+                }
+                _ => self.issue(
+                    spanned.span(),
+                    field("kid"),
+                    "give each token key `secret_env`, `secret_file` or `public_key_file` (one of them)",
+                ),
+            }
+        }
+        if let Some(file) = &http.token_jwks_file {
+            let added = read_small_file(file.get_ref(), MAX_KEY_FILE)
+                .and_then(|json| verifier.add_jwks(&json).map_err(|e| e.to_string()));
+            if let Err(e) = added {
+                self.issue(
+                    file.span(),
+                    "http.token_jwks_file",
+                    format!("cannot use `{}`: {e}", file.get_ref()),
+                );
+            }
+        }
+        (!verifier.is_empty()).then_some(verifier)
+    }
+
     /// A secret given by environment variable or file (one of them), at least 16 bytes.
     fn secret(
         &mut self,
@@ -788,11 +889,7 @@ impl Config {
             Some("0.0.0.0:10000"),
             parse_sock,
         );
-        let token_secret = c.secret(
-            env,
-            ("http.token_secret_env", &raw.http.token_secret_env),
-            ("http.token_secret_file", &raw.http.token_secret_file),
-        );
+        let tokens = c.token_keys(env, &raw.http);
         let admin_token = c.secret(
             env,
             ("http.admin_token_env", &raw.http.admin_token_env),
@@ -1072,7 +1169,7 @@ impl Config {
             http: HttpConfig {
                 listen: http_listen,
                 allowed_origins: raw.http.allowed_origins,
-                token_secret,
+                tokens,
                 admin_token,
                 anonymous: raw.http.anonymous,
                 numbers_trunk: raw.http.numbers_trunk.map(|t| t.into_inner()),
@@ -1276,5 +1373,55 @@ number = "+4930123456"
         assert!(err.to_string().contains("from 0 to 10"), "{err}");
         let c = parse("[media]\nopus_complexity = 0\nopus_complexity_under_loss = 3\n").unwrap();
         assert_eq!(c.media.opus_complexity_under_loss, 3);
+    }
+
+    #[test]
+    fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let pem = dir.join("idp.pem");
+        std::fs::write(&pem, pair.public_key_pem()).unwrap();
+        let old = dir.join("old-secret");
+        std::fs::write(&old, "an old secret of 32 bytes, rotated").unwrap();
+        let text = format!(
+            "[http]\ntoken_secret_env = \"CARRIER_PW_LONG\"\ntoken_kid = \"2026-12\"\ntoken_audience = \"gateway\"\n\n\
+             [[http.token_keys]]\nkid = \"2026-11\"\nsecret_file = \"{}\"\n\n\
+             [[http.token_keys]]\nkid = \"idp\"\nalgorithm = \"ES256\"\npublic_key_file = \"{}\"\n",
+            old.display(),
+            pem.display()
+        );
+        let env = |name: &str| {
+            (name == "CARRIER_PW_LONG").then(|| "a current secret, 32 bytes long".to_string())
+        };
+        let config = Config::parse(&text, Path::new("gw.toml"), &env).unwrap();
+        let tokens = config.http.tokens.expect("tokens configured");
+        let claims = crate::signal::token::Claims {
+            sub: "u".into(),
+            exp: u64::MAX / 2,
+            targets: vec![],
+            numbers: false,
+        };
+        let old_token = crate::signal::token::sign_with(
+            &claims,
+            b"an old secret of 32 bytes, rotated",
+            Some("2026-11"),
+        );
+        // Signed with the old secret but without the configured audience: refused for that.
+        assert_eq!(
+            tokens.verify(&old_token, 1),
+            Err(crate::signal::token::TokenError::WrongAudience)
+        );
+        // A public key file that is not a key, and a key with no algorithm, are named.
+        let bad = text
+            .replace("algorithm = \"ES256\"\n", "")
+            .replace(&old.display().to_string(), &pem.display().to_string());
+        let err = Config::parse(&bad, Path::new("gw.toml"), &env).unwrap_err();
+        let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+        assert_eq!(fields, ["http.token_keys[1].algorithm"], "{err}");
+        let bad = text.replace("algorithm = \"ES256\"", "algorithm = \"RS256\"");
+        let err = Config::parse(&bad, Path::new("gw.toml"), &env).unwrap_err();
+        assert!(err.to_string().contains("not a RS256 public key"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -473,7 +473,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             continue;
         }
         match message {
-            ClientMessage::Auth { token } => match &ctx.config.http.token_secret {
+            ClientMessage::Auth { token } => match &ctx.config.http.tokens {
                 None => {
                     let _ = out.send(error(
                         ErrorCode::Unauthorized,
@@ -481,7 +481,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         None,
                     ));
                 }
-                Some(secret) => match token::verify(&token, secret, now_secs()) {
+                Some(tokens) => match tokens.verify(&token, now_secs()) {
                     Ok(c) => {
                         let _ = out.send(ServerMessage::Authenticated {
                             subject: c.sub.clone(),

@@ -34,6 +34,26 @@ pub enum MessageError {
     /// Content-Length announces more than a stream message may hold.
     #[error("Content-Length {0} is larger than the {MAX_BODY} bytes a SIP body may have here")]
     BodyTooLarge(usize),
+    /// A request whose method this gateway does not implement (§8.2.1: 501, with Allow).
+    #[error("method `{0}` is not implemented here")]
+    UnknownMethod(String),
+    /// A header that must appear once appears more often (RFC 4475 §3.1.2.14).
+    #[error("more than one {0} header")]
+    DuplicateHeader(&'static str),
+    /// The CSeq method is not the request's method (§8.1.1.5, RFC 4475 §3.1.2.16).
+    #[error("CSeq method `{cseq}` does not match the request method `{method}`")]
+    CSeqMismatch {
+        /// The request's method.
+        method: String,
+        /// The CSeq's method.
+        cseq: String,
+    },
+    /// A Request-URI without a scheme, such as one in angle brackets (RFC 4475 §3.1.2.4).
+    #[error("the Request-URI has no scheme (write it without < >)")]
+    BadRequestUri,
+    /// A quoted display name without its closing quote (RFC 4475 §3.1.2.3).
+    #[error("unbalanced quotes in the {0} header")]
+    UnbalancedQuotes(&'static str),
     /// `rsip` refused the start line or a header.
     #[error("unparseable SIP: {0}")]
     Syntax(String),
@@ -164,6 +184,15 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, MessageError> {
         // §18.3: over UDP a missing Content-Length means the rest of the datagram.
         None => available,
     };
+    // An extension method is valid SIP that we do not implement: say so (501), rather than
+    // call it malformed (400).
+    if let Some(method) = head.split(' ').next().filter(|m| !m.starts_with("SIP/"))
+        && !KNOWN_METHODS.contains(&method)
+        && !method.is_empty()
+        && method.bytes().all(is_token_byte)
+    {
+        return Err(MessageError::UnknownMethod(method.to_string()));
+    }
     let mut canonical = canonical_head(head).into_bytes();
     canonical.extend_from_slice(b"\r\n\r\n");
     canonical.extend_from_slice(&buf[end + 4..end + 4 + body_len]);
@@ -173,8 +202,57 @@ pub fn parse(buf: &[u8]) -> Result<SipMessage, MessageError> {
     Ok(msg)
 }
 
-/// §8.1.1 / §8.2.2: the headers that identify a transaction and a dialog must be readable.
+/// Methods `rsip` knows; anything else is answered 501.
+const KNOWN_METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
+];
+
+/// RFC 3261 §25.1 `token` characters.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// §8.1.1 / §8.2.2: the headers that identify a transaction and a dialog must be readable,
+/// and appear once; a request's CSeq names its own method.
 fn validate(msg: &SipMessage) -> Result<(), MessageError> {
+    let headers = match msg {
+        SipMessage::Request(r) => &r.headers,
+        SipMessage::Response(r) => &r.headers,
+    };
+    let once = |name: &'static str, is: fn(&Header) -> bool| {
+        if headers.iter().filter(|h| is(h)).count() > 1 {
+            Err(MessageError::DuplicateHeader(name))
+        } else {
+            Ok(())
+        }
+    };
+    once("To", |h| matches!(h, Header::To(_)))?;
+    once("From", |h| matches!(h, Header::From(_)))?;
+    once("Call-ID", |h| matches!(h, Header::CallId(_)))?;
+    once("CSeq", |h| matches!(h, Header::CSeq(_)))?;
+    for (name, value) in [
+        ("To", msg.to_header().map(|h| h.value().to_string())),
+        ("From", msg.from_header().map(|h| h.value().to_string())),
+    ] {
+        if let Ok(value) = value
+            && !quotes_balance(&value)
+        {
+            return Err(MessageError::UnbalancedQuotes(name));
+        }
+    }
     msg.via_header()
         .ok()
         .and_then(|v| v.typed().ok())
@@ -193,10 +271,39 @@ fn validate(msg: &SipMessage) -> Result<(), MessageError> {
         .ok()
         .and_then(|t| t.typed().ok())
         .ok_or(MessageError::MissingHeader("To"))?;
+    if let SipMessage::Request(request) = msg {
+        if request.uri.scheme.is_none() {
+            return Err(MessageError::BadRequestUri);
+        }
+        if let Some((_, method)) = cseq(request)
+            && method != request.method
+        {
+            return Err(MessageError::CSeqMismatch {
+                method: request.method.to_string(),
+                cseq: method.to_string(),
+            });
+        }
+    }
     Ok(())
 }
 
-/// Builds a 400 for a request that could not be parsed, by copying the headers §8.2.6.2
+/// True when every `"` that opens a quoted string is closed (a backslash escapes, §25.1).
+fn quotes_balance(value: &str) -> bool {
+    let mut inside = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        match (inside, escaped, c) {
+            (true, false, '\\') => escaped = true,
+            (true, true, _) => escaped = false,
+            (_, _, '"') => inside = !inside,
+            _ => {}
+        }
+    }
+    !inside
+}
+
+/// Builds a 400 (a 501 for a method we do not implement) for a request that could not be
+/// parsed, by copying the headers §8.2.6.2
 /// requires (Via, From, To, Call-ID, CSeq) from the raw text. Returns `None` when the bytes
 /// are not recognisably a request with those headers: such garbage is dropped silently.
 pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
@@ -236,7 +343,19 @@ pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
         .filter(|c| !c.is_control())
         .take(100)
         .collect();
-    Some(format!("SIP/2.0 400 Bad Request\r\n{copied}Warning: 399 gateway \"{}\"\r\nContent-Length: 0\r\n\r\n", phrase.replace('"', "'")).into_bytes())
+    let status = match reason {
+        MessageError::UnknownMethod(_) => {
+            "501 Not Implemented\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"
+        }
+        _ => "400 Bad Request",
+    };
+    Some(
+        format!(
+            "SIP/2.0 {status}\r\n{copied}Warning: 399 gateway \"{}\"\r\nContent-Length: 0\r\n\r\n",
+            phrase.replace('"', "'")
+        )
+        .into_bytes(),
+    )
 }
 
 /// Serialises a request, setting Content-Length from the body.
