@@ -114,3 +114,41 @@ fn dial_json_reports_and_exit_status_follows_the_call() {
     assert_eq!(report["connected"], false);
     assert!(busy.finish());
 }
+
+#[test]
+fn logs_are_plain_text_off_a_terminal_and_json_lines_on_request() {
+    let dir = out_dir("cli_logs");
+    let run = |json: bool| {
+        let busy = Sipp::uas("busy.xml", "u1", &dir);
+        let config = write_config(&dir, &[("carrier", busy.port, "udp", &[])]);
+        let mut command = gateway();
+        command
+            .args(["dial", "--trunk", "carrier", "--to", "100", "--json"])
+            .arg("--config")
+            .arg(&config)
+            .env("GATEWAY_LOG", "info");
+        if json {
+            command.env("GATEWAY_LOG_FORMAT", "json");
+        }
+        let out = command.output().unwrap();
+        assert!(busy.finish());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let plain = run(false);
+    assert!(plain.contains("call attempt failed"), "{plain}");
+    assert!(
+        !plain.contains('\u{1b}'),
+        "no terminal colours in a file: {plain:?}"
+    );
+    let json = run(true);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "call attempt failed"),
+        "{json}"
+    );
+}

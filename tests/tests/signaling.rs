@@ -396,3 +396,35 @@ async fn registering_needs_a_token_even_in_anonymous_mode_and_a_takeover_is_anno
     assert_eq!(told["type"], "unregistered", "{told}");
     assert_eq!(told["identity"], "agent-7");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_and_admin_can_listen_apart_from_the_public_side() {
+    let dir = out_dir("signaling_admin_listen");
+    let (trunk_port, _) = gateway_tests::ports();
+    let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[http]\n", "[http]\nadmin_listen = \"127.0.0.1:0\"\n");
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let admin = gateway.admin_addr.expect("admin listener bound");
+    let public = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(public.starts_with("HTTP/1.0 404"), "{public}");
+    let reload =
+        gateway_tests::http_request(gateway.http_addr, "POST /admin/plugins/reload", &[]).await;
+    assert!(
+        reload.starts_with("HTTP/1.0 404") || reload.starts_with("HTTP/1.0 405"),
+        "{reload}"
+    );
+    let metrics = gateway_tests::http_get(admin, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.0 200"), "{metrics}");
+    assert!(metrics.contains("gateway_active_calls 0"), "{metrics}");
+    assert!(
+        gateway_tests::http_get(gateway.http_addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.0 200"),
+        "load balancers still probe the public side"
+    );
+}

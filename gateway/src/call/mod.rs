@@ -17,7 +17,7 @@ use crate::media::bridge::Bridge;
 use crate::media::g711::G711;
 use crate::media::opus::EncoderSettings;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
-use crate::rtc::mux::{Datagram, MediaMux};
+use crate::rtc::mux::{MediaMux, MuxRoute};
 use crate::rtc::{BrowserEvent, BrowserLeg};
 use crate::signal::protocol::{ErrorCode, ServerMessage};
 use crate::sip::endpoint::{Endpoint, IncomingRequest};
@@ -209,7 +209,7 @@ pub async fn run_outbound(
     _slot: CallSlot,
     mut call: Outbound,
     leg: BrowserLeg,
-    browser_rx: mpsc::Receiver<Datagram>,
+    browser_rx: MuxRoute,
     events: mpsc::UnboundedSender<ServerMessage>,
     commands: mpsc::UnboundedReceiver<CallCommand>,
 ) {
@@ -294,7 +294,6 @@ pub async fn run_outbound(
                 hooks,
             )
             .await;
-            ctx.mux.unregister(leg.ufrag());
             return;
         }
     };
@@ -382,7 +381,7 @@ async fn decide(
 /// The pieces a call runs with once set up.
 struct Parts {
     leg: BrowserLeg,
-    browser_rx: mpsc::Receiver<Datagram>,
+    browser_rx: MuxRoute,
     events: mpsc::UnboundedSender<ServerMessage>,
     commands: mpsc::UnboundedReceiver<CallCommand>,
     rtp: RtpStream,
@@ -692,7 +691,7 @@ async fn drive(
     while let Some((bytes, peer)) = leg.poll_transmit() {
         ctx.mux.send(&bytes, peer);
     }
-    ctx.mux.unregister(leg.ufrag());
+    // The browser's mux route goes with `browser_rx`, dropped at the end of this function.
     finish(
         ctx,
         call,

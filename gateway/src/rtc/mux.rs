@@ -18,8 +18,34 @@ pub type Datagram = (BytesMut, SocketAddr);
 
 #[derive(Default)]
 struct Routes {
-    by_ufrag: HashMap<String, mpsc::Sender<Datagram>>,
+    /// Each call's queue, and how many browser addresses route to it.
+    by_ufrag: HashMap<String, (mpsc::Sender<Datagram>, usize)>,
     by_addr: HashMap<SocketAddr, mpsc::Sender<Datagram>>,
+}
+
+/// Browser addresses one call may be reached from (its candidates): a host that learnt the
+/// ufrag cannot grow the table by sending from many ports.
+const MAX_ADDRS_PER_CALL: usize = 8;
+
+/// A call's route on the mux: its datagrams arrive here, and the route is removed when this
+/// is dropped, however the call ends.
+pub struct MuxRoute {
+    rx: mpsc::Receiver<Datagram>,
+    mux: MediaMux,
+    ufrag: String,
+}
+
+impl MuxRoute {
+    /// The next datagram for the call.
+    pub async fn recv(&mut self) -> Option<Datagram> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for MuxRoute {
+    fn drop(&mut self) {
+        self.mux.unregister(&self.ufrag);
+    }
 }
 
 /// The shared browser media socket.
@@ -62,21 +88,25 @@ impl MediaMux {
     }
 
     /// Routes datagrams whose STUN USERNAME starts with `ufrag` (and, after that, datagrams
-    /// from the same address) to the returned receiver until [`Self::unregister`].
-    pub fn register(&self, ufrag: &str) -> mpsc::Receiver<Datagram> {
+    /// from the same address) to the returned route, until it is dropped.
+    pub fn register(&self, ufrag: &str) -> MuxRoute {
         let (tx, rx) = mpsc::channel(QUEUE);
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .by_ufrag
-            .insert(ufrag.to_string(), tx);
-        rx
+            .insert(ufrag.to_string(), (tx, 0));
+        MuxRoute {
+            rx,
+            mux: self.clone(),
+            ufrag: ufrag.to_string(),
+        }
     }
 
     /// Forgets a call's routes.
-    pub fn unregister(&self, ufrag: &str) {
+    fn unregister(&self, ufrag: &str) {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = routes.by_ufrag.remove(ufrag) {
+        if let Some((tx, _)) = routes.by_ufrag.remove(ufrag) {
             routes.by_addr.retain(|_, t| !t.same_channel(&tx));
         }
     }
@@ -113,9 +143,12 @@ async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
         let table = &mut *table;
         let target = match table.by_addr.get(&peer) {
             Some(tx) => Some(tx),
-            None => match stun_username_ufrag(data).and_then(|u| table.by_ufrag.get(u)) {
-                Some(tx) => Some(&*table.by_addr.entry(peer).or_insert_with(|| tx.clone())),
-                None => None,
+            None => match stun_username_ufrag(data).and_then(|u| table.by_ufrag.get_mut(u)) {
+                Some((tx, addrs)) if *addrs < MAX_ADDRS_PER_CALL => {
+                    *addrs += 1;
+                    Some(&*table.by_addr.entry(peer).or_insert_with(|| tx.clone()))
+                }
+                _ => None,
             },
         };
         match target {
