@@ -23,6 +23,7 @@ fn config(name: &str, json: &str, data_dir: Option<std::path::PathBuf>) -> Plugi
         deadline: Duration::from_millis(20),
         max_instances: 1000,
         data_dir,
+        data_quota_bytes: u64::MAX,
     }
 }
 

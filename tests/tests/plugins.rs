@@ -489,3 +489,53 @@ async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trun
         "no INVITE reached the trunk"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_directory_over_its_quota_is_read_only_for_new_calls() {
+    let recorder = build_plugin("recorder");
+    let dir = out_dir("plugin_quota");
+    let recordings = dir.join("recordings");
+    std::fs::create_dir_all(&recordings).unwrap();
+    // Already over a 1 MB quota before the call.
+    std::fs::write(recordings.join("old.wav"), vec![0u8; 2 * 1024 * 1024]).unwrap();
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let mut chain = plugin(
+        "router",
+        &build_plugin("router"),
+        "fail-open",
+        router_config(),
+    );
+    chain.push_str(&plugin_in(
+        "recorder",
+        &recorder,
+        "fail-open",
+        &format!("data_dir = \"{}\"\ndata_quota_mb = 1", recordings.display()),
+        "record = \"all\"",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
+        .await
+        .unwrap();
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the call itself is unaffected: {report:?}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let files: Vec<_> = std::fs::read_dir(&recordings)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["old.wav"], "nothing new was written");
+    let counters = counters(&gateway);
+    assert!(
+        counters
+            .iter()
+            .any(|(p, n, v)| p == "recorder" && n == "data_quota_reached" && *v >= 1),
+        "{counters:?}"
+    );
+    assert!(
+        counters.contains(&("recorder".into(), "errors".into(), 1)),
+        "the recorder saw its write fail: {counters:?}"
+    );
+    assert!(sipp.finished().await);
+}

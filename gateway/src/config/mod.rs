@@ -162,6 +162,7 @@ struct RawPlugin {
     deadline_ms: Option<u32>,
     max_instances: Option<u32>,
     data_dir: Option<Spanned<String>>,
+    data_quota_mb: Option<u64>,
 }
 
 /// What happens when a plugin traps, times out or exceeds its memory.
@@ -196,6 +197,8 @@ pub struct PluginConfig {
     pub max_instances: u32,
     /// The folder mounted at `/data` for a plugin whose manifest asks for one.
     pub data_dir: Option<PathBuf>,
+    /// Once the data directory holds this much, new calls get it read-only.
+    pub data_quota_bytes: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -952,6 +955,7 @@ impl Config {
                     .data_dir
                     .as_ref()
                     .map(|d| path_base(path).join(d.get_ref())),
+                data_quota_bytes: p.data_quota_mb.unwrap_or(1024).saturating_mul(1024 * 1024),
             });
         }
         let defaults = EncoderSettings::default();

@@ -137,6 +137,34 @@ fn insert(
     Ok(())
 }
 
+/// How old a data directory's byte count may be before it is counted again.
+const DATA_USAGE_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Bytes of the regular files under `dir` (at most 100,000 entries are looked at; links are
+/// not followed).
+fn directory_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut seen = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > 100_000 {
+                return total;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map_or(0, |m| m.len()),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// A plugin's log text as one line of data: control characters (line breaks above all,
 /// which would start a forged log line, and terminal escapes) are written as escapes.
 pub(super) fn escape_log(message: &str) -> String {
@@ -189,6 +217,8 @@ pub(super) struct Shared {
     pub(super) live: AtomicUsize,
     /// This second's log lines.
     pub(super) log_budget: Mutex<LogBudget>,
+    /// Bytes in the data directory, and when they were counted.
+    data_usage: Mutex<Option<(Instant, u64)>>,
 }
 
 impl Shared {
@@ -199,7 +229,23 @@ impl Shared {
             counters: Mutex::default(),
             live: AtomicUsize::new(0),
             log_budget: Mutex::default(),
+            data_usage: Mutex::default(),
         }
+    }
+
+    /// Bytes the plugin's data directory holds, counted again at most every few seconds
+    /// (a directory of recordings can hold many files; every call asks).
+    pub(super) fn data_usage(&self, dir: &std::path::Path) -> u64 {
+        let mut cached = self.data_usage.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some((at, bytes)) = *cached
+            && now.duration_since(at) < DATA_USAGE_MAX_AGE
+        {
+            return bytes;
+        }
+        let bytes = directory_bytes(dir);
+        *cached = Some((now, bytes));
+        bytes
     }
 
     pub(super) fn count(&self, name: &str, delta: u64) {

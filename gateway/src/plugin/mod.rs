@@ -448,7 +448,16 @@ impl Loaded {
         if self.manifest.data_dir
             && let Some(dir) = &self.config.data_dir
         {
-            wasi.preopened_dir(dir, "/data", FsPerms::ReadWrite)?;
+            // Over its quota, the directory is still readable but no longer writable: the
+            // plugin's writes fail inside the sandbox and the disk stops filling. (A call
+            // that started under the quota may still write past it.)
+            let perms = if self.shared.data_usage(dir) >= self.config.data_quota_bytes {
+                self.shared.count("data_quota_reached", 1);
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(dir, "/data", perms)?;
         }
         let state = State {
             wasi: wasi.build(),
