@@ -231,6 +231,15 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
             .iter()
             .all(|p| p.as_ref() == [0xf8, 0xff, 0xfe])
     );
+    // SRTP and DTLS are taken only from the validated pair; a stranger's never reach the
+    // stack, however well they are forged.
+    let srtp = [0x80u8, 111, 0, 9, 0, 0, 0, 0, 0, 0, 0x10, 0x92, 1, 2, 3, 4];
+    let dtls = [22u8, 254, 253, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    let stranger: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+    for forged in [&srtp[..], &dtls[..]] {
+        assert!(!leg.handle_datagram(BytesMut::from(forged), stranger, Instant::now()));
+    }
+    assert!(leg.handle_datagram(BytesMut::from(&srtp[..]), client.local, Instant::now()));
 }
 
 #[test]
