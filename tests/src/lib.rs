@@ -2,6 +2,7 @@
 //! `tests/sipp/` on loopback and writes gateway configurations pointing at them.
 
 pub mod client;
+pub mod fuzzing;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,10 +2,6 @@
 //! its raw text, exactly as the endpoint does.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    if let Err(e) = gateway::sip::message::parse(data) {
-        let _ = gateway::sip::message::bad_request_for(data, &e);
-    }
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    gateway_tests::fuzzing::sip_datagram(data);
 });

@@ -2,14 +2,6 @@
 //! parsed, as the stream reader does.
 #![no_main]
 
-use gateway::sip::message::{Frame, frame, parse};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let mut rest = data;
-    while let Ok(Frame::Complete(len)) = frame(rest) {
-        assert!(len > 0 && len <= rest.len(), "a frame lies inside the buffer");
-        let _ = parse(&rest[..len]);
-        rest = &rest[len..];
-    }
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    gateway_tests::fuzzing::sip_stream(data);
 });

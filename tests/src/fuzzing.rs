@@ -1,0 +1,143 @@
+//! What each fuzz target (`gateway/fuzz/fuzz_targets`) does with one input, shared with the
+//! stable test that replays the seeds and every input a fuzzer once crashed on
+//! (`tests/tests/fuzz_inputs.rs`). Each function drives the gateway's own code the way the
+//! network or an operator would reach it, and must never panic.
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use bytes::BytesMut;
+use gateway::media::g711::G711;
+use gateway::media::session::RtpStream;
+use gateway::rtc::{BrowserLeg, DtlsCertificate};
+use gateway::sip::message::{Frame, frame, parse};
+use gateway::sip::sdp::{Direction, LocalMedia, RemoteMedia};
+
+fn certificate() -> &'static DtlsCertificate {
+    static CERT: OnceLock<DtlsCertificate> = OnceLock::new();
+    CERT.get_or_init(|| DtlsCertificate::generate().expect("a DTLS certificate"))
+}
+
+/// A UDP datagram at the SIP port: parsed, and when unparseable the 400 built from its text.
+pub fn sip_datagram(data: &[u8]) {
+    if let Err(e) = parse(data) {
+        let _ = gateway::sip::message::bad_request_for(data, &e);
+    }
+}
+
+/// Bytes on a SIP stream: framed by Content-Length, message after message, each parsed.
+pub fn sip_stream(data: &[u8]) {
+    let mut rest = data;
+    while let Ok(Frame::Complete(len)) = frame(rest) {
+        assert!(
+            len > 0 && len <= rest.len(),
+            "a frame lies inside the buffer"
+        );
+        let _ = parse(&rest[..len]);
+        rest = &rest[len..];
+    }
+}
+
+/// A trunk's SDP, read as an answer and as an offer, and an offer answered.
+pub fn sdp_trunk(data: &[u8]) {
+    let preference = [G711::Pcmu, G711::Pcma];
+    let _ = gateway::sip::sdp::parse_remote(data, &preference, true);
+    if let Ok(remote) = gateway::sip::sdp::parse_remote(data, &preference, false) {
+        let local = LocalMedia {
+            ip: "192.0.2.1".parse().expect("literal address"),
+            port: 20000,
+            codecs: preference.to_vec(),
+            session_id: 1,
+        };
+        assert!(!gateway::sip::sdp::answer(&local, 2, &remote).is_empty());
+    }
+}
+
+/// A browser's SDP offer, answered by a new browser leg. Returns whether it was answered.
+pub fn sdp_browser(data: &[u8]) -> bool {
+    let Ok(offer) = std::str::from_utf8(data) else {
+        return false;
+    };
+    BrowserLeg::answer(
+        offer,
+        "127.0.0.1:10000".parse().expect("literal address"),
+        "127.0.0.1".parse().expect("literal address"),
+        certificate(),
+        Instant::now(),
+    )
+    .is_ok()
+}
+
+/// A datagram at the browser media port: the mux's USERNAME lookup, then one leg's handling.
+pub fn media_port(data: &[u8]) {
+    thread_local! {
+        static LEG: RefCell<Option<BrowserLeg>> = const { RefCell::new(None) };
+    }
+    let _ = gateway::rtc::stun_username_ufrag(data);
+    LEG.with(|leg| {
+        let mut leg = leg.borrow_mut();
+        let leg = leg.get_or_insert_with(|| {
+            BrowserLeg::offer(
+                "127.0.0.1:10000".parse().expect("literal address"),
+                "127.0.0.1".parse().expect("literal address"),
+                certificate(),
+                Instant::now(),
+            )
+            .expect("a browser leg")
+            .0
+        });
+        let peer = "127.0.0.1:40000".parse().expect("literal address");
+        leg.handle_datagram(BytesMut::from(data), peer, Instant::now());
+        while leg.poll_transmit().is_some() {}
+        while leg.poll_event().is_some() {}
+    });
+}
+
+/// Trunk RTP through the stream's source check, RTP header, events and G.711; RTCP as the
+/// WebRTC stack parses it from the browser.
+pub fn rtp_rtcp(data: &[u8]) {
+    static STREAM: OnceLock<Mutex<RtpStream>> = OnceLock::new();
+    let _ = gateway::media::rtp::RtpPacket::parse(data);
+    let _ = rtc::rtcp::packet::unmarshal(&mut &data[..]);
+    let stream = STREAM.get_or_init(|| {
+        static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        let runtime = RUNTIME.get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("a runtime")
+        });
+        let _context = runtime.enter();
+        let ip = "127.0.0.1".parse().expect("literal address");
+        let mut stream = RtpStream::bind(ip, 42000, 42998).expect("an RTP port");
+        stream.set_remote(RemoteMedia {
+            addr: "127.0.0.1:4000".parse().expect("literal address"),
+            codec: G711::Pcmu,
+            dtmf_payload_type: Some(101),
+            direction: Direction::SendRecv,
+        });
+        Mutex::new(stream)
+    });
+    let mut pcm = [0i16; 1500];
+    let source = "127.0.0.1:4000".parse().expect("literal address");
+    let _ = stream
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .on_datagram(data, source, &mut pcm);
+}
+
+/// A text frame on the signaling WebSocket.
+pub fn signaling(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = gateway::signal::protocol::parse(text);
+    }
+}
+
+/// A configuration file (no environment variables set).
+pub fn config(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = gateway::config::Config::parse(text, Path::new("fuzz.toml"), &|_| None);
+    }
+}
