@@ -13,6 +13,12 @@ trap 'rm -f "$log"' EXIT
 # The example plugins' own logic, natively; the end-to-end tests build them for wasm.
 cargo test --locked --manifest-path plugins/Cargo.toml 2>&1 | tee "$log"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
+# The fuzz targets for a few seconds each, when asked: their nightly build with the address
+# sanitizer takes ~14 minutes on 2 cores, so by default the suite replays their seeds and
+# regressions on stable instead (tests/tests/fuzz_inputs.rs).
+if [ -n "${FUZZ_SECONDS:-}" ]; then
+  scripts/fuzz.sh --if-nightly "$FUZZ_SECONDS"
+fi
 # One closing line for the whole run (cargo prints one per test binary, the last often 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -1,0 +1,213 @@
+//! Collects every mistake in a configuration file with its place, and reads the secrets and
+//! keys the file names (from the environment, or from small regular files).
+
+use toml::Spanned;
+
+use super::{ConfigIssue, RawHttp, line_col};
+
+/// The most a key file (a PEM public key, a JWK set) may hold.
+const MAX_KEY_FILE: u64 = 1024 * 1024;
+
+/// The most a secret file may hold: a password or key is short.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE`] bytes (a device or a
+/// pipe named by mistake would otherwise hang start-up or fill memory).
+pub(super) fn read_secret_file(path: &str) -> Result<Vec<u8>, String> {
+    read_small_file(path, MAX_SECRET_FILE)
+}
+
+fn read_small_file(path: &str, max: u64) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "it holds {} bytes; such a file holds at most {max}",
+            meta.len()
+        ));
+    }
+    std::fs::read(path).map_err(|e| e.to_string())
+}
+
+pub(super) struct Checker<'a> {
+    pub(super) source: &'a str,
+    pub(super) issues: Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    /// Every key call tokens may be signed with: `token_secret_*` (with `token_kid`), each
+    /// `[[http.token_keys]]` entry, and `token_jwks_file`. `None` when there is none.
+    pub(super) fn token_keys(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        http: &RawHttp,
+    ) -> Option<crate::signal::token::TokenVerifier> {
+        use crate::signal::token::TokenVerifier;
+        let mut verifier =
+            TokenVerifier::new(http.token_audience.clone(), http.token_issuer.clone());
+        if let Some(secret) = self.secret(
+            env,
+            ("http.token_secret_env", &http.token_secret_env),
+            ("http.token_secret_file", &http.token_secret_file),
+        ) {
+            // `secret` holds at least 16 bytes: adding it cannot fail.
+            let _ = verifier.add_secret(http.token_kid.clone(), &secret);
+        }
+        for (i, spanned) in http.token_keys.iter().enumerate() {
+            let key = spanned.get_ref();
+            let field = |f: &str| format!("http.token_keys[{i}].{f}");
+            let secret = self.secret(
+                env,
+                (&field("secret_env"), &key.secret_env),
+                (&field("secret_file"), &key.secret_file),
+            );
+            let given_secret = key.secret_env.is_some() || key.secret_file.is_some();
+            match (&key.public_key_file, given_secret) {
+                (None, true) => {
+                    if let Some(secret) = secret {
+                        let _ = verifier.add_secret(key.kid.clone(), &secret);
+                    }
+                }
+                (Some(file), false) => {
+                    let algorithm = match key.algorithm.as_ref().map(|a| a.get_ref().as_str()) {
+                        Some("RS256") => jsonwebtoken::Algorithm::RS256,
+                        Some("ES256") => jsonwebtoken::Algorithm::ES256,
+                        _ => {
+                            self.issue(
+                                key.algorithm.as_ref().map_or(spanned.span(), |a| a.span()),
+                                field("algorithm"),
+                                "a public key needs `algorithm = \"RS256\"` or `\"ES256\"`",
+                            );
+                            continue;
+                        }
+                    };
+                    let added = read_small_file(file.get_ref(), MAX_KEY_FILE).and_then(|pem| {
+                        verifier
+                            .add_public_pem(key.kid.clone(), algorithm, &pem)
+                            .map_err(|e| e.to_string())
+                    });
+                    if let Err(e) = added {
+                        self.issue(
+                            file.span(),
+                            field("public_key_file"),
+                            format!("cannot use `{}`: {e}", file.get_ref()),
+                        );
+                    }
+                }
+                _ => self.issue(
+                    spanned.span(),
+                    field("kid"),
+                    "give each token key `secret_env`, `secret_file` or `public_key_file` (one of them)",
+                ),
+            }
+        }
+        if let Some(file) = &http.token_jwks_file {
+            let added = read_small_file(file.get_ref(), MAX_KEY_FILE)
+                .and_then(|json| verifier.add_jwks(&json).map_err(|e| e.to_string()));
+            if let Err(e) = added {
+                self.issue(
+                    file.span(),
+                    "http.token_jwks_file",
+                    format!("cannot use `{}`: {e}", file.get_ref()),
+                );
+            }
+        }
+        (!verifier.is_empty()).then_some(verifier)
+    }
+
+    /// A secret given by environment variable or file (one of them), at least 16 bytes.
+    pub(super) fn secret(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        (env_field, var): (&str, &Option<Spanned<String>>),
+        (file_field, file): (&str, &Option<Spanned<String>>),
+    ) -> Option<Vec<u8>> {
+        let value = match (var, file) {
+            (Some(var), None) => match env(var.get_ref()) {
+                Some(v) => (var.span(), env_field, v.into_bytes()),
+                None => {
+                    self.issue(var.span(), env_field, format!("environment variable `{}` is not set; export it before starting the gateway", var.get_ref()));
+                    return None;
+                }
+            },
+            (None, Some(path)) => match read_secret_file(path.get_ref()) {
+                Ok(v) => (path.span(), file_field, v.trim_ascii_end().to_vec()),
+                Err(e) => {
+                    self.issue(
+                        path.span(),
+                        file_field,
+                        format!("cannot read `{}`: {e}", path.get_ref()),
+                    );
+                    return None;
+                }
+            },
+            (Some(v), Some(_)) => {
+                let short = |f: &str| f.rsplit('.').next().unwrap_or(f).to_string();
+                self.issue(
+                    v.span(),
+                    env_field,
+                    format!(
+                        "set `{}` or `{}`, not both",
+                        short(env_field),
+                        short(file_field)
+                    ),
+                );
+                return None;
+            }
+            (None, None) => return None,
+        };
+        let (span, field, bytes) = value;
+        if bytes.len() < 16 {
+            self.issue(
+                span,
+                field,
+                "the secret must be at least 16 bytes; use 32 random bytes",
+            );
+            return None;
+        }
+        Some(bytes)
+    }
+
+    pub(super) fn issue(
+        &mut self,
+        span: std::ops::Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let (line, column) = line_col(self.source, span.start);
+        self.issues.push(ConfigIssue {
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn addr<T>(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        field: &str,
+        default: Option<&str>,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        match value {
+            Some(v) => {
+                let parsed = parse(v.get_ref());
+                if parsed.is_none() {
+                    self.issue(
+                        v.span(),
+                        field,
+                        format!(
+                            "`{}` is not a valid address here; write it like `0.0.0.0:5060`",
+                            v.get_ref()
+                        ),
+                    );
+                }
+                parsed
+            }
+            None => default.and_then(parse),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The configuration file: good files load, every mistake is named with its place.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("gw.toml"), &|name| {
+        (name == "CARRIER_PW").then(|| "s3cret".to_string())
+    })
+}
+
+const GOOD: &str = r#"
+[sip]
+udp = "127.0.0.1:5060"
+
+[rtp]
+port_min = 30000
+port_max = 30100
+
+[trunks.carrier]
+addresses = ["127.0.0.1:5080", "127.0.0.1:5081"]
+username = "acme"
+password_env = "CARRIER_PW"
+codecs = ["PCMA", "PCMU"]
+failover = ["backup"]
+
+[trunks.backup]
+addresses = ["pbx.example.com"]
+transport = "tcp"
+
+[targets.sales]
+trunk = "carrier"
+number = "+4930123456"
+"#;
+
+#[test]
+fn a_good_file_loads_with_secrets_resolved() {
+    let c = parse(GOOD).unwrap();
+    let t = &c.trunks["carrier"];
+    assert_eq!(t.codecs, vec![G711::Pcma, G711::Pcmu]);
+    assert_eq!(t.credentials.as_ref().unwrap().password, "s3cret");
+    assert_eq!(t.failover, vec!["backup"]);
+    assert_eq!(c.trunks["backup"].transport, Transport::Tcp);
+    assert_eq!(c.targets["sales"].number, "+4930123456");
+    assert!(
+        !format!("{t:?}").contains("s3cret"),
+        "secrets never reach logs"
+    );
+}
+
+#[test]
+fn every_mistake_is_reported_with_line_and_field() {
+    let bad = GOOD
+        .replace("\"CARRIER_PW\"", "\"MISSING_PW\"")
+        .replace("[\"PCMA\", \"PCMU\"]", "[\"PCMA\", \"G729\"]")
+        .replace("failover = [\"backup\"]", "failover = [\"nowhere\"]")
+        .replace("port_max = 30100", "port_max = 100");
+    let err = parse(&bad).unwrap_err();
+    let text = err.to_string();
+    let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "rtp.port_max",
+            "trunks.carrier.password_env",
+            "trunks.carrier.codecs",
+            "trunks.carrier.failover"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("gw.toml:7:12: rtp.port_max"), "{text}");
+    assert!(text.contains("`MISSING_PW` is not set"), "{text}");
+    assert!(text.contains("unknown codec `G729`"), "{text}");
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_name_the_place() {
+    let err = parse("[sip]\nudpp = \"1.2.3.4:5060\"\n").unwrap_err();
+    assert_eq!(err.issues[0].line, 2);
+    assert_eq!(err.issues[0].field, "udpp");
+    let err = parse("[trunks.x]\naddresses = [\n").unwrap_err();
+    assert_eq!(err.issues[0].field, "(syntax)");
+    let err = parse("[trunks.x]\ntransport = \"udp\"\n").unwrap_err();
+    assert!(err.to_string().contains("addresses"), "{err}");
+}
+
+#[test]
+fn the_demo_configuration_is_valid() {
+    let c = Config::demo("127.0.0.1:5999".parse().unwrap());
+    assert!(c.http.anonymous);
+    assert_eq!(c.targets["echo"].number, "echo");
+    assert_eq!(c.trunks["demo"].addresses, ["127.0.0.1:5999"]);
+}
+
+#[test]
+fn an_empty_file_is_a_valid_default_config() {
+    let c = parse("").unwrap();
+    assert_eq!(
+        c.sip.udp,
+        "0.0.0.0:5060".parse::<std::net::SocketAddr>().unwrap()
+    );
+    assert!(c.trunks.is_empty());
+    assert_eq!(
+        (c.media.opus_complexity, c.media.opus_complexity_under_loss),
+        (1, 5)
+    );
+}
+
+#[test]
+fn opus_complexities_are_checked() {
+    let err =
+        parse("[media]\nopus_complexity = 11\nopus_complexity_under_loss = 12\n").unwrap_err();
+    let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["media.opus_complexity", "media.opus_complexity_under_loss"]
+    );
+    assert!(err.to_string().contains("from 0 to 10"), "{err}");
+    let c = parse("[media]\nopus_complexity = 0\nopus_complexity_under_loss = 3\n").unwrap();
+    assert_eq!(c.media.opus_complexity_under_loss, 3);
+}
+
+#[test]
+fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
+    let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = dir.join("idp.pem");
+    std::fs::write(&pem, pair.public_key_pem()).unwrap();
+    let old = dir.join("old-secret");
+    std::fs::write(&old, "an old secret of 32 bytes, rotated").unwrap();
+    let text = format!(
+        "[http]\ntoken_secret_env = \"CARRIER_PW_LONG\"\ntoken_kid = \"2026-12\"\ntoken_audience = \"gateway\"\n\n\
+         [[http.token_keys]]\nkid = \"2026-11\"\nsecret_file = \"{}\"\n\n\
+         [[http.token_keys]]\nkid = \"idp\"\nalgorithm = \"ES256\"\npublic_key_file = \"{}\"\n",
+        old.display(),
+        pem.display()
+    );
+    let env = |name: &str| {
+        (name == "CARRIER_PW_LONG").then(|| "a current secret, 32 bytes long".to_string())
+    };
+    let config = Config::parse(&text, Path::new("gw.toml"), &env).unwrap();
+    let tokens = config.http.tokens.expect("tokens configured");
+    let claims = crate::signal::token::Claims {
+        sub: "u".into(),
+        exp: u64::MAX / 2,
+        targets: vec![],
+        numbers: false,
+    };
+    let old_token = crate::signal::token::sign_with(
+        &claims,
+        b"an old secret of 32 bytes, rotated",
+        Some("2026-11"),
+    );
+    // Signed with the old secret but without the configured audience: refused for that.
+    assert_eq!(
+        tokens.verify(&old_token, 1),
+        Err(crate::signal::token::TokenError::WrongAudience)
+    );
+    // A public key file that is not a key, and a key with no algorithm, are named.
+    let bad = text
+        .replace("algorithm = \"ES256\"\n", "")
+        .replace(&old.display().to_string(), &pem.display().to_string());
+    let err = Config::parse(&bad, Path::new("gw.toml"), &env).unwrap_err();
+    let fields: Vec<_> = err.issues.iter().map(|i| i.field.as_str()).collect();
+    assert_eq!(fields, ["http.token_keys[1].algorithm"], "{err}");
+    let bad = text.replace("algorithm = \"ES256\"", "algorithm = \"RS256\"");
+    let err = Config::parse(&bad, Path::new("gw.toml"), &env).unwrap_err();
+    assert!(err.to_string().contains("not a RS256 public key"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
