@@ -31,6 +31,30 @@ fn counters(gateway: &gateway::run::Gateway) -> Vec<(String, String, u64)> {
     gateway.calls.plugins.current().counters()
 }
 
+/// The router, then the recorder writing into `recordings` (with extra `settings` and its
+/// `config`).
+fn router_then_recorder(
+    recorder: &std::path::Path,
+    recordings: &std::path::Path,
+    settings: &str,
+    config: &str,
+) -> String {
+    let mut chain = plugin(
+        "router",
+        &build_plugin("router"),
+        "fail-open",
+        router_config(),
+    );
+    chain.push_str(&plugin_in(
+        "recorder",
+        recorder,
+        "fail-open",
+        &format!("data_dir = \"{}\"\n{settings}", recordings.display()),
+        config,
+    ));
+    chain
+}
+
 fn router_config() -> &'static str {
     "country_code = \"49\"\nroutes = [{ prefix = \"+4930\", trunk = \"berlin\" }]"
 }
@@ -203,19 +227,12 @@ async fn the_recorder_writes_the_call_and_pauses_on_dtmf() {
     let dir = out_dir("plugin_recorder");
     let recordings = dir.join("recordings");
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let mut chain = plugin(
-        "router",
-        &build_plugin("router"),
-        "fail-open",
-        router_config(),
-    );
-    chain.push_str(&plugin_in(
-        "recorder",
+    let chain = router_then_recorder(
         &recorder,
-        "fail-open",
-        &format!("data_dir = \"{}\"", recordings.display()),
+        &recordings,
+        "",
         "record = \"all\"\npause_key = \"*\"\nresume_key = \"#\"",
-    ));
+    );
     let gateway = gateway_with(&dir, sipp.port, &chain).await;
     let mut o = options();
     o.seconds = 5.0;
@@ -499,19 +516,12 @@ async fn a_data_directory_over_its_quota_is_read_only_for_new_calls() {
     // Already over a 1 MB quota before the call.
     std::fs::write(recordings.join("old.wav"), vec![0u8; 2 * 1024 * 1024]).unwrap();
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let mut chain = plugin(
-        "router",
-        &build_plugin("router"),
-        "fail-open",
-        router_config(),
-    );
-    chain.push_str(&plugin_in(
-        "recorder",
+    let chain = router_then_recorder(
         &recorder,
-        "fail-open",
-        &format!("data_dir = \"{}\"\ndata_quota_mb = 1", recordings.display()),
+        &recordings,
+        "data_quota_mb = 1",
         "record = \"all\"",
-    ));
+    );
     let gateway = gateway_with(&dir, sipp.port, &chain).await;
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
         .await

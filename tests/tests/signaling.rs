@@ -270,13 +270,17 @@ fn token(sub: &str, exp: u64) -> String {
     )
 }
 
-async fn send(
-    ws: &mut (impl SinkExt<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin),
+/// Sends `message` and returns the next reply.
+async fn ask(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     message: Value,
-) {
+) -> Value {
     ws.send(Message::Text(message.to_string().into()))
         .await
         .unwrap();
+    next_json(ws).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -288,48 +292,57 @@ async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
         .await
         .unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "hello");
-    send(
-        &mut ws,
-        json!({"type": "auth", "token": token("alice", now() + 2)}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "auth", "token": token("alice", now() + 2)})
+        )
+        .await["type"],
+        "authenticated"
+    );
     // Accepted while it is valid (the SDP is what fails here)...
-    send(
-        &mut ws,
-        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "call", "to": "echo", "sdp": "not sdp"})
+        )
+        .await["code"],
+        "bad_sdp"
+    );
     // ...and refused on the same socket once `exp` has passed.
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    send(
+    let refused = ask(
         &mut ws,
         json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
     )
     .await;
-    let refused = next_json(&mut ws).await;
     assert_eq!(refused["code"], "unauthorized", "{refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("expired"),
         "{refused}"
     );
     // The token is gone with it: a second try does not get further.
-    send(&mut ws, json!({"type": "register", "identity": "alice"})).await;
-    assert_eq!(next_json(&mut ws).await["code"], "unauthorized");
+    assert_eq!(
+        ask(&mut ws, json!({"type": "register", "identity": "alice"})).await["code"],
+        "unauthorized"
+    );
     // A fresh `auth` carries on.
-    send(
-        &mut ws,
-        json!({"type": "auth", "token": token("alice", now() + 60)}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "authenticated");
-    send(
-        &mut ws,
-        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["code"], "bad_sdp");
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "auth", "token": token("alice", now() + 60)})
+        )
+        .await["type"],
+        "authenticated"
+    );
+    assert_eq!(
+        ask(
+            &mut ws,
+            json!({"type": "call", "to": "echo", "sdp": "not sdp"})
+        )
+        .await["code"],
+        "bad_sdp"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,52 +359,66 @@ async fn registering_needs_a_token_even_in_anonymous_mode_and_a_takeover_is_anno
     };
     // Anonymous mode lets anyone call demo targets, not take an agent's calls.
     let mut stranger = connect().await;
-    send(
-        &mut stranger,
-        json!({"type": "register", "identity": "agent-7"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut stranger).await["code"], "unauthorized");
+    assert_eq!(
+        ask(
+            &mut stranger,
+            json!({"type": "register", "identity": "agent-7"})
+        )
+        .await["code"],
+        "unauthorized"
+    );
     // With a token, only its own subject.
-    send(
-        &mut stranger,
-        json!({"type": "auth", "token": token("mallory", now() + 60)}),
-    )
-    .await;
-    assert_eq!(next_json(&mut stranger).await["type"], "authenticated");
-    send(
-        &mut stranger,
-        json!({"type": "register", "identity": "agent-7"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut stranger).await["code"], "forbidden");
+    assert_eq!(
+        ask(
+            &mut stranger,
+            json!({"type": "auth", "token": token("mallory", now() + 60)})
+        )
+        .await["type"],
+        "authenticated"
+    );
+    assert_eq!(
+        ask(
+            &mut stranger,
+            json!({"type": "register", "identity": "agent-7"})
+        )
+        .await["code"],
+        "forbidden"
+    );
 
     let mut first = connect().await;
-    send(
-        &mut first,
-        json!({"type": "auth", "token": token("agent-7", now() + 60)}),
-    )
-    .await;
-    assert_eq!(next_json(&mut first).await["type"], "authenticated");
-    send(
-        &mut first,
-        json!({"type": "register", "identity": "agent-7"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut first).await["type"], "registered");
+    assert_eq!(
+        ask(
+            &mut first,
+            json!({"type": "auth", "token": token("agent-7", now() + 60)})
+        )
+        .await["type"],
+        "authenticated"
+    );
+    assert_eq!(
+        ask(
+            &mut first,
+            json!({"type": "register", "identity": "agent-7"})
+        )
+        .await["type"],
+        "registered"
+    );
     let mut second = connect().await;
-    send(
-        &mut second,
-        json!({"type": "auth", "token": token("agent-7", now() + 60)}),
-    )
-    .await;
-    assert_eq!(next_json(&mut second).await["type"], "authenticated");
-    send(
-        &mut second,
-        json!({"type": "register", "identity": "agent-7"}),
-    )
-    .await;
-    assert_eq!(next_json(&mut second).await["type"], "registered");
+    assert_eq!(
+        ask(
+            &mut second,
+            json!({"type": "auth", "token": token("agent-7", now() + 60)})
+        )
+        .await["type"],
+        "authenticated"
+    );
+    assert_eq!(
+        ask(
+            &mut second,
+            json!({"type": "register", "identity": "agent-7"})
+        )
+        .await["type"],
+        "registered"
+    );
     let told = next_json(&mut first).await;
     assert_eq!(told["type"], "unregistered", "{told}");
     assert_eq!(told["identity"], "agent-7");
