@@ -115,6 +115,9 @@ async fn a_stranger_spraying_the_rtp_range_hears_nothing_and_the_call_keeps_its_
         &metrics,
         "gateway_media_dropped_total{leg=\"trunk\",reason=\"source\"}",
     );
+    eprintln!(
+        "the stranger sent {sent} RTP packets and heard {heard}; {dropped} were dropped for their source"
+    );
     assert!(
         dropped > 0 && dropped <= sent,
         "{dropped} of {sent}: {metrics}"
@@ -288,6 +291,9 @@ async fn a_flood_of_stranger_invites_gets_at_most_one_reply_each_and_the_call_lo
     let limited = metric(
         &metrics,
         "gateway_sip_refused_total{reason=\"rate_limited\"}",
+    );
+    eprintln!(
+        "reject mode: {FLOOD} INVITEs, {replies} replies (all 403), {limited} ignored over the rate"
     );
     assert_eq!(refused as usize, replies, "{metrics}");
     assert!(limited > 0, "the flood went over 200/s: {metrics}");
