@@ -239,6 +239,23 @@ async fn a_trunk_bye_with_cseq_1_gets_200_and_ends_the_call() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_bye_crossing_ours_gets_200_while_ours_is_pending() {
+    let dir = out_dir("edge_bye_crossing");
+    let sipp = Sipp::uas("bye_crossing.xml", "u1", &dir);
+    let gateway = gateway(&dir, &sipp, (49000, 49998), "").await;
+    let report = call(&gateway, 1.5).await.unwrap();
+    assert_eq!(
+        report.ended.as_ref().unwrap()["reason"],
+        "hangup",
+        "{report:?}"
+    );
+    assert!(
+        sipp.finished().await,
+        "the trunk's BYE got its 200 while the gateway waited for its own"
+    );
+}
+
 /// INVITEs from the stranger, `count` of them over about two seconds; returns the replies
 /// that came back within two seconds of the last.
 async fn invite_flood(sip: SocketAddr, count: usize) -> (usize, Vec<String>) {

@@ -731,6 +731,19 @@ impl TrunkCall {
         }
     }
 
+    /// Whether an in-dialog request may act on this dialog: from its peer (the endpoint
+    /// serves trunk addresses only; this keeps one trunk, or a host in its pool, from ending
+    /// or moving another peer's call by its Call-ID), naming it, in sequence (§12.2.2).
+    /// Otherwise the status to answer with.
+    fn accept(&mut self, incoming: &IncomingRequest) -> Result<(), u16> {
+        let source = incoming.source.ip();
+        if source != self.target.addr.ip() && !self.dialog.peer_ips().contains(&source) {
+            tracing::warn!(%source, call_id = %self.dialog.call_id, method = %incoming.request.method, "in-dialog request from an address that is not this dialog's peer refused");
+            return Err(403);
+        }
+        self.dialog.accept_remote(&incoming.request)
+    }
+
     /// The Call-ID on the trunk side (new, unrelated to the browser leg: B2BUA).
     pub fn call_id(&self) -> &str {
         &self.dialog.call_id
@@ -745,15 +758,7 @@ impl TrunkCall {
             let Some(responder) = incoming.responder.clone() else {
                 continue;
             };
-            // The endpoint serves trunk addresses only; this keeps one trunk (or a host in
-            // its pool) from ending or moving another peer's call by its Call-ID.
-            let source = incoming.source.ip();
-            if source != self.target.addr.ip() && !self.dialog.peer_ips().contains(&source) {
-                tracing::warn!(%source, call_id = %self.dialog.call_id, method = %incoming.request.method, "in-dialog request from an address that is not this dialog's peer refused");
-                responder.respond(self.dialog.response(&incoming.request, 403));
-                continue;
-            }
-            if let Err(code) = self.dialog.accept_remote(&incoming.request) {
+            if let Err(code) = self.accept(&incoming) {
                 responder.respond(self.dialog.response(&incoming.request, code));
                 continue;
             }
@@ -892,7 +897,9 @@ impl TrunkCall {
     }
 
     /// Hangs up with BYE and waits (bounded by the transaction's own timeout) for the answer.
-    /// Returns the BYE's final status, or `None` on timeout.
+    /// Returns the BYE's final status, or `None` on timeout. Requests the trunk sends
+    /// meanwhile are answered, not left to retransmit: its own BYE, crossing ours, gets 200
+    /// (RFC 3261 §15.1.2); anything else 481, the dialog being over.
     pub async fn hangup(mut self) -> Option<u16> {
         let via = self
             .endpoint
@@ -900,12 +907,24 @@ impl TrunkCall {
         let bye = self.dialog.request(Method::Bye, via, vec![], vec![]);
         let mut events = self.endpoint.request(bye, self.target.clone());
         let result = loop {
-            match events.recv().await {
-                Some(ClientEvent::Response(r)) if r.status_code.code() >= 200 => {
-                    break Some(r.status_code.code());
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(ClientEvent::Response(r)) if r.status_code.code() >= 200 => {
+                        break Some(r.status_code.code());
+                    }
+                    Some(ClientEvent::Response(_)) => continue,
+                    Some(ClientEvent::Timeout) | None => break None,
+                },
+                Some(incoming) = self.incoming.recv() => {
+                    if let Some(responder) = &incoming.responder {
+                        let code = match (self.accept(&incoming), incoming.request.method) {
+                            (Err(code), _) => code,
+                            (Ok(()), Method::Bye) => 200,
+                            (Ok(()), _) => 481,
+                        };
+                        responder.respond(self.dialog.response(&incoming.request, code));
+                    }
                 }
-                Some(ClientEvent::Response(_)) => continue,
-                Some(ClientEvent::Timeout) | None => break None,
             }
         };
         self.endpoint.forget_dialog(&self.dialog.call_id);
