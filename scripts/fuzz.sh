@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh --runs 1000000  each target for a million inputs
 #   scripts/fuzz.sh 30 sip_datagram sdp_trunk     only these targets
 #   scripts/fuzz.sh --if-nightly 5  skip quietly (exit 0) where nightly is not installed
+#   scripts/fuzz.sh --dev 5         unoptimised build (4 minutes cold instead of 14): the
+#                                   test command's brief run
 #
 # Corpora grow in gateway/fuzz/corpus/<target> (not committed); the seeds in
 # gateway/fuzz/seeds are read as well. A crash leaves its input in
@@ -18,11 +20,13 @@ cd "$(dirname "$0")/../gateway"
 
 limit=(-max_total_time=60)
 if_nightly=false
+profile=-O
 targets=()
 while (($#)); do
   case "$1" in
     --runs) limit=(-runs="$2"); shift 2 ;;
     --if-nightly) if_nightly=true; shift ;;
+    --dev) profile=--dev; shift ;;
     [0-9]*) limit=(-max_total_time="$1"); shift ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -45,7 +49,7 @@ declare -A seeds=(
 )
 ((${#targets[@]})) || targets=(sip_datagram sip_stream sdp_trunk sdp_browser media_port rtp_rtcp signaling config)
 
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build "$profile"
 summary=()
 for target in "${targets[@]}"; do
   corpus="fuzz/corpus/$target"
@@ -53,7 +57,7 @@ for target in "${targets[@]}"; do
   log=$(mktemp)
   echo "== $target (${limit[*]})" >&2
   status=0
-  cargo +nightly fuzz run -O "$target" "$corpus" "fuzz/seeds/${seeds[$target]}" -- \
+  cargo +nightly fuzz run "$profile" "$target" "$corpus" "fuzz/seeds/${seeds[$target]}" -- \
     "${limit[@]}" -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|^#[0-9]+ *DONE|cov: ' "$log" | tail -4 >&2 || true
