@@ -138,34 +138,86 @@ pub fn frame(buf: &[u8]) -> Result<Frame, MessageError> {
     })
 }
 
-/// Unfolds continuation lines and expands compact header names.
+/// Unfolds continuation lines, expands compact header names, and writes every header as
+/// `Name: value`: the grammar allows whitespace around the colon (§7.3.1 HCOLON) and around
+/// the separators of parameters and Via's protocol (§25.1 SLASH, SEMI, EQUAL, COMMA), which
+/// the parser underneath does not take.
 fn canonical_head(head: &str) -> String {
-    let mut out = String::with_capacity(head.len() + 64);
+    let mut lines: Vec<String> = Vec::new();
     for (i, line) in head.split("\r\n").enumerate() {
-        if i > 0 && (line.starts_with(' ') || line.starts_with('\t')) {
+        match lines.last_mut() {
             // §7.3.1: a line starting with whitespace continues the previous header.
-            out.push(' ');
-            out.push_str(line.trim_start());
-            continue;
+            Some(last) if i > 1 && (line.starts_with(' ') || line.starts_with('\t')) => {
+                last.push(' ');
+                last.push_str(line.trim_start());
+            }
+            _ => lines.push(line.to_string()),
         }
+    }
+    let mut out = String::with_capacity(head.len() + 64);
+    for (i, line) in lines.iter().enumerate() {
         if i > 0 {
             out.push_str("\r\n");
-            if let Some((name, value)) = line.split_once(':') {
-                let name = name.trim();
-                if let Some((_, long)) = COMPACT_FORMS
-                    .iter()
-                    .find(|(short, _)| name.eq_ignore_ascii_case(short))
-                {
-                    out.push_str(long);
-                    out.push_str(": ");
-                    out.push_str(value.trim_start());
-                    continue;
-                }
-            }
         }
-        out.push_str(line);
+        let Some((name, value)) = line.split_once(':').filter(|_| i > 0) else {
+            out.push_str(line);
+            continue;
+        };
+        let name = name.trim();
+        let name = COMPACT_FORMS
+            .iter()
+            .find(|(short, _)| name.eq_ignore_ascii_case(short))
+            .map_or(name, |(_, long)| long);
+        out.push_str(name);
+        out.push_str(": ");
+        let value = value.trim();
+        if ["Via", "From", "To", "Contact"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+        {
+            tighten(value, name.eq_ignore_ascii_case("Via"), &mut out);
+        } else {
+            out.push_str(value);
+        }
     }
     out
+}
+
+/// Writes `value` without the whitespace around `;`, `=` and `,` (and, in a Via, `/`)
+/// outside quoted strings and `<...>`.
+fn tighten(value: &str, via: bool, out: &mut String) {
+    let separator = |c: char| matches!(c, ';' | '=' | ',') || (via && c == '/');
+    let (mut quoted, mut escaped, mut angle, mut skip_space) = (false, false, false, false);
+    for c in value.chars() {
+        if quoted {
+            out.push(c);
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, '"') => quoted = false,
+                _ => escaped = false,
+            }
+            continue;
+        }
+        match c {
+            '"' => quoted = true,
+            '<' => angle = true,
+            '>' => angle = false,
+            _ => {}
+        }
+        if !angle && separator(c) {
+            while out.ends_with([' ', '\t']) {
+                out.pop();
+            }
+            out.push(c);
+            skip_space = true;
+            continue;
+        }
+        if skip_space && (c == ' ' || c == '\t') {
+            continue;
+        }
+        skip_space = false;
+        out.push(c);
+    }
 }
 
 /// Parses one whole datagram (or one framed stream message) into a validated message.
@@ -534,6 +586,21 @@ l: 4\r\n\r\nv=0\r\n";
         );
         // Without a Call-ID there is nothing to answer to.
         assert!(bad_request_for(raw.as_bytes(), &MessageError::MissingHeader("Call-ID")).is_none());
+    }
+
+    #[test]
+    fn whitespace_the_grammar_allows_around_separators_is_understood() {
+        let text = "OPTIONS sip:gw@example.com SIP/2.0\r\nVia  : SIP  /  2.0\r\n /UDP  192.0.2.2 ;  branch =\r\n z9hG4bKsp1\r\nTO : <sip:gw@example.com>\r\nfrom: \"A ; B = C\" <sip:a@example.com;lr> ; tag = x1\r\nCall-ID: ws@1\r\ncseq: 0009\r\n  OPTIONS\r\nl: 0\r\n\r\n";
+        let msg = parse(text.as_bytes()).unwrap();
+        assert_eq!(top_branch(&msg).as_deref(), Some("z9hG4bKsp1"));
+        assert_eq!(from_tag(&msg).as_deref(), Some("x1"));
+        assert_eq!(cseq(&msg), Some((9, Method::Options)));
+        // Inside quotes and angle brackets nothing is touched.
+        let from = msg.from_header().unwrap().value().to_string();
+        assert!(
+            from.starts_with("\"A ; B = C\" <sip:a@example.com;lr>"),
+            "{from}"
+        );
     }
 
     #[test]
