@@ -454,19 +454,27 @@ async fn inbound_calls_pass_through_the_chain_too() {
     assert!(counters(&gateway).contains(&("screen".into(), "blocked".into(), 1)));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trunk() {
-    let hostile = build_plugin("hostile");
-    let router = build_plugin("router");
-    // Fail-open: the injecting plugin's route is ignored, the router's stands, and the call
-    // is placed with clean values.
-    let dir = out_dir("plugin_inject_open");
+/// A call through the router and then a plugin (`crm`, with `policy`) whose route puts CR/LF
+/// into the number, the caller ID and a header; returns the call and what sipp saw.
+async fn call_through_an_injecting_plugin(
+    policy: &str,
+) -> (
+    gateway_tests::client::CallReport,
+    Sipp,
+    gateway::run::Gateway,
+) {
+    let dir = out_dir(&format!("plugin_inject_{policy}"));
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let mut chain = plugin("router", &router, "fail-open", router_config());
+    let mut chain = plugin(
+        "router",
+        &build_plugin("router"),
+        "fail-open",
+        router_config(),
+    );
     chain.push_str(&plugin_in(
         "crm",
-        &hostile,
-        "fail-open",
+        &build_plugin("hostile"),
+        policy,
         &format!("data_dir = \"{}\"", dir.join("data").display()),
         "mode = \"inject\"",
     ));
@@ -474,6 +482,14 @@ async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trun
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
         .await
         .unwrap();
+    (report, sipp, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trunk() {
+    // Fail-open: the injecting plugin's route is ignored, the router's stands, and the call
+    // is placed with clean values.
+    let (report, sipp, gateway) = call_through_an_injecting_plugin("fail-open").await;
     assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
     let log = sipp.messages();
     assert!(log.contains("INVITE sip:+49301234@"), "{log}");
@@ -485,20 +501,7 @@ async fn a_route_with_line_breaks_is_a_plugin_failure_and_never_reaches_the_trun
     assert!(sipp.finished().await);
 
     // Fail-closed: the call is refused with the plugin's code, and no INVITE goes out.
-    let dir = out_dir("plugin_inject_closed");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let mut chain = plugin("router", &router, "fail-open", router_config());
-    chain.push_str(&plugin_in(
-        "crm",
-        &hostile,
-        "fail-closed",
-        &format!("data_dir = \"{}\"", dir.join("data").display()),
-        "mode = \"inject\"",
-    ));
-    let gateway = gateway_with(&dir, sipp.port, &chain).await;
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
-        .await
-        .unwrap();
+    let (report, sipp, _gateway) = call_through_an_injecting_plugin("fail-closed").await;
     let ended = report.ended.expect("ended");
     assert_eq!(ended["sip_code"], 503, "{ended}");
     assert!(

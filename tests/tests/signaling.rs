@@ -271,12 +271,7 @@ fn token(sub: &str, exp: u64) -> String {
 }
 
 /// Sends `message` and returns the next reply.
-async fn ask(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    message: Value,
-) -> Value {
+async fn ask(ws: &mut Ws, message: Value) -> Value {
     ws.send(Message::Text(message.to_string().into()))
         .await
         .unwrap();
@@ -288,18 +283,9 @@ async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
     let dir = out_dir("signaling_expiry");
     let gateway = token_gateway(&dir, false).await;
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
-    assert_eq!(next_json(&mut ws).await["type"], "hello");
-    assert_eq!(
-        ask(
-            &mut ws,
-            json!({"type": "auth", "token": token("alice", now() + 2)})
-        )
-        .await["type"],
-        "authenticated"
-    );
+    let mut ws = connect(&url, None).await;
+    let short_lived = json!({"type": "auth", "token": token("alice", now() + 2)});
+    assert_eq!(ask(&mut ws, short_lived).await["type"], "authenticated");
     // Accepted while it is valid (the SDP is what fails here)...
     assert_eq!(
         ask(
@@ -345,80 +331,37 @@ async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
     );
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A signaling connection past its `hello`, authenticated as `sub` when given.
+async fn connect(url: &str, sub: Option<&str>) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "hello");
+    if let Some(sub) = sub {
+        let auth = json!({"type": "auth", "token": token(sub, now() + 60)});
+        assert_eq!(ask(&mut ws, auth).await["type"], "authenticated");
+    }
+    ws
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn registering_needs_a_token_even_in_anonymous_mode_and_a_takeover_is_announced() {
     let dir = out_dir("signaling_register");
     let gateway = token_gateway(&dir, true).await;
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let connect = || async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .unwrap();
-        assert_eq!(next_json(&mut ws).await["type"], "hello");
-        ws
-    };
+    let register = || json!({"type": "register", "identity": "agent-7"});
     // Anonymous mode lets anyone call demo targets, not take an agent's calls.
-    let mut stranger = connect().await;
-    assert_eq!(
-        ask(
-            &mut stranger,
-            json!({"type": "register", "identity": "agent-7"})
-        )
-        .await["code"],
-        "unauthorized"
-    );
+    let mut stranger = connect(&url, None).await;
+    assert_eq!(ask(&mut stranger, register()).await["code"], "unauthorized");
     // With a token, only its own subject.
-    assert_eq!(
-        ask(
-            &mut stranger,
-            json!({"type": "auth", "token": token("mallory", now() + 60)})
-        )
-        .await["type"],
-        "authenticated"
-    );
-    assert_eq!(
-        ask(
-            &mut stranger,
-            json!({"type": "register", "identity": "agent-7"})
-        )
-        .await["code"],
-        "forbidden"
-    );
+    let mut mallory = connect(&url, Some("mallory")).await;
+    assert_eq!(ask(&mut mallory, register()).await["code"], "forbidden");
 
-    let mut first = connect().await;
-    assert_eq!(
-        ask(
-            &mut first,
-            json!({"type": "auth", "token": token("agent-7", now() + 60)})
-        )
-        .await["type"],
-        "authenticated"
-    );
-    assert_eq!(
-        ask(
-            &mut first,
-            json!({"type": "register", "identity": "agent-7"})
-        )
-        .await["type"],
-        "registered"
-    );
-    let mut second = connect().await;
-    assert_eq!(
-        ask(
-            &mut second,
-            json!({"type": "auth", "token": token("agent-7", now() + 60)})
-        )
-        .await["type"],
-        "authenticated"
-    );
-    assert_eq!(
-        ask(
-            &mut second,
-            json!({"type": "register", "identity": "agent-7"})
-        )
-        .await["type"],
-        "registered"
-    );
+    let mut first = connect(&url, Some("agent-7")).await;
+    assert_eq!(ask(&mut first, register()).await["type"], "registered");
+    let mut second = connect(&url, Some("agent-7")).await;
+    assert_eq!(ask(&mut second, register()).await["type"], "registered");
     let told = next_json(&mut first).await;
     assert_eq!(told["type"], "unregistered", "{told}");
     assert_eq!(told["identity"], "agent-7");
