@@ -715,12 +715,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     let request = &invite.request;
     let tag = random_token();
     let refuse = |code: u16| responder.respond(response_to(request, code, Some(&tag)));
-    let dialled = request
-        .uri
-        .auth
-        .as_ref()
-        .map(|a| a.user.clone())
-        .unwrap_or_default();
+    let dialled = crate::sip::message::uri_user(&request.uri).unwrap_or_default();
     // §21.4.5: 404 when the number is routed nowhere; 480 when its browser is not connected.
     let Some(identity) = ctx.config.inbound.get(&dialled).cloned() else {
         tracing::info!(%trunk, number = %dialled, "inbound call to an unrouted number: 404");
@@ -730,7 +725,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         .from_header()
         .ok()
         .and_then(|f| f.typed().ok())
-        .and_then(|f| f.uri.auth.map(|a| a.user))
+        .and_then(|f| crate::sip::message::uri_user(&f.uri))
         .unwrap_or_else(|| "anonymous".into());
     let call_id = format!("c-{}", random_token());
     let started_ms = unix_ms();

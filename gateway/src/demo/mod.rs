@@ -49,12 +49,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
     };
     let request = &invite.request;
     let tag = random_token();
-    let number = request
-        .uri
-        .auth
-        .as_ref()
-        .map(|a| a.user.clone())
-        .unwrap_or_default();
+    let number = message::uri_user(&request.uri).unwrap_or_default();
     let echo = match number.as_str() {
         "echo" => true,
         "tone" => false,

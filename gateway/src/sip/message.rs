@@ -160,7 +160,8 @@ fn canonical_head(head: &str) -> String {
             out.push_str("\r\n");
         }
         let Some((name, value)) = line.split_once(':').filter(|_| i > 0) else {
-            out.push_str(line);
+            // The start line: a request's URI may carry `;` in its user part.
+            out.push_str(&escape_user_semicolons(line));
             continue;
         };
         let name = name.trim();
@@ -175,12 +176,76 @@ fn canonical_head(head: &str) -> String {
             .iter()
             .any(|h| name.eq_ignore_ascii_case(h))
         {
-            tighten(value, name.eq_ignore_ascii_case("Via"), &mut out);
+            let value = escape_user_semicolons(value);
+            tighten(&value, name.eq_ignore_ascii_case("Via"), &mut out);
         } else {
             out.push_str(value);
         }
     }
     out
+}
+
+/// Escapes `;` and `.` inside the user part of SIP URIs (`sip:+4930123;phone-context=
+/// example.com@host`, `sip:john.doe@host`): §25.1 allows both there unescaped, as carriers and
+/// PBXs send them, but the parser underneath (rsip 0.4) ends a user part at the first `.` and
+/// takes `;` for the URI's parameters. Read users back with [`uri_user`].
+fn escape_user_semicolons(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('@') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut rest = text;
+    let next_uri = |s: &str| {
+        [
+            s.find("sip:").map(|i| i + 4),
+            s.find("sips:").map(|i| i + 5),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    };
+    while let Some(scheme_end) = next_uri(rest) {
+        out.push_str(&rest[..scheme_end]);
+        rest = &rest[scheme_end..];
+        // The user part ends at `@`; no `@` before the URI ends means there is none.
+        let uri_end = rest
+            .find(|c: char| c == '>' || c == ',' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        if let Some(user_end) = rest[..uri_end].find('@') {
+            out.push_str(&rest[..user_end].replace(';', "%3B").replace('.', "%2E"));
+            rest = &rest[user_end..];
+        }
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// The user part of a URI as the peer wrote it: percent-escapes decoded (§19.1.4: an escaped
+/// unreserved character is the same character), control characters dropped.
+pub fn uri_user(uri: &rsip::Uri) -> Option<String> {
+    let user = &uri.auth.as_ref()?.user;
+    let bytes = user.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    Some(text.chars().filter(|c| !c.is_control()).collect())
 }
 
 /// Writes `value` without the whitespace around `;`, `=` and `,` (and, in a Via, `/`)
@@ -600,6 +665,25 @@ l: 4\r\n\r\nv=0\r\n";
         assert!(
             from.starts_with("\"A ; B = C\" <sip:a@example.com;lr>"),
             "{from}"
+        );
+    }
+
+    #[test]
+    fn a_semicolon_in_a_user_part_is_taken_as_part_of_the_user() {
+        let text = "INVITE sip:+4930123;phone-context=example.com@gw.example SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bKpc1\r\nFrom: <sip:+4930999;phone-context=example.com@pbx.example;user=phone>;tag=f1\r\nTo: <sip:+4930123;phone-context=example.com@gw.example>\r\nContact: <sip:pbx.example;transport=udp>\r\nCall-ID: pc@1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let SipMessage::Request(req) = parse(text.as_bytes()).unwrap() else {
+            panic!("a request")
+        };
+        assert_eq!(
+            uri_user(&req.uri).as_deref(),
+            Some("+4930123;phone-context=example.com"),
+            "{:?}",
+            req.uri
+        );
+        assert_eq!(from_tag(&req).as_deref(), Some("f1"));
+        assert_eq!(
+            escape_user_semicolons("<sip:host.example;lr>, <sips:a;b.c@d.example;x=1>"),
+            "<sip:host.example;lr>, <sips:a%3Bb%2Ec@d.example;x=1>"
         );
     }
 
