@@ -1,6 +1,7 @@
 //! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics`, the admin
 //! API (`POST /admin/plugins/reload`), and the web demo (`/`) with its widget (`/widget.js`). Knows no SIP: calls are handed to [`crate::call`].
 
+mod metrics;
 pub mod protocol;
 pub mod token;
 
@@ -49,7 +50,7 @@ pub fn admin_router(ctx: Arc<CallContext>) -> Router {
 
 fn admin_routes() -> Router<Arc<CallContext>> {
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/admin/plugins/reload", post(reload_plugins))
 }
 
@@ -121,156 +122,6 @@ async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
     } else {
         (StatusCode::OK, "ok\n").into_response()
     }
-}
-
-fn metric(text: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    text.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-    ));
-}
-
-fn histogram(
-    text: &mut String,
-    name: &str,
-    help: &str,
-    bounds: &[f64],
-    counts: &[std::sync::atomic::AtomicU64],
-    total: u64,
-    sum: f64,
-) {
-    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
-    let mut cumulative = 0;
-    for (bound, count) in bounds.iter().zip(counts) {
-        cumulative += count.load(Ordering::Relaxed);
-        text.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n"));
-    }
-    text.push_str(&format!(
-        "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum:.6}\n{name}_count {total}\n"
-    ));
-}
-
-/// Names from plugins and configuration, kept to what a label value may hold unescaped.
-fn label_value(v: &str) -> String {
-    v.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .take(64)
-        .collect()
-}
-
-async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
-    let m = &ctx.metrics;
-    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
-    let answered = load(&m.calls_answered);
-    let mut text = String::new();
-    metric(
-        &mut text,
-        "gateway_active_calls",
-        "gauge",
-        "Calls in progress.",
-        load(&m.active_calls),
-    );
-    metric(
-        &mut text,
-        "gateway_calls_total",
-        "counter",
-        "Calls started.",
-        load(&m.calls_total),
-    );
-    metric(
-        &mut text,
-        "gateway_calls_answered_total",
-        "counter",
-        "Calls answered.",
-        answered,
-    );
-    histogram(
-        &mut text,
-        "gateway_setup_seconds",
-        "Time to answer: INVITE to 2xx for outbound calls, offer to browser answer for inbound.",
-        &crate::call::SETUP_BUCKETS,
-        &m.setup_buckets,
-        answered,
-        load(&m.setup_us_sum) as f64 / 1e6,
-    );
-    metric(
-        &mut text,
-        "gateway_browser_fec_recovered_total",
-        "counter",
-        "Browser frames rebuilt from Opus FEC.",
-        load(&m.fec_recovered),
-    );
-    metric(
-        &mut text,
-        "gateway_trunk_concealed_total",
-        "counter",
-        "Trunk frames concealed by the jitter buffer.",
-        load(&m.trunk_concealed),
-    );
-    metric(
-        &mut text,
-        "gateway_trunk_packets_received_total",
-        "counter",
-        "RTP packets received from trunks (ended calls).",
-        load(&m.trunk_received),
-    );
-    metric(
-        &mut text,
-        "gateway_trunk_packets_lost_total",
-        "counter",
-        "RTP packets from trunks that never arrived (ended calls).",
-        load(&m.trunk_lost),
-    );
-    histogram(
-        &mut text,
-        "gateway_trunk_jitter_ms",
-        "Interarrival jitter of trunk RTP per call (RFC 3550).",
-        &crate::call::JITTER_BUCKETS_MS,
-        &m.jitter_buckets,
-        load(&m.jitter_calls),
-        load(&m.jitter_us_sum) as f64 / 1000.0,
-    );
-    text.push_str("# HELP gateway_calls_ended_total Calls ended, by reason.\n# TYPE gateway_calls_ended_total counter\n");
-    for (reason, count) in m.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        text.push_str(&format!(
-            "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
-        ));
-    }
-    text.push_str("# HELP gateway_media_dropped_total Media datagrams refused, by leg and reason (source: not from where signalling said).\n# TYPE gateway_media_dropped_total counter\n");
-    for (leg, reason, count) in m.media_drops.rows() {
-        text.push_str(&format!(
-            "gateway_media_dropped_total{{leg=\"{leg}\",reason=\"{reason}\"}} {count}\n"
-        ));
-    }
-    text.push_str("# HELP gateway_sip_refused_total SIP requests kept out at the edge: from addresses that are no trunk (dropped or one stateless 403), or over a source's rate.\n# TYPE gateway_sip_refused_total counter\n");
-    let edge = ctx.endpoint.edge_counters();
-    for (reason, count) in edge.rows() {
-        text.push_str(&format!(
-            "gateway_sip_refused_total{{reason=\"{reason}\"}} {count}\n"
-        ));
-    }
-    metric(
-        &mut text,
-        "gateway_sip_sources_banned_total",
-        "counter",
-        "Times a SIP source went over its request rate and was ignored for a while.",
-        edge.sources_banned.load(Ordering::Relaxed),
-    );
-    text.push_str("# HELP gateway_plugin_counter Counters plugins keep through the host.\n# TYPE gateway_plugin_counter counter\n");
-    for (plugin, name, value) in ctx.plugins.current().counters() {
-        text.push_str(&format!(
-            "gateway_plugin_counter{{plugin=\"{}\",name=\"{}\"}} {value}\n",
-            label_value(&plugin),
-            label_value(&name)
-        ));
-    }
-    text.push_str("# HELP gateway_plugin_kv_bytes Bytes of keys and values a plugin holds in its key-value store.\n# TYPE gateway_plugin_kv_bytes gauge\n");
-    for (plugin, bytes) in ctx.plugins.current().kv_bytes() {
-        text.push_str(&format!(
-            "gateway_plugin_kv_bytes{{plugin=\"{}\"}} {bytes}\n",
-            label_value(&plugin)
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn ws(

@@ -2,6 +2,7 @@
 //! SDP for G.711, and the outbound call with failover.
 
 pub mod auth;
+mod canonical;
 pub mod dialog;
 pub mod edge;
 pub mod endpoint;
