@@ -285,23 +285,14 @@ async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
     let url = format!("ws://{}/ws", gateway.http_addr);
     let mut ws = connect(&url, None).await;
     let short_lived = json!({"type": "auth", "token": token("alice", now() + 2)});
+    // The SDP is what fails while the token is good: `bad_sdp` means the token passed.
+    let bad_call = || json!({"type": "call", "to": "echo", "sdp": "not sdp"});
     assert_eq!(ask(&mut ws, short_lived).await["type"], "authenticated");
     // Accepted while it is valid (the SDP is what fails here)...
-    assert_eq!(
-        ask(
-            &mut ws,
-            json!({"type": "call", "to": "echo", "sdp": "not sdp"})
-        )
-        .await["code"],
-        "bad_sdp"
-    );
+    assert_eq!(ask(&mut ws, bad_call()).await["code"], "bad_sdp");
     // ...and refused on the same socket once `exp` has passed.
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    let refused = ask(
-        &mut ws,
-        json!({"type": "call", "to": "echo", "sdp": "not sdp"}),
-    )
-    .await;
+    let refused = ask(&mut ws, bad_call()).await;
     assert_eq!(refused["code"], "unauthorized", "{refused}");
     assert!(
         refused["message"].as_str().unwrap().contains("expired"),
@@ -321,14 +312,7 @@ async fn an_expired_token_cannot_place_a_call_on_a_live_socket() {
         .await["type"],
         "authenticated"
     );
-    assert_eq!(
-        ask(
-            &mut ws,
-            json!({"type": "call", "to": "echo", "sdp": "not sdp"})
-        )
-        .await["code"],
-        "bad_sdp"
-    );
+    assert_eq!(ask(&mut ws, bad_call()).await["code"], "bad_sdp");
 }
 
 type Ws =

@@ -491,9 +491,8 @@ async fn drive(
             }
             Some(progress) = progress_rx.recv() => {
                 match progress {
-                    Progress::Trying { trunk, addr, .. } => {
-                        let source = ctx.trunks.config(&trunk).map(|t| t.rtp_source).unwrap_or_default();
-                        rtp.set_source_policy(source, Some(addr.ip()));
+                    Progress::Trying { trunk, addr, rtp_source, .. } => {
+                        rtp.set_source_policy(rtp_source, Some(addr.ip()));
                         trunk_used = Some(trunk);
                     }
                     Progress::Provisional { code, sdp: early } => {

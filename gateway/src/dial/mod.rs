@@ -223,9 +223,8 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
             }
             Some(progress) = progress_rx.recv() => {
                 match progress {
-                    Progress::Trying { trunk, addr, .. } => {
-                        let source = config.trunks.get(&trunk).map(|t| t.rtp_source).unwrap_or_default();
-                        rtp.set_source_policy(source, Some(addr.ip()));
+                    Progress::Trying { trunk, addr, rtp_source, .. } => {
+                        rtp.set_source_policy(rtp_source, Some(addr.ip()));
                         report.trunk_used = Some(trunk);
                     }
                     Progress::Provisional { code, sdp: early } => {

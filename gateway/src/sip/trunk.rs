@@ -83,6 +83,8 @@ pub enum Progress {
         address: String,
         /// The address it resolved to: where the trunk's signalling (and often media) is.
         addr: std::net::SocketAddr,
+        /// Where this trunk's RTP may come from.
+        rtp_source: crate::config::RtpSource,
     },
     /// 180/183, with the early-media SDP if any.
     Provisional {
@@ -369,6 +371,7 @@ pub async fn place_call(
                 trunk: trunk_name.clone(),
                 address: address.clone(),
                 addr: target.addr,
+                rtp_source: trunk.rtp_source,
             });
             match invite(endpoint, trunk, &target, request, progress, cancel).await {
                 Ok((dialog, answer_sdp, incoming)) => {
