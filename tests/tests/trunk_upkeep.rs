@@ -9,7 +9,7 @@ use gateway::sip::endpoint::{Endpoint, EndpointConfig};
 use gateway::sip::monitor::{spawn_health_checks, spawn_registrations};
 use gateway::sip::registration::RegistrationState;
 use gateway::sip::transaction::Timers;
-use gateway::sip::trunk::Trunks;
+use gateway::sip::trunks::Trunks;
 use gateway_tests::{Sipp, out_dir, ports, write_config};
 
 fn endpoint_config() -> EndpointConfig {

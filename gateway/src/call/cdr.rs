@@ -99,3 +99,116 @@ pub fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Who a call was between, for its record.
+#[derive(Debug, Clone)]
+pub struct Parties {
+    /// Gateway call id.
+    pub call_id: String,
+    /// Caller.
+    pub from: String,
+    /// What was dialled.
+    pub to: String,
+}
+
+/// Counts a finished call in `/metrics`, tells its plugins it ended (they finish their work,
+/// a recording's file, first) and appends its CDR.
+pub async fn record(
+    ctx: &super::CallContext,
+    parties: &Parties,
+    started_ms: u64,
+    call: &super::machine::Call,
+    media: Option<(
+        crate::media::bridge::BridgeStats,
+        crate::media::jitter::JitterStats,
+    )>,
+    rtp: Option<&crate::media::session::RtpStats>,
+    hooks: Option<crate::plugin::CallHooks>,
+) {
+    use std::sync::atomic::Ordering;
+    let metrics = &ctx.metrics;
+    let (reason, code) = call
+        .end()
+        .cloned()
+        .unwrap_or_else(|| ("hangup".into(), 200));
+    *metrics
+        .ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(reason.clone())
+        .or_default() += 1;
+    let (media, jitter) = media.unwrap_or_default();
+    let rtp = rtp.cloned().unwrap_or_default();
+    metrics
+        .fec_recovered
+        .fetch_add(media.browser_fec_recovered, Ordering::Relaxed);
+    metrics
+        .trunk_concealed
+        .fetch_add(jitter.concealed, Ordering::Relaxed);
+    metrics
+        .trunk_received
+        .fetch_add(rtp.received, Ordering::Relaxed);
+    metrics.trunk_lost.fetch_add(rtp.lost, Ordering::Relaxed);
+    if rtp.received > 0 {
+        let jitter_ms = rtp.jitter as f64 / 8.0;
+        if let Some(i) = super::JITTER_BUCKETS_MS
+            .iter()
+            .position(|b| jitter_ms <= *b)
+        {
+            metrics.jitter_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        metrics.jitter_calls.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .jitter_us_sum
+            .fetch_add((jitter_ms * 1000.0) as u64, Ordering::Relaxed);
+    }
+    let ended_ms = unix_ms();
+    let answered_ms = call
+        .answered_at()
+        .map(|at| ended_ms.saturating_sub(at.elapsed().as_millis() as u64));
+    let record = Cdr {
+        call_id: parties.call_id.clone(),
+        sip_call_id: call.sip_call_id().map(str::to_string),
+        direction: match call.direction() {
+            crate::plugin::Direction::Outbound => "outbound",
+            crate::plugin::Direction::Inbound => "inbound",
+        },
+        from: parties.from.clone(),
+        to: parties.to.clone(),
+        trunk: call.trunk_used().map(str::to_string),
+        started_ms,
+        answered_ms,
+        ended_ms,
+        duration_s: answered_ms.map_or(0.0, |a| (ended_ms - a) as f64 / 1000.0),
+        sip_code: code,
+        end_reason: reason,
+        browser_packets_in: media.browser_packets,
+        browser_packets_out: media.browser_packets_sent,
+        browser_fec_recovered: media.browser_fec_recovered,
+        browser_reports: media.browser_reports,
+        browser_reported_loss_pct: media.browser_reported_loss_pct(),
+        trunk_packets_out: rtp.sent,
+        trunk_packets_in: rtp.received,
+        trunk_concealed: jitter.concealed,
+        trunk_packets_lost: rtp.lost,
+        trunk_jitter_ms: rtp.jitter as f64 / 8.0,
+    };
+    if let Some(hooks) = hooks {
+        hooks
+            .end(crate::plugin::CallEnd {
+                reason: record.end_reason.clone(),
+                sip_code: record.sip_code,
+                duration_ms: answered_ms.map_or(0, |a| ended_ms.saturating_sub(a)),
+                trunk: record.trunk.clone(),
+                sip_call_id: record.sip_call_id.clone(),
+                started_ms,
+                answered_ms,
+            })
+            .await;
+    }
+    if let Some(log) = &ctx.cdr
+        && let Err(e) = log.append(&record).await
+    {
+        tracing::error!(error = %e, call_id = %parties.call_id, "CDR could not be written");
+    }
+}

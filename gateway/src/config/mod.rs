@@ -344,6 +344,14 @@ pub struct Limits {
     /// console a few).
     #[serde(default = "default_max_calls_per_connection")]
     pub max_calls_per_connection: u32,
+    /// Seconds a call may ring before it is given up: an outbound call is cancelled
+    /// (`no_answer`), an inbound one answered 480.
+    #[serde(default = "default_ring_seconds")]
+    pub ring_seconds: u32,
+}
+
+fn default_ring_seconds() -> u32 {
+    60
 }
 
 fn default_max_calls_per_connection() -> u32 {
@@ -367,6 +375,7 @@ impl Default for Limits {
             max_calls: default_max_calls(),
             drain_seconds: default_drain_seconds(),
             max_calls_per_connection: default_max_calls_per_connection(),
+            ring_seconds: default_ring_seconds(),
         }
     }
 }

@@ -1,21 +1,26 @@
 //! `gateway dial`: one real call through a configured trunk, with a probe tone and optional
 //! DTMF, reporting what happened on the SIP and RTP level. An operator's first check of a
-//! trunk, and the end-to-end tests' driver of the trunk leg.
+//! trunk, and the end-to-end tests' driver of the trunk leg: the call runs on the same
+//! machine and driver as a browser's, with a tone caller in the browser's place.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
+use crate::call::Metrics;
+use crate::call::driver::{Caller, Start, ToneCaller, Wiring, drive};
+use crate::call::machine::{Call, CallEvent, CallSettings, Route};
+use crate::call::resolve;
 use crate::config::Config;
 use crate::media::dtmf::validate_digits;
-use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
-use crate::media::tone::{ToneDetector, ToneGenerator};
+use crate::media::session::RtpStream;
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::message::response_to;
 use crate::sip::sdp::{self, Direction, LocalMedia};
 use crate::sip::transaction::Timers;
-use crate::sip::trunk::{CallRequest, InDialog, Progress, Trunks, place_call};
+use crate::sip::trunks::Trunks;
+use crate::sip::uac::CallRequest;
 
 /// SNR above which the probe tone counts as detected. Plain G.711 round trips measure
 /// 30-40 dB; anything under 10 dB is not the tone we sent.
@@ -127,48 +132,70 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
             }
         }
     });
-    let mut rtp = RtpStream::bind(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
+    let rtp = RtpStream::bind(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
         .map_err(|e| DialError::Setup(e.to_string()))?;
-    let media_ip = config.rtp_advertised_ip(endpoint.advertised_ip());
     let local = LocalMedia {
-        ip: media_ip,
+        ip: config.rtp_advertised_ip(endpoint.advertised_ip()),
         port: rtp.local_port(),
         codecs: trunk.codecs.clone(),
         session_id: rand::random::<u32>() as u64,
     };
-    let mut sdp_version = 1;
     let request = CallRequest {
         to: options.to.clone(),
         from_user: options.from.clone(),
-        sdp_offer: sdp::offer(&local, sdp_version, Direction::SendRecv),
+        sdp_offer: sdp::offer(&local, 1, Direction::SendRecv),
         headers: Vec::new(),
         failover: Vec::new(),
     };
-
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
-    let (cancel_tx, mut cancel_rx) = watch::channel(false);
-    let started = Instant::now();
-    let placing = place_call(
-        &endpoint,
-        &trunks,
-        &options.trunk,
-        &request,
-        &progress_tx,
-        &mut cancel_rx,
+    let candidates = resolve(&trunks, &options.trunk, &[]).await;
+    let route = Route {
+        request,
+        candidates,
+        local,
+    };
+    let settings = CallSettings {
+        ring_timeout: options.answer_timeout,
+        ..Default::default()
+    };
+    let call = Call::outbound(
+        "dial",
+        settings,
+        endpoint.local().clone(),
+        trunks.clone(),
+        Instant::now(),
     );
-    tokio::pin!(placing);
+    let caller = Caller::Tone(Box::new(ToneCaller::new(
+        options.tone_hz,
+        digits,
+        options.seconds,
+    )));
+    let (sink, mut events) = mpsc::unbounded_channel();
+    // `dial` hangs up by itself after `seconds`; nobody sends it commands.
+    let (_commands, command_rx) = mpsc::unbounded_channel();
+    let (_shutdown, shutdown) = watch::channel(false);
+    let metrics = Metrics::default();
+    let wiring = Wiring {
+        endpoint: &endpoint,
+        metrics: &metrics,
+        shutdown,
+    };
+    let start = Start {
+        routing: Some(Box::pin(async move { (Ok(route), None) })),
+        ..Default::default()
+    };
+    let outcome = drive(wiring, call, caller, rtp, start, sink, command_rx).await;
 
     let mut report = DialReport {
         sip_code: 0,
         reason: String::new(),
-        connected: false,
-        trunk_used: None,
-        setup_ms: None,
+        connected: outcome.call.answered_at().is_some(),
+        trunk_used: outcome.call.trunk_used().map(str::to_string),
+        setup_ms: outcome.setup.map(|d| d.as_secs_f64() * 1000.0),
         provisional: vec![],
-        early_rtp_received: 0,
+        early_rtp_received: outcome.early_rtp_received,
         early_tone_detected: false,
-        rtp_sent: 0,
-        rtp_received: 0,
+        rtp_sent: outcome.rtp.sent,
+        rtp_received: outcome.rtp.received,
         tone_detected: false,
         tone_snr_db: None,
         dtmf_sent: String::new(),
@@ -178,133 +205,41 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         ended_by: "none".into(),
         call_id: None,
     };
-    let mut tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
-    let mut early_detector = ToneDetector::new(options.tone_hz, 8000, 800);
-    let mut detector = ToneDetector::new(options.tone_hz, 8000, 800);
-    let mut frame = [0i16; FRAME_SAMPLES];
-    let mut pcm_in = [0i16; 1500];
-    let mut buf = [0u8; 1500];
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut call: Option<crate::sip::trunk::TrunkCall> = None;
-    let mut answered_at: Option<Instant> = None;
-    let mut digits_queued = false;
-    let answer_deadline = tokio::time::sleep(options.answer_timeout);
-    tokio::pin!(answer_deadline);
-
-    loop {
-        tokio::select! {
-            result = &mut placing, if call.is_none() => {
-                match result {
-                    Ok(answered) => {
-                        report.setup_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                        report.sip_code = 200;
-                        report.reason = "OK".into();
-                        report.connected = true;
-                        report.trunk_used = Some(answered.trunk.clone());
-                        report.call_id = Some(answered.call_id().to_string());
-                        report.early_rtp_received = rtp.stats.received;
-                        match sdp::parse_remote(&answered.answer_sdp, &local.codecs, true) {
-                            Ok(remote) => rtp.set_remote(remote),
-                            Err(e) => tracing::warn!(error = %e, "answer SDP unusable; keeping early-media target"),
-                        }
-                        answered_at = Some(Instant::now());
-                        call = Some(answered);
-                    }
-                    Err(failure) => {
-                        report.sip_code = failure.sip_code();
-                        report.reason = failure.to_string();
-                        if let crate::sip::trunk::CallFailure::Rejected { trunk, .. } | crate::sip::trunk::CallFailure::Timeout { trunk, .. } = &failure {
-                            report.trunk_used = Some(trunk.clone());
-                        }
-                        break;
-                    }
-                }
-            }
-            Some(progress) = progress_rx.recv() => {
-                match progress {
-                    Progress::Trying { trunk, addr, rtp_source, .. } => {
-                        rtp.set_source_policy(rtp_source, Some(addr.ip()));
-                        report.trunk_used = Some(trunk);
-                    }
-                    Progress::Provisional { code, sdp: early } => {
-                        report.provisional.push(code);
-                        if let Some(body) = early {
-                            match sdp::parse_remote(&body, &local.codecs, true) {
-                                Ok(remote) => rtp.set_remote(remote),
-                                Err(e) => tracing::warn!(error = %e, "early-media SDP unusable"),
-                            }
-                        }
-                    }
-                }
-            }
-            _ = &mut answer_deadline, if call.is_none() && !*cancel_tx.borrow() => {
-                let _ = cancel_tx.send(true);
-            }
-            _ = ticker.tick() => {
-                tone.fill(&mut frame);
-                let before = rtp.stats.sent;
-                let held = rtp.remote().is_some_and(|r| !r.direction.peer_receives());
-                rtp.send_frame(&frame);
-                if held && rtp.stats.sent == before {
-                    report.frames_held += 1;
-                }
-                if let Some(at) = answered_at {
-                    if !digits_queued && !digits.is_empty() && at.elapsed() >= Duration::from_millis(500) {
-                        rtp.send_digits(&digits);
-                        report.dtmf_sent = digits.clone();
-                        digits_queued = true;
-                    }
-                    let done = at.elapsed().as_secs_f64() >= options.seconds;
-                    // Let queued digits finish, but never more than 5 s past the requested length.
-                    let digits_pending = !rtp.digits_idle() && at.elapsed().as_secs_f64() < options.seconds + 5.0;
-                    if done && !digits_pending {
-                        report.ended_by = "gateway".into();
-                        break;
-                    }
-                }
-            }
-            received = rtp.recv(&mut buf) => {
-                let Ok((n, source)) = received else { continue };
-                match rtp.on_datagram(&buf[..n], source, &mut pcm_in) {
-                    Received::Audio { samples, .. } => {
-                        if answered_at.is_some() { detector.push(&pcm_in[..samples]) } else { early_detector.push(&pcm_in[..samples]) }
-                    }
-                    Received::Digit(d) => report.dtmf_received.push(d),
-                    Received::Nothing => {}
-                }
-            }
-            event = async { call.as_mut().expect("guarded").next().await }, if call.is_some() => {
-                match event {
-                    None | Some(InDialog::Bye) => {
-                        report.ended_by = "trunk".into();
-                        if let Some(c) = call.take() { c.finish() }
-                        break;
-                    }
-                    Some(InDialog::InfoDtmf(d)) => report.dtmf_received.push(d),
-                    Some(InDialog::Reinvite { sdp: offer, request }) => {
-                        let c = call.as_ref().expect("guarded");
-                        if let Some(remote) = c.handle_reinvite(&request, &offer, &local, &mut sdp_version) {
-                            rtp.set_remote(remote);
-                        }
-                        report.reinvites += 1;
-                    }
-                }
-            }
+    while let Ok((_, event)) = events.try_recv() {
+        match event {
+            CallEvent::Ringing => report.provisional.push(180),
+            CallEvent::Progress { code } => report.provisional.push(code),
+            CallEvent::TrunkReinvite => report.reinvites += 1,
+            _ => {}
         }
     }
-    if let Some(c) = call.take() {
-        let _ = c.hangup().await;
+    if report.connected {
+        report.sip_code = 200;
+        report.reason = "OK".into();
+        report.call_id = outcome.call.sip_call_id().map(str::to_string);
+        report.ended_by = match outcome.call.end().map(|(r, _)| r.as_str()) {
+            Some("remote_hangup") => "trunk",
+            _ => "gateway",
+        }
+        .into();
+    } else if let Some(failure) = outcome.call.failure() {
+        report.sip_code = failure.sip_code();
+        report.reason = failure.to_string();
+    } else if let Some((reason, code)) = outcome.call.end() {
+        report.sip_code = *code;
+        report.reason = reason.clone();
     }
-    report.rtp_sent = rtp.stats.sent;
-    report.rtp_received = rtp.stats.received;
-    let early = early_detector.report();
-    report.early_tone_detected = early.snr_db >= TONE_DETECT_SNR_DB;
-    let after = detector.report();
-    report.tone_snr_db = after
-        .snr_db
-        .is_finite()
-        .then_some((after.snr_db * 10.0).round() / 10.0);
-    report.tone_detected = after.snr_db >= TONE_DETECT_SNR_DB;
+    if let Caller::Tone(tone) = &outcome.caller {
+        report.dtmf_sent = tone.dtmf_sent.clone();
+        report.dtmf_received = tone.dtmf_received.clone();
+        report.frames_held = tone.frames_held;
+        report.early_tone_detected = tone.early.report().snr_db >= TONE_DETECT_SNR_DB;
+        let after = tone.answered.report();
+        report.tone_snr_db = after
+            .snr_db
+            .is_finite()
+            .then_some((after.snr_db * 10.0).round() / 10.0);
+        report.tone_detected = after.snr_db >= TONE_DETECT_SNR_DB;
+    }
     Ok(report)
 }

@@ -19,7 +19,7 @@ use crate::sip::message::{random_token, response_to};
 use crate::sip::monitor::{RegistrationStates, spawn_health_checks, spawn_registrations};
 use crate::sip::transaction::Timers;
 use crate::sip::transport::tls_server_config;
-use crate::sip::trunk::Trunks;
+use crate::sip::trunks::Trunks;
 
 /// A running gateway.
 pub struct Gateway {

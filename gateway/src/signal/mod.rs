@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::call::{CallCommand, CallContext, Outbound, run_outbound};
+use crate::call::{CallCommand, CallContext, CallEvent, Outbound, run_outbound};
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
 use crate::rtc::BrowserLeg;
@@ -270,6 +270,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     // Inbound calls for an identity this connection registered arrive here.
     let (offered_tx, mut offered) =
         mpsc::unbounded_channel::<(String, mpsc::UnboundedSender<CallCommand>)>();
+    // Every call of this connection reports here; the events become wire messages.
+    let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<(String, CallEvent)>();
+    let (replaced_tx, mut replaced) = mpsc::unbounded_channel::<String>();
     let mut registration: Option<Registration> = None;
     loop {
         let frame = tokio::select! {
@@ -279,6 +282,19 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             },
             Some((call_id, commands)) = offered.recv() => {
                 calls.insert(call_id, commands);
+                continue;
+            }
+            Some((call_id, event)) = call_event_rx.recv() => {
+                if let Some(message) = protocol::from_call_event(call_id, event) {
+                    let _ = out.send(message);
+                }
+                continue;
+            }
+            Some(identity) = replaced.recv() => {
+                let _ = out.send(ServerMessage::Unregistered {
+                    identity,
+                    reason: "another connection registered this identity".into(),
+                });
                 continue;
             }
         };
@@ -407,7 +423,6 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     .as_ref()
                     .map_or("anonymous".to_string(), |c| c.sub.clone());
                 let call = Outbound {
-                    direction: "outbound",
                     call_id,
                     from,
                     to,
@@ -420,7 +435,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     call,
                     leg,
                     browser_rx,
-                    out.clone(),
+                    call_events.clone(),
                     command_rx,
                 ));
             }
@@ -441,10 +456,11 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     continue;
                 }
                 let entry = crate::call::Registered {
-                    out: out.clone(),
+                    events: call_events.clone(),
                     calls: offered_tx.clone(),
+                    replaced: replaced_tx.clone(),
                 };
-                let replaced = {
+                let displaced = {
                     let mut registered = ctx.registered.lock().unwrap_or_else(|e| e.into_inner());
                     let current = registered
                         .get(&wanted)
@@ -466,11 +482,8 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     registered.insert(wanted.clone(), entry);
                     current
                 };
-                if let Some(previous) = replaced {
-                    let _ = previous.out.send(ServerMessage::Unregistered {
-                        identity: wanted.clone(),
-                        reason: "another connection registered this identity".into(),
-                    });
+                if let Some(previous) = displaced {
+                    let _ = previous.replaced.send(wanted.clone());
                 }
                 let _ = out.send(ServerMessage::Registered {
                     identity: wanted.clone(),

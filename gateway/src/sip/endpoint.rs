@@ -4,8 +4,11 @@
 //! The protocol decisions live in the sans-IO [`super::transaction`] types; this task only
 //! moves bytes, runs timers and matches messages to transactions (§17.1.3, §17.2.3).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use rsip::prelude::*;
@@ -73,7 +76,7 @@ enum Command {
     Request {
         request: Request,
         target: Target,
-        events: mpsc::UnboundedSender<ClientEvent>,
+        events: Sink,
     },
     Stateless {
         request: Request,
@@ -87,18 +90,119 @@ enum Command {
         call_id: String,
         tx: Option<mpsc::UnboundedSender<IncomingRequest>>,
     },
+    Abandon {
+        key: String,
+    },
+}
+
+/// Where a client transaction's events go: its own channel, or a call's shared channel
+/// tagged with the transaction's id there (one call has several transactions at once).
+#[derive(Debug)]
+enum Sink {
+    Own(mpsc::UnboundedSender<ClientEvent>),
+    Tagged(u64, mpsc::UnboundedSender<(u64, ClientEvent)>),
+}
+
+impl Sink {
+    fn send(&self, event: ClientEvent) {
+        match self {
+            Sink::Own(tx) => drop(tx.send(event)),
+            Sink::Tagged(id, tx) => drop(tx.send((*id, event))),
+        }
+    }
+}
+
+/// Sizes of the endpoint's tables, for `/metrics`: after calls end they return to zero,
+/// so a leak shows as a number that only grows.
+#[derive(Debug, Default)]
+pub struct EndpointTables {
+    /// Client and server transactions alive.
+    pub transactions: AtomicUsize,
+    /// Dialogs (Call-IDs) routed to a call.
+    pub dialogs: AtomicUsize,
+}
+
+/// What the endpoint says about itself in the messages it builds: the advertised address
+/// and ports, and the User-Agent. Plain data, so sans-IO code builds requests with it.
+#[derive(Debug, Clone)]
+pub struct SipLocal {
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    advertised: IpAddr,
+    user_agent: String,
+}
+
+impl SipLocal {
+    /// An identity for tests and tools: everything on `addr`.
+    pub fn new(addr: SocketAddr, user_agent: &str) -> SipLocal {
+        SipLocal {
+            udp: addr,
+            tcp: Some(addr),
+            tls: Some(addr),
+            advertised: addr.ip(),
+            user_agent: user_agent.to_string(),
+        }
+    }
+
+    /// The address put in Via, Contact and SDP.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.advertised
+    }
+
+    /// The User-Agent value.
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
+    fn advertised_port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.udp.port(),
+            Transport::Tcp => self.tcp.map_or(self.udp.port(), |a| a.port()),
+            Transport::Tls => self.tls.map_or(self.udp.port(), |a| a.port()),
+        }
+    }
+
+    fn host_port(&self, transport: Transport) -> String {
+        match self.advertised {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.advertised_port(transport)),
+            IpAddr::V4(ip) => format!("{ip}:{}", self.advertised_port(transport)),
+        }
+    }
+
+    /// A Via header for a new client transaction, with `rport` (RFC 3581) so responses
+    /// find their way back through NAT.
+    pub fn via(&self, transport: Transport, branch: &str) -> rsip::Header {
+        rsip::Header::Via(rsip::headers::Via::new(format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_token(),
+            self.host_port(transport)
+        )))
+    }
+
+    /// Our Contact URI for dialogs over `transport`.
+    pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
+        let params = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        let scheme = if transport == Transport::Tls {
+            "sips"
+        } else {
+            "sip"
+        };
+        format!("{scheme}:{user}@{}{params}", self.host_port(transport))
+    }
 }
 
 /// Handle to the endpoint task. Cheap to clone; the task ends when every handle is dropped.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     commands: mpsc::UnboundedSender<Command>,
-    udp: SocketAddr,
-    tcp: Option<SocketAddr>,
-    tls: Option<SocketAddr>,
-    advertised: IpAddr,
-    user_agent: String,
-    edge_counters: std::sync::Arc<EdgeCounters>,
+    local: SipLocal,
+    edge_counters: Arc<EdgeCounters>,
+    tables: Arc<EndpointTables>,
 }
 
 impl Endpoint {
@@ -162,15 +266,19 @@ impl Endpoint {
         });
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (app_tx, app_rx) = mpsc::unbounded_channel();
-        let edge_counters = std::sync::Arc::new(EdgeCounters::default());
+        let edge_counters = Arc::new(EdgeCounters::default());
+        let tables = Arc::new(EndpointTables::default());
         let endpoint = Endpoint {
             commands: commands.clone(),
-            udp: udp_addr,
-            tcp: tcp_addr,
-            tls: tls_addr,
-            advertised,
-            user_agent: config.user_agent.clone(),
+            local: SipLocal {
+                udp: udp_addr,
+                tcp: tcp_addr,
+                tls: tls_addr,
+                advertised,
+                user_agent: config.user_agent.clone(),
+            },
             edge_counters: edge_counters.clone(),
+            tables: tables.clone(),
         };
         let core = Core {
             udp,
@@ -182,7 +290,11 @@ impl Endpoint {
             pending_streams: HashMap::new(),
             clients: HashMap::new(),
             servers: HashMap::new(),
+            invites: HashMap::new(),
+            timer_heap: BinaryHeap::new(),
+            dirty: Vec::new(),
             dialogs: HashMap::new(),
+            tables,
             app: app_tx,
             user_agent: config.user_agent,
             edge: Edge::new(config.edge),
@@ -194,27 +306,32 @@ impl Endpoint {
 
     /// The bound UDP address.
     pub fn udp_addr(&self) -> SocketAddr {
-        self.udp
+        self.local.udp
     }
 
     /// The bound TCP listen address, if any.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp
+        self.local.tcp
     }
 
     /// The bound TLS listen address, if any.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
-        self.tls
+        self.local.tls
+    }
+
+    /// What this endpoint puts in Via, Contact and User-Agent.
+    pub fn local(&self) -> &SipLocal {
+        &self.local
     }
 
     /// The address put in Via, Contact and SDP.
     pub fn advertised_ip(&self) -> IpAddr {
-        self.advertised
+        self.local.advertised
     }
 
     /// The User-Agent value.
     pub fn user_agent(&self) -> &str {
-        &self.user_agent
+        &self.local.user_agent
     }
 
     /// What the edge policy kept out, for `/metrics`.
@@ -222,44 +339,19 @@ impl Endpoint {
         &self.edge_counters
     }
 
-    fn advertised_port(&self, transport: Transport) -> u16 {
-        match transport {
-            Transport::Udp => self.udp.port(),
-            Transport::Tcp => self.tcp.map_or(self.udp.port(), |a| a.port()),
-            Transport::Tls => self.tls.map_or(self.udp.port(), |a| a.port()),
-        }
+    /// How many transactions and dialogs the endpoint holds, for `/metrics`.
+    pub fn tables(&self) -> &EndpointTables {
+        &self.tables
     }
 
-    fn host_port(&self, transport: Transport) -> String {
-        match self.advertised {
-            IpAddr::V6(ip) => format!("[{ip}]:{}", self.advertised_port(transport)),
-            IpAddr::V4(ip) => format!("{ip}:{}", self.advertised_port(transport)),
-        }
-    }
-
-    /// A Via header for a new client transaction, with `rport` (RFC 3581) so responses
-    /// find their way back through NAT.
+    /// A Via header for a new client transaction (see [`SipLocal::via`]).
     pub fn via(&self, transport: Transport, branch: &str) -> rsip::Header {
-        rsip::Header::Via(rsip::headers::Via::new(format!(
-            "SIP/2.0/{} {};branch={branch};rport",
-            transport.via_token(),
-            self.host_port(transport)
-        )))
+        self.local.via(transport, branch)
     }
 
     /// Our Contact URI for dialogs over `transport`.
     pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
-        let params = match transport {
-            Transport::Udp => "",
-            Transport::Tcp => ";transport=tcp",
-            Transport::Tls => ";transport=tls",
-        };
-        let scheme = if transport == Transport::Tls {
-            "sips"
-        } else {
-            "sip"
-        };
-        format!("{scheme}:{user}@{}{params}", self.host_port(transport))
+        self.local.contact_uri(user, transport)
     }
 
     /// Starts a client transaction for `request` towards `target`.
@@ -272,9 +364,34 @@ impl Endpoint {
         let _ = self.commands.send(Command::Request {
             request,
             target,
-            events,
+            events: Sink::Own(events),
         });
         rx
+    }
+
+    /// Starts a client transaction whose events arrive on `sink`, tagged with `id`: a call
+    /// runs all its transactions through one channel.
+    pub fn request_tagged(
+        &self,
+        request: Request,
+        target: Target,
+        id: u64,
+        sink: mpsc::UnboundedSender<(u64, ClientEvent)>,
+    ) {
+        let _ = self.commands.send(Command::Request {
+            request,
+            target,
+            events: Sink::Tagged(id, sink),
+        });
+    }
+
+    /// Routes requests carrying `call_id` to `tx` (several Call-IDs may share one channel:
+    /// a call's failover attempts) until [`Self::forget_dialog`].
+    pub fn route_dialog(&self, call_id: &str, tx: mpsc::UnboundedSender<IncomingRequest>) {
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: Some(tx),
+        });
     }
 
     /// Sends a request outside any transaction: the ACK for a 2xx (§13.2.2.4).
@@ -291,6 +408,16 @@ impl Endpoint {
             tx: Some(tx),
         });
         rx
+    }
+
+    /// Forgets the client transaction of `request` without a final response: an INVITE
+    /// whose CANCEL the peer never completed (§9.1). Its late responses are dropped.
+    pub fn abandon(&self, request: &Request) {
+        if let Some(branch) = message::top_branch(request) {
+            let _ = self.commands.send(Command::Abandon {
+                key: client_key(&branch, &request.method),
+            });
+        }
     }
 
     /// Stops routing `call_id`.
@@ -362,7 +489,7 @@ async fn accept_loop(
 struct ClientEntry {
     tx: ClientTransaction,
     target: Target,
-    events: mpsc::UnboundedSender<ClientEvent>,
+    events: Sink,
 }
 
 struct ServerEntry {
@@ -384,11 +511,28 @@ struct Core {
     pending_streams: HashMap<SocketAddr, Vec<Vec<u8>>>,
     clients: HashMap<String, ClientEntry>,
     servers: HashMap<String, ServerEntry>,
+    /// INVITE server transactions by (Call-ID, CSeq): a 2xx's ACK has a branch of its own
+    /// and is matched by dialog and sequence number (§13.3.1.4, §17.2.3).
+    invites: HashMap<(String, u32), String>,
+    /// Transactions' next timers, earliest first. An entry may be stale (the transaction
+    /// moved its timer or ended); it is checked against the transaction when it comes due.
+    timer_heap: BinaryHeap<Reverse<(Instant, TxKey)>>,
+    /// Transactions touched since the last flush: their output is collected and their next
+    /// timer scheduled, and no other transaction is visited.
+    dirty: Vec<TxKey>,
     dialogs: HashMap<String, mpsc::UnboundedSender<IncomingRequest>>,
+    tables: Arc<EndpointTables>,
     app: mpsc::UnboundedSender<IncomingRequest>,
     user_agent: String,
     edge: Edge,
     edge_counters: std::sync::Arc<EdgeCounters>,
+}
+
+/// A transaction in the endpoint's tables.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum TxKey {
+    Client(String),
+    Server(String),
 }
 
 fn client_key(branch: &str, method: &Method) -> String {
@@ -432,21 +576,31 @@ impl Core {
     }
 
     fn next_timer(&self) -> Option<Instant> {
-        let c = self.clients.values().filter_map(|e| e.tx.next_timer());
-        let s = self.servers.values().filter_map(|e| e.tx.next_timer());
-        c.chain(s).min()
+        self.timer_heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Fires the timers that are due; each is checked against its transaction, so entries
+    /// left by a transaction that moved its timer or ended cost one pop.
     fn on_timers(&mut self, now: Instant) {
-        for e in self.clients.values_mut() {
-            if e.tx.next_timer().is_some_and(|t| t <= now) {
-                e.tx.on_timer(now);
+        while let Some(Reverse((at, _))) = self.timer_heap.peek() {
+            if *at > now {
+                break;
             }
-        }
-        for e in self.servers.values_mut() {
-            if e.tx.next_timer().is_some_and(|t| t <= now) {
-                e.tx.on_timer(now);
+            let Some(Reverse((_, key))) = self.timer_heap.pop() else {
+                break;
+            };
+            let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+            match &key {
+                TxKey::Client(k) => match self.clients.get_mut(k) {
+                    Some(e) if due(e.tx.next_timer()) => e.tx.on_timer(now),
+                    _ => continue,
+                },
+                TxKey::Server(k) => match self.servers.get_mut(k) {
+                    Some(e) if due(e.tx.next_timer()) => e.tx.on_timer(now),
+                    _ => continue,
+                },
             }
+            self.dirty.push(key);
         }
     }
 
@@ -470,7 +624,9 @@ impl Core {
                     self.timers,
                     now,
                 );
-                self.clients.insert(key, ClientEntry { tx, target, events });
+                self.clients
+                    .insert(key.clone(), ClientEntry { tx, target, events });
+                self.dirty.push(TxKey::Client(key));
             }
             Command::Stateless { request, target } => {
                 let bytes = message::request_bytes(&request);
@@ -479,6 +635,7 @@ impl Core {
             Command::Respond { key, response } => {
                 if let Some(e) = self.servers.get_mut(&key) {
                     e.tx.respond(&response, now);
+                    self.dirty.push(TxKey::Server(key));
                 }
             }
             Command::Dialog {
@@ -489,6 +646,9 @@ impl Core {
             }
             Command::Dialog { call_id, tx: None } => {
                 self.dialogs.remove(&call_id);
+            }
+            Command::Abandon { key } => {
+                self.clients.remove(&key);
             }
         }
     }
@@ -509,9 +669,10 @@ impl Core {
             StreamEvent::Down { peer } => {
                 self.streams.remove(&peer);
                 self.pending_streams.remove(&peer);
-                for e in self.clients.values_mut() {
+                for (key, e) in self.clients.iter_mut() {
                     if e.target.addr == peer && e.target.transport.is_reliable() {
                         e.tx.on_transport_error();
+                        self.dirty.push(TxKey::Client(key.clone()));
                     }
                 }
             }
@@ -562,8 +723,12 @@ impl Core {
         else {
             return;
         };
-        match self.clients.get_mut(&client_key(&branch, &method)) {
-            Some(e) => e.tx.on_response(resp, now),
+        let key = client_key(&branch, &method);
+        match self.clients.get_mut(&key) {
+            Some(e) => {
+                e.tx.on_response(resp, now);
+                self.dirty.push(TxKey::Client(key));
+            }
             None => tracing::debug!(%branch, "response matches no transaction; dropped (§18.1.2)"),
         }
     }
@@ -576,18 +741,17 @@ impl Core {
         if method == Method::Ack {
             // Non-2xx ACK matches the INVITE transaction by branch; a 2xx ACK has its own
             // branch and matches by dialog and CSeq (§17.2.3, §13.3.1.4).
-            let key = self
-                .servers
-                .iter()
-                .find(|(k, e)| {
-                    **k == client_key(&branch, &Method::Invite)
-                        || (e.call_id == call_id && e.cseq == cseq)
-                })
-                .map(|(k, _)| k.clone());
+            let by_branch = client_key(&branch, &Method::Invite);
+            let key = if self.servers.contains_key(&by_branch) {
+                Some(by_branch)
+            } else {
+                self.invites.get(&(call_id.clone(), cseq)).cloned()
+            };
             if let Some(key) = key
                 && let Some(e) = self.servers.get_mut(&key)
             {
                 e.tx.on_ack(now);
+                self.dirty.push(TxKey::Server(key));
             }
             if let Some(d) = self.dialogs.get(&call_id) {
                 let _ = d.send(IncomingRequest {
@@ -602,6 +766,7 @@ impl Core {
         let key = client_key(&branch, &method);
         if let Some(e) = self.servers.get_mut(&key) {
             e.tx.on_retransmission();
+            self.dirty.push(TxKey::Server(key));
             return;
         }
         let mut tx = ServerTransaction::new(&method, transport.is_reliable(), self.timers);
@@ -615,6 +780,7 @@ impl Core {
             let code = if matched.is_some() { 200 } else { 481 };
             tx.respond(&response_to(&req, code, None), now);
             if let Some(invite) = matched {
+                self.dirty.push(TxKey::Server(invite_key.clone()));
                 let mut terminated = response_to(&req, 487, Some(&message::random_token()));
                 terminated
                     .headers
@@ -636,7 +802,7 @@ impl Core {
                 });
             }
             self.servers.insert(
-                key,
+                key.clone(),
                 ServerEntry {
                     tx,
                     source,
@@ -645,6 +811,7 @@ impl Core {
                     cseq,
                 },
             );
+            self.dirty.push(TxKey::Server(key));
             return;
         }
         if method == Method::Invite {
@@ -657,6 +824,10 @@ impl Core {
         };
         let in_dialog = message::to_tag(&req).is_some();
         let dialog = self.dialogs.get(&call_id).cloned();
+        if method == Method::Invite {
+            self.invites.insert((call_id.clone(), cseq), key.clone());
+        }
+        self.dirty.push(TxKey::Server(key.clone()));
         self.servers.insert(
             key,
             ServerEntry {
@@ -757,38 +928,74 @@ impl Core {
         ));
     }
 
+    /// Carries out what the transactions touched since the last flush want: bytes to
+    /// send, events for their users, their next timer; ended transactions leave the tables.
     async fn flush(&mut self) {
-        let mut out: Vec<(Target, Vec<u8>)> = Vec::new();
-        self.clients.retain(|_, e| {
-            while let Some(bytes) = e.tx.poll_transmit() {
-                out.push((e.target.clone(), bytes));
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort();
+        dirty.dedup();
+        for key in dirty {
+            match key {
+                TxKey::Client(k) => self.flush_client(k),
+                TxKey::Server(k) => self.flush_server(k),
             }
-            while let Some(ev) = e.tx.poll_event() {
-                let _ = e.events.send(ev);
-            }
-            !e.tx.is_terminated()
-        });
-        for (target, bytes) in out {
+        }
+        self.tables
+            .transactions
+            .store(self.clients.len() + self.servers.len(), Ordering::Relaxed);
+        self.tables
+            .dialogs
+            .store(self.dialogs.len(), Ordering::Relaxed);
+    }
+
+    fn flush_client(&mut self, key: String) {
+        let Some(e) = self.clients.get_mut(&key) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(bytes) = e.tx.poll_transmit() {
+            out.push(bytes);
+        }
+        while let Some(ev) = e.tx.poll_event() {
+            e.events.send(ev);
+        }
+        let target = e.target.clone();
+        if e.tx.is_terminated() {
+            self.clients.remove(&key);
+        } else if let Some(at) = e.tx.next_timer() {
+            self.timer_heap.push(Reverse((at, TxKey::Client(key))));
+        }
+        for bytes in out {
             self.send_to_target(&target, bytes);
         }
-        let mut back = Vec::new();
-        let mut ack_timeouts = Vec::new();
-        self.servers.retain(|_, e| {
-            while let Some(bytes) = e.tx.poll_transmit() {
-                back.push((e.source, e.transport, bytes));
-            }
-            while let Some(ev) = e.tx.poll_event() {
-                if ev == ServerEvent::AckTimeout {
-                    ack_timeouts.push(e.call_id.clone());
-                }
-            }
-            !e.tx.is_terminated()
-        });
-        for (peer, transport, bytes) in back {
-            self.send_back(peer, transport, bytes);
+    }
+
+    fn flush_server(&mut self, key: String) {
+        let Some(e) = self.servers.get_mut(&key) else {
+            return;
+        };
+        let mut out = Vec::new();
+        while let Some(bytes) = e.tx.poll_transmit() {
+            out.push(bytes);
         }
-        for call_id in ack_timeouts {
-            tracing::warn!(%call_id, "no ACK for final response (Timer H)");
+        while let Some(ev) = e.tx.poll_event() {
+            if ev == ServerEvent::AckTimeout {
+                // The call that sent the 2xx runs its own ACK timer and ends itself.
+                tracing::warn!(call_id = %e.call_id, "no ACK for final response (Timer H)");
+            }
+        }
+        let (source, transport) = (e.source, e.transport);
+        if e.tx.is_terminated() {
+            let ended = (e.call_id.clone(), e.cseq);
+            if self.invites.get(&ended) == Some(&key) {
+                self.invites.remove(&ended);
+            }
+            self.servers.remove(&key);
+        } else if let Some(at) = e.tx.next_timer() {
+            self.timer_heap.push(Reverse((at, TxKey::Server(key))));
+        }
+        for bytes in out {
+            self.send_back(source, transport, bytes);
         }
     }
 }

@@ -14,7 +14,7 @@ use super::message;
 use super::registration::{Registration, RegistrationState, RegistrationStep};
 use super::transaction::ClientEvent;
 use super::transport::split_host_port;
-use super::trunk::Trunks;
+use super::trunks::Trunks;
 
 /// Registration state per trunk name, updated as it changes.
 pub type RegistrationStates = watch::Receiver<BTreeMap<String, RegistrationState>>;

@@ -1,0 +1,578 @@
+//! The one driver of a call: a thin task that feeds the SIP endpoint's messages, media, the
+//! caller's commands and time into the sans-IO [`Call`] and carries out what it asks. No
+//! network round trip is awaited here: a BYE or a re-INVITE is a transaction whose answer
+//! arrives as one more input while media keeps flowing. `gateway run` drives browser calls
+//! with it and `gateway dial` a tone caller, so the trunk suite proves the browser's path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::machine::{Call, CallCommand, CallEvent, Route};
+use super::tap::AudioTap;
+use super::{EventSink, Metrics};
+use crate::media::bridge::Bridge;
+use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
+use crate::media::tone::{ToneDetector, ToneGenerator};
+use crate::plugin::{CallHooks, Event, Party};
+use crate::rtc::mux::{MediaMux, MuxRoute};
+use crate::rtc::{BrowserEvent, BrowserLeg};
+use crate::sip::Transmit;
+use crate::sip::endpoint::{Endpoint, IncomingRequest, Responder};
+use crate::sip::transaction::ClientEvent;
+
+/// An outbound call's route, being decided (plugins on the blocking pool, DNS).
+pub type Routing =
+    Pin<Box<dyn Future<Output = (Result<Route, (&'static str, u16)>, Option<CallHooks>)> + Send>>;
+
+/// The caller's side of the call.
+pub enum Caller {
+    /// A browser over WebRTC: Opus ⇄ G.711 through the bridge.
+    Browser(Box<BrowserCaller>),
+    /// `gateway dial`: a probe tone out, tone detection and DTMF on what comes back.
+    Tone(Box<ToneCaller>),
+}
+
+/// A browser's WebRTC leg and its route on the shared media port.
+pub struct BrowserCaller {
+    leg: BrowserLeg,
+    route: MuxRoute,
+    mux: MediaMux,
+    /// Opus ⇄ G.711, with its statistics for the CDR.
+    pub bridge: Bridge,
+    talkspurt: bool,
+    connected: bool,
+}
+
+impl BrowserCaller {
+    /// A browser leg whose datagrams arrive on `route`.
+    pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: Bridge) -> Self {
+        BrowserCaller {
+            leg,
+            route,
+            mux,
+            bridge,
+            talkspurt: true,
+            connected: false,
+        }
+    }
+
+    /// The leg, for the inbound answer.
+    pub fn leg_mut(&mut self) -> &mut BrowserLeg {
+        &mut self.leg
+    }
+}
+
+/// `gateway dial`'s caller: a tone, digits once answered, and a hang-up after `seconds`.
+pub struct ToneCaller {
+    tone: ToneGenerator,
+    /// What came back before the answer.
+    pub early: ToneDetector,
+    /// What came back after it.
+    pub answered: ToneDetector,
+    digits: String,
+    seconds: f64,
+    /// Digits sent once answered.
+    pub dtmf_sent: String,
+    /// Digits received (RFC 4733 or SIP INFO).
+    pub dtmf_received: String,
+    /// Frames not sent because the trunk holds the call.
+    pub frames_held: u64,
+}
+
+impl ToneCaller {
+    /// A caller sending `hz`, pressing `digits` 0.5 s after the answer, hanging up after
+    /// `seconds`.
+    pub fn new(hz: f64, digits: String, seconds: f64) -> Self {
+        ToneCaller {
+            tone: ToneGenerator::new(hz, 8000, 8000),
+            early: ToneDetector::new(hz, 8000, 800),
+            answered: ToneDetector::new(hz, 8000, 800),
+            digits,
+            seconds,
+            dtmf_sent: String::new(),
+            dtmf_received: String::new(),
+            frames_held: 0,
+        }
+    }
+}
+
+/// What a call runs with from the gateway.
+pub struct Wiring<'a> {
+    /// The SIP endpoint.
+    pub endpoint: &'a Endpoint,
+    /// Counters.
+    pub metrics: &'a Metrics,
+    /// Turns true at the drain deadline.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A finished call, for the CDR and reports.
+pub struct Outcome {
+    /// The machine, ended.
+    pub call: Call,
+    /// The trunk stream's statistics.
+    pub rtp: crate::media::session::RtpStats,
+    /// RTP packets received before the answer.
+    pub early_rtp_received: u64,
+    /// Route decided → answer.
+    pub setup: Option<Duration>,
+    /// The caller side, for its figures.
+    pub caller: Caller,
+    /// The plugins that saw the call start.
+    pub hooks: Option<CallHooks>,
+}
+
+/// Everything the loop owns besides the machine.
+struct Run<'a> {
+    wiring: Wiring<'a>,
+    call_id: String,
+    sink: EventSink,
+    rtp: RtpStream,
+    caller: Caller,
+    hooks: Option<CallHooks>,
+    tap: AudioTap,
+    tapping: bool,
+    browser_party: Party,
+    trunk_party: Party,
+    responders: HashMap<u64, Responder>,
+    listening: Vec<String>,
+    next_request: u64,
+    responses: mpsc::UnboundedSender<(u64, ClientEvent)>,
+    requests: mpsc::UnboundedSender<IncomingRequest>,
+    routed_at: Option<Instant>,
+    setup: Option<Duration>,
+    early_rtp_received: u64,
+    answered_at: Option<Instant>,
+    ended: bool,
+}
+
+/// How a call starts: outbound calls wait for their route, inbound ones hold the trunk's
+/// INVITE (the machine answers it as request 0) and the plugins that accepted it.
+#[derive(Default)]
+pub struct Start {
+    /// The route being decided.
+    pub routing: Option<Routing>,
+    /// The trunk's INVITE.
+    pub invite: Option<IncomingRequest>,
+    /// The plugins that saw the call start.
+    pub hooks: Option<CallHooks>,
+}
+
+/// Runs `call` until it is over and its trunk leg has finished.
+pub async fn drive(
+    wiring: Wiring<'_>,
+    mut call: Call,
+    caller: Caller,
+    rtp: RtpStream,
+    start: Start,
+    sink: EventSink,
+    mut commands: mpsc::UnboundedReceiver<CallCommand>,
+) -> Outcome {
+    let Start {
+        mut routing,
+        invite,
+        hooks,
+    } = start;
+    let (responses, mut response_rx) = mpsc::unbounded_channel();
+    let (requests, mut request_rx) = mpsc::unbounded_channel();
+    // Who is who for plugins: the browser places outbound calls, the trunk inbound ones.
+    let (browser_party, trunk_party) = match call.direction() {
+        crate::plugin::Direction::Inbound => (Party::Callee, Party::Caller),
+        crate::plugin::Direction::Outbound => (Party::Caller, Party::Callee),
+    };
+    let mut run = Run {
+        wiring,
+        call_id: call.id().to_string(),
+        sink,
+        rtp,
+        caller,
+        tapping: hooks.as_ref().is_some_and(|h| h.wants_audio()),
+        hooks,
+        tap: AudioTap::default(),
+        browser_party,
+        trunk_party,
+        responders: HashMap::new(),
+        listening: Vec::new(),
+        next_request: 1,
+        responses,
+        requests,
+        routed_at: None,
+        setup: None,
+        early_rtp_received: 0,
+        answered_at: None,
+        ended: false,
+    };
+    if let Some(invite) = invite.and_then(|i| i.responder) {
+        // The machine answers the trunk's INVITE as request 0.
+        run.responders.insert(0, invite);
+    }
+    if matches!(run.caller, Caller::Tone(_)) {
+        call.handle_caller_media(true, Instant::now());
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // One Sleep each, re-armed when a deadline moves, rather than a new timer-wheel entry
+    // on every turn of the loop (three turns per 20 ms).
+    let call_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(call_timer);
+    let mut call_deadline: Option<Instant> = None;
+    let leg_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(leg_timer);
+    let mut leg_deadline: Option<Instant> = None;
+    let mut pcm_in = [0i16; 1500];
+    let mut rtp_buf = [0u8; 1500];
+    loop {
+        run.carry_out(&mut call);
+        if call.is_finished() {
+            break;
+        }
+        let next = call.poll_timeout();
+        if next != call_deadline {
+            call_deadline = next;
+            if let Some(at) = next {
+                call_timer.as_mut().reset(at.into());
+            }
+        }
+        let next = match &mut run.caller {
+            Caller::Browser(b) if !run.ended => b.leg.poll_timeout(),
+            _ => None,
+        };
+        if next != leg_deadline {
+            leg_deadline = next;
+            if let Some(at) = next {
+                leg_timer.as_mut().reset(at.into());
+            }
+        }
+        let media = !run.ended;
+        tokio::select! {
+            routed = async { routing.as_mut().expect("guarded").await }, if routing.is_some() => {
+                routing = None;
+                let (route, hooks) = routed;
+                run.tapping = hooks.as_ref().is_some_and(|h| h.wants_audio());
+                run.hooks = hooks;
+                run.routed_at = Some(Instant::now());
+                call.handle_route(route, Instant::now());
+            }
+            Some((tx, event)) = response_rx.recv() => call.handle_sip_response(tx, event, Instant::now()),
+            Some(incoming) = request_rx.recv() => {
+                let id = run.next_request;
+                run.next_request += 1;
+                if let Some(r) = incoming.responder {
+                    run.responders.insert(id, r);
+                }
+                call.handle_sip_request(id, incoming.request, incoming.source, Instant::now());
+            }
+            _ = &mut call_timer, if call_deadline.is_some() => {
+                call_deadline = None;
+                call.handle_timeout(Instant::now());
+            }
+            _ = &mut leg_timer, if leg_deadline.is_some() => {
+                leg_deadline = None;
+                if let Caller::Browser(b) = &mut run.caller {
+                    b.leg.handle_timeout(Instant::now());
+                }
+            }
+            Some((datagram, peer)) = browser_datagram(&mut run.caller), if media => {
+                if let Caller::Browser(b) = &mut run.caller
+                    && !b.leg.handle_datagram(datagram, peer, Instant::now())
+                {
+                    run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ = ticker.tick(), if media => run.tick(&mut call),
+            received = run.rtp.recv(&mut rtp_buf), if media => {
+                if let Ok((n, source)) = received {
+                    let got = run.rtp.on_datagram(&rtp_buf[..n], source, &mut pcm_in);
+                    run.from_trunk(got, &pcm_in, call.held());
+                }
+            }
+            command = commands.recv(), if media => run.command(&mut call, command),
+            changed = run.wiring.shutdown.changed(), if media => {
+                if changed.is_err() || *run.wiring.shutdown.borrow() {
+                    call.handle_shutdown(Instant::now());
+                }
+            }
+        }
+        run.from_caller(&mut call);
+    }
+    // Nothing of this call may stay routed to it: a leak here would grow the endpoint's
+    // tables for ever.
+    for call_id in run.listening.drain(..) {
+        run.wiring.endpoint.forget_dialog(&call_id);
+    }
+    Outcome {
+        call,
+        rtp: run.rtp.stats.clone(),
+        early_rtp_received: run.early_rtp_received,
+        setup: run.setup,
+        caller: run.caller,
+        hooks: run.hooks,
+    }
+}
+
+/// The browser's next datagram; a tone caller has none.
+async fn browser_datagram(caller: &mut Caller) -> Option<(bytes::BytesMut, std::net::SocketAddr)> {
+    match caller {
+        Caller::Browser(b) => b.route.recv().await,
+        Caller::Tone(_) => std::future::pending().await,
+    }
+}
+
+impl Run<'_> {
+    /// Carries out the machine's transmits and events.
+    fn carry_out(&mut self, call: &mut Call) {
+        loop {
+            let mut progressed = false;
+            while let Some(t) = call.poll_transmit() {
+                progressed = true;
+                self.transmit(t);
+            }
+            while let Some(event) = call.poll_event() {
+                progressed = true;
+                self.event(event);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if let Caller::Browser(b) = &mut self.caller {
+            while let Some((bytes, peer)) = b.leg.poll_transmit() {
+                b.mux.send(&bytes, peer);
+            }
+        }
+    }
+
+    fn transmit(&mut self, t: Transmit) {
+        let endpoint = self.wiring.endpoint;
+        match t {
+            Transmit::Request {
+                tx,
+                request,
+                target,
+            } => endpoint.request_tagged(request, target, tx, self.responses.clone()),
+            Transmit::Stateless { request, target } => endpoint.send_stateless(request, target),
+            Transmit::Respond { id, response } => {
+                let last = response.status_code.code() >= 200;
+                let responder = if last {
+                    self.responders.remove(&id)
+                } else {
+                    self.responders.get(&id).cloned()
+                };
+                if let Some(r) = responder {
+                    r.respond(response);
+                }
+            }
+            Transmit::Abandon { request } => endpoint.abandon(&request),
+            Transmit::Listen(call_id) => {
+                endpoint.route_dialog(&call_id, self.requests.clone());
+                self.listening.push(call_id);
+            }
+            Transmit::Forget(call_id) => {
+                endpoint.forget_dialog(&call_id);
+                self.listening.retain(|c| *c != call_id);
+            }
+        }
+    }
+
+    fn event(&mut self, event: CallEvent) {
+        match &event {
+            CallEvent::TrunkMedia(remote) => self.rtp.set_remote(*remote),
+            CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
+            CallEvent::Ringing => self.plugin_event(Event::Ringing),
+            CallEvent::Held(hold) => self.plugin_event(Event::Hold(*hold)),
+            CallEvent::Dtmf(d) => {
+                self.dtmf_event(self.trunk_party, &d.to_string());
+                if let Caller::Tone(t) = &mut self.caller {
+                    t.dtmf_received.push(*d);
+                }
+            }
+            CallEvent::Answered => {
+                let now = Instant::now();
+                self.answered_at = Some(now);
+                self.early_rtp_received = self.rtp.stats.received;
+                if let Some(at) = self.routed_at {
+                    let setup = now - at;
+                    self.setup = Some(setup);
+                    self.wiring.metrics.record_setup(setup);
+                }
+                self.wiring
+                    .metrics
+                    .calls_answered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.plugin_event(Event::Answered);
+            }
+            CallEvent::Ended { .. } => {
+                self.ended = true;
+                if let Caller::Browser(b) = &mut self.caller {
+                    b.leg.close();
+                }
+            }
+            _ => {}
+        }
+        let _ = self.sink.send((self.call_id.clone(), event));
+    }
+
+    fn plugin_event(&self, event: Event) {
+        if let Some(h) = &self.hooks {
+            h.event(event);
+        }
+    }
+
+    /// Tells the call's plugins about DTMF digits and who pressed them.
+    fn dtmf_event(&self, party: Party, digits: &str) {
+        if let Some(h) = &self.hooks {
+            for d in digits.chars() {
+                h.event(Event::Dtmf((party, d.to_string())));
+            }
+        }
+    }
+
+    /// Every 20 ms: audio to the caller, the tone to the trunk, plugins' audio frames.
+    fn tick(&mut self, call: &mut Call) {
+        let answered = self.answered_at;
+        if self.tapping
+            && answered.is_some()
+            && let Some(h) = self.hooks.as_mut()
+        {
+            h.audio(self.tap.frame(self.browser_party == Party::Caller));
+        }
+        match &mut self.caller {
+            Caller::Browser(b) => match b.bridge.to_browser() {
+                Some(packet) if b.connected => {
+                    let start = std::mem::take(&mut b.talkspurt);
+                    if let Err(e) = b.leg.send_opus(packet, start, Instant::now()) {
+                        tracing::debug!(error = %e, "Opus to browser");
+                    }
+                }
+                _ => {
+                    b.leg.skip_frame();
+                    b.talkspurt = true;
+                }
+            },
+            Caller::Tone(t) => {
+                let mut frame = [0i16; FRAME_SAMPLES];
+                t.tone.fill(&mut frame);
+                let before = self.rtp.stats.sent;
+                let held = self
+                    .rtp
+                    .remote()
+                    .is_some_and(|r| !r.direction.peer_receives());
+                self.rtp.send_frame(&frame);
+                if held && self.rtp.stats.sent == before {
+                    t.frames_held += 1;
+                }
+                let Some(at) = answered else { return };
+                let elapsed = at.elapsed().as_secs_f64();
+                if t.dtmf_sent.is_empty() && !t.digits.is_empty() && elapsed >= 0.5 {
+                    self.rtp.send_digits(&t.digits);
+                    t.dtmf_sent = t.digits.clone();
+                }
+                // Let queued digits finish, but never more than 5 s past the requested length.
+                let digits_pending = !self.rtp.digits_idle() && elapsed < t.seconds + 5.0;
+                if elapsed >= t.seconds && !digits_pending {
+                    call.handle_command(CallCommand::Hangup, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Trunk audio and digits, to the caller.
+    fn from_trunk(&mut self, got: Received, pcm: &[i16], held: bool) {
+        match got {
+            Received::Audio { samples, timestamp } => match &mut self.caller {
+                // On hold the trunk's music is not ours to forward.
+                Caller::Browser(_) if held => {}
+                Caller::Browser(b) => {
+                    b.bridge.from_trunk(timestamp, &pcm[..samples]);
+                    if self.tapping {
+                        self.tap.trunk(&pcm[..samples]);
+                    }
+                }
+                Caller::Tone(t) if self.answered_at.is_some() => t.answered.push(&pcm[..samples]),
+                Caller::Tone(t) => t.early.push(&pcm[..samples]),
+            },
+            Received::Digit(d) => self.event(CallEvent::Dtmf(d)),
+            Received::Nothing => {}
+        }
+    }
+
+    /// A command from the signaling side.
+    fn command(&mut self, call: &mut Call, command: Option<CallCommand>) {
+        let now = Instant::now();
+        match command {
+            None => call.handle_command(CallCommand::Hangup, now),
+            Some(CallCommand::Dtmf(digits)) => {
+                self.dtmf_event(self.browser_party, &digits);
+                self.rtp.send_digits(&digits);
+            }
+            Some(CallCommand::Answer(sdp)) => {
+                let refused = |message: String, kind| CallEvent::Refused { kind, message };
+                let event = match &mut self.caller {
+                    Caller::Browser(b) if call.is_offered() => {
+                        match b.leg.accept_answer(&sdp, now) {
+                            Ok(()) => {
+                                call.handle_caller_answered(now);
+                                None
+                            }
+                            Err(e) => Some(refused(e.to_string(), super::Refusal::BadAnswer)),
+                        }
+                    }
+                    _ => Some(refused(
+                        "this call was not offered to you: `answer` is for `incoming` calls".into(),
+                        super::Refusal::NotOffered,
+                    )),
+                };
+                if let Some(e) = event {
+                    self.event(e);
+                }
+            }
+            Some(other) => call.handle_command(other, now),
+        }
+    }
+
+    /// The browser leg's events: media state, Opus to the trunk, in-band digits.
+    fn from_caller(&mut self, call: &mut Call) {
+        let Caller::Browser(b) = &mut self.caller else {
+            return;
+        };
+        let held = call.held();
+        while let Some(event) = b.leg.poll_event() {
+            match event {
+                BrowserEvent::Connected => {
+                    b.connected = true;
+                    call.handle_caller_media(true, Instant::now());
+                }
+                BrowserEvent::Disconnected => call.handle_caller_media(false, Instant::now()),
+                BrowserEvent::Opus {
+                    sequence, payload, ..
+                } => {
+                    let (rtp, tap, tapping) = (&mut self.rtp, &mut self.tap, self.tapping);
+                    // On hold the browser's audio is decoded (to keep the decoder's state)
+                    // but not forwarded.
+                    b.bridge.from_browser(sequence, &payload, |pcm| {
+                        if !held {
+                            rtp.send_frame(&pcm[..FRAME_SAMPLES]);
+                            if tapping {
+                                tap.browser(&pcm[..FRAME_SAMPLES]);
+                            }
+                        }
+                    });
+                }
+                BrowserEvent::Dtmf(d) => {
+                    if let Some(h) = &self.hooks {
+                        h.event(Event::Dtmf((self.browser_party, d.to_string())));
+                    }
+                    self.rtp.send_digits(&d.to_string());
+                }
+                BrowserEvent::ReceiverReport { fraction_lost } => {
+                    b.bridge.on_browser_report(fraction_lost)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! An inbound call, trunk → browser: the dialled number's route, the plugins' say, the
+//! browser registered for it, then the driver runs the call while the browser rings.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use rsip::prelude::*;
+use tokio::sync::mpsc;
+
+use super::CallContext;
+use super::cdr::{Parties, record, unix_ms};
+use super::driver::{BrowserCaller, Caller, Start, Wiring, drive};
+use super::machine::{Call, CallEvent, InboundInvite};
+use super::outbound::decide;
+use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
+use crate::rtc::BrowserLeg;
+use crate::sip::endpoint::IncomingRequest;
+use crate::sip::message::{random_token, response_to, uri_user};
+use crate::sip::sdp;
+
+/// Offers a call from a trunk to the browser registered for the dialled number, and runs
+/// it. `invite` is the trunk's INVITE (already answered 100 by the endpoint).
+pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingRequest) {
+    let Some(responder) = invite.responder.clone() else {
+        return;
+    };
+    let request = &invite.request;
+    let refuse = |code: u16| responder.respond(response_to(request, code, Some(&random_token())));
+    let dialled = uri_user(&request.uri).unwrap_or_default();
+    // §21.4.5: 404 when the number is routed nowhere; 480 when its browser is not connected.
+    let Some(identity) = ctx.config.inbound.get(&dialled).cloned() else {
+        tracing::info!(%trunk, number = %dialled, "inbound call to an unrouted number: 404");
+        return refuse(404);
+    };
+    let from = request
+        .from_header()
+        .ok()
+        .and_then(|f| f.typed().ok())
+        .and_then(|f| uri_user(&f.uri))
+        .unwrap_or_else(|| "anonymous".into());
+    let call_id = format!("c-{}", random_token());
+    let started_ms = unix_ms();
+    // Plugins decide before anything rings: they may refuse the call or pick another browser.
+    let info = CallInfo {
+        call_id: call_id.clone(),
+        direction: Direction::Inbound,
+        caller: from.clone(),
+        destination: dialled.clone(),
+        trunk: trunk.clone(),
+        number: identity,
+        caller_id: from.clone(),
+    };
+    let (decision, hooks) = decide(&ctx, info).await;
+    let setup = || -> Result<_, u16> {
+        let identity = match decision {
+            Decision::Place { number, .. } => number,
+            Decision::Reject {
+                sip_code,
+                reason,
+                plugin,
+            } => {
+                tracing::info!(%call_id, %plugin, sip_code, %reason, "inbound call rejected by plugin");
+                return Err(sip_code);
+            }
+        };
+        let browser = ctx
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&identity)
+            .cloned()
+            .ok_or(480u16)?;
+        if ctx.draining.load(Ordering::Relaxed) {
+            return Err(503);
+        }
+        let slot = ctx.take_call_slot().ok_or(503u16)?;
+        let (Some(config), Some(channel)) =
+            (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))
+        else {
+            return Err(503);
+        };
+        let remote = sdp::parse_remote(&request.body, &config.codecs, false).map_err(|e| {
+            // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5);
+            // trunks send offers, so this is refused rather than half-supported.
+            tracing::warn!(error = %e, "inbound offer unusable: 488");
+            488u16
+        })?;
+        let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;
+        let local = ctx.local_media(rtp.local_port(), &config.codecs);
+        let (leg, offer) = BrowserLeg::offer(
+            ctx.mux.local_addr(),
+            ctx.media_ip,
+            &ctx.dtls,
+            Instant::now(),
+        )
+        .map_err(|_| 500u16)?;
+        let invite = InboundInvite {
+            id: 0,
+            request: request.clone(),
+            source: invite.source,
+            transport: invite.transport,
+            trunk: trunk.clone(),
+            rtp_source: config.rtp_source,
+            channel,
+            remote,
+            local,
+        };
+        Ok((slot, browser, invite, rtp, bridge, leg, offer))
+    };
+    let (_slot, browser, inbound, rtp, bridge, leg, offer) = match setup() {
+        Ok(parts) => parts,
+        Err(code) => {
+            refuse(code);
+            if let Some(hooks) = hooks {
+                hooks
+                    .end(CallEnd {
+                        reason: super::machine::failure_reason(code).into(),
+                        sip_code: code,
+                        duration_ms: 0,
+                        trunk: Some(trunk),
+                        sip_call_id: None,
+                        started_ms,
+                        answered_ms: None,
+                    })
+                    .await;
+            }
+            return;
+        }
+    };
+    ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+    let machine = Call::inbound(
+        &call_id,
+        ctx.call_settings(),
+        ctx.endpoint.local().clone(),
+        ctx.trunks.clone(),
+        inbound,
+        Instant::now(),
+    );
+    let route = ctx.mux.register(leg.ufrag());
+    let (commands_tx, commands) = mpsc::unbounded_channel();
+    let _ = browser.calls.send((call_id.clone(), commands_tx));
+    let _ = browser.events.send((
+        call_id.clone(),
+        CallEvent::Offered {
+            from: from.clone(),
+            to: dialled.clone(),
+            sdp: offer,
+        },
+    ));
+    let caller = Caller::Browser(Box::new(BrowserCaller::new(
+        leg,
+        route,
+        ctx.mux.clone(),
+        bridge,
+    )));
+    let wiring = Wiring {
+        endpoint: &ctx.endpoint,
+        metrics: &ctx.metrics,
+        shutdown: ctx.shutdown.subscribe(),
+    };
+    let outcome = drive(
+        wiring,
+        machine,
+        caller,
+        rtp,
+        Start {
+            routing: None,
+            invite: Some(invite),
+            hooks,
+        },
+        browser.events.clone(),
+        commands,
+    )
+    .await;
+    let parties = Parties {
+        call_id,
+        from,
+        to: dialled,
+    };
+    let media = match &outcome.caller {
+        Caller::Browser(b) => Some((b.bridge.stats, b.bridge.jitter_stats())),
+        Caller::Tone(_) => None,
+    };
+    record(
+        &ctx,
+        &parties,
+        started_ms,
+        &outcome.call,
+        media,
+        Some(&outcome.rtp),
+        outcome.hooks,
+    )
+    .await;
+}

@@ -1,0 +1,978 @@
+//! The call as a sans-IO state machine: the whole life of one call, outbound (browser →
+//! trunk) and inbound (trunk → browser): routing, ringing and early media, the answer,
+//! hold as an offer/answer exchange, hang-up from either side, CANCEL races, the ring,
+//! connect and ACK timeouts, and the end reason. It takes SIP messages, the caller's
+//! commands and `now`, and yields [`Transmit`]s for the SIP endpoint and [`CallEvent`]s for
+//! the signaling side, the media and the plugins. The driver in [`super::driver`] does the
+//! I/O; every transition is tested here in virtual time.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rsip::prelude::*;
+use rsip::{Header, Method, Request};
+
+use crate::config::{RtpSource, Transport};
+use crate::plugin::Direction as CallDirection;
+use crate::sip::Transmit;
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::SipLocal;
+use crate::sip::message::{self, response_to};
+use crate::sip::sdp::{self, Direction, LocalMedia, RemoteMedia};
+use crate::sip::transaction::{ClientEvent, Timers};
+use crate::sip::transport::Target;
+use crate::sip::trunks::{ChannelGuard, Trunks};
+use crate::sip::uac::{Answered, CallFailure, CallRequest, Candidate, Uac, UacEvent};
+
+/// Where a call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Outbound: the plugins and the trunk table are being asked where it goes.
+    Routing,
+    /// Outbound: INVITE sent, nothing back yet.
+    Dialing,
+    /// Outbound: 180 received. Inbound: the browser was offered the call and rings.
+    Ringing,
+    /// Outbound: 183 with SDP: the browser hears the trunk's early media.
+    EarlyMedia,
+    /// Both legs are up.
+    Answered,
+    /// Over (the trunk leg may still be finishing its BYE or CANCEL).
+    Ended,
+}
+
+/// What the call tells the outside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// Inbound: the browser is offered the call (sent by the set-up, not the machine).
+    Offered {
+        /// The trunk caller.
+        from: String,
+        /// The number dialled.
+        to: String,
+        /// Our WebRTC offer.
+        sdp: String,
+    },
+    /// The far end rings.
+    Ringing,
+    /// Another provisional response (183 …).
+    Progress {
+        /// Its status.
+        code: u16,
+    },
+    /// Both legs are up.
+    Answered,
+    /// The call is over.
+    Ended {
+        /// One of the documented `ended.reason` values.
+        reason: String,
+        /// The SIP status that ended it.
+        sip_code: u16,
+    },
+    /// The trunk side pressed a key (SIP INFO).
+    Dtmf(char),
+    /// A command could not be carried out; the call goes on.
+    Refused {
+        /// Why, in the user's terms.
+        kind: Refusal,
+        /// What happened.
+        message: String,
+    },
+    /// Trunk media goes here now (answer, early media, re-INVITE).
+    TrunkMedia(RemoteMedia),
+    /// The trunk's RTP may come from this policy and signalling address.
+    TrunkSource {
+        /// The trunk's `rtp_source`.
+        policy: RtpSource,
+        /// The trunk's signalling IP.
+        ip: IpAddr,
+    },
+    /// The call was put on hold (true) or resumed; media pauses meanwhile.
+    Held(bool),
+    /// The trunk re-INVITEd and was answered.
+    TrunkReinvite,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Hold or DTMF before the answer.
+    NotAnswered,
+    /// The trunk refused or did not answer a re-INVITE.
+    TrunkRefused,
+    /// `answer` for a call that was not offered to this browser (or no longer rings).
+    NotOffered,
+    /// The browser's SDP answer is unusable.
+    BadAnswer,
+}
+
+/// What the signaling side can ask of a running call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCommand {
+    /// Hang up.
+    Hangup,
+    /// Send DTMF digits to the trunk.
+    Dtmf(String),
+    /// The browser accepted an inbound call with this SDP answer.
+    Answer(String),
+    /// Hold (true) or resume (false).
+    Hold(bool),
+}
+
+/// Settings every call takes from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct CallSettings {
+    /// How long a call may ring before it is given up (`no_answer`).
+    pub ring_timeout: Duration,
+    /// How long the browser's ICE and DTLS may take.
+    pub connect_timeout: Duration,
+    /// SIP timers (64·T1 bounds the ACK wait and a CANCEL's completion).
+    pub timers: Timers,
+}
+
+impl Default for CallSettings {
+    fn default() -> Self {
+        CallSettings {
+            ring_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(15),
+            timers: Timers::default(),
+        }
+    }
+}
+
+/// Where an outbound call goes, once the plugins and the trunk table have said.
+#[derive(Debug)]
+pub struct Route {
+    /// The INVITE's contents.
+    pub request: CallRequest,
+    /// Addresses to try, in order.
+    pub candidates: Vec<Candidate>,
+    /// Our trunk-side media.
+    pub local: LocalMedia,
+}
+
+/// An INVITE from a trunk, as the call received it.
+#[derive(Debug)]
+pub struct InboundInvite {
+    /// The id to answer it with.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// Over which transport.
+    pub transport: Transport,
+    /// The trunk it came from.
+    pub trunk: String,
+    /// Where that trunk's RTP may come from.
+    pub rtp_source: RtpSource,
+    /// The trunk channel the call holds.
+    pub channel: ChannelGuard,
+    /// The INVITE's offer, parsed.
+    pub remote: RemoteMedia,
+    /// Our trunk-side media.
+    pub local: LocalMedia,
+}
+
+/// The established trunk dialog.
+#[derive(Debug)]
+struct TrunkLeg {
+    dialog: Dialog,
+    target: Target,
+    _channel: ChannelGuard,
+}
+
+/// Our re-INVITE waiting for its answer.
+#[derive(Debug)]
+struct Reinvite {
+    tx: u64,
+    seq: u32,
+    hold: bool,
+}
+
+/// One call.
+#[derive(Debug)]
+pub struct Call {
+    id: String,
+    direction: CallDirection,
+    settings: CallSettings,
+    sip: SipLocal,
+    trunks: Arc<Trunks>,
+    phase: Phase,
+    local: Option<LocalMedia>,
+    sdp_version: u64,
+    uac: Option<Uac>,
+    leg: Option<TrunkLeg>,
+    /// Inbound: the trunk's INVITE until it has its final response, and our To tag.
+    invite: Option<(InboundInvite, String)>,
+    /// In-dialog requests that arrived before the 2xx they race, replayed after it.
+    early: Vec<(u64, Request, SocketAddr)>,
+    ring_deadline: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    ack_deadline: Option<Instant>,
+    caller_connected: bool,
+    held: bool,
+    reinvite: Option<Reinvite>,
+    bye: Option<u64>,
+    bye_after_ack: bool,
+    trunk_used: Option<String>,
+    sip_call_id: Option<String>,
+    answered_at: Option<Instant>,
+    end: Option<(String, u16)>,
+    failure: Option<CallFailure>,
+    next_tx: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<CallEvent>,
+}
+
+/// The `ended.reason` for a failed INVITE.
+pub fn failure_reason(code: u16) -> &'static str {
+    match code {
+        486 | 600 => "busy",
+        408 | 480 => "no_answer",
+        487 => "hangup",
+        404 | 484 | 604 => "not_found",
+        500..=599 => "trunk_unavailable",
+        _ => "rejected",
+    }
+}
+
+/// Requests that may arrive before the 2xx they race and wait for it.
+const EARLY_REQUESTS: usize = 8;
+
+impl Call {
+    fn new(
+        id: &str,
+        direction: CallDirection,
+        settings: CallSettings,
+        sip: SipLocal,
+        trunks: Arc<Trunks>,
+    ) -> Call {
+        Call {
+            id: id.to_string(),
+            direction,
+            settings,
+            sip,
+            trunks,
+            phase: Phase::Routing,
+            local: None,
+            sdp_version: 1,
+            uac: None,
+            leg: None,
+            invite: None,
+            early: Vec::new(),
+            ring_deadline: None,
+            connect_deadline: None,
+            ack_deadline: None,
+            caller_connected: false,
+            held: false,
+            reinvite: None,
+            bye: None,
+            bye_after_ack: false,
+            trunk_used: None,
+            sip_call_id: None,
+            answered_at: None,
+            end: None,
+            failure: None,
+            next_tx: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// A call from the browser to a trunk, waiting for its route. `connect_deadline`
+    /// starts now: the browser already has our answer and is connecting.
+    pub fn outbound(
+        id: &str,
+        settings: CallSettings,
+        sip: SipLocal,
+        trunks: Arc<Trunks>,
+        now: Instant,
+    ) -> Call {
+        let mut call = Call::new(id, CallDirection::Outbound, settings, sip, trunks);
+        call.connect_deadline = Some(now + settings.connect_timeout);
+        call
+    }
+
+    /// A call from a trunk, offered to a browser: the trunk hears 180 until the browser
+    /// answers, the ring timeout passes, or either side gives up.
+    pub fn inbound(
+        id: &str,
+        settings: CallSettings,
+        sip: SipLocal,
+        trunks: Arc<Trunks>,
+        invite: InboundInvite,
+        now: Instant,
+    ) -> Call {
+        let mut call = Call::new(id, CallDirection::Inbound, settings, sip, trunks);
+        let tag = message::random_token();
+        call.phase = Phase::Ringing;
+        call.ring_deadline = Some(now + settings.ring_timeout);
+        call.trunk_used = Some(invite.trunk.clone());
+        call.sip_call_id = message::call_id(&invite.request);
+        call.local = Some(invite.local.clone());
+        if let Some(id) = &call.sip_call_id {
+            call.transmits.push_back(Transmit::Listen(id.clone()));
+        }
+        call.events.push_back(CallEvent::TrunkSource {
+            policy: invite.rtp_source,
+            ip: invite.source.ip(),
+        });
+        call.events
+            .push_back(CallEvent::TrunkMedia(invite.remote.clone()));
+        call.transmits.push_back(Transmit::Respond {
+            id: invite.id,
+            response: response_to(&invite.request, 180, Some(&tag)),
+        });
+        call.invite = Some((invite, tag));
+        call
+    }
+
+    /// The gateway's id for the call.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Outbound or inbound.
+    pub fn direction(&self) -> CallDirection {
+        self.direction
+    }
+
+    /// Where the call stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// When both legs came up.
+    pub fn answered_at(&self) -> Option<Instant> {
+        self.answered_at
+    }
+
+    /// The end reason and SIP status, once ended.
+    pub fn end(&self) -> Option<&(String, u16)> {
+        self.end.as_ref()
+    }
+
+    /// Why the trunk did not connect, when it did not.
+    pub fn failure(&self) -> Option<&CallFailure> {
+        self.failure.as_ref()
+    }
+
+    /// The trunk used (the last one tried, or the one that answered).
+    pub fn trunk_used(&self) -> Option<&str> {
+        self.trunk_used.as_deref()
+    }
+
+    /// The trunk side's Call-ID.
+    pub fn sip_call_id(&self) -> Option<&str> {
+        self.sip_call_id.as_deref()
+    }
+
+    /// True while the trunk media must pause (hold).
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// Inbound: true while the browser may still answer.
+    pub fn is_offered(&self) -> bool {
+        self.invite.is_some() && self.phase == Phase::Ringing
+    }
+
+    /// True once the call is over and nothing on the trunk is left to finish: the driver
+    /// may stop.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Ended
+            && self.uac.as_ref().is_none_or(|u| u.is_done())
+            && self.bye.is_none()
+            && !self.bye_after_ack
+            && self.transmits.is_empty()
+            && self.events.is_empty()
+    }
+
+    fn tx_id(&mut self) -> u64 {
+        self.next_tx += 1;
+        self.next_tx
+    }
+
+    /// Ends the call (once) and takes the trunk leg down as its state requires.
+    fn finish(&mut self, reason: &str, code: u16, now: Instant) {
+        if self.end.is_some() {
+            return;
+        }
+        self.phase = Phase::Ended;
+        self.end = Some((reason.to_string(), code));
+        self.ring_deadline = None;
+        self.connect_deadline = None;
+        self.events.push_back(CallEvent::Ended {
+            reason: reason.to_string(),
+            sip_code: code,
+        });
+        if let Some(uac) = self.uac.as_mut() {
+            uac.cancel(now);
+            self.pump_uac(now);
+        }
+        if let Some((invite, tag)) = self.invite.take() {
+            // The browser never answered: the trunk's INVITE gets its final response.
+            let code = if reason == "no_answer" { 480 } else { 603 };
+            self.transmits.push_back(Transmit::Respond {
+                id: invite.id,
+                response: response_to(&invite.request, code, Some(&tag)),
+            });
+            self.forget_dialog();
+        }
+        self.hang_up_leg();
+    }
+
+    fn forget_dialog(&mut self) {
+        if let Some(id) = self.sip_call_id.clone() {
+            self.transmits.push_back(Transmit::Forget(id));
+        }
+    }
+
+    /// BYE on an established trunk leg; after the ACK when we still wait for it (§15).
+    fn hang_up_leg(&mut self) {
+        if self.leg.is_none() || self.bye.is_some() {
+            return;
+        }
+        if self.ack_deadline.is_some() {
+            self.bye_after_ack = true;
+            return;
+        }
+        let tx = self.tx_id();
+        let leg = self.leg.as_mut().expect("checked");
+        let via = self.sip.via(leg.target.transport, &message::new_branch());
+        let request = leg.dialog.request(Method::Bye, via, vec![], vec![]);
+        let target = leg.target.clone();
+        self.bye = Some(tx);
+        self.transmits.push_back(Transmit::Request {
+            tx,
+            request,
+            target,
+        });
+    }
+
+    /// The plugins and trunk table decided: place the call, or end it with `Err((reason,
+    /// code))` (a plugin's refusal, no trunk, no media).
+    pub fn handle_route(&mut self, route: Result<Route, (&str, u16)>, now: Instant) {
+        if self.phase != Phase::Routing {
+            return;
+        }
+        match route {
+            Err((reason, code)) => self.finish(reason, code, now),
+            Ok(route) => {
+                self.phase = Phase::Dialing;
+                self.ring_deadline = Some(now + self.settings.ring_timeout);
+                self.local = Some(route.local);
+                self.uac = Some(Uac::new(
+                    self.sip.clone(),
+                    self.trunks.clone(),
+                    route.request,
+                    route.candidates,
+                    self.settings.timers,
+                    now,
+                ));
+                self.pump_uac(now);
+            }
+        }
+    }
+
+    /// The response (or timeout) of one of the call's client transactions.
+    pub fn handle_sip_response(&mut self, tx: u64, event: ClientEvent, now: Instant) {
+        if let Some(uac) = self.uac.as_mut().filter(|u| u.owns(tx)) {
+            uac.handle_response(tx, event, now);
+            return self.pump_uac(now);
+        }
+        let code = match &event {
+            ClientEvent::Response(r) => r.status_code.code(),
+            ClientEvent::Timeout => 408,
+        };
+        if code < 200 {
+            return;
+        }
+        if self.bye == Some(tx) {
+            self.bye = None;
+            self.forget_dialog();
+            return;
+        }
+        if let Some(pending) = self.reinvite.take_if(|r| r.tx == tx) {
+            self.on_reinvite_answer(pending, event, code);
+        }
+    }
+
+    fn on_reinvite_answer(&mut self, pending: Reinvite, event: ClientEvent, code: u16) {
+        if self.phase == Phase::Ended && self.leg.is_none() {
+            return; // the trunk hung up meanwhile
+        }
+        let what = if pending.hold { "hold" } else { "resume" };
+        let (Some(leg), ClientEvent::Response(response)) = (self.leg.as_ref(), event) else {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                format!("the trunk did not answer the {what} re-INVITE"),
+            );
+        };
+        if !(200..300).contains(&code) {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                format!("the trunk refused the {what} re-INVITE with {code}"),
+            );
+        }
+        let via = self.sip.via(leg.target.transport, &message::new_branch());
+        self.transmits.push_back(Transmit::Stateless {
+            request: leg.dialog.ack(pending.seq, via),
+            target: leg.target.clone(),
+        });
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let codecs = self
+            .local
+            .as_ref()
+            .map(|l| l.codecs.clone())
+            .unwrap_or_default();
+        if let Ok(remote) = sdp::parse_remote(&response.body, &codecs, true) {
+            self.events.push_back(CallEvent::TrunkMedia(remote));
+        }
+        self.held = pending.hold;
+        self.events.push_back(CallEvent::Held(pending.hold));
+    }
+
+    fn refuse(&mut self, kind: Refusal, message: String) {
+        self.events.push_back(CallEvent::Refused { kind, message });
+    }
+
+    /// Carries the INVITE client's output into the call.
+    fn pump_uac(&mut self, now: Instant) {
+        let Some(mut uac) = self.uac.take() else {
+            return;
+        };
+        while let Some(t) = uac.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+        while let Some(event) = uac.poll_event() {
+            self.on_uac_event(event, now);
+        }
+        self.uac = Some(uac);
+    }
+
+    fn on_uac_event(&mut self, event: UacEvent, now: Instant) {
+        let ended = self.phase == Phase::Ended;
+        match event {
+            UacEvent::Trying {
+                trunk,
+                addr,
+                rtp_source,
+                call_id,
+            } => {
+                self.trunk_used = Some(trunk);
+                self.sip_call_id = Some(call_id);
+                self.events.push_back(CallEvent::TrunkSource {
+                    policy: rtp_source,
+                    ip: addr.ip(),
+                });
+            }
+            UacEvent::Provisional { .. } if ended || self.phase == Phase::Answered => {}
+            UacEvent::Provisional { code, sdp } => {
+                let codecs = self
+                    .local
+                    .as_ref()
+                    .map(|l| l.codecs.clone())
+                    .unwrap_or_default();
+                let early = sdp.and_then(|b| sdp::parse_remote(&b, &codecs, true).ok());
+                let early_media = early.is_some();
+                if let Some(remote) = early {
+                    self.events.push_back(CallEvent::TrunkMedia(remote));
+                }
+                if code == 180 && !early_media {
+                    self.phase = Phase::Ringing;
+                    self.events.push_back(CallEvent::Ringing);
+                } else {
+                    if early_media {
+                        self.phase = Phase::EarlyMedia;
+                    }
+                    self.events.push_back(CallEvent::Progress { code });
+                }
+            }
+            UacEvent::Answered(answered) => self.on_answered(*answered, now),
+            UacEvent::Failed(failure) => {
+                let code = failure.sip_code();
+                self.failure = Some(failure);
+                if !ended {
+                    self.finish(failure_reason(code), code, now);
+                }
+            }
+        }
+    }
+
+    fn on_answered(&mut self, answered: Answered, now: Instant) {
+        let Answered {
+            trunk,
+            target,
+            dialog,
+            answer_sdp,
+            channel,
+        } = answered;
+        self.sip_call_id = Some(dialog.call_id.clone());
+        self.trunk_used = Some(trunk);
+        self.leg = Some(TrunkLeg {
+            dialog,
+            target,
+            _channel: channel,
+        });
+        if self.phase == Phase::Ended {
+            // §9.1: the 2xx crossed our CANCEL: the call exists at the trunk; end it.
+            return self.hang_up_leg();
+        }
+        self.ring_deadline = None;
+        let codecs = self
+            .local
+            .as_ref()
+            .map(|l| l.codecs.clone())
+            .unwrap_or_default();
+        if let Ok(remote) = sdp::parse_remote(&answer_sdp, &codecs, true) {
+            self.events.push_back(CallEvent::TrunkMedia(remote));
+        }
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.events.push_back(CallEvent::Answered);
+        for (id, request, source) in std::mem::take(&mut self.early) {
+            self.handle_sip_request(id, request, source, now);
+        }
+    }
+
+    /// A request from the trunk for this call's dialog. ACK and CANCEL (which the endpoint
+    /// has answered already) take no response.
+    pub fn handle_sip_request(
+        &mut self,
+        id: u64,
+        request: Request,
+        source: SocketAddr,
+        now: Instant,
+    ) {
+        let method = request.method;
+        if self.invite.is_some() {
+            return self.while_offered(id, request, now);
+        }
+        if method == Method::Ack || method == Method::Cancel {
+            if method == Method::Ack && self.ack_deadline.take().is_some() && self.bye_after_ack {
+                self.bye_after_ack = false;
+                self.hang_up_leg();
+            }
+            return;
+        }
+        let Some(leg) = self.leg.as_mut() else {
+            if self.uac.as_ref().is_some_and(|u| !u.is_done()) && self.early.len() < EARLY_REQUESTS
+            {
+                self.early.push((id, request, source));
+            } else {
+                let response = response_to(&request, 481, Some(&message::random_token()));
+                self.transmits.push_back(Transmit::Respond { id, response });
+            }
+            return;
+        };
+        // From this dialog's peer (the endpoint serves trunk addresses only; this keeps one
+        // trunk, or a host in its pool, from ending or moving another peer's call by its
+        // Call-ID), naming it, in sequence (§12.2.2).
+        let ip = source.ip();
+        let accepted = if ip != leg.target.addr.ip() && !leg.dialog.peer_ips().contains(&ip) {
+            tracing::warn!(source = %ip, call_id = %leg.dialog.call_id, %method, "in-dialog request from an address that is not this dialog's peer refused");
+            Err(403)
+        } else {
+            leg.dialog.accept_remote(&request)
+        };
+        let respond = |this: &mut Call, code: u16, extra: Option<String>| {
+            let Some(leg) = this.leg.as_ref() else { return };
+            let mut response = leg.dialog.response(&request, code);
+            if let Some(sdp) = extra {
+                response
+                    .headers
+                    .push(Header::Contact(rsip::headers::Contact::new(format!(
+                        "<{}>",
+                        this.sip.contact_uri("gw", leg.target.transport)
+                    ))));
+                response
+                    .headers
+                    .push(Header::ContentType(rsip::headers::ContentType::new(
+                        "application/sdp",
+                    )));
+                response.body = sdp.into_bytes();
+            }
+            this.transmits.push_back(Transmit::Respond { id, response });
+        };
+        if let Err(code) = accepted {
+            return respond(self, code, None);
+        }
+        let ended = self.phase == Phase::Ended;
+        match method {
+            Method::Bye => {
+                respond(self, 200, None);
+                // The dialog is over: no BYE of ours follows. A BYE crossing ours is
+                // answered and changes nothing else (§15.1.2).
+                self.leg = None;
+                if self.bye.is_none() {
+                    self.forget_dialog();
+                }
+                self.ack_deadline = None;
+                self.bye_after_ack = false;
+                self.finish("remote_hangup", 200, now);
+            }
+            _ if ended => respond(self, 481, None),
+            // §14.2: a re-INVITE while ours is pending gets 491.
+            Method::Invite if self.reinvite.is_some() => respond(self, 491, None),
+            Method::Invite => {
+                let (code, sdp) = self.answer_reinvite(&request.body);
+                respond(self, code, sdp);
+            }
+            Method::Info => {
+                let body = String::from_utf8_lossy(&request.body).to_string();
+                let digit = body
+                    .lines()
+                    .find_map(|l| {
+                        l.trim()
+                            .strip_prefix("Signal")
+                            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+                    })
+                    .and_then(|v| v.chars().next());
+                respond(self, if digit.is_some() { 200 } else { 415 }, None);
+                if let Some(d) = digit {
+                    self.events.push_back(CallEvent::Dtmf(d));
+                }
+            }
+            _ => respond(self, 200, None),
+        }
+    }
+
+    /// Answers a re-INVITE per RFC 3264: an offer gets the mirrored direction (hold:
+    /// `sendonly` gets `recvonly`) and moves our media; an offerless one gets our offer
+    /// (§5); an unusable offer gets 488.
+    fn answer_reinvite(&mut self, offer: &[u8]) -> (u16, Option<String>) {
+        let Some(local) = self.local.clone() else {
+            return (488, None);
+        };
+        self.sdp_version += 1;
+        if offer.is_empty() {
+            let ours = sdp::offer(&local, self.sdp_version, Direction::SendRecv);
+            return (200, Some(ours));
+        }
+        match sdp::parse_remote(offer, &local.codecs, false) {
+            Ok(remote) => {
+                let answer = sdp::answer(&local, self.sdp_version, &remote);
+                self.events.push_back(CallEvent::TrunkMedia(remote));
+                self.events.push_back(CallEvent::TrunkReinvite);
+                (200, Some(answer))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-INVITE offer refused with 488");
+                (488, None)
+            }
+        }
+    }
+
+    /// Inbound, before the browser answered: the trunk may only give up (CANCEL).
+    fn while_offered(&mut self, id: u64, request: Request, now: Instant) {
+        match request.method {
+            // The endpoint has answered the CANCEL and sent 487 (§9.2).
+            Method::Cancel => {
+                self.invite = None;
+                self.forget_dialog();
+                self.finish("remote_hangup", 487, now);
+            }
+            Method::Ack => {}
+            _ => {
+                let response = response_to(&request, 491, Some(&message::random_token()));
+                self.transmits.push_back(Transmit::Respond { id, response });
+            }
+        }
+    }
+
+    /// The browser accepted an inbound call (its answer already applied to its leg): the
+    /// trunk gets 200 with our SDP, and the call waits for the ACK.
+    pub fn handle_caller_answered(&mut self, now: Instant) {
+        let Some((invite, tag)) = self.invite.take() else {
+            return;
+        };
+        let Some(dialog) = Dialog::from_uas(&invite.request, &tag) else {
+            let response = response_to(&invite.request, 400, Some(&tag));
+            self.transmits.push_back(Transmit::Respond {
+                id: invite.id,
+                response,
+            });
+            self.forget_dialog();
+            return self.finish("rejected", 400, now);
+        };
+        let mut ok = response_to(&invite.request, 200, Some(&tag));
+        ok.headers
+            .push(Header::Contact(rsip::headers::Contact::new(format!(
+                "<{}>",
+                self.sip.contact_uri("gw", invite.transport)
+            ))));
+        ok.headers
+            .push(Header::ContentType(rsip::headers::ContentType::new(
+                "application/sdp",
+            )));
+        ok.body = sdp::answer(&invite.local, 1, &invite.remote).into_bytes();
+        self.transmits.push_back(Transmit::Respond {
+            id: invite.id,
+            response: ok,
+        });
+        self.leg = Some(TrunkLeg {
+            dialog,
+            target: Target {
+                addr: invite.source,
+                transport: invite.transport,
+                host: invite.source.ip().to_string(),
+                tls: None,
+            },
+            _channel: invite.channel,
+        });
+        self.ring_deadline = None;
+        // §13.3.1.4: the 2xx is retransmitted until the ACK; a UAS that gets none within
+        // 64·T1 ends the dialog with BYE.
+        self.ack_deadline = Some(now + 64 * self.settings.timers.t1);
+        self.connect_deadline = Some(now + self.settings.connect_timeout);
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.events.push_back(CallEvent::Answered);
+    }
+
+    /// The browser's media connected (`true`) or failed for good (`false`).
+    pub fn handle_caller_media(&mut self, connected: bool, now: Instant) {
+        if connected {
+            self.caller_connected = true;
+            self.connect_deadline = None;
+        } else {
+            let code = if self.answered_at.is_some() { 200 } else { 487 };
+            self.finish("media_failed", code, now);
+        }
+    }
+
+    /// A command from the browser's side. `Answer` is the driver's (it needs the leg).
+    pub fn handle_command(&mut self, command: CallCommand, now: Instant) {
+        match command {
+            CallCommand::Hangup => {
+                let code = if self.answered_at.is_some() { 200 } else { 487 };
+                self.finish("hangup", code, now);
+            }
+            CallCommand::Hold(hold) => self.hold(hold),
+            CallCommand::Dtmf(_) | CallCommand::Answer(_) => {}
+        }
+    }
+
+    /// The gateway's drain deadline passed.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        let code = if self.answered_at.is_some() { 200 } else { 487 };
+        self.finish("shutdown", code, now);
+    }
+
+    fn hold(&mut self, hold: bool) {
+        if self.phase != Phase::Answered || self.leg.is_none() {
+            return self.refuse(
+                Refusal::NotAnswered,
+                "hold and unhold need an answered call".into(),
+            );
+        }
+        if self.reinvite.is_some() {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                "a re-INVITE is already waiting for the trunk's answer; try again".into(),
+            );
+        }
+        if hold == self.held {
+            return;
+        }
+        let Some(local) = self.local.clone() else {
+            return;
+        };
+        self.sdp_version += 1;
+        let direction = if hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let offer = sdp::offer(&local, self.sdp_version, direction);
+        let tx = self.tx_id();
+        let leg = self.leg.as_mut().expect("checked");
+        let transport = leg.target.transport;
+        let extra = vec![
+            Header::Contact(rsip::headers::Contact::new(format!(
+                "<{}>",
+                self.sip.contact_uri("gw", transport)
+            ))),
+            Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
+        ];
+        let via = self.sip.via(transport, &message::new_branch());
+        let request = leg
+            .dialog
+            .request(Method::Invite, via, extra, offer.into_bytes());
+        let seq = message::cseq(&request).map(|c| c.0).unwrap_or(1);
+        let target = leg.target.clone();
+        self.reinvite = Some(Reinvite { tx, seq, hold });
+        self.transmits.push_back(Transmit::Request {
+            tx,
+            request,
+            target,
+        });
+    }
+
+    /// Runs the timers that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.ring_deadline) {
+            self.ring_deadline = None;
+            tracing::info!(call_id = %self.id, "nobody answered within the ring timeout");
+            let code = if self.direction == CallDirection::Inbound {
+                480
+            } else {
+                408
+            };
+            self.finish("no_answer", code, now);
+        }
+        if due(self.connect_deadline) {
+            self.connect_deadline = None;
+            if !self.caller_connected {
+                self.handle_caller_media(false, now);
+            }
+        }
+        if due(self.ack_deadline) {
+            self.ack_deadline = None;
+            tracing::warn!(call_id = %self.id, "the trunk never ACKed our 200; ending the call with BYE");
+            self.bye_after_ack = false;
+            self.finish("no_ack", 408, now);
+            self.hang_up_leg();
+        }
+        if let Some(uac) = self.uac.as_mut()
+            && due(uac.poll_timeout())
+        {
+            uac.handle_timeout(now);
+            self.pump_uac(now);
+        }
+    }
+
+    /// When [`Self::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.ring_deadline,
+            self.connect_deadline,
+            self.ack_deadline,
+            self.uac.as_ref().and_then(|u| u.poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Next thing for the SIP endpoint.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event for the outside.
+    pub fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

@@ -1,0 +1,231 @@
+//! An outbound call, browser → trunk: the plugins decide where it goes (on the blocking
+//! pool), the trunk table and DNS give the addresses to try, and the driver runs it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use super::cdr::{Parties, record, unix_ms};
+use super::driver::{BrowserCaller, Caller, Routing, Start, Wiring, drive};
+use super::machine::{Call, CallCommand, Route};
+use super::{CallContext, CallSlot, EventSink};
+use crate::plugin::{CallHooks, CallInfo, Decision, Direction};
+use crate::rtc::BrowserLeg;
+use crate::rtc::mux::MuxRoute;
+use crate::sip::sdp;
+use crate::sip::trunks::Trunks;
+use crate::sip::uac::{CallRequest, Candidate, Uac};
+
+/// Who a browser's call is from and where it asked to go.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Gateway call id.
+    pub call_id: String,
+    /// Caller (token subject or `anonymous`).
+    pub from: String,
+    /// What the browser asked for (target name or number).
+    pub to: String,
+    /// Trunk to use first.
+    pub trunk: String,
+    /// Number to dial on it.
+    pub number: String,
+}
+
+/// Runs an outbound call from a browser whose offer `leg` has answered, until it ends.
+pub async fn run_outbound(
+    ctx: Arc<CallContext>,
+    _slot: CallSlot,
+    call: Outbound,
+    leg: BrowserLeg,
+    route: MuxRoute,
+    events: EventSink,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+) {
+    let started_ms = unix_ms();
+    ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+    let mut machine = Call::outbound(
+        &call.call_id,
+        ctx.call_settings(),
+        ctx.endpoint.local().clone(),
+        ctx.trunks.clone(),
+        Instant::now(),
+    );
+    let parties = Parties {
+        call_id: call.call_id.clone(),
+        from: call.from.clone(),
+        to: call.to.clone(),
+    };
+    let (rtp, bridge) = match ctx.trunk_media() {
+        Ok(media) => media,
+        Err(why) => {
+            tracing::warn!(call_id = %call.call_id, why, "call not placed");
+            machine.handle_route(Err(("trunk_unavailable", 503)), Instant::now());
+            while let Some(event) = machine.poll_event() {
+                let _ = events.send((call.call_id.clone(), event));
+            }
+            return record(&ctx, &parties, started_ms, &machine, None, None, None).await;
+        }
+    };
+    let routing = routing(ctx.clone(), call, rtp.local_port());
+    let caller = Caller::Browser(Box::new(BrowserCaller::new(
+        leg,
+        route,
+        ctx.mux.clone(),
+        bridge,
+    )));
+    let wiring = Wiring {
+        endpoint: &ctx.endpoint,
+        metrics: &ctx.metrics,
+        shutdown: ctx.shutdown.subscribe(),
+    };
+    let outcome = drive(
+        wiring,
+        machine,
+        caller,
+        rtp,
+        Start {
+            routing: Some(routing),
+            ..Default::default()
+        },
+        events,
+        commands,
+    )
+    .await;
+    let media = match &outcome.caller {
+        Caller::Browser(b) => Some((b.bridge.stats, b.bridge.jitter_stats())),
+        Caller::Tone(_) => None,
+    };
+    record(
+        &ctx,
+        &parties,
+        started_ms,
+        &outcome.call,
+        media,
+        Some(&outcome.rtp),
+        outcome.hooks,
+    )
+    .await;
+}
+
+/// The plugins' decision and the addresses it leads to. The plugin chain decides first: it
+/// may reject the call or move it to another trunk, number or caller ID.
+fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
+    Box::pin(async move {
+        let caller_id = ctx
+            .trunks
+            .config(&call.trunk)
+            .map(|t| t.from_user.clone())
+            .unwrap_or_default();
+        let info = CallInfo {
+            call_id: call.call_id.clone(),
+            direction: Direction::Outbound,
+            caller: call.from.clone(),
+            destination: call.to.clone(),
+            trunk: call.trunk.clone(),
+            number: call.number.clone(),
+            caller_id,
+        };
+        let (decision, hooks) = decide(&ctx, info).await;
+        let route = match decision {
+            Decision::Place {
+                trunk,
+                failover,
+                number,
+                caller_id,
+                headers,
+                ..
+            } => match ctx.trunks.config(&trunk) {
+                None => {
+                    tracing::info!(call_id = %call.call_id, %trunk, "a plugin routed to a trunk that does not exist");
+                    Err(("trunk_unavailable", 503))
+                }
+                Some(config) => {
+                    let local = ctx.local_media(rtp_port, &config.codecs);
+                    let request = CallRequest {
+                        to: number,
+                        from_user: Some(caller_id),
+                        sdp_offer: sdp::offer(&local, 1, sdp::Direction::SendRecv),
+                        headers,
+                        failover: failover.clone(),
+                    };
+                    let candidates = resolve(&ctx.trunks, &trunk, &failover).await;
+                    Ok(Route {
+                        request,
+                        candidates,
+                        local,
+                    })
+                }
+            },
+            Decision::Reject {
+                sip_code,
+                reason,
+                plugin,
+            } => {
+                tracing::info!(call_id = %call.call_id, %plugin, sip_code, %reason, "call rejected by plugin");
+                Err(("rejected", sip_code))
+            }
+        };
+        (route, hooks)
+    })
+}
+
+/// The addresses to try for a call on `first`, resolved (DNS) in failover order.
+pub async fn resolve(trunks: &Trunks, first: &str, failover: &[String]) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for (trunk, address) in Uac::order(trunks, first, failover) {
+        let target = match trunks.config(&trunk) {
+            Some(config) => trunks.target(config, &address).await,
+            None => None,
+        };
+        out.push(Candidate {
+            trunk,
+            address,
+            target,
+        });
+    }
+    out
+}
+
+/// Runs the plugin chain's call-start hooks for a new call. Hooks are synchronous wasm calls
+/// (bounded by their deadline) and WASI's stdio blocks: they run on the blocking pool, never
+/// on the threads that drive media. The call keeps the chain it started with, even if the
+/// plugins are reloaded meanwhile.
+pub(super) async fn decide(ctx: &CallContext, info: CallInfo) -> (Decision, Option<CallHooks>) {
+    let chain = ctx.plugins.current();
+    if chain.is_empty() {
+        return (
+            Decision::Place {
+                trunk: info.trunk,
+                failover: Vec::new(),
+                number: info.number,
+                caller_id: info.caller_id,
+                headers: Vec::new(),
+                record: false,
+            },
+            None,
+        );
+    }
+    let call_id = info.call_id.clone();
+    let deciding = chain.clone();
+    match tokio::task::spawn_blocking(move || deciding.start_call(info)).await {
+        Ok((decision, instances)) => {
+            let record = matches!(decision, Decision::Place { record: true, .. });
+            let hooks = (!instances.is_empty())
+                .then(|| CallHooks::spawn(chain, call_id, instances, record));
+            (decision, hooks)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "plugin host failed");
+            (
+                Decision::Reject {
+                    sip_code: 500,
+                    reason: "plugin host failed".into(),
+                    plugin: String::new(),
+                },
+                None,
+            )
+        }
+    }
+}

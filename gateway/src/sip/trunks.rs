@@ -1,0 +1,229 @@
+//! The configured trunks and their live state: health (OPTIONS probes), Retry-After,
+//! channel counts and TLS settings, shared by every call.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::transport::{Target, split_host_port, tls_client_config};
+use crate::config::{Transport, TrunkConfig};
+
+/// The trunks, their live state (health, Retry-After, channel counts) and TLS settings.
+#[derive(Debug)]
+pub struct Trunks {
+    configs: HashMap<String, TrunkConfig>,
+    tls: HashMap<String, Arc<rustls::ClientConfig>>,
+    /// `(trunk, address)` → not to be used before this instant (Retry-After, §21.5.4).
+    down_until: Mutex<HashMap<(String, String), Instant>>,
+    /// `(trunk, address)` → false while OPTIONS probes fail.
+    health: Mutex<HashMap<(String, String), bool>>,
+    channels: HashMap<String, Arc<AtomicU32>>,
+}
+
+impl Trunks {
+    /// Builds the trunk table; fails when a TLS CA file is unusable.
+    pub fn new(configs: impl IntoIterator<Item = TrunkConfig>) -> Result<Arc<Trunks>, String> {
+        let mut map = HashMap::new();
+        let mut tls = HashMap::new();
+        let mut channels = HashMap::new();
+        for c in configs {
+            if c.transport == Transport::Tls {
+                tls.insert(
+                    c.name.clone(),
+                    tls_client_config(c.ca_file.as_deref())
+                        .map_err(|e| format!("trunk `{}`: {e}", c.name))?,
+                );
+            }
+            channels.insert(c.name.clone(), Arc::new(AtomicU32::new(0)));
+            map.insert(c.name.clone(), c);
+        }
+        Ok(Arc::new(Trunks {
+            configs: map,
+            tls,
+            down_until: Mutex::new(HashMap::new()),
+            health: Mutex::new(HashMap::new()),
+            channels,
+        }))
+    }
+
+    /// The configuration of trunk `name`.
+    pub fn config(&self, name: &str) -> Option<&TrunkConfig> {
+        self.configs.get(name)
+    }
+
+    /// `first` followed by its failover trunks, depth first, each once.
+    pub fn chain(&self, first: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![first.to_string()];
+        while let Some(name) = stack.pop() {
+            if out.contains(&name) {
+                continue;
+            }
+            if let Some(c) = self.configs.get(&name) {
+                stack.extend(c.failover.iter().rev().cloned());
+            }
+            out.push(name);
+        }
+        out
+    }
+
+    /// Keeps `address` out of use for `for_how_long` (Retry-After, §21.5.4).
+    pub fn mark_down(&self, trunk: &str, address: &str, for_how_long: Duration) {
+        let mut down = self.down_until.lock().unwrap_or_else(|e| e.into_inner());
+        down.insert(
+            (trunk.to_string(), address.to_string()),
+            Instant::now() + for_how_long,
+        );
+    }
+
+    /// Records an OPTIONS probe result; returns true when the health changed.
+    pub fn set_health(&self, trunk: &str, address: &str, up: bool) -> bool {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health.insert((trunk.to_string(), address.to_string()), up) != Some(up)
+    }
+
+    /// The last OPTIONS probe result for an address, `None` before the first probe.
+    pub fn health(&self, trunk: &str, address: &str) -> Option<bool> {
+        let health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        health
+            .get(&(trunk.to_string(), address.to_string()))
+            .copied()
+    }
+
+    /// True while an address asked us to wait (Retry-After) or fails its OPTIONS probes.
+    pub fn is_down(&self, trunk: &str, address: &str) -> bool {
+        let key = (trunk.to_string(), address.to_string());
+        let waiting = self
+            .down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .is_some_and(|until| *until > Instant::now());
+        let unhealthy = self
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            == Some(&false);
+        waiting || unhealthy
+    }
+
+    /// The IP address of every trunk, resolved once (at start-up): only these may send
+    /// requests in. Addresses that do not resolve are logged and left out.
+    pub async fn sources(&self) -> HashMap<std::net::IpAddr, String> {
+        let mut sources = HashMap::new();
+        for name in self.names() {
+            let Some(config) = self.config(&name) else {
+                continue;
+            };
+            for address in &config.addresses {
+                match self.target(config, address).await {
+                    Some(target) => {
+                        sources.insert(target.addr.ip(), name.clone());
+                    }
+                    None => {
+                        tracing::warn!(trunk = %name, %address, "cannot resolve trunk address; requests from it will be refused")
+                    }
+                }
+            }
+        }
+        sources
+    }
+
+    /// The configured trunk names.
+    pub fn names(&self) -> Vec<String> {
+        self.configs.keys().cloned().collect()
+    }
+
+    /// Takes one of the trunk's channels for a call, if any is free.
+    pub fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
+        let config = self.configs.get(trunk)?;
+        let counter = self.channels.get(trunk)?.clone();
+        let max = config.max_channels.unwrap_or(u32::MAX);
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ChannelGuard(counter))
+    }
+
+    /// Resolves one configured address of a trunk.
+    pub async fn target(&self, trunk: &TrunkConfig, address: &str) -> Option<Target> {
+        let (host, port) = split_host_port(address, trunk.transport)?;
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .ok()?
+            .next()?;
+        Some(Target {
+            addr,
+            transport: trunk.transport,
+            host,
+            tls: self.tls.get(&trunk.name).cloned(),
+        })
+    }
+}
+
+/// Holds one of a trunk's channels for the life of a call.
+#[derive(Debug)]
+pub struct ChannelGuard(Arc<AtomicU32>);
+
+impl Drop for ChannelGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk(name: &str, failover: &[&str]) -> TrunkConfig {
+        TrunkConfig {
+            name: name.into(),
+            addresses: vec!["127.0.0.1:5060".into()],
+            transport: Transport::Udp,
+            credentials: None,
+            from_user: "gw".into(),
+            from_domain: None,
+            codecs: vec![crate::media::g711::G711::Pcmu],
+            register: false,
+            register_expires: 600,
+            options_interval: 0,
+            max_channels: Some(1),
+            failover: failover.iter().map(|s| s.to_string()).collect(),
+            ca_file: None,
+            rtp_source: Default::default(),
+        }
+    }
+
+    #[test]
+    fn failover_chain_is_ordered_and_loop_free() {
+        let t = Trunks::new([
+            trunk("a", &["b", "c"]),
+            trunk("b", &["c", "a"]),
+            trunk("c", &[]),
+        ])
+        .unwrap();
+        assert_eq!(t.chain("a"), vec!["a", "b", "c"]);
+        assert_eq!(t.chain("c"), vec!["c"]);
+    }
+
+    #[test]
+    fn channels_are_limited_and_released() {
+        let t = Trunks::new([trunk("a", &[])]).unwrap();
+        let guard = t.take_channel("a").unwrap();
+        assert!(t.take_channel("a").is_none());
+        drop(guard);
+        assert!(t.take_channel("a").is_some());
+    }
+
+    #[test]
+    fn retry_after_marks_an_address_down() {
+        let t = Trunks::new([trunk("a", &[])]).unwrap();
+        t.mark_down("a", "127.0.0.1:5060", Duration::from_secs(60));
+        assert!(t.is_down("a", "127.0.0.1:5060"));
+        assert!(!t.is_down("a", "127.0.0.2:5060"));
+    }
+}
