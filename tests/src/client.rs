@@ -57,6 +57,14 @@ pub struct CallOptions {
     /// Load mode: send a pre-encoded one-second Opus loop of the tone instead of encoding
     /// every frame, and only count and time what comes back (no decoding, no tone check).
     pub light: bool,
+    /// Send `hold` without the `unhold` that [`Self::hold_after`] sends 1.5 s later.
+    pub hold_only: bool,
+    /// Hang up this many seconds after `call` when no `answered` came by then.
+    pub give_up_after: Option<f64>,
+    /// With [`Self::answer_as`]: let `incoming` calls ring, never answering.
+    pub ignore_incoming: bool,
+    /// Also measure the tone and count packets between these seconds after the answer.
+    pub measure_window: Option<(f64, f64)>,
 }
 
 impl CallOptions {
@@ -100,6 +108,10 @@ pub struct CallReport {
     pub jitter_ms: Option<f64>,
     /// ICE + DTLS completed.
     pub media_connected: bool,
+    /// Packets received in [`CallOptions::measure_window`].
+    pub window_packets: u64,
+    /// Median SNR of the tone in [`CallOptions::measure_window`], dB.
+    pub window_tone_snr_db: Option<f64>,
 }
 
 fn text(m: &Value) -> Message {
@@ -203,6 +215,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut decoder = OpusDecoder::new()?;
     let mut tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
     let mut detector = ToneDetector::new(options.tone_hz, 8000, 800);
+    let mut window_detector = ToneDetector::new(options.tone_hz, 8000, 800);
     let mut dtmf = DtmfSender::new(100, 60);
     let mut dtmf_queued = false;
     let mut dtmf_later_sent = 0;
@@ -274,16 +287,39 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 if answered_at.is_none() {
                     report.early_packets += 1;
                 }
+                let in_window = match (answered_at, options.measure_window) {
+                    (Some(at), Some((from, to))) => {
+                        let t = at.elapsed().as_secs_f64();
+                        t >= from && t < to
+                    }
+                    _ => false,
+                };
+                if in_window {
+                    report.window_packets += 1;
+                }
                 if !options.light
                     && decoder.decode(&p.payload, &mut decoded).is_ok()
                     && answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300))
                 {
                     detector.push(&decoded);
+                    if in_window {
+                        window_detector.push(&decoded);
+                    }
                 }
             }
         }
         if report.ended.is_some() {
             break;
+        }
+        let giving_up = answered_at.is_none()
+            && options
+                .give_up_after
+                .is_some_and(|after| call_sent.elapsed().as_secs_f64() >= after);
+        if giving_up && !hung_up && report.call_id.is_some() {
+            hung_up = true;
+            let id = report.call_id.clone().unwrap_or_default();
+            ws.send(text(&json!({"type": "hangup", "call_id": id})))
+                .await?;
         }
         if let Some(at) = answered_at
             && !hung_up
@@ -317,7 +353,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     hold_step = 1;
                     ws.send(text(&json!({"type": "hold", "call_id": id})))
                         .await?;
-                } else if hold_step == 1 && t >= after + 1.5 {
+                } else if hold_step == 1 && t >= after + 1.5 && !options.hold_only {
                     hold_step = 2;
                     ws.send(text(&json!({"type": "unhold", "call_id": id})))
                         .await?;
@@ -393,6 +429,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
                     }
+                    "incoming" if report.call_id.is_none() && options.ignore_incoming => {
+                        report.call_id = v["call_id"].as_str().map(str::to_owned);
+                    }
                     "incoming" if report.call_id.is_none() => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
@@ -427,6 +466,11 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         .snr_db
         .is_finite()
         .then_some((r.snr_db * 10.0).round() / 10.0);
+    let w = window_detector.report();
+    report.window_tone_snr_db = w
+        .snr_db
+        .is_finite()
+        .then_some((w.snr_db * 10.0).round() / 10.0);
     let _ = pc.close();
     Ok(report)
 }

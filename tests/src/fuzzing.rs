@@ -125,7 +125,7 @@ pub fn rtp_rtcp(data: &[u8]) {
     let _ = stream
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .on_datagram(data, source, &mut pcm);
+        .handle_datagram(data, source, &mut pcm);
 }
 
 /// A text frame on the signaling WebSocket.

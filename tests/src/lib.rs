@@ -94,7 +94,7 @@ impl Sipp {
             .args(["-sf"])
             .arg(&file)
             .args(["-i", local_ip, "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo", "-s", "+15550100"])
-            .args(["-m", "1", "-nostdin", "-timeout", "20s", "-timeout_error", "-trace_err", "-trace_msg"])
+            .args(["-m", "1", "-nostdin", "-timeout", "44s", "-timeout_error", "-trace_err", "-trace_msg"])
             .current_dir(log_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -287,8 +287,8 @@ pub async fn drive(
             _ = ticker.tick(), if media => run.tick(&mut call),
             received = run.rtp.recv(&mut rtp_buf), if media => {
                 if let Ok((n, source)) = received {
-                    let got = run.rtp.on_datagram(&rtp_buf[..n], source, &mut pcm_in);
-                    run.from_trunk(got, &pcm_in, call.held());
+                    let got = run.rtp.handle_datagram(&rtp_buf[..n], source, &mut pcm_in);
+                    run.trunk_audio(got, &pcm_in, call.held());
                 }
             }
             command = commands.recv(), if media => run.command(&mut call, command),
@@ -298,7 +298,7 @@ pub async fn drive(
                 }
             }
         }
-        run.from_caller(&mut call);
+        run.caller_events(&mut call);
     }
     // Nothing of this call may stay routed to it: a leak here would grow the endpoint's
     // tables for ever.
@@ -307,7 +307,7 @@ pub async fn drive(
     }
     Outcome {
         call,
-        rtp: run.rtp.stats.clone(),
+        rtp: run.rtp.stats,
         early_rtp_received: run.early_rtp_received,
         setup: run.setup,
         caller: run.caller,
@@ -482,7 +482,7 @@ impl Run<'_> {
     }
 
     /// Trunk audio and digits, to the caller.
-    fn from_trunk(&mut self, got: Received, pcm: &[i16], held: bool) {
+    fn trunk_audio(&mut self, got: Received, pcm: &[i16], held: bool) {
         match got {
             Received::Audio { samples, timestamp } => match &mut self.caller {
                 // On hold the trunk's music is not ours to forward.
@@ -536,7 +536,7 @@ impl Run<'_> {
     }
 
     /// The browser leg's events: media state, Opus to the trunk, in-band digits.
-    fn from_caller(&mut self, call: &mut Call) {
+    fn caller_events(&mut self, call: &mut Call) {
         let Caller::Browser(b) = &mut self.caller else {
             return;
         };
@@ -570,7 +570,7 @@ impl Run<'_> {
                     self.rtp.send_digits(&d.to_string());
                 }
                 BrowserEvent::ReceiverReport { fraction_lost } => {
-                    b.bridge.on_browser_report(fraction_lost)
+                    b.bridge.handle_browser_report(fraction_lost)
                 }
             }
         }

@@ -320,8 +320,7 @@ impl Call {
             policy: invite.rtp_source,
             ip: invite.source.ip(),
         });
-        call.events
-            .push_back(CallEvent::TrunkMedia(invite.remote.clone()));
+        call.events.push_back(CallEvent::TrunkMedia(invite.remote));
         call.transmits.push_back(Transmit::Respond {
             id: invite.id,
             response: response_to(&invite.request, 180, Some(&tag)),

@@ -47,7 +47,7 @@ pub struct LossEstimate {
 impl LossEstimate {
     /// Takes one report's fraction lost (in 1/256); returns the new percentage when it
     /// changed.
-    pub fn on_report(&mut self, fraction_lost: u8) -> Option<u8> {
+    pub fn handle_report(&mut self, fraction_lost: u8) -> Option<u8> {
         let reported = (fraction_lost as u32 * 100).div_ceil(256) as u8;
         let decayed = (self.percent as u32 * 3 / 4) as u8;
         let next = reported.max(decayed);
@@ -188,11 +188,11 @@ impl Bridge {
 
     /// The browser reported on the audio we send it (RTCP, RFC 3550 §6.4.1): in-band FEC
     /// follows the loss it sees.
-    pub fn on_browser_report(&mut self, fraction_lost: u8) {
+    pub fn handle_browser_report(&mut self, fraction_lost: u8) {
         self.stats.browser_reports += 1;
         self.stats.browser_reported_loss_max =
             self.stats.browser_reported_loss_max.max(fraction_lost);
-        if self.loss.on_report(fraction_lost).is_some()
+        if self.loss.handle_report(fraction_lost).is_some()
             && let Err(e) = self.follow_loss()
         {
             tracing::debug!(error = %e, "FEC not adapted to the browser's loss");
@@ -321,16 +321,20 @@ mod tests {
     #[test]
     fn loss_estimate_rises_at_once_and_decays_per_report() {
         let mut loss = LossEstimate::default();
-        assert_eq!(loss.on_report(0), None, "clean from the start: no FEC");
-        assert_eq!(loss.on_report(26), Some(11), "26/256 is 10.2 %, rounded up");
-        assert_eq!(loss.on_report(0), Some(8));
+        assert_eq!(loss.handle_report(0), None, "clean from the start: no FEC");
         assert_eq!(
-            loss.on_report(13),
+            loss.handle_report(26),
+            Some(11),
+            "26/256 is 10.2 %, rounded up"
+        );
+        assert_eq!(loss.handle_report(0), Some(8));
+        assert_eq!(
+            loss.handle_report(13),
             Some(6),
             "5.1 % rounds up to 6, as 8 decays to 6"
         );
         let mut reports = 1;
-        while loss.on_report(0).is_some() {
+        while loss.handle_report(0).is_some() {
             reports += 1;
         }
         assert_eq!(loss.percent(), 0, "a clean path switches FEC off");
@@ -396,7 +400,7 @@ mod tests {
             ..Default::default()
         };
         let mut clean = Bridge::new(settings, 20).unwrap();
-        clean.on_browser_report(0);
+        clean.handle_browser_report(0);
         assert_eq!(clean.expected_loss(), 0);
         assert_eq!(
             clean.complexity(),
@@ -406,7 +410,7 @@ mod tests {
         assert_eq!(rebuilt_from_fec(&mut clean), 0, "no FEC on a clean path");
 
         let mut lossy = Bridge::new(settings, 20).unwrap();
-        lossy.on_browser_report(64);
+        lossy.handle_browser_report(64);
         assert_eq!(lossy.expected_loss(), 25);
         assert_eq!(lossy.complexity(), settings.complexity_under_loss);
         let rebuilt = rebuilt_from_fec(&mut lossy);
@@ -417,7 +421,7 @@ mod tests {
         assert_eq!(lossy.stats.browser_reports, 1);
         assert_eq!(lossy.stats.browser_reported_loss_max, 64);
         while lossy.expected_loss() > 0 {
-            lossy.on_browser_report(0);
+            lossy.handle_browser_report(0);
         }
         assert_eq!(
             lossy.complexity(),

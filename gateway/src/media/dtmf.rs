@@ -218,7 +218,7 @@ impl DtmfReceiver {
     }
 
     /// Feeds one telephone-event packet; returns the digit if this packet starts a new event.
-    pub fn on_packet(&mut self, timestamp: u32, payload: &[u8]) -> Option<char> {
+    pub fn handle_packet(&mut self, timestamp: u32, payload: &[u8]) -> Option<char> {
         let event = EventPayload::parse(payload)?;
         if self.last_event_timestamp == Some(timestamp) {
             return None;
@@ -285,7 +285,7 @@ mod tests {
                         ts += 8000;
                     }
                     p.payload.write(&mut buf);
-                    got.extend(rx.on_packet(ts, &buf));
+                    got.extend(rx.handle_packet(ts, &buf));
                 }
                 None if tx.is_idle() => break,
                 None => {}

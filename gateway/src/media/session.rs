@@ -60,7 +60,7 @@ impl Reception {
         }
     }
 
-    fn on_packet(&mut self, sequence: u16, timestamp: Option<u32>, now: std::time::Instant) {
+    fn handle_packet(&mut self, sequence: u16, timestamp: Option<u32>, now: std::time::Instant) {
         self.received += 1;
         let delta = sequence.wrapping_sub(self.last_sequence);
         if delta < 0x8000 {
@@ -285,7 +285,12 @@ impl RtpStream {
     }
 
     /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
-    pub fn on_datagram(&mut self, data: &[u8], source: SocketAddr, pcm: &mut [i16]) -> Received {
+    pub fn handle_datagram(
+        &mut self,
+        data: &[u8],
+        source: SocketAddr,
+        pcm: &mut [i16],
+    ) -> Received {
         // Before the trunk's SDP, nobody's media is expected.
         let Some(remote) = self.remote else {
             return self.drop_datagram(true);
@@ -308,14 +313,14 @@ impl RtpStream {
         let reception = self
             .reception
             .get_or_insert_with(|| Reception::new(packet.sequence, now));
-        reception.on_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
+        reception.handle_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
         self.stats.lost = reception.lost();
         self.stats.jitter = reception.jitter as u32;
         self.latched = Some(source);
         if is_event {
             return self
                 .dtmf_in
-                .on_packet(packet.timestamp, packet.payload)
+                .handle_packet(packet.timestamp, packet.payload)
                 .map_or(Received::Nothing, Received::Digit);
         }
         let n = packet.payload.len().min(pcm.len());
@@ -360,7 +365,7 @@ mod tests {
                     .await
                     .expect("frame arrives")
                     .unwrap();
-            match b.on_datagram(&buf[..n], src, &mut pcm) {
+            match b.handle_datagram(&buf[..n], src, &mut pcm) {
                 Received::Audio { .. } => audio += 1,
                 Received::Digit(d) => digits.push(d),
                 Received::Nothing => {}
@@ -380,7 +385,7 @@ mod tests {
             if i == 3 || i == 7 {
                 continue;
             }
-            r.on_packet(
+            r.handle_packet(
                 65530u16.wrapping_add(i),
                 Some(1000 + i as u32 * 160),
                 t0 + std::time::Duration::from_millis(20 * i as u64),
@@ -397,7 +402,7 @@ mod tests {
         let mut r = Reception::new(0, t0);
         for i in 0..200u16 {
             let skew = if i % 2 == 0 { 0 } else { 20 };
-            r.on_packet(
+            r.handle_packet(
                 i,
                 Some(i as u32 * 160),
                 t0 + std::time::Duration::from_millis(20 * i as u64 + skew),
@@ -433,11 +438,11 @@ mod tests {
         let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
         let mut pcm = [0i16; FRAME_SAMPLES];
         for stranger in ["198.51.100.1:4000", "192.0.2.10:4002", "192.0.2.7:4000"] {
-            let got = s.on_datagram(&pcmu(1), stranger.parse().unwrap(), &mut pcm);
+            let got = s.handle_datagram(&pcmu(1), stranger.parse().unwrap(), &mut pcm);
             assert_eq!(got, Received::Nothing, "{stranger}");
         }
         assert_eq!(s.stats.dropped_source, 3);
-        let got = s.on_datagram(&pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
+        let got = s.handle_datagram(&pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
         assert!(matches!(got, Received::Audio { .. }));
         let drops = s.drops.as_ref().unwrap();
         assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 3);
@@ -450,17 +455,17 @@ mod tests {
         let mut pcm = [0i16; FRAME_SAMPLES];
         let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
         assert_eq!(
-            s.on_datagram(&pcmu(1), stranger, &mut pcm),
+            s.handle_datagram(&pcmu(1), stranger, &mut pcm),
             Received::Nothing
         );
         let nat: SocketAddr = "192.0.2.7:31000".parse().unwrap();
         assert!(matches!(
-            s.on_datagram(&pcmu(2), nat, &mut pcm),
+            s.handle_datagram(&pcmu(2), nat, &mut pcm),
             Received::Audio { .. }
         ));
         // Latched: another port of the same IP, or the SDP address itself, is refused now.
         for other in ["192.0.2.7:31002", "10.0.0.5:4000"] {
-            let got = s.on_datagram(&pcmu(3), other.parse().unwrap(), &mut pcm);
+            let got = s.handle_datagram(&pcmu(3), other.parse().unwrap(), &mut pcm);
             assert_eq!(got, Received::Nothing, "{other}");
         }
         assert_eq!(
@@ -478,7 +483,7 @@ mod tests {
             direction: Direction::SendRecv,
         });
         assert!(matches!(
-            s.on_datagram(&pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
+            s.handle_datagram(&pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
             Received::Audio { .. }
         ));
     }

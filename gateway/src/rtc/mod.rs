@@ -467,7 +467,7 @@ impl BrowserLeg {
                     } else if Some(pt) == self.dtmf_pt
                         && let Some(digit) = self
                             .dtmf
-                            .on_packet(packet.header.timestamp, &packet.payload)
+                            .handle_packet(packet.header.timestamp, &packet.payload)
                     {
                         self.events.push_back(BrowserEvent::Dtmf(digit));
                     }

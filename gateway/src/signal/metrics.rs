@@ -57,6 +57,41 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Calls in progress.",
         load(&m.active_calls),
     );
+    // The tables calls fill and must empty again: a number that only grows is a leak.
+    let tables = ctx.endpoint.tables();
+    metric(
+        &mut text,
+        "gateway_sip_transactions",
+        "gauge",
+        "SIP transactions alive (client and server).",
+        tables.transactions.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut text,
+        "gateway_sip_dialogs",
+        "gauge",
+        "SIP Call-IDs routed to a running call.",
+        tables.dialogs.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut text,
+        "gateway_media_routes",
+        "gauge",
+        "Browser legs routed on the shared WebRTC media port.",
+        ctx.mux.calls(),
+    );
+    let registered = ctx
+        .registered
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len();
+    metric(
+        &mut text,
+        "gateway_registered_identities",
+        "gauge",
+        "Identities registered by browsers for inbound calls.",
+        registered,
+    );
     metric(
         &mut text,
         "gateway_calls_total",

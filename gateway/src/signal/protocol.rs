@@ -211,6 +211,47 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
         .map_err(|e| (ErrorCode::BadMessage, format!("bad `{kind}` message: {e}")))
 }
 
+/// The wire message for a call's event; `None` for events that stay inside the gateway
+/// (media moves, hold state, re-INVITEs).
+pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessage> {
+    Some(match event {
+        CallEvent::Offered { from, to, sdp } => ServerMessage::Incoming {
+            call_id,
+            from,
+            to,
+            sdp,
+        },
+        CallEvent::Ringing => ServerMessage::Ringing { call_id },
+        CallEvent::Progress { code } => ServerMessage::Progress {
+            call_id,
+            sip_code: code,
+        },
+        CallEvent::Answered => ServerMessage::Answered { call_id },
+        CallEvent::Ended { reason, sip_code } => ServerMessage::Ended {
+            call_id,
+            reason,
+            sip_code,
+        },
+        CallEvent::Dtmf(d) => ServerMessage::Dtmf {
+            call_id,
+            digit: d.to_string(),
+        },
+        CallEvent::Refused { kind, message } => ServerMessage::Error {
+            code: match kind {
+                Refusal::NotAnswered | Refusal::NotOffered => ErrorCode::BadMessage,
+                Refusal::BadAnswer => ErrorCode::BadSdp,
+                Refusal::TrunkRefused => ErrorCode::Internal,
+            },
+            message,
+            call_id: Some(call_id),
+        },
+        CallEvent::TrunkMedia(_)
+        | CallEvent::TrunkSource { .. }
+        | CallEvent::Held(_)
+        | CallEvent::TrunkReinvite => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,45 +305,4 @@ mod tests {
             r#"{"type":"error","code":"no_such_call","message":"m"}"#
         );
     }
-}
-
-/// The wire message for a call's event; `None` for events that stay inside the gateway
-/// (media moves, hold state, re-INVITEs).
-pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessage> {
-    Some(match event {
-        CallEvent::Offered { from, to, sdp } => ServerMessage::Incoming {
-            call_id,
-            from,
-            to,
-            sdp,
-        },
-        CallEvent::Ringing => ServerMessage::Ringing { call_id },
-        CallEvent::Progress { code } => ServerMessage::Progress {
-            call_id,
-            sip_code: code,
-        },
-        CallEvent::Answered => ServerMessage::Answered { call_id },
-        CallEvent::Ended { reason, sip_code } => ServerMessage::Ended {
-            call_id,
-            reason,
-            sip_code,
-        },
-        CallEvent::Dtmf(d) => ServerMessage::Dtmf {
-            call_id,
-            digit: d.to_string(),
-        },
-        CallEvent::Refused { kind, message } => ServerMessage::Error {
-            code: match kind {
-                Refusal::NotAnswered | Refusal::NotOffered => ErrorCode::BadMessage,
-                Refusal::BadAnswer => ErrorCode::BadSdp,
-                Refusal::TrunkRefused => ErrorCode::Internal,
-            },
-            message,
-            call_id: Some(call_id),
-        },
-        CallEvent::TrunkMedia(_)
-        | CallEvent::TrunkSource { .. }
-        | CallEvent::Held(_)
-        | CallEvent::TrunkReinvite => return None,
-    })
 }

@@ -548,7 +548,7 @@ impl Core {
     ) {
         let mut buf = vec![0u8; 65536];
         loop {
-            let next = self.next_timer();
+            let next = self.poll_timeout();
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
                     match received {
@@ -569,19 +569,19 @@ impl Core {
                         None => return,
                     }
                 }
-                _ = sleep_until_opt(next) => self.on_timers(Instant::now()),
+                _ = sleep_until_opt(next) => self.handle_timers(Instant::now()),
             }
             self.flush().await;
         }
     }
 
-    fn next_timer(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         self.timer_heap.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Fires the timers that are due; each is checked against its transaction, so entries
     /// left by a transaction that moved its timer or ended cost one pop.
-    fn on_timers(&mut self, now: Instant) {
+    fn handle_timers(&mut self, now: Instant) {
         while let Some(Reverse((at, _))) = self.timer_heap.peek() {
             if *at > now {
                 break;
@@ -592,11 +592,11 @@ impl Core {
             let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
             match &key {
                 TxKey::Client(k) => match self.clients.get_mut(k) {
-                    Some(e) if due(e.tx.next_timer()) => e.tx.on_timer(now),
+                    Some(e) if due(e.tx.poll_timeout()) => e.tx.handle_timeout(now),
                     _ => continue,
                 },
                 TxKey::Server(k) => match self.servers.get_mut(k) {
-                    Some(e) if due(e.tx.next_timer()) => e.tx.on_timer(now),
+                    Some(e) if due(e.tx.poll_timeout()) => e.tx.handle_timeout(now),
                     _ => continue,
                 },
             }
@@ -614,7 +614,7 @@ impl Core {
             } => {
                 let Some(branch) = message::top_branch(&request) else {
                     tracing::error!("request without a Via branch not sent");
-                    let _ = events.send(ClientEvent::Timeout);
+                    events.send(ClientEvent::Timeout);
                     return;
                 };
                 let key = client_key(&branch, &request.method);
@@ -671,7 +671,7 @@ impl Core {
                 self.pending_streams.remove(&peer);
                 for (key, e) in self.clients.iter_mut() {
                     if e.target.addr == peer && e.target.transport.is_reliable() {
-                        e.tx.on_transport_error();
+                        e.tx.handle_transport_error();
                         self.dirty.push(TxKey::Client(key.clone()));
                     }
                 }
@@ -703,7 +703,7 @@ impl Core {
             }
         };
         match msg {
-            SipMessage::Response(resp) => self.on_response(resp, now),
+            SipMessage::Response(resp) => self.handle_response(resp, now),
             SipMessage::Request(req) if admission == Admission::Refuse => {
                 // One stateless 403 (§8.2.6, §16.7 of a stateless element): no transaction,
                 // so nothing is ever retransmitted to a source that may be spoofed; an ACK
@@ -718,7 +718,7 @@ impl Core {
         }
     }
 
-    fn on_response(&mut self, resp: Response, now: Instant) {
+    fn handle_response(&mut self, resp: Response, now: Instant) {
         let (Some(branch), Some((_, method))) = (message::top_branch(&resp), message::cseq(&resp))
         else {
             return;
@@ -726,7 +726,7 @@ impl Core {
         let key = client_key(&branch, &method);
         match self.clients.get_mut(&key) {
             Some(e) => {
-                e.tx.on_response(resp, now);
+                e.tx.handle_response(resp, now);
                 self.dirty.push(TxKey::Client(key));
             }
             None => tracing::debug!(%branch, "response matches no transaction; dropped (§18.1.2)"),
@@ -750,7 +750,7 @@ impl Core {
             if let Some(key) = key
                 && let Some(e) = self.servers.get_mut(&key)
             {
-                e.tx.on_ack(now);
+                e.tx.handle_ack(now);
                 self.dirty.push(TxKey::Server(key));
             }
             if let Some(d) = self.dialogs.get(&call_id) {
@@ -765,7 +765,7 @@ impl Core {
         }
         let key = client_key(&branch, &method);
         if let Some(e) = self.servers.get_mut(&key) {
-            e.tx.on_retransmission();
+            e.tx.handle_retransmission();
             self.dirty.push(TxKey::Server(key));
             return;
         }
@@ -962,7 +962,7 @@ impl Core {
         let target = e.target.clone();
         if e.tx.is_terminated() {
             self.clients.remove(&key);
-        } else if let Some(at) = e.tx.next_timer() {
+        } else if let Some(at) = e.tx.poll_timeout() {
             self.timer_heap.push(Reverse((at, TxKey::Client(key))));
         }
         for bytes in out {
@@ -991,7 +991,7 @@ impl Core {
                 self.invites.remove(&ended);
             }
             self.servers.remove(&key);
-        } else if let Some(at) = e.tx.next_timer() {
+        } else if let Some(at) = e.tx.poll_timeout() {
             self.timer_heap.push(Reverse((at, TxKey::Server(key))));
         }
         for bytes in out {

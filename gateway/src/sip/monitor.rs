@@ -87,12 +87,12 @@ async fn register_loop(
         Instant::now(),
     );
     loop {
-        if let Some(at) = registration.next_wakeup() {
+        if let Some(at) = registration.poll_timeout() {
             tokio::time::sleep_until(at.into()).await;
         }
         let Some(target) = trunks.target(&config, &address).await else {
             tracing::warn!(trunk = %name, %address, "cannot resolve registrar; retrying in 30 s");
-            registration.on_timeout(Instant::now());
+            registration.handle_transaction_timeout(Instant::now());
             continue;
         };
         let request = registration.request(
@@ -102,9 +102,9 @@ async fn register_loop(
         let outcome = final_response(endpoint.request(request.clone(), target)).await;
         let now = Instant::now();
         let step = match outcome {
-            Some(response) => registration.on_response(&request, &response, now),
+            Some(response) => registration.handle_response(&request, &response, now),
             None => {
-                registration.on_timeout(now);
+                registration.handle_transaction_timeout(now);
                 RegistrationStep::Wait
             }
         };

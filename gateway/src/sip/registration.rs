@@ -56,7 +56,7 @@ pub struct Registration {
 pub enum RegistrationStep {
     /// Send a new REGISTER now (answering a challenge).
     SendNow,
-    /// Nothing until [`Registration::next_wakeup`].
+    /// Nothing until [`Registration::poll_timeout`].
     Wait,
 }
 
@@ -87,13 +87,8 @@ impl Registration {
     }
 
     /// When the driver should next call [`Self::request`], if nothing else happens first.
-    pub fn next_wakeup(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         if self.in_flight { None } else { self.next_at }
-    }
-
-    /// True when a REGISTER should be sent at `now`.
-    pub fn is_due(&self, now: Instant) -> bool {
-        !self.in_flight && self.next_at.is_some_and(|at| at <= now)
     }
 
     /// Builds the next REGISTER. `via` and `contact` come from the endpoint.
@@ -141,7 +136,7 @@ impl Registration {
     }
 
     /// Feeds the final response to the last REGISTER.
-    pub fn on_response(
+    pub fn handle_response(
         &mut self,
         request: &Request,
         response: &Response,
@@ -210,7 +205,7 @@ impl Registration {
     }
 
     /// The REGISTER transaction timed out.
-    pub fn on_timeout(&mut self, now: Instant) {
+    pub fn handle_transaction_timeout(&mut self, now: Instant) {
         self.in_flight = false;
         self.fail(408, now, None);
     }
@@ -244,6 +239,11 @@ fn granted_expires(response: &Response) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    /// True when a REGISTER should be sent at `now`.
+    fn due(r: &Registration, now: Instant) -> bool {
+        r.poll_timeout().is_some_and(|at| at <= now)
+    }
+
     use super::*;
 
     fn via() -> Header {
@@ -277,10 +277,10 @@ mod tests {
     fn challenge_is_answered_then_refreshed_at_80_percent_of_the_grant() {
         let t0 = Instant::now();
         let mut r = reg(t0);
-        assert!(r.is_due(t0));
+        assert!(due(&r, t0));
         let first = r.request(via(), "sip:gw@127.0.0.1:5060");
-        assert!(!r.is_due(t0), "one REGISTER in flight at a time");
-        let step = r.on_response(
+        assert!(!due(&r, t0), "one REGISTER in flight at a time");
+        let step = r.handle_response(
             &first,
             &reply(
                 &first,
@@ -302,15 +302,15 @@ mod tests {
             message::call_id(&first),
             "same Call-ID for the binding"
         );
-        r.on_response(&second, &reply(&second, 200, &[("Expires", "100")]), t0);
+        r.handle_response(&second, &reply(&second, 200, &[("Expires", "100")]), t0);
         assert_eq!(
             r.state,
             RegistrationState::Registered {
                 until: t0 + Duration::from_secs(100)
             }
         );
-        assert!(!r.is_due(t0 + Duration::from_secs(79)));
-        assert!(r.is_due(t0 + Duration::from_secs(80)));
+        assert!(!due(&r, t0 + Duration::from_secs(79)));
+        assert!(due(&r, t0 + Duration::from_secs(80)));
     }
 
     #[test]
@@ -320,16 +320,16 @@ mod tests {
         let challenge = [("WWW-Authenticate", r#"Digest realm="carrier", nonce="n1""#)];
         let a = r.request(via(), "sip:gw@h");
         assert_eq!(
-            r.on_response(&a, &reply(&a, 401, &challenge), t0),
+            r.handle_response(&a, &reply(&a, 401, &challenge), t0),
             RegistrationStep::SendNow
         );
         let b = r.request(via(), "sip:gw@h");
         assert_eq!(
-            r.on_response(&b, &reply(&b, 401, &challenge), t0),
+            r.handle_response(&b, &reply(&b, 401, &challenge), t0),
             RegistrationStep::Wait
         );
         assert_eq!(r.state, RegistrationState::Failed { code: 401 });
-        assert!(r.is_due(t0 + RETRY_AFTER_FAILURE));
+        assert!(due(&r, t0 + RETRY_AFTER_FAILURE));
     }
 
     #[test]
@@ -337,12 +337,12 @@ mod tests {
         let t0 = Instant::now();
         let mut r = reg(t0);
         r.request(via(), "sip:gw@h");
-        r.on_timeout(t0);
+        r.handle_transaction_timeout(t0);
         assert_eq!(r.state, RegistrationState::Failed { code: 408 });
         let req = r.request(via(), "sip:gw@h");
-        r.on_response(&req, &reply(&req, 503, &[("Retry-After", "300")]), t0);
-        assert!(!r.is_due(t0 + Duration::from_secs(299)));
-        assert!(r.is_due(t0 + Duration::from_secs(300)));
+        r.handle_response(&req, &reply(&req, 503, &[("Retry-After", "300")]), t0);
+        assert!(!due(&r, t0 + Duration::from_secs(299)));
+        assert!(due(&r, t0 + Duration::from_secs(300)));
     }
 
     #[test]
@@ -351,7 +351,7 @@ mod tests {
         let mut r = reg(t0);
         let req = r.request(via(), "sip:gw@h");
         assert_eq!(
-            r.on_response(&req, &reply(&req, 423, &[("Min-Expires", "1800")]), t0),
+            r.handle_response(&req, &reply(&req, 423, &[("Min-Expires", "1800")]), t0),
             RegistrationStep::SendNow
         );
         assert!(

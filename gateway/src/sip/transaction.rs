@@ -2,7 +2,7 @@
 //!
 //! A transaction takes messages and the current time as input and yields bytes to send,
 //! events for its user (the transaction user, TU: a call leg or the registrar client) and the
-//! next instant at which it wants [`ClientTransaction::on_timer`] called. It never touches a
+//! next instant at which it wants [`ClientTransaction::handle_timeout`] called. It never touches a
 //! socket or a clock, so every timer is tested in virtual time.
 
 use std::collections::VecDeque;
@@ -110,7 +110,7 @@ impl ClientTransaction {
     }
 
     /// Feeds a response whose top Via branch and CSeq method matched this transaction.
-    pub fn on_response(&mut self, response: Response, now: Instant) {
+    pub fn handle_response(&mut self, response: Response, now: Instant) {
         let code = response.status_code.code();
         match self.state {
             ClientState::Started | ClientState::Proceeding if code < 200 => {
@@ -168,12 +168,12 @@ impl ClientTransaction {
             _ => {}
         }
         if self.deadline.is_some_and(|d| d <= now) {
-            self.on_timer(now);
+            self.handle_timeout(now);
         }
     }
 
     /// Runs the timers that are due at `now`.
-    pub fn on_timer(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(at) = self.retransmit_at
             && at <= now
         {
@@ -203,7 +203,7 @@ impl ClientTransaction {
     }
 
     /// The transport failed to deliver the request (§17.1.1.2: treated like a timeout).
-    pub fn on_transport_error(&mut self) {
+    pub fn handle_transport_error(&mut self) {
         if matches!(self.state, ClientState::Started | ClientState::Proceeding) {
             self.events.push_back(ClientEvent::Timeout);
         }
@@ -222,8 +222,8 @@ impl ClientTransaction {
         self.events.pop_front()
     }
 
-    /// When [`Self::on_timer`] wants to run next.
-    pub fn next_timer(&self) -> Option<Instant> {
+    /// When [`Self::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         earliest(self.retransmit_at, self.deadline)
     }
 
@@ -335,7 +335,7 @@ impl ServerTransaction {
     }
 
     /// The same request arrived again: repeat the last response (§17.2.1, §17.2.2).
-    pub fn on_retransmission(&mut self) {
+    pub fn handle_retransmission(&mut self) {
         if matches!(self.state, ServerState::Proceeding | ServerState::Completed)
             && let Some(last) = &self.last_response
         {
@@ -344,7 +344,7 @@ impl ServerTransaction {
     }
 
     /// An ACK matched this INVITE transaction (by branch for non-2xx, by dialog for 2xx).
-    pub fn on_ack(&mut self, now: Instant) {
+    pub fn handle_ack(&mut self, now: Instant) {
         match self.state {
             ServerState::Completed => {
                 self.state = ServerState::Confirmed;
@@ -412,7 +412,7 @@ impl ServerTransaction {
     }
 
     /// Runs the timers that are due at `now`.
-    pub fn on_timer(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(at) = self.retransmit_at
             && at <= now
         {
@@ -444,8 +444,8 @@ impl ServerTransaction {
         self.events.pop_front()
     }
 
-    /// When [`Self::on_timer`] wants to run next.
-    pub fn next_timer(&self) -> Option<Instant> {
+    /// When [`Self::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         earliest(self.retransmit_at, self.deadline)
     }
 
@@ -500,8 +500,8 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let mut sent = 0;
         let mut t = start;
         while t <= start + until {
-            if tx.next_timer().is_some_and(|at| at <= t) {
-                tx.on_timer(t);
+            if tx.poll_timeout().is_some_and(|at| at <= t) {
+                tx.handle_timeout(t);
             }
             sent += drain(tx);
             t += Duration::from_millis(10);
@@ -518,7 +518,7 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let sent = run_until(&mut tx, t0, Duration::from_millis(31_990));
         assert_eq!(sent, 6);
         assert_eq!(tx.poll_event(), None);
-        tx.on_timer(t0 + Duration::from_secs(32));
+        tx.handle_timeout(t0 + Duration::from_secs(32));
         assert_eq!(tx.poll_event(), Some(ClientEvent::Timeout));
         assert!(tx.is_terminated());
     }
@@ -536,7 +536,7 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let t0 = Instant::now();
         let mut tx = ClientTransaction::new(invite(), false, Timers::default(), t0);
         drain(&mut tx);
-        tx.on_response(response(180, true), t0 + Duration::from_millis(100));
+        tx.handle_response(response(180, true), t0 + Duration::from_millis(100));
         assert!(
             matches!(tx.poll_event(), Some(ClientEvent::Response(r)) if r.status_code.code() == 180)
         );
@@ -553,7 +553,7 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let t0 = Instant::now();
         let mut tx = ClientTransaction::new(invite(), false, Timers::default(), t0);
         drain(&mut tx);
-        tx.on_response(response(486, true), t0);
+        tx.handle_response(response(486, true), t0);
         let ack = tx.poll_transmit().unwrap();
         let ack_text = String::from_utf8(ack).unwrap();
         assert!(ack_text.starts_with("ACK sip:1000@127.0.0.1 SIP/2.0"));
@@ -564,10 +564,10 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         assert!(ack_text.contains("tag=t9"), "To from the response");
         assert!(ack_text.contains("CSeq: 1 ACK"));
         assert!(matches!(tx.poll_event(), Some(ClientEvent::Response(_))));
-        tx.on_response(response(486, true), t0 + Duration::from_secs(1));
+        tx.handle_response(response(486, true), t0 + Duration::from_secs(1));
         assert_eq!(drain(&mut tx), 1, "ACK repeated");
         assert_eq!(tx.poll_event(), None, "not reported twice");
-        tx.on_timer(t0 + Duration::from_secs(32));
+        tx.handle_timeout(t0 + Duration::from_secs(32));
         assert!(tx.is_terminated(), "Timer D");
     }
 
@@ -576,11 +576,11 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let t0 = Instant::now();
         let mut tx = ClientTransaction::new(invite(), false, Timers::default(), t0);
         drain(&mut tx);
-        tx.on_response(response(200, true), t0);
-        tx.on_response(response(200, true), t0 + Duration::from_millis(500));
+        tx.handle_response(response(200, true), t0);
+        tx.handle_response(response(200, true), t0 + Duration::from_millis(500));
         assert_eq!(std::iter::from_fn(|| tx.poll_event()).count(), 2);
         assert_eq!(drain(&mut tx), 0, "the TU acks a 2xx, not the transaction");
-        tx.on_timer(t0 + Duration::from_secs(32));
+        tx.handle_timeout(t0 + Duration::from_secs(32));
         assert!(tx.is_terminated());
     }
 
@@ -591,7 +591,7 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         drain(&mut tx);
         // Timer E: 0.5, 1.5, 3.5, 7.5, then every 4 s: 11.5, 15.5, 19.5, 23.5, 27.5, 31.5.
         assert_eq!(run_until(&mut tx, t0, Duration::from_millis(31_990)), 10);
-        tx.on_timer(t0 + Duration::from_secs(32));
+        tx.handle_timeout(t0 + Duration::from_secs(32));
         assert_eq!(tx.poll_event(), Some(ClientEvent::Timeout));
     }
 
@@ -602,10 +602,10 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         drain(&mut tx);
         let mut ok = response(200, true);
         ok.headers.retain(|h| !matches!(h, Header::CSeq(_)));
-        tx.on_response(ok, t0);
+        tx.handle_response(ok, t0);
         assert!(matches!(tx.poll_event(), Some(ClientEvent::Response(_))));
         assert!(!tx.is_terminated());
-        tx.on_timer(t0 + Duration::from_secs(5));
+        tx.handle_timeout(t0 + Duration::from_secs(5));
         assert!(tx.is_terminated());
     }
 
@@ -615,18 +615,18 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let mut st = ServerTransaction::new(&Method::Invite, false, Timers::default());
         st.respond(&response(486, true), t0);
         assert!(st.poll_transmit().is_some());
-        st.on_timer(t0 + Duration::from_millis(500));
+        st.handle_timeout(t0 + Duration::from_millis(500));
         assert!(st.poll_transmit().is_some(), "Timer G");
-        st.on_retransmission();
+        st.handle_retransmission();
         assert!(
             st.poll_transmit().is_some(),
             "a retransmitted INVITE gets the final again"
         );
-        st.on_ack(t0 + Duration::from_secs(1));
+        st.handle_ack(t0 + Duration::from_secs(1));
         assert_eq!(st.poll_event(), Some(ServerEvent::Acknowledged));
-        st.on_timer(t0 + Duration::from_secs(2));
+        st.handle_timeout(t0 + Duration::from_secs(2));
         assert_eq!(st.poll_transmit(), None);
-        st.on_timer(t0 + Duration::from_secs(6));
+        st.handle_timeout(t0 + Duration::from_secs(6));
         assert!(st.is_terminated(), "Timer I");
     }
 
@@ -638,8 +638,8 @@ From: <sip:gw@127.0.0.1>;tag=f1\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: c1\r\nCS
         let mut sent = 0;
         let mut t = t0;
         while t < t0 + Duration::from_secs(40) {
-            if st.next_timer().is_some_and(|at| at <= t) {
-                st.on_timer(t);
+            if st.poll_timeout().is_some_and(|at| at <= t) {
+                st.handle_timeout(t);
             }
             sent += std::iter::from_fn(|| st.poll_transmit()).count();
             t += Duration::from_millis(10);

@@ -1,0 +1,297 @@
+//! The call engine's timers and clean-up, end to end: a real WebRTC client on the browser
+//! side, sipp as the trunk, `gateway run` in between. A trunk that rings forever, a re-INVITE
+//! answered slowly, an ACK that never comes, and a burst of every kind of call after which
+//! the gateway's tables must be empty again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use gateway::config::Config;
+use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::{Sipp, http_get, out_dir, write_config};
+
+const SECRET: &str = "engine-secret-0123456789abcdef";
+
+/// Appends `extra` to the configuration at `path`, and a token secret for `register`.
+fn extend(dir: &Path, path: &Path, extra: &str) {
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let text = std::fs::read_to_string(path).unwrap().replace(
+        "[http]\n",
+        &format!(
+            "[http]\ntoken_secret_file = \"{}\"\n",
+            dir.join("secret").display()
+        ),
+    );
+    std::fs::write(path, format!("{text}\n{extra}\n")).unwrap();
+}
+
+fn token(identity: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    gateway::signal::token::sign(
+        &gateway::signal::token::Claims {
+            sub: identity.into(),
+            exp,
+            targets: vec![],
+            numbers: false,
+        },
+        SECRET.as_bytes(),
+    )
+}
+
+/// A browser that registers `identity` and answers (or, `ignore`, lets it ring).
+fn agent(identity: &str, seconds: f64, ignore: bool) -> CallOptions {
+    CallOptions {
+        answer_as: Some(identity.into()),
+        token: Some(token(identity)),
+        ignore_incoming: ignore,
+        seconds,
+        ..CallOptions::new("")
+    }
+}
+
+fn reason(report: &CallReport) -> (String, u64) {
+    let ended = report.ended.clone().unwrap_or_default();
+    (
+        ended["reason"].as_str().unwrap_or("").to_string(),
+        ended["sip_code"].as_u64().unwrap_or(0),
+    )
+}
+
+/// The value of the unlabelled metric `name`.
+fn gauge(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbound_call_that_rings_forever_ends_no_answer_with_a_cancel() {
+    let dir = out_dir("engine_ring_forever");
+    let sipp = Sipp::uas("ring_forever.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    extend(
+        &dir,
+        &path,
+        "[limits]\nring_seconds = 2\n\n[targets.ring]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let report = run_call(
+        &format!("ws://{}/ws", gateway.http_addr),
+        &CallOptions::new("ring"),
+    )
+    .await
+    .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.messages.contains(&"ringing".to_string()));
+    assert_eq!(reason(&report), ("no_answer".into(), 408), "{report:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the ring timeout"
+    );
+    assert!(sipp.finished().await, "sipp did not see the CANCEL");
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_calls_ended_total{reason=\"no_answer\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_keeps_flowing_while_a_hold_reinvite_waits_for_the_trunk() {
+    let dir = out_dir("engine_hold_slow");
+    let sipp = Sipp::uas("hold_slow.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    extend(
+        &dir,
+        &path,
+        "[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    // Hold at 1 s; the trunk answers the re-INVITE at about 4 s. From 1.3 s to 3.7 s the
+    // call is waiting for that answer and must go on as it was: the echo comes back.
+    let options = CallOptions {
+        seconds: 5.5,
+        hold_after: Some(1.0),
+        hold_only: true,
+        measure_window: Some((1.3, 3.7)),
+        ..CallOptions::new("echo")
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.window_packets >= 100,
+        "2.4 s of audio is 120 packets: {report:?}"
+    );
+    assert!(
+        report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone comes back while the re-INVITE waits: {report:?}"
+    );
+    assert_eq!(reason(&report), ("hangup".into(), 200));
+    assert!(sipp.finished().await, "sipp expected the hold and the BYE");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_ack_ends_the_call_with_bye() {
+    let dir = out_dir("engine_no_ack");
+    let (trunk_port, _) = gateway_tests::ports();
+    let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
+    extend(&dir, &path, "[inbound]\n\"+15550100\" = \"agent-1\"\n");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let browser = tokio::spawn(async move { run_call(&url, &agent("agent-1", 60.0, false)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sipp = Sipp::uac(
+        "uac_no_ack.xml",
+        "127.0.0.1",
+        Some(trunk_port),
+        gateway.endpoint.udp_addr(),
+        &dir,
+    );
+    let report = browser.await.unwrap().unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.messages.contains(&"answered".to_string()));
+    assert_eq!(reason(&report), ("no_ack".into(), 408), "{report:?}");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.wait())
+            .await
+            .unwrap(),
+        "sipp did not get the BYE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_burst_of_calls_every_table_is_empty_again() {
+    let dir = out_dir("engine_burst");
+    for sub in ["echo", "busy", "ring"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let echo = Sipp::uas_calls("echo.xml", "u1", &dir.join("echo"), 2);
+    let busy = Sipp::uas("busy.xml", "u1", &dir.join("busy"));
+    let ring = Sipp::uas_calls("ring_forever.xml", "u1", &dir.join("ring"), 2);
+    let (inbound_port, _) = gateway_tests::ports();
+    let path = write_config(
+        &dir,
+        &[
+            ("echo", echo.port, "udp", &[]),
+            ("busy", busy.port, "udp", &[]),
+            ("ring", ring.port, "udp", &[]),
+            ("carrier", inbound_port, "udp", &[]),
+        ],
+    );
+    let mut extra = String::from("[limits]\nring_seconds = 2\n");
+    for t in ["echo", "busy", "ring"] {
+        extra.push_str(&format!(
+            "\n[targets.{t}]\ntrunk = \"{t}\"\nnumber = \"100\"\n"
+        ));
+    }
+    extra.push_str("\n[inbound]\n\"+15550100\" = \"agent-a\"\n\"+15550108\" = \"agent-c\"\n\"+15550109\" = \"agent-n\"\n");
+    extend(&dir, &path, &extra);
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let call = |options: CallOptions| {
+        let url = url.clone();
+        tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
+    };
+    // Browsers: two answered, one busy, one given up while ringing, one rung out; three
+    // agents waiting for inbound calls.
+    let outbound = vec![
+        ("answered", call(CallOptions::new("echo"))),
+        ("answered", call(CallOptions::new("echo"))),
+        ("busy", call(CallOptions::new("busy"))),
+        (
+            "hangup",
+            call(CallOptions {
+                give_up_after: Some(1.0),
+                ..CallOptions::new("ring")
+            }),
+        ),
+        ("no_answer", call(CallOptions::new("ring"))),
+    ];
+    let answering = call(agent("agent-a", 30.0, false));
+    let cancelled_agent = call(agent("agent-c", 30.0, true));
+    let unanswered_agent = call(agent("agent-n", 30.0, true));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let trunk = gateway.endpoint.udp_addr();
+    let uac = |scenario: &str, sub: &str| {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut sipp = Sipp::uac(scenario, "127.0.0.1", None, trunk, &d);
+        tokio::task::spawn_blocking(move || sipp.wait())
+    };
+    let inbound = vec![
+        ("answered", uac("uac_call_echo.xml", "in_answered")),
+        ("rejected", uac("uac_rejected.xml", "in_rejected")),
+        ("cancelled", uac("uac_cancel.xml", "in_cancelled")),
+        ("unanswered", uac("uac_unanswered.xml", "in_unanswered")),
+    ];
+    for (expected, handle) in outbound {
+        let report = handle.await.unwrap();
+        let (reason, _) = reason(&report);
+        match expected {
+            "answered" => assert_eq!(reason, "hangup", "{report:?}"),
+            other => assert_eq!(reason, other, "{report:?}"),
+        }
+    }
+    for (name, handle) in inbound {
+        assert!(handle.await.unwrap(), "inbound sipp `{name}` failed");
+    }
+    let a = answering.await.unwrap();
+    assert_eq!(reason(&a).0, "remote_hangup", "{a:?}");
+    let c = cancelled_agent.await.unwrap();
+    assert_eq!(reason(&c), ("remote_hangup".into(), 487), "{c:?}");
+    let n = unanswered_agent.await.unwrap();
+    assert_eq!(reason(&n), ("no_answer".into(), 480), "{n:?}");
+    for sipp in [echo, busy, ring] {
+        assert!(sipp.finished().await);
+    }
+    // Transactions linger up to 64·T1 (32 s) after their last message to absorb
+    // retransmissions (§17); after that everything is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    let mut metrics;
+    loop {
+        metrics = http_get(gateway.http_addr, "/metrics").await;
+        let empty = [
+            "gateway_active_calls",
+            "gateway_sip_transactions",
+            "gateway_sip_dialogs",
+            "gateway_media_routes",
+            "gateway_registered_identities",
+        ]
+        .iter()
+        .all(|name| gauge(&metrics, name) == Some(0));
+        if empty || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for name in [
+        "gateway_active_calls",
+        "gateway_sip_transactions",
+        "gateway_sip_dialogs",
+        "gateway_media_routes",
+        "gateway_registered_identities",
+    ] {
+        assert_eq!(
+            gauge(&metrics, name),
+            Some(0),
+            "{name} is not empty: {metrics}"
+        );
+    }
+}
