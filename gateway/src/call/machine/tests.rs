@@ -1,8 +1,11 @@
 //! The call machine in virtual time: a fake trunk answers its transmits by hand.
 
 use super::*;
-use crate::config::TrunkConfig;
+use crate::config::{Transport, TrunkConfig};
 use crate::media::g711::G711;
+use crate::sip::sdp::Direction;
+use rsip::Header;
+use rsip::prelude::*;
 
 const TRUNK: &str = "127.0.0.1:5060";
 

@@ -7,24 +7,29 @@
 //! I/O; every transition is tested here in virtual time.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rsip::prelude::*;
-use rsip::{Header, Method, Request};
+use rsip::{Method, Request};
 
-use crate::config::{RtpSource, Transport};
 use crate::plugin::Direction as CallDirection;
 use crate::sip::Transmit;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::SipLocal;
 use crate::sip::message::{self, response_to};
-use crate::sip::sdp::{self, Direction, LocalMedia, RemoteMedia};
+use crate::sip::sdp::{self, LocalMedia};
 use crate::sip::transaction::{ClientEvent, Timers};
 use crate::sip::transport::Target;
 use crate::sip::trunks::{ChannelGuard, Trunks};
 use crate::sip::uac::{Answered, CallFailure, CallRequest, Candidate, Uac, UacEvent};
+
+mod in_dialog;
+mod inbound;
+mod io;
+
+pub use inbound::InboundInvite;
+pub use io::{CallCommand, CallEvent, Refusal};
 
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,84 +46,6 @@ pub enum Phase {
     Answered,
     /// Over (the trunk leg may still be finishing its BYE or CANCEL).
     Ended,
-}
-
-/// What the call tells the outside.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallEvent {
-    /// Inbound: the browser is offered the call (sent by the set-up, not the machine).
-    Offered {
-        /// The trunk caller.
-        from: String,
-        /// The number dialled.
-        to: String,
-        /// Our WebRTC offer.
-        sdp: String,
-    },
-    /// The far end rings.
-    Ringing,
-    /// Another provisional response (183 …).
-    Progress {
-        /// Its status.
-        code: u16,
-    },
-    /// Both legs are up.
-    Answered,
-    /// The call is over.
-    Ended {
-        /// One of the documented `ended.reason` values.
-        reason: String,
-        /// The SIP status that ended it.
-        sip_code: u16,
-    },
-    /// The trunk side pressed a key (SIP INFO).
-    Dtmf(char),
-    /// A command could not be carried out; the call goes on.
-    Refused {
-        /// Why, in the user's terms.
-        kind: Refusal,
-        /// What happened.
-        message: String,
-    },
-    /// Trunk media goes here now (answer, early media, re-INVITE).
-    TrunkMedia(RemoteMedia),
-    /// The trunk's RTP may come from this policy and signalling address.
-    TrunkSource {
-        /// The trunk's `rtp_source`.
-        policy: RtpSource,
-        /// The trunk's signalling IP.
-        ip: IpAddr,
-    },
-    /// The call was put on hold (true) or resumed; media pauses meanwhile.
-    Held(bool),
-    /// The trunk re-INVITEd and was answered.
-    TrunkReinvite,
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Hold or DTMF before the answer.
-    NotAnswered,
-    /// The trunk refused or did not answer a re-INVITE.
-    TrunkRefused,
-    /// `answer` for a call that was not offered to this browser (or no longer rings).
-    NotOffered,
-    /// The browser's SDP answer is unusable.
-    BadAnswer,
-}
-
-/// What the signaling side can ask of a running call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallCommand {
-    /// Hang up.
-    Hangup,
-    /// Send DTMF digits to the trunk.
-    Dtmf(String),
-    /// The browser accepted an inbound call with this SDP answer.
-    Answer(String),
-    /// Hold (true) or resume (false).
-    Hold(bool),
 }
 
 /// Settings every call takes from the configuration.
@@ -149,29 +76,6 @@ pub struct Route {
     pub request: CallRequest,
     /// Addresses to try, in order.
     pub candidates: Vec<Candidate>,
-    /// Our trunk-side media.
-    pub local: LocalMedia,
-}
-
-/// An INVITE from a trunk, as the call received it.
-#[derive(Debug)]
-pub struct InboundInvite {
-    /// The id to answer it with.
-    pub id: u64,
-    /// The request.
-    pub request: Request,
-    /// Where it came from.
-    pub source: SocketAddr,
-    /// Over which transport.
-    pub transport: Transport,
-    /// The trunk it came from.
-    pub trunk: String,
-    /// Where that trunk's RTP may come from.
-    pub rtp_source: RtpSource,
-    /// The trunk channel the call holds.
-    pub channel: ChannelGuard,
-    /// The INVITE's offer, parsed.
-    pub remote: RemoteMedia,
     /// Our trunk-side media.
     pub local: LocalMedia,
 }
@@ -239,9 +143,6 @@ pub fn failure_reason(code: u16) -> &'static str {
     }
 }
 
-/// Requests that may arrive before the 2xx they race and wait for it.
-const EARLY_REQUESTS: usize = 8;
-
 impl Call {
     fn new(
         id: &str,
@@ -293,39 +194,6 @@ impl Call {
     ) -> Call {
         let mut call = Call::new(id, CallDirection::Outbound, settings, sip, trunks);
         call.connect_deadline = Some(now + settings.connect_timeout);
-        call
-    }
-
-    /// A call from a trunk, offered to a browser: the trunk hears 180 until the browser
-    /// answers, the ring timeout passes, or either side gives up.
-    pub fn inbound(
-        id: &str,
-        settings: CallSettings,
-        sip: SipLocal,
-        trunks: Arc<Trunks>,
-        invite: InboundInvite,
-        now: Instant,
-    ) -> Call {
-        let mut call = Call::new(id, CallDirection::Inbound, settings, sip, trunks);
-        let tag = message::random_token();
-        call.phase = Phase::Ringing;
-        call.ring_deadline = Some(now + settings.ring_timeout);
-        call.trunk_used = Some(invite.trunk.clone());
-        call.sip_call_id = message::call_id(&invite.request);
-        call.local = Some(invite.local.clone());
-        if let Some(id) = &call.sip_call_id {
-            call.transmits.push_back(Transmit::Listen(id.clone()));
-        }
-        call.events.push_back(CallEvent::TrunkSource {
-            policy: invite.rtp_source,
-            ip: invite.source.ip(),
-        });
-        call.events.push_back(CallEvent::TrunkMedia(invite.remote));
-        call.transmits.push_back(Transmit::Respond {
-            id: invite.id,
-            response: response_to(&invite.request, 180, Some(&tag)),
-        });
-        call.invite = Some((invite, tag));
         call
     }
 
@@ -500,43 +368,6 @@ impl Call {
         }
     }
 
-    fn on_reinvite_answer(&mut self, pending: Reinvite, event: ClientEvent, code: u16) {
-        if self.phase == Phase::Ended && self.leg.is_none() {
-            return; // the trunk hung up meanwhile
-        }
-        let what = if pending.hold { "hold" } else { "resume" };
-        let (Some(leg), ClientEvent::Response(response)) = (self.leg.as_ref(), event) else {
-            return self.refuse(
-                Refusal::TrunkRefused,
-                format!("the trunk did not answer the {what} re-INVITE"),
-            );
-        };
-        if !(200..300).contains(&code) {
-            return self.refuse(
-                Refusal::TrunkRefused,
-                format!("the trunk refused the {what} re-INVITE with {code}"),
-            );
-        }
-        let via = self.sip.via(leg.target.transport, &message::new_branch());
-        self.transmits.push_back(Transmit::Stateless {
-            request: leg.dialog.ack(pending.seq, via),
-            target: leg.target.clone(),
-        });
-        if self.phase == Phase::Ended {
-            return;
-        }
-        let codecs = self
-            .local
-            .as_ref()
-            .map(|l| l.codecs.clone())
-            .unwrap_or_default();
-        if let Ok(remote) = sdp::parse_remote(&response.body, &codecs, true) {
-            self.events.push_back(CallEvent::TrunkMedia(remote));
-        }
-        self.held = pending.hold;
-        self.events.push_back(CallEvent::Held(pending.hold));
-    }
-
     fn refuse(&mut self, kind: Refusal, message: String) {
         self.events.push_back(CallEvent::Refused { kind, message });
     }
@@ -640,201 +471,6 @@ impl Call {
         }
     }
 
-    /// A request from the trunk for this call's dialog. ACK and CANCEL (which the endpoint
-    /// has answered already) take no response.
-    pub fn handle_sip_request(
-        &mut self,
-        id: u64,
-        request: Request,
-        source: SocketAddr,
-        now: Instant,
-    ) {
-        let method = request.method;
-        if self.invite.is_some() {
-            return self.while_offered(id, request, now);
-        }
-        if method == Method::Ack || method == Method::Cancel {
-            if method == Method::Ack && self.ack_deadline.take().is_some() && self.bye_after_ack {
-                self.bye_after_ack = false;
-                self.hang_up_leg();
-            }
-            return;
-        }
-        let Some(leg) = self.leg.as_mut() else {
-            if self.uac.as_ref().is_some_and(|u| !u.is_done()) && self.early.len() < EARLY_REQUESTS
-            {
-                self.early.push((id, request, source));
-            } else {
-                let response = response_to(&request, 481, Some(&message::random_token()));
-                self.transmits.push_back(Transmit::Respond { id, response });
-            }
-            return;
-        };
-        // From this dialog's peer (the endpoint serves trunk addresses only; this keeps one
-        // trunk, or a host in its pool, from ending or moving another peer's call by its
-        // Call-ID), naming it, in sequence (§12.2.2).
-        let ip = source.ip();
-        let accepted = if ip != leg.target.addr.ip() && !leg.dialog.peer_ips().contains(&ip) {
-            tracing::warn!(source = %ip, call_id = %leg.dialog.call_id, %method, "in-dialog request from an address that is not this dialog's peer refused");
-            Err(403)
-        } else {
-            leg.dialog.accept_remote(&request)
-        };
-        let respond = |this: &mut Call, code: u16, extra: Option<String>| {
-            let Some(leg) = this.leg.as_ref() else { return };
-            let mut response = leg.dialog.response(&request, code);
-            if let Some(sdp) = extra {
-                response
-                    .headers
-                    .push(Header::Contact(rsip::headers::Contact::new(format!(
-                        "<{}>",
-                        this.sip.contact_uri("gw", leg.target.transport)
-                    ))));
-                response
-                    .headers
-                    .push(Header::ContentType(rsip::headers::ContentType::new(
-                        "application/sdp",
-                    )));
-                response.body = sdp.into_bytes();
-            }
-            this.transmits.push_back(Transmit::Respond { id, response });
-        };
-        if let Err(code) = accepted {
-            return respond(self, code, None);
-        }
-        let ended = self.phase == Phase::Ended;
-        match method {
-            Method::Bye => {
-                respond(self, 200, None);
-                // The dialog is over: no BYE of ours follows. A BYE crossing ours is
-                // answered and changes nothing else (§15.1.2).
-                self.leg = None;
-                if self.bye.is_none() {
-                    self.forget_dialog();
-                }
-                self.ack_deadline = None;
-                self.bye_after_ack = false;
-                self.finish("remote_hangup", 200, now);
-            }
-            _ if ended => respond(self, 481, None),
-            // §14.2: a re-INVITE while ours is pending gets 491.
-            Method::Invite if self.reinvite.is_some() => respond(self, 491, None),
-            Method::Invite => {
-                let (code, sdp) = self.answer_reinvite(&request.body);
-                respond(self, code, sdp);
-            }
-            Method::Info => {
-                let body = String::from_utf8_lossy(&request.body).to_string();
-                let digit = body
-                    .lines()
-                    .find_map(|l| {
-                        l.trim()
-                            .strip_prefix("Signal")
-                            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
-                    })
-                    .and_then(|v| v.chars().next());
-                respond(self, if digit.is_some() { 200 } else { 415 }, None);
-                if let Some(d) = digit {
-                    self.events.push_back(CallEvent::Dtmf(d));
-                }
-            }
-            _ => respond(self, 200, None),
-        }
-    }
-
-    /// Answers a re-INVITE per RFC 3264: an offer gets the mirrored direction (hold:
-    /// `sendonly` gets `recvonly`) and moves our media; an offerless one gets our offer
-    /// (§5); an unusable offer gets 488.
-    fn answer_reinvite(&mut self, offer: &[u8]) -> (u16, Option<String>) {
-        let Some(local) = self.local.clone() else {
-            return (488, None);
-        };
-        self.sdp_version += 1;
-        if offer.is_empty() {
-            let ours = sdp::offer(&local, self.sdp_version, Direction::SendRecv);
-            return (200, Some(ours));
-        }
-        match sdp::parse_remote(offer, &local.codecs, false) {
-            Ok(remote) => {
-                let answer = sdp::answer(&local, self.sdp_version, &remote);
-                self.events.push_back(CallEvent::TrunkMedia(remote));
-                self.events.push_back(CallEvent::TrunkReinvite);
-                (200, Some(answer))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "re-INVITE offer refused with 488");
-                (488, None)
-            }
-        }
-    }
-
-    /// Inbound, before the browser answered: the trunk may only give up (CANCEL).
-    fn while_offered(&mut self, id: u64, request: Request, now: Instant) {
-        match request.method {
-            // The endpoint has answered the CANCEL and sent 487 (§9.2).
-            Method::Cancel => {
-                self.invite = None;
-                self.forget_dialog();
-                self.finish("remote_hangup", 487, now);
-            }
-            Method::Ack => {}
-            _ => {
-                let response = response_to(&request, 491, Some(&message::random_token()));
-                self.transmits.push_back(Transmit::Respond { id, response });
-            }
-        }
-    }
-
-    /// The browser accepted an inbound call (its answer already applied to its leg): the
-    /// trunk gets 200 with our SDP, and the call waits for the ACK.
-    pub fn handle_caller_answered(&mut self, now: Instant) {
-        let Some((invite, tag)) = self.invite.take() else {
-            return;
-        };
-        let Some(dialog) = Dialog::from_uas(&invite.request, &tag) else {
-            let response = response_to(&invite.request, 400, Some(&tag));
-            self.transmits.push_back(Transmit::Respond {
-                id: invite.id,
-                response,
-            });
-            self.forget_dialog();
-            return self.finish("rejected", 400, now);
-        };
-        let mut ok = response_to(&invite.request, 200, Some(&tag));
-        ok.headers
-            .push(Header::Contact(rsip::headers::Contact::new(format!(
-                "<{}>",
-                self.sip.contact_uri("gw", invite.transport)
-            ))));
-        ok.headers
-            .push(Header::ContentType(rsip::headers::ContentType::new(
-                "application/sdp",
-            )));
-        ok.body = sdp::answer(&invite.local, 1, &invite.remote).into_bytes();
-        self.transmits.push_back(Transmit::Respond {
-            id: invite.id,
-            response: ok,
-        });
-        self.leg = Some(TrunkLeg {
-            dialog,
-            target: Target {
-                addr: invite.source,
-                transport: invite.transport,
-                host: invite.source.ip().to_string(),
-                tls: None,
-            },
-            _channel: invite.channel,
-        });
-        self.ring_deadline = None;
-        // §13.3.1.4: the 2xx is retransmitted until the ACK; a UAS that gets none within
-        // 64·T1 ends the dialog with BYE.
-        self.ack_deadline = Some(now + 64 * self.settings.timers.t1);
-        self.connect_deadline = Some(now + self.settings.connect_timeout);
-        self.phase = Phase::Answered;
-        self.answered_at = Some(now);
-        self.events.push_back(CallEvent::Answered);
-    }
-
     /// The browser's media connected (`true`) or failed for good (`false`).
     pub fn handle_caller_media(&mut self, connected: bool, now: Instant) {
         if connected {
@@ -862,56 +498,6 @@ impl Call {
     pub fn handle_shutdown(&mut self, now: Instant) {
         let code = if self.answered_at.is_some() { 200 } else { 487 };
         self.finish("shutdown", code, now);
-    }
-
-    fn hold(&mut self, hold: bool) {
-        if self.phase != Phase::Answered || self.leg.is_none() {
-            return self.refuse(
-                Refusal::NotAnswered,
-                "hold and unhold need an answered call".into(),
-            );
-        }
-        if self.reinvite.is_some() {
-            return self.refuse(
-                Refusal::TrunkRefused,
-                "a re-INVITE is already waiting for the trunk's answer; try again".into(),
-            );
-        }
-        if hold == self.held {
-            return;
-        }
-        let Some(local) = self.local.clone() else {
-            return;
-        };
-        self.sdp_version += 1;
-        let direction = if hold {
-            Direction::SendOnly
-        } else {
-            Direction::SendRecv
-        };
-        let offer = sdp::offer(&local, self.sdp_version, direction);
-        let tx = self.tx_id();
-        let leg = self.leg.as_mut().expect("checked");
-        let transport = leg.target.transport;
-        let extra = vec![
-            Header::Contact(rsip::headers::Contact::new(format!(
-                "<{}>",
-                self.sip.contact_uri("gw", transport)
-            ))),
-            Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
-        ];
-        let via = self.sip.via(transport, &message::new_branch());
-        let request = leg
-            .dialog
-            .request(Method::Invite, via, extra, offer.into_bytes());
-        let seq = message::cseq(&request).map(|c| c.0).unwrap_or(1);
-        let target = leg.target.clone();
-        self.reinvite = Some(Reinvite { tx, seq, hold });
-        self.transmits.push_back(Transmit::Request {
-            tx,
-            request,
-            target,
-        });
     }
 
     /// Runs the timers that are due.
@@ -973,5 +559,4 @@ impl Call {
 }
 
 #[cfg(test)]
-#[path = "machine_tests.rs"]
 mod tests;

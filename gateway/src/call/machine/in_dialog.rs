@@ -1,0 +1,234 @@
+//! The established call's dialog: requests from the trunk (BYE, re-INVITE, INFO …, §12.2.2)
+//! and our own re-INVITE for hold and resume (RFC 3264 §8.4), answered without waiting.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rsip::prelude::*;
+use rsip::{Header, Method, Request};
+
+use super::{Call, CallEvent, Phase, Refusal, Reinvite};
+use crate::sip::Transmit;
+use crate::sip::message::{self, response_to};
+use crate::sip::sdp::{self, Direction};
+use crate::sip::transaction::ClientEvent;
+
+/// Requests that may arrive before the 2xx they race and wait for it.
+const EARLY_REQUESTS: usize = 8;
+
+impl Call {
+    /// A request from the trunk for this call's dialog. ACK and CANCEL (which the endpoint
+    /// has answered already) take no response.
+    pub fn handle_sip_request(
+        &mut self,
+        id: u64,
+        request: Request,
+        source: SocketAddr,
+        now: Instant,
+    ) {
+        let method = request.method;
+        if self.invite.is_some() {
+            return self.while_offered(id, request, now);
+        }
+        if method == Method::Ack || method == Method::Cancel {
+            if method == Method::Ack && self.ack_deadline.take().is_some() && self.bye_after_ack {
+                self.bye_after_ack = false;
+                self.hang_up_leg();
+            }
+            return;
+        }
+        let Some(leg) = self.leg.as_mut() else {
+            if self.uac.as_ref().is_some_and(|u| !u.is_done()) && self.early.len() < EARLY_REQUESTS
+            {
+                self.early.push((id, request, source));
+            } else {
+                let response = response_to(&request, 481, Some(&message::random_token()));
+                self.transmits.push_back(Transmit::Respond { id, response });
+            }
+            return;
+        };
+        // From this dialog's peer (the endpoint serves trunk addresses only; this keeps one
+        // trunk, or a host in its pool, from ending or moving another peer's call by its
+        // Call-ID), naming it, in sequence (§12.2.2).
+        let ip = source.ip();
+        let accepted = if ip != leg.target.addr.ip() && !leg.dialog.peer_ips().contains(&ip) {
+            tracing::warn!(source = %ip, call_id = %leg.dialog.call_id, %method, "in-dialog request from an address that is not this dialog's peer refused");
+            Err(403)
+        } else {
+            leg.dialog.accept_remote(&request)
+        };
+        let respond = |this: &mut Call, code: u16, extra: Option<String>| {
+            let Some(leg) = this.leg.as_ref() else { return };
+            let mut response = leg.dialog.response(&request, code);
+            if let Some(sdp) = extra {
+                response
+                    .headers
+                    .push(Header::Contact(rsip::headers::Contact::new(format!(
+                        "<{}>",
+                        this.sip.contact_uri("gw", leg.target.transport)
+                    ))));
+                response
+                    .headers
+                    .push(Header::ContentType(rsip::headers::ContentType::new(
+                        "application/sdp",
+                    )));
+                response.body = sdp.into_bytes();
+            }
+            this.transmits.push_back(Transmit::Respond { id, response });
+        };
+        if let Err(code) = accepted {
+            return respond(self, code, None);
+        }
+        let ended = self.phase == Phase::Ended;
+        match method {
+            Method::Bye => {
+                respond(self, 200, None);
+                // The dialog is over: no BYE of ours follows. A BYE crossing ours is
+                // answered and changes nothing else (§15.1.2).
+                self.leg = None;
+                if self.bye.is_none() {
+                    self.forget_dialog();
+                }
+                self.ack_deadline = None;
+                self.bye_after_ack = false;
+                self.finish("remote_hangup", 200, now);
+            }
+            _ if ended => respond(self, 481, None),
+            // §14.2: a re-INVITE while ours is pending gets 491.
+            Method::Invite if self.reinvite.is_some() => respond(self, 491, None),
+            Method::Invite => {
+                let (code, sdp) = self.answer_reinvite(&request.body);
+                respond(self, code, sdp);
+            }
+            Method::Info => {
+                let body = String::from_utf8_lossy(&request.body).to_string();
+                let digit = body
+                    .lines()
+                    .find_map(|l| {
+                        l.trim()
+                            .strip_prefix("Signal")
+                            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+                    })
+                    .and_then(|v| v.chars().next());
+                respond(self, if digit.is_some() { 200 } else { 415 }, None);
+                if let Some(d) = digit {
+                    self.events.push_back(CallEvent::Dtmf(d));
+                }
+            }
+            _ => respond(self, 200, None),
+        }
+    }
+
+    /// Answers a re-INVITE per RFC 3264: an offer gets the mirrored direction (hold:
+    /// `sendonly` gets `recvonly`) and moves our media; an offerless one gets our offer
+    /// (§5); an unusable offer gets 488.
+    fn answer_reinvite(&mut self, offer: &[u8]) -> (u16, Option<String>) {
+        let Some(local) = self.local.clone() else {
+            return (488, None);
+        };
+        self.sdp_version += 1;
+        if offer.is_empty() {
+            let ours = sdp::offer(&local, self.sdp_version, Direction::SendRecv);
+            return (200, Some(ours));
+        }
+        match sdp::parse_remote(offer, &local.codecs, false) {
+            Ok(remote) => {
+                let answer = sdp::answer(&local, self.sdp_version, &remote);
+                self.events.push_back(CallEvent::TrunkMedia(remote));
+                self.events.push_back(CallEvent::TrunkReinvite);
+                (200, Some(answer))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-INVITE offer refused with 488");
+                (488, None)
+            }
+        }
+    }
+
+    pub(super) fn on_reinvite_answer(&mut self, pending: Reinvite, event: ClientEvent, code: u16) {
+        if self.phase == Phase::Ended && self.leg.is_none() {
+            return; // the trunk hung up meanwhile
+        }
+        let what = if pending.hold { "hold" } else { "resume" };
+        let (Some(leg), ClientEvent::Response(response)) = (self.leg.as_ref(), event) else {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                format!("the trunk did not answer the {what} re-INVITE"),
+            );
+        };
+        if !(200..300).contains(&code) {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                format!("the trunk refused the {what} re-INVITE with {code}"),
+            );
+        }
+        let via = self.sip.via(leg.target.transport, &message::new_branch());
+        self.transmits.push_back(Transmit::Stateless {
+            request: leg.dialog.ack(pending.seq, via),
+            target: leg.target.clone(),
+        });
+        if self.phase == Phase::Ended {
+            return;
+        }
+        let codecs = self
+            .local
+            .as_ref()
+            .map(|l| l.codecs.clone())
+            .unwrap_or_default();
+        if let Ok(remote) = sdp::parse_remote(&response.body, &codecs, true) {
+            self.events.push_back(CallEvent::TrunkMedia(remote));
+        }
+        self.held = pending.hold;
+        self.events.push_back(CallEvent::Held(pending.hold));
+    }
+
+    pub(super) fn hold(&mut self, hold: bool) {
+        if self.phase != Phase::Answered || self.leg.is_none() {
+            return self.refuse(
+                Refusal::NotAnswered,
+                "hold and unhold need an answered call".into(),
+            );
+        }
+        if self.reinvite.is_some() {
+            return self.refuse(
+                Refusal::TrunkRefused,
+                "a re-INVITE is already waiting for the trunk's answer; try again".into(),
+            );
+        }
+        if hold == self.held {
+            return;
+        }
+        let Some(local) = self.local.clone() else {
+            return;
+        };
+        self.sdp_version += 1;
+        let direction = if hold {
+            Direction::SendOnly
+        } else {
+            Direction::SendRecv
+        };
+        let offer = sdp::offer(&local, self.sdp_version, direction);
+        let tx = self.tx_id();
+        let leg = self.leg.as_mut().expect("checked");
+        let transport = leg.target.transport;
+        let extra = vec![
+            Header::Contact(rsip::headers::Contact::new(format!(
+                "<{}>",
+                self.sip.contact_uri("gw", transport)
+            ))),
+            Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
+        ];
+        let via = self.sip.via(transport, &message::new_branch());
+        let request = leg
+            .dialog
+            .request(Method::Invite, via, extra, offer.into_bytes());
+        let seq = message::cseq(&request).map(|c| c.0).unwrap_or(1);
+        let target = leg.target.clone();
+        self.reinvite = Some(Reinvite { tx, seq, hold });
+        self.transmits.push_back(Transmit::Request {
+            tx,
+            request,
+            target,
+        });
+    }
+}

@@ -1,0 +1,145 @@
+//! An inbound call's first moments: the trunk's INVITE rings the browser (180), and the
+//! browser's answer becomes our 200, after which the ACK is awaited (§13.3.1.4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rsip::prelude::*;
+use rsip::{Header, Method, Request};
+
+use super::{Call, CallEvent, CallSettings, Phase, TrunkLeg};
+use crate::config::{RtpSource, Transport};
+use crate::plugin::Direction as CallDirection;
+use crate::sip::Transmit;
+use crate::sip::dialog::Dialog;
+use crate::sip::endpoint::SipLocal;
+use crate::sip::message::{self, response_to};
+use crate::sip::sdp::{self, LocalMedia, RemoteMedia};
+use crate::sip::transport::Target;
+use crate::sip::trunks::{ChannelGuard, Trunks};
+
+/// An INVITE from a trunk, as the call received it.
+#[derive(Debug)]
+pub struct InboundInvite {
+    /// The id to answer it with.
+    pub id: u64,
+    /// The request.
+    pub request: Request,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// Over which transport.
+    pub transport: Transport,
+    /// The trunk it came from.
+    pub trunk: String,
+    /// Where that trunk's RTP may come from.
+    pub rtp_source: RtpSource,
+    /// The trunk channel the call holds.
+    pub channel: ChannelGuard,
+    /// The INVITE's offer, parsed.
+    pub remote: RemoteMedia,
+    /// Our trunk-side media.
+    pub local: LocalMedia,
+}
+
+impl Call {
+    /// A call from a trunk, offered to a browser: the trunk hears 180 until the browser
+    /// answers, the ring timeout passes, or either side gives up.
+    pub fn inbound(
+        id: &str,
+        settings: CallSettings,
+        sip: SipLocal,
+        trunks: Arc<Trunks>,
+        invite: InboundInvite,
+        now: Instant,
+    ) -> Call {
+        let mut call = Call::new(id, CallDirection::Inbound, settings, sip, trunks);
+        let tag = message::random_token();
+        call.phase = Phase::Ringing;
+        call.ring_deadline = Some(now + settings.ring_timeout);
+        call.trunk_used = Some(invite.trunk.clone());
+        call.sip_call_id = message::call_id(&invite.request);
+        call.local = Some(invite.local.clone());
+        if let Some(id) = &call.sip_call_id {
+            call.transmits.push_back(Transmit::Listen(id.clone()));
+        }
+        call.events.push_back(CallEvent::TrunkSource {
+            policy: invite.rtp_source,
+            ip: invite.source.ip(),
+        });
+        call.events.push_back(CallEvent::TrunkMedia(invite.remote));
+        call.transmits.push_back(Transmit::Respond {
+            id: invite.id,
+            response: response_to(&invite.request, 180, Some(&tag)),
+        });
+        call.invite = Some((invite, tag));
+        call
+    }
+
+    /// Inbound, before the browser answered: the trunk may only give up (CANCEL).
+    pub(super) fn while_offered(&mut self, id: u64, request: Request, now: Instant) {
+        match request.method {
+            // The endpoint has answered the CANCEL and sent 487 (§9.2).
+            Method::Cancel => {
+                self.invite = None;
+                self.forget_dialog();
+                self.finish("remote_hangup", 487, now);
+            }
+            Method::Ack => {}
+            _ => {
+                let response = response_to(&request, 491, Some(&message::random_token()));
+                self.transmits.push_back(Transmit::Respond { id, response });
+            }
+        }
+    }
+
+    /// The browser accepted an inbound call (its answer already applied to its leg): the
+    /// trunk gets 200 with our SDP, and the call waits for the ACK.
+    pub fn handle_caller_answered(&mut self, now: Instant) {
+        let Some((invite, tag)) = self.invite.take() else {
+            return;
+        };
+        let Some(dialog) = Dialog::from_uas(&invite.request, &tag) else {
+            let response = response_to(&invite.request, 400, Some(&tag));
+            self.transmits.push_back(Transmit::Respond {
+                id: invite.id,
+                response,
+            });
+            self.forget_dialog();
+            return self.finish("rejected", 400, now);
+        };
+        let mut ok = response_to(&invite.request, 200, Some(&tag));
+        ok.headers
+            .push(Header::Contact(rsip::headers::Contact::new(format!(
+                "<{}>",
+                self.sip.contact_uri("gw", invite.transport)
+            ))));
+        ok.headers
+            .push(Header::ContentType(rsip::headers::ContentType::new(
+                "application/sdp",
+            )));
+        ok.body = sdp::answer(&invite.local, 1, &invite.remote).into_bytes();
+        self.transmits.push_back(Transmit::Respond {
+            id: invite.id,
+            response: ok,
+        });
+        self.leg = Some(TrunkLeg {
+            dialog,
+            target: Target {
+                addr: invite.source,
+                transport: invite.transport,
+                host: invite.source.ip().to_string(),
+                tls: None,
+            },
+            _channel: invite.channel,
+        });
+        self.ring_deadline = None;
+        // §13.3.1.4: the 2xx is retransmitted until the ACK; a UAS that gets none within
+        // 64·T1 ends the dialog with BYE.
+        self.ack_deadline = Some(now + 64 * self.settings.timers.t1);
+        self.connect_deadline = Some(now + self.settings.connect_timeout);
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.events.push_back(CallEvent::Answered);
+    }
+}

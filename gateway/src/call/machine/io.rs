@@ -1,0 +1,84 @@
+//! What the call machine takes from the signaling side and tells the outside.
+
+use std::net::IpAddr;
+
+use crate::config::RtpSource;
+use crate::sip::sdp::RemoteMedia;
+
+/// What the call tells the outside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallEvent {
+    /// Inbound: the browser is offered the call (sent by the set-up, not the machine).
+    Offered {
+        /// The trunk caller.
+        from: String,
+        /// The number dialled.
+        to: String,
+        /// Our WebRTC offer.
+        sdp: String,
+    },
+    /// The far end rings.
+    Ringing,
+    /// Another provisional response (183 …).
+    Progress {
+        /// Its status.
+        code: u16,
+    },
+    /// Both legs are up.
+    Answered,
+    /// The call is over.
+    Ended {
+        /// One of the documented `ended.reason` values.
+        reason: String,
+        /// The SIP status that ended it.
+        sip_code: u16,
+    },
+    /// The trunk side pressed a key (SIP INFO).
+    Dtmf(char),
+    /// A command could not be carried out; the call goes on.
+    Refused {
+        /// Why, in the user's terms.
+        kind: Refusal,
+        /// What happened.
+        message: String,
+    },
+    /// Trunk media goes here now (answer, early media, re-INVITE).
+    TrunkMedia(RemoteMedia),
+    /// The trunk's RTP may come from this policy and signalling address.
+    TrunkSource {
+        /// The trunk's `rtp_source`.
+        policy: RtpSource,
+        /// The trunk's signalling IP.
+        ip: IpAddr,
+    },
+    /// The call was put on hold (true) or resumed; media pauses meanwhile.
+    Held(bool),
+    /// The trunk re-INVITEd and was answered.
+    TrunkReinvite,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Hold or DTMF before the answer.
+    NotAnswered,
+    /// The trunk refused or did not answer a re-INVITE.
+    TrunkRefused,
+    /// `answer` for a call that was not offered to this browser (or no longer rings).
+    NotOffered,
+    /// The browser's SDP answer is unusable.
+    BadAnswer,
+}
+
+/// What the signaling side can ask of a running call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallCommand {
+    /// Hang up.
+    Hangup,
+    /// Send DTMF digits to the trunk.
+    Dtmf(String),
+    /// The browser accepted an inbound call with this SDP answer.
+    Answer(String),
+    /// Hold (true) or resume (false).
+    Hold(bool),
+}

@@ -1,0 +1,431 @@
+//! The SIP endpoint: one tokio task that owns the sockets and every transaction, and routes
+//! messages between the wire and transaction users (call legs, the registrar client).
+//!
+//! The protocol decisions live in the sans-IO [`super::transaction`] types; the task in
+//! `core` only moves bytes, runs timers and matches messages to transactions (§17.1.3,
+//! §17.2.3). This file is the handle the rest of the gateway holds.
+
+mod core;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use rsip::prelude::*;
+use rsip::{Request, Response};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+use self::core::{Core, accept_loop, client_key};
+use super::edge::{Edge, EdgeCounters, EdgePolicy};
+use super::message;
+use super::transaction::{ClientEvent, Timers};
+use super::transport::Target;
+use crate::config::Transport;
+
+/// How to start an endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// UDP bind address (port 0 picks one).
+    pub udp: SocketAddr,
+    /// TCP listen address, if any.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listen address and server settings, if any.
+    pub tls: Option<(SocketAddr, std::sync::Arc<rustls::ServerConfig>)>,
+    /// Address advertised in Via and Contact; the bound address when `None`.
+    pub public_ip: Option<IpAddr>,
+    /// User-Agent header value.
+    pub user_agent: String,
+    /// Transaction timers.
+    pub timers: Timers,
+    /// Which sources are served, and how fast.
+    pub edge: EdgePolicy,
+}
+
+/// A request that reached a transaction user.
+#[derive(Debug)]
+pub struct IncomingRequest {
+    /// The request.
+    pub request: Request,
+    /// Where it came from.
+    pub source: SocketAddr,
+    /// Over which transport.
+    pub transport: Transport,
+    /// Handle to answer it; `None` for ACK and CANCEL notifications, which take no answer.
+    pub responder: Option<Responder>,
+}
+
+/// Answers one server transaction.
+#[derive(Debug, Clone)]
+pub struct Responder {
+    key: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Responder {
+    /// Sends `response` through the server transaction (retransmitted as §17.2 requires).
+    pub fn respond(&self, response: Response) {
+        let _ = self.commands.send(Command::Respond {
+            key: self.key.clone(),
+            response,
+        });
+    }
+}
+
+#[derive(Debug)]
+enum Command {
+    Request {
+        request: Request,
+        target: Target,
+        events: Sink,
+    },
+    Stateless {
+        request: Request,
+        target: Target,
+    },
+    Respond {
+        key: String,
+        response: Response,
+    },
+    Dialog {
+        call_id: String,
+        tx: Option<mpsc::UnboundedSender<IncomingRequest>>,
+    },
+    Abandon {
+        key: String,
+    },
+}
+
+/// Where a client transaction's events go: its own channel, or a call's shared channel
+/// tagged with the transaction's id there (one call has several transactions at once).
+#[derive(Debug)]
+enum Sink {
+    Own(mpsc::UnboundedSender<ClientEvent>),
+    Tagged(u64, mpsc::UnboundedSender<(u64, ClientEvent)>),
+}
+
+impl Sink {
+    fn send(&self, event: ClientEvent) {
+        match self {
+            Sink::Own(tx) => drop(tx.send(event)),
+            Sink::Tagged(id, tx) => drop(tx.send((*id, event))),
+        }
+    }
+}
+
+/// Sizes of the endpoint's tables, for `/metrics`: after calls end they return to zero,
+/// so a leak shows as a number that only grows.
+#[derive(Debug, Default)]
+pub struct EndpointTables {
+    /// Client and server transactions alive.
+    pub transactions: AtomicUsize,
+    /// Dialogs (Call-IDs) routed to a call.
+    pub dialogs: AtomicUsize,
+}
+
+/// What the endpoint says about itself in the messages it builds: the advertised address
+/// and ports, and the User-Agent. Plain data, so sans-IO code builds requests with it.
+#[derive(Debug, Clone)]
+pub struct SipLocal {
+    udp: SocketAddr,
+    tcp: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    advertised: IpAddr,
+    user_agent: String,
+}
+
+impl SipLocal {
+    /// An identity for tests and tools: everything on `addr`.
+    pub fn new(addr: SocketAddr, user_agent: &str) -> SipLocal {
+        SipLocal {
+            udp: addr,
+            tcp: Some(addr),
+            tls: Some(addr),
+            advertised: addr.ip(),
+            user_agent: user_agent.to_string(),
+        }
+    }
+
+    /// The address put in Via, Contact and SDP.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.advertised
+    }
+
+    /// The User-Agent value.
+    pub fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
+    fn advertised_port(&self, transport: Transport) -> u16 {
+        match transport {
+            Transport::Udp => self.udp.port(),
+            Transport::Tcp => self.tcp.map_or(self.udp.port(), |a| a.port()),
+            Transport::Tls => self.tls.map_or(self.udp.port(), |a| a.port()),
+        }
+    }
+
+    fn host_port(&self, transport: Transport) -> String {
+        match self.advertised {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.advertised_port(transport)),
+            IpAddr::V4(ip) => format!("{ip}:{}", self.advertised_port(transport)),
+        }
+    }
+
+    /// A Via header for a new client transaction, with `rport` (RFC 3581) so responses
+    /// find their way back through NAT.
+    pub fn via(&self, transport: Transport, branch: &str) -> rsip::Header {
+        rsip::Header::Via(rsip::headers::Via::new(format!(
+            "SIP/2.0/{} {};branch={branch};rport",
+            transport.via_token(),
+            self.host_port(transport)
+        )))
+    }
+
+    /// Our Contact URI for dialogs over `transport`.
+    pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
+        let params = match transport {
+            Transport::Udp => "",
+            Transport::Tcp => ";transport=tcp",
+            Transport::Tls => ";transport=tls",
+        };
+        let scheme = if transport == Transport::Tls {
+            "sips"
+        } else {
+            "sip"
+        };
+        format!("{scheme}:{user}@{}{params}", self.host_port(transport))
+    }
+}
+
+/// Handle to the endpoint task. Cheap to clone; the task ends when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    commands: mpsc::UnboundedSender<Command>,
+    local: SipLocal,
+    edge_counters: Arc<EdgeCounters>,
+    tables: Arc<EndpointTables>,
+}
+
+impl Endpoint {
+    /// Binds the sockets and starts the task. Out-of-dialog requests other than OPTIONS
+    /// (which the endpoint answers itself) arrive on the returned receiver.
+    pub async fn start(
+        config: EndpointConfig,
+    ) -> std::io::Result<(Endpoint, mpsc::UnboundedReceiver<IncomingRequest>)> {
+        let std_udp = std::net::UdpSocket::bind(config.udp)?;
+        std_udp.set_nonblocking(true)?;
+        // Sends go through a plain non-blocking clone: tokio's `try_send_to` reports
+        // WouldBlock until the reactor has seen the socket writable, which silently cost the
+        // first INVITE of a fresh endpoint a T1 (500 ms) retransmission.
+        let udp_send = std_udp.try_clone()?;
+        let udp = UdpSocket::from_std(std_udp)?;
+        let udp_addr = udp.local_addr()?;
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        // In drop mode a stranger's connection is closed at once: no TLS handshake, no
+        // buffer, nothing to learn from.
+        let admit = match (&config.edge.trusted, config.edge.unknown_sources) {
+            (Some(trusted), crate::config::UnknownSources::Drop) => {
+                Some(std::sync::Arc::new(trusted.clone()))
+            }
+            _ => None,
+        };
+        let tcp_addr = match config.tcp {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(accept_loop(
+                    listener,
+                    None,
+                    admit.clone(),
+                    stream_tx.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        let tls_addr = match config.tls.clone() {
+            Some((addr, server)) => {
+                let listener = TcpListener::bind(addr).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(accept_loop(
+                    listener,
+                    Some(server),
+                    admit.clone(),
+                    stream_tx.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        let advertised = config.public_ip.unwrap_or_else(|| {
+            let ip = udp_addr.ip();
+            if ip.is_unspecified() {
+                local_ip_guess()
+            } else {
+                ip
+            }
+        });
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (app_tx, app_rx) = mpsc::unbounded_channel();
+        let edge_counters = Arc::new(EdgeCounters::default());
+        let tables = Arc::new(EndpointTables::default());
+        let endpoint = Endpoint {
+            commands: commands.clone(),
+            local: SipLocal {
+                udp: udp_addr,
+                tcp: tcp_addr,
+                tls: tls_addr,
+                advertised,
+                user_agent: config.user_agent.clone(),
+            },
+            edge_counters: edge_counters.clone(),
+            tables: tables.clone(),
+        };
+        let core = Core::new(
+            (udp, udp_send),
+            config.timers,
+            (commands, stream_tx, app_tx),
+            config.user_agent,
+            Edge::new(config.edge),
+            (edge_counters, tables),
+        );
+        tokio::spawn(core.run(command_rx, stream_rx));
+        Ok((endpoint, app_rx))
+    }
+
+    /// The bound UDP address.
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.local.udp
+    }
+
+    /// The bound TCP listen address, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.local.tcp
+    }
+
+    /// The bound TLS listen address, if any.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.local.tls
+    }
+
+    /// What this endpoint puts in Via, Contact and User-Agent.
+    pub fn local(&self) -> &SipLocal {
+        &self.local
+    }
+
+    /// The address put in Via, Contact and SDP.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.local.advertised
+    }
+
+    /// The User-Agent value.
+    pub fn user_agent(&self) -> &str {
+        &self.local.user_agent
+    }
+
+    /// What the edge policy kept out, for `/metrics`.
+    pub fn edge_counters(&self) -> &EdgeCounters {
+        &self.edge_counters
+    }
+
+    /// How many transactions and dialogs the endpoint holds, for `/metrics`.
+    pub fn tables(&self) -> &EndpointTables {
+        &self.tables
+    }
+
+    /// A Via header for a new client transaction (see [`SipLocal::via`]).
+    pub fn via(&self, transport: Transport, branch: &str) -> rsip::Header {
+        self.local.via(transport, branch)
+    }
+
+    /// Our Contact URI for dialogs over `transport`.
+    pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
+        self.local.contact_uri(user, transport)
+    }
+
+    /// Starts a client transaction for `request` towards `target`.
+    pub fn request(
+        &self,
+        request: Request,
+        target: Target,
+    ) -> mpsc::UnboundedReceiver<ClientEvent> {
+        let (events, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Request {
+            request,
+            target,
+            events: Sink::Own(events),
+        });
+        rx
+    }
+
+    /// Starts a client transaction whose events arrive on `sink`, tagged with `id`: a call
+    /// runs all its transactions through one channel.
+    pub fn request_tagged(
+        &self,
+        request: Request,
+        target: Target,
+        id: u64,
+        sink: mpsc::UnboundedSender<(u64, ClientEvent)>,
+    ) {
+        let _ = self.commands.send(Command::Request {
+            request,
+            target,
+            events: Sink::Tagged(id, sink),
+        });
+    }
+
+    /// Routes requests carrying `call_id` to `tx` (several Call-IDs may share one channel:
+    /// a call's failover attempts) until [`Self::forget_dialog`].
+    pub fn route_dialog(&self, call_id: &str, tx: mpsc::UnboundedSender<IncomingRequest>) {
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: Some(tx),
+        });
+    }
+
+    /// Sends a request outside any transaction: the ACK for a 2xx (§13.2.2.4).
+    pub fn send_stateless(&self, request: Request, target: Target) {
+        let _ = self.commands.send(Command::Stateless { request, target });
+    }
+
+    /// Routes requests carrying `call_id` (in-dialog requests, ACKs, CANCELs) to the
+    /// returned receiver until [`Self::forget_dialog`].
+    pub fn register_dialog(&self, call_id: &str) -> mpsc::UnboundedReceiver<IncomingRequest> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: Some(tx),
+        });
+        rx
+    }
+
+    /// Forgets the client transaction of `request` without a final response: an INVITE
+    /// whose CANCEL the peer never completed (§9.1). Its late responses are dropped.
+    pub fn abandon(&self, request: &Request) {
+        if let Some(branch) = message::top_branch(request) {
+            let _ = self.commands.send(Command::Abandon {
+                key: client_key(&branch, &request.method),
+            });
+        }
+    }
+
+    /// Stops routing `call_id`.
+    pub fn forget_dialog(&self, call_id: &str) {
+        let _ = self.commands.send(Command::Dialog {
+            call_id: call_id.to_string(),
+            tx: None,
+        });
+    }
+}
+
+/// The first non-loopback address of this host, found by asking the kernel which source it
+/// would use for a public destination (no packet is sent).
+fn local_ip_guess() -> IpAddr {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
