@@ -1,0 +1,351 @@
+//! The validated configuration the gateway runs with: what every other module reads.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::media::g711::G711;
+
+/// SIP transport for a trunk (RFC 3261 §18; TLS per RFC 5630).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Datagrams; requests are retransmitted by the transaction layer.
+    Udp,
+    /// One TCP connection per trunk address.
+    Tcp,
+    /// TCP with TLS (rustls); the certificate is checked against the address's host name.
+    Tls,
+}
+
+impl Transport {
+    /// The token used in Via headers and `transport=` URI parameters.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// True for transports that deliver reliably (no SIP retransmission, §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+/// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
+/// latches to any source hands the call's audio to whoever sprays the port range).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtpSource {
+    /// Only from the exact address and port the trunk's SDP names.
+    Strict,
+    /// From the SDP's IP or the trunk's signalling IP, any port (NAT rewrites ports), latched
+    /// to the first such source for the rest of the stream (RFC 4961 symmetric RTP).
+    #[default]
+    Latch,
+}
+
+/// What the SIP side does with a request from an address that is no trunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSources {
+    /// Nothing: no reply, no state. Scanners learn nothing and a spoofed source is sent
+    /// nothing (no reflection). The default: every legitimate peer is a configured trunk.
+    #[default]
+    Drop,
+    /// One stateless 403 per request (no transaction, never retransmitted); for operators
+    /// who want a misconfigured peer to see why it is refused.
+    Reject,
+}
+
+/// What a second connection registering an identity already registered gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterConflict {
+    /// It takes the identity; the first connection is told (`unregistered`). A reloaded tab
+    /// re-registers before the old socket notices it is gone.
+    #[default]
+    Replace,
+    /// It is refused while the first connection is open.
+    Refuse,
+}
+
+/// What happens when a plugin traps, times out or exceeds its memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Continue as if the plugin had said `continue` (routing helpers, observers).
+    #[default]
+    FailOpen,
+    /// Reject the call with the plugin's `reject_code` (compliance gates).
+    FailClosed,
+}
+
+/// One plugin in the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// Name, for logs and metrics.
+    pub name: String,
+    /// The component (`.wasm`).
+    pub path: PathBuf,
+    /// The `[plugins.config]` table as JSON, passed to `init`.
+    pub config_json: String,
+    /// Failure policy.
+    pub policy: FailurePolicy,
+    /// SIP status for `fail-closed` rejections.
+    pub reject_code: u16,
+    /// Memory cap per instance.
+    pub memory_bytes: usize,
+    /// Deadline per hook call.
+    pub deadline: std::time::Duration,
+    /// Calls that may hold an instance of this plugin at once; beyond, the failure policy.
+    pub max_instances: u32,
+    /// The folder mounted at `/data` for a plugin whose manifest asks for one.
+    pub data_dir: Option<PathBuf>,
+    /// Once the data directory holds this much, new calls get it read-only.
+    pub data_quota_bytes: u64,
+}
+
+/// Global limits.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Concurrent calls across all trunks.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: u32,
+    /// Seconds running calls may continue after SIGTERM before they are hung up.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u32,
+    /// Concurrent calls one signaling connection may hold (a page needs one; an agent's
+    /// console a few).
+    #[serde(default = "default_max_calls_per_connection")]
+    pub max_calls_per_connection: u32,
+    /// Seconds a call may ring before it is given up: an outbound call is cancelled
+    /// (`no_answer`), an inbound one answered 480.
+    #[serde(default = "default_ring_seconds")]
+    pub ring_seconds: u32,
+}
+
+fn default_ring_seconds() -> u32 {
+    60
+}
+
+fn default_max_calls_per_connection() -> u32 {
+    4
+}
+
+/// Requests per second from one address before it is ignored: far above what a trunk sends
+/// (a busy carrier trunk with 500 calls of 3-minute average sends ~10/s), far below a flood.
+pub const DEFAULT_SIP_RATE_LIMIT: u32 = 200;
+
+fn default_max_calls() -> u32 {
+    500
+}
+
+fn default_drain_seconds() -> u32 {
+    60
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_calls: default_max_calls(),
+            drain_seconds: default_drain_seconds(),
+            max_calls_per_connection: default_max_calls_per_connection(),
+            ring_seconds: default_ring_seconds(),
+        }
+    }
+}
+
+/// SIP listening and identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// UDP listen address.
+    pub udp: SocketAddr,
+    /// TCP listen address, if any.
+    pub tcp: Option<SocketAddr>,
+    /// TLS listen address, if any (needs `tls_cert` and `tls_key`).
+    pub tls: Option<SocketAddr>,
+    /// PEM certificate chain and key for the TLS listener.
+    pub tls_identity: Option<(PathBuf, PathBuf)>,
+    /// Address advertised in Via, Contact and SDP (1:1 NAT); the bound address otherwise.
+    pub public_ip: Option<IpAddr>,
+    /// The User-Agent / Server header value.
+    pub user_agent: String,
+    /// Requests from addresses that are no trunk: dropped or refused statelessly.
+    pub unknown_sources: UnknownSources,
+    /// Requests per second one source address may send before it is ignored for a while.
+    pub rate_limit: u32,
+}
+
+/// The RTP side: which address and ports trunk media uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpConfig {
+    /// Bind address for RTP sockets.
+    pub ip: IpAddr,
+    /// Lowest port (even).
+    pub port_min: u16,
+    /// Highest port.
+    pub port_max: u16,
+}
+
+/// A SIP trunk: a carrier or PBX the gateway places calls on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkConfig {
+    /// The trunk's name in this file.
+    pub name: String,
+    /// `host:port` (or `host`, port 5060/5061) in failover order.
+    pub addresses: Vec<String>,
+    /// Transport to all addresses.
+    pub transport: Transport,
+    /// Digest credentials, if the trunk challenges.
+    pub credentials: Option<Credentials>,
+    /// User part of From (the caller ID when none is given per call).
+    pub from_user: String,
+    /// Host part of From and of the Request-URI; the first address's host by default.
+    pub from_domain: Option<String>,
+    /// Codecs offered, in preference order.
+    pub codecs: Vec<G711>,
+    /// Register to the trunk (registration-based trunks).
+    pub register: bool,
+    /// Requested registration lifetime, seconds.
+    pub register_expires: u32,
+    /// OPTIONS health-check interval, seconds; 0 disables.
+    pub options_interval: u32,
+    /// Concurrent calls on this trunk.
+    pub max_channels: Option<u32>,
+    /// Trunks to try next, in order, after a timeout, 408 or 5xx.
+    pub failover: Vec<String>,
+    /// PEM CA bundle trusted for TLS, in addition to the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Where this trunk's RTP may come from.
+    pub rtp_source: RtpSource,
+}
+
+impl fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .field("transport", &self.transport)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| &c.username),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Username and password for digest authentication. The password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Digest username.
+    pub username: String,
+    /// Digest password, from the environment or a file.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
+    }
+}
+
+/// A named call target: what a widget calls instead of a raw number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Trunk to place the call on.
+    pub trunk: String,
+    /// Number dialled on that trunk.
+    pub number: String,
+}
+
+/// The HTTP side: signaling, demo page, metrics.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// `Origin` values allowed to open `/ws`; empty allows any (development only).
+    pub allowed_origins: Vec<String>,
+    /// The keys call tokens are verified with; `None` when tokens are not configured.
+    pub tokens: Option<crate::signal::token::TokenVerifier>,
+    /// Calls to named targets without a token (a public demo).
+    pub anonymous: bool,
+    /// The trunk for raw numbers (tokens with `numbers: true`); `None` refuses raw numbers.
+    pub numbers_trunk: Option<String>,
+    /// Bearer token for `/admin/*`; `None` disables the admin API.
+    pub admin_token: Option<Vec<u8>>,
+    /// A separate listen address for `/metrics` and `/admin/*`, so they need not face the
+    /// internet; `None` serves them on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    /// A second registration of the same identity replaces the first, or is refused.
+    pub register_conflict: RegisterConflict,
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("tokens", &self.tokens)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("anonymous", &self.anonymous)
+            .field("numbers_trunk", &self.numbers_trunk)
+            .field("admin_listen", &self.admin_listen)
+            .finish()
+    }
+}
+
+/// Media processing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Opus encoder complexity on a clean path, 0-10 (default 1: see BENCHMARKS.md for the
+    /// measurement).
+    pub opus_complexity: u8,
+    /// The complexity while the browser reports loss and in-band FEC is coded (default 5):
+    /// the FEC it codes is better by 0.13 MOS at 10 % loss than at 1.
+    pub opus_complexity_under_loss: u8,
+    /// Jitter buffer depth on the trunk → browser path, ms.
+    pub jitter_ms: u32,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from (reloads read it again); `None` in demo mode.
+    pub source: Option<PathBuf>,
+    /// HTTP side.
+    pub http: HttpConfig,
+    /// UDP address for all browser media (one port, ICE mux).
+    pub webrtc_udp: SocketAddr,
+    /// Media settings.
+    pub media: MediaConfig,
+    /// Where CDRs are appended as JSON lines; `None` disables them.
+    pub cdr_path: Option<PathBuf>,
+    /// Inbound routing: the number dialled on a trunk (DID) → the browser identity to ring.
+    pub inbound: BTreeMap<String, String>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginConfig>,
+    /// SIP side.
+    pub sip: SipConfig,
+    /// RTP side.
+    pub rtp: RtpConfig,
+    /// Trunks by name.
+    pub trunks: BTreeMap<String, TrunkConfig>,
+    /// Targets by name.
+    pub targets: BTreeMap<String, Target>,
+    /// Limits.
+    pub limits: Limits,
+}

@@ -1,0 +1,185 @@
+//! The file as written: serde shapes of every table, with spans kept for error messages.
+//! [`super::Config::load`] turns them into the model.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use std::collections::BTreeMap;
+
+use super::{FailurePolicy, Limits, RegisterConflict, RtpSource, Transport, UnknownSources};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) sip: RawSip,
+    #[serde(default)]
+    pub(super) rtp: RawRtp,
+    #[serde(default)]
+    pub(super) http: RawHttp,
+    #[serde(default)]
+    pub(super) webrtc: RawWebrtc,
+    #[serde(default)]
+    pub(super) media: RawMedia,
+    #[serde(default)]
+    pub(super) cdr: RawCdr,
+    #[serde(default)]
+    pub(super) trunks: BTreeMap<String, Spanned<RawTrunk>>,
+    #[serde(default)]
+    pub(super) targets: BTreeMap<String, Spanned<RawTarget>>,
+    #[serde(default)]
+    pub(super) limits: Limits,
+    #[serde(default)]
+    pub(super) inbound: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) plugins: Vec<Spanned<RawPlugin>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugin {
+    pub(super) name: String,
+    pub(super) path: Spanned<String>,
+    #[serde(default)]
+    pub(super) config: toml::Table,
+    #[serde(default)]
+    pub(super) policy: FailurePolicy,
+    pub(super) reject_code: Option<Spanned<u16>>,
+    pub(super) memory_mb: Option<u32>,
+    pub(super) deadline_ms: Option<u32>,
+    pub(super) max_instances: Option<u32>,
+    pub(super) data_dir: Option<Spanned<String>>,
+    pub(super) data_quota_mb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSip {
+    pub(super) udp: Option<Spanned<String>>,
+    pub(super) tcp: Option<Spanned<String>>,
+    pub(super) tls: Option<Spanned<String>>,
+    pub(super) tls_cert: Option<Spanned<String>>,
+    pub(super) tls_key: Option<Spanned<String>>,
+    pub(super) public_ip: Option<Spanned<String>>,
+    pub(super) user_agent: Option<String>,
+    #[serde(default)]
+    pub(super) unknown_sources: UnknownSources,
+    pub(super) rate_limit: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRtp {
+    pub(super) ip: Option<Spanned<String>>,
+    pub(super) port_min: Option<Spanned<u16>>,
+    pub(super) port_max: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    pub(super) listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allowed_origins: Vec<String>,
+    pub(super) token_secret_env: Option<Spanned<String>>,
+    pub(super) token_secret_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) anonymous: bool,
+    pub(super) numbers_trunk: Option<Spanned<String>>,
+    pub(super) admin_token_env: Option<Spanned<String>>,
+    pub(super) admin_token_file: Option<Spanned<String>>,
+    pub(super) admin_listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) register_conflict: RegisterConflict,
+    pub(super) token_kid: Option<String>,
+    #[serde(default)]
+    pub(super) token_keys: Vec<Spanned<RawTokenKey>>,
+    pub(super) token_jwks_file: Option<Spanned<String>>,
+    pub(super) token_audience: Option<String>,
+    pub(super) token_issuer: Option<String>,
+}
+
+/// One more key tokens may be signed with: an HS256 secret (rotation) or a public key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokenKey {
+    pub(super) kid: Option<String>,
+    pub(super) secret_env: Option<Spanned<String>>,
+    pub(super) secret_file: Option<Spanned<String>>,
+    pub(super) public_key_file: Option<Spanned<String>>,
+    pub(super) algorithm: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebrtc {
+    pub(super) udp: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMedia {
+    pub(super) opus_complexity: Option<Spanned<u8>>,
+    pub(super) opus_complexity_under_loss: Option<Spanned<u8>>,
+    pub(super) jitter_ms: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCdr {
+    pub(super) path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrunk {
+    pub(super) addresses: Spanned<Vec<String>>,
+    #[serde(default = "default_transport")]
+    pub(super) transport: Transport,
+    pub(super) username: Option<String>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) from_user: Option<String>,
+    pub(super) from_domain: Option<String>,
+    #[serde(default = "default_codecs")]
+    pub(super) codecs: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub(super) register: bool,
+    #[serde(default = "default_register_expires")]
+    pub(super) register_expires: u32,
+    #[serde(default = "default_options_interval")]
+    pub(super) options_interval: u32,
+    pub(super) max_channels: Option<u32>,
+    #[serde(default = "empty_list")]
+    pub(super) failover: Spanned<Vec<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) rtp_source: RtpSource,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    pub(super) trunk: Spanned<String>,
+    pub(super) number: Spanned<String>,
+}
+
+pub(super) fn default_transport() -> Transport {
+    Transport::Udp
+}
+
+pub(super) fn default_codecs() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["PCMU".into(), "PCMA".into()])
+}
+
+pub(super) fn empty_list() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+pub(super) fn default_register_expires() -> u32 {
+    600
+}
+
+pub(super) fn default_options_interval() -> u32 {
+    30
+}
