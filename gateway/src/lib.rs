@@ -13,3 +13,4 @@ pub mod rtc;
 pub mod run;
 pub mod signal;
 pub mod sip;
+pub mod token;

@@ -135,7 +135,7 @@ fn main() -> ExitCode {
                     let calls = gateway.calls.clone();
                     tokio::spawn(async move {
                         while hup.recv().await.is_some() {
-                            match gateway::run::reload_plugins(&calls).await {
+                            match calls.plugins.reload_file(calls.config.source.clone()).await {
                                 Ok(names) => eprintln!("plugins reloaded: {}", names.join(", ")),
                                 Err(e) => eprintln!("plugin reload refused, the running plugins stay: {e}"),
                             }

@@ -188,8 +188,8 @@ async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() 
         .unwrap()
         .as_secs()
         + 120;
-    opts.token = Some(gateway::signal::token::sign(
-        &gateway::signal::token::Claims {
+    opts.token = Some(gateway::token::sign(
+        &gateway::token::Claims {
             sub: "agent-7".into(),
             exp,
             targets: vec![],

@@ -31,8 +31,8 @@ fn token(identity: &str) -> String {
         .unwrap()
         .as_secs()
         + 300;
-    gateway::signal::token::sign(
-        &gateway::signal::token::Claims {
+    gateway::token::sign(
+        &gateway::token::Claims {
             sub: identity.into(),
             exp,
             targets: vec![],

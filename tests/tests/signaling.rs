@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::config::Config;
-use gateway::signal::token::{Claims, sign};
+use gateway::token::{Claims, sign};
 use gateway_tests::client::{CallOptions, run_call};
 use gateway_tests::{Sipp, out_dir, write_config};
 use serde_json::{Value, json};

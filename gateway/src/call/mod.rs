@@ -32,7 +32,7 @@ use crate::sip::trunks::Trunks;
 use cdr::CdrLog;
 pub use inbound::run_inbound;
 pub use machine::{CallCommand, CallEvent, Refusal};
-pub use outbound::{Outbound, resolve, run_outbound};
+pub use outbound::{Outbound, resolve, start_outbound};
 
 /// Where a call's events go: the signaling connection that owns the call, as
 /// `(gateway call id, event)`.
@@ -65,7 +65,7 @@ pub struct CallContext {
     /// The DTLS certificate all browser legs use.
     pub dtls: crate::rtc::DtlsCertificate,
     /// The plugin chain every call passes through (reloadable).
-    pub plugins: crate::plugin::PluginHost,
+    pub plugins: Arc<crate::plugin::PluginHost>,
     /// CDR log, if configured.
     pub cdr: Option<CdrLog>,
     /// Counters for `/metrics`.

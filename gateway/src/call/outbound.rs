@@ -33,8 +33,39 @@ pub struct Outbound {
     pub number: String,
 }
 
+/// Starts an outbound call from a browser's WebRTC `offer`: our leg answers it, its route
+/// on the shared media port is set up, and the call runs in its own task. Returns the SDP
+/// answer for the browser, or what is wrong with the offer (nothing is started then).
+pub fn start_outbound(
+    ctx: &Arc<CallContext>,
+    slot: CallSlot,
+    call: Outbound,
+    offer: &str,
+    events: EventSink,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+) -> Result<String, crate::rtc::RtcError> {
+    let (leg, answer) = BrowserLeg::answer(
+        offer,
+        ctx.mux.local_addr(),
+        ctx.media_ip,
+        &ctx.dtls,
+        Instant::now(),
+    )?;
+    let route = ctx.mux.register(leg.ufrag());
+    tokio::spawn(run_outbound(
+        ctx.clone(),
+        slot,
+        call,
+        leg,
+        route,
+        events,
+        commands,
+    ));
+    Ok(answer)
+}
+
 /// Runs an outbound call from a browser whose offer `leg` has answered, until it ends.
-pub async fn run_outbound(
+async fn run_outbound(
     ctx: Arc<CallContext>,
     _slot: CallSlot,
     call: Outbound,

@@ -43,8 +43,8 @@ impl Checker<'_> {
         &mut self,
         env: &dyn Fn(&str) -> Option<String>,
         http: &RawHttp,
-    ) -> Option<crate::signal::token::TokenVerifier> {
-        use crate::signal::token::TokenVerifier;
+    ) -> Option<crate::token::TokenVerifier> {
+        use crate::token::TokenVerifier;
         let mut verifier =
             TokenVerifier::new(http.token_audience.clone(), http.token_issuer.clone());
         if let Some(secret) = self.secret(

@@ -7,61 +7,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::media::g711::G711;
-
-/// SIP transport for a trunk (RFC 3261 §18; TLS per RFC 5630).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// Datagrams; requests are retransmitted by the transaction layer.
-    Udp,
-    /// One TCP connection per trunk address.
-    Tcp,
-    /// TCP with TLS (rustls); the certificate is checked against the address's host name.
-    Tls,
-}
-
-impl Transport {
-    /// The token used in Via headers and `transport=` URI parameters.
-    pub fn via_token(self) -> &'static str {
-        match self {
-            Transport::Udp => "UDP",
-            Transport::Tcp => "TCP",
-            Transport::Tls => "TLS",
-        }
-    }
-
-    /// True for transports that deliver reliably (no SIP retransmission, §17.1.1.2).
-    pub fn is_reliable(self) -> bool {
-        !matches!(self, Transport::Udp)
-    }
-}
-
-/// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
-/// latches to any source hands the call's audio to whoever sprays the port range).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RtpSource {
-    /// Only from the exact address and port the trunk's SDP names.
-    Strict,
-    /// From the SDP's IP or the trunk's signalling IP, any port (NAT rewrites ports), latched
-    /// to the first such source for the rest of the stream (RFC 4961 symmetric RTP).
-    #[default]
-    Latch,
-}
-
-/// What the SIP side does with a request from an address that is no trunk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownSources {
-    /// Nothing: no reply, no state. Scanners learn nothing and a spoofed source is sent
-    /// nothing (no reflection). The default: every legitimate peer is a configured trunk.
-    #[default]
-    Drop,
-    /// One stateless 403 per request (no transaction, never retransmitted); for operators
-    /// who want a misconfigured peer to see why it is refused.
-    Reject,
-}
+pub use crate::media::session::RtpSource;
+pub use crate::sip::edge::{DEFAULT_SIP_RATE_LIMIT, UnknownSources};
+pub use crate::sip::transport::Transport;
+pub use crate::sip::trunks::{Credentials, TrunkConfig};
 
 /// What a second connection registering an identity already registered gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -139,10 +88,6 @@ fn default_max_calls_per_connection() -> u32 {
     4
 }
 
-/// Requests per second from one address before it is ignored: far above what a trunk sends
-/// (a busy carrier trunk with 500 calls of 3-minute average sends ~10/s), far below a flood.
-pub const DEFAULT_SIP_RATE_LIMIT: u32 = 200;
-
 fn default_max_calls() -> u32 {
     500
 }
@@ -194,72 +139,6 @@ pub struct RtpConfig {
     pub port_max: u16,
 }
 
-/// A SIP trunk: a carrier or PBX the gateway places calls on.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TrunkConfig {
-    /// The trunk's name in this file.
-    pub name: String,
-    /// `host:port` (or `host`, port 5060/5061) in failover order.
-    pub addresses: Vec<String>,
-    /// Transport to all addresses.
-    pub transport: Transport,
-    /// Digest credentials, if the trunk challenges.
-    pub credentials: Option<Credentials>,
-    /// User part of From (the caller ID when none is given per call).
-    pub from_user: String,
-    /// Host part of From and of the Request-URI; the first address's host by default.
-    pub from_domain: Option<String>,
-    /// Codecs offered, in preference order.
-    pub codecs: Vec<G711>,
-    /// Register to the trunk (registration-based trunks).
-    pub register: bool,
-    /// Requested registration lifetime, seconds.
-    pub register_expires: u32,
-    /// OPTIONS health-check interval, seconds; 0 disables.
-    pub options_interval: u32,
-    /// Concurrent calls on this trunk.
-    pub max_channels: Option<u32>,
-    /// Trunks to try next, in order, after a timeout, 408 or 5xx.
-    pub failover: Vec<String>,
-    /// PEM CA bundle trusted for TLS, in addition to the public roots.
-    pub ca_file: Option<PathBuf>,
-    /// Where this trunk's RTP may come from.
-    pub rtp_source: RtpSource,
-}
-
-impl fmt::Debug for TrunkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrunkConfig")
-            .field("name", &self.name)
-            .field("addresses", &self.addresses)
-            .field("transport", &self.transport)
-            .field(
-                "credentials",
-                &self.credentials.as_ref().map(|c| &c.username),
-            )
-            .finish_non_exhaustive()
-    }
-}
-
-/// Username and password for digest authentication. The password is never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    /// Digest username.
-    pub username: String,
-    /// Digest password, from the environment or a file.
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Credentials {{ username: {:?}, password: <redacted> }}",
-            self.username
-        )
-    }
-}
-
 /// A named call target: what a widget calls instead of a raw number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -277,7 +156,7 @@ pub struct HttpConfig {
     /// `Origin` values allowed to open `/ws`; empty allows any (development only).
     pub allowed_origins: Vec<String>,
     /// The keys call tokens are verified with; `None` when tokens are not configured.
-    pub tokens: Option<crate::signal::token::TokenVerifier>,
+    pub tokens: Option<crate::token::TokenVerifier>,
     /// Calls to named targets without a token (a public demo).
     pub anonymous: bool,
     /// The trunk for raw numbers (tokens with `numbers: true`); `None` refuses raw numbers.

@@ -140,13 +140,13 @@ fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     };
     let config = Config::parse(&text, Path::new("gw.toml"), &env).unwrap();
     let tokens = config.http.tokens.expect("tokens configured");
-    let claims = crate::signal::token::Claims {
+    let claims = crate::token::Claims {
         sub: "u".into(),
         exp: u64::MAX / 2,
         targets: vec![],
         numbers: false,
     };
-    let old_token = crate::signal::token::sign_with(
+    let old_token = crate::token::sign_with(
         &claims,
         b"an old secret of 32 bytes, rotated",
         Some("2026-11"),
@@ -154,7 +154,7 @@ fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     // Signed with the old secret but without the configured audience: refused for that.
     assert_eq!(
         tokens.verify(&old_token, 1),
-        Err(crate::signal::token::TokenError::WrongAudience)
+        Err(crate::token::TokenError::WrongAudience)
     );
     // A public key file that is not a key, and a key with no algorithm, are named.
     let bad = text

@@ -4,6 +4,7 @@
 //!
 //! Buffers are owned by the stream and reused; nothing allocates per packet.
 
+use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -11,10 +12,22 @@ use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
 
 use super::MediaDrops;
+use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
-use crate::config::RtpSource;
-use crate::sip::sdp::RemoteMedia;
+
+/// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
+/// latches to any source hands the call's audio to whoever sprays the port range).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RtpSource {
+    /// Only from the exact address and port the trunk's SDP names.
+    Strict,
+    /// From the SDP's IP or the trunk's signalling IP, any port (NAT rewrites ports), latched
+    /// to the first such source for the rest of the stream (RFC 4961 symmetric RTP).
+    #[default]
+    Latch,
+}
 
 /// Samples in one 20 ms G.711 frame.
 pub const FRAME_SAMPLES: usize = 160;
@@ -335,8 +348,8 @@ impl RtpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::description::Direction;
     use crate::media::g711::G711;
-    use crate::sip::sdp::Direction;
 
     #[tokio::test]
     async fn audio_and_digits_cross_a_loopback_pair() {

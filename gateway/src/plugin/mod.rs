@@ -525,3 +525,33 @@ impl PluginHost {
         Ok(names)
     }
 }
+
+impl PluginHost {
+    /// Reads the configuration file again and replaces the plugin chain for new calls; running
+    /// calls finish on the chain they started with. On any error (the file, a plugin that does
+    /// not load or refuses its configuration) the running chain stays. Returns the plugins now
+    /// loaded. Only `[[plugins]]` is applied; other changes need a restart.
+    pub async fn reload_file(
+        self: &Arc<Self>,
+        source: Option<std::path::PathBuf>,
+    ) -> Result<Vec<String>, String> {
+        let Some(path) = source else {
+            return Err(
+                "the gateway runs without a configuration file (demo mode): nothing to reload"
+                    .into(),
+            );
+        };
+        let host = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let config = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
+            host.reload(&config.plugins).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("plugin reload failed: {e}"))?;
+        match &result {
+            Ok(names) => tracing::info!(plugins = ?names, "plugins reloaded"),
+            Err(e) => tracing::warn!(error = %e, "plugin reload refused; the running plugins stay"),
+        }
+        result
+    }
+}

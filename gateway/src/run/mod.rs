@@ -110,7 +110,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     if !plugins.is_empty() {
         tracing::info!(plugins = ?plugins, pooling = plugins.pooling(), "plugins loaded");
     }
-    let plugins = crate::plugin::PluginHost::new(plugins);
+    let plugins = Arc::new(crate::plugin::PluginHost::new(plugins));
     let calls = Arc::new(CallContext {
         config: config.clone(),
         endpoint: endpoint.clone(),
@@ -166,33 +166,6 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         http_addr,
         admin_addr,
     })
-}
-
-/// Reads the configuration file again and replaces the plugin chain for new calls; running
-/// calls finish on the chain they started with. On any error (the file, a plugin that does
-/// not load or refuses its configuration) the running chain stays. Returns the plugins now
-/// loaded. Only `[[plugins]]` is applied; other changes need a restart.
-pub async fn reload_plugins(calls: &Arc<CallContext>) -> Result<Vec<String>, String> {
-    let Some(path) = calls.config.source.clone() else {
-        return Err(
-            "the gateway runs without a configuration file (demo mode): nothing to reload".into(),
-        );
-    };
-    let calls = calls.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let config = Config::load(&path).map_err(|e| e.to_string())?;
-        calls
-            .plugins
-            .reload(&config.plugins)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| format!("plugin reload failed: {e}"))?;
-    match &result {
-        Ok(names) => tracing::info!(plugins = ?names, "plugins reloaded"),
-        Err(e) => tracing::warn!(error = %e, "plugin reload refused; the running plugins stay"),
-    }
-    result
 }
 
 /// Out-of-dialog requests, which the endpoint lets through from trunk addresses only (see

@@ -3,7 +3,6 @@
 
 mod metrics;
 pub mod protocol;
-pub mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,12 +17,11 @@ use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::call::{CallCommand, CallContext, CallEvent, Outbound, run_outbound};
+use crate::call::{CallCommand, CallContext, CallEvent, Outbound, start_outbound};
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
-use crate::rtc::BrowserLeg;
+use crate::token::{self, Claims};
 use protocol::{ClientMessage, ErrorCode, ServerMessage, VERSION};
-use token::Claims;
 
 /// The public router: signaling, the demo page and widget, `/healthz`; with `admin`, also
 /// `/metrics` and `/admin/*` (when `[http] admin_listen` does not serve them apart).
@@ -102,7 +100,7 @@ async fn reload_plugins(headers: HeaderMap, State(ctx): State<Arc<CallContext>>)
         )
             .into_response();
     }
-    match crate::run::reload_plugins(&ctx).await {
+    match ctx.plugins.reload_file(ctx.config.source.clone()).await {
         Ok(names) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({ "reloaded": names })),
@@ -398,46 +396,30 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     ));
                     continue;
                 };
-                let (leg, answer) = match BrowserLeg::answer(
-                    &sdp,
-                    ctx.mux.local_addr(),
-                    ctx.media_ip,
-                    &ctx.dtls,
-                    std::time::Instant::now(),
-                ) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
-                        continue;
-                    }
-                };
                 let call_id = format!("c-{}", crate::sip::message::random_token());
-                let browser_rx = ctx.mux.register(leg.ufrag());
-                let _ = out.send(ServerMessage::Answer {
-                    call_id: call_id.clone(),
-                    sdp: answer,
-                });
-                let (commands, command_rx) = mpsc::unbounded_channel();
-                calls.insert(call_id.clone(), commands);
                 let from = claims
                     .as_ref()
                     .map_or("anonymous".to_string(), |c| c.sub.clone());
                 let call = Outbound {
-                    call_id,
+                    call_id: call_id.clone(),
                     from,
                     to,
                     trunk,
                     number,
                 };
-                tokio::spawn(run_outbound(
-                    ctx.clone(),
-                    slot,
-                    call,
-                    leg,
-                    browser_rx,
-                    call_events.clone(),
-                    command_rx,
-                ));
+                let (commands, command_rx) = mpsc::unbounded_channel();
+                match start_outbound(&ctx, slot, call, &sdp, call_events.clone(), command_rx) {
+                    Ok(answer) => {
+                        let _ = out.send(ServerMessage::Answer {
+                            call_id: call_id.clone(),
+                            sdp: answer,
+                        });
+                        calls.insert(call_id, commands);
+                    }
+                    Err(e) => {
+                        let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
+                    }
+                }
             }
             ClientMessage::Register { identity: wanted } => {
                 // Taking someone's inbound calls needs proof of being them: a token whose

@@ -5,7 +5,7 @@ use md5::{Digest, Md5};
 use rsip::Response;
 use sha2::Sha256;
 
-use crate::config::Credentials;
+use super::trunks::Credentials;
 
 /// Hash algorithm of a challenge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,12 +6,28 @@
 //! retransmitted reply, never a 100 Trying). Every source, trunks included, is held to a
 //! request rate; above it the address is ignored for a while.
 
+use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::UnknownSources;
+/// Requests per second from one address before it is ignored: far above what a trunk sends
+/// (a busy carrier trunk with 500 calls of 3-minute average sends ~10/s), far below a flood.
+pub const DEFAULT_SIP_RATE_LIMIT: u32 = 200;
+
+/// What the SIP side does with a request from an address that is no trunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSources {
+    /// Nothing: no reply, no state. Scanners learn nothing and a spoofed source is sent
+    /// nothing (no reflection). The default: every legitimate peer is a configured trunk.
+    #[default]
+    Drop,
+    /// One stateless 403 per request (no transaction, never retransmitted); for operators
+    /// who want a misconfigured peer to see why it is refused.
+    Reject,
+}
 
 /// How long a source that went over the rate is ignored.
 pub const BAN: Duration = Duration::from_secs(10);
@@ -36,7 +52,7 @@ impl Default for EdgePolicy {
         EdgePolicy {
             trusted: None,
             unknown_sources: UnknownSources::default(),
-            rate_limit: crate::config::DEFAULT_SIP_RATE_LIMIT,
+            rate_limit: DEFAULT_SIP_RATE_LIMIT,
         }
     }
 }

@@ -171,7 +171,7 @@ fn options_request(
     user: &str,
     host: &str,
     port: u16,
-    transport: crate::config::Transport,
+    transport: super::transport::Transport,
 ) -> Request {
     let uri = rsip::Uri::try_from(format!("sip:{host}:{port}")).unwrap_or_default();
     let mut headers = rsip::Headers::default();

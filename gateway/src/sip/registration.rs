@@ -8,7 +8,7 @@ use rsip::{Header, Method, Request, Response};
 
 use super::auth;
 use super::message;
-use crate::config::Credentials;
+use super::trunks::Credentials;
 
 /// Refresh when this fraction of the granted lifetime has passed, so a lost REGISTER can
 /// still be retransmitted (64·T1 = 32 s) before the binding expires.

@@ -10,6 +10,7 @@ use rtc_sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use rtc_sdp::description::session::{Origin, TimeDescription, Timing};
 use thiserror::Error;
 
+pub use crate::media::description::{Direction, LocalMedia, RemoteMedia};
 use crate::media::g711::G711;
 
 /// Payload type we offer for RFC 4733 events (dynamic range, the common choice).
@@ -32,72 +33,6 @@ pub enum SdpError {
         "no common codec: the peer offers payload types {0:?}, the gateway speaks PCMU and PCMA"
     )]
     NoCommonCodec(Vec<String>),
-}
-
-/// Media direction attribute (RFC 3264 §5.1, §6.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Both ways.
-    SendRecv,
-    /// The describing side only sends.
-    SendOnly,
-    /// The describing side only receives.
-    RecvOnly,
-    /// Neither.
-    Inactive,
-}
-
-impl Direction {
-    fn attribute(self) -> &'static str {
-        match self {
-            Direction::SendRecv => "sendrecv",
-            Direction::SendOnly => "sendonly",
-            Direction::RecvOnly => "recvonly",
-            Direction::Inactive => "inactive",
-        }
-    }
-
-    /// The direction an answer takes to this offered direction (RFC 3264 §6.1).
-    pub fn answer(self) -> Direction {
-        match self {
-            Direction::SendRecv => Direction::SendRecv,
-            Direction::SendOnly => Direction::RecvOnly,
-            Direction::RecvOnly => Direction::SendOnly,
-            Direction::Inactive => Direction::Inactive,
-        }
-    }
-
-    /// True when the side described by this direction will receive media from us.
-    pub fn peer_receives(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::RecvOnly)
-    }
-}
-
-/// Our side of the audio stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalMedia {
-    /// Address in `c=` and `o=`.
-    pub ip: IpAddr,
-    /// RTP port.
-    pub port: u16,
-    /// Codecs in preference order.
-    pub codecs: Vec<G711>,
-    /// Session id for `o=`.
-    pub session_id: u64,
-}
-
-/// What the peer's SDP says about its audio stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RemoteMedia {
-    /// Where to send RTP.
-    pub addr: SocketAddr,
-    /// The codec to send.
-    pub codec: G711,
-    /// The peer's telephone-event payload type, if it supports RFC 4733.
-    pub dtmf_payload_type: Option<u8>,
-    /// The peer's direction.
-    pub direction: Direction,
 }
 
 fn build(

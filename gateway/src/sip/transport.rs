@@ -4,12 +4,40 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::message::{Frame, frame};
-use crate::config::Transport;
+
+/// SIP transport for a trunk (RFC 3261 §18; TLS per RFC 5630).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// Datagrams; requests are retransmitted by the transaction layer.
+    Udp,
+    /// One TCP connection per trunk address.
+    Tcp,
+    /// TCP with TLS (rustls); the certificate is checked against the address's host name.
+    Tls,
+}
+
+impl Transport {
+    /// The token used in Via headers and `transport=` URI parameters.
+    pub fn via_token(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// True for transports that deliver reliably (no SIP retransmission, §17.1.1.2).
+    pub fn is_reliable(self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
 
 /// Largest message accepted on a stream before the connection is dropped as hostile.
 const MAX_STREAM_MESSAGE: usize = 64 * 1024;

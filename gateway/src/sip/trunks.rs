@@ -2,12 +2,82 @@
 //! channel counts and TLS settings, shared by every call.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::transport::Transport;
 use super::transport::{Target, split_host_port, tls_client_config};
-use crate::config::{Transport, TrunkConfig};
+use crate::media::g711::G711;
+use crate::media::session::RtpSource;
+
+/// A SIP trunk: a carrier or PBX the gateway places calls on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkConfig {
+    /// The trunk's name in this file.
+    pub name: String,
+    /// `host:port` (or `host`, port 5060/5061) in failover order.
+    pub addresses: Vec<String>,
+    /// Transport to all addresses.
+    pub transport: Transport,
+    /// Digest credentials, if the trunk challenges.
+    pub credentials: Option<Credentials>,
+    /// User part of From (the caller ID when none is given per call).
+    pub from_user: String,
+    /// Host part of From and of the Request-URI; the first address's host by default.
+    pub from_domain: Option<String>,
+    /// Codecs offered, in preference order.
+    pub codecs: Vec<G711>,
+    /// Register to the trunk (registration-based trunks).
+    pub register: bool,
+    /// Requested registration lifetime, seconds.
+    pub register_expires: u32,
+    /// OPTIONS health-check interval, seconds; 0 disables.
+    pub options_interval: u32,
+    /// Concurrent calls on this trunk.
+    pub max_channels: Option<u32>,
+    /// Trunks to try next, in order, after a timeout, 408 or 5xx.
+    pub failover: Vec<String>,
+    /// PEM CA bundle trusted for TLS, in addition to the public roots.
+    pub ca_file: Option<PathBuf>,
+    /// Where this trunk's RTP may come from.
+    pub rtp_source: RtpSource,
+}
+
+impl fmt::Debug for TrunkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkConfig")
+            .field("name", &self.name)
+            .field("addresses", &self.addresses)
+            .field("transport", &self.transport)
+            .field(
+                "credentials",
+                &self.credentials.as_ref().map(|c| &c.username),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Username and password for digest authentication. The password is never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Digest username.
+    pub username: String,
+    /// Digest password, from the environment or a file.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
+    }
+}
 
 /// The trunks, their live state (health, Retry-After, channel counts) and TLS settings.
 #[derive(Debug)]

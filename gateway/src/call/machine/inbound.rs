@@ -9,14 +9,14 @@ use rsip::prelude::*;
 use rsip::{Header, Method, Request};
 
 use super::{Call, CallEvent, CallSettings, Phase, TrunkLeg};
-use crate::config::{RtpSource, Transport};
+use crate::media::session::RtpSource;
 use crate::plugin::Direction as CallDirection;
 use crate::sip::Transmit;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::SipLocal;
 use crate::sip::message::{self, response_to};
 use crate::sip::sdp::{self, LocalMedia, RemoteMedia};
-use crate::sip::transport::Target;
+use crate::sip::transport::{Target, Transport};
 use crate::sip::trunks::{ChannelGuard, Trunks};
 
 /// An INVITE from a trunk, as the call received it.

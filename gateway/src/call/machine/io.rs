@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::RtpSource;
+use crate::media::session::RtpSource;
 use crate::sip::sdp::RemoteMedia;
 
 /// What the call tells the outside.

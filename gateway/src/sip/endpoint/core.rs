@@ -15,13 +15,12 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use super::{Command, EndpointTables, IncomingRequest, Responder, Sink};
-use crate::config::Transport;
 use crate::sip::edge::{Admission, Edge, EdgeCounters};
 use crate::sip::message::{self, bad_request_for, response_to};
 use crate::sip::transaction::{
     ClientEvent, ClientTransaction, ServerEvent, ServerTransaction, Timers,
 };
-use crate::sip::transport::{self, StreamEvent, Target};
+use crate::sip::transport::{self, StreamEvent, Target, Transport};
 
 pub(super) async fn accept_loop(
     listener: TcpListener,

@@ -21,7 +21,7 @@ use super::edge::{Edge, EdgeCounters, EdgePolicy};
 use super::message;
 use super::transaction::{ClientEvent, Timers};
 use super::transport::Target;
-use crate::config::Transport;
+use super::transport::Transport;
 
 /// How to start an endpoint.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ impl Endpoint {
         // In drop mode a stranger's connection is closed at once: no TLS handshake, no
         // buffer, nothing to learn from.
         let admit = match (&config.edge.trusted, config.edge.unknown_sources) {
-            (Some(trusted), crate::config::UnknownSources::Drop) => {
+            (Some(trusted), super::edge::UnknownSources::Drop) => {
                 Some(std::sync::Arc::new(trusted.clone()))
             }
             _ => None,

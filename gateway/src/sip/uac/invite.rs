@@ -6,10 +6,10 @@ use std::time::Duration;
 use rsip::prelude::*;
 use rsip::{Header, Method, Request, Response};
 
-use crate::config::{Transport, TrunkConfig};
 use crate::sip::endpoint::SipLocal;
 use crate::sip::message;
-use crate::sip::transport::Target;
+use crate::sip::transport::{Target, Transport};
+use crate::sip::trunks::TrunkConfig;
 
 /// Why a call attempt did not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

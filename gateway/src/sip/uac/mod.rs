@@ -17,8 +17,9 @@ use super::endpoint::SipLocal;
 use super::message;
 use super::transaction::{ClientEvent, Timers};
 use super::transport::Target;
+use super::trunks::TrunkConfig;
 use super::trunks::{ChannelGuard, Trunks};
-use crate::config::{RtpSource, TrunkConfig};
+use crate::media::session::RtpSource;
 
 mod invite;
 

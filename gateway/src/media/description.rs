@@ -1,0 +1,72 @@
+//! What each side says about its audio stream, in the terms of SDP offer/answer (RFC 3264):
+//! the types the trunk's SDP codec (`sip::sdp`) produces and the RTP stream follows.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::g711::G711;
+
+/// Media direction attribute (RFC 3264 §5.1, §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Both ways.
+    SendRecv,
+    /// The describing side only sends.
+    SendOnly,
+    /// The describing side only receives.
+    RecvOnly,
+    /// Neither.
+    Inactive,
+}
+
+impl Direction {
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// The direction an answer takes to this offered direction (RFC 3264 §6.1).
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendRecv => Direction::SendRecv,
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            Direction::Inactive => Direction::Inactive,
+        }
+    }
+
+    /// True when the side described by this direction will receive media from us.
+    pub fn peer_receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+/// Our side of the audio stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMedia {
+    /// Address in `c=` and `o=`.
+    pub ip: IpAddr,
+    /// RTP port.
+    pub port: u16,
+    /// Codecs in preference order.
+    pub codecs: Vec<G711>,
+    /// Session id for `o=`.
+    pub session_id: u64,
+}
+
+/// What the peer's SDP says about its audio stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteMedia {
+    /// Where to send RTP.
+    pub addr: SocketAddr,
+    /// The codec to send.
+    pub codec: G711,
+    /// The peer's telephone-event payload type, if it supports RFC 4733.
+    pub dtmf_payload_type: Option<u8>,
+    /// The peer's direction.
+    pub direction: Direction,
+}
