@@ -161,6 +161,12 @@ pub struct Start {
     pub invite: Option<IncomingRequest>,
     /// The plugins that saw the call start.
     pub hooks: Option<CallHooks>,
+    /// A channel the trunk's requests for this call already arrive on (inbound calls route
+    /// their Call-ID before the plugins decide, so an early CANCEL is not lost).
+    pub requests: Option<(
+        mpsc::UnboundedSender<IncomingRequest>,
+        mpsc::UnboundedReceiver<IncomingRequest>,
+    )>,
 }
 
 /// Runs `call` until it is over and its trunk leg has finished.
@@ -177,9 +183,10 @@ pub async fn drive(
         mut routing,
         invite,
         hooks,
+        requests,
     } = start;
     let (responses, mut response_rx) = mpsc::unbounded_channel();
-    let (requests, mut request_rx) = mpsc::unbounded_channel();
+    let (requests, mut request_rx) = requests.unwrap_or_else(mpsc::unbounded_channel);
     // Who is who for plugins: the browser places outbound calls, the trunk inbound ones.
     let (browser_party, trunk_party) = match call.direction() {
         crate::plugin::Direction::Inbound => (Party::Callee, Party::Caller),

@@ -41,6 +41,11 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         .unwrap_or_else(|| "anonymous".into());
     let call_id = format!("c-{}", random_token());
     let started_ms = unix_ms();
+    // The trunk may give up (CANCEL) while the plugins decide: its requests for this call
+    // are routed here from now on, and the call reads them once it runs.
+    let sip_call_id = crate::sip::message::call_id(request).unwrap_or_default();
+    let requests = mpsc::unbounded_channel();
+    ctx.endpoint.route_dialog(&sip_call_id, requests.0.clone());
     // Plugins decide before anything rings: they may refuse the call or pick another browser.
     let info = CallInfo {
         call_id: call_id.clone(),
@@ -112,6 +117,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         Ok(parts) => parts,
         Err(code) => {
             refuse(code);
+            ctx.endpoint.forget_dialog(&sip_call_id);
             if let Some(hooks) = hooks {
                 hooks
                     .end(CallEnd {
@@ -168,6 +174,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             routing: None,
             invite: Some(invite),
             hooks,
+            requests: Some(requests),
         },
         browser.events.clone(),
         commands,

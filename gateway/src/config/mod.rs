@@ -127,6 +127,18 @@ impl Config {
         let udp = c.addr(&raw.sip.udp, "sip.udp", Some("0.0.0.0:5060"), parse_sock);
         let tcp = c.addr(&raw.sip.tcp, "sip.tcp", None, parse_sock);
         let tls = c.addr(&raw.sip.tls, "sip.tls", None, parse_sock);
+        let limits = match &raw.limits {
+            Some(l) if !(1..=3600).contains(&l.get_ref().ring_seconds) => {
+                c.issue(
+                    l.span(),
+                    "limits.ring_seconds",
+                    "ring_seconds must be between 1 and 3600 (how long a call may ring)",
+                );
+                Limits::default()
+            }
+            Some(l) => l.get_ref().clone(),
+            None => Limits::default(),
+        };
         let public_ip = c.addr(&raw.sip.public_ip, "sip.public_ip", None, parse_ip);
         let tls_identity = match (&raw.sip.tls_cert, &raw.sip.tls_key) {
             (Some(cert), Some(key)) => {
@@ -504,7 +516,7 @@ impl Config {
             },
             trunks,
             targets,
-            limits: raw.limits,
+            limits,
         })
     }
 

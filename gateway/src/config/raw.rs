@@ -28,7 +28,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) targets: BTreeMap<String, Spanned<RawTarget>>,
     #[serde(default)]
-    pub(super) limits: Limits,
+    pub(super) limits: Option<Spanned<Limits>>,
     #[serde(default)]
     pub(super) inbound: BTreeMap<String, String>,
     #[serde(default)]

@@ -168,3 +168,18 @@ fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     assert!(err.to_string().contains("not a RS256 public key"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_ring_timeout_is_checked_and_defaults_to_a_minute() {
+    let err = parse("[limits]\nring_seconds = 0\n").unwrap_err();
+    assert_eq!(err.issues[0].field, "limits.ring_seconds");
+    assert_eq!(err.issues[0].line, 1, "{err}");
+    assert_eq!(parse("").unwrap().limits.ring_seconds, 60);
+    assert_eq!(
+        parse("[limits]\nring_seconds = 20\n")
+            .unwrap()
+            .limits
+            .ring_seconds,
+        20
+    );
+}

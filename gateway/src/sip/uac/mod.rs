@@ -560,3 +560,6 @@ impl Uac {
         self.done && self.transmits.is_empty() && self.events.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

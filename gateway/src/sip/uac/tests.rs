@@ -1,0 +1,221 @@
+//! The INVITE client in virtual time: failover order, digest retries, Retry-After.
+
+use std::time::{Duration, Instant};
+
+use rsip::Header;
+
+use super::*;
+use crate::media::g711::G711;
+use crate::sip::message::response_to;
+use crate::sip::transport::Transport;
+use crate::sip::trunks::{Credentials, TrunkConfig};
+
+fn trunk(name: &str, addresses: &[&str], credentials: bool) -> TrunkConfig {
+    TrunkConfig {
+        name: name.into(),
+        addresses: addresses.iter().map(|a| a.to_string()).collect(),
+        transport: Transport::Udp,
+        credentials: credentials.then(|| Credentials {
+            username: "gw".into(),
+            password: "secret".into(),
+        }),
+        from_user: "gw".into(),
+        from_domain: None,
+        codecs: vec![G711::Pcmu],
+        register: false,
+        register_expires: 600,
+        options_interval: 0,
+        max_channels: None,
+        failover: vec![],
+        ca_file: None,
+        rtp_source: Default::default(),
+    }
+}
+
+fn target(addr: &str) -> Target {
+    Target {
+        addr: addr.parse().unwrap(),
+        transport: Transport::Udp,
+        host: addr.split(':').next().unwrap().into(),
+        tls: None,
+    }
+}
+
+fn request() -> CallRequest {
+    CallRequest {
+        to: "+15550100".into(),
+        from_user: None,
+        sdp_offer: "v=0\r\n".into(),
+        headers: vec![],
+        failover: vec![],
+    }
+}
+
+fn start(trunks: Vec<TrunkConfig>, order: &[(&str, &str)]) -> (Uac, Vec<Transmit>) {
+    let trunks = Trunks::new(trunks).unwrap();
+    let candidates = order
+        .iter()
+        .map(|(t, a)| Candidate {
+            trunk: t.to_string(),
+            address: a.to_string(),
+            target: Some(target(a)),
+        })
+        .collect();
+    let local = SipLocal::new("127.0.0.9:5070".parse().unwrap(), "test");
+    let mut uac = Uac::new(
+        local,
+        trunks,
+        request(),
+        candidates,
+        Timers::default(),
+        Instant::now(),
+    );
+    let sent = drain(&mut uac);
+    (uac, sent)
+}
+
+fn drain(uac: &mut Uac) -> Vec<Transmit> {
+    std::iter::from_fn(|| uac.poll_transmit()).collect()
+}
+
+fn last_invite(sent: &[Transmit]) -> (u64, Request, Target) {
+    sent.iter()
+        .rev()
+        .find_map(|t| match t {
+            Transmit::Request {
+                tx,
+                request,
+                target,
+            } if request.method == Method::Invite => Some((*tx, request.clone(), target.clone())),
+            _ => None,
+        })
+        .expect("an INVITE was sent")
+}
+
+fn answer(uac: &mut Uac, tx: u64, invite: &Request, code: u16, extra: Vec<Header>) {
+    let mut response = response_to(invite, code, Some("far"));
+    response.headers.extend(extra);
+    uac.handle_response(tx, ClientEvent::Response(response), Instant::now());
+}
+
+#[test]
+fn a_503_fails_over_to_the_next_address_and_keeps_the_first_out_for_retry_after() {
+    let (mut uac, sent) = start(
+        vec![trunk("a", &["127.0.0.1:5060", "127.0.0.2:5060"], false)],
+        &[("a", "127.0.0.1:5060"), ("a", "127.0.0.2:5060")],
+    );
+    let (tx, invite, to) = last_invite(&sent);
+    assert_eq!(to.addr.to_string(), "127.0.0.1:5060");
+    answer(
+        &mut uac,
+        tx,
+        &invite,
+        503,
+        vec![Header::Other("Retry-After".into(), "60".into())],
+    );
+    let sent = drain(&mut uac);
+    let (_, second, to) = last_invite(&sent);
+    assert_eq!(to.addr.to_string(), "127.0.0.2:5060");
+    assert_ne!(
+        message::call_id(&second),
+        message::call_id(&invite),
+        "each attempt is a new call"
+    );
+    assert!(
+        sent.iter().any(
+            |t| matches!(t, Transmit::Forget(id) if Some(id) == message::call_id(&invite).as_ref())
+        ),
+        "the failed attempt's dialog is forgotten"
+    );
+    assert!(uac.trunks.is_down("a", "127.0.0.1:5060"));
+    assert!(!uac.is_done());
+}
+
+#[test]
+fn a_busy_answer_does_not_fail_over() {
+    let (mut uac, sent) = start(
+        vec![
+            trunk("a", &["127.0.0.1:5060"], false),
+            trunk("b", &["127.0.0.2:5060"], false),
+        ],
+        &[("a", "127.0.0.1:5060"), ("b", "127.0.0.2:5060")],
+    );
+    let (tx, invite, _) = last_invite(&sent);
+    answer(&mut uac, tx, &invite, 486, vec![]);
+    assert!(
+        drain(&mut uac)
+            .iter()
+            .all(|t| !matches!(t, Transmit::Request { .. }))
+    );
+    let events: Vec<_> = std::iter::from_fn(|| uac.poll_event()).collect();
+    assert!(matches!(
+        events.last(),
+        Some(UacEvent::Failed(CallFailure::Rejected { code: 486, .. }))
+    ));
+}
+
+#[test]
+fn a_challenge_is_answered_once_per_realm_with_the_next_cseq() {
+    let (mut uac, sent) = start(
+        vec![trunk("a", &["127.0.0.1:5060"], true)],
+        &[("a", "127.0.0.1:5060")],
+    );
+    let (tx, invite, _) = last_invite(&sent);
+    let challenge = || {
+        vec![Header::WwwAuthenticate(
+            rsip::headers::WwwAuthenticate::new(
+                "Digest realm=\"carrier\", nonce=\"abc\", algorithm=MD5, qop=\"auth\"",
+            ),
+        )]
+    };
+    answer(&mut uac, tx, &invite, 401, challenge());
+    let (tx2, retry, _) = last_invite(&drain(&mut uac));
+    assert_ne!(tx2, tx);
+    assert_eq!(message::cseq(&retry).map(|c| c.0), Some(2));
+    assert_eq!(message::call_id(&retry), message::call_id(&invite));
+    assert!(
+        retry
+            .headers
+            .iter()
+            .any(|h| matches!(h, Header::Authorization(_))),
+        "{retry}"
+    );
+    // The same realm again, not stale: the password is wrong; no third INVITE.
+    answer(&mut uac, tx2, &retry, 401, challenge());
+    assert!(
+        drain(&mut uac)
+            .iter()
+            .all(|t| !matches!(t, Transmit::Request { .. }))
+    );
+    let events: Vec<_> = std::iter::from_fn(|| uac.poll_event()).collect();
+    assert!(
+        matches!(events.last(), Some(UacEvent::Failed(CallFailure::Rejected { reason, .. })) if reason.contains("password")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn every_address_down_fails_with_no_trunk() {
+    let trunks = Trunks::new([trunk("a", &["127.0.0.1:5060"], false)]).unwrap();
+    trunks.mark_down("a", "127.0.0.1:5060", Duration::from_secs(60));
+    let mut uac = Uac::new(
+        SipLocal::new("127.0.0.9:5070".parse().unwrap(), "test"),
+        trunks,
+        request(),
+        vec![Candidate {
+            trunk: "a".into(),
+            address: "127.0.0.1:5060".into(),
+            target: Some(target("127.0.0.1:5060")),
+        }],
+        Timers::default(),
+        Instant::now(),
+    );
+    assert!(
+        drain(&mut uac).is_empty(),
+        "nothing is sent to a trunk that is down"
+    );
+    assert!(matches!(
+        uac.poll_event(),
+        Some(UacEvent::Failed(CallFailure::NoTrunk(why))) if why.contains("down")
+    ));
+}
