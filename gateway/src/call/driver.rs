@@ -307,6 +307,12 @@ pub async fn drive(
         }
         run.caller_events(&mut call);
     }
+    // A call ended while its plugins still decided: wait for them (bounded by their
+    // deadline), so they hear of the end like every call they saw start.
+    if let Some(routing) = routing.take() {
+        let (_, hooks) = routing.await;
+        run.hooks = run.hooks.or(hooks);
+    }
     // Nothing of this call may stay routed to it: a leak here would grow the endpoint's
     // tables for ever.
     for call_id in run.listening.drain(..) {
