@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::BytesMut;
-use gateway::media::g711::G711;
+use gateway::media::codec::Codec;
 use gateway::media::session::RtpStream;
 use gateway::rtc::{BrowserLeg, DtlsCertificate};
 use gateway::sip::message::{Frame, frame, parse};
@@ -42,7 +42,7 @@ pub fn sip_stream(data: &[u8]) {
 
 /// A trunk's SDP, read as an answer and as an offer, and an offer answered.
 pub fn sdp_trunk(data: &[u8]) {
-    let preference = [G711::Pcmu, G711::Pcma];
+    let preference = [Codec::Pcmu, Codec::Pcma];
     let _ = gateway::sip::sdp::parse_remote(data, &preference, true);
     if let Ok(remote) = gateway::sip::sdp::parse_remote(data, &preference, false) {
         let local = LocalMedia {
@@ -114,7 +114,8 @@ pub fn rtp_rtcp(data: &[u8]) {
         let mut stream = RtpStream::bind(ip, 42000, 42998).expect("an RTP port");
         stream.set_remote(RemoteMedia {
             addr: "127.0.0.1:4000".parse().expect("literal address"),
-            codec: G711::Pcmu,
+            codec: Codec::Pcmu,
+            payload_type: 0,
             dtmf_payload_type: Some(101),
             direction: Direction::SendRecv,
         });

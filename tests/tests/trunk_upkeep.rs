@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use gateway::config::{Config, Transport, TrunkConfig};
-use gateway::media::g711::G711;
+use gateway::media::codec::Codec;
 use gateway::sip::endpoint::{Endpoint, EndpointConfig};
 use gateway::sip::monitor::{spawn_health_checks, spawn_registrations};
 use gateway::sip::registration::RegistrationState;
@@ -37,7 +37,7 @@ fn trunk(
         credentials: None,
         from_user: "gw".into(),
         from_domain: None,
-        codecs: vec![G711::Pcmu],
+        codecs: vec![Codec::Pcmu],
         register: false,
         register_expires: 600,
         options_interval: 1,

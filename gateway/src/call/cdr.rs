@@ -54,6 +54,11 @@ pub struct Cdr {
     pub trunk_packets_lost: u64,
     /// Interarrival jitter of the trunk's RTP at the end of the call, ms (RFC 3550).
     pub trunk_jitter_ms: f64,
+    /// The trunk leg's codec (`PCMU`, `PCMA`, `opus`), once negotiated.
+    pub trunk_codec: Option<&'static str>,
+    /// Opus frames relayed untouched between browser and trunk (both ways): a call whose
+    /// trunk speaks Opus is not transcoded.
+    pub frames_relayed: u64,
 }
 
 /// Appends CDRs to a file.
@@ -111,6 +116,22 @@ pub struct Parties {
     pub to: String,
 }
 
+/// What a call's media did, for its record.
+#[derive(Debug, Default)]
+pub struct MediaSummary {
+    /// The bridge's and jitter buffer's figures (transcoded calls).
+    pub bridge: (
+        crate::media::bridge::BridgeStats,
+        crate::media::jitter::JitterStats,
+    ),
+    /// The trunk stream's counters.
+    pub rtp: crate::media::session::RtpStats,
+    /// The trunk leg's codec, once negotiated.
+    pub trunk_codec: Option<crate::media::codec::Codec>,
+    /// Opus frames relayed untouched (both ways).
+    pub frames_relayed: u64,
+}
+
 /// Counts a finished call in `/metrics`, tells its plugins it ended (they finish their work,
 /// a recording's file, first) and appends its CDR.
 pub async fn record(
@@ -118,11 +139,7 @@ pub async fn record(
     parties: &Parties,
     started_ms: u64,
     call: &super::machine::Call,
-    media: Option<(
-        crate::media::bridge::BridgeStats,
-        crate::media::jitter::JitterStats,
-    )>,
-    rtp: Option<&crate::media::session::RtpStats>,
+    summary: MediaSummary,
     hooks: Option<crate::plugin::CallHooks>,
 ) {
     use std::sync::atomic::Ordering;
@@ -137,8 +154,12 @@ pub async fn record(
         .unwrap_or_else(|e| e.into_inner())
         .entry(reason.clone())
         .or_default() += 1;
-    let (media, jitter) = media.unwrap_or_default();
-    let rtp = rtp.cloned().unwrap_or_default();
+    let MediaSummary {
+        bridge: (media, jitter),
+        rtp,
+        trunk_codec,
+        frames_relayed,
+    } = summary;
     metrics
         .fec_recovered
         .fetch_add(media.browser_fec_recovered, Ordering::Relaxed);
@@ -149,6 +170,13 @@ pub async fn record(
         .trunk_received
         .fetch_add(rtp.received, Ordering::Relaxed);
     metrics.trunk_lost.fetch_add(rtp.lost, Ordering::Relaxed);
+    metrics
+        .frames_relayed
+        .fetch_add(frames_relayed, Ordering::Relaxed);
+    metrics.frames_transcoded.fetch_add(
+        media.browser_packets + media.browser_packets_sent,
+        Ordering::Relaxed,
+    );
     if rtp.received > 0 {
         let jitter_ms = rtp.jitter as f64 / 8.0;
         if let Some(i) = super::JITTER_BUCKETS_MS
@@ -192,6 +220,8 @@ pub async fn record(
         trunk_concealed: jitter.concealed,
         trunk_packets_lost: rtp.lost,
         trunk_jitter_ms: rtp.jitter as f64 / 8.0,
+        trunk_codec: trunk_codec.map(|c| c.encoding_name()),
+        frames_relayed,
     };
     if let Some(hooks) = hooks {
         hooks

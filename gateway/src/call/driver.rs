@@ -125,6 +125,10 @@ pub struct Outcome {
     pub caller: Caller,
     /// The plugins that saw the call start.
     pub hooks: Option<CallHooks>,
+    /// Opus frames relayed between browser and trunk untouched (both ways).
+    pub relayed: u64,
+    /// The trunk leg's codec, once negotiated.
+    pub trunk_codec: Option<crate::media::codec::Codec>,
 }
 
 /// Everything the loop owns besides the machine.
@@ -149,6 +153,7 @@ struct Run<'a> {
     early_rtp_received: u64,
     answered_at: Option<Instant>,
     ended: bool,
+    relayed: u64,
 }
 
 /// How a call starts: outbound calls wait for their route, inbound ones hold the trunk's
@@ -213,6 +218,7 @@ pub async fn drive(
         early_rtp_received: 0,
         answered_at: None,
         ended: false,
+        relayed: 0,
     };
     if let Some(invite) = invite.and_then(|i| i.responder) {
         // The machine answers the trunk's INVITE as request 0.
@@ -295,7 +301,7 @@ pub async fn drive(
             received = run.rtp.recv(&mut rtp_buf), if media => {
                 if let Ok((n, source)) = received {
                     let got = run.rtp.handle_datagram(&rtp_buf[..n], source, &mut pcm_in);
-                    run.trunk_audio(got, &pcm_in, call.held());
+                    run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
                 }
             }
             command = commands.recv(), if media => run.command(&mut call, command),
@@ -325,6 +331,8 @@ pub async fn drive(
         setup: run.setup,
         caller: run.caller,
         hooks: run.hooks,
+        relayed: run.relayed,
+        trunk_codec: run.rtp.remote().map(|r| r.codec),
     }
 }
 
@@ -454,7 +462,16 @@ impl Run<'_> {
         {
             h.audio(self.tap.frame(self.browser_party == Party::Caller));
         }
+        let relaying = self.relaying();
+        let trunk_ready = self.rtp.remote().is_some();
         match &mut self.caller {
+            // Relayed calls send the trunk's packets as they arrive, on its clock.
+            Caller::Browser(_) if relaying => {}
+            // Nothing from the trunk yet: silence, without encoding it.
+            Caller::Browser(b) if !trunk_ready => {
+                b.leg.skip_frame();
+                b.talkspurt = true;
+            }
             Caller::Browser(b) => match b.bridge.to_browser() {
                 Some(packet) if b.connected => {
                     let start = std::mem::take(&mut b.talkspurt);
@@ -494,9 +511,33 @@ impl Run<'_> {
         }
     }
 
-    /// Trunk audio and digits, to the caller.
-    fn trunk_audio(&mut self, got: Received, pcm: &[i16], held: bool) {
+    /// True while the trunk speaks Opus: the browser's packets are relayed, not transcoded.
+    fn relaying(&self) -> bool {
+        self.rtp
+            .remote()
+            .is_some_and(|r| r.codec == crate::media::codec::Codec::Opus)
+    }
+
+    /// Trunk audio and digits, to the caller. `data` is the datagram (for relayed frames),
+    /// `pcm` the decoded G.711 audio.
+    fn trunk_audio(&mut self, got: Received, data: &[u8], pcm: &[i16], held: bool) {
         match got {
+            Received::Encoded {
+                start,
+                len,
+                timestamp,
+            } => {
+                if let Caller::Browser(b) = &mut self.caller
+                    && b.connected
+                    && !held
+                {
+                    let payload = &data[start..start + len];
+                    match b.leg.relay_opus(payload, timestamp, Instant::now()) {
+                        Ok(()) => self.relayed += 1,
+                        Err(e) => tracing::debug!(error = %e, "Opus relay to browser"),
+                    }
+                }
+            }
             Received::Audio { samples, timestamp } => match &mut self.caller {
                 // On hold the trunk's music is not ours to forward.
                 Caller::Browser(_) if held => {}
@@ -554,6 +595,13 @@ impl Run<'_> {
             return;
         };
         let held = call.held();
+        let relaying = self
+            .rtp
+            .remote()
+            .is_some_and(|r| r.codec == crate::media::codec::Codec::Opus);
+        // Until the trunk's SDP names its codec and address the browser's audio goes nowhere:
+        // it is not decoded either (an Opus trunk may never need a decoder).
+        let trunk_ready = self.rtp.remote().is_some();
         while let Some(event) = b.leg.poll_event() {
             match event {
                 BrowserEvent::Connected => {
@@ -561,6 +609,13 @@ impl Run<'_> {
                     call.handle_caller_media(true, Instant::now());
                 }
                 BrowserEvent::Disconnected => call.handle_caller_media(false, Instant::now()),
+                BrowserEvent::Opus { .. } if !trunk_ready => {}
+                BrowserEvent::Opus { payload, .. } if relaying => {
+                    if !held {
+                        self.rtp.send_encoded(&payload);
+                        self.relayed += 1;
+                    }
+                }
                 BrowserEvent::Opus {
                     sequence, payload, ..
                 } => {

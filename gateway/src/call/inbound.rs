@@ -9,7 +9,7 @@ use rsip::prelude::*;
 use tokio::sync::mpsc;
 
 use super::CallContext;
-use super::cdr::{Parties, record, unix_ms};
+use super::cdr::{MediaSummary, Parties, record, unix_ms};
 use super::driver::{BrowserCaller, Caller, Start, Wiring, drive};
 use super::machine::{Call, CallEvent, InboundInvite};
 use super::outbound::decide;
@@ -85,14 +85,15 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         else {
             return Err(503);
         };
-        let remote = sdp::parse_remote(&request.body, &config.codecs, false).map_err(|e| {
+        let codecs = super::outbound::playable_codecs(&config.codecs, hooks.as_ref());
+        let remote = sdp::parse_remote(&request.body, &codecs, false).map_err(|e| {
             // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5);
             // trunks send offers, so this is refused rather than half-supported.
             tracing::warn!(error = %e, "inbound offer unusable: 488");
             488u16
         })?;
         let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;
-        let local = ctx.local_media(rtp.local_port(), &config.codecs);
+        let local = ctx.local_media(rtp.local_port(), &codecs);
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
             ctx.media_ip,
@@ -185,17 +186,21 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         from,
         to: dialled,
     };
-    let media = match &outcome.caller {
-        Caller::Browser(b) => Some((b.bridge.stats, b.bridge.jitter_stats())),
-        Caller::Tone(_) => None,
+    let summary = MediaSummary {
+        bridge: match &outcome.caller {
+            Caller::Browser(b) => (b.bridge.stats, b.bridge.jitter_stats()),
+            Caller::Tone(_) => Default::default(),
+        },
+        rtp: outcome.rtp,
+        trunk_codec: outcome.trunk_codec,
+        frames_relayed: outcome.relayed,
     };
     record(
         &ctx,
         &parties,
         started_ms,
         &outcome.call,
-        media,
-        Some(&outcome.rtp),
+        summary,
         outcome.hooks,
     )
     .await;

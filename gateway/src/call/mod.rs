@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::media::bridge::Bridge;
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::media::opus::EncoderSettings;
 use crate::media::session::RtpStream;
 use crate::rtc::mux::MediaMux;
@@ -100,7 +100,7 @@ impl CallContext {
     }
 
     /// What our SDP says about the stream `rtp_port` offering `codecs`.
-    fn local_media(&self, rtp_port: u16, codecs: &[G711]) -> LocalMedia {
+    fn local_media(&self, rtp_port: u16, codecs: &[Codec]) -> LocalMedia {
         LocalMedia {
             ip: self.config.rtp_advertised_ip(self.endpoint.advertised_ip()),
             port: rtp_port,
@@ -173,6 +173,10 @@ pub struct Metrics {
     pub jitter_calls: AtomicU64,
     /// Sum of per-call jitter, µs.
     pub jitter_us_sum: AtomicU64,
+    /// Opus frames relayed untouched between browser and trunk, all ended calls.
+    pub frames_relayed: AtomicU64,
+    /// Opus frames decoded from or encoded for browsers (transcoded calls), all ended calls.
+    pub frames_transcoded: AtomicU64,
     /// Media datagrams refused (wrong source, not RTP), live.
     pub media_drops: Arc<crate::media::MediaDrops>,
 }

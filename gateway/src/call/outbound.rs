@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::cdr::{Parties, record, unix_ms};
+use super::cdr::{MediaSummary, Parties, record, unix_ms};
 use super::driver::{BrowserCaller, Caller, Routing, Start, Wiring, drive};
 use super::machine::{Call, CallCommand, Route};
 use super::{CallContext, CallSlot, EventSink};
@@ -96,7 +96,8 @@ async fn run_outbound(
             while let Some(event) = machine.poll_event() {
                 let _ = events.send((call.call_id.clone(), event));
             }
-            return record(&ctx, &parties, started_ms, &machine, None, None, None).await;
+            let summary = MediaSummary::default();
+            return record(&ctx, &parties, started_ms, &machine, summary, None).await;
         }
     };
     let routing = routing(ctx.clone(), call, rtp.local_port());
@@ -124,17 +125,21 @@ async fn run_outbound(
         commands,
     )
     .await;
-    let media = match &outcome.caller {
-        Caller::Browser(b) => Some((b.bridge.stats, b.bridge.jitter_stats())),
-        Caller::Tone(_) => None,
+    let summary = MediaSummary {
+        bridge: match &outcome.caller {
+            Caller::Browser(b) => (b.bridge.stats, b.bridge.jitter_stats()),
+            Caller::Tone(_) => Default::default(),
+        },
+        rtp: outcome.rtp,
+        trunk_codec: outcome.trunk_codec,
+        frames_relayed: outcome.relayed,
     };
     record(
         &ctx,
         &parties,
         started_ms,
         &outcome.call,
-        media,
-        Some(&outcome.rtp),
+        summary,
         outcome.hooks,
     )
     .await;
@@ -173,7 +178,9 @@ fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
                     Err(("trunk_unavailable", 503))
                 }
                 Some(config) => {
-                    let local = ctx.local_media(rtp_port, &config.codecs);
+                    // Plugins that take the call's audio need it decoded: no Opus relay.
+                    let codecs = playable_codecs(&config.codecs, hooks.as_ref());
+                    let local = ctx.local_media(rtp_port, &codecs);
                     let request = CallRequest {
                         to: number,
                         from_user: Some(caller_id),
@@ -259,4 +266,18 @@ pub(super) async fn decide(ctx: &CallContext, info: CallInfo) -> (Decision, Opti
             )
         }
     }
+}
+
+/// The trunk codecs a call may use: all configured, but no Opus relay when the call's
+/// plugins want its audio (they get decoded frames, which a relayed call never has).
+pub(super) fn playable_codecs(
+    configured: &[crate::media::codec::Codec],
+    hooks: Option<&CallHooks>,
+) -> Vec<crate::media::codec::Codec> {
+    let wants_audio = hooks.is_some_and(|h| h.wants_audio());
+    configured
+        .iter()
+        .copied()
+        .filter(|c| !wants_audio || c.g711().is_some())
+        .collect()
 }

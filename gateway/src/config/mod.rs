@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::media::opus::EncoderSettings;
 use checker::{Checker, read_secret_file};
 pub use model::*;
@@ -304,12 +304,14 @@ impl Config {
             }
             let mut codecs = Vec::new();
             for name in t.codecs.get_ref() {
-                match G711::from_encoding_name(name) {
+                match Codec::from_name(name) {
                     Some(codec) => codecs.push(codec),
                     None => c.issue(
                         t.codecs.span(),
                         field("codecs"),
-                        format!("unknown codec `{name}`; the trunk side speaks PCMU and PCMA"),
+                        format!(
+                            "unknown codec `{name}`; the trunk side speaks opus, PCMU and PCMA"
+                        ),
                     ),
                 }
             }
@@ -317,7 +319,7 @@ impl Config {
                 c.issue(
                     t.codecs.span(),
                     field("codecs"),
-                    "list at least one of PCMU, PCMA",
+                    "list at least one of opus, PCMU, PCMA",
                 );
             }
             let password = match (&t.password_env, &t.password_file) {

@@ -36,7 +36,7 @@ number = "+4930123456"
 fn a_good_file_loads_with_secrets_resolved() {
     let c = parse(GOOD).unwrap();
     let t = &c.trunks["carrier"];
-    assert_eq!(t.codecs, vec![G711::Pcma, G711::Pcmu]);
+    assert_eq!(t.codecs, vec![Codec::Pcma, Codec::Pcmu]);
     assert_eq!(t.credentials.as_ref().unwrap().password, "s3cret");
     assert_eq!(t.failover, vec!["backup"]);
     assert_eq!(c.trunks["backup"].transport, Transport::Tcp);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rsip::Method;
 use rsip::prelude::*;
 
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
 use crate::media::tone::ToneGenerator;
 use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingRequest};
@@ -55,7 +55,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
         "tone" => false,
         _ => return responder.respond(response_to(request, 404, Some(&tag))),
     };
-    let codecs = vec![G711::Pcmu, G711::Pcma];
+    let codecs = vec![Codec::Pcmu, Codec::Pcma];
     let remote = match sdp::parse_remote(&request.body, &codecs, false) {
         Ok(r) => r,
         Err(_) => return responder.respond(response_to(request, 488, Some(&tag))),

@@ -132,12 +132,25 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
             }
         }
     });
+    // The probe tone is G.711: `dial` offers the trunk's G.711 codecs only.
+    let g711: Vec<_> = trunk
+        .codecs
+        .iter()
+        .copied()
+        .filter(|c| c.g711().is_some())
+        .collect();
+    if g711.is_empty() {
+        return Err(DialError::Setup(format!(
+            "trunk `{}` lists no G.711 codec; `gateway dial` sends a G.711 probe tone",
+            options.trunk
+        )));
+    }
     let rtp = RtpStream::bind(config.rtp.ip, config.rtp.port_min, config.rtp.port_max)
         .map_err(|e| DialError::Setup(e.to_string()))?;
     let local = LocalMedia {
         ip: config.rtp_advertised_ip(endpoint.advertised_ip()),
         port: rtp.local_port(),
-        codecs: trunk.codecs.clone(),
+        codecs: g711,
         session_id: rand::random::<u32>() as u64,
     };
     let request = CallRequest {

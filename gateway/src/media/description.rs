@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::g711::G711;
+use super::codec::Codec;
 
 /// Media direction attribute (RFC 3264 §5.1, §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -53,7 +53,7 @@ pub struct LocalMedia {
     /// RTP port.
     pub port: u16,
     /// Codecs in preference order.
-    pub codecs: Vec<G711>,
+    pub codecs: Vec<Codec>,
     /// Session id for `o=`.
     pub session_id: u64,
 }
@@ -64,7 +64,10 @@ pub struct RemoteMedia {
     /// Where to send RTP.
     pub addr: SocketAddr,
     /// The codec to send.
-    pub codec: G711,
+    pub codec: Codec,
+    /// The payload type the peer's SDP gives that codec: we send with it (for Opus, a
+    /// dynamic number of the peer's choosing).
+    pub payload_type: u8,
     /// The peer's telephone-event payload type, if it supports RFC 4733.
     pub dtmf_payload_type: Option<u8>,
     /// The peer's direction.

@@ -1,7 +1,7 @@
 //! DTMF as RFC 4733 telephone events: a sender that turns digits into event packets and a
 //! receiver that turns event packets back into digits, both sans-IO.
 
-/// The RTP clock of `telephone-event/8000`.
+/// Event duration units per 20 ms frame at `telephone-event/8000`.
 const SAMPLES_PER_FRAME: u32 = 160;
 
 /// Maps a DTMF character to its RFC 4733 §3.2 event code.
@@ -93,6 +93,8 @@ pub struct DtmfSender {
     queue: std::collections::VecDeque<u8>,
     tone_frames: u32,
     gap_frames: u32,
+    /// Event duration units per 20 ms frame: the audio's RTP clock (RFC 4733 §2.1).
+    frame_ticks: u32,
     state: SenderState,
 }
 
@@ -111,8 +113,15 @@ impl DtmfSender {
             queue: Default::default(),
             tone_frames: (tone_ms / 20).max(2),
             gap_frames: (gap_ms / 20).max(1),
+            frame_ticks: SAMPLES_PER_FRAME,
             state: SenderState::Idle,
         }
+    }
+
+    /// Runs events on the clock of the audio they go with: 160 ticks per frame at 8 kHz,
+    /// 960 beside Opus at 48 kHz.
+    pub fn set_frame_ticks(&mut self, ticks: u32) {
+        self.frame_ticks = ticks;
     }
 
     /// Queues digits; characters that are not DTMF are skipped (validate first with
@@ -147,7 +156,7 @@ impl DtmfSender {
                 }
                 SenderState::Tone { event, frame } => {
                     let frame = frame + 1;
-                    let duration = (frame * SAMPLES_PER_FRAME).min(u16::MAX as u32) as u16;
+                    let duration = (frame * self.frame_ticks).min(u16::MAX as u32) as u16;
                     self.state = if frame >= self.tone_frames {
                         SenderState::Ending { event, repeats: 0 }
                     } else {
@@ -165,7 +174,7 @@ impl DtmfSender {
                 }
                 SenderState::Ending { event, repeats } => {
                     let duration =
-                        (self.tone_frames * SAMPLES_PER_FRAME).min(u16::MAX as u32) as u16;
+                        (self.tone_frames * self.frame_ticks).min(u16::MAX as u32) as u16;
                     self.state = if repeats >= 2 {
                         SenderState::Gap {
                             frames_left: self.gap_frames,

@@ -1,6 +1,7 @@
 //! Media: G.711, RTP, RFC 4733 DTMF, test tones, and the RTP sessions of the trunk leg.
 
 pub mod bridge;
+pub mod codec;
 pub mod description;
 pub mod dtmf;
 pub mod g711;

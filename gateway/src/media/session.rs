@@ -32,6 +32,9 @@ pub enum RtpSource {
 /// Samples in one 20 ms G.711 frame.
 pub const FRAME_SAMPLES: usize = 160;
 
+/// The largest RTP packet sent: a header and an Opus packet (at most 1275 bytes, RFC 6716).
+const MAX_PACKET: usize = 1500;
+
 /// Packet counters of one stream.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RtpStats {
@@ -58,17 +61,20 @@ struct Reception {
     received: u64,
     last_transit: Option<i64>,
     jitter: f64,
+    /// The RTP clock, Hz.
+    clock: u32,
     started: std::time::Instant,
 }
 
 impl Reception {
-    fn new(sequence: u16, now: std::time::Instant) -> Self {
+    fn new(sequence: u16, clock: u32, now: std::time::Instant) -> Self {
         Reception {
             highest: 0,
             last_sequence: sequence,
             received: 0,
             last_transit: None,
             jitter: 0.0,
+            clock,
             started: now,
         }
     }
@@ -82,7 +88,7 @@ impl Reception {
         }
         let Some(timestamp) = timestamp else { return };
         // Transit time in timestamp units; only its variation matters, not its origin.
-        let arrival = (now - self.started).as_micros() as i64 * 8 / 1000;
+        let arrival = (now - self.started).as_micros() as i64 * self.clock as i64 / 1_000_000;
         let transit = arrival - timestamp as i64;
         if let Some(last) = self.last_transit {
             let d = (transit - last).abs() as f64;
@@ -104,6 +110,15 @@ pub enum Received {
         /// Samples decoded.
         samples: usize,
         /// RTP timestamp of the first sample (8 kHz clock).
+        timestamp: u32,
+    },
+    /// An encoded frame the gateway relays untouched (Opus): `data[start..start + len]`.
+    Encoded {
+        /// Where the payload starts in the datagram.
+        start: usize,
+        /// Its length.
+        len: usize,
+        /// RTP timestamp (the codec's clock).
         timestamp: u32,
     },
     /// The start of a DTMF event.
@@ -133,7 +148,7 @@ pub struct RtpStream {
     dtmf_in: DtmfReceiver,
     event_timestamp: u32,
     reception: Option<Reception>,
-    out: [u8; HEADER_LEN + FRAME_SAMPLES],
+    out: [u8; MAX_PACKET],
     /// Counters.
     pub stats: RtpStats,
 }
@@ -175,7 +190,7 @@ impl RtpStream {
             dtmf_in: DtmfReceiver::new(),
             event_timestamp: 0,
             reception: None,
-            out: [0; HEADER_LEN + FRAME_SAMPLES],
+            out: [0; MAX_PACKET],
             stats: RtpStats::default(),
         })
     }
@@ -234,6 +249,11 @@ impl RtpStream {
         if self.remote.is_some_and(|r| r.addr != remote.addr) {
             self.latched = None;
         }
+        if self.remote.is_none_or(|r| r.codec != remote.codec) {
+            self.dtmf_out.set_frame_ticks(remote.codec.frame_ticks());
+            // Jitter is measured on the new clock from here.
+            self.reception = None;
+        }
         self.remote = Some(remote);
     }
 
@@ -252,13 +272,37 @@ impl RtpStream {
         self.dtmf_out.is_idle()
     }
 
-    /// Sends one 20 ms frame: an event packet while a digit plays, else the audio. Nothing is
-    /// sent when the peer does not want media (hold: it said sendonly or inactive).
+    /// Sends one 20 ms frame of audio to a G.711 trunk (see [`Self::send_encoded`] for
+    /// Opus): an event packet while a digit plays, else the audio. Nothing is sent when the
+    /// peer does not want media (hold: it said sendonly or inactive).
     pub fn send_frame(&mut self, pcm: &[i16]) {
+        let Some(law) = self.remote.and_then(|r| r.codec.g711()) else {
+            return;
+        };
+        self.send_with(|out| {
+            law.encode(&pcm[..FRAME_SAMPLES], &mut out[..FRAME_SAMPLES]);
+            FRAME_SAMPLES
+        });
+    }
+
+    /// Sends one 20 ms frame already encoded in the trunk's codec (Opus relayed from the
+    /// browser), or an event packet in its place while a digit plays.
+    pub fn send_encoded(&mut self, payload: &[u8]) {
+        let len = payload.len().min(MAX_PACKET - HEADER_LEN);
+        self.send_with(|out| {
+            out[..len].copy_from_slice(&payload[..len]);
+            len
+        });
+    }
+
+    /// The one sending path: `write` puts the audio payload after the header and says how
+    /// long it is.
+    fn send_with(&mut self, write: impl FnOnce(&mut [u8]) -> usize) {
         let Some(remote) = self.remote else { return };
+        let ticks = remote.codec.frame_ticks();
         let dest = self.latched.unwrap_or(remote.addr);
         if !remote.direction.peer_receives() || dest.ip().is_unspecified() {
-            self.sender.skip(FRAME_SAMPLES as u32);
+            self.sender.skip(ticks);
             return;
         }
         let len = match (remote.dtmf_payload_type, self.dtmf_out.next_frame()) {
@@ -272,19 +316,14 @@ impl RtpStream {
                 event.payload.write(&mut self.out[n..]);
                 // The media clock keeps running under the event (RFC 4733 §2.5.1.2); audio
                 // after it starts a new talkspurt.
-                self.sender.skip(FRAME_SAMPLES as u32);
+                self.sender.skip(ticks);
                 n + 4
             }
             _ => {
-                let n = self.sender.next_header(
-                    &mut self.out,
-                    remote.codec.payload_type(),
-                    FRAME_SAMPLES as u32,
-                );
-                remote
-                    .codec
-                    .encode(&pcm[..FRAME_SAMPLES], &mut self.out[n..n + FRAME_SAMPLES]);
-                n + FRAME_SAMPLES
+                let n = self
+                    .sender
+                    .next_header(&mut self.out, remote.payload_type, ticks);
+                n + write(&mut self.out[n..])
             }
         };
         if self.sender_socket.send_to(&self.out[..len], dest).is_ok() {
@@ -314,7 +353,9 @@ impl RtpStream {
         let Ok(packet) = RtpPacket::parse(data) else {
             return self.drop_datagram(false);
         };
-        let is_audio = packet.payload_type == remote.codec.payload_type();
+        // The peer sends with the payload type our SDP gave the codec; some mirror theirs.
+        let is_audio = packet.payload_type == remote.codec.payload_type()
+            || packet.payload_type == remote.payload_type;
         let is_event = Some(packet.payload_type) == remote.dtmf_payload_type;
         if !is_audio && !is_event {
             return self.drop_datagram(false);
@@ -323,12 +364,15 @@ impl RtpStream {
         // Audio and RFC 4733 events share one sequence space; only audio has a steadily
         // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
         let now = std::time::Instant::now();
+        let clock = remote.codec.clock_rate();
         let reception = self
             .reception
-            .get_or_insert_with(|| Reception::new(packet.sequence, now));
+            .get_or_insert_with(|| Reception::new(packet.sequence, clock, now));
         reception.handle_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
         self.stats.lost = reception.lost();
-        self.stats.jitter = reception.jitter as u32;
+        // Kept in 8 kHz units whatever the codec's clock, so every call's figure reads alike.
+        let per_8k = remote.codec.clock_rate() / 8000;
+        self.stats.jitter = (reception.jitter / per_8k as f64) as u32;
         self.latched = Some(source);
         if is_event {
             return self
@@ -336,8 +380,16 @@ impl RtpStream {
                 .handle_packet(packet.timestamp, packet.payload)
                 .map_or(Received::Nothing, Received::Digit);
         }
+        let Some(law) = remote.codec.g711() else {
+            let start = packet.payload.as_ptr() as usize - data.as_ptr() as usize;
+            return Received::Encoded {
+                start,
+                len: packet.payload.len(),
+                timestamp: packet.timestamp,
+            };
+        };
         let n = packet.payload.len().min(pcm.len());
-        remote.codec.decode(&packet.payload[..n], &mut pcm[..n]);
+        law.decode(&packet.payload[..n], &mut pcm[..n]);
         Received::Audio {
             samples: n,
             timestamp: packet.timestamp,
@@ -348,8 +400,8 @@ impl RtpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::codec::Codec;
     use crate::media::description::Direction;
-    use crate::media::g711::G711;
 
     #[tokio::test]
     async fn audio_and_digits_cross_a_loopback_pair() {
@@ -359,7 +411,8 @@ mod tests {
         assert_eq!(a.local_port() % 2, 0);
         let remote = |port| RemoteMedia {
             addr: SocketAddr::new(ip, port),
-            codec: G711::Pcma,
+            codec: Codec::Pcma,
+            payload_type: 8,
             dtmf_payload_type: Some(101),
             direction: Direction::SendRecv,
         };
@@ -381,7 +434,7 @@ mod tests {
             match b.handle_datagram(&buf[..n], src, &mut pcm) {
                 Received::Audio { .. } => audio += 1,
                 Received::Digit(d) => digits.push(d),
-                Received::Nothing => {}
+                Received::Nothing | Received::Encoded { .. } => {}
             }
         }
         assert_eq!(digits, "7");
@@ -392,7 +445,7 @@ mod tests {
     #[test]
     fn loss_and_jitter_follow_rfc3550() {
         let t0 = std::time::Instant::now();
-        let mut r = Reception::new(65530, t0);
+        let mut r = Reception::new(65530, 8000, t0);
         // Ten packets 20 ms apart, sequence wrapping, two of them lost.
         for i in 0..10u16 {
             if i == 3 || i == 7 {
@@ -412,7 +465,7 @@ mod tests {
         );
         // Arrivals alternately on time and 20 ms late: consecutive transits differ by 160
         // units, so the estimate converges to 160 (20 ms).
-        let mut r = Reception::new(0, t0);
+        let mut r = Reception::new(0, 8000, t0);
         for i in 0..200u16 {
             let skew = if i % 2 == 0 { 0 } else { 20 };
             r.handle_packet(
@@ -437,7 +490,8 @@ mod tests {
         let mut s = RtpStream::bind(ip, 41400, 41500).unwrap();
         s.set_remote(RemoteMedia {
             addr: sdp_addr.parse().unwrap(),
-            codec: G711::Pcmu,
+            codec: Codec::Pcmu,
+            payload_type: 0,
             dtmf_payload_type: None,
             direction: Direction::SendRecv,
         });
@@ -491,7 +545,8 @@ mod tests {
         // A re-INVITE moving the media starts over.
         s.set_remote(RemoteMedia {
             addr: "192.0.2.20:5000".parse().unwrap(),
-            codec: G711::Pcmu,
+            codec: Codec::Pcmu,
+            payload_type: 0,
             dtmf_payload_type: None,
             direction: Direction::SendRecv,
         });
@@ -507,11 +562,59 @@ mod tests {
         let mut a = RtpStream::bind(ip, 41200, 41300).unwrap();
         a.set_remote(RemoteMedia {
             addr: "127.0.0.1:9".parse().unwrap(),
-            codec: G711::Pcmu,
+            codec: Codec::Pcmu,
+            payload_type: 0,
             dtmf_payload_type: None,
             direction: Direction::SendOnly,
         });
         a.send_frame(&[0; FRAME_SAMPLES]);
         assert_eq!(a.stats.sent, 0);
+    }
+
+    #[tokio::test]
+    async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut a = RtpStream::bind(ip, 41200, 41300).unwrap();
+        let mut b = RtpStream::bind(ip, 41200, 41300).unwrap();
+        let remote = |port| RemoteMedia {
+            addr: SocketAddr::new(ip, port),
+            codec: Codec::Opus,
+            payload_type: 96,
+            dtmf_payload_type: Some(110),
+            direction: Direction::SendRecv,
+        };
+        a.set_remote(remote(b.local_port()));
+        b.set_remote(remote(a.local_port()));
+        let frame = [0xAB_u8; 61];
+        let mut buf = [0u8; 1500];
+        let mut pcm = [0i16; FRAME_SAMPLES];
+        let mut timestamps = Vec::new();
+        for _ in 0..3 {
+            a.send_encoded(&frame);
+            let (n, src) = b.recv(&mut buf).await.unwrap();
+            assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
+            match b.handle_datagram(&buf[..n], src, &mut pcm) {
+                Received::Encoded {
+                    start,
+                    len,
+                    timestamp,
+                } => {
+                    assert_eq!(&buf[start..start + len], &frame[..]);
+                    timestamps.push(timestamp);
+                }
+                other => panic!("not relayed: {other:?}"),
+            }
+        }
+        assert_eq!(timestamps[1].wrapping_sub(timestamps[0]), 960);
+        a.send_digits("5");
+        a.send_encoded(&frame);
+        let (n, _) = b.recv(&mut buf).await.unwrap();
+        assert_eq!(
+            buf[1] & 0x7f,
+            110,
+            "the digit goes on the 48 kHz event type"
+        );
+        let payload = crate::media::dtmf::EventPayload::parse(&buf[12..n]).unwrap();
+        assert_eq!(payload.duration, 960, "one frame on the 48 kHz clock");
     }
 }

@@ -125,6 +125,9 @@ pub struct BrowserLeg {
     dtmf_pt: Option<u8>,
     sequence: u16,
     timestamp: u32,
+    /// Relayed Opus: our timestamp minus the trunk's, fixed at the first relayed packet, so
+    /// the trunk's timing (silences included) reaches the browser as it was.
+    relay_offset: Option<u32>,
     dtmf: DtmfReceiver,
     events: std::collections::VecDeque<BrowserEvent>,
     /// Browser addresses whose ICE checks the stack answered with success: the only ones
@@ -301,6 +304,7 @@ impl BrowserLeg {
             dtmf_pt: Some(DTMF_PT),
             sequence: rand::random(),
             timestamp: rand::random(),
+            relay_offset: None,
             dtmf: DtmfReceiver::new(),
             events: Default::default(),
             validated: Vec::new(),
@@ -526,6 +530,22 @@ impl BrowserLeg {
             .rtp_sender(self.sender)
             .ok_or_else(|| stack("audio sender vanished"))?;
         sender.write_rtp(now, packet).map_err(stack)
+    }
+
+    /// Relays an Opus packet from the trunk as it came (no transcoding): its timestamp is the
+    /// trunk's, moved onto our stream's clock, so gaps the trunk left (DTX, loss) stay gaps.
+    pub fn relay_opus(
+        &mut self,
+        payload: &[u8],
+        trunk_timestamp: u32,
+        now: Instant,
+    ) -> Result<(), RtcError> {
+        let first = self.relay_offset.is_none();
+        let offset = *self
+            .relay_offset
+            .get_or_insert_with(|| self.timestamp.wrapping_sub(trunk_timestamp));
+        self.timestamp = trunk_timestamp.wrapping_add(offset);
+        self.send_opus(payload, first, now)
     }
 
     /// Advances the outgoing clock by one frame without sending (DTX silence).

@@ -57,6 +57,20 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Calls in progress.",
         load(&m.active_calls),
     );
+    metric(
+        &mut text,
+        "gateway_frames_relayed_total",
+        "counter",
+        "Opus frames relayed untouched between browser and an Opus trunk (ended calls).",
+        load(&m.frames_relayed),
+    );
+    metric(
+        &mut text,
+        "gateway_frames_transcoded_total",
+        "counter",
+        "Opus frames decoded from or encoded for browsers on G.711 calls (ended calls).",
+        load(&m.frames_transcoded),
+    );
     // The tables calls fill and must empty again: a number that only grows is a leak.
     let tables = ctx.endpoint.tables();
     metric(

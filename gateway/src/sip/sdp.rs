@@ -10,11 +10,15 @@ use rtc_sdp::description::media::{MediaDescription, MediaName, RangedPort};
 use rtc_sdp::description::session::{Origin, TimeDescription, Timing};
 use thiserror::Error;
 
+use crate::media::codec::Codec;
 pub use crate::media::description::{Direction, LocalMedia, RemoteMedia};
-use crate::media::g711::G711;
 
-/// Payload type we offer for RFC 4733 events (dynamic range, the common choice).
+/// Payload type we offer for RFC 4733 events at 8 kHz (dynamic range, the common choice).
 pub const DTMF_PAYLOAD_TYPE: u8 = 101;
+
+/// Payload type we offer for RFC 4733 events at 48 kHz, beside Opus: events run on the
+/// clock of the audio they go with (RFC 4733 §2.1).
+pub const DTMF_48K_PAYLOAD_TYPE: u8 = 110;
 
 /// Why a peer's SDP cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,46 +32,48 @@ pub enum SdpError {
     /// No connection address for the audio stream.
     #[error("SDP audio stream has no usable c= address")]
     NoAddress,
-    /// None of the peer's formats is PCMU or PCMA.
+    /// None of the peer's formats is one the trunk is configured for.
     #[error(
-        "no common codec: the peer offers payload types {0:?}, the gateway speaks PCMU and PCMA"
+        "no common codec: the peer offers payload types {0:?}, the trunk is configured for others (PCMU, PCMA, opus)"
     )]
     NoCommonCodec(Vec<String>),
 }
 
+/// `dtmf` lists the telephone-event payload types and their clock rates.
 fn build(
     local: &LocalMedia,
     version: u64,
-    codecs: &[G711],
-    dtmf_pt: u8,
+    codecs: &[(Codec, u8)],
+    dtmf: &[(u8, u32)],
     direction: Direction,
 ) -> String {
     let (addr_type, ip) = match local.ip {
         IpAddr::V4(ip) => ("IP4", ip.to_string()),
         IpAddr::V6(ip) => ("IP6", ip.to_string()),
     };
-    let mut formats: Vec<String> = codecs
-        .iter()
-        .map(|c| c.payload_type().to_string())
-        .collect();
-    formats.push(dtmf_pt.to_string());
-    let mut attributes: Vec<Attribute> = codecs
-        .iter()
-        .map(|c| {
-            Attribute::new(
-                "rtpmap".into(),
-                Some(format!("{} {}/8000", c.payload_type(), c.encoding_name())),
-            )
-        })
-        .collect();
-    attributes.push(Attribute::new(
-        "rtpmap".into(),
-        Some(format!("{dtmf_pt} telephone-event/8000")),
-    ));
-    attributes.push(Attribute::new(
-        "fmtp".into(),
-        Some(format!("{dtmf_pt} 0-15")),
-    ));
+    let mut formats: Vec<String> = codecs.iter().map(|(_, pt)| pt.to_string()).collect();
+    formats.extend(dtmf.iter().map(|(pt, _)| pt.to_string()));
+    let mut attributes: Vec<Attribute> = Vec::new();
+    for (c, pt) in codecs {
+        attributes.push(Attribute::new(
+            "rtpmap".into(),
+            Some(format!("{pt} {}", c.rtpmap())),
+        ));
+        if *c == Codec::Opus {
+            // RFC 7587 §7: in-band FEC is what keeps Opus audible through loss.
+            attributes.push(Attribute::new(
+                "fmtp".into(),
+                Some(format!("{pt} minptime=10;useinbandfec=1")),
+            ));
+        }
+    }
+    for (pt, clock) in dtmf {
+        attributes.push(Attribute::new(
+            "rtpmap".into(),
+            Some(format!("{pt} telephone-event/{clock}")),
+        ));
+        attributes.push(Attribute::new("fmtp".into(), Some(format!("{pt} 0-15"))));
+    }
     attributes.push(Attribute::new("ptime".into(), Some("20".into())));
     attributes.push(Attribute::new(direction.attribute().into(), None));
     let connection = ConnectionInformation {
@@ -118,18 +124,33 @@ fn build(
 
 /// An offer of all our codecs, sendrecv (or another direction, for hold).
 pub fn offer(local: &LocalMedia, version: u64, direction: Direction) -> String {
-    build(local, version, &local.codecs, DTMF_PAYLOAD_TYPE, direction)
+    let mut dtmf = vec![(DTMF_PAYLOAD_TYPE, 8000)];
+    if local.codecs.contains(&Codec::Opus) {
+        dtmf.push((DTMF_48K_PAYLOAD_TYPE, 48000));
+    }
+    let codecs: Vec<(Codec, u8)> = local
+        .codecs
+        .iter()
+        .map(|c| (*c, c.payload_type()))
+        .collect();
+    build(local, version, &codecs, &dtmf, direction)
 }
 
 /// Our answer to a peer's offer already read into `remote` (RFC 3264 §6.1): the chosen
 /// codec only, the peer's telephone-event payload type, and the mirrored direction.
 pub fn answer(local: &LocalMedia, version: u64, remote: &RemoteMedia) -> String {
-    let dtmf_pt = remote.dtmf_payload_type.unwrap_or(DTMF_PAYLOAD_TYPE);
+    let clock = remote.codec.clock_rate();
+    let default = if clock == 8000 {
+        DTMF_PAYLOAD_TYPE
+    } else {
+        DTMF_48K_PAYLOAD_TYPE
+    };
+    let dtmf_pt = remote.dtmf_payload_type.unwrap_or(default);
     build(
         local,
         version,
-        &[remote.codec],
-        dtmf_pt,
+        &[(remote.codec, remote.payload_type)],
+        &[(dtmf_pt, clock)],
         remote.direction.answer(),
     )
 }
@@ -138,7 +159,7 @@ pub fn answer(local: &LocalMedia, version: u64, remote: &RemoteMedia) -> String 
 /// the peer has already chosen, so its first listed format we support wins.
 pub fn parse_remote(
     body: &[u8],
-    preference: &[G711],
+    preference: &[Codec],
     peer_is_answering: bool,
 ) -> Result<RemoteMedia, SdpError> {
     let text = String::from_utf8_lossy(body);
@@ -159,11 +180,10 @@ pub fn parse_remote(
         .ok_or(SdpError::NoAddress)?;
     let rtpmap = media.codecs();
     let codec_of = |pt: u8| match rtpmap.get(&pt) {
-        Some(c) if c.clock_rate == 8000 || c.clock_rate == 0 => G711::from_encoding_name(&c.name),
-        Some(_) => None,
-        None => G711::from_payload_type(pt),
+        Some(c) => Codec::from_rtpmap(&c.name, c.clock_rate),
+        None => Codec::from_static_payload_type(pt),
     };
-    let offered: Vec<(u8, G711)> = media
+    let offered: Vec<(u8, Codec)> = media
         .media_name
         .formats
         .iter()
@@ -172,17 +192,24 @@ pub fn parse_remote(
         .filter(|(_, c)| preference.contains(c))
         .collect();
     let chosen = if peer_is_answering {
-        offered.first().map(|(_, c)| *c)
+        offered.first().copied()
     } else {
         preference
             .iter()
-            .find(|p| offered.iter().any(|(_, c)| c == *p))
-            .copied()
+            .find_map(|p| offered.iter().find(|(_, c)| c == p).copied())
     };
-    let codec = chosen.ok_or_else(|| SdpError::NoCommonCodec(media.media_name.formats.clone()))?;
-    let dtmf_payload_type = rtpmap
-        .values()
-        .find(|c| c.name.eq_ignore_ascii_case("telephone-event") && c.clock_rate == 8000)
+    let (payload_type, codec) =
+        chosen.ok_or_else(|| SdpError::NoCommonCodec(media.media_name.formats.clone()))?;
+    // RFC 4733 §2.1: the events' clock is the audio's; a peer that lists only 8 kHz events
+    // beside Opus still gets them understood rather than lost.
+    let events = || {
+        rtpmap
+            .values()
+            .filter(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+    };
+    let dtmf_payload_type = events()
+        .find(|c| c.clock_rate == codec.clock_rate())
+        .or_else(|| events().next())
         .map(|c| c.payload_type);
     let attr_direction = [
         Direction::SendOnly,
@@ -202,6 +229,7 @@ pub fn parse_remote(
     Ok(RemoteMedia {
         addr: SocketAddr::new(ip, media.media_name.port.value as u16),
         codec,
+        payload_type,
         dtmf_payload_type,
         direction,
     })
@@ -215,7 +243,7 @@ mod tests {
         LocalMedia {
             ip: "192.0.2.10".parse().unwrap(),
             port: 30000,
-            codecs: vec![G711::Pcmu, G711::Pcma],
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
             session_id: 42,
         }
     }
@@ -231,18 +259,19 @@ mod tests {
         assert!(text.contains("a=ptime:20\r\n"));
         assert!(text.contains("a=sendrecv\r\n"));
         // And our own parser reads it back.
-        let remote = parse_remote(text.as_bytes(), &[G711::Pcmu, G711::Pcma], true).unwrap();
-        assert_eq!(remote.codec, G711::Pcmu);
+        let remote = parse_remote(text.as_bytes(), &[Codec::Pcmu, Codec::Pcma], true).unwrap();
+        assert_eq!(remote.codec, Codec::Pcmu);
         assert_eq!(remote.dtmf_payload_type, Some(101));
     }
 
     #[test]
     fn sendonly_offer_is_answered_recvonly_with_our_preferred_common_codec() {
-        let remote = parse_remote(SIPP_OFFER.as_bytes(), &[G711::Pcmu, G711::Pcma], false).unwrap();
+        let remote =
+            parse_remote(SIPP_OFFER.as_bytes(), &[Codec::Pcmu, Codec::Pcma], false).unwrap();
         assert_eq!(remote.direction, Direction::SendOnly);
         assert_eq!(
             remote.codec,
-            G711::Pcmu,
+            Codec::Pcmu,
             "static PT 0 without rtpmap is still PCMU"
         );
         assert_eq!(remote.addr, "127.0.0.1:6000".parse::<SocketAddr>().unwrap());
@@ -253,8 +282,9 @@ mod tests {
 
     #[test]
     fn an_answer_keeps_the_peers_choice() {
-        let remote = parse_remote(SIPP_OFFER.as_bytes(), &[G711::Pcmu, G711::Pcma], true).unwrap();
-        assert_eq!(remote.codec, G711::Pcma);
+        let remote =
+            parse_remote(SIPP_OFFER.as_bytes(), &[Codec::Pcmu, Codec::Pcma], true).unwrap();
+        assert_eq!(remote.codec, Codec::Pcma);
     }
 
     #[test]
@@ -263,7 +293,7 @@ mod tests {
             .replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
             .replace("a=sendonly\r\n", "");
         assert_eq!(
-            parse_remote(held.as_bytes(), &[G711::Pcma], false)
+            parse_remote(held.as_bytes(), &[Codec::Pcma], false)
                 .unwrap()
                 .direction,
             Direction::SendOnly
@@ -276,17 +306,54 @@ mod tests {
             .replace("RTP/AVP 8 0 101", "RTP/AVP 18")
             .replace("a=rtpmap:8 PCMA/8000\r\n", "");
         assert_eq!(
-            parse_remote(g729.as_bytes(), &[G711::Pcmu], false),
+            parse_remote(g729.as_bytes(), &[Codec::Pcmu], false),
             Err(SdpError::NoCommonCodec(vec!["18".into()]))
         );
         let video = SIPP_OFFER.replace("m=audio", "m=video");
         assert_eq!(
-            parse_remote(video.as_bytes(), &[G711::Pcmu], false),
+            parse_remote(video.as_bytes(), &[Codec::Pcmu], false),
             Err(SdpError::NoAudio)
         );
         assert!(matches!(
-            parse_remote(b"hello", &[G711::Pcmu], false),
+            parse_remote(b"hello", &[Codec::Pcmu], false),
             Err(SdpError::Syntax(_))
         ));
+    }
+
+    #[test]
+    fn opus_is_offered_with_48k_events_and_answered_with_the_peers_numbers() {
+        let ours = LocalMedia {
+            codecs: vec![Codec::Opus, Codec::Pcmu],
+            ..local()
+        };
+        let text = offer(&ours, 1, Direction::SendRecv);
+        assert!(
+            text.contains("m=audio 30000 RTP/AVP 111 0 101 110\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("a=rtpmap:111 opus/48000/2\r\n"), "{text}");
+        assert!(text.contains("a=fmtp:111 minptime=10;useinbandfec=1\r\n"));
+        assert!(text.contains("a=rtpmap:110 telephone-event/48000\r\n"));
+        // A PBX offering Opus on 96 with 48 kHz events on 97: we answer on its numbers.
+        let pbx = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 96 0 97 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:97 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let remote = parse_remote(pbx.as_bytes(), &[Codec::Opus, Codec::Pcmu], false).unwrap();
+        assert_eq!((remote.codec, remote.payload_type), (Codec::Opus, 96));
+        assert_eq!(
+            remote.dtmf_payload_type,
+            Some(97),
+            "events on the audio's clock"
+        );
+        let text = answer(&ours, 2, &remote);
+        assert!(text.contains("m=audio 30000 RTP/AVP 96 97\r\n"), "{text}");
+        assert!(
+            text.contains("a=rtpmap:97 telephone-event/48000\r\n"),
+            "{text}"
+        );
+        // A trunk configured for G.711 only never picks it.
+        let g711 = parse_remote(pbx.as_bytes(), &[Codec::Pcmu], false).unwrap();
+        assert_eq!(
+            (g711.codec, g711.dtmf_payload_type),
+            (Codec::Pcmu, Some(101))
+        );
     }
 }

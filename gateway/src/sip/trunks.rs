@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::transport::Transport;
 use super::transport::{Target, split_host_port, tls_client_config};
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::media::session::RtpSource;
 
 /// A SIP trunk: a carrier or PBX the gateway places calls on.
@@ -29,7 +29,7 @@ pub struct TrunkConfig {
     /// Host part of From and of the Request-URI; the first address's host by default.
     pub from_domain: Option<String>,
     /// Codecs offered, in preference order.
-    pub codecs: Vec<G711>,
+    pub codecs: Vec<Codec>,
     /// Register to the trunk (registration-based trunks).
     pub register: bool,
     /// Requested registration lifetime, seconds.
@@ -257,7 +257,7 @@ mod tests {
             credentials: None,
             from_user: "gw".into(),
             from_domain: None,
-            codecs: vec![crate::media::g711::G711::Pcmu],
+            codecs: vec![Codec::Pcmu],
             register: false,
             register_expires: 600,
             options_interval: 0,

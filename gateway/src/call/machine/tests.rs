@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{Transport, TrunkConfig};
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::sip::sdp::Direction;
 use rsip::Header;
 use rsip::prelude::*;
@@ -17,7 +17,7 @@ fn trunk_config() -> TrunkConfig {
         credentials: None,
         from_user: "gw".into(),
         from_domain: None,
-        codecs: vec![G711::Pcmu],
+        codecs: vec![Codec::Pcmu],
         register: false,
         register_expires: 600,
         options_interval: 0,
@@ -32,7 +32,7 @@ fn local() -> LocalMedia {
     LocalMedia {
         ip: "127.0.0.1".parse().unwrap(),
         port: 40000,
-        codecs: vec![G711::Pcmu],
+        codecs: vec![Codec::Pcmu],
         session_id: 1,
     }
 }
@@ -110,7 +110,7 @@ impl Bench {
         let trunks = Trunks::new([trunk_config()]).unwrap();
         let now = Instant::now();
         let request = invite_from_trunk();
-        let remote = sdp::parse_remote(&request.body, &[G711::Pcmu], false).unwrap();
+        let remote = sdp::parse_remote(&request.body, &[Codec::Pcmu], false).unwrap();
         let invite = InboundInvite {
             id: 0,
             request,

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use rsip::Header;
 
 use super::*;
-use crate::media::g711::G711;
+use crate::media::codec::Codec;
 use crate::sip::message::response_to;
 use crate::sip::transport::Transport;
 use crate::sip::trunks::{Credentials, TrunkConfig};
@@ -21,7 +21,7 @@ fn trunk(name: &str, addresses: &[&str], credentials: bool) -> TrunkConfig {
         }),
         from_user: "gw".into(),
         from_domain: None,
-        codecs: vec![G711::Pcmu],
+        codecs: vec![Codec::Pcmu],
         register: false,
         register_expires: 600,
         options_interval: 0,
