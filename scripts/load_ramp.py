@@ -158,6 +158,8 @@ def main():
     args.add_argument("--no-build", action="store_true")
     args.add_argument("--complexity", type=int, default=None,
                       help="the gateway's media.opus_complexity (default: its default, 1)")
+    args.add_argument("--opus-trunk", action="store_true",
+                      help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
@@ -177,11 +179,15 @@ def main():
     text = config(max(steps) + 100)
     if a.complexity is not None:
         text += f"\n[media]\nopus_complexity = {a.complexity}\n"
+    scenario = "echo.xml"
+    if a.opus_trunk:
+        text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')
+        scenario = "echo_opus.xml"
     (OUT / "gateway.toml").write_text(text)
     runs = []
     for run in range(a.runs):
         sipp = subprocess.Popen(
-            others_prefix + ["sipp", "-sf", str(ROOT / "tests/sipp/echo.xml"), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
+            others_prefix + ["sipp", "-sf", str(ROOT / "tests/sipp" / scenario), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
              "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
             cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         gateway = subprocess.Popen(
