@@ -297,7 +297,11 @@ pub async fn drive(
                     run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            _ = ticker.tick(), if media => run.tick(&mut call),
+            scheduled = ticker.tick(), if media => {
+                let now = tokio::time::Instant::now();
+                run.wiring.metrics.load.handle_tick(now.saturating_duration_since(scheduled));
+                run.tick(&mut call);
+            }
             received = run.rtp.recv(&mut rtp_buf), if media => {
                 if let Ok((n, source)) = received {
                     let got = run.rtp.handle_datagram(&rtp_buf[..n], source, &mut pcm_in);
@@ -464,6 +468,10 @@ impl Run<'_> {
         }
         let relaying = self.relaying();
         let trunk_ready = self.rtp.remote().is_some();
+        let economy = self.wiring.metrics.load.level() >= super::load::LoadLevel::Economy;
+        if let Caller::Browser(b) = &mut self.caller {
+            b.bridge.set_economy(economy);
+        }
         match &mut self.caller {
             // Relayed calls send the trunk's packets as they arrive, on its clock.
             Caller::Browser(_) if relaying => {}

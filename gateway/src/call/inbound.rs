@@ -79,6 +79,10 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         if ctx.draining.load(Ordering::Relaxed) {
             return Err(503);
         }
+        if ctx.metrics.load.level() == super::load::LoadLevel::Shedding {
+            ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+            return Err(503);
+        }
         let slot = ctx.take_call_slot().ok_or(503u16)?;
         let (Some(config), Some(channel)) =
             (ctx.trunks.config(&trunk), ctx.trunks.take_channel(&trunk))

@@ -9,6 +9,7 @@
 pub mod cdr;
 pub mod driver;
 mod inbound;
+pub mod load;
 pub mod machine;
 mod outbound;
 mod tap;
@@ -177,6 +178,8 @@ pub struct Metrics {
     pub frames_relayed: AtomicU64,
     /// Opus frames decoded from or encoded for browsers (transcoded calls), all ended calls.
     pub frames_transcoded: AtomicU64,
+    /// The media load, from the calls' tick lateness.
+    pub load: load::LoadMonitor,
     /// Media datagrams refused (wrong source, not RTP), live.
     pub media_drops: Arc<crate::media::MediaDrops>,
 }

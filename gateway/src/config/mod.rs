@@ -136,6 +136,14 @@ impl Config {
                 );
                 Limits::default()
             }
+            Some(l) if !(1..=100).contains(&l.get_ref().shed_late_pct) => {
+                c.issue(
+                    l.span(),
+                    "limits.shed_late_pct",
+                    "shed_late_pct is a percentage of late media ticks: 1 to 100",
+                );
+                Limits::default()
+            }
             Some(l) => l.get_ref().clone(),
             None => Limits::default(),
         };

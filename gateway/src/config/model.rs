@@ -78,6 +78,22 @@ pub struct Limits {
     /// (`no_answer`), an inbound one answered 480.
     #[serde(default = "default_ring_seconds")]
     pub ring_seconds: u32,
+    /// A call's 20 ms media tick this many ms after its time counts as late.
+    #[serde(default = "default_late_tick_ms")]
+    pub late_tick_ms: u32,
+    /// Percent of late ticks at which calls economise (Opus complexity 0) and then new
+    /// calls are refused.
+    #[serde(default = "default_shed_late_pct")]
+    pub shed_late_pct: u32,
+}
+
+/// A whole frame late: the browser's jitter buffer is about to run dry.
+fn default_late_tick_ms() -> u32 {
+    20
+}
+
+fn default_shed_late_pct() -> u32 {
+    10
 }
 
 fn default_ring_seconds() -> u32 {
@@ -103,6 +119,8 @@ impl Default for Limits {
             drain_seconds: default_drain_seconds(),
             max_calls_per_connection: default_max_calls_per_connection(),
             ring_seconds: default_ring_seconds(),
+            late_tick_ms: default_late_tick_ms(),
+            shed_late_pct: default_shed_late_pct(),
         }
     }
 }

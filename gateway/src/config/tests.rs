@@ -183,3 +183,11 @@ fn the_ring_timeout_is_checked_and_defaults_to_a_minute() {
         20
     );
 }
+
+#[test]
+fn the_load_thresholds_are_checked() {
+    let err = parse("[limits]\nshed_late_pct = 0\n").unwrap_err();
+    assert_eq!(err.issues[0].field, "limits.shed_late_pct");
+    let c = parse("").unwrap();
+    assert_eq!((c.limits.late_tick_ms, c.limits.shed_late_pct), (20, 10));
+}

@@ -65,6 +65,8 @@ impl LossEstimate {
 
 /// One call's transcoder.
 pub struct Bridge {
+    /// Coding at complexity 0 because the gateway is loaded.
+    economy: bool,
     decoder: OpusDecoder,
     encoder: OpusEncoder,
     jitter: JitterBuffer,
@@ -101,6 +103,7 @@ impl Bridge {
             },
             settings,
             last_sequence: None,
+            economy: false,
             pcm: [0; FRAME_SAMPLES_8K],
             out: [0; MAX_PACKET],
             stats: BridgeStats::default(),
@@ -199,9 +202,22 @@ impl Bridge {
         }
     }
 
+    /// Economy under load: Opus at complexity 0 whatever the settings, until `on` is false.
+    pub fn set_economy(&mut self, on: bool) {
+        if self.economy == on {
+            return;
+        }
+        self.economy = on;
+        if let Err(e) = self.follow_loss() {
+            tracing::debug!(error = %e, "Opus complexity not changed");
+        }
+    }
+
     /// The encoder's complexity now.
     pub fn complexity(&self) -> u8 {
-        if self.loss.percent() > 0 {
+        if self.economy {
+            0
+        } else if self.loss.percent() > 0 {
             self.settings
                 .complexity
                 .max(self.settings.complexity_under_loss)

@@ -127,6 +127,22 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         shutdown: tokio::sync::watch::channel(false).0,
     });
     tokio::spawn(police_inbound(inbound, sources, calls.clone()));
+    calls.metrics.load.configure(
+        Duration::from_millis(config.limits.late_tick_ms.into()),
+        config.limits.shed_late_pct,
+    );
+    // Once a second the calls' tick lateness decides the load level (call::load). The task
+    // holds the context weakly: it ends with the gateway.
+    let weak = Arc::downgrade(&calls);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(calls) = weak.upgrade() else { return };
+            calls.metrics.load.handle_timeout();
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", config.http.listen))?;

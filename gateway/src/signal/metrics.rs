@@ -71,6 +71,27 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Opus frames decoded from or encoded for browsers on G.711 calls (ended calls).",
         load(&m.frames_transcoded),
     );
+    metric(
+        &mut text,
+        "gateway_load_level",
+        "gauge",
+        "Media load: 0 normal, 1 economy (Opus at complexity 0), 2 shedding (new calls refused).",
+        m.load.level() as u8,
+    );
+    metric(
+        &mut text,
+        "gateway_late_ticks_ratio",
+        "gauge",
+        "Share of the calls' 20 ms media ticks that ran late in the last second.",
+        format!("{:.3}", m.load.late_permille() as f64 / 1000.0),
+    );
+    metric(
+        &mut text,
+        "gateway_calls_shed_total",
+        "counter",
+        "New calls refused because the media ran late.",
+        load(&m.load.calls_shed),
+    );
     // The tables calls fill and must empty again: a number that only grows is a leak.
     let tables = ctx.endpoint.tables();
     metric(

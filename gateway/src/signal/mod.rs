@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::call::load::LoadLevel;
 use crate::call::{CallCommand, CallContext, CallEvent, Outbound, start_outbound};
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
@@ -117,6 +118,12 @@ async fn reload_plugins(headers: HeaderMap, State(ctx): State<Arc<CallContext>>)
 async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
     if ctx.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if ctx.metrics.load.level() == LoadLevel::Shedding {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: media ticks run late; new calls are refused\n",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ok\n").into_response()
     }
@@ -374,6 +381,15 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         continue;
                     }
                 };
+                if ctx.metrics.load.level() == LoadLevel::Shedding {
+                    ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+                    let _ = out.send(error(
+                        ErrorCode::LimitReached,
+                        "the gateway is at capacity (its media runs late); try again shortly",
+                        None,
+                    ));
+                    continue;
+                }
                 let live = calls.values().filter(|tx| !tx.is_closed()).count();
                 if live >= ctx.config.limits.max_calls_per_connection as usize {
                     let _ = out.send(error(
