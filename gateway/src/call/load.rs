@@ -85,11 +85,7 @@ impl LoadMonitor {
     pub fn handle_timeout(&self) -> LoadLevel {
         let ticks = self.ticks.swap(0, Ordering::Relaxed);
         let late = self.late.swap(0, Ordering::Relaxed);
-        let permille = if ticks == 0 {
-            0
-        } else {
-            (late * 1000 / ticks) as u32
-        };
+        let permille = (late * 1000).checked_div(ticks).unwrap_or(0) as u32;
         self.late_permille.store(permille, Ordering::Relaxed);
         let threshold = self.shed_pct.load(Ordering::Relaxed) * 10;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
