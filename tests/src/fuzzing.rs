@@ -123,10 +123,24 @@ pub fn rtp_rtcp(data: &[u8]) {
     });
     let mut pcm = [0i16; 1500];
     let source = "127.0.0.1:4000".parse().expect("literal address");
-    let _ = stream
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .handle_datagram(data, source, &mut pcm);
+    let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = stream.handle_datagram(data, source, &mut pcm);
+    // The same bytes as an Opus trunk's RTP, and the check before they are relayed.
+    let g711 = stream.remote();
+    if let Some(remote) = g711 {
+        stream.set_remote(RemoteMedia {
+            codec: Codec::Opus,
+            payload_type: 96,
+            ..remote
+        });
+        if let gateway::media::session::Received::Encoded { start, len, .. } =
+            stream.handle_datagram(data, source, &mut pcm)
+        {
+            let _ = gateway::media::opus::is_relayable(&data[start..start + len]);
+        }
+        stream.set_remote(remote);
+    }
+    let _ = gateway::media::opus::is_relayable(data);
 }
 
 /// A text frame on the signaling WebSocket.

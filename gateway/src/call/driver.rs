@@ -535,11 +535,17 @@ impl Run<'_> {
                 len,
                 timestamp,
             } => {
-                if let Caller::Browser(b) = &mut self.caller
+                let payload = &data[start..start + len];
+                if !crate::media::opus::is_relayable(payload) {
+                    self.wiring
+                        .metrics
+                        .media_drops
+                        .trunk_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if let Caller::Browser(b) = &mut self.caller
                     && b.connected
                     && !held
                 {
-                    let payload = &data[start..start + len];
                     match b.leg.relay_opus(payload, timestamp, Instant::now()) {
                         Ok(()) => self.relayed += 1,
                         Err(e) => tracing::debug!(error = %e, "Opus relay to browser"),
@@ -619,7 +625,13 @@ impl Run<'_> {
                 BrowserEvent::Disconnected => call.handle_caller_media(false, Instant::now()),
                 BrowserEvent::Opus { .. } if !trunk_ready => {}
                 BrowserEvent::Opus { payload, .. } if relaying => {
-                    if !held {
+                    if !crate::media::opus::is_relayable(&payload) {
+                        self.wiring
+                            .metrics
+                            .media_drops
+                            .browser_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else if !held {
                         self.rtp.send_encoded(&payload);
                         self.relayed += 1;
                     }

@@ -22,16 +22,19 @@ pub struct MediaDrops {
     pub trunk_malformed: AtomicU64,
     /// Browser-side DTLS/SRTP from an address that is not an ICE-validated pair.
     pub browser_source: AtomicU64,
+    /// Browser Opus that does not parse as a packet, kept from an Opus trunk.
+    pub browser_malformed: AtomicU64,
 }
 
 impl MediaDrops {
     /// `(leg, reason, count)` rows for the metrics page.
-    pub fn rows(&self) -> [(&'static str, &'static str, u64); 3] {
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 4] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("trunk", "source", get(&self.trunk_source)),
             ("trunk", "malformed", get(&self.trunk_malformed)),
             ("browser", "source", get(&self.browser_source)),
+            ("browser", "malformed", get(&self.browser_malformed)),
         ]
     }
 }

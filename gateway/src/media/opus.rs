@@ -13,6 +13,16 @@ pub const RTP_TICKS_PER_FRAME: u32 = 960;
 /// Largest Opus packet we produce (RFC 6716 allows 1275; voice at 8 kHz is far below).
 pub const MAX_PACKET: usize = 400;
 
+/// True when `payload` is an Opus packet worth relaying untouched: its table-of-contents
+/// byte and frame count parse (RFC 6716 §3.1) and it holds 2.5 to 120 ms of audio. An SBC
+/// does not hand another party's decoder whatever bytes a stranger sent.
+pub fn is_relayable(payload: &[u8]) -> bool {
+    Packet::try_from(payload)
+        .ok()
+        .and_then(|p| audiopus::packet::nb_samples(p, SampleRate::Hz48000).ok())
+        .is_some_and(|n| (120..=5760).contains(&n))
+}
+
 /// Opus failures name the operation.
 #[derive(Debug, thiserror::Error)]
 #[error("opus {operation} failed: {source}")]
@@ -277,5 +287,16 @@ mod tests {
             dec.decode(&[0xff, 0xff, 0xff], &mut pcm).is_err(),
             "a corrupt packet is an error, not a panic"
         );
+    }
+
+    #[test]
+    fn only_well_formed_opus_is_relayed() {
+        let mut encoder = OpusEncoder::new(EncoderSettings::default()).unwrap();
+        let mut out = [0u8; MAX_PACKET];
+        let n = encoder.encode(&[0i16; FRAME_SAMPLES_8K], &mut out).unwrap();
+        assert!(is_relayable(&out[..n]));
+        assert!(!is_relayable(&[]), "empty");
+        // Code 3 (arbitrary frame count) announcing 63 frames of 20 ms: 1.26 s, not a packet.
+        assert!(!is_relayable(&[0b0001_1011, 63]));
     }
 }
