@@ -69,3 +69,80 @@ async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
+    let dir = out_dir("opus_trunk_inbound");
+    let (trunk_port, _) = gateway_tests::ports();
+    let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
+    let secret = "opus-agent-secret-0123456789abcd";
+    std::fs::write(dir.join("secret"), secret).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[trunks.carrier]\n",
+            "[trunks.carrier]\ncodecs = [\"opus\", \"PCMU\"]\n",
+        )
+        .replace(
+            "[http]\n",
+            &format!(
+                "[http]\ntoken_secret_file = \"{}\"\n",
+                dir.join("secret").display()
+            ),
+        );
+    std::fs::write(
+        &path,
+        format!("{text}\n[inbound]\n\"+15550100\" = \"agent-o\"\n"),
+    )
+    .unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 120;
+    let options = CallOptions {
+        seconds: 30.0,
+        answer_as: Some("agent-o".into()),
+        token: Some(gateway::token::sign(
+            &gateway::token::Claims {
+                sub: "agent-o".into(),
+                exp,
+                targets: vec![],
+                numbers: false,
+            },
+            secret.as_bytes(),
+        )),
+        ..CallOptions::new("")
+    };
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let browser = tokio::spawn(async move { run_call(&url, &options).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut sipp = Sipp::uac(
+        "uac_call_echo_opus.xml",
+        "127.0.0.1",
+        Some(trunk_port),
+        gateway.endpoint.udp_addr(),
+        &dir,
+    );
+    let report = browser.await.unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "browser Opus → sipp echo → back, untranscoded: {report:?}"
+    );
+    assert_eq!(report.ended.unwrap()["reason"], "remote_hangup");
+    assert!(
+        tokio::task::spawn_blocking(move || sipp.wait())
+            .await
+            .unwrap(),
+        "sipp did not get an Opus answer"
+    );
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "{metrics}"
+    );
+}
