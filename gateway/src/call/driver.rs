@@ -239,6 +239,7 @@ pub async fn drive(
     let mut leg_deadline: Option<Instant> = None;
     let mut pcm_in = [0i16; 1500];
     let mut rtp_buf = [0u8; 1500];
+    let mut was_ticking = true;
     loop {
         run.carry_out(&mut call);
         if call.is_finished() {
@@ -262,6 +263,14 @@ pub async fn drive(
             }
         }
         let media = !run.ended;
+        // A relayed call has no clock of its own: packets go on as they arrive, so its task
+        // is not woken every 20 ms for nothing. The clock starts afresh if the trunk moves
+        // to a transcoded codec (re-INVITE).
+        let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
+        if ticking && !was_ticking {
+            ticker.reset();
+        }
+        was_ticking = ticking;
         tokio::select! {
             routed = async { routing.as_mut().expect("guarded").await }, if routing.is_some() => {
                 routing = None;
@@ -297,7 +306,7 @@ pub async fn drive(
                     run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            scheduled = ticker.tick(), if media => {
+            scheduled = ticker.tick(), if ticking => {
                 let now = tokio::time::Instant::now();
                 run.wiring.metrics.load.handle_tick(now.saturating_duration_since(scheduled));
                 run.tick(&mut call);
