@@ -84,8 +84,13 @@ impl Call {
             Method::Bye => {
                 respond(self, 200, None);
                 // The dialog is over: no BYE of ours follows. A BYE crossing ours is
-                // answered and changes nothing else (§15.1.2).
-                self.leg = None;
+                // answered and changes nothing else (§15.1.2). Our re-INVITE, if one waits,
+                // keeps the dialog's identifiers to ACK a 2xx that still comes (§13.2.2.4).
+                if let Some(leg) = self.leg.take()
+                    && self.reinvite.is_some()
+                {
+                    self.closed_leg = Some((leg.dialog, leg.target));
+                }
                 if self.bye.is_none() {
                     self.forget_dialog();
                 }
@@ -147,7 +152,18 @@ impl Call {
 
     pub(super) fn on_reinvite_answer(&mut self, pending: Reinvite, event: ClientEvent, code: u16) {
         if self.phase == Phase::Ended && self.leg.is_none() {
-            return; // the trunk hung up meanwhile
+            // The trunk hung up meanwhile: a 2xx is still ACKed, nothing else happens.
+            if let (Some((dialog, target)), ClientEvent::Response(_), true) =
+                (self.closed_leg.take(), &event, (200..300).contains(&code))
+            {
+                let via = self.sip.via(target.transport, &message::new_branch());
+                self.transmits.push_back(Transmit::Stateless {
+                    request: dialog.ack(pending.seq, via),
+                    target,
+                });
+            }
+            self.closed_leg = None;
+            return;
         }
         let what = if pending.hold { "hold" } else { "resume" };
         let (Some(leg), ClientEvent::Response(response)) = (self.leg.as_ref(), event) else {

@@ -119,6 +119,8 @@ pub struct Call {
     caller_connected: bool,
     held: bool,
     reinvite: Option<Reinvite>,
+    /// The dialog the trunk ended while our re-INVITE waited: kept to ACK its 2xx.
+    closed_leg: Option<(Dialog, Target)>,
     bye: Option<u64>,
     bye_after_ack: bool,
     trunk_used: Option<String>,
@@ -170,6 +172,7 @@ impl Call {
             caller_connected: false,
             held: false,
             reinvite: None,
+            closed_leg: None,
             bye: None,
             bye_after_ack: false,
             trunk_used: None,
@@ -253,6 +256,7 @@ impl Call {
         self.phase == Phase::Ended
             && self.uac.as_ref().is_none_or(|u| u.is_done())
             && self.bye.is_none()
+            && self.reinvite.is_none()
             && !self.bye_after_ack
             && self.transmits.is_empty()
             && self.events.is_empty()

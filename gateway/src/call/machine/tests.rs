@@ -478,6 +478,28 @@ fn bye_during_our_reinvite_ends_the_call() {
 }
 
 #[test]
+fn a_2xx_to_our_reinvite_after_the_trunk_hung_up_is_still_acked() {
+    let mut b = answered_outbound();
+    b.call.handle_command(CallCommand::Hold(true), b.now);
+    b.drain();
+    b.trunk_request(Method::Bye, 4, vec![]);
+    assert!(
+        !b.call.is_finished(),
+        "the re-INVITE still waits for its answer"
+    );
+    let acks = b.count(Method::Ack);
+    b.reply(Method::Invite, 200, Some(trunk_sdp(Direction::RecvOnly)));
+    assert_eq!(b.count(Method::Ack), acks + 1, "the late 2xx is ACKed");
+    assert_eq!(
+        b.count(Method::Bye),
+        0,
+        "and no BYE follows a dialog the trunk ended"
+    );
+    assert!(b.call.is_finished());
+    assert!(!b.saw(&CallEvent::Held(true)));
+}
+
+#[test]
 fn a_trunk_reinvite_while_ours_waits_gets_491() {
     let mut b = answered_outbound();
     b.call.handle_command(CallCommand::Hold(true), b.now);
