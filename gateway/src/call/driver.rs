@@ -16,8 +16,10 @@ use super::machine::{Call, CallCommand, CallEvent, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
 use crate::media::bridge::Bridge;
+use crate::media::codec::Codec;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
 use crate::media::tone::{ToneDetector, ToneGenerator};
+use crate::media::wideband::WideBridge;
 use crate::plugin::{CallHooks, Event, Party};
 use crate::rtc::mux::{MediaMux, MuxRoute};
 use crate::rtc::{BrowserEvent, BrowserLeg};
@@ -44,6 +46,10 @@ pub struct BrowserCaller {
     mux: MediaMux,
     /// Opus ⇄ G.711, with its statistics for the CDR.
     pub bridge: Bridge,
+    /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722.
+    pub wide: Option<WideBridge>,
+    /// The wideband bridge's Opus complexity and jitter depth, ms.
+    wide_settings: (u8, u32),
     talkspurt: bool,
     connected: bool,
 }
@@ -56,9 +62,47 @@ impl BrowserCaller {
             route,
             mux,
             bridge,
+            wide: None,
+            wide_settings: (1, 60),
             talkspurt: true,
             connected: false,
         }
+    }
+
+    /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity
+    /// and jitter depth.
+    pub fn with_wideband(mut self, complexity: u8, jitter_ms: u32) -> Self {
+        self.wide_settings = (complexity, jitter_ms);
+        self
+    }
+
+    /// The G.722 bridge, made on first use; `None` if Opus could not be set up.
+    fn wide(&mut self) -> Option<&mut WideBridge> {
+        if self.wide.is_none() {
+            let (complexity, jitter_ms) = self.wide_settings;
+            match WideBridge::new(complexity, jitter_ms) {
+                Ok(bridge) => self.wide = Some(bridge),
+                Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),
+            }
+        }
+        self.wide.as_mut()
+    }
+
+    /// Both bridges' counters, for the CDR.
+    pub fn media_stats(
+        &self,
+    ) -> (
+        crate::media::bridge::BridgeStats,
+        crate::media::jitter::JitterStats,
+    ) {
+        let (mut stats, mut jitter) = (self.bridge.stats, self.bridge.jitter_stats());
+        if let Some(w) = &self.wide {
+            stats.browser_packets += w.stats.browser_packets;
+            stats.browser_packets_sent += w.stats.browser_packets_sent;
+            let wj = w.jitter_stats();
+            jitter.concealed += wj.concealed / 2;
+        }
+        (stats, jitter)
     }
 
     /// The leg, for the inbound answer.
@@ -478,8 +522,12 @@ impl Run<'_> {
         let relaying = self.relaying();
         let trunk_ready = self.rtp.remote().is_some();
         let economy = self.wiring.metrics.load.level() >= super::load::LoadLevel::Economy;
+        let wideband = self.wideband();
         if let Caller::Browser(b) = &mut self.caller {
             b.bridge.set_economy(economy);
+            if let Some(w) = b.wide.as_mut() {
+                w.set_economy(economy);
+            }
         }
         match &mut self.caller {
             // Relayed calls send the trunk's packets as they arrive, on its clock.
@@ -488,6 +536,22 @@ impl Run<'_> {
             Caller::Browser(b) if !trunk_ready => {
                 b.leg.skip_frame();
                 b.talkspurt = true;
+            }
+            Caller::Browser(b) if wideband => {
+                let connected = b.connected;
+                let packet = b.wide().and_then(|w| w.to_browser()).map(<[u8]>::to_vec);
+                match packet {
+                    Some(packet) if connected => {
+                        let start = std::mem::take(&mut b.talkspurt);
+                        if let Err(e) = b.leg.send_opus(&packet, start, Instant::now()) {
+                            tracing::debug!(error = %e, "Opus to browser");
+                        }
+                    }
+                    _ => {
+                        b.leg.skip_frame();
+                        b.talkspurt = true;
+                    }
+                }
             }
             Caller::Browser(b) => match b.bridge.to_browser() {
                 Some(packet) if b.connected => {
@@ -528,6 +592,11 @@ impl Run<'_> {
         }
     }
 
+    /// True while the trunk speaks G.722: the 16 kHz bridge transcodes.
+    fn wideband(&self) -> bool {
+        self.rtp.remote().is_some_and(|r| r.codec == Codec::G722)
+    }
+
     /// True while the trunk speaks Opus: the browser's packets are relayed, not transcoded.
     fn relaying(&self) -> bool {
         self.rtp
@@ -564,6 +633,11 @@ impl Run<'_> {
             Received::Audio { samples, timestamp } => match &mut self.caller {
                 // On hold the trunk's music is not ours to forward.
                 Caller::Browser(_) if held => {}
+                Caller::Browser(b) if samples == crate::media::session::WIDE_FRAME_SAMPLES => {
+                    if let Some(w) = b.wide() {
+                        w.from_trunk(timestamp, &pcm[..samples]);
+                    }
+                }
                 Caller::Browser(b) => {
                     b.bridge.from_trunk(timestamp, &pcm[..samples]);
                     if self.tapping {
@@ -618,10 +692,8 @@ impl Run<'_> {
             return;
         };
         let held = call.held();
-        let relaying = self
-            .rtp
-            .remote()
-            .is_some_and(|r| r.codec == crate::media::codec::Codec::Opus);
+        let relaying = self.rtp.remote().is_some_and(|r| r.codec == Codec::Opus);
+        let wideband = self.rtp.remote().is_some_and(|r| r.codec == Codec::G722);
         // Until the trunk's SDP names its codec and address the browser's audio goes nowhere:
         // it is not decoded either (an Opus trunk may never need a decoder).
         let trunk_ready = self.rtp.remote().is_some();
@@ -643,6 +715,16 @@ impl Run<'_> {
                     } else if !held {
                         self.rtp.send_encoded(&payload);
                         self.relayed += 1;
+                    }
+                }
+                BrowserEvent::Opus { payload, .. } if wideband => {
+                    let rtp = &mut self.rtp;
+                    if let Some(w) = b.wide() {
+                        w.from_browser(&payload, |pcm| {
+                            if !held {
+                                rtp.send_frame(pcm);
+                            }
+                        });
                     }
                 }
                 BrowserEvent::Opus {

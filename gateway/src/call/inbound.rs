@@ -159,12 +159,10 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             sdp: offer,
         },
     ));
-    let caller = Caller::Browser(Box::new(BrowserCaller::new(
-        leg,
-        route,
-        ctx.mux.clone(),
-        bridge,
-    )));
+    let caller = Caller::Browser(Box::new(
+        BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
+            .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
+    ));
     let wiring = Wiring {
         endpoint: &ctx.endpoint,
         metrics: &ctx.metrics,
@@ -192,7 +190,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     };
     let summary = MediaSummary {
         bridge: match &outcome.caller {
-            Caller::Browser(b) => (b.bridge.stats, b.bridge.jitter_stats()),
+            Caller::Browser(b) => b.media_stats(),
             Caller::Tone(_) => Default::default(),
         },
         rtp: outcome.rtp,

@@ -101,12 +101,10 @@ async fn run_outbound(
         }
     };
     let routing = routing(ctx.clone(), call, rtp.local_port());
-    let caller = Caller::Browser(Box::new(BrowserCaller::new(
-        leg,
-        route,
-        ctx.mux.clone(),
-        bridge,
-    )));
+    let caller = Caller::Browser(Box::new(
+        BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
+            .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
+    ));
     let wiring = Wiring {
         endpoint: &ctx.endpoint,
         metrics: &ctx.metrics,
@@ -127,7 +125,7 @@ async fn run_outbound(
     .await;
     let summary = MediaSummary {
         bridge: match &outcome.caller {
-            Caller::Browser(b) => (b.bridge.stats, b.bridge.jitter_stats()),
+            Caller::Browser(b) => b.media_stats(),
             Caller::Tone(_) => Default::default(),
         },
         rtp: outcome.rtp,

@@ -318,7 +318,7 @@ impl Config {
                         t.codecs.span(),
                         field("codecs"),
                         format!(
-                            "unknown codec `{name}`; the trunk side speaks opus, PCMU and PCMA"
+                            "unknown codec `{name}`; the trunk side speaks opus, G722, PCMU and PCMA"
                         ),
                     ),
                 }
@@ -327,7 +327,7 @@ impl Config {
                 c.issue(
                     t.codecs.span(),
                     field("codecs"),
-                    "list at least one of opus, PCMU, PCMA",
+                    "list at least one of opus, G722, PCMU, PCMA",
                 );
             }
             let password = match (&t.password_env, &t.password_file) {

@@ -1,5 +1,6 @@
-//! The codecs the trunk side speaks: G.711 (transcoded to and from the browser's Opus) and
-//! Opus itself (relayed as the browser sent it, no transcoding), with their RTP and SDP names.
+//! The codecs the trunk side speaks: G.711 (transcoded to and from the browser's Opus at
+//! 8 kHz), G.722 (HD voice, transcoded at 16 kHz) and Opus itself (relayed as the browser
+//! sent it, no transcoding), with their RTP and SDP names.
 
 use super::g711::G711;
 
@@ -10,6 +11,9 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law, static payload type 8.
     Pcma,
+    /// G.722 (ITU-T G.722, 64 kbit/s), static payload type 9: 16 kHz audio on an 8 kHz RTP
+    /// clock (RFC 3551 §4.5.2).
+    G722,
     /// Opus (RFC 7587): `opus/48000/2`, relayed between browser and trunk untouched.
     Opus,
 }
@@ -23,6 +27,7 @@ impl Codec {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
             Codec::Opus => OPUS_PAYLOAD_TYPE,
         }
     }
@@ -32,14 +37,26 @@ impl Codec {
         match self {
             Codec::Pcmu => "PCMU",
             Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
             Codec::Opus => "opus",
         }
     }
 
-    /// The RTP clock rate: 8 kHz for G.711; 48 kHz for Opus whatever it codes (RFC 7587 §4.1).
+    /// The RTP clock rate: 8 kHz for G.711, and for G.722 although it samples at 16 kHz (an
+    /// error in RFC 1890 kept for compatibility, RFC 3551 §4.5.2); 48 kHz for Opus whatever it
+    /// codes (RFC 7587 §4.1).
     pub const fn clock_rate(self) -> u32 {
         match self {
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
+            Codec::Opus => 48000,
+        }
+    }
+
+    /// Audio samples per second the codec carries.
+    pub const fn sample_rate(self) -> u32 {
+        match self {
             Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::G722 => 16000,
             Codec::Opus => 48000,
         }
     }
@@ -62,13 +79,13 @@ impl Codec {
         match self {
             Codec::Pcmu => Some(G711::Pcmu),
             Codec::Pcma => Some(G711::Pcma),
-            Codec::Opus => None,
+            Codec::G722 | Codec::Opus => None,
         }
     }
 
     /// The codec named in a trunk's `codecs` list (case-insensitive).
     pub fn from_name(name: &str) -> Option<Codec> {
-        [Codec::Pcmu, Codec::Pcma, Codec::Opus]
+        [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus]
             .into_iter()
             .find(|c| c.encoding_name().eq_ignore_ascii_case(name))
     }
@@ -85,6 +102,7 @@ impl Codec {
         match pt {
             0 => Some(Codec::Pcmu),
             8 => Some(Codec::Pcma),
+            9 => Some(Codec::G722),
             _ => None,
         }
     }
@@ -104,5 +122,10 @@ mod tests {
         assert_eq!(Codec::Pcmu.frame_ticks(), 160);
         assert_eq!(Codec::Opus.rtpmap(), "opus/48000/2");
         assert_eq!(Codec::from_static_payload_type(8), Some(Codec::Pcma));
+        // RFC 3551 §4.5.2: G.722 says 8000 in SDP and steps 160 per 20 ms of 16 kHz audio.
+        assert_eq!(Codec::from_rtpmap("G722", 8000), Some(Codec::G722));
+        assert_eq!(Codec::G722.rtpmap(), "G722/8000");
+        assert_eq!(Codec::G722.frame_ticks(), 160);
+        assert_eq!(Codec::G722.sample_rate(), 16000);
     }
 }

@@ -10,6 +10,7 @@ pub mod opus;
 pub mod rtp;
 pub mod session;
 pub mod tone;
+pub mod wideband;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use tokio::net::UdpSocket;
 
 use super::MediaDrops;
+use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
@@ -31,6 +32,33 @@ pub enum RtpSource {
 
 /// Samples in one 20 ms G.711 frame.
 pub const FRAME_SAMPLES: usize = 160;
+
+/// Samples in one 20 ms G.722 frame (16 kHz).
+pub const WIDE_FRAME_SAMPLES: usize = 320;
+
+/// A G.722 stream's coder state: ADPCM predicts from the samples before, so each direction
+/// keeps one for the life of the stream.
+struct G722State {
+    encoder: ezk_g722::libg722::encoder::Encoder,
+    decoder: ezk_g722::libg722::decoder::Decoder,
+}
+
+impl G722State {
+    fn new() -> Self {
+        use ezk_g722::libg722::Bitrate;
+        G722State {
+            // 64 kbit/s, 16 kHz samples, unpacked: RFC 3551 §4.5.2.
+            encoder: ezk_g722::libg722::encoder::Encoder::new(Bitrate::Mode1_64000, false, false),
+            decoder: ezk_g722::libg722::decoder::Decoder::new(Bitrate::Mode1_64000, false, false),
+        }
+    }
+}
+
+impl std::fmt::Debug for G722State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("G722State")
+    }
+}
 
 /// The largest RTP packet sent: a header and an Opus packet (at most 1275 bytes, RFC 6716).
 const MAX_PACKET: usize = 1500;
@@ -105,11 +133,11 @@ impl Reception {
 /// What one received datagram turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
-    /// Audio decoded into the caller's buffer.
+    /// Audio decoded into the caller's buffer (8 kHz G.711, 16 kHz G.722).
     Audio {
         /// Samples decoded.
         samples: usize,
-        /// RTP timestamp of the first sample (8 kHz clock).
+        /// RTP timestamp of the first sample (8 kHz clock, G.722 included).
         timestamp: u32,
     },
     /// An encoded frame the gateway relays untouched (Opus): `data[start..start + len]`.
@@ -148,6 +176,8 @@ pub struct RtpStream {
     dtmf_in: DtmfReceiver,
     event_timestamp: u32,
     reception: Option<Reception>,
+    /// Coder state while the trunk speaks G.722.
+    g722: Option<G722State>,
     out: [u8; MAX_PACKET],
     /// Counters.
     pub stats: RtpStats,
@@ -190,6 +220,7 @@ impl RtpStream {
             dtmf_in: DtmfReceiver::new(),
             event_timestamp: 0,
             reception: None,
+            g722: None,
             out: [0; MAX_PACKET],
             stats: RtpStats::default(),
         })
@@ -253,6 +284,7 @@ impl RtpStream {
             self.dtmf_out.set_frame_ticks(remote.codec.frame_ticks());
             // Jitter is measured on the new clock from here.
             self.reception = None;
+            self.g722 = (remote.codec == Codec::G722).then(G722State::new);
         }
         self.remote = Some(remote);
     }
@@ -275,7 +307,17 @@ impl RtpStream {
     /// Sends one 20 ms frame of audio to a G.711 trunk (see [`Self::send_encoded`] for
     /// Opus): an event packet while a digit plays, else the audio. Nothing is sent when the
     /// peer does not want media (hold: it said sendonly or inactive).
+    /// G.722 takes 320 samples at 16 kHz, G.711 160 at 8 kHz.
     pub fn send_frame(&mut self, pcm: &[i16]) {
+        if let Some(g722) = self.g722.as_mut() {
+            let n = WIDE_FRAME_SAMPLES.min(pcm.len());
+            let bytes = g722.encoder.encode(&pcm[..n]);
+            self.send_with(|out| {
+                out[..bytes.len()].copy_from_slice(&bytes);
+                bytes.len()
+            });
+            return;
+        }
         let Some(law) = self.remote.and_then(|r| r.codec.g711()) else {
             return;
         };
@@ -380,6 +422,15 @@ impl RtpStream {
                 .handle_packet(packet.timestamp, packet.payload)
                 .map_or(Received::Nothing, Received::Digit);
         }
+        if let Some(g722) = self.g722.as_mut() {
+            let decoded = g722.decoder.decode(packet.payload);
+            let n = decoded.len().min(pcm.len());
+            pcm[..n].copy_from_slice(&decoded[..n]);
+            return Received::Audio {
+                samples: n,
+                timestamp: packet.timestamp,
+            };
+        }
         let Some(law) = remote.codec.g711() else {
             let start = packet.payload.as_ptr() as usize - data.as_ptr() as usize;
             return Received::Encoded {
@@ -400,7 +451,7 @@ impl RtpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::codec::Codec;
+
     use crate::media::description::Direction;
 
     #[tokio::test]
@@ -616,5 +667,53 @@ mod tests {
         );
         let payload = crate::media::dtmf::EventPayload::parse(&buf[12..n]).unwrap();
         assert_eq!(payload.duration, 960, "one frame on the 48 kHz clock");
+    }
+
+    #[tokio::test]
+    async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
+        use crate::media::tone::{ToneDetector, ToneGenerator};
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut a = RtpStream::bind(ip, 41400, 41500).unwrap();
+        let mut b = RtpStream::bind(ip, 41400, 41500).unwrap();
+        let remote = |port| RemoteMedia {
+            addr: SocketAddr::new(ip, port),
+            codec: Codec::G722,
+            payload_type: 9,
+            dtmf_payload_type: Some(101),
+            direction: Direction::SendRecv,
+        };
+        a.set_remote(remote(b.local_port()));
+        b.set_remote(remote(a.local_port()));
+        // 5 kHz: only a wideband path carries it.
+        let mut tone = ToneGenerator::new(5000.0, 16000, 8000);
+        let mut detector = ToneDetector::new(5000.0, 16000, 1600);
+        let mut frame = [0i16; WIDE_FRAME_SAMPLES];
+        let mut buf = [0u8; 1500];
+        let mut pcm = [0i16; 1500];
+        let mut timestamps = Vec::new();
+        for i in 0..30 {
+            tone.fill(&mut frame);
+            a.send_frame(&frame);
+            let (n, src) = b.recv(&mut buf).await.unwrap();
+            assert_eq!(n, 12 + 160, "64 kbit/s: 160 bytes per 20 ms");
+            match b.handle_datagram(&buf[..n], src, &mut pcm) {
+                Received::Audio { samples, timestamp } => {
+                    assert_eq!(samples, WIDE_FRAME_SAMPLES);
+                    timestamps.push(timestamp);
+                    if i >= 5 {
+                        detector.push(&pcm[..samples]);
+                    }
+                }
+                other => panic!("no audio: {other:?}"),
+            }
+        }
+        assert!(
+            timestamps
+                .windows(2)
+                .all(|w| w[1].wrapping_sub(w[0]) == 160),
+            "RFC 3551 §4.5.2: 160 ticks per 20 ms although 320 samples: {timestamps:?}"
+        );
+        let snr = detector.report().snr_db;
+        assert!(snr >= 20.0, "5 kHz through G.722 at {snr} dB");
     }
 }

@@ -349,6 +349,19 @@ mod tests {
             text.contains("a=rtpmap:97 telephone-event/48000\r\n"),
             "{text}"
         );
+        // HD voice: G.722 on its static type, on the 8 kHz clock it is listed with.
+        let hd = offer(
+            &LocalMedia {
+                codecs: vec![Codec::G722, Codec::Pcmu],
+                ..local()
+            },
+            1,
+            Direction::SendRecv,
+        );
+        assert!(hd.contains("m=audio 30000 RTP/AVP 9 0 101\r\n"), "{hd}");
+        assert!(hd.contains("a=rtpmap:9 G722/8000\r\n"), "{hd}");
+        let back = parse_remote(hd.as_bytes(), &[Codec::G722], true).unwrap();
+        assert_eq!((back.codec, back.payload_type), (Codec::G722, 9));
         // A trunk configured for G.711 only never picks it.
         let g711 = parse_remote(pbx.as_bytes(), &[Codec::Pcmu], false).unwrap();
         assert_eq!(

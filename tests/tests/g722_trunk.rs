@@ -1,0 +1,59 @@
+//! HD voice: a trunk that answers G.722 gets 16 kHz audio (browser Opus decoded at 16 kHz,
+//! coded G.722 on the 8 kHz RTP clock of RFC 3551 §4.5.2) and its audio comes back to the
+//! browser the same way.
+
+use gateway::config::Config;
+use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::{Sipp, out_dir, write_config};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_g722_trunk_carries_the_tone_both_ways_and_digits() {
+    let dir = out_dir("g722_trunk");
+    let sipp = Sipp::uas("echo_g722.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[trunks.carrier]\n",
+        "[trunks.carrier]\ncodecs = [\"G722\", \"PCMU\"]\n",
+    );
+    let cdr = dir.join("cdr.jsonl");
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
+            cdr.display()
+        ),
+    )
+    .unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let options = CallOptions {
+        seconds: 3.0,
+        dtmf: Some("7".into()),
+        ..CallOptions::new("echo")
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "browser → Opus 16 kHz → G.722 → sipp echo → G.722 → Opus → browser: {report:?}"
+    );
+    assert_eq!(report.dtmf_received, "7");
+    assert_eq!(report.ended.unwrap()["reason"], "hangup");
+    assert!(sipp.finished().await, "sipp saw no G.722 offer, or no BYE");
+    let record: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&cdr)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["trunk_codec"], "G722", "{record}");
+    assert!(
+        record["trunk_packets_in"].as_u64().unwrap() > 100,
+        "{record}"
+    );
+}
