@@ -44,6 +44,9 @@ def in_venv():
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    # Also after an install that was cut short: the venv exists, its packages do not.
+    if subprocess.run([str(python), "-c", "import numpy, pesq"],
+                      capture_output=True).returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<3", "pesq==0.0.4"],
                        check=True)
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
