@@ -13,35 +13,15 @@ target/quality-venv on first use. Writes target/hd-quality/quality.{json,md}.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from opus_quality import PASSAGES, ROOT, VENV, VOICES  # noqa: E402
+from opus_quality import PASSAGES, ROOT, VOICES, in_venv  # noqa: E402
 
 OUT = ROOT / "target" / "hd-quality"
-
-
-def in_venv():
-    """Re-runs this script inside the quality venv (numpy, pesq) when they are missing."""
-    try:
-        import numpy  # noqa: F401
-        import pesq  # noqa: F401
-        return
-    except ImportError:
-        pass
-    python = VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    # Also after an install that was cut short: the venv exists, its packages do not.
-    if subprocess.run([str(python), "-c", "import numpy, pesq"],
-                      capture_output=True).returncode != 0:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<3", "pesq==0.0.4"],
-                       check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
 def resample(samples, rate, to):
@@ -69,7 +49,7 @@ def speech(text, voice):
 def main():
     if not shutil.which("espeak-ng"):
         sys.exit("espeak-ng not found: apt-get install espeak-ng")
-    in_venv()
+    in_venv(__file__)
     import numpy as np
     from pesq import pesq
 

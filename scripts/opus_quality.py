@@ -33,8 +33,9 @@ PASSAGES = [
 VOICES = ["en-us", "en-us+f3"]
 
 
-def in_venv():
-    """Re-runs this script inside a venv with numpy and pesq when they are missing."""
+def in_venv(script=__file__):
+    """Re-runs `script` (this one unless a caller names itself) inside a venv with numpy and
+    pesq when they are missing."""
     try:
         import numpy  # noqa: F401
         import pesq  # noqa: F401
@@ -49,7 +50,7 @@ def in_venv():
                       capture_output=True).returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "numpy<3", "pesq==0.0.4"],
                        check=True)
-    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+    os.execv(str(python), [str(python), script, *sys.argv[1:]])
 
 
 def to_8k(samples, rate):

@@ -198,6 +198,28 @@ pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBu
     path
 }
 
+/// A configuration with one trunk `carrier` at `port` listing `codecs` (e.g. `"opus", "PCMU"`),
+/// the target `echo` on it, and a CDR file; returns the configuration and the CDR path.
+pub fn codec_trunk_config(dir: &Path, port: u16, codecs: &str) -> (PathBuf, PathBuf) {
+    let path = write_config(dir, &[("carrier", port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path)
+        .expect("read the config just written")
+        .replace(
+            "[trunks.carrier]\n",
+            &format!("[trunks.carrier]\ncodecs = [{codecs}]\n"),
+        );
+    let cdr = dir.join("cdr.jsonl");
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
+            cdr.display()
+        ),
+    )
+    .expect("write config");
+    (path, cdr)
+}
+
 /// A configuration for plugin tests: targets `sales` and `bad` dial 030-1234 on `carrier`
 /// (where nothing answers), a trunk `berlin` at `sipp_port`, and the `[[plugins]]` entries.
 pub fn plugins_config(dir: &Path, sipp_port: u16, plugins: &str) -> PathBuf {

@@ -4,26 +4,13 @@
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, run_call};
-use gateway_tests::{Sipp, out_dir, write_config};
+use gateway_tests::{Sipp, codec_trunk_config, out_dir};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_g722_trunk_carries_the_tone_both_ways_and_digits() {
     let dir = out_dir("g722_trunk");
     let sipp = Sipp::uas("echo_g722.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        "[trunks.carrier]\ncodecs = [\"G722\", \"PCMU\"]\n",
-    );
-    let cdr = dir.join("cdr.jsonl");
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
-            cdr.display()
-        ),
-    )
-    .unwrap();
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"G722\", \"PCMU\"");
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();

@@ -3,26 +3,13 @@
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, run_call};
-use gateway_tests::{Sipp, http_get, out_dir, write_config};
+use gateway_tests::{Sipp, codec_trunk_config, http_get, out_dir, write_config};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
     let dir = out_dir("opus_trunk");
     let sipp = Sipp::uas("echo_opus.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        "[trunks.carrier]\ncodecs = [\"opus\", \"PCMU\"]\n",
-    );
-    let cdr = dir.join("cdr.jsonl");
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
-            cdr.display()
-        ),
-    )
-    .unwrap();
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();

@@ -132,6 +132,33 @@ pub struct MediaSummary {
     pub frames_relayed: u64,
 }
 
+/// Records a call the driver ran to its end: its media figures come from the outcome.
+pub async fn record_outcome(
+    ctx: &super::CallContext,
+    parties: &Parties,
+    started_ms: u64,
+    outcome: super::driver::Outcome,
+) {
+    let summary = MediaSummary {
+        bridge: match &outcome.caller {
+            super::caller::Caller::Browser(b) => b.media_stats(),
+            super::caller::Caller::Tone(_) => Default::default(),
+        },
+        rtp: outcome.rtp,
+        trunk_codec: outcome.trunk_codec,
+        frames_relayed: outcome.relayed,
+    };
+    record(
+        ctx,
+        parties,
+        started_ms,
+        &outcome.call,
+        summary,
+        outcome.hooks,
+    )
+    .await;
+}
+
 /// Counts a finished call in `/metrics`, tells its plugins it ended (they finish their work,
 /// a recording's file, first) and appends its CDR.
 pub async fn record(

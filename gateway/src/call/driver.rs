@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+use super::caller::Caller;
 use super::machine::{Call, CallCommand, CallEvent, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
-use crate::media::bridge::Bridge;
 use crate::media::codec::Codec;
 use crate::media::session::{FRAME_SAMPLES, Received, RtpStream};
-use crate::media::tone::{ToneDetector, ToneGenerator};
-use crate::media::wideband::WideBridge;
 use crate::plugin::{CallHooks, Event, Party};
-use crate::rtc::mux::{MediaMux, MuxRoute};
-use crate::rtc::{BrowserEvent, BrowserLeg};
+use crate::rtc::BrowserEvent;
 use crate::sip::Transmit;
 use crate::sip::endpoint::{Endpoint, IncomingRequest, Responder};
 use crate::sip::transaction::ClientEvent;
@@ -30,120 +27,6 @@ use crate::sip::transaction::ClientEvent;
 /// An outbound call's route, being decided (plugins on the blocking pool, DNS).
 pub type Routing =
     Pin<Box<dyn Future<Output = (Result<Route, (&'static str, u16)>, Option<CallHooks>)> + Send>>;
-
-/// The caller's side of the call.
-pub enum Caller {
-    /// A browser over WebRTC: Opus ⇄ G.711 through the bridge.
-    Browser(Box<BrowserCaller>),
-    /// `gateway dial`: a probe tone out, tone detection and DTMF on what comes back.
-    Tone(Box<ToneCaller>),
-}
-
-/// A browser's WebRTC leg and its route on the shared media port.
-pub struct BrowserCaller {
-    leg: BrowserLeg,
-    route: MuxRoute,
-    mux: MediaMux,
-    /// Opus ⇄ G.711, with its statistics for the CDR.
-    pub bridge: Bridge,
-    /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722.
-    pub wide: Option<WideBridge>,
-    /// The wideband bridge's Opus complexity and jitter depth, ms.
-    wide_settings: (u8, u32),
-    talkspurt: bool,
-    connected: bool,
-}
-
-impl BrowserCaller {
-    /// A browser leg whose datagrams arrive on `route`.
-    pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: Bridge) -> Self {
-        BrowserCaller {
-            leg,
-            route,
-            mux,
-            bridge,
-            wide: None,
-            wide_settings: (1, 60),
-            talkspurt: true,
-            connected: false,
-        }
-    }
-
-    /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity
-    /// and jitter depth.
-    pub fn with_wideband(mut self, complexity: u8, jitter_ms: u32) -> Self {
-        self.wide_settings = (complexity, jitter_ms);
-        self
-    }
-
-    /// The G.722 bridge, made on first use; `None` if Opus could not be set up.
-    fn wide(&mut self) -> Option<&mut WideBridge> {
-        if self.wide.is_none() {
-            let (complexity, jitter_ms) = self.wide_settings;
-            match WideBridge::new(complexity, jitter_ms) {
-                Ok(bridge) => self.wide = Some(bridge),
-                Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),
-            }
-        }
-        self.wide.as_mut()
-    }
-
-    /// Both bridges' counters, for the CDR.
-    pub fn media_stats(
-        &self,
-    ) -> (
-        crate::media::bridge::BridgeStats,
-        crate::media::jitter::JitterStats,
-    ) {
-        let (mut stats, mut jitter) = (self.bridge.stats, self.bridge.jitter_stats());
-        if let Some(w) = &self.wide {
-            stats.browser_packets += w.stats.browser_packets;
-            stats.browser_packets_sent += w.stats.browser_packets_sent;
-            let wj = w.jitter_stats();
-            jitter.concealed += wj.concealed / 2;
-        }
-        (stats, jitter)
-    }
-
-    /// The leg, for the inbound answer.
-    pub fn leg_mut(&mut self) -> &mut BrowserLeg {
-        &mut self.leg
-    }
-}
-
-/// `gateway dial`'s caller: a tone, digits once answered, and a hang-up after `seconds`.
-pub struct ToneCaller {
-    tone: ToneGenerator,
-    /// What came back before the answer.
-    pub early: ToneDetector,
-    /// What came back after it.
-    pub answered: ToneDetector,
-    digits: String,
-    seconds: f64,
-    /// Digits sent once answered.
-    pub dtmf_sent: String,
-    /// Digits received (RFC 4733 or SIP INFO).
-    pub dtmf_received: String,
-    /// Frames not sent because the trunk holds the call.
-    pub frames_held: u64,
-}
-
-impl ToneCaller {
-    /// A caller sending `hz`, pressing `digits` 0.5 s after the answer, hanging up after
-    /// `seconds`.
-    pub fn new(hz: f64, digits: String, seconds: f64) -> Self {
-        ToneCaller {
-            tone: ToneGenerator::new(hz, 8000, 8000),
-            early: ToneDetector::new(hz, 8000, 800),
-            answered: ToneDetector::new(hz, 8000, 800),
-            digits,
-            seconds,
-            dtmf_sent: String::new(),
-            dtmf_received: String::new(),
-            frames_held: 0,
-        }
-    }
-}
 
 /// What a call runs with from the gateway.
 pub struct Wiring<'a> {

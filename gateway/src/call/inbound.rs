@@ -9,8 +9,9 @@ use rsip::prelude::*;
 use tokio::sync::mpsc;
 
 use super::CallContext;
-use super::cdr::{MediaSummary, Parties, record, unix_ms};
-use super::driver::{BrowserCaller, Caller, Start, Wiring, drive};
+use super::caller::{BrowserCaller, Caller};
+use super::cdr::{Parties, record_outcome, unix_ms};
+use super::driver::{Start, Wiring, drive};
 use super::machine::{Call, CallEvent, InboundInvite};
 use super::outbound::decide;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
@@ -188,22 +189,5 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         from,
         to: dialled,
     };
-    let summary = MediaSummary {
-        bridge: match &outcome.caller {
-            Caller::Browser(b) => b.media_stats(),
-            Caller::Tone(_) => Default::default(),
-        },
-        rtp: outcome.rtp,
-        trunk_codec: outcome.trunk_codec,
-        frames_relayed: outcome.relayed,
-    };
-    record(
-        &ctx,
-        &parties,
-        started_ms,
-        &outcome.call,
-        summary,
-        outcome.hooks,
-    )
-    .await;
+    record_outcome(&ctx, &parties, started_ms, outcome).await;
 }

@@ -2,10 +2,11 @@
 //! inbound set-up around it, and what calls share (limits, counters, the CDR log).
 //!
 //! - `machine`: the call's states and transitions (tested in virtual time).
-//! - `driver`: the task that feeds it sockets and time; browser or tone caller.
+//! - `driver`: the task that feeds it sockets and time; `caller`: the browser or tone caller.
 //! - `outbound`, `inbound`: from a browser's `call` / a trunk's INVITE to a running call.
 //! - `cdr`: the record written when a call ends; `tap`: plugins' audio frames.
 
+pub mod caller;
 pub mod cdr;
 pub mod driver;
 mod inbound;

@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::cdr::{MediaSummary, Parties, record, unix_ms};
-use super::driver::{BrowserCaller, Caller, Routing, Start, Wiring, drive};
+use super::caller::{BrowserCaller, Caller};
+use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
+use super::driver::{Routing, Start, Wiring, drive};
 use super::machine::{Call, CallCommand, Route};
 use super::{CallContext, CallSlot, EventSink};
 use crate::plugin::{CallHooks, CallInfo, Decision, Direction};
@@ -123,24 +124,7 @@ async fn run_outbound(
         commands,
     )
     .await;
-    let summary = MediaSummary {
-        bridge: match &outcome.caller {
-            Caller::Browser(b) => b.media_stats(),
-            Caller::Tone(_) => Default::default(),
-        },
-        rtp: outcome.rtp,
-        trunk_codec: outcome.trunk_codec,
-        frames_relayed: outcome.relayed,
-    };
-    record(
-        &ctx,
-        &parties,
-        started_ms,
-        &outcome.call,
-        summary,
-        outcome.hooks,
-    )
-    .await;
+    record_outcome(&ctx, &parties, started_ms, outcome).await;
 }
 
 /// The plugins' decision and the addresses it leads to. The plugin chain decides first: it

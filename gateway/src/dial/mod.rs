@@ -9,7 +9,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::call::Metrics;
-use crate::call::driver::{Caller, Start, ToneCaller, Wiring, drive};
+use crate::call::caller::{Caller, ToneCaller};
+use crate::call::driver::{Start, Wiring, drive};
 use crate::call::machine::{Call, CallEvent, CallSettings, Route};
 use crate::call::resolve;
 use crate::config::Config;

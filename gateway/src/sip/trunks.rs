@@ -246,13 +246,13 @@ impl Drop for ChannelGuard {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn trunk(name: &str, failover: &[&str]) -> TrunkConfig {
+impl TrunkConfig {
+    /// A UDP trunk speaking PCMU at `addresses`, no credentials, no limits: the base the
+    /// unit tests vary.
+    pub(crate) fn for_tests(name: &str, addresses: &[&str]) -> TrunkConfig {
         TrunkConfig {
             name: name.into(),
-            addresses: vec!["127.0.0.1:5060".into()],
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
             transport: Transport::Udp,
             credentials: None,
             from_user: "gw".into(),
@@ -261,10 +261,23 @@ mod tests {
             register: false,
             register_expires: 600,
             options_interval: 0,
-            max_channels: Some(1),
-            failover: failover.iter().map(|s| s.to_string()).collect(),
+            max_channels: None,
+            failover: vec![],
             ca_file: None,
             rtp_source: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk(name: &str, failover: &[&str]) -> TrunkConfig {
+        TrunkConfig {
+            max_channels: Some(1),
+            failover: failover.iter().map(|s| s.to_string()).collect(),
+            ..TrunkConfig::for_tests(name, &["127.0.0.1:5060"])
         }
     }
 

@@ -5,30 +5,17 @@ use std::time::{Duration, Instant};
 use rsip::Header;
 
 use super::*;
-use crate::media::codec::Codec;
 use crate::sip::message::response_to;
 use crate::sip::transport::Transport;
 use crate::sip::trunks::{Credentials, TrunkConfig};
 
 fn trunk(name: &str, addresses: &[&str], credentials: bool) -> TrunkConfig {
     TrunkConfig {
-        name: name.into(),
-        addresses: addresses.iter().map(|a| a.to_string()).collect(),
-        transport: Transport::Udp,
         credentials: credentials.then(|| Credentials {
             username: "gw".into(),
             password: "secret".into(),
         }),
-        from_user: "gw".into(),
-        from_domain: None,
-        codecs: vec![Codec::Pcmu],
-        register: false,
-        register_expires: 600,
-        options_interval: 0,
-        max_channels: None,
-        failover: vec![],
-        ca_file: None,
-        rtp_source: Default::default(),
+        ..TrunkConfig::for_tests(name, addresses)
     }
 }
 

@@ -1,0 +1,123 @@
+//! The caller's side of a call: a browser over WebRTC (Opus, bridged to the trunk's codec or
+//! relayed), or `gateway dial`'s tone caller. The driver moves their media; this file owns
+//! what each keeps.
+
+use crate::media::bridge::Bridge;
+use crate::media::tone::{ToneDetector, ToneGenerator};
+use crate::media::wideband::WideBridge;
+use crate::rtc::BrowserLeg;
+use crate::rtc::mux::{MediaMux, MuxRoute};
+
+/// The caller's side of the call.
+pub enum Caller {
+    /// A browser over WebRTC: Opus ⇄ G.711 through the bridge.
+    Browser(Box<BrowserCaller>),
+    /// `gateway dial`: a probe tone out, tone detection and DTMF on what comes back.
+    Tone(Box<ToneCaller>),
+}
+
+/// A browser's WebRTC leg and its route on the shared media port.
+pub struct BrowserCaller {
+    pub(super) leg: BrowserLeg,
+    pub(super) route: MuxRoute,
+    pub(super) mux: MediaMux,
+    /// Opus ⇄ G.711, with its statistics for the CDR.
+    pub bridge: Bridge,
+    /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722.
+    pub wide: Option<WideBridge>,
+    /// The wideband bridge's Opus complexity and jitter depth, ms.
+    pub(super) wide_settings: (u8, u32),
+    pub(super) talkspurt: bool,
+    pub(super) connected: bool,
+}
+
+impl BrowserCaller {
+    /// A browser leg whose datagrams arrive on `route`.
+    pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: Bridge) -> Self {
+        BrowserCaller {
+            leg,
+            route,
+            mux,
+            bridge,
+            wide: None,
+            wide_settings: (1, 60),
+            talkspurt: true,
+            connected: false,
+        }
+    }
+
+    /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity
+    /// and jitter depth.
+    pub fn with_wideband(mut self, complexity: u8, jitter_ms: u32) -> Self {
+        self.wide_settings = (complexity, jitter_ms);
+        self
+    }
+
+    /// The G.722 bridge, made on first use; `None` if Opus could not be set up.
+    pub(super) fn wide(&mut self) -> Option<&mut WideBridge> {
+        if self.wide.is_none() {
+            let (complexity, jitter_ms) = self.wide_settings;
+            match WideBridge::new(complexity, jitter_ms) {
+                Ok(bridge) => self.wide = Some(bridge),
+                Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),
+            }
+        }
+        self.wide.as_mut()
+    }
+
+    /// Both bridges' counters, for the CDR.
+    pub fn media_stats(
+        &self,
+    ) -> (
+        crate::media::bridge::BridgeStats,
+        crate::media::jitter::JitterStats,
+    ) {
+        let (mut stats, mut jitter) = (self.bridge.stats, self.bridge.jitter_stats());
+        if let Some(w) = &self.wide {
+            stats.browser_packets += w.stats.browser_packets;
+            stats.browser_packets_sent += w.stats.browser_packets_sent;
+            let wj = w.jitter_stats();
+            jitter.concealed += wj.concealed / 2;
+        }
+        (stats, jitter)
+    }
+
+    /// The leg, for the inbound answer.
+    pub fn leg_mut(&mut self) -> &mut BrowserLeg {
+        &mut self.leg
+    }
+}
+
+/// `gateway dial`'s caller: a tone, digits once answered, and a hang-up after `seconds`.
+pub struct ToneCaller {
+    pub(super) tone: ToneGenerator,
+    /// What came back before the answer.
+    pub early: ToneDetector,
+    /// What came back after it.
+    pub answered: ToneDetector,
+    pub(super) digits: String,
+    pub(super) seconds: f64,
+    /// Digits sent once answered.
+    pub dtmf_sent: String,
+    /// Digits received (RFC 4733 or SIP INFO).
+    pub dtmf_received: String,
+    /// Frames not sent because the trunk holds the call.
+    pub frames_held: u64,
+}
+
+impl ToneCaller {
+    /// A caller sending `hz`, pressing `digits` 0.5 s after the answer, hanging up after
+    /// `seconds`.
+    pub fn new(hz: f64, digits: String, seconds: f64) -> Self {
+        ToneCaller {
+            tone: ToneGenerator::new(hz, 8000, 8000),
+            early: ToneDetector::new(hz, 8000, 800),
+            answered: ToneDetector::new(hz, 8000, 800),
+            digits,
+            seconds,
+            dtmf_sent: String::new(),
+            dtmf_received: String::new(),
+            frames_held: 0,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Inbound calls: ringing the browser, its answer, the ACK (or its absence), CANCEL.
+
+use super::*;
+
+#[test]
+fn inbound_rings_then_the_browser_answers_and_the_ack_confirms() {
+    let mut b = Bench::inbound();
+    assert_eq!(b.responded(0), [180]);
+    assert!(b.call.is_offered());
+    b.call.handle_caller_answered(b.now);
+    b.call.handle_caller_media(true, b.now);
+    b.drain();
+    assert_eq!(b.responded(0), [180, 200]);
+    assert!(b.saw(&CallEvent::Answered));
+    b.caller_sends(Method::Ack);
+    b.run_for(Duration::from_secs(40));
+    assert!(b.ended().is_none(), "the ACK stopped the ACK timer");
+}
+
+#[test]
+fn a_missing_ack_ends_the_call_with_bye() {
+    let mut b = Bench::inbound();
+    b.call.handle_caller_answered(b.now);
+    b.call.handle_caller_media(true, b.now);
+    b.drain();
+    b.run_for(Duration::from_secs(31));
+    assert!(b.ended().is_none());
+    b.run_for(Duration::from_secs(2));
+    assert_eq!(b.ended(), Some(("no_ack".into(), 408)));
+    assert_eq!(b.count(Method::Bye), 1);
+}
+
+#[test]
+fn a_hangup_before_the_ack_waits_for_it_then_byes() {
+    let mut b = Bench::inbound();
+    b.call.handle_caller_answered(b.now);
+    b.call.handle_command(CallCommand::Hangup, b.now);
+    b.drain();
+    assert_eq!(b.count(Method::Bye), 0, "§15: no BYE before the ACK");
+    b.caller_sends(Method::Ack);
+    assert_eq!(b.count(Method::Bye), 1);
+}
+
+#[test]
+fn inbound_ring_timeout_answers_480() {
+    let mut b = Bench::inbound();
+    b.run_for(Duration::from_secs(61));
+    assert_eq!(b.responded(0), [180, 480]);
+    assert_eq!(b.ended(), Some(("no_answer".into(), 480)));
+    assert!(b.call.is_finished());
+    assert!(b.sent.iter().any(|t| matches!(t, Transmit::Forget(_))));
+}
+
+#[test]
+fn an_inbound_cancel_ends_the_offer() {
+    let mut b = Bench::inbound();
+    b.caller_sends(Method::Cancel);
+    assert_eq!(b.ended(), Some(("remote_hangup".into(), 487)));
+    assert!(b.call.is_finished());
+    assert!(!b.call.is_offered());
+}
+
+#[test]
+fn the_browser_declining_answers_603() {
+    let mut b = Bench::inbound();
+    b.call.handle_command(CallCommand::Hangup, b.now);
+    b.drain();
+    assert_eq!(b.responded(0), [180, 603]);
+    assert!(b.call.is_finished());
+}

@@ -1,0 +1,267 @@
+//! RTP streams on loopback pairs: G.711 with events, Opus relayed, G.722 on its 8 kHz clock, loss
+//! and jitter bookkeeping.
+use super::*;
+
+use crate::media::description::Direction;
+
+#[tokio::test]
+async fn audio_and_digits_cross_a_loopback_pair() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = RtpStream::bind(ip, 41000, 41100).unwrap();
+    let mut b = RtpStream::bind(ip, 41000, 41100).unwrap();
+    assert_eq!(a.local_port() % 2, 0);
+    let remote = |port| RemoteMedia {
+        addr: SocketAddr::new(ip, port),
+        codec: Codec::Pcma,
+        payload_type: 8,
+        dtmf_payload_type: Some(101),
+        direction: Direction::SendRecv,
+    };
+    a.set_remote(remote(b.local_port()));
+    b.set_remote(remote(a.local_port()));
+    a.send_digits("7");
+    let tone = [1000i16; FRAME_SAMPLES];
+    let mut buf = [0u8; 1500];
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let mut digits = String::new();
+    let mut audio = 0;
+    for _ in 0..20 {
+        a.send_frame(&tone);
+        let (n, src) = tokio::time::timeout(std::time::Duration::from_secs(2), b.recv(&mut buf))
+            .await
+            .expect("frame arrives")
+            .unwrap();
+        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+            Received::Audio { .. } => audio += 1,
+            Received::Digit(d) => digits.push(d),
+            Received::Nothing | Received::Encoded { .. } => {}
+        }
+    }
+    assert_eq!(digits, "7");
+    assert!(audio >= 10, "audio resumes after the event: {audio}");
+    assert_eq!(b.stats.received, 20);
+}
+
+#[test]
+fn loss_and_jitter_follow_rfc3550() {
+    let t0 = std::time::Instant::now();
+    let mut r = Reception::new(65530, 8000, t0);
+    // Ten packets 20 ms apart, sequence wrapping, two of them lost.
+    for i in 0..10u16 {
+        if i == 3 || i == 7 {
+            continue;
+        }
+        r.handle_packet(
+            65530u16.wrapping_add(i),
+            Some(1000 + i as u32 * 160),
+            t0 + std::time::Duration::from_millis(20 * i as u64),
+        );
+    }
+    assert_eq!(r.lost(), 2);
+    assert!(
+        r.jitter < 1.0,
+        "perfectly paced packets have no jitter: {}",
+        r.jitter
+    );
+    // Arrivals alternately on time and 20 ms late: consecutive transits differ by 160
+    // units, so the estimate converges to 160 (20 ms).
+    let mut r = Reception::new(0, 8000, t0);
+    for i in 0..200u16 {
+        let skew = if i % 2 == 0 { 0 } else { 20 };
+        r.handle_packet(
+            i,
+            Some(i as u32 * 160),
+            t0 + std::time::Duration::from_millis(20 * i as u64 + skew),
+        );
+    }
+    assert!(r.jitter > 150.0 && r.jitter < 165.0, "{}", r.jitter);
+}
+
+/// A PCMU packet with sequence `seq`.
+fn pcmu(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0xff; FRAME_SAMPLES]);
+    p
+}
+
+async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut s = RtpStream::bind(ip, 41400, 41500).unwrap();
+    s.set_remote(RemoteMedia {
+        addr: sdp_addr.parse().unwrap(),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+    });
+    s.set_source_policy(source, Some("192.0.2.7".parse().unwrap()));
+    s.set_drop_counters(Arc::new(MediaDrops::default()));
+    s
+}
+
+#[tokio::test]
+async fn strict_mode_takes_media_only_from_the_sdp_address() {
+    let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    for stranger in ["198.51.100.1:4000", "192.0.2.10:4002", "192.0.2.7:4000"] {
+        let got = s.handle_datagram(&pcmu(1), stranger.parse().unwrap(), &mut pcm);
+        assert_eq!(got, Received::Nothing, "{stranger}");
+    }
+    assert_eq!(s.stats.dropped_source, 3);
+    let got = s.handle_datagram(&pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
+    assert!(matches!(got, Received::Audio { .. }));
+    let drops = s.drops.as_ref().unwrap();
+    assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
+    // SDP names a private address (the trunk is behind NAT); media comes from its SIP IP.
+    let mut s = stream_towards("10.0.0.5:4000", RtpSource::Latch).await;
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
+    assert_eq!(
+        s.handle_datagram(&pcmu(1), stranger, &mut pcm),
+        Received::Nothing
+    );
+    let nat: SocketAddr = "192.0.2.7:31000".parse().unwrap();
+    assert!(matches!(
+        s.handle_datagram(&pcmu(2), nat, &mut pcm),
+        Received::Audio { .. }
+    ));
+    // Latched: another port of the same IP, or the SDP address itself, is refused now.
+    for other in ["192.0.2.7:31002", "10.0.0.5:4000"] {
+        let got = s.handle_datagram(&pcmu(3), other.parse().unwrap(), &mut pcm);
+        assert_eq!(got, Received::Nothing, "{other}");
+    }
+    assert_eq!(
+        s.latched,
+        Some(nat),
+        "replies keep going to the latched source"
+    );
+    assert_eq!(s.stats.received, 1);
+    assert_eq!(s.stats.dropped_source, 3);
+    // A re-INVITE moving the media starts over.
+    s.set_remote(RemoteMedia {
+        addr: "192.0.2.20:5000".parse().unwrap(),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+    });
+    assert!(matches!(
+        s.handle_datagram(&pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
+        Received::Audio { .. }
+    ));
+}
+
+#[tokio::test]
+async fn a_held_peer_gets_no_media() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = RtpStream::bind(ip, 41200, 41300).unwrap();
+    a.set_remote(RemoteMedia {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendOnly,
+    });
+    a.send_frame(&[0; FRAME_SAMPLES]);
+    assert_eq!(a.stats.sent, 0);
+}
+
+#[tokio::test]
+async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = RtpStream::bind(ip, 41200, 41300).unwrap();
+    let mut b = RtpStream::bind(ip, 41200, 41300).unwrap();
+    let remote = |port| RemoteMedia {
+        addr: SocketAddr::new(ip, port),
+        codec: Codec::Opus,
+        payload_type: 96,
+        dtmf_payload_type: Some(110),
+        direction: Direction::SendRecv,
+    };
+    a.set_remote(remote(b.local_port()));
+    b.set_remote(remote(a.local_port()));
+    let frame = [0xAB_u8; 61];
+    let mut buf = [0u8; 1500];
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let mut timestamps = Vec::new();
+    for _ in 0..3 {
+        a.send_encoded(&frame);
+        let (n, src) = b.recv(&mut buf).await.unwrap();
+        assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
+        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+            Received::Encoded {
+                start,
+                len,
+                timestamp,
+            } => {
+                assert_eq!(&buf[start..start + len], &frame[..]);
+                timestamps.push(timestamp);
+            }
+            other => panic!("not relayed: {other:?}"),
+        }
+    }
+    assert_eq!(timestamps[1].wrapping_sub(timestamps[0]), 960);
+    a.send_digits("5");
+    a.send_encoded(&frame);
+    let (n, _) = b.recv(&mut buf).await.unwrap();
+    assert_eq!(
+        buf[1] & 0x7f,
+        110,
+        "the digit goes on the 48 kHz event type"
+    );
+    let payload = crate::media::dtmf::EventPayload::parse(&buf[12..n]).unwrap();
+    assert_eq!(payload.duration, 960, "one frame on the 48 kHz clock");
+}
+
+#[tokio::test]
+async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
+    use crate::media::tone::{ToneDetector, ToneGenerator};
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = RtpStream::bind(ip, 41400, 41500).unwrap();
+    let mut b = RtpStream::bind(ip, 41400, 41500).unwrap();
+    let remote = |port| RemoteMedia {
+        addr: SocketAddr::new(ip, port),
+        codec: Codec::G722,
+        payload_type: 9,
+        dtmf_payload_type: Some(101),
+        direction: Direction::SendRecv,
+    };
+    a.set_remote(remote(b.local_port()));
+    b.set_remote(remote(a.local_port()));
+    // 5 kHz: only a wideband path carries it.
+    let mut tone = ToneGenerator::new(5000.0, 16000, 8000);
+    let mut detector = ToneDetector::new(5000.0, 16000, 1600);
+    let mut frame = [0i16; WIDE_FRAME_SAMPLES];
+    let mut buf = [0u8; 1500];
+    let mut pcm = [0i16; 1500];
+    let mut timestamps = Vec::new();
+    for i in 0..30 {
+        tone.fill(&mut frame);
+        a.send_frame(&frame);
+        let (n, src) = b.recv(&mut buf).await.unwrap();
+        assert_eq!(n, 12 + 160, "64 kbit/s: 160 bytes per 20 ms");
+        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+            Received::Audio { samples, timestamp } => {
+                assert_eq!(samples, WIDE_FRAME_SAMPLES);
+                timestamps.push(timestamp);
+                if i >= 5 {
+                    detector.push(&pcm[..samples]);
+                }
+            }
+            other => panic!("no audio: {other:?}"),
+        }
+    }
+    assert!(
+        timestamps
+            .windows(2)
+            .all(|w| w[1].wrapping_sub(w[0]) == 160),
+        "RFC 3551 §4.5.2: 160 ticks per 20 ms although 320 samples: {timestamps:?}"
+    );
+    let snr = detector.report().snr_db;
+    assert!(snr >= 20.0, "5 kHz through G.722 at {snr} dB");
+}
