@@ -49,9 +49,16 @@ fn resident_kib() -> u64 {
 
 const ROUTER: &str = "country_code = \"49\"\nroutes = [{ prefix = \"+4930\", trunk = \"berlin\" }]";
 
-async fn gateway(dir: &std::path::Path, sipp: &Sipp, mode: &str) -> gateway::run::Gateway {
+/// A gateway whose chain holds the hostile plugin in `mode`, and the SIP peer `sipp` starts.
+/// The plugins are built first: the peer's clock (40 s) must not run during a compile.
+async fn gateway(
+    dir: &std::path::Path,
+    mode: &str,
+    sipp: impl FnOnce() -> Sipp,
+) -> (gateway::run::Gateway, Sipp) {
     let hostile = build_plugin("hostile");
     let router = build_plugin("router");
+    let sipp = sipp();
     let mut chain = plugin_in("router", &router, "fail-open", "", ROUTER);
     // A long deadline: the plugin is to hit the host's limits, not its time limit.
     chain.push_str(&plugin_in(
@@ -65,9 +72,10 @@ async fn gateway(dir: &std::path::Path, sipp: &Sipp, mode: &str) -> gateway::run
         &format!("mode = \"{mode}\""),
     ));
     let path = plugins_config(dir, sipp.port, &chain);
-    gateway::run::start(&Config::load(&path).unwrap())
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
-        .unwrap()
+        .unwrap();
+    (gateway, sipp)
 }
 
 fn metric(metrics: &str, name: &str) -> u64 {
@@ -80,8 +88,10 @@ fn metric(metrics: &str, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_filling_its_store_hits_the_limit_and_memory_stays_bounded() {
     let dir = out_dir("plugin_kv_flood");
-    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
-    let gateway = gateway(&dir, &sipp, "kv-flood").await;
+    let (gateway, sipp) = gateway(&dir, "kv-flood", || {
+        Sipp::uas_calls("echo.xml", "u1", &dir, 2)
+    })
+    .await;
     let url = format!("ws://{}/ws", gateway.http_addr);
     let before = resident_kib();
     for _ in 0..2 {
@@ -114,8 +124,7 @@ async fn a_plugin_filling_its_store_hits_the_limit_and_memory_stays_bounded() {
 async fn a_plugins_log_lines_stay_escaped_single_lines_and_are_rate_limited() {
     let logs = capture_logs();
     let dir = out_dir("plugin_log_flood");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let gateway = gateway(&dir, &sipp, "log-flood").await;
+    let (gateway, sipp) = gateway(&dir, "log-flood", || Sipp::uas("echo.xml", "u1", &dir)).await;
     let url = format!("ws://{}/ws", gateway.http_addr);
     let report = run_call(&url, &CallOptions::new("sales")).await.unwrap();
     assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");

@@ -464,16 +464,13 @@ async fn call_through_an_injecting_plugin(
     gateway::run::Gateway,
 ) {
     let dir = out_dir(&format!("plugin_inject_{policy}"));
+    // Built before the SIP peer starts: its clock (40 s) must not run during a compile.
+    let (router, hostile) = (build_plugin("router"), build_plugin("hostile"));
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let mut chain = plugin(
-        "router",
-        &build_plugin("router"),
-        "fail-open",
-        router_config(),
-    );
+    let mut chain = plugin("router", &router, "fail-open", router_config());
     chain.push_str(&plugin_in(
         "crm",
-        &build_plugin("hostile"),
+        &hostile,
         policy,
         &format!("data_dir = \"{}\"", dir.join("data").display()),
         "mode = \"inject\"",
