@@ -93,24 +93,27 @@ def active_calls():
     return 0.0
 
 
-def step(gateway, n, window, prefix, idle_rss):
+def step(gateway, n, window, prefix, idle_rss, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
+         active=active_calls):
+    """One step of n calls against the media process `gateway` (a Popen) signalled at `url`;
+    `active()` counts the calls it carries."""
     ramp = max(2.0, n / 100.0)  # start calls over this long: DTLS handshakes are CPU work
     settle = 3.0
     seconds = ramp + settle + window + 2.0
     generator = subprocess.Popen(
-        prefix + [str(ROOT / "target/release/loadgen"), "--ws", f"ws://127.0.0.1:{HTTP_PORT}/ws",
+        prefix + [str(ROOT / "target/release/loadgen"), "--ws", url,
          "--to", "echo", "--calls", str(n), "--concurrency", str(n), "--seconds", str(seconds),
          "--ramp-seconds", str(ramp), "--light", "--sample", "10", "--json"],
         stdout=subprocess.PIPE, text=True)
     time.sleep(ramp + settle)
-    up0 = active_calls()
+    up0 = active()
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     rss = rss_mb(gateway.pid)
     # Per-call figures divide by the calls actually up in the window (the gateway's own
     # gauge), not by the calls attempted: under overload many never connect.
-    up = max(1.0, (up0 + active_calls()) / 2)
+    up = max(1.0, (up0 + active()) / 2)
     out, _ = generator.communicate(timeout=seconds + 60)
     summary = json.loads(out)
     cpu = (c1 - c0) / (t1 - t0) * 100

@@ -11,8 +11,8 @@ cargo clippy --all-targets --locked --manifest-path plugins/Cargo.toml -- -D war
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The example plugins' own logic, natively; the end-to-end tests build them for wasm.
-cargo test --locked --manifest-path plugins/Cargo.toml 2>&1 | tee "$log"
-cargo test --workspace --locked 2>&1 | tee -a "$log"
+cargo test --locked --no-fail-fast --manifest-path plugins/Cargo.toml 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee -a "$log"
 # Every fuzz target for a few seconds (FUZZ_SECONDS, default 5) where the nightly toolchain
 # is installed: an unoptimised build with the address sanitizer, about 4 minutes cold on 2
 # cores. The long runs (millions of inputs) are scripts/fuzz.sh's, outside the suite.

@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""The gateway and rtpengine side by side, in one run: the same load generator places N
+concurrent transcoded WebRTC calls (Opus, DTLS-SRTP) through each in turn, alternating, with
+sipp -rtp_echo as the trunk's media; prints CPU and memory per call for each, their ratio,
+and the libopus floor of the same run.
+
+- gateway: `gateway run`, calls over SIP to sipp (echo.xml), Opus ⇄ PCMU in the gateway.
+- rtpengine: Debian's rtpengine-daemon (user space, `--table=-1`), driven over its ng control
+  protocol by `rtpengine-ws` (tests/src/bin/rtpengine_ws.rs), which speaks the gateway's /ws
+  call protocol so `loadgen` drives both alike; rtpengine masks Opus towards the trunk and
+  transcodes to PCMU; its trunk leg answers at sipp's echo port (no SIP: rtpengine is a
+  media proxy and is charged nothing for signalling).
+- floor: raw libopus decode + encode per call at the gateway's settings (criterion,
+  gateway/benches/media.rs, "floor"), in % of a core per call.
+
+CPU is the media process's own (utime + stime from /proc) over a steady window once every
+call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's ng `list`).
+Memory is its RSS above its idle RSS, per call. The generator, shim and sipp share the box.
+
+usage: scripts/peer_compare.py [--calls 50] [--rounds 3] [--window 10] [--no-build] [--no-floor]
+Installs rtpengine-daemon from Debian when it is missing. Bounded: each round ends within
+the call length plus the generator's own 30 s limit.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load_ramp import (  # noqa: E402
+    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, rss_mb, step, wait_http,
+)
+
+OUT = ROOT / "target" / "peer-compare"
+NG_PORT, SHIM_PORT = 22230, 28195
+
+
+def bencode(v):
+    if isinstance(v, int):
+        return b"i%de" % v
+    if isinstance(v, str):
+        v = v.encode()
+    if isinstance(v, bytes):
+        return b"%d:%s" % (len(v), v)
+    if isinstance(v, list):
+        return b"l" + b"".join(map(bencode, v)) + b"e"
+    return b"d" + b"".join(bencode(k) + bencode(v[k]) for k in sorted(v)) + b"e"
+
+
+def bdecode(data, i=0):
+    """Decodes the value at data[i:]; returns it and the index after it."""
+    c = data[i:i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        return int(data[i + 1:end]), end + 1
+    if c in (b"l", b"d"):
+        items, i = [], i + 1
+        while data[i:i + 1] != b"e":
+            item, i = bdecode(data, i)
+            items.append(item)
+        return (items if c == b"l" else dict(zip(items[::2], items[1::2]))), i + 1
+    colon = data.index(b":", i)
+    end = colon + 1 + int(data[i:colon])
+    return data[colon + 1:end], end
+
+
+def ng(command, cookies=iter(range(1, 1 << 62))):
+    """One ng command to rtpengine; its reply as a dict. Each request has a cookie of its
+    own: rtpengine answers a cookie it has seen with the reply it cached for it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        cookie = b"peer-compare-%d-%d " % (os.getpid(), next(cookies))
+        s.sendto(cookie + bencode(command), ("127.0.0.1", NG_PORT))
+        reply = s.recv(1 << 20)
+    return bdecode(reply, reply.index(b" ") + 1)[0]
+
+
+def rtpengine_calls():
+    return float(len(ng({"command": "list", "limit": 100000}).get(b"calls", [])))
+
+
+def wait_rtpengine(timeout=20):
+    until = time.time() + timeout
+    while time.time() < until:
+        try:
+            if ng({"command": "ping"}).get(b"result") == b"pong":
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit("rtpengine did not come up; see target/peer-compare/rtpengine.log")
+
+
+def floor_pct(complexity):
+    """The libopus floor per call (decode + encode, 50 frames a second) at the gateway's
+    settings, % of a core."""
+    env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
+    out = subprocess.run(
+        ["cargo", "bench", "--locked", "-p", "gateway", "--bench", "media", "--", "floor",
+         "--warm-up-time", "1", "--measurement-time", "4", "--noplot"],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    m = re.search(r"floor[^\n]*\n\s*time:\s*\[\S+ \S+ (\S+) (\S+)", out)
+    if not m:
+        sys.exit(f"no floor figure in the bench's output:\n{out}")
+    value, unit = float(m.group(1)), m.group(2)
+    micros = value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
+    return round(micros * 50 / 1e6 * 100, 3)
+
+
+def run_gateway(n, window, complexity=None):
+    text = config(n + 100)
+    if complexity is not None:
+        text += f"\n[media]\nopus_complexity = {complexity}\n"
+    (OUT / "gateway.toml").write_text(text)
+    gateway = subprocess.Popen(
+        [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
+        stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
+    try:
+        wait_http(HTTP_PORT)
+        return step(gateway, n, window, [], rss_mb(gateway.pid))
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=90)
+
+
+def run_rtpengine(n, window):
+    rtpengine = subprocess.Popen(
+        ["rtpengine", "--foreground", "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{NG_PORT}",
+         "--port-min=30000", "--port-max=39999", "--table=-1", "--log-stderr", "--log-level=4",
+         "--pidfile=/dev/null", "--delete-delay=0"],
+        stdout=subprocess.DEVNULL, stderr=open(OUT / "rtpengine.log", "w"))
+    shim = None
+    try:
+        wait_rtpengine()
+        shim = subprocess.Popen(
+            [str(ROOT / "target/release/rtpengine-ws"), "--listen", f"127.0.0.1:{SHIM_PORT}",
+             "--ng", f"127.0.0.1:{NG_PORT}", "--echo", f"127.0.0.1:{SIPP_MEDIA}"],
+            stdout=subprocess.DEVNULL, stderr=open(OUT / "rtpengine-ws.log", "w"))
+        time.sleep(0.5)
+        return step(rtpengine, n, window, [], rss_mb(rtpengine.pid),
+                    url=f"ws://127.0.0.1:{SHIM_PORT}/ws", active=rtpengine_calls)
+    finally:
+        if shim:
+            shim.terminate()
+            shim.wait(timeout=10)
+        rtpengine.terminate()
+        rtpengine.wait(timeout=30)
+
+
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def main():
+    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args.add_argument("--calls", type=int, default=50)
+    args.add_argument("--rounds", type=int, default=3, help="each round runs both, alternating")
+    args.add_argument("--window", type=float, default=10.0, help="seconds of steady state measured")
+    args.add_argument("--no-build", action="store_true")
+    args.add_argument("--no-floor", action="store_true", help="skip the libopus floor bench")
+    args.add_argument("--complexity", type=int, default=None,
+                      help="the gateway's media.opus_complexity (default: its default, 1); "
+                      "rtpengine always codes at its own default")
+    a = args.parse_args()
+    if not shutil.which("rtpengine"):
+        print("installing rtpengine-daemon (Debian)", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "rtpengine-daemon"],
+                       check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if not shutil.which("sipp"):
+        sys.exit("sipp not found: scripts/install-deps.sh installs it")
+    if not a.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "-p",
+                        "gateway-tests", "--bin", "gateway", "--bin", "loadgen", "--bin",
+                        "rtpengine-ws"], cwd=ROOT, check=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run(["rtpengine", "--version"], capture_output=True, text=True)
+    version = (version.stdout + version.stderr).strip()
+    # One sipp for both: the gateway's SIP trunk, and for both the RTP echo on SIPP_MEDIA.
+    sipp = subprocess.Popen(
+        ["sipp", "-sf", str(ROOT / "tests/sipp/echo.xml"), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
+         "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
+        cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rounds = []
+    try:
+        for r in range(a.rounds):
+            # Alternate who goes first, so neither always meets the box warmer.
+            order = [("gateway", lambda: run_gateway(a.calls, a.window, a.complexity)),
+                     ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
+            row = {}
+            for name, run in (order if r % 2 == 0 else order[::-1]):
+                row[name] = run()
+                print(name, json.dumps(row[name]), file=sys.stderr)
+                time.sleep(3)
+            rounds.append(row)
+    finally:
+        sipp.terminate()
+        sipp.wait(timeout=10)
+    floor = None if a.no_floor else floor_pct(a.complexity)
+
+    def med(name, key):
+        return median([r[name][key] for r in rounds])
+
+    table = {name: {key: med(name, key) for key in
+                    ("calls_up", "gateway_cpu_pct_per_call", "gateway_rss_mb_per_call",
+                     "loss_pct", "tone_snr_db_p50", "calls_failed", "setup_ms_p50")}
+             for name in ("gateway", "rtpengine")}
+    for name in table:
+        table[name]["tone_intact"] = all(r[name]["tone_intact"] for r in rounds)
+    g, e = table["gateway"], table["rtpengine"]
+    ratios = [r["rtpengine"]["gateway_cpu_pct_per_call"] / r["gateway"]["gateway_cpu_pct_per_call"]
+              for r in rounds if r["gateway"]["gateway_cpu_pct_per_call"]]
+    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+    lines = [
+        f"{cpu}, {os.cpu_count()} cores; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
+        f"gateway Opus complexity {1 if a.complexity is None else a.complexity}",
+        "",
+        "| | % of a core per call | MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in (("gateway", g), ("rtpengine", e)):
+        lines.append(f"| {name} | {t['gateway_cpu_pct_per_call']} | {t['gateway_rss_mb_per_call']} | "
+                     f"{t['calls_up']} | {t['loss_pct']} | {'yes' if t['tone_intact'] else 'NO'} "
+                     f"({t['tone_snr_db_p50']}) | {t['calls_failed']} |")
+    if floor is not None:
+        lines.append(f"| libopus floor | {floor} | | | | | |")
+    lines += ["", f"rtpengine / gateway CPU per call, per round: "
+              f"{', '.join(f'{x:.2f}×' for x in ratios)}; median {median(ratios):.2f}×"]
+    if e["gateway_rss_mb_per_call"] and g["gateway_rss_mb_per_call"]:
+        lines.append(f"rtpengine / gateway memory per call: "
+                     f"{e['gateway_rss_mb_per_call'] / g['gateway_rss_mb_per_call']:.2f}×")
+    if floor:
+        lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}×")
+    (OUT / "compare.json").write_text(json.dumps(
+        {"calls": a.calls, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
+         "ratio_rtpengine_over_gateway": ratios, "rtpengine": version}, indent=2))
+    (OUT / "compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
