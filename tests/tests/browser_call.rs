@@ -264,6 +264,35 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_trunks_update_refer_options_and_requires_get_truthful_answers_mid_call() {
+    let dir = out_dir("in_dialog_requests");
+    let sipp = Sipp::uas("in_dialog_requests.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(4.0))
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone survives the UPDATE: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "a refused REFER leaves the call alone: {report:?}"
+    );
+    assert!(
+        sipp.finished().await,
+        "sipp checks 200 with SDP to UPDATE, 405 with Allow to REFER, 200 to OPTIONS, 420 with \
+         Unsupported, and Reason on the BYE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn browser_hold_reinvites_sendonly_and_dtmf_messages_reach_the_trunk() {
     let dir = out_dir("browser_hold");
     let sipp = Sipp::uas("browser_hold.xml", "u1", &dir);

@@ -28,6 +28,14 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     };
     let request = &invite.request;
     let refuse = |code: u16| responder.respond(response_to(request, code, Some(&random_token())));
+    // An INVITE that requires an extension the gateway lacks (100rel, timer …) is refused
+    // with the extensions named, so the trunk can retry without them (§8.2.2.3).
+    if let Some(unsupported) = crate::sip::message::bad_extension(request) {
+        tracing::info!(%trunk, %unsupported, "inbound INVITE requires an unsupported extension: 420");
+        let mut response = response_to(request, 420, Some(&random_token()));
+        response.headers.push(unsupported);
+        return responder.respond(response);
+    }
     let dialled = uri_user(&request.uri).unwrap_or_default();
     // §21.4.5: 404 when the number is routed nowhere; 480 when its browser is not connected.
     let Some(identity) = ctx.config.inbound.get(&dialled).cloned() else {

@@ -332,7 +332,7 @@ pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
         .collect();
     let status = match reason {
         MessageError::UnknownMethod(_) => {
-            "501 Not Implemented\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"
+            "501 Not Implemented\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
         }
         _ => "400 Bad Request",
     };
@@ -414,11 +414,71 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
     })
 }
 
+/// The methods the gateway acts on, for Allow headers (§20.5). Other methods it knows get
+/// 405 with this list (§21.4.6), unknown ones 501 (§21.5.2).
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+
 /// The methods the gateway accepts, for Allow headers (§20.5).
 pub fn allow_header() -> Header {
-    Header::Allow(rsip::headers::Allow::new(
-        "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO",
-    ))
+    Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS))
+}
+
+/// Option tags the gateway implements as a UAS (§19.2): none yet, so a request that
+/// requires any extension is refused with 420 rather than half-served.
+const SUPPORTED_OPTIONS: &[&str] = &[];
+
+/// The option tags `request` requires (its Require headers, §20.32) that the gateway does
+/// not support.
+pub fn unsupported_requirements(request: &Request) -> Vec<String> {
+    request
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (name, value) = text.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("Require")
+                .then(|| value.to_string())
+        })
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty() && !SUPPORTED_OPTIONS.contains(&t.as_str()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The Unsupported header for a 420 Bad Extension to `request` (§8.2.2.3), or `None` when
+/// the gateway supports all it requires. ACK and CANCEL are never refused (§8.2.2.3).
+pub fn bad_extension(request: &Request) -> Option<Header> {
+    if matches!(request.method, Method::Ack | Method::Cancel) {
+        return None;
+    }
+    let unsupported = unsupported_requirements(request);
+    (!unsupported.is_empty()).then(|| Header::Other("Unsupported".into(), unsupported.join(", ")))
+}
+
+/// A Reason header (RFC 3326) for a BYE or CANCEL of ours: the Q.850 cause that fits the
+/// call's end `reason`, with the reason itself as the text, so the trunk's records and the
+/// gateway's CDR name the same thing.
+pub fn reason_header(reason: &str) -> Header {
+    let cause = match reason {
+        "hangup" => 16,                         // normal call clearing
+        "no_answer" => 19,                      // no answer from user (user alerted)
+        "no_ack" | "session_expired" => 102,    // recovery on timer expiry
+        "media_failed" | "media_timeout" => 41, // temporary failure
+        "shutdown" => 41,
+        _ => 16,
+    };
+    let text: String = reason
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    Header::Other(
+        "Reason".into(),
+        format!("Q.850;cause={cause};text=\"{text}\""),
+    )
 }
 
 /// A fresh random token for tags, branches and Call-IDs.

@@ -60,13 +60,27 @@ impl Call {
         let respond = |this: &mut Call, code: u16, extra: Option<String>| {
             let Some(leg) = this.leg.as_ref() else { return };
             let mut response = leg.dialog.response(&request, code);
-            if let Some(sdp) = extra {
+            // A 2xx to a target-refreshing request names our target (§12.2.2, RFC 3311 §5.2).
+            if (200..300).contains(&code) && matches!(method, Method::Invite | Method::Update) {
                 response
                     .headers
                     .push(Header::Contact(rsip::headers::Contact::new(format!(
                         "<{}>",
                         this.sip.contact_uri("gw", leg.target.transport)
                     ))));
+            }
+            match code {
+                // What it may ask instead (§21.4.6), and what it can do (§11.2).
+                405 => response.headers.push(message::allow_header()),
+                200 if method == Method::Options => {
+                    response.headers.push(message::allow_header());
+                    response
+                        .headers
+                        .push(Header::Other("Accept".into(), "application/sdp".into()));
+                }
+                _ => {}
+            }
+            if let Some(sdp) = extra {
                 response
                     .headers
                     .push(Header::ContentType(rsip::headers::ContentType::new(
@@ -78,6 +92,12 @@ impl Call {
         };
         if let Err(code) = accepted {
             return respond(self, code, None);
+        }
+        if let Some(unsupported) = message::bad_extension(&request) {
+            let mut response = leg.dialog.response(&request, 420);
+            response.headers.push(unsupported);
+            self.transmits.push_back(Transmit::Respond { id, response });
+            return;
         }
         let ended = self.phase == Phase::Ended;
         match method {
@@ -105,6 +125,17 @@ impl Call {
                 let (code, sdp) = self.answer_reinvite(&request.body);
                 respond(self, code, sdp);
             }
+            // RFC 3311: an UPDATE with an offer is answered like a re-INVITE's (§5.2), and
+            // gets 491 while an offer of ours waits for its answer; one without a body
+            // refreshes the session and changes nothing.
+            Method::Update if !request.body.is_empty() && self.reinvite.is_some() => {
+                respond(self, 491, None)
+            }
+            Method::Update if !request.body.is_empty() => {
+                let (code, sdp) = self.answer_reinvite(&request.body);
+                respond(self, code, sdp);
+            }
+            Method::Update | Method::Options => respond(self, 200, None),
             Method::Info => {
                 let body = String::from_utf8_lossy(&request.body).to_string();
                 let digit = body
@@ -120,7 +151,11 @@ impl Call {
                     self.events.push_back(CallEvent::Dtmf(d));
                 }
             }
-            _ => respond(self, 200, None),
+            // RFC 3262 §3: no reliable provisional of ours awaits this PRACK.
+            Method::PRack => respond(self, 481, None),
+            // Methods the gateway knows but does not act on (REFER, NOTIFY, MESSAGE …): a
+            // 200 would claim a transfer or delivery that never happens (§21.4.6).
+            _ => respond(self, 405, None),
         }
     }
 

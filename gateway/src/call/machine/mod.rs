@@ -281,7 +281,7 @@ impl Call {
             sip_code: code,
         });
         if let Some(uac) = self.uac.as_mut() {
-            uac.cancel(now);
+            uac.cancel(now, reason);
             self.pump_uac(now);
         }
         if let Some((invite, tag)) = self.invite.take() {
@@ -314,7 +314,9 @@ impl Call {
         let tx = self.tx_id();
         let leg = self.leg.as_mut().expect("checked");
         let via = self.sip.via(leg.target.transport, &message::new_branch());
-        let request = leg.dialog.request(Method::Bye, via, vec![], vec![]);
+        let reason = self.end.as_ref().map_or("hangup", |(r, _)| r.as_str());
+        let extra = vec![message::reason_header(reason)];
+        let request = leg.dialog.request(Method::Bye, via, extra, vec![]);
         let target = leg.target.clone();
         self.bye = Some(tx);
         self.transmits.push_back(Transmit::Request {

@@ -111,6 +111,8 @@ pub struct Uac {
     attempt: Option<Attempt>,
     last: CallFailure,
     cancelled: bool,
+    /// RFC 3326 Reason for our CANCEL: why the call gave up.
+    cancel_reason: Option<Header>,
     give_up_at: Option<Instant>,
     next_tx: u64,
     transmits: VecDeque<Transmit>,
@@ -180,6 +182,7 @@ impl Uac {
             attempt: None,
             last: CallFailure::NoTrunk(format!("trunk `{first}` is not configured")),
             cancelled: false,
+            cancel_reason: None,
             give_up_at: None,
             next_tx: TX_BASE,
             transmits: VecDeque::new(),
@@ -196,12 +199,14 @@ impl Uac {
     }
 
     /// Gives up: CANCEL once a provisional has arrived (§9.1), and at the latest 64·T1
-    /// later, whatever the trunk does.
-    pub fn cancel(&mut self, now: Instant) {
+    /// later, whatever the trunk does. `reason` is the call's end reason, sent in the
+    /// CANCEL's Reason header (RFC 3326).
+    pub fn cancel(&mut self, now: Instant, reason: &str) {
         if self.done || self.cancelled {
             return;
         }
         self.cancelled = true;
+        self.cancel_reason = Some(message::reason_header(reason));
         if self.attempt.is_none() {
             self.fail(CallFailure::Cancelled);
             return;
@@ -218,7 +223,10 @@ impl Uac {
             return;
         }
         a.cancel_sent = true;
-        let request = build_cancel(&a.invite);
+        let mut request = build_cancel(&a.invite);
+        if let Some(reason) = self.cancel_reason.clone() {
+            request.headers.push(reason);
+        }
         let target = a.target.clone();
         let tx = self.tx_id();
         self.transmits.push_back(Transmit::Request {

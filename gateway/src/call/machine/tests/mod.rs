@@ -1,6 +1,7 @@
 //! The call machine in virtual time: a fake trunk answers its transmits by hand. The bench
 //! lives here; `outbound` and `inbound` hold the tests of each direction.
 
+mod in_dialog;
 mod inbound;
 mod outbound;
 
@@ -8,8 +9,8 @@ use super::*;
 use crate::config::{Transport, TrunkConfig};
 use crate::media::codec::Codec;
 use crate::sip::sdp::Direction;
-use rsip::Header;
 use rsip::prelude::*;
+use rsip::{Header, Response};
 
 const TRUNK: &str = "127.0.0.1:5060";
 
@@ -213,10 +214,15 @@ impl Bench {
 
     /// The trunk sends an in-dialog request on the call's dialog.
     fn trunk_request(&mut self, method: Method, id: u64, body: Vec<u8>) {
+        self.trunk_request_with(method, id, "", body);
+    }
+
+    /// The same, with `extra` header lines (each ending in CRLF).
+    fn trunk_request_with(&mut self, method: Method, id: u64, extra: &str, body: Vec<u8>) {
         let (_, invite) = self.request(Method::Invite);
         let call_id = message::call_id(&invite).unwrap();
         let text = format!(
-            "{method} sip:gw@127.0.0.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-t{id}\r\nFrom: <sip:carrier@127.0.0.1>;tag=trunk-tag\r\nTo: <sip:+15550100@127.0.0.1>;tag={}\r\nCall-ID: {call_id}\r\nCSeq: {} {method}\r\nContact: <sip:carrier@127.0.0.1:5060>\r\nContent-Length: {}\r\n\r\n",
+            "{method} sip:gw@127.0.0.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK-t{id}\r\nFrom: <sip:carrier@127.0.0.1>;tag=trunk-tag\r\nTo: <sip:+15550100@127.0.0.1>;tag={}\r\nCall-ID: {call_id}\r\nCSeq: {} {method}\r\nContact: <sip:carrier@127.0.0.1:5060>\r\n{extra}Content-Length: {}\r\n\r\n",
             message::from_tag(&invite).unwrap(),
             100 + id,
             body.len()
@@ -234,6 +240,18 @@ impl Bench {
         self.call
             .handle_sip_request(9, request, TRUNK.parse().unwrap(), self.now);
         self.drain();
+    }
+
+    /// The last response sent to the trunk's request `id`.
+    fn response(&self, id: u64) -> Response {
+        self.sent
+            .iter()
+            .rev()
+            .find_map(|t| match t {
+                Transmit::Respond { id: i, response } if *i == id => Some(response.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no response to {id} among {:#?}", self.sent))
     }
 
     fn responded(&self, id: u64) -> Vec<u16> {

@@ -1,0 +1,99 @@
+//! The trunk's in-dialog requests beyond BYE and re-INVITE: what the gateway acts on gets
+//! the response the RFC asks for, what it does not act on is refused, never answered 200.
+
+use super::*;
+
+fn header(response: &Response, name: &str) -> Option<String> {
+    message::header_value(&response.headers, name)
+}
+
+#[test]
+fn an_update_with_an_offer_gets_an_answer_and_moves_the_media() {
+    let mut b = answered_outbound();
+    b.trunk_request(Method::Update, 5, trunk_sdp(Direction::SendOnly));
+    let response = b.response(5);
+    assert_eq!(response.status_code.code(), 200);
+    let body = String::from_utf8_lossy(&response.body).to_string();
+    assert!(body.contains("a=recvonly"), "RFC 3264 §6.1 mirror: {body}");
+    assert!(header(&response, "Contact").is_some(), "RFC 3311 §5.2");
+    assert!(b.saw(&CallEvent::TrunkReinvite));
+}
+
+#[test]
+fn an_update_without_a_body_refreshes_and_one_crossing_our_offer_gets_491() {
+    let mut b = answered_outbound();
+    b.trunk_request(Method::Update, 5, Vec::new());
+    let response = b.response(5);
+    assert_eq!(response.status_code.code(), 200);
+    assert!(response.body.is_empty());
+    assert!(header(&response, "Contact").is_some());
+    b.call.handle_command(CallCommand::Hold(true), b.now);
+    b.drain();
+    b.trunk_request(Method::Update, 6, trunk_sdp(Direction::SendRecv));
+    assert_eq!(b.responded(6), [491]);
+}
+
+#[test]
+fn refer_notify_and_message_are_refused_with_405_and_allow() {
+    let mut b = answered_outbound();
+    for (id, method) in [
+        (5, Method::Refer),
+        (6, Method::Notify),
+        (7, Method::Message),
+    ] {
+        b.trunk_request(method, id, Vec::new());
+        let response = b.response(id);
+        assert_eq!(response.status_code.code(), 405, "{method}");
+        let allow = header(&response, "Allow").expect("Allow with 405 (§21.4.6)");
+        assert!(
+            allow.contains("UPDATE") && !allow.contains("REFER"),
+            "{allow}"
+        );
+    }
+    assert_eq!(b.call.phase(), Phase::Answered, "the call goes on");
+}
+
+#[test]
+fn a_prack_for_nothing_gets_481_and_options_tells_what_we_do() {
+    let mut b = answered_outbound();
+    b.trunk_request(Method::PRack, 5, Vec::new());
+    assert_eq!(b.responded(5), [481]);
+    b.trunk_request(Method::Options, 6, Vec::new());
+    let response = b.response(6);
+    assert_eq!(response.status_code.code(), 200);
+    assert!(header(&response, "Allow").is_some_and(|a| a.contains("INVITE")));
+}
+
+#[test]
+fn a_request_requiring_an_unsupported_extension_gets_420_naming_it() {
+    let mut b = answered_outbound();
+    b.trunk_request_with(Method::Update, 5, "Require: timer, Foo\r\n", Vec::new());
+    let response = b.response(5);
+    assert_eq!(response.status_code.code(), 420);
+    assert_eq!(
+        header(&response, "Unsupported").as_deref(),
+        Some("timer, foo")
+    );
+    // ACK is never refused; the call is untouched.
+    assert_eq!(b.call.phase(), Phase::Answered);
+}
+
+#[test]
+fn our_bye_and_cancel_say_why_in_a_reason_header() {
+    let mut b = answered_outbound();
+    b.call.handle_command(CallCommand::Hangup, b.now);
+    b.drain();
+    let (_, bye) = b.request(Method::Bye);
+    assert_eq!(
+        message::header_value(&bye.headers, "Reason").as_deref(),
+        Some("Q.850;cause=16;text=\"hangup\"")
+    );
+    let mut b = Bench::outbound();
+    b.reply(Method::Invite, 180, None);
+    b.run_for(Duration::from_secs(61));
+    let (_, cancel) = b.request(Method::Cancel);
+    assert_eq!(
+        message::header_value(&cancel.headers, "Reason").as_deref(),
+        Some("Q.850;cause=19;text=\"no_answer\"")
+    );
+}
