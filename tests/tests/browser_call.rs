@@ -111,6 +111,30 @@ async fn early_media_reaches_the_browser_before_the_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_reliable_183_is_pracked_and_its_early_media_heard_before_the_answer() {
+    let dir = out_dir("browser_prack");
+    let sipp = Sipp::uas("prack_early_media.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(1.5))
+        .await
+        .unwrap();
+    assert!(
+        report.early_packets > 50,
+        "two seconds of early media after the PRACK reach the browser: {report:?}"
+    );
+    assert!(report.setup_ms.unwrap() >= 1900.0, "{report:?}");
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    assert!(
+        sipp.finished().await,
+        "sipp checks Supported: 100rel on the INVITE and RAck 1 on the PRACK"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn trunk_hangup_ends_the_browser_call() {
     let dir = out_dir("browser_trunk_bye");
     let sipp = Sipp::uas("trunk_hangs_up.xml", "u1", &dir);

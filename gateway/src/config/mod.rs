@@ -445,6 +445,7 @@ impl Config {
                     failover: t.failover.get_ref().clone(),
                     ca_file: t.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
                     rtp_source: t.rtp_source,
+                    prack: t.prack,
                 },
             );
         }

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use std::collections::BTreeMap;
 
-use super::{FailurePolicy, Limits, RegisterConflict, RtpSource, Transport, UnknownSources};
+use super::{FailurePolicy, Limits, Prack, RegisterConflict, RtpSource, Transport, UnknownSources};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +155,8 @@ pub(super) struct RawTrunk {
     pub(super) ca_file: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) rtp_source: RtpSource,
+    #[serde(default)]
+    pub(super) prack: Prack,
 }
 
 #[derive(Debug, Deserialize)]

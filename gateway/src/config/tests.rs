@@ -191,3 +191,17 @@ fn the_load_thresholds_are_checked() {
     let c = parse("").unwrap();
     assert_eq!((c.limits.late_tick_ms, c.limits.shed_late_pct), (20, 10));
 }
+
+#[test]
+fn prack_is_supported_by_default_and_a_wrong_value_is_named() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.trunks["carrier"].prack, Prack::Supported);
+    let c = parse(&GOOD.replace(
+        "transport = \"tcp\"",
+        "transport = \"tcp\"\nprack = \"required\"",
+    ))
+    .unwrap();
+    assert_eq!(c.trunks["backup"].prack, Prack::Required);
+    let err = parse(&GOOD.replace("transport = \"tcp\"", "prack = \"always\"")).unwrap_err();
+    assert!(err.to_string().contains("always"), "{err}");
+}

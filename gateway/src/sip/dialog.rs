@@ -101,6 +101,12 @@ impl Dialog {
         })
     }
 
+    /// Continues the local CSeq of `early`, the early dialog this one confirms (its PRACKs
+    /// used numbers after the INVITE's, RFC 3262 §7.2).
+    pub fn continue_cseq(&mut self, early: &Dialog) {
+        self.local_seq = self.local_seq.max(early.local_seq);
+    }
+
     /// The next local CSeq number, for a new request in this dialog.
     fn next_seq(&mut self) -> u32 {
         self.local_seq += 1;

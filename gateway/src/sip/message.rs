@@ -427,26 +427,46 @@ pub fn allow_header() -> Header {
 /// requires any extension is refused with 420 rather than half-served.
 const SUPPORTED_OPTIONS: &[&str] = &[];
 
-/// The option tags `request` requires (its Require headers, §20.32) that the gateway does
-/// not support.
-pub fn unsupported_requirements(request: &Request) -> Vec<String> {
-    request
-        .headers
+/// The option tags in all `name` headers (Require, Supported: §20.32, §20.37), lowercase.
+pub fn option_tags(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    headers
         .iter()
         .filter_map(|h| {
             let text = h.to_string();
-            let (name, value) = text.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("Require")
+            let (n, value) = text.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
                 .then(|| value.to_string())
         })
         .flat_map(|v| {
             v.split(',')
                 .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty() && !SUPPORTED_OPTIONS.contains(&t.as_str()))
+                .filter(|t| !t.is_empty())
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The option tags `request` requires (its Require headers, §20.32) that the gateway does
+/// not support.
+pub fn unsupported_requirements(request: &Request) -> Vec<String> {
+    option_tags(&request.headers, "Require")
+        .into_iter()
+        .filter(|t| !SUPPORTED_OPTIONS.contains(&t.as_str()))
+        .collect()
+}
+
+/// The RSeq of a reliable provisional response (`Require: 100rel` and an RSeq, RFC 3262
+/// §7.1), or `None` for an unreliable one.
+pub fn reliable_rseq(response: &Response) -> Option<u32> {
+    if !(101..200).contains(&response.status_code.code())
+        || !option_tags(&response.headers, "Require")
+            .iter()
+            .any(|t| t == "100rel")
+    {
+        return None;
+    }
+    header_value(&response.headers, "RSeq")?.trim().parse().ok()
 }
 
 /// The Unsupported header for a 420 Bad Extension to `request` (§8.2.2.3), or `None` when

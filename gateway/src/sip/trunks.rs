@@ -44,6 +44,23 @@ pub struct TrunkConfig {
     pub ca_file: Option<PathBuf>,
     /// Where this trunk's RTP may come from.
     pub rtp_source: RtpSource,
+    /// Reliable provisional responses (RFC 3262) on our INVITEs.
+    pub prack: Prack,
+}
+
+/// Whether our INVITEs ask for reliable provisional responses (RFC 3262): a trunk that sends
+/// its 18x reliably waits for our PRACK before it answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Prack {
+    /// `Supported: 100rel`: the trunk may send 18x reliably; each gets a PRACK.
+    #[default]
+    Supported,
+    /// `Require: 100rel`: the trunk must (a trunk that cannot answers 420).
+    Required,
+    /// Neither: provisional responses are unreliable (a reliable one is still PRACKed,
+    /// since a trunk that sends one anyway would otherwise never answer).
+    Off,
 }
 
 impl fmt::Debug for TrunkConfig {
@@ -265,6 +282,7 @@ impl TrunkConfig {
             failover: vec![],
             ca_file: None,
             rtp_source: Default::default(),
+            prack: Default::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use rsip::{Header, Method, Request, Response};
 use crate::sip::endpoint::SipLocal;
 use crate::sip::message;
 use crate::sip::transport::{Target, Transport};
-use crate::sip::trunks::TrunkConfig;
+use crate::sip::trunks::{Prack, TrunkConfig};
 
 /// Why a call attempt did not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +141,12 @@ pub(super) fn build_invite(
         endpoint.contact_uri("gw", trunk.transport)
     ))));
     headers.push(message::allow_header());
+    // RFC 3262 §3: offered (or required) so a trunk may send its 18x reliably.
+    match trunk.prack {
+        Prack::Supported => headers.push(Header::Other("Supported".into(), "100rel".into())),
+        Prack::Required => headers.push(Header::Other("Require".into(), "100rel".into())),
+        Prack::Off => {}
+    }
     headers.push(Header::UserAgent(rsip::headers::UserAgent::new(
         endpoint.user_agent().to_string(),
     )));

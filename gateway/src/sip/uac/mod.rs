@@ -97,6 +97,11 @@ struct Attempt {
     challenges: u32,
     provisional: bool,
     cancel_sent: bool,
+    /// The early dialog of the last reliable provisional (RFC 3262), for its PRACKs; the
+    /// confirmed dialog continues its CSeq.
+    early: Option<Dialog>,
+    /// The RSeq last PRACKed in `early` (§4: the next must be one higher).
+    last_rseq: Option<u32>,
     /// After the 2xx: the ACK, sent again for every retransmitted 2xx (§13.2.2.4).
     ack: Option<Request>,
 }
@@ -308,6 +313,8 @@ impl Uac {
                 credentials: Vec::new(),
                 challenges: 0,
                 provisional: false,
+                early: None,
+                last_rseq: None,
                 cancel_sent: false,
                 ack: None,
             };
@@ -387,6 +394,11 @@ impl Uac {
         match code {
             100 => {}
             101..=199 => {
+                if let Some(rseq) = message::reliable_rseq(&response)
+                    && !self.prack(&response, rseq)
+                {
+                    return;
+                }
                 if let Some(a) = self.attempt.as_mut() {
                     a.provisional = true;
                 }
@@ -402,6 +414,45 @@ impl Uac {
         }
     }
 
+    /// RFC 3262 §4: PRACK a reliable provisional response, each RSeq once and in order.
+    /// Returns false for one to drop: a retransmission (its PRACK went out already) or one
+    /// out of order (the trunk sends it again after the one missing).
+    fn prack(&mut self, response: &Response, rseq: u32) -> bool {
+        let tx = self.next_tx + 1;
+        let Some(a) = self.attempt.as_mut() else {
+            return false;
+        };
+        let tag = message::to_tag(response);
+        let same_dialog = a
+            .early
+            .as_ref()
+            .is_some_and(|d| Some(&d.remote_tag) == tag.as_ref());
+        if same_dialog {
+            if a.last_rseq.is_some_and(|last| rseq != last.wrapping_add(1)) {
+                return false;
+            }
+        } else {
+            // The first reliable response of this early dialog (another To tag is another
+            // branch, with its own RSeq space, §4).
+            a.early = Dialog::from_uac(&a.invite, response);
+        }
+        let Some(early) = a.early.as_mut() else {
+            return true; // no To tag: no dialog to PRACK in; the answer still counts
+        };
+        a.last_rseq = Some(rseq);
+        let via = self.local.via(a.target.transport, &message::new_branch());
+        let rack = Header::Other("RAck".into(), format!("{rseq} {} INVITE", a.seq));
+        let request = early.request(Method::PRack, via, vec![rack], vec![]);
+        let target = a.target.clone();
+        self.next_tx = tx;
+        self.transmits.push_back(Transmit::Request {
+            tx,
+            request,
+            target,
+        });
+        true
+    }
+
     fn on_success(&mut self, response: Response) {
         let Some(a) = self.attempt.as_mut() else {
             return;
@@ -413,7 +464,7 @@ impl Uac {
                 .push_back(Transmit::Stateless { request, target });
             return;
         }
-        let Some(dialog) = Dialog::from_uac(&a.invite, &response) else {
+        let Some(mut dialog) = Dialog::from_uac(&a.invite, &response) else {
             tracing::warn!("2xx without To tag; treating as failure");
             let failure = CallFailure::Rejected {
                 trunk: a.trunk.clone(),
@@ -423,6 +474,12 @@ impl Uac {
             let now = Instant::now();
             return self.attempt_failed(failure, None, now);
         };
+        // Requests after PRACKs in the same dialog continue their CSeq (RFC 3262 §7.2).
+        if let Some(early) = a.early.as_ref()
+            && early.remote_tag == dialog.remote_tag
+        {
+            dialog.continue_cseq(early);
+        }
         let ack = dialog.ack(
             a.seq,
             self.local.via(a.target.transport, &message::new_branch()),

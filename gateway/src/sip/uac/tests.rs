@@ -206,3 +206,92 @@ fn every_address_down_fails_with_no_trunk() {
         Some(UacEvent::Failed(CallFailure::NoTrunk(why))) if why.contains("down")
     ));
 }
+
+fn sent_pracks(sent: &[Transmit]) -> Vec<Request> {
+    sent.iter()
+        .filter_map(|t| match t {
+            Transmit::Request { request, .. } if request.method == Method::PRack => {
+                Some(request.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn reliable(rseq: u32) -> Vec<Header> {
+    vec![
+        Header::Other("Require".into(), "100rel".into()),
+        Header::Other("RSeq".into(), rseq.to_string()),
+        Header::Contact(rsip::headers::Contact::new("<sip:far@127.0.0.1:5060>")),
+    ]
+}
+
+#[test]
+fn reliable_provisionals_are_pracked_once_each_in_order_and_the_dialog_continues_their_cseq() {
+    let (mut uac, sent) = start(
+        vec![trunk("a", &["127.0.0.1:5060"], false)],
+        &[("a", "127.0.0.1:5060")],
+    );
+    let (tx, invite, _) = last_invite(&sent);
+    assert_eq!(
+        message::header_value(&invite.headers, "Supported").as_deref(),
+        Some("100rel"),
+        "RFC 3262 §3: offered by default"
+    );
+    answer(&mut uac, tx, &invite, 183, reliable(7));
+    let pracks = sent_pracks(&drain(&mut uac));
+    assert_eq!(pracks.len(), 1);
+    let prack = &pracks[0];
+    assert_eq!(
+        message::header_value(&prack.headers, "RAck").as_deref(),
+        Some("7 1 INVITE"),
+        "RAck names the RSeq and the INVITE's CSeq (§7.2)"
+    );
+    assert_eq!(message::cseq(prack).map(|c| c.0), Some(2));
+    assert_eq!(message::to_tag(prack).as_deref(), Some("far"));
+    assert_eq!(message::call_id(prack), message::call_id(&invite));
+    // A retransmission (same RSeq) and one out of order (9 before 8) get no PRACK and no
+    // second event; the next in order does.
+    let events_before = std::iter::from_fn(|| uac.poll_event()).count();
+    answer(&mut uac, tx, &invite, 183, reliable(7));
+    answer(&mut uac, tx, &invite, 180, reliable(9));
+    assert!(sent_pracks(&drain(&mut uac)).is_empty());
+    assert_eq!(std::iter::from_fn(|| uac.poll_event()).count(), 0);
+    answer(&mut uac, tx, &invite, 180, reliable(8));
+    let pracks = sent_pracks(&drain(&mut uac));
+    assert_eq!(pracks.len(), 1);
+    assert_eq!(message::cseq(&pracks[0]).map(|c| c.0), Some(3));
+    assert!(events_before >= 1);
+    // The 200 confirms the dialog: its next request follows the PRACKs' CSeq.
+    answer(&mut uac, tx, &invite, 200, reliable(0)[2..].to_vec());
+    let answered = std::iter::from_fn(|| uac.poll_event())
+        .find_map(|e| match e {
+            UacEvent::Answered(a) => Some(a),
+            _ => None,
+        })
+        .expect("answered");
+    let mut dialog = answered.dialog;
+    let via = Header::Via(rsip::headers::Via::new(
+        "SIP/2.0/UDP 127.0.0.9:5070;branch=z9hG4bKx",
+    ));
+    let bye = dialog.request(Method::Bye, via, vec![], vec![]);
+    assert_eq!(message::cseq(&bye).map(|c| c.0), Some(4));
+}
+
+#[test]
+fn an_unreliable_provisional_gets_no_prack_and_required_prack_is_asked_for() {
+    let (mut uac, sent) = start(
+        vec![TrunkConfig {
+            prack: crate::sip::trunks::Prack::Required,
+            ..trunk("a", &["127.0.0.1:5060"], false)
+        }],
+        &[("a", "127.0.0.1:5060")],
+    );
+    let (tx, invite, _) = last_invite(&sent);
+    assert_eq!(
+        message::header_value(&invite.headers, "Require").as_deref(),
+        Some("100rel")
+    );
+    answer(&mut uac, tx, &invite, 180, vec![]);
+    assert!(sent_pracks(&drain(&mut uac)).is_empty());
+}
