@@ -45,6 +45,7 @@ fn trunk(
         failover: vec![],
         ca_file,
         rtp_source: Default::default(),
+        prack: Default::default(),
     }
 }
 
