@@ -135,6 +135,40 @@ async fn a_reliable_183_is_pracked_and_its_early_media_heard_before_the_answer()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
+    let dir = out_dir("browser_media_timeout");
+    let sipp = Sipp::uas("silent_trunk.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[trunks.carrier]\n",
+        "[trunks.carrier]\nmedia_timeout = 2\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(10.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("media_timeout".into()),
+        "{report:?}"
+    );
+    assert!(
+        report.tone_snr_db.is_none(),
+        "nothing came back: {report:?}"
+    );
+    // Sent for the ~2 s of silence, not for the 10 s the caller meant to stay.
+    assert!(report.packets_sent < 400, "{report:?}");
+    assert!(
+        sipp.finished().await,
+        "sipp expects a BYE whose Reason says media_timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn trunk_hangup_ends_the_browser_call() {
     let dir = out_dir("browser_trunk_bye");
     let sipp = Sipp::uas("trunk_hangs_up.xml", "u1", &dir);

@@ -46,6 +46,7 @@ fn trunk(
         ca_file,
         rtp_source: Default::default(),
         prack: Default::default(),
+        media_timeout: std::time::Duration::from_secs(30),
     }
 }
 

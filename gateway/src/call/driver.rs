@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::caller::Caller;
-use super::machine::{Call, CallCommand, CallEvent, Route};
+use super::machine::{Call, CallCommand, CallEvent, MediaLeg, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
 use crate::media::codec::Codec;
@@ -227,10 +227,13 @@ pub async fn drive(
                 }
             }
             Some((datagram, peer)) = browser_datagram(&mut run.caller), if media => {
-                if let Caller::Browser(b) = &mut run.caller
-                    && !b.leg.handle_datagram(datagram, peer, Instant::now())
-                {
-                    run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
+                if let Caller::Browser(b) = &mut run.caller {
+                    let now = Instant::now();
+                    if b.leg.handle_datagram(datagram, peer, now) {
+                        call.handle_media_received(MediaLeg::Browser, now);
+                    } else {
+                        run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             scheduled = ticker.tick(), if ticking => {
@@ -240,7 +243,11 @@ pub async fn drive(
             }
             received = run.rtp.recv(&mut rtp_buf), if media => {
                 if let Ok((n, source)) = received {
+                    let accepted = run.rtp.stats.received;
                     let got = run.rtp.handle_datagram(&rtp_buf[..n], source, &mut pcm_in);
+                    if run.rtp.stats.received != accepted {
+                        call.handle_media_received(MediaLeg::Trunk, Instant::now());
+                    }
                     run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
                 }
             }
@@ -449,6 +456,8 @@ impl Run<'_> {
                 }
             },
             Caller::Tone(t) => {
+                // The tone caller is always there: its side never goes silent.
+                call.handle_media_received(MediaLeg::Browser, Instant::now());
                 let mut frame = [0i16; FRAME_SAMPLES];
                 t.tone.fill(&mut frame);
                 let before = self.rtp.stats.sent;

@@ -446,6 +446,7 @@ impl Config {
                     ca_file: t.ca_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
                     rtp_source: t.rtp_source,
                     prack: t.prack,
+                    media_timeout: std::time::Duration::from_secs(t.media_timeout.into()),
                 },
             );
         }

@@ -157,6 +157,8 @@ pub(super) struct RawTrunk {
     pub(super) rtp_source: RtpSource,
     #[serde(default)]
     pub(super) prack: Prack,
+    #[serde(default = "default_media_timeout")]
+    pub(super) media_timeout: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +166,10 @@ pub(super) struct RawTrunk {
 pub(super) struct RawTarget {
     pub(super) trunk: Spanned<String>,
     pub(super) number: Spanned<String>,
+}
+
+pub(super) fn default_media_timeout() -> u32 {
+    30
 }
 
 pub(super) fn default_transport() -> Transport {

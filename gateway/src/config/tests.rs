@@ -205,3 +205,14 @@ fn prack_is_supported_by_default_and_a_wrong_value_is_named() {
     let err = parse(&GOOD.replace("transport = \"tcp\"", "prack = \"always\"")).unwrap_err();
     assert!(err.to_string().contains("always"), "{err}");
 }
+
+#[test]
+fn media_timeout_defaults_to_30_seconds_and_0_turns_it_off() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(
+        c.trunks["carrier"].media_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    let c = parse(&GOOD.replace("transport = \"tcp\"", "media_timeout = 0")).unwrap();
+    assert!(c.trunks["backup"].media_timeout.is_zero());
+}

@@ -46,6 +46,9 @@ pub struct TrunkConfig {
     pub rtp_source: RtpSource,
     /// Reliable provisional responses (RFC 3262) on our INVITEs.
     pub prack: Prack,
+    /// An answered call whose trunk sends no RTP, or whose browser sends nothing, for this
+    /// long ends with BYE (`media_timeout`); zero: never. Not counted while held.
+    pub media_timeout: Duration,
 }
 
 /// Whether our INVITEs ask for reliable provisional responses (RFC 3262): a trunk that sends
@@ -283,6 +286,7 @@ impl TrunkConfig {
             ca_file: None,
             rtp_source: Default::default(),
             prack: Default::default(),
+            media_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -173,6 +173,7 @@ impl Call {
         }
         match sdp::parse_remote(offer, &local.codecs, false) {
             Ok(remote) => {
+                self.trunk_direction = remote.direction;
                 let answer = sdp::answer(&local, self.sdp_version, &remote);
                 self.events.push_back(CallEvent::TrunkMedia(remote));
                 self.events.push_back(CallEvent::TrunkReinvite);

@@ -140,6 +140,7 @@ impl Call {
         self.connect_deadline = Some(now + self.settings.connect_timeout);
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
+        self.watch_media(now);
         self.events.push_back(CallEvent::Answered);
     }
 }

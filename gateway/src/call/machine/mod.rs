@@ -126,11 +126,33 @@ pub struct Call {
     trunk_used: Option<String>,
     sip_call_id: Option<String>,
     answered_at: Option<Instant>,
+    /// Media inactivity (`media_timeout`): when each side last sent media, and when to look.
+    media_watch: Option<MediaWatch>,
+    /// The trunk's direction from its last offer (a trunk holding us may send nothing).
+    trunk_direction: sdp::Direction,
     end: Option<(String, u16)>,
     failure: Option<CallFailure>,
     next_tx: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
+}
+
+/// The side a call's media came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaLeg {
+    /// RTP from the trunk (accepted: from the source the signalling named).
+    Trunk,
+    /// Anything from the browser's ICE-validated address (SRTP, RTCP, STUN consent).
+    Browser,
+}
+
+/// The media inactivity check of an answered call.
+#[derive(Debug, Clone, Copy)]
+struct MediaWatch {
+    timeout: Duration,
+    last_trunk: Instant,
+    last_browser: Instant,
+    check_at: Instant,
 }
 
 /// The `ended.reason` for a failed INVITE.
@@ -178,6 +200,8 @@ impl Call {
             trunk_used: None,
             sip_call_id: None,
             answered_at: None,
+            media_watch: None,
+            trunk_direction: sdp::Direction::SendRecv,
             end: None,
             failure: None,
             next_tx: 0,
@@ -471,6 +495,7 @@ impl Call {
         }
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
+        self.watch_media(now);
         self.events.push_back(CallEvent::Answered);
         for (id, request, source) in std::mem::take(&mut self.early) {
             self.handle_sip_request(id, request, source, now);
@@ -532,11 +557,68 @@ impl Call {
             self.finish("no_ack", 408, now);
             self.hang_up_leg();
         }
+        if due(self.media_watch.map(|w| w.check_at)) {
+            self.check_media(now);
+        }
         if let Some(uac) = self.uac.as_mut()
             && due(uac.poll_timeout())
         {
             uac.handle_timeout(now);
             self.pump_uac(now);
+        }
+    }
+
+    /// Media arrived from `leg` (accepted, from the address its signalling names). Cheap:
+    /// it only notes the time; the check runs on its own timer.
+    pub fn handle_media_received(&mut self, leg: MediaLeg, now: Instant) {
+        if let Some(w) = self.media_watch.as_mut() {
+            match leg {
+                MediaLeg::Trunk => w.last_trunk = now,
+                MediaLeg::Browser => w.last_browser = now,
+            }
+        }
+    }
+
+    /// Starts the media inactivity check on an answered call, per its trunk's
+    /// `media_timeout` (0: none).
+    pub(super) fn watch_media(&mut self, now: Instant) {
+        let timeout = self
+            .trunk_used
+            .as_ref()
+            .and_then(|t| self.trunks.config(t))
+            .map_or(Duration::ZERO, |c| c.media_timeout);
+        self.media_watch = (!timeout.is_zero()).then_some(MediaWatch {
+            timeout,
+            last_trunk: now,
+            last_browser: now,
+            check_at: now + timeout,
+        });
+    }
+
+    /// The media check's turn: a side silent for the whole timeout ends the call with BYE
+    /// (`media_timeout`), unless the call is held either way (a held side may send nothing).
+    fn check_media(&mut self, now: Instant) {
+        let Some(w) = self.media_watch.as_mut() else {
+            return;
+        };
+        if self.phase != Phase::Answered {
+            self.media_watch = None;
+            return;
+        }
+        if self.held || self.trunk_direction != sdp::Direction::SendRecv {
+            w.last_trunk = now;
+            w.last_browser = now;
+        }
+        let silent = [("trunk", w.last_trunk), ("browser", w.last_browser)]
+            .into_iter()
+            .find(|(_, last)| now.saturating_duration_since(*last) >= w.timeout);
+        match silent {
+            Some((side, _)) => {
+                tracing::info!(call_id = %self.id, side, timeout_s = w.timeout.as_secs(), "no media; ending the call");
+                self.media_watch = None;
+                self.finish("media_timeout", 408, now);
+            }
+            None => w.check_at = w.last_trunk.min(w.last_browser) + w.timeout,
         }
     }
 
@@ -546,6 +628,7 @@ impl Call {
             self.ring_deadline,
             self.connect_deadline,
             self.ack_deadline,
+            self.media_watch.map(|w| w.check_at),
             self.uac.as_ref().and_then(|u| u.poll_timeout()),
         ]
         .into_iter()

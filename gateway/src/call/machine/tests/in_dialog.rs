@@ -97,3 +97,40 @@ fn our_bye_and_cancel_say_why_in_a_reason_header() {
         Some("Q.850;cause=19;text=\"no_answer\"")
     );
 }
+
+#[test]
+fn a_trunk_that_stops_sending_rtp_ends_the_call_with_media_timeout() {
+    let mut b = answered_outbound();
+    b.media_for(20, &[MediaLeg::Trunk, MediaLeg::Browser]);
+    assert!(b.ended().is_none(), "media flows: the call goes on");
+    b.media_for(29, &[MediaLeg::Browser]);
+    assert!(b.ended().is_none(), "29 s of silence is within the 30 s");
+    b.media_for(2, &[MediaLeg::Browser]);
+    assert_eq!(b.ended(), Some(("media_timeout".into(), 408)));
+    let (_, bye) = b.request(Method::Bye);
+    assert_eq!(
+        message::header_value(&bye.headers, "Reason").as_deref(),
+        Some("Q.850;cause=41;text=\"media_timeout\"")
+    );
+}
+
+#[test]
+fn a_silent_browser_ends_the_call_too_but_a_held_call_may_be_silent() {
+    let mut b = answered_outbound();
+    b.media_for(31, &[MediaLeg::Trunk]);
+    assert_eq!(b.ended(), Some(("media_timeout".into(), 408)));
+
+    let mut b = answered_outbound();
+    b.call.handle_command(CallCommand::Hold(true), b.now);
+    b.drain();
+    b.reply(Method::Invite, 200, Some(trunk_sdp(Direction::RecvOnly)));
+    assert!(b.call.held());
+    b.media_for(90, &[]);
+    assert!(b.ended().is_none(), "held: no media is expected");
+
+    // The trunk holding us (inactive) is silent too, and that is no timeout either.
+    let mut b = answered_outbound();
+    b.trunk_request(Method::Invite, 5, trunk_sdp(Direction::Inactive));
+    b.media_for(90, &[]);
+    assert!(b.ended().is_none());
+}

@@ -13,7 +13,7 @@ fn inbound_rings_then_the_browser_answers_and_the_ack_confirms() {
     assert_eq!(b.responded(0), [180, 200]);
     assert!(b.saw(&CallEvent::Answered));
     b.caller_sends(Method::Ack);
-    b.run_for(Duration::from_secs(40));
+    b.media_for(40, &[MediaLeg::Trunk, MediaLeg::Browser]);
     assert!(b.ended().is_none(), "the ACK stopped the ACK timer");
 }
 
@@ -23,9 +23,9 @@ fn a_missing_ack_ends_the_call_with_bye() {
     b.call.handle_caller_answered(b.now);
     b.call.handle_caller_media(true, b.now);
     b.drain();
-    b.run_for(Duration::from_secs(31));
+    b.media_for(31, &[MediaLeg::Trunk, MediaLeg::Browser]);
     assert!(b.ended().is_none());
-    b.run_for(Duration::from_secs(2));
+    b.media_for(2, &[MediaLeg::Trunk, MediaLeg::Browser]);
     assert_eq!(b.ended(), Some(("no_ack".into(), 408)));
     assert_eq!(b.count(Method::Bye), 1);
 }

@@ -151,6 +151,17 @@ impl Bench {
         self.drain();
     }
 
+    /// Runs `seconds` of the call, media arriving from `legs` every second.
+    fn media_for(&mut self, seconds: u64, legs: &[MediaLeg]) {
+        for _ in 0..seconds {
+            self.advance(Duration::from_secs(1));
+            for leg in legs {
+                self.call.handle_media_received(*leg, self.now);
+            }
+            self.drain();
+        }
+    }
+
     /// Runs timers until `until`, one second at a time.
     fn run_for(&mut self, total: Duration) {
         let end = self.now + total;
