@@ -2,7 +2,7 @@
 //! `/ws` signaling onto a sipp trunk that echoes RTP; the tone must come back.
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call};
 use gateway_tests::{Sipp, out_dir, write_config};
 
 fn with_target(path: &std::path::Path, extra: &str) {
@@ -165,6 +165,50 @@ async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
     assert!(
         sipp.finished().await,
         "sipp expects a BYE whose Reason says media_timeout"
+    );
+}
+
+/// A browser call against `scenario`, `seconds` long.
+async fn session_call(scenario: &str, seconds: f64) -> (CallReport, Sipp) {
+    let dir = out_dir(scenario.trim_end_matches(".xml"));
+    let sipp = Sipp::uas(scenario, "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(seconds))
+        .await
+        .unwrap();
+    (report, sipp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_timer_we_refresh_keeps_the_call_and_its_audio() {
+    let (report, sipp) = session_call("session_refreshed.xml", 8.0).await;
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "{report:?}"
+    );
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    assert!(
+        sipp.finished().await,
+        "sipp expects two UPDATE refreshes with Session-Expires before the BYE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_trunk_stops_refreshing_ends_with_session_expired() {
+    let (report, sipp) = session_call("session_expired.xml", 12.0).await;
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("session_expired".into()),
+        "{report:?}"
+    );
+    assert!(
+        sipp.finished().await,
+        "sipp expects a BYE with Reason session_expired before the 6 s session runs out"
     );
 }
 

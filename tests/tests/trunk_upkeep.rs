@@ -47,6 +47,7 @@ fn trunk(
         rtp_source: Default::default(),
         prack: Default::default(),
         media_timeout: std::time::Duration::from_secs(30),
+        session_expires: 1800,
     }
 }
 

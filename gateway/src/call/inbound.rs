@@ -12,7 +12,7 @@ use super::CallContext;
 use super::caller::{BrowserCaller, Caller};
 use super::cdr::{Parties, record_outcome, unix_ms};
 use super::driver::{Start, Wiring, drive};
-use super::machine::{Call, CallEvent, InboundInvite};
+use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
@@ -34,6 +34,16 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         tracing::info!(%trunk, %unsupported, "inbound INVITE requires an unsupported extension: 420");
         let mut response = response_to(request, 420, Some(&random_token()));
         response.headers.push(unsupported);
+        return responder.respond(response);
+    }
+    // RFC 4028 §5: a session interval below ours is refused with 422 and our Min-SE.
+    let ours = ctx.trunks.config(&trunk).map_or(0, |c| c.session_expires);
+    if let Err(min) = inbound_session(request, ours) {
+        tracing::info!(%trunk, "inbound INVITE's Session-Expires is below {min} s: 422");
+        let mut response = response_to(request, 422, Some(&random_token()));
+        response
+            .headers
+            .push(rsip::Header::Other("Min-SE".into(), min.to_string()));
         return responder.respond(response);
     }
     let dialled = uri_user(&request.uri).unwrap_or_default();
@@ -105,6 +115,8 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             tracing::warn!(error = %e, "inbound offer unusable: 488");
             488u16
         })?;
+        // Too short an interval was refused with 422 before (checked on arrival).
+        let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
         let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;
         let local = ctx.local_media(rtp.local_port(), &codecs);
         let (leg, offer) = BrowserLeg::offer(
@@ -124,6 +136,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             channel,
             remote,
             local,
+            session,
         };
         Ok((slot, browser, invite, rtp, bridge, leg, offer))
     };

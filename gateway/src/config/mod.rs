@@ -294,6 +294,17 @@ impl Config {
         for (name, spanned) in &raw.trunks {
             let t = spanned.get_ref();
             let field = |f: &str| format!("trunks.{name}.{f}");
+            let expires = *t.session_expires.get_ref();
+            if expires != 0 && expires < crate::sip::message::MIN_SE {
+                c.issue(
+                    t.session_expires.span(),
+                    field("session_expires"),
+                    format!(
+                        "{expires} s is below RFC 4028's minimum of {} s (0 turns session timers off)",
+                        crate::sip::message::MIN_SE
+                    ),
+                );
+            }
             if t.addresses.get_ref().is_empty() {
                 c.issue(
                     t.addresses.span(),
@@ -447,6 +458,7 @@ impl Config {
                     rtp_source: t.rtp_source,
                     prack: t.prack,
                     media_timeout: std::time::Duration::from_secs(t.media_timeout.into()),
+                    session_expires: *t.session_expires.get_ref(),
                 },
             );
         }

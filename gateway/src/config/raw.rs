@@ -159,6 +159,8 @@ pub(super) struct RawTrunk {
     pub(super) prack: Prack,
     #[serde(default = "default_media_timeout")]
     pub(super) media_timeout: u32,
+    #[serde(default = "default_session_expires")]
+    pub(super) session_expires: Spanned<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +168,10 @@ pub(super) struct RawTrunk {
 pub(super) struct RawTarget {
     pub(super) trunk: Spanned<String>,
     pub(super) number: Spanned<String>,
+}
+
+pub(super) fn default_session_expires() -> Spanned<u32> {
+    Spanned::new(0..0, 1800)
 }
 
 pub(super) fn default_media_timeout() -> u32 {

@@ -207,6 +207,21 @@ fn prack_is_supported_by_default_and_a_wrong_value_is_named() {
 }
 
 #[test]
+fn session_expires_is_1800_by_default_and_below_90_is_refused_by_name() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.trunks["carrier"].session_expires, 1800);
+    let c = parse(&GOOD.replace("transport = \"tcp\"", "session_expires = 0")).unwrap();
+    assert_eq!(c.trunks["backup"].session_expires, 0);
+    let err = parse(&GOOD.replace("transport = \"tcp\"", "session_expires = 30")).unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.field == "trunks.backup.session_expires" && i.message.contains("90")),
+        "{err}"
+    );
+}
+
+#[test]
 fn media_timeout_defaults_to_30_seconds_and_0_turns_it_off() {
     let c = parse(GOOD).unwrap();
     assert_eq!(

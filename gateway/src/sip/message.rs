@@ -423,9 +423,9 @@ pub fn allow_header() -> Header {
     Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS))
 }
 
-/// Option tags the gateway implements as a UAS (§19.2): none yet, so a request that
-/// requires any extension is refused with 420 rather than half-served.
-const SUPPORTED_OPTIONS: &[&str] = &[];
+/// Option tags the gateway implements as a UAS (§19.2): session timers (RFC 4028). A request
+/// that requires any other extension is refused with 420 rather than half-served.
+const SUPPORTED_OPTIONS: &[&str] = &["timer"];
 
 /// The option tags in all `name` headers (Require, Supported: §20.32, §20.37), lowercase.
 pub fn option_tags(headers: &rsip::Headers, name: &str) -> Vec<String> {
@@ -454,6 +454,60 @@ pub fn unsupported_requirements(request: &Request) -> Vec<String> {
         .into_iter()
         .filter(|t| !SUPPORTED_OPTIONS.contains(&t.as_str()))
         .collect()
+}
+
+/// The smallest session interval the gateway accepts, and the one it asks for when a trunk
+/// proposes less (RFC 4028 §4: never below 90 s).
+pub const MIN_SE: u32 = 90;
+
+/// Who refreshes a session (RFC 4028 §4), relative to the transaction that set it: `Uac` is
+/// the side that sent the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresher {
+    /// The request's sender.
+    Uac,
+    /// The request's receiver.
+    Uas,
+}
+
+/// A Session-Expires header (RFC 4028 §4; compact form `x`): the interval, seconds, and the
+/// refresher if named.
+pub fn session_expires(headers: &rsip::Headers) -> Option<(u32, Option<Refresher>)> {
+    let value = header_value(headers, "Session-Expires").or_else(|| header_value(headers, "x"))?;
+    let mut parts = value.split(';');
+    let interval = parts.next()?.trim().parse().ok()?;
+    let refresher = parts.find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case("refresher") {
+            return None;
+        }
+        match v.trim().to_ascii_lowercase().as_str() {
+            "uac" => Some(Refresher::Uac),
+            "uas" => Some(Refresher::Uas),
+            _ => None,
+        }
+    });
+    Some((interval, refresher))
+}
+
+/// A Min-SE header's seconds (RFC 4028 §5).
+pub fn min_se(headers: &rsip::Headers) -> Option<u32> {
+    header_value(headers, "Min-SE")?
+        .split(';')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `Session-Expires: <seconds>[;refresher=…]`.
+pub fn session_expires_header(seconds: u32, refresher: Option<Refresher>) -> Header {
+    let value = match refresher {
+        Some(Refresher::Uac) => format!("{seconds};refresher=uac"),
+        Some(Refresher::Uas) => format!("{seconds};refresher=uas"),
+        None => seconds.to_string(),
+    };
+    Header::Other("Session-Expires".into(), value)
 }
 
 /// The RSeq of a reliable provisional response (`Require: 100rel` and an RSeq, RFC 3262

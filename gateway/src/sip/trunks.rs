@@ -49,6 +49,9 @@ pub struct TrunkConfig {
     /// An answered call whose trunk sends no RTP, or whose browser sends nothing, for this
     /// long ends with BYE (`media_timeout`); zero: never. Not counted while held.
     pub media_timeout: Duration,
+    /// Session timer interval offered on our INVITEs and asked of inbound ones (RFC 4028),
+    /// seconds; 0: none.
+    pub session_expires: u32,
 }
 
 /// Whether our INVITEs ask for reliable provisional responses (RFC 3262): a trunk that sends
@@ -287,6 +290,7 @@ impl TrunkConfig {
             rtp_source: Default::default(),
             prack: Default::default(),
             media_timeout: Duration::from_secs(30),
+            session_expires: 1800,
         }
     }
 }

@@ -60,13 +60,18 @@ impl Call {
         let respond = |this: &mut Call, code: u16, extra: Option<String>| {
             let Some(leg) = this.leg.as_ref() else { return };
             let mut response = leg.dialog.response(&request, code);
-            // A 2xx to a target-refreshing request names our target (§12.2.2, RFC 3311 §5.2).
+            let transport = leg.target.transport;
+            // A 2xx to a target-refreshing request names our target (§12.2.2, RFC 3311 §5.2)
+            // and, since it refreshes the session, its new terms (RFC 4028 §9).
             if (200..300).contains(&code) && matches!(method, Method::Invite | Method::Update) {
+                for header in this.refreshed_by_trunk(&request, now) {
+                    response.headers.push(header);
+                }
                 response
                     .headers
                     .push(Header::Contact(rsip::headers::Contact::new(format!(
                         "<{}>",
-                        this.sip.contact_uri("gw", leg.target.transport)
+                        this.sip.contact_uri("gw", transport)
                     ))));
             }
             match code {

@@ -40,6 +40,9 @@ pub struct InboundInvite {
     pub remote: RemoteMedia,
     /// Our trunk-side media.
     pub local: LocalMedia,
+    /// The session timer (RFC 4028) our 200 sets: interval, seconds (0: none), and whether
+    /// the trunk refreshes ([`super::inbound_session`]).
+    pub session: (u32, bool),
 }
 
 impl Call {
@@ -119,6 +122,21 @@ impl Call {
                 "application/sdp",
             )));
         ok.body = sdp::answer(&invite.local, 1, &invite.remote).into_bytes();
+        let (interval, trunk_refreshes) = invite.session;
+        if interval > 0 {
+            // §9: the UAS names the refresher; the INVITE's sender is its UAC.
+            let refresher = if trunk_refreshes {
+                message::Refresher::Uac
+            } else {
+                message::Refresher::Uas
+            };
+            ok.headers
+                .push(message::session_expires_header(interval, Some(refresher)));
+            if trunk_refreshes {
+                ok.headers
+                    .push(Header::Other("Require".into(), "timer".into()));
+            }
+        }
         self.transmits.push_back(Transmit::Respond {
             id: invite.id,
             response: ok,
@@ -141,6 +159,7 @@ impl Call {
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
         self.watch_media(now);
+        self.start_session(interval, !trunk_refreshes, now);
         self.events.push_back(CallEvent::Answered);
     }
 }

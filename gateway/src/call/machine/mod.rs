@@ -27,9 +27,11 @@ use crate::sip::uac::{Answered, CallFailure, CallRequest, Candidate, Uac, UacEve
 mod in_dialog;
 mod inbound;
 mod io;
+mod session;
 
 pub use inbound::InboundInvite;
 pub use io::{CallCommand, CallEvent, Refusal};
+pub use session::inbound_session;
 
 /// Where a call stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +132,8 @@ pub struct Call {
     media_watch: Option<MediaWatch>,
     /// The trunk's direction from its last offer (a trunk holding us may send nothing).
     trunk_direction: sdp::Direction,
+    /// The session timer (RFC 4028), once answered with one.
+    session: Option<session::SessionTimer>,
     end: Option<(String, u16)>,
     failure: Option<CallFailure>,
     next_tx: u64,
@@ -202,6 +206,7 @@ impl Call {
             answered_at: None,
             media_watch: None,
             trunk_direction: sdp::Direction::SendRecv,
+            session: None,
             end: None,
             failure: None,
             next_tx: 0,
@@ -393,6 +398,9 @@ impl Call {
             self.forget_dialog();
             return;
         }
+        if self.handle_refresh_answer(tx, &event, code, now) {
+            return;
+        }
         if let Some(pending) = self.reinvite.take_if(|r| r.tx == tx) {
             self.on_reinvite_answer(pending, event, code);
         }
@@ -472,6 +480,7 @@ impl Call {
             dialog,
             answer_sdp,
             channel,
+            session,
         } = answered;
         self.sip_call_id = Some(dialog.call_id.clone());
         self.trunk_used = Some(trunk);
@@ -496,6 +505,9 @@ impl Call {
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
         self.watch_media(now);
+        if let Some((interval, we_refresh)) = session {
+            self.start_session(interval, we_refresh, now);
+        }
         self.events.push_back(CallEvent::Answered);
         for (id, request, source) in std::mem::take(&mut self.early) {
             self.handle_sip_request(id, request, source, now);
@@ -559,6 +571,9 @@ impl Call {
         }
         if due(self.media_watch.map(|w| w.check_at)) {
             self.check_media(now);
+        }
+        if due(self.session_due()) {
+            self.handle_session_timeout(now);
         }
         if let Some(uac) = self.uac.as_mut()
             && due(uac.poll_timeout())
@@ -629,6 +644,7 @@ impl Call {
             self.connect_deadline,
             self.ack_deadline,
             self.media_watch.map(|w| w.check_at),
+            self.session_due(),
             self.uac.as_ref().and_then(|u| u.poll_timeout()),
         ]
         .into_iter()

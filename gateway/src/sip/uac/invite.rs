@@ -141,11 +141,19 @@ pub(super) fn build_invite(
         endpoint.contact_uri("gw", trunk.transport)
     ))));
     headers.push(message::allow_header());
-    // RFC 3262 §3: offered (or required) so a trunk may send its 18x reliably.
+    // RFC 3262 §3: offered (or required) so a trunk may send its 18x reliably; RFC 4028
+    // §7.1: session timers offered when the trunk has them.
+    let mut supported = Vec::new();
     match trunk.prack {
-        Prack::Supported => headers.push(Header::Other("Supported".into(), "100rel".into())),
+        Prack::Supported => supported.push("100rel"),
         Prack::Required => headers.push(Header::Other("Require".into(), "100rel".into())),
         Prack::Off => {}
+    }
+    if trunk.session_expires > 0 {
+        supported.push("timer");
+    }
+    if !supported.is_empty() {
+        headers.push(Header::Other("Supported".into(), supported.join(", ")));
     }
     headers.push(Header::UserAgent(rsip::headers::UserAgent::new(
         endpoint.user_agent().to_string(),

@@ -80,6 +80,9 @@ pub struct Answered {
     pub answer_sdp: Vec<u8>,
     /// The trunk channel the call holds.
     pub channel: ChannelGuard,
+    /// The session timer the 2xx set (RFC 4028 §7.2): interval, seconds, and whether we
+    /// refresh; `None`: no session expiry.
+    pub session: Option<(u32, bool)>,
 }
 
 struct Attempt {
@@ -102,6 +105,10 @@ struct Attempt {
     early: Option<Dialog>,
     /// The RSeq last PRACKed in `early` (§4: the next must be one higher).
     last_rseq: Option<u32>,
+    /// The Session-Expires we ask for (RFC 4028), raised by a 422's Min-SE; 0: none.
+    session_expires: u32,
+    /// Sent as Min-SE after a 422 (§7.4).
+    min_se: Option<u32>,
     /// After the 2xx: the ACK, sent again for every retransmitted 2xx (§13.2.2.4).
     ack: Option<Request>,
 }
@@ -315,6 +322,8 @@ impl Uac {
                 provisional: false,
                 early: None,
                 last_rseq: None,
+                session_expires: trunk.session_expires,
+                min_se: None,
                 cancel_sent: false,
                 ack: None,
             };
@@ -332,6 +341,13 @@ impl Uac {
     }
 
     fn send_invite(&mut self, a: &mut Attempt, trunk: &TrunkConfig) {
+        let mut extra: Vec<Header> = a.credentials.iter().map(|(_, h)| h.clone()).collect();
+        if a.session_expires > 0 {
+            extra.push(message::session_expires_header(a.session_expires, None));
+        }
+        if let Some(min) = a.min_se {
+            extra.push(Header::Other("Min-SE".into(), min.to_string()));
+        }
         a.invite = build_invite(
             &self.local,
             trunk,
@@ -339,7 +355,7 @@ impl Uac {
             &self.request,
             &(a.call_id.clone(), a.from_tag.clone()),
             a.seq,
-            a.credentials.iter().map(|(_, h)| h.clone()).collect(),
+            extra,
         );
         a.invite_tx = self.tx_id();
         self.transmits.push_back(Transmit::Request {
@@ -410,6 +426,7 @@ impl Uac {
             }
             200..=299 => self.on_success(response),
             401 | 407 => self.on_challenge(response, now),
+            422 => self.on_interval_too_small(response, now),
             _ => self.on_rejected(&response, now),
         }
     }
@@ -491,7 +508,13 @@ impl Uac {
         });
         self.give_up_at = None;
         self.done = true;
+        // §7.2: the 2xx decides; without a Session-Expires there is no expiry. We were
+        // the request's UAC: `refresher=uac` (or none named, §7.2's default for us) is us.
+        let session = message::session_expires(&response.headers)
+            .filter(|(interval, _)| *interval > 0)
+            .map(|(interval, refresher)| (interval, refresher != Some(message::Refresher::Uas)));
         self.events.push_back(UacEvent::Answered(Box::new(Answered {
+            session,
             trunk: a.trunk.clone(),
             target: a.target.clone(),
             dialog,
@@ -556,6 +579,28 @@ impl Uac {
         };
         a.credentials.retain(|(k, _)| *k != key);
         a.credentials.push((key, header));
+        a.seq += 1;
+        a.provisional = false;
+        self.send_invite(&mut a, &trunk);
+        self.attempt = Some(a);
+    }
+
+    /// 422 Session Interval Too Small (RFC 4028 §7.4): once, the INVITE again with the
+    /// trunk's Min-SE as our interval and in our own Min-SE.
+    fn on_interval_too_small(&mut self, response: Response, now: Instant) {
+        let Some(mut a) = self.attempt.take() else {
+            return;
+        };
+        let (Some(min), None, Some(trunk)) = (
+            message::min_se(&response.headers),
+            a.min_se,
+            self.trunks.config(&a.trunk).cloned(),
+        ) else {
+            self.attempt = Some(a);
+            return self.on_rejected(&response, now);
+        };
+        a.session_expires = a.session_expires.max(min);
+        a.min_se = Some(min);
         a.seq += 1;
         a.provisional = false;
         self.send_invite(&mut a, &trunk);

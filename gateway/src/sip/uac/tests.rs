@@ -235,8 +235,8 @@ fn reliable_provisionals_are_pracked_once_each_in_order_and_the_dialog_continues
     let (tx, invite, _) = last_invite(&sent);
     assert_eq!(
         message::header_value(&invite.headers, "Supported").as_deref(),
-        Some("100rel"),
-        "RFC 3262 §3: offered by default"
+        Some("100rel, timer"),
+        "RFC 3262 §3 and RFC 4028 §7.1: offered by default"
     );
     answer(&mut uac, tx, &invite, 183, reliable(7));
     let pracks = sent_pracks(&drain(&mut uac));
@@ -294,4 +294,56 @@ fn an_unreliable_provisional_gets_no_prack_and_required_prack_is_asked_for() {
     );
     answer(&mut uac, tx, &invite, 180, vec![]);
     assert!(sent_pracks(&drain(&mut uac)).is_empty());
+}
+
+#[test]
+fn a_422_is_answered_once_with_the_trunks_min_se() {
+    let (mut uac, sent) = start(
+        vec![trunk("a", &["127.0.0.1:5060"], false)],
+        &[("a", "127.0.0.1:5060")],
+    );
+    let (tx, invite, _) = last_invite(&sent);
+    assert_eq!(
+        message::header_value(&invite.headers, "Session-Expires").as_deref(),
+        Some("1800")
+    );
+    answer(
+        &mut uac,
+        tx,
+        &invite,
+        422,
+        vec![Header::Other("Min-SE".into(), "3600".into())],
+    );
+    let (tx, again, _) = last_invite(&drain(&mut uac));
+    assert_eq!(message::cseq(&again).map(|c| c.0), Some(2));
+    assert_eq!(message::call_id(&again), message::call_id(&invite));
+    assert_eq!(
+        message::header_value(&again.headers, "Session-Expires").as_deref(),
+        Some("3600")
+    );
+    assert_eq!(
+        message::header_value(&again.headers, "Min-SE").as_deref(),
+        Some("3600")
+    );
+    // A second 422 is a refusal, not a loop.
+    answer(
+        &mut uac,
+        tx,
+        &again,
+        422,
+        vec![Header::Other("Min-SE".into(), "7200".into())],
+    );
+    assert_eq!(sent_invites(&drain(&mut uac)), 0, "no third INVITE");
+    let failed = std::iter::from_fn(|| uac.poll_event())
+        .any(|e| matches!(e, UacEvent::Failed(CallFailure::Rejected { code: 422, .. })));
+    assert!(failed, "the call fails with the 422");
+    assert!(uac.is_done());
+}
+
+fn sent_invites(sent: &[Transmit]) -> usize {
+    sent.iter()
+        .filter(
+            |t| matches!(t, Transmit::Request { request, .. } if request.method == Method::Invite),
+        )
+        .count()
 }

@@ -67,12 +67,18 @@ fn a_prack_for_nothing_gets_481_and_options_tells_what_we_do() {
 #[test]
 fn a_request_requiring_an_unsupported_extension_gets_420_naming_it() {
     let mut b = answered_outbound();
-    b.trunk_request_with(Method::Update, 5, "Require: timer, Foo\r\n", Vec::new());
+    b.trunk_request_with(
+        Method::Update,
+        5,
+        "Require: timer, Foo, precondition\r\n",
+        Vec::new(),
+    );
     let response = b.response(5);
     assert_eq!(response.status_code.code(), 420);
+    // Session timers are supported; the rest are named.
     assert_eq!(
         header(&response, "Unsupported").as_deref(),
-        Some("timer, foo")
+        Some("foo, precondition")
     );
     // ACK is never refused; the call is untouched.
     assert_eq!(b.call.phase(), Phase::Answered);

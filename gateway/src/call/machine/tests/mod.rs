@@ -4,6 +4,7 @@
 mod in_dialog;
 mod inbound;
 mod outbound;
+mod session;
 
 use super::*;
 use crate::config::{Transport, TrunkConfig};
@@ -114,6 +115,8 @@ impl Bench {
             channel: trunks.take_channel("carrier").unwrap(),
             remote,
             local: local(),
+            // The trunk's INVITE offers no timer; ours (1800 s) is ours to refresh.
+            session: inbound_session(&invite_from_trunk(), 1800).unwrap(),
         };
         let call = Call::inbound(
             "c-2",
@@ -201,8 +204,16 @@ impl Bench {
 
     /// The trunk answers the last `method` request with `code`.
     fn reply(&mut self, method: Method, code: u16, body: Option<Vec<u8>>) {
+        self.reply_with(method, code, body, vec![]);
+    }
+
+    /// The same, with `extra` headers.
+    fn reply_with(&mut self, method: Method, code: u16, body: Option<Vec<u8>>, extra: Vec<Header>) {
         let (tx, request) = self.request(method);
         let mut response = response_to(&request, code, Some("trunk-tag"));
+        for header in extra {
+            response.headers.push(header);
+        }
         response
             .headers
             .push(Header::Contact(rsip::headers::Contact::new(
