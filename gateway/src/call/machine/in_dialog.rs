@@ -191,7 +191,13 @@ impl Call {
         }
     }
 
-    pub(super) fn on_reinvite_answer(&mut self, pending: Reinvite, event: ClientEvent, code: u16) {
+    pub(super) fn on_reinvite_answer(
+        &mut self,
+        pending: Reinvite,
+        event: ClientEvent,
+        code: u16,
+        now: Instant,
+    ) {
         if self.phase == Phase::Ended && self.leg.is_none() {
             // The trunk hung up meanwhile: a 2xx is still ACKed, nothing else happens.
             if let (Some((dialog, target)), ClientEvent::Response(_), true) =
@@ -205,6 +211,9 @@ impl Call {
             }
             self.closed_leg = None;
             return;
+        }
+        if pending.refresh {
+            return self.on_refresh_reinvite_answer(pending, event, code, now);
         }
         let what = if pending.hold { "hold" } else { "resume" };
         let (Some(leg), ClientEvent::Response(response)) = (self.leg.as_ref(), event) else {
@@ -255,6 +264,13 @@ impl Call {
         if hold == self.held {
             return;
         }
+        self.send_reinvite(hold, Vec::new());
+    }
+
+    /// Our re-INVITE offering our media with the direction `hold` asks for; `session`
+    /// headers make it a session refresh (RFC 4028 §7.4) that changes nothing else.
+    pub(super) fn send_reinvite(&mut self, hold: bool, session: Vec<Header>) {
+        let refresh = !session.is_empty();
         let Some(local) = self.local.clone() else {
             return;
         };
@@ -268,20 +284,26 @@ impl Call {
         let tx = self.tx_id();
         let leg = self.leg.as_mut().expect("checked");
         let transport = leg.target.transport;
-        let extra = vec![
+        let mut extra = vec![
             Header::Contact(rsip::headers::Contact::new(format!(
                 "<{}>",
                 self.sip.contact_uri("gw", transport)
             ))),
             Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
         ];
+        extra.extend(session);
         let via = self.sip.via(transport, &message::new_branch());
         let request = leg
             .dialog
             .request(Method::Invite, via, extra, offer.into_bytes());
         let seq = message::cseq(&request).map(|c| c.0).unwrap_or(1);
         let target = leg.target.clone();
-        self.reinvite = Some(Reinvite { tx, seq, hold });
+        self.reinvite = Some(Reinvite {
+            tx,
+            seq,
+            hold,
+            refresh,
+        });
         self.transmits.push_back(Transmit::Request {
             tx,
             request,

@@ -96,6 +96,9 @@ struct Reinvite {
     tx: u64,
     seq: u32,
     hold: bool,
+    /// A session refresh (RFC 4028) by re-INVITE, for a trunk that refused UPDATE: the
+    /// direction stays as it is and the browser hears nothing of it.
+    refresh: bool,
 }
 
 /// One call.
@@ -402,7 +405,7 @@ impl Call {
             return;
         }
         if let Some(pending) = self.reinvite.take_if(|r| r.tx == tx) {
-            self.on_reinvite_answer(pending, event, code);
+            self.on_reinvite_answer(pending, event, code, now);
         }
     }
 

@@ -22,6 +22,8 @@ pub(super) struct SessionTimer {
     due: Instant,
     /// Our refresh UPDATE in flight.
     refreshing: Option<u64>,
+    /// The trunk refused UPDATE (405/501): we refresh with re-INVITE.
+    by_reinvite: bool,
 }
 
 impl SessionTimer {
@@ -31,6 +33,7 @@ impl SessionTimer {
             we_refresh,
             due: now,
             refreshing: None,
+            by_reinvite: false,
         };
         timer.restart(now);
         timer
@@ -79,22 +82,27 @@ impl Call {
             self.session = Some(timer);
             return;
         }
+        let terms = vec![
+            message::session_expires_header(timer.interval.as_secs() as u32, Some(Refresher::Uac)),
+            Header::Other("Supported".into(), "timer".into()),
+        ];
+        timer.restart(now);
+        if timer.by_reinvite {
+            self.session = Some(timer);
+            return self.send_reinvite(self.held, terms);
+        }
         let tx = self.tx_id();
         let leg = self.leg.as_mut().expect("checked");
         let via = self.sip.via(leg.target.transport, &message::new_branch());
         // RFC 4028 §7.4 with UPDATE (RFC 3311): no SDP, no ACK; we are its UAC.
-        let extra = vec![
-            message::session_expires_header(timer.interval.as_secs() as u32, Some(Refresher::Uac)),
-            Header::Other("Supported".into(), "timer".into()),
-            Header::Contact(rsip::headers::Contact::new(format!(
-                "<{}>",
-                self.sip.contact_uri("gw", leg.target.transport)
-            ))),
-        ];
+        let mut extra = terms;
+        extra.push(Header::Contact(rsip::headers::Contact::new(format!(
+            "<{}>",
+            self.sip.contact_uri("gw", leg.target.transport)
+        ))));
         let request = leg.dialog.request(Method::Update, via, extra, vec![]);
         let target = leg.target.clone();
         timer.refreshing = Some(tx);
-        timer.restart(now);
         self.session = Some(timer);
         self.transmits.push_back(Transmit::Request {
             tx,
@@ -117,7 +125,48 @@ impl Call {
             return false;
         };
         timer.refreshing = None;
+        if matches!(code, 405 | 501) {
+            // No UPDATE at this trunk: refresh by re-INVITE, now and from now on.
+            tracing::info!(call_id = %self.id, code, "the trunk refused UPDATE; refreshing by re-INVITE");
+            timer.by_reinvite = true;
+            timer.due = now;
+            self.session = Some(timer);
+            return true;
+        }
         self.session = Some(timer);
+        self.settle_refresh(event, code, now);
+        true
+    }
+
+    /// A re-INVITE refresh of ours answered: its 2xx is ACKed (§13.2.2.4), then settled
+    /// like an UPDATE's answer.
+    pub(super) fn on_refresh_reinvite_answer(
+        &mut self,
+        pending: super::Reinvite,
+        event: ClientEvent,
+        code: u16,
+        now: Instant,
+    ) {
+        if let (Some(leg), ClientEvent::Response(_), true) =
+            (self.leg.as_ref(), &event, (200..300).contains(&code))
+        {
+            let via = self.sip.via(leg.target.transport, &message::new_branch());
+            self.transmits.push_back(Transmit::Stateless {
+                request: leg.dialog.ack(pending.seq, via),
+                target: leg.target.clone(),
+            });
+        }
+        if self.phase == Phase::Answered {
+            self.settle_refresh(&event, code, now);
+        }
+    }
+
+    /// The answer to a refresh of ours: a 2xx may change the terms; a timeout, 408 or 481
+    /// ends the call (§10); another refusal leaves the session to run on.
+    fn settle_refresh(&mut self, event: &ClientEvent, code: u16, now: Instant) {
+        let Some(mut timer) = self.session else {
+            return;
+        };
         match event {
             ClientEvent::Response(r) if (200..300).contains(&code) => {
                 if let Some((interval, refresher)) =
@@ -138,7 +187,6 @@ impl Call {
                 tracing::warn!(call_id = %self.id, code, "session refresh refused; the session runs on");
             }
         }
-        true
     }
 
     /// A re-INVITE or UPDATE from the trunk refreshes the session (§9): its Session-Expires

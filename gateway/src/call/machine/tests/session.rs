@@ -123,3 +123,25 @@ fn an_inbound_invite_below_min_se_gets_422_and_the_refresher_follows_support() {
     assert_eq!(inbound_session(&invite(""), 1800), Ok((1800, false)));
     assert_eq!(inbound_session(&invite(""), 0), Ok((0, false)));
 }
+
+#[test]
+fn a_trunk_without_update_is_refreshed_by_reinvite_that_changes_nothing_else() {
+    let mut b = answered_with_session("90;refresher=uac");
+    b.media_for(46, BOTH);
+    b.reply(Method::Update, 405, None);
+    b.advance(Duration::from_millis(1));
+    let (_, reinvite) = b.request(Method::Invite);
+    assert_eq!(
+        message::header_value(&reinvite.headers, "Session-Expires").as_deref(),
+        Some("90;refresher=uac")
+    );
+    assert!(String::from_utf8_lossy(&reinvite.body).contains("a=sendrecv"));
+    let acks = b.count(Method::Ack);
+    b.reply(Method::Invite, 200, Some(trunk_sdp(Direction::SendRecv)));
+    assert_eq!(b.count(Method::Ack), acks + 1, "the refresh's 2xx is ACKed");
+    assert!(!b.events.iter().any(|e| matches!(e, CallEvent::Held(_))));
+    // The next refresh is a re-INVITE too.
+    b.media_for(46, BOTH);
+    assert_eq!(b.count(Method::Update), 1);
+    assert!(b.ended().is_none());
+}
