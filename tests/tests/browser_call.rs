@@ -264,7 +264,18 @@ async fn closing_the_websocket_hangs_up_with_bye() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() {
-    let dir = out_dir("browser_inbound");
+    inbound_call("browser_inbound", "uac_call_echo.xml").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_offer_from_the_trunk_is_answered_with_our_offer_and_carries_audio() {
+    inbound_call("browser_inbound_late_offer", "uac_call_late_offer.xml").await;
+}
+
+/// sipp calls a registered browser from the trunk with `scenario`; the call must ring it,
+/// carry the tone both ways and end when sipp hangs up.
+async fn inbound_call(test: &str, scenario: &str) {
+    let dir = out_dir(test);
     let (trunk_port, _) = gateway_tests::ports();
     let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
     with_target(&path, "\n[inbound]\n\"+15550100\" = \"agent-7\"\n");
@@ -303,7 +314,7 @@ async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() 
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.
     let mut sipp = Sipp::uac(
-        "uac_call_echo.xml",
+        scenario,
         "127.0.0.1",
         Some(trunk_port),
         gateway.endpoint.udp_addr(),

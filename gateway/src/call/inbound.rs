@@ -109,12 +109,18 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             return Err(503);
         };
         let codecs = super::outbound::playable_codecs(&config.codecs, hooks.as_ref());
-        let remote = sdp::parse_remote(&request.body, &codecs, false).map_err(|e| {
-            // An INVITE without an offer would need our offer in the 200 (RFC 3264 §5);
-            // trunks send offers, so this is refused rather than half-supported.
-            tracing::warn!(error = %e, "inbound offer unusable: 488");
-            488u16
-        })?;
+        // An INVITE without a body is a late offer: our 200 offers, the ACK answers
+        // (RFC 3264 §5, RFC 3261 §13.2.1).
+        let remote = if request.body.is_empty() {
+            None
+        } else {
+            Some(
+                sdp::parse_remote(&request.body, &codecs, false).map_err(|e| {
+                    tracing::warn!(error = %e, "inbound offer unusable: 488");
+                    488u16
+                })?,
+            )
+        };
         // Too short an interval was refused with 422 before (checked on arrival).
         let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
         let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;

@@ -31,9 +31,15 @@ impl Call {
             return self.while_offered(id, request, now);
         }
         if method == Method::Ack || method == Method::Cancel {
-            if method == Method::Ack && self.ack_deadline.take().is_some() && self.bye_after_ack {
-                self.bye_after_ack = false;
-                self.hang_up_leg();
+            if method == Method::Ack && self.ack_deadline.take().is_some() {
+                if self.answer_in_ack {
+                    self.answer_in_ack = false;
+                    self.take_ack_answer(&request.body, now);
+                }
+                if self.bye_after_ack {
+                    self.bye_after_ack = false;
+                    self.hang_up_leg();
+                }
             }
             return;
         }
@@ -161,6 +167,26 @@ impl Call {
             // Methods the gateway knows but does not act on (REFER, NOTIFY, MESSAGE …): a
             // 200 would claim a transfer or delivery that never happens (§21.4.6).
             _ => respond(self, 405, None),
+        }
+    }
+
+    /// The answer a late-offer INVITE's ACK carries (RFC 3261 §13.2.1): our media follows
+    /// it; an ACK without a usable one ends the call, since no media can flow (§13.3.1.4).
+    fn take_ack_answer(&mut self, body: &[u8], now: Instant) {
+        let codecs = self
+            .local
+            .as_ref()
+            .map(|l| l.codecs.clone())
+            .unwrap_or_default();
+        match sdp::parse_remote(body, &codecs, true) {
+            Ok(remote) => {
+                self.trunk_direction = remote.direction;
+                self.events.push_back(CallEvent::TrunkMedia(remote));
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %self.id, error = %e, "the ACK carried no usable answer to our offer; ending the call");
+                self.finish("rejected", 488, now);
+            }
         }
     }
 

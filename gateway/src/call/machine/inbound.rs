@@ -36,8 +36,9 @@ pub struct InboundInvite {
     pub rtp_source: RtpSource,
     /// The trunk channel the call holds.
     pub channel: ChannelGuard,
-    /// The INVITE's offer, parsed.
-    pub remote: RemoteMedia,
+    /// The INVITE's offer, parsed; `None` for a late offer (no SDP: our 200 offers and the
+    /// ACK answers).
+    pub remote: Option<RemoteMedia>,
     /// Our trunk-side media.
     pub local: LocalMedia,
     /// The session timer (RFC 4028) our 200 sets: interval, seconds (0: none), and whether
@@ -70,7 +71,9 @@ impl Call {
             policy: invite.rtp_source,
             ip: invite.source.ip(),
         });
-        call.events.push_back(CallEvent::TrunkMedia(invite.remote));
+        if let Some(remote) = invite.remote {
+            call.events.push_back(CallEvent::TrunkMedia(remote));
+        }
         call.transmits.push_back(Transmit::Respond {
             id: invite.id,
             response: response_to(&invite.request, 180, Some(&tag)),
@@ -121,7 +124,14 @@ impl Call {
             .push(Header::ContentType(rsip::headers::ContentType::new(
                 "application/sdp",
             )));
-        ok.body = sdp::answer(&invite.local, 1, &invite.remote).into_bytes();
+        ok.body = match &invite.remote {
+            Some(remote) => sdp::answer(&invite.local, 1, remote),
+            None => {
+                self.answer_in_ack = true;
+                sdp::offer(&invite.local, 1, sdp::Direction::SendRecv)
+            }
+        }
+        .into_bytes();
         let (interval, trunk_refreshes) = invite.session;
         if interval > 0 {
             // §9: the UAS names the refresher; the INVITE's sender is its UAC.

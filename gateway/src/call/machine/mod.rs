@@ -137,6 +137,8 @@ pub struct Call {
     trunk_direction: sdp::Direction,
     /// The session timer (RFC 4028), once answered with one.
     session: Option<session::SessionTimer>,
+    /// Inbound late offer: our 200 offered, and the trunk's answer comes in its ACK.
+    answer_in_ack: bool,
     end: Option<(String, u16)>,
     failure: Option<CallFailure>,
     next_tx: u64,
@@ -210,6 +212,7 @@ impl Call {
             media_watch: None,
             trunk_direction: sdp::Direction::SendRecv,
             session: None,
+            answer_in_ack: false,
             end: None,
             failure: None,
             next_tx: 0,

@@ -68,3 +68,54 @@ fn the_browser_declining_answers_603() {
     assert_eq!(b.responded(0), [180, 603]);
     assert!(b.call.is_finished());
 }
+
+#[test]
+fn a_late_offer_gets_our_offer_in_the_200_and_the_answer_from_the_ack() {
+    let mut invite = invite_from_trunk();
+    invite.body.clear();
+    let mut b = Bench::inbound_from(invite);
+    assert!(
+        !b.events
+            .iter()
+            .any(|e| matches!(e, CallEvent::TrunkMedia(_))),
+        "no trunk media before the ACK's answer"
+    );
+    b.call.handle_caller_answered(b.now);
+    b.call.handle_caller_media(true, b.now);
+    b.drain();
+    let ok = b.response(0);
+    assert_eq!(ok.status_code.code(), 200);
+    let offer = String::from_utf8_lossy(&ok.body).to_string();
+    assert!(
+        offer.contains("m=audio") && offer.contains("a=sendrecv"),
+        "{offer}"
+    );
+    // The ACK answers.
+    let mut ack = invite_from_trunk();
+    ack.method = Method::Ack;
+    ack.body = trunk_sdp(Direction::SendRecv);
+    b.call
+        .handle_sip_request(9, ack, TRUNK.parse().unwrap(), b.now);
+    b.drain();
+    assert!(
+        b.events
+            .iter()
+            .any(|e| matches!(e, CallEvent::TrunkMedia(_)))
+    );
+    assert!(b.ended().is_none());
+
+    // An ACK without an answer leaves no media to carry: the call ends with BYE.
+    let mut invite = invite_from_trunk();
+    invite.body.clear();
+    let mut b = Bench::inbound_from(invite);
+    b.call.handle_caller_answered(b.now);
+    b.drain();
+    let mut ack = invite_from_trunk();
+    ack.method = Method::Ack;
+    ack.body.clear();
+    b.call
+        .handle_sip_request(9, ack, TRUNK.parse().unwrap(), b.now);
+    b.drain();
+    assert_eq!(b.ended(), Some(("rejected".into(), 488)));
+    assert_eq!(b.count(Method::Bye), 1);
+}

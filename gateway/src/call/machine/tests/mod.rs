@@ -101,10 +101,15 @@ impl Bench {
     }
 
     fn inbound() -> Bench {
+        Bench::inbound_from(invite_from_trunk())
+    }
+
+    /// An inbound call from `request` (without a body: a late offer).
+    fn inbound_from(request: Request) -> Bench {
         let trunks = Trunks::new([trunk_config()]).unwrap();
         let now = Instant::now();
-        let request = invite_from_trunk();
-        let remote = sdp::parse_remote(&request.body, &[Codec::Pcmu], false).unwrap();
+        let remote = (!request.body.is_empty())
+            .then(|| sdp::parse_remote(&request.body, &[Codec::Pcmu], false).unwrap());
         let invite = InboundInvite {
             id: 0,
             request,
