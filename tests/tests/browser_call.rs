@@ -170,9 +170,19 @@ async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
 
 /// A browser call against `scenario`, `seconds` long.
 async fn session_call(scenario: &str, seconds: f64) -> (CallReport, Sipp) {
+    trunk_call(scenario, "", seconds).await
+}
+
+/// A browser call against `scenario`, `seconds` long, the trunk configured with `settings`.
+async fn trunk_call(scenario: &str, settings: &str, seconds: f64) -> (CallReport, Sipp) {
     let dir = out_dir(scenario.trim_end_matches(".xml"));
     let sipp = Sipp::uas(scenario, "u1", &dir);
     let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[trunks.carrier]\n",
+        &format!("[trunks.carrier]\n{settings}"),
+    );
+    std::fs::write(&path, text).unwrap();
     with_target(&path, "");
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
@@ -181,6 +191,21 @@ async fn session_call(scenario: &str, seconds: f64) -> (CallReport, Sipp) {
         .await
         .unwrap();
     (report, sipp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_set_for_asserted_identity_and_privacy_gets_pai_privacy_and_an_anonymous_from() {
+    let (report, sipp) = trunk_call(
+        "identity_privacy.xml",
+        "identity = \"pai\"\nprivacy = \"id\"\n",
+        2.0,
+    )
+    .await;
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    assert!(
+        sipp.finished().await,
+        "sipp checks the anonymous From, P-Asserted-Identity and Privacy: id"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

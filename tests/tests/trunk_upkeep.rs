@@ -48,6 +48,8 @@ fn trunk(
         prack: Default::default(),
         media_timeout: std::time::Duration::from_secs(30),
         session_expires: 1800,
+        identity: Default::default(),
+        privacy: Default::default(),
     }
 }
 

@@ -459,6 +459,8 @@ impl Config {
                     prack: t.prack,
                     media_timeout: std::time::Duration::from_secs(t.media_timeout.into()),
                     session_expires: *t.session_expires.get_ref(),
+                    identity: t.identity,
+                    privacy: t.privacy,
                 },
             );
         }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 pub use crate::media::session::RtpSource;
 pub use crate::sip::edge::{DEFAULT_SIP_RATE_LIMIT, UnknownSources};
 pub use crate::sip::transport::Transport;
-pub use crate::sip::trunks::{Credentials, Prack, TrunkConfig};
+pub use crate::sip::trunks::{Credentials, Identity, Prack, Privacy, TrunkConfig};
 
 /// What a second connection registering an identity already registered gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -6,7 +6,10 @@ use toml::Spanned;
 
 use std::collections::BTreeMap;
 
-use super::{FailurePolicy, Limits, Prack, RegisterConflict, RtpSource, Transport, UnknownSources};
+use super::{
+    FailurePolicy, Identity, Limits, Prack, Privacy, RegisterConflict, RtpSource, Transport,
+    UnknownSources,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,6 +164,10 @@ pub(super) struct RawTrunk {
     pub(super) media_timeout: u32,
     #[serde(default = "default_session_expires")]
     pub(super) session_expires: Spanned<u32>,
+    #[serde(default)]
+    pub(super) identity: Identity,
+    #[serde(default)]
+    pub(super) privacy: Privacy,
 }
 
 #[derive(Debug, Deserialize)]

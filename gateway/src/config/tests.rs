@@ -222,6 +222,21 @@ fn session_expires_is_1800_by_default_and_below_90_is_refused_by_name() {
 }
 
 #[test]
+fn identity_and_privacy_parse_and_default_to_from_and_none() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.trunks["carrier"].identity, Identity::From);
+    assert_eq!(c.trunks["carrier"].privacy, Privacy::None);
+    let c = parse(&GOOD.replace(
+        "transport = \"tcp\"",
+        "identity = \"both\"\nprivacy = \"id\"",
+    ))
+    .unwrap();
+    assert_eq!(c.trunks["backup"].identity, Identity::Both);
+    assert_eq!(c.trunks["backup"].privacy, Privacy::Id);
+    assert!(parse(&GOOD.replace("transport = \"tcp\"", "identity = \"pay\"")).is_err());
+}
+
+#[test]
 fn media_timeout_defaults_to_30_seconds_and_0_turns_it_off() {
     let c = parse(GOOD).unwrap();
     assert_eq!(

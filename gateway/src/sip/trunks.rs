@@ -52,6 +52,35 @@ pub struct TrunkConfig {
     /// Session timer interval offered on our INVITEs and asked of inbound ones (RFC 4028),
     /// seconds; 0: none.
     pub session_expires: u32,
+    /// Where our INVITEs carry the caller ID (RFC 3325).
+    pub identity: Identity,
+    /// What our INVITEs ask the trunk to withhold (RFC 3323).
+    pub privacy: Privacy,
+}
+
+/// Where the caller ID goes on our INVITEs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Identity {
+    /// In From (the default; most trunks read it there).
+    #[default]
+    From,
+    /// In P-Asserted-Identity (RFC 3325 §9.1), From keeping the trunk's account user.
+    Pai,
+    /// In both.
+    Both,
+}
+
+/// Privacy asked of the trunk (RFC 3323).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Privacy {
+    /// Nothing withheld.
+    #[default]
+    None,
+    /// `Privacy: id` (RFC 3325 §9.3): the trunk withholds the asserted identity from the
+    /// callee; From becomes anonymous (RFC 3323 §4.1.1.3).
+    Id,
 }
 
 /// Whether our INVITEs ask for reliable provisional responses (RFC 3262): a trunk that sends
@@ -291,6 +320,8 @@ impl TrunkConfig {
             prack: Default::default(),
             media_timeout: Duration::from_secs(30),
             session_expires: 1800,
+            identity: Default::default(),
+            privacy: Default::default(),
         }
     }
 }

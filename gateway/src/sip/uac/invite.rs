@@ -9,7 +9,7 @@ use rsip::{Header, Method, Request, Response};
 use crate::sip::endpoint::SipLocal;
 use crate::sip::message;
 use crate::sip::transport::{Target, Transport};
-use crate::sip::trunks::{Prack, TrunkConfig};
+use crate::sip::trunks::{Identity, Prack, Privacy, TrunkConfig};
 
 /// Why a call attempt did not connect.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,14 +119,30 @@ pub(super) fn build_invite(
             ..Default::default()
         }
     });
-    let from_user = request.from_user.as_deref().unwrap_or(&trunk.from_user);
+    let caller = request.from_user.as_deref().unwrap_or(&trunk.from_user);
     let (call_id, from_tag) = ids;
     let mut headers = rsip::Headers::default();
     headers.push(endpoint.via(trunk.transport, &message::new_branch()));
     headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
+    // RFC 3325: the caller ID in From, in P-Asserted-Identity (From then names the trunk
+    // account), or both; RFC 3323 §4.1.1.3: an anonymous From when privacy is asked.
+    let from = match (trunk.privacy, trunk.identity) {
+        (Privacy::Id, _) => format!("\"Anonymous\" <{scheme}:anonymous@anonymous.invalid>"),
+        (Privacy::None, Identity::Pai) => format!("<{scheme}:{}@{host}>", trunk.from_user),
+        (Privacy::None, _) => format!("<{scheme}:{caller}@{host}>"),
+    };
     headers.push(Header::From(rsip::headers::From::new(format!(
-        "<{scheme}:{from_user}@{host}>;tag={from_tag}"
+        "{from};tag={from_tag}"
     ))));
+    if matches!(trunk.identity, Identity::Pai | Identity::Both) {
+        headers.push(Header::Other(
+            "P-Asserted-Identity".into(),
+            format!("<{scheme}:{caller}@{host}>"),
+        ));
+    }
+    if trunk.privacy == Privacy::Id {
+        headers.push(Header::Other("Privacy".into(), "id".into()));
+    }
     headers.push(Header::To(rsip::headers::To::new(format!("<{uri}>"))));
     headers.push(Header::CallId(rsip::headers::CallId::new(call_id.clone())));
     headers.push(

@@ -39,6 +39,14 @@ fn request() -> CallRequest {
 }
 
 fn start(trunks: Vec<TrunkConfig>, order: &[(&str, &str)]) -> (Uac, Vec<Transmit>) {
+    start_with(trunks, order, request())
+}
+
+fn start_with(
+    trunks: Vec<TrunkConfig>,
+    order: &[(&str, &str)],
+    call: CallRequest,
+) -> (Uac, Vec<Transmit>) {
     let trunks = Trunks::new(trunks).unwrap();
     let candidates = order
         .iter()
@@ -52,7 +60,7 @@ fn start(trunks: Vec<TrunkConfig>, order: &[(&str, &str)]) -> (Uac, Vec<Transmit
     let mut uac = Uac::new(
         local,
         trunks,
-        request(),
+        call,
         candidates,
         Timers::default(),
         Instant::now(),
@@ -346,4 +354,40 @@ fn sent_invites(sent: &[Transmit]) -> usize {
             |t| matches!(t, Transmit::Request { request, .. } if request.method == Method::Invite),
         )
         .count()
+}
+
+#[test]
+fn the_caller_id_goes_to_from_pai_or_both_and_privacy_makes_from_anonymous() {
+    use crate::sip::trunks::{Identity, Privacy};
+    let invite_for = |identity: Identity, privacy: Privacy| {
+        let call = CallRequest {
+            from_user: Some("+4930111".into()),
+            ..request()
+        };
+        let trunk = TrunkConfig {
+            identity,
+            privacy,
+            from_user: "account7".into(),
+            ..trunk("a", &["127.0.0.1:5060"], false)
+        };
+        let (_, sent) = start_with(vec![trunk], &[("a", "127.0.0.1:5060")], call);
+        let (_, invite, _) = last_invite(&sent);
+        let h = |name: &str| message::header_value(&invite.headers, name);
+        (h("From").unwrap(), h("P-Asserted-Identity"), h("Privacy"))
+    };
+    let (from, pai, privacy) = invite_for(Identity::From, Privacy::None);
+    assert!(from.starts_with("<sip:+4930111@"), "{from}");
+    assert_eq!((pai, privacy), (None, None));
+    let (from, pai, _) = invite_for(Identity::Pai, Privacy::None);
+    assert!(from.starts_with("<sip:account7@"), "{from}");
+    assert!(pai.unwrap().starts_with("<sip:+4930111@"));
+    let (from, pai, _) = invite_for(Identity::Both, Privacy::None);
+    assert!(from.starts_with("<sip:+4930111@") && pai.is_some());
+    let (from, pai, privacy) = invite_for(Identity::Pai, Privacy::Id);
+    assert!(from.contains("anonymous@anonymous.invalid"), "{from}");
+    assert!(
+        pai.unwrap().starts_with("<sip:+4930111@"),
+        "the trunk still learns who calls"
+    );
+    assert_eq!(privacy.as_deref(), Some("id"));
 }
