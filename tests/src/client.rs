@@ -90,6 +90,8 @@ pub struct CallReport {
     pub messages: Vec<String>,
     /// The `ended` message, if one came.
     pub ended: Option<Value>,
+    /// The `incoming` message of an inbound call, if one came.
+    pub incoming: Option<Value>,
     /// `error` messages received.
     pub errors: Vec<Value>,
     /// Opus packets sent.
@@ -434,6 +436,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     }
                     "incoming" if report.call_id.is_none() => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
+                        report.incoming = Some(v.clone());
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
                         let answer = pc.create_answer(None)?;
                         pc.set_local_description(Instant::now(), answer)?;

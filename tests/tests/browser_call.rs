@@ -289,17 +289,22 @@ async fn closing_the_websocket_hangs_up_with_bye() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_from_the_trunk_rings_the_registered_browser_and_carries_audio() {
-    inbound_call("browser_inbound", "uac_call_echo.xml").await;
+    let report = inbound_call("browser_inbound", "uac_call_echo.xml").await;
+    let incoming = report.incoming.expect("incoming");
+    assert!(incoming.get("asserted").is_none() && incoming.get("diverted_from").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_offer_from_the_trunk_is_answered_with_our_offer_and_carries_audio() {
-    inbound_call("browser_inbound_late_offer", "uac_call_late_offer.xml").await;
+    let report = inbound_call("browser_inbound_late_offer", "uac_call_late_offer.xml").await;
+    let incoming = report.incoming.expect("incoming");
+    assert_eq!(incoming["asserted"], "+4930111", "{incoming}");
+    assert_eq!(incoming["diverted_from"], "+4930222", "{incoming}");
 }
 
 /// sipp calls a registered browser from the trunk with `scenario`; the call must ring it,
 /// carry the tone both ways and end when sipp hangs up.
-async fn inbound_call(test: &str, scenario: &str) {
+async fn inbound_call(test: &str, scenario: &str) -> CallReport {
     let dir = out_dir(test);
     let (trunk_port, _) = gateway_tests::ports();
     let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
@@ -357,13 +362,14 @@ async fn inbound_call(test: &str, scenario: &str) {
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "browser tone → gateway → sipp echo → back: {report:?}"
     );
-    assert_eq!(report.ended.unwrap()["reason"], "remote_hangup");
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "remote_hangup");
     assert!(
         tokio::task::spawn_blocking(move || sipp.wait())
             .await
             .unwrap(),
         "sipp's call did not complete"
     );
+    report
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -17,7 +17,7 @@ use super::outbound::decide;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
 use crate::sip::endpoint::IncomingRequest;
-use crate::sip::message::{random_token, response_to, uri_user};
+use crate::sip::message::{self, random_token, response_to, uri_user};
 use crate::sip::sdp;
 
 /// Offers a call from a trunk to the browser registered for the dialled number, and runs
@@ -185,6 +185,10 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             from: from.clone(),
             to: dialled.clone(),
             sdp: offer,
+            asserted: message::identity_user(&request.headers, "P-Asserted-Identity"),
+            diverted_from: message::identity_user(&request.headers, "Diversion")
+                .or_else(|| message::identity_user(&request.headers, "History-Info"))
+                .filter(|n| *n != dialled),
         },
     ));
     let caller = Caller::Browser(Box::new(

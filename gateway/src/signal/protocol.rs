@@ -99,6 +99,12 @@ pub enum ServerMessage {
         to: String,
         /// The gateway's SDP offer.
         sdp: String,
+        /// The caller as the trunk asserts it (P-Asserted-Identity), when it does.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        asserted: Option<String>,
+        /// The number the call was diverted from (Diversion or History-Info), when it was.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        diverted_from: Option<String>,
     },
     /// The SDP answer for a `call`; media can start while the trunk is dialled.
     Answer {
@@ -215,11 +221,19 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
 /// (media moves, hold state, re-INVITEs).
 pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessage> {
     Some(match event {
-        CallEvent::Offered { from, to, sdp } => ServerMessage::Incoming {
+        CallEvent::Offered {
+            from,
+            to,
+            sdp,
+            asserted,
+            diverted_from,
+        } => ServerMessage::Incoming {
             call_id,
             from,
             to,
             sdp,
+            asserted,
+            diverted_from,
         },
         CallEvent::Ringing => ServerMessage::Ringing { call_id },
         CallEvent::Progress { code } => ServerMessage::Progress {

@@ -456,6 +456,24 @@ pub fn unsupported_requirements(request: &Request) -> Vec<String> {
         .collect()
 }
 
+/// The user (number) of the first URI in the `name` header (P-Asserted-Identity, Diversion,
+/// History-Info: `<sip:user@host>` or `<tel:+number>`, parameters after), at most 64
+/// characters of the SIP user grammar; `None` when there is none.
+pub fn identity_user(headers: &rsip::Headers, name: &str) -> Option<String> {
+    let value = header_value(headers, name)?;
+    let uri = match value.split_once('<') {
+        Some((_, rest)) => rest.split('>').next()?,
+        None => value.split([',', ';']).next()?,
+    };
+    let user = match uri.trim().split_once(':')? {
+        ("tel", number) => number.split(';').next()?,
+        ("sip" | "sips", rest) => rest.split_once('@')?.0.split(';').next()?,
+        _ => return None,
+    };
+    let user: String = user.chars().take(64).collect();
+    (!user.is_empty() && crate::sip::values::check_user("identity", &user).is_ok()).then_some(user)
+}
+
 /// The smallest session interval the gateway accepts, and the one it asks for when a trunk
 /// proposes less (RFC 4028 §4: never below 90 s).
 pub const MIN_SE: u32 = 90;
@@ -612,6 +630,41 @@ f: <sip:alice@127.0.0.1>;tag=1928301774\r\n\
 i: a84b4c76e66710\r\n\
 CSeq: 314159\r\n INVITE\r\n\
 l: 4\r\n\r\nv=0\r\n";
+
+    #[test]
+    fn identities_are_read_from_sip_and_tel_uris_and_junk_is_refused() {
+        let headers = |name: &str, value: &str| {
+            let mut h = rsip::Headers::default();
+            h.push(Header::Other(name.into(), value.into()));
+            h
+        };
+        let pai =
+            |v: &str| identity_user(&headers("P-Asserted-Identity", v), "P-Asserted-Identity");
+        assert_eq!(
+            pai("\"Ann\" <sip:+4930123@carrier.example>").as_deref(),
+            Some("+4930123")
+        );
+        assert_eq!(
+            pai("<tel:+4930123;phone-context=x>, <sip:a@b>").as_deref(),
+            Some("+4930123")
+        );
+        assert_eq!(
+            pai("sip:ann@carrier.example;user=phone").as_deref(),
+            Some("ann")
+        );
+        assert_eq!(pai("<http://evil>"), None);
+        assert_eq!(
+            pai("<sip:a\"b@host>"),
+            None,
+            "only the SIP user grammar passes"
+        );
+        let diversion = headers("Diversion", "<sip:+4930555@pbx>;reason=unconditional");
+        assert_eq!(
+            identity_user(&diversion, "Diversion").as_deref(),
+            Some("+4930555")
+        );
+        assert_eq!(identity_user(&diversion, "History-Info"), None);
+    }
 
     #[test]
     fn compact_forms_and_folding_are_understood() {

@@ -16,6 +16,11 @@ pub enum CallEvent {
         to: String,
         /// Our WebRTC offer.
         sdp: String,
+        /// The caller as the trunk asserts it (P-Asserted-Identity, RFC 3325), if given.
+        asserted: Option<String>,
+        /// The number the call was diverted from (Diversion, RFC 5806, or the first
+        /// History-Info entry, RFC 7044), if it was.
+        diverted_from: Option<String>,
     },
     /// The far end rings.
     Ringing,
