@@ -19,10 +19,12 @@
  *
  *   const phone = GatewayCall.create({ target: 'sales', tokenUrl: '/token' });
  *   phone.on('state', ({ state, reason, sipCode, message }) => ...);
- *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#');
+ *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#'); phone.transfer('desk');
  *
  * States: idle, connecting, ringing, in-call, ended. Events: state, dtmf ({digit}, a digit
- * from the far end), error ({message}), remotestream (the far end's MediaStream), muted.
+ * from the far end), error ({message}), remotestream (the far end's MediaStream), muted,
+ * transfer ({sipCode}: 202 when the far end took it, then the target's call status; a 2xx
+ * ends the call with reason `transferred`).
  * The first widget made from a tag is GatewayCall.widgets[0].
  */
 (function () {
@@ -38,6 +40,9 @@
     trunk_unavailable: 'The phone network is unavailable right now; please try again later',
     media_failed: 'The audio connection failed; a firewall may be blocking it',
     shutdown: 'The call service is restarting; please call again',
+    transferred: 'Call transferred',
+    media_timeout: 'The audio stopped; the call was ended',
+    session_expired: 'The call was lost by the phone network',
   };
 
   const ERRORS = {
@@ -225,6 +230,9 @@
         case 'dtmf':
           this.emit('dtmf', { digit: m.digit });
           break;
+        case 'transfer_progress':
+          this.emit('transfer', { sipCode: m.sip_code });
+          break;
         case 'ended': {
           let message = REASONS[m.reason] || 'Call ended';
           if (m.reason === 'hangup' && this.startedAt) {
@@ -314,6 +322,14 @@
       }
       this.emit('muted', { muted: this.muted });
       this.paint({ state: this.state });
+    }
+
+    /** Blind transfer of the far end to a target name (or a number, if the token allows). */
+    transfer(to) {
+      if (this.state !== 'in-call' || !to) {
+        return;
+      }
+      this.send({ type: 'transfer', call_id: this.callId, to: String(to) });
     }
 
     dtmf(digits) {

@@ -52,6 +52,8 @@ pub struct CallOptions {
     pub dtmf_message: Option<String>,
     /// Send `hold` this many seconds after the answer and `unhold` 1.5 s later.
     pub hold_after: Option<f64>,
+    /// Send `transfer` to this target this many seconds after the answer.
+    pub transfer_after: Option<(f64, String)>,
     /// More RFC 4733 digits from the browser, each `(seconds after the answer, digits)`.
     pub dtmf_later: Vec<(f64, String)>,
     /// Load mode: send a pre-encoded one-second Opus loop of the tone instead of encoding
@@ -208,6 +210,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut call_sent = Instant::now();
     let mut dtmf_message_sent = false;
     let mut hold_step = 0;
+    let mut transfer_sent = false;
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
         dtx: false,
@@ -348,6 +351,14 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     &json!({"type": "dtmf", "call_id": id, "digits": digits}),
                 ))
                 .await?;
+            }
+            if let Some((after, to)) = &options.transfer_after
+                && !transfer_sent
+                && at.elapsed().as_secs_f64() >= *after
+            {
+                transfer_sent = true;
+                ws.send(text(&json!({"type": "transfer", "call_id": id, "to": to})))
+                    .await?;
             }
             if let Some(after) = options.hold_after {
                 let t = at.elapsed().as_secs_f64();

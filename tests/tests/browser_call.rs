@@ -209,6 +209,44 @@ async fn a_trunk_set_for_asserted_identity_and_privacy_gets_pai_privacy_and_an_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_browser_transfer_refers_the_trunk_and_ends_transferred_once_the_target_answers() {
+    let dir = out_dir("browser_transfer");
+    let sipp = Sipp::uas("transfer_refer.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(
+        &path,
+        "\n[targets.desk]\ntrunk = \"carrier\"\nnumber = \"+4930777\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let mut opts = options(10.0);
+    opts.transfer_after = Some((1.0, "desk".into()));
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "audio until the transfer: {report:?}"
+    );
+    let progress = report
+        .messages
+        .iter()
+        .filter(|m| *m == "transfer_progress")
+        .count();
+    assert_eq!(progress, 3, "202, 100 and 200: {report:?}");
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("transferred".into()),
+        "{report:?}"
+    );
+    assert!(
+        sipp.finished().await,
+        "sipp checks the REFER's Refer-To and the BYE's Reason"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_session_timer_we_refresh_keeps_the_call_and_its_audio() {
     let (report, sipp) = session_call("session_refreshed.xml", 8.0).await;
     assert_eq!(

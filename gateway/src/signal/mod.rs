@@ -540,6 +540,26 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             ClientMessage::Hold { call_id } => {
                 let _ = calls[&call_id].send(CallCommand::Hold(true));
             }
+            ClientMessage::Transfer { call_id, to } => {
+                let Some(tx) = calls.get(&call_id) else {
+                    let _ = out.send(error(
+                        ErrorCode::NoSuchCall,
+                        format!("no call `{call_id}` on this connection"),
+                        Some(&call_id),
+                    ));
+                    continue;
+                };
+                // The same checks as a `call`: a target the token allows, or a number
+                // only with a token that allows numbers.
+                match authorize(&ctx, claims.as_ref(), &to) {
+                    Ok((_, number)) => {
+                        let _ = tx.send(CallCommand::Transfer(number));
+                    }
+                    Err((code, why)) => {
+                        let _ = out.send(error(code, why, Some(&call_id)));
+                    }
+                }
+            }
             ClientMessage::Unhold { call_id } => {
                 let _ = calls[&call_id].send(CallCommand::Hold(false));
             }

@@ -58,6 +58,14 @@ pub enum ClientMessage {
         /// The call.
         call_id: String,
     },
+    /// Transfer the far end to a target name (or a number, if the token allows), with the
+    /// same checks as `call` (blind transfer, REFER toward the trunk).
+    Transfer {
+        /// The call.
+        call_id: String,
+        /// Target name or number.
+        to: String,
+    },
 }
 
 /// Messages to the browser.
@@ -125,6 +133,14 @@ pub enum ServerMessage {
         /// The call.
         call_id: String,
     },
+    /// A `transfer` progressed: 202 when the trunk took it, then the status of the call to
+    /// the transfer target; a 2xx is followed by `ended` with reason `transferred`.
+    TransferProgress {
+        /// The call.
+        call_id: String,
+        /// SIP status.
+        sip_code: u16,
+    },
     /// The far end answered.
     Answered {
         /// The call.
@@ -185,6 +201,8 @@ pub enum ErrorCode {
     Conflict,
     /// Something failed inside the gateway; the message says what.
     Internal,
+    /// The trunk refused a `transfer`, or its target did not answer; the call goes on.
+    TransferFailed,
 }
 
 /// Reads one text frame, classifying failures as the protocol's error codes.
@@ -201,8 +219,8 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
             "expected an object with a string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 8] = [
-        "auth", "call", "register", "answer", "dtmf", "hold", "unhold", "hangup",
+    const KNOWN: [&str; 9] = [
+        "auth", "call", "register", "answer", "dtmf", "hold", "unhold", "hangup", "transfer",
     ];
     if !KNOWN.contains(&kind.as_str()) {
         return Err((
@@ -241,6 +259,10 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
             sip_code: code,
         },
         CallEvent::Answered => ServerMessage::Answered { call_id },
+        CallEvent::TransferProgress { code } => ServerMessage::TransferProgress {
+            call_id,
+            sip_code: code,
+        },
         CallEvent::Ended { reason, sip_code } => ServerMessage::Ended {
             call_id,
             reason,
@@ -255,6 +277,7 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
                 Refusal::NotAnswered | Refusal::NotOffered => ErrorCode::BadMessage,
                 Refusal::BadAnswer => ErrorCode::BadSdp,
                 Refusal::TrunkRefused => ErrorCode::Internal,
+                Refusal::TransferFailed => ErrorCode::TransferFailed,
             },
             message,
             call_id: Some(call_id),

@@ -556,9 +556,10 @@ pub fn bad_extension(request: &Request) -> Option<Header> {
 /// gateway's CDR name the same thing.
 pub fn reason_header(reason: &str) -> Header {
     let cause = match reason {
-        "hangup" => 16,                         // normal call clearing
-        "no_answer" => 19,                      // no answer from user (user alerted)
-        "no_ack" | "session_expired" => 102,    // recovery on timer expiry
+        "hangup" => 16,                      // normal call clearing
+        "no_answer" => 19,                   // no answer from user (user alerted)
+        "no_ack" | "session_expired" => 102, // recovery on timer expiry
+        "transferred" => 16,
         "media_failed" | "media_timeout" => 41, // temporary failure
         "shutdown" => 41,
         _ => 16,

@@ -164,6 +164,14 @@ impl Call {
             }
             // RFC 3262 §3: no reliable provisional of ours awaits this PRACK.
             Method::PRack => respond(self, 481, None),
+            // The NOTIFY is answered before what it reports is acted on (our BYE after a
+            // transfer succeeded goes out after the 200).
+            Method::Notify if self.refer.is_some() => {
+                respond(self, 200, None);
+                self.transfer_notified(&request, now);
+            }
+            // RFC 6665 §4.1.3: no subscription of ours.
+            Method::Notify => respond(self, 481, None),
             // Methods the gateway knows but does not act on (REFER, NOTIFY, MESSAGE …): a
             // 200 would claim a transfer or delivery that never happens (§21.4.6).
             _ => respond(self, 405, None),

@@ -60,6 +60,12 @@ pub enum CallEvent {
     Held(bool),
     /// The trunk re-INVITEd and was answered.
     TrunkReinvite,
+    /// Our transfer (REFER) progressed: 202 when the trunk took it, then the status of the
+    /// transfer target's call as the trunk NOTIFYs it (RFC 3515 §2.4.5).
+    TransferProgress {
+        /// The status.
+        code: u16,
+    },
 }
 
 /// Why a command was refused.
@@ -73,6 +79,8 @@ pub enum Refusal {
     NotOffered,
     /// The browser's SDP answer is unusable.
     BadAnswer,
+    /// The trunk refused a transfer, or the transfer target did not answer.
+    TransferFailed,
 }
 
 /// What the signaling side can ask of a running call.
@@ -86,4 +94,6 @@ pub enum CallCommand {
     Answer(String),
     /// Hold (true) or resume (false).
     Hold(bool),
+    /// Transfer the trunk's party to this number (blind, REFER).
+    Transfer(String),
 }

@@ -28,6 +28,7 @@ mod in_dialog;
 mod inbound;
 mod io;
 mod session;
+mod transfer;
 
 pub use inbound::InboundInvite;
 pub use io::{CallCommand, CallEvent, Refusal};
@@ -139,6 +140,9 @@ pub struct Call {
     session: Option<session::SessionTimer>,
     /// Inbound late offer: our 200 offered, and the trunk's answer comes in its ACK.
     answer_in_ack: bool,
+    /// Our transfer (RFC 3515): the REFER's transaction until answered, then its implicit
+    /// subscription until the final NOTIFY.
+    refer: Option<transfer::Refer>,
     end: Option<(String, u16)>,
     failure: Option<CallFailure>,
     next_tx: u64,
@@ -213,6 +217,7 @@ impl Call {
             trunk_direction: sdp::Direction::SendRecv,
             session: None,
             answer_in_ack: false,
+            refer: None,
             end: None,
             failure: None,
             next_tx: 0,
@@ -407,6 +412,9 @@ impl Call {
         if self.handle_refresh_answer(tx, &event, code, now) {
             return;
         }
+        if self.handle_refer_answer(tx, code) {
+            return;
+        }
         if let Some(pending) = self.reinvite.take_if(|r| r.tx == tx) {
             self.on_reinvite_answer(pending, event, code, now);
         }
@@ -539,6 +547,7 @@ impl Call {
                 self.finish("hangup", code, now);
             }
             CallCommand::Hold(hold) => self.hold(hold),
+            CallCommand::Transfer(number) => self.transfer(&number),
             CallCommand::Dtmf(_) | CallCommand::Answer(_) => {}
         }
     }

@@ -34,13 +34,9 @@ fn an_update_without_a_body_refreshes_and_one_crossing_our_offer_gets_491() {
 }
 
 #[test]
-fn refer_notify_and_message_are_refused_with_405_and_allow() {
+fn refer_and_message_are_refused_with_405_and_allow_and_a_stray_notify_gets_481() {
     let mut b = answered_outbound();
-    for (id, method) in [
-        (5, Method::Refer),
-        (6, Method::Notify),
-        (7, Method::Message),
-    ] {
+    for (id, method) in [(5, Method::Refer), (7, Method::Message)] {
         b.trunk_request(method, id, Vec::new());
         let response = b.response(id);
         assert_eq!(response.status_code.code(), 405, "{method}");
@@ -50,6 +46,8 @@ fn refer_notify_and_message_are_refused_with_405_and_allow() {
             "{allow}"
         );
     }
+    b.trunk_request(Method::Notify, 8, b"SIP/2.0 200 OK".to_vec());
+    assert_eq!(b.responded(8), [481], "RFC 6665 §4.1.3: no subscription");
     assert_eq!(b.call.phase(), Phase::Answered, "the call goes on");
 }
 
@@ -139,4 +137,77 @@ fn a_silent_browser_ends_the_call_too_but_a_held_call_may_be_silent() {
     b.trunk_request(Method::Invite, 5, trunk_sdp(Direction::Inactive));
     b.media_for(90, &[]);
     assert!(b.ended().is_none());
+}
+
+fn notify(b: &mut Bench, id: u64, sipfrag: &str, terminated: bool) {
+    let state = if terminated {
+        "Subscription-State: terminated;reason=noresource\r\n"
+    } else {
+        "Subscription-State: active;expires=60\r\n"
+    };
+    b.trunk_request_with(
+        Method::Notify,
+        id,
+        &format!("Event: refer\r\n{state}Content-Type: message/sipfrag\r\n"),
+        sipfrag.as_bytes().to_vec(),
+    );
+}
+
+#[test]
+fn a_transfer_refers_the_trunk_reports_its_notifies_and_ends_with_transferred() {
+    let mut b = answered_outbound();
+    b.call
+        .handle_command(CallCommand::Transfer("+4930777".into()), b.now);
+    b.drain();
+    let (_, refer) = b.request(Method::Refer);
+    let refer_to = message::header_value(&refer.headers, "Refer-To").unwrap();
+    assert!(refer_to.starts_with("<sip:+4930777@"), "{refer_to}");
+    assert!(message::header_value(&refer.headers, "Referred-By").is_some());
+    b.reply(Method::Refer, 202, None);
+    assert!(b.saw(&CallEvent::TransferProgress { code: 202 }));
+    notify(&mut b, 5, "SIP/2.0 100 Trying\r\n", false);
+    assert_eq!(b.responded(5), [200]);
+    assert!(b.saw(&CallEvent::TransferProgress { code: 100 }));
+    assert!(b.ended().is_none());
+    notify(&mut b, 6, "SIP/2.0 200 OK\r\n", true);
+    assert_eq!(b.responded(6), [200]);
+    assert_eq!(b.ended(), Some(("transferred".into(), 200)));
+    let (_, bye) = b.request(Method::Bye);
+    assert_eq!(
+        message::header_value(&bye.headers, "Reason").as_deref(),
+        Some("Q.850;cause=16;text=\"transferred\"")
+    );
+}
+
+#[test]
+fn a_refused_or_failed_transfer_leaves_the_call_as_it_was() {
+    let refused = |b: &Bench| {
+        b.events.iter().any(|e| {
+            matches!(
+                e,
+                CallEvent::Refused {
+                    kind: Refusal::TransferFailed,
+                    ..
+                }
+            )
+        })
+    };
+    let mut b = answered_outbound();
+    b.call
+        .handle_command(CallCommand::Transfer("+4930777".into()), b.now);
+    b.drain();
+    b.reply(Method::Refer, 403, None);
+    assert!(refused(&b));
+    assert_eq!(b.call.phase(), Phase::Answered);
+
+    let mut b = answered_outbound();
+    b.call
+        .handle_command(CallCommand::Transfer("+4930777".into()), b.now);
+    b.drain();
+    b.reply(Method::Refer, 202, None);
+    notify(&mut b, 5, "SIP/2.0 486 Busy Here\r\n", true);
+    assert_eq!(b.responded(5), [200]);
+    assert!(refused(&b));
+    assert!(b.ended().is_none());
+    assert_eq!(b.count(Method::Bye), 0);
 }
