@@ -447,6 +447,12 @@ pub fn option_tags(headers: &rsip::Headers, name: &str) -> Vec<String> {
         .collect()
 }
 
+/// `Supported:` with the option tags the gateway implements as a UAS (§20.37), for
+/// OPTIONS answers and our 2xx to INVITEs.
+pub fn supported_header() -> Header {
+    Header::Other("Supported".into(), SUPPORTED_OPTIONS.join(", "))
+}
+
 /// The option tags `request` requires (its Require headers, §20.32) that the gateway does
 /// not support.
 pub fn unsupported_requirements(request: &Request) -> Vec<String> {

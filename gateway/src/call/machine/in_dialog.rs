@@ -85,6 +85,7 @@ impl Call {
                 405 => response.headers.push(message::allow_header()),
                 200 if method == Method::Options => {
                     response.headers.push(message::allow_header());
+                    response.headers.push(message::supported_header());
                     response
                         .headers
                         .push(Header::Other("Accept".into(), "application/sdp".into()));

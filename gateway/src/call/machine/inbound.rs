@@ -124,6 +124,8 @@ impl Call {
             .push(Header::ContentType(rsip::headers::ContentType::new(
                 "application/sdp",
             )));
+        ok.headers.push(message::allow_header());
+        ok.headers.push(message::supported_header());
         ok.body = match &invite.remote {
             Some(remote) => sdp::answer(&invite.local, 1, remote),
             None => {

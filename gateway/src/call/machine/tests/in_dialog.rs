@@ -60,6 +60,7 @@ fn a_prack_for_nothing_gets_481_and_options_tells_what_we_do() {
     let response = b.response(6);
     assert_eq!(response.status_code.code(), 200);
     assert!(header(&response, "Allow").is_some_and(|a| a.contains("INVITE")));
+    assert_eq!(header(&response, "Supported").as_deref(), Some("timer"));
 }
 
 #[test]

@@ -85,6 +85,10 @@ fn a_late_offer_gets_our_offer_in_the_200_and_the_answer_from_the_ack() {
     b.drain();
     let ok = b.response(0);
     assert_eq!(ok.status_code.code(), 200);
+    assert_eq!(
+        message::header_value(&ok.headers, "Supported").as_deref(),
+        Some("timer")
+    );
     let offer = String::from_utf8_lossy(&ok.body).to_string();
     assert!(
         offer.contains("m=audio") && offer.contains("a=sendrecv"),
