@@ -53,9 +53,24 @@ impl Sipp {
 
     /// Like [`Sipp::uas`], answering `calls` calls (concurrent ones too) before it exits.
     pub fn uas_calls(scenario: &str, transport: &str, log_dir: &Path, calls: u32) -> Sipp {
+        Self::uas_keyed(scenario, transport, log_dir, calls, &[])
+    }
+
+    /// Like [`Sipp::uas_calls`], with `[keyword]`s for the scenario (sipp's `-key`).
+    pub fn uas_keyed(
+        scenario: &str,
+        transport: &str,
+        log_dir: &Path,
+        calls: u32,
+        keys: &[(&str, String)],
+    ) -> Sipp {
         let (port, media_port) = ports();
         let file = scenarios().join(scenario);
-        let child = Command::new("sipp")
+        let mut command = Command::new("sipp");
+        for (key, value) in keys {
+            command.args(["-key", key, value]);
+        }
+        let child = command
             .args(["-sf"])
             .arg(&file)
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo"])

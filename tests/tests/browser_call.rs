@@ -247,6 +247,51 @@ async fn a_browser_transfer_refers_the_trunk_and_ends_transferred_once_the_targe
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_refer_moves_the_browser_to_the_target_and_its_tone_goes_on() {
+    let dir = out_dir("browser_trunk_refer");
+    // The transfer target: a second trunk whose sipp echoes, answering the transfer's INVITE.
+    let target = Sipp::uas("echo.xml", "u1", &dir);
+    let pbx = Sipp::uas_keyed(
+        "trunk_refers.xml",
+        "u1",
+        &dir,
+        1,
+        &[("target_port", target.port.to_string())],
+    );
+    let path = write_config(
+        &dir,
+        &[
+            ("carrier", pbx.port, "udp", &[]),
+            ("desk", target.port, "udp", &[]),
+        ],
+    );
+    with_target(&path, "");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let mut opts = options(7.0);
+    // The tone measured again from 4 s after the answer: on the target's leg by then.
+    opts.measure_window = Some((4.0, 6.5));
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert!(
+        report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone comes back through the transfer target: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "{report:?}"
+    );
+    assert!(
+        pbx.finished().await,
+        "the PBX checks 202, NOTIFY 100 and 200, and the BYE with Reason transferred"
+    );
+    assert!(target.finished().await, "the target's call completes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_session_timer_we_refresh_keeps_the_call_and_its_audio() {
     let (report, sipp) = session_call("session_refreshed.xml", 8.0).await;
     assert_eq!(
@@ -469,7 +514,7 @@ async fn the_trunks_update_refer_options_and_requires_get_truthful_answers_mid_c
     );
     assert!(
         sipp.finished().await,
-        "sipp checks 200 with SDP to UPDATE, 405 with Allow to REFER, 200 to OPTIONS, 420 with \
+        "sipp checks 200 with SDP to UPDATE, 403 to a REFER to no trunk, Allow with OPTIONS, 420 with \
          Unsupported, and Reason on the BYE"
     );
 }

@@ -28,6 +28,9 @@ use crate::sip::transaction::ClientEvent;
 pub type Routing =
     Pin<Box<dyn Future<Output = (Result<Route, (&'static str, u16)>, Option<CallHooks>)> + Send>>;
 
+/// A trunk transfer's target addresses, being resolved (DNS).
+type TransferRoute = Pin<Box<dyn Future<Output = Vec<crate::sip::uac::Candidate>> + Send>>;
+
 /// What a call runs with from the gateway.
 pub struct Wiring<'a> {
     /// The SIP endpoint.
@@ -81,6 +84,8 @@ struct Run<'a> {
     answered_at: Option<Instant>,
     ended: bool,
     relayed: u64,
+    /// A trunk asked to transfer the call to this trunk: its addresses are to be resolved.
+    transfer_to: Option<String>,
 }
 
 /// How a call starts: outbound calls wait for their route, inbound ones hold the trunk's
@@ -146,6 +151,7 @@ pub async fn drive(
         answered_at: None,
         ended: false,
         relayed: 0,
+        transfer_to: None,
     };
     if let Some(invite) = invite.and_then(|i| i.responder) {
         // The machine answers the trunk's INVITE as request 0.
@@ -167,10 +173,17 @@ pub async fn drive(
     let mut pcm_in = [0i16; 1500];
     let mut rtp_buf = [0u8; 1500];
     let mut was_ticking = true;
+    let mut transfer_route: Option<TransferRoute> = None;
     loop {
         run.carry_out(&mut call);
         if call.is_finished() {
             break;
+        }
+        if let Some(trunk) = run.transfer_to.take() {
+            let trunks = call.trunks().clone();
+            transfer_route = Some(Box::pin(async move {
+                super::outbound::resolve(&trunks, &trunk, &[]).await
+            }));
         }
         let next = call.poll_timeout();
         if next != call_deadline {
@@ -206,6 +219,10 @@ pub async fn drive(
                 run.hooks = hooks;
                 run.routed_at = Some(Instant::now());
                 call.handle_route(route, Instant::now());
+            }
+            candidates = async { transfer_route.as_mut().expect("guarded").await }, if transfer_route.is_some() => {
+                transfer_route = None;
+                call.handle_transfer_candidates(candidates, Instant::now());
             }
             Some((tx, event)) = response_rx.recv() => call.handle_sip_response(tx, event, Instant::now()),
             Some(incoming) = request_rx.recv() => {
@@ -351,6 +368,7 @@ impl Run<'_> {
         match &event {
             CallEvent::TrunkMedia(remote) => self.rtp.set_remote(*remote),
             CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
+            CallEvent::TransferRequested { trunk } => self.transfer_to = Some(trunk.clone()),
             CallEvent::Ringing => self.plugin_event(Event::Ringing),
             CallEvent::Held(hold) => self.plugin_event(Event::Hold(*hold)),
             CallEvent::Dtmf(d) => {

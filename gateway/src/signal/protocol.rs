@@ -285,7 +285,8 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
         CallEvent::TrunkMedia(_)
         | CallEvent::TrunkSource { .. }
         | CallEvent::Held(_)
-        | CallEvent::TrunkReinvite => return None,
+        | CallEvent::TrunkReinvite
+        | CallEvent::TransferRequested { .. } => return None,
     })
 }
 

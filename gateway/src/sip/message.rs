@@ -332,7 +332,7 @@ pub fn bad_request_for(raw: &[u8], reason: &MessageError) -> Option<Vec<u8>> {
         .collect();
     let status = match reason {
         MessageError::UnknownMethod(_) => {
-            "501 Not Implemented\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE"
+            "501 Not Implemented\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY"
         }
         _ => "400 Bad Request",
     };
@@ -416,7 +416,7 @@ pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
 
 /// The methods the gateway acts on, for Allow headers (§20.5). Other methods it knows get
 /// 405 with this list (§21.4.6), unknown ones 501 (§21.5.2).
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE, REFER, NOTIFY";
 
 /// The methods the gateway accepts, for Allow headers (§20.5).
 pub fn allow_header() -> Header {
@@ -618,10 +618,26 @@ pub fn response_to(req: &Request, code: u16, to_tag: Option<&str>) -> Response {
         }
     }
     Response {
-        status_code: code.into(),
+        status_code: status(code),
         version: rsip::Version::V2,
         headers,
         body: vec![],
+    }
+}
+
+/// `code` as a status line: rsip names the common codes; the ones it lacks get their RFC
+/// reason phrase here rather than its placeholder "Other".
+fn status(code: u16) -> rsip::StatusCode {
+    let reason = match code {
+        202 => "Accepted",                   // RFC 3515 §2.4.2
+        420 => "Bad Extension",              // RFC 3261 §21.4.15
+        422 => "Session Interval Too Small", // RFC 4028 §6
+        491 => "Request Pending",            // RFC 3261 §21.4.27
+        _ => return code.into(),
+    };
+    match rsip::StatusCode::from(code) {
+        rsip::StatusCode::Other(..) => rsip::StatusCode::Other(code, reason.into()),
+        known => known,
     }
 }
 

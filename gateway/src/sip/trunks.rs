@@ -174,6 +174,23 @@ impl Trunks {
         self.configs.get(name)
     }
 
+    /// The trunk one of whose addresses is `host` (and `port`, when given): where a
+    /// transfer's Refer-To may send a call. `None` for any other host — the gateway places
+    /// calls on configured trunks only.
+    pub fn named_by_address(&self, host: &str, port: Option<u16>) -> Option<String> {
+        let mut names: Vec<&String> = self.configs.keys().collect();
+        names.sort();
+        names.into_iter().find_map(|name| {
+            let config = &self.configs[name];
+            config
+                .addresses
+                .iter()
+                .filter_map(|a| crate::sip::transport::split_host_port(a, config.transport))
+                .any(|(h, p)| h.eq_ignore_ascii_case(host) && port.is_none_or(|want| want == p))
+                .then(|| name.clone())
+        })
+    }
+
     /// `first` followed by its failover trunks, depth first, each once.
     pub fn chain(&self, first: &str) -> Vec<String> {
         let mut out = Vec::new();

@@ -113,6 +113,15 @@ impl Call {
         }
         let ended = self.phase == Phase::Ended;
         match method {
+            // The transferor hangs up while its transfer is under way: its leg is done, the
+            // call waits for the target's.
+            Method::Bye if self.trunk_transfer.is_some() => {
+                respond(self, 200, None);
+                if let Some(leg) = self.leg.take() {
+                    self.transmits
+                        .push_back(Transmit::Forget(leg.dialog.call_id));
+                }
+            }
             Method::Bye => {
                 respond(self, 200, None);
                 // The dialog is over: no BYE of ours follows. A BYE crossing ours is
@@ -165,6 +174,14 @@ impl Call {
             }
             // RFC 3262 §3: no reliable provisional of ours awaits this PRACK.
             Method::PRack => respond(self, 481, None),
+            // RFC 3515: the trunk transfers its party to another number (blind transfer).
+            Method::Refer => {
+                let code = self.accept_refer(&request);
+                respond(self, code, None);
+                if code == 202 {
+                    self.start_trunk_transfer();
+                }
+            }
             // The NOTIFY is answered before what it reports is acted on (our BYE after a
             // transfer succeeded goes out after the 200).
             Method::Notify if self.refer.is_some() => {

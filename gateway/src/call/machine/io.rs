@@ -60,6 +60,12 @@ pub enum CallEvent {
     Held(bool),
     /// The trunk re-INVITEd and was answered.
     TrunkReinvite,
+    /// The trunk asked to transfer the call to `trunk`: resolve its addresses and hand them
+    /// to [`super::Call::handle_transfer_candidates`].
+    TransferRequested {
+        /// The trunk the Refer-To names.
+        trunk: String,
+    },
     /// Our transfer (REFER) progressed: 202 when the trunk took it, then the status of the
     /// transfer target's call as the trunk NOTIFYs it (RFC 3515 §2.4.5).
     TransferProgress {

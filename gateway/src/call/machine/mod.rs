@@ -143,6 +143,10 @@ pub struct Call {
     /// Our transfer (RFC 3515): the REFER's transaction until answered, then its implicit
     /// subscription until the final NOTIFY.
     refer: Option<transfer::Refer>,
+    /// A transfer the trunk asked for: the new leg being placed.
+    trunk_transfer: Option<transfer::TrunkTransfer>,
+    /// The old leg's BYE after a trunk transfer, and its Call-ID to forget once answered.
+    transfer_bye: Option<(u64, String)>,
     end: Option<(String, u16)>,
     failure: Option<CallFailure>,
     next_tx: u64,
@@ -218,6 +222,8 @@ impl Call {
             session: None,
             answer_in_ack: false,
             refer: None,
+            trunk_transfer: None,
+            transfer_bye: None,
             end: None,
             failure: None,
             next_tx: 0,
@@ -243,6 +249,11 @@ impl Call {
     /// The gateway's id for the call.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The trunk table the call places its INVITEs with.
+    pub fn trunks(&self) -> &Arc<Trunks> {
+        &self.trunks
     }
 
     /// Outbound or inbound.
@@ -409,6 +420,10 @@ impl Call {
             self.forget_dialog();
             return;
         }
+        if let Some((_, call_id)) = self.transfer_bye.take_if(|(t, _)| *t == tx) {
+            self.transmits.push_back(Transmit::Forget(call_id));
+            return;
+        }
         if self.handle_refresh_answer(tx, &event, code, now) {
             return;
         }
@@ -439,6 +454,9 @@ impl Call {
     }
 
     fn on_uac_event(&mut self, event: UacEvent, now: Instant) {
+        if self.trunk_transfer.is_some() {
+            return self.on_transfer_uac_event(event, now);
+        }
         let ended = self.phase == Phase::Ended;
         match event {
             UacEvent::Trying {
@@ -635,7 +653,10 @@ impl Call {
             self.media_watch = None;
             return;
         }
-        if self.held || self.trunk_direction != sdp::Direction::SendRecv {
+        if self.held
+            || self.trunk_direction != sdp::Direction::SendRecv
+            || self.trunk_transfer.is_some()
+        {
             w.last_trunk = now;
             w.last_browser = now;
         }

@@ -34,18 +34,18 @@ fn an_update_without_a_body_refreshes_and_one_crossing_our_offer_gets_491() {
 }
 
 #[test]
-fn refer_and_message_are_refused_with_405_and_allow_and_a_stray_notify_gets_481() {
+fn message_is_refused_with_405_and_allow_a_refer_without_target_400_a_stray_notify_481() {
     let mut b = answered_outbound();
-    for (id, method) in [(5, Method::Refer), (7, Method::Message)] {
-        b.trunk_request(method, id, Vec::new());
-        let response = b.response(id);
-        assert_eq!(response.status_code.code(), 405, "{method}");
-        let allow = header(&response, "Allow").expect("Allow with 405 (§21.4.6)");
-        assert!(
-            allow.contains("UPDATE") && !allow.contains("REFER"),
-            "{allow}"
-        );
-    }
+    b.trunk_request(Method::Message, 5, Vec::new());
+    let response = b.response(5);
+    assert_eq!(response.status_code.code(), 405);
+    let allow = header(&response, "Allow").expect("Allow with 405 (§21.4.6)");
+    assert!(
+        allow.contains("UPDATE") && allow.contains("REFER") && !allow.contains("MESSAGE"),
+        "{allow}"
+    );
+    b.trunk_request(Method::Refer, 7, Vec::new());
+    assert_eq!(b.responded(7), [400], "a REFER without Refer-To");
     b.trunk_request(Method::Notify, 8, b"SIP/2.0 200 OK".to_vec());
     assert_eq!(b.responded(8), [481], "RFC 6665 §4.1.3: no subscription");
     assert_eq!(b.call.phase(), Phase::Answered, "the call goes on");
@@ -211,4 +211,132 @@ fn a_refused_or_failed_transfer_leaves_the_call_as_it_was() {
     assert!(refused(&b));
     assert!(b.ended().is_none());
     assert_eq!(b.count(Method::Bye), 0);
+}
+
+/// All requests with `method` sent so far, in order.
+fn all_requests(b: &Bench, method: Method) -> Vec<Request> {
+    b.sent
+        .iter()
+        .filter_map(|t| match t {
+            Transmit::Request { request, .. } if request.method == method => Some(request.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn trunk_refers(b: &mut Bench, id: u64, refer_to: &str) {
+    b.trunk_request_with(
+        Method::Refer,
+        id,
+        &format!("Refer-To: {refer_to}\r\nReferred-By: <sip:pbx@127.0.0.1>\r\n"),
+        Vec::new(),
+    );
+}
+
+#[test]
+fn a_trunk_refer_moves_the_call_to_the_target_and_byes_the_old_leg() {
+    let mut b = answered_outbound();
+    let (_, first) = b.request(Method::Invite);
+    let old_call_id = message::call_id(&first).unwrap();
+    trunk_refers(&mut b, 5, "<sip:+4930777@127.0.0.1:5060>");
+    assert_eq!(b.responded(5), [202]);
+    let notifies = all_requests(&b, Method::Notify);
+    assert_eq!(notifies.len(), 1);
+    assert!(String::from_utf8_lossy(&notifies[0].body).starts_with("SIP/2.0 100"));
+    assert!(b.saw(&CallEvent::TransferRequested {
+        trunk: "carrier".into()
+    }));
+    b.call.handle_transfer_candidates(
+        vec![crate::sip::uac::Candidate {
+            trunk: "carrier".into(),
+            address: TRUNK.into(),
+            target: Some(target()),
+        }],
+        b.now,
+    );
+    b.drain();
+    let (_, invite) = b.request(Method::Invite);
+    assert_eq!(
+        invite.uri.to_string().split('@').next(),
+        Some("sip:+4930777")
+    );
+    assert_ne!(
+        message::call_id(&invite).unwrap(),
+        old_call_id,
+        "a new call"
+    );
+    let byes_before = b.count(Method::Bye);
+    b.reply(Method::Invite, 200, Some(trunk_sdp(Direction::SendRecv)));
+    // The transferor hears the final NOTIFY, then our BYE on the old dialog.
+    let notifies = all_requests(&b, Method::Notify);
+    assert!(String::from_utf8_lossy(&notifies.last().unwrap().body).starts_with("SIP/2.0 200"));
+    let byes = all_requests(&b, Method::Bye);
+    assert_eq!(byes.len(), byes_before + 1);
+    assert_eq!(message::call_id(byes.last().unwrap()).unwrap(), old_call_id);
+    assert_eq!(b.call.phase(), Phase::Answered);
+    assert!(b.ended().is_none());
+    // Hanging up now ends the new leg.
+    b.call.handle_command(CallCommand::Hangup, b.now);
+    b.drain();
+    let bye = all_requests(&b, Method::Bye).pop().unwrap();
+    assert_eq!(message::call_id(&bye), message::call_id(&invite));
+}
+
+#[test]
+fn a_refer_to_a_host_that_is_no_trunk_is_refused_and_a_failed_target_keeps_the_call() {
+    let mut b = answered_outbound();
+    trunk_refers(&mut b, 5, "<sip:+4930777@198.51.100.7>");
+    assert_eq!(b.responded(5), [403], "no open relay");
+    assert!(all_requests(&b, Method::Notify).is_empty());
+
+    trunk_refers(&mut b, 6, "<sip:+4930777@127.0.0.1>");
+    assert_eq!(b.responded(6), [202]);
+    b.call.handle_transfer_candidates(
+        vec![crate::sip::uac::Candidate {
+            trunk: "carrier".into(),
+            address: TRUNK.into(),
+            target: Some(target()),
+        }],
+        b.now,
+    );
+    b.drain();
+    b.reply(Method::Invite, 486, None);
+    let last = all_requests(&b, Method::Notify).pop().unwrap();
+    assert!(String::from_utf8_lossy(&last.body).starts_with("SIP/2.0 486"));
+    assert_eq!(
+        b.call.phase(),
+        Phase::Answered,
+        "the call stays on the old leg"
+    );
+    assert!(b.ended().is_none());
+}
+
+#[test]
+fn a_transferor_that_hangs_up_after_its_refer_leaves_the_call_to_the_target() {
+    let candidates = || {
+        vec![crate::sip::uac::Candidate {
+            trunk: "carrier".into(),
+            address: TRUNK.into(),
+            target: Some(target()),
+        }]
+    };
+    let mut b = answered_outbound();
+    trunk_refers(&mut b, 5, "<sip:+4930777@127.0.0.1>");
+    b.trunk_request(Method::Bye, 6, Vec::new());
+    assert_eq!(b.responded(6), [200]);
+    assert!(b.ended().is_none(), "the call waits for the target");
+    b.call.handle_transfer_candidates(candidates(), b.now);
+    b.drain();
+    b.reply(Method::Invite, 200, Some(trunk_sdp(Direction::SendRecv)));
+    assert_eq!(b.call.phase(), Phase::Answered);
+    assert!(b.ended().is_none());
+
+    // Had the target not answered, nobody would be left on the trunk side.
+    let mut b = answered_outbound();
+    trunk_refers(&mut b, 5, "<sip:+4930777@127.0.0.1>");
+    b.trunk_request(Method::Bye, 6, Vec::new());
+    b.call.handle_transfer_candidates(candidates(), b.now);
+    b.drain();
+    b.reply(Method::Invite, 486, None);
+    assert_eq!(b.ended(), Some(("remote_hangup".into(), 486)));
 }
