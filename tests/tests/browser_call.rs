@@ -112,16 +112,7 @@ async fn early_media_reaches_the_browser_before_the_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reliable_183_is_pracked_and_its_early_media_heard_before_the_answer() {
-    let dir = out_dir("browser_prack");
-    let sipp = Sipp::uas("prack_early_media.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    with_target(&path, "");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(1.5))
-        .await
-        .unwrap();
+    let (report, sipp) = session_call("prack_early_media.xml", 1.5).await;
     assert!(
         report.early_packets > 50,
         "two seconds of early media after the PRACK reach the browser: {report:?}"
@@ -136,21 +127,8 @@ async fn a_reliable_183_is_pracked_and_its_early_media_heard_before_the_answer()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
-    let dir = out_dir("browser_media_timeout");
-    let sipp = Sipp::uas("silent_trunk.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        "[trunks.carrier]\nmedia_timeout = 2\n",
-    );
-    std::fs::write(&path, text).unwrap();
-    with_target(&path, "");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(10.0))
-        .await
-        .unwrap();
+    let (report, sipp) =
+        trunk_call("silent_trunk.xml", "media_timeout = 2\n", "", options(10.0)).await;
     assert_eq!(
         report.ended.as_ref().map(|e| e["reason"].clone()),
         Some("media_timeout".into()),
@@ -170,11 +148,18 @@ async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
 
 /// A browser call against `scenario`, `seconds` long.
 async fn session_call(scenario: &str, seconds: f64) -> (CallReport, Sipp) {
-    trunk_call(scenario, "", seconds).await
+    trunk_call(scenario, "", "", options(seconds)).await
 }
 
-/// A browser call against `scenario`, `seconds` long, the trunk configured with `settings`.
-async fn trunk_call(scenario: &str, settings: &str, seconds: f64) -> (CallReport, Sipp) {
+/// A browser call with `opts` to the target `echo` on the trunk `carrier`, played by sipp
+/// with `scenario`; the trunk configured with `settings` (lines of its table), the
+/// configuration extended with `extra` (more targets).
+async fn trunk_call(
+    scenario: &str,
+    settings: &str,
+    extra: &str,
+    opts: CallOptions,
+) -> (CallReport, Sipp) {
     let dir = out_dir(scenario.trim_end_matches(".xml"));
     let sipp = Sipp::uas(scenario, "u1", &dir);
     let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
@@ -183,11 +168,11 @@ async fn trunk_call(scenario: &str, settings: &str, seconds: f64) -> (CallReport
         &format!("[trunks.carrier]\n{settings}"),
     );
     std::fs::write(&path, text).unwrap();
-    with_target(&path, "");
+    with_target(&path, extra);
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(seconds))
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
         .await
         .unwrap();
     (report, sipp)
@@ -198,7 +183,8 @@ async fn a_trunk_set_for_asserted_identity_and_privacy_gets_pai_privacy_and_an_a
     let (report, sipp) = trunk_call(
         "identity_privacy.xml",
         "identity = \"pai\"\nprivacy = \"id\"\n",
-        2.0,
+        "",
+        options(2.0),
     )
     .await;
     assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
@@ -210,21 +196,10 @@ async fn a_trunk_set_for_asserted_identity_and_privacy_gets_pai_privacy_and_an_a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_transfer_refers_the_trunk_and_ends_transferred_once_the_target_answers() {
-    let dir = out_dir("browser_transfer");
-    let sipp = Sipp::uas("transfer_refer.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    with_target(
-        &path,
-        "\n[targets.desk]\ntrunk = \"carrier\"\nnumber = \"+4930777\"\n",
-    );
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
     let mut opts = options(10.0);
     opts.transfer_after = Some((1.0, "desk".into()));
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
-        .await
-        .unwrap();
+    let desk = "\n[targets.desk]\ntrunk = \"carrier\"\nnumber = \"+4930777\"\n";
+    let (report, sipp) = trunk_call("transfer_refer.xml", "", desk, opts).await;
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "audio until the transfer: {report:?}"
@@ -492,16 +467,7 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_trunks_update_refer_options_and_requires_get_truthful_answers_mid_call() {
-    let dir = out_dir("in_dialog_requests");
-    let sipp = Sipp::uas("in_dialog_requests.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    with_target(&path, "");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options(4.0))
-        .await
-        .unwrap();
+    let (report, sipp) = session_call("in_dialog_requests.xml", 4.0).await;
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,

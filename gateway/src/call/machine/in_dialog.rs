@@ -199,12 +199,7 @@ impl Call {
     /// The answer a late-offer INVITE's ACK carries (RFC 3261 §13.2.1): our media follows
     /// it; an ACK without a usable one ends the call, since no media can flow (§13.3.1.4).
     fn take_ack_answer(&mut self, body: &[u8], now: Instant) {
-        let codecs = self
-            .local
-            .as_ref()
-            .map(|l| l.codecs.clone())
-            .unwrap_or_default();
-        match sdp::parse_remote(body, &codecs, true) {
+        match self.parse_answer(body) {
             Ok(remote) => {
                 self.trunk_direction = remote.direction;
                 self.events.push_back(CallEvent::TrunkMedia(remote));
@@ -288,12 +283,7 @@ impl Call {
         if self.phase == Phase::Ended {
             return;
         }
-        let codecs = self
-            .local
-            .as_ref()
-            .map(|l| l.codecs.clone())
-            .unwrap_or_default();
-        if let Ok(remote) = sdp::parse_remote(&response.body, &codecs, true) {
+        if let Ok(remote) = self.parse_answer(&response.body) {
             self.events.push_back(CallEvent::TrunkMedia(remote));
         }
         self.held = pending.hold;

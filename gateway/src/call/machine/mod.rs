@@ -251,6 +251,12 @@ impl Call {
         &self.id
     }
 
+    /// The trunk's SDP answer to our offer, read against the codecs we offered.
+    fn parse_answer(&self, body: &[u8]) -> Result<sdp::RemoteMedia, sdp::SdpError> {
+        let offered = self.local.as_ref().map_or(&[][..], |l| &l.codecs[..]);
+        sdp::parse_remote(body, offered, true)
+    }
+
     /// The trunk table the call places its INVITEs with.
     pub fn trunks(&self) -> &Arc<Trunks> {
         &self.trunks
@@ -474,12 +480,7 @@ impl Call {
             }
             UacEvent::Provisional { .. } if ended || self.phase == Phase::Answered => {}
             UacEvent::Provisional { code, sdp } => {
-                let codecs = self
-                    .local
-                    .as_ref()
-                    .map(|l| l.codecs.clone())
-                    .unwrap_or_default();
-                let early = sdp.and_then(|b| sdp::parse_remote(&b, &codecs, true).ok());
+                let early = sdp.and_then(|b| self.parse_answer(&b).ok());
                 let early_media = early.is_some();
                 if let Some(remote) = early {
                     self.events.push_back(CallEvent::TrunkMedia(remote));
@@ -526,12 +527,7 @@ impl Call {
             return self.hang_up_leg();
         }
         self.ring_deadline = None;
-        let codecs = self
-            .local
-            .as_ref()
-            .map(|l| l.codecs.clone())
-            .unwrap_or_default();
-        if let Ok(remote) = sdp::parse_remote(&answer_sdp, &codecs, true) {
+        if let Ok(remote) = self.parse_answer(&answer_sdp) {
             self.events.push_back(CallEvent::TrunkMedia(remote));
         }
         self.phase = Phase::Answered;

@@ -332,12 +332,7 @@ impl Call {
             target,
             _channel: channel,
         });
-        let codecs = self
-            .local
-            .as_ref()
-            .map(|l| l.codecs.clone())
-            .unwrap_or_default();
-        if let Ok(remote) = crate::sip::sdp::parse_remote(&answer_sdp, &codecs, true) {
+        if let Ok(remote) = self.parse_answer(&answer_sdp) {
             self.events.push_back(CallEvent::TrunkMedia(remote));
         }
         self.trunk_direction = crate::sip::sdp::Direction::SendRecv;
