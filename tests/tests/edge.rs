@@ -262,10 +262,33 @@ async fn invite_flood(sip: SocketAddr, count: usize) -> (usize, Vec<String>) {
     let stranger = std::sync::Arc::new(UdpSocket::bind((STRANGER, 0)).await.unwrap());
     let from = stranger.local_addr().unwrap();
     let listening = stranger.clone();
-    let receiver =
-        tokio::spawn(
-            async move { drain(&listening, Instant::now() + Duration::from_secs(4)).await },
-        );
+    // Counted from the start, until two seconds after the last INVITE went out (however long
+    // the sending took on a loaded machine).
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel::<()>();
+    let receiver = tokio::spawn(async move {
+        let mut count = 0;
+        let mut first = Vec::new();
+        let mut buf = [0u8; 2048];
+        let mut sent_rx = sent_rx;
+        let mut until: Option<Instant> = None;
+        loop {
+            let deadline = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = listening.recv_from(&mut buf) => {
+                    let Ok((n, _)) = received else { break };
+                    count += 1;
+                    if first.len() < 5 {
+                        first.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                    }
+                }
+                _ = &mut sent_rx, if until.is_none() => {
+                    until = Some(Instant::now() + Duration::from_secs(2));
+                }
+                _ = tokio::time::sleep_until(deadline.into()), if until.is_some() => break,
+            }
+        }
+        (count, first)
+    });
     for i in 0..count {
         let invite = format!(
             "INVITE sip:+4930123@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKflood{i}\r\nFrom: <sip:scan@{from}>;tag=f{i}\r\nTo: <sip:+4930123@127.0.0.1>\r\nCall-ID: flood-{i}@scanner\r\nCSeq: 1 INVITE\r\nContact: <sip:scan@{from}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
@@ -275,6 +298,7 @@ async fn invite_flood(sip: SocketAddr, count: usize) -> (usize, Vec<String>) {
             tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }
+    let _ = sent_tx.send(());
     receiver.await.unwrap()
 }
 
