@@ -507,6 +507,24 @@ impl Call {
     }
 
     fn on_answered(&mut self, answered: Answered, now: Instant) {
+        let answer = self.adopt_leg(answered);
+        if self.phase == Phase::Ended {
+            // §9.1: the 2xx crossed our CANCEL: the call exists at the trunk; end it.
+            return self.hang_up_leg();
+        }
+        self.ring_deadline = None;
+        self.apply_answer(answer, now);
+        self.phase = Phase::Answered;
+        self.answered_at = Some(now);
+        self.events.push_back(CallEvent::Answered);
+        for (id, request, source) in std::mem::take(&mut self.early) {
+            self.handle_sip_request(id, request, source, now);
+        }
+    }
+
+    /// An answered INVITE's dialog becomes the call's trunk leg (the call's own INVITE, or a
+    /// transfer's); returns what its 2xx said, for [`Self::apply_answer`].
+    fn adopt_leg(&mut self, answered: Answered) -> (Vec<u8>, Option<(u32, bool)>) {
         let Answered {
             trunk,
             target,
@@ -522,23 +540,23 @@ impl Call {
             target,
             _channel: channel,
         });
-        if self.phase == Phase::Ended {
-            // §9.1: the 2xx crossed our CANCEL: the call exists at the trunk; end it.
-            return self.hang_up_leg();
-        }
-        self.ring_deadline = None;
+        (answer_sdp, session)
+    }
+
+    /// The 2xx's answer SDP moves the trunk media; its session timer starts, and the media
+    /// inactivity check.
+    fn apply_answer(
+        &mut self,
+        (answer_sdp, session): (Vec<u8>, Option<(u32, bool)>),
+        now: Instant,
+    ) {
         if let Ok(remote) = self.parse_answer(&answer_sdp) {
             self.events.push_back(CallEvent::TrunkMedia(remote));
         }
-        self.phase = Phase::Answered;
-        self.answered_at = Some(now);
         self.watch_media(now);
+        self.session = None;
         if let Some((interval, we_refresh)) = session {
             self.start_session(interval, we_refresh, now);
-        }
-        self.events.push_back(CallEvent::Answered);
-        for (id, request, source) in std::mem::take(&mut self.early) {
-            self.handle_sip_request(id, request, source, now);
         }
     }
 

@@ -289,14 +289,6 @@ impl Call {
     /// The target answered: the browser moves to the new leg; the old one hears the final
     /// NOTIFY and our BYE.
     fn transfer_answered(&mut self, answered: crate::sip::uac::Answered, now: Instant) {
-        let crate::sip::uac::Answered {
-            trunk,
-            target,
-            dialog,
-            answer_sdp,
-            channel,
-            session,
-        } = answered;
         let rtp_source = self
             .trunk_transfer
             .take()
@@ -321,26 +313,14 @@ impl Call {
                 target: old.target,
             });
         }
-        self.sip_call_id = Some(dialog.call_id.clone());
-        self.trunk_used = Some(trunk);
+        let ip = answered.target.addr.ip();
+        let answer = self.adopt_leg(answered);
         self.events.push_back(CallEvent::TrunkSource {
             policy: rtp_source,
-            ip: target.addr.ip(),
+            ip,
         });
-        self.leg = Some(super::TrunkLeg {
-            dialog,
-            target,
-            _channel: channel,
-        });
-        if let Ok(remote) = self.parse_answer(&answer_sdp) {
-            self.events.push_back(CallEvent::TrunkMedia(remote));
-        }
         self.trunk_direction = crate::sip::sdp::Direction::SendRecv;
-        self.session = None;
-        if let Some((interval, we_refresh)) = session {
-            self.start_session(interval, we_refresh, now);
-        }
-        self.watch_media(now);
+        self.apply_answer(answer, now);
     }
 
     /// A NOTIFY to the transferor on the old leg: `message/sipfrag` with `code` (§2.4.5).

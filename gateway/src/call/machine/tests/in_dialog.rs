@@ -246,14 +246,7 @@ fn a_trunk_refer_moves_the_call_to_the_target_and_byes_the_old_leg() {
     assert!(b.saw(&CallEvent::TransferRequested {
         trunk: "carrier".into()
     }));
-    b.call.handle_transfer_candidates(
-        vec![crate::sip::uac::Candidate {
-            trunk: "carrier".into(),
-            address: TRUNK.into(),
-            target: Some(target()),
-        }],
-        b.now,
-    );
+    b.call.handle_transfer_candidates(candidates(), b.now);
     b.drain();
     let (_, invite) = b.request(Method::Invite);
     assert_eq!(
@@ -291,14 +284,7 @@ fn a_refer_to_a_host_that_is_no_trunk_is_refused_and_a_failed_target_keeps_the_c
 
     trunk_refers(&mut b, 6, "<sip:+4930777@127.0.0.1>");
     assert_eq!(b.responded(6), [202]);
-    b.call.handle_transfer_candidates(
-        vec![crate::sip::uac::Candidate {
-            trunk: "carrier".into(),
-            address: TRUNK.into(),
-            target: Some(target()),
-        }],
-        b.now,
-    );
+    b.call.handle_transfer_candidates(candidates(), b.now);
     b.drain();
     b.reply(Method::Invite, 486, None);
     let last = all_requests(&b, Method::Notify).pop().unwrap();
@@ -313,13 +299,6 @@ fn a_refer_to_a_host_that_is_no_trunk_is_refused_and_a_failed_target_keeps_the_c
 
 #[test]
 fn a_transferor_that_hangs_up_after_its_refer_leaves_the_call_to_the_target() {
-    let candidates = || {
-        vec![crate::sip::uac::Candidate {
-            trunk: "carrier".into(),
-            address: TRUNK.into(),
-            target: Some(target()),
-        }]
-    };
     let mut b = answered_outbound();
     trunk_refers(&mut b, 5, "<sip:+4930777@127.0.0.1>");
     b.trunk_request(Method::Bye, 6, Vec::new());

@@ -48,6 +48,15 @@ fn target() -> Target {
     }
 }
 
+/// The one address of the trunk `carrier`, resolved.
+fn candidates() -> Vec<Candidate> {
+    vec![Candidate {
+        trunk: "carrier".into(),
+        address: TRUNK.into(),
+        target: Some(target()),
+    }]
+}
+
 fn sip_local() -> SipLocal {
     SipLocal::new("127.0.0.9:5070".parse().unwrap(), "test")
 }
@@ -87,11 +96,7 @@ impl Bench {
                 headers: vec![],
                 failover: vec![],
             },
-            candidates: vec![Candidate {
-                trunk: "carrier".into(),
-                address: TRUNK.into(),
-                target: Some(target()),
-            }],
+            candidates: candidates(),
             local: local(),
         };
         b.call.handle_route(Ok(route), now);
