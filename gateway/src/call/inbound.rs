@@ -17,7 +17,8 @@ use super::outbound::decide;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
 use crate::sip::endpoint::IncomingRequest;
-use crate::sip::message::{self, random_token, response_to, uri_user};
+use crate::sip::extensions;
+use crate::sip::message::{random_token, response_to, uri_user};
 use crate::sip::sdp;
 
 /// Offers a call from a trunk to the browser registered for the dialled number, and runs
@@ -30,7 +31,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     let refuse = |code: u16| responder.respond(response_to(request, code, Some(&random_token())));
     // An INVITE that requires an extension the gateway lacks (100rel, timer …) is refused
     // with the extensions named, so the trunk can retry without them (§8.2.2.3).
-    if let Some(unsupported) = crate::sip::message::bad_extension(request) {
+    if let Some(unsupported) = extensions::bad_extension(request) {
         tracing::info!(%trunk, %unsupported, "inbound INVITE requires an unsupported extension: 420");
         let mut response = response_to(request, 420, Some(&random_token()));
         response.headers.push(unsupported);
@@ -185,9 +186,9 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             from: from.clone(),
             to: dialled.clone(),
             sdp: offer,
-            asserted: message::identity_user(&request.headers, "P-Asserted-Identity"),
-            diverted_from: message::identity_user(&request.headers, "Diversion")
-                .or_else(|| message::identity_user(&request.headers, "History-Info"))
+            asserted: extensions::identity_user(&request.headers, "P-Asserted-Identity"),
+            diverted_from: extensions::identity_user(&request.headers, "Diversion")
+                .or_else(|| extensions::identity_user(&request.headers, "History-Info"))
                 .filter(|n| *n != dialled),
         },
     ));

@@ -295,13 +295,13 @@ impl Config {
             let t = spanned.get_ref();
             let field = |f: &str| format!("trunks.{name}.{f}");
             let expires = *t.session_expires.get_ref();
-            if expires != 0 && expires < crate::sip::message::MIN_SE {
+            if expires != 0 && expires < crate::sip::extensions::MIN_SE {
                 c.issue(
                     t.session_expires.span(),
                     field("session_expires"),
                     format!(
                         "{expires} s is below RFC 4028's minimum of {} s (0 turns session timers off)",
-                        crate::sip::message::MIN_SE
+                        crate::sip::extensions::MIN_SE
                     ),
                 );
             }

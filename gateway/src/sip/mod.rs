@@ -6,6 +6,7 @@ mod canonical;
 pub mod dialog;
 pub mod edge;
 pub mod endpoint;
+pub mod extensions;
 pub mod message;
 pub mod monitor;
 pub mod registration;

@@ -9,6 +9,7 @@ use rsip::{Header, Method, Request};
 
 use super::{Call, CallEvent, Phase, Refusal, Reinvite};
 use crate::sip::Transmit;
+use crate::sip::extensions;
 use crate::sip::message::{self, response_to};
 use crate::sip::sdp::{self, Direction};
 use crate::sip::transaction::ClientEvent;
@@ -85,7 +86,7 @@ impl Call {
                 405 => response.headers.push(message::allow_header()),
                 200 if method == Method::Options => {
                     response.headers.push(message::allow_header());
-                    response.headers.push(message::supported_header());
+                    response.headers.push(extensions::supported_header());
                     response
                         .headers
                         .push(Header::Other("Accept".into(), "application/sdp".into()));
@@ -105,7 +106,7 @@ impl Call {
         if let Err(code) = accepted {
             return respond(self, code, None);
         }
-        if let Some(unsupported) = message::bad_extension(&request) {
+        if let Some(unsupported) = extensions::bad_extension(&request) {
             let mut response = leg.dialog.response(&request, 420);
             response.headers.push(unsupported);
             self.transmits.push_back(Transmit::Respond { id, response });

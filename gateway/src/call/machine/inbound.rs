@@ -14,6 +14,7 @@ use crate::plugin::Direction as CallDirection;
 use crate::sip::Transmit;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::SipLocal;
+use crate::sip::extensions;
 use crate::sip::message::{self, response_to};
 use crate::sip::sdp::{self, LocalMedia, RemoteMedia};
 use crate::sip::transport::{Target, Transport};
@@ -125,7 +126,7 @@ impl Call {
                 "application/sdp",
             )));
         ok.headers.push(message::allow_header());
-        ok.headers.push(message::supported_header());
+        ok.headers.push(extensions::supported_header());
         ok.body = match &invite.remote {
             Some(remote) => sdp::answer(&invite.local, 1, remote),
             None => {
@@ -138,12 +139,14 @@ impl Call {
         if interval > 0 {
             // §9: the UAS names the refresher; the INVITE's sender is its UAC.
             let refresher = if trunk_refreshes {
-                message::Refresher::Uac
+                extensions::Refresher::Uac
             } else {
-                message::Refresher::Uas
+                extensions::Refresher::Uas
             };
-            ok.headers
-                .push(message::session_expires_header(interval, Some(refresher)));
+            ok.headers.push(extensions::session_expires_header(
+                interval,
+                Some(refresher),
+            ));
             if trunk_refreshes {
                 ok.headers
                     .push(Header::Other("Require".into(), "timer".into()));

@@ -17,6 +17,7 @@ use crate::plugin::Direction as CallDirection;
 use crate::sip::Transmit;
 use crate::sip::dialog::Dialog;
 use crate::sip::endpoint::SipLocal;
+use crate::sip::extensions;
 use crate::sip::message::{self, response_to};
 use crate::sip::sdp::{self, LocalMedia};
 use crate::sip::transaction::{ClientEvent, Timers};
@@ -372,7 +373,7 @@ impl Call {
         let leg = self.leg.as_mut().expect("checked");
         let via = self.sip.via(leg.target.transport, &message::new_branch());
         let reason = self.end.as_ref().map_or("hangup", |(r, _)| r.as_str());
-        let extra = vec![message::reason_header(reason)];
+        let extra = vec![extensions::reason_header(reason)];
         let request = leg.dialog.request(Method::Bye, via, extra, vec![]);
         let target = leg.target.clone();
         self.bye = Some(tx);

@@ -9,7 +9,8 @@ use rsip::{Header, Method, Request};
 
 use super::{Call, Phase};
 use crate::sip::Transmit;
-use crate::sip::message::{self, Refresher};
+use crate::sip::extensions::{self, Refresher};
+use crate::sip::message;
 use crate::sip::transaction::ClientEvent;
 
 /// The session timer of an answered call.
@@ -83,7 +84,10 @@ impl Call {
             return;
         }
         let terms = vec![
-            message::session_expires_header(timer.interval.as_secs() as u32, Some(Refresher::Uac)),
+            extensions::session_expires_header(
+                timer.interval.as_secs() as u32,
+                Some(Refresher::Uac),
+            ),
             Header::Other("Supported".into(), "timer".into()),
         ];
         timer.restart(now);
@@ -170,7 +174,7 @@ impl Call {
         match event {
             ClientEvent::Response(r) if (200..300).contains(&code) => {
                 if let Some((interval, refresher)) =
-                    message::session_expires(&r.headers).filter(|(i, _)| *i > 0)
+                    extensions::session_expires(&r.headers).filter(|(i, _)| *i > 0)
                 {
                     timer.interval = Duration::from_secs(interval.into());
                     timer.we_refresh = refresher != Some(Refresher::Uas);
@@ -192,11 +196,11 @@ impl Call {
     /// A re-INVITE or UPDATE from the trunk refreshes the session (§9): its Session-Expires
     /// (if any) sets the interval and who refreshes next; the headers for our 2xx say so.
     pub(super) fn refreshed_by_trunk(&mut self, request: &Request, now: Instant) -> Vec<Header> {
-        let supports_timer = message::option_tags(&request.headers, "Supported")
+        let supports_timer = extensions::option_tags(&request.headers, "Supported")
             .iter()
             .any(|t| t == "timer");
         let proposal =
-            message::session_expires(&request.headers).filter(|(interval, _)| *interval > 0);
+            extensions::session_expires(&request.headers).filter(|(interval, _)| *interval > 0);
         let (interval, trunk_refreshes) = match (proposal, self.session) {
             // The trunk is this request's UAC: `refresher=uac` is the trunk. Unnamed, the
             // trunk refreshes if it can (§9).
@@ -223,7 +227,10 @@ impl Call {
         } else {
             Refresher::Uas
         };
-        let mut headers = vec![message::session_expires_header(interval, Some(refresher))];
+        let mut headers = vec![extensions::session_expires_header(
+            interval,
+            Some(refresher),
+        )];
         if supports_timer {
             headers.push(Header::Other("Require".into(), "timer".into()));
         }
@@ -234,17 +241,17 @@ impl Call {
 /// The session an inbound INVITE asks for, as its UAS (§9): `Err(Min-SE)` when its interval
 /// is below ours (422), else the interval and whether the trunk refreshes (0: no timer).
 pub fn inbound_session(invite: &Request, ours: u32) -> Result<(u32, bool), u32> {
-    let supports_timer = message::option_tags(&invite.headers, "Supported")
+    let supports_timer = extensions::option_tags(&invite.headers, "Supported")
         .iter()
-        .chain(message::option_tags(&invite.headers, "Require").iter())
+        .chain(extensions::option_tags(&invite.headers, "Require").iter())
         .any(|t| t == "timer");
-    match message::session_expires(&invite.headers) {
-        Some((interval, _)) if interval < message::MIN_SE => Err(message::MIN_SE),
+    match extensions::session_expires(&invite.headers) {
+        Some((interval, _)) if interval < extensions::MIN_SE => Err(extensions::MIN_SE),
         Some((interval, refresher)) => Ok((
             interval,
             supports_timer && refresher != Some(Refresher::Uas),
         )),
-        None if ours > 0 => Ok((ours.max(message::MIN_SE), supports_timer)),
+        None if ours > 0 => Ok((ours.max(extensions::MIN_SE), supports_timer)),
         None => Ok((0, false)),
     }
 }

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use super::{Call, CallEvent, Phase, Refusal};
 use crate::sip::Transmit;
+use crate::sip::extensions;
 use crate::sip::message;
 
 /// Where our transfer stands.
@@ -303,7 +304,7 @@ impl Call {
             let bye = old_dialog.request(
                 Method::Bye,
                 via,
-                vec![message::reason_header("transferred")],
+                vec![extensions::reason_header("transferred")],
                 vec![],
             );
             self.transfer_bye = Some((tx, old_dialog.call_id.clone()));

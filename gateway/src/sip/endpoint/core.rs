@@ -472,7 +472,7 @@ impl Core {
             (None, false, Method::Options) => {
                 let mut ok = response_for(&incoming.request, 200);
                 ok.headers.push(crate::sip::message::allow_header());
-                ok.headers.push(crate::sip::message::supported_header());
+                ok.headers.push(crate::sip::extensions::supported_header());
                 ok.headers.push(rsip::Header::Other(
                     "Accept".into(),
                     "application/sdp".into(),

@@ -14,6 +14,7 @@ use super::Transmit;
 use super::auth;
 use super::dialog::Dialog;
 use super::endpoint::SipLocal;
+use super::extensions;
 use super::message;
 use super::transaction::{ClientEvent, Timers};
 use super::transport::Target;
@@ -218,7 +219,7 @@ impl Uac {
             return;
         }
         self.cancelled = true;
-        self.cancel_reason = Some(message::reason_header(reason));
+        self.cancel_reason = Some(extensions::reason_header(reason));
         if self.attempt.is_none() {
             self.fail(CallFailure::Cancelled);
             return;
@@ -343,7 +344,7 @@ impl Uac {
     fn send_invite(&mut self, a: &mut Attempt, trunk: &TrunkConfig) {
         let mut extra: Vec<Header> = a.credentials.iter().map(|(_, h)| h.clone()).collect();
         if a.session_expires > 0 {
-            extra.push(message::session_expires_header(a.session_expires, None));
+            extra.push(extensions::session_expires_header(a.session_expires, None));
         }
         if let Some(min) = a.min_se {
             extra.push(Header::Other("Min-SE".into(), min.to_string()));
@@ -410,7 +411,7 @@ impl Uac {
         match code {
             100 => {}
             101..=199 => {
-                if let Some(rseq) = message::reliable_rseq(&response)
+                if let Some(rseq) = extensions::reliable_rseq(&response)
                     && !self.prack(&response, rseq)
                 {
                     return;
@@ -510,9 +511,9 @@ impl Uac {
         self.done = true;
         // §7.2: the 2xx decides; without a Session-Expires there is no expiry. We were
         // the request's UAC: `refresher=uac` (or none named, §7.2's default for us) is us.
-        let session = message::session_expires(&response.headers)
+        let session = extensions::session_expires(&response.headers)
             .filter(|(interval, _)| *interval > 0)
-            .map(|(interval, refresher)| (interval, refresher != Some(message::Refresher::Uas)));
+            .map(|(interval, refresher)| (interval, refresher != Some(extensions::Refresher::Uas)));
         self.events.push_back(UacEvent::Answered(Box::new(Answered {
             session,
             trunk: a.trunk.clone(),
@@ -592,7 +593,7 @@ impl Uac {
             return;
         };
         let (Some(min), None, Some(trunk)) = (
-            message::min_se(&response.headers),
+            extensions::min_se(&response.headers),
             a.min_se,
             self.trunks.config(&a.trunk).cloned(),
         ) else {
