@@ -28,11 +28,13 @@ use crate::sip::uac::{Answered, CallFailure, CallRequest, Candidate, Uac, UacEve
 mod in_dialog;
 mod inbound;
 mod io;
+mod media_watch;
 mod session;
 mod transfer;
 
 pub use inbound::InboundInvite;
 pub use io::{CallCommand, CallEvent, Refusal};
+pub use media_watch::MediaLeg;
 pub use session::inbound_session;
 
 /// Where a call stands.
@@ -134,7 +136,7 @@ pub struct Call {
     sip_call_id: Option<String>,
     answered_at: Option<Instant>,
     /// Media inactivity (`media_timeout`): when each side last sent media, and when to look.
-    media_watch: Option<MediaWatch>,
+    media_watch: Option<media_watch::MediaWatch>,
     /// The trunk's direction from its last offer (a trunk holding us may send nothing).
     trunk_direction: sdp::Direction,
     /// The session timer (RFC 4028), once answered with one.
@@ -153,24 +155,6 @@ pub struct Call {
     next_tx: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CallEvent>,
-}
-
-/// The side a call's media came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaLeg {
-    /// RTP from the trunk (accepted: from the source the signalling named).
-    Trunk,
-    /// Anything from the browser's ICE-validated address (SRTP, RTCP, STUN consent).
-    Browser,
-}
-
-/// The media inactivity check of an answered call.
-#[derive(Debug, Clone, Copy)]
-struct MediaWatch {
-    timeout: Duration,
-    last_trunk: Instant,
-    last_browser: Instant,
-    check_at: Instant,
 }
 
 /// The `ended.reason` for a failed INVITE.
@@ -628,63 +612,6 @@ impl Call {
         {
             uac.handle_timeout(now);
             self.pump_uac(now);
-        }
-    }
-
-    /// Media arrived from `leg` (accepted, from the address its signalling names). Cheap:
-    /// it only notes the time; the check runs on its own timer.
-    pub fn handle_media_received(&mut self, leg: MediaLeg, now: Instant) {
-        if let Some(w) = self.media_watch.as_mut() {
-            match leg {
-                MediaLeg::Trunk => w.last_trunk = now,
-                MediaLeg::Browser => w.last_browser = now,
-            }
-        }
-    }
-
-    /// Starts the media inactivity check on an answered call, per its trunk's
-    /// `media_timeout` (0: none).
-    pub(super) fn watch_media(&mut self, now: Instant) {
-        let timeout = self
-            .trunk_used
-            .as_ref()
-            .and_then(|t| self.trunks.config(t))
-            .map_or(Duration::ZERO, |c| c.media_timeout);
-        self.media_watch = (!timeout.is_zero()).then_some(MediaWatch {
-            timeout,
-            last_trunk: now,
-            last_browser: now,
-            check_at: now + timeout,
-        });
-    }
-
-    /// The media check's turn: a side silent for the whole timeout ends the call with BYE
-    /// (`media_timeout`), unless the call is held either way (a held side may send nothing).
-    fn check_media(&mut self, now: Instant) {
-        let Some(w) = self.media_watch.as_mut() else {
-            return;
-        };
-        if self.phase != Phase::Answered {
-            self.media_watch = None;
-            return;
-        }
-        if self.held
-            || self.trunk_direction != sdp::Direction::SendRecv
-            || self.trunk_transfer.is_some()
-        {
-            w.last_trunk = now;
-            w.last_browser = now;
-        }
-        let silent = [("trunk", w.last_trunk), ("browser", w.last_browser)]
-            .into_iter()
-            .find(|(_, last)| now.saturating_duration_since(*last) >= w.timeout);
-        match silent {
-            Some((side, _)) => {
-                tracing::info!(call_id = %self.id, side, timeout_s = w.timeout.as_secs(), "no media; ending the call");
-                self.media_watch = None;
-                self.finish("media_timeout", 408, now);
-            }
-            None => w.check_at = w.last_trunk.min(w.last_browser) + w.timeout,
         }
     }
 
