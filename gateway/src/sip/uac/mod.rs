@@ -22,6 +22,7 @@ use super::trunks::TrunkConfig;
 use super::trunks::{ChannelGuard, Trunks};
 use crate::media::session::RtpSource;
 
+mod extension_responses;
 mod invite;
 
 pub use invite::{CallFailure, CallRequest};
@@ -432,45 +433,6 @@ impl Uac {
         }
     }
 
-    /// RFC 3262 §4: PRACK a reliable provisional response, each RSeq once and in order.
-    /// Returns false for one to drop: a retransmission (its PRACK went out already) or one
-    /// out of order (the trunk sends it again after the one missing).
-    fn prack(&mut self, response: &Response, rseq: u32) -> bool {
-        let tx = self.next_tx + 1;
-        let Some(a) = self.attempt.as_mut() else {
-            return false;
-        };
-        let tag = message::to_tag(response);
-        let same_dialog = a
-            .early
-            .as_ref()
-            .is_some_and(|d| Some(&d.remote_tag) == tag.as_ref());
-        if same_dialog {
-            if a.last_rseq.is_some_and(|last| rseq != last.wrapping_add(1)) {
-                return false;
-            }
-        } else {
-            // The first reliable response of this early dialog (another To tag is another
-            // branch, with its own RSeq space, §4).
-            a.early = Dialog::from_uac(&a.invite, response);
-        }
-        let Some(early) = a.early.as_mut() else {
-            return true; // no To tag: no dialog to PRACK in; the answer still counts
-        };
-        a.last_rseq = Some(rseq);
-        let via = self.local.via(a.target.transport, &message::new_branch());
-        let rack = Header::Other("RAck".into(), format!("{rseq} {} INVITE", a.seq));
-        let request = early.request(Method::PRack, via, vec![rack], vec![]);
-        let target = a.target.clone();
-        self.next_tx = tx;
-        self.transmits.push_back(Transmit::Request {
-            tx,
-            request,
-            target,
-        });
-        true
-    }
-
     fn on_success(&mut self, response: Response) {
         let Some(a) = self.attempt.as_mut() else {
             return;
@@ -580,28 +542,6 @@ impl Uac {
         };
         a.credentials.retain(|(k, _)| *k != key);
         a.credentials.push((key, header));
-        a.seq += 1;
-        a.provisional = false;
-        self.send_invite(&mut a, &trunk);
-        self.attempt = Some(a);
-    }
-
-    /// 422 Session Interval Too Small (RFC 4028 §7.4): once, the INVITE again with the
-    /// trunk's Min-SE as our interval and in our own Min-SE.
-    fn on_interval_too_small(&mut self, response: Response, now: Instant) {
-        let Some(mut a) = self.attempt.take() else {
-            return;
-        };
-        let (Some(min), None, Some(trunk)) = (
-            extensions::min_se(&response.headers),
-            a.min_se,
-            self.trunks.config(&a.trunk).cloned(),
-        ) else {
-            self.attempt = Some(a);
-            return self.on_rejected(&response, now);
-        };
-        a.session_expires = a.session_expires.max(min);
-        a.min_se = Some(min);
         a.seq += 1;
         a.provisional = false;
         self.send_invite(&mut a, &trunk);
