@@ -1,0 +1,228 @@
+//! The driver's media work per call: the 20 ms tick (audio to the browser, the tone, plugin
+//! frames), trunk RTP arriving, and the browser leg's events (its Opus to the trunk).
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Run;
+use crate::call::caller::Caller;
+use crate::call::machine::{Call, CallCommand, CallEvent, MediaLeg};
+use crate::media::codec::Codec;
+use crate::media::session::{FRAME_SAMPLES, Received};
+use crate::plugin::{Event, Party};
+use crate::rtc::BrowserEvent;
+
+impl Run<'_> {
+    /// Every 20 ms: audio to the caller, the tone to the trunk, plugins' audio frames.
+    pub(super) fn tick(&mut self, call: &mut Call) {
+        let answered = self.answered_at;
+        if self.tapping
+            && answered.is_some()
+            && let Some(h) = self.hooks.as_mut()
+        {
+            h.audio(self.tap.frame(self.browser_party == Party::Caller));
+        }
+        let relaying = self.relaying();
+        let trunk_ready = self.rtp.remote().is_some();
+        let economy = self.wiring.metrics.load.level() >= crate::call::load::LoadLevel::Economy;
+        let wideband = self.wideband();
+        if let Caller::Browser(b) = &mut self.caller {
+            b.bridge.set_economy(economy);
+            if let Some(w) = b.wide.as_mut() {
+                w.set_economy(economy);
+            }
+        }
+        match &mut self.caller {
+            // Relayed calls send the trunk's packets as they arrive, on its clock.
+            Caller::Browser(_) if relaying => {}
+            // Nothing from the trunk yet: silence, without encoding it.
+            Caller::Browser(b) if !trunk_ready => {
+                b.leg.skip_frame();
+                b.talkspurt = true;
+            }
+            Caller::Browser(b) if wideband => {
+                let connected = b.connected;
+                let packet = b.wide().and_then(|w| w.to_browser()).map(<[u8]>::to_vec);
+                match packet {
+                    Some(packet) if connected => {
+                        let start = std::mem::take(&mut b.talkspurt);
+                        if let Err(e) = b.leg.send_opus(&packet, start, Instant::now()) {
+                            tracing::debug!(error = %e, "Opus to browser");
+                        }
+                    }
+                    _ => {
+                        b.leg.skip_frame();
+                        b.talkspurt = true;
+                    }
+                }
+            }
+            Caller::Browser(b) => match b.bridge.to_browser() {
+                Some(packet) if b.connected => {
+                    let start = std::mem::take(&mut b.talkspurt);
+                    if let Err(e) = b.leg.send_opus(packet, start, Instant::now()) {
+                        tracing::debug!(error = %e, "Opus to browser");
+                    }
+                }
+                _ => {
+                    b.leg.skip_frame();
+                    b.talkspurt = true;
+                }
+            },
+            Caller::Tone(t) => {
+                // The tone caller is always there: its side never goes silent.
+                call.handle_media_received(MediaLeg::Browser, Instant::now());
+                let mut frame = [0i16; FRAME_SAMPLES];
+                t.tone.fill(&mut frame);
+                let before = self.rtp.stats.sent;
+                let held = self
+                    .rtp
+                    .remote()
+                    .is_some_and(|r| !r.direction.peer_receives());
+                self.rtp.send_frame(&frame);
+                if held && self.rtp.stats.sent == before {
+                    t.frames_held += 1;
+                }
+                let Some(at) = answered else { return };
+                let elapsed = at.elapsed().as_secs_f64();
+                if t.dtmf_sent.is_empty() && !t.digits.is_empty() && elapsed >= 0.5 {
+                    self.rtp.send_digits(&t.digits);
+                    t.dtmf_sent = t.digits.clone();
+                }
+                // Let queued digits finish, but never more than 5 s past the requested length.
+                let digits_pending = !self.rtp.digits_idle() && elapsed < t.seconds + 5.0;
+                if elapsed >= t.seconds && !digits_pending {
+                    call.handle_command(CallCommand::Hangup, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// True while the trunk speaks G.722: the 16 kHz bridge transcodes.
+    pub(super) fn wideband(&self) -> bool {
+        self.rtp.remote().is_some_and(|r| r.codec == Codec::G722)
+    }
+
+    /// True while the trunk speaks Opus: the browser's packets are relayed, not transcoded.
+    pub(super) fn relaying(&self) -> bool {
+        self.rtp
+            .remote()
+            .is_some_and(|r| r.codec == crate::media::codec::Codec::Opus)
+    }
+
+    /// Trunk audio and digits, to the caller. `data` is the datagram (for relayed frames),
+    /// `pcm` the decoded G.711 audio.
+    pub(super) fn trunk_audio(&mut self, got: Received, data: &[u8], pcm: &[i16], held: bool) {
+        match got {
+            Received::Encoded {
+                start,
+                len,
+                timestamp,
+            } => {
+                let payload = &data[start..start + len];
+                if !crate::media::opus::is_relayable(payload) {
+                    self.wiring
+                        .metrics
+                        .media_drops
+                        .trunk_malformed
+                        .fetch_add(1, Ordering::Relaxed);
+                } else if let Caller::Browser(b) = &mut self.caller
+                    && b.connected
+                    && !held
+                {
+                    match b.leg.relay_opus(payload, timestamp, Instant::now()) {
+                        Ok(()) => self.relayed += 1,
+                        Err(e) => tracing::debug!(error = %e, "Opus relay to browser"),
+                    }
+                }
+            }
+            Received::Audio { samples, timestamp } => match &mut self.caller {
+                // On hold the trunk's music is not ours to forward.
+                Caller::Browser(_) if held => {}
+                Caller::Browser(b) if samples == crate::media::session::WIDE_FRAME_SAMPLES => {
+                    if let Some(w) = b.wide() {
+                        w.from_trunk(timestamp, &pcm[..samples]);
+                    }
+                }
+                Caller::Browser(b) => {
+                    b.bridge.from_trunk(timestamp, &pcm[..samples]);
+                    if self.tapping {
+                        self.tap.trunk(&pcm[..samples]);
+                    }
+                }
+                Caller::Tone(t) if self.answered_at.is_some() => t.answered.push(&pcm[..samples]),
+                Caller::Tone(t) => t.early.push(&pcm[..samples]),
+            },
+            Received::Digit(d) => self.event(CallEvent::Dtmf(d)),
+            Received::Nothing => {}
+        }
+    }
+
+    /// The browser leg's events: media state, Opus to the trunk, in-band digits.
+    pub(super) fn caller_events(&mut self, call: &mut Call) {
+        let Caller::Browser(b) = &mut self.caller else {
+            return;
+        };
+        let held = call.held();
+        let relaying = self.rtp.remote().is_some_and(|r| r.codec == Codec::Opus);
+        let wideband = self.rtp.remote().is_some_and(|r| r.codec == Codec::G722);
+        // Until the trunk's SDP names its codec and address the browser's audio goes nowhere:
+        // it is not decoded either (an Opus trunk may never need a decoder).
+        let trunk_ready = self.rtp.remote().is_some();
+        while let Some(event) = b.leg.poll_event() {
+            match event {
+                BrowserEvent::Connected => {
+                    b.connected = true;
+                    call.handle_caller_media(true, Instant::now());
+                }
+                BrowserEvent::Disconnected => call.handle_caller_media(false, Instant::now()),
+                BrowserEvent::Opus { .. } if !trunk_ready => {}
+                BrowserEvent::Opus { payload, .. } if relaying => {
+                    if !crate::media::opus::is_relayable(&payload) {
+                        self.wiring
+                            .metrics
+                            .media_drops
+                            .browser_malformed
+                            .fetch_add(1, Ordering::Relaxed);
+                    } else if !held {
+                        self.rtp.send_encoded(&payload);
+                        self.relayed += 1;
+                    }
+                }
+                BrowserEvent::Opus { payload, .. } if wideband => {
+                    let rtp = &mut self.rtp;
+                    if let Some(w) = b.wide() {
+                        w.from_browser(&payload, |pcm| {
+                            if !held {
+                                rtp.send_frame(pcm);
+                            }
+                        });
+                    }
+                }
+                BrowserEvent::Opus {
+                    sequence, payload, ..
+                } => {
+                    let (rtp, tap, tapping) = (&mut self.rtp, &mut self.tap, self.tapping);
+                    // On hold the browser's audio is decoded (to keep the decoder's state)
+                    // but not forwarded.
+                    b.bridge.from_browser(sequence, &payload, |pcm| {
+                        if !held {
+                            rtp.send_frame(&pcm[..FRAME_SAMPLES]);
+                            if tapping {
+                                tap.browser(&pcm[..FRAME_SAMPLES]);
+                            }
+                        }
+                    });
+                }
+                BrowserEvent::Dtmf(d) => {
+                    if let Some(h) = &self.hooks {
+                        h.event(Event::Dtmf((self.browser_party, d.to_string())));
+                    }
+                    self.rtp.send_digits(&d.to_string());
+                }
+                BrowserEvent::ReceiverReport { fraction_lost } => {
+                    b.bridge.handle_browser_report(fraction_lost)
+                }
+            }
+        }
+    }
+}
