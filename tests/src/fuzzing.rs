@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use gateway::media::codec::Codec;
 use gateway::media::session::RtpStream;
+use gateway::media::srtp::{LocalSrtp, SrtpKeys, SrtpPolicy};
 use gateway::rtc::{BrowserLeg, DtlsCertificate};
 use gateway::sip::message::{Frame, frame, parse};
 use gateway::sip::sdp::{Direction, LocalMedia, RemoteMedia};
@@ -40,16 +41,19 @@ pub fn sip_stream(data: &[u8]) {
     }
 }
 
-/// A trunk's SDP, read as an answer and as an offer, and an offer answered.
+/// A trunk's SDP, read as an answer and as an offer (SDES lines included), and an offer
+/// answered.
 pub fn sdp_trunk(data: &[u8]) {
     let preference = [Codec::Pcmu, Codec::Pcma];
-    let _ = gateway::sip::sdp::parse_remote(data, &preference, true);
-    if let Ok(remote) = gateway::sip::sdp::parse_remote(data, &preference, false) {
+    let srtp = LocalSrtp::new(SrtpPolicy::Optional);
+    let _ = gateway::sip::sdp::parse_remote(data, &preference, &srtp, true);
+    if let Ok(remote) = gateway::sip::sdp::parse_remote(data, &preference, &srtp, false) {
         let local = LocalMedia {
             ip: "192.0.2.1".parse().expect("literal address"),
             port: 20000,
             codecs: preference.to_vec(),
             session_id: 1,
+            srtp,
         };
         assert!(!gateway::sip::sdp::answer(&local, 2, &remote).is_empty());
     }
@@ -118,13 +122,31 @@ pub fn rtp_rtcp(data: &[u8]) {
             payload_type: 0,
             dtmf_payload_type: Some(101),
             direction: Direction::SendRecv,
+            srtp: None,
         });
         Mutex::new(stream)
     });
     let mut pcm = [0i16; 1500];
     let source = "127.0.0.1:4000".parse().expect("literal address");
     let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = stream.handle_datagram(data, source, &mut pcm);
+    let mut copy = data.to_vec();
+    let _ = stream.handle_datagram(&mut copy, source, &mut pcm);
+    // The same bytes as SRTP: authentication refuses them before anything parses them.
+    let remote = stream.remote();
+    if let Some(remote) = remote {
+        let key = LocalSrtp::new(SrtpPolicy::Required).keys[0];
+        stream.set_remote(RemoteMedia {
+            srtp: Some(SrtpKeys {
+                secure_profile: true,
+                ours: key,
+                theirs: key,
+            }),
+            ..remote
+        });
+        let mut copy = data.to_vec();
+        let _ = stream.handle_datagram(&mut copy, source, &mut pcm);
+        stream.set_remote(remote);
+    }
     // The same bytes as an Opus trunk's RTP, and the check before they are relayed.
     let g711 = stream.remote();
     if let Some(remote) = g711 {
@@ -133,10 +155,11 @@ pub fn rtp_rtcp(data: &[u8]) {
             payload_type: 96,
             ..remote
         });
+        let mut copy = data.to_vec();
         if let gateway::media::session::Received::Encoded { start, len, .. } =
-            stream.handle_datagram(data, source, &mut pcm)
+            stream.handle_datagram(&mut copy, source, &mut pcm)
         {
-            let _ = gateway::media::opus::is_relayable(&data[start..start + len]);
+            let _ = gateway::media::opus::is_relayable(&copy[start..start + len]);
         }
         stream.set_remote(remote);
     }

@@ -14,6 +14,7 @@ use super::cdr::{Parties, record_outcome, unix_ms};
 use super::driver::{Start, Wiring, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
+use crate::media::srtp::LocalSrtp;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
 use crate::sip::endpoint::IncomingRequest;
@@ -112,11 +113,12 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         let codecs = super::outbound::playable_codecs(&config.codecs, hooks.as_ref());
         // An INVITE without a body is a late offer: our 200 offers, the ACK answers
         // (RFC 3264 §5, RFC 3261 §13.2.1).
+        let srtp = LocalSrtp::new(config.srtp);
         let remote = if request.body.is_empty() {
             None
         } else {
             Some(
-                sdp::parse_remote(&request.body, &codecs, false).map_err(|e| {
+                sdp::parse_remote(&request.body, &codecs, &srtp, false).map_err(|e| {
                     tracing::warn!(error = %e, "inbound offer unusable: 488");
                     488u16
                 })?,
@@ -125,7 +127,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         // Too short an interval was refused with 422 before (checked on arrival).
         let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
         let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;
-        let local = ctx.local_media(rtp.local_port(), &codecs);
+        let local = ctx.local_media(rtp.local_port(), &codecs, srtp);
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
             ctx.media_ip,

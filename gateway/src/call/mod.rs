@@ -27,6 +27,7 @@ use crate::media::bridge::Bridge;
 use crate::media::codec::Codec;
 use crate::media::opus::EncoderSettings;
 use crate::media::session::RtpStream;
+use crate::media::srtp::LocalSrtp;
 use crate::rtc::mux::MediaMux;
 use crate::sip::endpoint::Endpoint;
 use crate::sip::sdp::LocalMedia;
@@ -102,12 +103,13 @@ impl CallContext {
     }
 
     /// What our SDP says about the stream `rtp_port` offering `codecs`.
-    fn local_media(&self, rtp_port: u16, codecs: &[Codec]) -> LocalMedia {
+    fn local_media(&self, rtp_port: u16, codecs: &[Codec], srtp: LocalSrtp) -> LocalMedia {
         LocalMedia {
             ip: self.config.rtp_advertised_ip(self.endpoint.advertised_ip()),
             port: rtp_port,
             codecs: codecs.to_vec(),
             session_id: rand::random::<u32>() as u64,
+            srtp,
         }
     }
 

@@ -12,6 +12,7 @@ use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
 use super::driver::{Routing, Start, Wiring, drive};
 use super::machine::{Call, CallCommand, Route};
 use super::{CallContext, CallSlot, EventSink};
+use crate::media::srtp::LocalSrtp;
 use crate::plugin::{CallHooks, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
 use crate::rtc::mux::MuxRoute;
@@ -162,7 +163,7 @@ fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
                 Some(config) => {
                     // Plugins that take the call's audio need it decoded: no Opus relay.
                     let codecs = playable_codecs(&config.codecs, hooks.as_ref());
-                    let local = ctx.local_media(rtp_port, &codecs);
+                    let local = ctx.local_media(rtp_port, &codecs, LocalSrtp::new(config.srtp));
                     let request = CallRequest {
                         to: number,
                         from_user: Some(caller_id),
@@ -191,11 +192,18 @@ fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
     })
 }
 
-/// The addresses to try for a call on `first`, resolved (DNS) in failover order.
+/// The addresses to try for a call on `first`, resolved (DNS) in failover order. Every
+/// candidate gets the first trunk's SDP offer, so a failover trunk (a plugin may name any)
+/// with another `srtp` setting is skipped: its keys or its plain RTP would not fit.
 pub async fn resolve(trunks: &Trunks, first: &str, failover: &[String]) -> Vec<Candidate> {
+    let srtp = trunks.config(first).map(|c| c.srtp);
     let mut out = Vec::new();
     for (trunk, address) in Uac::order(trunks, first, failover) {
         let target = match trunks.config(&trunk) {
+            Some(config) if Some(config.srtp) != srtp => {
+                tracing::warn!(%trunk, first, "failover trunk skipped: its srtp setting differs from the first trunk's");
+                continue;
+            }
             Some(config) => trunks.target(config, &address).await,
             None => None,
         };

@@ -417,6 +417,25 @@ impl Config {
                     );
                 }
             }
+            let srtp = *t.srtp.get_ref();
+            if srtp != SrtpPolicy::Off && t.transport != Transport::Tls && !t.srtp_without_tls {
+                c.issue(
+                    t.srtp.span(),
+                    field("srtp"),
+                    "SDES carries the SRTP keys in the SDP, readable on the path unless the signalling is TLS: use transport = \"tls\", or set srtp_without_tls = true to accept that",
+                );
+            }
+            for other in t.failover.get_ref() {
+                if let Some(o) = raw.trunks.get(other)
+                    && *o.get_ref().srtp.get_ref() != srtp
+                {
+                    c.issue(
+                        t.failover.span(),
+                        field("failover"),
+                        format!("`{other}` has another srtp setting: a failover trunk gets the same SDP offer, so its srtp must match"),
+                    );
+                }
+            }
             if t.transport != Transport::Tls
                 && let Some(ca) = &t.ca_file
             {
@@ -461,6 +480,7 @@ impl Config {
                     session_expires: *t.session_expires.get_ref(),
                     identity: t.identity,
                     privacy: t.privacy,
+                    srtp: *t.srtp.get_ref(),
                 },
             );
         }

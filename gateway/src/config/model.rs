@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use crate::media::session::RtpSource;
+pub use crate::media::srtp::SrtpPolicy;
 pub use crate::sip::edge::{DEFAULT_SIP_RATE_LIMIT, UnknownSources};
 pub use crate::sip::transport::Transport;
 pub use crate::sip::trunks::{Credentials, Identity, Prack, Privacy, TrunkConfig};

@@ -7,8 +7,8 @@ use toml::Spanned;
 use std::collections::BTreeMap;
 
 use super::{
-    FailurePolicy, Identity, Limits, Prack, Privacy, RegisterConflict, RtpSource, Transport,
-    UnknownSources,
+    FailurePolicy, Identity, Limits, Prack, Privacy, RegisterConflict, RtpSource, SrtpPolicy,
+    Transport, UnknownSources,
 };
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +168,10 @@ pub(super) struct RawTrunk {
     pub(super) identity: Identity,
     #[serde(default)]
     pub(super) privacy: Privacy,
+    #[serde(default = "default_srtp")]
+    pub(super) srtp: Spanned<SrtpPolicy>,
+    #[serde(default)]
+    pub(super) srtp_without_tls: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +183,10 @@ pub(super) struct RawTarget {
 
 pub(super) fn default_session_expires() -> Spanned<u32> {
     Spanned::new(0..0, 1800)
+}
+
+pub(super) fn default_srtp() -> Spanned<SrtpPolicy> {
+    Spanned::new(0..0, SrtpPolicy::Off)
 }
 
 pub(super) fn default_media_timeout() -> u32 {

@@ -246,3 +246,31 @@ fn media_timeout_defaults_to_30_seconds_and_0_turns_it_off() {
     let c = parse(&GOOD.replace("transport = \"tcp\"", "media_timeout = 0")).unwrap();
     assert!(c.trunks["backup"].media_timeout.is_zero());
 }
+
+#[test]
+fn srtp_needs_tls_unless_allowed_and_failover_trunks_must_match() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.trunks["carrier"].srtp, SrtpPolicy::Off);
+    // backup (tcp) with SRTP: the keys would cross in clear text.
+    let err = parse(&GOOD.replace("transport = \"tcp\"", "srtp = \"required\"")).unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.field == "trunks.backup.srtp" && i.message.contains("tls")),
+        "{err}"
+    );
+    // Allowed explicitly, but the carrier fails over to it with another setting.
+    let err = parse(&GOOD.replace(
+        "transport = \"tcp\"",
+        "srtp = \"optional\"\nsrtp_without_tls = true",
+    ))
+    .unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.field == "trunks.carrier.failover" && i.message.contains("srtp")),
+        "{err}"
+    );
+    assert!(err.issues.iter().all(|i| i.field != "trunks.backup.srtp"));
+    assert!(parse(&GOOD.replace("transport = \"tcp\"", "srtp = \"sometimes\"")).is_err());
+}

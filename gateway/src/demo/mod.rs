@@ -56,7 +56,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
         _ => return responder.respond(response_to(request, 404, Some(&tag))),
     };
     let codecs = vec![Codec::Pcmu, Codec::Pcma];
-    let remote = match sdp::parse_remote(&request.body, &codecs, false) {
+    let remote = match sdp::parse_remote(&request.body, &codecs, &Default::default(), false) {
         Ok(r) => r,
         Err(_) => return responder.respond(response_to(request, 488, Some(&tag))),
     };
@@ -70,6 +70,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
         port: rtp.local_port(),
         codecs,
         session_id: 1,
+        srtp: Default::default(),
     };
     let Some(call_id) = message::call_id(request) else {
         return;
@@ -104,7 +105,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
             }
             received = rtp.recv(&mut buf) => {
                 let Ok((n, source)) = received else { continue };
-                match rtp.handle_datagram(&buf[..n], source, &mut pcm) {
+                match rtp.handle_datagram(&mut buf[..n], source, &mut pcm) {
                     // Echo frame by frame; packets of other sizes are cut to 20 ms frames.
                     Received::Audio { samples, .. } if echo => {
                         for chunk in pcm[..samples].chunks_exact(FRAME_SAMPLES) {

@@ -16,6 +16,7 @@ use crate::call::resolve;
 use crate::config::Config;
 use crate::media::dtmf::validate_digits;
 use crate::media::session::RtpStream;
+use crate::media::srtp::LocalSrtp;
 use crate::sip::endpoint::{Endpoint, EndpointConfig};
 use crate::sip::message::response_to;
 use crate::sip::sdp::{self, Direction, LocalMedia};
@@ -153,6 +154,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         port: rtp.local_port(),
         codecs: g711,
         session_id: rand::random::<u32>() as u64,
+        srtp: LocalSrtp::new(trunk.srtp),
     };
     let request = CallRequest {
         to: options.to.clone(),

@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::codec::Codec;
+use super::srtp::{LocalSrtp, SrtpKeys};
 
 /// Media direction attribute (RFC 3264 §5.1, §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +57,8 @@ pub struct LocalMedia {
     pub codecs: Vec<Codec>,
     /// Session id for `o=`.
     pub session_id: u64,
+    /// SRTP policy and the keys we offer (SDES, RFC 4568).
+    pub srtp: LocalSrtp,
 }
 
 /// What the peer's SDP says about its audio stream.
@@ -72,4 +75,6 @@ pub struct RemoteMedia {
     pub dtmf_payload_type: Option<u8>,
     /// The peer's direction.
     pub direction: Direction,
+    /// The SRTP keys both sides settled on; `None`: plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }

@@ -1,4 +1,5 @@
-//! Media: G.711, RTP, RFC 4733 DTMF, test tones, and the RTP sessions of the trunk leg.
+//! Media: G.711, RTP, RFC 4733 DTMF, test tones, and the RTP sessions of the trunk leg
+//! (SRTP keyed by SDES where the trunk asks for it).
 
 pub mod bridge;
 pub mod codec;
@@ -9,6 +10,7 @@ pub mod jitter;
 pub mod opus;
 pub mod rtp;
 pub mod session;
+pub mod srtp;
 pub mod tone;
 pub mod wideband;
 

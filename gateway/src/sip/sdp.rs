@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::media::codec::Codec;
 pub use crate::media::description::{Direction, LocalMedia, RemoteMedia};
+use crate::media::srtp::{LocalSrtp, SdesKey, SrtpKeys, SrtpPolicy};
 
 /// Payload type we offer for RFC 4733 events at 8 kHz (dynamic range, the common choice).
 pub const DTMF_PAYLOAD_TYPE: u8 = 101;
@@ -37,6 +38,23 @@ pub enum SdpError {
         "no common codec: the peer offers payload types {0:?}, the trunk is configured for others (PCMU, PCMA, opus)"
     )]
     NoCommonCodec(Vec<String>),
+    /// The trunk has `srtp = "required"` and the peer's SDP has no usable `a=crypto`.
+    #[error(
+        "the trunk requires SRTP (srtp = \"required\") but the peer's SDP has no usable a=crypto line (AES_CM_128_HMAC_SHA1_80 or _32, without MKI)"
+    )]
+    SrtpRequired,
+    /// The peer asks for SRTP (RTP/SAVP) the trunk is not set up for, or with no crypto
+    /// suite we can use.
+    #[error(
+        "the peer's SDP asks for SRTP (RTP/SAVP) but the trunk has srtp = \"off\" or no a=crypto line is usable; set srtp = \"optional\" or \"required\" on the trunk"
+    )]
+    SrtpRefused,
+}
+
+/// The SDES part of an SDP: whether the profile is RTP/SAVP, and the `a=crypto` lines.
+struct Crypto<'a> {
+    secure_profile: bool,
+    lines: &'a [SdesKey],
 }
 
 /// `dtmf` lists the telephone-event payload types and their clock rates.
@@ -46,6 +64,7 @@ fn build(
     codecs: &[(Codec, u8)],
     dtmf: &[(u8, u32)],
     direction: Direction,
+    crypto: Crypto<'_>,
 ) -> String {
     let (addr_type, ip) = match local.ip {
         IpAddr::V4(ip) => ("IP4", ip.to_string()),
@@ -76,6 +95,9 @@ fn build(
     }
     attributes.push(Attribute::new("ptime".into(), Some("20".into())));
     attributes.push(Attribute::new(direction.attribute().into(), None));
+    for key in crypto.lines {
+        attributes.push(Attribute::new("crypto".into(), Some(key.attribute_value())));
+    }
     let connection = ConnectionInformation {
         network_type: "IN".into(),
         address_type: addr_type.into(),
@@ -111,7 +133,10 @@ fn build(
                     value: local.port as isize,
                     range: None,
                 },
-                protos: vec!["RTP".into(), "AVP".into()],
+                protos: vec![
+                    "RTP".into(),
+                    if crypto.secure_profile { "SAVP" } else { "AVP" }.into(),
+                ],
                 formats,
             },
             attributes,
@@ -122,7 +147,9 @@ fn build(
     sdp.marshal()
 }
 
-/// An offer of all our codecs, sendrecv (or another direction, for hold).
+/// An offer of all our codecs, sendrecv (or another direction, for hold). With SRTP, a
+/// `a=crypto` line per suite; RTP/SAVP only when SRTP is required (an RTP/AVP offer with
+/// crypto lines is the best-effort SDES most PBXs understand, RFC 4568 §7.1.1 aside).
 pub fn offer(local: &LocalMedia, version: u64, direction: Direction) -> String {
     let mut dtmf = vec![(DTMF_PAYLOAD_TYPE, 8000)];
     if local.codecs.contains(&Codec::Opus) {
@@ -133,11 +160,16 @@ pub fn offer(local: &LocalMedia, version: u64, direction: Direction) -> String {
         .iter()
         .map(|c| (*c, c.payload_type()))
         .collect();
-    build(local, version, &codecs, &dtmf, direction)
+    let crypto = Crypto {
+        secure_profile: local.srtp.policy == SrtpPolicy::Required,
+        lines: &local.srtp.keys,
+    };
+    build(local, version, &codecs, &dtmf, direction, crypto)
 }
 
 /// Our answer to a peer's offer already read into `remote` (RFC 3264 §6.1): the chosen
-/// codec only, the peer's telephone-event payload type, and the mirrored direction.
+/// codec only, the peer's telephone-event payload type, the mirrored direction, and for
+/// SRTP the peer's profile with one `a=crypto` line under the tag it chose (RFC 4568 §7.1.2).
 pub fn answer(local: &LocalMedia, version: u64, remote: &RemoteMedia) -> String {
     let clock = remote.codec.clock_rate();
     let default = if clock == 8000 {
@@ -146,20 +178,77 @@ pub fn answer(local: &LocalMedia, version: u64, remote: &RemoteMedia) -> String 
         DTMF_48K_PAYLOAD_TYPE
     };
     let dtmf_pt = remote.dtmf_payload_type.unwrap_or(default);
+    let ours = remote.srtp.map(|k| k.ours);
+    let crypto = Crypto {
+        secure_profile: remote.srtp.is_some_and(|k| k.secure_profile),
+        lines: ours.as_slice(),
+    };
     build(
         local,
         version,
         &[(remote.codec, remote.payload_type)],
         &[(dtmf_pt, clock)],
         remote.direction.answer(),
+        crypto,
     )
 }
 
+/// The SRTP keys an SDP's `a=crypto` lines settle on under our policy and keys: for an
+/// offer, the first line in a suite we speak (RFC 4568 §7.1.2, the offerer's preference);
+/// for an answer, the line under a tag we offered in the same suite.
+fn negotiate_srtp(
+    media: &MediaDescription,
+    srtp: &LocalSrtp,
+    peer_is_answering: bool,
+) -> Result<Option<SrtpKeys>, SdpError> {
+    let secure_profile = media.media_name.protos.iter().any(|p| p == "SAVP");
+    if srtp.policy == SrtpPolicy::Off {
+        return if secure_profile {
+            Err(SdpError::SrtpRefused)
+        } else {
+            Ok(None)
+        };
+    }
+    let chosen = media
+        .attributes
+        .iter()
+        .filter(|a| a.key == "crypto")
+        .filter_map(|a| match SdesKey::parse(a.value.as_deref().unwrap_or("")) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::debug!(error = %e, "a=crypto line skipped");
+                None
+            }
+        })
+        .find_map(|theirs| {
+            let ours = srtp.key_for(theirs.suite)?;
+            if peer_is_answering && ours.tag != theirs.tag {
+                return None;
+            }
+            Some(SrtpKeys {
+                secure_profile,
+                ours: SdesKey {
+                    tag: theirs.tag,
+                    ..*ours
+                },
+                theirs,
+            })
+        });
+    match chosen {
+        Some(keys) => Ok(Some(keys)),
+        None if srtp.policy == SrtpPolicy::Required => Err(SdpError::SrtpRequired),
+        None if secure_profile => Err(SdpError::SrtpRefused),
+        None => Ok(None),
+    }
+}
+
 /// Reads the peer's audio stream. `preference` orders the codecs we accept; for an answer
-/// the peer has already chosen, so its first listed format we support wins.
+/// the peer has already chosen, so its first listed format we support wins. `srtp` is our
+/// side's SRTP policy and keys (an offer's, when the peer is answering).
 pub fn parse_remote(
     body: &[u8],
     preference: &[Codec],
+    srtp: &LocalSrtp,
     peer_is_answering: bool,
 ) -> Result<RemoteMedia, SdpError> {
     let text = String::from_utf8_lossy(body);
@@ -170,6 +259,7 @@ pub fn parse_remote(
         .iter()
         .find(|m| m.media_name.media == "audio" && m.media_name.port.value > 0)
         .ok_or(SdpError::NoAudio)?;
+    let srtp = negotiate_srtp(media, srtp, peer_is_answering)?;
     let connection = media
         .connection_information
         .as_ref()
@@ -232,6 +322,7 @@ pub fn parse_remote(
         payload_type,
         dtmf_payload_type,
         direction,
+        srtp,
     })
 }
 
@@ -245,6 +336,7 @@ mod tests {
             port: 30000,
             codecs: vec![Codec::Pcmu, Codec::Pcma],
             session_id: 42,
+            srtp: LocalSrtp::default(),
         }
     }
 
@@ -259,15 +351,26 @@ mod tests {
         assert!(text.contains("a=ptime:20\r\n"));
         assert!(text.contains("a=sendrecv\r\n"));
         // And our own parser reads it back.
-        let remote = parse_remote(text.as_bytes(), &[Codec::Pcmu, Codec::Pcma], true).unwrap();
+        let remote = parse_remote(
+            text.as_bytes(),
+            &[Codec::Pcmu, Codec::Pcma],
+            &LocalSrtp::default(),
+            true,
+        )
+        .unwrap();
         assert_eq!(remote.codec, Codec::Pcmu);
         assert_eq!(remote.dtmf_payload_type, Some(101));
     }
 
     #[test]
     fn sendonly_offer_is_answered_recvonly_with_our_preferred_common_codec() {
-        let remote =
-            parse_remote(SIPP_OFFER.as_bytes(), &[Codec::Pcmu, Codec::Pcma], false).unwrap();
+        let remote = parse_remote(
+            SIPP_OFFER.as_bytes(),
+            &[Codec::Pcmu, Codec::Pcma],
+            &LocalSrtp::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!(remote.direction, Direction::SendOnly);
         assert_eq!(
             remote.codec,
@@ -282,8 +385,13 @@ mod tests {
 
     #[test]
     fn an_answer_keeps_the_peers_choice() {
-        let remote =
-            parse_remote(SIPP_OFFER.as_bytes(), &[Codec::Pcmu, Codec::Pcma], true).unwrap();
+        let remote = parse_remote(
+            SIPP_OFFER.as_bytes(),
+            &[Codec::Pcmu, Codec::Pcma],
+            &LocalSrtp::default(),
+            true,
+        )
+        .unwrap();
         assert_eq!(remote.codec, Codec::Pcma);
     }
 
@@ -293,9 +401,14 @@ mod tests {
             .replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0")
             .replace("a=sendonly\r\n", "");
         assert_eq!(
-            parse_remote(held.as_bytes(), &[Codec::Pcma], false)
-                .unwrap()
-                .direction,
+            parse_remote(
+                held.as_bytes(),
+                &[Codec::Pcma],
+                &LocalSrtp::default(),
+                false
+            )
+            .unwrap()
+            .direction,
             Direction::SendOnly
         );
     }
@@ -306,16 +419,26 @@ mod tests {
             .replace("RTP/AVP 8 0 101", "RTP/AVP 18")
             .replace("a=rtpmap:8 PCMA/8000\r\n", "");
         assert_eq!(
-            parse_remote(g729.as_bytes(), &[Codec::Pcmu], false),
+            parse_remote(
+                g729.as_bytes(),
+                &[Codec::Pcmu],
+                &LocalSrtp::default(),
+                false
+            ),
             Err(SdpError::NoCommonCodec(vec!["18".into()]))
         );
         let video = SIPP_OFFER.replace("m=audio", "m=video");
         assert_eq!(
-            parse_remote(video.as_bytes(), &[Codec::Pcmu], false),
+            parse_remote(
+                video.as_bytes(),
+                &[Codec::Pcmu],
+                &LocalSrtp::default(),
+                false
+            ),
             Err(SdpError::NoAudio)
         );
         assert!(matches!(
-            parse_remote(b"hello", &[Codec::Pcmu], false),
+            parse_remote(b"hello", &[Codec::Pcmu], &LocalSrtp::default(), false),
             Err(SdpError::Syntax(_))
         ));
     }
@@ -336,7 +459,13 @@ mod tests {
         assert!(text.contains("a=rtpmap:110 telephone-event/48000\r\n"));
         // A PBX offering Opus on 96 with 48 kHz events on 97: we answer on its numbers.
         let pbx = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 96 0 97 101\r\na=rtpmap:96 opus/48000/2\r\na=rtpmap:97 telephone-event/48000\r\na=rtpmap:101 telephone-event/8000\r\n";
-        let remote = parse_remote(pbx.as_bytes(), &[Codec::Opus, Codec::Pcmu], false).unwrap();
+        let remote = parse_remote(
+            pbx.as_bytes(),
+            &[Codec::Opus, Codec::Pcmu],
+            &LocalSrtp::default(),
+            false,
+        )
+        .unwrap();
         assert_eq!((remote.codec, remote.payload_type), (Codec::Opus, 96));
         assert_eq!(
             remote.dtmf_payload_type,
@@ -360,13 +489,104 @@ mod tests {
         );
         assert!(hd.contains("m=audio 30000 RTP/AVP 9 0 101\r\n"), "{hd}");
         assert!(hd.contains("a=rtpmap:9 G722/8000\r\n"), "{hd}");
-        let back = parse_remote(hd.as_bytes(), &[Codec::G722], true).unwrap();
+        let back =
+            parse_remote(hd.as_bytes(), &[Codec::G722], &LocalSrtp::default(), true).unwrap();
         assert_eq!((back.codec, back.payload_type), (Codec::G722, 9));
         // A trunk configured for G.711 only never picks it.
-        let g711 = parse_remote(pbx.as_bytes(), &[Codec::Pcmu], false).unwrap();
+        let g711 =
+            parse_remote(pbx.as_bytes(), &[Codec::Pcmu], &LocalSrtp::default(), false).unwrap();
         assert_eq!(
             (g711.codec, g711.dtmf_payload_type),
             (Codec::Pcmu, Some(101))
+        );
+    }
+
+    #[test]
+    fn sdes_offers_answers_and_refusals_follow_the_policy() {
+        let with = |policy| LocalMedia {
+            srtp: LocalSrtp::new(policy),
+            ..local()
+        };
+        let required = with(SrtpPolicy::Required);
+        let text = offer(&required, 1, Direction::SendRecv);
+        assert!(
+            text.contains("m=audio 30000 RTP/SAVP 0 8 101\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:"),
+            "{text}"
+        );
+        let optional = with(SrtpPolicy::Optional);
+        let text = offer(&optional, 1, Direction::SendRecv);
+        assert!(text.contains("m=audio 30000 RTP/AVP 0 8 101\r\n"), "{text}");
+        assert!(text.contains("a=crypto:1 "), "{text}");
+
+        // A PBX offers SAVP with its preferred 32-bit suite first under tag 7.
+        let theirs = crate::media::srtp::SdesKey::generate(
+            7,
+            crate::media::srtp::CryptoSuite::AesCm128HmacSha1_32,
+        );
+        let pbx = SIPP_OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendonly\r\n",
+            &format!("a=crypto:{}\r\na=crypto:9 F8_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n", theirs.attribute_value()),
+        );
+        let remote = parse_remote(pbx.as_bytes(), &[Codec::Pcmu], &optional.srtp, false).unwrap();
+        let keys = remote.srtp.expect("SRTP agreed");
+        assert_eq!(keys.theirs, theirs);
+        assert!(keys.secure_profile);
+        assert_eq!(keys.ours.tag, 7);
+        assert_eq!(
+            keys.ours.key_salt, optional.srtp.keys[1].key_salt,
+            "our key of that suite"
+        );
+        let text = answer(&optional, 2, &remote);
+        assert!(text.contains("m=audio 30000 RTP/SAVP 0 101\r\n"), "{text}");
+        assert_eq!(text.matches("a=crypto:").count(), 1, "{text}");
+        assert!(text.contains(&format!("a=crypto:{}", keys.ours.attribute_value())));
+        // Our answer read back as an answer to the PBX's offer agrees on the same keys.
+        let pbx_side = LocalSrtp {
+            policy: SrtpPolicy::Required,
+            keys: vec![theirs],
+        };
+        let back = parse_remote(text.as_bytes(), &[Codec::Pcmu], &pbx_side, true).unwrap();
+        assert_eq!(back.srtp.unwrap().theirs, keys.ours);
+
+        // Off: an SAVP offer is refused; an AVP offer's crypto lines are ignored.
+        let off = LocalSrtp::default();
+        assert_eq!(
+            parse_remote(pbx.as_bytes(), &[Codec::Pcmu], &off, false),
+            Err(SdpError::SrtpRefused)
+        );
+        let best_effort = pbx.replace("RTP/SAVP", "RTP/AVP");
+        assert_eq!(
+            parse_remote(best_effort.as_bytes(), &[Codec::Pcmu], &off, false)
+                .unwrap()
+                .srtp,
+            None
+        );
+        // Required: plain is refused, and so is SAVP with no suite we speak.
+        assert_eq!(
+            parse_remote(SIPP_OFFER.as_bytes(), &[Codec::Pcmu], &required.srtp, false),
+            Err(SdpError::SrtpRequired)
+        );
+        let f8_only = SIPP_OFFER.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendonly\r\n",
+            "a=crypto:9 F8_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        );
+        assert_eq!(
+            parse_remote(f8_only.as_bytes(), &[Codec::Pcmu], &optional.srtp, false),
+            Err(SdpError::SrtpRefused)
+        );
+        // An answer under a tag we never offered does not count as agreement.
+        let wrong_tag = text.replace("a=crypto:7 ", "a=crypto:8 ");
+        assert_eq!(
+            parse_remote(wrong_tag.as_bytes(), &[Codec::Pcmu], &pbx_side, true),
+            Err(SdpError::SrtpRequired)
         );
     }
 }

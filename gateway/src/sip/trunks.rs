@@ -12,6 +12,7 @@ use super::transport::Transport;
 use super::transport::{Target, split_host_port, tls_client_config};
 use crate::media::codec::Codec;
 use crate::media::session::RtpSource;
+use crate::media::srtp::SrtpPolicy;
 
 /// A SIP trunk: a carrier or PBX the gateway places calls on.
 #[derive(Clone, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct TrunkConfig {
     pub identity: Identity,
     /// What our INVITEs ask the trunk to withhold (RFC 3323).
     pub privacy: Privacy,
+    /// SRTP keyed by SDES (RFC 4568) on this trunk's media.
+    pub srtp: SrtpPolicy,
 }
 
 /// Where the caller ID goes on our INVITEs.
@@ -339,6 +342,7 @@ impl TrunkConfig {
             session_expires: 1800,
             identity: Default::default(),
             privacy: Default::default(),
+            srtp: Default::default(),
         }
     }
 }

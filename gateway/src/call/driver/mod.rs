@@ -261,7 +261,7 @@ pub async fn drive(
             received = run.rtp.recv(&mut rtp_buf), if media => {
                 if let Ok((n, source)) = received {
                     let accepted = run.rtp.stats.received;
-                    let got = run.rtp.handle_datagram(&rtp_buf[..n], source, &mut pcm_in);
+                    let got = run.rtp.handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
                     if run.rtp.stats.received != accepted {
                         call.handle_media_received(MediaLeg::Trunk, Instant::now());
                     }

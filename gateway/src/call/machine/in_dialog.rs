@@ -224,7 +224,7 @@ impl Call {
             let ours = sdp::offer(&local, self.sdp_version, Direction::SendRecv);
             return (200, Some(ours));
         }
-        match sdp::parse_remote(offer, &local.codecs, false) {
+        match sdp::parse_remote(offer, &local.codecs, &local.srtp, false) {
             Ok(remote) => {
                 self.trunk_direction = remote.direction;
                 let answer = sdp::answer(&local, self.sdp_version, &remote);

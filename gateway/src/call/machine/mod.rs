@@ -238,8 +238,10 @@ impl Call {
 
     /// The trunk's SDP answer to our offer, read against the codecs we offered.
     fn parse_answer(&self, body: &[u8]) -> Result<sdp::RemoteMedia, sdp::SdpError> {
-        let offered = self.local.as_ref().map_or(&[][..], |l| &l.codecs[..]);
-        sdp::parse_remote(body, offered, true)
+        match &self.local {
+            Some(local) => sdp::parse_remote(body, &local.codecs, &local.srtp, true),
+            None => sdp::parse_remote(body, &[], &Default::default(), true),
+        }
     }
 
     /// The trunk table the call places its INVITEs with.
@@ -498,7 +500,9 @@ impl Call {
             return self.hang_up_leg();
         }
         self.ring_deadline = None;
-        self.apply_answer(answer, now);
+        if !self.apply_answer(answer, now) {
+            return;
+        }
         self.phase = Phase::Answered;
         self.answered_at = Some(now);
         self.events.push_back(CallEvent::Answered);
@@ -529,20 +533,30 @@ impl Call {
     }
 
     /// The 2xx's answer SDP moves the trunk media; its session timer starts, and the media
-    /// inactivity check.
+    /// inactivity check. An answer we cannot use (no common codec, SRTP refused) ends the
+    /// call — acknowledged, then BYE (RFC 3261 §13.2.2.4) — rather than leave it silent;
+    /// returns false then. A 2xx without a body keeps the answer a reliable 18x gave.
     fn apply_answer(
         &mut self,
         (answer_sdp, session): (Vec<u8>, Option<(u32, bool)>),
         now: Instant,
-    ) {
-        if let Ok(remote) = self.parse_answer(&answer_sdp) {
-            self.events.push_back(CallEvent::TrunkMedia(remote));
+    ) -> bool {
+        if !answer_sdp.is_empty() {
+            match self.parse_answer(&answer_sdp) {
+                Ok(remote) => self.events.push_back(CallEvent::TrunkMedia(remote)),
+                Err(e) => {
+                    tracing::warn!(call_id = %self.id, error = %e, "the trunk's answer is unusable: BYE");
+                    self.finish("media_refused", 488, now);
+                    return false;
+                }
+            }
         }
         self.watch_media(now);
         self.session = None;
         if let Some((interval, we_refresh)) = session {
             self.start_session(interval, we_refresh, now);
         }
+        true
     }
 
     /// The browser's media connected (`true`) or failed for good (`false`).

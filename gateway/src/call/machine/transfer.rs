@@ -236,9 +236,18 @@ impl Call {
         candidates: Vec<crate::sip::uac::Candidate>,
         now: Instant,
     ) {
-        let (Some(t), Some(local)) = (&self.trunk_transfer, self.local.clone()) else {
+        let (Some(t), Some(mut local)) = (&self.trunk_transfer, self.local.clone()) else {
             return;
         };
+        // The target's trunk has its own SRTP policy, and a new peer gets new keys; they
+        // become the call's own once it answers.
+        let policy = self
+            .trunks
+            .config(&t.trunk)
+            .map(|c| c.srtp)
+            .unwrap_or_default();
+        local.srtp = crate::media::srtp::LocalSrtp::new(policy);
+        self.local = Some(local.clone());
         self.sdp_version += 1;
         let request = crate::sip::uac::CallRequest {
             to: t.number.clone(),
@@ -321,7 +330,7 @@ impl Call {
             ip,
         });
         self.trunk_direction = crate::sip::sdp::Direction::SendRecv;
-        self.apply_answer(answer, now);
+        let _ = self.apply_answer(answer, now);
     }
 
     /// A NOTIFY to the transferor on the old leg: `message/sipfrag` with `code` (§2.4.5).

@@ -2,7 +2,11 @@
 //! framing, RFC 4733 events both ways, and symmetric RTP (RFC 4961) latching — only to a
 //! source the trunk's signalling names ([`RtpSource`]), never to whoever sends first.
 //!
-//! Buffers are owned by the stream and reused; nothing allocates per packet.
+//! With SDES keys (RFC 4568) the stream is SRTP: packets are authenticated and decrypted
+//! before anything reads them, and encrypted last thing before they leave.
+//!
+//! Buffers are owned by the stream and reused; nothing allocates per plain RTP packet (the
+//! SRTP library returns each protected packet in a buffer of its own).
 
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +20,7 @@ use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
+use super::srtp::SrtpSession;
 
 /// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
 /// latches to any source hands the call's audio to whoever sprays the port range).
@@ -178,6 +183,8 @@ pub struct RtpStream {
     reception: Option<Reception>,
     /// Coder state while the trunk speaks G.722.
     g722: Option<G722State>,
+    /// SRTP contexts while the SDP carries keys.
+    srtp: Option<SrtpSession>,
     out: [u8; MAX_PACKET],
     /// Counters.
     pub stats: RtpStats,
@@ -221,6 +228,7 @@ impl RtpStream {
             event_timestamp: 0,
             reception: None,
             g722: None,
+            srtp: None,
             out: [0; MAX_PACKET],
             stats: RtpStats::default(),
         })
@@ -286,7 +294,23 @@ impl RtpStream {
             self.reception = None;
             self.g722 = (remote.codec == Codec::G722).then(G722State::new);
         }
+        // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
+        // keep theirs, with the rollover counters and replay lists they have built.
+        if remote.srtp != self.srtp.as_ref().map(|s| *s.keys()) {
+            self.srtp = remote.srtp.and_then(|keys| match SrtpSession::new(keys) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SRTP contexts not created: the stream is silent");
+                    None
+                }
+            });
+        }
         self.remote = Some(remote);
+    }
+
+    /// True when the stream's media is SRTP.
+    pub fn is_secure(&self) -> bool {
+        self.srtp.is_some()
     }
 
     /// The peer as last described.
@@ -368,7 +392,19 @@ impl RtpStream {
                 n + write(&mut self.out[n..])
             }
         };
-        if self.sender_socket.send_to(&self.out[..len], dest).is_ok() {
+        let sent = match (remote.srtp, self.srtp.as_mut()) {
+            (None, _) => self.sender_socket.send_to(&self.out[..len], dest),
+            (Some(_), Some(srtp)) => match srtp.protect(&self.out[..len]) {
+                Ok(packet) => self.sender_socket.send_to(&packet, dest),
+                Err(e) => {
+                    tracing::debug!(error = %e, "RTP packet not protected");
+                    return;
+                }
+            },
+            // Keys that made no contexts: nothing goes out in the clear instead.
+            (Some(_), None) => return,
+        };
+        if sent.is_ok() {
             self.stats.sent += 1;
         }
     }
@@ -379,9 +415,10 @@ impl RtpStream {
     }
 
     /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
+    /// SRTP is decrypted in place, so `data` holds the plain packet afterwards.
     pub fn handle_datagram(
         &mut self,
-        data: &[u8],
+        data: &mut [u8],
         source: SocketAddr,
         pcm: &mut [i16],
     ) -> Received {
@@ -392,6 +429,17 @@ impl RtpStream {
         if !self.accepts(source, &remote) {
             return self.drop_datagram(true);
         }
+        let data = match (remote.srtp, self.srtp.as_mut()) {
+            (None, _) => &data[..],
+            (Some(_), Some(srtp)) => match srtp.unprotect(data, data.len()) {
+                Ok(n) => &data[..n],
+                Err(e) => {
+                    tracing::debug!(%source, error = %e, "SRTP packet refused");
+                    return self.drop_datagram(false);
+                }
+            },
+            (Some(_), None) => return self.drop_datagram(false),
+        };
         let Ok(packet) = RtpPacket::parse(data) else {
             return self.drop_datagram(false);
         };

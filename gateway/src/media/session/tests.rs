@@ -16,6 +16,7 @@ async fn audio_and_digits_cross_a_loopback_pair() {
         payload_type: 8,
         dtmf_payload_type: Some(101),
         direction: Direction::SendRecv,
+        srtp: None,
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -31,7 +32,7 @@ async fn audio_and_digits_cross_a_loopback_pair() {
             .await
             .expect("frame arrives")
             .unwrap();
-        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
             Received::Audio { .. } => audio += 1,
             Received::Digit(d) => digits.push(d),
             Received::Nothing | Received::Encoded { .. } => {}
@@ -94,6 +95,7 @@ async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
         payload_type: 0,
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
+        srtp: None,
     });
     s.set_source_policy(source, Some("192.0.2.7".parse().unwrap()));
     s.set_drop_counters(Arc::new(MediaDrops::default()));
@@ -105,11 +107,11 @@ async fn strict_mode_takes_media_only_from_the_sdp_address() {
     let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
     let mut pcm = [0i16; FRAME_SAMPLES];
     for stranger in ["198.51.100.1:4000", "192.0.2.10:4002", "192.0.2.7:4000"] {
-        let got = s.handle_datagram(&pcmu(1), stranger.parse().unwrap(), &mut pcm);
+        let got = s.handle_datagram(&mut pcmu(1), stranger.parse().unwrap(), &mut pcm);
         assert_eq!(got, Received::Nothing, "{stranger}");
     }
     assert_eq!(s.stats.dropped_source, 3);
-    let got = s.handle_datagram(&pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
+    let got = s.handle_datagram(&mut pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
     assert!(matches!(got, Received::Audio { .. }));
     let drops = s.drops.as_ref().unwrap();
     assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 3);
@@ -122,17 +124,17 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
     let mut pcm = [0i16; FRAME_SAMPLES];
     let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     assert_eq!(
-        s.handle_datagram(&pcmu(1), stranger, &mut pcm),
+        s.handle_datagram(&mut pcmu(1), stranger, &mut pcm),
         Received::Nothing
     );
     let nat: SocketAddr = "192.0.2.7:31000".parse().unwrap();
     assert!(matches!(
-        s.handle_datagram(&pcmu(2), nat, &mut pcm),
+        s.handle_datagram(&mut pcmu(2), nat, &mut pcm),
         Received::Audio { .. }
     ));
     // Latched: another port of the same IP, or the SDP address itself, is refused now.
     for other in ["192.0.2.7:31002", "10.0.0.5:4000"] {
-        let got = s.handle_datagram(&pcmu(3), other.parse().unwrap(), &mut pcm);
+        let got = s.handle_datagram(&mut pcmu(3), other.parse().unwrap(), &mut pcm);
         assert_eq!(got, Received::Nothing, "{other}");
     }
     assert_eq!(
@@ -149,9 +151,10 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
         payload_type: 0,
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
+        srtp: None,
     });
     assert!(matches!(
-        s.handle_datagram(&pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
+        s.handle_datagram(&mut pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
         Received::Audio { .. }
     ));
 }
@@ -166,6 +169,7 @@ async fn a_held_peer_gets_no_media() {
         payload_type: 0,
         dtmf_payload_type: None,
         direction: Direction::SendOnly,
+        srtp: None,
     });
     a.send_frame(&[0; FRAME_SAMPLES]);
     assert_eq!(a.stats.sent, 0);
@@ -182,6 +186,7 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         payload_type: 96,
         dtmf_payload_type: Some(110),
         direction: Direction::SendRecv,
+        srtp: None,
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -193,7 +198,7 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         a.send_encoded(&frame);
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
-        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
             Received::Encoded {
                 start,
                 len,
@@ -230,6 +235,7 @@ async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
         payload_type: 9,
         dtmf_payload_type: Some(101),
         direction: Direction::SendRecv,
+        srtp: None,
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -245,7 +251,7 @@ async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
         a.send_frame(&frame);
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(n, 12 + 160, "64 kbit/s: 160 bytes per 20 ms");
-        match b.handle_datagram(&buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
             Received::Audio { samples, timestamp } => {
                 assert_eq!(samples, WIDE_FRAME_SAMPLES);
                 timestamps.push(timestamp);
@@ -264,4 +270,78 @@ async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
     );
     let snr = detector.report().snr_db;
     assert!(snr >= 20.0, "5 kHz through G.722 at {snr} dB");
+}
+
+#[tokio::test]
+async fn srtp_streams_carry_audio_and_digits_and_refuse_plain_or_forged_packets() {
+    use crate::media::srtp::{CryptoSuite, SdesKey, SrtpKeys};
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut a = RtpStream::bind(ip, 41600, 41700).unwrap();
+    let mut b = RtpStream::bind(ip, 41600, 41700).unwrap();
+    let (ka, kb) = (
+        SdesKey::generate(1, CryptoSuite::AesCm128HmacSha1_80),
+        SdesKey::generate(1, CryptoSuite::AesCm128HmacSha1_80),
+    );
+    let remote = |port, ours, theirs| RemoteMedia {
+        addr: SocketAddr::new(ip, port),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: Some(101),
+        direction: Direction::SendRecv,
+        srtp: Some(SrtpKeys {
+            secure_profile: true,
+            ours,
+            theirs,
+        }),
+    };
+    a.set_remote(remote(b.local_port(), ka, kb));
+    b.set_remote(remote(a.local_port(), kb, ka));
+    assert!(a.is_secure() && b.is_secure());
+    a.send_digits("5");
+    let tone = [1000i16; FRAME_SAMPLES];
+    let mut buf = [0u8; 1500];
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let (mut digits, mut audio) = (String::new(), 0);
+    for _ in 0..20 {
+        a.send_frame(&tone);
+        let (n, src) = tokio::time::timeout(std::time::Duration::from_secs(2), b.recv(&mut buf))
+            .await
+            .expect("frame arrives")
+            .unwrap();
+        // On the wire: 12 bytes of header, 160 of encrypted PCMU, a 10-byte tag.
+        assert!(n == 12 + 160 + 10 || n == 12 + 4 + 10, "{n}");
+        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
+            Received::Audio { samples, .. } => {
+                assert_eq!(samples, FRAME_SAMPLES);
+                assert!(pcm.iter().all(|s| (s - 1000).abs() < 40), "decoded tone");
+                audio += 1;
+            }
+            Received::Digit(d) => digits.push(d),
+            _ => {}
+        }
+    }
+    assert_eq!(digits, "5");
+    assert!(audio >= 10, "{audio}");
+    // Plain RTP from the same source, a replay, and a packet under the wrong key: dropped.
+    let mut plain = vec![0x80, 0, 0, 99, 0, 0, 0, 0, 0, 0, 0, 1];
+    plain.extend_from_slice(&[0xff; 160]);
+    let src = SocketAddr::new(ip, a.local_port());
+    assert_eq!(
+        b.handle_datagram(&mut plain, src, &mut pcm),
+        Received::Nothing
+    );
+    a.send_frame(&tone);
+    let (n, _) = b.recv(&mut buf).await.unwrap();
+    let copy = buf[..n].to_vec();
+    assert!(matches!(
+        b.handle_datagram(&mut buf[..n], src, &mut pcm),
+        Received::Audio { .. }
+    ));
+    let mut replay = copy.clone();
+    assert_eq!(
+        b.handle_datagram(&mut replay, src, &mut pcm),
+        Received::Nothing
+    );
+    assert_eq!(b.stats.received, 21);
+    assert_eq!(b.stats.dropped, 2);
 }

@@ -28,6 +28,7 @@ fn local() -> LocalMedia {
         port: 40000,
         codecs: vec![Codec::Pcmu],
         session_id: 1,
+        srtp: Default::default(),
     }
 }
 
@@ -113,8 +114,9 @@ impl Bench {
     fn inbound_from(request: Request) -> Bench {
         let trunks = Trunks::new([trunk_config()]).unwrap();
         let now = Instant::now();
-        let remote = (!request.body.is_empty())
-            .then(|| sdp::parse_remote(&request.body, &[Codec::Pcmu], false).unwrap());
+        let remote = (!request.body.is_empty()).then(|| {
+            sdp::parse_remote(&request.body, &[Codec::Pcmu], &Default::default(), false).unwrap()
+        });
         let invite = InboundInvite {
             id: 0,
             request,

@@ -1,0 +1,427 @@
+//! SRTP toward a trunk keyed in the SDP (SDES, RFC 4568): the `a=crypto` attribute, the
+//! per-trunk policy, and the two one-way SRTP contexts (RFC 3711) of a stream.
+//!
+//! SDES keys travel in the SDP in the clear, so they are only as secret as the signalling:
+//! the configuration accepts SRTP on a trunk only with `transport = "tls"` unless the
+//! operator says otherwise.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rtc::crypto::RTCCryptoProvider;
+use rtc::srtp::context::Context;
+use rtc::srtp::option::srtp_replay_protection;
+use rtc::srtp::protection_profile::ProtectionProfile;
+use serde::Deserialize;
+
+/// Bytes of master key and salt for the AES_CM_128 suites (RFC 4568 §6.2: 16 + 14).
+pub const KEY_SALT_LEN: usize = 30;
+
+/// Distinct SSRCs a stream's inbound context ever tries: the context keeps state per SSRC
+/// before authenticating, so a source spraying forged SSRCs must not grow it without bound.
+const MAX_INBOUND_SSRCS: usize = 16;
+
+/// Whether a trunk's media is SRTP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpPolicy {
+    /// Plain RTP; an offer of RTP/SAVP only is refused (488).
+    #[default]
+    Off,
+    /// SRTP when the peer agrees: our offers are RTP/AVP with `a=crypto` lines (best-effort
+    /// SDES, as most PBXs do it), and a peer's offer is answered in kind.
+    Optional,
+    /// SRTP or no call: our offers are RTP/SAVP, and plain offers or answers are refused.
+    Required,
+}
+
+/// The SDES crypto suites the gateway speaks (RFC 4568 §6.2; both AES-128 counter mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CryptoSuite {
+    /// 80-bit authentication tag: the suite every SDES peer implements.
+    AesCm128HmacSha1_80,
+    /// 32-bit authentication tag.
+    AesCm128HmacSha1_32,
+}
+
+impl CryptoSuite {
+    /// Every suite, in the order we offer them.
+    pub const ALL: [CryptoSuite; 2] = [
+        CryptoSuite::AesCm128HmacSha1_80,
+        CryptoSuite::AesCm128HmacSha1_32,
+    ];
+
+    /// The suite's name in `a=crypto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CryptoSuite::AesCm128HmacSha1_80 => "AES_CM_128_HMAC_SHA1_80",
+            CryptoSuite::AesCm128HmacSha1_32 => "AES_CM_128_HMAC_SHA1_32",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<CryptoSuite> {
+        CryptoSuite::ALL
+            .into_iter()
+            .find(|s| s.name().eq_ignore_ascii_case(name))
+    }
+
+    fn profile(self) -> ProtectionProfile {
+        match self {
+            CryptoSuite::AesCm128HmacSha1_80 => ProtectionProfile::Aes128CmHmacSha1_80,
+            CryptoSuite::AesCm128HmacSha1_32 => ProtectionProfile::Aes128CmHmacSha1_32,
+        }
+    }
+}
+
+/// One `a=crypto` line: a tag, a suite and its master key and salt.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SdesKey {
+    /// The line's tag, which an answer repeats (RFC 4568 §5.1).
+    pub tag: u32,
+    /// The suite.
+    pub suite: CryptoSuite,
+    /// Master key then master salt.
+    pub key_salt: [u8; KEY_SALT_LEN],
+}
+
+impl fmt::Debug for SdesKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key itself: debug output ends up in logs.
+        write!(f, "SdesKey({} {})", self.tag, self.suite.name())
+    }
+}
+
+/// Why an `a=crypto` line is not usable; such lines are skipped, as RFC 4568 §7.1.1 has
+/// the answerer do with ones it does not understand.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoLineError {
+    /// Not `tag suite key-params`.
+    #[error("a=crypto is not `tag suite inline:key`")]
+    Syntax,
+    /// A suite the gateway does not implement.
+    #[error("crypto suite {0} is not supported (AES_CM_128_HMAC_SHA1_80 or _32 are)")]
+    Suite(String),
+    /// The key is not 30 bytes of base64, or carries an MKI (RFC 4568 §6.1).
+    #[error("a=crypto key is not 30 bytes of base64 without MKI")]
+    Key,
+    /// Session parameters (UNENCRYPTED_SRTP, KDR, ...) change SRTP in ways not implemented.
+    #[error("a=crypto session parameter {0} is not supported")]
+    SessionParameter(String),
+}
+
+fn provider() -> &'static Arc<dyn RTCCryptoProvider> {
+    static PROVIDER: OnceLock<Arc<dyn RTCCryptoProvider>> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        rtc::crypto::default_provider().expect("the rtc crate is built with its ring provider")
+    })
+}
+
+impl SdesKey {
+    /// A fresh key for `suite` under `tag`, from the system's secure random source.
+    pub fn generate(tag: u32, suite: CryptoSuite) -> SdesKey {
+        let mut key_salt = [0u8; KEY_SALT_LEN];
+        provider()
+            .random()
+            .fill(&mut key_salt)
+            .expect("the system's random source works");
+        SdesKey {
+            tag,
+            suite,
+            key_salt,
+        }
+    }
+
+    /// The value of our `a=crypto:` attribute.
+    pub fn attribute_value(&self) -> String {
+        format!(
+            "{} {} inline:{}",
+            self.tag,
+            self.suite.name(),
+            BASE64.encode(self.key_salt)
+        )
+    }
+
+    /// Reads the value of a peer's `a=crypto:` attribute (RFC 4568 §9.1). A lifetime is
+    /// accepted and ignored: a call never comes near 2^31 packets.
+    pub fn parse(value: &str) -> Result<SdesKey, CryptoLineError> {
+        let mut fields = value.split_whitespace();
+        let (Some(tag), Some(suite), Some(params)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(CryptoLineError::Syntax);
+        };
+        if let Some(session) = fields.next() {
+            return Err(CryptoLineError::SessionParameter(session.to_string()));
+        }
+        let tag: u32 = tag.parse().map_err(|_| CryptoLineError::Syntax)?;
+        let suite =
+            CryptoSuite::from_name(suite).ok_or_else(|| CryptoLineError::Suite(suite.into()))?;
+        // One key only (several `;`-separated keys are for rekeying, not done here).
+        let inline = params
+            .strip_prefix("inline:")
+            .filter(|p| !p.contains(';'))
+            .ok_or(CryptoLineError::Key)?;
+        let mut parts = inline.split('|');
+        let key = parts.next().unwrap_or_default();
+        for part in parts {
+            // `2^31` or a plain number is a lifetime; `n:len` is an MKI we cannot use.
+            if part.contains(':') {
+                return Err(CryptoLineError::Key);
+            }
+        }
+        let bytes = BASE64.decode(key).map_err(|_| CryptoLineError::Key)?;
+        let key_salt: [u8; KEY_SALT_LEN] = bytes.try_into().map_err(|_| CryptoLineError::Key)?;
+        Ok(SdesKey {
+            tag,
+            suite,
+            key_salt,
+        })
+    }
+}
+
+/// What our side of a stream offers: the policy and a key per suite.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LocalSrtp {
+    /// The trunk's policy.
+    pub policy: SrtpPolicy,
+    /// Our keys, one per suite, tags 1.. (empty when the policy is off).
+    pub keys: Vec<SdesKey>,
+}
+
+impl LocalSrtp {
+    /// Fresh keys for a new stream under `policy`.
+    pub fn new(policy: SrtpPolicy) -> LocalSrtp {
+        let keys = match policy {
+            SrtpPolicy::Off => Vec::new(),
+            _ => (1..)
+                .zip(CryptoSuite::ALL)
+                .map(|(tag, suite)| SdesKey::generate(tag, suite))
+                .collect(),
+        };
+        LocalSrtp { policy, keys }
+    }
+
+    /// Our key for `suite`, if we have one.
+    pub fn key_for(&self, suite: CryptoSuite) -> Option<&SdesKey> {
+        self.keys.iter().find(|k| k.suite == suite)
+    }
+}
+
+/// The keys an offer/answer settled on for one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SrtpKeys {
+    /// The profile the peer's SDP used: an answer mirrors it (RTP/SAVP or RTP/AVP).
+    pub secure_profile: bool,
+    /// Our key (we encrypt with it) under the tag the answer carries.
+    pub ours: SdesKey,
+    /// The peer's key (we decrypt with it).
+    pub theirs: SdesKey,
+}
+
+/// A stream's SRTP: encryption with our key, decryption with the peer's.
+///
+/// The contexts are `Send` but not `Sync`; the stream is shared by reference while it waits
+/// for a datagram, so each sits in a mutex that is never locked — only reached through
+/// `get_mut`, which costs nothing.
+pub struct SrtpSession {
+    keys: SrtpKeys,
+    outbound: Mutex<Context>,
+    inbound: Mutex<Context>,
+    inbound_ssrcs: Vec<u32>,
+}
+
+/// The context in `m`, reached by exclusive borrow (no lock is ever taken).
+fn exclusive(m: &mut Mutex<Context>) -> &mut Context {
+    m.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl fmt::Debug for SrtpSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SrtpSession")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a packet could not be protected or unprotected.
+#[derive(Debug, thiserror::Error)]
+#[error("SRTP: {0}")]
+pub struct SrtpError(String);
+
+fn context(key: &SdesKey, replay_protection: bool) -> Result<Context, SrtpError> {
+    let profile = key.suite.profile();
+    let (master_key, master_salt) = key.key_salt.split_at(profile.key_len());
+    Context::new(
+        master_key,
+        master_salt,
+        profile,
+        // RFC 3711 §3.3.2: a receiver keeps a replay list; 64 packets is its minimum.
+        replay_protection.then(|| srtp_replay_protection(64)),
+        None,
+        provider().crypto(),
+    )
+    .map_err(|e| SrtpError(e.to_string()))
+}
+
+impl SrtpSession {
+    /// The contexts for `keys`.
+    pub fn new(keys: SrtpKeys) -> Result<SrtpSession, SrtpError> {
+        Ok(SrtpSession {
+            outbound: Mutex::new(context(&keys.ours, false)?),
+            inbound: Mutex::new(context(&keys.theirs, true)?),
+            keys,
+            inbound_ssrcs: Vec::new(),
+        })
+    }
+
+    /// The keys these contexts were made from.
+    pub fn keys(&self) -> &SrtpKeys {
+        &self.keys
+    }
+
+    /// Encrypts the RTP packet `plain` and authenticates it (RFC 3711 §3.3).
+    pub fn protect(&mut self, plain: &[u8]) -> Result<bytes::BytesMut, SrtpError> {
+        exclusive(&mut self.outbound)
+            .encrypt_rtp(plain)
+            .map_err(|e| SrtpError(e.to_string()))
+    }
+
+    /// Authenticates and decrypts the SRTP packet in `packet[..len]` in place; returns the
+    /// plaintext's length. A forged, replayed or truncated packet is an error.
+    pub fn unprotect(&mut self, packet: &mut [u8], len: usize) -> Result<usize, SrtpError> {
+        let data = &packet[..len];
+        if data.len() < 12 {
+            return Err(SrtpError("shorter than an RTP header".into()));
+        }
+        let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        if !self.inbound_ssrcs.contains(&ssrc) {
+            if self.inbound_ssrcs.len() >= MAX_INBOUND_SSRCS {
+                return Err(SrtpError(format!("SSRC {ssrc:#x} is one too many")));
+            }
+            self.inbound_ssrcs.push(ssrc);
+        }
+        let plain = exclusive(&mut self.inbound)
+            .decrypt_rtp(data)
+            .map_err(|e| SrtpError(e.to_string()))?;
+        packet[..plain.len()].copy_from_slice(&plain);
+        Ok(plain.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4568 §9.1's example line.
+    const RFC_LINE: &str =
+        "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20|1:4";
+
+    #[test]
+    fn lines_parse_and_unusable_ones_say_why() {
+        // The RFC's own example carries an MKI, which we do not implement.
+        assert_eq!(SdesKey::parse(RFC_LINE), Err(CryptoLineError::Key));
+        let line = "1 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR|2^20";
+        let key = SdesKey::parse(line).unwrap();
+        assert_eq!((key.tag, key.suite), (1, CryptoSuite::AesCm128HmacSha1_80));
+        assert_eq!(&key.key_salt[..4], &[0x3d, 0x2d, 0x6e, 0x40]);
+        assert_eq!(
+            SdesKey::parse("2 F8_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR"),
+            Err(CryptoLineError::Suite("F8_128_HMAC_SHA1_80".into()))
+        );
+        assert_eq!(
+            SdesKey::parse("3 AES_CM_128_HMAC_SHA1_32 inline:c2hvcnQ="),
+            Err(CryptoLineError::Key)
+        );
+        assert_eq!(
+            SdesKey::parse(
+                "4 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR UNENCRYPTED_SRTP"
+            ),
+            Err(CryptoLineError::SessionParameter("UNENCRYPTED_SRTP".into()))
+        );
+        assert_eq!(SdesKey::parse("x"), Err(CryptoLineError::Syntax));
+    }
+
+    #[test]
+    fn our_lines_read_back_and_keys_differ() {
+        let local = LocalSrtp::new(SrtpPolicy::Optional);
+        assert_eq!(local.keys.len(), 2);
+        assert_ne!(local.keys[0].key_salt, local.keys[1].key_salt);
+        for key in &local.keys {
+            assert_eq!(SdesKey::parse(&key.attribute_value()).unwrap(), *key);
+            assert!(!format!("{key:?}").contains(&BASE64.encode(key.key_salt)));
+        }
+        assert!(LocalSrtp::new(SrtpPolicy::Off).keys.is_empty());
+    }
+
+    fn rtp(sequence: u16, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 160];
+        p[2..4].copy_from_slice(&sequence.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0x55; 160]);
+        p
+    }
+
+    #[test]
+    fn a_packet_survives_the_round_trip_and_forgeries_and_replays_do_not() {
+        for suite in CryptoSuite::ALL {
+            let (a, b) = (SdesKey::generate(1, suite), SdesKey::generate(1, suite));
+            let keys = |ours, theirs| SrtpKeys {
+                secure_profile: true,
+                ours,
+                theirs,
+            };
+            let mut alice = SrtpSession::new(keys(a, b)).unwrap();
+            let mut bob = SrtpSession::new(keys(b, a)).unwrap();
+            let plain = rtp(7, 0x1234);
+            let sent = alice.protect(&plain).unwrap();
+            let tag = if suite == CryptoSuite::AesCm128HmacSha1_80 {
+                10
+            } else {
+                4
+            };
+            assert_eq!(sent.len(), plain.len() + tag);
+            assert_ne!(
+                &sent[12..plain.len()],
+                &plain[12..],
+                "the payload is encrypted"
+            );
+            let mut buf = sent.to_vec();
+            let n = bob.unprotect(&mut buf, sent.len()).unwrap();
+            assert_eq!(&buf[..n], &plain[..]);
+            // Replayed: refused.
+            let mut again = sent.to_vec();
+            assert!(bob.unprotect(&mut again, sent.len()).is_err());
+            // One bit flipped: refused.
+            let mut forged = alice.protect(&rtp(8, 0x1234)).unwrap().to_vec();
+            forged[20] ^= 1;
+            let len = forged.len();
+            assert!(bob.unprotect(&mut forged, len).is_err());
+            // Plain RTP passed off as SRTP: refused.
+            let mut plain8 = rtp(9, 0x1234);
+            let len = plain8.len();
+            assert!(bob.unprotect(&mut plain8, len).is_err());
+        }
+    }
+
+    #[test]
+    fn forged_ssrcs_cannot_grow_the_inbound_context_without_bound() {
+        let (a, b) = (
+            SdesKey::generate(1, CryptoSuite::AesCm128HmacSha1_80),
+            SdesKey::generate(1, CryptoSuite::AesCm128HmacSha1_80),
+        );
+        let mut bob = SrtpSession::new(SrtpKeys {
+            secure_profile: true,
+            ours: b,
+            theirs: a,
+        })
+        .unwrap();
+        for ssrc in 0..1000u32 {
+            let mut junk = rtp(1, ssrc);
+            junk.extend_from_slice(&[0; 10]);
+            let len = junk.len();
+            assert!(bob.unprotect(&mut junk, len).is_err());
+        }
+        assert_eq!(bob.inbound_ssrcs.len(), MAX_INBOUND_SSRCS);
+    }
+}
