@@ -1,6 +1,7 @@
 //! Harness for end-to-end tests against real SIP peers: runs `sipp` scenarios from
 //! `tests/sipp/` on loopback and writes gateway configurations pointing at them.
 
+pub mod baresip;
 pub mod client;
 pub mod fuzzing;
 

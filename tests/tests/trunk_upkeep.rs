@@ -50,6 +50,7 @@ fn trunk(
         session_expires: 1800,
         identity: Default::default(),
         privacy: Default::default(),
+        srtp: Default::default(),
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Cdr {
     pub trunk_jitter_ms: f64,
     /// The trunk leg's codec (`PCMU`, `PCMA`, `opus`), once negotiated.
     pub trunk_codec: Option<&'static str>,
+    /// The trunk leg's SRTP crypto suite (`AES_CM_128_HMAC_SHA1_80`), or null for plain RTP.
+    pub trunk_srtp: Option<&'static str>,
     /// Opus frames relayed untouched between browser and trunk (both ways): a call whose
     /// trunk speaks Opus is not transcoded.
     pub frames_relayed: u64,
@@ -128,6 +130,8 @@ pub struct MediaSummary {
     pub rtp: crate::media::session::RtpStats,
     /// The trunk leg's codec, once negotiated.
     pub trunk_codec: Option<crate::media::codec::Codec>,
+    /// The trunk leg's SRTP suite, when its media was SRTP.
+    pub trunk_srtp: Option<crate::media::srtp::CryptoSuite>,
     /// Opus frames relayed untouched (both ways).
     pub frames_relayed: u64,
 }
@@ -146,6 +150,7 @@ pub async fn record_outcome(
         },
         rtp: outcome.rtp,
         trunk_codec: outcome.trunk_codec,
+        trunk_srtp: outcome.trunk_srtp,
         frames_relayed: outcome.relayed,
     };
     record(
@@ -185,6 +190,7 @@ pub async fn record(
         bridge: (media, jitter),
         rtp,
         trunk_codec,
+        trunk_srtp,
         frames_relayed,
     } = summary;
     metrics
@@ -248,6 +254,7 @@ pub async fn record(
         trunk_packets_lost: rtp.lost,
         trunk_jitter_ms: rtp.jitter as f64 / 8.0,
         trunk_codec: trunk_codec.map(|c| c.encoding_name()),
+        trunk_srtp: trunk_srtp.map(|s| s.name()),
         frames_relayed,
     };
     if let Some(hooks) = hooks {

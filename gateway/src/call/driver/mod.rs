@@ -59,6 +59,8 @@ pub struct Outcome {
     pub relayed: u64,
     /// The trunk leg's codec, once negotiated.
     pub trunk_codec: Option<crate::media::codec::Codec>,
+    /// The trunk leg's SRTP suite, when its media was SRTP.
+    pub trunk_srtp: Option<crate::media::srtp::CryptoSuite>,
 }
 
 /// Everything the loop owns besides the machine.
@@ -297,6 +299,11 @@ pub async fn drive(
         hooks: run.hooks,
         relayed: run.relayed,
         trunk_codec: run.rtp.remote().map(|r| r.codec),
+        trunk_srtp: run
+            .rtp
+            .remote()
+            .and_then(|r| r.srtp)
+            .map(|k| k.theirs.suite),
     }
 }
 
