@@ -150,3 +150,93 @@ async fn a_trunk_requiring_srtp_that_answers_plain_rtp_is_hung_up_without_sendin
     assert_eq!(cdr["trunk_packets_out"], 0, "no plain RTP ever left: {cdr}");
     assert_eq!(cdr["end_reason"], "media_refused", "{cdr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_tone_both_ways() {
+    let dir = out_dir("srtp_tls_inbound");
+    let peer = Baresip::caller(&dir, MediaEncryption::SrtpMandatory);
+    let path = write_config(&dir, &[("carrier", peer.tls_port, "tls", &[])]);
+    let cdr = dir.join("cdr.jsonl");
+    // The gateway's own TLS listener, with a certificate of its own.
+    let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(dir.join("gw-cert.pem"), own.cert.pem()).unwrap();
+    std::fs::write(dir.join("gw-key.pem"), own.signing_key.serialize_pem()).unwrap();
+    let secret = "agent-secret-0123456789abcdef";
+    std::fs::write(dir.join("secret"), secret).unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(
+            "[trunks.carrier]\n",
+            &format!(
+                "[trunks.carrier]\nca_file = \"{}\"\nsrtp = \"required\"\n",
+                peer.ca_file.display()
+            ),
+        )
+        .replace(
+            "[sip]\n",
+            &format!(
+                "[sip]\ntls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                dir.join("gw-cert.pem").display(),
+                dir.join("gw-key.pem").display()
+            ),
+        )
+        .replace(
+            "[http]\n",
+            &format!(
+                "[http]\ntoken_secret_file = \"{}\"\n",
+                dir.join("secret").display()
+            ),
+        );
+    let text = format!(
+        "{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n\n[cdr]\npath = \"{}\"\n",
+        cdr.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 120;
+    let opts = CallOptions {
+        seconds: 3.0,
+        answer_as: Some("agent-7".into()),
+        token: Some(gateway::token::sign(
+            &gateway::token::Claims {
+                sub: "agent-7".into(),
+                exp,
+                targets: vec![],
+                numbers: false,
+            },
+            secret.as_bytes(),
+        )),
+        ..CallOptions::new("echo")
+    };
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
+    peer.dial(&format!("sip:+15550100@{tls}"));
+    let report = browser.await.unwrap();
+    let log = wait_for_hangup(&peer).await;
+    eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(
+        report.messages.contains(&"incoming".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "baresip's tone → SRTP → the gateway decrypts → Opus → the browser: {report:?}"
+    );
+    let heard = peer.received_tone().expect("baresip recorded the call");
+    eprintln!("baresip heard: {heard:?}");
+    assert!(
+        heard.snr_db >= 20.0 && heard.voiced_blocks >= 20,
+        "the browser's tone → the gateway encrypts → baresip decrypts: {heard:?}"
+    );
+    assert!(log.contains("SRTP is Enabled"), "{log}");
+    let cdr = wait_for_cdr(&cdr).await;
+    assert_eq!(cdr["trunk_srtp"], "AES_CM_128_HMAC_SHA1_80", "{cdr}");
+}

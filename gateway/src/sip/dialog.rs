@@ -62,6 +62,11 @@ fn contact_uri(msg: &impl HeadersExt) -> Option<rsip::Uri> {
     })
 }
 
+/// True for a SIPS URI (RFC 3261 §19.1).
+pub fn is_sips(uri: &rsip::Uri) -> bool {
+    matches!(uri.scheme, Some(rsip::Scheme::Sips))
+}
+
 impl Dialog {
     /// The UAC side of a dialog from our INVITE and the peer's 2xx (or 1xx with tag), §12.1.2.
     /// Returns `None` when the response lacks a To tag or Contact.

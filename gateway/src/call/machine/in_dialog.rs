@@ -68,6 +68,7 @@ impl Call {
             let Some(leg) = this.leg.as_ref() else { return };
             let mut response = leg.dialog.response(&request, code);
             let transport = leg.target.transport;
+            let sips = crate::sip::dialog::is_sips(&leg.dialog.remote_target);
             // A 2xx to a target-refreshing request names our target (§12.2.2, RFC 3311 §5.2)
             // and, since it refreshes the session, its new terms (RFC 4028 §9).
             if (200..300).contains(&code) && matches!(method, Method::Invite | Method::Update) {
@@ -78,7 +79,7 @@ impl Call {
                     .headers
                     .push(Header::Contact(rsip::headers::Contact::new(format!(
                         "<{}>",
-                        this.sip.contact_uri("gw", transport)
+                        this.sip.dialog_contact_uri("gw", transport, sips)
                     ))));
             }
             match code {
@@ -327,10 +328,11 @@ impl Call {
         let tx = self.tx_id();
         let leg = self.leg.as_mut().expect("checked");
         let transport = leg.target.transport;
+        let sips = crate::sip::dialog::is_sips(&leg.dialog.remote_target);
         let mut extra = vec![
             Header::Contact(rsip::headers::Contact::new(format!(
                 "<{}>",
-                self.sip.contact_uri("gw", transport)
+                self.sip.dialog_contact_uri("gw", transport, sips)
             ))),
             Header::ContentType(rsip::headers::ContentType::new("application/sdp")),
         ];

@@ -119,7 +119,11 @@ impl Call {
         ok.headers
             .push(Header::Contact(rsip::headers::Contact::new(format!(
                 "<{}>",
-                self.sip.contact_uri("gw", invite.transport)
+                self.sip.dialog_contact_uri(
+                    "gw",
+                    invite.transport,
+                    crate::sip::dialog::is_sips(&invite.request.uri)
+                )
             ))));
         ok.headers
             .push(Header::ContentType(rsip::headers::ContentType::new(

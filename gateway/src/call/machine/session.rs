@@ -102,7 +102,11 @@ impl Call {
         let mut extra = terms;
         extra.push(Header::Contact(rsip::headers::Contact::new(format!(
             "<{}>",
-            self.sip.contact_uri("gw", leg.target.transport)
+            self.sip.dialog_contact_uri(
+                "gw",
+                leg.target.transport,
+                crate::sip::dialog::is_sips(&leg.dialog.remote_target)
+            )
         ))));
         let request = leg.dialog.request(Method::Update, via, extra, vec![]);
         let target = leg.target.clone();

@@ -181,14 +181,22 @@ impl SipLocal {
         )))
     }
 
-    /// Our Contact URI for dialogs over `transport`.
+    /// Our Contact URI for requests we start over `transport` (a SIPS URI over TLS, as our
+    /// Request-URI is then, §8.1.1.8).
     pub fn contact_uri(&self, user: &str, transport: Transport) -> String {
+        self.dialog_contact_uri(user, transport, transport == Transport::Tls)
+    }
+
+    /// Our Contact URI in a dialog over `transport`: a SIPS URI only in a dialog the peer
+    /// made secure (§12.1.1: its Request-URI or Contact was SIPS); over TLS otherwise
+    /// `sip:…;transport=tls`, which is what a peer that dialled `sip:` can route back to.
+    pub fn dialog_contact_uri(&self, user: &str, transport: Transport, sips: bool) -> String {
         let params = match transport {
             Transport::Udp => "",
             Transport::Tcp => ";transport=tcp",
             Transport::Tls => ";transport=tls",
         };
-        let scheme = if transport == Transport::Tls {
+        let scheme = if sips && transport == Transport::Tls {
             "sips"
         } else {
             "sip"
