@@ -44,7 +44,8 @@ pub mod bindings {
 
 pub use bindings::gateway::plugin::host::Level;
 pub use bindings::gateway::plugin::types::{
-    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Reject, Route, Verdict,
+    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Reject, Route,
+    TransferRequest, Verdict,
 };
 
 pub mod host;
@@ -75,6 +76,12 @@ pub trait Plugin: Sized + 'static {
     /// 20 ms of audio, both ways; only if [`manifest`](Plugin::manifest) asks for audio and a
     /// plugin marked the call `record_audio`.
     fn on_audio(&mut self, _call_id: &str, _frame: &AudioFrame) {}
+
+    /// The trunk asks to transfer the call: `None` lets it (the default), `Some(reject)`
+    /// refuses it with that SIP status.
+    fn on_transfer(&mut self, _call_id: &str, _request: &TransferRequest) -> Option<Reject> {
+        None
+    }
 }
 
 /// A route that changes nothing: fill in what you want to change.
@@ -108,7 +115,7 @@ pub mod __export {
     use std::any::Any;
     use std::cell::RefCell;
 
-    use super::{AudioFrame, CallInfo, Event, Plugin, Verdict};
+    use super::{AudioFrame, CallInfo, Event, Plugin, Reject, TransferRequest, Verdict};
 
     thread_local! {
         static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
@@ -146,6 +153,10 @@ pub mod __export {
     pub fn on_audio<P: Plugin>(call_id: String, frame: AudioFrame) {
         with::<P, _>(|p| p.on_audio(&call_id, &frame))
     }
+
+    pub fn on_transfer<P: Plugin>(call_id: String, request: TransferRequest) -> Option<Reject> {
+        with::<P, _>(|p| p.on_transfer(&call_id, &request))
+    }
 }
 
 /// Exports a [`Plugin`] as the component's implementation of the gateway's WIT world.
@@ -170,6 +181,12 @@ macro_rules! export_plugin {
             }
             fn on_audio(call_id: String, frame: $crate::AudioFrame) {
                 $crate::__export::on_audio::<$plugin>(call_id, frame)
+            }
+            fn on_transfer(
+                call_id: String,
+                request: $crate::TransferRequest,
+            ) -> Option<$crate::Reject> {
+                $crate::__export::on_transfer::<$plugin>(call_id, request)
             }
         }
 

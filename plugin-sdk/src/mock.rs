@@ -85,6 +85,17 @@ pub fn call(caller: &str, number: &str) -> CallInfo {
         trunk: "default".into(),
         number: number.into(),
         caller_id: String::new(),
+        asserted: None,
+        diverted_from: None,
+    }
+}
+
+/// A trunk's request to transfer a call to `number` on trunk `default`.
+pub fn transfer(number: &str) -> crate::TransferRequest {
+    crate::TransferRequest {
+        trunk: "default".into(),
+        number: number.into(),
+        referred_by: None,
     }
 }
 

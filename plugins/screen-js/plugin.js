@@ -4,10 +4,11 @@
 //
 // Configuration (JSON):
 //   { "block": ["+1900", "anonymous"], "code": 603, "header": "X-Screened" }
-// A call whose caller starts with a blocked entry is refused with `code` (603 Decline by
-// default); other outbound calls get the header `header: passed` on their INVITE.
+// A call whose caller, or the identity its trunk asserts (P-Asserted-Identity), starts with a
+// blocked entry is refused with `code` (603 Decline by default); other outbound calls get
+// the header `header: passed` on their INVITE. Transfers are not this plugin's business.
 
-import { log, counter } from 'gateway:plugin/host@0.2.0';
+import { log, counter } from 'gateway:plugin/host@0.3.0';
 
 let rules = { block: [], code: 603, header: 'X-Screened' };
 
@@ -38,8 +39,11 @@ export function init(config) {
 }
 
 export function onCallStart(call) {
-  const caller = call.caller.replace(/[\s\-().\/]/g, '');
-  if (rules.block.some((prefix) => caller.startsWith(prefix))) {
+  const clean = (n) => n.replace(/[\s\-().\/]/g, '');
+  const caller = clean(call.caller);
+  const asserted = call.asserted === undefined ? caller : clean(call.asserted);
+  const blocked = (n) => rules.block.some((prefix) => n.startsWith(prefix));
+  if (blocked(caller) || blocked(asserted)) {
     counter('blocked', 1n);
     log('info', `blocked ${caller} calling ${call.destination}`);
     return { tag: 'reject', val: { sipCode: rules.code, reason: `caller ${caller} is blocked` } };
@@ -68,3 +72,7 @@ export function onEvent(callId, event) {
 }
 
 export function onAudio(callId, frame) {}
+
+export function onTransfer(callId, request) {
+  return undefined;
+}

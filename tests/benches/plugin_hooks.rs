@@ -36,6 +36,8 @@ fn call(i: u64) -> CallInfo {
         trunk: "carrier".into(),
         number: "030 1234567".into(),
         caller_id: String::new(),
+        asserted: None,
+        diverted_from: None,
     }
 }
 

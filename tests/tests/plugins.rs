@@ -112,6 +112,49 @@ async fn a_compliance_reject_ends_the_call_before_any_invite() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn compliance_refuses_a_trunk_transfer_to_a_premium_number_and_the_call_goes_on() {
+    let router = build_plugin("router");
+    let compliance = build_plugin("compliance");
+    let dir = out_dir("plugin_transfer_refused");
+    // The PBX REFERs the call to +49900123 on itself, then expects NOTIFY 403 and our BYE.
+    let sipp = Sipp::uas("trunk_refer_refused.xml", "u1", &dir);
+    let mut chain = plugin("router", &router, "fail-open", router_config());
+    chain.push_str(&plugin(
+        "compliance",
+        &compliance,
+        "fail-closed",
+        "premium = [\"+49900\"]",
+    ));
+    let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    let opts = CallOptions {
+        seconds: 4.0,
+        ..options()
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the call keeps its audio: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().unwrap()["reason"],
+        "hangup",
+        "{report:?}"
+    );
+    let log = sipp.messages();
+    assert!(
+        !log.contains("INVITE sip:+49900"),
+        "the premium target was never dialled: {log}"
+    );
+    assert!(
+        sipp.finished().await,
+        "sipp saw 202, NOTIFY 100, NOTIFY 403 (terminated) and the browser's BYE"
+    );
+    assert!(counters(&gateway).contains(&("compliance".into(), "transfers_refused".into(), 1)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
     let hostile = build_plugin("hostile");
     let router = build_plugin("router");
@@ -418,13 +461,14 @@ async fn inbound_calls_pass_through_the_chain_too() {
         &format!("udp = \"127.0.0.1:{gateway_port}\""),
         1,
     );
-    // sipp calls from the trunk's address as `caller`, whom the screening plugin blocks.
+    // sipp calls from the trunk's address as `caller`, asserted (P-Asserted-Identity) as
+    // +4930999, the identity the screening plugin blocks: `call-info.asserted` reached it.
     let plugins = plugin_in(
         "screen",
         &screen,
         "fail-closed",
         "memory_mb = 256\ndeadline_ms = 200",
-        "block = [\"caller\"]\ncode = 603",
+        "block = [\"+4930999\"]\ncode = 603",
     );
     std::fs::write(
         &path,

@@ -67,6 +67,12 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     let sip_call_id = crate::sip::message::call_id(request).unwrap_or_default();
     let requests = mpsc::unbounded_channel();
     ctx.endpoint.route_dialog(&sip_call_id, requests.0.clone());
+    // RFC 3325 and RFC 5806/7044: who the trunk vouches for, and where the call was
+    // diverted from; for the plugins and the browser's `incoming`.
+    let asserted = extensions::identity_user(&request.headers, "P-Asserted-Identity");
+    let diverted_from = extensions::identity_user(&request.headers, "Diversion")
+        .or_else(|| extensions::identity_user(&request.headers, "History-Info"))
+        .filter(|n| *n != dialled);
     // Plugins decide before anything rings: they may refuse the call or pick another browser.
     let info = CallInfo {
         call_id: call_id.clone(),
@@ -76,6 +82,8 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         trunk: trunk.clone(),
         number: identity,
         caller_id: from.clone(),
+        asserted: asserted.clone(),
+        diverted_from: diverted_from.clone(),
     };
     let (decision, hooks) = decide(&ctx, info).await;
     let setup = || -> Result<_, u16> {
@@ -188,10 +196,8 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             from: from.clone(),
             to: dialled.clone(),
             sdp: offer,
-            asserted: extensions::identity_user(&request.headers, "P-Asserted-Identity"),
-            diverted_from: extensions::identity_user(&request.headers, "Diversion")
-                .or_else(|| extensions::identity_user(&request.headers, "History-Info"))
-                .filter(|n| *n != dialled),
+            asserted,
+            diverted_from,
         },
     ));
     let caller = Caller::Browser(Box::new(

@@ -145,6 +145,8 @@ fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
             trunk: call.trunk.clone(),
             number: call.number.clone(),
             caller_id,
+            asserted: None,
+            diverted_from: None,
         };
         let (decision, hooks) = decide(&ctx, info).await;
         let route = match decision {

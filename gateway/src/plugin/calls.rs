@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
 
 use super::bindings;
 use super::host::State;
-use super::{AudioFrame, CallEnd, Event, PluginChain};
+use super::{AudioFrame, CallEnd, Event, PluginChain, Reject, TransferRequest};
+use crate::config::FailurePolicy;
 
 /// Audio frames that may wait for a slow plugin (1 s); more are dropped and counted.
 const AUDIO_BACKLOG: usize = 50;
@@ -63,6 +64,50 @@ impl PluginChain {
         );
     }
 
+    /// Asks the call's plugins, in chain order, whether the trunk may transfer the call; the
+    /// first refusal decides. A plugin that fails is dropped from the call and its failure
+    /// policy answers for it (`fail-closed` refuses with its `reject_code`).
+    pub fn transfer(
+        &self,
+        call: &mut CallPlugins,
+        call_id: &str,
+        request: &TransferRequest,
+    ) -> Option<Reject> {
+        let mut refusal = None;
+        call.instances.retain_mut(|(index, store, plugin)| {
+            if refusal.is_some() {
+                return true;
+            }
+            let loaded = &self.plugins[*index];
+            store.set_epoch_deadline(loaded.deadline_ticks());
+            match plugin.call_on_transfer(&mut *store, call_id, request) {
+                Ok(None) => true,
+                Ok(Some(r)) => {
+                    // Only final failure codes make sense; anything else becomes 403.
+                    let sip_code = if (400..700).contains(&r.sip_code) { r.sip_code } else { 403 };
+                    tracing::info!(plugin = %loaded.config.name, sip_code, reason = %r.reason, "plugin refused a transfer");
+                    refusal = Some(Reject {
+                        sip_code,
+                        reason: r.reason.chars().take(200).collect(),
+                    });
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on a transfer; dropped for this call");
+                    loaded.shared.count("failures", 1);
+                    if loaded.config.policy == FailurePolicy::FailClosed {
+                        refusal = Some(Reject {
+                            sip_code: loaded.config.reject_code,
+                            reason: format!("plugin `{}` failed", loaded.config.name),
+                        });
+                    }
+                    false
+                }
+            }
+        });
+        refusal
+    }
+
     /// Runs `hook` on each instance whose manifest passes `wanted`, under its deadline; an
     /// instance that fails is logged, counted and dropped from the call.
     fn each(
@@ -100,6 +145,7 @@ impl PluginChain {
 enum Work {
     Event(Event),
     Audio(AudioFrame),
+    Transfer(TransferRequest, oneshot::Sender<Option<Reject>>),
 }
 
 /// Feeds one call's plugin instances from the call's task. Hooks are synchronous wasm calls
@@ -120,6 +166,7 @@ impl std::fmt::Debug for Work {
         match self {
             Work::Event(e) => write!(f, "{e:?}"),
             Work::Audio(_) => write!(f, "audio"),
+            Work::Transfer(r, _) => write!(f, "transfer to {} on {}", r.number, r.trunk),
         }
     }
 }
@@ -164,6 +211,10 @@ impl CallHooks {
                             Work::Audio(frame) => {
                                 queued.fetch_sub(1, Ordering::Relaxed);
                                 chain.audio(&mut instances, &call_id, &frame);
+                            }
+                            Work::Transfer(request, answer) => {
+                                let _ =
+                                    answer.send(chain.transfer(&mut instances, &call_id, &request));
                             }
                         }
                     }
@@ -211,6 +262,15 @@ impl CallHooks {
         }
         self.audio_queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Work::Audio(frame));
+    }
+
+    /// Asks the plugins whether the trunk may transfer the call; the answer comes once the
+    /// hooks queued before it have run (`None`: go ahead). A feeder that is gone answers
+    /// nothing, and the receiver reads that as an error.
+    pub fn transfer(&self, request: TransferRequest) -> oneshot::Receiver<Option<Reject>> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Work::Transfer(request, tx));
+        rx
     }
 
     /// Tells the plugins how the call ended, then waits until every queued hook has run

@@ -31,7 +31,8 @@ mod bindings {
 }
 
 pub use bindings::gateway::plugin::types::{
-    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Route, Verdict,
+    AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Reject, Route,
+    TransferRequest, Verdict,
 };
 
 /// Epoch ticks per millisecond of hook deadline.
@@ -219,10 +220,14 @@ impl PluginChain {
                 Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
             let pre = linker.instantiate_pre(&component).map_err(|e| {
                 load_err(format!(
-                    "{e:#} (is it built against plugin-sdk/wit, package gateway:plugin@0.2.0?)"
+                    "{e:#} (this gateway speaks gateway:plugin@0.3.0: rebuild the plugin against plugin-sdk/wit)"
                 ))
             })?;
-            let pre = bindings::PluginPre::new(pre).map_err(|e| load_err(format!("{e:#}")))?;
+            let pre = bindings::PluginPre::new(pre).map_err(|e| {
+                load_err(format!(
+                    "{e:#} (this gateway speaks gateway:plugin@0.3.0: rebuild the plugin against plugin-sdk/wit)"
+                ))
+            })?;
             let shared = previous
                 .and_then(|p| p.plugins.iter().find(|l| l.config.name == c.name))
                 .map(|l| l.shared.clone())

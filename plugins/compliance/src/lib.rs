@@ -8,6 +8,9 @@
 //! 5. a client (the caller) placing more calls than the rate limit allows is refused (403);
 //!    the count lives in the host's key-value store, so it holds across calls.
 //!
+//! A trunk's transfer (REFER) makes the gateway place a new call on a trunk at the
+//! operator's cost, so its target meets rules 2 and 3 too (emergency numbers pass).
+//!
 //! Configuration (JSON), every part optional:
 //! ```json
 //! { "emergency": ["112", "110"], "emergency_trunk": "emergency",
@@ -21,7 +24,9 @@
 
 use chrono::{Datelike, TimeZone, Timelike, Weekday};
 use chrono_tz::Tz;
-use gateway_plugin_sdk::{CallInfo, Direction, Plugin, Reject, Verdict, export_plugin, host};
+use gateway_plugin_sdk::{
+    CallInfo, Direction, Plugin, Reject, TransferRequest, Verdict, export_plugin, host,
+};
 
 /// Calling hours.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +173,36 @@ impl Rules {
         h.days.contains(&local.weekday()) && minute >= h.from && minute < h.to
     }
 
+    /// Rules 2 and 3 for `number` (cleaned): the refusal, if any.
+    fn refuse_number(&self, number: &str) -> Option<Reject> {
+        let starts = |list: &[String]| list.iter().any(|p| number.starts_with(p.as_str()));
+        let reason = if starts(&self.deny) {
+            format!("{number} is on the deny list")
+        } else if !self.allow.is_empty() && !starts(&self.allow) {
+            format!("{number} is not on the allow list")
+        } else if starts(&self.premium) {
+            format!("{number} is a premium-rate number")
+        } else {
+            return None;
+        };
+        host::counter("rejected", 1);
+        Some(Reject {
+            sip_code: 403,
+            reason,
+        })
+    }
+
+    /// Whether a trunk may transfer a call to `request`'s number.
+    pub fn transfer(&self, request: &TransferRequest) -> Option<Reject> {
+        let number = clean(&request.number);
+        if self.emergency.contains(&number) {
+            return None;
+        }
+        let refusal = self.refuse_number(&number)?;
+        host::counter("transfers_refused", 1);
+        Some(refusal)
+    }
+
     /// The verdict for a call placed at `now` (Unix seconds).
     pub fn decide(&self, call: &CallInfo, now: u64) -> Verdict {
         let number = clean(&call.number);
@@ -183,15 +218,8 @@ impl Rules {
             route.failover = Vec::new();
             return Verdict::Route(route);
         }
-        let starts = |list: &[String]| list.iter().any(|p| number.starts_with(p.as_str()));
-        if starts(&self.deny) {
-            return reject(403, format!("{number} is on the deny list"));
-        }
-        if !self.allow.is_empty() && !starts(&self.allow) {
-            return reject(403, format!("{number} is not on the allow list"));
-        }
-        if starts(&self.premium) {
-            return reject(403, format!("{number} is a premium-rate number"));
+        if let Some(refusal) = self.refuse_number(&number) {
+            return Verdict::Reject(refusal);
         }
         if !self.within_hours(now) {
             return reject(480, "outside calling hours".into());
@@ -231,6 +259,10 @@ impl Plugin for Compliance {
         }
         self.rules.decide(call, host::now_seconds())
     }
+
+    fn on_transfer(&mut self, _call_id: &str, request: &TransferRequest) -> Option<Reject> {
+        self.rules.transfer(request)
+    }
 }
 
 export_plugin!(Compliance);
@@ -268,6 +300,27 @@ mod tests {
         assert_eq!(code(c.on_call_start(&mock::call("b", "+49900123"))), 403);
         assert_eq!(code(c.on_call_start(&mock::call("c", "+4930123"))), 0);
         assert_eq!(mock::counter("rejected"), 2);
+    }
+
+    #[test]
+    fn transfers_to_denied_or_premium_numbers_are_refused_and_emergency_ones_pass() {
+        mock::reset();
+        let mut c = rules();
+        let refused = |r: Option<Reject>| r.map(|r| r.sip_code);
+        assert_eq!(
+            refused(c.on_transfer("x", &mock::transfer("+49 900 1"))),
+            Some(403)
+        );
+        assert_eq!(
+            refused(c.on_transfer("x", &mock::transfer("+4930666"))),
+            Some(403)
+        );
+        assert_eq!(
+            refused(c.on_transfer("x", &mock::transfer("+4930777"))),
+            None
+        );
+        assert_eq!(refused(c.on_transfer("x", &mock::transfer("112"))), None);
+        assert_eq!(mock::counter("transfers_refused"), 2);
     }
 
     #[test]

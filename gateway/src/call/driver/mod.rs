@@ -29,7 +29,9 @@ pub type Routing =
     Pin<Box<dyn Future<Output = (Result<Route, (&'static str, u16)>, Option<CallHooks>)> + Send>>;
 
 /// A trunk transfer's target addresses, being resolved (DNS).
-type TransferRoute = Pin<Box<dyn Future<Output = Vec<crate::sip::uac::Candidate>> + Send>>;
+/// A trunk transfer's target addresses, or the SIP status a plugin refused it with.
+type TransferRoute =
+    Pin<Box<dyn Future<Output = Result<Vec<crate::sip::uac::Candidate>, u16>> + Send>>;
 
 /// What a call runs with from the gateway.
 pub struct Wiring<'a> {
@@ -86,8 +88,9 @@ struct Run<'a> {
     answered_at: Option<Instant>,
     ended: bool,
     relayed: u64,
-    /// A trunk asked to transfer the call to this trunk: its addresses are to be resolved.
-    transfer_to: Option<String>,
+    /// A trunk asked to transfer the call: the plugins are to be asked, then the target
+    /// trunk's addresses resolved.
+    transfer_to: Option<crate::plugin::TransferRequest>,
 }
 
 /// How a call starts: outbound calls wait for their route, inbound ones hold the trunk's
@@ -181,10 +184,18 @@ pub async fn drive(
         if call.is_finished() {
             break;
         }
-        if let Some(trunk) = run.transfer_to.take() {
+        if let Some(request) = run.transfer_to.take() {
             let trunks = call.trunks().clone();
+            let trunk = request.trunk.clone();
+            let verdict = run.hooks.as_ref().map(|h| h.transfer(request));
             transfer_route = Some(Box::pin(async move {
-                super::outbound::resolve(&trunks, &trunk, &[]).await
+                // The plugins first: a refusal never resolves, let alone dials, the target.
+                if let Some(verdict) = verdict
+                    && let Ok(Some(refusal)) = verdict.await
+                {
+                    return Err(refusal.sip_code);
+                }
+                Ok(super::outbound::resolve(&trunks, &trunk, &[]).await)
             }));
         }
         let next = call.poll_timeout();
@@ -222,9 +233,12 @@ pub async fn drive(
                 run.routed_at = Some(Instant::now());
                 call.handle_route(route, Instant::now());
             }
-            candidates = async { transfer_route.as_mut().expect("guarded").await }, if transfer_route.is_some() => {
+            decided = async { transfer_route.as_mut().expect("guarded").await }, if transfer_route.is_some() => {
                 transfer_route = None;
-                call.handle_transfer_candidates(candidates, Instant::now());
+                match decided {
+                    Ok(candidates) => call.handle_transfer_candidates(candidates, Instant::now()),
+                    Err(code) => call.handle_transfer_refused(code),
+                }
             }
             Some((tx, event)) = response_rx.recv() => call.handle_sip_response(tx, event, Instant::now()),
             Some(incoming) = request_rx.recv() => {
@@ -375,7 +389,17 @@ impl Run<'_> {
         match &event {
             CallEvent::TrunkMedia(remote) => self.rtp.set_remote(*remote),
             CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
-            CallEvent::TransferRequested { trunk } => self.transfer_to = Some(trunk.clone()),
+            CallEvent::TransferRequested {
+                trunk,
+                number,
+                referred_by,
+            } => {
+                self.transfer_to = Some(crate::plugin::TransferRequest {
+                    trunk: trunk.clone(),
+                    number: number.clone(),
+                    referred_by: referred_by.clone(),
+                })
+            }
             CallEvent::Ringing => self.plugin_event(Event::Ringing),
             CallEvent::Held(hold) => self.plugin_event(Event::Hold(*hold)),
             CallEvent::Dtmf(d) => {

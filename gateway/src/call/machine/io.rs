@@ -60,11 +60,16 @@ pub enum CallEvent {
     Held(bool),
     /// The trunk re-INVITEd and was answered.
     TrunkReinvite,
-    /// The trunk asked to transfer the call to `trunk`: resolve its addresses and hand them
-    /// to [`super::Call::handle_transfer_candidates`].
+    /// The trunk asked to transfer the call to `number` on `trunk`: ask the plugins, then
+    /// resolve its addresses and hand them to [`super::Call::handle_transfer_candidates`]
+    /// (or a plugin's refusal to [`super::Call::handle_transfer_refused`]).
     TransferRequested {
         /// The trunk the Refer-To names.
         trunk: String,
+        /// The number on it.
+        number: String,
+        /// The REFER's Referred-By (RFC 3892), if any.
+        referred_by: Option<String>,
     },
     /// Our transfer (REFER) progressed: 202 when the trunk took it, then the status of the
     /// transfer target's call as the trunk NOTIFYs it (RFC 3515 §2.4.5).

@@ -148,6 +148,7 @@ mod tests {
 pub(super) struct TrunkTransfer {
     trunk: String,
     number: String,
+    referred_by: Option<String>,
     /// The new attempt's RTP policy, from the INVITE client's `Trying`.
     rtp_source: Option<crate::media::session::RtpSource>,
 }
@@ -203,9 +204,13 @@ impl Call {
         match refer_target(request, &self.trunks) {
             Ok((number, trunk)) => {
                 tracing::info!(call_id = %self.id, %trunk, %number, "the trunk transfers the call");
+                let referred_by = message::header_value(&request.headers, "Referred-By")
+                    .or_else(|| message::header_value(&request.headers, "b"))
+                    .map(|v| v.chars().take(256).collect());
                 self.trunk_transfer = Some(TrunkTransfer {
                     trunk,
                     number,
+                    referred_by,
                     rtp_source: None,
                 });
                 202
@@ -223,10 +228,22 @@ impl Call {
         let Some(t) = &self.trunk_transfer else {
             return;
         };
-        let trunk = t.trunk.clone();
+        let event = CallEvent::TransferRequested {
+            trunk: t.trunk.clone(),
+            number: t.number.clone(),
+            referred_by: t.referred_by.clone(),
+        };
         self.notify_transferor(100, false);
-        self.events
-            .push_back(CallEvent::TransferRequested { trunk });
+        self.events.push_back(event);
+    }
+
+    /// A plugin refused the trunk's transfer: the transferor's final NOTIFY carries `code`
+    /// (RFC 3515 §2.4.5) and the call goes on as it was.
+    pub fn handle_transfer_refused(&mut self, code: u16) {
+        if self.trunk_transfer.take().is_some() {
+            tracing::info!(call_id = %self.id, code, "a plugin refused the trunk's transfer");
+            self.notify_transferor(code, true);
+        }
     }
 
     /// The transfer target's addresses (resolved by the driver): its INVITE goes out, offering

@@ -244,7 +244,9 @@ fn a_trunk_refer_moves_the_call_to_the_target_and_byes_the_old_leg() {
     assert_eq!(notifies.len(), 1);
     assert!(String::from_utf8_lossy(&notifies[0].body).starts_with("SIP/2.0 100"));
     assert!(b.saw(&CallEvent::TransferRequested {
-        trunk: "carrier".into()
+        trunk: "carrier".into(),
+        number: "+4930777".into(),
+        referred_by: Some("<sip:pbx@127.0.0.1>".into()),
     }));
     b.call.handle_transfer_candidates(candidates(), b.now);
     b.drain();
@@ -273,6 +275,24 @@ fn a_trunk_refer_moves_the_call_to_the_target_and_byes_the_old_leg() {
     b.drain();
     let bye = all_requests(&b, Method::Bye).pop().unwrap();
     assert_eq!(message::call_id(&bye), message::call_id(&invite));
+}
+
+#[test]
+fn a_transfer_a_plugin_refuses_notifies_the_refusal_and_keeps_the_call() {
+    let mut b = answered_outbound();
+    let invites = b.count(Method::Invite);
+    trunk_refers(&mut b, 5, "<sip:+49900123@127.0.0.1>");
+    assert_eq!(b.responded(5), [202]);
+    b.call.handle_transfer_refused(403);
+    b.drain();
+    let last = all_requests(&b, Method::Notify).pop().unwrap();
+    assert!(String::from_utf8_lossy(&last.body).starts_with("SIP/2.0 403"));
+    assert_eq!(b.count(Method::Invite), invites, "nothing dialled");
+    assert_eq!(b.call.phase(), Phase::Answered);
+    assert!(b.ended().is_none());
+    // The transferor may try again with another target.
+    trunk_refers(&mut b, 6, "<sip:+4930777@127.0.0.1>");
+    assert_eq!(b.responded(6), [202]);
 }
 
 #[test]
