@@ -126,6 +126,20 @@ async fn a_reliable_183_is_pracked_and_its_early_media_heard_before_the_answer()
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_update_in_the_early_dialog_moves_early_media_before_the_answer() {
+    let (report, sipp) = session_call("early_update.xml", 1.5).await;
+    assert!(
+        report.early_packets > 50,
+        "the 183 pointed nowhere; only the UPDATE's port echoes, before the 200: {report:?}"
+    );
+    assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
+    assert!(
+        sipp.finished().await,
+        "sipp checks the PRACK and the SDP answer in the 200 to its UPDATE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trunk_that_sends_no_rtp_is_hung_up_after_its_media_timeout() {
     let (report, sipp) =
         trunk_call("silent_trunk.xml", "media_timeout = 2\n", "", options(10.0)).await;

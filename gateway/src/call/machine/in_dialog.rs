@@ -45,8 +45,11 @@ impl Call {
             return;
         }
         let Some(leg) = self.leg.as_mut() else {
-            if self.uac.as_ref().is_some_and(|u| !u.is_done()) && self.early.len() < EARLY_REQUESTS
-            {
+            let early = self.uac.as_ref().is_some_and(|u| !u.is_done());
+            if early && method == Method::Update {
+                return self.answer_early_update(id, &request);
+            }
+            if early && self.early.len() < EARLY_REQUESTS {
                 self.early.push((id, request, source));
             } else {
                 let response = response_to(&request, 481, Some(&message::random_token()));
@@ -196,6 +199,44 @@ impl Call {
             // 200 would claim a transfer or delivery that never happens (§21.4.6).
             _ => respond(self, 405, None),
         }
+    }
+
+    /// An UPDATE on the early dialog of our INVITE (RFC 3311 §5.1): once our offer has its
+    /// answer (a 18x with SDP), an offer in it is answered at once and moves the early
+    /// media; before that it gets 491 (§5.2: our offer still waits). One without a body
+    /// refreshes and changes nothing. The dialog is not ours yet, so the response is built
+    /// from the request; our Contact is the INVITE's.
+    fn answer_early_update(&mut self, id: u64, request: &Request) {
+        let (code, sdp) = if request.body.is_empty() {
+            (200, None)
+        } else if self.phase != Phase::EarlyMedia {
+            (491, None)
+        } else {
+            self.answer_reinvite(&request.body)
+        };
+        let mut response = response_to(request, code, None);
+        if code == 200 {
+            let transport = self
+                .trunk_used
+                .as_deref()
+                .and_then(|t| self.trunks.config(t))
+                .map_or(crate::sip::transport::Transport::Udp, |c| c.transport);
+            response
+                .headers
+                .push(Header::Contact(rsip::headers::Contact::new(format!(
+                    "<{}>",
+                    self.sip.contact_uri("gw", transport)
+                ))));
+        }
+        if let Some(sdp) = sdp {
+            response
+                .headers
+                .push(Header::ContentType(rsip::headers::ContentType::new(
+                    "application/sdp",
+                )));
+            response.body = sdp.into_bytes();
+        }
+        self.transmits.push_back(Transmit::Respond { id, response });
     }
 
     /// The answer a late-offer INVITE's ACK carries (RFC 3261 §13.2.1): our media follows

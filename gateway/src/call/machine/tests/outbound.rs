@@ -78,6 +78,44 @@ fn browser_gone_during_early_media_cancels() {
 }
 
 #[test]
+fn an_early_update_is_491_before_the_answer_came_and_moves_early_media_after() {
+    let mut b = Bench::outbound();
+    b.reply(Method::Invite, 180, None);
+    let moved = String::from_utf8(trunk_sdp(Direction::SendRecv))
+        .unwrap()
+        .replace("m=audio 30000", "m=audio 31000");
+    // Our offer has no answer yet (§5.2 of RFC 3311).
+    b.trunk_request_with(
+        Method::Update,
+        1,
+        "Content-Type: application/sdp\r\n",
+        moved.clone().into_bytes(),
+    );
+    assert_eq!(b.responded(1), [491]);
+    b.reply(Method::Invite, 183, Some(trunk_sdp(Direction::SendRecv)));
+    assert_eq!(b.call.phase(), Phase::EarlyMedia);
+    b.trunk_request_with(
+        Method::Update,
+        2,
+        "Content-Type: application/sdp\r\n",
+        moved.into_bytes(),
+    );
+    assert_eq!(b.responded(2), [200]);
+    let answer = b.response(2);
+    assert!(String::from_utf8_lossy(&answer.body).contains("m=audio 40000 RTP/AVP 0"));
+    assert!(
+        b.events
+            .iter()
+            .any(|e| matches!(e, CallEvent::TrunkMedia(r) if r.addr.port() == 31000))
+    );
+    // A refresh without a body changes nothing; the call is still unanswered.
+    b.trunk_request_with(Method::Update, 3, "", Vec::new());
+    assert_eq!(b.responded(3), [200]);
+    assert_eq!(b.call.phase(), Phase::EarlyMedia);
+    assert!(b.response(3).body.is_empty());
+}
+
+#[test]
 fn cancel_waits_for_a_provisional_before_it_is_sent() {
     let mut b = Bench::outbound();
     b.call.handle_command(CallCommand::Hangup, b.now);
