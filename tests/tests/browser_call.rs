@@ -396,22 +396,7 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
         .await
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let mut opts = options(30.0);
-    opts.answer_as = Some("agent-7".into());
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 120;
-    opts.token = Some(gateway::token::sign(
-        &gateway::token::Claims {
-            sub: "agent-7".into(),
-            exp,
-            targets: vec![],
-            numbers: false,
-        },
-        secret.as_bytes(),
-    ));
+    let opts = CallOptions::answering("agent-7", secret, 30.0);
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.

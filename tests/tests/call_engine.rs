@@ -26,20 +26,7 @@ fn extend(dir: &Path, path: &Path, extra: &str) {
 }
 
 fn token(identity: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    gateway::token::sign(
-        &gateway::token::Claims {
-            sub: identity.into(),
-            exp,
-            targets: vec![],
-            numbers: false,
-        },
-        SECRET.as_bytes(),
-    )
+    gateway_tests::client::token(identity, SECRET)
 }
 
 /// A browser that registers `identity` and answers (or, `ignore`, lets it ring).

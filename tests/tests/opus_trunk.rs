@@ -85,25 +85,7 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 120;
-    let options = CallOptions {
-        seconds: 30.0,
-        answer_as: Some("agent-o".into()),
-        token: Some(gateway::token::sign(
-            &gateway::token::Claims {
-                sub: "agent-o".into(),
-                exp,
-                targets: vec![],
-                numbers: false,
-            },
-            secret.as_bytes(),
-        )),
-        ..CallOptions::new("")
-    };
+    let options = CallOptions::answering("agent-o", secret, 30.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &options).await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

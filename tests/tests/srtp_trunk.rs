@@ -7,30 +7,42 @@ use gateway_tests::baresip::{Baresip, MediaEncryption};
 use gateway_tests::client::{CallOptions, CallReport, run_call};
 use gateway_tests::{Sipp, out_dir, write_config};
 
-/// A browser call of `seconds` (with DTMF) to baresip over TLS, the trunk's table extended
-/// with `settings`; returns the report and the call's CDR.
-async fn call_baresip(
-    peer: &Baresip,
+/// A gateway whose trunk `carrier` is at 127.0.0.1:`port` over `transport`, its table
+/// extended with `settings`, the whole text then passed through `edit`; with the target
+/// `echo` (the number `echo`) and CDRs in `dir/cdr.jsonl`, whose path comes back too.
+async fn gateway_to(
     dir: &std::path::Path,
+    (port, transport): (u16, &str),
     settings: &str,
-) -> (CallReport, serde_json::Value) {
-    let path = write_config(dir, &[("carrier", peer.tls_port, "tls", &[])]);
+    edit: impl FnOnce(String) -> String,
+) -> (gateway::run::Gateway, std::path::PathBuf) {
+    let path = write_config(dir, &[("carrier", port, transport, &[])]);
     let cdr = dir.join("cdr.jsonl");
     let text = std::fs::read_to_string(&path).unwrap().replace(
         "[trunks.carrier]\n",
-        &format!(
-            "[trunks.carrier]\nca_file = \"{}\"\n{settings}",
-            peer.ca_file.display()
-        ),
+        &format!("[trunks.carrier]\n{settings}"),
     );
     let text = format!(
-        "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"echo\"\n\n[cdr]\npath = \"{}\"\n",
+        "{}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"echo\"\n\n[cdr]\npath = \"{}\"\n",
+        edit(text),
         cdr.display()
     );
     std::fs::write(&path, text).unwrap();
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
+    (gateway, cdr)
+}
+
+/// A browser call of three seconds (with DTMF) to baresip over TLS, the trunk's table
+/// extended with `settings`; returns the report and the call's CDR.
+async fn call_baresip(
+    peer: &Baresip,
+    dir: &std::path::Path,
+    settings: &str,
+) -> (CallReport, serde_json::Value) {
+    let settings = format!("ca_file = \"{}\"\n{settings}", peer.ca_file.display());
+    let (gateway, cdr) = gateway_to(dir, (peer.tls_port, "tls"), &settings, |t| t).await;
     let opts = CallOptions {
         seconds: 3.0,
         dtmf: Some("42".into()),
@@ -121,20 +133,8 @@ async fn a_trunk_requiring_srtp_that_answers_plain_rtp_is_hung_up_without_sendin
     let dir = out_dir("srtp_required_plain_answer");
     // sipp answers RTP/AVP without a=crypto, whatever we offered.
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let cdr = dir.join("cdr.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        "[trunks.carrier]\nsrtp = \"required\"\nsrtp_without_tls = true\n",
-    );
-    let text = format!(
-        "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
-        cdr.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    let settings = "srtp = \"required\"\nsrtp_without_tls = true\n";
+    let (gateway, cdr) = gateway_to(&dir, (sipp.port, "udp"), settings, |t| t).await;
     let opts = CallOptions {
         seconds: 3.0,
         ..CallOptions::new("echo")
@@ -155,65 +155,37 @@ async fn a_trunk_requiring_srtp_that_answers_plain_rtp_is_hung_up_without_sendin
 async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_tone_both_ways() {
     let dir = out_dir("srtp_tls_inbound");
     let peer = Baresip::caller(&dir, MediaEncryption::SrtpMandatory);
-    let path = write_config(&dir, &[("carrier", peer.tls_port, "tls", &[])]);
-    let cdr = dir.join("cdr.jsonl");
     // The gateway's own TLS listener, with a certificate of its own.
     let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
     std::fs::write(dir.join("gw-cert.pem"), own.cert.pem()).unwrap();
     std::fs::write(dir.join("gw-key.pem"), own.signing_key.serialize_pem()).unwrap();
     let secret = "agent-secret-0123456789abcdef";
     std::fs::write(dir.join("secret"), secret).unwrap();
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace(
-            "[trunks.carrier]\n",
-            &format!(
-                "[trunks.carrier]\nca_file = \"{}\"\nsrtp = \"required\"\n",
-                peer.ca_file.display()
-            ),
-        )
-        .replace(
-            "[sip]\n",
-            &format!(
-                "[sip]\ntls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-                dir.join("gw-cert.pem").display(),
-                dir.join("gw-key.pem").display()
-            ),
-        )
-        .replace(
-            "[http]\n",
-            &format!(
-                "[http]\ntoken_secret_file = \"{}\"\n",
-                dir.join("secret").display()
-            ),
-        );
-    let text = format!(
-        "{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n\n[cdr]\npath = \"{}\"\n",
-        cdr.display()
+    let settings = format!(
+        "ca_file = \"{}\"\nsrtp = \"required\"\n",
+        peer.ca_file.display()
     );
-    std::fs::write(&path, text).unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 120;
-    let opts = CallOptions {
-        seconds: 3.0,
-        answer_as: Some("agent-7".into()),
-        token: Some(gateway::token::sign(
-            &gateway::token::Claims {
-                sub: "agent-7".into(),
-                exp,
-                targets: vec![],
-                numbers: false,
-            },
-            secret.as_bytes(),
-        )),
-        ..CallOptions::new("echo")
+    let edit = |text: String| {
+        let text = text
+            .replace(
+                "[sip]\n",
+                &format!(
+                    "[sip]\ntls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                    dir.join("gw-cert.pem").display(),
+                    dir.join("gw-key.pem").display()
+                ),
+            )
+            .replace(
+                "[http]\n",
+                &format!(
+                    "[http]\ntoken_secret_file = \"{}\"\n",
+                    dir.join("secret").display()
+                ),
+            );
+        format!("{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n")
     };
+    let (gateway, cdr) = gateway_to(&dir, (peer.tls_port, "tls"), &settings, edit).await;
+    let opts = CallOptions::answering("agent-7", secret, 3.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
