@@ -97,14 +97,7 @@ impl Call {
                 }
                 _ => {}
             }
-            if let Some(sdp) = extra {
-                response
-                    .headers
-                    .push(Header::ContentType(rsip::headers::ContentType::new(
-                        "application/sdp",
-                    )));
-                response.body = sdp.into_bytes();
-            }
+            with_sdp(&mut response, extra);
             this.transmits.push_back(Transmit::Respond { id, response });
         };
         if let Err(code) = accepted {
@@ -228,14 +221,7 @@ impl Call {
                     self.sip.contact_uri("gw", transport)
                 ))));
         }
-        if let Some(sdp) = sdp {
-            response
-                .headers
-                .push(Header::ContentType(rsip::headers::ContentType::new(
-                    "application/sdp",
-                )));
-            response.body = sdp.into_bytes();
-        }
+        with_sdp(&mut response, sdp);
         self.transmits.push_back(Transmit::Respond { id, response });
     }
 
@@ -395,5 +381,17 @@ impl Call {
             request,
             target,
         });
+    }
+}
+
+/// Puts `sdp`, if any, in `response` as its body.
+fn with_sdp(response: &mut rsip::Response, sdp: Option<String>) {
+    if let Some(sdp) = sdp {
+        response
+            .headers
+            .push(Header::ContentType(rsip::headers::ContentType::new(
+                "application/sdp",
+            )));
+        response.body = sdp.into_bytes();
     }
 }
