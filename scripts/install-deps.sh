@@ -7,6 +7,8 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing the trunk
 # A second, independent SIP peer where sipp 3.6 cannot be one: SIP over TLS with SRTP (SDES).
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+# The TURN relay browsers behind strict firewalls reach the gateway through.
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)

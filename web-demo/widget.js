@@ -14,6 +14,8 @@
  *   data-label      the button's text; default "Call"
  *   data-container  CSS selector of the element to render into; default: after the tag
  *   data-ui="none"  no user interface: use the JavaScript API only
+ *   data-ice-transport-policy  "relay" to send media only through the gateway's TURN
+ *                   servers (they and their short-lived credentials come from the gateway)
  *
  * JavaScript API, for sites that want their own button:
  *
@@ -82,6 +84,9 @@
       this.target = options.target || '';
       this.tokenUrl = options.tokenUrl || null;
       this.label = options.label || 'Call';
+      // STUN/TURN servers with fresh TURN credentials arrive from the gateway per connection.
+      this.iceServers = [];
+      this.iceTransportPolicy = options.iceTransportPolicy || 'all';
       this.state = 'idle';
       this.listeners = {};
       this.ws = null;
@@ -203,6 +208,7 @@
     async handle(m, token) {
       switch (m.type) {
         case 'hello':
+          this.iceServers = m.ice_servers || [];
           if (token) {
             this.send({ type: 'auth', token: token });
           } else {
@@ -210,6 +216,7 @@
           }
           break;
         case 'authenticated':
+          this.iceServers = m.ice_servers || this.iceServers;
           await this.offer();
           break;
         case 'answer':
@@ -255,7 +262,11 @@
     }
 
     async offer() {
-      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      const pc = new RTCPeerConnection({
+        bundlePolicy: 'max-bundle',
+        iceServers: this.iceServers,
+        iceTransportPolicy: this.iceTransportPolicy,
+      });
       this.pc = pc;
       for (const track of this.mic.getAudioTracks()) {
         pc.addTrack(track, this.mic);
@@ -494,6 +505,7 @@
           target: d.target,
           tokenUrl: d.tokenUrl,
           label: d.label,
+          iceTransportPolicy: d.iceTransportPolicy,
           container: d.ui === 'none' ? null : d.container || undefined,
         })
       );

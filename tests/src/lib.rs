@@ -3,6 +3,7 @@
 
 pub mod baresip;
 pub mod client;
+pub mod coturn;
 pub mod fuzzing;
 
 use std::path::{Path, PathBuf};

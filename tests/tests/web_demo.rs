@@ -252,6 +252,63 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_allowed_only_relayed_media_calls_through_coturn_with_minted_credentials() {
+    let dir = out_dir("web_demo_turn");
+    let tone = dir.join("tone-1004.wav");
+    tone_wav(&tone);
+    let secret = "turn-shared-secret-0123456789";
+    let coturn = gateway_tests::coturn::Coturn::start(&dir, secret);
+    std::fs::write(dir.join("turn-secret"), secret).unwrap();
+    let demo_trunk = gateway::demo::start().await.expect("demo trunk");
+    let cdr = dir.join("cdr.jsonl");
+    let text = format!(
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 46000\nport_max = 46999\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n\
+         [webrtc]\nudp = \"127.0.0.1:0\"\nice_servers = [\"turn:127.0.0.1:{}?transport=udp\"]\n\
+         turn_secret_file = \"{}\"\nturn_credential_seconds = 600\n\n\
+         [cdr]\npath = \"{}\"\n\n\
+         [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
+         [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n",
+        coturn.port,
+        dir.join("turn-secret").display(),
+        cdr.display(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    // `relay=1`: the page's peer connection may use relay candidates only, as behind a
+    // firewall that lets nothing but the TURN server through.
+    let seen = visit(
+        format!("http://{}/?target=echo&relay=1", gateway.http_addr),
+        dir.join("relay"),
+        &tone,
+        "42",
+    )
+    .await;
+    check("relay", &seen, "42");
+    let mut line = String::new();
+    for _ in 0..50 {
+        line = std::fs::read_to_string(&cdr).unwrap_or_default();
+        if !line.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let record: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        record["browser_relayed"], true,
+        "the media came through coturn: {record}"
+    );
+    let log = coturn.log();
+    assert!(
+        log.contains("ALLOCATE") && log.contains("success"),
+        "coturn accepted the minted credentials and allocated a relay: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_gateway_serves_the_page_and_the_widget() {
     let dir = out_dir("web_demo_serve");
     let path = gateway_tests::write_config(&dir, &[]);

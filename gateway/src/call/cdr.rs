@@ -58,6 +58,8 @@ pub struct Cdr {
     pub trunk_codec: Option<&'static str>,
     /// The trunk leg's SRTP crypto suite (`AES_CM_128_HMAC_SHA1_80`), or null for plain RTP.
     pub trunk_srtp: Option<&'static str>,
+    /// The browser's media came through a TURN relay.
+    pub browser_relayed: bool,
     /// Opus frames relayed untouched between browser and trunk (both ways): a call whose
     /// trunk speaks Opus is not transcoded.
     pub frames_relayed: u64,
@@ -132,6 +134,8 @@ pub struct MediaSummary {
     pub trunk_codec: Option<crate::media::codec::Codec>,
     /// The trunk leg's SRTP suite, when its media was SRTP.
     pub trunk_srtp: Option<crate::media::srtp::CryptoSuite>,
+    /// The browser's media came through a TURN relay.
+    pub browser_relayed: bool,
     /// Opus frames relayed untouched (both ways).
     pub frames_relayed: u64,
 }
@@ -151,6 +155,10 @@ pub async fn record_outcome(
         rtp: outcome.rtp,
         trunk_codec: outcome.trunk_codec,
         trunk_srtp: outcome.trunk_srtp,
+        browser_relayed: match &outcome.caller {
+            super::caller::Caller::Browser(b) => b.leg.relayed(),
+            super::caller::Caller::Tone(_) => false,
+        },
         frames_relayed: outcome.relayed,
     };
     record(
@@ -191,6 +199,7 @@ pub async fn record(
         rtp,
         trunk_codec,
         trunk_srtp,
+        browser_relayed,
         frames_relayed,
     } = summary;
     metrics
@@ -255,6 +264,7 @@ pub async fn record(
         trunk_jitter_ms: rtp.jitter as f64 / 8.0,
         trunk_codec: trunk_codec.map(|c| c.encoding_name()),
         trunk_srtp: trunk_srtp.map(|s| s.name()),
+        browser_relayed,
         frames_relayed,
     };
     if let Some(hooks) = hooks {

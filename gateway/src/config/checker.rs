@@ -117,6 +117,60 @@ impl Checker<'_> {
         (!verifier.is_empty()).then_some(verifier)
     }
 
+    /// `[webrtc] ice_servers` with the TURN secret they need and the credentials' lifetime.
+    pub(super) fn ice_servers(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        raw: &super::raw::RawWebrtc,
+    ) -> crate::rtc::ice_servers::IceServers {
+        use crate::rtc::ice_servers::{IceServers, check_url};
+        let mut turn = false;
+        for url in raw.ice_servers.get_ref() {
+            match check_url(url) {
+                Ok(is_turn) => turn |= is_turn,
+                Err(e) => self.issue(raw.ice_servers.span(), "webrtc.ice_servers", e),
+            }
+        }
+        let secret = if turn || raw.turn_secret_env.is_some() || raw.turn_secret_file.is_some() {
+            let secret = self.secret(
+                env,
+                ("webrtc.turn_secret_env", &raw.turn_secret_env),
+                ("webrtc.turn_secret_file", &raw.turn_secret_file),
+            );
+            if secret.is_none()
+                && turn
+                && raw.turn_secret_env.is_none()
+                && raw.turn_secret_file.is_none()
+            {
+                self.issue(
+                    raw.ice_servers.span(),
+                    "webrtc.ice_servers",
+                    "TURN servers need the secret they share with the gateway (coturn's static-auth-secret): set turn_secret_env or turn_secret_file",
+                );
+            }
+            secret.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let seconds = match &raw.turn_credential_seconds {
+            Some(s) if *s.get_ref() < 60 || *s.get_ref() > 86_400 => {
+                self.issue(
+                    s.span(),
+                    "webrtc.turn_credential_seconds",
+                    "TURN credentials live from 60 s to a day (86400 s)",
+                );
+                3600
+            }
+            Some(s) => *s.get_ref(),
+            None => 3600,
+        };
+        IceServers::new(
+            raw.ice_servers.get_ref(),
+            secret,
+            std::time::Duration::from_secs(seconds.into()),
+        )
+    }
+
     /// A secret given by environment variable or file (one of them), at least 16 bytes.
     pub(super) fn secret(
         &mut self,

@@ -204,6 +204,7 @@ impl Config {
             Some("0.0.0.0:10000"),
             parse_sock,
         );
+        let ice_servers = c.ice_servers(env, &raw.webrtc);
         let tokens = c.token_keys(env, &raw.http);
         let admin_token = c.secret(
             env,
@@ -531,6 +532,7 @@ impl Config {
                 register_conflict: raw.http.register_conflict,
             },
             webrtc_udp,
+            ice_servers,
             media: MediaConfig {
                 opus_complexity,
                 opus_complexity_under_loss,

@@ -228,6 +228,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// UDP address for all browser media (one port, ICE mux).
     pub webrtc_udp: SocketAddr,
+    /// STUN/TURN servers handed to browsers, with the TURN secret.
+    pub ice_servers: crate::rtc::ice_servers::IceServers,
     /// Media settings.
     pub media: MediaConfig,
     /// Where CDRs are appended as JSON lines; `None` disables them.

@@ -113,10 +113,15 @@ pub(super) struct RawTokenKey {
     pub(super) algorithm: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawWebrtc {
     pub(super) udp: Option<Spanned<String>>,
+    #[serde(default = "empty_list")]
+    pub(super) ice_servers: Spanned<Vec<String>>,
+    pub(super) turn_secret_env: Option<Spanned<String>>,
+    pub(super) turn_secret_file: Option<Spanned<String>>,
+    pub(super) turn_credential_seconds: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -183,6 +188,18 @@ pub(super) struct RawTarget {
 
 pub(super) fn default_session_expires() -> Spanned<u32> {
     Spanned::new(0..0, 1800)
+}
+
+impl Default for RawWebrtc {
+    fn default() -> Self {
+        RawWebrtc {
+            udp: None,
+            ice_servers: empty_list(),
+            turn_secret_env: None,
+            turn_secret_file: None,
+            turn_credential_seconds: None,
+        }
+    }
 }
 
 pub(super) fn default_srtp() -> Spanned<SrtpPolicy> {

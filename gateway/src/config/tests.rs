@@ -274,3 +274,34 @@ fn srtp_needs_tls_unless_allowed_and_failover_trunks_must_match() {
     assert!(err.issues.iter().all(|i| i.field != "trunks.backup.srtp"));
     assert!(parse(&GOOD.replace("transport = \"tcp\"", "srtp = \"sometimes\"")).is_err());
 }
+
+#[test]
+fn turn_servers_need_the_shared_secret_and_urls_are_checked() {
+    let with = |webrtc: &str| format!("{GOOD}\n[webrtc]\n{webrtc}");
+    let c = parse(&with("ice_servers = [\"stun:stun.example.com\"]\n")).unwrap();
+    assert_eq!(
+        c.ice_servers
+            .for_client("x", std::time::SystemTime::now())
+            .len(),
+        1
+    );
+    let err = parse(&with("ice_servers = [\"turn:turn.example.com:3478\"]\n")).unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.field == "webrtc.ice_servers" && i.message.contains("turn_secret")),
+        "{err}"
+    );
+    let err = parse(&with("ice_servers = [\"http://turn.example.com\"]\n")).unwrap_err();
+    assert!(err.to_string().contains("not a stun:"), "{err}");
+    let err = parse(&with(
+        "ice_servers = [\"turn:t.example.com\"]\nturn_secret_env = \"TURN_SECRET\"\nturn_credential_seconds = 5\n",
+    ))
+    .unwrap_err();
+    assert!(
+        err.issues
+            .iter()
+            .any(|i| i.field == "webrtc.turn_credential_seconds"),
+        "{err}"
+    );
+}

@@ -29,6 +29,7 @@ use ::rtc::sansio::Protocol;
 use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use bytes::{Bytes, BytesMut};
 
+pub mod ice_servers;
 pub mod mux;
 mod reports;
 
@@ -133,6 +134,25 @@ pub struct BrowserLeg {
     /// Browser addresses whose ICE checks the stack answered with success: the only ones
     /// DTLS and SRTP are taken from.
     validated: Vec<SocketAddr>,
+    /// The browser's relay candidates (a TURN server's relayed addresses), from its SDP.
+    relay_candidates: Vec<SocketAddr>,
+    /// Where the browser's DTLS and SRTP last came from.
+    media_from: Option<SocketAddr>,
+}
+
+/// The addresses of an SDP's `typ relay` candidates (RFC 8839 §5.1), at most a handful.
+fn relay_candidates(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            // foundation component transport priority address port typ type …
+            (f.len() >= 8 && f[6] == "typ" && f[7] == "relay")
+                .then(|| Some(SocketAddr::new(f[4].parse().ok()?, f[5].parse().ok()?)))
+                .flatten()
+        })
+        .take(MAX_VALIDATED)
+        .collect()
 }
 
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
@@ -308,6 +328,8 @@ impl BrowserLeg {
             dtmf: DtmfReceiver::new(),
             events: Default::default(),
             validated: Vec::new(),
+            relay_candidates: Vec::new(),
+            media_from: None,
         }
     }
 
@@ -339,6 +361,7 @@ impl BrowserLeg {
         let mut leg = Self::finish(pc, local, advertised, ufrag, sender, ssrc);
         leg.opus_pt = opus_pt;
         leg.dtmf_pt = dtmf_pt;
+        leg.relay_candidates = relay_candidates(offer_sdp);
         Ok((leg, sdp))
     }
 
@@ -373,7 +396,15 @@ impl BrowserLeg {
             .map_err(|e| RtcError::BadOffer(e.to_string()))?;
         self.opus_pt = opus_pt;
         self.dtmf_pt = dtmf_pt;
+        self.relay_candidates = relay_candidates(answer_sdp);
         Ok(())
+    }
+
+    /// True when the browser's media comes through a TURN relay: its DTLS and SRTP arrive
+    /// from one of its `typ relay` candidates.
+    pub fn relayed(&self) -> bool {
+        self.media_from
+            .is_some_and(|p| self.relay_candidates.contains(&p))
     }
 
     /// Our ICE username fragment: STUN requests from the browser carry it first in USERNAME.
@@ -386,8 +417,11 @@ impl BrowserLeg {
     /// DTLS or SRTP from an address no ICE check validated (RFC 8445 §7.3.1.4: only the valid
     /// pair carries media; anything else is a stranger's).
     pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) -> bool {
-        if !is_stun(&datagram) && !self.validated.contains(&peer) {
-            return false;
+        if !is_stun(&datagram) {
+            if !self.validated.contains(&peer) {
+                return false;
+            }
+            self.media_from = Some(peer);
         }
         let message = TaggedBytesMut {
             now,

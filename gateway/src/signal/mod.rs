@@ -266,9 +266,19 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         }
     });
     let auth_required = !ctx.config.http.anonymous;
+    // TURN credentials go to whoever may call: everyone in anonymous mode, token holders
+    // otherwise (with `authenticated`), so a stranger gets no relay from a closed gateway.
+    let ice_servers = if auth_required {
+        Vec::new()
+    } else {
+        ctx.config
+            .ice_servers
+            .for_client("anonymous", std::time::SystemTime::now())
+    };
     let _ = out.send(ServerMessage::Hello {
         version: VERSION,
         auth_required,
+        ice_servers,
     });
     let mut claims: Option<Claims> = None;
     let mut calls: HashMap<String, mpsc::UnboundedSender<CallCommand>> = HashMap::new();
@@ -357,6 +367,10 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     Ok(c) => {
                         let _ = out.send(ServerMessage::Authenticated {
                             subject: c.sub.clone(),
+                            ice_servers: ctx
+                                .config
+                                .ice_servers
+                                .for_client(&c.sub, std::time::SystemTime::now()),
                         });
                         claims = Some(c);
                     }

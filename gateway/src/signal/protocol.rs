@@ -78,11 +78,19 @@ pub enum ServerMessage {
         version: u32,
         /// True when calls need an `auth` first.
         auth_required: bool,
+        /// STUN/TURN servers for the peer connection, with TURN credentials, when the
+        /// gateway has some and needs no `auth` (else they come with `authenticated`).
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        ice_servers: Vec<crate::rtc::ice_servers::IceServer>,
     },
     /// `auth` succeeded.
     Authenticated {
         /// The token's subject.
         subject: String,
+        /// STUN/TURN servers for the peer connection, with TURN credentials for this
+        /// subject, when the gateway has some.
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        ice_servers: Vec<crate::rtc::ice_servers::IceServer>,
     },
     /// `register` succeeded: inbound calls for the identity come to this connection.
     Registered {
