@@ -20,6 +20,7 @@
  * JavaScript API, for sites that want their own button:
  *
  *   const phone = GatewayCall.create({ target: 'sales', tokenUrl: '/token' });
+ *   (option iceTransportPolicy: 'relay': media through the gateway's TURN servers only)
  *   phone.on('state', ({ state, reason, sipCode, message }) => ...);
  *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#'); phone.transfer('desk');
  *
