@@ -24,7 +24,8 @@
  *   phone.on('state', ({ state, reason, sipCode, message }) => ...);
  *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#'); phone.transfer('desk');
  *
- * States: idle, connecting, ringing, in-call, ended. Events: state, dtmf ({digit}, a digit
+ * States: idle, connecting, ringing, in-call, reconnecting (the connection to the gateway
+ * dropped; the call and its audio go on while the widget takes it back), ended. Events: state, dtmf ({digit}, a digit
  * from the far end), error ({message}), remotestream (the far end's MediaStream), muted,
  * transfer ({sipCode}: 202 when the far end took it, then the target's call status; a 2xx
  * ends the call with reason `transferred`).
@@ -132,7 +133,7 @@
     }
 
     async call() {
-      if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+      if (['connecting', 'ringing', 'in-call', 'reconnecting'].includes(this.state)) {
         return;
       }
       if (!this.target) {
@@ -183,6 +184,11 @@
         if (this.ws !== ws) {
           return;
         }
+        if (opened && this.callId && this.resumeToken && ['ringing', 'in-call', 'connecting', 'reconnecting'].includes(this.state)) {
+          // The call goes on at the gateway for a while (its audio does not need this
+          // connection): take it back on a new one.
+          return this.reconnect();
+        }
         if (!opened) {
           this.fail('Cannot reach the call service. Check your connection and try again.');
         } else if (this.state !== 'ended' && this.state !== 'idle') {
@@ -198,6 +204,54 @@
         }
         this.handle(message, token).catch((e) => this.fail('The call could not be set up: ' + e.message));
       };
+    }
+
+    // Opens a new connection and resumes the call with its token, retrying for up to 20 s.
+    reconnect() {
+      if (this.state !== 'reconnecting') {
+        this.resumeState = this.state;
+        this.setState('reconnecting');
+        this.reconnectUntil = Date.now() + 20000;
+      }
+      if (Date.now() > this.reconnectUntil) {
+        this.cleanup();
+        return this.setState('ended', { reason: 'error', message: 'The connection to the call service was lost.' });
+      }
+      setTimeout(() => {
+        if (this.state !== 'reconnecting') {
+          return;
+        }
+        let ws;
+        try {
+          ws = new WebSocket(this.gateway);
+        } catch (e) {
+          return this.reconnect();
+        }
+        this.ws = ws;
+        ws.onclose = () => {
+          if (this.ws === ws && ['reconnecting', 'ringing', 'in-call'].includes(this.state)) {
+            this.reconnect();
+          }
+        };
+        ws.onerror = () => {};
+        ws.onmessage = (event) => {
+          let m;
+          try {
+            m = JSON.parse(event.data);
+          } catch (e) {
+            return;
+          }
+          if (m.type === 'hello') {
+            this.send({ type: 'resume', call_id: this.callId, token: this.resumeToken });
+          } else if (m.type === 'resumed') {
+            this.setState(this.resumeState);
+          } else if (m.type === 'error' && m.code === 'resume_refused') {
+            this.fail('The call was lost while reconnecting.');
+          } else {
+            this.handle(m, null).catch((e) => this.fail('The call could not go on: ' + e.message));
+          }
+        };
+      }, 1000);
     }
 
     send(message) {
@@ -222,6 +276,7 @@
           break;
         case 'answer':
           this.callId = m.call_id;
+          this.resumeToken = m.resume_token || null;
           await this.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
           break;
         case 'progress':
@@ -309,7 +364,7 @@
       if (this.callId) {
         this.send({ type: 'hangup', call_id: this.callId });
       }
-      if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+      if (['connecting', 'ringing', 'in-call', 'reconnecting'].includes(this.state)) {
         // The gateway answers with `ended`; if it cannot, end here after a moment.
         const ws = this.ws;
         setTimeout(() => {
@@ -376,6 +431,7 @@
         ws.close();
       }
       this.callId = null;
+      this.resumeToken = null;
       this.muted = false;
     }
 
@@ -428,7 +484,7 @@
         this.ui.keys.appendChild(b);
       }
       this.ui.call.addEventListener('click', () => {
-        if (this.state === 'connecting' || this.state === 'ringing' || this.state === 'in-call') {
+        if (['connecting', 'ringing', 'in-call', 'reconnecting'].includes(this.state)) {
           this.hangup();
         } else {
           this.call();
@@ -448,7 +504,7 @@
         return;
       }
       const ui = this.ui;
-      const active = ['connecting', 'ringing', 'in-call'].includes(this.state);
+      const active = ['connecting', 'ringing', 'in-call', 'reconnecting'].includes(this.state);
       ui.call.textContent = active ? 'Hang up' : this.label;
       ui.call.classList.toggle('hang', active);
       ui.call.setAttribute('aria-label', active ? 'Hang up' : this.label);
@@ -472,6 +528,10 @@
           break;
         case 'ringing':
           ui.status.textContent = 'Ringing…';
+          break;
+        case 'reconnecting':
+          ui.status.textContent = 'Reconnecting…';
+          ui.detail.textContent = 'The connection dropped; the call goes on.';
           break;
         case 'in-call': {
           ui.status.textContent = 'In call ' + clock(Date.now() - (this.startedAt || Date.now()));

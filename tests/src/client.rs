@@ -46,6 +46,11 @@ pub struct CallOptions {
     pub dtmf: Option<String>,
     /// Hang up by closing the WebSocket instead of sending `hangup`.
     pub close_instead_of_hangup: bool,
+    /// Drop the WebSocket this many seconds after the answer, open a new one and `resume`
+    /// the call with its token (media goes on meanwhile).
+    pub reconnect_after: Option<f64>,
+    /// With [`Self::reconnect_after`]: `resume` with this token instead of the call's.
+    pub resume_with_token: Option<String>,
     /// Instead of calling `to`, register this identity and answer the first `incoming` call.
     pub answer_as: Option<String>,
     /// Digits to send with a `dtmf` message (not in RTP) 0.5 s after the answer.
@@ -240,6 +245,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut dtmf_message_sent = false;
     let mut hold_step = 0;
     let mut transfer_sent = false;
+    let mut resume_token = String::new();
+    let mut reconnected = false;
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
         dtx: false,
@@ -381,6 +388,24 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 ))
                 .await?;
             }
+            if let Some(after) = options.reconnect_after
+                && !reconnected
+                && at.elapsed().as_secs_f64() >= after
+            {
+                reconnected = true;
+                // No `hangup`: the socket just goes, as on a network change.
+                drop(ws);
+                let (fresh, _) = tokio_tungstenite::connect_async(ws_url).await?;
+                ws = fresh;
+                let token = options
+                    .resume_with_token
+                    .clone()
+                    .unwrap_or_else(|| resume_token.clone());
+                ws.send(text(
+                    &json!({"type": "resume", "call_id": id, "token": token}),
+                ))
+                .await?;
+            }
             if let Some((after, to)) = &options.transfer_after
                 && !transfer_sent
                 && at.elapsed().as_secs_f64() >= *after
@@ -469,6 +494,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 match kind.as_str() {
                     "answer" => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
+                        resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
                     }
                     "incoming" if report.call_id.is_none() && options.ignore_incoming => {
@@ -476,6 +502,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     }
                     "incoming" if report.call_id.is_none() => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
+                        resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         report.incoming = Some(v.clone());
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
                         let answer = pc.create_answer(None)?;
@@ -491,7 +518,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     "dtmf" => report.dtmf_received.push_str(v["digit"].as_str().unwrap_or("")),
                     "ended" => report.ended = Some(v),
                     "error" => {
-                        let fatal = report.call_id.is_none();
+                        // A refused resume leaves this client without its call.
+                        let fatal = report.call_id.is_none() || v["code"] == "resume_refused";
                         report.errors.push(v);
                         if fatal { break; }
                     }

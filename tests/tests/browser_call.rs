@@ -338,15 +338,43 @@ async fn trunk_hangup_ends_the_browser_call() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn closing_the_websocket_hangs_up_with_bye() {
-    let dir = out_dir("browser_ws_close");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+/// A gateway to sipp running `scenario`, with `[http] resume_seconds` set.
+async fn resumable(
+    test: &str,
+    scenario: &str,
+    resume_seconds: u32,
+) -> (gateway::run::Gateway, Sipp) {
+    let dir = out_dir(test);
+    let sipp = Sipp::uas(scenario, "u1", &dir);
     let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
     with_target(&path, "");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[http]\n",
+        &format!("[http]\nresume_seconds = {resume_seconds}\n"),
+    );
+    std::fs::write(&path, text).unwrap();
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
+    (gateway, sipp)
+}
+
+/// Waits (up to 5 s: the record follows the BYE's answer) for one call ended as `hangup`.
+async fn ended_by_hangup(gateway: &gateway::run::Gateway) {
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+        if metrics.contains("gateway_calls_ended_total{reason=\"hangup\"} 1") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no call ended as hangup: {metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_websocket_hangs_up_with_bye_once_the_resume_time_is_over() {
+    let (gateway, sipp) = resumable("browser_ws_close", "echo.xml", 1).await;
     let mut opts = options(1.5);
     opts.close_instead_of_hangup = true;
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
@@ -355,8 +383,59 @@ async fn closing_the_websocket_hangs_up_with_bye() {
     assert!(report.messages.contains(&"answered".to_string()));
     assert!(
         sipp.finished().await,
-        "sipp expects the BYE the closed page caused"
+        "sipp expects the BYE the closed page caused, a second later"
     );
+    ended_by_hangup(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_connection_resumes_the_call_on_a_new_one_and_the_tone_goes_on() {
+    let (gateway, sipp) = resumable("browser_ws_resume", "echo.xml", 20).await;
+    let mut opts = options(5.0);
+    opts.reconnect_after = Some(1.5);
+    opts.measure_window = Some((2.6, 4.8));
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.messages.contains(&"resumed".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        report.window_packets > 80 && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone after the reconnection: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "the hang-up on the new connection ends it, and its `ended` reaches it: {report:?}"
+    );
+    assert!(sipp.finished().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_with_the_wrong_token_is_refused_and_the_call_ends_when_its_time_is_over() {
+    let (gateway, sipp) = resumable("browser_ws_resume_refused", "echo.xml", 2).await;
+    let mut opts = options(10.0);
+    opts.reconnect_after = Some(1.0);
+    opts.resume_with_token = Some("0123456789abcdef0123456789abcdef".into());
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.errors.first().map(|e| e["code"].clone()),
+        Some("resume_refused".into()),
+        "{report:?}"
+    );
+    assert!(
+        sipp.finished().await,
+        "the BYE comes once resume_seconds passed"
+    );
+    ended_by_hangup(&gateway).await;
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(metrics.contains("gateway_parked_calls 0"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,6 +54,18 @@ fn ended_detail(seen: &serde_json::Value) -> &str {
 }
 
 async fn visit(url: String, out: PathBuf, tone: &Path, digits: &str) -> serde_json::Value {
+    visit_with(url, out, tone, digits, None).await
+}
+
+/// [`visit`], with the driver's optional last argument (`--drop-connection`).
+async fn visit_with(
+    url: String,
+    out: PathBuf,
+    tone: &Path,
+    digits: &str,
+    extra: Option<&str>,
+) -> serde_json::Value {
+    let extra = extra.map(str::to_owned);
     std::fs::create_dir_all(&out).unwrap();
     let script = driver();
     let digits = digits.to_string();
@@ -66,6 +78,7 @@ async fn visit(url: String, out: PathBuf, tone: &Path, digits: &str) -> serde_js
             .arg(tone)
             .arg("1004")
             .arg(digits)
+            .args(extra)
             .output()
             .expect("run node (the README's test command installs Node.js)")
     })
@@ -305,6 +318,60 @@ async fn a_visitor_allowed_only_relayed_media_calls_through_coturn_with_minted_c
     assert!(
         log.contains("ALLOCATE") && log.contains("success"),
         "coturn accepted the minted credentials and allocated a relay: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_call() {
+    let dir = out_dir("web_demo_resume");
+    let tone = dir.join("tone-1004.wav");
+    tone_wav(&tone);
+    let demo_trunk = gateway::demo::start().await.expect("demo trunk");
+    let text = format!(
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 47000\nport_max = 47999\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\nresume_seconds = 20\n\n\
+         [webrtc]\nudp = \"127.0.0.1:0\"\n\n\
+         [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
+         [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n",
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let seen = visit_with(
+        format!("http://{}/?target=echo", gateway.http_addr),
+        dir.join("drop"),
+        &tone,
+        "5",
+        Some("--drop-connection"),
+    )
+    .await;
+    check("drop", &seen, "5");
+    let states: Vec<&str> = seen["states"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let reconnecting = states.iter().position(|s| *s == "reconnecting");
+    assert!(
+        reconnecting.is_some_and(|i| states[i + 1..].contains(&"in-call")),
+        "in call, reconnecting, in call again: {seen}"
+    );
+    assert_eq!(
+        seen["statusReconnecting"].as_str(),
+        Some("Reconnecting…"),
+        "{seen}"
+    );
+    assert!(
+        seen["statusResumed"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("In call"),
+        "{seen}"
+    );
+    assert!(
+        (seen["resumedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+        "the tone is heard again after the reconnection: {seen}"
     );
 }
 

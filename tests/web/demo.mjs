@@ -4,11 +4,13 @@
 // state and prints one JSON line with what it saw. The Rust test (tests/tests/web_demo.rs)
 // starts the gateway and the trunks and checks the result.
 //
-// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS|--unreachable|--no-mic
+// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS|--unreachable|--no-mic [--drop-connection]
+// With --drop-connection the page's WebSocket is closed once the tone is heard: the widget
+// must show "Reconnecting…", resume the call, and the tone must be heard again.
 
 import { chromium } from 'playwright-core';
 
-const [url, outDir, toneWav, expectHzText, digits] = process.argv.slice(2);
+const [url, outDir, toneWav, expectHzText, digits, dropFlag] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
 const result = { states: [], peakHz: 0, levelDb: -120, digits: '', statusInCall: '', statusEnded: '', detailEnded: '', errors: [], screenshots: [] };
 
@@ -91,6 +93,25 @@ try {
   }
   result.statusInCall = await widget.locator('#status').textContent();
   await shot(page, '3-in-call');
+
+  if (dropFlag === '--drop-connection') {
+    // The network blinks: the signaling connection goes, the call must not.
+    await page.evaluate(() => window.GatewayCall.widgets[0].ws.close());
+    if (await poll(page, () => window.demo.states.includes('reconnecting'), null, 5000)) {
+      result.statusReconnecting = await widget.locator('#status').textContent();
+    }
+    await poll(page, () => window.demo.states.lastIndexOf('in-call') > window.demo.states.indexOf('reconnecting'), null, 15000);
+    result.statusResumed = await widget.locator('#status').textContent();
+    await page.evaluate(() => { window.demo.peakHz = 0; });
+    let heard = 0;
+    const listenUntil = Date.now() + 10000;
+    while (Date.now() < listenUntil && heard < 10) {
+      const hz = await page.evaluate(() => window.demo.peakHz);
+      result.resumedPeakHz = hz;
+      heard = Math.abs(hz - expectHz) <= 25 ? heard + 1 : 0;
+      await page.waitForTimeout(100);
+    }
+  }
 
   if (digits) {
     await widget.locator('#keypad').click();

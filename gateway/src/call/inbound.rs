@@ -189,8 +189,11 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
     );
     let route = ctx.mux.register(leg.ufrag());
     let (commands_tx, commands) = mpsc::unbounded_channel();
-    let _ = browser.calls.send((call_id.clone(), commands_tx));
-    let _ = browser.events.send((
+    let events = super::EventSink::new(browser.events.clone());
+    let _ = browser
+        .calls
+        .send((call_id.clone(), commands_tx, events.clone()));
+    events.send((
         call_id.clone(),
         CallEvent::Offered {
             from: from.clone(),
@@ -220,7 +223,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             hooks,
             requests: Some(requests),
         },
-        browser.events.clone(),
+        events,
         commands,
     )
     .await;

@@ -13,6 +13,7 @@ mod inbound;
 pub mod load;
 pub mod machine;
 mod outbound;
+mod parked;
 mod tap;
 
 use std::net::IpAddr;
@@ -37,17 +38,18 @@ pub use inbound::run_inbound;
 pub use machine::{CallCommand, CallEvent, Refusal};
 pub use outbound::{Outbound, resolve, start_outbound};
 
-/// Where a call's events go: the signaling connection that owns the call, as
-/// `(gateway call id, event)`.
-pub type EventSink = mpsc::UnboundedSender<(String, CallEvent)>;
+pub use parked::{ConnectionEvents, EventSink, ParkedCall, ParkedCalls, ResumeError};
+
+/// A new inbound call handed to the connection that takes it: its id, commands and events.
+pub type OfferedCall = (String, mpsc::UnboundedSender<CallCommand>, EventSink);
 
 /// A connection that registered an identity for inbound calls.
 #[derive(Debug, Clone)]
 pub struct Registered {
     /// The connection's call events.
-    pub events: EventSink,
-    /// Hands the connection a new call's id and command channel.
-    pub calls: mpsc::UnboundedSender<(String, mpsc::UnboundedSender<CallCommand>)>,
+    pub events: ConnectionEvents,
+    /// Hands the connection a new call.
+    pub calls: mpsc::UnboundedSender<OfferedCall>,
     /// Tells the connection another one took the identity over.
     pub replaced: mpsc::UnboundedSender<String>,
 }
@@ -77,6 +79,8 @@ pub struct CallContext {
     pub draining: AtomicBool,
     /// Identities registered for inbound calls, by name.
     pub registered: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
+    /// Calls whose connection went away, waiting for their client to resume them.
+    pub parked: Arc<ParkedCalls>,
     /// Turns true when running calls must end (drain deadline).
     pub shutdown: watch::Sender<bool>,
 }

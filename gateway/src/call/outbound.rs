@@ -96,7 +96,7 @@ async fn run_outbound(
             tracing::warn!(call_id = %call.call_id, why, "call not placed");
             machine.handle_route(Err(("trunk_unavailable", 503)), Instant::now());
             while let Some(event) = machine.poll_event() {
-                let _ = events.send((call.call_id.clone(), event));
+                events.send((call.call_id.clone(), event));
             }
             let summary = MediaSummary::default();
             return record(&ctx, &parties, started_ms, &machine, summary, None).await;

@@ -510,6 +510,18 @@ impl Config {
                 },
             );
         }
+        let resume_seconds = match &raw.http.resume_seconds {
+            Some(s) if *s.get_ref() > 600 => {
+                c.issue(
+                    s.span(),
+                    "http.resume_seconds",
+                    "at most 600 s: a parked call holds a call slot and its media meanwhile (0 turns resuming off)",
+                );
+                0
+            }
+            Some(s) => *s.get_ref(),
+            None => 20,
+        };
         if !c.issues.is_empty() {
             c.issues.sort_by_key(|i| (i.line, i.column));
             return Err(fail(c.issues));
@@ -530,6 +542,7 @@ impl Config {
                 numbers_trunk: raw.http.numbers_trunk.map(|t| t.into_inner()),
                 admin_listen,
                 register_conflict: raw.http.register_conflict,
+                resume_seconds,
             },
             webrtc_udp,
             ice_servers,

@@ -187,6 +187,9 @@ pub struct HttpConfig {
     pub admin_listen: Option<SocketAddr>,
     /// A second registration of the same identity replaces the first, or is refused.
     pub register_conflict: RegisterConflict,
+    /// How long the calls of a connection that dropped without `hangup` wait for their
+    /// client to `resume` them; zero ends them at once.
+    pub resume_seconds: u32,
 }
 
 impl fmt::Debug for HttpConfig {

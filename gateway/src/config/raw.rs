@@ -94,6 +94,7 @@ pub(super) struct RawHttp {
     pub(super) admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) register_conflict: RegisterConflict,
+    pub(super) resume_seconds: Option<Spanned<u32>>,
     pub(super) token_kid: Option<String>,
     #[serde(default)]
     pub(super) token_keys: Vec<Spanned<RawTokenKey>>,

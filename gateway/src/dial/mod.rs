@@ -199,7 +199,16 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         routing: Some(Box::pin(async move { (Ok(route), None) })),
         ..Default::default()
     };
-    let outcome = drive(wiring, call, caller, rtp, start, sink, command_rx).await;
+    let outcome = drive(
+        wiring,
+        call,
+        caller,
+        rtp,
+        start,
+        crate::call::EventSink::new(sink),
+        command_rx,
+    )
+    .await;
 
     let mut report = DialReport {
         sip_code: 0,

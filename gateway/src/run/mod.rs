@@ -124,6 +124,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         metrics: Default::default(),
         draining: Default::default(),
         registered: Default::default(),
+        parked: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,
     });
     tokio::spawn(police_inbound(inbound, sources, calls.clone()));

@@ -129,6 +129,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     );
     metric(
         &mut text,
+        "gateway_parked_calls",
+        "gauge",
+        "Calls whose signaling connection dropped, waiting to be resumed.",
+        ctx.parked.len(),
+    );
+    metric(
+        &mut text,
         "gateway_calls_total",
         "counter",
         "Calls started.",

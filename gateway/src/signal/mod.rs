@@ -1,10 +1,10 @@
 //! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics`, the admin
 //! API (`POST /admin/plugins/reload`), and the web demo (`/`) with its widget (`/widget.js`). Knows no SIP: calls are handed to [`crate::call`].
 
+mod calls;
 mod metrics;
 pub mod protocol;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -233,7 +233,7 @@ fn authorize(
 struct Registration {
     ctx: Arc<CallContext>,
     identity: String,
-    calls: mpsc::UnboundedSender<(String, mpsc::UnboundedSender<CallCommand>)>,
+    calls: mpsc::UnboundedSender<crate::call::OfferedCall>,
 }
 
 impl Drop for Registration {
@@ -281,10 +281,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         ice_servers,
     });
     let mut claims: Option<Claims> = None;
-    let mut calls: HashMap<String, mpsc::UnboundedSender<CallCommand>> = HashMap::new();
+    let mut calls = calls::ConnectionCalls::default();
     // Inbound calls for an identity this connection registered arrive here.
-    let (offered_tx, mut offered) =
-        mpsc::unbounded_channel::<(String, mpsc::UnboundedSender<CallCommand>)>();
+    let (offered_tx, mut offered) = mpsc::unbounded_channel::<crate::call::OfferedCall>();
     // Every call of this connection reports here; the events become wire messages.
     let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<(String, CallEvent)>();
     let (replaced_tx, mut replaced) = mpsc::unbounded_channel::<String>();
@@ -295,12 +294,19 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 Some(frame) => frame,
                 None => break,
             },
-            Some((call_id, commands)) = offered.recv() => {
-                calls.insert(call_id, commands);
+            Some((call_id, commands, events)) = offered.recv() => {
+                calls.insert(call_id, commands, events);
                 continue;
             }
             Some((call_id, event)) = call_event_rx.recv() => {
-                if let Some(message) = protocol::from_call_event(call_id, event) {
+                // An inbound call's `incoming` may overtake the call itself (two channels).
+                while let Ok((id, commands, events)) = offered.try_recv() {
+                    calls.insert(id, commands, events);
+                }
+                if let Some(mut message) = protocol::from_call_event(call_id, event) {
+                    if let ServerMessage::Incoming { call_id, resume_token, .. } = &mut message {
+                        *resume_token = calls.token(call_id).unwrap_or_default().to_string();
+                    }
                     let _ = out.send(message);
                 }
                 continue;
@@ -331,7 +337,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             }
             Ok(_) => continue,
         };
-        calls.retain(|_, tx| !tx.is_closed());
+        calls.retain_live();
         let message = match protocol::parse(&text) {
             Ok(m) => m,
             Err((code, why)) => {
@@ -404,7 +410,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     ));
                     continue;
                 }
-                let live = calls.values().filter(|tx| !tx.is_closed()).count();
+                let live = calls.live();
                 if live >= ctx.config.limits.max_calls_per_connection as usize {
                     let _ = out.send(error(
                         ErrorCode::LimitReached,
@@ -438,13 +444,15 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     number,
                 };
                 let (commands, command_rx) = mpsc::unbounded_channel();
-                match start_outbound(&ctx, slot, call, &sdp, call_events.clone(), command_rx) {
+                let events = crate::call::EventSink::new(call_events.clone());
+                match start_outbound(&ctx, slot, call, &sdp, events.clone(), command_rx) {
                     Ok(answer) => {
+                        let resume_token = calls.insert(call_id.clone(), commands, events);
                         let _ = out.send(ServerMessage::Answer {
-                            call_id: call_id.clone(),
+                            call_id,
                             sdp: answer,
+                            resume_token,
                         });
-                        calls.insert(call_id, commands);
                     }
                     Err(e) => {
                         let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
@@ -552,7 +560,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 ));
             }
             ClientMessage::Hold { call_id } => {
-                let _ = calls[&call_id].send(CallCommand::Hold(true));
+                if let Some(tx) = calls.get(&call_id) {
+                    let _ = tx.send(CallCommand::Hold(true));
+                }
             }
             ClientMessage::Transfer { call_id, to } => {
                 let Some(tx) = calls.get(&call_id) else {
@@ -575,8 +585,28 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 }
             }
             ClientMessage::Unhold { call_id } => {
-                let _ = calls[&call_id].send(CallCommand::Hold(false));
+                if let Some(tx) = calls.get(&call_id) {
+                    let _ = tx.send(CallCommand::Hold(false));
+                }
             }
+            // Needs no `auth`: the token given with the call is the proof.
+            ClientMessage::Resume { call_id, token } => match ctx.parked.resume(&call_id, &token) {
+                Ok(parked) => {
+                    tracing::info!(%call_id, "call resumed on a new connection");
+                    let _ = out.send(ServerMessage::Resumed {
+                        call_id: call_id.clone(),
+                    });
+                    parked.events.attach(call_events.clone());
+                    calls.adopt(call_id, parked.commands, parked.events, parked.token);
+                }
+                Err(e) => {
+                    let _ = out.send(error(
+                        ErrorCode::ResumeRefused,
+                        e.to_string(),
+                        Some(&call_id),
+                    ));
+                }
+            },
             ClientMessage::Hangup { call_id } => match calls.remove(&call_id) {
                 Some(tx) => {
                     let _ = tx.send(CallCommand::Hangup);
@@ -592,10 +622,12 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         }
     }
     drop(registration);
-    // The page went away: its calls end (BYE after answer, CANCEL before).
-    for (_, tx) in calls.drain() {
-        let _ = tx.send(CallCommand::Hangup);
-    }
+    // The page went away without hanging up: its calls wait for it to come back and
+    // `resume` them, or end (BYE after answer, CANCEL before).
+    calls.close(
+        &ctx.parked,
+        std::time::Duration::from_secs(ctx.config.http.resume_seconds.into()),
+    );
     drop(out);
     let _ = writer.await;
 }

@@ -66,6 +66,13 @@ pub enum ClientMessage {
         /// Target name or number.
         to: String,
     },
+    /// Take back a call whose connection dropped, with the token given with it.
+    Resume {
+        /// The call.
+        call_id: String,
+        /// The call's `resume_token`.
+        token: String,
+    },
 }
 
 /// Messages to the browser.
@@ -121,6 +128,9 @@ pub enum ServerMessage {
         /// The number the call was diverted from (Diversion or History-Info), when it was.
         #[serde(skip_serializing_if = "Option::is_none", default)]
         diverted_from: Option<String>,
+        /// Takes the call back on a new connection if this one drops (`resume`).
+        #[serde(default)]
+        resume_token: String,
     },
     /// The SDP answer for a `call`; media can start while the trunk is dialled.
     Answer {
@@ -128,6 +138,15 @@ pub enum ServerMessage {
         call_id: String,
         /// The gateway's SDP answer.
         sdp: String,
+        /// Takes the call back on a new connection if this one drops (`resume`).
+        #[serde(default)]
+        resume_token: String,
+    },
+    /// `resume` succeeded: the call's events come to this connection again, starting with
+    /// those that happened meanwhile.
+    Resumed {
+        /// The call.
+        call_id: String,
     },
     /// The trunk is trying (100) or reports session progress (183).
     Progress {
@@ -211,6 +230,8 @@ pub enum ErrorCode {
     Internal,
     /// The trunk refused a `transfer`, or its target did not answer; the call goes on.
     TransferFailed,
+    /// `resume` named no waiting call, or the wrong token.
+    ResumeRefused,
 }
 
 /// Reads one text frame, classifying failures as the protocol's error codes.
@@ -227,8 +248,9 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
             "expected an object with a string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 9] = [
+    const KNOWN: [&str; 10] = [
         "auth", "call", "register", "answer", "dtmf", "hold", "unhold", "hangup", "transfer",
+        "resume",
     ];
     if !KNOWN.contains(&kind.as_str()) {
         return Err((
@@ -260,6 +282,8 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
             sdp,
             asserted,
             diverted_from,
+            // Filled in by the connection, which holds the call's token.
+            resume_token: String::new(),
         },
         CallEvent::Ringing => ServerMessage::Ringing { call_id },
         CallEvent::Progress { code } => ServerMessage::Progress {

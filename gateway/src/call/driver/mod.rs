@@ -431,7 +431,7 @@ impl Run<'_> {
             }
             _ => {}
         }
-        let _ = self.sink.send((self.call_id.clone(), event));
+        self.sink.send((self.call_id.clone(), event));
     }
 
     fn plugin_event(&self, event: Event) {
