@@ -67,7 +67,8 @@ pub enum BrowserEvent {
     Disconnected,
     /// An Opus packet from the browser.
     Opus {
-        /// RTP sequence number (for loss detection).
+        /// RTP sequence number counting audio packets only (for loss detection): the
+        /// sequence numbers RFC 4733 event packets took are not missing audio.
         sequence: u16,
         /// RTP timestamp (48 kHz clock).
         timestamp: u32,
@@ -138,6 +139,11 @@ pub struct BrowserLeg {
     relay_candidates: Vec<SocketAddr>,
     /// Where the browser's DTLS and SRTP last came from.
     media_from: Option<SocketAddr>,
+    /// RTP packets of RFC 4733 events received so far, and the last one's sequence: events
+    /// share the audio's sequence space (RFC 4733 §2.1), so audio sequences are reported
+    /// with them taken out, and the bridge does not take a digit for lost audio.
+    event_packets: u16,
+    last_event_sequence: Option<u16>,
 }
 
 /// The addresses of an SDP's `typ relay` candidates (RFC 8839 §5.1), at most a handful.
@@ -330,6 +336,8 @@ impl BrowserLeg {
             validated: Vec::new(),
             relay_candidates: Vec::new(),
             media_from: None,
+            event_packets: 0,
+            last_event_sequence: None,
         }
     }
 
@@ -496,9 +504,14 @@ impl BrowserLeg {
                 RTCMessage::RtcpPacket(_, packets) => self.receiver_reports(&packets),
                 RTCMessage::RtpPacket(_, packet) => {
                     let pt = packet.header.payload_type;
+                    let sequence = packet.header.sequence_number;
+                    if Some(pt) == self.dtmf_pt && self.last_event_sequence != Some(sequence) {
+                        self.last_event_sequence = Some(sequence);
+                        self.event_packets = self.event_packets.wrapping_add(1);
+                    }
                     if pt == self.opus_pt {
                         self.events.push_back(BrowserEvent::Opus {
-                            sequence: packet.header.sequence_number,
+                            sequence: sequence.wrapping_sub(self.event_packets),
                             timestamp: packet.header.timestamp,
                             payload: packet.payload,
                         });
