@@ -38,6 +38,13 @@ impl Coturn {
                 "--log-file=stdout",
                 "--simple-log",
             ])
+            // Its database and pid file in the test's folder, not /var: nothing shared with
+            // another instance or a system coturn, and no root needed.
+            .arg(format!("--userdb={}", dir.join("turndb").display()))
+            .arg(format!(
+                "--pidfile={}",
+                dir.join("turnserver.pid").display()
+            ))
             .arg("--verbose")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
