@@ -131,27 +131,19 @@ impl Checker<'_> {
                 Err(e) => self.issue(raw.ice_servers.span(), "webrtc.ice_servers", e),
             }
         }
-        let secret = if turn || raw.turn_secret_env.is_some() || raw.turn_secret_file.is_some() {
-            let secret = self.secret(
-                env,
-                ("webrtc.turn_secret_env", &raw.turn_secret_env),
-                ("webrtc.turn_secret_file", &raw.turn_secret_file),
+        // Neither setting given: `secret` says nothing and gives none; TURN needs one.
+        let secret = self.secret(
+            env,
+            ("webrtc.turn_secret_env", &raw.turn_secret_env),
+            ("webrtc.turn_secret_file", &raw.turn_secret_file),
+        );
+        if turn && raw.turn_secret_env.is_none() && raw.turn_secret_file.is_none() {
+            self.issue(
+                raw.ice_servers.span(),
+                "webrtc.ice_servers",
+                "TURN servers need the secret they share with the gateway (coturn's static-auth-secret): set turn_secret_env or turn_secret_file",
             );
-            if secret.is_none()
-                && turn
-                && raw.turn_secret_env.is_none()
-                && raw.turn_secret_file.is_none()
-            {
-                self.issue(
-                    raw.ice_servers.span(),
-                    "webrtc.ice_servers",
-                    "TURN servers need the secret they share with the gateway (coturn's static-auth-secret): set turn_secret_env or turn_secret_file",
-                );
-            }
-            secret.unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        }
         let seconds = match &raw.turn_credential_seconds {
             Some(s) if *s.get_ref() < 60 || *s.get_ref() > 86_400 => {
                 self.issue(
@@ -166,7 +158,7 @@ impl Checker<'_> {
         };
         IceServers::new(
             raw.ice_servers.get_ref(),
-            secret,
+            secret.unwrap_or_default(),
             std::time::Duration::from_secs(seconds.into()),
         )
     }

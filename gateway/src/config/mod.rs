@@ -403,39 +403,33 @@ impl Config {
                     "registration needs `username` and a password",
                 );
             }
+            let srtp = *t.srtp.get_ref();
             for other in t.failover.get_ref() {
-                if !raw.trunks.contains_key(other) {
-                    c.issue(
+                match raw.trunks.get(other) {
+                    None => c.issue(
                         t.failover.span(),
                         field("failover"),
                         format!("no trunk named `{other}`"),
-                    );
-                } else if other == name {
-                    c.issue(
+                    ),
+                    Some(_) if other == name => c.issue(
                         t.failover.span(),
                         field("failover"),
                         "a trunk cannot fail over to itself",
-                    );
+                    ),
+                    Some(o) if *o.get_ref().srtp.get_ref() != srtp => c.issue(
+                        t.failover.span(),
+                        field("failover"),
+                        format!("`{other}` has another srtp setting: a failover trunk gets the same SDP offer, so its srtp must match"),
+                    ),
+                    Some(_) => {}
                 }
             }
-            let srtp = *t.srtp.get_ref();
             if srtp != SrtpPolicy::Off && t.transport != Transport::Tls && !t.srtp_without_tls {
                 c.issue(
                     t.srtp.span(),
                     field("srtp"),
                     "SDES carries the SRTP keys in the SDP, readable on the path unless the signalling is TLS: use transport = \"tls\", or set srtp_without_tls = true to accept that",
                 );
-            }
-            for other in t.failover.get_ref() {
-                if let Some(o) = raw.trunks.get(other)
-                    && *o.get_ref().srtp.get_ref() != srtp
-                {
-                    c.issue(
-                        t.failover.span(),
-                        field("failover"),
-                        format!("`{other}` has another srtp setting: a failover trunk gets the same SDP offer, so its srtp must match"),
-                    );
-                }
             }
             if t.transport != Transport::Tls
                 && let Some(ca) = &t.ca_file

@@ -287,14 +287,14 @@ impl SrtpSession {
             .map_err(|e| SrtpError(e.to_string()))
     }
 
-    /// Authenticates and decrypts the SRTP packet in `packet[..len]` in place; returns the
-    /// plaintext's length. A forged, replayed or truncated packet is an error.
-    pub fn unprotect(&mut self, packet: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        let data = &packet[..len];
-        if data.len() < 12 {
+    /// Authenticates and decrypts the SRTP packet in `packet`, leaving the plaintext at its
+    /// start; returns the plaintext's length. A forged, replayed or truncated packet is an
+    /// error.
+    pub fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
+        if packet.len() < 12 {
             return Err(SrtpError("shorter than an RTP header".into()));
         }
-        let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         if !self.inbound_ssrcs.contains(&ssrc) {
             if self.inbound_ssrcs.len() >= MAX_INBOUND_SSRCS {
                 return Err(SrtpError(format!("SSRC {ssrc:#x} is one too many")));
@@ -302,7 +302,7 @@ impl SrtpSession {
             self.inbound_ssrcs.push(ssrc);
         }
         let plain = exclusive(&mut self.inbound)
-            .decrypt_rtp(data)
+            .decrypt_rtp(packet)
             .map_err(|e| SrtpError(e.to_string()))?;
         packet[..plain.len()].copy_from_slice(&plain);
         Ok(plain.len())
@@ -387,20 +387,18 @@ mod tests {
                 "the payload is encrypted"
             );
             let mut buf = sent.to_vec();
-            let n = bob.unprotect(&mut buf, sent.len()).unwrap();
+            let n = bob.unprotect(&mut buf).unwrap();
             assert_eq!(&buf[..n], &plain[..]);
             // Replayed: refused.
             let mut again = sent.to_vec();
-            assert!(bob.unprotect(&mut again, sent.len()).is_err());
+            assert!(bob.unprotect(&mut again).is_err());
             // One bit flipped: refused.
             let mut forged = alice.protect(&rtp(8, 0x1234)).unwrap().to_vec();
             forged[20] ^= 1;
-            let len = forged.len();
-            assert!(bob.unprotect(&mut forged, len).is_err());
+            assert!(bob.unprotect(&mut forged).is_err());
             // Plain RTP passed off as SRTP: refused.
             let mut plain8 = rtp(9, 0x1234);
-            let len = plain8.len();
-            assert!(bob.unprotect(&mut plain8, len).is_err());
+            assert!(bob.unprotect(&mut plain8).is_err());
         }
     }
 
@@ -419,8 +417,7 @@ mod tests {
         for ssrc in 0..1000u32 {
             let mut junk = rtp(1, ssrc);
             junk.extend_from_slice(&[0; 10]);
-            let len = junk.len();
-            assert!(bob.unprotect(&mut junk, len).is_err());
+            assert!(bob.unprotect(&mut junk).is_err());
         }
         assert_eq!(bob.inbound_ssrcs.len(), MAX_INBOUND_SSRCS);
     }

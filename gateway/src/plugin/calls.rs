@@ -83,13 +83,9 @@ impl PluginChain {
             match plugin.call_on_transfer(&mut *store, call_id, request) {
                 Ok(None) => true,
                 Ok(Some(r)) => {
-                    // Only final failure codes make sense; anything else becomes 403.
-                    let sip_code = if (400..700).contains(&r.sip_code) { r.sip_code } else { 403 };
-                    tracing::info!(plugin = %loaded.config.name, sip_code, reason = %r.reason, "plugin refused a transfer");
-                    refusal = Some(Reject {
-                        sip_code,
-                        reason: r.reason.chars().take(200).collect(),
-                    });
+                    let r = super::bounded(r);
+                    tracing::info!(plugin = %loaded.config.name, sip_code = r.sip_code, reason = %r.reason, "plugin refused a transfer");
+                    refusal = Some(r);
                     true
                 }
                 Err(e) => {

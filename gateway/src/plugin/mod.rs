@@ -380,13 +380,7 @@ impl PluginChain {
             match verdict {
                 Verdict::Continue => {}
                 Verdict::Reject(r) => {
-                    // Only final failure codes make sense; anything else becomes 403.
-                    let sip_code = if (400..700).contains(&r.sip_code) {
-                        r.sip_code
-                    } else {
-                        403
-                    };
-                    let reason: String = r.reason.chars().take(200).collect();
+                    let Reject { sip_code, reason } = bounded(r);
                     return (
                         Decision::Reject {
                             sip_code,
@@ -423,6 +417,19 @@ impl PluginChain {
             },
             instances,
         )
+    }
+}
+
+/// A plugin's refusal as the gateway passes it on: only final failure codes make sense
+/// (anything else becomes 403), and the reason is cut to 200 characters.
+fn bounded(r: Reject) -> Reject {
+    Reject {
+        sip_code: if (400..700).contains(&r.sip_code) {
+            r.sip_code
+        } else {
+            403
+        },
+        reason: r.reason.chars().take(200).collect(),
     }
 }
 

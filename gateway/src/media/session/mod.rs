@@ -431,7 +431,7 @@ impl RtpStream {
         }
         let data = match (remote.srtp, self.srtp.as_mut()) {
             (None, _) => &data[..],
-            (Some(_), Some(srtp)) => match srtp.unprotect(data, data.len()) {
+            (Some(_), Some(srtp)) => match srtp.unprotect(data) {
                 Ok(n) => &data[..n],
                 Err(e) => {
                     tracing::debug!(%source, error = %e, "SRTP packet refused");
