@@ -12,9 +12,6 @@ use ::rtc::media_stream::MediaStreamTrack;
 use ::rtc::peer_connection::RTCPeerConnection;
 use ::rtc::peer_connection::RTCPeerConnectionBuilder;
 use ::rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use ::rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
-};
 use ::rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use ::rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use ::rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
@@ -22,8 +19,7 @@ use ::rtc::peer_connection::sdp::RTCSessionDescription;
 use ::rtc::peer_connection::state::RTCPeerConnectionState;
 use ::rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use ::rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use ::rtc::sansio::Protocol;
 use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -32,13 +28,13 @@ use bytes::{Bytes, BytesMut};
 pub mod ice_servers;
 pub mod mux;
 mod reports;
+mod sdp;
+
+use sdp::{DTMF_PT, OPUS_PT, media_engine, negotiated_payload_types, relay_candidates};
+pub use sdp::{opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::opus::RTP_TICKS_PER_FRAME;
-
-/// Payload types we register; an offer's own numbers win in the answer.
-const OPUS_PT: u8 = 111;
-const DTMF_PT: u8 = 126;
 
 /// Why the browser leg could not be set up or failed.
 #[derive(Debug, thiserror::Error)]
@@ -146,21 +142,6 @@ pub struct BrowserLeg {
     last_event_sequence: Option<u16>,
 }
 
-/// The addresses of an SDP's `typ relay` candidates (RFC 8839 §5.1), at most a handful.
-fn relay_candidates(sdp: &str) -> Vec<SocketAddr> {
-    sdp.lines()
-        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
-        .filter_map(|c| {
-            let f: Vec<&str> = c.split_whitespace().collect();
-            // foundation component transport priority address port typ type …
-            (f.len() >= 8 && f[6] == "typ" && f[7] == "relay")
-                .then(|| Some(SocketAddr::new(f[4].parse().ok()?, f[5].parse().ok()?)))
-                .flatten()
-        })
-        .take(MAX_VALIDATED)
-        .collect()
-}
-
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
 const MAX_VALIDATED: usize = 8;
 
@@ -182,51 +163,6 @@ impl std::fmt::Debug for BrowserLeg {
             .field("ufrag", &self.ufrag)
             .finish_non_exhaustive()
     }
-}
-
-/// Opus as browsers offer it: 48 kHz clock, two channels in SDP (RFC 7587 §7), FEC on.
-pub fn opus_codec() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_OPUS.to_owned(),
-        clock_rate: 48000,
-        channels: 2,
-        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-/// RFC 4733 telephone events at 8 kHz, events 0-15 (DTMF).
-pub fn telephone_event_codec() -> RTCRtpCodec {
-    RTCRtpCodec {
-        mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
-        clock_rate: 8000,
-        channels: 0,
-        sdp_fmtp_line: "0-15".to_owned(),
-        rtcp_feedback: vec![],
-    }
-}
-
-fn media_engine() -> Result<MediaEngine, RtcError> {
-    let mut engine = MediaEngine::default();
-    engine
-        .register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: opus_codec(),
-                payload_type: OPUS_PT,
-            },
-            RtpCodecKind::Audio,
-        )
-        .map_err(stack)?;
-    engine
-        .register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: telephone_event_codec(),
-                payload_type: DTMF_PT,
-            },
-            RtpCodecKind::Audio,
-        )
-        .map_err(stack)?;
-    Ok(engine)
 }
 
 fn random_ice_string(len: usize) -> String {
@@ -604,26 +540,6 @@ impl BrowserLeg {
     pub fn close(&mut self) {
         let _ = self.pc.close();
     }
-}
-
-/// The payload types the answer settled on for Opus and telephone-event.
-fn negotiated_payload_types(answer: &str) -> Option<(u8, Option<u8>)> {
-    let mut opus = None;
-    let mut dtmf = None;
-    for line in answer.lines() {
-        let Some(rest) = line.strip_prefix("a=rtpmap:") else {
-            continue;
-        };
-        let (pt, codec) = rest.split_once(' ')?;
-        let pt: u8 = pt.parse().ok()?;
-        let name = codec.split('/').next().unwrap_or("");
-        if name.eq_ignore_ascii_case("opus") && opus.is_none() {
-            opus = Some(pt);
-        } else if name.eq_ignore_ascii_case("telephone-event") && dtmf.is_none() {
-            dtmf = Some(pt);
-        }
-    }
-    Some((opus?, dtmf))
 }
 
 /// The local (first) ufrag of a STUN Binding request's USERNAME (`local:remote`,

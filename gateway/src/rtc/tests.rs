@@ -3,6 +3,7 @@
 
 use super::*;
 use ::rtc::peer_connection::configuration::media_engine::MediaEngine;
+use ::rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
 use std::time::Duration;
 use tokio::net::UdpSocket;
 
