@@ -195,22 +195,7 @@ impl Drop for Baresip {
 fn write_tone_wav(path: &Path) {
     let mut pcm = vec![0i16; 80_000];
     ToneGenerator::new(TONE_HZ, 8000, 8000).fill(&mut pcm);
-    let data: Vec<u8> = pcm.iter().flat_map(|s| s.to_le_bytes()).collect();
-    let mut wav = Vec::with_capacity(44 + data.len());
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-    wav.extend_from_slice(&8000u32.to_le_bytes());
-    wav.extend_from_slice(&16000u32.to_le_bytes()); // bytes per second
-    wav.extend_from_slice(&2u16.to_le_bytes()); // block align
-    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    wav.extend_from_slice(&data);
-    std::fs::write(path, wav).expect("write the tone file");
+    crate::write_wav(path, 8000, &pcm);
 }
 
 /// The 16-bit samples of a RIFF WAV file's `data` chunk (libsndfile may write other

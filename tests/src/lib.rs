@@ -379,3 +379,41 @@ pub fn build_js_plugin(name: &str) -> PathBuf {
     assert!(status.success(), "building plugin `{name}` with jco failed");
     out
 }
+
+/// Writes `samples` as a mono 16-bit PCM WAV file at `rate` Hz.
+pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
+    let data = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + data as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(path, wav).expect("write the WAV file");
+}
+
+/// The records of the CDR file at `path` once it holds `count` (a call's record follows its
+/// end), waiting up to 5 s; whatever it holds by then otherwise.
+pub async fn cdr_records(path: &Path, count: usize) -> Vec<serde_json::Value> {
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a CDR line is JSON"))
+        .collect()
+}

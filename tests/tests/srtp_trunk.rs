@@ -56,16 +56,11 @@ async fn call_baresip(
 }
 
 async fn wait_for_cdr(path: &std::path::Path) -> serde_json::Value {
-    for _ in 0..100 {
-        if let Some(line) = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.lines().next().map(str::to_owned))
-        {
-            return serde_json::from_str(&line).unwrap();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("no CDR in {}", path.display());
+    gateway_tests::cdr_records(path, 1)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no CDR in {}", path.display()))
 }
 
 /// baresip logs the call's end; libre reports a BYE received as ECONNRESET ("Connection

@@ -26,24 +26,7 @@ fn tone_wav(path: &Path) {
             (8000.0 * (2.0 * std::f64::consts::PI * 1004.0 * t).sin()) as i16
         })
         .collect();
-    let data = (samples.len() * 2) as u32;
-    let mut wav = Vec::with_capacity(44 + data as usize);
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes());
-    wav.extend_from_slice(&rate.to_le_bytes());
-    wav.extend_from_slice(&(rate * 2).to_le_bytes());
-    wav.extend_from_slice(&2u16.to_le_bytes());
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data.to_le_bytes());
-    for s in samples {
-        wav.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, wav).expect("write the tone file");
+    gateway_tests::write_wav(path, rate, &samples);
 }
 
 /// Runs the visitor in Chromium against `url`; returns what the driver saw.
@@ -229,19 +212,8 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     );
 
     // The CDR: one line per call, the second the sipp one.
-    let mut lines = String::new();
-    for _ in 0..50 {
-        lines = std::fs::read_to_string(&cdr).unwrap_or_default();
-        if lines.lines().count() >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let records: Vec<serde_json::Value> = lines
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(records.len(), 2, "{lines}");
+    let records = gateway_tests::cdr_records(&cdr, 2).await;
+    assert_eq!(records.len(), 2, "{records:?}");
     let sales = &records[1];
     assert_eq!(sales["to"], "sales", "{sales}");
     assert_eq!(sales["trunk"], "pbx", "{sales}");
@@ -301,15 +273,11 @@ async fn a_visitor_allowed_only_relayed_media_calls_through_coturn_with_minted_c
     )
     .await;
     check("relay", &seen, "42");
-    let mut line = String::new();
-    for _ in 0..50 {
-        line = std::fs::read_to_string(&cdr).unwrap_or_default();
-        if !line.is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let record: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let record = gateway_tests::cdr_records(&cdr, 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("the call's CDR");
     assert_eq!(
         record["browser_relayed"], true,
         "the media came through coturn: {record}"
