@@ -23,12 +23,16 @@
  *   (option iceTransportPolicy: 'relay': media through the gateway's TURN servers only)
  *   phone.on('state', ({ state, reason, sipCode, message }) => ...);
  *   phone.call(); phone.hangup(); phone.mute(true); phone.dtmf('1#'); phone.transfer('desk');
+ *   phone.restartIce();  (done by itself when the audio path breaks or the network changes)
+ *   const check = await phone.preflight();  (microphone, gateway and media path, before a
+ *                                             call: {ok, message, mos, rttMs, ...})
  *
  * States: idle, connecting, ringing, in-call, reconnecting (the connection to the gateway
  * dropped; the call and its audio go on while the widget takes it back), ended. Events: state, dtmf ({digit}, a digit
  * from the far end), error ({message}), remotestream (the far end's MediaStream), muted,
  * transfer ({sipCode}: 202 when the far end took it, then the target's call status; a 2xx
- * ends the call with reason `transferred`).
+ * ends the call with reason `transferred`), quality (every 2 s in a call: {lossPercent,
+ * jitterMs, rttMs, mos, level: good|fair|poor}; the widget hints at a poor connection).
  * The first widget made from a tag is GatewayCall.widgets[0].
  */
 (function () {
@@ -68,6 +72,125 @@
   };
 
   const script = document.currentScript;
+
+  // ICE restarts one call may try; the gateway allows ten a minute.
+  const MAX_RESTARTS = 5;
+
+  // The gateway takes an offer whole (no trickle): wait for candidates, briefly.
+  function gathered(pc) {
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') {
+        return resolve();
+      }
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') {
+          resolve();
+        }
+      });
+      setTimeout(resolve, 1500);
+    });
+  }
+
+  // The messages of a WebSocket one at a time: next(ms) resolves with the next one, or null
+  // when none comes in time or the socket closes.
+  function inbox(ws) {
+    const waiting = [];
+    const queued = [];
+    let closed = false;
+    ws.onmessage = (event) => {
+      let m;
+      try {
+        m = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      const w = waiting.shift();
+      w ? w(m) : queued.push(m);
+    };
+    ws.onerror = () => {};
+    ws.onclose = () => {
+      closed = true;
+      while (waiting.length) {
+        waiting.shift()(null);
+      }
+    };
+    return {
+      next(ms) {
+        if (queued.length || closed) {
+          return Promise.resolve(queued.length ? queued.shift() : null);
+        }
+        return new Promise((resolve) => {
+          waiting.push(resolve);
+          setTimeout(() => {
+            const i = waiting.indexOf(resolve);
+            if (i >= 0) {
+              waiting.splice(i, 1);
+              resolve(null);
+            }
+          }, ms);
+        });
+      },
+    };
+  }
+
+  // What getStats() says of the audio coming in and of the path: counters to difference.
+  async function readStats(pc) {
+    const s = { received: 0, lost: 0, jitterMs: 0, rttMs: null };
+    let pairRttMs = null;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'inbound-rtp' && r.kind === 'audio') {
+        s.received = r.packetsReceived || 0;
+        s.lost = Math.max(0, r.packetsLost || 0);
+        s.jitterMs = (r.jitter || 0) * 1000;
+      } else if (r.type === 'remote-inbound-rtp' && r.kind === 'audio' && r.roundTripTime !== undefined) {
+        s.rttMs = r.roundTripTime * 1000;
+      } else if (r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded' && r.currentRoundTripTime !== undefined) {
+        pairRttMs = r.currentRoundTripTime * 1000;
+      }
+    });
+    if (s.rttMs === null) {
+      s.rttMs = pairRttMs;
+    }
+    return s;
+  }
+
+  // Loss over the interval between two readings, jitter and round trip now, and a MOS estimate
+  // by the E-model (ITU-T G.107, in Cole and Rosenbluth's simplification): one-way delay as
+  // half the round trip, twice the jitter (the jitter buffer) and 20 ms of packetization;
+  // Opus taken as Ie 0 and Bpl 20. Null when no audio came in the interval.
+  function quality(before, now) {
+    const received = now.received - before.received;
+    const lost = Math.max(0, now.lost - before.lost);
+    if (received + lost <= 0) {
+      return null;
+    }
+    const lossPercent = (100 * lost) / (received + lost);
+    const delay = (now.rttMs || 0) / 2 + 2 * now.jitterMs + 20;
+    const id = 0.024 * delay + (delay > 177.3 ? 0.11 * (delay - 177.3) : 0);
+    const ie = (95 * lossPercent) / (lossPercent + 20);
+    const r = Math.max(0, Math.min(100, 93.2 - id - ie));
+    const mos = 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r);
+    const round = (x, d) => Math.round(x * 10 ** d) / 10 ** d;
+    return {
+      lossPercent: round(lossPercent, 1),
+      jitterMs: round(now.jitterMs, 1),
+      rttMs: now.rttMs === null ? null : round(now.rttMs, 1),
+      mos: round(mos, 2),
+      level: mos >= 4 ? 'good' : mos >= 3.5 ? 'fair' : 'poor',
+    };
+  }
+
+  // Network changes that may have moved the audio path; the widgets in a call restart ICE.
+  const live = new Set();
+  function networkChanged() {
+    for (const widget of live) {
+      widget.restartIce();
+    }
+  }
+  window.addEventListener('online', networkChanged);
+  if (navigator.connection && navigator.connection.addEventListener) {
+    navigator.connection.addEventListener('change', networkChanged);
+  }
 
   function clock(ms) {
     const s = Math.floor(ms / 1000);
@@ -143,6 +266,7 @@
         return this.fail('This browser cannot make calls. Use a current Chrome, Edge, Firefox or Safari.');
       }
       this.startedAt = null;
+      live.add(this);
       this.setState('connecting');
       try {
         this.mic = await navigator.mediaDevices.getUserMedia({
@@ -151,20 +275,150 @@
       } catch (e) {
         return this.fail(ERRORS[e.name] || 'The microphone could not be opened: ' + e.message);
       }
-      let token = null;
-      if (this.tokenUrl) {
-        try {
-          const response = await fetch(this.tokenUrl, { credentials: 'include' });
-          if (!response.ok) {
-            return this.fail('You are not allowed to call right now (the token service answered ' + response.status + ').');
-          }
-          const text = (await response.text()).trim();
-          token = text.startsWith('{') ? JSON.parse(text).token : text;
-        } catch (e) {
-          return this.fail('Could not reach the token service. Check your connection and try again.');
-        }
+      let token;
+      try {
+        token = await this.fetchToken();
+      } catch (e) {
+        return this.fail(e.message);
       }
       this.connect(token);
+    }
+
+    // The call token from the page's backend (null without data-token-url); throws an Error
+    // whose message is for the caller.
+    async fetchToken() {
+      if (!this.tokenUrl) {
+        return null;
+      }
+      let response;
+      try {
+        response = await fetch(this.tokenUrl, { credentials: 'include' });
+      } catch (e) {
+        throw new Error('Could not reach the token service. Check your connection and try again.');
+      }
+      if (!response.ok) {
+        throw new Error('You are not allowed to call right now (the token service answered ' + response.status + ').');
+      }
+      const text = (await response.text()).trim();
+      return text.startsWith('{') ? JSON.parse(text).token : text;
+    }
+
+    /**
+     * Checks what a call needs, before placing one: the microphone, the gateway (a signaling
+     * connection and the token) and the media path (ICE, DTLS and SRTP to the gateway, which
+     * echoes the microphone back for a few seconds; nothing is dialled). Resolves with
+     * {ok, microphone, gateway, media, lossPercent, jitterMs, rttMs, mos, level, message};
+     * never rejects. `message` says what to do when `ok` is false.
+     */
+    async preflight() {
+      const result = { ok: false, microphone: false, gateway: false, media: false, message: '' };
+      let mic = null;
+      let ws = null;
+      let pc = null;
+      try {
+        try {
+          mic = await navigator.mediaDevices.getUserMedia({ audio: true });
+        } catch (e) {
+          result.message = ERRORS[e.name] || 'The microphone could not be opened: ' + e.message;
+          return result;
+        }
+        result.microphone = true;
+        let token;
+        try {
+          token = await this.fetchToken();
+        } catch (e) {
+          result.message = e.message;
+          return result;
+        }
+        ws = new WebSocket(this.gateway);
+        const messages = inbox(ws);
+        let m = await messages.next(5000);
+        if (!m || m.type !== 'hello') {
+          result.message = 'Cannot reach the call service. Check your connection and try again.';
+          return result;
+        }
+        let iceServers = m.ice_servers || [];
+        if (token) {
+          ws.send(JSON.stringify({ type: 'auth', token: token }));
+          m = await messages.next(5000);
+          if (!m || m.type !== 'authenticated') {
+            result.message = FAILURES.unauthorized;
+            return result;
+          }
+          iceServers = m.ice_servers || iceServers;
+        }
+        result.gateway = true;
+        pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: iceServers, iceTransportPolicy: this.iceTransportPolicy });
+        for (const track of mic.getAudioTracks()) {
+          pc.addTrack(track, mic);
+        }
+        await pc.setLocalDescription(await pc.createOffer());
+        await gathered(pc);
+        ws.send(JSON.stringify({ type: 'preflight', sdp: pc.localDescription.sdp }));
+        m = await messages.next(5000);
+        if (!m || m.type !== 'preflight_answer') {
+          result.message = (m && (FAILURES[m.code] || m.message)) || 'The call service did not answer the test.';
+          return result;
+        }
+        await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+        // The echo must come back: two seconds of it, within the test's time.
+        const until = Date.now() + Math.max(2, Math.min(8, m.seconds - 1)) * 1000;
+        let first = null;
+        let last = null;
+        while (Date.now() < until) {
+          await new Promise((resolve) => setTimeout(resolve, 500));
+          last = await readStats(pc);
+          if (!first && last.received > 0) {
+            first = last;
+          } else if (first && last.received - first.received >= 100) {
+            break;
+          }
+        }
+        const q = first && quality(first, last);
+        if (!q) {
+          result.message = REASONS.media_failed;
+          return result;
+        }
+        Object.assign(result, q, { ok: true, media: true });
+        result.message = q.level === 'poor' ? 'Calls may sound poor on this connection.' : 'Ready to call.';
+        return result;
+      } catch (e) {
+        result.message = 'The test could not run: ' + e.message;
+        return result;
+      } finally {
+        if (pc) {
+          pc.close();
+        }
+        if (ws) {
+          ws.close();
+        }
+        if (mic) {
+          for (const track of mic.getTracks()) {
+            track.stop();
+          }
+        }
+      }
+    }
+
+    // Every 2 s in a call: a `quality` event from the browser's own statistics, and the
+    // widget's hint after two poor readings in a row.
+    watchQuality(pc) {
+      let previous = null;
+      this.poorReadings = 0;
+      clearInterval(this.qualityTimer);
+      this.qualityTimer = setInterval(async () => {
+        if (this.pc !== pc) {
+          return clearInterval(this.qualityTimer);
+        }
+        const sample = await readStats(pc).catch(() => null);
+        const q = sample && previous && this.state === 'in-call' ? quality(previous, sample) : null;
+        previous = sample || previous;
+        if (q) {
+          this.poorReadings = q.level === 'poor' ? this.poorReadings + 1 : 0;
+          this.emit('quality', q);
+          this.paint({ state: this.state });
+        }
+      }, 2000);
     }
 
     connect(token) {
@@ -245,6 +499,11 @@
             this.send({ type: 'resume', call_id: this.callId, token: this.resumeToken });
           } else if (m.type === 'resumed') {
             this.setState(this.resumeState);
+            // The network that dropped the connection may have moved the audio path too.
+            if (this.pc && ['disconnected', 'failed'].includes(this.pc.iceConnectionState)) {
+              this.restarting = false;
+              this.restartIce();
+            }
           } else if (m.type === 'error' && m.code === 'resume_refused') {
             this.fail('The call was lost while reconnecting.');
           } else {
@@ -274,6 +533,12 @@
           this.iceServers = m.ice_servers || this.iceServers;
           await this.offer();
           break;
+        case 'renegotiated':
+          if (this.pc && this.pc.signalingState === 'have-local-offer') {
+            await this.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+          }
+          this.restarting = false;
+          break;
         case 'answer':
           this.callId = m.call_id;
           this.resumeToken = m.resume_token || null;
@@ -286,6 +551,7 @@
           }
           break;
         case 'answered':
+          this.watchQuality(this.pc);
           this.startedAt = Date.now();
           this.setState('in-call');
           this.timer = setInterval(() => this.paint({ state: 'in-call' }), 1000);
@@ -308,6 +574,13 @@
         case 'error':
           if (this.state === 'connecting' && !this.callId) {
             this.fail(FAILURES[m.code] || 'The call could not start: ' + m.message);
+          } else if (this.restarting && m.call_id === this.callId && ['bad_sdp', 'limit_reached'].includes(m.code)) {
+            // The gateway kept the old path: so does the peer connection.
+            this.restarting = false;
+            if (this.pc && this.pc.signalingState === 'have-local-offer') {
+              await this.pc.setLocalDescription({ type: 'rollback' });
+            }
+            this.emit('error', { message: m.message, code: m.code });
           } else {
             this.emit('error', { message: m.message, code: m.code });
           }
@@ -337,27 +610,44 @@
         this.audio.play().catch(() => {});
         this.emit('remotestream', stream);
       };
+      // A network change (Wi-Fi to mobile, a VPN coming up) silences the old path: restart
+      // ICE and carry on over a new one. The gateway waits some 30 s for it.
+      pc.oniceconnectionstatechange = () => {
+        if (this.pc === pc && ['disconnected', 'failed'].includes(pc.iceConnectionState)) {
+          this.restartIce();
+        }
+      };
       pc.onconnectionstatechange = () => {
-        if (pc.connectionState === 'failed' && this.pc === pc) {
+        if (pc.connectionState === 'failed' && this.pc === pc && this.restarts >= MAX_RESTARTS) {
           this.hangup();
           this.fail(REASONS.media_failed);
         }
       };
+      this.restarts = 0;
       await pc.setLocalDescription(await pc.createOffer());
-      // The gateway takes the offer whole (no trickle): wait for candidates, briefly.
-      await new Promise((resolve) => {
-        if (pc.iceGatheringState === 'complete') {
-          return resolve();
-        }
-        const done = () => {
-          if (pc.iceGatheringState === 'complete') {
-            resolve();
-          }
-        };
-        pc.addEventListener('icegatheringstatechange', done);
-        setTimeout(resolve, 1500);
-      });
+      await gathered(pc);
       this.send({ type: 'call', to: this.target, sdp: pc.localDescription.sdp });
+    }
+
+    /** Restarts ICE on the call (a new offer with new ICE credentials, `renegotiate`). */
+    async restartIce() {
+      const pc = this.pc;
+      if (!pc || !this.callId || this.restarting || !['ringing', 'in-call'].includes(this.state)) {
+        return;
+      }
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this.restarts >= MAX_RESTARTS) {
+        return;
+      }
+      this.restarting = true;
+      this.restarts += 1;
+      try {
+        await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+        await gathered(pc);
+        this.send({ type: 'renegotiate', call_id: this.callId, sdp: pc.localDescription.sdp });
+      } catch (e) {
+        this.restarting = false;
+        this.emit('error', { message: 'The audio path could not be renewed: ' + e.message });
+      }
     }
 
     hangup() {
@@ -413,6 +703,10 @@
     }
 
     cleanup() {
+      live.delete(this);
+      this.restarting = false;
+      clearInterval(this.qualityTimer);
+      this.poorReadings = 0;
       clearInterval(this.timer);
       this.timer = null;
       if (this.pc) {
@@ -535,7 +829,11 @@
           break;
         case 'in-call': {
           ui.status.textContent = 'In call ' + clock(Date.now() - (this.startedAt || Date.now()));
-          ui.detail.textContent = this.muted ? 'Your microphone is muted' : '';
+          ui.detail.textContent = this.muted
+            ? 'Your microphone is muted'
+            : this.poorReadings >= 2
+              ? 'Poor connection: the audio may break up'
+              : '';
           break;
         }
         case 'ended':

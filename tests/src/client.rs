@@ -17,11 +17,14 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -72,6 +75,11 @@ pub struct CallOptions {
     pub ignore_incoming: bool,
     /// Also measure the tone and count packets between these seconds after the answer.
     pub measure_window: Option<(f64, f64)>,
+    /// This many seconds after the answer, move to a new local port (the old one closed, as
+    /// on a network change) and restart ICE with `renegotiate`.
+    pub ice_restart_after: Option<f64>,
+    /// Send a `renegotiate` whose SDP has no audio this many seconds after the answer.
+    pub bad_renegotiation_after: Option<f64>,
 }
 
 impl CallOptions {
@@ -150,6 +158,8 @@ pub struct CallReport {
     pub window_packets: u64,
     /// Median SNR of the tone in [`CallOptions::measure_window`], dB.
     pub window_tone_snr_db: Option<f64>,
+    /// Packets received on the port taken at [`CallOptions::ice_restart_after`].
+    pub packets_after_restart: u64,
 }
 
 fn text(m: &Value) -> Message {
@@ -160,8 +170,8 @@ fn text(m: &Value) -> Message {
 pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<CallReport> {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
     let mut report = CallReport::default();
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let local = socket.local_addr()?;
+    let mut socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut local = socket.local_addr()?;
     let mut engine = MediaEngine::default();
     engine.register_codec(
         RTCRtpCodecParameters {
@@ -179,6 +189,12 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     )?;
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
+        // An ICE restart here means a new socket: the old candidate goes with the old port.
+        .with_setting_engine(
+            SettingEngineBuilder::new()
+                .with_discard_local_candidates_during_ice_restart(true)
+                .build(),
+        )
         .with_media_engine(engine)
         .build(Instant::now())?;
     let ssrc: u32 = rand_u32();
@@ -210,18 +226,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             },
         ])?;
     }
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    pc.add_local_candidate(host_candidate(local)?)?;
     if let Some(token) = &options.token {
         ws.send(text(&json!({"type": "auth", "token": token})))
             .await?;
@@ -247,6 +252,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut transfer_sent = false;
     let mut resume_token = String::new();
     let mut reconnected = false;
+    let mut restarted = false;
+    let mut bad_renegotiation_sent = false;
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
         dtx: false,
@@ -313,6 +320,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 && p.header.payload_type == 111
             {
                 report.packets_received += 1;
+                if restarted {
+                    report.packets_after_restart += 1;
+                }
                 let arrival = started.elapsed().as_secs_f64() * 48_000.0;
                 let transit = arrival - p.header.timestamp as f64;
                 if let Some(prev) = transit_prev {
@@ -403,6 +413,36 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     .unwrap_or_else(|| resume_token.clone());
                 ws.send(text(
                     &json!({"type": "resume", "call_id": id, "token": token}),
+                ))
+                .await?;
+            }
+            if let Some(after) = options.bad_renegotiation_after
+                && !bad_renegotiation_sent
+                && at.elapsed().as_secs_f64() >= after
+            {
+                bad_renegotiation_sent = true;
+                let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
+                ws.send(text(
+                    &json!({"type": "renegotiate", "call_id": id, "sdp": sdp}),
+                ))
+                .await?;
+            }
+            if let Some(after) = options.ice_restart_after
+                && !restarted
+                && at.elapsed().as_secs_f64() >= after
+            {
+                restarted = true;
+                // A new network: a new local port, and the old one gone with everything
+                // the gateway still sends to it.
+                socket = UdpSocket::bind("127.0.0.1:0").await?;
+                local = socket.local_addr()?;
+                pc.restart_ice();
+                let offer = pc.create_offer(None)?;
+                pc.set_local_description(Instant::now(), offer)?;
+                pc.add_local_candidate(host_candidate(local)?)?;
+                let sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
+                ws.send(text(
+                    &json!({"type": "renegotiate", "call_id": id, "sdp": sdp}),
                 ))
                 .await?;
             }
@@ -511,6 +551,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         ws.send(text(&json!({"type": "answer", "call_id": report.call_id, "sdp": sdp}))).await?;
                         call_sent = Instant::now();
                     }
+                    "renegotiated" => {
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                    }
                     "answered" => {
                         answered_at = Some(Instant::now());
                         report.setup_ms = Some(call_sent.elapsed().as_secs_f64() * 1000.0);
@@ -544,6 +587,22 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         .then_some((w.snr_db * 10.0).round() / 10.0);
     let _ = pc.close();
     Ok(report)
+}
+
+/// A host candidate for the local socket.
+fn host_candidate(local: SocketAddr) -> anyhow::Result<RTCIceCandidateInit> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".into(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    Ok(RTCIceCandidate::from(&candidate).to_json()?)
 }
 
 fn rand_u32() -> u32 {

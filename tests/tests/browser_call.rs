@@ -416,6 +416,41 @@ async fn a_dropped_connection_resumes_the_call_on_a_new_one_and_the_tone_goes_on
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_ice_restart_from_a_new_port_keeps_the_call_and_its_tone() {
+    // A laptop moving from Wi-Fi to mobile: its old address goes silent, the page restarts
+    // ICE from a new one (RFC 8445 §9) with `renegotiate`, and the call goes on over the new
+    // path. A renegotiation without audio before it is refused and changes nothing.
+    let (gateway, sipp) = resumable("browser_ice_restart", "echo.xml", 20).await;
+    let mut opts = options(5.0);
+    opts.bad_renegotiation_after = Some(0.8);
+    opts.ice_restart_after = Some(1.5);
+    opts.measure_window = Some((2.5, 4.8));
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let codes: Vec<_> = report.errors.iter().map(|e| e["code"].clone()).collect();
+    assert_eq!(codes, ["bad_sdp"], "{report:?}");
+    assert!(
+        report.messages.contains(&"renegotiated".to_string()),
+        "{report:?}"
+    );
+    assert!(
+        report.packets_after_restart > 100
+            && report.window_packets > 80
+            && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone on the new port: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "{report:?}"
+    );
+    assert!(sipp.finished().await);
+    ended_by_hangup(&gateway).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_resume_with_the_wrong_token_is_refused_and_the_call_ends_when_its_time_is_over() {
     let (gateway, sipp) = resumable("browser_ws_resume_refused", "echo.xml", 2).await;
     let mut opts = options(10.0);

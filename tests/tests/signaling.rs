@@ -114,6 +114,7 @@ async fn misuse_gets_documented_errors_and_other_calls_keep_their_audio() {
         (json!({"type": "auth", "token": sign(&Claims { sub: "x".into(), exp: now() - 1, targets: vec![], numbers: false }, SECRET.as_bytes())}).to_string(), "unauthorized"),
         (json!({"type": "auth", "token": sign(&Claims { sub: "x".into(), exp: now() + 60, targets: vec![], numbers: true }, b"not the secret at all")}).to_string(), "unauthorized"),
         (json!({"type": "hangup", "call_id": "c-nope"}).to_string(), "no_such_call"),
+        (json!({"type": "renegotiate", "call_id": "c-nope", "sdp": "v=0"}).to_string(), "no_such_call"),
         (json!({"type": "dtmf", "call_id": "c-nope", "digits": "1x"}).to_string(), "bad_message"),
     ];
     for (message, code) in cases {

@@ -289,18 +289,25 @@ async fn a_visitor_allowed_only_relayed_media_calls_through_coturn_with_minted_c
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_call() {
-    let dir = out_dir("web_demo_resume");
+/// A visitor's call to the built-in demo trunk's echo, the driver given `flag`; returns what
+/// it saw (the gateway is returned to keep it up until the test's checks are done).
+async fn demo_call(
+    test: &str,
+    name: &str,
+    flag: &str,
+    rtp_ports: u16,
+) -> (serde_json::Value, gateway::run::Gateway) {
+    let dir = out_dir(test);
     let tone = dir.join("tone-1004.wav");
     tone_wav(&tone);
     let demo_trunk = gateway::demo::start().await.expect("demo trunk");
     let text = format!(
-        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 47000\nport_max = 47999\n\n\
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = {rtp_ports}\nport_max = {}\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\nresume_seconds = 20\n\n\
          [webrtc]\nudp = \"127.0.0.1:0\"\n\n\
          [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
          [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n",
+        rtp_ports + 999,
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -309,12 +316,61 @@ async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_
         .unwrap();
     let seen = visit_with(
         format!("http://{}/?target=echo", gateway.http_addr),
-        dir.join("drop"),
+        dir.join(name),
         &tone,
         "5",
-        Some("--drop-connection"),
+        Some(flag),
     )
     .await;
+    (seen, gateway)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_whose_network_changes_restarts_ice_and_keeps_the_call() {
+    let (seen, _gateway) =
+        demo_call("web_demo_ice_restart", "restart", "--restart-ice", 43000).await;
+    check("restart", &seen, "5");
+    let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
+    assert!(
+        before.is_string() && after.is_string() && before != after,
+        "the gateway answered the restart with new ICE credentials (RFC 8839 §4.4.1.1.2): {seen}"
+    );
+    assert!(
+        (seen["restartedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+        "the tone is heard again over the restarted path: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_checks_the_line_before_calling_and_sees_the_calls_quality() {
+    let (seen, gateway) = demo_call("web_demo_preflight", "preflight", "--preflight", 44000).await;
+    check("preflight", &seen, "5");
+    let preflight = &seen["preflight"];
+    for part in ["ok", "microphone", "gateway", "media"] {
+        assert_eq!(preflight[part], true, "{part}: {seen}");
+    }
+    assert_eq!(preflight["message"], "Ready to call.", "{seen}");
+    assert!(
+        preflight["mos"].as_f64().unwrap_or(0.0) >= 4.0
+            && preflight["lossPercent"].as_f64().is_some_and(|l| l < 5.0)
+            && preflight["rttMs"].as_f64().is_some_and(|r| r >= 0.0),
+        "loopback measures as a good line: {seen}"
+    );
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(metrics.contains("gateway_preflights_total 1"), "{metrics}");
+    let quality = seen["quality"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !quality.is_empty()
+            && quality
+                .iter()
+                .all(|q| { q["level"] == "good" && q["mos"].as_f64().is_some_and(|m| m >= 4.0) }),
+        "`quality` events during the call, all good on loopback: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_call() {
+    let (seen, _gateway) = demo_call("web_demo_resume", "drop", "--drop-connection", 47000).await;
     check("drop", &seen, "5");
     let states: Vec<&str> = seen["states"]
         .as_array()

@@ -4,9 +4,14 @@
 // state and prints one JSON line with what it saw. The Rust test (tests/tests/web_demo.rs)
 // starts the gateway and the trunks and checks the result.
 //
-// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS|--unreachable|--no-mic [--drop-connection]
+// usage: node demo.mjs URL OUT_DIR TONE_WAV EXPECT_HZ DIGITS|--unreachable|--no-mic
+//        [--drop-connection|--restart-ice|--preflight]
 // With --drop-connection the page's WebSocket is closed once the tone is heard: the widget
-// must show "Reconnecting…", resume the call, and the tone must be heard again.
+// must show "Reconnecting…", resume the call, and the tone must be heard again. With
+// --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
+// the gateway's answer must carry new ICE credentials and the tone must be heard again. With
+// --preflight the widget's preflight() runs before the call. Every run records the widget's
+// `quality` events.
 
 import { chromium } from 'playwright-core';
 
@@ -41,6 +46,20 @@ async function shot(page, name) {
   result.screenshots.push(path);
 }
 
+// Listens for the tone again (the analyser's reading reset first): the last peak heard.
+async function listenAgain(page) {
+  await page.evaluate(() => { window.demo.peakHz = 0; });
+  let heard = 0;
+  let hz = 0;
+  const listenUntil = Date.now() + 10000;
+  while (Date.now() < listenUntil && heard < 10) {
+    hz = await page.evaluate(() => window.demo.peakHz);
+    heard = Math.abs(hz - expectHz) <= 25 ? heard + 1 : 0;
+    await page.waitForTimeout(100);
+  }
+  return hz;
+}
+
 async function poll(page, fn, arg, timeoutMs) {
   const until = Date.now() + timeoutMs;
   for (;;) {
@@ -61,6 +80,13 @@ try {
   const widget = page.locator('.gateway-call');
   await widget.locator('#status').waitFor();
   await shot(page, '1-idle');
+  if (dropFlag === '--preflight') {
+    result.preflight = await page.evaluate(() => window.GatewayCall.widgets[0].preflight());
+  }
+  await page.evaluate(() => {
+    window.qualityEvents = [];
+    window.GatewayCall.widgets[0].on('quality', (q) => window.qualityEvents.push(q));
+  });
 
   await widget.locator('#call').click();
   if (await poll(page, () => window.demo.states.includes('connecting'), null, 5000)) {
@@ -102,15 +128,20 @@ try {
     }
     await poll(page, () => window.demo.states.lastIndexOf('in-call') > window.demo.states.indexOf('reconnecting'), null, 15000);
     result.statusResumed = await widget.locator('#status').textContent();
-    await page.evaluate(() => { window.demo.peakHz = 0; });
-    let heard = 0;
-    const listenUntil = Date.now() + 10000;
-    while (Date.now() < listenUntil && heard < 10) {
-      const hz = await page.evaluate(() => window.demo.peakHz);
-      result.resumedPeakHz = hz;
-      heard = Math.abs(hz - expectHz) <= 25 ? heard + 1 : 0;
-      await page.waitForTimeout(100);
-    }
+    result.resumedPeakHz = await listenAgain(page);
+  }
+
+  if (dropFlag === '--restart-ice') {
+    const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
+    result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
+    await page.evaluate(() => window.GatewayCall.widgets[0].restartIce());
+    await poll(page, () => {
+      const w = window.GatewayCall.widgets[0];
+      return w.restarts === 1 && !w.restarting && w.pc.signalingState === 'stable' && ['connected', 'completed'].includes(w.pc.iceConnectionState);
+    }, null, 10000);
+    result.gatewayUfragAfter = await page.evaluate(gatewayUfrag);
+    result.iceStateRestarted = await page.evaluate(() => window.GatewayCall.widgets[0].pc.iceConnectionState);
+    result.restartedPeakHz = await listenAgain(page);
   }
 
   if (digits) {
@@ -131,6 +162,7 @@ try {
   await widget.locator('#mute').click();
   result.unmutedPeakHz = (await poll(page, (hz) => Math.abs(window.demo.peakHz - hz) <= 25 && window.demo.peakHz, expectHz, 5000)) || 0;
 
+  result.quality = await page.evaluate(() => window.qualityEvents);
   await widget.locator('#call').click();
   await poll(page, () => window.demo.states.includes('ended'), null, 10000);
   result.statusEnded = await widget.locator('#status').textContent();

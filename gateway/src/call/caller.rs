@@ -2,6 +2,10 @@
 //! relayed), or `gateway dial`'s tone caller. The driver moves their media; this file owns
 //! what each keeps.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::Refusal;
 use crate::media::bridge::Bridge;
 use crate::media::tone::{ToneDetector, ToneGenerator};
 use crate::media::wideband::WideBridge;
@@ -29,7 +33,13 @@ pub struct BrowserCaller {
     pub(super) wide_settings: (u8, u32),
     pub(super) talkspurt: bool,
     pub(super) connected: bool,
+    /// When the browser renegotiated in the last minute.
+    renegotiations: VecDeque<Instant>,
 }
+
+/// Renegotiations (ICE restarts) a browser may make in a minute: a network change takes one
+/// or two; more is a page gone wrong, and each costs the gateway a new ICE session.
+const RENEGOTIATIONS_PER_MINUTE: usize = 10;
 
 impl BrowserCaller {
     /// A browser leg whose datagrams arrive on `route`.
@@ -43,7 +53,44 @@ impl BrowserCaller {
             wide_settings: (1, 60),
             talkspurt: true,
             connected: false,
+            renegotiations: VecDeque::new(),
         }
+    }
+
+    /// Answers the browser's new offer on the live call. An ICE restart moves the call's
+    /// route on the media port to the new ufrag; media goes on from where it came until the
+    /// new checks pick a path.
+    pub(super) fn renegotiate(
+        &mut self,
+        offer: &str,
+        now: Instant,
+    ) -> Result<String, (Refusal, String)> {
+        while self
+            .renegotiations
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.renegotiations.pop_front();
+        }
+        if self.renegotiations.len() >= RENEGOTIATIONS_PER_MINUTE {
+            return Err((
+                Refusal::TooManyRenegotiations,
+                format!(
+                    "{RENEGOTIATIONS_PER_MINUTE} renegotiations in the last minute already; \
+                     wait before restarting ICE again"
+                ),
+            ));
+        }
+        self.renegotiations.push_back(now);
+        let before = self.leg.ufrag().to_owned();
+        let answer = self
+            .leg
+            .renegotiate(offer, now)
+            .map_err(|e| (Refusal::BadOffer, e.to_string()))?;
+        if self.leg.ufrag() != before {
+            self.route.rekey(self.leg.ufrag(), self.leg.media_source());
+        }
+        Ok(answer)
     }
 
     /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity

@@ -14,6 +14,7 @@ pub mod load;
 pub mod machine;
 mod outbound;
 mod parked;
+mod preflight;
 mod tap;
 
 use std::net::IpAddr;
@@ -37,6 +38,7 @@ use cdr::CdrLog;
 pub use inbound::run_inbound;
 pub use machine::{CallCommand, CallEvent, Refusal};
 pub use outbound::{Outbound, resolve, start_outbound};
+pub use preflight::{PREFLIGHT_SECONDS, start_preflight};
 
 pub use parked::{ConnectionEvents, EventSink, ParkedCall, ParkedCalls, ResumeError};
 
@@ -185,6 +187,8 @@ pub struct Metrics {
     pub frames_relayed: AtomicU64,
     /// Opus frames decoded from or encoded for browsers (transcoded calls), all ended calls.
     pub frames_transcoded: AtomicU64,
+    /// Pre-call tests (`preflight`) started.
+    pub preflights_total: AtomicU64,
     /// The media load, from the calls' tick lateness.
     pub load: load::LoadMonitor,
     /// Media datagrams refused (wrong source, not RTP), live.

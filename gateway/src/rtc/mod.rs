@@ -30,7 +30,7 @@ pub mod mux;
 mod reports;
 mod sdp;
 
-use sdp::{DTMF_PT, OPUS_PT, media_engine, negotiated_payload_types, relay_candidates};
+use sdp::{DTMF_PT, OPUS_PT, ice_ufrag, media_engine, negotiated_payload_types, relay_candidates};
 pub use sdp::{opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
@@ -54,13 +54,20 @@ fn stack(e: impl std::fmt::Display) -> RtcError {
     RtcError::Stack(e.to_string())
 }
 
+fn bad_offer(e: impl std::fmt::Display) -> RtcError {
+    RtcError::BadOffer(e.to_string())
+}
+
 /// What the leg reports to the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrowserEvent {
     /// ICE and DTLS are up: media can flow.
     Connected,
-    /// The connection failed or closed.
-    Disconnected,
+    /// Nothing came from the browser for a while (ICE `disconnected`, RFC 7675 consent not
+    /// refreshed): its network may be changing, and an ICE restart can bring it back.
+    Interrupted,
+    /// The connection failed (no ICE path for some 30 s) or closed.
+    Failed,
     /// An Opus packet from the browser.
     Opus {
         /// RTP sequence number counting audio packets only (for loss detection): the
@@ -165,30 +172,15 @@ impl std::fmt::Debug for BrowserLeg {
     }
 }
 
-fn random_ice_string(len: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| {
-            char::from(
-                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
-                    [rng.random_range(0..64)],
-            )
-        })
-        .collect()
-}
-
 impl BrowserLeg {
     fn build(
         certificate: &DtlsCertificate,
         now: Instant,
-    ) -> Result<(RTCPeerConnection, String, u32), RtcError> {
-        // RFC 8445 §5.3: ufrag ≥ 4 and pwd ≥ 22 characters of ice-char.
-        let ufrag = random_ice_string(8);
-        let settings = SettingEngineBuilder::new()
-            .with_lite(true)
-            .with_ice_credentials(ufrag.clone(), random_ice_string(24))
-            .build();
+    ) -> Result<(RTCPeerConnection, u32), RtcError> {
+        // The stack draws the ICE credentials (RFC 8445 §5.3), and new ones at an ICE
+        // restart: fixed ones in the setting engine would be reused by a restart, which
+        // RFC 8839 §4.4.1.1.2 forbids and a restarting peer may not accept.
+        let settings = SettingEngineBuilder::new().with_lite(true).build();
         let pc = RTCPeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -204,7 +196,7 @@ impl BrowserLeg {
             ))
             .build(now)
             .map_err(stack)?;
-        Ok((pc, ufrag, rand::random()))
+        Ok((pc, rand::random()))
     }
 
     fn add_track_and_candidate(
@@ -249,11 +241,14 @@ impl BrowserLeg {
         pc: RTCPeerConnection,
         local: SocketAddr,
         advertised: IpAddr,
-        ufrag: String,
+        sdp: &str,
         sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
         ssrc: u32,
-    ) -> BrowserLeg {
-        BrowserLeg {
+    ) -> Result<BrowserLeg, RtcError> {
+        let ufrag = ice_ufrag(sdp)
+            .ok_or_else(|| stack("our SDP has no a=ice-ufrag"))?
+            .to_owned();
+        Ok(BrowserLeg {
             pc,
             // The stack matches incoming datagrams to our candidate by local address, so
             // datagrams are tagged with the advertised address even when the socket is bound
@@ -274,7 +269,7 @@ impl BrowserLeg {
             media_from: None,
             event_packets: 0,
             last_event_sequence: None,
-        }
+        })
     }
 
     /// Answers a browser's offer. `local` is the shared media socket's address and
@@ -287,22 +282,18 @@ impl BrowserLeg {
         certificate: &DtlsCertificate,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
-        let (mut pc, ufrag, ssrc) = Self::build(certificate, now)?;
-        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
-        pc.set_remote_description(now, offer)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        let (mut pc, ssrc) = Self::build(certificate, now)?;
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(bad_offer)?;
+        pc.set_remote_description(now, offer).map_err(bad_offer)?;
         let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
-        let answer = pc
-            .create_answer(None)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        let answer = pc.create_answer(None).map_err(bad_offer)?;
         pc.set_local_description(now, answer).map_err(stack)?;
         let sdp = pc
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after answering"))?;
         let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
-        let mut leg = Self::finish(pc, local, advertised, ufrag, sender, ssrc);
+        let mut leg = Self::finish(pc, local, advertised, &sdp, sender, ssrc)?;
         leg.opus_pt = opus_pt;
         leg.dtmf_pt = dtmf_pt;
         leg.relay_candidates = relay_candidates(offer_sdp);
@@ -316,7 +307,7 @@ impl BrowserLeg {
         certificate: &DtlsCertificate,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
-        let (mut pc, ufrag, ssrc) = Self::build(certificate, now)?;
+        let (mut pc, ssrc) = Self::build(certificate, now)?;
         let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
         let offer = pc.create_offer(None).map_err(stack)?;
         pc.set_local_description(now, offer).map_err(stack)?;
@@ -324,24 +315,61 @@ impl BrowserLeg {
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after offering"))?;
-        Ok((
-            Self::finish(pc, local, advertised, ufrag, sender, ssrc),
-            sdp,
-        ))
+        let leg = Self::finish(pc, local, advertised, &sdp, sender, ssrc)?;
+        Ok((leg, sdp))
     }
 
     /// Applies the browser's answer to our offer.
     pub fn accept_answer(&mut self, answer_sdp: &str, now: Instant) -> Result<(), RtcError> {
         let (opus_pt, dtmf_pt) = negotiated_payload_types(answer_sdp).ok_or(RtcError::NoOpus)?;
-        let answer = RTCSessionDescription::answer(answer_sdp.to_owned())
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+        let answer = RTCSessionDescription::answer(answer_sdp.to_owned()).map_err(bad_offer)?;
         self.pc
             .set_remote_description(now, answer)
-            .map_err(|e| RtcError::BadOffer(e.to_string()))?;
+            .map_err(bad_offer)?;
         self.opus_pt = opus_pt;
         self.dtmf_pt = dtmf_pt;
         self.relay_candidates = relay_candidates(answer_sdp);
         Ok(())
+    }
+
+    /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2). One with new
+    /// ICE credentials is an ICE restart (RFC 8445 §9): the stack draws new local credentials
+    /// too, so [`Self::ufrag`] changes and the media port must route the new one, and new
+    /// checks pick the path. DTLS and SRTP go on unchanged over it (RFC 8842 §4).
+    pub fn renegotiate(&mut self, offer_sdp: &str, now: Instant) -> Result<String, RtcError> {
+        // Checked before the stack applies anything: a restart cannot be rolled back.
+        negotiated_payload_types(offer_sdp).ok_or(RtcError::NoOpus)?;
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(bad_offer)?;
+        self.pc
+            .set_remote_description(now, offer)
+            .map_err(bad_offer)?;
+        let answer = self.pc.create_answer(None).map_err(bad_offer)?;
+        self.pc.set_local_description(now, answer).map_err(stack)?;
+        let sdp = self
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| stack("no local description after answering"))?;
+        let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
+        self.opus_pt = opus_pt;
+        self.dtmf_pt = dtmf_pt;
+        if let Some(ufrag) = ice_ufrag(&sdp) {
+            self.ufrag = ufrag.to_owned();
+        }
+        for relay in relay_candidates(offer_sdp) {
+            if !self.relay_candidates.contains(&relay)
+                && self.relay_candidates.len() < MAX_VALIDATED
+            {
+                self.relay_candidates.push(relay);
+            }
+        }
+        self.drain();
+        Ok(sdp)
+    }
+
+    /// Where the browser's DTLS and SRTP last came from.
+    pub fn media_source(&self) -> Option<SocketAddr> {
+        self.media_from
     }
 
     /// True when the browser's media comes through a TURN relay: its DTLS and SRTP arrive
@@ -427,10 +455,11 @@ impl BrowserLeg {
                     RTCPeerConnectionState::Connected,
                 ) => self.events.push_back(BrowserEvent::Connected),
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                    RTCPeerConnectionState::Failed
-                    | RTCPeerConnectionState::Closed
-                    | RTCPeerConnectionState::Disconnected,
-                ) => self.events.push_back(BrowserEvent::Disconnected),
+                    RTCPeerConnectionState::Disconnected,
+                ) => self.events.push_back(BrowserEvent::Interrupted),
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
+                ) => self.events.push_back(BrowserEvent::Failed),
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
                 _ => {}
             }

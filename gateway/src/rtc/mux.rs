@@ -40,6 +40,22 @@ impl MuxRoute {
     pub async fn recv(&mut self) -> Option<Datagram> {
         self.rx.recv().await
     }
+
+    /// After an ICE restart the browser's checks name `ufrag`. The call's known addresses are
+    /// forgotten but `keep`, where its media flows until the new checks select a path, so a
+    /// browser that restarts again and again cannot grow the table.
+    pub fn rekey(&mut self, ufrag: &str, keep: Option<SocketAddr>) {
+        let mut routes = self.mux.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((tx, _)) = routes.by_ufrag.remove(&self.ufrag) else {
+            return;
+        };
+        routes
+            .by_addr
+            .retain(|addr, t| !t.same_channel(&tx) || Some(*addr) == keep);
+        let kept = keep.map_or(0, |a| usize::from(routes.by_addr.contains_key(&a)));
+        routes.by_ufrag.insert(ufrag.to_string(), (tx, kept));
+        self.ufrag = ufrag.to_string();
+    }
 }
 
 impl Drop for MuxRoute {
@@ -159,5 +175,70 @@ async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
             }
             None => tracing::trace!(%peer, "datagram for no call dropped"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A STUN Binding request whose USERNAME is `ufrag:browser` (RFC 5389 §6, §15.3).
+    fn binding_request(ufrag: &str) -> Vec<u8> {
+        let username = format!("{ufrag}:browser");
+        let padded = username.len().div_ceil(4) * 4;
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&[0x00, 0x06]);
+        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        m.extend_from_slice(username.as_bytes());
+        m.resize(20 + 4 + padded, 0);
+        m
+    }
+
+    async fn arrives(route: &mut MuxRoute) -> Option<SocketAddr> {
+        tokio::time::timeout(Duration::from_millis(300), route.recv())
+            .await
+            .ok()
+            .flatten()
+            .map(|(_, from)| from)
+    }
+
+    #[tokio::test]
+    async fn an_ice_restart_routes_the_new_ufrag_and_forgets_all_but_the_media_address() {
+        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = mux.local_addr();
+        let mut route = mux.register("before");
+        let wifi = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mobile = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        wifi.send_to(&binding_request("before"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, wifi.local_addr().ok());
+        other.send_to(&binding_request("before"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, other.local_addr().ok());
+
+        route.rekey("after", wifi.local_addr().ok());
+        assert_eq!(mux.calls(), 1);
+        // Media goes on from the address it came from.
+        wifi.send_to(&[0x80, 0, 0, 1], to).unwrap();
+        assert_eq!(arrives(&mut route).await, wifi.local_addr().ok());
+        // The other old address and the old ufrag lead nowhere now.
+        other.send_to(&[0x80, 0, 0, 1], to).unwrap();
+        mobile.send_to(&binding_request("before"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, None);
+        // The new ufrag from the new network does.
+        mobile.send_to(&binding_request("after"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, mobile.local_addr().ok());
+        mobile.send_to(&[0x80, 0, 0, 2], to).unwrap();
+        assert_eq!(arrives(&mut route).await, mobile.local_addr().ok());
+
+        drop(route);
+        assert_eq!(
+            mux.calls(),
+            0,
+            "the new ufrag is unregistered with the call"
+        );
     }
 }

@@ -94,3 +94,10 @@ pub(super) fn relay_candidates(sdp: &str) -> Vec<SocketAddr> {
         .take(MAX_VALIDATED)
         .collect()
 }
+
+/// The ICE username fragment of a description (RFC 8839 §5.4): the stack puts one in ours.
+pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .filter(|u| !u.is_empty())
+}

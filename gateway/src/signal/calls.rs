@@ -59,14 +59,28 @@ impl ConnectionCalls {
         self.0.get(call_id).map(|c| &c.commands)
     }
 
+    /// Hands the call a command, or gives the `no_such_call` error to send back.
+    pub(super) fn command(
+        &self,
+        call_id: &str,
+        command: CallCommand,
+    ) -> Result<(), Box<super::ServerMessage>> {
+        match self.get(call_id) {
+            Some(tx) => {
+                let _ = tx.send(command);
+                Ok(())
+            }
+            None => Err(Box::new(super::error(
+                super::ErrorCode::NoSuchCall,
+                format!("no call `{call_id}` on this connection"),
+                Some(call_id),
+            ))),
+        }
+    }
+
     /// The call's resume token.
     pub(super) fn token(&self, call_id: &str) -> Option<&str> {
         self.0.get(call_id).map(|c| c.token.as_str())
-    }
-
-    /// True when the connection owns the call.
-    pub(super) fn contains_key(&self, call_id: &str) -> bool {
-        self.0.contains_key(call_id)
     }
 
     /// Takes the call off the connection; returns its commands.

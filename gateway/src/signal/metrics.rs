@@ -59,6 +59,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     );
     metric(
         &mut text,
+        "gateway_preflights_total",
+        "counter",
+        "Pre-call tests (`preflight`) started; each holds a call slot while it echoes.",
+        load(&m.preflights_total),
+    );
+    metric(
+        &mut text,
         "gateway_frames_relayed_total",
         "counter",
         "Opus frames relayed untouched between browser and an Opus trunk (ended calls).",

@@ -1,6 +1,7 @@
 //! The HTTP side: `/ws` signaling (see [`protocol`]), `/healthz`, `/metrics`, the admin
 //! API (`POST /admin/plugins/reload`), and the web demo (`/`) with its widget (`/widget.js`). Knows no SIP: calls are handed to [`crate::call`].
 
+mod admission;
 mod calls;
 mod metrics;
 pub mod protocol;
@@ -22,6 +23,7 @@ use crate::call::{CallCommand, CallContext, CallEvent, Outbound, start_outbound}
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
 use crate::token::{self, Claims};
+use admission::{admit, authorize};
 use protocol::{ClientMessage, ErrorCode, ServerMessage, VERSION};
 
 /// The public router: signaling, the demo page and widget, `/healthz`; with `admin`, also
@@ -179,55 +181,6 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Decides what `to` means for this caller: `(trunk, number)`, or the error to send.
-fn authorize(
-    ctx: &CallContext,
-    claims: Option<&Claims>,
-    to: &str,
-) -> Result<(String, String), (ErrorCode, String)> {
-    if let Some(target) = ctx.config.targets.get(to) {
-        let allowed = match claims {
-            Some(c) => c.targets.iter().any(|t| t == to || t == "*"),
-            None => ctx.config.http.anonymous,
-        };
-        return if allowed {
-            Ok((target.trunk.clone(), target.number.clone()))
-        } else if claims.is_none() {
-            Err((
-                ErrorCode::Unauthorized,
-                "send `auth` with a token first".into(),
-            ))
-        } else {
-            Err((
-                ErrorCode::Forbidden,
-                format!("the token does not allow calling `{to}`"),
-            ))
-        };
-    }
-    // A raw number: toll fraud's favourite, so only with a token that says `numbers`, only on
-    // the trunk the operator named for it, and only digits (a leading + allowed).
-    let dialable = to.len() >= 3
-        && to
-            .trim_start_matches('+')
-            .chars()
-            .all(|ch| ch.is_ascii_digit());
-    match (claims, &ctx.config.http.numbers_trunk) {
-        (Some(c), Some(trunk)) if c.numbers && dialable => Ok((trunk.clone(), to.to_string())),
-        (Some(c), None) if c.numbers => Err((
-            ErrorCode::Forbidden,
-            "raw numbers are not enabled on this gateway ([http] numbers_trunk)".into(),
-        )),
-        (Some(c), Some(_)) if c.numbers => Err((
-            ErrorCode::Forbidden,
-            format!("`{to}` is not a target name or a dialable number"),
-        )),
-        _ => Err((
-            ErrorCode::Forbidden,
-            format!("no target named `{to}`; widgets call target names, not numbers"),
-        )),
-    }
-}
-
 /// The identity a connection registered: removed from the table when the connection ends,
 /// however it ends, unless another connection has taken it since.
 struct Registration {
@@ -288,6 +241,8 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<(String, CallEvent)>();
     let (replaced_tx, mut replaced) = mpsc::unbounded_channel::<String>();
     let mut registration: Option<Registration> = None;
+    // A running preflight ends by itself at this instant: one at a time per connection.
+    let mut preflight_until: Option<std::time::Instant> = None;
     loop {
         let frame = tokio::select! {
             frame = stream.next() => match frame {
@@ -349,7 +304,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         // again, and a client sends `auth` with a fresh token to go on.
         if matches!(
             message,
-            ClientMessage::Call { .. } | ClientMessage::Register { .. }
+            ClientMessage::Call { .. }
+                | ClientMessage::Register { .. }
+                | ClientMessage::Preflight { .. }
         ) && claims.as_ref().is_some_and(|c| c.exp <= now_secs())
         {
             claims = None;
@@ -386,14 +343,6 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 },
             },
             ClientMessage::Call { to, sdp } => {
-                if ctx.draining.load(Ordering::Relaxed) {
-                    let _ = out.send(error(
-                        ErrorCode::Draining,
-                        "the gateway is shutting down; try again shortly",
-                        None,
-                    ));
-                    continue;
-                }
                 let (trunk, number) = match authorize(&ctx, claims.as_ref(), &to) {
                     Ok(route) => route,
                     Err((code, why)) => {
@@ -401,36 +350,12 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         continue;
                     }
                 };
-                if ctx.metrics.load.level() == LoadLevel::Shedding {
-                    ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
-                    let _ = out.send(error(
-                        ErrorCode::LimitReached,
-                        "the gateway is at capacity (its media runs late); try again shortly",
-                        None,
-                    ));
-                    continue;
-                }
-                let live = calls.live();
-                if live >= ctx.config.limits.max_calls_per_connection as usize {
-                    let _ = out.send(error(
-                        ErrorCode::LimitReached,
-                        format!(
-                            "this connection has {live} calls already (limits.max_calls_per_connection)"
-                        ),
-                        None,
-                    ));
-                    continue;
-                }
-                let Some(slot) = ctx.take_call_slot() else {
-                    let _ = out.send(error(
-                        ErrorCode::LimitReached,
-                        format!(
-                            "the gateway's limit of {} calls is reached",
-                            ctx.config.limits.max_calls
-                        ),
-                        None,
-                    ));
-                    continue;
+                let slot = match admit(&ctx, calls.live()) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        let _ = out.send(*refusal);
+                        continue;
+                    }
                 };
                 let call_id = format!("c-{}", crate::sip::message::random_token());
                 let from = claims
@@ -456,6 +381,43 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     }
                     Err(e) => {
                         let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
+                    }
+                }
+            }
+            ClientMessage::Preflight { sdp } => {
+                if claims.is_none() && !ctx.config.http.anonymous {
+                    let _ = out.send(error(
+                        ErrorCode::Unauthorized,
+                        "send `auth` with a token first",
+                        None,
+                    ));
+                    continue;
+                }
+                if preflight_until.is_some_and(|t| t > std::time::Instant::now()) {
+                    let _ = out.send(error(
+                        ErrorCode::LimitReached,
+                        "a preflight is running on this connection already; wait for it to end",
+                        None,
+                    ));
+                    continue;
+                }
+                let started = admit(&ctx, calls.live()).and_then(|slot| {
+                    crate::call::start_preflight(&ctx, slot, &sdp)
+                        .map_err(|e| Box::new(error(ErrorCode::BadSdp, e.to_string(), None)))
+                });
+                match started {
+                    Ok(answer) => {
+                        let seconds = crate::call::PREFLIGHT_SECONDS;
+                        preflight_until = Some(
+                            std::time::Instant::now() + std::time::Duration::from_secs(seconds),
+                        );
+                        let _ = out.send(ServerMessage::PreflightAnswer {
+                            sdp: answer,
+                            seconds,
+                        });
+                    }
+                    Err(refusal) => {
+                        let _ = out.send(*refusal);
                     }
                 }
             }
@@ -516,52 +478,37 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     });
                 }
             }
-            ClientMessage::Answer { call_id, sdp } => match calls.get(&call_id) {
-                Some(tx) => {
-                    let _ = tx.send(CallCommand::Answer(sdp));
+            ClientMessage::Answer { call_id, sdp } => {
+                if let Err(e) = calls.command(&call_id, CallCommand::Answer(sdp)) {
+                    let _ = out.send(*e);
                 }
-                None => {
-                    let _ = out.send(error(
-                        ErrorCode::NoSuchCall,
-                        format!("no call `{call_id}` on this connection"),
-                        Some(&call_id),
-                    ));
+            }
+            ClientMessage::Renegotiate { call_id, sdp } => {
+                if let Err(e) = calls.command(&call_id, CallCommand::Renegotiate(sdp)) {
+                    let _ = out.send(*e);
                 }
-            },
+            }
             ClientMessage::Dtmf { call_id, digits } => {
-                if let Err(bad) = validate_digits(&digits) {
-                    let _ = out.send(error(
+                let sent = match validate_digits(&digits) {
+                    Err(bad) => Err(Box::new(error(
                         ErrorCode::BadMessage,
                         format!("`{bad}` is not a DTMF digit; use 0-9, *, #, A-D"),
                         Some(&call_id),
-                    ));
-                    continue;
+                    ))),
+                    Ok(()) => calls.command(&call_id, CallCommand::Dtmf(digits)),
+                };
+                if let Err(e) = sent {
+                    let _ = out.send(*e);
                 }
-                match calls.get(&call_id) {
-                    Some(tx) => {
-                        let _ = tx.send(CallCommand::Dtmf(digits));
-                    }
-                    None => {
-                        let _ = out.send(error(
-                            ErrorCode::NoSuchCall,
-                            format!("no call `{call_id}` on this connection"),
-                            Some(&call_id),
-                        ));
-                    }
-                }
-            }
-            ClientMessage::Hold { call_id } | ClientMessage::Unhold { call_id }
-                if !calls.contains_key(&call_id) =>
-            {
-                let _ = out.send(error(
-                    ErrorCode::NoSuchCall,
-                    format!("no call `{call_id}` on this connection"),
-                    Some(&call_id),
-                ));
             }
             ClientMessage::Hold { call_id } => {
-                if let Some(tx) = calls.get(&call_id) {
-                    let _ = tx.send(CallCommand::Hold(true));
+                if let Err(e) = calls.command(&call_id, CallCommand::Hold(true)) {
+                    let _ = out.send(*e);
+                }
+            }
+            ClientMessage::Unhold { call_id } => {
+                if let Err(e) = calls.command(&call_id, CallCommand::Hold(false)) {
+                    let _ = out.send(*e);
                 }
             }
             ClientMessage::Transfer { call_id, to } => {
@@ -582,11 +529,6 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     Err((code, why)) => {
                         let _ = out.send(error(code, why, Some(&call_id)));
                     }
-                }
-            }
-            ClientMessage::Unhold { call_id } => {
-                if let Some(tx) = calls.get(&call_id) {
-                    let _ = tx.send(CallCommand::Hold(false));
                 }
             }
             // Needs no `auth`: the token given with the call is the proof.

@@ -66,6 +66,20 @@ pub enum ClientMessage {
         /// Target name or number.
         to: String,
     },
+    /// A new SDP offer on a live call: an ICE restart after a network change (new
+    /// `a=ice-ufrag`/`a=ice-pwd`), answered with `renegotiated`.
+    Renegotiate {
+        /// The call.
+        call_id: String,
+        /// The browser's new offer.
+        sdp: String,
+    },
+    /// Test the media path before a call: the gateway answers the offer and echoes the
+    /// browser's audio for [`crate::call::PREFLIGHT_SECONDS`], dialling nothing.
+    Preflight {
+        /// The browser's SDP offer, as for `call`.
+        sdp: String,
+    },
     /// Take back a call whose connection dropped, with the token given with it.
     Resume {
         /// The call.
@@ -142,11 +156,26 @@ pub enum ServerMessage {
         #[serde(default)]
         resume_token: String,
     },
+    /// The SDP answer to `preflight`: the browser's audio comes back until `seconds` pass.
+    PreflightAnswer {
+        /// The gateway's SDP answer.
+        sdp: String,
+        /// How long the echo runs.
+        seconds: u64,
+    },
     /// `resume` succeeded: the call's events come to this connection again, starting with
     /// those that happened meanwhile.
     Resumed {
         /// The call.
         call_id: String,
+    },
+    /// The gateway's SDP answer to `renegotiate`; media moves to the path the new ICE checks
+    /// select.
+    Renegotiated {
+        /// The call.
+        call_id: String,
+        /// The gateway's SDP answer.
+        sdp: String,
     },
     /// The trunk is trying (100) or reports session progress (183).
     Progress {
@@ -248,9 +277,19 @@ pub fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
             "expected an object with a string field `type`".into(),
         ));
     };
-    const KNOWN: [&str; 10] = [
-        "auth", "call", "register", "answer", "dtmf", "hold", "unhold", "hangup", "transfer",
+    const KNOWN: [&str; 12] = [
+        "auth",
+        "call",
+        "register",
+        "answer",
+        "dtmf",
+        "hold",
+        "unhold",
+        "hangup",
+        "transfer",
         "resume",
+        "renegotiate",
+        "preflight",
     ];
     if !KNOWN.contains(&kind.as_str()) {
         return Err((
@@ -291,6 +330,7 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
             sip_code: code,
         },
         CallEvent::Answered => ServerMessage::Answered { call_id },
+        CallEvent::Renegotiated { sdp } => ServerMessage::Renegotiated { call_id, sdp },
         CallEvent::TransferProgress { code } => ServerMessage::TransferProgress {
             call_id,
             sip_code: code,
@@ -310,6 +350,8 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
                 Refusal::BadAnswer => ErrorCode::BadSdp,
                 Refusal::TrunkRefused => ErrorCode::Internal,
                 Refusal::TransferFailed => ErrorCode::TransferFailed,
+                Refusal::BadOffer => ErrorCode::BadSdp,
+                Refusal::TooManyRenegotiations => ErrorCode::LimitReached,
             },
             message,
             call_id: Some(call_id),

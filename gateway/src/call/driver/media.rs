@@ -174,7 +174,13 @@ impl Run<'_> {
                     b.connected = true;
                     call.handle_caller_media(true, Instant::now());
                 }
-                BrowserEvent::Disconnected => call.handle_caller_media(false, Instant::now()),
+                // The call waits: a browser changing networks restarts ICE (`renegotiate`);
+                // one that never does fails some 30 s later.
+                BrowserEvent::Interrupted => tracing::info!(
+                    call_id = %call.id(),
+                    "nothing from the browser for 5 s; waiting for it or an ICE restart"
+                ),
+                BrowserEvent::Failed => call.handle_caller_media(false, Instant::now()),
                 BrowserEvent::Opus { .. } if !trunk_ready => {}
                 BrowserEvent::Opus { payload, .. } if relaying => {
                     if !crate::media::opus::is_relayable(&payload) {

@@ -479,6 +479,19 @@ impl Run<'_> {
                     self.event(e);
                 }
             }
+            Some(CallCommand::Renegotiate(sdp)) => {
+                let Caller::Browser(b) = &mut self.caller else {
+                    return;
+                };
+                let event = match b.renegotiate(&sdp, now) {
+                    Ok(sdp) => {
+                        tracing::info!(call_id = %call.id(), ice_ufrag = %b.leg.ufrag(), "the browser renegotiated");
+                        CallEvent::Renegotiated { sdp }
+                    }
+                    Err((kind, message)) => CallEvent::Refused { kind, message },
+                };
+                self.event(event);
+            }
             Some(other) => call.handle_command(other, now),
         }
     }

@@ -71,6 +71,11 @@ pub enum CallEvent {
         /// The REFER's Referred-By (RFC 3892), if any.
         referred_by: Option<String>,
     },
+    /// The gateway's SDP answer to the browser's `renegotiate` offer.
+    Renegotiated {
+        /// The answer.
+        sdp: String,
+    },
     /// Our transfer (REFER) progressed: 202 when the trunk took it, then the status of the
     /// transfer target's call as the trunk NOTIFYs it (RFC 3515 §2.4.5).
     TransferProgress {
@@ -92,6 +97,10 @@ pub enum Refusal {
     BadAnswer,
     /// The trunk refused a transfer, or the transfer target did not answer.
     TransferFailed,
+    /// The browser's new offer (`renegotiate`) is unusable.
+    BadOffer,
+    /// The browser renegotiated more often than the gateway allows (ten a minute).
+    TooManyRenegotiations,
 }
 
 /// What the signaling side can ask of a running call.
@@ -107,4 +116,6 @@ pub enum CallCommand {
     Hold(bool),
     /// Transfer the trunk's party to this number (blind, REFER).
     Transfer(String),
+    /// The browser's new SDP offer on the live call (an ICE restart, usually).
+    Renegotiate(String),
 }

@@ -445,7 +445,7 @@ impl Call {
             }
             CallCommand::Hold(hold) => self.hold(hold),
             CallCommand::Transfer(number) => self.transfer(&number),
-            CallCommand::Dtmf(_) | CallCommand::Answer(_) => {}
+            CallCommand::Dtmf(_) | CallCommand::Answer(_) | CallCommand::Renegotiate(_) => {}
         }
     }
 
