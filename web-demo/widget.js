@@ -91,6 +91,15 @@
     });
   }
 
+  // A gateway message, or null for a frame that is not JSON.
+  function parseMessage(data) {
+    try {
+      return JSON.parse(data);
+    } catch (e) {
+      return null;
+    }
+  }
+
   // The messages of a WebSocket one at a time: next(ms) resolves with the next one, or null
   // when none comes in time or the socket closes.
   function inbox(ws) {
@@ -98,10 +107,8 @@
     const queued = [];
     let closed = false;
     ws.onmessage = (event) => {
-      let m;
-      try {
-        m = JSON.parse(event.data);
-      } catch (e) {
+      const m = parseMessage(event.data);
+      if (!m) {
         return;
       }
       const w = waiting.shift();
@@ -404,6 +411,11 @@
     // widget's hint after two poor readings in a row.
     watchQuality(pc) {
       let previous = null;
+      readStats(pc)
+        .then((first) => {
+          previous = previous || first;
+        })
+        .catch(() => {});
       this.poorReadings = 0;
       clearInterval(this.qualityTimer);
       this.qualityTimer = setInterval(async () => {
@@ -450,10 +462,8 @@
         }
       };
       ws.onmessage = (event) => {
-        let message;
-        try {
-          message = JSON.parse(event.data);
-        } catch (e) {
+        const message = parseMessage(event.data);
+        if (!message) {
           return;
         }
         this.handle(message, token).catch((e) => this.fail('The call could not be set up: ' + e.message));
@@ -489,13 +499,10 @@
         };
         ws.onerror = () => {};
         ws.onmessage = (event) => {
-          let m;
-          try {
-            m = JSON.parse(event.data);
-          } catch (e) {
+          const m = parseMessage(event.data);
+          if (!m) {
             return;
-          }
-          if (m.type === 'hello') {
+          } else if (m.type === 'hello') {
             this.send({ type: 'resume', call_id: this.callId, token: this.resumeToken });
           } else if (m.type === 'resumed') {
             this.setState(this.resumeState);

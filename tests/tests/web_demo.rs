@@ -346,6 +346,7 @@ async fn a_visitor_checks_the_line_before_calling_and_sees_the_calls_quality() {
     let (seen, gateway) = demo_call("web_demo_preflight", "preflight", "--preflight", 44000).await;
     check("preflight", &seen, "5");
     let preflight = &seen["preflight"];
+    eprintln!("preflight: {preflight}\nquality: {}", seen["quality"]);
     for part in ["ok", "microphone", "gateway", "media"] {
         assert_eq!(preflight[part], true, "{part}: {seen}");
     }
