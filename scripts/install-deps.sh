@@ -9,6 +9,8 @@ command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing t
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 # The TURN relay browsers behind strict firewalls reach the gateway through.
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+# The shared state of several gateways ([cluster]); the cluster tests start their own.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)

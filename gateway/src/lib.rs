@@ -4,6 +4,7 @@
 //! its own module; the README has the map.
 
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dial;

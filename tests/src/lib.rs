@@ -5,6 +5,7 @@ pub mod baresip;
 pub mod client;
 pub mod coturn;
 pub mod fuzzing;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

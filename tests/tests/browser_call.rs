@@ -328,14 +328,7 @@ async fn trunk_hangup_ends_the_browser_call() {
         "audio flowed until the BYE: {report:?}"
     );
     assert!(sipp.finished().await);
-    assert_eq!(
-        gateway
-            .calls
-            .metrics
-            .active_calls
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(gateway.calls.metrics.calls.get(), 0);
 }
 
 /// A gateway to sipp running `scenario`, with `[http] resume_seconds` set.

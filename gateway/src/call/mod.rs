@@ -85,6 +85,8 @@ pub struct CallContext {
     pub parked: Arc<ParkedCalls>,
     /// Turns true when running calls must end (drain deadline).
     pub shutdown: watch::Sender<bool>,
+    /// The other gateways of a `[cluster]`, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl CallContext {
@@ -136,29 +138,30 @@ pub struct CallSlot(Arc<CallContext>);
 impl CallContext {
     /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
     /// the increment are one atomic step, so a burst of calls cannot overshoot the limit.
+    /// In a cluster, `[cluster] max_calls` bounds all nodes' calls together too.
     pub fn take_call_slot(self: &Arc<Self>) -> Option<CallSlot> {
-        let max = self.config.limits.max_calls as u64;
+        let cluster_max = self.cluster.as_ref().and_then(|c| c.max_calls());
         self.metrics
-            .active_calls
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| CallSlot(self.clone()))
+            .calls
+            .try_take(
+                self.config.limits.max_calls,
+                cluster_max.unwrap_or(u32::MAX),
+            )
+            .then(|| CallSlot(self.clone()))
     }
 }
 
 impl Drop for CallSlot {
     fn drop(&mut self) {
-        self.0.metrics.active_calls.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.calls.release();
     }
 }
 
 /// Gateway-wide counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Calls in progress.
-    pub active_calls: AtomicU64,
+    /// Calls in progress, here (and, in a cluster, on the other nodes).
+    pub calls: Arc<crate::cluster::SharedCount>,
     /// Calls started.
     pub calls_total: AtomicU64,
     /// Calls answered.

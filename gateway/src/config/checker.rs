@@ -164,6 +164,95 @@ impl Checker<'_> {
     }
 
     /// A secret given by environment variable or file (one of them), at least 16 bytes.
+    /// `[cluster]`, checked: a `redis://` URL, a node id fit for a Redis key, a lease of
+    /// 3 s to 5 min.
+    pub(super) fn cluster(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+        raw: &Option<Spanned<super::raw::RawCluster>>,
+    ) -> Option<super::ClusterConfig> {
+        let raw = raw.as_ref()?.get_ref();
+        let url = raw.redis_url.get_ref();
+        if !url.starts_with("redis://") || redis_url_error(url).is_some() {
+            let why = redis_url_error(url).unwrap_or_else(|| "it must start with redis://".into());
+            self.issue(
+                raw.redis_url.span(),
+                "cluster.redis_url",
+                format!("`{url}` is not a Redis URL ({why}); write redis://host:6379/0"),
+            );
+        }
+        let node_id = raw.node_id.get_ref();
+        let fit = |s: &str| {
+            (1..=64).contains(&s.len())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        };
+        if !fit(node_id) {
+            self.issue(
+                raw.node_id.span(),
+                "cluster.node_id",
+                "1 to 64 letters, digits, `.`, `_` or `-`, unique in the cluster (the pod or host name)",
+            );
+        }
+        let key_prefix = raw
+            .key_prefix
+            .as_ref()
+            .map_or("gateway".to_string(), |p| p.get_ref().clone());
+        if let Some(p) = raw.key_prefix.as_ref().filter(|p| !fit(p.get_ref())) {
+            self.issue(
+                p.span(),
+                "cluster.key_prefix",
+                "1 to 64 letters, digits, `.`, `_` or `-`",
+            );
+        }
+        if let Some(a) = &raw.sip_address
+            && a.get_ref()
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            self.issue(
+                a.span(),
+                "cluster.sip_address",
+                "write host:port, the address other nodes and the trunks reach this node's SIP at",
+            );
+        }
+        let lease_seconds = match &raw.lease_seconds {
+            Some(l) if !(3..=300).contains(l.get_ref()) => {
+                self.issue(
+                    l.span(),
+                    "cluster.lease_seconds",
+                    "3 to 300 s: how long a dead node's registrations and counts outlive it",
+                );
+                15
+            }
+            Some(l) => *l.get_ref(),
+            None => 15,
+        };
+        if let Some(m) = raw.max_calls.as_ref().filter(|m| *m.get_ref() == 0) {
+            self.issue(
+                m.span(),
+                "cluster.max_calls",
+                "0 would refuse every call; leave it out for no cluster-wide limit",
+            );
+        }
+        let password = self
+            .secret(
+                env,
+                ("cluster.redis_password_env", &raw.redis_password_env),
+                ("cluster.redis_password_file", &raw.redis_password_file),
+            )
+            .map(|p| String::from_utf8_lossy(&p).into_owned());
+        Some(super::ClusterConfig {
+            redis_url: url.clone(),
+            redis_password: password,
+            node_id: node_id.clone(),
+            sip_address: raw.sip_address.as_ref().map(|a| a.get_ref().clone()),
+            lease_seconds,
+            key_prefix,
+            max_calls: raw.max_calls.as_ref().map(|m| *m.get_ref()),
+        })
+    }
+
     pub(super) fn secret(
         &mut self,
         env: &dyn Fn(&str) -> Option<String>,
@@ -256,4 +345,10 @@ impl Checker<'_> {
             None => default.and_then(parse),
         }
     }
+}
+
+/// Why the Redis client cannot use `url`, if it cannot.
+fn redis_url_error(url: &str) -> Option<String> {
+    use redis::IntoConnectionInfo;
+    url.into_connection_info().err().map(|e| e.to_string())
 }

@@ -206,6 +206,7 @@ impl Config {
         );
         let ice_servers = c.ice_servers(env, &raw.webrtc);
         let tokens = c.token_keys(env, &raw.http);
+        let cluster = c.cluster(env, &raw.cluster);
         let admin_token = c.secret(
             env,
             ("http.admin_token_env", &raw.http.admin_token_env),
@@ -527,6 +528,7 @@ impl Config {
         };
         Ok(Config {
             source: None,
+            cluster,
             http: HttpConfig {
                 listen: http_listen,
                 allowed_origins: raw.http.allowed_origins,

@@ -167,6 +167,35 @@ pub struct Target {
     pub number: String,
 }
 
+/// `[cluster]`: several gateways sharing state through Redis.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`.
+    pub redis_url: String,
+    /// From `redis_password_env` or `redis_password_file`.
+    pub redis_password: Option<String>,
+    /// This node's name in the cluster: letters, digits, `.`, `_`, `-`.
+    pub node_id: String,
+    /// Where other nodes and trunks reach this node's SIP (`host:port`).
+    pub sip_address: Option<String>,
+    /// How long a node's entries outlive it, seconds.
+    pub lease_seconds: u32,
+    /// Prefix of every Redis key (several clusters may share one Redis).
+    pub key_prefix: String,
+    /// Calls on all nodes together, if limited.
+    pub max_calls: Option<u32>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("lease_seconds", &self.lease_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The HTTP side: signaling, demo page, metrics.
 #[derive(Clone)]
 pub struct HttpConfig {
@@ -251,4 +280,6 @@ pub struct Config {
     pub targets: BTreeMap<String, Target>,
     /// Limits.
     pub limits: Limits,
+    /// Shared state with other gateways, if configured.
+    pub cluster: Option<ClusterConfig>,
 }

@@ -36,6 +36,20 @@ pub(super) struct RawConfig {
     pub(super) inbound: BTreeMap<String, String>,
     #[serde(default)]
     pub(super) plugins: Vec<Spanned<RawPlugin>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) redis_url: Spanned<String>,
+    pub(super) redis_password_env: Option<Spanned<String>>,
+    pub(super) redis_password_file: Option<Spanned<String>>,
+    pub(super) node_id: Spanned<String>,
+    pub(super) sip_address: Option<Spanned<String>>,
+    pub(super) lease_seconds: Option<Spanned<u32>>,
+    pub(super) key_prefix: Option<Spanned<String>>,
+    pub(super) max_calls: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -305,3 +305,44 @@ fn turn_servers_need_the_shared_secret_and_urls_are_checked() {
         "{err}"
     );
 }
+
+#[test]
+fn a_cluster_needs_a_redis_url_and_a_node_id_fit_for_a_key() {
+    let with = |cluster: &str| format!("{GOOD}\n[cluster]\n{cluster}");
+    let c = parse(&with(
+        "redis_url = \"redis://10.0.0.9:6379/0\"\nnode_id = \"gw-1\"\nredis_password_env = \"CARRIER_PW\"\n",
+    ))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(
+        (
+            cluster.node_id.as_str(),
+            cluster.lease_seconds,
+            cluster.key_prefix.as_str()
+        ),
+        ("gw-1", 15, "gateway")
+    );
+    assert_eq!(cluster.redis_password.as_deref(), Some("s3cret"));
+    assert!(
+        parse(GOOD).unwrap().cluster.is_none(),
+        "one node needs no Redis"
+    );
+    let err = parse(&with(
+        "redis_url = \"http://10.0.0.9\"\nnode_id = \"gw 1\"\nlease_seconds = 1\nsip_address = \"10.0.0.11\"\nmax_calls = 0\n",
+    ))
+    .unwrap_err();
+    for field in [
+        "cluster.redis_url",
+        "cluster.node_id",
+        "cluster.lease_seconds",
+        "cluster.sip_address",
+        "cluster.max_calls",
+    ] {
+        assert!(
+            err.issues.iter().any(|i| i.field == field),
+            "{field}: {err}"
+        );
+    }
+    let err = parse(&with("node_id = \"gw-1\"\n")).unwrap_err();
+    assert!(err.to_string().contains("redis_url"), "{err}");
+}

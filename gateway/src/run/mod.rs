@@ -50,9 +50,7 @@ impl Gateway {
 
     async fn wait_for_no_calls(&self, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
-        while self.calls.metrics.active_calls.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < until
-        {
+        while self.calls.metrics.calls.get() > 0 && tokio::time::Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -111,6 +109,13 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         tracing::info!(plugins = ?plugins, pooling = plugins.pooling(), "plugins loaded");
     }
     let plugins = Arc::new(crate::plugin::PluginHost::new(plugins));
+    let metrics = crate::call::Metrics::default();
+    let cluster = config.cluster.clone().map(|c| {
+        let cluster =
+            crate::cluster::Cluster::new(c, metrics.calls.clone(), trunks.limited_channels());
+        tokio::spawn(crate::cluster::run(cluster.clone()));
+        cluster
+    });
     let calls = Arc::new(CallContext {
         config: config.clone(),
         endpoint: endpoint.clone(),
@@ -121,11 +126,12 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         dtls: crate::rtc::DtlsCertificate::generate()
             .map_err(|e| format!("cannot create the DTLS certificate: {e}"))?,
         cdr: config.cdr_path.clone().map(CdrLog::new),
-        metrics: Default::default(),
+        metrics,
         draining: Default::default(),
         registered: Default::default(),
         parked: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,
+        cluster,
     });
     tokio::spawn(police_inbound(inbound, sources, calls.clone()));
     calls.metrics.load.configure(

@@ -54,9 +54,32 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         &mut text,
         "gateway_active_calls",
         "gauge",
-        "Calls in progress.",
-        load(&m.active_calls),
+        "Calls in progress on this node.",
+        m.calls.get(),
     );
+    if let Some(cluster) = &ctx.cluster {
+        metric(
+            &mut text,
+            "gateway_cluster_connected",
+            "gauge",
+            "1 while Redis answers; 0 while this node serves with its own counts alone.",
+            u8::from(cluster.connected()),
+        );
+        metric(
+            &mut text,
+            "gateway_cluster_nodes",
+            "gauge",
+            "Live nodes of the cluster, this one included (0 while Redis is away).",
+            cluster.live_nodes(),
+        );
+        metric(
+            &mut text,
+            "gateway_cluster_calls",
+            "gauge",
+            "Calls in progress on all live nodes, as this node last read them.",
+            m.calls.get() + m.calls.others.load(Ordering::Relaxed),
+        );
+    }
     metric(
         &mut text,
         "gateway_preflights_total",

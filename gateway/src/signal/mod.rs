@@ -201,6 +201,9 @@ impl Drop for Registration {
             .is_some_and(|r| r.calls.same_channel(&self.calls))
         {
             registered.remove(&self.identity);
+            if let Some(cluster) = &self.ctx.cluster {
+                cluster.unregister(&self.identity);
+            }
         }
     }
 }
@@ -462,6 +465,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         continue;
                     }
                     registered.insert(wanted.clone(), entry);
+                    if let Some(cluster) = &ctx.cluster {
+                        cluster.register(&wanted);
+                    }
                     current
                 };
                 if let Some(previous) = displaced {

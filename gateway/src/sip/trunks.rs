@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::transport::Transport;
 use super::transport::{Target, split_host_port, tls_client_config};
+use crate::cluster::SharedCount;
 use crate::media::codec::Codec;
 use crate::media::session::RtpSource;
 use crate::media::srtp::SrtpPolicy;
@@ -143,7 +144,7 @@ pub struct Trunks {
     down_until: Mutex<HashMap<(String, String), Instant>>,
     /// `(trunk, address)` → false while OPTIONS probes fail.
     health: Mutex<HashMap<(String, String), bool>>,
-    channels: HashMap<String, Arc<AtomicU32>>,
+    channels: HashMap<String, Arc<SharedCount>>,
 }
 
 impl Trunks {
@@ -160,7 +161,7 @@ impl Trunks {
                         .map_err(|e| format!("trunk `{}`: {e}", c.name))?,
                 );
             }
-            channels.insert(c.name.clone(), Arc::new(AtomicU32::new(0)));
+            channels.insert(c.name.clone(), Arc::new(SharedCount::default()));
             map.insert(c.name.clone(), c);
         }
         Ok(Arc::new(Trunks {
@@ -282,13 +283,24 @@ impl Trunks {
     pub fn take_channel(&self, trunk: &str) -> Option<ChannelGuard> {
         let config = self.configs.get(trunk)?;
         let counter = self.channels.get(trunk)?.clone();
+        // A carrier counts channels per account: in a cluster, every node's calls count.
         let max = config.max_channels.unwrap_or(u32::MAX);
         counter
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
+            .try_take(u32::MAX, max)
+            .then_some(ChannelGuard(counter))
+    }
+
+    /// Each limited trunk's channel count, for the cluster to share.
+    pub fn limited_channels(&self) -> std::collections::BTreeMap<String, Arc<SharedCount>> {
+        self.channels
+            .iter()
+            .filter(|(name, _)| {
+                self.configs
+                    .get(*name)
+                    .is_some_and(|c| c.max_channels.is_some())
             })
-            .ok()?;
-        Some(ChannelGuard(counter))
+            .map(|(name, count)| (name.clone(), count.clone()))
+            .collect()
     }
 
     /// Resolves one configured address of a trunk.
@@ -309,11 +321,11 @@ impl Trunks {
 
 /// Holds one of a trunk's channels for the life of a call.
 #[derive(Debug)]
-pub struct ChannelGuard(Arc<AtomicU32>);
+pub struct ChannelGuard(Arc<SharedCount>);
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.release();
     }
 }
 

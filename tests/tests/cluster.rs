@@ -1,0 +1,214 @@
+//! Several gateways sharing state through a real `redis-server` (`[cluster]`): a trunk's
+//! channel limit holds across nodes, a node keeps its calls and takes new ones while Redis is
+//! away and rejoins when it returns, and a node that dies leaves nothing behind beyond its
+//! lease. Nodes run in this process on 127.0.0.1 and 127.0.0.2 (both loopback).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use gateway::config::Config;
+use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::redis::Redis;
+use gateway_tests::{Sipp, http_get, out_dir};
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// Node `id` of the cluster on `redis`, every socket on `ip`, RTP from `rtp`; it calls the
+/// target `echo` on the sipp trunk at `sipp_port`, which has two channels for the cluster.
+async fn node(
+    dir: &Path,
+    id: &str,
+    ip: &str,
+    rtp: u16,
+    redis_url: &str,
+    sipp_port: u16,
+) -> gateway::run::Gateway {
+    std::fs::write(dir.join("secret"), SECRET).unwrap();
+    let text = format!(
+        "[sip]\nudp = \"{ip}:0\"\n\n[rtp]\nip = \"{ip}\"\nport_min = {rtp}\nport_max = {}\n\n\
+         [http]\nlisten = \"{ip}:0\"\nanonymous = true\ntoken_secret_file = \"{}\"\n\n\
+         [webrtc]\nudp = \"{ip}:0\"\n\n\
+         [trunks.carrier]\naddresses = [\"127.0.0.1:{sipp_port}\"]\noptions_interval = 0\nmax_channels = 2\n\n\
+         [targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n\
+         [cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nsip_address = \"{ip}:5060\"\nlease_seconds = 3\n",
+        rtp + 499,
+        dir.join("secret").display(),
+        redis_url,
+    );
+    let path = dir.join(format!("{id}.toml"));
+    std::fs::write(&path, text).unwrap();
+    gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Waits up to `seconds` for the node's `/metrics` to contain `line`.
+async fn metric(node: &gateway::run::Gateway, line: &str, seconds: u64) {
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let mut text = String::new();
+    while Instant::now() < until {
+        text = http_get(node.http_addr, "/metrics").await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no `{line}` within {seconds} s: {text}");
+}
+
+fn call(node: &gateway::run::Gateway, seconds: f64) -> tokio::task::JoinHandle<CallReport> {
+    let url = format!("ws://{}/ws", node.http_addr);
+    let options = CallOptions {
+        seconds,
+        measure_window: Some((1.0, seconds - 0.5)),
+        ..CallOptions::new("echo")
+    };
+    tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
+}
+
+fn assert_tone(report: &CallReport) {
+    assert!(
+        report.messages.iter().any(|m| m == "answered")
+            && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the call's tone came back: {report:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunks_channel_limit_counts_the_calls_of_every_node() {
+    let dir = out_dir("cluster_channels");
+    let redis = Redis::start(&dir);
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
+    let a = node(&dir, "a", "127.0.0.1", 46000, &redis.url(), sipp.port).await;
+    let b = node(&dir, "b", "127.0.0.2", 46500, &redis.url(), sipp.port).await;
+    metric(&a, "gateway_cluster_nodes 2", 5).await;
+    metric(&b, "gateway_cluster_nodes 2", 5).await;
+
+    // One call on each node fills the trunk's two channels.
+    let first = call(&a, 7.0);
+    metric(&b, "gateway_cluster_calls 1", 10).await;
+    let second = call(&b, 5.0);
+    metric(&a, "gateway_cluster_calls 2", 10).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (name, node) in [("a", &a), ("b", &b)] {
+        let third = run_call(
+            &format!("ws://{}/ws", node.http_addr),
+            &CallOptions::new("echo"),
+        )
+        .await
+        .unwrap();
+        let ended = third.ended.clone().unwrap_or_default();
+        assert_eq!(
+            (ended["reason"].as_str(), ended["sip_code"].as_u64()),
+            (Some("trunk_unavailable"), Some(503)),
+            "a third call on node {name} finds both channels taken: {third:?}"
+        );
+    }
+    assert_tone(&first.await.unwrap());
+    assert_tone(&second.await.unwrap());
+    let messages = sipp.messages();
+    assert!(sipp.finished().await);
+    assert_eq!(
+        messages.matches("INVITE sip:").count(),
+        2,
+        "the third calls sent no INVITE: {messages}"
+    );
+    // The channels come back to the cluster with the calls.
+    metric(&a, "gateway_cluster_calls 0", 5).await;
+    assert_eq!(
+        redis.command(&["HGET", "gateway:channels:carrier", "a"]),
+        "0"
+    );
+    assert_eq!(
+        redis.command(&["HGET", "gateway:channels:carrier", "b"]),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it_returns() {
+    let dir = out_dir("cluster_redis_outage");
+    let mut redis = Redis::start(&dir);
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
+    let a = node(&dir, "a", "127.0.0.1", 47000, &redis.url(), sipp.port).await;
+    metric(&a, "gateway_cluster_connected 1", 5).await;
+    let running = call(&a, 9.0);
+    metric(&a, "gateway_active_calls 1", 5).await;
+    redis.stop();
+    metric(&a, "gateway_cluster_connected 0", 5).await;
+    // Local limits only: a new call goes through.
+    let during = run_call(
+        &format!("ws://{}/ws", a.http_addr),
+        &CallOptions {
+            measure_window: Some((0.8, 1.8)),
+            ..CallOptions::new("echo")
+        },
+    )
+    .await
+    .unwrap();
+    assert_tone(&during);
+    // Redis comes back empty: the node writes its whole state again.
+    redis.restart();
+    metric(&a, "gateway_cluster_connected 1", 5).await;
+    assert_eq!(redis.command(&["HGET", "gateway:calls", "a"]), "1");
+    assert_eq!(
+        redis.command(&["GET", "gateway:node:a"]),
+        "127.0.0.1:5060",
+        "the node's lease is back"
+    );
+    assert_tone(&running.await.unwrap());
+    assert!(sipp.finished().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than_its_lease() {
+    let dir = out_dir("cluster_node_death");
+    let redis = Redis::start(&dir);
+    let a = node(&dir, "a", "127.0.0.1", 47500, &redis.url(), 9).await;
+    // Node b runs on a runtime of its own, with a browser registered as `agent`; dropping
+    // that runtime ends it mid-stride, as kill -9 would: nothing of its own clean-up runs.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let b_dir = dir.clone();
+    let b_redis = redis.url();
+    let b = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let b = node(&b_dir, "b", "127.0.0.2", 47600, &b_redis, 9).await;
+            let url = format!("ws://{}/ws", b.http_addr);
+            let mut agent = CallOptions::answering("agent", SECRET, 60.0);
+            agent.ignore_incoming = true;
+            tokio::spawn(async move { run_call(&url, &agent).await });
+            ready_tx.send(b.http_addr).unwrap();
+            std::mem::forget(b);
+            let _ = tokio::task::spawn_blocking(move || kill_rx.recv()).await;
+        });
+        drop(runtime);
+    });
+    let _b_addr = ready_rx.recv().unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while redis.command(&["GET", "gateway:registration:agent"]) != "b" {
+        assert!(Instant::now() < until, "b registered `agent` in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metric(&a, "gateway_cluster_nodes 2", 5).await;
+    // A count b left behind, as if it had a call up when it died.
+    redis.command(&["HSET", "gateway:calls", "b", "1"]);
+    let killed = Instant::now();
+    kill_tx.send(()).unwrap();
+    b.join().unwrap();
+    while redis.command(&["EXISTS", "gateway:registration:agent"]) != "0" {
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "the registration outlived b's 3 s lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metric(&a, "gateway_cluster_nodes 1", 5).await;
+    metric(&a, "gateway_cluster_calls 0", 2).await;
+    assert_eq!(
+        redis.command(&["HEXISTS", "gateway:calls", "b"]),
+        "0",
+        "the dead node's count is gone"
+    );
+}
