@@ -11,6 +11,9 @@ command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # The shared state of several gateways ([cluster]); the cluster tests start their own.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# A virtualenv for the Kubernetes manifests' schema check (kubernetes-validate from PyPI).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
