@@ -80,6 +80,9 @@ pub struct CallOptions {
     pub ice_restart_after: Option<f64>,
     /// Send a `renegotiate` whose SDP has no audio this many seconds after the answer.
     pub bad_renegotiation_after: Option<f64>,
+    /// With [`Self::answer_as`]: on `reconnect`, connect to this URL (standing in for the
+    /// load balancer's next node) and register there.
+    pub reconnect_to: Option<String>,
 }
 
 impl CallOptions {
@@ -557,6 +560,14 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     "answered" => {
                         answered_at = Some(Instant::now());
                         report.setup_ms = Some(call_sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                    "reconnect" if options.reconnect_to.is_some() => {
+                        let (fresh, _) = tokio_tungstenite::connect_async(options.reconnect_to.as_deref().unwrap_or_default()).await?;
+                        ws = fresh;
+                        if let Some(token) = &options.token {
+                            ws.send(text(&json!({"type": "auth", "token": token}))).await?;
+                        }
+                        ws.send(text(&json!({"type": "register", "identity": options.answer_as}))).await?;
                     }
                     "dtmf" => report.dtmf_received.push_str(v["digit"].as_str().unwrap_or("")),
                     "ended" => report.ended = Some(v),

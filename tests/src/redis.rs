@@ -14,19 +14,27 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// Starts one on a free port, logging to `dir/redis.log`.
+    /// Starts one on a free port, logging to `dir/redis.log`. A port another test's server
+    /// took meanwhile is noticed (that server would answer PING too) and another is tried.
     pub fn start(dir: &Path) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut redis = Redis {
-            child: None,
-            port,
-            dir: dir.to_path_buf(),
-        };
-        redis.restart();
-        redis
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut redis = Redis {
+                child: None,
+                port,
+                dir: dir.to_path_buf(),
+            };
+            if redis.try_start() {
+                return redis;
+            }
+        }
+        panic!(
+            "redis-server did not start; see {}",
+            dir.join("redis.log").display()
+        );
     }
 
     /// `redis://127.0.0.1:<port>/0`.
@@ -44,6 +52,15 @@ impl Redis {
 
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server did not start again on {}",
+            self.port
+        );
+    }
+
+    /// Starts the server and waits until it answers as this one (its folder is ours).
+    fn try_start(&mut self) -> bool {
         self.stop();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -63,14 +80,27 @@ impl Redis {
             .expect("redis-server runs (Debian package redis-server; scripts/install-deps.sh installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.command(&["PING"]) != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on {}",
-                self.port
-            );
+        while Instant::now() < deadline {
+            if let Some(child) = &mut self.child
+                && child.try_wait().ok().flatten().is_some()
+            {
+                // It exited: the port is taken.
+                self.child = None;
+                return false;
+            }
+            if self.command(&["PING"]) == "PONG" {
+                let ours = self.command(&["CONFIG", "GET", "dir"]);
+                let dir = self.dir.canonicalize().unwrap_or(self.dir.clone());
+                if ours.lines().nth(1) == Some(&*dir.to_string_lossy()) {
+                    return true;
+                }
+                self.stop();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.stop();
+        false
     }
 
     /// Runs one command with `redis-cli` and returns its output, trimmed.

@@ -84,10 +84,11 @@ async fn a_trunks_channel_limit_counts_the_calls_of_every_node() {
     metric(&a, "gateway_cluster_nodes 2", 5).await;
     metric(&b, "gateway_cluster_nodes 2", 5).await;
 
-    // One call on each node fills the trunk's two channels.
-    let first = call(&a, 7.0);
+    // One call on each node fills the trunk's two channels; they last long enough for the
+    // refused calls to come and go even on a loaded machine.
+    let first = call(&a, 15.0);
     metric(&b, "gateway_cluster_calls 1", 10).await;
-    let second = call(&b, 5.0);
+    let second = call(&b, 13.0);
     metric(&a, "gateway_cluster_calls 2", 10).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (name, node) in [("a", &a), ("b", &b)] {
@@ -98,6 +99,7 @@ async fn a_trunks_channel_limit_counts_the_calls_of_every_node() {
         .await
         .unwrap();
         let ended = third.ended.clone().unwrap_or_default();
+
         assert_eq!(
             (ended["reason"].as_str(), ended["sip_code"].as_u64()),
             (Some("trunk_unavailable"), Some(503)),
@@ -151,9 +153,10 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
     redis.restart();
     metric(&a, "gateway_cluster_connected 1", 5).await;
     assert_eq!(redis.command(&["HGET", "gateway:calls", "a"]), "1");
-    assert_eq!(
-        redis.command(&["GET", "gateway:node:a"]),
-        "127.0.0.1:5060",
+    assert!(
+        redis
+            .command(&["GET", "gateway:node:a"])
+            .contains("\"sip\":\"127.0.0.1:5060\""),
         "the node's lease is back"
     );
     assert_tone(&running.await.unwrap());
@@ -211,4 +214,72 @@ async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than
         "0",
         "the dead node's count is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
+    let dir = out_dir("cluster_drain");
+    let redis = Redis::start(&dir);
+    let a = node(&dir, "a", "127.0.0.1", 48000, &redis.url(), 9).await;
+    let b = std::sync::Arc::new(node(&dir, "b", "127.0.0.2", 48500, &redis.url(), 9).await);
+    let mut agent = CallOptions::answering("agent", SECRET, 1.0);
+    agent.ignore_incoming = true;
+    agent.reconnect_to = Some(format!("ws://{}/ws", a.http_addr));
+    let b_url = format!("ws://{}/ws", b.http_addr);
+    let browser = tokio::spawn(async move { run_call(&b_url, &agent).await });
+    let registered_on = |node: &'static str| {
+        let redis = &redis;
+        async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            while redis.command(&["GET", "gateway:registration:agent"]) != node {
+                assert!(Instant::now() < until, "`agent` registered on {node}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    registered_on("b").await;
+    metric(&b, "gateway_registered_identities 1", 5).await;
+
+    // SIGTERM on b: its browser hears `reconnect` and registers on a.
+    let draining = b.clone();
+    tokio::spawn(async move { draining.drain(Duration::from_secs(5)).await });
+    registered_on("a").await;
+    metric(&a, "gateway_registered_identities 1", 5).await;
+    metric(&b, "gateway_registered_identities 0", 5).await;
+    let lease: serde_json::Value =
+        serde_json::from_str(&redis.command(&["GET", "gateway:node:b"])).unwrap();
+    assert_eq!(lease["draining"], true, "{lease}");
+    assert_eq!(lease["sip"], "127.0.0.2:5060", "{lease}");
+
+    // b takes no new registration meanwhile.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", b.http_addr))
+        .await
+        .unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    let token = gateway_tests::client::token("other", SECRET);
+    for message in [
+        serde_json::json!({"type": "auth", "token": token}),
+        serde_json::json!({"type": "register", "identity": "other"}),
+    ] {
+        ws.send(tokio_tungstenite::tungstenite::Message::Text(
+            message.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    }
+    let mut codes = Vec::new();
+    while codes.len() < 3 {
+        let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = ws.next().await else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        codes.push(
+            v["code"]
+                .as_str()
+                .unwrap_or(v["type"].as_str().unwrap_or(""))
+                .to_string(),
+        );
+    }
+    assert_eq!(codes, ["hello", "authenticated", "draining"]);
+    browser.abort();
 }

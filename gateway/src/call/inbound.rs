@@ -105,7 +105,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
             .get(&identity)
             .cloned()
             .ok_or(480u16)?;
-        if ctx.draining.load(Ordering::Relaxed) {
+        if ctx.is_draining() {
             return Err(503);
         }
         if ctx.metrics.load.level() == super::load::LoadLevel::Shedding {

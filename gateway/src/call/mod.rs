@@ -19,7 +19,7 @@ mod tap;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -78,7 +78,7 @@ pub struct CallContext {
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Set on SIGTERM: no new calls.
-    pub draining: AtomicBool,
+    pub draining: watch::Sender<bool>,
     /// Identities registered for inbound calls, by name.
     pub registered: std::sync::Mutex<std::collections::HashMap<String, Registered>>,
     /// Calls whose connection went away, waiting for their client to resume them.
@@ -136,6 +136,11 @@ impl CallContext {
 pub struct CallSlot(Arc<CallContext>);
 
 impl CallContext {
+    /// True once the gateway drains (SIGTERM): no new calls or registrations.
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
     /// the increment are one atomic step, so a burst of calls cannot overshoot the limit.
     /// In a cluster, `[cluster] max_calls` bounds all nodes' calls together too.

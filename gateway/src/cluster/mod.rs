@@ -9,7 +9,8 @@
 //! refreshes a few times a second and at once after a local change; a limit is checked
 //! against the sum, synchronously. Two nodes that take the last channel within the same
 //! refresh can both have it: the carrier's own limit answers that rare call (503). Without
-//! Redis a node serves with its own counts alone and says so (`gateway_cluster_connected 0`).
+//! Redis a node says so at once (`gateway_cluster_connected 0`), keeps the others' counts as
+//! last read for one lease (a hiccup is not an outage), then serves with its own alone.
 
 mod redis_state;
 
@@ -78,6 +79,7 @@ pub struct Cluster {
     /// still this node's.
     unregistered: Mutex<Vec<String>>,
     connected: AtomicBool,
+    draining: AtomicBool,
     live_nodes: AtomicU32,
     changed: Arc<Notify>,
 }
@@ -101,6 +103,7 @@ impl Cluster {
             registrations: Mutex::default(),
             unregistered: Mutex::default(),
             connected: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             live_nodes: AtomicU32::new(0),
             changed,
         })
@@ -138,6 +141,12 @@ impl Cluster {
             lock(&self.unregistered).push(identity.to_string());
             self.changed.notify_one();
         }
+    }
+
+    /// This node drains (SIGTERM): the cluster hears it with the next exchange.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// Lost Redis: limits fall back to this node's own counts.

@@ -110,6 +110,9 @@ pub async fn run(cluster: Arc<Cluster>) {
     let mut written = BTreeSet::new();
     let mut renewed = Instant::now();
     let mut warned = false;
+    // Since when Redis has been away: the others' counts are kept for a lease (they are
+    // as good as any node's entries in Redis would be), then dropped for local limits.
+    let mut away_since: Option<Instant> = None;
     loop {
         if connection.is_none() {
             connection = client
@@ -134,6 +137,7 @@ pub async fn run(cluster: Arc<Cluster>) {
                 if renew {
                     renewed = Instant::now();
                 }
+                away_since = None;
                 if !cluster.connected.swap(true, Ordering::Relaxed) {
                     tracing::info!(node = %cluster.node_id(), redis = %where_, nodes = cluster.live_nodes(), "cluster: sharing state through Redis");
                     warned = false;
@@ -141,7 +145,9 @@ pub async fn run(cluster: Arc<Cluster>) {
             }
             Err(e) => {
                 connection = None;
-                cluster.forget_others();
+                if away_since.get_or_insert_with(Instant::now).elapsed() >= lease {
+                    cluster.forget_others();
+                }
                 let was = cluster.connected.swap(false, Ordering::Relaxed);
                 if was || !warned {
                     tracing::warn!(error = %e, redis = %where_, "cluster: Redis is unreachable; this node serves with its own counts until it returns");
@@ -168,9 +174,15 @@ async fn share(
     let me = cluster.node_id();
     let lease_ms = lease.as_millis() as u64;
     let mut pipe = redis::pipe();
+    // The lease says where the node's SIP is and whether it drains: other nodes and
+    // operators read it (`redis-cli GET <prefix>:node:<id>`).
+    let lease_value = serde_json::json!({
+        "sip": cluster.config.sip_address.as_deref().unwrap_or(""),
+        "draining": cluster.draining.load(Ordering::Relaxed),
+    });
     pipe.cmd("SET")
         .arg(keys.lease(me))
-        .arg(cluster.config.sip_address.as_deref().unwrap_or(""))
+        .arg(lease_value.to_string())
         .arg("PX")
         .arg(lease_ms)
         .ignore();

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -41,7 +40,10 @@ impl Gateway {
     /// Graceful drain (SIGTERM): refuse new calls, let running ones finish for up to
     /// `deadline`, then end the rest (BYE or CANCEL).
     pub async fn drain(&self, deadline: Duration) {
-        self.calls.draining.store(true, Ordering::Relaxed);
+        self.calls.draining.send_replace(true);
+        if let Some(cluster) = &self.calls.cluster {
+            cluster.drain();
+        }
         self.wait_for_no_calls(deadline).await;
         let _ = self.calls.shutdown.send(true);
         // Ending a call takes a BYE round trip at most; give them a moment to finish.
@@ -127,7 +129,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
             .map_err(|e| format!("cannot create the DTLS certificate: {e}"))?,
         cdr: config.cdr_path.clone().map(CdrLog::new),
         metrics,
-        draining: Default::default(),
+        draining: tokio::sync::watch::channel(false).0,
         registered: Default::default(),
         parked: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,

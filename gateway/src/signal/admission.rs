@@ -67,7 +67,7 @@ pub(super) fn admit(
     live: usize,
 ) -> Result<crate::call::CallSlot, Box<ServerMessage>> {
     let refuse = |code, message: String| Err(Box::new(error(code, message, None)));
-    if ctx.draining.load(Ordering::Relaxed) {
+    if ctx.is_draining() {
         return refuse(
             ErrorCode::Draining,
             "the gateway is shutting down; try again shortly".into(),

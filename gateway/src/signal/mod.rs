@@ -7,7 +7,6 @@ mod metrics;
 pub mod protocol;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -118,7 +117,7 @@ async fn reload_plugins(headers: HeaderMap, State(ctx): State<Arc<CallContext>>)
 }
 
 async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
-    if ctx.draining.load(Ordering::Relaxed) {
+    if ctx.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else if ctx.metrics.load.level() == LoadLevel::Shedding {
         (
@@ -244,6 +243,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<(String, CallEvent)>();
     let (replaced_tx, mut replaced) = mpsc::unbounded_channel::<String>();
     let mut registration: Option<Registration> = None;
+    let mut drain = ctx.draining.subscribe();
     // A running preflight ends by itself at this instant: one at a time per connection.
     let mut preflight_until: Option<std::time::Instant> = None;
     loop {
@@ -266,6 +266,17 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         *resume_token = calls.token(call_id).unwrap_or_default().to_string();
                     }
                     let _ = out.send(message);
+                }
+                continue;
+            }
+            // Draining: a registered browser is told to take its inbound calls to another
+            // node (through the load balancer), and this one stops ringing it.
+            Ok(()) = drain.changed(), if registration.is_some() => {
+                if *drain.borrow() && let Some(r) = registration.take() {
+                    let _ = out.send(ServerMessage::Reconnect {
+                        identity: r.identity.clone(),
+                        reason: "this gateway is shutting down; connect again and register".into(),
+                    });
                 }
                 continue;
             }
@@ -423,6 +434,13 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         let _ = out.send(*refusal);
                     }
                 }
+            }
+            ClientMessage::Register { .. } if ctx.is_draining() => {
+                let _ = out.send(error(
+                    ErrorCode::Draining,
+                    "this gateway is shutting down; connect again and register on another",
+                    None,
+                ));
             }
             ClientMessage::Register { identity: wanted } => {
                 // Taking someone's inbound calls needs proof of being them: a token whose

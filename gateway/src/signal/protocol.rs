@@ -125,6 +125,14 @@ pub enum ServerMessage {
         /// Why, in words.
         reason: String,
     },
+    /// The gateway is draining: connect again (through the load balancer, to another node)
+    /// and `register` there; this connection's calls go on until they end.
+    Reconnect {
+        /// The identity that was registered here.
+        identity: String,
+        /// Why, in words.
+        reason: String,
+    },
     /// A call from a trunk for the registered identity; accept with `answer`, refuse with
     /// `hangup`.
     Incoming {

@@ -285,9 +285,10 @@ impl Trunks {
         let counter = self.channels.get(trunk)?.clone();
         // A carrier counts channels per account: in a cluster, every node's calls count.
         let max = config.max_channels.unwrap_or(u32::MAX);
+        // Lazily: a guard made and dropped for a refused call would give back a channel.
         counter
             .try_take(u32::MAX, max)
-            .then_some(ChannelGuard(counter))
+            .then(|| ChannelGuard(counter))
     }
 
     /// Each limited trunk's channel count, for the cluster to share.
@@ -388,6 +389,10 @@ mod tests {
         let t = Trunks::new([trunk("a", &[])]).unwrap();
         let guard = t.take_channel("a").unwrap();
         assert!(t.take_channel("a").is_none());
+        assert!(
+            t.take_channel("a").is_none(),
+            "a refusal gives back nothing it did not take"
+        );
         drop(guard);
         assert!(t.take_channel("a").is_some());
     }
