@@ -23,6 +23,19 @@ async fn node(
     redis_url: &str,
     sipp_port: u16,
 ) -> gateway::run::Gateway {
+    node_with(dir, id, ip, rtp, redis_url, sipp_port, "").await
+}
+
+/// [`node`] with more configuration (`[[plugins]]`, say) at the end of its file.
+async fn node_with(
+    dir: &Path,
+    id: &str,
+    ip: &str,
+    rtp: u16,
+    redis_url: &str,
+    sipp_port: u16,
+    extra: &str,
+) -> gateway::run::Gateway {
     std::fs::write(dir.join("secret"), SECRET).unwrap();
     let text = format!(
         "[sip]\nudp = \"{ip}:0\"\n\n[rtp]\nip = \"{ip}\"\nport_min = {rtp}\nport_max = {}\n\n\
@@ -30,7 +43,7 @@ async fn node(
          [webrtc]\nudp = \"{ip}:0\"\n\n\
          [trunks.carrier]\naddresses = [\"127.0.0.1:{sipp_port}\"]\noptions_interval = 0\nmax_channels = 2\n\n\
          [targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n\
-         [cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nsip_address = \"{ip}:5060\"\nlease_seconds = 3\n",
+         [cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nsip_address = \"{ip}:5060\"\nlease_seconds = 3\n{extra}",
         rtp + 499,
         dir.join("secret").display(),
         redis_url,
@@ -282,4 +295,67 @@ async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
     }
     assert_eq!(codes, ["hello", "authenticated", "draining"]);
     browser.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
+    let dir = out_dir("cluster_plugin_kv");
+    let redis = Redis::start(&dir);
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
+    let compliance = gateway_tests::build_plugin("compliance");
+    // Two calls a day per caller (a window that turns at midnight UTC only).
+    let plugin = format!(
+        "\n[[plugins]]\nname = \"compliance\"\npath = \"{}\"\npolicy = \"fail-closed\"\n\
+         [plugins.config]\nrate_limit = {{ calls = 2, per_seconds = 86400 }}\n",
+        compliance.display()
+    );
+    let a = node_with(
+        &dir,
+        "a",
+        "127.0.0.1",
+        45000,
+        &redis.url(),
+        sipp.port,
+        &plugin,
+    )
+    .await;
+    let b = node_with(
+        &dir,
+        "b",
+        "127.0.0.2",
+        45500,
+        &redis.url(),
+        sipp.port,
+        &plugin,
+    )
+    .await;
+    metric(&a, "gateway_cluster_connected 1", 5).await;
+    metric(&b, "gateway_cluster_connected 1", 5).await;
+    let place = |node: &gateway::run::Gateway| {
+        let url = format!("ws://{}/ws", node.http_addr);
+        async move {
+            let report = run_call(&url, &CallOptions::new("echo")).await.unwrap();
+            report.ended.unwrap_or_default()
+        }
+    };
+    for (n, node) in [(1, &a), (2, &b)] {
+        let ended = place(node).await;
+        assert_eq!(
+            ended["reason"], "hangup",
+            "call {n} is within the limit: {ended}"
+        );
+    }
+    // The third of the day, on the node that saw only one: refused by the shared count.
+    let ended = place(&a).await;
+    assert_eq!(
+        (ended["reason"].as_str(), ended["sip_code"].as_u64()),
+        (Some("rejected"), Some(403)),
+        "{ended}"
+    );
+    let keys = redis.command(&["KEYS", "gateway:kv:compliance:rate:*"]);
+    assert_eq!(keys.lines().count(), 1, "{keys}");
+    assert_eq!(redis.command(&["GET", keys.trim()]), "3");
+    let messages = sipp.messages();
+    assert!(sipp.finished().await);
+    assert_eq!(messages.matches("INVITE sip:").count(), 2, "{messages}");
 }

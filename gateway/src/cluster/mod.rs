@@ -12,6 +12,7 @@
 //! Redis a node says so at once (`gateway_cluster_connected 0`), keeps the others' counts as
 //! last read for one lease (a hiccup is not an outage), then serves with its own alone.
 
+mod kv;
 mod redis_state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
+pub use kv::{KV_DEADLINE, KvUnavailable};
 pub use redis_state::run;
 
 /// A count kept by every node: this node's part, and the other live nodes' as last read.
@@ -82,11 +84,15 @@ pub struct Cluster {
     draining: AtomicBool,
     live_nodes: AtomicU32,
     changed: Arc<Notify>,
+    /// The cluster task's Redis connection while it works, for the plugins' key-value store.
+    kv_connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// The runtime the connection lives on (plugin hooks wait on it from blocking threads).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Cluster {
     /// A cluster member counting `calls` and the trunks' `channels`; nothing is shared until
-    /// [`run`] runs.
+    /// [`run`] runs. Call it on the runtime [`run`] will run on.
     pub fn new(
         config: crate::config::ClusterConfig,
         calls: Arc<SharedCount>,
@@ -106,6 +112,8 @@ impl Cluster {
             draining: AtomicBool::new(false),
             live_nodes: AtomicU32::new(0),
             changed,
+            kv_connection: Mutex::new(None),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 

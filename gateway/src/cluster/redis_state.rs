@@ -132,6 +132,7 @@ pub async fn run(cluster: Arc<Cluster>) {
             .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into())),
             None => Err(std::io::Error::from(std::io::ErrorKind::NotConnected).into()),
         };
+        *lock(&cluster.kv_connection) = connection.clone().filter(|_| shared.is_ok());
         match shared {
             Ok(()) => {
                 if renew {

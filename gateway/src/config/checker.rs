@@ -235,11 +235,13 @@ impl Checker<'_> {
                 "0 would refuse every call; leave it out for no cluster-wide limit",
             );
         }
+        // Another system's password, whatever its length (Redis accepts any).
         let password = self
-            .secret(
+            .secret_of_length(
                 env,
                 ("cluster.redis_password_env", &raw.redis_password_env),
                 ("cluster.redis_password_file", &raw.redis_password_file),
+                1,
             )
             .map(|p| String::from_utf8_lossy(&p).into_owned());
         Some(super::ClusterConfig {
@@ -256,8 +258,20 @@ impl Checker<'_> {
     pub(super) fn secret(
         &mut self,
         env: &dyn Fn(&str) -> Option<String>,
+        env_setting: (&str, &Option<Spanned<String>>),
+        file_setting: (&str, &Option<Spanned<String>>),
+    ) -> Option<Vec<u8>> {
+        // A key the gateway signs or checks with: short ones can be guessed.
+        self.secret_of_length(env, env_setting, file_setting, 16)
+    }
+
+    /// A secret from the environment or a file, at least `min_len` bytes.
+    pub(super) fn secret_of_length(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
         (env_field, var): (&str, &Option<Spanned<String>>),
         (file_field, file): (&str, &Option<Spanned<String>>),
+        min_len: usize,
     ) -> Option<Vec<u8>> {
         let value = match (var, file) {
             (Some(var), None) => match env(var.get_ref()) {
@@ -294,7 +308,7 @@ impl Checker<'_> {
             (None, None) => return None,
         };
         let (span, field, bytes) = value;
-        if bytes.len() < 16 {
+        if bytes.len() < min_len {
             self.issue(
                 span,
                 field,

@@ -219,6 +219,9 @@ pub(super) struct Shared {
     pub(super) log_budget: Mutex<LogBudget>,
     /// Bytes in the data directory, and when they were counted.
     data_usage: Mutex<Option<(Instant, u64)>>,
+    /// In a cluster, the key-value store lives in Redis (the node's own store stands in
+    /// while Redis is away).
+    pub(super) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -230,6 +233,7 @@ impl Shared {
             live: AtomicUsize::new(0),
             log_budget: Mutex::default(),
             data_usage: Mutex::default(),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -300,6 +304,19 @@ impl WasiView for State {
 impl types::Host for State {}
 
 impl State {
+    /// Runs a key-value operation on the cluster's Redis, if the gateway is in a cluster
+    /// and Redis answers in time; `None` means "use the node's own store" (counted as
+    /// `kv_cluster_unavailable`).
+    fn cluster_kv<T>(
+        &self,
+        op: impl FnOnce(&crate::cluster::Cluster, &str) -> Result<T, crate::cluster::KvUnavailable>,
+    ) -> Option<T> {
+        let cluster = self.plugin.cluster.get()?;
+        op(cluster, &self.plugin.name)
+            .inspect_err(|_| self.plugin.count("kv_cluster_unavailable", 1))
+            .ok()
+    }
+
     /// Counts a refused key-value write (`kv_refused_too_large`, `kv_refused_full` on
     /// `/metrics`); logged at debug only, since a plugin could otherwise flood the log.
     fn kv_refused(&self, refusal: KvRefusal) {
@@ -340,16 +357,36 @@ impl host::Host for State {
     }
 
     fn kv_get(&mut self, key: String) -> Option<String> {
+        if let Some(shared) = self.cluster_kv(|c, plugin| c.kv_get(plugin, &key)) {
+            return shared;
+        }
         self.plugin.kv.get(&key)
     }
 
     fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
+        // The same size limits in Redis as in the node's own store.
+        if key.len() > KV_MAX_KEY || value.len() > KV_MAX_VALUE {
+            return self.kv_refused(KvRefusal::TooLarge);
+        }
+        if self
+            .cluster_kv(|c, plugin| c.kv_set(plugin, &key, &value, ttl_seconds))
+            .is_some()
+        {
+            return;
+        }
         if let Err(refusal) = self.plugin.kv.set(key, value, ttl_seconds) {
             self.kv_refused(refusal);
         }
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
+        if key.len() > KV_MAX_KEY {
+            self.kv_refused(KvRefusal::TooLarge);
+            return 0;
+        }
+        if let Some(n) = self.cluster_kv(|c, plugin| c.kv_incr(plugin, &key, delta, ttl_seconds)) {
+            return n;
+        }
         // The WIT gives `kv-incr` no error: a refused increment reads as 0, which a rate
         // limiter treats as "first call", and the refusal is counted.
         self.plugin

@@ -500,6 +500,8 @@ impl Loaded {
 #[derive(Debug)]
 pub struct PluginHost {
     current: RwLock<Arc<PluginChain>>,
+    /// The cluster whose Redis holds the plugins' key-value stores, if any.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// One reload at a time, so the later request's plugins are the ones that stay.
     reloading: std::sync::Mutex<()>,
 }
@@ -509,7 +511,23 @@ impl PluginHost {
     pub fn new(chain: PluginChain) -> PluginHost {
         PluginHost {
             current: RwLock::new(Arc::new(chain)),
+            cluster: std::sync::OnceLock::new(),
             reloading: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Keeps the plugins' key-value stores in the cluster's Redis from now on (this chain's
+    /// and every reloaded one's).
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+        self.share_kv(&self.current());
+    }
+
+    fn share_kv(&self, chain: &PluginChain) {
+        if let Some(cluster) = self.cluster.get() {
+            for plugin in &chain.plugins {
+                let _ = plugin.shared.cluster.set(cluster.clone());
+            }
         }
     }
 
@@ -528,6 +546,7 @@ impl PluginHost {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let previous = self.current();
         let chain = PluginChain::load(configs, Some(&previous))?;
+        self.share_kv(&chain);
         let names = chain
             .plugins
             .iter()

@@ -116,6 +116,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         let cluster =
             crate::cluster::Cluster::new(c, metrics.calls.clone(), trunks.limited_channels());
         tokio::spawn(crate::cluster::run(cluster.clone()));
+        plugins.join_cluster(cluster.clone());
         cluster
     });
     let calls = Arc::new(CallContext {
