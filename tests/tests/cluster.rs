@@ -13,21 +13,10 @@ use gateway_tests::{Sipp, http_get, out_dir};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-/// Node `id` of the cluster on `redis`, every socket on `ip`, RTP from `rtp`; it calls the
-/// target `echo` on the sipp trunk at `sipp_port`, which has two channels for the cluster.
+/// Node `id` of the cluster on `redis_url`, every socket on `ip`, RTP from `rtp`; it calls
+/// the target `echo` on the sipp trunk at `sipp_port`, which has two channels for the
+/// cluster; `extra` (`[[plugins]]`, say) ends its file.
 async fn node(
-    dir: &Path,
-    id: &str,
-    ip: &str,
-    rtp: u16,
-    redis_url: &str,
-    sipp_port: u16,
-) -> gateway::run::Gateway {
-    node_with(dir, id, ip, rtp, redis_url, sipp_port, "").await
-}
-
-/// [`node`] with more configuration (`[[plugins]]`, say) at the end of its file.
-async fn node_with(
     dir: &Path,
     id: &str,
     ip: &str,
@@ -92,8 +81,8 @@ async fn a_trunks_channel_limit_counts_the_calls_of_every_node() {
     let dir = out_dir("cluster_channels");
     let redis = Redis::start(&dir);
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
-    let a = node(&dir, "a", "127.0.0.1", 46000, &redis.url(), sipp.port).await;
-    let b = node(&dir, "b", "127.0.0.2", 46500, &redis.url(), sipp.port).await;
+    let a = node(&dir, "a", "127.0.0.1", 46000, &redis.url(), sipp.port, "").await;
+    let b = node(&dir, "b", "127.0.0.2", 46500, &redis.url(), sipp.port, "").await;
     metric(&a, "gateway_cluster_nodes 2", 5).await;
     metric(&b, "gateway_cluster_nodes 2", 5).await;
 
@@ -145,7 +134,7 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
     let dir = out_dir("cluster_redis_outage");
     let mut redis = Redis::start(&dir);
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
-    let a = node(&dir, "a", "127.0.0.1", 47000, &redis.url(), sipp.port).await;
+    let a = node(&dir, "a", "127.0.0.1", 47000, &redis.url(), sipp.port, "").await;
     metric(&a, "gateway_cluster_connected 1", 5).await;
     let running = call(&a, 9.0);
     metric(&a, "gateway_active_calls 1", 5).await;
@@ -180,7 +169,7 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
 async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than_its_lease() {
     let dir = out_dir("cluster_node_death");
     let redis = Redis::start(&dir);
-    let a = node(&dir, "a", "127.0.0.1", 47500, &redis.url(), 9).await;
+    let a = node(&dir, "a", "127.0.0.1", 47500, &redis.url(), 9, "").await;
     // Node b runs on a runtime of its own, with a browser registered as `agent`; dropping
     // that runtime ends it mid-stride, as kill -9 would: nothing of its own clean-up runs.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -190,7 +179,7 @@ async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than
     let b = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
-            let b = node(&b_dir, "b", "127.0.0.2", 47600, &b_redis, 9).await;
+            let b = node(&b_dir, "b", "127.0.0.2", 47600, &b_redis, 9, "").await;
             let url = format!("ws://{}/ws", b.http_addr);
             let mut agent = CallOptions::answering("agent", SECRET, 60.0);
             agent.ignore_incoming = true;
@@ -233,8 +222,8 @@ async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than
 async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
     let dir = out_dir("cluster_drain");
     let redis = Redis::start(&dir);
-    let a = node(&dir, "a", "127.0.0.1", 48000, &redis.url(), 9).await;
-    let b = std::sync::Arc::new(node(&dir, "b", "127.0.0.2", 48500, &redis.url(), 9).await);
+    let a = node(&dir, "a", "127.0.0.1", 48000, &redis.url(), 9, "").await;
+    let b = std::sync::Arc::new(node(&dir, "b", "127.0.0.2", 48500, &redis.url(), 9, "").await);
     let mut agent = CallOptions::answering("agent", SECRET, 1.0);
     agent.ignore_incoming = true;
     agent.reconnect_to = Some(format!("ws://{}/ws", a.http_addr));
@@ -309,7 +298,7 @@ async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
          [plugins.config]\nrate_limit = {{ calls = 2, per_seconds = 86400 }}\n",
         compliance.display()
     );
-    let a = node_with(
+    let a = node(
         &dir,
         "a",
         "127.0.0.1",
@@ -319,7 +308,7 @@ async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
         &plugin,
     )
     .await;
-    let b = node_with(
+    let b = node(
         &dir,
         "b",
         "127.0.0.2",

@@ -14,6 +14,8 @@ use super::{Cluster, lock};
 
 /// How often counts are shared when nothing changes.
 const REFRESH: Duration = Duration::from_millis(500);
+/// How long a local change waits for others to share one exchange with.
+const COALESCE: Duration = Duration::from_millis(20);
 /// Any Redis exchange taking longer counts as Redis being away.
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -158,7 +160,9 @@ pub async fn run(cluster: Arc<Cluster>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(REFRESH) => {}
-            _ = cluster.changed.notified() => {}
+            // A call's changes come in bursts (its slot, then its channel a few ms later; both
+            // back at its end): shared in one exchange rather than one each.
+            _ = cluster.changed.notified() => tokio::time::sleep(COALESCE).await,
         }
     }
 }
