@@ -78,6 +78,9 @@ pub struct CallOptions {
     /// This many seconds after the answer, move to a new local port (the old one closed, as
     /// on a network change) and restart ICE with `renegotiate`.
     pub ice_restart_after: Option<f64>,
+    /// With [`Self::ice_restart_after`]: first this many seconds with no network at all
+    /// (nothing sent, nothing received), then the restart.
+    pub ice_restart_silence: f64,
     /// Send a `renegotiate` whose SDP has no audio this many seconds after the answer.
     pub bad_renegotiation_after: Option<f64>,
     /// With [`Self::answer_as`]: on `reconnect`, connect to this URL (standing in for the
@@ -256,6 +259,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut resume_token = String::new();
     let mut reconnected = false;
     let mut restarted = false;
+    let mut dark = false;
     let mut bad_renegotiation_sent = false;
 
     let mut encoder = OpusEncoder::new(EncoderSettings {
@@ -305,7 +309,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
 
     while Instant::now() < hard_deadline {
         while let Some(m) = pc.poll_write() {
-            let _ = socket.send_to(&m.message, m.transport.peer_addr).await;
+            if !dark {
+                let _ = socket.send_to(&m.message, m.transport.peer_addr).await;
+            }
         }
         while let Some(ev) = pc.poll_event() {
             match ev {
@@ -432,9 +438,20 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             }
             if let Some(after) = options.ice_restart_after
                 && !restarted
+                && !dark
+                && options.ice_restart_silence > 0.0
                 && at.elapsed().as_secs_f64() >= after
             {
+                // The network goes away: the old port closes, nothing goes out.
+                dark = true;
+                socket = UdpSocket::bind("127.0.0.1:0").await?;
+            }
+            if let Some(after) = options.ice_restart_after
+                && !restarted
+                && at.elapsed().as_secs_f64() >= after + options.ice_restart_silence
+            {
                 restarted = true;
+                dark = false;
                 // A new network: a new local port, and the old one gone with everything
                 // the gateway still sends to it.
                 socket = UdpSocket::bind("127.0.0.1:0").await?;

@@ -444,6 +444,34 @@ async fn an_ice_restart_from_a_new_port_keeps_the_call_and_its_tone() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_browser_without_network_for_seconds_restarts_ice_and_keeps_the_call() {
+    // Past ICE's 5 s `disconnected` the gateway keeps waiting (the call ends only when ICE
+    // fails, ~30 s): seven seconds without a packet either way, then a restart from a new
+    // port, and the tone is back.
+    let (gateway, sipp) = resumable("browser_ice_restart_silent", "echo.xml", 20).await;
+    let mut opts = options(12.0);
+    opts.ice_restart_after = Some(1.5);
+    opts.ice_restart_silence = 7.0;
+    opts.measure_window = Some((9.8, 11.8));
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.packets_after_restart > 50
+            && report.window_packets > 60
+            && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone after seven silent seconds and the restart: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("hangup".into()),
+        "{report:?}"
+    );
+    assert!(sipp.finished().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_resume_with_the_wrong_token_is_refused_and_the_call_ends_when_its_time_is_over() {
     let (gateway, sipp) = resumable("browser_ws_resume_refused", "echo.xml", 2).await;
     let mut opts = options(10.0);
