@@ -76,6 +76,15 @@
   // ICE restarts one call may try; the gateway allows ten a minute.
   const MAX_RESTARTS = 5;
 
+  // A peer connection to the gateway sending the microphone (a call's, or preflight's).
+  function micConnection(mic, iceServers, iceTransportPolicy) {
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: iceServers, iceTransportPolicy: iceTransportPolicy });
+    for (const track of mic.getAudioTracks()) {
+      pc.addTrack(track, mic);
+    }
+    return pc;
+  }
+
   // The gateway takes an offer whole (no trickle): wait for candidates, briefly.
   function gathered(pc) {
     return new Promise((resolve) => {
@@ -355,10 +364,7 @@
           iceServers = m.ice_servers || iceServers;
         }
         result.gateway = true;
-        pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: iceServers, iceTransportPolicy: this.iceTransportPolicy });
-        for (const track of mic.getAudioTracks()) {
-          pc.addTrack(track, mic);
-        }
+        pc = micConnection(mic, iceServers, this.iceTransportPolicy);
         await pc.setLocalDescription(await pc.createOffer());
         await gathered(pc);
         ws.send(JSON.stringify({ type: 'preflight', sdp: pc.localDescription.sdp }));
@@ -598,15 +604,8 @@
     }
 
     async offer() {
-      const pc = new RTCPeerConnection({
-        bundlePolicy: 'max-bundle',
-        iceServers: this.iceServers,
-        iceTransportPolicy: this.iceTransportPolicy,
-      });
+      const pc = micConnection(this.mic, this.iceServers, this.iceTransportPolicy);
       this.pc = pc;
-      for (const track of this.mic.getAudioTracks()) {
-        pc.addTrack(track, this.mic);
-      }
       pc.ontrack = (event) => {
         const stream = event.streams[0] || new MediaStream([event.track]);
         if (!this.audio) {

@@ -3,12 +3,13 @@
 //! are synchronous: each operation waits for Redis for at most [`KV_DEADLINE`], and the
 //! caller falls back to the node's own store when Redis is away or slow.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::{Cluster, lock};
 
 /// How long a plugin's key-value operation waits for Redis.
-pub const KV_DEADLINE: Duration = Duration::from_millis(50);
+const KV_DEADLINE: Duration = Duration::from_millis(50);
 
 /// Redis did not answer in time, or is away: use the node's own store.
 #[derive(Debug)]
@@ -16,7 +17,9 @@ pub struct KvUnavailable;
 
 /// Adds ARGV[1] to the integer at KEYS[1] (missing or not a number counts as 0, as in the
 /// node's own store) and, with ARGV[2], sets its expiry to that many seconds.
-const INCR: &str = r#"
+static INCR: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local n = (tonumber(redis.call('GET', KEYS[1])) or 0) + tonumber(ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('SET', KEYS[1], n, 'EX', ARGV[2])
@@ -24,7 +27,9 @@ else
   redis.call('SET', KEYS[1], n, 'KEEPTTL')
 end
 return n
-"#;
+"#,
+    )
+});
 
 impl Cluster {
     fn kv_key(&self, plugin: &str, key: &str) -> String {
@@ -93,12 +98,7 @@ impl Cluster {
         let key = self.kv_key(plugin, key);
         let ttl = ttl.map_or(String::new(), |t| t.max(1).to_string());
         self.kv_exchange(|mut c| async move {
-            redis::Script::new(INCR)
-                .key(key)
-                .arg(delta)
-                .arg(ttl)
-                .invoke_async(&mut c)
-                .await
+            INCR.key(key).arg(delta).arg(ttl).invoke_async(&mut c).await
         })
     }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
 
-pub use kv::{KV_DEADLINE, KvUnavailable};
+pub use kv::KvUnavailable;
 pub use redis_state::run;
 
 /// A count kept by every node: this node's part, and the other live nodes' as last read.

@@ -4,8 +4,8 @@
 //! whole state: there is no log to replay.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -23,7 +23,9 @@ const TIMEOUT: Duration = Duration::from_secs(1);
 /// live while its lease key (ARGV[2] .. id) exists; a dead node's fields and membership are
 /// removed here, so nothing of it outlives its lease. KEYS[1] is the set of member nodes and
 /// ARGV[1] this node. Returns the sums, then the number of live nodes (this one included).
-const SUM_OTHERS: &str = r#"
+static SUM_OTHERS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 local me, lease_prefix = ARGV[1], ARGV[2]
 local live, nodes = {}, 1
 for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -52,14 +54,20 @@ for i = 2, #KEYS do
 end
 sums[#sums + 1] = nodes
 return sums
-"#;
+"#,
+    )
+});
 
 /// Deletes KEYS[1] only if it still names this node (ARGV[1]): an identity that moved to
 /// another node meanwhile keeps that node's entry.
-const DELETE_IF_MINE: &str = r#"
+static DELETE_IF_MINE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
-"#;
+"#,
+    )
+});
 
 /// The Redis keys of one cluster (`[cluster] key_prefix`).
 struct Keys {
@@ -71,7 +79,7 @@ impl Keys {
         format!("{}:node:", self.prefix)
     }
     fn lease(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
+        format!("{}{node}", self.lease_prefix())
     }
     fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
@@ -219,9 +227,8 @@ async fn share(
     pipe.query_async::<()>(c).await?;
     written.extend(registered);
     let gone = std::mem::take(&mut *lock(&cluster.unregistered));
-    let delete = redis::Script::new(DELETE_IF_MINE);
     for (i, identity) in gone.iter().enumerate() {
-        if let Err(e) = delete
+        if let Err(e) = DELETE_IF_MINE
             .key(keys.registration(identity))
             .arg(me)
             .invoke_async::<i64>(c)
@@ -232,8 +239,7 @@ async fn share(
             return Err(e);
         }
     }
-    let sum_others = redis::Script::new(SUM_OTHERS);
-    let mut script = sum_others.prepare_invoke();
+    let mut script = SUM_OTHERS.prepare_invoke();
     script.key(keys.nodes()).key(keys.calls());
     for trunk in cluster.channels.keys() {
         script.key(keys.channels(trunk));

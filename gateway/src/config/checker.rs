@@ -173,8 +173,11 @@ impl Checker<'_> {
     ) -> Option<super::ClusterConfig> {
         let raw = raw.as_ref()?.get_ref();
         let url = raw.redis_url.get_ref();
-        if !url.starts_with("redis://") || redis_url_error(url).is_some() {
-            let why = redis_url_error(url).unwrap_or_else(|| "it must start with redis://".into());
+        let unusable = match redis_url_error(url) {
+            None if !url.starts_with("redis://") => Some("it must start with redis://".into()),
+            why => why,
+        };
+        if let Some(why) = unusable {
             self.issue(
                 raw.redis_url.span(),
                 "cluster.redis_url",

@@ -101,6 +101,14 @@ impl Kv {
     }
 }
 
+/// The key and value size limits, the same for the node's own store and the cluster's.
+fn check_size(key: &str, value: &str) -> Result<(), KvRefusal> {
+    if key.len() > KV_MAX_KEY || value.len() > KV_MAX_VALUE {
+        return Err(KvRefusal::TooLarge);
+    }
+    Ok(())
+}
+
 /// Stores a value unless it is too large or the store is full of live entries (expired ones
 /// are swept first). `bytes` tracks the keys' and values' total size.
 fn insert(
@@ -111,9 +119,7 @@ fn insert(
     ttl: Option<u32>,
     now: Instant,
 ) -> Result<(), KvRefusal> {
-    if key.len() > KV_MAX_KEY || value.len() > KV_MAX_VALUE {
-        return Err(KvRefusal::TooLarge);
-    }
+    check_size(&key, &value)?;
     let replaced = entries.get(&key).map_or(0, |(v, _)| key.len() + v.len());
     let fits = |entries: &Entries, bytes: usize| {
         (entries.len() < KV_MAX_KEYS || entries.contains_key(&key))
@@ -365,8 +371,8 @@ impl host::Host for State {
 
     fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
         // The same size limits in Redis as in the node's own store.
-        if key.len() > KV_MAX_KEY || value.len() > KV_MAX_VALUE {
-            return self.kv_refused(KvRefusal::TooLarge);
+        if let Err(refusal) = check_size(&key, &value) {
+            return self.kv_refused(refusal);
         }
         if self
             .cluster_kv(|c, plugin| c.kv_set(plugin, &key, &value, ttl_seconds))
@@ -380,8 +386,8 @@ impl host::Host for State {
     }
 
     fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
-        if key.len() > KV_MAX_KEY {
-            self.kv_refused(KvRefusal::TooLarge);
+        if let Err(refusal) = check_size(&key, "") {
+            self.kv_refused(refusal);
             return 0;
         }
         if let Some(n) = self.cluster_kv(|c, plugin| c.kv_incr(plugin, &key, delta, ttl_seconds)) {

@@ -10,6 +10,20 @@ use crate::call::CallContext;
 use crate::call::load::LoadLevel;
 use crate::token::Claims;
 
+/// Without a token only an anonymous (demo) gateway lets a client start media sessions.
+pub(super) fn signed_in_or_anonymous(
+    ctx: &CallContext,
+    claims: Option<&Claims>,
+) -> Result<(), (ErrorCode, String)> {
+    if claims.is_none() && !ctx.config.http.anonymous {
+        return Err((
+            ErrorCode::Unauthorized,
+            "send `auth` with a token first".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Decides what `to` means for this caller: `(trunk, number)`, or the error to send.
 pub(super) fn authorize(
     ctx: &CallContext,
@@ -17,17 +31,9 @@ pub(super) fn authorize(
     to: &str,
 ) -> Result<(String, String), (ErrorCode, String)> {
     if let Some(target) = ctx.config.targets.get(to) {
-        let allowed = match claims {
-            Some(c) => c.targets.iter().any(|t| t == to || t == "*"),
-            None => ctx.config.http.anonymous,
-        };
-        return if allowed {
+        signed_in_or_anonymous(ctx, claims)?;
+        return if claims.is_none_or(|c| c.targets.iter().any(|t| t == to || t == "*")) {
             Ok((target.trunk.clone(), target.number.clone()))
-        } else if claims.is_none() {
-            Err((
-                ErrorCode::Unauthorized,
-                "send `auth` with a token first".into(),
-            ))
         } else {
             Err((
                 ErrorCode::Forbidden,

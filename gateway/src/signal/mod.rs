@@ -22,7 +22,7 @@ use crate::call::{CallCommand, CallContext, CallEvent, Outbound, start_outbound}
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
 use crate::token::{self, Claims};
-use admission::{admit, authorize};
+use admission::{admit, authorize, signed_in_or_anonymous};
 use protocol::{ClientMessage, ErrorCode, ServerMessage, VERSION};
 
 /// The public router: signaling, the demo page and widget, `/healthz`; with `admin`, also
@@ -399,12 +399,8 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 }
             }
             ClientMessage::Preflight { sdp } => {
-                if claims.is_none() && !ctx.config.http.anonymous {
-                    let _ = out.send(error(
-                        ErrorCode::Unauthorized,
-                        "send `auth` with a token first",
-                        None,
-                    ));
+                if let Err((code, why)) = signed_in_or_anonymous(&ctx, claims.as_ref()) {
+                    let _ = out.send(error(code, why, None));
                     continue;
                 }
                 if preflight_until.is_some_and(|t| t > std::time::Instant::now()) {
