@@ -296,9 +296,16 @@ pub async fn http_request(
     reply
 }
 
-/// `npm ci` in `dir` unless `installed` (a path under its node_modules) is already there.
+/// `npm ci` in `dir` unless `installed` (a path under its node_modules) is already there from
+/// a finished install. Tests run in parallel threads: one lock keeps a second `npm ci` from
+/// deleting node_modules under a test that is already loading from it, and a marker written
+/// after success keeps an interrupted install from passing for a complete one.
 pub fn npm_ci(dir: &Path, installed: &str) {
-    if dir.join("node_modules").join(installed).exists() {
+    static NPM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = NPM.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let modules = dir.join("node_modules");
+    let done = modules.join(".npm-ci-complete");
+    if done.exists() && modules.join(installed).exists() {
         return;
     }
     let status = Command::new("npm")
@@ -307,6 +314,7 @@ pub fn npm_ci(dir: &Path, installed: &str) {
         .status()
         .expect("run npm (the README's test command installs Node.js and npm)");
     assert!(status.success(), "npm ci in {} failed", dir.display());
+    std::fs::write(&done, "").expect("mark node_modules complete");
 }
 
 /// Builds an example plugin from `plugins/` for wasm32-wasip2 and returns the component's
