@@ -3,6 +3,7 @@
 
 pub mod baresip;
 pub mod client;
+pub mod cluster;
 pub mod coturn;
 pub mod fuzzing;
 pub mod redis;

@@ -1,21 +1,22 @@
-//! Several gateways sharing state through a real `redis-server` (`[cluster]`): a trunk's
-//! channel limit holds across nodes, a node keeps its calls and takes new ones while Redis is
-//! away and rejoins when it returns, and a node that dies leaves nothing behind beyond its
-//! lease. Nodes run in this process on 127.0.0.1 and 127.0.0.2 (both loopback).
+//! Several gateways sharing state through a real `redis-server` (`[cluster]`), in this
+//! process on 127.0.0.1 to 127.0.0.3 (loopback): a trunk's channel limit holds across nodes, a
+//! trunk that cancels reaches the browser ringing on another node, a node keeps its calls and
+//! takes new ones while Redis is away and rejoins when it returns, a draining node sends its
+//! browsers to another, and a plugin's rate limit counts calls on every node. Nodes as
+//! processes of their own (a call across nodes, `kill -9`) are in
+//! `gateway/tests/cluster_nodes.rs`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::cluster::{SECRET, node_config, wait_for_metric};
 use gateway_tests::redis::Redis;
-use gateway_tests::{Sipp, http_get, out_dir};
+use gateway_tests::{Sipp, out_dir};
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
-
-/// Node `id` of the cluster on `redis_url`, every socket on `ip`, RTP from `rtp`; it calls
-/// the target `echo` on the sipp trunk at `sipp_port`, which has two channels for the
-/// cluster; `extra` (`[[plugins]]`, say) ends its file.
+/// Node `id` of the cluster on `redis_url`, in this process (see
+/// [`gateway_tests::cluster::node_config`]).
 async fn node(
     dir: &Path,
     id: &str,
@@ -25,20 +26,7 @@ async fn node(
     sipp_port: u16,
     extra: &str,
 ) -> gateway::run::Gateway {
-    std::fs::write(dir.join("secret"), SECRET).unwrap();
-    let text = format!(
-        "[sip]\nudp = \"{ip}:0\"\n\n[rtp]\nip = \"{ip}\"\nport_min = {rtp}\nport_max = {}\n\n\
-         [http]\nlisten = \"{ip}:0\"\nanonymous = true\ntoken_secret_file = \"{}\"\n\n\
-         [webrtc]\nudp = \"{ip}:0\"\n\n\
-         [trunks.carrier]\naddresses = [\"127.0.0.1:{sipp_port}\"]\noptions_interval = 0\nmax_channels = 2\n\n\
-         [targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n\
-         [cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\nsip_address = \"{ip}:5060\"\nlease_seconds = 3\n{extra}",
-        rtp + 499,
-        dir.join("secret").display(),
-        redis_url,
-    );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, text).unwrap();
+    let path = node_config(dir, id, ip, rtp, redis_url, sipp_port, extra);
     gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap()
@@ -46,16 +34,7 @@ async fn node(
 
 /// Waits up to `seconds` for the node's `/metrics` to contain `line`.
 async fn metric(node: &gateway::run::Gateway, line: &str, seconds: u64) {
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut text = String::new();
-    while Instant::now() < until {
-        text = http_get(node.http_addr, "/metrics").await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no `{line}` within {seconds} s: {text}");
+    wait_for_metric(node.http_addr, line, seconds).await;
 }
 
 fn call(node: &gateway::run::Gateway, seconds: f64) -> tokio::task::JoinHandle<CallReport> {
@@ -135,7 +114,14 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
     let mut redis = Redis::start(&dir);
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
     let a = node(&dir, "a", "127.0.0.1", 47000, &redis.url(), sipp.port, "").await;
-    metric(&a, "gateway_cluster_connected 1", 5).await;
+    // Node b has a browser registered as `agent`.
+    let b = node(&dir, "b", "127.0.0.2", 47500, &redis.url(), sipp.port, "").await;
+    let mut agent = CallOptions::answering("agent", SECRET, 60.0);
+    agent.ignore_incoming = true;
+    let b_url = format!("ws://{}/ws", b.http_addr);
+    let browser = tokio::spawn(async move { run_call(&b_url, &agent).await });
+    metric(&b, "gateway_registered_identities 1", 5).await;
+    metric(&a, "gateway_cluster_nodes 2", 5).await;
     let running = call(&a, 9.0);
     metric(&a, "gateway_active_calls 1", 5).await;
     redis.stop();
@@ -151,71 +137,22 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
     .await
     .unwrap();
     assert_tone(&during);
-    // Redis comes back empty: the node writes its whole state again.
+    // Redis comes back empty: each node writes its whole state again, and a sees b and
+    // its registration once more.
     redis.restart();
     metric(&a, "gateway_cluster_connected 1", 5).await;
+    metric(&a, "gateway_cluster_nodes 2", 5).await;
+    assert_eq!(redis.command(&["GET", "gateway:registration:agent"]), "b");
     assert_eq!(redis.command(&["HGET", "gateway:calls", "a"]), "1");
     assert!(
         redis
             .command(&["GET", "gateway:node:a"])
-            .contains("\"sip\":\"127.0.0.1:5060\""),
+            .contains(&format!("\"sip\":\"{}\"", a.endpoint.udp_addr())),
         "the node's lease is back"
     );
     assert_tone(&running.await.unwrap());
     assert!(sipp.finished().await);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_node_that_dies_leaves_its_registrations_and_counts_for_no_longer_than_its_lease() {
-    let dir = out_dir("cluster_node_death");
-    let redis = Redis::start(&dir);
-    let a = node(&dir, "a", "127.0.0.1", 47500, &redis.url(), 9, "").await;
-    // Node b runs on a runtime of its own, with a browser registered as `agent`; dropping
-    // that runtime ends it mid-stride, as kill -9 would: nothing of its own clean-up runs.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
-    let b_dir = dir.clone();
-    let b_redis = redis.url();
-    let b = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let b = node(&b_dir, "b", "127.0.0.2", 47600, &b_redis, 9, "").await;
-            let url = format!("ws://{}/ws", b.http_addr);
-            let mut agent = CallOptions::answering("agent", SECRET, 60.0);
-            agent.ignore_incoming = true;
-            tokio::spawn(async move { run_call(&url, &agent).await });
-            ready_tx.send(b.http_addr).unwrap();
-            std::mem::forget(b);
-            let _ = tokio::task::spawn_blocking(move || kill_rx.recv()).await;
-        });
-        drop(runtime);
-    });
-    let _b_addr = ready_rx.recv().unwrap();
-    let until = Instant::now() + Duration::from_secs(5);
-    while redis.command(&["GET", "gateway:registration:agent"]) != "b" {
-        assert!(Instant::now() < until, "b registered `agent` in Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    metric(&a, "gateway_cluster_nodes 2", 5).await;
-    // A count b left behind, as if it had a call up when it died.
-    redis.command(&["HSET", "gateway:calls", "b", "1"]);
-    let killed = Instant::now();
-    kill_tx.send(()).unwrap();
-    b.join().unwrap();
-    while redis.command(&["EXISTS", "gateway:registration:agent"]) != "0" {
-        assert!(
-            killed.elapsed() < Duration::from_secs(4),
-            "the registration outlived b's 3 s lease"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    metric(&a, "gateway_cluster_nodes 1", 5).await;
-    metric(&a, "gateway_cluster_calls 0", 2).await;
-    assert_eq!(
-        redis.command(&["HEXISTS", "gateway:calls", "b"]),
-        "0",
-        "the dead node's count is gone"
-    );
+    browser.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -251,7 +188,11 @@ async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
     let lease: serde_json::Value =
         serde_json::from_str(&redis.command(&["GET", "gateway:node:b"])).unwrap();
     assert_eq!(lease["draining"], true, "{lease}");
-    assert_eq!(lease["sip"], "127.0.0.2:5060", "{lease}");
+    assert_eq!(
+        lease["sip"],
+        b.endpoint.udp_addr().to_string(),
+        "without `sip_address` the lease names the node's SIP as bound: {lease}"
+    );
 
     // b takes no new registration meanwhile.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", b.http_addr))
@@ -289,9 +230,11 @@ async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
     let dir = out_dir("cluster_plugin_kv");
+    // Built first: on a fresh tree this compiles every example plugin, which can take longer
+    // than sipp waits for its first call (-timeout 40s).
+    let compliance = gateway_tests::build_plugin("compliance");
     let redis = Redis::start(&dir);
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
-    let compliance = gateway_tests::build_plugin("compliance");
     // Two calls a day per caller (a window that turns at midnight UTC only).
     let plugin = format!(
         "\n[[plugins]]\nname = \"compliance\"\npath = \"{}\"\npolicy = \"fail-closed\"\n\
@@ -347,4 +290,82 @@ async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
     let messages = sipp.messages();
     assert!(sipp.finished().await);
     assert_eq!(messages.matches("INVITE sip:").count(), 2, "{messages}");
+}
+
+/// Nodes a (127.0.0.2) and b (127.0.0.3) with the trunk (sipp, 127.0.0.1 on `trunk_port`)
+/// calling `+15550100` and `+15550108` for the identity `agent`, whose browser is on b.
+async fn inbound_pair(
+    dir: &Path,
+    rtp: u16,
+    trunk_port: u16,
+    answer: bool,
+) -> (
+    Redis,
+    gateway::run::Gateway,
+    gateway::run::Gateway,
+    tokio::task::JoinHandle<CallReport>,
+) {
+    let redis = Redis::start(dir);
+    let inbound = "\n[inbound]\n\"+15550100\" = \"agent\"\n\"+15550108\" = \"agent\"\n";
+    let a = node(
+        dir,
+        "a",
+        "127.0.0.2",
+        rtp,
+        &redis.url(),
+        trunk_port,
+        inbound,
+    )
+    .await;
+    let b = node(
+        dir,
+        "b",
+        "127.0.0.3",
+        rtp + 500,
+        &redis.url(),
+        trunk_port,
+        inbound,
+    )
+    .await;
+    let url = format!("ws://{}/ws", b.http_addr);
+    let mut agent = CallOptions::answering("agent", SECRET, 3.0);
+    agent.ignore_incoming = !answer;
+    let browser = tokio::spawn(async move { run_call(&url, &agent).await.unwrap() });
+    let until = Instant::now() + Duration::from_secs(5);
+    while redis.command(&["GET", "gateway:registration:agent"]) != "b" {
+        assert!(Instant::now() < until, "b registered `agent` in Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    metric(&a, "gateway_cluster_nodes 2", 5).await;
+    (redis, a, b, browser)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_gives_up_cancels_the_ringing_browser_on_the_other_node() {
+    let dir = out_dir("cluster_inbound_cancel");
+    let (trunk_port, _) = gateway_tests::ports();
+    let (_redis, a, b, browser) = inbound_pair(&dir, 43000, trunk_port, false).await;
+    // sipp cancels at the first 180 (relayed from b): 200 for the CANCEL, 487, ACK.
+    let sipp = Sipp::uac(
+        "uac_cancel.xml",
+        "127.0.0.1",
+        Some(trunk_port),
+        a.endpoint.udp_addr(),
+        &dir,
+    );
+    let report = browser.await.unwrap();
+    assert!(
+        report.incoming.is_none() && report.call_id.is_some(),
+        "b rang its browser: {report:?}"
+    );
+    assert_eq!(
+        report.ended.as_ref().map(|e| e["reason"].clone()),
+        Some("remote_hangup".into()),
+        "the CANCEL reached node b, which ended the call: {report:?}"
+    );
+    assert!(sipp.finished().await, "sipp got 200 for its CANCEL and 487");
+    metric(&a, "gateway_cluster_forwarded_total 1", 2).await;
+    // Neither node keeps anything of the call: a stopped routing its Call-ID, b ended it.
+    metric(&a, "gateway_sip_dialogs 0", 5).await;
+    metric(&b, "gateway_sip_dialogs 0", 5).await;
 }

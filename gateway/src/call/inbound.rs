@@ -22,9 +22,29 @@ use crate::sip::extensions;
 use crate::sip::message::{random_token, response_to, uri_user};
 use crate::sip::sdp;
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How an inbound INVITE reached this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// From the trunk itself.
+    Direct,
+    /// Forwarded by another node of the cluster, for a browser connected here; its source
+    /// and transport are already the trunk's. Never forwarded again (no loops).
+    Forwarded,
+}
+
 /// Offers a call from a trunk to the browser registered for the dialled number, and runs
-/// it. `invite` is the trunk's INVITE (already answered 100 by the endpoint).
-pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingRequest) {
+/// it. `invite` is the trunk's INVITE (already answered 100 by the endpoint). In a cluster,
+/// a browser connected to another node gets the INVITE forwarded there.
+pub async fn run_inbound(
+    ctx: Arc<CallContext>,
+    trunk: String,
+    invite: IncomingRequest,
+    arrival: Arrival,
+) {
     let Some(responder) = invite.responder.clone() else {
         return;
     };
@@ -54,6 +74,16 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
         tracing::info!(%trunk, number = %dialled, "inbound call to an unrouted number: 404");
         return refuse(404);
     };
+    // §21.4.5's 480 is for a browser connected nowhere: one connected to another node of
+    // the cluster gets the INVITE there, and the dialog and media are that node's.
+    if arrival == Arrival::Direct
+        && let Some(cluster) = &ctx.cluster
+        && !lock(&ctx.registered).contains_key(&identity)
+        && let Some(node) = cluster.locate(&identity).await
+    {
+        let endpoint = ctx.endpoint.clone();
+        return crate::cluster::forward::run(endpoint, cluster.clone(), trunk, invite, node).await;
+    }
     let from = request
         .from_header()
         .ok()
@@ -98,10 +128,7 @@ pub async fn run_inbound(ctx: Arc<CallContext>, trunk: String, invite: IncomingR
                 return Err(sip_code);
             }
         };
-        let browser = ctx
-            .registered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let browser = lock(&ctx.registered)
             .get(&identity)
             .cloned()
             .ok_or(480u16)?;

@@ -35,7 +35,7 @@ use crate::sip::endpoint::Endpoint;
 use crate::sip::sdp::LocalMedia;
 use crate::sip::trunks::Trunks;
 use cdr::CdrLog;
-pub use inbound::run_inbound;
+pub use inbound::{Arrival, run_inbound};
 pub use machine::{CallCommand, CallEvent, Refusal};
 pub use outbound::{Outbound, resolve, start_outbound};
 pub use preflight::{PREFLIGHT_SECONDS, start_preflight};

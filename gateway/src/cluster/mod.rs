@@ -12,11 +12,12 @@
 //! Redis a node says so at once (`gateway_cluster_connected 0`), keeps the others' counts as
 //! last read for one lease (a hiccup is not an outage), then serves with its own alone.
 
+pub mod forward;
 mod kv;
 mod redis_state;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::Notify;
@@ -88,6 +89,8 @@ pub struct Cluster {
     kv_connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// The runtime the connection lives on (plugin hooks wait on it from blocking threads).
     runtime: tokio::runtime::Handle,
+    /// Trunk INVITEs this node forwarded to the node of the called browser.
+    pub forwarded: AtomicU64,
 }
 
 impl Cluster {
@@ -114,6 +117,7 @@ impl Cluster {
             changed,
             kv_connection: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
+            forwarded: AtomicU64::new(0),
         })
     }
 

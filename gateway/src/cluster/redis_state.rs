@@ -265,6 +265,52 @@ async fn share(
     Ok(())
 }
 
+/// How long an inbound call waits to learn where its browser is.
+const LOCATE_DEADLINE: Duration = Duration::from_millis(300);
+
+impl Cluster {
+    /// The SIP address of the other live node `identity` is registered on, from Redis;
+    /// `None` when it is registered nowhere else, its node drains, or Redis does not
+    /// answer within [`LOCATE_DEADLINE`] (the call is then this node's alone).
+    pub async fn locate(&self, identity: &str) -> Option<std::net::SocketAddr> {
+        let mut c = lock(&self.kv_connection).clone()?;
+        let keys = Keys {
+            prefix: self.config.key_prefix.clone(),
+        };
+        let me = self.node_id().to_string();
+        let lookup = async move {
+            let node: Option<String> = redis::cmd("GET")
+                .arg(keys.registration(identity))
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            let node = node.filter(|n| *n != me)?;
+            let lease: Option<String> = redis::cmd("GET")
+                .arg(keys.lease(&node))
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            let lease: serde_json::Value = serde_json::from_str(&lease?).ok()?;
+            if lease["draining"] == true {
+                tracing::info!(%identity, %node, "cluster: the browser's node drains; not forwarded");
+                return None;
+            }
+            let sip = lease["sip"].as_str()?;
+            match tokio::net::lookup_host(sip).await.ok()?.next() {
+                Some(addr) => Some(addr),
+                None => {
+                    tracing::warn!(%node, %sip, "cluster: a node's SIP address does not resolve");
+                    None
+                }
+            }
+        };
+        tokio::time::timeout(LOCATE_DEADLINE, lookup)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 /// The client for `[cluster] redis_url`, with the password from its env or file setting.
 pub(crate) fn redis_client(
     config: &crate::config::ClusterConfig,

@@ -247,6 +247,23 @@ impl Checker<'_> {
                 1,
             )
             .map(|p| String::from_utf8_lossy(&p).into_owned());
+        let mut peers = Vec::new();
+        for peer in raw.peers.iter().flat_map(|p| p.get_ref()) {
+            match peer
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| peer.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(net) => peers.push(net),
+                Err(_) => self.issue(
+                    raw.peers.as_ref().map_or(0..0, |p| p.span()),
+                    "cluster.peers",
+                    format!(
+                        "`{peer}` is neither an IP address nor a network; write the other nodes' \
+                         SIP addresses or their network, e.g. [\"10.0.0.0/24\"]"
+                    ),
+                ),
+            }
+        }
         Some(super::ClusterConfig {
             redis_url: url.clone(),
             redis_password: password,
@@ -255,6 +272,7 @@ impl Checker<'_> {
             lease_seconds,
             key_prefix,
             max_calls: raw.max_calls.as_ref().map(|m| *m.get_ref()),
+            peers,
         })
     }
 

@@ -184,6 +184,9 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// Calls on all nodes together, if limited.
     pub max_calls: Option<u32>,
+    /// Where the other nodes' SIP comes from (addresses or networks): an INVITE a node
+    /// forwards to the node of the called browser is taken only from these.
+    pub peers: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for ClusterConfig {

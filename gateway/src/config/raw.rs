@@ -50,6 +50,7 @@ pub(super) struct RawCluster {
     pub(super) lease_seconds: Option<Spanned<u32>>,
     pub(super) key_prefix: Option<Spanned<String>>,
     pub(super) max_calls: Option<Spanned<u32>>,
+    pub(super) peers: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

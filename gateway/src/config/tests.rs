@@ -310,7 +310,7 @@ fn turn_servers_need_the_shared_secret_and_urls_are_checked() {
 fn a_cluster_needs_a_redis_url_and_a_node_id_fit_for_a_key() {
     let with = |cluster: &str| format!("{GOOD}\n[cluster]\n{cluster}");
     let c = parse(&with(
-        "redis_url = \"redis://10.0.0.9:6379/0\"\nnode_id = \"gw-1\"\nredis_password_env = \"CARRIER_PW\"\n",
+        "redis_url = \"redis://10.0.0.9:6379/0\"\nnode_id = \"gw-1\"\nredis_password_env = \"CARRIER_PW\"\npeers = [\"10.0.0.0/24\", \"10.0.1.7\"]\n",
     ))
     .unwrap();
     let cluster = c.cluster.unwrap();
@@ -323,12 +323,15 @@ fn a_cluster_needs_a_redis_url_and_a_node_id_fit_for_a_key() {
         ("gw-1", 15, "gateway")
     );
     assert_eq!(cluster.redis_password.as_deref(), Some("s3cret"));
+    assert!(cluster.peers[0].contains(&"10.0.0.42".parse::<std::net::IpAddr>().unwrap()));
+    assert!(cluster.peers[1].contains(&"10.0.1.7".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!cluster.peers[1].contains(&"10.0.1.8".parse::<std::net::IpAddr>().unwrap()));
     assert!(
         parse(GOOD).unwrap().cluster.is_none(),
         "one node needs no Redis"
     );
     let err = parse(&with(
-        "redis_url = \"http://10.0.0.9\"\nnode_id = \"gw 1\"\nlease_seconds = 1\nsip_address = \"10.0.0.11\"\nmax_calls = 0\n",
+        "redis_url = \"http://10.0.0.9\"\nnode_id = \"gw 1\"\nlease_seconds = 1\nsip_address = \"10.0.0.11\"\nmax_calls = 0\npeers = [\"10.0.0.300\"]\n",
     ))
     .unwrap_err();
     for field in [
@@ -337,6 +340,7 @@ fn a_cluster_needs_a_redis_url_and_a_node_id_fit_for_a_key() {
         "cluster.lease_seconds",
         "cluster.sip_address",
         "cluster.max_calls",
+        "cluster.peers",
     ] {
         assert!(
             err.issues.iter().any(|i| i.field == field),

@@ -121,6 +121,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         timers: Timers::default(),
         edge: crate::sip::edge::EdgePolicy {
             trusted: Some(sources.into_keys().collect()),
+            peers: Vec::new(),
             unknown_sources: config.sip.unknown_sources,
             rate_limit: config.sip.rate_limit,
         },

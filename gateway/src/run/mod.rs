@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::call::CallContext;
 use crate::call::cdr::CdrLog;
+use crate::call::{Arrival, CallContext, run_inbound};
+use crate::cluster::forward::Forwarded;
 use crate::config::Config;
 use crate::rtc::mux::MediaMux;
 use crate::sip::edge::EdgePolicy;
@@ -76,6 +77,10 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         // Only trunks are served: everyone else is dropped or refused statelessly.
         edge: EdgePolicy {
             trusted: Some(sources.keys().copied().collect()),
+            peers: config
+                .cluster
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.peers.clone()),
             unknown_sources: config.sip.unknown_sources,
             rate_limit: config.sip.rate_limit,
         },
@@ -112,7 +117,12 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     }
     let plugins = Arc::new(crate::plugin::PluginHost::new(plugins));
     let metrics = crate::call::Metrics::default();
-    let cluster = config.cluster.clone().map(|c| {
+    let cluster = config.cluster.clone().map(|mut c| {
+        // Where the other nodes forward the trunks' INVITEs for browsers connected here.
+        c.sip_address.get_or_insert_with(|| {
+            std::net::SocketAddr::new(endpoint.advertised_ip(), endpoint.udp_addr().port())
+                .to_string()
+        });
         let cluster =
             crate::cluster::Cluster::new(c, metrics.calls.clone(), trunks.limited_channels());
         tokio::spawn(crate::cluster::run(cluster.clone()));
@@ -194,23 +204,38 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
     })
 }
 
-/// Out-of-dialog requests, which the endpoint lets through from trunk addresses only (see
-/// [`crate::sip::edge`]): INVITEs are offered to browsers; other methods are refused.
+/// Out-of-dialog requests, which the endpoint lets through from trunk addresses (and the
+/// cluster's peers) only (see [`crate::sip::edge`]): INVITEs are offered to browsers; other
+/// methods are refused.
 async fn police_inbound(
     mut inbound: mpsc::UnboundedReceiver<IncomingRequest>,
     sources: HashMap<IpAddr, String>,
     calls: Arc<CallContext>,
 ) {
-    while let Some(incoming) = inbound.recv().await {
-        if incoming.request.method == rsip::Method::Invite
-            && let Some(trunk) = sources.get(&incoming.source.ip())
-        {
-            tokio::spawn(crate::call::run_inbound(
-                calls.clone(),
-                trunk.clone(),
-                incoming,
-            ));
-            continue;
+    let peers = calls
+        .config
+        .cluster
+        .as_ref()
+        .map_or_else(Vec::new, |c| c.peers.clone());
+    while let Some(mut incoming) = inbound.recv().await {
+        if incoming.request.method == rsip::Method::Invite {
+            // Another node's forward names the trunk and its address; only a configured
+            // peer is believed, and only for a trunk this node has too.
+            let from_peer = peers.iter().any(|p| p.contains(&incoming.source.ip()));
+            let arrival = match Forwarded::of(&incoming.request).filter(|_| from_peer) {
+                Some(origin) if calls.trunks.config(&origin.trunk).is_some() => {
+                    incoming.source = origin.source;
+                    incoming.transport = origin.transport;
+                    Some((origin.trunk, Arrival::Forwarded))
+                }
+                _ => sources
+                    .get(&incoming.source.ip())
+                    .map(|trunk| (trunk.clone(), Arrival::Direct)),
+            };
+            if let Some((trunk, arrival)) = arrival {
+                tokio::spawn(run_inbound(calls.clone(), trunk, incoming, arrival));
+                continue;
+            }
         }
         let Some(responder) = incoming.responder else {
             continue;

@@ -79,6 +79,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "Calls in progress on all live nodes, as this node last read them.",
             m.calls.get() + m.calls.others.load(Ordering::Relaxed),
         );
+        metric(
+            &mut text,
+            "gateway_cluster_forwarded_total",
+            "counter",
+            "Trunk INVITEs forwarded to the node their browser is connected to.",
+            load(&cluster.forwarded),
+        );
     }
     metric(
         &mut text,

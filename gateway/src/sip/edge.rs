@@ -41,6 +41,9 @@ pub struct EdgePolicy {
     /// Source IPs whose requests are processed; `None` serves every source (the demo trunk
     /// and test peers, which are not on the internet).
     pub trusted: Option<HashSet<IpAddr>>,
+    /// The other gateways of a cluster (`[cluster] peers`), served as trunks are: they
+    /// forward the trunks' INVITEs for browsers connected here.
+    pub peers: Vec<ipnet::IpNet>,
     /// What other sources get.
     pub unknown_sources: UnknownSources,
     /// Requests per second per source before it is ignored for [`BAN`].
@@ -51,6 +54,7 @@ impl Default for EdgePolicy {
     fn default() -> Self {
         EdgePolicy {
             trusted: None,
+            peers: Vec::new(),
             unknown_sources: UnknownSources::default(),
             rate_limit: DEFAULT_SIP_RATE_LIMIT,
         }
@@ -121,6 +125,7 @@ impl Edge {
     /// True when `ip` is a configured peer (or every source is served).
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.policy.trusted.as_ref().is_none_or(|t| t.contains(&ip))
+            || self.policy.peers.iter().any(|net| net.contains(&ip))
     }
 
     /// Decides one request from `ip` and counts the decision in `counters`.
@@ -208,6 +213,7 @@ mod tests {
     fn edge(trusted: &[&str], unknown: UnknownSources, rate: u32) -> Edge {
         Edge::new(EdgePolicy {
             trusted: Some(trusted.iter().map(|t| t.parse().unwrap()).collect()),
+            peers: vec!["10.1.0.0/16".parse().unwrap()],
             unknown_sources: unknown,
             rate_limit: rate,
         })
@@ -221,6 +227,12 @@ mod tests {
         let stranger: IpAddr = "198.51.100.9".parse().unwrap();
         let mut drop = edge(&["192.0.2.1"], UnknownSources::Drop, 100);
         assert_eq!(drop.handle_request(trunk, now, &counters), Admission::Serve);
+        let node: IpAddr = "10.1.4.2".parse().unwrap();
+        assert_eq!(
+            drop.handle_request(node, now, &counters),
+            Admission::Serve,
+            "another node of the cluster is served as a trunk is"
+        );
         assert_eq!(
             drop.handle_request(stranger, now, &counters),
             Admission::Drop
@@ -276,6 +288,7 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Edge::new(EdgePolicy {
             trusted: None,
+            peers: Vec::new(),
             unknown_sources: UnknownSources::Drop,
             rate_limit: 10,
         });

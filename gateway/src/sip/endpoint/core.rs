@@ -247,9 +247,17 @@ impl Core {
                 let bytes = message::request_bytes(&request);
                 self.send_to_target(&target, bytes);
             }
-            Command::Respond { key, response } => {
+            Command::Respond {
+                key,
+                response,
+                relayed,
+            } => {
                 if let Some(e) = self.servers.get_mut(&key) {
-                    e.tx.respond(&response, now);
+                    if relayed {
+                        e.tx.relay(&response, now);
+                    } else {
+                        e.tx.respond(&response, now);
+                    }
                     self.dirty.push(TxKey::Server(key));
                 }
             }

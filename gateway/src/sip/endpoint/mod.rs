@@ -68,6 +68,17 @@ impl Responder {
         let _ = self.commands.send(Command::Respond {
             key: self.key.clone(),
             response,
+            relayed: false,
+        });
+    }
+
+    /// Relays a response from the element the request was forwarded to (see
+    /// [`super::transaction::ServerTransaction::relay`]).
+    pub fn relay(&self, response: Response) {
+        let _ = self.commands.send(Command::Respond {
+            key: self.key.clone(),
+            response,
+            relayed: true,
         });
     }
 }
@@ -86,6 +97,7 @@ enum Command {
     Respond {
         key: String,
         response: Response,
+        relayed: bool,
     },
     Dialog {
         call_id: String,

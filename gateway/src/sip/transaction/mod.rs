@@ -310,6 +310,9 @@ pub struct ServerTransaction {
     deadline: Option<Instant>,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<ServerEvent>,
+    /// A 2xx was relayed from another element ([`Self::relay`]): its ACK goes end to end,
+    /// past us, so none is awaited.
+    relayed_2xx: bool,
 }
 
 impl ServerTransaction {
@@ -331,6 +334,7 @@ impl ServerTransaction {
             deadline: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            relayed_2xx: false,
         }
     }
 
@@ -411,6 +415,30 @@ impl ServerTransaction {
         }
     }
 
+    /// Relays a response from the element the request was forwarded to, as a stateful proxy
+    /// does (RFC 3261 §16.7, RFC 6026 §8): provisional and non-2xx final responses as
+    /// [`Self::respond`] sends them; a 2xx once, without retransmissions (the element that
+    /// made it retransmits it until the end-to-end ACK), and each of its retransmissions
+    /// again while the transaction lasts (Timer L, 64·T1).
+    pub fn relay(&mut self, response: &Response, now: Instant) {
+        let code = response.status_code.code();
+        if !self.invite || !(200..300).contains(&code) {
+            return self.respond(response, now);
+        }
+        match self.state {
+            ServerState::Trying | ServerState::Proceeding => {
+                self.state = ServerState::Accepted;
+                self.relayed_2xx = true;
+                self.deadline = Some(now + 64 * self.timers.t1);
+            }
+            ServerState::Accepted if self.relayed_2xx => {}
+            _ => return,
+        }
+        let wire = response_bytes(response);
+        self.transmit.push_back(wire.clone());
+        self.last_response = Some(wire);
+    }
+
     /// Runs the timers that are due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some(at) = self.retransmit_at
@@ -425,7 +453,10 @@ impl ServerTransaction {
         if let Some(deadline) = self.deadline
             && deadline <= now
         {
-            if matches!(self.state, ServerState::Completed | ServerState::Accepted) && self.invite {
+            if matches!(self.state, ServerState::Completed | ServerState::Accepted)
+                && self.invite
+                && !self.relayed_2xx
+            {
                 self.events.push_back(ServerEvent::AckTimeout);
             }
             self.state = ServerState::Terminated;

@@ -185,3 +185,35 @@ fn server_2xx_without_ack_times_out() {
     assert_eq!(sent, 11);
     assert_eq!(st.poll_event(), Some(ServerEvent::AckTimeout));
 }
+
+#[test]
+fn a_relayed_2xx_goes_out_once_per_copy_received_and_awaits_no_ack() {
+    let t0 = Instant::now();
+    let mut tx = ServerTransaction::new(&Method::Invite, false, Timers::default());
+    tx.relay(&response(180, true), t0);
+    assert_eq!(std::iter::from_fn(|| tx.poll_transmit()).count(), 1);
+    tx.relay(&response(200, true), t0);
+    assert_eq!(std::iter::from_fn(|| tx.poll_transmit()).count(), 1);
+    // No retransmission of our own: the node that made the 2xx retransmits it, and each of
+    // its copies is relayed again.
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(4) {
+        t += Duration::from_millis(10);
+        if tx.poll_timeout().is_some_and(|at| at <= t) {
+            tx.handle_timeout(t);
+        }
+        assert_eq!(tx.poll_transmit(), None, "at {:?}", t - t0);
+    }
+    tx.relay(&response(200, true), t);
+    assert_eq!(std::iter::from_fn(|| tx.poll_transmit()).count(), 1);
+    // Timer L ends it quietly: the ACK went to the other node, not here.
+    tx.handle_timeout(t0 + Duration::from_secs(32));
+    assert_eq!(tx.poll_event(), None);
+    assert!(tx.is_terminated());
+    // A non-2xx final is relayed as our own: retransmitted until the hop-by-hop ACK.
+    let mut busy = ServerTransaction::new(&Method::Invite, false, Timers::default());
+    busy.relay(&response(486, true), t0);
+    assert_eq!(std::iter::from_fn(|| busy.poll_transmit()).count(), 1);
+    busy.handle_timeout(t0 + Duration::from_millis(500));
+    assert_eq!(std::iter::from_fn(|| busy.poll_transmit()).count(), 1);
+}

@@ -194,7 +194,7 @@ pub(super) fn build_invite(
 
 /// §9.1: CANCEL copies the INVITE's Request-URI, top Via (same branch), From, To, Call-ID
 /// and Route, with the same CSeq number.
-pub(super) fn build_cancel(invite: &Request) -> Request {
+pub fn build_cancel(invite: &Request) -> Request {
     let mut headers = rsip::Headers::default();
     if let Ok(via) = invite.via_header() {
         headers.push(Header::Via(via.clone()));

@@ -25,8 +25,8 @@ use crate::media::session::RtpSource;
 mod extension_responses;
 mod invite;
 
-pub use invite::{CallFailure, CallRequest};
-use invite::{build_cancel, build_invite, retry_after};
+pub use invite::{CallFailure, CallRequest, build_cancel};
+use invite::{build_invite, retry_after};
 
 /// Transaction ids the INVITE client uses; the call's own start at 1, far below.
 const TX_BASE: u64 = 1 << 48;
