@@ -48,7 +48,8 @@ async fn a_trunk_call_for_a_browser_on_another_node_rings_it_there_and_the_dialo
     let (trunk_port, _) = gateway_tests::ports();
     let a = node(&dir, "a", "127.0.0.2", 41000, &redis, trunk_port);
     let b = node(&dir, "b", "127.0.0.3", 41500, &redis, trunk_port);
-    let browser = agent_on(&b, "b", &redis, 3.0).await;
+    // Up longer than sipp keeps the call: the trunk hangs up (BYE) first.
+    let browser = agent_on(&b, "b", &redis, 30.0).await;
     wait_for_metric(a.http, "gateway_cluster_nodes 2", 5).await;
     // The trunk calls node a; sipp sends its ACK and BYE where the 200's Contact says.
     let mut sipp = Sipp::uac(
