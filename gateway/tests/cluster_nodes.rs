@@ -1,7 +1,8 @@
 //! Gateway nodes as processes of their own (`gateway run`), sharing a real `redis-server`:
 //! a trunk's call sent to one node rings the browser connected to the other, with the dialog
 //! and media that node's; a node killed with SIGKILL leaves its registration for no longer
-//! than its lease, after which the other node answers the trunk 480 for that identity.
+//! than its lease, after which the other node answers the trunk 480 for that identity; a node
+//! given SIGTERM sends its browser to the other node and exits.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -130,5 +131,39 @@ async fn after_kill_9_a_nodes_registration_is_gone_within_its_lease_and_the_trun
         .unwrap();
     assert!(finished && log.contains("SIP/2.0 480"), "{log}");
     wait_for_metric(a.http, "gateway_cluster_forwarded_total 0", 2).await;
+    browser.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_sends_the_nodes_browser_to_the_other_node_and_the_node_exits() {
+    let dir = out_dir("cluster_nodes_sigterm");
+    let redis = Redis::start(&dir);
+    let (trunk_port, _) = gateway_tests::ports();
+    let a = node(&dir, "a", "127.0.0.2", 43000, &redis, trunk_port);
+    let mut b = node(&dir, "b", "127.0.0.3", 43500, &redis, trunk_port);
+    // The browser reconnects "through the load balancer", here straight to a.
+    let url = format!("ws://{}/ws", b.http);
+    let mut agent = CallOptions::answering("agent", SECRET, 60.0);
+    agent.ignore_incoming = true;
+    agent.reconnect_to = Some(format!("ws://{}/ws", a.http));
+    let browser = tokio::spawn(async move { run_call(&url, &agent).await });
+    let registered_on = |node: &'static str| {
+        let redis = &redis;
+        async move {
+            let until = Instant::now() + Duration::from_secs(10);
+            while redis.command(&["GET", "gateway:registration:agent"]) != node {
+                assert!(Instant::now() < until, "`agent` registered on {node}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    registered_on("b").await;
+    b.terminate();
+    registered_on("a").await;
+    wait_for_metric(a.http, "gateway_registered_identities 1", 5).await;
+    let exited = tokio::task::spawn_blocking(move || b.exited(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(exited, "b drained (no calls) and exited with status 0");
     browser.abort();
 }

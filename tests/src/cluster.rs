@@ -102,6 +102,27 @@ impl NodeProcess {
         }
     }
 
+    /// SIGTERM, as an orchestrator stopping the node: it drains, then exits.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "SIGTERM to the node");
+    }
+
+    /// Waits up to `limit` for the process to exit; true when it did, with status 0.
+    pub fn exited(&mut self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// SIGKILL, as `kill -9`: nothing of the node's own clean-up runs.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
