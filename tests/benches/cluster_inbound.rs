@@ -36,7 +36,6 @@ async fn node(
 /// sipp as the trunk: `calls` calls to `target`, 10 a second, at most two at once; returns
 /// each call's INVITE → 180 in ms.
 fn ring_times(dir: &Path, trunk_port: u16, target: std::net::SocketAddr, calls: u32) -> Vec<f64> {
-    let run = dir;
     let (_, media) = ports();
     let status = Command::new("sipp")
         .arg(target.to_string())
@@ -69,7 +68,7 @@ fn ring_times(dir: &Path, trunk_port: u16, target: std::net::SocketAddr, calls: 
             "120s",
             "-timeout_error",
         ])
-        .current_dir(&run)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -78,10 +77,10 @@ fn ring_times(dir: &Path, trunk_port: u16, target: std::net::SocketAddr, calls: 
     assert!(
         status.success(),
         "sipp's calls failed; see {}",
-        run.display()
+        dir.display()
     );
     let mut times = Vec::new();
-    for entry in std::fs::read_dir(&run).unwrap().flatten() {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
         if entry.file_name().to_string_lossy().ends_with("_rtt.csv") {
             let text = std::fs::read_to_string(entry.path()).unwrap();
             // `date_ms;response_time_ms;rtd_no`, a header line first.
