@@ -123,7 +123,7 @@ fn check(target: &str, seen: &serde_json::Value, digits: &str) {
         seen["detailEnded"]
             .as_str()
             .unwrap_or("")
-            .starts_with("You hung up after 0:0"),
+            .starts_with("You hung up after 0:"),
         "{seen}"
     );
     assert_eq!(

@@ -45,10 +45,29 @@ impl Gateway {
         if let Some(cluster) = &self.calls.cluster {
             cluster.drain();
         }
+        // The browsers registered here were told to `reconnect` (through the load balancer,
+        // to another node); each leaves as it does. Without this wait a node with no calls
+        // exited before its `reconnect` messages went out.
+        self.wait_for_no_registrations(deadline.min(Duration::from_secs(5)))
+            .await;
         self.wait_for_no_calls(deadline).await;
         let _ = self.calls.shutdown.send(true);
         // Ending a call takes a BYE round trip at most; give them a moment to finish.
         self.wait_for_no_calls(Duration::from_secs(5)).await;
+    }
+
+    async fn wait_for_no_registrations(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        let registered = || {
+            self.calls
+                .registered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
+        };
+        while registered() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn wait_for_no_calls(&self, limit: Duration) {
