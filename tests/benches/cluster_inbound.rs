@@ -1,21 +1,20 @@
 //! What finding the browser's node costs a trunk's call in a cluster: the trunk's INVITE to
-//! the first 180, as sipp measures it (`-trace_rtt`), sent to the node the browser is
+//! the first 180, timed by a small UDP trunk in this bench, sent to the node the browser is
 //! connected to, and to the other node, which looks the identity up in Redis and forwards
 //! the INVITE. Both nodes run in this process and share a real `redis-server`; the browser
-//! stays registered and never answers (sipp cancels each call at its 180). The two targets
+//! stays registered and never answers (the trunk cancels each call at its 180). The two targets
 //! alternate for three rounds.
 //!
 //! Run: `cargo bench -p gateway-tests --bench cluster_inbound [-- CALLS_PER_RUN]` (100).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::config::Config;
 use gateway_tests::cluster::{SECRET, node_config};
 use gateway_tests::redis::Redis;
-use gateway_tests::{out_dir, ports, scenarios};
+use gateway_tests::{out_dir, ports};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn node(
@@ -33,66 +32,89 @@ async fn node(
         .unwrap()
 }
 
-/// sipp as the trunk: `calls` calls to `target`, 10 a second, at most two at once; returns
-/// each call's INVITE → 180 in ms.
-fn ring_times(dir: &Path, trunk_port: u16, target: std::net::SocketAddr, calls: u32) -> Vec<f64> {
-    let (_, media) = ports();
-    let status = Command::new("sipp")
-        .arg(target.to_string())
-        .arg("-sf")
-        .arg(scenarios().join("uac_ring_cancel.xml"))
-        .args([
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &trunk_port.to_string(),
-            "-mp",
-            &media.to_string(),
-        ])
-        .args([
-            "-s",
-            "+15550100",
-            "-m",
-            &calls.to_string(),
-            "-r",
-            "10",
-            "-l",
-            "2",
-        ])
-        .args([
-            "-trace_rtt",
-            "-rtt_freq",
-            "1",
-            "-nostdin",
-            "-timeout",
-            "120s",
-            "-timeout_error",
-        ])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run sipp (Debian package sip-tester)");
-    assert!(
-        status.success(),
-        "sipp's calls failed; see {}",
-        dir.display()
-    );
+/// The trunk: `calls` calls to `target` one after another from 127.0.0.1:`trunk_port`, each
+/// timed from its INVITE to the first 180, then cancelled (CANCEL, 200, 487, ACK), in µs
+/// resolution (sipp's own response times come in whole milliseconds).
+fn ring_times(trunk_port: u16, target: std::net::SocketAddr, calls: u32) -> Vec<f64> {
+    let socket = std::net::UdpSocket::bind(("127.0.0.1", trunk_port)).expect("the trunk's port");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let local = socket.local_addr().unwrap();
+    let mut buf = vec![0u8; 65536];
     let mut times = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.file_name().to_string_lossy().ends_with("_rtt.csv") {
-            let text = std::fs::read_to_string(entry.path()).unwrap();
-            // `date_ms;response_time_ms;rtd_no`, a header line first.
-            times.extend(
-                text.lines()
-                    .skip(1)
-                    .filter_map(|l| l.split(';').nth(1)?.trim().parse::<f64>().ok()),
-            );
+    for n in 0..calls {
+        // Three requests a call: paced well under the edge's 200 requests a second per source.
+        std::thread::sleep(Duration::from_millis(25));
+        // Unique across runs: a reused branch would be taken for a retransmission.
+        static SEQUENCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (call_id, branch) = (
+            format!("bench-{seq}-{}", std::process::id()),
+            format!("z9hG4bKb{seq}"),
+        );
+        let head = |method: &str, cseq: &str, to_tag: &str| {
+            format!(
+                "{method} sip:+15550100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\n\
+                 From: <sip:+4930999@{local}>;tag=t{n}\r\nTo: <sip:+15550100@{target}>{to_tag}\r\n\
+                 Call-ID: {call_id}\r\nCSeq: 1 {cseq}\r\nMax-Forwards: 70\r\n"
+            )
+        };
+        let sdp = format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio {} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n",
+            trunk_port + 2
+        );
+        let invite = format!(
+            "{}Contact: <sip:caller@{local}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            head("INVITE", "INVITE", ""),
+            sdp.len()
+        );
+        let sent = Instant::now();
+        socket.send_to(invite.as_bytes(), target).unwrap();
+        let mut to_tag = String::new();
+        let mut ringing = false;
+        // Until the 487 that ends the cancelled INVITE (or a final the gateway gave instead).
+        loop {
+            let (len, _) = socket
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("call {n}: the gateway did not answer ({e})"));
+            if std::env::var("BENCH_DEBUG").is_ok() {
+                eprintln!(
+                    "{n}: {}",
+                    String::from_utf8_lossy(&buf[..len])
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                );
+            }
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if !text.contains(&call_id) {
+                continue;
+            }
+            let code: u16 = text.get(8..11).and_then(|c| c.parse().ok()).unwrap_or(0);
+            if code == 180 && !ringing {
+                ringing = true;
+                times.push(sent.elapsed().as_secs_f64() * 1000.0);
+                let cancel = format!("{}Content-Length: 0\r\n\r\n", head("CANCEL", "CANCEL", ""));
+                socket.send_to(cancel.as_bytes(), target).unwrap();
+            }
+            if code >= 300 && text.contains("CSeq: 1 INVITE") {
+                if let Some(tag) = text
+                    .split("To: ")
+                    .nth(1)
+                    .and_then(|t| t.lines().next())
+                    .and_then(|t| t.split(";tag=").nth(1))
+                {
+                    to_tag = format!(";tag={tag}");
+                }
+                let ack = format!("{}Content-Length: 0\r\n\r\n", head("ACK", "ACK", &to_tag));
+                socket.send_to(ack.as_bytes(), target).unwrap();
+                assert!(ringing, "call {n} ended before it rang: {text}");
+                break;
+            }
         }
-        let _ = std::fs::remove_file(entry.path());
     }
-    assert_eq!(times.len(), calls as usize, "one ring time per call");
     times
 }
 
@@ -146,7 +168,7 @@ async fn main() {
     let idle_before = commands(&redis);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_per_second = (commands(&redis) - idle_before) as f64 / 5.0;
-    println!("trunk INVITE → first 180, ms ({calls} calls per run, sipp -rtt_freq 1)");
+    println!("trunk INVITE → first 180, ms ({calls} calls per run, one after another)");
     println!(
         "{:<42} {:>8} {:>8} {:>14}",
         "browser's node", "p50", "p99", "redis cmds/call"
@@ -156,11 +178,10 @@ async fn main() {
         for (name, target) in [("same node (b)", b_sip), ("other node (a → b)", a_sip)] {
             let before = commands(&redis);
             let started = Instant::now();
-            let mut times = tokio::task::spawn_blocking(move || {
-                ring_times(&out_dir_of(round, target), trunk_port, target, calls)
-            })
-            .await
-            .unwrap();
+            let mut times =
+                tokio::task::spawn_blocking(move || ring_times(trunk_port, target, calls))
+                    .await
+                    .unwrap();
             let background = started.elapsed().as_secs_f64() * idle_per_second;
             let per_call = (commands(&redis) - before) as f64 - background;
             times.sort_by(f64::total_cmp);
@@ -175,8 +196,4 @@ async fn main() {
     }
     println!("idle: {idle_per_second:.1} Redis commands a second for the two nodes");
     browser.abort();
-}
-
-fn out_dir_of(round: u32, target: std::net::SocketAddr) -> std::path::PathBuf {
-    out_dir(&format!("bench_cluster_inbound_{round}_{}", target.port()))
 }
