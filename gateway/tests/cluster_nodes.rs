@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway_tests::client::{CallOptions, CallReport, run_call};
-use gateway_tests::cluster::{NodeProcess, SECRET, node_config, wait_for_metric};
+use gateway_tests::cluster::{
+    NodeProcess, SECRET, node_config, wait_for_metric, wait_for_registration,
+};
 use gateway_tests::redis::Redis;
 use gateway_tests::{Sipp, out_dir};
 
@@ -30,14 +32,7 @@ async fn agent_on(
     let url = format!("ws://{}/ws", node.http);
     let agent = CallOptions::answering("agent", SECRET, seconds);
     let browser = tokio::spawn(async move { run_call(&url, &agent).await.unwrap() });
-    let until = Instant::now() + Duration::from_secs(10);
-    while redis.command(&["GET", "gateway:registration:agent"]) != node_id {
-        assert!(
-            Instant::now() < until,
-            "{node_id} registered `agent` in Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_registration(redis, "agent", node_id, 10).await;
     browser
 }
 
@@ -147,16 +142,7 @@ async fn sigterm_sends_the_nodes_browser_to_the_other_node_and_the_node_exits() 
     agent.ignore_incoming = true;
     agent.reconnect_to = Some(format!("ws://{}/ws", a.http));
     let browser = tokio::spawn(async move { run_call(&url, &agent).await });
-    let registered_on = |node: &'static str| {
-        let redis = &redis;
-        async move {
-            let until = Instant::now() + Duration::from_secs(10);
-            while redis.command(&["GET", "gateway:registration:agent"]) != node {
-                assert!(Instant::now() < until, "`agent` registered on {node}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let registered_on = |node: &'static str| wait_for_registration(&redis, "agent", node, 10);
     registered_on("b").await;
     b.terminate();
     registered_on("a").await;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use gateway::config::Config;
-use gateway_tests::cluster::{SECRET, node_config};
+use gateway_tests::cluster::{SECRET, node_config, wait_for_registration};
 use gateway_tests::redis::Redis;
 use gateway_tests::{out_dir, ports};
 use tokio_tungstenite::tungstenite::Message;
@@ -145,11 +145,7 @@ async fn main() {
         ws.send(Message::Text(m.to_string().into())).await.unwrap();
     }
     let browser = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
-    let until = Instant::now() + Duration::from_secs(10);
-    while redis.command(&["GET", "gateway:registration:agent"]) != "b" {
-        assert!(Instant::now() < until, "b registered `agent`");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_registration(&redis, "agent", "b", 10).await;
     let commands = |redis: &Redis| -> u64 {
         redis
             .command(&["INFO", "commandstats"])

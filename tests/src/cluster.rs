@@ -149,3 +149,21 @@ pub async fn wait_for_metric(http: SocketAddr, line: &str, seconds: u64) {
     }
     panic!("no `{line}` within {seconds} s: {text}");
 }
+
+/// Waits up to `seconds` for Redis to say `identity` is registered on node `node`.
+pub async fn wait_for_registration(
+    redis: &crate::redis::Redis,
+    identity: &str,
+    node: &str,
+    seconds: u64,
+) {
+    let key = format!("gateway:registration:{identity}");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while redis.command(&["GET", &key]) != node {
+        assert!(
+            Instant::now() < until,
+            "`{identity}` registered on {node} within {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

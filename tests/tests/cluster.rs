@@ -7,11 +7,11 @@
 //! `gateway/tests/cluster_nodes.rs`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call};
-use gateway_tests::cluster::{SECRET, node_config, wait_for_metric};
+use gateway_tests::cluster::{SECRET, node_config, wait_for_metric, wait_for_registration};
 use gateway_tests::redis::Redis;
 use gateway_tests::{Sipp, out_dir};
 
@@ -166,16 +166,7 @@ async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
     agent.reconnect_to = Some(format!("ws://{}/ws", a.http_addr));
     let b_url = format!("ws://{}/ws", b.http_addr);
     let browser = tokio::spawn(async move { run_call(&b_url, &agent).await });
-    let registered_on = |node: &'static str| {
-        let redis = &redis;
-        async move {
-            let until = Instant::now() + Duration::from_secs(5);
-            while redis.command(&["GET", "gateway:registration:agent"]) != node {
-                assert!(Instant::now() < until, "`agent` registered on {node}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let registered_on = |node: &'static str| wait_for_registration(&redis, "agent", node, 5);
     registered_on("b").await;
     metric(&b, "gateway_registered_identities 1", 5).await;
 
@@ -331,11 +322,7 @@ async fn inbound_pair(
     let mut agent = CallOptions::answering("agent", SECRET, 3.0);
     agent.ignore_incoming = !answer;
     let browser = tokio::spawn(async move { run_call(&url, &agent).await.unwrap() });
-    let until = Instant::now() + Duration::from_secs(5);
-    while redis.command(&["GET", "gateway:registration:agent"]) != "b" {
-        assert!(Instant::now() < until, "b registered `agent` in Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_registration(&redis, "agent", "b", 5).await;
     metric(&a, "gateway_cluster_nodes 2", 5).await;
     (redis, a, b, browser)
 }

@@ -22,10 +22,6 @@ use crate::sip::extensions;
 use crate::sip::message::{random_token, response_to, uri_user};
 use crate::sip::sdp;
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// How an inbound INVITE reached this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arrival {
@@ -78,7 +74,11 @@ pub async fn run_inbound(
     // the cluster gets the INVITE there, and the dialog and media are that node's.
     if arrival == Arrival::Direct
         && let Some(cluster) = &ctx.cluster
-        && !lock(&ctx.registered).contains_key(&identity)
+        && !ctx
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&identity)
         && let Some(node) = cluster.locate(&identity).await
     {
         let endpoint = ctx.endpoint.clone();
@@ -128,7 +128,10 @@ pub async fn run_inbound(
                 return Err(sip_code);
             }
         };
-        let browser = lock(&ctx.registered)
+        let browser = ctx
+            .registered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .get(&identity)
             .cloned()
             .ok_or(480u16)?;

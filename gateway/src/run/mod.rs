@@ -48,16 +48,6 @@ impl Gateway {
         // The browsers registered here were told to `reconnect` (through the load balancer,
         // to another node); each leaves as it does. Without this wait a node with no calls
         // exited before its `reconnect` messages went out.
-        self.wait_for_no_registrations(deadline.min(Duration::from_secs(5)))
-            .await;
-        self.wait_for_no_calls(deadline).await;
-        let _ = self.calls.shutdown.send(true);
-        // Ending a call takes a BYE round trip at most; give them a moment to finish.
-        self.wait_for_no_calls(Duration::from_secs(5)).await;
-    }
-
-    async fn wait_for_no_registrations(&self, limit: Duration) {
-        let until = tokio::time::Instant::now() + limit;
         let registered = || {
             self.calls
                 .registered
@@ -65,16 +55,20 @@ impl Gateway {
                 .unwrap_or_else(|e| e.into_inner())
                 .len()
         };
-        while registered() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_while(deadline.min(Duration::from_secs(5)), || registered() > 0).await;
+        let calls = || self.calls.metrics.calls.get();
+        wait_while(deadline, || calls() > 0).await;
+        let _ = self.calls.shutdown.send(true);
+        // Ending a call takes a BYE round trip at most; give them a moment to finish.
+        wait_while(Duration::from_secs(5), || calls() > 0).await;
     }
+}
 
-    async fn wait_for_no_calls(&self, limit: Duration) {
-        let until = tokio::time::Instant::now() + limit;
-        while self.calls.metrics.calls.get() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+/// Checks `busy` every 50 ms until it is false or `limit` has passed.
+async fn wait_while(limit: Duration, busy: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + limit;
+    while busy() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

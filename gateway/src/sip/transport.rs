@@ -33,6 +33,11 @@ impl Transport {
         }
     }
 
+    /// The port a SIP URI or address without one means: 5061 for TLS, else 5060 (§19.1.2).
+    pub fn default_port(self) -> u16 {
+        if self == Transport::Tls { 5061 } else { 5060 }
+    }
+
     /// True for transports that deliver reliably (no SIP retransmission, §17.1.1.2).
     pub fn is_reliable(self) -> bool {
         !matches!(self, Transport::Udp)
@@ -59,11 +64,7 @@ pub const WRITE_QUEUE: usize = 256;
 /// Splits `host[:port]` (with `[v6]:port`), applying the transport's default port
 /// (5060, or 5061 for TLS, §19.1.2).
 pub fn split_host_port(address: &str, transport: Transport) -> Option<(String, u16)> {
-    let default_port = if transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    };
+    let default_port = transport.default_port();
     let address = address.trim();
     if address.is_empty() || address.contains(char::is_whitespace) || address.contains('/') {
         return None;

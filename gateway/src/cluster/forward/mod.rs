@@ -213,7 +213,7 @@ impl Forward {
                 self.relays.push_back(without_top_via(response));
             }
             if self.state == State::Cancelling && !self.cancel_sent {
-                self.send_cancel(now);
+                self.send_cancel();
             }
             return;
         }
@@ -241,7 +241,7 @@ impl Forward {
             self.state = State::Cancelling;
             self.deadline = Some(now + 64 * self.timers.t1);
             if self.provisional_seen {
-                self.send_cancel(now);
+                self.send_cancel();
             }
         }
     }
@@ -261,7 +261,7 @@ impl Forward {
                 self.respond(408);
                 self.state = State::Cancelling;
                 self.deadline = Some(now + 64 * self.timers.t1);
-                self.send_cancel(now);
+                self.send_cancel();
             }
             // §9.1: no final response 64·T1 after the CANCEL: give up on the INVITE.
             State::Cancelling => self.give_up(0),
@@ -293,7 +293,7 @@ impl Forward {
         self.state == State::Done && self.transmits.is_empty() && self.relays.is_empty()
     }
 
-    fn send_cancel(&mut self, _now: Instant) {
+    fn send_cancel(&mut self) {
         self.cancel_sent = true;
         self.transmits.push_back(Transmit::Request {
             tx: CANCEL_TX,
@@ -330,16 +330,11 @@ fn contact_addr(request: &Request, transport: Transport) -> Option<SocketAddr> {
     let rsip::Host::IpAddr(ip) = contact.uri.host_with_port.host else {
         return None;
     };
-    let default = if transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    };
     let port = contact
         .uri
         .host_with_port
         .port
-        .map_or(default, |p| *p.value());
+        .map_or(transport.default_port(), |p| *p.value());
     Some(SocketAddr::new(ip, port))
 }
 

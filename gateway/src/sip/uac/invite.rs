@@ -80,12 +80,7 @@ pub struct CallRequest {
 
 fn uri_host(trunk: &TrunkConfig, target: &Target) -> String {
     trunk.from_domain.clone().unwrap_or_else(|| {
-        let default = if trunk.transport == Transport::Tls {
-            5061
-        } else {
-            5060
-        };
-        if target.addr.port() == default {
+        if target.addr.port() == trunk.transport.default_port() {
             target.host.clone()
         } else {
             format!("{}:{}", target.host, target.addr.port())
