@@ -1,8 +1,9 @@
 //! What the gateway offers a plugin: logging, counters on `/metrics`, a key-value store shared
-//! by the plugin's instances (with expiry), and the time. Inside the gateway these are host
-//! calls; in a native build (a plugin's `cargo test`) they go to the [`mock`](crate::mock).
+//! by the plugin's instances (with expiry), the time, and HTTP requests to the URLs the
+//! operator allows. Inside the gateway these are host calls; in a native build (a plugin's
+//! `cargo test`) they go to the [`mock`](crate::mock).
 
-use crate::Level;
+use crate::{HttpError, HttpRequest, HttpResponse, Level};
 
 #[cfg(target_arch = "wasm32")]
 use crate::bindings::gateway::plugin::host as imp;
@@ -38,4 +39,25 @@ pub fn kv_incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> i64 {
 /// Seconds since the Unix epoch.
 pub fn now_seconds() -> u64 {
     imp::now_seconds()
+}
+
+/// Makes an HTTP(S) request and waits for the whole response. The gateway sends it only if
+/// the plugin's `allow_http` setting lists the URL (else [`HttpError::Denied`]), and gives up
+/// after the plugin's `http_timeout_ms` ([`HttpError::Timeout`]). The hook's own deadline
+/// keeps running meanwhile.
+pub fn http_fetch(request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+    imp::http_fetch(request)
+}
+
+/// `GET url` with `headers`: [`http_fetch`] for the common case.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
+    http_fetch(&HttpRequest {
+        method: "GET".into(),
+        url: url.into(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: Vec::new(),
+    })
 }

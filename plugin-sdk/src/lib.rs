@@ -42,7 +42,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::gateway::plugin::host::Level;
+pub use bindings::gateway::plugin::host::{HttpError, HttpRequest, HttpResponse, Level};
 pub use bindings::gateway::plugin::types::{
     AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Reject, Route,
     TransferRequest, Verdict,

@@ -14,10 +14,14 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use crate::{CallInfo, Direction, Level};
+use crate::{CallInfo, Direction, HttpError, HttpRequest, HttpResponse, Level};
 
 #[derive(Default)]
 struct MockHost {
+    /// Answers by method and URL.
+    http: HashMap<(String, String), Result<HttpResponse, HttpError>>,
+    /// Requests the plugin made, oldest first.
+    http_sent: Vec<HttpRequest>,
     logs: Vec<(Level, String)>,
     counters: BTreeMap<String, u64>,
     /// value and expiry (mock seconds)
@@ -48,6 +52,29 @@ pub fn set_now(seconds: u64) {
 pub fn advance(seconds: u64) {
     let now = host::now_seconds();
     set_now(now + seconds);
+}
+
+/// Answers `method url` (exactly as the plugin will ask) with `answer` from now on. A request
+/// nothing answers gets `HttpError::Denied`, as a URL outside `allow_http` would.
+pub fn stub_http(method: &str, url: &str, answer: Result<HttpResponse, HttpError>) {
+    with(|h| {
+        h.http
+            .insert((method.to_ascii_uppercase(), url.to_string()), answer)
+    });
+}
+
+/// A `200` response with a JSON body, for [`stub_http`].
+pub fn json_response(body: &str) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// The HTTP requests the plugin made, oldest first.
+pub fn http_requests() -> Vec<HttpRequest> {
+    with(|h| h.http_sent.clone())
 }
 
 /// What the plugin logged, oldest first.
@@ -102,7 +129,7 @@ pub fn transfer(number: &str) -> crate::TransferRequest {
 /// The host functions, as [`crate::host`] calls them in native builds.
 pub(crate) mod host {
     use super::with;
-    use crate::Level;
+    use crate::{HttpError, HttpRequest, HttpResponse, Level};
 
     pub fn log(level: Level, message: &str) {
         with(|h| h.logs.push((level, message.to_string())));
@@ -136,6 +163,19 @@ pub(crate) mod host {
     pub fn kv_set(key: &str, value: &str, ttl_seconds: Option<u32>) {
         let expiry = ttl_seconds.map(|t| now_seconds() + t as u64);
         with(|h| h.kv.insert(key.to_string(), (value.to_string(), expiry)));
+    }
+
+    pub fn http_fetch(request: &HttpRequest) -> Result<HttpResponse, HttpError> {
+        with(|h| {
+            h.http_sent.push(request.clone());
+            let key = (request.method.to_ascii_uppercase(), request.url.clone());
+            h.http.get(&key).cloned().unwrap_or_else(|| {
+                Err(HttpError::Denied(format!(
+                    "the mock host has no answer for {} {} (mock::stub_http)",
+                    key.0, key.1
+                )))
+            })
+        })
     }
 
     pub fn kv_incr(key: &str, delta: i64, ttl_seconds: Option<u32>) -> i64 {
@@ -174,5 +214,20 @@ mod tests {
         assert_eq!(counter("calls"), 3);
         assert_eq!(counter("other"), 0);
         assert!(matches!(logs()[0], (Level::Info, ref m) if m == "hello"));
+    }
+
+    #[test]
+    fn http_answers_come_from_stubs_and_requests_are_recorded() {
+        reset();
+        stub_http("GET", "https://crm.example/c/1", Ok(json_response("{}")));
+        let answer = h::http_get("https://crm.example/c/1", &[("accept", "application/json")]);
+        assert_eq!(answer.unwrap().status, 200);
+        assert!(matches!(
+            h::http_get("https://crm.example/c/2", &[]),
+            Err(HttpError::Denied(_))
+        ));
+        let sent = http_requests();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0].headers[0].0, "accept");
     }
 }

@@ -8,7 +8,7 @@
 // blocked entry is refused with `code` (603 Decline by default); other outbound calls get
 // the header `header: passed` on their INVITE. Transfers are not this plugin's business.
 
-import { log, counter } from 'gateway:plugin/host@0.3.0';
+import { log, counter } from 'gateway:plugin/host@0.4.0';
 
 let rules = { block: [], code: 603, header: 'X-Screened' };
 

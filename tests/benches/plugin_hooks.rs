@@ -24,6 +24,7 @@ fn config(name: &str, json: &str, data_dir: Option<std::path::PathBuf>) -> Plugi
         max_instances: 1000,
         data_dir,
         data_quota_bytes: u64::MAX,
+        http: Default::default(),
     }
 }
 
@@ -54,6 +55,15 @@ fn row(what: &str, samples: Vec<Duration>) {
 }
 
 fn main() {
+    // Hooks run as tasks on the gateway's tokio runtime; so do they here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
     let router = r#"{"country_code":"49","routes":[{"prefix":"+4930","trunks":["berlin","de"]},{"prefix":"+49","trunk":"de"}]}"#;
     let compliance = r#"{"emergency":["112"],"deny":["+4930666"],"premium":["+49900"],"rate_limit":{"calls":1000000,"per_seconds":60}}"#;
     let dir = std::env::temp_dir().join(format!("plugin-bench-{}", std::process::id()));
@@ -70,18 +80,18 @@ fn main() {
     println!("| measurement | runs | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");
     for (label, configs) in chains {
-        let chain = PluginChain::load(&configs, None).expect("plugins load");
+        let chain = PluginChain::load(&configs, None).await.expect("plugins load");
         assert!(
             chain.pooling(),
             "expected the pooling allocator on this machine"
         );
         for i in 0..500 {
-            drop(chain.start_call(call(i)));
+            drop(chain.start_call(call(i)).await);
         }
         let mut samples = Vec::with_capacity(20_000);
         for i in 0..20_000 {
             let started = Instant::now();
-            let (decision, instances) = chain.start_call(call(i));
+            let (decision, instances) = chain.start_call(call(i)).await;
             drop(instances);
             samples.push(started.elapsed());
             assert!(matches!(decision, Decision::Place { .. }));
@@ -90,11 +100,11 @@ fn main() {
             &format!("instantiate + init + verdict + drop: {label}"),
             samples,
         );
-        let (_, mut instances) = chain.start_call(call(0));
+        let (_, mut instances) = chain.start_call(call(0)).await;
         let mut samples = Vec::with_capacity(50_000);
         for _ in 0..50_000 {
             let started = Instant::now();
-            chain.event(&mut instances, "c-bench-0", &Event::Answered);
+            chain.event(&mut instances, "c-bench-0", &Event::Answered).await;
             samples.push(started.elapsed());
         }
         row(&format!("event (answered): {label}"), samples);
@@ -104,8 +114,8 @@ fn main() {
         r#"{"record":"all"}"#,
         Some(dir.join("recordings")),
     );
-    let chain = PluginChain::load(&[recorder], None).expect("recorder loads");
-    let (_, mut instances) = chain.start_call(call(0));
+    let chain = PluginChain::load(&[recorder], None).await.expect("recorder loads");
+    let (_, mut instances) = chain.start_call(call(0)).await;
     let frame = AudioFrame {
         caller: (0..160).map(|i| (i * 97 % 2000) as i16).collect(),
         callee: (0..160).map(|i| (i * 31 % 2000) as i16).collect(),
@@ -113,7 +123,7 @@ fn main() {
     let mut samples = Vec::with_capacity(30_000);
     for _ in 0..30_000 {
         let started = Instant::now();
-        chain.audio(&mut instances, "c-bench-0", &frame);
+        chain.audio(&mut instances, "c-bench-0", &frame).await;
         samples.push(started.elapsed());
     }
     row("audio frame (20 ms, both ways) to the recorder", samples);

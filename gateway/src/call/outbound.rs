@@ -218,10 +218,10 @@ pub async fn resolve(trunks: &Trunks, first: &str, failover: &[String]) -> Vec<C
     out
 }
 
-/// Runs the plugin chain's call-start hooks for a new call. Hooks are synchronous wasm calls
-/// (bounded by their deadline) and WASI's stdio blocks: they run on the blocking pool, never
-/// on the threads that drive media. The call keeps the chain it started with, even if the
-/// plugins are reloaded meanwhile.
+/// Runs the plugin chain's call-start hooks for a new call, in a task of their own (a hook
+/// waiting on its CRM holds no thread; a panic in the host ends this decision, not the call's
+/// task). The call keeps the chain it started with, even if the plugins are reloaded
+/// meanwhile.
 pub(super) async fn decide(ctx: &CallContext, info: CallInfo) -> (Decision, Option<CallHooks>) {
     let chain = ctx.plugins.current();
     if chain.is_empty() {
@@ -239,7 +239,7 @@ pub(super) async fn decide(ctx: &CallContext, info: CallInfo) -> (Decision, Opti
     }
     let call_id = info.call_id.clone();
     let deciding = chain.clone();
-    match tokio::task::spawn_blocking(move || deciding.start_call(info)).await {
+    match tokio::spawn(async move { deciding.start_call(info).await }).await {
         Ok((decision, instances)) => {
             let record = matches!(decision, Decision::Place { record: true, .. });
             let hooks = (!instances.is_empty())

@@ -1,7 +1,7 @@
 //! The plugins' key-value store in Redis, so a plugin's counters and rate limits hold across
-//! the cluster's nodes. Plugin hooks run on blocking threads and the WIT's `kv-*` functions
-//! are synchronous: each operation waits for Redis for at most [`KV_DEADLINE`], and the
-//! caller falls back to the node's own store when Redis is away or slow.
+//! the cluster's nodes. The WIT's `kv-*` functions block the plugin (not the host's thread):
+//! each operation waits for Redis for at most [`KV_DEADLINE`], and the caller falls back to
+//! the node's own store when Redis is away or slow.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -36,10 +36,9 @@ impl Cluster {
         format!("{}:kv:{plugin}:{key}", self.config.key_prefix)
     }
 
-    /// Runs one Redis exchange for a blocking thread, within [`KV_DEADLINE`]: the exchange
-    /// runs on the cluster's runtime and this thread waits for its answer (never
-    /// `block_on`, which would panic on a runtime thread).
-    fn kv_exchange<T, F>(
+    /// Runs one Redis exchange within [`KV_DEADLINE`], on the cluster's runtime (whose
+    /// connection it is), whichever runtime the plugin's hook runs on.
+    async fn kv_exchange<T, F>(
         &self,
         op: impl FnOnce(redis::aio::MultiplexedConnection) -> F,
     ) -> Result<T, KvUnavailable>
@@ -48,12 +47,10 @@ impl Cluster {
         F: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
         let connection = lock(&self.kv_connection).clone().ok_or(KvUnavailable)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let exchange = op(connection);
-        self.runtime.spawn(async move {
-            let _ = tx.send(tokio::time::timeout(KV_DEADLINE, exchange).await);
-        });
-        match rx.recv_timeout(KV_DEADLINE * 2) {
+        let exchange = self
+            .runtime
+            .spawn(tokio::time::timeout(KV_DEADLINE, op(connection)));
+        match exchange.await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(e))) => {
                 tracing::debug!(error = %e, "cluster: plugin key-value operation failed");
@@ -64,15 +61,16 @@ impl Cluster {
     }
 
     /// `kv-get` for `plugin`.
-    pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<String>, KvUnavailable> {
+    pub async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<String>, KvUnavailable> {
         let key = self.kv_key(plugin, key);
         self.kv_exchange(
             |mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await },
         )
+        .await
     }
 
     /// `kv-set` for `plugin`, expiring after `ttl` seconds if given.
-    pub fn kv_set(
+    pub async fn kv_set(
         &self,
         plugin: &str,
         key: &str,
@@ -85,10 +83,11 @@ impl Cluster {
             command.arg("EX").arg(ttl.max(1));
         }
         self.kv_exchange(|mut c| async move { command.query_async(&mut c).await })
+            .await
     }
 
     /// `kv-incr` for `plugin`: one atomic step on Redis, whichever node asks.
-    pub fn kv_incr(
+    pub async fn kv_incr(
         &self,
         plugin: &str,
         key: &str,
@@ -100,5 +99,6 @@ impl Cluster {
         self.kv_exchange(|mut c| async move {
             INCR.key(key).arg(delta).arg(ttl).invoke_async(&mut c).await
         })
+        .await
     }
 }

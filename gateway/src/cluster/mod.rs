@@ -87,7 +87,7 @@ pub struct Cluster {
     changed: Arc<Notify>,
     /// The cluster task's Redis connection while it works, for the plugins' key-value store.
     kv_connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
-    /// The runtime the connection lives on (plugin hooks wait on it from blocking threads).
+    /// The runtime the connection lives on (plugin hooks may run on another).
     runtime: tokio::runtime::Handle,
     /// Trunk INVITEs this node forwarded to the node of the called browser.
     pub forwarded: AtomicU64,

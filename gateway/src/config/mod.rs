@@ -13,6 +13,7 @@ use crate::media::codec::Codec;
 use crate::media::opus::EncoderSettings;
 use checker::{Checker, read_secret_file};
 pub use model::*;
+pub use plugins::{HttpPolicy, UrlPattern};
 use raw::*;
 
 /// One mistake in a configuration file.
@@ -221,57 +222,7 @@ impl Config {
                 format!("no trunk named `{}`", t.get_ref()),
             );
         }
-        let mut plugins = Vec::new();
-        for (i, spanned) in raw.plugins.iter().enumerate() {
-            let p = spanned.get_ref();
-            let field = |f: &str| format!("plugins[{i}].{f}");
-            // Relative to the configuration file (an absolute path replaces the base).
-            let plugin_path = path_base(path).join(p.path.get_ref());
-            if !plugin_path.is_file() {
-                c.issue(
-                    p.path.span(),
-                    field("path"),
-                    format!(
-                        "no plugin file at `{}`; build the plugin for wasm32-wasip2 first",
-                        plugin_path.display()
-                    ),
-                );
-            }
-            if plugins.iter().any(|q: &PluginConfig| q.name == p.name) {
-                c.issue(
-                    spanned.span(),
-                    field("name"),
-                    format!("two plugins are named `{}`", p.name),
-                );
-            }
-            let reject_code = p.reject_code.as_ref().map_or(503, |c| *c.get_ref());
-            if !(400..700).contains(&reject_code)
-                && let Some(code) = &p.reject_code
-            {
-                c.issue(
-                    code.span(),
-                    field("reject_code"),
-                    "a rejection needs a 4xx, 5xx or 6xx SIP status",
-                );
-            }
-            plugins.push(PluginConfig {
-                name: p.name.clone(),
-                path: plugin_path,
-                config_json: serde_json::to_string(&p.config).unwrap_or_else(|_| "{}".into()),
-                policy: p.policy,
-                reject_code,
-                memory_bytes: p.memory_mb.unwrap_or(16) as usize * 1024 * 1024,
-                deadline: std::time::Duration::from_millis(
-                    p.deadline_ms.unwrap_or(20).max(1) as u64
-                ),
-                max_instances: p.max_instances.unwrap_or(1000).max(1),
-                data_dir: p
-                    .data_dir
-                    .as_ref()
-                    .map(|d| path_base(path).join(d.get_ref())),
-                data_quota_bytes: p.data_quota_mb.unwrap_or(1024).saturating_mul(1024 * 1024),
-            });
-        }
+        let plugins = plugins::plugins(&mut c, &raw.plugins, path);
         let defaults = EncoderSettings::default();
         let mut complexity = |v: &Option<Spanned<u8>>, key: &str, default: u8| match v {
             Some(v) if *v.get_ref() > 10 => {
@@ -621,6 +572,7 @@ impl Config {
 
 mod checker;
 mod model;
+mod plugins;
 mod raw;
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,8 @@ pub struct PluginConfig {
     pub data_dir: Option<PathBuf>,
     /// Once the data directory holds this much, new calls get it read-only.
     pub data_quota_bytes: u64,
+    /// The HTTP URLs it may call, and its callouts' limits.
+    pub http: super::HttpPolicy,
 }
 
 /// Global limits.

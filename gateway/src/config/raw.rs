@@ -68,6 +68,10 @@ pub(super) struct RawPlugin {
     pub(super) max_instances: Option<u32>,
     pub(super) data_dir: Option<Spanned<String>>,
     pub(super) data_quota_mb: Option<u64>,
+    pub(super) allow_http: Option<Spanned<Vec<String>>>,
+    pub(super) http_timeout_ms: Option<Spanned<u32>>,
+    pub(super) http_max_response_bytes: Option<Spanned<u32>>,
+    pub(super) http_max_concurrent: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

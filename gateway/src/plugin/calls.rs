@@ -8,7 +8,7 @@ use tokio::sync::{mpsc, oneshot};
 use wasmtime::Store;
 
 use super::bindings;
-use super::host::State;
+use super::host::{self, State};
 use super::{AudioFrame, CallEnd, Event, PluginChain, Reject, TransferRequest};
 use crate::config::FailurePolicy;
 
@@ -42,92 +42,94 @@ impl CallPlugins {
     }
 }
 
+/// A hook that informs and answers nothing: a failure drops the plugin from the call.
+#[derive(Clone, Copy)]
+enum Notice<'a> {
+    Event(&'a Event),
+    Audio(&'a AudioFrame),
+}
+
 impl PluginChain {
     /// Passes a later event of a call to the plugins that saw its start. A failing plugin is
     /// dropped from the call (events are informational: nothing to fail closed on).
-    pub fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
-        self.each(
-            call,
-            "event",
-            |_| true,
-            |store, plugin| plugin.call_on_event(store, call_id, event),
-        );
+    pub async fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
+        self.notify(call, call_id, Notice::Event(event)).await;
     }
 
     /// Passes 20 ms of audio to the call's plugins that asked for audio.
-    pub fn audio(&self, call: &mut CallPlugins, call_id: &str, frame: &AudioFrame) {
-        self.each(
-            call,
-            "audio frame",
-            |manifest| manifest.audio,
-            |store, plugin| plugin.call_on_audio(store, call_id, frame),
-        );
+    pub async fn audio(&self, call: &mut CallPlugins, call_id: &str, frame: &AudioFrame) {
+        self.notify(call, call_id, Notice::Audio(frame)).await;
     }
 
     /// Asks the call's plugins, in chain order, whether the trunk may transfer the call; the
     /// first refusal decides. A plugin that fails is dropped from the call and its failure
     /// policy answers for it (`fail-closed` refuses with its `reject_code`).
-    pub fn transfer(
+    pub async fn transfer(
         &self,
         call: &mut CallPlugins,
         call_id: &str,
         request: &TransferRequest,
     ) -> Option<Reject> {
-        let mut refusal = None;
-        call.instances.retain_mut(|(index, store, plugin)| {
-            if refusal.is_some() {
-                return true;
-            }
-            let loaded = &self.plugins[*index];
-            store.set_epoch_deadline(loaded.deadline_ticks());
-            match plugin.call_on_transfer(&mut *store, call_id, request) {
-                Ok(None) => true,
+        let mut i = 0;
+        while i < call.instances.len() {
+            let (index, store, plugin) = &mut call.instances[i];
+            let index = *index;
+            let loaded = &self.plugins[index];
+            host::begin_hook(store, loaded.config.deadline);
+            match plugin.call_on_transfer(&mut *store, call_id, request).await {
+                Ok(None) => i += 1,
                 Ok(Some(r)) => {
                     let r = super::bounded(r);
                     tracing::info!(plugin = %loaded.config.name, sip_code = r.sip_code, reason = %r.reason, "plugin refused a transfer");
-                    refusal = Some(r);
-                    true
+                    return Some(r);
                 }
                 Err(e) => {
-                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on a transfer; dropped for this call");
-                    loaded.shared.count("failures", 1);
+                    call.instances.remove(i);
+                    self.failed(index, "a transfer", &e);
                     if loaded.config.policy == FailurePolicy::FailClosed {
-                        refusal = Some(Reject {
+                        return Some(Reject {
                             sip_code: loaded.config.reject_code,
                             reason: format!("plugin `{}` failed", loaded.config.name),
                         });
                     }
-                    false
                 }
             }
-        });
-        refusal
+        }
+        None
     }
 
-    /// Runs `hook` on each instance whose manifest passes `wanted`, under its deadline; an
+    /// Runs an informational hook on each instance that wants it, under its deadline; an
     /// instance that fails is logged, counted and dropped from the call.
-    fn each(
-        &self,
-        call: &mut CallPlugins,
-        what: &str,
-        wanted: impl Fn(&super::Manifest) -> bool,
-        mut hook: impl FnMut(&mut Store<State>, &bindings::Plugin) -> wasmtime::Result<()>,
-    ) {
-        call.instances.retain_mut(|(index, store, plugin)| {
-            let loaded = &self.plugins[*index];
-            if !wanted(&loaded.manifest) {
-                return true;
-            }
-            store.set_epoch_deadline(loaded.deadline_ticks());
-            match hook(store, plugin) {
-                Ok(()) => true,
+    async fn notify(&self, call: &mut CallPlugins, call_id: &str, notice: Notice<'_>) {
+        let mut i = 0;
+        while i < call.instances.len() {
+            let (index, store, plugin) = &mut call.instances[i];
+            let index = *index;
+            let loaded = &self.plugins[index];
+            host::begin_hook(store, loaded.config.deadline);
+            let result = match notice {
+                Notice::Event(event) => plugin.call_on_event(&mut *store, call_id, event).await,
+                Notice::Audio(_) if !loaded.manifest.audio => Ok(()),
+                Notice::Audio(frame) => plugin.call_on_audio(&mut *store, call_id, frame).await,
+            };
+            match result {
+                Ok(()) => i += 1,
                 Err(e) => {
-                    tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on an {what}; dropped for this call");
-                    loaded.shared.count("failures", 1);
-                    false
+                    call.instances.remove(i);
+                    let what = match notice {
+                        Notice::Event(_) => "an event",
+                        Notice::Audio(_) => "an audio frame",
+                    };
+                    self.failed(index, what, &e);
                 }
             }
-        });
+        }
+    }
+
+    fn failed(&self, index: usize, what: &str, e: &wasmtime::Error) {
+        let loaded = &self.plugins[index];
+        tracing::warn!(plugin = %loaded.config.name, error = %format!("{e:#}"), "plugin failed on {what}; dropped for this call");
+        loaded.shared.count("failures", 1);
     }
 
     /// Whether any of the call's instances asked for audio.
@@ -144,9 +146,8 @@ enum Work {
     Transfer(TransferRequest, oneshot::Sender<Option<Reject>>),
 }
 
-/// Feeds one call's plugin instances from the call's task. Hooks are synchronous wasm calls
-/// and WASI's stdio blocks, so they run on the blocking pool, in batches, in order; the call
-/// only queues work and never waits for a plugin.
+/// Feeds one call's plugin instances from the call's task, in order, in a task of their own:
+/// the call only queues work and never waits for a plugin.
 #[derive(Debug)]
 pub struct CallHooks {
     tx: mpsc::UnboundedSender<Work>,
@@ -183,41 +184,21 @@ impl CallHooks {
         let events_queued = Arc::new(AtomicUsize::new(0));
         let events_waiting = events_queued.clone();
         let worker = tokio::spawn(async move {
-            let mut plugins = Some(plugins);
-            let call_id = Arc::new(call_id);
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 64
-                    && let Ok(more) = rx.try_recv()
-                {
-                    batch.push(more);
-                }
-                let Some(mut instances) = plugins.take() else {
-                    break;
-                };
-                let (chain, call_id, queued) = (chain.clone(), call_id.clone(), queued.clone());
-                let events_waiting = events_waiting.clone();
-                plugins = tokio::task::spawn_blocking(move || {
-                    for work in batch {
-                        match work {
-                            Work::Event(e) => {
-                                events_waiting.fetch_sub(1, Ordering::Relaxed);
-                                chain.event(&mut instances, &call_id, &e)
-                            }
-                            Work::Audio(frame) => {
-                                queued.fetch_sub(1, Ordering::Relaxed);
-                                chain.audio(&mut instances, &call_id, &frame);
-                            }
-                            Work::Transfer(request, answer) => {
-                                let _ =
-                                    answer.send(chain.transfer(&mut instances, &call_id, &request));
-                            }
-                        }
+            let mut instances = plugins;
+            while let Some(work) = rx.recv().await {
+                match work {
+                    Work::Event(e) => {
+                        events_waiting.fetch_sub(1, Ordering::Relaxed);
+                        chain.event(&mut instances, &call_id, &e).await;
                     }
-                    instances
-                })
-                .await
-                .ok();
+                    Work::Audio(frame) => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        chain.audio(&mut instances, &call_id, &frame).await;
+                    }
+                    Work::Transfer(request, answer) => {
+                        let _ = answer.send(chain.transfer(&mut instances, &call_id, &request).await);
+                    }
+                }
             }
         });
         CallHooks {

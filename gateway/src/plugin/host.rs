@@ -228,6 +228,8 @@ pub(super) struct Shared {
     /// In a cluster, the key-value store lives in Redis (the node's own store stands in
     /// while Redis is away).
     pub(super) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Its HTTP callouts.
+    pub(super) http: super::http::HttpStats,
 }
 
 impl Shared {
@@ -240,6 +242,7 @@ impl Shared {
             log_budget: Mutex::default(),
             data_usage: Mutex::default(),
             cluster: std::sync::OnceLock::new(),
+            http: Default::default(),
         }
     }
 
@@ -295,7 +298,51 @@ pub(super) struct State {
     pub(super) table: ResourceTable,
     pub(super) limits: StoreLimits,
     pub(super) plugin: Arc<Shared>,
+    /// The URLs it may call, and the callouts' limits.
+    pub(super) http: Arc<crate::config::HttpPolicy>,
+    /// The hook running now, and when it must be done.
+    pub(super) hook: Hook,
     pub(super) _slot: Option<Slot>,
+}
+
+/// The running hook's deadline (wall clock: it counts the time spent waiting on the host).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hook {
+    pub(super) deadline: Instant,
+    budget: Duration,
+}
+
+impl Default for Hook {
+    fn default() -> Self {
+        Hook {
+            deadline: Instant::now(),
+            budget: Duration::ZERO,
+        }
+    }
+}
+
+/// Starts the clock of a hook that may run for `budget`.
+pub(super) fn begin_hook(store: &mut wasmtime::Store<State>, budget: Duration) {
+    store.data_mut().hook = Hook {
+        deadline: Instant::now() + budget,
+        budget,
+    };
+    store.set_epoch_deadline(1);
+}
+
+/// At every epoch tick (a millisecond) that finds wasm running: give the thread back to
+/// other tasks, or trap once the hook is past its deadline.
+pub(super) fn watch_deadline(store: &mut wasmtime::Store<State>) {
+    store.epoch_deadline_callback(|store| {
+        let hook = store.data().hook;
+        if Instant::now() >= hook.deadline {
+            return Err(wasmtime::Error::msg(format!(
+                "the hook ran past its deadline ({} ms)",
+                hook.budget.as_millis()
+            )));
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    });
 }
 
 impl WasiView for State {
@@ -310,15 +357,15 @@ impl WasiView for State {
 impl types::Host for State {}
 
 impl State {
-    /// Runs a key-value operation on the cluster's Redis, if the gateway is in a cluster
-    /// and Redis answers in time; `None` means "use the node's own store" (counted as
-    /// `kv_cluster_unavailable`).
-    fn cluster_kv<T>(
-        &self,
-        op: impl FnOnce(&crate::cluster::Cluster, &str) -> Result<T, crate::cluster::KvUnavailable>,
-    ) -> Option<T> {
-        let cluster = self.plugin.cluster.get()?;
-        op(cluster, &self.plugin.name)
+    /// The cluster whose Redis holds the store, if the gateway is in one.
+    fn cluster(&self) -> Option<Arc<crate::cluster::Cluster>> {
+        self.plugin.cluster.get().cloned()
+    }
+
+    /// What a cluster key-value operation gave: `None` means "use the node's own store"
+    /// (Redis away or slow, counted as `kv_cluster_unavailable`).
+    fn cluster_answer<T>(&self, answer: Result<T, crate::cluster::KvUnavailable>) -> Option<T> {
+        answer
             .inspect_err(|_| self.plugin.count("kv_cluster_unavailable", 1))
             .ok()
     }
@@ -362,36 +409,46 @@ impl host::Host for State {
         self.plugin.count(&name, delta);
     }
 
-    fn kv_get(&mut self, key: String) -> Option<String> {
-        if let Some(shared) = self.cluster_kv(|c, plugin| c.kv_get(plugin, &key)) {
-            return shared;
+    async fn kv_get(&mut self, key: String) -> Option<String> {
+        if let Some(cluster) = self.cluster() {
+            let answer = cluster.kv_get(&self.plugin.name, &key).await;
+            if let Some(shared) = self.cluster_answer(answer) {
+                return shared;
+            }
         }
         self.plugin.kv.get(&key)
     }
 
-    fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
+    async fn kv_set(&mut self, key: String, value: String, ttl_seconds: Option<u32>) {
         // The same size limits in Redis as in the node's own store.
         if let Err(refusal) = check_size(&key, &value) {
             return self.kv_refused(refusal);
         }
-        if self
-            .cluster_kv(|c, plugin| c.kv_set(plugin, &key, &value, ttl_seconds))
-            .is_some()
-        {
-            return;
+        if let Some(cluster) = self.cluster() {
+            let answer = cluster
+                .kv_set(&self.plugin.name, &key, &value, ttl_seconds)
+                .await;
+            if self.cluster_answer(answer).is_some() {
+                return;
+            }
         }
         if let Err(refusal) = self.plugin.kv.set(key, value, ttl_seconds) {
             self.kv_refused(refusal);
         }
     }
 
-    fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
+    async fn kv_incr(&mut self, key: String, delta: i64, ttl_seconds: Option<u32>) -> i64 {
         if let Err(refusal) = check_size(&key, "") {
             self.kv_refused(refusal);
             return 0;
         }
-        if let Some(n) = self.cluster_kv(|c, plugin| c.kv_incr(plugin, &key, delta, ttl_seconds)) {
-            return n;
+        if let Some(cluster) = self.cluster() {
+            let answer = cluster
+                .kv_incr(&self.plugin.name, &key, delta, ttl_seconds)
+                .await;
+            if let Some(n) = self.cluster_answer(answer) {
+                return n;
+            }
         }
         // The WIT gives `kv-incr` no error: a refused increment reads as 0, which a rate
         // limiter treats as "first call", and the refusal is counted.
@@ -409,6 +466,13 @@ impl host::Host for State {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
+    }
+
+    async fn http_fetch(
+        &mut self,
+        request: host::HttpRequest,
+    ) -> Result<host::HttpResponse, host::HttpError> {
+        super::http::fetch(&self.plugin, &self.http, self.hook.deadline, request).await
     }
 }
 

@@ -8,11 +8,16 @@
 //! number of live instances. A trap, a timeout or a limit hit discards the instance and
 //! applies the plugin's failure policy; it never takes the call or the gateway down.
 //!
+//! Hooks run asynchronously on the gateway's tokio workers: wasm gives its thread back every
+//! millisecond (epoch yields) and while it waits on the host (Redis, an HTTP callout), so one
+//! slow plugin or CRM never holds a thread other calls need.
+//!
 //! [`PluginHost`] holds the current chain; a reload swaps in a new one for new calls while
 //! running calls finish on the chain they started with.
 
 mod calls;
 mod host;
+mod http;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -24,11 +29,26 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use crate::config::{FailurePolicy, PluginConfig};
 use crate::sip::values::{ValueError, check_extension_header, check_user};
 pub use calls::{CallHooks, CallPlugins};
+pub use http::{DURATION_BUCKETS as HTTP_DURATION_BUCKETS, HttpStats, OUTCOMES as HTTP_OUTCOMES};
 use host::{Shared, Slot, State};
 
 mod bindings {
-    wasmtime::component::bindgen!({ path: "../plugin-sdk/wit", world: "plugin" });
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "plugin",
+        // What waits on the network is async on the host; wasm sees a blocking call.
+        imports: {
+            "gateway:plugin/host.kv-get": async,
+            "gateway:plugin/host.kv-set": async,
+            "gateway:plugin/host.kv-incr": async,
+            "gateway:plugin/host.http-fetch": async,
+        },
+        exports: { default: async },
+    });
 }
+
+/// The interface version this gateway links; components built for another are refused.
+const INTERFACE: &str = "gateway:plugin@0.4.0";
 
 pub use bindings::gateway::plugin::types::{
     AudioFrame, CallEnd, CallInfo, Direction, Event, Manifest, Party, Reject, Route,
@@ -69,6 +89,7 @@ struct Loaded {
     manifest: Manifest,
     pre: bindings::PluginPre<State>,
     shared: Arc<Shared>,
+    http: Arc<crate::config::HttpPolicy>,
 }
 
 /// The configured plugins, in order, compiled for one engine.
@@ -148,6 +169,10 @@ fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Result<Engine> {
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
+            // Hooks run on fibers (async): one stack per instance that may be mid-hook, its
+            // used pages kept like the memories'.
+            .total_stacks(instances)
+            .async_stack_keep_resident(64 << 10)
             .decommit_batch_size(16);
         config.allocation_strategy(pool);
         // Reserve only the largest allowed memory per slot (bounds checks stay in the code)
@@ -158,55 +183,86 @@ fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Result<Engine> {
     Engine::new(&config)
 }
 
+/// Compiles and links every plugin for a new engine (blocking: Cranelift runs here).
+fn compile(
+    configs: &[PluginConfig],
+    pooling: bool,
+) -> Result<(Engine, Vec<bindings::PluginPre<State>>), PluginError> {
+    let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+    let ticker = engine.weak();
+    // The hook deadline's clock: one epoch per millisecond while the engine lives. Without
+    // plugins no wasm runs, and the thread's thousand wake-ups a second would be waste.
+    if !configs.is_empty() {
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| PluginError::Engine(e.to_string()))?;
+    }
+    let mut linker: Linker<State> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+    bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(|e| PluginError::Engine(e.to_string()))?;
+    let mut compiled = Vec::new();
+    for c in configs {
+        let load_err = |reason: String| PluginError::Load {
+            name: c.name.clone(),
+            path: c.path.display().to_string(),
+            reason,
+        };
+        let component =
+            Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::PluginPre::new)
+            .map_err(|e| {
+                load_err(format!(
+                    "{e:#} (this gateway speaks {INTERFACE}: rebuild the plugin against plugin-sdk/wit)"
+                ))
+            })?;
+        compiled.push(pre);
+    }
+    Ok((engine, compiled))
+}
+
 impl PluginChain {
-    /// Compiles every plugin, reads its manifest and runs its `init` once, refusing plugins
-    /// that fail. Uses the pooling allocator, or on-demand allocation if the pool cannot be
-    /// set up here (restricted address space, say). Plugins also in `previous` keep their
-    /// key-value store and counters.
-    pub fn load(
+    /// Compiles every plugin (on the blocking pool), reads its manifest and runs its `init`
+    /// once, refusing plugins that fail. Uses the pooling allocator, or on-demand allocation
+    /// if the pool cannot be set up here (restricted address space, say). Plugins also in
+    /// `previous` keep their key-value store and counters.
+    pub async fn load(
         configs: &[PluginConfig],
         previous: Option<&PluginChain>,
     ) -> Result<PluginChain, PluginError> {
-        match Self::load_with(configs, previous, true) {
+        match Self::load_with(configs, previous, true).await {
             Ok(chain) => Ok(chain),
             // The plugin itself refused: the allocator is not the problem.
             Err(e @ PluginError::Init { .. }) => Err(e),
             Err(pool_error) => {
-                let chain = Self::load_with(configs, previous, false)?;
+                let chain = Self::load_with(configs, previous, false).await?;
                 tracing::warn!(error = %pool_error, "pooling allocator unavailable; plugin instances are allocated on demand");
                 Ok(chain)
             }
         }
     }
 
-    fn load_with(
+    async fn load_with(
         configs: &[PluginConfig],
         previous: Option<&PluginChain>,
         pooling: bool,
     ) -> Result<PluginChain, PluginError> {
-        let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-        let ticker = engine.weak();
-        // The hook deadline's clock: one epoch per millisecond while the engine lives. Without
-        // plugins no wasm runs, and the thread's thousand wake-ups a second would be waste.
-        if !configs.is_empty() {
-            std::thread::Builder::new()
-                .name("plugin-epoch".into())
-                .spawn(move || {
-                    while let Some(engine) = ticker.upgrade() {
-                        engine.increment_epoch();
-                        drop(engine);
-                        std::thread::sleep(TICK);
-                    }
-                })
-                .map_err(|e| PluginError::Engine(e.to_string()))?;
-        }
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
-        bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
+        let owned = configs.to_vec();
+        let (engine, compiled) = tokio::task::spawn_blocking(move || compile(&owned, pooling))
+            .await
+            .map_err(|e| PluginError::Engine(format!("compiling plugins: {e}")))??;
         let mut plugins = Vec::new();
-        for c in configs {
+        for (c, pre) in configs.iter().zip(compiled) {
             let load_err = |reason: String| PluginError::Load {
                 name: c.name.clone(),
                 path: c.path.display().to_string(),
@@ -216,18 +272,6 @@ impl PluginChain {
                 name: c.name.clone(),
                 reason,
             };
-            let component =
-                Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
-            let pre = linker.instantiate_pre(&component).map_err(|e| {
-                load_err(format!(
-                    "{e:#} (this gateway speaks gateway:plugin@0.3.0: rebuild the plugin against plugin-sdk/wit)"
-                ))
-            })?;
-            let pre = bindings::PluginPre::new(pre).map_err(|e| {
-                load_err(format!(
-                    "{e:#} (this gateway speaks gateway:plugin@0.3.0: rebuild the plugin against plugin-sdk/wit)"
-                ))
-            })?;
             let shared = previous
                 .and_then(|p| p.plugins.iter().find(|l| l.config.name == c.name))
                 .map(|l| l.shared.clone())
@@ -240,12 +284,15 @@ impl PluginChain {
                 },
                 pre,
                 shared,
+                http: Arc::new(c.http.clone()),
             };
             let (mut store, plugin) = loaded
                 .instantiate(&engine, None)
+                .await
                 .map_err(|e| load_err(format!("{e:#}")))?;
             loaded.manifest = plugin
                 .call_manifest(&mut store)
+                .await
                 .map_err(|e| init_err(format!("manifest trapped: {e:#}")))?;
             match (&loaded.manifest.data_dir, &c.data_dir) {
                 (true, None) => {
@@ -268,8 +315,9 @@ impl PluginChain {
             // The data directory is granted from here on (the manifest was read without it).
             let (mut store, plugin) = loaded
                 .instantiate(&engine, None)
+                .await
                 .map_err(|e| load_err(format!("{e:#}")))?;
-            match plugin.call_init(&mut store, &c.config_json) {
+            match plugin.call_init(&mut store, &c.config_json).await {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => return Err(init_err(reason)),
                 Err(e) => return Err(init_err(format!("trapped: {e:#}"))),
@@ -310,6 +358,14 @@ impl PluginChain {
         out
     }
 
+    /// Each plugin's HTTP callouts so far.
+    pub fn http_stats(&self) -> Vec<(&str, &HttpStats)> {
+        self.plugins
+            .iter()
+            .map(|p| (p.config.name.as_str(), &p.shared.http))
+            .collect()
+    }
+
     /// Bytes each plugin holds in its key-value store.
     pub fn kv_bytes(&self) -> Vec<(String, usize)> {
         self.plugins
@@ -320,28 +376,13 @@ impl PluginChain {
 
     /// Runs the call-start hooks in order. A `reject` stops the chain; a `route` rewrites
     /// what the next plugins see. Returns the decision and the instances for later events.
-    pub fn start_call(&self, mut call: CallInfo) -> (Decision, CallPlugins) {
+    pub async fn start_call(&self, mut call: CallInfo) -> (Decision, CallPlugins) {
         let mut instances = CallPlugins::default();
         let mut headers = Vec::new();
         let mut failover = Vec::new();
         let mut record = false;
         for (index, loaded) in self.plugins.iter().enumerate() {
-            let result = Slot::take(&loaded.shared, loaded.config.max_instances)
-                .ok_or_else(|| {
-                    wasmtime::Error::msg(format!(
-                        "instance limit: {} calls hold one already (max_instances)",
-                        loaded.config.max_instances
-                    ))
-                })
-                .and_then(|slot| loaded.instantiate(&self.engine, Some(slot)))
-                .and_then(|(mut store, plugin)| {
-                    if let Err(reason) = plugin.call_init(&mut store, &loaded.config.config_json)? {
-                        return Err(wasmtime::Error::msg(format!("init refused: {reason}")));
-                    }
-                    store.set_epoch_deadline(loaded.deadline_ticks());
-                    let verdict = plugin.call_on_call_start(&mut store, &call)?;
-                    Ok((store, plugin, verdict))
-                });
+            let result = loaded.start(&self.engine, &call).await;
             // A route whose values would not make a well-formed INVITE is the plugin failing,
             // like a trap: its policy decides, and nothing it wrote reaches the trunk.
             let result = result.and_then(|(store, plugin, verdict)| match &verdict {
@@ -449,7 +490,31 @@ fn check_route(route: &Route) -> Result<(), ValueError> {
 }
 
 impl Loaded {
-    fn instantiate(
+    /// A fresh instance for a call: its `init`, then its verdict on the call.
+    async fn start(
+        &self,
+        engine: &Engine,
+        call: &CallInfo,
+    ) -> wasmtime::Result<(Store<State>, bindings::Plugin, Verdict)> {
+        let slot = Slot::take(&self.shared, self.config.max_instances).ok_or_else(|| {
+            wasmtime::Error::msg(format!(
+                "instance limit: {} calls hold one already (max_instances)",
+                self.config.max_instances
+            ))
+        })?;
+        let (mut store, plugin) = self.instantiate(engine, Some(slot)).await?;
+        if let Err(reason) = plugin
+            .call_init(&mut store, &self.config.config_json)
+            .await?
+        {
+            return Err(wasmtime::Error::msg(format!("init refused: {reason}")));
+        }
+        host::begin_hook(&mut store, self.config.deadline);
+        let verdict = plugin.call_on_call_start(&mut store, call).await?;
+        Ok((store, plugin, verdict))
+    }
+
+    async fn instantiate(
         &self,
         engine: &Engine,
         slot: Option<Slot>,
@@ -482,17 +547,18 @@ impl Loaded {
                 .trap_on_grow_failure(true)
                 .build(),
             plugin: self.shared.clone(),
+            http: self.http.clone(),
+            hook: host::Hook::default(),
             _slot: slot,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        let plugin = self.pre.instantiate(&mut store)?;
+        host::watch_deadline(&mut store);
+        // Instantiation runs the component's start code: under the same deadline.
+        host::begin_hook(&mut store, self.config.deadline);
+        let plugin = self.pre.instantiate_async(&mut store).await?;
+        host::begin_hook(&mut store, self.config.deadline);
         Ok((store, plugin))
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.config.deadline.as_millis() as u64 / TICK.as_millis() as u64).max(1)
     }
 }
 
@@ -503,7 +569,7 @@ pub struct PluginHost {
     /// The cluster whose Redis holds the plugins' key-value stores, if any.
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// One reload at a time, so the later request's plugins are the ones that stay.
-    reloading: std::sync::Mutex<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl PluginHost {
@@ -512,7 +578,7 @@ impl PluginHost {
         PluginHost {
             current: RwLock::new(Arc::new(chain)),
             cluster: std::sync::OnceLock::new(),
-            reloading: std::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -539,13 +605,12 @@ impl PluginHost {
             .clone()
     }
 
-    /// Loads `configs` and, if every plugin loads, makes them the chain for new calls.
-    /// Blocking (compiles wasm): call it from the blocking pool. On error the running chain
-    /// stays. Returns the names now loaded.
-    pub fn reload(&self, configs: &[PluginConfig]) -> Result<Vec<String>, PluginError> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+    /// Loads `configs` and, if every plugin loads, makes them the chain for new calls. On
+    /// error the running chain stays. Returns the names now loaded.
+    pub async fn reload(&self, configs: &[PluginConfig]) -> Result<Vec<String>, PluginError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let previous = self.current();
-        let chain = PluginChain::load(configs, Some(&previous))?;
+        let chain = PluginChain::load(configs, Some(&previous)).await?;
         self.share_kv(&chain);
         let names = chain
             .plugins
@@ -572,13 +637,16 @@ impl PluginHost {
                     .into(),
             );
         };
-        let host = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let config = crate::config::Config::load(&path).map_err(|e| e.to_string())?;
-            host.reload(&config.plugins).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("plugin reload failed: {e}"))?;
+        let result = match tokio::task::spawn_blocking(move || crate::config::Config::load(&path))
+            .await
+            .map_err(|e| format!("plugin reload failed: {e}"))?
+        {
+            Ok(config) => self
+                .reload(&config.plugins)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         match &result {
             Ok(names) => tracing::info!(plugins = ?names, "plugins reloaded"),
             Err(e) => tracing::warn!(error = %e, "plugin reload refused; the running plugins stay"),

@@ -116,15 +116,9 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
             ip
         }
     });
-    // Loading runs each plugin's init, wasm that may write through WASI's blocking stdio:
-    // it belongs on the blocking pool.
-    let plugin_configs = config.plugins.clone();
-    let plugins = tokio::task::spawn_blocking(move || {
-        crate::plugin::PluginChain::load(&plugin_configs, None)
-    })
-    .await
-    .map_err(|e| format!("plugin loading failed: {e}"))?
-    .map_err(|e| e.to_string())?;
+    let plugins = crate::plugin::PluginChain::load(&config.plugins, None)
+        .await
+        .map_err(|e| e.to_string())?;
     if !plugins.is_empty() {
         tracing::info!(plugins = ?plugins, pooling = plugins.pooling(), "plugins loaded");
     }

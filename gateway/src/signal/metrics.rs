@@ -272,5 +272,43 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             label_value(&plugin)
         ));
     }
+    plugin_http(&mut text, &ctx.plugins.current());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Plugins' HTTP callouts: how they ended, and how long the sent ones took.
+fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
+    use crate::plugin::{HTTP_DURATION_BUCKETS, HTTP_OUTCOMES};
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let stats = chain.http_stats();
+    text.push_str("# HELP gateway_plugin_http_requests_total Plugins' HTTP callouts, by how they ended (denied and busy ones were not sent).
+# TYPE gateway_plugin_http_requests_total counter
+");
+    for (plugin, s) in &stats {
+        for (outcome, count) in HTTP_OUTCOMES.iter().zip(&s.outcomes) {
+            text.push_str(&format!(
+                "gateway_plugin_http_requests_total{{plugin=\"{}\",outcome=\"{outcome}\"}} {}\n",
+                label_value(plugin),
+                load(count)
+            ));
+        }
+    }
+    text.push_str("# HELP gateway_plugin_http_seconds Duration of plugins' HTTP callouts that were sent, to the whole response or the error.
+# TYPE gateway_plugin_http_seconds histogram
+");
+    for (plugin, s) in &stats {
+        let plugin = label_value(plugin);
+        let mut cumulative = 0;
+        for (bound, count) in HTTP_DURATION_BUCKETS.iter().zip(&s.buckets) {
+            cumulative += load(count);
+            text.push_str(&format!(
+                "gateway_plugin_http_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {cumulative}\n"
+            ));
+        }
+        let total = s.sent();
+        text.push_str(&format!(
+            "gateway_plugin_http_seconds_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {total}\ngateway_plugin_http_seconds_sum{{plugin=\"{plugin}\"}} {:.6}\ngateway_plugin_http_seconds_count{{plugin=\"{plugin}\"}} {total}\n",
+            load(&s.sum_us) as f64 / 1e6
+        ));
+    }
 }

@@ -1,0 +1,280 @@
+//! Plugins' HTTP callouts (`http-fetch`): to URLs the operator lists in the plugin's
+//! `allow_http` only, each bounded in time, response size and concurrency, through one
+//! pooled HTTP/1.1 client (rustls, the webpki roots) shared by all plugins.
+//!
+//! A host function of our own WIT rather than `wasi:http`: the plugin gets one blocking call
+//! with a whole response and errors in the gateway's terms (`denied`, `busy`, `timeout`,
+//! `too-large`), the allowlist is checked before anything is resolved, and the SDK's mock
+//! can stand in for it in a plugin's native tests; `wasi:http`'s streams and resources would
+//! give plugins nothing they need here at many times the surface.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::bindings::gateway::plugin::host::{HttpError, HttpRequest, HttpResponse};
+use super::host::Shared;
+use crate::config::HttpPolicy;
+
+/// The largest request body a plugin may send.
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+/// Headers a plugin may set on one request.
+const MAX_REQUEST_HEADERS: usize = 64;
+
+/// Callout duration histogram bounds, seconds.
+pub const DURATION_BUCKETS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// How callouts ended, in the order of [`HttpStats::outcomes`].
+pub const OUTCOMES: [&str; 6] = ["ok", "denied", "busy", "timeout", "too_large", "failed"];
+
+type Https = hyper_rustls::HttpsConnector<HttpConnector>;
+
+static CLIENT: LazyLock<Client<Https, Full<Bytes>>> = LazyLock::new(|| {
+    let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(32)
+        .build(https)
+});
+
+/// One plugin's callouts, for `/metrics`, and how many are in flight.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    in_flight: AtomicUsize,
+    /// By outcome, as [`OUTCOMES`] names them.
+    pub outcomes: [AtomicU64; 6],
+    /// Callouts that were sent, by duration ([`DURATION_BUCKETS`]).
+    pub buckets: [AtomicU64; 9],
+    /// Their total duration, µs.
+    pub sum_us: AtomicU64,
+}
+
+impl HttpStats {
+    fn record(&self, result: &Result<HttpResponse, HttpError>, sent: Option<Duration>) {
+        let outcome = match result {
+            Ok(_) => 0,
+            Err(HttpError::Denied(_)) => 1,
+            Err(HttpError::Busy) => 2,
+            Err(HttpError::Timeout) => 3,
+            Err(HttpError::TooLarge) => 4,
+            Err(HttpError::Failed(_)) => 5,
+        };
+        self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
+        if let Some(took) = sent {
+            let seconds = took.as_secs_f64();
+            if let Some(bucket) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
+                self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+            }
+            self.sum_us
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Callouts that were sent (had a duration).
+    pub fn sent(&self) -> u64 {
+        [0, 3, 4, 5]
+            .iter()
+            .map(|i| self.outcomes[*i].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Holds one of the plugin's `http_max_concurrent` places until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Makes `request` for a plugin, if its policy allows the URL, within its timeout and the
+/// running hook's `deadline`, whichever comes first.
+pub(super) async fn fetch(
+    plugin: &Shared,
+    policy: &HttpPolicy,
+    deadline: Instant,
+    request: HttpRequest,
+) -> Result<HttpResponse, HttpError> {
+    let stats = &plugin.http;
+    let prepared = prepare(policy, request);
+    let prepared = match prepared {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            tracing::debug!(plugin = %plugin.name, error = ?e, "plugin HTTP request refused");
+            let result = Err(e);
+            stats.record(&result, None);
+            return result;
+        }
+    };
+    if stats.in_flight.fetch_add(1, Ordering::AcqRel) >= policy.max_concurrent as usize {
+        stats.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let result = Err(HttpError::Busy);
+        stats.record(&result, None);
+        return result;
+    }
+    let _place = InFlight(&stats.in_flight);
+    let started = Instant::now();
+    let limit = policy
+        .timeout
+        .min(deadline.saturating_duration_since(started));
+    let result = match tokio::time::timeout(limit, send(prepared, policy.max_response_bytes)).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(HttpError::Timeout),
+    };
+    if let Err(e) = &result {
+        tracing::debug!(plugin = %plugin.name, error = ?e, "plugin HTTP request failed");
+    }
+    stats.record(&result, Some(started.elapsed()));
+    result
+}
+
+/// Checks a plugin's request against its policy and the HTTP grammar; nothing is resolved
+/// or sent before it passes.
+fn prepare(
+    policy: &HttpPolicy,
+    request: HttpRequest,
+) -> Result<hyper::Request<Full<Bytes>>, HttpError> {
+    let denied = |why: String| Err(HttpError::Denied(why));
+    let method = match request.method.to_ascii_uppercase().as_str() {
+        "GET" => hyper::Method::GET,
+        "POST" => hyper::Method::POST,
+        "PUT" => hyper::Method::PUT,
+        "PATCH" => hyper::Method::PATCH,
+        "DELETE" => hyper::Method::DELETE,
+        "HEAD" => hyper::Method::HEAD,
+        other => return denied(format!("method `{}` is not allowed", cut(other))),
+    };
+    let url = match url::Url::parse(&request.url) {
+        Ok(url) => url,
+        Err(e) => return denied(format!("`{}` is not an absolute URL: {e}", cut(&request.url))),
+    };
+    if !policy.allow.iter().any(|p| p.allows(&url)) {
+        return denied(format!(
+            "`{}` is not in this plugin's allow_http",
+            cut(url.as_str())
+        ));
+    }
+    if request.body.len() > MAX_REQUEST_BODY {
+        return denied(format!(
+            "the request body is {} bytes; at most {MAX_REQUEST_BODY}",
+            request.body.len()
+        ));
+    }
+    if request.headers.len() > MAX_REQUEST_HEADERS {
+        return denied(format!("more than {MAX_REQUEST_HEADERS} headers"));
+    }
+    let uri: hyper::Uri = match url.as_str().parse() {
+        Ok(uri) => uri,
+        Err(e) => return denied(format!("`{}`: {e}", cut(url.as_str()))),
+    };
+    let mut out = hyper::Request::builder().method(method).uri(uri);
+    let mut agent = false;
+    for (name, value) in &request.headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            return denied(format!("header `{}` is not valid HTTP", cut(name)));
+        };
+        // Framing and routing are the host's: a plugin must not smuggle a second request
+        // or reach another host through the allowed one.
+        if matches!(
+            name.as_str(),
+            "host" | "content-length" | "connection" | "transfer-encoding" | "te" | "upgrade"
+                | "keep-alive" | "proxy-authorization" | "proxy-connection" | "trailer"
+        ) {
+            return denied(format!("header `{name}` is set by the gateway"));
+        }
+        agent |= name == hyper::header::USER_AGENT;
+        out = out.header(name, value);
+    }
+    if !agent {
+        out = out.header(hyper::header::USER_AGENT, "webrtc-sip-gateway-plugin");
+    }
+    out.body(Full::new(Bytes::from(request.body)))
+        .or_else(|e| denied(e.to_string()))
+}
+
+/// Sends a checked request and reads the whole response, refusing a body over `max`.
+async fn send(
+    request: hyper::Request<Full<Bytes>>,
+    max: usize,
+) -> Result<HttpResponse, HttpError> {
+    let response = CLIENT
+        .request(request)
+        .await
+        .map_err(|e| HttpError::Failed(chain(&e)))?;
+    let (parts, body) = response.into_parts();
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(HttpError::TooLarge);
+    }
+    let body = Limited::new(body, max).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            HttpError::TooLarge
+        } else {
+            HttpError::Failed(format!("reading the response: {e}"))
+        }
+    })?;
+    Ok(HttpResponse {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: body.to_bytes().to_vec(),
+    })
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: …").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A plugin-supplied text, cut for an error message.
+fn cut(text: &str) -> String {
+    text.chars().take(200).collect()
+}
