@@ -80,7 +80,9 @@ async fn bench() {
     println!("| measurement | runs | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|");
     for (label, configs) in chains {
-        let chain = PluginChain::load(&configs, None).await.expect("plugins load");
+        let chain = PluginChain::load(&configs, None)
+            .await
+            .expect("plugins load");
         assert!(
             chain.pooling(),
             "expected the pooling allocator on this machine"
@@ -104,7 +106,9 @@ async fn bench() {
         let mut samples = Vec::with_capacity(50_000);
         for _ in 0..50_000 {
             let started = Instant::now();
-            chain.event(&mut instances, "c-bench-0", &Event::Answered).await;
+            chain
+                .event(&mut instances, "c-bench-0", &Event::Answered)
+                .await;
             samples.push(started.elapsed());
         }
         row(&format!("event (answered): {label}"), samples);
@@ -114,7 +118,9 @@ async fn bench() {
         r#"{"record":"all"}"#,
         Some(dir.join("recordings")),
     );
-    let chain = PluginChain::load(&[recorder], None).await.expect("recorder loads");
+    let chain = PluginChain::load(&[recorder], None)
+        .await
+        .expect("recorder loads");
     let (_, mut instances) = chain.start_call(call(0)).await;
     let frame = AudioFrame {
         caller: (0..160).map(|i| (i * 97 % 2000) as i16).collect(),

@@ -33,7 +33,7 @@ impl Default for HttpPolicy {
             allow: Vec::new(),
             timeout: Duration::from_millis(300),
             max_response_bytes: 64 * 1024,
-            max_concurrent: 8,
+            max_concurrent: 32,
         }
     }
 }
@@ -68,7 +68,9 @@ impl UrlPattern {
             format!("`{pattern}` is not an absolute URL ({e}); write it like `https://crm.example/api/*`")
         })?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("`{pattern}`: only http and https URLs can be allowed"));
+            return Err(format!(
+                "`{pattern}`: only http and https URLs can be allowed"
+            ));
         }
         if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
             return Err(format!(
@@ -177,7 +179,10 @@ fn http_policy(c: &mut Checker<'_>, p: &RawPlugin, field: &dyn Fn(&str) -> Strin
             }
         }
     }
-    let mut bounded = |value: &Option<Spanned<u32>>, key: &str, range: std::ops::RangeInclusive<u32>, what: &str| {
+    let mut bounded = |value: &Option<Spanned<u32>>,
+                       key: &str,
+                       range: std::ops::RangeInclusive<u32>,
+                       what: &str| {
         let v = value.as_ref()?;
         if range.contains(v.get_ref()) {
             Some(*v.get_ref())
@@ -230,7 +235,10 @@ mod tests {
     #[test]
     fn a_prefix_pattern_allows_only_its_own_origin_and_paths() {
         let p = "https://crm.example/api/*";
-        assert!(allows(p, "https://crm.example/api/customers?number=%2B4930"));
+        assert!(allows(
+            p,
+            "https://crm.example/api/customers?number=%2B4930"
+        ));
         assert!(allows(p, "https://CRM.example:443/api/x"));
         assert!(!allows(p, "https://crm.example/apix"));
         assert!(!allows(p, "https://crm.example/api/../admin"));

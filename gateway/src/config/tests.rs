@@ -350,3 +350,26 @@ fn a_cluster_needs_a_redis_url_and_a_node_id_fit_for_a_key() {
     let err = parse(&with("node_id = \"gw-1\"\n")).unwrap_err();
     assert!(err.to_string().contains("redis_url"), "{err}");
 }
+
+#[test]
+fn a_plugins_http_allowlist_and_limits_are_checked() {
+    let plugin =
+        |extra: &str| format!("[[plugins]]\nname = \"crm\"\npath = \"/dev/null\"\n{extra}\n");
+    let err = parse(&plugin(
+        "allow_http = [\"https://crm.example/api/*\", \"crm.example/*\"]\nhttp_timeout_ms = 0\nhttp_max_concurrent = 5000",
+    ))
+    .unwrap_err();
+    let fields: Vec<&str> = err.issues.iter().map(|i| i.field.as_str()).collect();
+    for field in [
+        "plugins[0].allow_http",
+        "plugins[0].http_timeout_ms",
+        "plugins[0].http_max_concurrent",
+    ] {
+        assert!(fields.contains(&field), "{field} named: {err}");
+    }
+    assert!(
+        err.to_string()
+            .contains("`crm.example/*` is not an absolute URL"),
+        "{err}"
+    );
+}

@@ -196,7 +196,8 @@ impl CallHooks {
                         chain.audio(&mut instances, &call_id, &frame).await;
                     }
                     Work::Transfer(request, answer) => {
-                        let _ = answer.send(chain.transfer(&mut instances, &call_id, &request).await);
+                        let _ =
+                            answer.send(chain.transfer(&mut instances, &call_id, &request).await);
                     }
                 }
             }

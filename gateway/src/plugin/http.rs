@@ -173,7 +173,12 @@ fn prepare(
     };
     let url = match url::Url::parse(&request.url) {
         Ok(url) => url,
-        Err(e) => return denied(format!("`{}` is not an absolute URL: {e}", cut(&request.url))),
+        Err(e) => {
+            return denied(format!(
+                "`{}` is not an absolute URL: {e}",
+                cut(&request.url)
+            ));
+        }
     };
     if !policy.allow.iter().any(|p| p.allows(&url)) {
         return denied(format!(
@@ -207,8 +212,16 @@ fn prepare(
         // or reach another host through the allowed one.
         if matches!(
             name.as_str(),
-            "host" | "content-length" | "connection" | "transfer-encoding" | "te" | "upgrade"
-                | "keep-alive" | "proxy-authorization" | "proxy-connection" | "trailer"
+            "host"
+                | "content-length"
+                | "connection"
+                | "transfer-encoding"
+                | "te"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-authorization"
+                | "proxy-connection"
+                | "trailer"
         ) {
             return denied(format!("header `{name}` is set by the gateway"));
         }
@@ -223,10 +236,7 @@ fn prepare(
 }
 
 /// Sends a checked request and reads the whole response, refusing a body over `max`.
-async fn send(
-    request: hyper::Request<Full<Bytes>>,
-    max: usize,
-) -> Result<HttpResponse, HttpError> {
+async fn send(request: hyper::Request<Full<Bytes>>, max: usize) -> Result<HttpResponse, HttpError> {
     let response = CLIENT
         .request(request)
         .await
@@ -240,7 +250,9 @@ async fn send(
         return Err(HttpError::TooLarge);
     }
     let body = Limited::new(body, max).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             HttpError::TooLarge
         } else {
             HttpError::Failed(format!("reading the response: {e}"))
@@ -277,4 +289,125 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A plugin-supplied text, cut for an error message.
 fn cut(text: &str) -> String {
     text.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UrlPattern;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers every request with `reply` (or never, if empty).
+    async fn server(reply: &'static [u8]) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    if reply.is_empty() {
+                        let _ = stream.read(&mut buf).await;
+                    } else {
+                        let _ = stream.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn policy(port: u16) -> HttpPolicy {
+        HttpPolicy {
+            allow: vec![UrlPattern::parse(&format!("http://127.0.0.1:{port}/*")).unwrap()],
+            timeout: Duration::from_millis(300),
+            max_response_bytes: 100,
+            max_concurrent: 1,
+        }
+    }
+
+    fn get(url: String) -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            url,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(10)
+    }
+
+    #[tokio::test]
+    async fn a_response_comes_back_whole_and_a_large_one_is_refused() {
+        let shared = Shared::new("t");
+        let ok = server(b"HTTP/1.1 201 Created\r\nx-a: b\r\ncontent-length: 2\r\n\r\nhi").await;
+        let answer = fetch(
+            &shared,
+            &policy(ok),
+            later(),
+            get(format!("http://127.0.0.1:{ok}/x")),
+        )
+        .await
+        .unwrap();
+        assert_eq!((answer.status, answer.body.as_slice()), (201, &b"hi"[..]));
+        assert!(answer.headers.contains(&("x-a".into(), "b".into())));
+        let big: &'static [u8] = Box::leak(
+            format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(500))
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let big = server(big).await;
+        let answer = fetch(
+            &shared,
+            &policy(big),
+            later(),
+            get(format!("http://127.0.0.1:{big}/")),
+        )
+        .await;
+        assert!(matches!(answer, Err(HttpError::TooLarge)), "{answer:?}");
+        assert_eq!(shared.http.outcomes[0].load(Ordering::Relaxed), 1);
+        assert_eq!(shared.http.outcomes[4].load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn one_in_flight_makes_the_next_busy_and_silence_times_out() {
+        let shared = Shared::new("t");
+        let port = server(b"").await;
+        let p = policy(port);
+        let url = format!("http://127.0.0.1:{port}/slow");
+        let (first, second) = tokio::join!(fetch(&shared, &p, later(), get(url.clone())), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            fetch(&shared, &p, later(), get(url.clone())).await
+        });
+        assert!(matches!(first, Err(HttpError::Timeout)), "{first:?}");
+        assert!(matches!(second, Err(HttpError::Busy)), "{second:?}");
+        // The hook's deadline cuts a callout before its own timeout.
+        let started = Instant::now();
+        let cut = fetch(&shared, &p, started + Duration::from_millis(50), get(url)).await;
+        assert!(matches!(cut, Err(HttpError::Timeout)));
+        assert!(started.elapsed() < Duration::from_millis(250));
+    }
+
+    #[test]
+    fn requests_outside_the_policy_or_the_grammar_are_denied_before_sending() {
+        let p = policy(8080);
+        let denied = |request: HttpRequest| match prepare(&p, request) {
+            Err(HttpError::Denied(why)) => why,
+            other => panic!("not denied: {other:?}"),
+        };
+        assert!(denied(get("http://127.0.0.1:8081/".into())).contains("allow_http"));
+        assert!(denied(get("/relative".into())).contains("absolute URL"));
+        let mut smuggle = get("http://127.0.0.1:8080/".into());
+        smuggle.headers = vec![("Transfer-Encoding".into(), "chunked".into())];
+        assert!(denied(smuggle).contains("set by the gateway"));
+        let mut split = get("http://127.0.0.1:8080/".into());
+        split.headers = vec![("x-a".into(), "b\r\nhost: evil".into())];
+        assert!(denied(split).contains("not valid HTTP"));
+        let mut method = get("http://127.0.0.1:8080/".into());
+        method.method = "CONNECT".into();
+        assert!(denied(method).contains("CONNECT"));
+        assert!(prepare(&p, get("http://127.0.0.1:8080/ok".into())).is_ok());
+    }
 }

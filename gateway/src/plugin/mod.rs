@@ -29,8 +29,8 @@ use wasmtime_wasi::{FsPerms, WasiCtx};
 use crate::config::{FailurePolicy, PluginConfig};
 use crate::sip::values::{ValueError, check_extension_header, check_user};
 pub use calls::{CallHooks, CallPlugins};
-pub use http::{DURATION_BUCKETS as HTTP_DURATION_BUCKETS, HttpStats, OUTCOMES as HTTP_OUTCOMES};
 use host::{Shared, Slot, State};
+pub use http::{DURATION_BUCKETS as HTTP_DURATION_BUCKETS, HttpStats, OUTCOMES as HTTP_OUTCOMES};
 
 mod bindings {
     wasmtime::component::bindgen!({
