@@ -50,7 +50,9 @@ impl Config {
             v.get(field)
                 .and_then(|s| s.as_str())
                 .map(str::to_string)
-                .ok_or(format!("crm-router config: `{field}` (a string) is missing"))
+                .ok_or(format!(
+                    "crm-router config: `{field}` (a string) is missing"
+                ))
         };
         let lookup_url = text("lookup_url")?;
         if !lookup_url.contains("{caller}") {
@@ -227,14 +229,21 @@ mod tests {
         assert_eq!(r.trunk.as_deref(), Some("priority"));
         assert_eq!(r.headers, vec![("X-CRM-Account".into(), "A-17".into())]);
         let sent = mock::http_requests();
-        assert_eq!(sent[0].headers[0], ("authorization".into(), "Bearer t".into()));
+        assert_eq!(
+            sent[0].headers[0],
+            ("authorization".into(), "Bearer t".into())
+        );
         assert_eq!(mock::counter("customers"), 1);
     }
 
     #[test]
     fn a_stranger_keeps_the_route_and_the_caller_is_encoded() {
         mock::reset();
-        mock::stub_http("GET", "https://crm.example/c/%2B49%2030%201", Ok(status(404)));
+        mock::stub_http(
+            "GET",
+            "https://crm.example/c/%2B49%2030%201",
+            Ok(status(404)),
+        );
         let mut plugin = CrmRouter::init(CONFIG).unwrap();
         let verdict = plugin.on_call_start(&mock::call("+49 30 1", "+4930123"));
         assert!(matches!(verdict, Verdict::Continue));
@@ -266,7 +275,9 @@ mod tests {
         mock::stub_http(
             "GET",
             "https://crm.example/c/%2B4930555",
-            Ok(mock::json_response(r#"{"customer":true,"owner":"agent-7"}"#)),
+            Ok(mock::json_response(
+                r#"{"customer":true,"owner":"agent-7"}"#,
+            )),
         );
         let mut plugin = CrmRouter::init(CONFIG).unwrap();
         let mut call = mock::call("+4930555", "sales");
@@ -282,7 +293,10 @@ mod tests {
         for (config, says) in [
             ("{", "not JSON"),
             (r#"{"customer_trunk":"p"}"#, "lookup_url"),
-            (r#"{"lookup_url":"https://x/","customer_trunk":"p"}"#, "{caller}"),
+            (
+                r#"{"lookup_url":"https://x/","customer_trunk":"p"}"#,
+                "{caller}",
+            ),
             (
                 r#"{"lookup_url":"https://x/{caller}","customer_trunk":"p","on_error":"panic"}"#,
                 "on_error",
