@@ -25,6 +25,8 @@ pub struct HttpPolicy {
     pub max_response_bytes: usize,
     /// Requests of all its instances in flight at once; beyond, `busy`.
     pub max_concurrent: u32,
+    /// A private CA (PEM) trusted for its `https` callouts, beside the public roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpPolicy {
@@ -34,6 +36,7 @@ impl Default for HttpPolicy {
             timeout: Duration::from_millis(300),
             max_response_bytes: 64 * 1024,
             max_concurrent: 32,
+            ca_file: None,
         }
     }
 }
@@ -148,7 +151,7 @@ pub(super) fn plugins(
                 "a rejection needs a 4xx, 5xx or 6xx SIP status",
             );
         }
-        let http = http_policy(c, p, &field);
+        let http = http_policy(c, p, file, &field);
         plugins.push(PluginConfig {
             name: p.name.clone(),
             path: plugin_path,
@@ -169,8 +172,20 @@ pub(super) fn plugins(
     plugins
 }
 
-fn http_policy(c: &mut Checker<'_>, p: &RawPlugin, field: &dyn Fn(&str) -> String) -> HttpPolicy {
+fn http_policy(
+    c: &mut Checker<'_>,
+    p: &RawPlugin,
+    file: &Path,
+    field: &dyn Fn(&str) -> String,
+) -> HttpPolicy {
     let mut policy = HttpPolicy::default();
+    if let Some(ca) = &p.http_ca_file {
+        let path = path_base(file).join(ca.get_ref());
+        match crate::sip::transport::tls_client_config(Some(&path)) {
+            Ok(_) => policy.ca_file = Some(path),
+            Err(e) => c.issue(ca.span(), field("http_ca_file"), e),
+        }
+    }
     if let Some(allow) = &p.allow_http {
         for entry in allow.get_ref() {
             match UrlPattern::parse(entry) {

@@ -72,6 +72,7 @@ pub(super) struct RawPlugin {
     pub(super) http_timeout_ms: Option<Spanned<u32>>,
     pub(super) http_max_response_bytes: Option<Spanned<u32>>,
     pub(super) http_max_concurrent: Option<Spanned<u32>>,
+    pub(super) http_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -356,7 +356,7 @@ fn a_plugins_http_allowlist_and_limits_are_checked() {
     let plugin =
         |extra: &str| format!("[[plugins]]\nname = \"crm\"\npath = \"/dev/null\"\n{extra}\n");
     let err = parse(&plugin(
-        "allow_http = [\"https://crm.example/api/*\", \"crm.example/*\"]\nhttp_timeout_ms = 0\nhttp_max_concurrent = 5000",
+        "allow_http = [\"https://crm.example/api/*\", \"crm.example/*\"]\nhttp_timeout_ms = 0\nhttp_max_concurrent = 5000\nhttp_ca_file = \"/no/such/ca.pem\"",
     ))
     .unwrap_err();
     let fields: Vec<&str> = err.issues.iter().map(|i| i.field.as_str()).collect();
@@ -364,6 +364,7 @@ fn a_plugins_http_allowlist_and_limits_are_checked() {
         "plugins[0].allow_http",
         "plugins[0].http_timeout_ms",
         "plugins[0].http_max_concurrent",
+        "plugins[0].http_ca_file",
     ] {
         assert!(fields.contains(&field), "{field} named: {err}");
     }

@@ -298,8 +298,8 @@ pub(super) struct State {
     pub(super) table: ResourceTable,
     pub(super) limits: StoreLimits,
     pub(super) plugin: Arc<Shared>,
-    /// The URLs it may call, and the callouts' limits.
-    pub(super) http: Arc<crate::config::HttpPolicy>,
+    /// The URLs it may call, the callouts' limits, and its HTTP client.
+    pub(super) http: Arc<super::http::Callouts>,
     /// The hook running now, and when it must be done.
     pub(super) hook: Hook,
     pub(super) _slot: Option<Slot>,

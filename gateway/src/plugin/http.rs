@@ -1,6 +1,7 @@
 //! Plugins' HTTP callouts (`http-fetch`): to URLs the operator lists in the plugin's
-//! `allow_http` only, each bounded in time, response size and concurrency, through one
-//! pooled HTTP/1.1 client (rustls, the webpki roots) shared by all plugins.
+//! `allow_http` only, each bounded in time, response size and concurrency, through a pooled
+//! HTTP/1.1 client over rustls: one shared by all plugins that trust the webpki roots, one of
+//! its own for a plugin that also trusts a private CA (`http_ca_file`).
 //!
 //! A host function of our own WIT rather than `wasi:http`: the plugin gets one blocking call
 //! with a whole response and errors in the gateway's terms (`denied`, `busy`, `timeout`,
@@ -37,30 +38,52 @@ pub const OUTCOMES: [&str; 6] = ["ok", "denied", "busy", "timeout", "too_large",
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
-static CLIENT: LazyLock<Client<Https, Full<Bytes>>> = LazyLock::new(|| {
+type HttpClient = Client<Https, Full<Bytes>>;
+
+/// The client of plugins that trust the public roots only.
+static PUBLIC: LazyLock<Result<HttpClient, String>> = LazyLock::new(|| client(None));
+
+fn client(ca_file: Option<&std::path::Path>) -> Result<HttpClient, String> {
+    let tls = crate::sip::transport::tls_client_config(ca_file)?;
     let mut connector = HttpConnector::new();
     connector.enforce_http(false);
     connector.set_nodelay(true);
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+        .with_tls_config(Arc::unwrap_or_clone(tls))
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(32)
-        .build(https)
-});
+        .build(https))
+}
+
+/// One plugin's callouts: what it may call, and the client that calls.
+pub(super) struct Callouts {
+    pub(super) policy: HttpPolicy,
+    client: HttpClient,
+}
+
+impl std::fmt::Debug for Callouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.policy.fmt(f)
+    }
+}
+
+impl Callouts {
+    /// The policy's client: the shared one, or one that also trusts its `http_ca_file`.
+    pub(super) fn new(policy: &HttpPolicy) -> Result<Callouts, String> {
+        let client = match &policy.ca_file {
+            None => PUBLIC.clone()?,
+            Some(path) => client(Some(path))?,
+        };
+        Ok(Callouts {
+            policy: policy.clone(),
+            client,
+        })
+    }
+}
 
 /// One plugin's callouts, for `/metrics`, and how many are in flight.
 #[derive(Debug, Default)]
@@ -117,10 +140,11 @@ impl Drop for InFlight<'_> {
 /// running hook's `deadline`, whichever comes first.
 pub(super) async fn fetch(
     plugin: &Shared,
-    policy: &HttpPolicy,
+    callouts: &Callouts,
     deadline: Instant,
     request: HttpRequest,
 ) -> Result<HttpResponse, HttpError> {
+    let policy = &callouts.policy;
     let stats = &plugin.http;
     let prepared = prepare(policy, request);
     let prepared = match prepared {
@@ -143,8 +167,8 @@ pub(super) async fn fetch(
     let limit = policy
         .timeout
         .min(deadline.saturating_duration_since(started));
-    let result = match tokio::time::timeout(limit, send(prepared, policy.max_response_bytes)).await
-    {
+    let sent = send(&callouts.client, prepared, policy.max_response_bytes);
+    let result = match tokio::time::timeout(limit, sent).await {
         Ok(result) => result,
         Err(_) => Err(HttpError::Timeout),
     };
@@ -236,8 +260,12 @@ fn prepare(
 }
 
 /// Sends a checked request and reads the whole response, refusing a body over `max`.
-async fn send(request: hyper::Request<Full<Bytes>>, max: usize) -> Result<HttpResponse, HttpError> {
-    let response = CLIENT
+async fn send(
+    client: &HttpClient,
+    request: hyper::Request<Full<Bytes>>,
+    max: usize,
+) -> Result<HttpResponse, HttpError> {
+    let response = client
         .request(request)
         .await
         .map_err(|e| HttpError::Failed(chain(&e)))?;
@@ -323,7 +351,12 @@ mod tests {
             timeout: Duration::from_millis(300),
             max_response_bytes: 100,
             max_concurrent: 1,
+            ca_file: None,
         }
+    }
+
+    fn callouts(port: u16) -> Callouts {
+        Callouts::new(&policy(port)).unwrap()
     }
 
     fn get(url: String) -> HttpRequest {
@@ -345,7 +378,7 @@ mod tests {
         let ok = server(b"HTTP/1.1 201 Created\r\nx-a: b\r\ncontent-length: 2\r\n\r\nhi").await;
         let answer = fetch(
             &shared,
-            &policy(ok),
+            &callouts(ok),
             later(),
             get(format!("http://127.0.0.1:{ok}/x")),
         )
@@ -361,7 +394,7 @@ mod tests {
         let big = server(big).await;
         let answer = fetch(
             &shared,
-            &policy(big),
+            &callouts(big),
             later(),
             get(format!("http://127.0.0.1:{big}/")),
         )
@@ -375,7 +408,7 @@ mod tests {
     async fn one_in_flight_makes_the_next_busy_and_silence_times_out() {
         let shared = Shared::new("t");
         let port = server(b"").await;
-        let p = policy(port);
+        let p = callouts(port);
         let url = format!("http://127.0.0.1:{port}/slow");
         let (first, second) = tokio::join!(fetch(&shared, &p, later(), get(url.clone())), async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -388,6 +421,51 @@ mod tests {
         let cut = fetch(&shared, &p, started + Duration::from_millis(50), get(url)).await;
         assert!(matches!(cut, Err(HttpError::Timeout)));
         assert!(started.elapsed() < Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn https_is_verified_against_the_public_roots_and_the_plugins_own_ca() {
+        let dir = std::env::temp_dir().join(format!("plugin-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let (ca, key) = (dir.join("ca.pem"), dir.join("key.pem"));
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        std::fs::write(&key, cert.signing_key.serialize_pem()).unwrap();
+        let tls = crate::sip::transport::tls_server_config(&ca, &key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        let shared = Shared::new("t");
+        let mut p = policy(port);
+        p.allow = vec![UrlPattern::parse(&format!("https://127.0.0.1:{port}/*")).unwrap()];
+        let url = format!("https://127.0.0.1:{port}/customer");
+        let public = Callouts::new(&p).unwrap();
+        let refused = fetch(&shared, &public, later(), get(url.clone())).await;
+        assert!(
+            matches!(&refused, Err(HttpError::Failed(why)) if why.contains("certificate")),
+            "a server the public roots do not vouch for is refused: {refused:?}"
+        );
+        p.ca_file = Some(ca);
+        let private = Callouts::new(&p).unwrap();
+        let answer = fetch(&shared, &private, later(), get(url)).await.unwrap();
+        assert_eq!(answer.body, b"secret");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

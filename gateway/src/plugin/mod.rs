@@ -89,7 +89,7 @@ struct Loaded {
     manifest: Manifest,
     pre: bindings::PluginPre<State>,
     shared: Arc<Shared>,
-    http: Arc<crate::config::HttpPolicy>,
+    http: Arc<http::Callouts>,
 }
 
 /// The configured plugins, in order, compiled for one engine.
@@ -284,7 +284,10 @@ impl PluginChain {
                 },
                 pre,
                 shared,
-                http: Arc::new(c.http.clone()),
+                http: Arc::new(
+                    http::Callouts::new(&c.http)
+                        .map_err(|e| load_err(format!("its HTTP client: {e}")))?,
+                ),
             };
             let (mut store, plugin) = loaded
                 .instantiate(&engine, None)
