@@ -321,17 +321,26 @@ impl Default for Hook {
     }
 }
 
-/// Starts the clock of a hook that may run for `budget`.
-pub(super) fn begin_hook(store: &mut wasmtime::Store<State>, budget: Duration) {
-    store.data_mut().hook = Hook {
-        deadline: Instant::now() + budget,
-        budget,
-    };
-    store.set_epoch_deadline(1);
+/// How long running wasm keeps its thread before it yields to other tasks (epoch ticks, ms).
+/// Not every tick: a yield is a fiber switch, and a typical hook (tens of µs) would pay one
+/// whenever it happened to run across a tick.
+const SLICE_TICKS: u64 = 5;
+
+/// Ticks until the next check: a slice, or less when the deadline comes first.
+fn ticks_until(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+    left.clamp(1, SLICE_TICKS)
 }
 
-/// At every epoch tick (a millisecond) that finds wasm running: give the thread back to
-/// other tasks, or trap once the hook is past its deadline.
+/// Starts the clock of a hook that may run for `budget`.
+pub(super) fn begin_hook(store: &mut wasmtime::Store<State>, budget: Duration) {
+    let deadline = Instant::now() + budget;
+    store.data_mut().hook = Hook { deadline, budget };
+    store.set_epoch_deadline(ticks_until(deadline));
+}
+
+/// When running wasm reaches its next check: trap once the hook is past its deadline, else
+/// give the thread back to other tasks for a moment and run on.
 pub(super) fn watch_deadline(store: &mut wasmtime::Store<State>) {
     store.epoch_deadline_callback(|store| {
         let hook = store.data().hook;
@@ -341,7 +350,7 @@ pub(super) fn watch_deadline(store: &mut wasmtime::Store<State>) {
                 hook.budget.as_millis()
             )));
         }
-        Ok(wasmtime::UpdateDeadline::Yield(1))
+        Ok(wasmtime::UpdateDeadline::Yield(ticks_until(hook.deadline)))
     });
 }
 
