@@ -218,6 +218,12 @@ async fn the_crm_sends_a_customer_to_the_second_trunk_and_a_stranger_to_the_firs
     assert!(!first_log.contains("X-CRM-Account"), "{first_log}");
     assert_eq!(crm.paths(), ["/customers/alice", "/customers/bob"]);
     assert_eq!(callouts(&gateway, "ok").await, "2");
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_plugin_http_seconds_count{plugin=\"crm\"} 2")
+            && metrics.contains("gateway_plugin_http_seconds_bucket{plugin=\"crm\",le=\"+Inf\"} 2"),
+        "the callouts' durations are on /metrics: {metrics}"
+    );
     assert_eq!(
         (
             counter(&gateway, "customers"),

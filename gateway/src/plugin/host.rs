@@ -328,7 +328,9 @@ const SLICE_TICKS: u64 = 5;
 
 /// Ticks until the next check: a slice, or less when the deadline comes first.
 fn ticks_until(deadline: Instant) -> u64 {
-    let left = deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .as_millis() as u64;
     left.clamp(1, SLICE_TICKS)
 }
 
