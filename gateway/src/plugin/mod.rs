@@ -16,14 +16,15 @@
 //! running calls finish on the chain they started with.
 
 mod calls;
+mod engine;
 mod host;
 mod http;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, PoolingAllocationConfig, Store, StoreLimitsBuilder};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::config::{FailurePolicy, PluginConfig};
@@ -136,101 +137,6 @@ pub enum Decision {
     },
 }
 
-fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Result<Engine> {
-    let mut config = Config::new();
-    config.epoch_interruption(true);
-    if pooling {
-        // Slots for every instance the limits allow, plus one per plugin for loading.
-        let instances: u32 = configs
-            .iter()
-            .map(|c| c.max_instances.saturating_add(1))
-            .fold(0u32, u32::saturating_add)
-            .clamp(1, 20_000);
-        let max_memory = configs
-            .iter()
-            .map(|c| c.memory_bytes)
-            .max()
-            .unwrap_or(1 << 24);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(4))
-            .total_memories(instances.saturating_mul(2))
-            .total_tables(instances.saturating_mul(4))
-            .max_memory_size(max_memory)
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(4)
-            .max_tables_per_component(8)
-            // Components built from other languages (a JavaScript engine, say) have large
-            // function tables.
-            .table_elements(100_000)
-            // Calls come constantly: keep a slot's pages mapped and reset only the pages the
-            // last call dirtied (PAGEMAP_SCAN where the kernel has it) instead of returning
-            // them to the kernel and faulting them in again.
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10)
-            // Hooks run on fibers (async): one stack per instance that may be mid-hook, its
-            // used pages kept like the memories'.
-            .total_stacks(instances)
-            .async_stack_keep_resident(64 << 10)
-            .decommit_batch_size(16);
-        config.allocation_strategy(pool);
-        // Reserve only the largest allowed memory per slot (bounds checks stay in the code)
-        // instead of 4 GiB each, so thousands of slots fit the address space.
-        config.memory_reservation(max_memory as u64);
-        config.memory_guard_size(64 * 1024);
-    }
-    Engine::new(&config)
-}
-
-/// Compiles and links every plugin for a new engine (blocking: Cranelift runs here).
-fn compile(
-    configs: &[PluginConfig],
-    pooling: bool,
-) -> Result<(Engine, Vec<bindings::PluginPre<State>>), PluginError> {
-    let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
-    let ticker = engine.weak();
-    // The hook deadline's clock: one epoch per millisecond while the engine lives. Without
-    // plugins no wasm runs, and the thread's thousand wake-ups a second would be waste.
-    if !configs.is_empty() {
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .map_err(|e| PluginError::Engine(e.to_string()))?;
-    }
-    let mut linker: Linker<State> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-        .map_err(|e| PluginError::Engine(e.to_string()))?;
-    bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-        .map_err(|e| PluginError::Engine(e.to_string()))?;
-    let mut compiled = Vec::new();
-    for c in configs {
-        let load_err = |reason: String| PluginError::Load {
-            name: c.name.clone(),
-            path: c.path.display().to_string(),
-            reason,
-        };
-        let component =
-            Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(bindings::PluginPre::new)
-            .map_err(|e| {
-                load_err(format!(
-                    "{e:#} (this gateway speaks {INTERFACE}: rebuild the plugin against plugin-sdk/wit)"
-                ))
-            })?;
-        compiled.push(pre);
-    }
-    Ok((engine, compiled))
-}
-
 impl PluginChain {
     /// Compiles every plugin (on the blocking pool), reads its manifest and runs its `init`
     /// once, refusing plugins that fail. Uses the pooling allocator, or on-demand allocation
@@ -258,9 +164,10 @@ impl PluginChain {
         pooling: bool,
     ) -> Result<PluginChain, PluginError> {
         let owned = configs.to_vec();
-        let (engine, compiled) = tokio::task::spawn_blocking(move || compile(&owned, pooling))
-            .await
-            .map_err(|e| PluginError::Engine(format!("compiling plugins: {e}")))??;
+        let (engine, compiled) =
+            tokio::task::spawn_blocking(move || engine::compile(&owned, pooling))
+                .await
+                .map_err(|e| PluginError::Engine(format!("compiling plugins: {e}")))??;
         let mut plugins = Vec::new();
         for (c, pre) in configs.iter().zip(compiled) {
             let load_err = |reason: String| PluginError::Load {
