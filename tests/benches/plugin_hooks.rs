@@ -2,7 +2,9 @@
 //! - per call: fresh instances from the cached `InstancePre` + `init` + the call-start
 //!   verdict, and dropping the instances at the end (p50 / p99);
 //! - per event (`answered`) on a call's live instances;
-//! - per 20 ms audio frame to the recorder (which writes the WAV file).
+//! - per 20 ms audio frame to the recorder (which writes the WAV file);
+//! - per call with one HTTP callout: the crm-router asking a CRM on loopback (a keep-alive
+//!   HTTP/1.1 server on a thread of its own) about the caller.
 //!
 //! Run: `cargo bench -p gateway-tests --bench plugin_hooks`. Prints one table.
 
@@ -135,4 +137,73 @@ async fn bench() {
     row("audio frame (20 ms, both ways) to the recorder", samples);
     drop(instances);
     let _ = std::fs::remove_dir_all(&dir);
+
+    let crm = crm_server();
+    let mut crm_router = config(
+        "crm-router",
+        &format!(
+            r#"{{"lookup_url":"http://{crm}/customers/{{caller}}","customer_trunk":"priority"}}"#
+        ),
+        None,
+    );
+    crm_router.deadline = Duration::from_millis(500);
+    crm_router.http.allow =
+        vec![gateway::config::UrlPattern::parse(&format!("http://{crm}/customers/*")).unwrap()];
+    let chain = PluginChain::load(&[crm_router], None)
+        .await
+        .expect("crm-router loads");
+    for i in 0..200 {
+        drop(chain.start_call(call(i)).await);
+    }
+    let mut samples = Vec::with_capacity(5_000);
+    for i in 0..5_000 {
+        let started = Instant::now();
+        let (decision, instances) = chain.start_call(call(i)).await;
+        drop(instances);
+        samples.push(started.elapsed());
+        assert!(
+            matches!(&decision, Decision::Place { trunk, .. } if trunk == "priority"),
+            "the CRM was asked and answered: {decision:?}"
+        );
+    }
+    row(
+        "instantiate + init + HTTP callout + verdict: crm-router",
+        samples,
+    );
+}
+
+/// A CRM on loopback that says every caller is a customer: HTTP/1.1 keep-alive, one thread
+/// per connection, so its work is not on the measured thread.
+fn crm_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the CRM");
+    let addr = listener.local_addr().expect("the CRM's address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_nodelay(true);
+                let body = r#"{"customer":true,"account":"A-1"}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        if stream.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -42,23 +42,24 @@ impl CallPlugins {
     }
 }
 
-/// A hook that informs and answers nothing: a failure drops the plugin from the call.
+/// A hook run on each of a call's instances in chain order.
 #[derive(Clone, Copy)]
-enum Notice<'a> {
+enum Hook<'a> {
     Event(&'a Event),
     Audio(&'a AudioFrame),
+    Transfer(&'a TransferRequest),
 }
 
 impl PluginChain {
     /// Passes a later event of a call to the plugins that saw its start. A failing plugin is
     /// dropped from the call (events are informational: nothing to fail closed on).
     pub async fn event(&self, call: &mut CallPlugins, call_id: &str, event: &Event) {
-        self.notify(call, call_id, Notice::Event(event)).await;
+        self.run(call, call_id, Hook::Event(event)).await;
     }
 
     /// Passes 20 ms of audio to the call's plugins that asked for audio.
     pub async fn audio(&self, call: &mut CallPlugins, call_id: &str, frame: &AudioFrame) {
-        self.notify(call, call_id, Notice::Audio(frame)).await;
+        self.run(call, call_id, Hook::Audio(frame)).await;
     }
 
     /// Asks the call's plugins, in chain order, whether the trunk may transfer the call; the
@@ -70,60 +71,55 @@ impl PluginChain {
         call_id: &str,
         request: &TransferRequest,
     ) -> Option<Reject> {
+        self.run(call, call_id, Hook::Transfer(request)).await
+    }
+
+    /// Runs `hook` on each instance that wants it, under its deadline, until one refuses (a
+    /// transfer); an instance that fails is logged, counted and dropped from the call.
+    async fn run(&self, call: &mut CallPlugins, call_id: &str, hook: Hook<'_>) -> Option<Reject> {
         let mut i = 0;
         while i < call.instances.len() {
             let (index, store, plugin) = &mut call.instances[i];
             let index = *index;
             let loaded = &self.plugins[index];
             host::begin_hook(store, loaded.config.deadline);
-            match plugin.call_on_transfer(&mut *store, call_id, request).await {
-                Ok(None) => i += 1,
-                Ok(Some(r)) => {
-                    let r = super::bounded(r);
-                    tracing::info!(plugin = %loaded.config.name, sip_code = r.sip_code, reason = %r.reason, "plugin refused a transfer");
-                    return Some(r);
-                }
-                Err(e) => {
-                    call.instances.remove(i);
-                    self.failed(index, "a transfer", &e);
-                    if loaded.config.policy == FailurePolicy::FailClosed {
-                        return Some(Reject {
-                            sip_code: loaded.config.reject_code,
-                            reason: format!("plugin `{}` failed", loaded.config.name),
-                        });
+            let result = match hook {
+                Hook::Event(event) => plugin.call_on_event(&mut *store, call_id, event).await,
+                Hook::Audio(_) if !loaded.manifest.audio => Ok(()),
+                Hook::Audio(frame) => plugin.call_on_audio(&mut *store, call_id, frame).await,
+                Hook::Transfer(request) => {
+                    match plugin.call_on_transfer(&mut *store, call_id, request).await {
+                        Ok(Some(r)) => {
+                            let r = super::bounded(r);
+                            tracing::info!(plugin = %loaded.config.name, sip_code = r.sip_code, reason = %r.reason, "plugin refused a transfer");
+                            return Some(r);
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
                     }
                 }
+            };
+            let Err(e) = result else {
+                i += 1;
+                continue;
+            };
+            call.instances.remove(i);
+            let what = match hook {
+                Hook::Event(_) => "an event",
+                Hook::Audio(_) => "an audio frame",
+                Hook::Transfer(_) => "a transfer",
+            };
+            self.failed(index, what, &e);
+            if matches!(hook, Hook::Transfer(_))
+                && loaded.config.policy == FailurePolicy::FailClosed
+            {
+                return Some(Reject {
+                    sip_code: loaded.config.reject_code,
+                    reason: format!("plugin `{}` failed", loaded.config.name),
+                });
             }
         }
         None
-    }
-
-    /// Runs an informational hook on each instance that wants it, under its deadline; an
-    /// instance that fails is logged, counted and dropped from the call.
-    async fn notify(&self, call: &mut CallPlugins, call_id: &str, notice: Notice<'_>) {
-        let mut i = 0;
-        while i < call.instances.len() {
-            let (index, store, plugin) = &mut call.instances[i];
-            let index = *index;
-            let loaded = &self.plugins[index];
-            host::begin_hook(store, loaded.config.deadline);
-            let result = match notice {
-                Notice::Event(event) => plugin.call_on_event(&mut *store, call_id, event).await,
-                Notice::Audio(_) if !loaded.manifest.audio => Ok(()),
-                Notice::Audio(frame) => plugin.call_on_audio(&mut *store, call_id, frame).await,
-            };
-            match result {
-                Ok(()) => i += 1,
-                Err(e) => {
-                    call.instances.remove(i);
-                    let what = match notice {
-                        Notice::Event(_) => "an event",
-                        Notice::Audio(_) => "an audio frame",
-                    };
-                    self.failed(index, what, &e);
-                }
-            }
-        }
     }
 
     fn failed(&self, index: usize, what: &str, e: &wasmtime::Error) {
