@@ -17,7 +17,8 @@ RUN cargo build --release --locked -p gateway --bin gateway \
  && cp target/release/gateway /out/ \
  && cp target/plugins/wasm32-wasip2/release/router.wasm \
        target/plugins/wasm32-wasip2/release/compliance.wasm \
-       target/plugins/wasm32-wasip2/release/recorder.wasm /out/plugins/
+       target/plugins/wasm32-wasip2/release/recorder.wasm \
+       target/plugins/wasm32-wasip2/release/crm_router.wasm /out/plugins/
 
 # --- runtime: the binary (the web demo and widget are built into it), libopus, a user ---
 FROM debian:bookworm-slim
