@@ -8,9 +8,9 @@
 //! number of live instances. A trap, a timeout or a limit hit discards the instance and
 //! applies the plugin's failure policy; it never takes the call or the gateway down.
 //!
-//! Hooks run asynchronously on the gateway's tokio workers: wasm gives its thread back every
-//! millisecond (epoch yields) and while it waits on the host (Redis, an HTTP callout), so one
-//! slow plugin or CRM never holds a thread other calls need.
+//! Hooks run asynchronously on the gateway's tokio workers: running wasm gives its thread
+//! back every few milliseconds (epoch yields), and a hook waiting on the host (Redis, an HTTP
+//! callout) holds no thread at all, so one slow plugin or CRM never stalls other calls.
 //!
 //! [`PluginHost`] holds the current chain; a reload swaps in a new one for new calls while
 //! running calls finish on the chain they started with.
