@@ -350,3 +350,76 @@ async fn a_hook_that_outruns_its_deadline_waiting_on_the_crm_gets_the_failure_po
     assert_eq!(counter(&gateway, "failures"), 1);
     assert_eq!(callouts(&gateway, "timeout").await, "1");
 }
+
+/// The decisive form of "a waiting hook holds no thread": one thread only (a current-thread
+/// runtime), one call's plugin waiting on a CRM that never answers, and another call's
+/// plugins decide meanwhile. A hook that blocked its thread would stall the second call
+/// until the first timed out.
+#[tokio::test(flavor = "current_thread")]
+async fn on_one_thread_a_call_is_decided_while_another_calls_plugin_waits_on_its_crm() {
+    use gateway::plugin::{CallInfo, Decision, Direction, PluginChain};
+    let crm = Crm::start().await;
+    let config = gateway::config::PluginConfig {
+        name: "crm".into(),
+        path: build_plugin("crm-router"),
+        config_json: format!(
+            r#"{{"lookup_url":"http://127.0.0.1:{}/customers/{{caller}}","customer_trunk":"second"}}"#,
+            crm.port
+        ),
+        policy: gateway::config::FailurePolicy::FailOpen,
+        reject_code: 503,
+        memory_bytes: 16 << 20,
+        deadline: Duration::from_secs(5),
+        max_instances: 10,
+        data_dir: None,
+        data_quota_bytes: u64::MAX,
+        http: gateway::config::HttpPolicy {
+            allow: vec![
+                gateway::config::UrlPattern::parse(&format!(
+                    "http://127.0.0.1:{}/customers/*",
+                    crm.port
+                ))
+                .unwrap(),
+            ],
+            timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    };
+    let chain = Arc::new(PluginChain::load(&[config], None).await.unwrap());
+    let call = |caller: &str| CallInfo {
+        call_id: format!("c-{caller}"),
+        direction: Direction::Outbound,
+        caller: caller.into(),
+        destination: "sales".into(),
+        trunk: "first".into(),
+        number: "100".into(),
+        caller_id: String::new(),
+        asserted: None,
+        diverted_from: None,
+    };
+    let waiting = tokio::spawn({
+        let chain = chain.clone();
+        let call = call("hang-erin");
+        async move { chain.start_call(call).await.0 }
+    });
+    let mut waited = 0;
+    while !crm.hanging.load(Ordering::SeqCst) {
+        assert!(waited < 500, "the hanging lookup reached the CRM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    let (decision, _) = chain.start_call(call("alice")).await;
+    assert!(
+        matches!(&decision, Decision::Place { trunk, .. } if trunk == "second"),
+        "{decision:?}"
+    );
+    assert!(
+        !waiting.is_finished(),
+        "decided while the other call's plugin still waited on its CRM"
+    );
+    let first = waiting.await.unwrap();
+    assert!(
+        matches!(&first, Decision::Place { trunk, .. } if trunk == "first"),
+        "the waiting call timed out and kept its route: {first:?}"
+    );
+}
