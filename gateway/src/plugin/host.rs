@@ -276,13 +276,18 @@ pub(super) struct Slot(Arc<Shared>);
 
 impl Slot {
     pub(super) fn take(shared: &Arc<Shared>, max: u32) -> Option<Slot> {
-        let taken = shared.live.fetch_add(1, Ordering::AcqRel);
-        if taken >= max as usize {
-            shared.live.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Slot(shared.clone()))
+        take_one(&shared.live, max as usize).then(|| Slot(shared.clone()))
     }
+}
+
+/// Counts one more in `counter` unless `max` are counted already (then leaves it as it was);
+/// whoever got `true` gives it back with a `fetch_sub` when done.
+pub(super) fn take_one(counter: &AtomicUsize, max: usize) -> bool {
+    if counter.fetch_add(1, Ordering::AcqRel) >= max {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    true
 }
 
 impl Drop for Slot {

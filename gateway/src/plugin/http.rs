@@ -91,8 +91,10 @@ pub struct HttpStats {
     in_flight: AtomicUsize,
     /// By outcome, as [`OUTCOMES`] names them.
     pub outcomes: [AtomicU64; 6],
-    /// Callouts that were sent, by duration ([`DURATION_BUCKETS`]).
+    /// Callouts that were sent, by duration ([`DURATION_BUCKETS`]; longer ones in none).
     pub buckets: [AtomicU64; 9],
+    /// Callouts that were sent (not `denied` or `busy`), whatever their duration.
+    pub sent: AtomicU64,
     /// Their total duration, µs.
     pub sum_us: AtomicU64,
 }
@@ -109,6 +111,7 @@ impl HttpStats {
         };
         self.outcomes[outcome].fetch_add(1, Ordering::Relaxed);
         if let Some(took) = sent {
+            self.sent.fetch_add(1, Ordering::Relaxed);
             let seconds = took.as_secs_f64();
             if let Some(bucket) = DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
                 self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -116,14 +119,6 @@ impl HttpStats {
             self.sum_us
                 .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
-    }
-
-    /// Callouts that were sent (had a duration).
-    pub fn sent(&self) -> u64 {
-        [0, 3, 4, 5]
-            .iter()
-            .map(|i| self.outcomes[*i].load(Ordering::Relaxed))
-            .sum()
     }
 }
 
@@ -137,32 +132,38 @@ impl Drop for InFlight<'_> {
 }
 
 /// Makes `request` for a plugin, if its policy allows the URL, within its timeout and the
-/// running hook's `deadline`, whichever comes first.
+/// running hook's `deadline`, whichever comes first; counts how it ended.
 pub(super) async fn fetch(
     plugin: &Shared,
     callouts: &Callouts,
     deadline: Instant,
     request: HttpRequest,
 ) -> Result<HttpResponse, HttpError> {
-    let policy = &callouts.policy;
-    let stats = &plugin.http;
-    let prepared = prepare(policy, request);
-    let prepared = match prepared {
-        Ok(prepared) => prepared,
-        Err(e) => {
-            tracing::debug!(plugin = %plugin.name, error = ?e, "plugin HTTP request refused");
-            let result = Err(e);
-            stats.record(&result, None);
-            return result;
-        }
-    };
-    if stats.in_flight.fetch_add(1, Ordering::AcqRel) >= policy.max_concurrent as usize {
-        stats.in_flight.fetch_sub(1, Ordering::AcqRel);
-        let result = Err(HttpError::Busy);
-        stats.record(&result, None);
-        return result;
+    let (result, took) = attempt(plugin, callouts, deadline, request).await;
+    if let Err(e) = &result {
+        tracing::debug!(plugin = %plugin.name, error = ?e, "plugin HTTP request failed or refused");
     }
-    let _place = InFlight(&stats.in_flight);
+    plugin.http.record(&result, took);
+    result
+}
+
+/// The callout itself, and how long it took if it was sent.
+async fn attempt(
+    plugin: &Shared,
+    callouts: &Callouts,
+    deadline: Instant,
+    request: HttpRequest,
+) -> (Result<HttpResponse, HttpError>, Option<Duration>) {
+    let policy = &callouts.policy;
+    let prepared = match prepare(policy, request) {
+        Ok(prepared) => prepared,
+        Err(e) => return (Err(e), None),
+    };
+    let in_flight = &plugin.http.in_flight;
+    if !super::host::take_one(in_flight, policy.max_concurrent as usize) {
+        return (Err(HttpError::Busy), None);
+    }
+    let _place = InFlight(in_flight);
     let started = Instant::now();
     let limit = policy
         .timeout
@@ -172,11 +173,7 @@ pub(super) async fn fetch(
         Ok(result) => result,
         Err(_) => Err(HttpError::Timeout),
     };
-    if let Err(e) = &result {
-        tracing::debug!(plugin = %plugin.name, error = ?e, "plugin HTTP request failed");
-    }
-    stats.record(&result, Some(started.elapsed()));
-    result
+    (result, Some(started.elapsed()))
 }
 
 /// Checks a plugin's request against its policy and the HTTP grammar; nothing is resolved

@@ -26,13 +26,34 @@ fn histogram(
     sum: f64,
 ) {
     text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    histogram_series(text, name, "", bounds, counts, total, sum);
+}
+
+/// One series of a histogram whose `# HELP` and `# TYPE` lines are written: its buckets,
+/// sum and count, with `labels` (`plugin="crm"`, or none) on each line.
+fn histogram_series(
+    text: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[std::sync::atomic::AtomicU64],
+    total: u64,
+    sum: f64,
+) {
+    let (with, alone) = if labels.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{labels},"), format!("{{{labels}}}"))
+    };
     let mut cumulative = 0;
     for (bound, count) in bounds.iter().zip(counts) {
         cumulative += count.load(Ordering::Relaxed);
-        text.push_str(&format!("{name}_bucket{{le=\"{bound}\"}} {cumulative}\n"));
+        text.push_str(&format!(
+            "{name}_bucket{{{with}le=\"{bound}\"}} {cumulative}\n"
+        ));
     }
     text.push_str(&format!(
-        "{name}_bucket{{le=\"+Inf\"}} {total}\n{name}_sum {sum:.6}\n{name}_count {total}\n"
+        "{name}_bucket{{{with}le=\"+Inf\"}} {total}\n{name}_sum{alone} {sum:.6}\n{name}_count{alone} {total}\n"
     ));
 }
 
@@ -281,9 +302,7 @@ fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
     use crate::plugin::{HTTP_DURATION_BUCKETS, HTTP_OUTCOMES};
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let stats = chain.http_stats();
-    text.push_str("# HELP gateway_plugin_http_requests_total Plugins' HTTP callouts, by how they ended (denied and busy ones were not sent).
-# TYPE gateway_plugin_http_requests_total counter
-");
+    text.push_str("# HELP gateway_plugin_http_requests_total Plugins' HTTP callouts, by how they ended (denied and busy ones were not sent).\n# TYPE gateway_plugin_http_requests_total counter\n");
     for (plugin, s) in &stats {
         for (outcome, count) in HTTP_OUTCOMES.iter().zip(&s.outcomes) {
             text.push_str(&format!(
@@ -293,22 +312,16 @@ fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
             ));
         }
     }
-    text.push_str("# HELP gateway_plugin_http_seconds Duration of plugins' HTTP callouts that were sent, to the whole response or the error.
-# TYPE gateway_plugin_http_seconds histogram
-");
+    text.push_str("# HELP gateway_plugin_http_seconds Duration of plugins' HTTP callouts that were sent, to the whole response or the error.\n# TYPE gateway_plugin_http_seconds histogram\n");
     for (plugin, s) in &stats {
-        let plugin = label_value(plugin);
-        let mut cumulative = 0;
-        for (bound, count) in HTTP_DURATION_BUCKETS.iter().zip(&s.buckets) {
-            cumulative += load(count);
-            text.push_str(&format!(
-                "gateway_plugin_http_seconds_bucket{{plugin=\"{plugin}\",le=\"{bound}\"}} {cumulative}\n"
-            ));
-        }
-        let total = s.sent();
-        text.push_str(&format!(
-            "gateway_plugin_http_seconds_bucket{{plugin=\"{plugin}\",le=\"+Inf\"}} {total}\ngateway_plugin_http_seconds_sum{{plugin=\"{plugin}\"}} {:.6}\ngateway_plugin_http_seconds_count{{plugin=\"{plugin}\"}} {total}\n",
-            load(&s.sum_us) as f64 / 1e6
-        ));
+        histogram_series(
+            text,
+            "gateway_plugin_http_seconds",
+            &format!("plugin=\"{}\"", label_value(plugin)),
+            &HTTP_DURATION_BUCKETS,
+            &s.buckets,
+            load(&s.sent),
+            load(&s.sum_us) as f64 / 1e6,
+        );
     }
 }
