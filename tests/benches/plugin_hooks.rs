@@ -89,17 +89,10 @@ async fn bench() {
             chain.pooling(),
             "expected the pooling allocator on this machine"
         );
-        for i in 0..500 {
-            drop(chain.start_call(call(i)).await);
-        }
-        let mut samples = Vec::with_capacity(20_000);
-        for i in 0..20_000 {
-            let started = Instant::now();
-            let (decision, instances) = chain.start_call(call(i)).await;
-            drop(instances);
-            samples.push(started.elapsed());
-            assert!(matches!(decision, Decision::Place { .. }));
-        }
+        let samples = time_call_starts(&chain, 500, 20_000, |decision| {
+            assert!(matches!(decision, Decision::Place { .. }))
+        })
+        .await;
         row(
             &format!("instantiate + init + verdict + drop: {label}"),
             samples,
@@ -152,24 +145,39 @@ async fn bench() {
     let chain = PluginChain::load(&[crm_router], None)
         .await
         .expect("crm-router loads");
-    for i in 0..200 {
-        drop(chain.start_call(call(i)).await);
-    }
-    let mut samples = Vec::with_capacity(5_000);
-    for i in 0..5_000 {
-        let started = Instant::now();
-        let (decision, instances) = chain.start_call(call(i)).await;
-        drop(instances);
-        samples.push(started.elapsed());
+    let samples = time_call_starts(&chain, 200, 5_000, |decision| {
         assert!(
-            matches!(&decision, Decision::Place { trunk, .. } if trunk == "priority"),
+            matches!(decision, Decision::Place { trunk, .. } if trunk == "priority"),
             "the CRM was asked and answered: {decision:?}"
-        );
-    }
+        )
+    })
+    .await;
     row(
         "instantiate + init + HTTP callout + verdict: crm-router",
         samples,
     );
+}
+
+/// Times `runs` call starts (instances dropped at once, as a call that ends), after `warm`
+/// untimed ones, checking each decision with `check`.
+async fn time_call_starts(
+    chain: &PluginChain,
+    warm: u64,
+    runs: u64,
+    check: impl Fn(&Decision),
+) -> Vec<Duration> {
+    for i in 0..warm {
+        drop(chain.start_call(call(i)).await);
+    }
+    let mut samples = Vec::with_capacity(runs as usize);
+    for i in 0..runs {
+        let started = Instant::now();
+        let (decision, instances) = chain.start_call(call(i)).await;
+        drop(instances);
+        samples.push(started.elapsed());
+        check(&decision);
+    }
+    samples
 }
 
 /// A CRM on loopback that says every caller is a customer: HTTP/1.1 keep-alive, one thread

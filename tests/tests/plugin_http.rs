@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, token_for};
 use gateway_tests::{Sipp, build_plugin, http_get, out_dir, plugin_in, write_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -77,6 +77,28 @@ impl Crm {
     fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
     }
+
+    /// The crm-router's `lookup_url` for this CRM.
+    fn lookup_url(&self) -> String {
+        format!("http://127.0.0.1:{}/customers/{{caller}}", self.port)
+    }
+
+    /// The `allow_http` entry that lets the crm-router ask this CRM.
+    fn allowed(&self) -> String {
+        format!("http://127.0.0.1:{}/customers/*", self.port)
+    }
+
+    /// Waits, up to `limit`, until a request is left hanging here.
+    async fn wait_until_hanging(&self, limit: Duration) {
+        let until = std::time::Instant::now() + limit;
+        while !self.hanging.load(Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < until,
+                "the hanging lookup reached the CRM"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// A gateway with trunks `first` and `second` (sipp at those ports), target `sales` on
@@ -133,19 +155,8 @@ fn trunks(dir: &std::path::Path, calls: u32) -> (Sipp, Sipp) {
 
 /// A browser whose token names `identity` and allows calling `sales`.
 fn caller(identity: &str, seconds: f64) -> CallOptions {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 300;
-    let claims = gateway::token::Claims {
-        sub: identity.into(),
-        exp,
-        targets: vec!["sales".into()],
-        numbers: false,
-    };
     CallOptions {
-        token: Some(gateway::token::sign(&claims, SECRET.as_bytes())),
+        token: Some(token_for(identity, SECRET, &["sales"])),
         seconds,
         ..CallOptions::new("sales")
     }
@@ -193,10 +204,10 @@ async fn the_crm_sends_a_customer_to_the_second_trunk_and_a_stranger_to_the_firs
     let crm = Crm::start().await;
     let (first, second) = trunks(&dir, 1);
     let settings = format!(
-        "deadline_ms = 2000\nallow_http = [\"http://127.0.0.1:{}/customers/*\"]\nhttp_timeout_ms = 1000",
-        crm.port
+        "deadline_ms = 2000\nallow_http = [\"{}\"]\nhttp_timeout_ms = 1000",
+        crm.allowed()
     );
-    let url = format!("http://127.0.0.1:{}/customers/{{caller}}", crm.port);
+    let url = crm.lookup_url();
     let gateway = gateway(&dir, first.port, second.port, &settings, &url).await;
 
     let customer = call(&gateway, "alice", 1.5).await;
@@ -245,7 +256,7 @@ async fn a_url_outside_allow_http_is_refused_inside_the_plugin() {
         "deadline_ms = 2000\nallow_http = [\"http://127.0.0.1:{}/accounts/*\"]",
         crm.port
     );
-    let url = format!("http://127.0.0.1:{}/customers/{{caller}}", crm.port);
+    let url = crm.lookup_url();
     let gateway = gateway(&dir, first.port, second.port, &settings, &url).await;
 
     let report = call(&gateway, "alice", 1.0).await;
@@ -274,22 +285,17 @@ async fn ten_calls_connect_while_one_calls_crm_hangs_and_that_call_goes_on_at_th
     let crm = Crm::start().await;
     let (first, second) = trunks(&dir, 11);
     let settings = format!(
-        "deadline_ms = 12000\nallow_http = [\"http://127.0.0.1:{}/customers/*\"]\nhttp_timeout_ms = 10000\nhttp_max_concurrent = 11",
-        crm.port
+        "deadline_ms = 12000\nallow_http = [\"{}\"]\nhttp_timeout_ms = 10000\nhttp_max_concurrent = 11",
+        crm.allowed()
     );
-    let url = format!("http://127.0.0.1:{}/customers/{{caller}}", crm.port);
+    let url = crm.lookup_url();
     let gateway = Arc::new(gateway(&dir, first.port, second.port, &settings, &url).await);
 
     let slow = tokio::spawn({
         let gateway = gateway.clone();
         async move { call(&gateway, "hang-carol", 1.0).await }
     });
-    let mut waited = 0;
-    while !crm.hanging.load(Ordering::SeqCst) {
-        assert!(waited < 200, "the hanging lookup reached the CRM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
+    crm.wait_until_hanging(Duration::from_secs(10)).await;
     let others: Vec<_> = (0..10)
         .map(|i| {
             let gateway = gateway.clone();
@@ -332,10 +338,10 @@ async fn a_hook_that_outruns_its_deadline_waiting_on_the_crm_gets_the_failure_po
     // The callout may take 5 s, the hook only 300 ms: the hook's deadline wins, and the
     // plugin is fail-closed (503).
     let settings = format!(
-        "deadline_ms = 300\nallow_http = [\"http://127.0.0.1:{}/customers/*\"]\nhttp_timeout_ms = 5000",
-        crm.port
+        "deadline_ms = 300\nallow_http = [\"{}\"]\nhttp_timeout_ms = 5000",
+        crm.allowed()
     );
-    let url = format!("http://127.0.0.1:{}/customers/{{caller}}", crm.port);
+    let url = crm.lookup_url();
     let gateway = gateway(&dir, first.port, second.port, &settings, &url).await;
 
     let report = call(&gateway, "hang-dave", 1.0).await;
@@ -363,8 +369,8 @@ async fn on_one_thread_a_call_is_decided_while_another_calls_plugin_waits_on_its
         name: "crm".into(),
         path: build_plugin("crm-router"),
         config_json: format!(
-            r#"{{"lookup_url":"http://127.0.0.1:{}/customers/{{caller}}","customer_trunk":"second"}}"#,
-            crm.port
+            r#"{{"lookup_url":"{}","customer_trunk":"second"}}"#,
+            crm.lookup_url()
         ),
         policy: gateway::config::FailurePolicy::FailOpen,
         reject_code: 503,
@@ -374,13 +380,7 @@ async fn on_one_thread_a_call_is_decided_while_another_calls_plugin_waits_on_its
         data_dir: None,
         data_quota_bytes: u64::MAX,
         http: gateway::config::HttpPolicy {
-            allow: vec![
-                gateway::config::UrlPattern::parse(&format!(
-                    "http://127.0.0.1:{}/customers/*",
-                    crm.port
-                ))
-                .unwrap(),
-            ],
+            allow: vec![gateway::config::UrlPattern::parse(&crm.allowed()).unwrap()],
             timeout: Duration::from_secs(3),
             ..Default::default()
         },
@@ -402,12 +402,7 @@ async fn on_one_thread_a_call_is_decided_while_another_calls_plugin_waits_on_its
         let call = call("hang-erin");
         async move { chain.start_call(call).await.0 }
     });
-    let mut waited = 0;
-    while !crm.hanging.load(Ordering::SeqCst) {
-        assert!(waited < 500, "the hanging lookup reached the CRM");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += 1;
-    }
+    crm.wait_until_hanging(Duration::from_secs(5)).await;
     let (decision, _) = chain.start_call(call("alice")).await;
     assert!(
         matches!(&decision, Decision::Place { trunk, .. } if trunk == "second"),
