@@ -48,7 +48,7 @@ async fn echo(mut leg: BrowserLeg, mut route: MuxRoute, mux: MediaMux, until: In
                     payload, timestamp, ..
                 } => {
                     packets += 1;
-                    if let Err(e) = leg.relay_opus(&payload, timestamp, now) {
+                    if let Err(e) = leg.relay_opus(&payload, timestamp) {
                         tracing::debug!(error = %e, "preflight echo");
                     }
                 }

@@ -19,8 +19,7 @@ use serde::Deserialize;
 /// Bytes of master key and salt for the AES_CM_128 suites (RFC 4568 §6.2: 16 + 14).
 pub const KEY_SALT_LEN: usize = 30;
 
-/// Distinct SSRCs a stream's inbound context ever tries: the context keeps state per SSRC
-/// before authenticating, so a source spraying forged SSRCs must not grow it without bound.
+/// Distinct SSRCs a stream's inbound context ever tries ([`InboundSsrcs`]).
 const MAX_INBOUND_SSRCS: usize = 16;
 
 /// Whether a trunk's media is SRTP.
@@ -228,7 +227,31 @@ pub struct SrtpSession {
     keys: SrtpKeys,
     outbound: Mutex<Context>,
     inbound: Mutex<Context>,
-    inbound_ssrcs: Vec<u32>,
+    inbound_ssrcs: InboundSsrcs,
+}
+
+/// The SSRCs an inbound context has been asked to unprotect. The context keeps state per SSRC
+/// before it authenticates a packet, so a source spraying forged SSRCs (it only needs the
+/// peer's address) must not grow it without bound: past [`MAX_INBOUND_SSRCS`] new ones are
+/// refused unread.
+#[derive(Debug, Default)]
+pub struct InboundSsrcs(Vec<u32>);
+
+impl InboundSsrcs {
+    /// Admits the SRTP packet's SSRC, or says why not.
+    pub fn admit(&mut self, packet: &[u8]) -> Result<(), SrtpError> {
+        let Some(bytes) = packet.get(8..12) else {
+            return Err(SrtpError("shorter than an RTP header".into()));
+        };
+        let ssrc = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        if !self.0.contains(&ssrc) {
+            if self.0.len() >= MAX_INBOUND_SSRCS {
+                return Err(SrtpError(format!("SSRC {ssrc:#x} is one too many")));
+            }
+            self.0.push(ssrc);
+        }
+        Ok(())
+    }
 }
 
 /// The context in `m`, reached by exclusive borrow (no lock is ever taken).
@@ -271,7 +294,7 @@ impl SrtpSession {
             outbound: Mutex::new(context(&keys.ours, false)?),
             inbound: Mutex::new(context(&keys.theirs, true)?),
             keys,
-            inbound_ssrcs: Vec::new(),
+            inbound_ssrcs: InboundSsrcs::default(),
         })
     }
 
@@ -291,16 +314,7 @@ impl SrtpSession {
     /// start; returns the plaintext's length. A forged, replayed or truncated packet is an
     /// error.
     pub fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
-        if packet.len() < 12 {
-            return Err(SrtpError("shorter than an RTP header".into()));
-        }
-        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        if !self.inbound_ssrcs.contains(&ssrc) {
-            if self.inbound_ssrcs.len() >= MAX_INBOUND_SSRCS {
-                return Err(SrtpError(format!("SSRC {ssrc:#x} is one too many")));
-            }
-            self.inbound_ssrcs.push(ssrc);
-        }
+        self.inbound_ssrcs.admit(packet)?;
         let plain = exclusive(&mut self.inbound)
             .decrypt_rtp(packet)
             .map_err(|e| SrtpError(e.to_string()))?;
@@ -419,6 +433,6 @@ mod tests {
             junk.extend_from_slice(&[0; 10]);
             assert!(bob.unprotect(&mut junk).is_err());
         }
-        assert_eq!(bob.inbound_ssrcs.len(), MAX_INBOUND_SSRCS);
+        assert_eq!(bob.inbound_ssrcs.0.len(), MAX_INBOUND_SSRCS);
     }
 }

@@ -35,6 +35,8 @@ pub use sdp::{opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::opus::RTP_TICKS_PER_FRAME;
+use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
+use crate::media::srtp::InboundSsrcs;
 
 /// Why the browser leg could not be set up or failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +126,6 @@ pub struct BrowserLeg {
     pc: RTCPeerConnection,
     local: SocketAddr,
     ufrag: String,
-    sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
     ssrc: u32,
     opus_pt: u8,
     dtmf_pt: Option<u8>,
@@ -147,6 +148,12 @@ pub struct BrowserLeg {
     /// with them taken out, and the bridge does not take a digit for lost audio.
     event_packets: u16,
     last_event_sequence: Option<u16>,
+    /// The browser's RTP SSRCs the inbound SRTP context has state for.
+    inbound_ssrcs: InboundSsrcs,
+    /// The RTP packet being protected, reused across packets.
+    plain: Vec<u8>,
+    /// Protected RTP waiting for [`Self::poll_transmit`], after what the stack sends.
+    outbox: std::collections::VecDeque<(BytesMut, SocketAddr)>,
 }
 
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
@@ -155,6 +162,13 @@ const MAX_VALIDATED: usize = 8;
 /// RFC 7983 §7: a first byte of 0–3 is STUN; everything else (DTLS, SRTP) needs a pair.
 fn is_stun(datagram: &[u8]) -> bool {
     datagram.first().is_some_and(|b| *b < 4)
+}
+
+/// SRTP rather than SRTCP or DTLS: a first byte of 128–191 (RFC 7983 §7) and a second byte
+/// that is not an RTCP packet type 192–223 (RFC 5761 §4; the marker bit set with payload
+/// types 64–95, which RFC 5761 §4 keeps out of use for this reason).
+fn is_rtp(datagram: &[u8]) -> bool {
+    matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))
 }
 
 /// A STUN Binding success response (RFC 5389 §6: type 0x0101, magic cookie).
@@ -204,7 +218,7 @@ impl BrowserLeg {
         ssrc: u32,
         local: SocketAddr,
         advertised: IpAddr,
-    ) -> Result<::rtc::rtp_transceiver::RTCRtpSenderId, RtcError> {
+    ) -> Result<(), RtcError> {
         let track = MediaStreamTrack::new(
             "gateway".to_owned(),
             "gateway-audio".to_owned(),
@@ -219,7 +233,7 @@ impl BrowserLeg {
                 ..Default::default()
             }],
         );
-        let sender = pc.add_track(track).map_err(stack)?;
+        pc.add_track(track).map_err(stack)?;
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".to_owned(),
@@ -233,8 +247,7 @@ impl BrowserLeg {
         .new_candidate_host()
         .map_err(stack)?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().map_err(stack)?)
-            .map_err(stack)?;
-        Ok(sender)
+            .map_err(stack)
     }
 
     fn finish(
@@ -242,7 +255,6 @@ impl BrowserLeg {
         local: SocketAddr,
         advertised: IpAddr,
         sdp: &str,
-        sender: ::rtc::rtp_transceiver::RTCRtpSenderId,
         ssrc: u32,
     ) -> Result<BrowserLeg, RtcError> {
         let ufrag = ice_ufrag(sdp)
@@ -255,7 +267,6 @@ impl BrowserLeg {
             // to 0.0.0.0 or a private address behind 1:1 NAT.
             local: SocketAddr::new(advertised, local.port()),
             ufrag,
-            sender,
             ssrc,
             opus_pt: OPUS_PT,
             dtmf_pt: Some(DTMF_PT),
@@ -269,6 +280,9 @@ impl BrowserLeg {
             media_from: None,
             event_packets: 0,
             last_event_sequence: None,
+            inbound_ssrcs: InboundSsrcs::default(),
+            plain: Vec::new(),
+            outbox: Default::default(),
         })
     }
 
@@ -285,7 +299,7 @@ impl BrowserLeg {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
         let offer = RTCSessionDescription::offer(offer_sdp.to_owned()).map_err(bad_offer)?;
         pc.set_remote_description(now, offer).map_err(bad_offer)?;
-        let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
+        Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
         let answer = pc.create_answer(None).map_err(bad_offer)?;
         pc.set_local_description(now, answer).map_err(stack)?;
         let sdp = pc
@@ -293,7 +307,7 @@ impl BrowserLeg {
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after answering"))?;
         let (opus_pt, dtmf_pt) = negotiated_payload_types(&sdp).ok_or(RtcError::NoOpus)?;
-        let mut leg = Self::finish(pc, local, advertised, &sdp, sender, ssrc)?;
+        let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
         leg.opus_pt = opus_pt;
         leg.dtmf_pt = dtmf_pt;
         leg.relay_candidates = relay_candidates(offer_sdp);
@@ -308,14 +322,14 @@ impl BrowserLeg {
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
-        let sender = Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
+        Self::add_track_and_candidate(&mut pc, ssrc, local, advertised)?;
         let offer = pc.create_offer(None).map_err(stack)?;
         pc.set_local_description(now, offer).map_err(stack)?;
         let sdp = pc
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after offering"))?;
-        let leg = Self::finish(pc, local, advertised, &sdp, sender, ssrc)?;
+        let leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
         Ok((leg, sdp))
     }
 
@@ -384,16 +398,26 @@ impl BrowserLeg {
         &self.ufrag
     }
 
-    /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP); the stack decrypts it in
-    /// place, so it is handed over rather than copied. Returns false, and drops it, when it is
-    /// DTLS or SRTP from an address no ICE check validated (RFC 8445 §7.3.1.4: only the valid
-    /// pair carries media; anything else is a stranger's).
+    /// Feeds a datagram from `peer` (STUN, DTLS, SRTP or SRTCP). Returns false, and drops
+    /// it, when it is DTLS or SRTP from an address no ICE check validated (RFC 8445 §7.3.1.4:
+    /// only the valid pair carries media; anything else is a stranger's).
+    ///
+    /// SRTP is unprotected here with the keys DTLS-SRTP agreed, not by the stack: its
+    /// pipeline of queues per packet cost more than the audio's codec work on a relayed
+    /// call (vendor/README.md). STUN, DTLS and SRTCP go to the stack.
     pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) -> bool {
         if !is_stun(&datagram) {
             if !self.validated.contains(&peer) {
                 return false;
             }
             self.media_from = Some(peer);
+            if is_rtp(&datagram) {
+                match self.unprotect(&datagram) {
+                    Ok(plain) => self.handle_rtp(plain.freeze()),
+                    Err(e) => tracing::debug!(error = %e, %peer, "browser SRTP refused"),
+                }
+                return true;
+            }
         }
         let message = TaggedBytesMut {
             now,
@@ -427,10 +451,13 @@ impl BrowserLeg {
 
     /// The next datagram to send and where.
     pub fn poll_transmit(&mut self) -> Option<(BytesMut, SocketAddr)> {
-        let (bytes, peer) = self
+        let Some((bytes, peer)) = self
             .pc
             .poll_write()
-            .map(|m| (m.message, m.transport.peer_addr))?;
+            .map(|m| (m.message, m.transport.peer_addr))
+        else {
+            return self.outbox.pop_front();
+        };
         // The stack answers a check with success only when its MESSAGE-INTEGRITY proved the
         // sender knows our ICE password: from then on the address is a validated pair.
         if is_binding_success(&bytes) && !self.validated.contains(&peer) {
@@ -464,32 +491,45 @@ impl BrowserLeg {
                 _ => {}
             }
         }
+        // RTP never reaches the stack (see `handle_datagram`); its RTCP does.
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
-            match message {
-                RTCMessage::RtcpPacket(_, packets) => self.receiver_reports(&packets),
-                RTCMessage::RtpPacket(_, packet) => {
-                    let pt = packet.header.payload_type;
-                    let sequence = packet.header.sequence_number;
-                    if Some(pt) == self.dtmf_pt && self.last_event_sequence != Some(sequence) {
-                        self.last_event_sequence = Some(sequence);
-                        self.event_packets = self.event_packets.wrapping_add(1);
-                    }
-                    if pt == self.opus_pt {
-                        self.events.push_back(BrowserEvent::Opus {
-                            sequence: sequence.wrapping_sub(self.event_packets),
-                            timestamp: packet.header.timestamp,
-                            payload: packet.payload,
-                        });
-                    } else if Some(pt) == self.dtmf_pt
-                        && let Some(digit) = self
-                            .dtmf
-                            .handle_packet(packet.header.timestamp, &packet.payload)
-                    {
-                        self.events.push_back(BrowserEvent::Dtmf(digit));
-                    }
-                }
-                _ => {}
+            if let RTCMessage::RtcpPacket(_, packets) = message {
+                self.receiver_reports(&packets);
             }
+        }
+    }
+
+    /// Authenticates and decrypts the browser's SRTP packet (RFC 3711 §3.3); a forged,
+    /// replayed or early one (before DTLS completed) is an error.
+    fn unprotect(&mut self, datagram: &[u8]) -> Result<BytesMut, RtcError> {
+        let path = self
+            .pc
+            .srtp_path()
+            .ok_or_else(|| stack("SRTP before the DTLS handshake completed"))?;
+        self.inbound_ssrcs.admit(datagram).map_err(stack)?;
+        path.inbound.decrypt_rtp(datagram).map_err(stack)
+    }
+
+    /// Audio or an RFC 4733 event packet from the browser, decrypted.
+    fn handle_rtp(&mut self, plain: Bytes) {
+        let Ok(packet) = RtpPacket::parse(&plain) else {
+            return;
+        };
+        let (pt, sequence) = (packet.payload_type, packet.sequence);
+        if Some(pt) == self.dtmf_pt && self.last_event_sequence != Some(sequence) {
+            self.last_event_sequence = Some(sequence);
+            self.event_packets = self.event_packets.wrapping_add(1);
+        }
+        if pt == self.opus_pt {
+            self.events.push_back(BrowserEvent::Opus {
+                sequence: sequence.wrapping_sub(self.event_packets),
+                timestamp: packet.timestamp,
+                payload: plain.slice_ref(packet.payload),
+            });
+        } else if Some(pt) == self.dtmf_pt
+            && let Some(digit) = self.dtmf.handle_packet(packet.timestamp, packet.payload)
+        {
+            self.events.push_back(BrowserEvent::Dtmf(digit));
         }
     }
 
@@ -517,47 +557,40 @@ impl BrowserLeg {
     }
 
     /// Sends one 20 ms Opus frame to the browser. `marker` starts a talkspurt (after DTX).
-    pub fn send_opus(
-        &mut self,
-        payload: &[u8],
-        marker: bool,
-        now: Instant,
-    ) -> Result<(), RtcError> {
-        let packet = ::rtc::rtp::Packet {
-            header: ::rtc::rtp::header::Header {
-                version: 2,
-                marker,
-                payload_type: self.opus_pt,
-                sequence_number: self.sequence,
-                timestamp: self.timestamp,
-                ssrc: self.ssrc,
-                ..Default::default()
-            },
-            payload: Bytes::copy_from_slice(payload),
-        };
+    /// Protected here with the keys DTLS-SRTP agreed and sent to ICE's selected pair, like
+    /// the stack would, without its pipeline (see [`Self::handle_datagram`]).
+    pub fn send_opus(&mut self, payload: &[u8], marker: bool) -> Result<(), RtcError> {
+        let (sequence, timestamp) = (self.sequence, self.timestamp);
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
-        let mut sender = self
+        let path = self
             .pc
-            .rtp_sender(self.sender)
-            .ok_or_else(|| stack("audio sender vanished"))?;
-        sender.write_rtp(now, packet).map_err(stack)
+            .srtp_path()
+            .ok_or_else(|| stack("no SRTP keys yet: the DTLS handshake has not completed"))?;
+        self.plain.resize(HEADER_LEN, 0);
+        write_header(
+            &mut self.plain,
+            marker,
+            self.opus_pt,
+            sequence,
+            timestamp,
+            self.ssrc,
+        );
+        self.plain.extend_from_slice(payload);
+        let packet = path.outbound.encrypt_rtp(&self.plain).map_err(stack)?;
+        self.outbox.push_back((packet, path.peer));
+        Ok(())
     }
 
     /// Relays an Opus packet from the trunk as it came (no transcoding): its timestamp is the
     /// trunk's, moved onto our stream's clock, so gaps the trunk left (DTX, loss) stay gaps.
-    pub fn relay_opus(
-        &mut self,
-        payload: &[u8],
-        trunk_timestamp: u32,
-        now: Instant,
-    ) -> Result<(), RtcError> {
+    pub fn relay_opus(&mut self, payload: &[u8], trunk_timestamp: u32) -> Result<(), RtcError> {
         let first = self.relay_offset.is_none();
         let offset = *self
             .relay_offset
             .get_or_insert_with(|| self.timestamp.wrapping_sub(trunk_timestamp));
         self.timestamp = trunk_timestamp.wrapping_add(offset);
-        self.send_opus(payload, first, now)
+        self.send_opus(payload, first)
     }
 
     /// Advances the outgoing clock by one frame without sending (DTX silence).

@@ -169,7 +169,7 @@ async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
         };
         match target {
             // A full queue means the call task is stalled: drop rather than stall every call.
-            // The copy is the only one: the call's stack decrypts it in place.
+            // The one copy a datagram gets before the call authenticates and decrypts it.
             Some(tx) => {
                 let _ = tx.try_send((BytesMut::from(data), peer));
             }

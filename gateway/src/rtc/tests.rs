@@ -113,6 +113,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
     let mut gw_opus = 0;
     let mut gw_reports = Vec::new();
     let mut sent = 0u32;
+    let mut genuine = None;
     let mut buf = vec![0u8; 2000];
     let mut gw_buf = vec![0u8; 2000];
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -170,7 +171,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
                 .unwrap()
                 .write_rtp(now, packet)
                 .unwrap();
-            leg.send_opus(&[0xf8, 0xff, 0xfe], sent == 0, now).unwrap();
+            leg.send_opus(&[0xf8, 0xff, 0xfe], sent == 0).unwrap();
             if sent == 10 {
                 // The browser's view of our audio: a quarter lost (RFC 3550 §6.4.2), then a
                 // block about another source, which the leg must not take as ours.
@@ -205,6 +206,9 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
                 let (n, peer) = r.unwrap();
                 if let Some(ufrag) = stun_username_ufrag(&gw_buf[..n]) {
                     assert_eq!(ufrag, leg.ufrag(), "STUN USERNAME names our leg first");
+                }
+                if is_rtp(&gw_buf[..n]) {
+                    genuine = Some(BytesMut::from(&gw_buf[..n]));
                 }
                 leg.handle_datagram(BytesMut::from(&gw_buf[..n]), peer, Instant::now());
             }
@@ -241,6 +245,19 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         assert!(!leg.handle_datagram(BytesMut::from(forged), stranger, Instant::now()));
     }
     assert!(leg.handle_datagram(BytesMut::from(&srtp[..]), client.local, Instant::now()));
+    // From the validated address, SRTP must still authenticate (RFC 3711 §3.3): a replayed
+    // packet and an altered one carry no audio.
+    let genuine = genuine.expect("the browser's SRTP was seen");
+    let mut altered = genuine.clone();
+    altered[13] ^= 1;
+    for packet in [genuine, altered] {
+        assert!(leg.handle_datagram(packet, client.local, Instant::now()));
+        assert_eq!(
+            leg.poll_event(),
+            None,
+            "nothing from a replayed or altered packet"
+        );
+    }
 }
 
 #[test]

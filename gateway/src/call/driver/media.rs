@@ -46,7 +46,7 @@ impl Run<'_> {
                 match packet {
                     Some(packet) if connected => {
                         let start = std::mem::take(&mut b.talkspurt);
-                        if let Err(e) = b.leg.send_opus(&packet, start, Instant::now()) {
+                        if let Err(e) = b.leg.send_opus(&packet, start) {
                             tracing::debug!(error = %e, "Opus to browser");
                         }
                     }
@@ -59,7 +59,7 @@ impl Run<'_> {
             Caller::Browser(b) => match b.bridge.to_browser() {
                 Some(packet) if b.connected => {
                     let start = std::mem::take(&mut b.talkspurt);
-                    if let Err(e) = b.leg.send_opus(packet, start, Instant::now()) {
+                    if let Err(e) = b.leg.send_opus(packet, start) {
                         tracing::debug!(error = %e, "Opus to browser");
                     }
                 }
@@ -129,7 +129,7 @@ impl Run<'_> {
                     && b.connected
                     && !held
                 {
-                    match b.leg.relay_opus(payload, timestamp, Instant::now()) {
+                    match b.leg.relay_opus(payload, timestamp) {
                         Ok(()) => self.relayed += 1,
                         Err(e) => tracing::debug!(error = %e, "Opus relay to browser"),
                     }
