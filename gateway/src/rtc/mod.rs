@@ -154,6 +154,8 @@ pub struct BrowserLeg {
     plain: Vec<u8>,
     /// Protected RTP waiting for [`Self::poll_transmit`], after what the stack sends.
     outbox: std::collections::VecDeque<(BytesMut, SocketAddr)>,
+    /// The stack was called since its last datagram was taken (see `drain`).
+    stack_may_write: bool,
 }
 
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
@@ -260,7 +262,7 @@ impl BrowserLeg {
         let ufrag = ice_ufrag(sdp)
             .ok_or_else(|| stack("our SDP has no a=ice-ufrag"))?
             .to_owned();
-        Ok(BrowserLeg {
+        let mut leg = BrowserLeg {
             pc,
             // The stack matches incoming datagrams to our candidate by local address, so
             // datagrams are tagged with the advertised address even when the socket is bound
@@ -283,7 +285,10 @@ impl BrowserLeg {
             inbound_ssrcs: InboundSsrcs::default(),
             plain: Vec::new(),
             outbox: Default::default(),
-        })
+            stack_may_write: true,
+        };
+        leg.drain();
+        Ok(leg)
     }
 
     /// Answers a browser's offer. `local` is the shared media socket's address and
@@ -343,6 +348,7 @@ impl BrowserLeg {
         self.opus_pt = opus_pt;
         self.dtmf_pt = dtmf_pt;
         self.relay_candidates = relay_candidates(answer_sdp);
+        self.drain();
         Ok(())
     }
 
@@ -451,11 +457,13 @@ impl BrowserLeg {
 
     /// The next datagram to send and where.
     pub fn poll_transmit(&mut self) -> Option<(BytesMut, SocketAddr)> {
-        let Some((bytes, peer)) = self
-            .pc
-            .poll_write()
-            .map(|m| (m.message, m.transport.peer_addr))
-        else {
+        let written = self
+            .stack_may_write
+            .then(|| self.pc.poll_write())
+            .flatten()
+            .map(|m| (m.message, m.transport.peer_addr));
+        let Some((bytes, peer)) = written else {
+            self.stack_may_write = false;
             return self.outbox.pop_front();
         };
         // The stack answers a check with success only when its MESSAGE-INTEGRITY proved the
@@ -471,11 +479,15 @@ impl BrowserLeg {
 
     /// The next event for the call.
     pub fn poll_event(&mut self) -> Option<BrowserEvent> {
-        self.drain();
         self.events.pop_front()
     }
 
+    /// Collects what the stack reported, after each call into it. The stack only acts when
+    /// called (sans-I/O), so [`Self::poll_event`] and [`Self::poll_transmit`] do not pump
+    /// its pipeline otherwise: the call polls after every packet, and pumping it for nothing
+    /// was a visible share of a call's CPU.
     fn drain(&mut self) {
+        self.stack_may_write = true;
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
@@ -601,6 +613,7 @@ impl BrowserLeg {
     /// Closes the peer connection.
     pub fn close(&mut self) {
         let _ = self.pc.close();
+        self.drain();
     }
 }
 
