@@ -40,7 +40,9 @@ pub use machine::{CallCommand, CallEvent, Refusal};
 pub use outbound::{Outbound, resolve, start_outbound};
 pub use preflight::{PREFLIGHT_SECONDS, start_preflight};
 
-pub use parked::{ConnectionEvents, EventSink, ParkedCall, ParkedCalls, ResumeError};
+pub use parked::{
+    ConnectionEvent, ConnectionEvents, EventSink, ParkedCall, ParkedCalls, ResumeError,
+};
 
 /// A new inbound call handed to the connection that takes it: its id, commands and events.
 pub type OfferedCall = (String, mpsc::UnboundedSender<CallCommand>, EventSink);

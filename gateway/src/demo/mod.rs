@@ -34,7 +34,7 @@ pub async fn start() -> std::io::Result<SocketAddr> {
     tokio::spawn(async move {
         while let Some(request) = inbound.recv().await {
             if request.request.method == Method::Invite {
-                tokio::spawn(answer(endpoint.clone(), request));
+                tokio::spawn(answer(endpoint.clone(), *request));
             } else if let Some(r) = &request.responder {
                 r.respond(response_to(&request.request, 405, Some(&random_token())));
             }

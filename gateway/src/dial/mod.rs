@@ -231,8 +231,8 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
         ended_by: "none".into(),
         call_id: None,
     };
-    while let Ok((_, event)) = events.try_recv() {
-        match event {
+    while let Ok(item) = events.try_recv() {
+        match item.1 {
             CallEvent::Ringing => report.provisional.push(180),
             CallEvent::Progress { code } => report.provisional.push(code),
             CallEvent::TrunkReinvite => report.reinvites += 1,

@@ -6,15 +6,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use crate::call::cdr::CdrLog;
 use crate::call::{Arrival, CallContext, run_inbound};
 use crate::cluster::forward::Forwarded;
 use crate::config::Config;
 use crate::rtc::mux::MediaMux;
 use crate::sip::edge::EdgePolicy;
-use crate::sip::endpoint::{Endpoint, EndpointConfig, IncomingRequest};
+use crate::sip::endpoint::{Endpoint, EndpointConfig, RequestReceiver};
 use crate::sip::message::{random_token, response_to};
 use crate::sip::monitor::{RegistrationStates, spawn_health_checks, spawn_registrations};
 use crate::sip::transaction::Timers;
@@ -215,7 +213,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
 /// cluster's peers) only (see [`crate::sip::edge`]): INVITEs are offered to browsers; other
 /// methods are refused.
 async fn police_inbound(
-    mut inbound: mpsc::UnboundedReceiver<IncomingRequest>,
+    mut inbound: RequestReceiver,
     sources: HashMap<IpAddr, String>,
     calls: Arc<CallContext>,
 ) {
@@ -240,7 +238,7 @@ async fn police_inbound(
                     .map(|trunk| (trunk.clone(), Arrival::Direct)),
             };
             if let Some((trunk, arrival)) = arrival {
-                tokio::spawn(run_inbound(calls.clone(), trunk, incoming, arrival));
+                tokio::spawn(run_inbound(calls.clone(), trunk, *incoming, arrival));
                 continue;
             }
         }

@@ -18,7 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::call::load::LoadLevel;
-use crate::call::{CallCommand, CallContext, CallEvent, Outbound, start_outbound};
+use crate::call::{CallCommand, CallContext, ConnectionEvent, Outbound, start_outbound};
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
 use crate::token::{self, Claims};
@@ -240,7 +240,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     // Inbound calls for an identity this connection registered arrive here.
     let (offered_tx, mut offered) = mpsc::unbounded_channel::<crate::call::OfferedCall>();
     // Every call of this connection reports here; the events become wire messages.
-    let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<(String, CallEvent)>();
+    let (call_events, mut call_event_rx) = mpsc::unbounded_channel::<ConnectionEvent>();
     let (replaced_tx, mut replaced) = mpsc::unbounded_channel::<String>();
     let mut registration: Option<Registration> = None;
     let mut drain = ctx.draining.subscribe();
@@ -256,7 +256,8 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 calls.insert(call_id, commands, events);
                 continue;
             }
-            Some((call_id, event)) = call_event_rx.recv() => {
+            Some(item) = call_event_rx.recv() => {
+                let (call_id, event) = *item;
                 // An inbound call's `incoming` may overtake the call itself (two channels).
                 while let Ok((id, commands, events)) = offered.try_recv() {
                     calls.insert(id, commands, events);

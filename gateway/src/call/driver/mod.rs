@@ -21,7 +21,7 @@ use super::{EventSink, Metrics};
 use crate::media::session::RtpStream;
 use crate::plugin::{CallHooks, Event, Party};
 use crate::sip::Transmit;
-use crate::sip::endpoint::{Endpoint, IncomingRequest, Responder};
+use crate::sip::endpoint::{Endpoint, IncomingRequest, RequestReceiver, RequestSender, Responder};
 use crate::sip::transaction::ClientEvent;
 
 /// An outbound call's route, being decided (plugins on the blocking pool, DNS).
@@ -81,7 +81,7 @@ struct Run<'a> {
     listening: Vec<String>,
     next_request: u64,
     responses: mpsc::UnboundedSender<(u64, ClientEvent)>,
-    requests: mpsc::UnboundedSender<IncomingRequest>,
+    requests: RequestSender,
     routed_at: Option<Instant>,
     setup: Option<Duration>,
     early_rtp_received: u64,
@@ -105,10 +105,7 @@ pub struct Start {
     pub hooks: Option<CallHooks>,
     /// A channel the trunk's requests for this call already arrive on (inbound calls route
     /// their Call-ID before the plugins decide, so an early CANCEL is not lost).
-    pub requests: Option<(
-        mpsc::UnboundedSender<IncomingRequest>,
-        mpsc::UnboundedReceiver<IncomingRequest>,
-    )>,
+    pub requests: Option<(RequestSender, RequestReceiver)>,
 }
 
 /// Runs `call` until it is over and its trunk leg has finished.

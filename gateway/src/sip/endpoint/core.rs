@@ -14,7 +14,7 @@ use rsip::{Method, Request, Response, SipMessage};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::{Command, EndpointTables, IncomingRequest, Responder, Sink};
+use super::{Command, EndpointTables, IncomingRequest, RequestSender, Responder, Sink};
 use crate::sip::edge::{Admission, Edge, EdgeCounters};
 use crate::sip::message::{self, bad_request_for, response_to};
 use crate::sip::transaction::{
@@ -101,9 +101,9 @@ pub(super) struct Core {
     /// Transactions touched since the last flush: their output is collected and their next
     /// timer scheduled, and no other transaction is visited.
     dirty: Vec<TxKey>,
-    dialogs: HashMap<String, mpsc::UnboundedSender<IncomingRequest>>,
+    dialogs: HashMap<String, RequestSender>,
     tables: Arc<EndpointTables>,
-    app: mpsc::UnboundedSender<IncomingRequest>,
+    app: RequestSender,
     user_agent: String,
     edge: Edge,
     edge_counters: std::sync::Arc<EdgeCounters>,
@@ -128,7 +128,7 @@ impl Core {
         (commands, stream_tx, app): (
             mpsc::UnboundedSender<Command>,
             mpsc::UnboundedSender<StreamEvent>,
-            mpsc::UnboundedSender<IncomingRequest>,
+            RequestSender,
         ),
         user_agent: String,
         edge: Edge,
@@ -377,12 +377,12 @@ impl Core {
                 self.dirty.push(TxKey::Server(key));
             }
             if let Some(d) = self.dialogs.get(&call_id) {
-                let _ = d.send(IncomingRequest {
+                let _ = d.send(Box::new(IncomingRequest {
                     request: req,
                     source,
                     transport,
                     responder: None,
-                });
+                }));
             }
             return;
         }
@@ -417,12 +417,12 @@ impl Core {
                 );
                 invite.tx.respond(&terminated, now);
                 let target = self.dialogs.get(&call_id).unwrap_or(&self.app);
-                let _ = target.send(IncomingRequest {
+                let _ = target.send(Box::new(IncomingRequest {
                     request: req.clone(),
                     source,
                     transport,
                     responder: None,
-                });
+                }));
             }
             self.servers.insert(
                 key.clone(),
@@ -461,12 +461,12 @@ impl Core {
                 cseq,
             },
         );
-        let incoming = IncomingRequest {
+        let incoming = Box::new(IncomingRequest {
             request: req,
             source,
             transport,
             responder: Some(responder.clone()),
-        };
+        });
         match (dialog, in_dialog, method) {
             (Some(d), _, _) => {
                 if let Err(lost) = d.send(incoming) {
