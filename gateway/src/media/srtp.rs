@@ -238,8 +238,21 @@ pub struct SrtpSession {
 pub struct InboundSsrcs(Vec<u32>);
 
 impl InboundSsrcs {
+    /// Authenticates and decrypts the SRTP packet with `context` (RFC 3711 §3.3) once its
+    /// SSRC is admitted; a forged, replayed or truncated packet is an error.
+    pub fn unprotect(
+        &mut self,
+        context: &mut Context,
+        packet: &[u8],
+    ) -> Result<bytes::BytesMut, SrtpError> {
+        self.admit(packet)?;
+        context
+            .decrypt_rtp(packet)
+            .map_err(|e| SrtpError(e.to_string()))
+    }
+
     /// Admits the SRTP packet's SSRC, or says why not.
-    pub fn admit(&mut self, packet: &[u8]) -> Result<(), SrtpError> {
+    fn admit(&mut self, packet: &[u8]) -> Result<(), SrtpError> {
         let Some(bytes) = packet.get(8..12) else {
             return Err(SrtpError("shorter than an RTP header".into()));
         };
@@ -314,10 +327,9 @@ impl SrtpSession {
     /// start; returns the plaintext's length. A forged, replayed or truncated packet is an
     /// error.
     pub fn unprotect(&mut self, packet: &mut [u8]) -> Result<usize, SrtpError> {
-        self.inbound_ssrcs.admit(packet)?;
-        let plain = exclusive(&mut self.inbound)
-            .decrypt_rtp(packet)
-            .map_err(|e| SrtpError(e.to_string()))?;
+        let plain = self
+            .inbound_ssrcs
+            .unprotect(exclusive(&mut self.inbound), packet)?;
         packet[..plain.len()].copy_from_slice(&plain);
         Ok(plain.len())
     }

@@ -518,8 +518,9 @@ impl BrowserLeg {
             .pc
             .srtp_path()
             .ok_or_else(|| stack("SRTP before the DTLS handshake completed"))?;
-        self.inbound_ssrcs.admit(datagram).map_err(stack)?;
-        path.inbound.decrypt_rtp(datagram).map_err(stack)
+        self.inbound_ssrcs
+            .unprotect(path.inbound, datagram)
+            .map_err(stack)
     }
 
     /// Audio or an RFC 4733 event packet from the browser, decrypted.
