@@ -1,6 +1,7 @@
 //! What the plugin chain costs a call, on the example plugins built from source:
-//! - per call: fresh instances from the cached `InstancePre` + `init` + the call-start
-//!   verdict, and dropping the instances at the end (p50 / p99);
+//! - per call: fresh instances from the cached `InstancePre` — of the snapshot taken after
+//!   `init` where the plugin could be pre-initialised, else followed by `init` — + the
+//!   call-start verdict, and dropping the instances at the end (p50 / p99);
 //! - per event (`answered`) on a call's live instances;
 //! - per 20 ms audio frame to the recorder (which writes the WAV file);
 //! - per call with one HTTP callout: the crm-router asking a CRM on loopback (a keep-alive
@@ -85,6 +86,7 @@ async fn bench() {
         let chain = PluginChain::load(&configs, None)
             .await
             .expect("plugins load");
+        chain.snapshots_settled().await;
         assert!(
             chain.pooling(),
             "expected the pooling allocator on this machine"
@@ -93,8 +95,13 @@ async fn bench() {
             assert!(matches!(decision, Decision::Place { .. }))
         })
         .await;
+        let init = if chain.preinitialised().iter().all(|(_, s)| *s) {
+            "(snapshot after init)"
+        } else {
+            "+ init"
+        };
         row(
-            &format!("instantiate + init + verdict + drop: {label}"),
+            &format!("instantiate {init} + verdict + drop: {label}"),
             samples,
         );
         let (_, mut instances) = chain.start_call(call(0)).await;
@@ -145,6 +152,7 @@ async fn bench() {
     let chain = PluginChain::load(&[crm_router], None)
         .await
         .expect("crm-router loads");
+    chain.snapshots_settled().await;
     let samples = time_call_starts(&chain, 200, 5_000, |decision| {
         assert!(
             matches!(decision, Decision::Place { trunk, .. } if trunk == "priority"),
@@ -153,7 +161,11 @@ async fn bench() {
     })
     .await;
     row(
-        "instantiate + init + HTTP callout + verdict: crm-router",
+        if chain.preinitialised()[0].1 {
+            "instantiate (snapshot after init) + HTTP callout + verdict: crm-router"
+        } else {
+            "instantiate + init + HTTP callout + verdict: crm-router"
+        },
         samples,
     );
 }

@@ -23,6 +23,17 @@ async fn gateway_with(
         .unwrap()
 }
 
+/// Waits until the plugins' snapshots after `init` were taken or given up on.
+async fn settled(gateway: &gateway::run::Gateway) {
+    let chain = gateway.calls.plugins.current();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        chain.snapshots_settled(),
+    )
+    .await
+    .expect("the plugins' snapshots settle within two minutes");
+}
+
 fn plugin(name: &str, file: &std::path::Path, policy: &str, config: &str) -> String {
     plugin_in(name, file, policy, "", config)
 }
@@ -70,6 +81,14 @@ async fn the_router_moves_the_call_to_another_trunk_and_number() {
         &plugin("router", &router, "fail-open", router_config()),
     )
     .await;
+    // The router's `init` (parsing its routes) asks nothing of the host: once its snapshot
+    // is taken, calls start from it and the routes come from the snapshot's memory.
+    settled(&gateway).await;
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_plugin_preinitialised{plugin=\"router\"} 1"),
+        "{metrics}"
+    );
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options())
         .await
         .unwrap();
@@ -171,8 +190,25 @@ async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
             &format!("mode = \"{mode}\"\nwhen_to = \"bad\""),
         ));
     }
+    // Plugins whose `init` asks the host for something (our log, WASI's clock or random
+    // seed) cannot be snapshotted after it: they run `init` for every call, and must work.
+    for asks in ["log", "clock", "random"] {
+        chain.push_str(&plugin_in(
+            &format!("init-{asks}"),
+            &hostile,
+            "fail-closed",
+            &format!("data_dir = \"{}\"", dir.join(asks).display()),
+            &format!("mode = \"continue\"\ninit_host = \"{asks}\""),
+        ));
+    }
     chain.push_str(&plugin("router", &router, "fail-open", router_config()));
     let gateway = gateway_with(&dir, sipp.port, &chain).await;
+    settled(&gateway).await;
+    let snapshots = gateway.calls.plugins.current().preinitialised();
+    assert_eq!(snapshots.len(), 8);
+    for (plugin, snapshot) in &snapshots {
+        assert_eq!(*snapshot, !plugin.starts_with("init-"), "{snapshots:?}");
+    }
     let ws = format!("ws://{}/ws", gateway.http_addr);
     let normal = tokio::spawn({
         let ws = ws.clone();

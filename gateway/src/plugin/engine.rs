@@ -5,7 +5,7 @@ use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, PoolingAllocationConfig};
 
 use super::host::State;
-use super::{INTERFACE, PluginError, TICK, bindings};
+use super::{INTERFACE, PluginError, TICK, bindings, preinit};
 use crate::config::PluginConfig;
 
 pub(super) fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Result<Engine> {
@@ -55,11 +55,19 @@ pub(super) fn engine(configs: &[PluginConfig], pooling: bool) -> wasmtime::Resul
     Engine::new(&config)
 }
 
+/// A plugin compiled and linked for the engine.
+pub(super) struct Compiled {
+    /// Its component, instrumented for a snapshot where that worked ([`super::preinit`]).
+    pub(super) pre: bindings::PluginPre<State>,
+    /// The component as configured, for the snapshot; or why it could not be instrumented.
+    pub(super) source: Result<Vec<u8>, String>,
+}
+
 /// Compiles and links every plugin for a new engine (blocking: Cranelift runs here).
 pub(super) fn compile(
     configs: &[PluginConfig],
     pooling: bool,
-) -> Result<(Engine, Vec<bindings::PluginPre<State>>), PluginError> {
+) -> Result<(Engine, Linker<State>, Vec<Compiled>), PluginError> {
     let engine = engine(configs, pooling).map_err(|e| PluginError::Engine(format!("{e:#}")))?;
     let ticker = engine.weak();
     // The hook deadline's clock: one epoch per millisecond while the engine lives. Without
@@ -88,8 +96,14 @@ pub(super) fn compile(
             path: c.path.display().to_string(),
             reason,
         };
-        let component =
-            Component::from_file(&engine, &c.path).map_err(|e| load_err(format!("{e:#}")))?;
+        let wasm = std::fs::read(&c.path).map_err(|e| load_err(e.to_string()))?;
+        // Not a component Wizer can instrument (or not a component at all): compiled as it
+        // is, and compiling says what is wrong with it.
+        let (component, source) = match preinit::instrument(&wasm) {
+            Ok(instrumented) => (Component::new(&engine, &instrumented), Ok(wasm)),
+            Err(why) => (Component::new(&engine, &wasm), Err(why)),
+        };
+        let component = component.map_err(|e| load_err(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(bindings::PluginPre::new)
@@ -98,7 +112,7 @@ pub(super) fn compile(
                     "{e:#} (this gateway speaks {INTERFACE}: rebuild the plugin against plugin-sdk/wit)"
                 ))
             })?;
-        compiled.push(pre);
+        compiled.push(Compiled { pre, source });
     }
-    Ok((engine, compiled))
+    Ok((engine, linker, compiled))
 }

@@ -19,6 +19,7 @@ mod calls;
 mod engine;
 mod host;
 mod http;
+mod preinit;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -88,7 +89,12 @@ pub enum PluginError {
 struct Loaded {
     config: PluginConfig,
     manifest: Manifest,
+    /// Its component (instrumented for the snapshot, [`preinit`]): each call runs `init` on
+    /// it until `snapshot` is there.
     pre: bindings::PluginPre<State>,
+    /// The component from the snapshot taken after `init`: calls start from it and skip
+    /// `init`. Taken in the background after loading; never, when `init` needs the host.
+    snapshot: std::sync::OnceLock<bindings::PluginPre<State>>,
     shared: Arc<Shared>,
     http: Arc<http::Callouts>,
 }
@@ -96,8 +102,10 @@ struct Loaded {
 /// The configured plugins, in order, compiled for one engine.
 pub struct PluginChain {
     engine: Engine,
-    plugins: Vec<Loaded>,
+    plugins: Vec<Arc<Loaded>>,
     pooling: bool,
+    /// Becomes true when every plugin's snapshot was taken or given up on.
+    snapshots_settled: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for PluginChain {
@@ -164,12 +172,13 @@ impl PluginChain {
         pooling: bool,
     ) -> Result<PluginChain, PluginError> {
         let owned = configs.to_vec();
-        let (engine, compiled) =
+        let (engine, linker, compiled) =
             tokio::task::spawn_blocking(move || engine::compile(&owned, pooling))
                 .await
                 .map_err(|e| PluginError::Engine(format!("compiling plugins: {e}")))??;
         let mut plugins = Vec::new();
-        for (c, pre) in configs.iter().zip(compiled) {
+        let mut sources = Vec::new();
+        for (c, engine::Compiled { pre, source }) in configs.iter().zip(compiled) {
             let load_err = |reason: String| PluginError::Load {
                 name: c.name.clone(),
                 path: c.path.display().to_string(),
@@ -195,9 +204,10 @@ impl PluginChain {
                     http::Callouts::new(&c.http)
                         .map_err(|e| load_err(format!("its HTTP client: {e}")))?,
                 ),
+                snapshot: std::sync::OnceLock::new(),
             };
             let (mut store, plugin) = loaded
-                .instantiate(&engine, None)
+                .instantiate(&loaded.pre, &engine, None)
                 .await
                 .map_err(|e| load_err(format!("{e:#}")))?;
             loaded.manifest = plugin
@@ -224,7 +234,7 @@ impl PluginChain {
             }
             // The data directory is granted from here on (the manifest was read without it).
             let (mut store, plugin) = loaded
-                .instantiate(&engine, None)
+                .instantiate(&loaded.pre, &engine, None)
                 .await
                 .map_err(|e| load_err(format!("{e:#}")))?;
             match plugin.call_init(&mut store, &c.config_json).await {
@@ -232,13 +242,31 @@ impl PluginChain {
                 Ok(Err(reason)) => return Err(init_err(reason)),
                 Err(e) => return Err(init_err(format!("trapped: {e:#}"))),
             }
+            let loaded = Arc::new(loaded);
+            sources.push((Arc::downgrade(&loaded), source));
             plugins.push(loaded);
         }
+        // Snapshots cost another compilation each: taken after loading, so a (re)load is as
+        // quick as before and calls run `init` themselves until their plugin's is there.
+        let (settled, snapshots_settled) = tokio::sync::watch::channel(false);
+        tokio::spawn(preinit::snapshot_all(
+            engine.clone(),
+            linker,
+            sources,
+            settled,
+        ));
         Ok(PluginChain {
             engine,
             plugins,
             pooling,
+            snapshots_settled,
         })
+    }
+
+    /// Returns when every plugin's snapshot was taken or given up on
+    /// ([`Self::preinitialised`] then holds for good).
+    pub async fn snapshots_settled(&self) {
+        let _ = self.snapshots_settled.clone().wait_for(|done| *done).await;
     }
 
     /// True when no plugin is configured.
@@ -249,6 +277,15 @@ impl PluginChain {
     /// Whether instances come from the pooling allocator.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// Each plugin, and whether its calls start from a snapshot taken after its `init`
+    /// ([`preinit`]) rather than running `init` themselves.
+    pub fn preinitialised(&self) -> Vec<(String, bool)> {
+        self.plugins
+            .iter()
+            .map(|p| (p.config.name.clone(), p.snapshot.get().is_some()))
+            .collect()
     }
 
     /// Counters plugins reported through the host, by plugin and name.
@@ -412,10 +449,15 @@ impl Loaded {
                 self.config.max_instances
             ))
         })?;
-        let (mut store, plugin) = self.instantiate(engine, Some(slot)).await?;
-        if let Err(reason) = plugin
-            .call_init(&mut store, &self.config.config_json)
-            .await?
+        let (pre, init) = match self.snapshot.get() {
+            Some(snapshot) => (snapshot, false),
+            None => (&self.pre, true),
+        };
+        let (mut store, plugin) = self.instantiate(pre, engine, Some(slot)).await?;
+        if init
+            && let Err(reason) = plugin
+                .call_init(&mut store, &self.config.config_json)
+                .await?
         {
             return Err(wasmtime::Error::msg(format!("init refused: {reason}")));
         }
@@ -426,9 +468,20 @@ impl Loaded {
 
     async fn instantiate(
         &self,
+        pre: &bindings::PluginPre<State>,
         engine: &Engine,
         slot: Option<Slot>,
     ) -> wasmtime::Result<(Store<State>, bindings::Plugin)> {
+        let mut store = self.store(engine, slot)?;
+        // Instantiation runs the component's start code: under the same deadline.
+        host::begin_hook(&mut store, self.config.deadline);
+        let plugin = pre.instantiate_async(&mut store).await?;
+        host::begin_hook(&mut store, self.config.deadline);
+        Ok((store, plugin))
+    }
+
+    /// A fresh store for one instance of this plugin, with its limits and deadline watch.
+    fn store(&self, engine: &Engine, slot: Option<Slot>) -> wasmtime::Result<Store<State>> {
         // No environment, no arguments, no network, no clock beyond WASI's, and no files but
         // the data directory the manifest asked for.
         let mut wasi = WasiCtx::builder();
@@ -464,11 +517,7 @@ impl Loaded {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         host::watch_deadline(&mut store);
-        // Instantiation runs the component's start code: under the same deadline.
-        host::begin_hook(&mut store, self.config.deadline);
-        let plugin = self.pre.instantiate_async(&mut store).await?;
-        host::begin_hook(&mut store, self.config.deadline);
-        Ok((store, plugin))
+        Ok(store)
     }
 }
 

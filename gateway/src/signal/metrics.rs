@@ -286,6 +286,14 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             label_value(&name)
         ));
     }
+    text.push_str("# HELP gateway_plugin_preinitialised 1 when a plugin's calls start from a snapshot taken after its init; 0 when each call runs init.\n# TYPE gateway_plugin_preinitialised gauge\n");
+    for (plugin, snapshot) in ctx.plugins.current().preinitialised() {
+        text.push_str(&format!(
+            "gateway_plugin_preinitialised{{plugin=\"{}\"}} {}\n",
+            label_value(&plugin),
+            u8::from(snapshot)
+        ));
+    }
     text.push_str("# HELP gateway_plugin_kv_bytes Bytes of keys and values a plugin holds in its key-value store.\n# TYPE gateway_plugin_kv_bytes gauge\n");
     for (plugin, bytes) in ctx.plugins.current().kv_bytes() {
         text.push_str(&format!(

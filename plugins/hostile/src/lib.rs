@@ -6,7 +6,9 @@
 //! then small values until refused), `log-flood` (20,000 log lines, one with a line break
 //! that forges a log line), `reject` (a well-behaved 403), or `continue`.
 //! With `"when_to": "bad"` it misbehaves only on calls to that destination, so tests can run
-//! a normal call beside a poisoned one.
+//! a normal call beside a poisoned one. With `"init_host"` its `init` asks the host for
+//! something — `log` (a log line), `clock` (WASI's wall clock) or `random` (a hash map's
+//! random seed, from WASI) — which keeps the gateway from snapshotting it after `init`.
 
 use gateway_plugin_sdk::{
     CallInfo, Level, Manifest, Plugin, Reject, Verdict, export_plugin, host, route,
@@ -30,6 +32,17 @@ impl Plugin for Hostile {
     fn init(config: &str) -> Result<Self, String> {
         let v: serde_json::Value =
             serde_json::from_str(config).map_err(|e| format!("hostile config: {e}"))?;
+        match v.get("init_host").and_then(|h| h.as_str()) {
+            Some("log") => host::log(Level::Info, "hostile: init"),
+            Some("clock") => {
+                std::hint::black_box(std::time::SystemTime::now());
+            }
+            Some("random") => {
+                let seeded: std::collections::HashMap<u8, u8> = Default::default();
+                std::hint::black_box(seeded);
+            }
+            _ => {}
+        }
         Ok(Hostile {
             mode: v
                 .get("mode")
