@@ -100,9 +100,14 @@ async fn bench() {
         } else {
             "+ init"
         };
+        let (p50, _) = percentiles(samples.clone());
         row(
             &format!("instantiate {init} + verdict + drop: {label}"),
             samples,
+        );
+        row(
+            &format!("pure computation as long (this machine's tail): {label}"),
+            machine_tail(p50, 20_000),
         );
         let (_, mut instances) = chain.start_call(call(0)).await;
         let mut samples = Vec::with_capacity(50_000);
@@ -168,6 +173,32 @@ async fn bench() {
         },
         samples,
     );
+}
+
+/// This machine's own tail for work of a given length: a loop of arithmetic calibrated to
+/// take `p50_us`, timed `runs` times (no wasm, no allocation, no system call). On a quiet
+/// machine its p99 is close to its p50; on a shared VM it shows how much of a measured p99
+/// the machine adds by itself (timer interrupts, the hypervisor, the other tenants).
+fn machine_tail(p50_us: f64, runs: usize) -> Vec<Duration> {
+    fn spin(n: u64) -> u64 {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..n {
+            x = std::hint::black_box(x.rotate_left(5) ^ i).wrapping_mul(0x1000_0000_01b3);
+        }
+        x
+    }
+    let calibration = 1_000_000;
+    let started = Instant::now();
+    std::hint::black_box(spin(calibration));
+    let per_step = started.elapsed().as_secs_f64() / calibration as f64;
+    let steps = ((p50_us * 1e-6) / per_step).max(1.0) as u64;
+    (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(spin(steps));
+            started.elapsed()
+        })
+        .collect()
 }
 
 /// Times `runs` call starts (instances dropped at once, as a call that ends), after `warm`
