@@ -248,13 +248,8 @@ impl PluginChain {
         }
         // Snapshots cost another compilation each: taken after loading, so a (re)load is as
         // quick as before and calls run `init` themselves until their plugin's is there.
-        let (settled, snapshots_settled) = tokio::sync::watch::channel(false);
-        tokio::spawn(preinit::snapshot_all(
-            engine.clone(),
-            linker,
-            sources,
-            settled,
-        ));
+        let snapshots_settled = preinit::start(engine.clone(), linker, sources)
+            .map_err(|e| PluginError::Engine(format!("starting the snapshot thread: {e}")))?;
         Ok(PluginChain {
             engine,
             plugins,

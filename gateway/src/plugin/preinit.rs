@@ -13,8 +13,8 @@
 //!
 //! Cost: the component is compiled twice (instrumented for reading its state, and the
 //! snapshot), not once. The snapshots are taken after the chain is loaded, one plugin at a
-//! time; calls use the instrumented component (and run `init`) until their plugin's snapshot
-//! exists, and for good when there is none.
+//! time on a thread of their own; calls use the instrumented component (and run `init`)
+//! until their plugin's snapshot exists, and for good when there is none.
 
 use std::sync::Weak;
 
@@ -49,9 +49,35 @@ pub(super) fn instrument(wasm: &[u8]) -> Result<Vec<u8>, String> {
 /// instrumented).
 pub(super) type Pending = (Weak<Loaded>, Result<Vec<u8>, String>);
 
+/// Takes the snapshots of a chain just loaded on a thread of its own (instrumenting,
+/// snapshotting and compiling a large component takes seconds of CPU that must not hold one
+/// of the gateway's async workers). The receiver turns true when all are settled.
+pub(super) fn start(
+    engine: Engine,
+    linker: Linker<State>,
+    plugins: Vec<Pending>,
+) -> std::io::Result<tokio::sync::watch::Receiver<bool>> {
+    let (settled, receiver) = tokio::sync::watch::channel(false);
+    std::thread::Builder::new()
+        .name("plugin-snapshot".into())
+        .spawn(move || {
+            // The probe instances are async (fibers) like every plugin instance here, so
+            // they need a runtime to run on; their imports all trap, so it waits on nothing.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(snapshot_all(engine, linker, plugins, settled)),
+                // Dropping `settled` tells the waiters; calls keep running `init`.
+                Err(e) => tracing::warn!(error = %e, "no runtime for plugin snapshots"),
+            }
+        })?;
+    Ok(receiver)
+}
+
 /// Takes each plugin's snapshot in turn and says when all are settled. Stops early when the chain was
 /// replaced meanwhile.
-pub(super) async fn snapshot_all(
+async fn snapshot_all(
     engine: Engine,
     linker: Linker<State>,
     plugins: Vec<Pending>,
@@ -126,13 +152,8 @@ async fn snapshot(
     if let Some(e) = state.failed {
         return Err(format!("cannot read its state: {e}"));
     }
-    // Compiling is Cranelift's work: off the async workers.
-    let owned = engine.clone();
-    let component =
-        tokio::task::spawn_blocking(move || wasmtime::component::Component::new(&owned, &snapshot))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot compile the snapshot: {e:#}"))?;
+    let component = wasmtime::component::Component::new(engine, &snapshot)
+        .map_err(|e| format!("cannot compile the snapshot: {e:#}"))?;
     linker
         .instantiate_pre(&component)
         .and_then(bindings::PluginPre::new)
