@@ -75,8 +75,8 @@ pub(super) fn start(
     Ok(receiver)
 }
 
-/// Takes each plugin's snapshot in turn and says when all are settled. Stops early when the chain was
-/// replaced meanwhile.
+/// Takes each plugin's snapshot in turn and says when all are settled. Stops early when the
+/// chain was replaced meanwhile.
 async fn snapshot_all(
     engine: Engine,
     linker: Linker<State>,
@@ -128,7 +128,12 @@ async fn snapshot(
     let instance = probe
         .instantiate_async(&mut store, &component)
         .await
-        .map_err(|e| format!("its instantiation calls the host: {}", e.root_cause()))?;
+        .map_err(|e| {
+            format!(
+                "it cannot be instantiated without the host: {}",
+                e.root_cause()
+            )
+        })?;
     let plugin = bindings::Plugin::new(&mut store, &instance).map_err(|e| format!("{e:#}"))?;
     host::begin_hook(&mut store, loaded.config.deadline);
     match plugin
@@ -137,7 +142,9 @@ async fn snapshot(
     {
         Ok(Ok(())) => {}
         Ok(Err(reason)) => return Err(format!("init refused: {reason}")),
-        Err(e) => return Err(format!("its init calls the host: {}", e.root_cause())),
+        // Mostly an import reached for ("unknown import: `wasi:random/…`"); a trap or an
+        // overrun deadline says so instead.
+        Err(e) => return Err(format!("its init needs the host: {}", e.root_cause())),
     }
     host::begin_hook(&mut store, SNAPSHOT_BUDGET);
     let mut state = Snapshotting {
