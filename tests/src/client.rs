@@ -11,6 +11,7 @@ use gateway::media::dtmf::{DtmfSender, EventPayload};
 use gateway::media::opus::{
     EncoderSettings, FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder, OpusEncoder,
 };
+use gateway::media::rtp::{HEADER_LEN, RtpPacket, write_header};
 use gateway::media::tone::{ToneDetector, ToneGenerator};
 use gateway::rtc::{opus_codec, telephone_event_codec as telephone_event};
 use rtc::media_stream::MediaStreamTrack;
@@ -173,13 +174,27 @@ pub struct CallReport {
     pub packets_after_restart: u64,
 }
 
+type Signaling =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the `/ws` signaling socket. The read buffer is kept small, as the gateway keeps its
+/// own (signal/mod.rs): tungstenite zero-fills the whole buffer before every read attempt, and
+/// this client's task polls the socket on every media packet — with the default 128 KiB that
+/// was a quarter of a load generator's CPU (`memset` under `FrameCodec::read_frame`, perf).
+async fn connect(url: &str) -> anyhow::Result<Signaling> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
+    Ok(ws)
+}
+
 fn text(m: &Value) -> Message {
     Message::Text(m.to_string().into())
 }
 
 /// Places one call through the gateway at `ws_url` and reports.
 pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<CallReport> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let mut ws = connect(ws_url).await?;
     let mut report = CallReport::default();
     let mut socket = UdpSocket::bind("127.0.0.1:0").await?;
     let mut local = socket.local_addr()?;
@@ -302,14 +317,11 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         Vec::new()
     };
     let mut loop_index = 0usize;
-    // RFC 3550 §6.4.1 jitter, in 48 kHz timestamp units.
-    let started = Instant::now();
-    let mut transit_prev: Option<f64> = None;
-    let mut jitter = 0.0f64;
+    let mut arrivals = Arrivals::new();
+    // Light mode protects its RTP itself, without the stack's pipeline.
+    let mut plain = Vec::with_capacity(MAX_PACKET + HEADER_LEN);
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     let mut hung_up = false;
-    let mut first_seq: Option<u16> = None;
-    let mut highest_seq: u64 = 0;
     let hard_deadline = Instant::now() + Duration::from_secs_f64(options.seconds + 30.0);
 
     while Instant::now() < hard_deadline {
@@ -333,35 +345,14 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             if let RTCMessage::RtpPacket(_, p) = message
                 && p.header.payload_type == 111
             {
-                report.packets_received += 1;
-                if restarted {
-                    report.packets_after_restart += 1;
-                }
-                let arrival = started.elapsed().as_secs_f64() * 48_000.0;
-                let transit = arrival - p.header.timestamp as f64;
-                if let Some(prev) = transit_prev {
-                    let d = (transit - prev).abs();
-                    // A timestamp jump (new talkspurt, wrap) is not jitter.
-                    if d < 48_000.0 {
-                        jitter += (d - jitter) / 16.0;
-                    }
-                }
-                transit_prev = Some(transit);
-                let first = *first_seq.get_or_insert(p.header.sequence_number);
-                highest_seq = highest_seq.max(p.header.sequence_number.wrapping_sub(first) as u64);
-                if answered_at.is_none() {
-                    report.early_packets += 1;
-                }
-                let in_window = match (answered_at, options.measure_window) {
-                    (Some(at), Some((from, to))) => {
-                        let t = at.elapsed().as_secs_f64();
-                        t >= from && t < to
-                    }
-                    _ => false,
-                };
-                if in_window {
-                    report.window_packets += 1;
-                }
+                let in_window = arrivals.opus(
+                    &mut report,
+                    p.header.sequence_number,
+                    p.header.timestamp,
+                    answered_at,
+                    options.measure_window,
+                    restarted,
+                );
                 if !options.light
                     && decoder.decode(&p.payload, &mut decoded).is_ok()
                     && answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300))
@@ -419,7 +410,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 reconnected = true;
                 // No `hangup`: the socket just goes, as on a network change.
                 drop(ws);
-                let (fresh, _) = tokio_tungstenite::connect_async(ws_url).await?;
+                let fresh = connect(ws_url).await?;
                 ws = fresh;
                 let token = options
                     .resume_with_token
@@ -532,8 +523,29 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         }
                     };
                     let ts = if pt == 126 { dtmf_ts } else { timestamp };
-                    let rtp = rtc::rtp::Packet { header: rtc::rtp::header::Header { version: 2, marker, payload_type: pt, sequence_number: sequence, timestamp: ts, ssrc, ..Default::default() }, payload };
-                    if let Some(mut s) = pc.rtp_sender(sender) {
+                    if options.light {
+                        // As the gateway's browser leg does (gateway/src/rtc): the keys DTLS-SRTP
+                        // agreed, to ICE's selected pair, so a load of light callers costs the
+                        // generator little more than its system calls.
+                        if let Some(path) = pc.srtp_path() {
+                            plain.clear();
+                            plain.resize(HEADER_LEN, 0);
+                            write_header(&mut plain, marker, pt, sequence, ts, ssrc);
+                            plain.extend_from_slice(&payload);
+                            match path.outbound.encrypt_rtp(&plain) {
+                                Ok(packet) => {
+                                    if !dark {
+                                        let _ = socket.send_to(&packet, path.peer).await;
+                                    }
+                                    if pt == 111 {
+                                        report.packets_sent += 1;
+                                    }
+                                }
+                                Err(e) => eprintln!("client SRTP pt {pt}: {e}"),
+                            }
+                        }
+                    } else if let Some(mut s) = pc.rtp_sender(sender) {
+                        let rtp = rtc::rtp::Packet { header: rtc::rtp::header::Header { version: 2, marker, payload_type: pt, sequence_number: sequence, timestamp: ts, ssrc, ..Default::default() }, payload };
                         match s.write_rtp(now, rtp) {
                             Ok(()) if pt == 111 => report.packets_sent += 1,
                             Ok(()) => {}
@@ -546,6 +558,17 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             }
             r = socket.recv_from(&mut buf) => {
                 let (n, peer): (usize, SocketAddr) = r?;
+                // Light mode counts the audio coming back from its header, which SRTP leaves in
+                // the clear (RFC 3711 §3.1): it neither decodes nor checks it, so it need not
+                // decrypt it either.
+                if options.light && report.media_connected && is_rtp(&buf[..n]) {
+                    if let Ok(p) = RtpPacket::parse(&buf[..n])
+                        && p.payload_type == 111
+                    {
+                        arrivals.opus(&mut report, p.sequence, p.timestamp, answered_at, options.measure_window, restarted);
+                    }
+                    continue;
+                }
                 let _ = pc.handle_read(TaggedBytesMut { now: Instant::now(), transport: TransportContext { local_addr: local, peer_addr: peer, ecn: None, transport_protocol: TransportProtocol::UDP }, message: BytesMut::from(&buf[..n]) });
             }
             _ = tokio::time::sleep_until(timer.into()) => {
@@ -584,7 +607,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         report.setup_ms = Some(call_sent.elapsed().as_secs_f64() * 1000.0);
                     }
                     "reconnect" if options.reconnect_to.is_some() => {
-                        let (fresh, _) = tokio_tungstenite::connect_async(options.reconnect_to.as_deref().unwrap_or_default()).await?;
+                        let fresh = connect(options.reconnect_to.as_deref().unwrap_or_default()).await?;
                         ws = fresh;
                         if let Some(token) = &options.token {
                             ws.send(text(&json!({"type": "auth", "token": token}))).await?;
@@ -604,10 +627,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             }
         }
     }
-    if first_seq.is_some() {
-        report.packets_lost = (highest_seq + 1).saturating_sub(report.packets_received);
-        report.jitter_ms = Some((jitter / 48.0 * 100.0).round() / 100.0);
-    }
+    arrivals.finish(&mut report);
     let r = detector.report();
     report.tone_snr_db = r
         .snr_db
@@ -620,6 +640,84 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         .then_some((w.snr_db * 10.0).round() / 10.0);
     let _ = pc.close();
     Ok(report)
+}
+
+/// SRTP rather than SRTCP, DTLS or STUN (RFC 7983 §7, RFC 5761 §4).
+fn is_rtp(datagram: &[u8]) -> bool {
+    matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))
+}
+
+/// The gateway's audio as it arrives: counts, loss from sequence gaps and RFC 3550 §6.4.1
+/// interarrival jitter.
+struct Arrivals {
+    started: Instant,
+    /// The previous packet's transit time, in 48 kHz timestamp units.
+    transit_prev: Option<f64>,
+    jitter: f64,
+    first_seq: Option<u16>,
+    highest_seq: u64,
+}
+
+impl Arrivals {
+    fn new() -> Self {
+        Arrivals {
+            started: Instant::now(),
+            transit_prev: None,
+            jitter: 0.0,
+            first_seq: None,
+            highest_seq: 0,
+        }
+    }
+
+    /// Counts one Opus packet; true when it arrived inside `window` (seconds after the answer).
+    fn opus(
+        &mut self,
+        report: &mut CallReport,
+        sequence: u16,
+        timestamp: u32,
+        answered_at: Option<Instant>,
+        window: Option<(f64, f64)>,
+        restarted: bool,
+    ) -> bool {
+        report.packets_received += 1;
+        if restarted {
+            report.packets_after_restart += 1;
+        }
+        let arrival = self.started.elapsed().as_secs_f64() * 48_000.0;
+        let transit = arrival - timestamp as f64;
+        if let Some(prev) = self.transit_prev {
+            let d = (transit - prev).abs();
+            // A timestamp jump (new talkspurt, wrap) is not jitter.
+            if d < 48_000.0 {
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+        }
+        self.transit_prev = Some(transit);
+        let first = *self.first_seq.get_or_insert(sequence);
+        self.highest_seq = self.highest_seq.max(sequence.wrapping_sub(first) as u64);
+        if answered_at.is_none() {
+            report.early_packets += 1;
+        }
+        let in_window = match (answered_at, window) {
+            (Some(at), Some((from, to))) => {
+                let t = at.elapsed().as_secs_f64();
+                t >= from && t < to
+            }
+            _ => false,
+        };
+        if in_window {
+            report.window_packets += 1;
+        }
+        in_window
+    }
+
+    /// Loss and jitter into the report.
+    fn finish(&self, report: &mut CallReport) {
+        if self.first_seq.is_some() {
+            report.packets_lost = (self.highest_seq + 1).saturating_sub(report.packets_received);
+            report.jitter_ms = Some((self.jitter / 48.0 * 100.0).round() / 100.0);
+        }
+    }
 }
 
 /// A host candidate for the local socket.

@@ -86,6 +86,47 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     );
 }
 
+/// The load generator's light caller protects its RTP without the stack's pipeline and counts
+/// what comes back from the clear header: the gateway must accept its SRTP (the echo returns
+/// only audio the gateway decrypted, transcoded and sent on) and nothing may go missing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
+    let dir = out_dir("browser_light");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    with_target(
+        &path,
+        &format!("\n[cdr]\npath = \"{}\"\n", dir.join("cdr.jsonl").display()),
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let opts = CallOptions {
+        light: true,
+        ..options(2.0)
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
+        .await
+        .unwrap();
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
+    assert!(report.packets_sent >= 90, "{report:?}");
+    assert!(
+        report.packets_received >= 80,
+        "the echo comes back: {report:?}"
+    );
+    assert_eq!(report.packets_lost, 0, "{report:?}");
+    assert_eq!(report.tone_snr_db, None, "a light caller does not decode");
+    assert!(sipp.finished().await);
+    let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(cdr.lines().next().unwrap()).unwrap();
+    let accepted = record["browser_packets_in"].as_u64().unwrap();
+    assert!(
+        accepted + 5 >= report.packets_sent,
+        "the gateway authenticated the light caller's SRTP: {accepted} of {} packets, {record}",
+        report.packets_sent
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn early_media_reaches_the_browser_before_the_answer() {
     let dir = out_dir("browser_early");
