@@ -81,11 +81,37 @@ impl std::fmt::Debug for MediaMux {
 /// Per-call queue depth: at 50 packets/s plus STUN and RTCP, a second of backlog.
 const QUEUE: usize = 64;
 
+/// The receive buffer asked for the port. Every call's browser audio arrives on this one
+/// socket, 50 datagrams a second per call: the kernel's default (208 KiB, a few hundred small
+/// datagrams) held ~10 ms of 400 calls' traffic, and a receive task that late on a busy box lost
+/// datagrams — DTLS handshakes among them, whose retransmissions (1, 2, 4, 8 s) then outlasted
+/// the call's connect timeout (seen as `RcvbufErrors` and the socket's drop count in
+/// `ss -uam`). Memory is only taken while datagrams wait.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Asks for [`RECEIVE_BUFFER`] and says so when the kernel's `net.core.rmem_max` grants less.
+fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> std::io::Result<usize> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    // Linux reports twice what it reserves for data (socket(7), SO_RCVBUF).
+    let granted = socket.recv_buffer_size()? / 2;
+    if granted < RECEIVE_BUFFER {
+        tracing::warn!(
+            granted_bytes = granted,
+            wanted_bytes = RECEIVE_BUFFER,
+            "the browser media port's receive buffer is smaller than wanted: under load it \
+             drops datagrams; raise it with `sysctl -w net.core.rmem_max={RECEIVE_BUFFER}`"
+        );
+    }
+    Ok(granted)
+}
+
 impl MediaMux {
     /// Binds the port and starts the receive task.
     pub fn bind(addr: SocketAddr) -> std::io::Result<MediaMux> {
         let socket = std::net::UdpSocket::bind(addr)?;
         socket.set_nonblocking(true)?;
+        enlarge_receive_buffer(&socket)?;
         let local = socket.local_addr()?;
         let send = Arc::new(socket.try_clone()?);
         let recv = UdpSocket::from_std(socket)?;
@@ -204,6 +230,23 @@ mod tests {
             .ok()
             .flatten()
             .map(|(_, from)| from)
+    }
+
+    #[test]
+    fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
+        let granted = enlarge_receive_buffer(&socket).unwrap();
+        // What the kernel allows: net.core.rmem_max caps an unprivileged request.
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(before);
+        assert_eq!(
+            granted,
+            RECEIVE_BUFFER.min(cap.max(before)),
+            "default was {before}"
+        );
     }
 
     #[tokio::test]

@@ -180,7 +180,13 @@ impl Run<'_> {
                     call_id = %call.id(),
                     "nothing from the browser for 5 s; waiting for it or an ICE restart"
                 ),
-                BrowserEvent::Failed => call.handle_caller_media(false, Instant::now()),
+                BrowserEvent::Failed => {
+                    // Also seen when a browser closes its connection after the call ended.
+                    if call.end().is_none() {
+                        tracing::warn!(call_id = %call.id(), "the browser's media failed (ICE or DTLS gave up); ending the call");
+                    }
+                    call.handle_caller_media(false, Instant::now())
+                }
                 BrowserEvent::Opus { .. } if !trunk_ready => {}
                 BrowserEvent::Opus { payload, .. } if relaying => {
                     if !crate::media::opus::is_relayable(&payload) {

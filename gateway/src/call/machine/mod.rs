@@ -471,6 +471,11 @@ impl Call {
         if due(self.connect_deadline) {
             self.connect_deadline = None;
             if !self.caller_connected {
+                tracing::warn!(
+                    call_id = %self.id,
+                    timeout = ?self.settings.connect_timeout,
+                    "the browser's media (ICE and DTLS) did not connect in time; ending the call"
+                );
                 self.handle_caller_media(false, now);
             }
         }
