@@ -19,9 +19,10 @@ fn options(seconds: f64) -> CallOptions {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
-    let dir = out_dir("browser_echo");
+/// sipp echoing RTP as the trunk, and a gateway writing CDRs: the test's first CDR is
+/// [`first_cdr`].
+async fn echo_with_cdr(test: &str) -> (Sipp, gateway::run::Gateway, std::path::PathBuf) {
+    let dir = out_dir(test);
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
     let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
     with_target(
@@ -31,6 +32,17 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
+    (sipp, gateway, dir)
+}
+
+fn first_cdr(dir: &std::path::Path) -> serde_json::Value {
+    let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
+    serde_json::from_str(cdr.lines().next().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
+    let (sipp, gateway, dir) = echo_with_cdr("browser_echo").await;
     let url = format!("ws://{}/ws", gateway.http_addr);
     let mut opts = options(3.0);
     opts.dtmf = Some("42".into());
@@ -51,8 +63,7 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     let ended = report.ended.expect("ended");
     assert_eq!(ended["reason"], "hangup");
     assert!(sipp.finished().await, "sipp did not get BYE");
-    let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(cdr.lines().next().unwrap()).unwrap();
+    let record = first_cdr(&dir);
     assert_eq!(record["end_reason"], "hangup");
     assert_eq!(record["trunk"], "carrier");
     assert!(record["duration_s"].as_f64().unwrap() >= 2.5);
@@ -91,16 +102,7 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
 /// only audio the gateway decrypted, transcoded and sent on) and nothing may go missing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
-    let dir = out_dir("browser_light");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    with_target(
-        &path,
-        &format!("\n[cdr]\npath = \"{}\"\n", dir.join("cdr.jsonl").display()),
-    );
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    let (sipp, gateway, dir) = echo_with_cdr("browser_light").await;
     let opts = CallOptions {
         light: true,
         ..options(2.0)
@@ -117,8 +119,7 @@ async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
     assert_eq!(report.packets_lost, 0, "{report:?}");
     assert_eq!(report.tone_snr_db, None, "a light caller does not decode");
     assert!(sipp.finished().await);
-    let cdr = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(cdr.lines().next().unwrap()).unwrap();
+    let record = first_cdr(&dir);
     let accepted = record["browser_packets_in"].as_u64().unwrap();
     assert!(
         accepted + 5 >= report.packets_sent,
