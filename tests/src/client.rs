@@ -13,7 +13,7 @@ use gateway::media::opus::{
 };
 use gateway::media::rtp::{HEADER_LEN, RtpPacket, write_header};
 use gateway::media::tone::{ToneDetector, ToneGenerator};
-use gateway::rtc::{opus_codec, telephone_event_codec as telephone_event};
+use gateway::rtc::{is_rtp, opus_codec, telephone_event_codec as telephone_event};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -640,11 +640,6 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
         .then_some((w.snr_db * 10.0).round() / 10.0);
     let _ = pc.close();
     Ok(report)
-}
-
-/// SRTP rather than SRTCP, DTLS or STUN (RFC 7983 §7, RFC 5761 §4).
-fn is_rtp(datagram: &[u8]) -> bool {
-    matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))
 }
 
 /// The gateway's audio as it arrives: counts, loss from sequence gaps and RFC 3550 §6.4.1

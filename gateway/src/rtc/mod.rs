@@ -169,7 +169,7 @@ fn is_stun(datagram: &[u8]) -> bool {
 /// SRTP rather than SRTCP or DTLS: a first byte of 128–191 (RFC 7983 §7) and a second byte
 /// that is not an RTCP packet type 192–223 (RFC 5761 §4; the marker bit set with payload
 /// types 64–95, which RFC 5761 §4 keeps out of use for this reason).
-fn is_rtp(datagram: &[u8]) -> bool {
+pub fn is_rtp(datagram: &[u8]) -> bool {
     matches!(datagram, [128..=191, second, ..] if !(192..=223).contains(second))
 }
 
