@@ -107,9 +107,32 @@ async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
         light: true,
         ..options(2.0)
     };
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
-        .await
-        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let call = tokio::spawn(async move { run_call(&url, &opts).await });
+    // Once its media flows, the call reads the browser on a socket of its own (connected to
+    // the browser's address) on its media worker, not through the shared port's mux task.
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+        if metrics.contains("gateway_media_direct_paths 1") {
+            break;
+        }
+    }
+    assert!(
+        metrics.contains("gateway_media_direct_paths 1"),
+        "{metrics}"
+    );
+    let per_worker: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_media_worker_calls{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(
+        per_worker, 1,
+        "the call runs on one media worker: {metrics}"
+    );
+    let report = call.await.unwrap().unwrap();
     assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
     assert!(report.packets_sent >= 90, "{report:?}");
     assert!(
@@ -125,6 +148,11 @@ async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
         accepted + 5 >= report.packets_sent,
         "the gateway authenticated the light caller's SRTP: {accepted} of {} packets, {record}",
         report.packets_sent
+    );
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_media_direct_paths 0"),
+        "the call's own socket closed with it: {metrics}"
     );
 }
 

@@ -10,7 +10,7 @@ use crate::media::bridge::Bridge;
 use crate::media::tone::{ToneDetector, ToneGenerator};
 use crate::media::wideband::WideBridge;
 use crate::rtc::BrowserLeg;
-use crate::rtc::mux::{MediaMux, MuxRoute};
+use crate::rtc::mux::{Datagram, DirectPath, MediaMux, MuxRoute};
 
 /// The caller's side of the call.
 pub enum Caller {
@@ -23,8 +23,13 @@ pub enum Caller {
 /// A browser's WebRTC leg and its route on the shared media port.
 pub struct BrowserCaller {
     pub(super) leg: BrowserLeg,
-    pub(super) route: MuxRoute,
-    pub(super) mux: MediaMux,
+    route: MuxRoute,
+    mux: MediaMux,
+    /// The call's own socket for the address the browser's media comes from.
+    direct: Option<DirectPath>,
+    /// When a direct path was last opened (or failed to): a browser whose media hops between
+    /// addresses gets a new socket at most once per [`REDIRECT_AFTER`].
+    direct_opened: Option<Instant>,
     /// Opus ⇄ G.711, with its statistics for the CDR.
     pub bridge: Bridge,
     /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722.
@@ -41,6 +46,9 @@ pub struct BrowserCaller {
 /// or two; more is a page gone wrong, and each costs the gateway a new ICE session.
 const RENEGOTIATIONS_PER_MINUTE: usize = 10;
 
+/// The least time between two direct paths of one call.
+const REDIRECT_AFTER: Duration = Duration::from_secs(1);
+
 impl BrowserCaller {
     /// A browser leg whose datagrams arrive on `route`.
     pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: Bridge) -> Self {
@@ -48,6 +56,8 @@ impl BrowserCaller {
             leg,
             route,
             mux,
+            direct: None,
+            direct_opened: None,
             bridge,
             wide: None,
             wide_settings: (1, 60),
@@ -91,6 +101,50 @@ impl BrowserCaller {
             self.route.rekey(self.leg.ufrag(), self.leg.media_source());
         }
         Ok(answer)
+    }
+
+    /// The browser's next datagram: on the call's direct path, or through the media port's
+    /// mux (ICE checks from other candidates, and everything before media flows).
+    pub(super) async fn recv(&mut self) -> Option<Datagram> {
+        match &self.direct {
+            Some(direct) => tokio::select! {
+                datagram = self.route.recv() => datagram,
+                datagram = direct.recv() => Some(datagram),
+            },
+            None => self.route.recv().await,
+        }
+    }
+
+    /// Sends a datagram to the browser.
+    pub(super) fn send(&self, bytes: &[u8], to: std::net::SocketAddr) {
+        match &self.direct {
+            Some(direct) if direct.peer() == to => direct.send(bytes),
+            _ => self.mux.send(bytes, to),
+        }
+    }
+
+    /// After a datagram: once the browser's media flows from an address (authenticated, see
+    /// `BrowserLeg::media_source`), the call reads and writes it on a socket of its own.
+    pub(super) fn follow_media(&mut self, now: Instant) {
+        let Some(source) = self.leg.media_source() else {
+            return;
+        };
+        if self.direct.as_ref().is_some_and(|d| d.peer() == source)
+            || self
+                .direct_opened
+                .is_some_and(|t| now.duration_since(t) < REDIRECT_AFTER)
+        {
+            return;
+        }
+        self.direct_opened = Some(now);
+        // The old path closes first: its address's datagrams go to the mux again.
+        self.direct = None;
+        match self.mux.connect(source) {
+            Ok(direct) => self.direct = Some(direct),
+            Err(e) => {
+                tracing::warn!(error = %e, %source, "no direct path to the browser; its media goes through the shared port")
+            }
+        }
     }
 
     /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity

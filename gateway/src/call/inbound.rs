@@ -208,59 +208,66 @@ pub async fn run_inbound(
             return;
         }
     };
-    ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
-    let machine = Call::inbound(
-        &call_id,
-        ctx.call_settings(),
-        ctx.endpoint.local().clone(),
-        ctx.trunks.clone(),
-        inbound,
-        Instant::now(),
-    );
-    let route = ctx.mux.register(leg.ufrag());
-    let (commands_tx, commands) = mpsc::unbounded_channel();
-    let events = super::EventSink::new(browser.events.clone());
-    let _ = browser
-        .calls
-        .send((call_id.clone(), commands_tx, events.clone()));
-    events.send((
-        call_id.clone(),
-        CallEvent::Offered {
-            from: from.clone(),
-            to: dialled.clone(),
-            sdp: offer,
-            asserted,
-            diverted_from,
-        },
-    ));
-    let caller = Caller::Browser(Box::new(
-        BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
-            .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
-    ));
-    let wiring = Wiring {
-        endpoint: &ctx.endpoint,
-        metrics: &ctx.metrics,
-        shutdown: ctx.shutdown.subscribe(),
-    };
-    let outcome = drive(
-        wiring,
-        machine,
-        caller,
-        rtp,
-        Start {
-            routing: None,
-            invite: Some(invite),
-            hooks,
-            requests: Some(requests),
-        },
-        events,
-        commands,
-    )
-    .await;
-    let parties = Parties {
-        call_id,
-        from,
-        to: dialled,
-    };
-    record_outcome(&ctx, &parties, started_ms, outcome).await;
+    // From here the call runs on a media worker (`call::workers`): its browser leg, bridge
+    // and trunk RTP are driven there; the plugins' hooks stay where they were started.
+    let worker_ctx = ctx.clone();
+    ctx.workers.spawn(async move {
+        let ctx = worker_ctx;
+        let _slot = _slot;
+        ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+        let machine = Call::inbound(
+            &call_id,
+            ctx.call_settings(),
+            ctx.endpoint.local().clone(),
+            ctx.trunks.clone(),
+            inbound,
+            Instant::now(),
+        );
+        let route = ctx.mux.register(leg.ufrag());
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let events = super::EventSink::new(browser.events.clone());
+        let _ = browser
+            .calls
+            .send((call_id.clone(), commands_tx, events.clone()));
+        events.send((
+            call_id.clone(),
+            CallEvent::Offered {
+                from: from.clone(),
+                to: dialled.clone(),
+                sdp: offer,
+                asserted,
+                diverted_from,
+            },
+        ));
+        let caller = Caller::Browser(Box::new(
+            BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
+                .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
+        ));
+        let wiring = Wiring {
+            endpoint: &ctx.endpoint,
+            metrics: &ctx.metrics,
+            shutdown: ctx.shutdown.subscribe(),
+        };
+        let outcome = drive(
+            wiring,
+            machine,
+            caller,
+            rtp,
+            Start {
+                routing: None,
+                invite: Some(invite),
+                hooks,
+                requests: Some(requests),
+            },
+            events,
+            commands,
+        )
+        .await;
+        let parties = Parties {
+            call_id,
+            from,
+            to: dialled,
+        };
+        record_outcome(&ctx, &parties, started_ms, outcome).await;
+    });
 }

@@ -5,6 +5,7 @@
 //! - `driver`: the task that feeds it sockets and time; `caller`: the browser or tone caller.
 //! - `outbound`, `inbound`: from a browser's `call` / a trunk's INVITE to a running call.
 //! - `cdr`: the record written when a call ends; `tap`: plugins' audio frames.
+//! - `workers`: the media threads calls run on.
 
 pub mod caller;
 pub mod cdr;
@@ -16,6 +17,7 @@ mod outbound;
 mod parked;
 mod preflight;
 mod tap;
+pub mod workers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,6 +91,8 @@ pub struct CallContext {
     pub shutdown: watch::Sender<bool>,
     /// The other gateways of a `[cluster]`, if any.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The threads calls run on.
+    pub workers: workers::MediaWorkers,
 }
 
 impl CallContext {

@@ -54,7 +54,7 @@ pub fn start_outbound(
         Instant::now(),
     )?;
     let route = ctx.mux.register(leg.ufrag());
-    tokio::spawn(run_outbound(
+    ctx.workers.spawn(run_outbound(
         ctx.clone(),
         slot,
         call,
@@ -129,9 +129,11 @@ async fn run_outbound(
 }
 
 /// The plugins' decision and the addresses it leads to. The plugin chain decides first: it
-/// may reject the call or move it to another trunk, number or caller ID.
+/// may reject the call or move it to another trunk, number or caller ID. It is decided on the
+/// shared runtime: plugins and DNS never hold up a media worker's calls.
 fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
-    Box::pin(async move {
+    let control = ctx.workers.control().clone();
+    let deciding = control.spawn(async move {
         let caller_id = ctx
             .trunks
             .config(&call.trunk)
@@ -191,6 +193,12 @@ fn routing(ctx: Arc<CallContext>, call: Outbound, rtp_port: u16) -> Routing {
             }
         };
         (route, hooks)
+    });
+    Box::pin(async move {
+        deciding.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "call routing failed");
+            (Err(("trunk_unavailable", 500)), None)
+        })
     })
 }
 

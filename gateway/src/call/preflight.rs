@@ -29,7 +29,7 @@ pub fn start_preflight(
     ctx.metrics.preflights_total.fetch_add(1, Ordering::Relaxed);
     let until = now + Duration::from_secs(PREFLIGHT_SECONDS);
     let mux = ctx.mux.clone();
-    tokio::spawn(async move {
+    ctx.workers.spawn(async move {
         echo(leg, route, mux, until).await;
         drop(slot);
     });

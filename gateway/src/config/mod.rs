@@ -16,6 +16,9 @@ pub use model::*;
 pub use plugins::{HttpPolicy, UrlPattern};
 use raw::*;
 
+/// The most media worker threads `[media] workers` may ask for.
+const MAX_WORKERS: u32 = 256;
+
 /// One mistake in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
@@ -242,6 +245,21 @@ impl Config {
             "media.opus_complexity_under_loss",
             defaults.complexity_under_loss,
         );
+        let workers = match &raw.media.workers {
+            Some(w) if !(1..=MAX_WORKERS).contains(w.get_ref()) => {
+                c.issue(
+                    w.span(),
+                    "media.workers",
+                    format!(
+                        "media workers go from 1 to {MAX_WORKERS} (leave it out for one per core)"
+                    ),
+                );
+                1
+            }
+            Some(w) => *w.get_ref() as usize,
+            // One per core: a worker is one thread's worth of calls.
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
 
         let mut trunks = BTreeMap::new();
         for (name, spanned) in &raw.trunks {
@@ -497,6 +515,7 @@ impl Config {
                 opus_complexity,
                 opus_complexity_under_loss,
                 jitter_ms: raw.media.jitter_ms.unwrap_or(60),
+                workers,
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
             inbound: raw.inbound,

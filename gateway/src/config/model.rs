@@ -254,6 +254,8 @@ pub struct MediaConfig {
     pub opus_complexity_under_loss: u8,
     /// Jitter buffer depth on the trunk → browser path, ms.
     pub jitter_ms: u32,
+    /// Media worker threads (`call::workers`), default one per core.
+    pub workers: usize,
 }
 
 /// The validated configuration.

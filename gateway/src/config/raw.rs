@@ -151,6 +151,7 @@ pub(super) struct RawMedia {
     pub(super) opus_complexity: Option<Spanned<u8>>,
     pub(super) opus_complexity_under_loss: Option<Spanned<u8>>,
     pub(super) jitter_ms: Option<u32>,
+    pub(super) workers: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -2,9 +2,19 @@
 //! side and routes each datagram to its call: by the peer's address once known, else by the
 //! ufrag in a STUN Binding request's USERNAME (RFC 8445 §7.2.2). Sending needs no routing:
 //! every call sends through a shared non-blocking handle of the same socket.
+//!
+//! Once a browser's media flows from an address, its call opens a socket of its own on the
+//! same port, connected to that address ([`MediaMux::connect`], a [`DirectPath`]): the
+//! kernel delivers a connected UDP socket the datagrams of its 4-tuple ahead of the port's
+//! other sockets (`SO_REUSEPORT`; connected sockets are never picked by the group's hash), so
+//! the call's media worker reads them itself — no hop through the mux task, no wake-up of a
+//! second thread per datagram. Checks from the browser's other candidates still come through
+//! the mux. Only processes of the gateway's own user may join the port's group (Linux
+//! `SO_REUSEPORT` rule).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -70,6 +80,8 @@ pub struct MediaMux {
     send: Arc<std::net::UdpSocket>,
     local: SocketAddr,
     routes: Arc<Mutex<Routes>>,
+    /// Direct paths open.
+    direct: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for MediaMux {
@@ -106,11 +118,23 @@ fn enlarge_receive_buffer(socket: &std::net::UdpSocket) -> std::io::Result<usize
     Ok(granted)
 }
 
+/// A non-blocking UDP socket on `addr` that other sockets of this process may share.
+fn shared_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
 impl MediaMux {
     /// Binds the port and starts the receive task.
     pub fn bind(addr: SocketAddr) -> std::io::Result<MediaMux> {
-        let socket = std::net::UdpSocket::bind(addr)?;
-        socket.set_nonblocking(true)?;
+        let socket: std::net::UdpSocket = shared_socket(addr)?.into();
         enlarge_receive_buffer(&socket)?;
         let local = socket.local_addr()?;
         let send = Arc::new(socket.try_clone()?);
@@ -121,6 +145,7 @@ impl MediaMux {
             send,
             local,
             routes,
+            direct: Default::default(),
         })
     }
 
@@ -160,6 +185,30 @@ impl MediaMux {
         }
     }
 
+    /// A socket of the call's own for the browser address `peer` (see the module's text).
+    /// Registered with the runtime it is called on: the call's media worker.
+    pub fn connect(&self, peer: SocketAddr) -> std::io::Result<DirectPath> {
+        let socket = shared_socket(self.local)?;
+        // Until `connect` the socket is one more member of the port's group, and the kernel
+        // may hash another browser's datagram to it: `DirectPath::recv` hands such strays on.
+        socket.connect(&peer.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        let sender = socket.try_clone()?;
+        let socket = UdpSocket::from_std(socket)?;
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        Ok(DirectPath {
+            socket,
+            sender,
+            peer,
+            mux: self.clone(),
+        })
+    }
+
+    /// Direct paths open (for metrics and tests).
+    pub fn direct_paths(&self) -> usize {
+        self.direct.load(Ordering::Relaxed)
+    }
+
     /// Calls with routes (for metrics and tests).
     pub fn calls(&self) -> usize {
         self.routes
@@ -170,37 +219,85 @@ impl MediaMux {
     }
 }
 
+/// A call's own socket for the one browser address its media comes from.
+#[derive(Debug)]
+pub struct DirectPath {
+    socket: UdpSocket,
+    /// The same socket for sending: tokio's `try_send` refuses until the reactor has seen
+    /// the new socket writable, and the first datagrams (a DTLS flight) would be lost.
+    sender: std::net::UdpSocket,
+    peer: SocketAddr,
+    mux: MediaMux,
+}
+
+impl Drop for DirectPath {
+    fn drop(&mut self) {
+        self.mux.direct.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl DirectPath {
+    /// The browser address this path is connected to.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The next datagram from the browser. Cancel-safe.
+    pub async fn recv(&self) -> Datagram {
+        let mut buf = [0u8; 2048];
+        loop {
+            match self.socket.recv_from(&mut buf).await {
+                Ok((n, from)) if from == self.peer => return (BytesMut::from(&buf[..n]), from),
+                // Queued before the socket was connected: another call's.
+                Ok((n, from)) => route(&self.mux.routes, &buf[..n], from),
+                // An ICMP error from an earlier send (the browser's port closed): the call's
+                // ICE consent notices the silence; nothing to do here.
+                Err(e) => {
+                    tracing::debug!(error = %e, peer = %self.peer, "browser media receive error")
+                }
+            }
+        }
+    }
+
+    /// Sends a datagram to the browser.
+    pub fn send(&self, bytes: &[u8]) {
+        if let Err(e) = self.sender.send(bytes) {
+            tracing::debug!(error = %e, to = %self.peer, "browser media send failed");
+        }
+    }
+}
+
 async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
     let mut buf = vec![0u8; 2048];
     loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(error = %e, "browser media receive error");
-                continue;
-            }
-        };
-        let data = &buf[..n];
-        let mut table = routes.lock().unwrap_or_else(|e| e.into_inner());
-        let table = &mut *table;
-        let target = match table.by_addr.get(&peer) {
-            Some(tx) => Some(tx),
-            None => match stun_username_ufrag(data).and_then(|u| table.by_ufrag.get_mut(u)) {
-                Some((tx, addrs)) if *addrs < MAX_ADDRS_PER_CALL => {
-                    *addrs += 1;
-                    Some(&*table.by_addr.entry(peer).or_insert_with(|| tx.clone()))
-                }
-                _ => None,
-            },
-        };
-        match target {
-            // A full queue means the call task is stalled: drop rather than stall every call.
-            // The one copy a datagram gets before the call authenticates and decrypts it.
-            Some(tx) => {
-                let _ = tx.try_send((BytesMut::from(data), peer));
-            }
-            None => tracing::trace!(%peer, "datagram for no call dropped"),
+        match socket.recv_from(&mut buf).await {
+            Ok((n, peer)) => route(&routes, &buf[..n], peer),
+            Err(e) => tracing::debug!(error = %e, "browser media receive error"),
         }
+    }
+}
+
+/// Hands a datagram to its call's queue.
+fn route(routes: &Mutex<Routes>, data: &[u8], peer: SocketAddr) {
+    let mut table = routes.lock().unwrap_or_else(|e| e.into_inner());
+    let table = &mut *table;
+    let target = match table.by_addr.get(&peer) {
+        Some(tx) => Some(tx),
+        None => match stun_username_ufrag(data).and_then(|u| table.by_ufrag.get_mut(u)) {
+            Some((tx, addrs)) if *addrs < MAX_ADDRS_PER_CALL => {
+                *addrs += 1;
+                Some(&*table.by_addr.entry(peer).or_insert_with(|| tx.clone()))
+            }
+            _ => None,
+        },
+    };
+    match target {
+        // A full queue means the call task is stalled: drop rather than stall every call.
+        // The one copy a datagram gets before the call authenticates and decrypts it.
+        Some(tx) => {
+            let _ = tx.try_send((BytesMut::from(data), peer));
+        }
+        None => tracing::trace!(%peer, "datagram for no call dropped"),
     }
 }
 
@@ -247,6 +344,50 @@ mod tests {
             RECEIVE_BUFFER.min(cap.max(before)),
             "default was {before}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_direct_path_takes_its_browsers_datagrams_and_leaves_the_others_to_the_mux() {
+        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = mux.local_addr();
+        let mut route = mux.register("call");
+        let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        browser.send_to(&binding_request("call"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
+
+        let direct = mux.connect(browser.local_addr().unwrap()).unwrap();
+        for i in 0..20u8 {
+            browser.send_to(&[0x80, 0, 0, i], to).unwrap();
+            let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), direct.recv())
+                .await
+                .expect("the browser's datagram on the direct path");
+            assert_eq!(
+                (&datagram[..], from),
+                (&[0x80, 0, 0, i][..], browser.local_addr().unwrap())
+            );
+        }
+        assert_eq!(
+            arrives(&mut route).await,
+            None,
+            "nothing of it through the mux"
+        );
+        // Another address of the same browser still reaches the call through the mux.
+        other.send_to(&binding_request("call"), to).unwrap();
+        assert_eq!(arrives(&mut route).await, other.local_addr().ok());
+        // Replies leave from the media port, as the browser's ICE pair expects.
+        direct.send(b"reply");
+        let mut buf = [0u8; 16];
+        browser
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let (n, from) = browser.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"reply"[..], to));
+        // Closed, its browser's datagrams come through the mux again.
+        drop(direct);
+        assert_eq!(mux.direct_paths(), 0);
+        browser.send_to(&[0x80, 0, 0, 99], to).unwrap();
+        assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
     }
 
     #[tokio::test]

@@ -173,6 +173,22 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Browser legs routed on the shared WebRTC media port.",
         ctx.mux.calls(),
     );
+    metric(
+        &mut text,
+        "gateway_media_direct_paths",
+        "gauge",
+        "Browser legs whose media the call reads on a socket of its own (connected to the browser).",
+        ctx.mux.direct_paths(),
+    );
+    text.push_str(
+        "# HELP gateway_media_worker_calls Calls running on each media worker thread.\n\
+         # TYPE gateway_media_worker_calls gauge\n",
+    );
+    for (worker, calls) in ctx.workers.calls().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_calls{{worker=\"{worker}\"}} {calls}\n"
+        ));
+    }
     let registered = ctx
         .registered
         .lock()

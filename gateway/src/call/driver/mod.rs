@@ -260,6 +260,7 @@ pub async fn drive(
                 if let Caller::Browser(b) = &mut run.caller {
                     let now = Instant::now();
                     if b.leg.handle_datagram(datagram, peer, now) {
+                        b.follow_media(now);
                         call.handle_media_received(MediaLeg::Browser, now);
                     } else {
                         run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +322,7 @@ pub async fn drive(
 /// The browser's next datagram; a tone caller has none.
 async fn browser_datagram(caller: &mut Caller) -> Option<(bytes::BytesMut, std::net::SocketAddr)> {
     match caller {
-        Caller::Browser(b) => b.route.recv().await,
+        Caller::Browser(b) => b.recv().await,
         Caller::Tone(_) => std::future::pending().await,
     }
 }
@@ -345,7 +346,7 @@ impl Run<'_> {
         }
         if let Caller::Browser(b) = &mut self.caller {
             while let Some((bytes, peer)) = b.leg.poll_transmit() {
-                b.mux.send(&bytes, peer);
+                b.send(&bytes, peer);
             }
         }
     }

@@ -163,7 +163,10 @@ pub enum Received {
 /// An RTP stream towards one trunk peer.
 #[derive(Debug)]
 pub struct RtpStream {
-    socket: UdpSocket,
+    /// The socket as the runtime's reactor knows it, registered on the first receive: with
+    /// the reactor of the call's media worker, which runs the call (`call::workers`), not
+    /// the one of the task that happened to bind it.
+    socket: Option<UdpSocket>,
     /// The same socket for sending: a plain non-blocking send never waits for the reactor
     /// to learn the socket is writable, so no frame is lost at start-up.
     sender_socket: std::net::UdpSocket,
@@ -213,10 +216,9 @@ impl RtpStream {
 
     fn with_socket(socket: std::net::UdpSocket) -> std::io::Result<RtpStream> {
         socket.set_nonblocking(true)?;
-        let sender_socket = socket.try_clone()?;
         Ok(RtpStream {
-            socket: UdpSocket::from_std(socket)?,
-            sender_socket,
+            socket: None,
+            sender_socket: socket,
             remote: None,
             latched: None,
             source: RtpSource::default(),
@@ -236,7 +238,10 @@ impl RtpStream {
 
     /// The bound port.
     pub fn local_port(&self) -> u16 {
-        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.sender_socket
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
     }
 
     /// Sets where the peer's RTP may come from: `signalling_ip` is the address the trunk's
@@ -410,8 +415,12 @@ impl RtpStream {
     }
 
     /// Waits for the next datagram into `buf`; returns its length and source.
-    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        self.socket.recv_from(buf).await
+    pub async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        let socket = match &mut self.socket {
+            Some(socket) => socket,
+            empty => empty.insert(UdpSocket::from_std(self.sender_socket.try_clone()?)?),
+        };
+        socket.recv_from(buf).await
     }
 
     /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
