@@ -161,6 +161,8 @@ def main():
     args.add_argument("--no-build", action="store_true")
     args.add_argument("--complexity", type=int, default=None,
                       help="the gateway's media.opus_complexity (default: its default, 1)")
+    args.add_argument("--workers", type=int, default=None,
+                      help="the gateway's media.workers (default: its default, one per core)")
     args.add_argument("--opus-trunk", action="store_true",
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--pin", action="store_true",
@@ -180,8 +182,13 @@ def main():
         sys.exit("sipp not found: scripts/install-deps.sh installs it")
     OUT.mkdir(parents=True, exist_ok=True)
     text = config(max(steps) + 100)
+    media = []
     if a.complexity is not None:
-        text += f"\n[media]\nopus_complexity = {a.complexity}\n"
+        media.append(f"opus_complexity = {a.complexity}")
+    if a.workers is not None:
+        media.append(f"workers = {a.workers}")
+    if media:
+        text += "\n[media]\n" + "\n".join(media) + "\n"
     scenario = "echo.xml"
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')

@@ -120,6 +120,19 @@ fn opus_complexities_are_checked() {
 }
 
 #[test]
+fn media_workers_default_to_one_per_core_and_a_count_out_of_range_is_named() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(parse("").unwrap().media.workers, cores);
+    assert_eq!(parse("[media]\nworkers = 3\n").unwrap().media.workers, 3);
+    for bad in ["0", "257"] {
+        let err = parse(&format!("[media]\nworkers = {bad}\n")).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        assert_eq!(err.issues[0].field, "media.workers");
+        assert!(err.to_string().contains("from 1 to 256"), "{err}");
+    }
+}
+
+#[test]
 fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
