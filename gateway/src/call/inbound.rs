@@ -9,9 +9,8 @@ use rsip::prelude::*;
 use tokio::sync::mpsc;
 
 use super::CallContext;
-use super::caller::{BrowserCaller, Caller};
 use super::cdr::{Parties, record_outcome, unix_ms};
-use super::driver::{Start, Wiring, drive};
+use super::driver::{Start, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
 use crate::media::srtp::LocalSrtp;
@@ -239,19 +238,10 @@ pub async fn run_inbound(
                 diverted_from,
             },
         ));
-        let caller = Caller::Browser(Box::new(
-            BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
-                .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
-        ));
-        let wiring = Wiring {
-            endpoint: &ctx.endpoint,
-            metrics: &ctx.metrics,
-            shutdown: ctx.shutdown.subscribe(),
-        };
         let outcome = drive(
-            wiring,
+            ctx.wiring(),
             machine,
-            caller,
+            ctx.browser_caller(leg, route, bridge),
             rtp,
             Start {
                 routing: None,

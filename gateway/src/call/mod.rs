@@ -127,6 +127,31 @@ impl CallContext {
         }
     }
 
+    /// A browser's side of a new call: its leg, its route on the media port and the bridge,
+    /// with the configured wideband settings.
+    fn browser_caller(
+        &self,
+        leg: crate::rtc::BrowserLeg,
+        route: crate::rtc::mux::MuxRoute,
+        bridge: Bridge,
+    ) -> caller::Caller {
+        caller::Caller::Browser(Box::new(
+            caller::BrowserCaller::new(leg, route, self.mux.clone(), bridge).with_wideband(
+                self.config.media.opus_complexity,
+                self.config.media.jitter_ms,
+            ),
+        ))
+    }
+
+    /// What a call's driver runs with from this gateway.
+    fn wiring(&self) -> driver::Wiring<'_> {
+        driver::Wiring {
+            endpoint: &self.endpoint,
+            metrics: &self.metrics,
+            shutdown: self.shutdown.subscribe(),
+        }
+    }
+
     /// The settings every call runs with.
     fn call_settings(&self) -> machine::CallSettings {
         machine::CallSettings {

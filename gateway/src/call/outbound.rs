@@ -7,9 +7,8 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::caller::{BrowserCaller, Caller};
 use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
-use super::driver::{Routing, Start, Wiring, drive};
+use super::driver::{Routing, Start, drive};
 use super::machine::{Call, CallCommand, Route};
 use super::{CallContext, CallSlot, EventSink};
 use crate::media::srtp::LocalSrtp;
@@ -103,19 +102,10 @@ async fn run_outbound(
         }
     };
     let routing = routing(ctx.clone(), call, rtp.local_port());
-    let caller = Caller::Browser(Box::new(
-        BrowserCaller::new(leg, route, ctx.mux.clone(), bridge)
-            .with_wideband(ctx.config.media.opus_complexity, ctx.config.media.jitter_ms),
-    ));
-    let wiring = Wiring {
-        endpoint: &ctx.endpoint,
-        metrics: &ctx.metrics,
-        shutdown: ctx.shutdown.subscribe(),
-    };
     let outcome = drive(
-        wiring,
+        ctx.wiring(),
         machine,
-        caller,
+        ctx.browser_caller(leg, route, bridge),
         rtp,
         Start {
             routing: Some(routing),
