@@ -223,7 +223,7 @@ pub async fn run_inbound(
             Instant::now(),
         );
         let route = ctx.mux.register(leg.ufrag());
-        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (commands_tx, commands) = super::command_channel();
         let events = super::EventSink::new(browser.events.clone());
         let _ = browser
             .calls

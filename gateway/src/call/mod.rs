@@ -47,7 +47,24 @@ pub use parked::{
 };
 
 /// A new inbound call handed to the connection that takes it: its id, commands and events.
-pub type OfferedCall = (String, mpsc::UnboundedSender<CallCommand>, EventSink);
+pub type OfferedCall = (String, CommandSender, EventSink);
+
+/// Commands a call holds from its connection before the connection is told to slow down
+/// (`limit_reached`): a client that sends faster than the call's media worker takes them
+/// cannot grow the gateway's memory. Hanging up needs no room: dropping the sender ends the
+/// call once it has read what waits.
+pub const COMMAND_QUEUE: usize = 32;
+
+/// A call's commands, from its connection.
+pub type CommandSender = mpsc::Sender<CallCommand>;
+
+/// The call's end of [`CommandSender`].
+pub type CommandReceiver = mpsc::Receiver<CallCommand>;
+
+/// A new call's command queue.
+pub fn command_channel() -> (CommandSender, CommandReceiver) {
+    mpsc::channel(COMMAND_QUEUE)
+}
 
 /// A connection that registered an identity for inbound calls.
 #[derive(Debug, Clone)]

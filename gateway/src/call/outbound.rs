@@ -5,11 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
-
 use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
 use super::driver::{Routing, Start, drive};
-use super::machine::{Call, CallCommand, Route};
+use super::machine::{Call, Route};
 use super::{CallContext, CallSlot, EventSink};
 use crate::media::srtp::LocalSrtp;
 use crate::plugin::{CallHooks, CallInfo, Decision, Direction};
@@ -43,7 +41,7 @@ pub fn start_outbound(
     call: Outbound,
     offer: &str,
     events: EventSink,
-    commands: mpsc::UnboundedReceiver<CallCommand>,
+    commands: super::CommandReceiver,
 ) -> Result<String, crate::rtc::RtcError> {
     let (leg, answer) = BrowserLeg::answer(
         offer,
@@ -73,7 +71,7 @@ async fn run_outbound(
     leg: BrowserLeg,
     route: MuxRoute,
     events: EventSink,
-    commands: mpsc::UnboundedReceiver<CallCommand>,
+    commands: super::CommandReceiver,
 ) {
     let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);

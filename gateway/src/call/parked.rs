@@ -86,7 +86,7 @@ pub struct ParkedCall {
     /// The secret the client got with the call.
     pub token: String,
     /// The call's commands.
-    pub commands: mpsc::UnboundedSender<CallCommand>,
+    pub commands: super::CommandSender,
     /// The call's events, held meanwhile.
     pub events: EventSink,
 }
@@ -129,7 +129,7 @@ impl ParkedCalls {
             if calls.get(&call_id).is_some_and(|c| c.token == token) {
                 let call = calls.remove(&call_id).expect("checked");
                 tracing::info!(%call_id, "not resumed in time: hung up");
-                let _ = call.commands.send(CallCommand::Hangup);
+                let _ = call.commands.try_send(CallCommand::Hangup);
             }
         });
     }
@@ -166,8 +166,8 @@ impl ParkedCalls {
 mod tests {
     use super::*;
 
-    fn parked(token: &str) -> (ParkedCall, mpsc::UnboundedReceiver<CallCommand>) {
-        let (commands, rx) = mpsc::unbounded_channel();
+    fn parked(token: &str) -> (ParkedCall, crate::call::CommandReceiver) {
+        let (commands, rx) = crate::call::command_channel();
         let (events, _) = mpsc::unbounded_channel();
         let call = ParkedCall {
             token: token.into(),

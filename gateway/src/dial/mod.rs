@@ -188,7 +188,7 @@ pub async fn dial(config: &Config, options: &DialOptions) -> Result<DialReport, 
     )));
     let (sink, mut events) = mpsc::unbounded_channel();
     // `dial` hangs up by itself after `seconds`; nobody sends it commands.
-    let (_commands, command_rx) = mpsc::unbounded_channel();
+    let (_commands, command_rx) = crate::call::command_channel();
     let (_shutdown, shutdown) = watch::channel(false);
     let metrics = Metrics::default();
     let wiring = Wiring {

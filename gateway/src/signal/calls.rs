@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::call::{CallCommand, EventSink, ParkedCall, ParkedCalls};
+use crate::call::{CallCommand, CommandSender, EventSink, ParkedCall, ParkedCalls};
 
 struct ConnectionCall {
-    commands: mpsc::UnboundedSender<CallCommand>,
+    commands: CommandSender,
     events: EventSink,
     token: String,
 }
@@ -24,7 +24,7 @@ impl ConnectionCalls {
     pub(super) fn insert(
         &mut self,
         call_id: String,
-        commands: mpsc::UnboundedSender<CallCommand>,
+        commands: CommandSender,
         events: EventSink,
     ) -> String {
         let token = format!(
@@ -40,7 +40,7 @@ impl ConnectionCalls {
     pub(super) fn adopt(
         &mut self,
         call_id: String,
-        commands: mpsc::UnboundedSender<CallCommand>,
+        commands: CommandSender,
         events: EventSink,
         token: String,
     ) {
@@ -54,25 +54,34 @@ impl ConnectionCalls {
         );
     }
 
-    /// The call's commands.
-    pub(super) fn get(&self, call_id: &str) -> Option<&mpsc::UnboundedSender<CallCommand>> {
-        self.0.get(call_id).map(|c| &c.commands)
+    /// True if the connection owns the call.
+    pub(super) fn contains(&self, call_id: &str) -> bool {
+        self.0.contains_key(call_id)
     }
 
-    /// Hands the call a command, or gives the `no_such_call` error to send back.
+    /// Hands the call a command, or gives the error to send back: `no_such_call`, or
+    /// `limit_reached` while [`crate::call::COMMAND_QUEUE`] commands wait already.
     pub(super) fn command(
         &self,
         call_id: &str,
         command: CallCommand,
     ) -> Result<(), Box<super::ServerMessage>> {
-        match self.get(call_id) {
-            Some(tx) => {
-                let _ = tx.send(command);
-                Ok(())
-            }
-            None => Err(Box::new(super::error(
+        let Some(call) = self.0.get(call_id) else {
+            return Err(Box::new(super::error(
                 super::ErrorCode::NoSuchCall,
                 format!("no call `{call_id}` on this connection"),
+                Some(call_id),
+            )));
+        };
+        match call.commands.try_send(command) {
+            // A call that ended meanwhile: its `ended` event is on its way.
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Box::new(super::error(
+                super::ErrorCode::LimitReached,
+                format!(
+                    "call `{call_id}` has {} commands waiting; wait for their events before sending more",
+                    crate::call::COMMAND_QUEUE
+                ),
                 Some(call_id),
             ))),
         }
@@ -84,7 +93,7 @@ impl ConnectionCalls {
     }
 
     /// Takes the call off the connection; returns its commands.
-    pub(super) fn remove(&mut self, call_id: &str) -> Option<mpsc::UnboundedSender<CallCommand>> {
+    pub(super) fn remove(&mut self, call_id: &str) -> Option<CommandSender> {
         self.0.remove(call_id).map(|c| c.commands)
     }
 
@@ -106,7 +115,8 @@ impl ConnectionCalls {
                 continue;
             }
             if wait.is_zero() {
-                let _ = call.commands.send(CallCommand::Hangup);
+                // With its queue full the call still ends: the sender is dropped here.
+                let _ = call.commands.try_send(CallCommand::Hangup);
                 continue;
             }
             parked.park(
@@ -119,5 +129,47 @@ impl ConnectionCalls {
                 wait,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::COMMAND_QUEUE;
+    use crate::signal::{ErrorCode, ServerMessage};
+
+    #[tokio::test]
+    async fn a_call_whose_queue_is_full_refuses_more_commands_but_still_hangs_up() {
+        let mut calls = ConnectionCalls::default();
+        let (commands, mut rx) = crate::call::command_channel();
+        let (events, _events) = mpsc::unbounded_channel();
+        calls.insert("c-1".into(), commands, EventSink::new(events));
+        for _ in 0..COMMAND_QUEUE {
+            assert!(calls.command("c-1", CallCommand::Hold(true)).is_ok());
+        }
+        match calls
+            .command("c-1", CallCommand::Hold(false))
+            .map_err(|e| *e)
+        {
+            Err(ServerMessage::Error { code, message, .. }) => {
+                assert_eq!(code, ErrorCode::LimitReached);
+                assert!(message.contains("commands waiting"), "{message}");
+            }
+            other => panic!("a full queue is refused, not {other:?}"),
+        }
+        // The client hangs up: no room for `hangup`, but dropping the sender ends the call
+        // after what waits.
+        let tx = calls.remove("c-1").unwrap();
+        let _ = tx.try_send(CallCommand::Hangup);
+        drop(tx);
+        let mut waiting = 0;
+        while let Some(command) = rx.recv().await {
+            assert!(matches!(command, CallCommand::Hold(true)));
+            waiting += 1;
+        }
+        assert_eq!(
+            waiting, COMMAND_QUEUE,
+            "then the end: the driver reads it as hangup"
+        );
     }
 }

@@ -383,7 +383,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     trunk,
                     number,
                 };
-                let (commands, command_rx) = mpsc::unbounded_channel();
+                let (commands, command_rx) = crate::call::command_channel();
                 let events = crate::call::EventSink::new(call_events.clone());
                 match start_outbound(&ctx, slot, call, &sdp, events.clone(), command_rx) {
                     Ok(answer) => {
@@ -533,19 +533,21 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 }
             }
             ClientMessage::Transfer { call_id, to } => {
-                let Some(tx) = calls.get(&call_id) else {
+                if !calls.contains(&call_id) {
                     let _ = out.send(error(
                         ErrorCode::NoSuchCall,
                         format!("no call `{call_id}` on this connection"),
                         Some(&call_id),
                     ));
                     continue;
-                };
+                }
                 // The same checks as a `call`: a target the token allows, or a number
                 // only with a token that allows numbers.
                 match authorize(&ctx, claims.as_ref(), &to) {
                     Ok((_, number)) => {
-                        let _ = tx.send(CallCommand::Transfer(number));
+                        if let Err(e) = calls.command(&call_id, CallCommand::Transfer(number)) {
+                            let _ = out.send(*e);
+                        }
                     }
                     Err((code, why)) => {
                         let _ = out.send(error(code, why, Some(&call_id)));
@@ -572,7 +574,8 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             },
             ClientMessage::Hangup { call_id } => match calls.remove(&call_id) {
                 Some(tx) => {
-                    let _ = tx.send(CallCommand::Hangup);
+                    // With its queue full the call still ends: `tx` is dropped here.
+                    let _ = tx.try_send(CallCommand::Hangup);
                 }
                 None => {
                     let _ = out.send(error(

@@ -116,7 +116,7 @@ pub async fn drive(
     rtp: RtpStream,
     start: Start,
     sink: EventSink,
-    mut commands: mpsc::UnboundedReceiver<CallCommand>,
+    mut commands: super::CommandReceiver,
 ) -> Outcome {
     let Start {
         mut routing,
