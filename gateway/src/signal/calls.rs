@@ -67,11 +67,7 @@ impl ConnectionCalls {
         command: CallCommand,
     ) -> Result<(), Box<super::ServerMessage>> {
         let Some(call) = self.0.get(call_id) else {
-            return Err(Box::new(super::error(
-                super::ErrorCode::NoSuchCall,
-                format!("no call `{call_id}` on this connection"),
-                Some(call_id),
-            )));
+            return Err(Box::new(super::no_such_call(call_id)));
         };
         match call.commands.try_send(command) {
             // A call that ended meanwhile: its `ended` event is on its way.

@@ -173,6 +173,15 @@ fn error(code: ErrorCode, message: impl Into<String>, call_id: Option<&str>) -> 
     }
 }
 
+/// The error for a message naming a call this connection does not own.
+fn no_such_call(call_id: &str) -> ServerMessage {
+    error(
+        ErrorCode::NoSuchCall,
+        format!("no call `{call_id}` on this connection"),
+        Some(call_id),
+    )
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -534,11 +543,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             }
             ClientMessage::Transfer { call_id, to } => {
                 if !calls.contains(&call_id) {
-                    let _ = out.send(error(
-                        ErrorCode::NoSuchCall,
-                        format!("no call `{call_id}` on this connection"),
-                        Some(&call_id),
-                    ));
+                    let _ = out.send(no_such_call(&call_id));
                     continue;
                 }
                 // The same checks as a `call`: a target the token allows, or a number
@@ -578,11 +583,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     let _ = tx.try_send(CallCommand::Hangup);
                 }
                 None => {
-                    let _ = out.send(error(
-                        ErrorCode::NoSuchCall,
-                        format!("no call `{call_id}` on this connection"),
-                        Some(&call_id),
-                    ));
+                    let _ = out.send(no_such_call(&call_id));
                 }
             },
         }
