@@ -158,11 +158,27 @@ pub async fn wait_for_registration(
     seconds: u64,
 ) {
     let key = format!("gateway:registration:{identity}");
+    wait_for_redis(redis, &["GET", &key], node, seconds).await;
+}
+
+/// Waits up to `seconds` for Redis to answer `command` with `expected`. A node writes its
+/// counts from its cluster task, just after the change it shares, so a test reads them until
+/// they agree rather than once.
+pub async fn wait_for_redis(
+    redis: &crate::redis::Redis,
+    command: &[&str],
+    expected: &str,
+    seconds: u64,
+) {
     let until = Instant::now() + Duration::from_secs(seconds);
-    while redis.command(&["GET", &key]) != node {
+    loop {
+        let answer = redis.command(command);
+        if answer == expected {
+            return;
+        }
         assert!(
             Instant::now() < until,
-            "`{identity}` registered on {node} within {seconds} s"
+            "Redis answered {command:?} with `{answer}`, not `{expected}`, for {seconds} s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

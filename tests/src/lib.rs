@@ -74,11 +74,15 @@ impl Sipp {
         for (key, value) in keys {
             command.args(["-key", key, value]);
         }
+        // sipp's `-timeout` counts from its start, and a test may first build plugins and wait
+        // for their snapshots: under a loaded CI box that took more than 40 s, and the call
+        // then met a sipp that had quit (Timer B, 408). It is only a backstop: `Drop` ends
+        // sipp with its test, and `wait` gives up 45 s after the test starts waiting.
         let child = command
             .args(["-sf"])
             .arg(&file)
             .args(["-i", "127.0.0.1", "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo"])
-            .args(["-t", transport, "-m", &calls.to_string(), "-nostdin", "-timeout", "40s", "-timeout_error", "-trace_err", "-trace_msg"])
+            .args(["-t", transport, "-m", &calls.to_string(), "-nostdin", "-timeout", "300s", "-timeout_error", "-trace_err", "-trace_msg"])
             .current_dir(log_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

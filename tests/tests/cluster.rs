@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call};
-use gateway_tests::cluster::{SECRET, node_config, wait_for_metric, wait_for_registration};
+use gateway_tests::cluster::{
+    SECRET, node_config, wait_for_metric, wait_for_redis, wait_for_registration,
+};
 use gateway_tests::redis::Redis;
 use gateway_tests::{Sipp, out_dir};
 
@@ -98,14 +100,9 @@ async fn a_trunks_channel_limit_counts_the_calls_of_every_node() {
     );
     // The channels come back to the cluster with the calls.
     metric(&a, "gateway_cluster_calls 0", 5).await;
-    assert_eq!(
-        redis.command(&["HGET", "gateway:channels:carrier", "a"]),
-        "0"
-    );
-    assert_eq!(
-        redis.command(&["HGET", "gateway:channels:carrier", "b"]),
-        "0"
-    );
+    for node in ["a", "b"] {
+        wait_for_redis(&redis, &["HGET", "gateway:channels:carrier", node], "0", 5).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,8 +139,8 @@ async fn without_redis_a_node_keeps_its_calls_takes_new_ones_and_rejoins_when_it
     redis.restart();
     metric(&a, "gateway_cluster_connected 1", 5).await;
     metric(&a, "gateway_cluster_nodes 2", 5).await;
-    assert_eq!(redis.command(&["GET", "gateway:registration:agent"]), "b");
-    assert_eq!(redis.command(&["HGET", "gateway:calls", "a"]), "1");
+    wait_for_registration(&redis, "agent", "b", 5).await;
+    wait_for_redis(&redis, &["HGET", "gateway:calls", "a"], "1", 5).await;
     assert!(
         redis
             .command(&["GET", "gateway:node:a"])
@@ -221,8 +218,7 @@ async fn a_draining_node_sends_its_registered_browsers_to_another_node() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_compliance_rate_limit_counts_a_callers_calls_on_every_node() {
     let dir = out_dir("cluster_plugin_kv");
-    // Built first: on a fresh tree this compiles every example plugin, which can take longer
-    // than sipp waits for its first call (-timeout 40s).
+    // Built first: on a fresh tree this compiles every example plugin.
     let compliance = gateway_tests::build_plugin("compliance");
     let redis = Redis::start(&dir);
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
