@@ -25,7 +25,11 @@ use wasmtime_wizer::{ComponentInstanceState, Wizer};
 use super::host::{self, State};
 use super::{Loaded, bindings};
 
-/// How long the snapshot's reads of a plugin's memories and globals may take.
+/// How long the probe's `init`, and then the snapshot's reads of a plugin's memories and
+/// globals, may each take. Not the plugin's own `deadline_ms`: loading checked its `init`
+/// against that already, and the probe runs once, off every call's path, on a thread a busy
+/// box may preempt for longer than a hook's 20 ms (seen: a router's snapshot given up during
+/// a loaded test run, so each of its calls ran `init` for good).
 const SNAPSHOT_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Wizer as the gateway uses it: the plugin's `init` (the WIT export) is what initialises
@@ -124,7 +128,7 @@ async fn snapshot(
         .define_unknown_imports_as_traps(&component)
         .map_err(|e| format!("{e:#}"))?;
     let mut store = loaded.store(engine, None).map_err(|e| format!("{e:#}"))?;
-    host::begin_hook(&mut store, loaded.config.deadline);
+    host::begin_hook(&mut store, SNAPSHOT_BUDGET);
     let instance = probe
         .instantiate_async(&mut store, &component)
         .await
@@ -135,7 +139,7 @@ async fn snapshot(
             )
         })?;
     let plugin = bindings::Plugin::new(&mut store, &instance).map_err(|e| format!("{e:#}"))?;
-    host::begin_hook(&mut store, loaded.config.deadline);
+    host::begin_hook(&mut store, SNAPSHOT_BUDGET);
     match plugin
         .call_init(&mut store, &loaded.config.config_json)
         .await
