@@ -131,10 +131,30 @@ fn shared_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(socket)
 }
 
+/// The port's first socket. Port 0 is first resolved to a port no socket holds: Linux picks
+/// an ephemeral port for a `SO_REUSEPORT` socket without skipping the ports other such
+/// sockets of the same user hold (`udp_lib_lport_inuse`), so two gateways of one process or
+/// user that both asked for port 0 could share a port, and the kernel would split each one's
+/// browsers between them. A plain socket's pick skips every port in use.
+fn first_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    if addr.port() != 0 {
+        return shared_socket(addr);
+    }
+    let mut tries = 0;
+    loop {
+        let free = std::net::UdpSocket::bind(addr)?.local_addr()?;
+        match shared_socket(free) {
+            // Someone took the port between the two binds: pick again.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 8 => tries += 1,
+            bound => return bound,
+        }
+    }
+}
+
 impl MediaMux {
     /// Binds the port and starts the receive task.
     pub fn bind(addr: SocketAddr) -> std::io::Result<MediaMux> {
-        let socket: std::net::UdpSocket = shared_socket(addr)?.into();
+        let socket: std::net::UdpSocket = first_socket(addr)?.into();
         enlarge_receive_buffer(&socket)?;
         let local = socket.local_addr()?;
         let send = Arc::new(socket.try_clone()?);
@@ -327,6 +347,19 @@ mod tests {
             .ok()
             .flatten()
             .map(|(_, from)| from)
+    }
+
+    #[test]
+    fn media_ports_asked_for_as_port_0_are_never_shared() {
+        // Five hundred gateways' ports at once: a `SO_REUSEPORT` bind to port 0 alone gives
+        // two of them the same port every few hundred.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sockets: Vec<_> = (0..500).map(|_| first_socket(any).unwrap()).collect();
+        let ports: std::collections::BTreeSet<u16> = sockets
+            .iter()
+            .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), sockets.len(), "every port its own");
     }
 
     #[test]
