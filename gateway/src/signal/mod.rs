@@ -4,6 +4,7 @@
 mod admission;
 mod calls;
 mod metrics;
+mod outbox;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -218,7 +219,7 @@ impl Drop for Registration {
 
 async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<ServerMessage>();
+    let (out, mut out_rx) = outbox::Outbox::new();
     let writer = tokio::spawn(async move {
         while let Some(message) = out_rx.recv().await {
             let Ok(text) = serde_json::to_string(&message) else {
@@ -239,7 +240,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             .ice_servers
             .for_client("anonymous", std::time::SystemTime::now())
     };
-    let _ = out.send(ServerMessage::Hello {
+    out.send(ServerMessage::Hello {
         version: VERSION,
         auth_required,
         ice_servers,
@@ -256,6 +257,13 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     // A running preflight ends by itself at this instant: one at a time per connection.
     let mut preflight_until: Option<std::time::Instant> = None;
     loop {
+        if out.overflowed() {
+            tracing::info!(
+                waiting = outbox::OUTBOX,
+                "signaling connection closed: its client stopped reading its messages"
+            );
+            break;
+        }
         let frame = tokio::select! {
             frame = stream.next() => match frame {
                 Some(frame) => frame,
@@ -275,7 +283,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     if let ServerMessage::Incoming { call_id, resume_token, .. } = &mut message {
                         *resume_token = calls.token(call_id).unwrap_or_default().to_string();
                     }
-                    let _ = out.send(message);
+                    out.send(message);
                 }
                 continue;
             }
@@ -283,7 +291,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             // node (through the load balancer), and this one stops ringing it.
             Ok(()) = drain.changed(), if registration.is_some() => {
                 if *drain.borrow() && let Some(r) = registration.take() {
-                    let _ = out.send(ServerMessage::Reconnect {
+                    out.send(ServerMessage::Reconnect {
                         identity: r.identity.clone(),
                         reason: "this gateway is shutting down; connect again and register".into(),
                     });
@@ -291,7 +299,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 continue;
             }
             Some(identity) = replaced.recv() => {
-                let _ = out.send(ServerMessage::Unregistered {
+                out.send(ServerMessage::Unregistered {
                     identity,
                     reason: "another connection registered this identity".into(),
                 });
@@ -301,7 +309,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         let text = match frame {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => {
-                let _ = out.send(error(
+                out.send(error(
                     ErrorCode::BadJson,
                     "binary frames are not part of the protocol; send JSON text",
                     None,
@@ -320,7 +328,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         let message = match protocol::parse(&text) {
             Ok(m) => m,
             Err((code, why)) => {
-                let _ = out.send(error(code, why, None));
+                out.send(error(code, why, None));
                 continue;
             }
         };
@@ -334,7 +342,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         ) && claims.as_ref().is_some_and(|c| c.exp <= now_secs())
         {
             claims = None;
-            let _ = out.send(error(
+            out.send(error(
                 ErrorCode::Unauthorized,
                 "the token has expired; send `auth` with a fresh token and try again",
                 None,
@@ -344,7 +352,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         match message {
             ClientMessage::Auth { token } => match &ctx.config.http.tokens {
                 None => {
-                    let _ = out.send(error(
+                    out.send(error(
                         ErrorCode::Unauthorized,
                         "this gateway has no token secret configured",
                         None,
@@ -352,7 +360,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 }
                 Some(tokens) => match tokens.verify(&token, now_secs()) {
                     Ok(c) => {
-                        let _ = out.send(ServerMessage::Authenticated {
+                        out.send(ServerMessage::Authenticated {
                             subject: c.sub.clone(),
                             ice_servers: ctx
                                 .config
@@ -362,7 +370,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         claims = Some(c);
                     }
                     Err(e) => {
-                        let _ = out.send(error(ErrorCode::Unauthorized, e.to_string(), None));
+                        out.send(error(ErrorCode::Unauthorized, e.to_string(), None));
                     }
                 },
             },
@@ -370,14 +378,14 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 let (trunk, number) = match authorize(&ctx, claims.as_ref(), &to) {
                     Ok(route) => route,
                     Err((code, why)) => {
-                        let _ = out.send(error(code, why, None));
+                        out.send(error(code, why, None));
                         continue;
                     }
                 };
                 let slot = match admit(&ctx, calls.live()) {
                     Ok(slot) => slot,
                     Err(refusal) => {
-                        let _ = out.send(*refusal);
+                        out.send(*refusal);
                         continue;
                     }
                 };
@@ -397,24 +405,24 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 match start_outbound(&ctx, slot, call, &sdp, events.clone(), command_rx) {
                     Ok(answer) => {
                         let resume_token = calls.insert(call_id.clone(), commands, events);
-                        let _ = out.send(ServerMessage::Answer {
+                        out.send(ServerMessage::Answer {
                             call_id,
                             sdp: answer,
                             resume_token,
                         });
                     }
                     Err(e) => {
-                        let _ = out.send(error(ErrorCode::BadSdp, e.to_string(), None));
+                        out.send(error(ErrorCode::BadSdp, e.to_string(), None));
                     }
                 }
             }
             ClientMessage::Preflight { sdp } => {
                 if let Err((code, why)) = signed_in_or_anonymous(&ctx, claims.as_ref()) {
-                    let _ = out.send(error(code, why, None));
+                    out.send(error(code, why, None));
                     continue;
                 }
                 if preflight_until.is_some_and(|t| t > std::time::Instant::now()) {
-                    let _ = out.send(error(
+                    out.send(error(
                         ErrorCode::LimitReached,
                         "a preflight is running on this connection already; wait for it to end",
                         None,
@@ -431,18 +439,18 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         preflight_until = Some(
                             std::time::Instant::now() + std::time::Duration::from_secs(seconds),
                         );
-                        let _ = out.send(ServerMessage::PreflightAnswer {
+                        out.send(ServerMessage::PreflightAnswer {
                             sdp: answer,
                             seconds,
                         });
                     }
                     Err(refusal) => {
-                        let _ = out.send(*refusal);
+                        out.send(*refusal);
                     }
                 }
             }
             ClientMessage::Register { .. } if ctx.is_draining() => {
-                let _ = out.send(error(
+                out.send(error(
                     ErrorCode::Draining,
                     "this gateway is shutting down; connect again and register on another",
                     None,
@@ -453,7 +461,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 // subject is the identity, anonymous mode or not (anonymous is for calling
                 // demo targets).
                 let Some(c) = &claims else {
-                    let _ = out.send(error(
+                    out.send(error(
                         ErrorCode::Unauthorized,
                         "`register` needs a token: send `auth` first",
                         None,
@@ -461,7 +469,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     continue;
                 };
                 if c.sub != wanted {
-                    let _ = out.send(error(ErrorCode::Forbidden, format!("this connection may not take calls for `{wanted}`; register as the token's subject"), None));
+                    out.send(error(ErrorCode::Forbidden, format!("this connection may not take calls for `{wanted}`; register as the token's subject"), None));
                     continue;
                 }
                 let entry = crate::call::Registered {
@@ -479,7 +487,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         && ctx.config.http.register_conflict == RegisterConflict::Refuse
                     {
                         drop(registered);
-                        let _ = out.send(error(
+                        out.send(error(
                             ErrorCode::Conflict,
                             format!(
                                 "`{wanted}` is registered on another connection; close it first"
@@ -497,7 +505,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 if let Some(previous) = displaced {
                     let _ = previous.replaced.send(wanted.clone());
                 }
-                let _ = out.send(ServerMessage::Registered {
+                out.send(ServerMessage::Registered {
                     identity: wanted.clone(),
                 });
                 if registration.as_ref().map(|r| &r.identity) != Some(&wanted) {
@@ -510,12 +518,12 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             }
             ClientMessage::Answer { call_id, sdp } => {
                 if let Err(e) = calls.command(&call_id, CallCommand::Answer(sdp)) {
-                    let _ = out.send(*e);
+                    out.send(*e);
                 }
             }
             ClientMessage::Renegotiate { call_id, sdp } => {
                 if let Err(e) = calls.command(&call_id, CallCommand::Renegotiate(sdp)) {
-                    let _ = out.send(*e);
+                    out.send(*e);
                 }
             }
             ClientMessage::Dtmf { call_id, digits } => {
@@ -528,22 +536,22 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     Ok(()) => calls.command(&call_id, CallCommand::Dtmf(digits)),
                 };
                 if let Err(e) = sent {
-                    let _ = out.send(*e);
+                    out.send(*e);
                 }
             }
             ClientMessage::Hold { call_id } => {
                 if let Err(e) = calls.command(&call_id, CallCommand::Hold(true)) {
-                    let _ = out.send(*e);
+                    out.send(*e);
                 }
             }
             ClientMessage::Unhold { call_id } => {
                 if let Err(e) = calls.command(&call_id, CallCommand::Hold(false)) {
-                    let _ = out.send(*e);
+                    out.send(*e);
                 }
             }
             ClientMessage::Transfer { call_id, to } => {
                 if !calls.contains(&call_id) {
-                    let _ = out.send(no_such_call(&call_id));
+                    out.send(no_such_call(&call_id));
                     continue;
                 }
                 // The same checks as a `call`: a target the token allows, or a number
@@ -551,11 +559,11 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 match authorize(&ctx, claims.as_ref(), &to) {
                     Ok((_, number)) => {
                         if let Err(e) = calls.command(&call_id, CallCommand::Transfer(number)) {
-                            let _ = out.send(*e);
+                            out.send(*e);
                         }
                     }
                     Err((code, why)) => {
-                        let _ = out.send(error(code, why, Some(&call_id)));
+                        out.send(error(code, why, Some(&call_id)));
                     }
                 }
             }
@@ -563,14 +571,14 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             ClientMessage::Resume { call_id, token } => match ctx.parked.resume(&call_id, &token) {
                 Ok(parked) => {
                     tracing::info!(%call_id, "call resumed on a new connection");
-                    let _ = out.send(ServerMessage::Resumed {
+                    out.send(ServerMessage::Resumed {
                         call_id: call_id.clone(),
                     });
                     parked.events.attach(call_events.clone());
                     calls.adopt(call_id, parked.commands, parked.events, parked.token);
                 }
                 Err(e) => {
-                    let _ = out.send(error(
+                    out.send(error(
                         ErrorCode::ResumeRefused,
                         e.to_string(),
                         Some(&call_id),
@@ -583,7 +591,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                     let _ = tx.try_send(CallCommand::Hangup);
                 }
                 None => {
-                    let _ = out.send(no_such_call(&call_id));
+                    out.send(no_such_call(&call_id));
                 }
             },
         }
@@ -595,6 +603,11 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
         &ctx.parked,
         std::time::Duration::from_secs(ctx.config.http.resume_seconds.into()),
     );
-    drop(out);
-    let _ = writer.await;
+    if out.overflowed() {
+        // The writer waits on a window the client does not open: drop the socket.
+        writer.abort();
+    } else {
+        drop(out);
+        let _ = writer.await;
+    }
 }

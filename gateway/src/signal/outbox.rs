@@ -1,0 +1,44 @@
+//! What a signaling connection sends, queued for its writer task.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use super::protocol::ServerMessage;
+
+/// Messages one connection may have waiting for its client. A call makes some twenty in its
+/// life and a request one, so a client that keeps up never comes near; one that stops
+/// reading its WebSocket while it goes on sending would otherwise grow the queue without
+/// bound (the writer waits on a full TCP window).
+pub const OUTBOX: usize = 256;
+
+/// The sending side. A message that finds [`OUTBOX`] waiting marks the connection too slow:
+/// it is then closed, and its calls wait to be resumed as on any dropped connection.
+pub struct Outbox {
+    tx: mpsc::Sender<ServerMessage>,
+    overflowed: AtomicBool,
+}
+
+impl Outbox {
+    /// The outbox and the writer's end.
+    pub fn new() -> (Outbox, mpsc::Receiver<ServerMessage>) {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        let outbox = Outbox {
+            tx,
+            overflowed: AtomicBool::new(false),
+        };
+        (outbox, rx)
+    }
+
+    /// Queues a message for the client.
+    pub fn send(&self, message: ServerMessage) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message) {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True once a message found the queue full: the client is not reading.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
