@@ -383,3 +383,43 @@ async fn metrics_and_admin_can_listen_apart_from_the_public_side() {
         "load balancers still probe the public side"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_closed_and_others_are_served() {
+    let dir = out_dir("signaling_slow_reader");
+    let gateway = token_gateway(&dir, true).await;
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    // A client that sends requests and never reads the answers: a small receive window, so
+    // the gateway's socket fills after some tens of thousands of answers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(gateway.http_addr).await.unwrap();
+    let (mut mute, _) = tokio_tungstenite::client_async(url.as_str(), stream)
+        .await
+        .unwrap();
+    let ask_for_error = json!({"type": "hangup", "call_id": "c-nope"}).to_string();
+    let mut sent = 0u32;
+    let closed = tokio::time::timeout(Duration::from_secs(60), async {
+        while sent < 1_000_000 {
+            if mute
+                .send(Message::Text(ask_for_error.clone().into()))
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            sent += 1;
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Ok(true),
+        "the gateway closed the connection of a client that stopped reading ({sent} requests sent)"
+    );
+    // The gateway goes on serving everyone else.
+    let mut other = connect(&url, None).await;
+    let answer = ask(&mut other, json!({"type": "hangup", "call_id": "c-nope"})).await;
+    assert_eq!(answer["code"], "no_such_call");
+}
