@@ -411,15 +411,23 @@ impl BrowserLeg {
     /// SRTP is unprotected here with the keys DTLS-SRTP agreed, not by the stack: its
     /// pipeline of queues per packet cost more than the audio's codec work on a relayed
     /// call (vendor/README.md). STUN, DTLS and SRTCP go to the stack.
-    pub fn handle_datagram(&mut self, datagram: BytesMut, peer: SocketAddr, now: Instant) -> bool {
+    pub fn handle_datagram(
+        &mut self,
+        mut datagram: BytesMut,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> bool {
         if !is_stun(&datagram) {
             if !self.validated.contains(&peer) {
                 return false;
             }
             self.media_from = Some(peer);
             if is_rtp(&datagram) {
-                match self.unprotect(&datagram) {
-                    Ok(plain) => self.handle_rtp(plain.freeze()),
+                match self.unprotect(&mut datagram) {
+                    Ok(plain) => {
+                        datagram.truncate(plain);
+                        self.handle_rtp(datagram.freeze());
+                    }
                     Err(e) => tracing::debug!(error = %e, %peer, "browser SRTP refused"),
                 }
                 return true;
@@ -511,9 +519,10 @@ impl BrowserLeg {
         }
     }
 
-    /// Authenticates and decrypts the browser's SRTP packet (RFC 3711 §3.3); a forged,
-    /// replayed or early one (before DTLS completed) is an error.
-    fn unprotect(&mut self, datagram: &[u8]) -> Result<BytesMut, RtcError> {
+    /// Authenticates and decrypts the browser's SRTP packet in place (RFC 3711 §3.3), and
+    /// returns the plaintext's length; a forged, replayed or early one (before DTLS
+    /// completed) is an error.
+    fn unprotect(&mut self, datagram: &mut [u8]) -> Result<usize, RtcError> {
         let path = self
             .pc
             .srtp_path()
