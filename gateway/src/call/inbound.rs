@@ -210,7 +210,11 @@ pub async fn run_inbound(
     // From here the call runs on a media worker (`call::workers`): its browser leg, bridge
     // and trunk RTP are driven there; the plugins' hooks stay where they were started.
     let worker_ctx = ctx.clone();
+    // Boxed: the task's future keeps what it captured for its whole life, even once moved
+    // on, and the leg, RTP stream and bridge (13 KB) are kept again by the driver.
+    let (leg, media) = (Box::new(leg), Box::new((rtp, bridge)));
     ctx.workers.spawn(async move {
+        let (rtp, bridge) = *media;
         let ctx = worker_ctx;
         let _slot = _slot;
         ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);

@@ -148,12 +148,12 @@ impl CallContext {
     /// with the configured wideband settings.
     fn browser_caller(
         &self,
-        leg: crate::rtc::BrowserLeg,
+        leg: Box<crate::rtc::BrowserLeg>,
         route: crate::rtc::mux::MuxRoute,
         bridge: Bridge,
     ) -> caller::Caller {
         caller::Caller::Browser(Box::new(
-            caller::BrowserCaller::new(leg, route, self.mux.clone(), bridge).with_wideband(
+            caller::BrowserCaller::new(*leg, route, self.mux.clone(), bridge).with_wideband(
                 self.config.media.opus_complexity,
                 self.config.media.jitter_ms,
             ),

@@ -51,11 +51,13 @@ pub fn start_outbound(
         Instant::now(),
     )?;
     let route = ctx.mux.register(leg.ufrag());
+    // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and
+    // the leg is 8.8 KB that the driver keeps again (boxed, in its caller).
     ctx.workers.spawn(run_outbound(
         ctx.clone(),
         slot,
         call,
-        leg,
+        Box::new(leg),
         route,
         events,
         commands,
@@ -68,7 +70,7 @@ async fn run_outbound(
     ctx: Arc<CallContext>,
     _slot: CallSlot,
     call: Outbound,
-    leg: BrowserLeg,
+    leg: Box<BrowserLeg>,
     route: MuxRoute,
     events: EventSink,
     commands: super::CommandReceiver,

@@ -264,12 +264,19 @@ impl DirectPath {
 
     /// The next datagram from the browser. Cancel-safe.
     pub async fn recv(&self) -> Datagram {
-        let mut buf = [0u8; 2048];
         loop {
-            match self.socket.recv_from(&mut buf).await {
+            if let Err(e) = self.socket.readable().await {
+                // Only when the worker's runtime is shutting down: its calls end with it.
+                tracing::debug!(error = %e, peer = %self.peer, "browser media socket");
+                std::future::pending::<()>().await;
+            }
+            // On the stack only while a datagram is read: not in the call's future.
+            let mut buf = [0u8; 2048];
+            match self.socket.try_recv_from(&mut buf) {
                 Ok((n, from)) if from == self.peer => return (BytesMut::from(&buf[..n]), from),
                 // Queued before the socket was connected: another call's.
                 Ok((n, from)) => route(&self.mux.routes, &buf[..n], from),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 // An ICMP error from an earlier send (the browser's port closed): the call's
                 // ICE consent notices the silence; nothing to do here.
                 Err(e) => {

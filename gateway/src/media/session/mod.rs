@@ -416,11 +416,28 @@ impl RtpStream {
 
     /// Waits for the next datagram into `buf`; returns its length and source.
     pub async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        let socket = match &mut self.socket {
+        self.receiver()?.recv_from(buf).await
+    }
+
+    /// Waits until [`Self::try_recv`] may find a datagram. A call's task waits here rather
+    /// than in [`Self::recv`], so that no receive buffer lives in its future between packets
+    /// (each call's future is one allocation; 1.5 KB of buffer was 1.5 KB per call).
+    pub async fn readable(&mut self) -> std::io::Result<()> {
+        self.receiver()?.readable().await
+    }
+
+    /// The next datagram waiting, into `buf`, or `WouldBlock` when none does.
+    pub fn try_recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        self.receiver()?.try_recv_from(buf)
+    }
+
+    /// The receiving socket, registered with the runtime of the first task that receives:
+    /// the call's media worker.
+    fn receiver(&mut self) -> std::io::Result<&UdpSocket> {
+        Ok(match &mut self.socket {
             Some(socket) => socket,
             empty => empty.insert(UdpSocket::from_std(self.sender_socket.try_clone()?)?),
-        };
-        socket.recv_from(buf).await
+        })
     }
 
     /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
