@@ -172,8 +172,6 @@ pub async fn drive(
     let leg_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(leg_timer);
     let mut leg_deadline: Option<Instant> = None;
-    let mut pcm_in = [0i16; 1500];
-    let mut rtp_buf = [0u8; 1500];
     let mut was_ticking = true;
     let mut transfer_route: Option<TransferRoute> = None;
     loop {
@@ -272,8 +270,12 @@ pub async fn drive(
                 run.wiring.metrics.load.handle_tick(now.saturating_duration_since(scheduled));
                 run.tick(&mut call);
             }
-            received = run.rtp.recv(&mut rtp_buf), if media => {
-                if let Ok((n, source)) = received {
+            Ok(()) = run.rtp.readable(), if media => {
+                // The buffers live on the stack while the datagrams waiting are read, not
+                // in the call's future between packets.
+                let mut rtp_buf = [0u8; 1500];
+                let mut pcm_in = [0i16; 1500];
+                while let Ok((n, source)) = run.rtp.try_recv(&mut rtp_buf) {
                     let accepted = run.rtp.stats.received;
                     let got = run.rtp.handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
                     if run.rtp.stats.received != accepted {
