@@ -25,6 +25,7 @@ use ::rtc::sansio::Protocol;
 use ::rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use bytes::{Bytes, BytesMut};
 
+mod audio;
 pub mod ice_servers;
 pub mod mux;
 mod reports;
@@ -34,8 +35,6 @@ use sdp::{DTMF_PT, OPUS_PT, ice_ufrag, media_engine, negotiated_payload_types, r
 pub use sdp::{opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
-use crate::media::opus::RTP_TICKS_PER_FRAME;
-use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
 use crate::media::srtp::InboundSsrcs;
 
 /// Why the browser leg could not be set up or failed.
@@ -517,107 +516,6 @@ impl BrowserLeg {
                 self.receiver_reports(&packets);
             }
         }
-    }
-
-    /// Authenticates and decrypts the browser's SRTP packet in place (RFC 3711 §3.3), and
-    /// returns the plaintext's length; a forged, replayed or early one (before DTLS
-    /// completed) is an error.
-    fn unprotect(&mut self, datagram: &mut [u8]) -> Result<usize, RtcError> {
-        let path = self
-            .pc
-            .srtp_path()
-            .ok_or_else(|| stack("SRTP before the DTLS handshake completed"))?;
-        self.inbound_ssrcs
-            .unprotect(path.inbound, datagram)
-            .map_err(stack)
-    }
-
-    /// Audio or an RFC 4733 event packet from the browser, decrypted.
-    fn handle_rtp(&mut self, plain: Bytes) {
-        let Ok(packet) = RtpPacket::parse(&plain) else {
-            return;
-        };
-        let (pt, sequence) = (packet.payload_type, packet.sequence);
-        if Some(pt) == self.dtmf_pt && self.last_event_sequence != Some(sequence) {
-            self.last_event_sequence = Some(sequence);
-            self.event_packets = self.event_packets.wrapping_add(1);
-        }
-        if pt == self.opus_pt {
-            self.events.push_back(BrowserEvent::Opus {
-                sequence: sequence.wrapping_sub(self.event_packets),
-                timestamp: packet.timestamp,
-                payload: plain.slice_ref(packet.payload),
-            });
-        } else if Some(pt) == self.dtmf_pt
-            && let Some(digit) = self.dtmf.handle_packet(packet.timestamp, packet.payload)
-        {
-            self.events.push_back(BrowserEvent::Dtmf(digit));
-        }
-    }
-
-    /// Picks the report blocks about our audio out of an RTCP compound packet: a browser
-    /// that also sends audio puts them in its sender report, else in a receiver report
-    /// (RFC 3550 §6.4).
-    fn receiver_reports(&mut self, packets: &[Box<dyn ::rtc::rtcp::Packet>]) {
-        use ::rtc::rtcp::receiver_report::ReceiverReport;
-        use ::rtc::rtcp::sender_report::SenderReport;
-        for packet in packets {
-            let any = packet.as_any();
-            let blocks = if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                &rr.reports
-            } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
-                &sr.reports
-            } else {
-                continue;
-            };
-            for block in blocks.iter().filter(|b| b.ssrc == self.ssrc) {
-                self.events.push_back(BrowserEvent::ReceiverReport {
-                    fraction_lost: block.fraction_lost,
-                });
-            }
-        }
-    }
-
-    /// Sends one 20 ms Opus frame to the browser. `marker` starts a talkspurt (after DTX).
-    /// Protected here with the keys DTLS-SRTP agreed and sent to ICE's selected pair, like
-    /// the stack would, without its pipeline (see [`Self::handle_datagram`]).
-    pub fn send_opus(&mut self, payload: &[u8], marker: bool) -> Result<(), RtcError> {
-        let (sequence, timestamp) = (self.sequence, self.timestamp);
-        self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
-        let path = self
-            .pc
-            .srtp_path()
-            .ok_or_else(|| stack("no SRTP keys yet: the DTLS handshake has not completed"))?;
-        self.plain.resize(HEADER_LEN, 0);
-        write_header(
-            &mut self.plain,
-            marker,
-            self.opus_pt,
-            sequence,
-            timestamp,
-            self.ssrc,
-        );
-        self.plain.extend_from_slice(payload);
-        let packet = path.outbound.encrypt_rtp(&self.plain).map_err(stack)?;
-        self.outbox.push_back((packet, path.peer));
-        Ok(())
-    }
-
-    /// Relays an Opus packet from the trunk as it came (no transcoding): its timestamp is the
-    /// trunk's, moved onto our stream's clock, so gaps the trunk left (DTX, loss) stay gaps.
-    pub fn relay_opus(&mut self, payload: &[u8], trunk_timestamp: u32) -> Result<(), RtcError> {
-        let first = self.relay_offset.is_none();
-        let offset = *self
-            .relay_offset
-            .get_or_insert_with(|| self.timestamp.wrapping_sub(trunk_timestamp));
-        self.timestamp = trunk_timestamp.wrapping_add(offset);
-        self.send_opus(payload, first)
-    }
-
-    /// Advances the outgoing clock by one frame without sending (DTX silence).
-    pub fn skip_frame(&mut self) {
-        self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
     }
 
     /// Closes the peer connection.
