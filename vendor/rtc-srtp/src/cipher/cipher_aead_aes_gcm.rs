@@ -99,13 +99,7 @@ impl Cipher for CipherAeadAesGcm {
         if packet.len() < header.len + tag_len {
             return Err(Error::ErrFailedToVerifyAuthTag);
         }
-        let mut iv = [0u8; 12];
-        BigEndian::write_u32(&mut iv[2..], header.ssrc);
-        BigEndian::write_u32(&mut iv[6..], roc);
-        BigEndian::write_u16(&mut iv[10..], header.sequence_number);
-        for (v, salt) in iv.iter_mut().zip(&self.srtp_session_salt) {
-            *v ^= salt;
-        }
+        let iv = self.rtp_iv(header.ssrc, header.sequence_number, roc);
         let tag_offset = packet.len() - tag_len;
         let (body, tag) = packet.split_at_mut(tag_offset);
         let (aad, encrypted_payload) = body.split_at_mut(header.len);
@@ -262,10 +256,15 @@ impl CipherAeadAesGcm {
     ///
     /// https://tools.ietf.org/html/rfc7714#section-8.1
     pub(crate) fn rtp_initialization_vector(&self, header: &rtp::Header, roc: u32) -> [u8; 12] {
+        self.rtp_iv(header.ssrc, header.sequence_number, roc)
+    }
+
+    /// [`Self::rtp_initialization_vector`] from the header's two fields it uses.
+    fn rtp_iv(&self, ssrc: u32, sequence_number: u16, roc: u32) -> [u8; 12] {
         let mut iv = [0u8; 12];
-        BigEndian::write_u32(&mut iv[2..], header.ssrc);
+        BigEndian::write_u32(&mut iv[2..], ssrc);
         BigEndian::write_u32(&mut iv[6..], roc);
-        BigEndian::write_u16(&mut iv[10..], header.sequence_number);
+        BigEndian::write_u16(&mut iv[10..], sequence_number);
 
         for (i, v) in iv.iter_mut().enumerate() {
             *v ^= self.srtp_session_salt[i];
