@@ -9,6 +9,7 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
+       [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk] [--no-build]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
@@ -163,6 +164,8 @@ def main():
                       help="the gateway's media.opus_complexity (default: its default, 1)")
     args.add_argument("--workers", type=int, default=None,
                       help="the gateway's media.workers (default: its default, one per core)")
+    args.add_argument("--turn-ms", type=int, default=None,
+                      help="the gateway's media.turn_ms (default: its default, 2)")
     args.add_argument("--opus-trunk", action="store_true",
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--pin", action="store_true",
@@ -187,6 +190,8 @@ def main():
         media.append(f"opus_complexity = {a.complexity}")
     if a.workers is not None:
         media.append(f"workers = {a.workers}")
+    if a.turn_ms is not None:
+        media.append(f"turn_ms = {a.turn_ms}")
     if media:
         text += "\n[media]\n" + "\n".join(media) + "\n"
     scenario = "echo.xml"

@@ -18,6 +18,7 @@ call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's
 Memory is its RSS above its idle RSS, per call. The generator, shim and sipp share the box.
 
 usage: scripts/peer_compare.py [--calls 50] [--rounds 3] [--window 10] [--no-build] [--no-floor]
+       [--complexity N] [--turn-ms N]
 Installs rtpengine-daemon from Debian when it is missing. Bounded: each round ends within
 the call length plus the generator's own 30 s limit.
 """
@@ -114,10 +115,12 @@ def floor_pct(complexity):
     return round(micros * 50 / 1e6 * 100, 3)
 
 
-def run_gateway(n, window, complexity=None):
+def run_gateway(n, window, complexity=None, turn_ms=None):
     text = config(n + 100)
-    if complexity is not None:
-        text += f"\n[media]\nopus_complexity = {complexity}\n"
+    media = [f"opus_complexity = {complexity}"] if complexity is not None else []
+    media += [f"turn_ms = {turn_ms}"] if turn_ms is not None else []
+    if media:
+        text += "\n[media]\n" + "\n".join(media) + "\n"
     (OUT / "gateway.toml").write_text(text)
     gateway = subprocess.Popen(
         [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
@@ -169,6 +172,8 @@ def main():
     args.add_argument("--complexity", type=int, default=None,
                       help="the gateway's media.opus_complexity (default: its default, 1); "
                       "rtpengine always codes at its own default")
+    args.add_argument("--turn-ms", type=int, default=None,
+                      help="the gateway's media.turn_ms (default: its default, 2)")
     a = args.parse_args()
     if not shutil.which("rtpengine"):
         print("installing rtpengine-daemon (Debian)", file=sys.stderr)
@@ -192,7 +197,7 @@ def main():
     try:
         for r in range(a.rounds):
             # Alternate who goes first, so neither always meets the box warmer.
-            order = [("gateway", lambda: run_gateway(a.calls, a.window, a.complexity)),
+            order = [("gateway", lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms)),
                      ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
             row = {}
             for name, run in (order if r % 2 == 0 else order[::-1]):
@@ -220,7 +225,8 @@ def main():
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
         f"{cpu}, {os.cpu_count()} cores; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
-        f"gateway Opus complexity {1 if a.complexity is None else a.complexity}",
+        f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, "
+        f"media turn {2 if a.turn_ms is None else a.turn_ms} ms",
         "",
         "| | % of a core per call | MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -18,6 +18,9 @@ use raw::*;
 
 /// The most media worker threads `[media] workers` may ask for.
 const MAX_WORKERS: u32 = 256;
+/// The longest turn `[media] turn_ms` may ask for: a packet waits up to a turn in the gateway,
+/// and more than a quarter frame starts to show in the browser's jitter buffer.
+const MAX_TURN_MS: u32 = 5;
 
 /// One mistake in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +262,21 @@ impl Config {
             Some(w) => *w.get_ref() as usize,
             // One per core: a worker is one thread's worth of calls.
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let turn_ms = match &raw.media.turn_ms {
+            Some(t) if *t.get_ref() > MAX_TURN_MS => {
+                c.issue(
+                    t.span(),
+                    "media.turn_ms",
+                    format!(
+                        "a media worker's turn goes from 0 (wake per packet) to {MAX_TURN_MS} ms: \
+                         every packet may wait that long in the gateway"
+                    ),
+                );
+                0
+            }
+            Some(t) => *t.get_ref() as u8,
+            None => 2,
         };
 
         let mut trunks = BTreeMap::new();
@@ -516,6 +534,7 @@ impl Config {
                 opus_complexity_under_loss,
                 jitter_ms: raw.media.jitter_ms.unwrap_or(60),
                 workers,
+                turn_ms,
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
             inbound: raw.inbound,

@@ -256,6 +256,9 @@ pub struct MediaConfig {
     pub jitter_ms: u32,
     /// Media worker threads (`call::workers`), default one per core.
     pub workers: usize,
+    /// How long a busy media worker lets packets gather before it wakes, ms (default 2;
+    /// 0 wakes per packet): `call::workers::Pace`.
+    pub turn_ms: u8,
 }
 
 /// The validated configuration.

@@ -152,6 +152,7 @@ pub(super) struct RawMedia {
     pub(super) opus_complexity_under_loss: Option<Spanned<u8>>,
     pub(super) jitter_ms: Option<u32>,
     pub(super) workers: Option<Spanned<u32>>,
+    pub(super) turn_ms: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

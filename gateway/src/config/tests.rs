@@ -133,6 +133,20 @@ fn media_workers_default_to_one_per_core_and_a_count_out_of_range_is_named() {
 }
 
 #[test]
+fn a_media_turn_defaults_to_2_ms_and_a_long_one_is_named() {
+    assert_eq!(parse("").unwrap().media.turn_ms, 2);
+    assert_eq!(parse("[media]\nturn_ms = 0\n").unwrap().media.turn_ms, 0);
+    assert_eq!(parse("[media]\nturn_ms = 5\n").unwrap().media.turn_ms, 5);
+    let err = parse("[media]\nturn_ms = 6\n").unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].field, "media.turn_ms");
+    assert!(
+        err.to_string().contains("from 0 (wake per packet) to 5 ms"),
+        "{err}"
+    );
+}
+
+#[test]
 fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -150,8 +150,11 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         parked: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,
         cluster,
-        workers: crate::call::workers::MediaWorkers::start(config.media.workers)
-            .map_err(|e| format!("cannot start the media worker threads: {e}"))?,
+        workers: crate::call::workers::MediaWorkers::start(
+            config.media.workers,
+            Duration::from_millis(config.media.turn_ms.into()),
+        )
+        .map_err(|e| format!("cannot start the media worker threads: {e}"))?,
     });
     tokio::spawn(police_inbound(inbound, sources, calls.clone()));
     calls.metrics.load.configure(
