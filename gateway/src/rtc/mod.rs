@@ -155,6 +155,9 @@ pub struct BrowserLeg {
     outbox: std::collections::VecDeque<(BytesMut, SocketAddr)>,
     /// The stack was called since its last datagram was taken (see `drain`).
     stack_may_write: bool,
+    /// The stack's next deadline, while it was not called since it was asked (see
+    /// [`Self::poll_timeout`]).
+    stack_deadline: Option<Option<Instant>>,
 }
 
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
@@ -285,6 +288,7 @@ impl BrowserLeg {
             plain: Vec::new(),
             outbox: Default::default(),
             stack_may_write: true,
+            stack_deadline: None,
         };
         leg.drain();
         Ok(leg)
@@ -458,8 +462,14 @@ impl BrowserLeg {
     }
 
     /// When [`Self::handle_timeout`] wants to run.
+    ///
+    /// Asked of the stack only after it was called: its timers (ICE consent, DTLS, RTCP) move
+    /// only then, since established audio bypasses it, and asking walks every one of its
+    /// handlers and interceptors, which the call did after each of its packets.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.pc.poll_timeout()
+        *self
+            .stack_deadline
+            .get_or_insert_with(|| self.pc.poll_timeout())
     }
 
     /// The next datagram to send and where.
@@ -473,6 +483,7 @@ impl BrowserLeg {
             self.stack_may_write = false;
             return self.outbox.pop_front();
         };
+        self.stack_deadline = None;
         // The stack answers a check with success only when its MESSAGE-INTEGRITY proved the
         // sender knows our ICE password: from then on the address is a validated pair.
         if is_binding_success(&bytes) && !self.validated.contains(&peer) {
@@ -495,6 +506,7 @@ impl BrowserLeg {
     /// was a visible share of a call's CPU.
     fn drain(&mut self) {
         self.stack_may_write = true;
+        self.stack_deadline = None;
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
