@@ -57,7 +57,7 @@ pub const PACED_FROM_CALLS: usize = 8;
 /// Why: on this 2-core box a worker woke ~2,100 times a second at 25 calls, ~1.8 events per
 /// wake-up, and sleeping and waking was 13 % of the gateway's CPU (`perf`, BENCHMARKS.md §2).
 /// With 2 ms turns a worker wakes at most 500 times a second, whatever its load: relayed
-/// calls cost 15–28 % less, transcoded 2–8 % less. The price is up to one turn of delay on a
+/// calls cost 17 % less, transcoded 1–4 % less. The price is up to one turn of delay on a
 /// packet's way through, and a tick up to one turn late: both far inside a jitter buffer.
 /// A worker with few calls is not paced (their packets rarely coincide).
 struct Pace {
