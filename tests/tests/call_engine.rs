@@ -1,7 +1,7 @@
 //! The call engine's timers and clean-up, end to end: a real WebRTC client on the browser
 //! side, sipp as the trunk, `gateway run` in between. A trunk that rings forever, a re-INVITE
-//! answered slowly, an ACK that never comes, and a burst of every kind of call after which
-//! the gateway's tables must be empty again.
+//! answered slowly, an ACK that never comes, a burst of every kind of call after which
+//! the gateway's tables must be empty again, and a media worker busy enough to pace itself.
 
 use std::path::Path;
 use std::time::Duration;
@@ -281,4 +281,82 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
             "{name} is not empty: {metrics}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() {
+    const CALLS: usize = 20;
+    let dir = out_dir("engine_paced");
+    let echo = Sipp::uas_calls("echo.xml", "u1", &dir, CALLS as u32);
+    let path = write_config(&dir, &[("echo", echo.port, "udp", &[])]);
+    // One worker carries every call: more than PACED_FROM_CALLS, so it paces its 2 ms turns.
+    extend(
+        &dir,
+        &path,
+        "[media]\nworkers = 1\nturn_ms = 2\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                run_call(
+                    &url,
+                    &CallOptions {
+                        seconds: 6.0,
+                        ..CallOptions::new("echo")
+                    },
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let wakeups = "gateway_media_worker_wakeups_total{worker=\"0\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = http_get(gateway.http_addr, "/metrics").await;
+        if gauge(&metrics, "gateway_calls_answered_total") == Some(CALLS as u64) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the calls did not all answer: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Media flows both ways on every call: ~1,000 trunk packets, as many browser packets and
+    // ticks a second. Woken per event the worker would wake well over 1,000 times a second;
+    // paced, at most once a turn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (start, woken) = (
+        std::time::Instant::now(),
+        gauge(&http_get(gateway.http_addr, "/metrics").await, wakeups).unwrap(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    let (turns, woke) = (
+        start.elapsed().as_secs_f64() / 0.002,
+        gauge(&metrics, wakeups).unwrap() - woken,
+    );
+    assert_eq!(
+        gauge(&metrics, "gateway_media_worker_calls{worker=\"0\"}"),
+        Some(CALLS as u64)
+    );
+    assert!(
+        woke as f64 <= turns * 1.1 + 5.0,
+        "the worker woke {woke} times in {turns:.0} turns"
+    );
+    for call in calls {
+        let report = call.await.unwrap();
+        assert_eq!(reason(&report).0, "hangup", "{report:?}");
+        assert!(
+            report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+            "a call on the paced worker lost its audio: {report:?}"
+        );
+    }
+    assert!(echo.finished().await);
 }

@@ -14,7 +14,7 @@
 //! ticks rather than one each.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,12 +22,20 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// One worker: its runtime and how many calls it runs.
-#[derive(Debug)]
 struct Worker {
     handle: Handle,
     calls: Arc<AtomicUsize>,
+    pace: Arc<Pace>,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The media workers, and the shared runtime they were started from.
@@ -64,6 +72,8 @@ struct Pace {
     turn: Duration,
     calls: Arc<AtomicUsize>,
     woke: Mutex<Instant>,
+    /// Times the worker's thread woke (for `/metrics`).
+    wakeups: AtomicU64,
 }
 
 impl Pace {
@@ -81,6 +91,7 @@ impl Pace {
     /// After the worker wakes: a turn starts.
     fn after_unpark(&self) {
         *self.woke.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -97,12 +108,13 @@ impl MediaWorkers {
                 turn,
                 calls: calls.clone(),
                 woke: Mutex::new(Instant::now()),
+                wakeups: AtomicU64::new(0),
             });
-            let unparked = pace.clone();
+            let (parked, unparked) = (pace.clone(), pace.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_name(format!("media-{i}-blocking"))
-                .on_thread_park(move || pace.before_park())
+                .on_thread_park(move || parked.before_park())
                 .on_thread_unpark(move || unparked.after_unpark())
                 .build()?;
             let handle = runtime.handle().clone();
@@ -116,6 +128,7 @@ impl MediaWorkers {
             workers.push(Worker {
                 handle,
                 calls,
+                pace,
                 _stop: stop,
             });
         }
@@ -155,6 +168,15 @@ impl MediaWorkers {
         self.workers
             .iter()
             .map(|w| w.calls.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Times each worker's thread woke since it started (for `/metrics`): with paced turns
+    /// at most one a turn, however many packets and ticks its calls have.
+    pub fn wakeups(&self) -> Vec<u64> {
+        self.workers
+            .iter()
+            .map(|w| w.pace.wakeups.load(Ordering::Relaxed))
             .collect()
     }
 }
@@ -266,6 +288,7 @@ mod tests {
             turn,
             calls: Arc::new(AtomicUsize::new(calls)),
             woke: Mutex::new(Instant::now()),
+            wakeups: AtomicU64::new(0),
         };
         let waited = |pace: Pace| {
             pace.after_unpark();

@@ -189,6 +189,16 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "gateway_media_worker_calls{{worker=\"{worker}\"}} {calls}\n"
         ));
     }
+    text.push_str(
+        "# HELP gateway_media_worker_wakeups_total Times each media worker thread woke to run \
+         its calls: per event when quiet, at most once a turn ([media] turn_ms) when busy.\n\
+         # TYPE gateway_media_worker_wakeups_total counter\n",
+    );
+    for (worker, wakeups) in ctx.workers.wakeups().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_wakeups_total{{worker=\"{worker}\"}} {wakeups}\n"
+        ));
+    }
     let registered = ctx
         .registered
         .lock()
