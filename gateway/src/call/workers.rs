@@ -21,21 +21,13 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-/// One worker: its runtime and how many calls it runs.
+/// One worker: its runtime, and its pace (which counts the calls it runs).
+#[derive(Debug)]
 struct Worker {
     handle: Handle,
-    calls: Arc<AtomicUsize>,
     pace: Arc<Pace>,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
-}
-
-impl std::fmt::Debug for Worker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker")
-            .field("calls", &self.calls)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The media workers, and the shared runtime they were started from.
@@ -68,8 +60,10 @@ pub const PACED_FROM_CALLS: usize = 8;
 /// calls cost 17 % less, transcoded 1–4 % less. The price is up to one turn of delay on a
 /// packet's way through, and a tick up to one turn late: both far inside a jitter buffer.
 /// A worker with few calls is not paced (their packets rarely coincide).
+#[derive(Debug)]
 struct Pace {
     turn: Duration,
+    /// Calls running on the worker.
     calls: Arc<AtomicUsize>,
     woke: Mutex<Instant>,
     /// Times the worker's thread woke (for `/metrics`).
@@ -103,10 +97,9 @@ impl MediaWorkers {
         let control = Handle::current();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count.max(1) {
-            let calls = Arc::new(AtomicUsize::new(0));
             let pace = Arc::new(Pace {
                 turn,
-                calls: calls.clone(),
+                calls: Arc::new(AtomicUsize::new(0)),
                 woke: Mutex::new(Instant::now()),
                 wakeups: AtomicU64::new(0),
             });
@@ -127,7 +120,6 @@ impl MediaWorkers {
                 })?;
             workers.push(Worker {
                 handle,
-                calls,
                 pace,
                 _stop: stop,
             });
@@ -149,10 +141,10 @@ impl MediaWorkers {
         let worker = self
             .workers
             .iter()
-            .min_by_key(|w| w.calls.load(Ordering::Relaxed))
+            .min_by_key(|w| w.pace.calls.load(Ordering::Relaxed))
             .expect("at least one worker");
-        worker.calls.fetch_add(1, Ordering::Relaxed);
-        let running = Running(worker.calls.clone());
+        worker.pace.calls.fetch_add(1, Ordering::Relaxed);
+        let running = Running(worker.pace.calls.clone());
         // Boxed: an async block awaiting a future it captured keeps room for it twice (the
         // capture and the awaited value), and an outbound call's future is 36 KB: unboxed,
         // `load_ramp.py` measured ~40 KB more per call.
@@ -167,7 +159,7 @@ impl MediaWorkers {
     pub fn calls(&self) -> Vec<usize> {
         self.workers
             .iter()
-            .map(|w| w.calls.load(Ordering::Relaxed))
+            .map(|w| w.pace.calls.load(Ordering::Relaxed))
             .collect()
     }
 
