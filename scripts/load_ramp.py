@@ -84,6 +84,14 @@ number = "100"
 """
 
 
+def media_section(complexity=None, workers=None, turn_ms=None):
+    """The gateway's `[media]` settings that were asked for (none: its defaults)."""
+    media = [f"{key} = {value}" for key, value in
+             (("opus_complexity", complexity), ("workers", workers), ("turn_ms", turn_ms))
+             if value is not None]
+    return "\n[media]\n" + "\n".join(media) + "\n" if media else ""
+
+
 def active_calls():
     import urllib.request
 
@@ -184,16 +192,7 @@ def main():
     if not shutil.which("sipp"):
         sys.exit("sipp not found: scripts/install-deps.sh installs it")
     OUT.mkdir(parents=True, exist_ok=True)
-    text = config(max(steps) + 100)
-    media = []
-    if a.complexity is not None:
-        media.append(f"opus_complexity = {a.complexity}")
-    if a.workers is not None:
-        media.append(f"workers = {a.workers}")
-    if a.turn_ms is not None:
-        media.append(f"turn_ms = {a.turn_ms}")
-    if media:
-        text += "\n[media]\n" + "\n".join(media) + "\n"
+    text = config(max(steps) + 100) + media_section(a.complexity, a.workers, a.turn_ms)
     scenario = "echo.xml"
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')

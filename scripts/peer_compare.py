@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_ramp import (  # noqa: E402
-    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, rss_mb, step, wait_http,
+    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, media_section, rss_mb, step,
+    wait_http,
 )
 
 OUT = ROOT / "target" / "peer-compare"
@@ -116,11 +117,7 @@ def floor_pct(complexity):
 
 
 def run_gateway(n, window, complexity=None, turn_ms=None):
-    text = config(n + 100)
-    media = [f"opus_complexity = {complexity}"] if complexity is not None else []
-    media += [f"turn_ms = {turn_ms}"] if turn_ms is not None else []
-    if media:
-        text += "\n[media]\n" + "\n".join(media) + "\n"
+    text = config(n + 100) + media_section(complexity, turn_ms=turn_ms)
     (OUT / "gateway.toml").write_text(text)
     gateway = subprocess.Popen(
         [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
