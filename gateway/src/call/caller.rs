@@ -3,6 +3,7 @@
 //! what each keeps.
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::Refusal;
@@ -103,15 +104,17 @@ impl BrowserCaller {
         Ok(answer)
     }
 
-    /// The browser's next datagram: on the call's direct path, or through the media port's
-    /// mux (ICE checks from other candidates, and everything before media flows).
-    pub(super) async fn recv(&mut self) -> Option<Datagram> {
+    /// The browser's next datagram through the media port's mux (ICE checks from other
+    /// candidates, and everything before media flows on a direct path).
+    pub(super) fn poll_route(&mut self, cx: &mut Context<'_>) -> Poll<Option<Datagram>> {
+        self.route.poll_recv(cx)
+    }
+
+    /// The browser's next datagram on the call's direct path; none before it has one.
+    pub(super) fn poll_direct(&self, cx: &mut Context<'_>) -> Poll<Datagram> {
         match &self.direct {
-            Some(direct) => tokio::select! {
-                datagram = self.route.recv() => datagram,
-                datagram = direct.recv() => Some(datagram),
-            },
-            None => self.route.recv().await,
+            Some(direct) => direct.poll_recv(cx),
+            None => Poll::Pending,
         }
     }
 
@@ -125,24 +128,29 @@ impl BrowserCaller {
 
     /// After a datagram: once the browser's media flows from an address (authenticated, see
     /// `BrowserLeg::media_source`), the call reads and writes it on a socket of its own.
-    pub(super) fn follow_media(&mut self, now: Instant) {
+    /// True when it opened one.
+    pub(super) fn follow_media(&mut self, now: Instant) -> bool {
         let Some(source) = self.leg.media_source() else {
-            return;
+            return false;
         };
         if self.direct.as_ref().is_some_and(|d| d.peer() == source)
             || self
                 .direct_opened
                 .is_some_and(|t| now.duration_since(t) < REDIRECT_AFTER)
         {
-            return;
+            return false;
         }
         self.direct_opened = Some(now);
         // The old path closes first: its address's datagrams go to the mux again.
         self.direct = None;
         match self.mux.connect(source) {
-            Ok(direct) => self.direct = Some(direct),
+            Ok(direct) => {
+                self.direct = Some(direct);
+                true
+            }
             Err(e) => {
-                tracing::warn!(error = %e, %source, "no direct path to the browser; its media goes through the shared port")
+                tracing::warn!(error = %e, %source, "no direct path to the browser; its media goes through the shared port");
+                false
             }
         }
     }

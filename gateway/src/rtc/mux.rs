@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
@@ -49,6 +50,11 @@ impl MuxRoute {
     /// The next datagram for the call.
     pub async fn recv(&mut self) -> Option<Datagram> {
         self.rx.recv().await
+    }
+
+    /// The next datagram for the call, if one waits; `cx` is woken when one arrives.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Datagram>> {
+        self.rx.poll_recv(cx)
     }
 
     /// After an ICE restart the browser's checks name `ufrag`. The call's known addresses are
@@ -264,16 +270,27 @@ impl DirectPath {
 
     /// The next datagram from the browser. Cancel-safe.
     pub async fn recv(&self) -> Datagram {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next datagram from the browser, if one waits; `cx` is woken when one arrives.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Datagram> {
         loop {
-            if let Err(e) = self.socket.readable().await {
-                // Only when the worker's runtime is shutting down: its calls end with it.
-                tracing::debug!(error = %e, peer = %self.peer, "browser media socket");
-                std::future::pending::<()>().await;
+            match self.socket.poll_recv_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    // Only when the worker's runtime is shutting down: its calls end with it.
+                    tracing::debug!(error = %e, peer = %self.peer, "browser media socket");
+                    return Poll::Pending;
+                }
+                Poll::Pending => return Poll::Pending,
             }
             // On the stack only while a datagram is read: not in the call's future.
             let mut buf = [0u8; 2048];
             match self.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) if from == self.peer => return (BytesMut::from(&buf[..n]), from),
+                Ok((n, from)) if from == self.peer => {
+                    return Poll::Ready((BytesMut::from(&buf[..n]), from));
+                }
                 // Queued before the socket was connected: another call's.
                 Ok((n, from)) => route(&self.mux.routes, &buf[..n], from),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 mod media;
+mod sources;
 
 use super::caller::Caller;
 use super::machine::{Call, CallCommand, CallEvent, MediaLeg, Route};
@@ -20,9 +22,11 @@ use super::tap::AudioTap;
 use super::{EventSink, Metrics};
 use crate::media::session::RtpStream;
 use crate::plugin::{CallHooks, Event, Party};
+use crate::rtc::mux::Datagram;
 use crate::sip::Transmit;
 use crate::sip::endpoint::{Endpoint, IncomingRequest, RequestReceiver, RequestSender, Responder};
 use crate::sip::transaction::ClientEvent;
+use sources::{Source, Sources};
 
 /// An outbound call's route, being decided (plugins on the blocking pool, DNS).
 pub type Routing =
@@ -174,6 +178,8 @@ pub async fn drive(
     let mut leg_deadline: Option<Instant> = None;
     let mut was_ticking = true;
     let mut transfer_route: Option<TransferRoute> = None;
+    let mut shutdown = Some(shutdown_signal(run.wiring.shutdown.clone()));
+    let mut sources = Sources::new();
     loop {
         run.carry_out(&mut call);
         if call.is_finished() {
@@ -192,6 +198,7 @@ pub async fn drive(
                 }
                 Ok(super::outbound::resolve(&trunks, &trunk, &[]).await)
             }));
+            sources.mark(Source::Transfer);
         }
         let next = call.poll_timeout();
         if next != call_deadline {
@@ -199,6 +206,7 @@ pub async fn drive(
             if let Some(at) = next {
                 call_timer.as_mut().reset(at.into());
             }
+            sources.mark(Source::CallTimer);
         }
         let next = match &mut run.caller {
             Caller::Browser(b) if !run.ended => b.leg.poll_timeout(),
@@ -209,6 +217,7 @@ pub async fn drive(
             if let Some(at) = next {
                 leg_timer.as_mut().reset(at.into());
             }
+            sources.mark(Source::LegTimer);
         }
         let media = !run.ended;
         // A relayed call has no clock of its own: packets go on as they arrive, so its task
@@ -217,26 +226,88 @@ pub async fn drive(
         let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
         if ticking && !was_ticking {
             ticker.reset();
+            sources.mark(Source::Tick);
         }
         was_ticking = ticking;
-        tokio::select! {
-            routed = async { routing.as_mut().expect("guarded").await }, if routing.is_some() => {
+        let input = std::future::poll_fn(|cx| {
+            let mut turn = sources.turn(cx.waker());
+            for source in turn.order() {
+                let ready = match source {
+                    Source::Routing => turn.poll(source, routing.is_some(), |cx| {
+                        let routing = routing.as_mut().expect("enabled");
+                        routing.as_mut().poll(cx).map(Input::Routed)
+                    }),
+                    Source::Transfer => turn.poll(source, transfer_route.is_some(), |cx| {
+                        let route = transfer_route.as_mut().expect("enabled");
+                        route.as_mut().poll(cx).map(Input::Transferred)
+                    }),
+                    // The channels below never close while the call holds their senders; a
+                    // closed one waits for good.
+                    Source::Response => turn.poll(source, true, |cx| {
+                        some(response_rx.poll_recv(cx)).map(Input::Response)
+                    }),
+                    Source::Request => turn.poll(source, true, |cx| {
+                        some(request_rx.poll_recv(cx)).map(Input::Request)
+                    }),
+                    Source::CallTimer => turn.poll(source, call_deadline.is_some(), |cx| {
+                        call_timer.as_mut().poll(cx).map(|()| Input::CallTimer)
+                    }),
+                    Source::LegTimer => turn.poll(source, leg_deadline.is_some(), |cx| {
+                        leg_timer.as_mut().poll(cx).map(|()| Input::LegTimer)
+                    }),
+                    Source::MuxRoute => turn.poll(source, media, |cx| match &mut run.caller {
+                        Caller::Browser(b) => some(b.poll_route(cx)).map(Input::Browser),
+                        Caller::Tone(_) => Poll::Pending,
+                    }),
+                    Source::DirectPath => turn.poll(source, media, |cx| match &run.caller {
+                        Caller::Browser(b) => b.poll_direct(cx).map(Input::Browser),
+                        Caller::Tone(_) => Poll::Pending,
+                    }),
+                    Source::Tick => turn.poll(source, ticking, |cx| {
+                        ticker.poll_tick(cx).map(Input::Tick)
+                    }),
+                    Source::Rtp => turn.poll(source, media, |cx| {
+                        match run.rtp.poll_readable(cx) {
+                            Poll::Ready(Ok(())) => Poll::Ready(Input::Rtp),
+                            Poll::Ready(Err(e)) => {
+                                tracing::warn!(error = %e, "the trunk's RTP socket cannot be read; no audio from the trunk");
+                                Poll::Pending
+                            }
+                            Poll::Pending => Poll::Pending,
+                        }
+                    }),
+                    Source::Command => turn.poll(source, media, |cx| {
+                        commands.poll_recv(cx).map(Input::Command)
+                    }),
+                    Source::Shutdown => turn.poll(source, media && shutdown.is_some(), |cx| {
+                        let signal = shutdown.as_mut().expect("enabled");
+                        signal.as_mut().poll(cx).map(|()| Input::Shutdown)
+                    }),
+                };
+                if ready.is_ready() {
+                    return ready;
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match input {
+            Input::Routed((route, hooks)) => {
                 routing = None;
-                let (route, hooks) = routed;
                 run.tapping = hooks.as_ref().is_some_and(|h| h.wants_audio());
                 run.hooks = hooks;
                 run.routed_at = Some(Instant::now());
                 call.handle_route(route, Instant::now());
             }
-            decided = async { transfer_route.as_mut().expect("guarded").await }, if transfer_route.is_some() => {
+            Input::Transferred(decided) => {
                 transfer_route = None;
                 match decided {
                     Ok(candidates) => call.handle_transfer_candidates(candidates, Instant::now()),
                     Err(code) => call.handle_transfer_refused(code),
                 }
             }
-            Some((tx, event)) = response_rx.recv() => call.handle_sip_response(tx, event, Instant::now()),
-            Some(incoming) = request_rx.recv() => {
+            Input::Response((tx, event)) => call.handle_sip_response(tx, event, Instant::now()),
+            Input::Request(incoming) => {
                 let id = run.next_request;
                 run.next_request += 1;
                 if let Some(r) = incoming.responder {
@@ -244,51 +315,61 @@ pub async fn drive(
                 }
                 call.handle_sip_request(id, incoming.request, incoming.source, Instant::now());
             }
-            _ = &mut call_timer, if call_deadline.is_some() => {
+            Input::CallTimer => {
                 call_deadline = None;
                 call.handle_timeout(Instant::now());
             }
-            _ = &mut leg_timer, if leg_deadline.is_some() => {
+            Input::LegTimer => {
                 leg_deadline = None;
                 if let Caller::Browser(b) = &mut run.caller {
                     b.leg.handle_timeout(Instant::now());
                 }
             }
-            Some((datagram, peer)) = browser_datagram(&mut run.caller), if media => {
+            Input::Browser((datagram, peer)) => {
                 if let Caller::Browser(b) = &mut run.caller {
                     let now = Instant::now();
                     if b.leg.handle_datagram(datagram, peer, now) {
-                        b.follow_media(now);
+                        if b.follow_media(now) {
+                            sources.mark(Source::DirectPath);
+                        }
                         call.handle_media_received(MediaLeg::Browser, now);
                     } else {
-                        run.wiring.metrics.media_drops.browser_source.fetch_add(1, Ordering::Relaxed);
+                        run.wiring
+                            .metrics
+                            .media_drops
+                            .browser_source
+                            .fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            scheduled = ticker.tick(), if ticking => {
+            Input::Tick(scheduled) => {
                 let now = tokio::time::Instant::now();
-                run.wiring.metrics.load.handle_tick(now.saturating_duration_since(scheduled));
+                run.wiring
+                    .metrics
+                    .load
+                    .handle_tick(now.saturating_duration_since(scheduled));
                 run.tick(&mut call);
             }
-            Ok(()) = run.rtp.readable(), if media => {
+            Input::Rtp => {
                 // The buffers live on the stack while the datagrams waiting are read, not
                 // in the call's future between packets.
                 let mut rtp_buf = [0u8; 1500];
                 let mut pcm_in = [0i16; 1500];
                 while let Ok((n, source)) = run.rtp.try_recv(&mut rtp_buf) {
                     let accepted = run.rtp.stats.received;
-                    let got = run.rtp.handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
+                    let got = run
+                        .rtp
+                        .handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
                     if run.rtp.stats.received != accepted {
                         call.handle_media_received(MediaLeg::Trunk, Instant::now());
                     }
                     run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
                 }
             }
-            command = commands.recv(), if media => run.command(&mut call, command),
-            changed = run.wiring.shutdown.changed(), if media => {
-                if changed.is_err() || *run.wiring.shutdown.borrow() {
-                    call.handle_shutdown(Instant::now());
-                }
+            Input::Command(command) => run.command(&mut call, command),
+            Input::Shutdown => {
+                shutdown = None;
+                call.handle_shutdown(Instant::now());
             }
         }
         run.caller_events(&mut call);
@@ -321,12 +402,39 @@ pub async fn drive(
     }
 }
 
-/// The browser's next datagram; a tone caller has none.
-async fn browser_datagram(caller: &mut Caller) -> Option<(bytes::BytesMut, std::net::SocketAddr)> {
-    match caller {
-        Caller::Browser(b) => b.recv().await,
-        Caller::Tone(_) => std::future::pending().await,
+/// What woke the call.
+enum Input {
+    Routed((Result<Route, (&'static str, u16)>, Option<CallHooks>)),
+    Transferred(Result<Vec<crate::sip::uac::Candidate>, u16>),
+    Response((u64, ClientEvent)),
+    Request(Box<IncomingRequest>),
+    CallTimer,
+    LegTimer,
+    Browser(Datagram),
+    Tick(tokio::time::Instant),
+    Rtp,
+    Command(Option<CallCommand>),
+    Shutdown,
+}
+
+/// A channel's next message; a closed channel waits for good (it registered no waker).
+fn some<T>(poll: Poll<Option<T>>) -> Poll<T> {
+    match poll {
+        Poll::Ready(Some(message)) => Poll::Ready(message),
+        Poll::Ready(None) | Poll::Pending => Poll::Pending,
     }
+}
+
+/// Ready once the gateway's drain deadline has come (or the gateway is gone). One future for
+/// the call's life: it waits on the watch without locking it again on every wake-up.
+fn shutdown_signal(mut rx: watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 impl Run<'_> {

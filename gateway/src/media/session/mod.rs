@@ -12,6 +12,7 @@ use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use tokio::net::UdpSocket;
 
@@ -419,11 +420,15 @@ impl RtpStream {
         self.receiver()?.recv_from(buf).await
     }
 
-    /// Waits until [`Self::try_recv`] may find a datagram. A call's task waits here rather
-    /// than in [`Self::recv`], so that no receive buffer lives in its future between packets
-    /// (each call's future is one allocation; 1.5 KB of buffer was 1.5 KB per call).
-    pub async fn readable(&mut self) -> std::io::Result<()> {
-        self.receiver()?.readable().await
+    /// Ready when [`Self::try_recv`] may find a datagram; `cx` is woken when one arrives. A
+    /// call's task waits here rather than in a receive, so that no receive buffer lives in its
+    /// future between packets (each call's future is one allocation; 1.5 KB of buffer was 1.5
+    /// KB per call).
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.receiver() {
+            Ok(socket) => socket.poll_recv_ready(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     /// The next datagram waiting, into `buf`, or `WouldBlock` when none does.
