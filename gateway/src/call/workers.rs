@@ -107,7 +107,11 @@ impl MediaWorkers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .thread_name(format!("media-{i}-blocking"))
-                .on_thread_park(move || parked.before_park())
+                .on_thread_park(move || {
+                    // The turn's datagrams go before any wait for the next.
+                    crate::media::outgoing::flush();
+                    parked.before_park()
+                })
                 .on_thread_unpark(move || unparked.after_unpark())
                 .build()?;
             let handle = runtime.handle().clone();
@@ -115,8 +119,10 @@ impl MediaWorkers {
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || {
+                    crate::media::outgoing::hold_on_this_thread();
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
+                    crate::media::outgoing::flush();
                 })?;
             workers.push(Worker {
                 handle,

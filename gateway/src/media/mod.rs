@@ -8,6 +8,7 @@ pub mod dtmf;
 pub mod g711;
 pub mod jitter;
 pub mod opus;
+pub mod outgoing;
 pub mod rtp;
 pub mod session;
 pub mod srtp;

@@ -23,6 +23,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::stun_username_ufrag;
+use crate::media::outgoing;
 
 /// A datagram for one call.
 pub type Datagram = (BytesMut, SocketAddr);
@@ -206,7 +207,7 @@ impl MediaMux {
 
     /// Sends a datagram to a browser.
     pub fn send(&self, bytes: &[u8], to: SocketAddr) {
-        if let Err(e) = self.send.send_to(bytes, to) {
+        if let Err(e) = outgoing::send(&self.send, bytes, Some(to)) {
             tracing::debug!(error = %e, %to, "browser media send failed");
         }
     }
@@ -219,7 +220,7 @@ impl MediaMux {
         // may hash another browser's datagram to it: `DirectPath::recv` hands such strays on.
         socket.connect(&peer.into())?;
         let socket: std::net::UdpSocket = socket.into();
-        let sender = socket.try_clone()?;
+        let sender = Arc::new(socket.try_clone()?);
         let socket = UdpSocket::from_std(socket)?;
         self.direct.fetch_add(1, Ordering::Relaxed);
         Ok(DirectPath {
@@ -251,7 +252,7 @@ pub struct DirectPath {
     socket: UdpSocket,
     /// The same socket for sending: tokio's `try_send` refuses until the reactor has seen
     /// the new socket writable, and the first datagrams (a DTLS flight) would be lost.
-    sender: std::net::UdpSocket,
+    sender: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     mux: MediaMux,
 }
@@ -305,7 +306,7 @@ impl DirectPath {
 
     /// Sends a datagram to the browser.
     pub fn send(&self, bytes: &[u8]) {
-        if let Err(e) = self.sender.send(bytes) {
+        if let Err(e) = outgoing::send(&self.sender, bytes, None) {
             tracing::debug!(error = %e, to = %self.peer, "browser media send failed");
         }
     }

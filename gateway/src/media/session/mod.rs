@@ -20,6 +20,7 @@ use super::MediaDrops;
 use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
+use super::outgoing;
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
 
@@ -170,7 +171,7 @@ pub struct RtpStream {
     socket: Option<UdpSocket>,
     /// The same socket for sending: a plain non-blocking send never waits for the reactor
     /// to learn the socket is writable, so no frame is lost at start-up.
-    sender_socket: std::net::UdpSocket,
+    sender_socket: Arc<std::net::UdpSocket>,
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
     latched: Option<SocketAddr>,
@@ -219,7 +220,7 @@ impl RtpStream {
         socket.set_nonblocking(true)?;
         Ok(RtpStream {
             socket: None,
-            sender_socket: socket,
+            sender_socket: Arc::new(socket),
             remote: None,
             latched: None,
             source: RtpSource::default(),
@@ -399,9 +400,9 @@ impl RtpStream {
             }
         };
         let sent = match (remote.srtp, self.srtp.as_mut()) {
-            (None, _) => self.sender_socket.send_to(&self.out[..len], dest),
+            (None, _) => outgoing::send(&self.sender_socket, &self.out[..len], Some(dest)),
             (Some(_), Some(srtp)) => match srtp.protect(&self.out[..len]) {
-                Ok(packet) => self.sender_socket.send_to(&packet, dest),
+                Ok(packet) => outgoing::send(&self.sender_socket, &packet, Some(dest)),
                 Err(e) => {
                     tracing::debug!(error = %e, "RTP packet not protected");
                     return;
