@@ -1,13 +1,14 @@
 //! Datagrams a media worker sends during one turn, sent together when the turn ends.
 //!
 //! Why: a `sendto` also hands the datagram to its receiver's socket and, when the receiver
-//! sleeps, wakes it. A worker's turn interleaved its sends with its work, so a receiver woke,
-//! read one datagram and slept again between two of them, once per datagram; and a receiver
-//! woken on the worker's core took that core over on the way back from the system call. On
-//! the benchmarks' loopback, where the browsers' generator and the SIP peer share the box,
-//! waking receivers was 17 % of a relayed call's CPU and being preempted after a send 8 %
-//! (`perf`, BENCHMARKS.md §2). Sent together at the end of the turn, the datagrams find
-//! their receivers awake after the first, and the worker is off the core after the last.
+//! sleeps, wakes it; a receiver woken on the worker's core takes the core over on the way
+//! back from the system call. A transcoding turn spends tens of microseconds in libopus
+//! between two sends, time enough for a receiver to read one datagram and sleep again, so
+//! its sends woke and preempted once per datagram. Sent together at the end of the turn they
+//! follow each other within microseconds. On the benchmarks' loopback (the browsers'
+//! generator and the SIP peer share the box) transcoded calls cost 5–10 % less CPU this way;
+//! relayed calls, whose sends already followed each other closely, cost the same
+//! (BENCHMARKS.md §2).
 //!
 //! A media worker's thread holds what its calls send ([`hold_on_this_thread`]) and sends it
 //! before it parks ([`flush`]); on any other thread [`send`] sends at once. A datagram waits
