@@ -282,4 +282,32 @@ mod tests {
         }
         assert_eq!(polled, 0);
     }
+
+    #[test]
+    fn a_source_that_is_always_ready_does_not_starve_the_others() {
+        let task = Waker::from(Arc::new(Counter(Default::default())));
+        let mut sources = Sources::new();
+        // The RTP socket floods; a command waits once; everything else is pending.
+        let mut command_waiting = true;
+        let mut served = Vec::new();
+        for _ in 0..Source::ALL.len() {
+            let mut turn = sources.turn(&task);
+            for source in turn.order() {
+                let got = turn.poll(source, true, |_| match source {
+                    Source::Rtp => Poll::Ready(source),
+                    Source::Command if command_waiting => Poll::Ready(source),
+                    _ => Poll::Pending,
+                });
+                if let Poll::Ready(source) = got {
+                    if source == Source::Command {
+                        command_waiting = false;
+                    }
+                    served.push(source);
+                    break;
+                }
+            }
+        }
+        assert!(served.contains(&Source::Command), "served only {served:?}");
+        assert!(served.contains(&Source::Rtp));
+    }
 }
