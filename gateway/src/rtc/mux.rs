@@ -217,7 +217,7 @@ impl MediaMux {
     pub fn connect(&self, peer: SocketAddr) -> std::io::Result<DirectPath> {
         let socket = shared_socket(self.local)?;
         // Until `connect` the socket is one more member of the port's group, and the kernel
-        // may hash another browser's datagram to it: `DirectPath::recv` hands such strays on.
+        // may hash another browser's datagram to it: `DirectPath::poll_recv` hands such strays on.
         socket.connect(&peer.into())?;
         let socket: std::net::UdpSocket = socket.into();
         let sender = Arc::new(socket.try_clone()?);
@@ -267,11 +267,6 @@ impl DirectPath {
     /// The browser address this path is connected to.
     pub fn peer(&self) -> SocketAddr {
         self.peer
-    }
-
-    /// The next datagram from the browser. Cancel-safe.
-    pub async fn recv(&self) -> Datagram {
-        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next datagram from the browser, if one waits; `cx` is woken when one arrives.
@@ -417,7 +412,8 @@ mod tests {
         let direct = mux.connect(browser.local_addr().unwrap()).unwrap();
         for i in 0..20u8 {
             browser.send_to(&[0x80, 0, 0, i], to).unwrap();
-            let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), direct.recv())
+            let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
+            let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
                 .await
                 .expect("the browser's datagram on the direct path");
             assert_eq!(
