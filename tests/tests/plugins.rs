@@ -362,6 +362,15 @@ async fn the_recorder_writes_the_call_and_pauses_on_dtmf() {
         tone_snr(&after[..after.len().min(4000)]) >= 15.0,
         "the callee's tone on the right channel after the pause"
     );
+    // The recorder counts the recording once `finish` returns, which is after the file
+    // is complete: a file read in between is finished and not yet counted.
+    let recorded = ("recorder".to_string(), "recordings".to_string(), 1);
+    for _ in 0..100 {
+        if counters(&gateway).contains(&recorded) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let counters = counters(&gateway);
     assert!(
         counters.contains(&("recorder".into(), "recordings".into(), 1)),
