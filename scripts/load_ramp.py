@@ -42,6 +42,18 @@ def rss_mb(pid):
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 1e6
 
 
+def memory_mb(pid):
+    """The process's resident memory and its anonymous part (heap, stacks; RssAnon), in MB.
+
+    The difference is mostly the binary's and libraries' code, mapped from their files: the
+    first call pages in some 2 MB of it (DTLS, SIP, Opus), which RSS per call spreads over
+    the calls of a step, so it reads higher for 50 calls than for 250. The anonymous memory
+    above idle is what the calls themselves hold."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    anon_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:"))
+    return rss_mb(pid), anon_kb * 1024 / 1e6
+
+
 def wait_http(port, timeout=20):
     import urllib.request
 
@@ -102,10 +114,10 @@ def active_calls():
     return 0.0
 
 
-def step(gateway, n, window, prefix, idle_rss, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
+def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
          active=active_calls):
     """One step of n calls against the media process `gateway` (a Popen) signalled at `url`;
-    `active()` counts the calls it carries."""
+    `active()` counts the calls it carries; `idle` is its `memory_mb` before its first call."""
     ramp = max(2.0, n / 100.0)  # start calls over this long: DTLS handshakes are CPU work
     settle = 3.0
     seconds = ramp + settle + window + 2.0
@@ -119,7 +131,7 @@ def step(gateway, n, window, prefix, idle_rss, url=f"ws://127.0.0.1:{HTTP_PORT}/
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
-    rss = rss_mb(gateway.pid)
+    rss, anon = memory_mb(gateway.pid)
     # Per-call figures divide by the calls actually up in the window (the gateway's own
     # gauge), not by the calls attempted: under overload many never connect.
     up = max(1.0, (up0 + active()) / 2)
@@ -132,7 +144,8 @@ def step(gateway, n, window, prefix, idle_rss, url=f"ws://127.0.0.1:{HTTP_PORT}/
         "gateway_cpu_pct": round(cpu, 1),
         "gateway_cpu_pct_per_call": round(cpu / up, 3),
         "gateway_rss_mb": round(rss, 1),
-        "gateway_rss_mb_per_call": round(max(0.0, rss - idle_rss) / up, 3),
+        "gateway_rss_mb_per_call": round(max(0.0, rss - idle[0]) / up, 3),
+        "gateway_anon_mb_per_call": round(max(0.0, anon - idle[1]) / up, 3),
         "failures_sample": summary["failures"][:3],
         "generator_cpu_pct": round((g1 - g0) / (t1 - t0) * 100, 1),
         "calls_ok": summary["calls_ok"],
@@ -149,14 +162,15 @@ def step(gateway, n, window, prefix, idle_rss, url=f"ws://127.0.0.1:{HTTP_PORT}/
 
 
 def markdown(rows):
-    head = ("| calls | up | gateway CPU % | % per call | RSS MB | MB per call | setup p50 ms | "
-            "setup p99 ms | loss % | jitter p50/p99 ms | tone (sampled) | failed |")
-    lines = [head, "|" + "---:|" * 12]
+    head = ("| calls | up | gateway CPU % | % per call | RSS MB | MB per call | anon MB per call | "
+            "setup p50 ms | setup p99 ms | loss % | jitter p50/p99 ms | tone (sampled) | failed |")
+    lines = [head, "|" + "---:|" * 13]
     for r in rows:
         tone = f"{'yes' if r['tone_intact'] else 'NO'} ({r['tone_calls_checked']}, {r['tone_snr_db_p50']} dB)"
         lines.append(
             f"| {r['calls']} | {r['calls_up']} | {r['gateway_cpu_pct']} | {r['gateway_cpu_pct_per_call']} | "
-            f"{r['gateway_rss_mb']} | {r['gateway_rss_mb_per_call']} | {r['setup_ms_p50']} | "
+            f"{r['gateway_rss_mb']} | {r['gateway_rss_mb_per_call']} | {r['gateway_anon_mb_per_call']} | "
+            f"{r['setup_ms_p50']} | "
             f"{r['setup_ms_p99']} | {r['loss_pct']} | {r['jitter_ms_p50']}/{r['jitter_ms_p99']} | "
             f"{tone} | {r['calls_failed']} |")
     return "\n".join(lines)
@@ -212,10 +226,10 @@ def main():
             # Memory per call is measured against the gateway before its first call: what an
             # earlier step left allocated (the allocator keeps freed pages) must not be
             # subtracted from a later one.
-            idle_rss = rss_mb(gateway.pid)
+            idle = memory_mb(gateway.pid)
             rows = []
             for n in steps:
-                row = step(gateway, n, a.window, others_prefix, idle_rss)
+                row = step(gateway, n, a.window, others_prefix, idle)
                 print(json.dumps(row), file=sys.stderr)
                 rows.append(row)
                 time.sleep(3)  # calls hang up; let the gateway settle

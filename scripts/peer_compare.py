@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_ramp import (  # noqa: E402
-    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, media_section, rss_mb, step,
+    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, media_section, memory_mb, step,
     wait_http,
 )
 
@@ -124,7 +124,7 @@ def run_gateway(n, window, complexity=None, turn_ms=None):
         stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
     try:
         wait_http(HTTP_PORT)
-        return step(gateway, n, window, [], rss_mb(gateway.pid))
+        return step(gateway, n, window, [], memory_mb(gateway.pid))
     finally:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(timeout=90)
@@ -144,7 +144,7 @@ def run_rtpengine(n, window):
              "--ng", f"127.0.0.1:{NG_PORT}", "--echo", f"127.0.0.1:{SIPP_MEDIA}"],
             stdout=subprocess.DEVNULL, stderr=open(OUT / "rtpengine-ws.log", "w"))
         time.sleep(0.5)
-        return step(rtpengine, n, window, [], rss_mb(rtpengine.pid),
+        return step(rtpengine, n, window, [], memory_mb(rtpengine.pid),
                     url=f"ws://127.0.0.1:{SHIM_PORT}/ws", active=rtpengine_calls)
     finally:
         if shim:
@@ -211,7 +211,7 @@ def main():
         return median([r[name][key] for r in rounds])
 
     table = {name: {key: med(name, key) for key in
-                    ("calls_up", "gateway_cpu_pct_per_call", "gateway_rss_mb_per_call",
+                    ("calls_up", "gateway_cpu_pct_per_call", "gateway_rss_mb_per_call", "gateway_anon_mb_per_call",
                      "loss_pct", "tone_snr_db_p50", "calls_failed", "setup_ms_p50")}
              for name in ("gateway", "rtpengine")}
     for name in table:
@@ -225,20 +225,22 @@ def main():
         f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, "
         f"media turn {2 if a.turn_ms is None else a.turn_ms} ms",
         "",
-        "| | % of a core per call | MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| | % of a core per call | MB per call | anon MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, t in (("gateway", g), ("rtpengine", e)):
         lines.append(f"| {name} | {t['gateway_cpu_pct_per_call']} | {t['gateway_rss_mb_per_call']} | "
-                     f"{t['calls_up']} | {t['loss_pct']} | {'yes' if t['tone_intact'] else 'NO'} "
+                     f"{t['gateway_anon_mb_per_call']} | {t['calls_up']} | {t['loss_pct']} | {'yes' if t['tone_intact'] else 'NO'} "
                      f"({t['tone_snr_db_p50']}) | {t['calls_failed']} |")
     if floor is not None:
-        lines.append(f"| libopus floor | {floor} | | | | | |")
+        lines.append(f"| libopus floor | {floor} | | | | | | |")
     lines += ["", f"rtpengine / gateway CPU per call, per round: "
               f"{', '.join(f'{x:.2f}×' for x in ratios)}; median {median(ratios):.2f}×"]
     if e["gateway_rss_mb_per_call"] and g["gateway_rss_mb_per_call"]:
         lines.append(f"rtpengine / gateway memory per call: "
-                     f"{e['gateway_rss_mb_per_call'] / g['gateway_rss_mb_per_call']:.2f}×")
+                     f"{e['gateway_rss_mb_per_call'] / g['gateway_rss_mb_per_call']:.2f}×"
+                     + (f" (anonymous: {e['gateway_anon_mb_per_call'] / g['gateway_anon_mb_per_call']:.2f}×)"
+                        if e["gateway_anon_mb_per_call"] and g["gateway_anon_mb_per_call"] else ""))
     if floor:
         lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}×")
     (OUT / "compare.json").write_text(json.dumps(

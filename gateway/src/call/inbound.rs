@@ -231,7 +231,7 @@ pub async fn run_inbound(
         let events = super::EventSink::new(browser.events.clone());
         let _ = browser
             .calls
-            .send((call_id.clone(), commands_tx, events.clone()));
+            .send(Box::new((call_id.clone(), commands_tx, events.clone())));
         events.send((
             call_id.clone(),
             CallEvent::Offered {
@@ -242,7 +242,9 @@ pub async fn run_inbound(
                 diverted_from,
             },
         ));
-        let outcome = drive(
+        // The driver and the record boxed, as an outbound call's (`outbound::run_outbound`):
+        // inline, this future kept room for both and for the values moved into them (10 KB).
+        let outcome = Box::pin(drive(
             ctx.wiring(),
             machine,
             ctx.browser_caller(leg, route, bridge),
@@ -255,13 +257,13 @@ pub async fn run_inbound(
             },
             events,
             commands,
-        )
-        .await;
+        ));
+        let outcome = Box::new(outcome.await);
         let parties = Parties {
             call_id,
             from,
             to: dialled,
         };
-        record_outcome(&ctx, &parties, started_ms, outcome).await;
+        Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
     });
 }

@@ -152,8 +152,7 @@ impl MediaWorkers {
         worker.pace.calls.fetch_add(1, Ordering::Relaxed);
         let running = Running(worker.pace.calls.clone());
         // Boxed: an async block awaiting a future it captured keeps room for it twice (the
-        // capture and the awaited value), and an outbound call's future is 36 KB: unboxed,
-        // `load_ramp.py` measured ~40 KB more per call.
+        // capture and the awaited value).
         let call = Box::pin(call);
         worker.handle.spawn(async move {
             let _running = running;

@@ -221,10 +221,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
     let (mut sink, mut stream) = socket.split();
     let (out, mut out_rx) = outbox::Outbox::new();
     let writer = tokio::spawn(async move {
-        while let Some(message) = out_rx.recv().await {
-            let Ok(text) = serde_json::to_string(&message) else {
-                continue;
-            };
+        while let Some(text) = out_rx.recv().await {
             if sink.send(Message::Text(text.into())).await.is_err() {
                 break;
             }
@@ -269,14 +266,16 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                 Some(frame) => frame,
                 None => break,
             },
-            Some((call_id, commands, events)) = offered.recv() => {
+            Some(call) = offered.recv() => {
+                let (call_id, commands, events) = *call;
                 calls.insert(call_id, commands, events);
                 continue;
             }
             Some(item) = call_event_rx.recv() => {
                 let (call_id, event) = *item;
                 // An inbound call's `incoming` may overtake the call itself (two channels).
-                while let Ok((id, commands, events)) = offered.try_recv() {
+                while let Ok(call) = offered.try_recv() {
+                    let (id, commands, events) = *call;
                     calls.insert(id, commands, events);
                 }
                 if let Some(mut message) = protocol::from_call_event(call_id, event) {

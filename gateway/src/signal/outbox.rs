@@ -14,14 +14,19 @@ pub const OUTBOX: usize = 256;
 
 /// The sending side. A message that finds [`OUTBOX`] waiting marks the connection too slow:
 /// it is then closed, and its calls wait to be resumed as on any dropped connection.
+///
+/// Messages wait as their JSON text: a queue of `ServerMessage`s (168 bytes each) took
+/// 5.4 KB per connection before its first message, since tokio's channel allocates its
+/// slots 32 at a time and up front (heaptrack, BENCHMARKS.md §2); text is made once either
+/// way, and sent as it is.
 pub struct Outbox {
-    tx: mpsc::Sender<ServerMessage>,
+    tx: mpsc::Sender<String>,
     overflowed: AtomicBool,
 }
 
 impl Outbox {
     /// The outbox and the writer's end.
-    pub fn new() -> (Outbox, mpsc::Receiver<ServerMessage>) {
+    pub fn new() -> (Outbox, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let outbox = Outbox {
             tx,
@@ -32,7 +37,14 @@ impl Outbox {
 
     /// Queues a message for the client.
     pub fn send(&self, message: ServerMessage) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message) {
+        let text = match serde_json::to_string(&message) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "a signaling message could not be written as JSON");
+                return;
+            }
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(text) {
             self.overflowed.store(true, Ordering::Relaxed);
         }
     }

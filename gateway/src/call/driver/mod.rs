@@ -24,7 +24,9 @@ use crate::media::session::RtpStream;
 use crate::plugin::{CallHooks, Event, Party};
 use crate::rtc::mux::Datagram;
 use crate::sip::Transmit;
-use crate::sip::endpoint::{Endpoint, IncomingRequest, RequestReceiver, RequestSender, Responder};
+use crate::sip::endpoint::{
+    Endpoint, IncomingRequest, RequestReceiver, RequestSender, Responder, TaggedEvent,
+};
 use crate::sip::transaction::ClientEvent;
 use sources::{Source, Sources};
 
@@ -84,7 +86,7 @@ struct Run<'a> {
     responders: HashMap<u64, Responder>,
     listening: Vec<String>,
     next_request: u64,
-    responses: mpsc::UnboundedSender<(u64, ClientEvent)>,
+    responses: mpsc::UnboundedSender<TaggedEvent>,
     requests: RequestSender,
     routed_at: Option<Instant>,
     setup: Option<Duration>,
@@ -113,15 +115,19 @@ pub struct Start {
 }
 
 /// Runs `call` until it is over and its trunk leg has finished.
-pub async fn drive(
-    wiring: Wiring<'_>,
+///
+/// Not an `async fn`: its future would keep every argument beside the local it moves into
+/// for the call's whole life (the `Call` and the `RtpStream`, 7 KB of a 15.6 KB future, by
+/// `-Zprint-type-sizes`). The set-up runs here; the future holds what its loop uses, once.
+pub fn drive<'a>(
+    wiring: Wiring<'a>,
     mut call: Call,
     caller: Caller,
     rtp: RtpStream,
     start: Start,
     sink: EventSink,
     mut commands: super::CommandReceiver,
-) -> Outcome {
+) -> impl Future<Output = Outcome> + 'a {
     let Start {
         mut routing,
         invite,
@@ -166,70 +172,71 @@ pub async fn drive(
     if matches!(run.caller, Caller::Tone(_)) {
         call.handle_caller_media(true, Instant::now());
     }
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    // One Sleep each, re-armed when a deadline moves, rather than a new timer-wheel entry
-    // on every turn of the loop (three turns per 20 ms).
-    let call_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(call_timer);
-    let mut call_deadline: Option<Instant> = None;
-    let leg_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(leg_timer);
-    let mut leg_deadline: Option<Instant> = None;
-    let mut was_ticking = true;
-    let mut transfer_route: Option<TransferRoute> = None;
-    let mut shutdown = Some(shutdown_signal(run.wiring.shutdown.clone()));
-    let mut sources = Sources::new();
-    loop {
-        run.carry_out(&mut call);
-        if call.is_finished() {
-            break;
-        }
-        if let Some(request) = run.transfer_to.take() {
-            let trunks = call.trunks().clone();
-            let trunk = request.trunk.clone();
-            let verdict = run.hooks.as_ref().map(|h| h.transfer(request));
-            transfer_route = Some(Box::pin(async move {
-                // The plugins first: a refusal never resolves, let alone dials, the target.
-                if let Some(verdict) = verdict
-                    && let Ok(Some(refusal)) = verdict.await
-                {
-                    return Err(refusal.sip_code);
+    async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        // One Sleep each, re-armed when a deadline moves, rather than a new timer-wheel entry
+        // on every turn of the loop (three turns per 20 ms).
+        let call_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(call_timer);
+        let mut call_deadline: Option<Instant> = None;
+        let leg_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(leg_timer);
+        let mut leg_deadline: Option<Instant> = None;
+        let mut was_ticking = true;
+        let mut transfer_route: Option<TransferRoute> = None;
+        let mut shutdown = Some(shutdown_signal(run.wiring.shutdown.clone()));
+        let mut sources = Sources::new();
+        loop {
+            run.carry_out(&mut call);
+            if call.is_finished() {
+                break;
+            }
+            if let Some(request) = run.transfer_to.take() {
+                let trunks = call.trunks().clone();
+                let trunk = request.trunk.clone();
+                let verdict = run.hooks.as_ref().map(|h| h.transfer(request));
+                transfer_route = Some(Box::pin(async move {
+                    // The plugins first: a refusal never resolves, let alone dials, the target.
+                    if let Some(verdict) = verdict
+                        && let Ok(Some(refusal)) = verdict.await
+                    {
+                        return Err(refusal.sip_code);
+                    }
+                    Ok(super::outbound::resolve(&trunks, &trunk, &[]).await)
+                }));
+                sources.mark(Source::Transfer);
+            }
+            let next = call.poll_timeout();
+            if next != call_deadline {
+                call_deadline = next;
+                if let Some(at) = next {
+                    call_timer.as_mut().reset(at.into());
                 }
-                Ok(super::outbound::resolve(&trunks, &trunk, &[]).await)
-            }));
-            sources.mark(Source::Transfer);
-        }
-        let next = call.poll_timeout();
-        if next != call_deadline {
-            call_deadline = next;
-            if let Some(at) = next {
-                call_timer.as_mut().reset(at.into());
+                sources.mark(Source::CallTimer);
             }
-            sources.mark(Source::CallTimer);
-        }
-        let next = match &mut run.caller {
-            Caller::Browser(b) if !run.ended => b.leg.poll_timeout(),
-            _ => None,
-        };
-        if next != leg_deadline {
-            leg_deadline = next;
-            if let Some(at) = next {
-                leg_timer.as_mut().reset(at.into());
+            let next = match &mut run.caller {
+                Caller::Browser(b) if !run.ended => b.leg.poll_timeout(),
+                _ => None,
+            };
+            if next != leg_deadline {
+                leg_deadline = next;
+                if let Some(at) = next {
+                    leg_timer.as_mut().reset(at.into());
+                }
+                sources.mark(Source::LegTimer);
             }
-            sources.mark(Source::LegTimer);
-        }
-        let media = !run.ended;
-        // A relayed call has no clock of its own: packets go on as they arrive, so its task
-        // is not woken every 20 ms for nothing. The clock starts afresh if the trunk moves
-        // to a transcoded codec (re-INVITE).
-        let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
-        if ticking && !was_ticking {
-            ticker.reset();
-            sources.mark(Source::Tick);
-        }
-        was_ticking = ticking;
-        let input = std::future::poll_fn(|cx| {
+            let media = !run.ended;
+            // A relayed call has no clock of its own: packets go on as they arrive, so its task
+            // is not woken every 20 ms for nothing. The clock starts afresh if the trunk moves
+            // to a transcoded codec (re-INVITE).
+            let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
+            if ticking && !was_ticking {
+                ticker.reset();
+                sources.mark(Source::Tick);
+            }
+            was_ticking = ticking;
+            let input = std::future::poll_fn(|cx| {
             let mut turn = sources.turn(cx.waker());
             for source in turn.order() {
                 let ready = match source {
@@ -244,7 +251,7 @@ pub async fn drive(
                     // The channels below never close while the call holds their senders; a
                     // closed one waits for good.
                     Source::Response => turn.poll(source, true, |cx| {
-                        some(response_rx.poll_recv(cx)).map(Input::Response)
+                        some(response_rx.poll_recv(cx)).map(|e| Input::Response(*e))
                     }),
                     Source::Request => turn.poll(source, true, |cx| {
                         some(request_rx.poll_recv(cx)).map(Input::Request)
@@ -291,114 +298,117 @@ pub async fn drive(
             Poll::Pending
         })
         .await;
-        match input {
-            Input::Routed((route, hooks)) => {
-                routing = None;
-                run.tapping = hooks.as_ref().is_some_and(|h| h.wants_audio());
-                run.hooks = hooks;
-                run.routed_at = Some(Instant::now());
-                call.handle_route(route, Instant::now());
-            }
-            Input::Transferred(decided) => {
-                transfer_route = None;
-                match decided {
-                    Ok(candidates) => call.handle_transfer_candidates(candidates, Instant::now()),
-                    Err(code) => call.handle_transfer_refused(code),
+            match input {
+                Input::Routed((route, hooks)) => {
+                    routing = None;
+                    run.tapping = hooks.as_ref().is_some_and(|h| h.wants_audio());
+                    run.hooks = hooks;
+                    run.routed_at = Some(Instant::now());
+                    call.handle_route(route, Instant::now());
                 }
-            }
-            Input::Response((tx, event)) => call.handle_sip_response(tx, event, Instant::now()),
-            Input::Request(incoming) => {
-                let id = run.next_request;
-                run.next_request += 1;
-                if let Some(r) = incoming.responder {
-                    run.responders.insert(id, r);
-                }
-                call.handle_sip_request(id, incoming.request, incoming.source, Instant::now());
-            }
-            Input::CallTimer => {
-                call_deadline = None;
-                call.handle_timeout(Instant::now());
-            }
-            Input::LegTimer => {
-                leg_deadline = None;
-                if let Caller::Browser(b) = &mut run.caller {
-                    b.leg.handle_timeout(Instant::now());
-                }
-            }
-            Input::Browser((datagram, peer)) => {
-                if let Caller::Browser(b) = &mut run.caller {
-                    let now = Instant::now();
-                    if b.leg.handle_datagram(datagram, peer, now) {
-                        if b.follow_media(now) {
-                            sources.mark(Source::DirectPath);
+                Input::Transferred(decided) => {
+                    transfer_route = None;
+                    match decided {
+                        Ok(candidates) => {
+                            call.handle_transfer_candidates(candidates, Instant::now())
                         }
-                        call.handle_media_received(MediaLeg::Browser, now);
-                    } else {
-                        run.wiring
-                            .metrics
-                            .media_drops
-                            .browser_source
-                            .fetch_add(1, Ordering::Relaxed);
+                        Err(code) => call.handle_transfer_refused(code),
                     }
                 }
-            }
-            Input::Tick(scheduled) => {
-                let now = tokio::time::Instant::now();
-                run.wiring
-                    .metrics
-                    .load
-                    .handle_tick(now.saturating_duration_since(scheduled));
-                run.tick(&mut call);
-            }
-            Input::Rtp => {
-                // The buffers live on the stack while the datagrams waiting are read, not
-                // in the call's future between packets.
-                let mut rtp_buf = [0u8; 1500];
-                let mut pcm_in = [0i16; 1500];
-                while let Ok((n, source)) = run.rtp.try_recv(&mut rtp_buf) {
-                    let accepted = run.rtp.stats.received;
-                    let got = run
-                        .rtp
-                        .handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
-                    if run.rtp.stats.received != accepted {
-                        call.handle_media_received(MediaLeg::Trunk, Instant::now());
+                Input::Response((tx, event)) => call.handle_sip_response(tx, event, Instant::now()),
+                Input::Request(incoming) => {
+                    let id = run.next_request;
+                    run.next_request += 1;
+                    if let Some(r) = incoming.responder {
+                        run.responders.insert(id, r);
                     }
-                    run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
+                    call.handle_sip_request(id, incoming.request, incoming.source, Instant::now());
+                }
+                Input::CallTimer => {
+                    call_deadline = None;
+                    call.handle_timeout(Instant::now());
+                }
+                Input::LegTimer => {
+                    leg_deadline = None;
+                    if let Caller::Browser(b) = &mut run.caller {
+                        b.leg.handle_timeout(Instant::now());
+                    }
+                }
+                Input::Browser((datagram, peer)) => {
+                    if let Caller::Browser(b) = &mut run.caller {
+                        let now = Instant::now();
+                        if b.leg.handle_datagram(datagram, peer, now) {
+                            if b.follow_media(now) {
+                                sources.mark(Source::DirectPath);
+                            }
+                            call.handle_media_received(MediaLeg::Browser, now);
+                        } else {
+                            run.wiring
+                                .metrics
+                                .media_drops
+                                .browser_source
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Input::Tick(scheduled) => {
+                    let now = tokio::time::Instant::now();
+                    run.wiring
+                        .metrics
+                        .load
+                        .handle_tick(now.saturating_duration_since(scheduled));
+                    run.tick(&mut call);
+                }
+                Input::Rtp => {
+                    // The buffers live on the stack while the datagrams waiting are read, not
+                    // in the call's future between packets.
+                    let mut rtp_buf = [0u8; 1500];
+                    let mut pcm_in = [0i16; 1500];
+                    while let Ok((n, source)) = run.rtp.try_recv(&mut rtp_buf) {
+                        let accepted = run.rtp.stats.received;
+                        let got = run
+                            .rtp
+                            .handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
+                        if run.rtp.stats.received != accepted {
+                            call.handle_media_received(MediaLeg::Trunk, Instant::now());
+                        }
+                        run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
+                    }
+                }
+                Input::Command(command) => run.command(&mut call, command),
+                Input::Shutdown => {
+                    shutdown = None;
+                    call.handle_shutdown(Instant::now());
                 }
             }
-            Input::Command(command) => run.command(&mut call, command),
-            Input::Shutdown => {
-                shutdown = None;
-                call.handle_shutdown(Instant::now());
-            }
+            run.caller_events(&mut call);
         }
-        run.caller_events(&mut call);
-    }
-    // A call ended while its plugins still decided: wait for them (bounded by their
-    // deadline), so they hear of the end like every call they saw start.
-    if let Some(routing) = routing.take() {
-        let (_, hooks) = routing.await;
-        run.hooks = run.hooks.or(hooks);
-    }
-    // Nothing of this call may stay routed to it: a leak here would grow the endpoint's
-    // tables for ever.
-    for call_id in run.listening.drain(..) {
-        run.wiring.endpoint.forget_dialog(&call_id);
-    }
-    Outcome {
-        call,
-        rtp: run.rtp.stats,
-        early_rtp_received: run.early_rtp_received,
-        setup: run.setup,
-        caller: run.caller,
-        hooks: run.hooks,
-        relayed: run.relayed,
-        trunk_codec: run.rtp.remote().map(|r| r.codec),
-        trunk_srtp: run
-            .rtp
-            .remote()
-            .and_then(|r| r.srtp)
-            .map(|k| k.theirs.suite),
+        // A call ended while its plugins still decided: wait for them (bounded by their
+        // deadline), so they hear of the end like every call they saw start.
+        if let Some(routing) = routing.take() {
+            let (_, hooks) = routing.await;
+            run.hooks = run.hooks.or(hooks);
+        }
+        // Nothing of this call may stay routed to it: a leak here would grow the endpoint's
+        // tables for ever.
+        for call_id in run.listening.drain(..) {
+            run.wiring.endpoint.forget_dialog(&call_id);
+        }
+        Outcome {
+            call,
+            rtp: run.rtp.stats,
+            early_rtp_received: run.early_rtp_received,
+            setup: run.setup,
+            caller: run.caller,
+            hooks: run.hooks,
+            relayed: run.relayed,
+            trunk_codec: run.rtp.remote().map(|r| r.codec),
+            trunk_srtp: run
+                .rtp
+                .remote()
+                .and_then(|r| r.srtp)
+                .map(|k| k.theirs.suite),
+        }
     }
 }
 

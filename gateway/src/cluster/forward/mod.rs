@@ -420,7 +420,10 @@ pub async fn run(
             }
         };
         tokio::select! {
-            Some((tx, event)) = events.recv() => forward.handle_client_event(tx, event, Instant::now()),
+            Some(tagged) = events.recv() => {
+                let (tx, event) = *tagged;
+                forward.handle_client_event(tx, event, Instant::now())
+            }
             Some(request) = requests.recv() => match (request.request.method, request.responder) {
                 (rsip::Method::Cancel, _) => forward.handle_cancel(Instant::now()),
                 // The dialog is the other node's: a trunk that sends its in-dialog requests

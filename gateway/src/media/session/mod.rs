@@ -186,8 +186,9 @@ pub struct RtpStream {
     dtmf_in: DtmfReceiver,
     event_timestamp: u32,
     reception: Option<Reception>,
-    /// Coder state while the trunk speaks G.722.
-    g722: Option<G722State>,
+    /// Coder state while the trunk speaks G.722. Boxed: 0.9 KB the other calls would carry
+    /// unused.
+    g722: Option<Box<G722State>>,
     /// SRTP contexts while the SDP carries keys.
     srtp: Option<SrtpSession>,
     out: [u8; MAX_PACKET],
@@ -299,7 +300,7 @@ impl RtpStream {
             self.dtmf_out.set_frame_ticks(remote.codec.frame_ticks());
             // Jitter is measured on the new clock from here.
             self.reception = None;
-            self.g722 = (remote.codec == Codec::G722).then(G722State::new);
+            self.g722 = (remote.codec == Codec::G722).then(|| Box::new(G722State::new()));
         }
         // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
         // keep theirs, with the rollover counters and replay lists they have built.
