@@ -1,5 +1,6 @@
 //! One browser audio packet in: SRTP authenticated and decrypted, as the browser leg does for
-//! each of the ~50 packets a second a call receives. Two ways, in the same run:
+//! each of the ~50 packets a second a call receives; and one audio packet out, encrypted and
+//! authenticated, as for each packet a call sends. Each two ways, in the same run:
 //!
 //! - copying: `Context::decrypt_rtp`, as `rtc-srtp` 0.21.1 publishes it (parses an
 //!   `rtp::Header`, copying out each header extension, and decrypts into a new buffer);
@@ -7,8 +8,15 @@
 //!   (vendor/README.md): reads the header's length, sequence number and SSRC off the bytes
 //!   and decrypts where the packet lies.
 //!
-//! Both start from a fresh copy of the ciphertext in a reused buffer, as a received datagram
-//! would be. The packet is a browser's: Opus payload, and the audio level, absolute send
+//! - copying encrypt: `Context::encrypt_rtp` as published (parses an `rtp::Header`, copies
+//!   the packet into a new buffer, encrypts it there);
+//! - in-place encrypt: `Context::encrypt_rtp_in_place` (vendored), encrypting where the
+//!   packet was written and appending the tag.
+//!
+//! Decrypts start from a fresh copy of the ciphertext in a reused buffer, as a received
+//! datagram would be; in-place encrypts from a fresh copy of the plaintext, as a packet just
+//! written would be. The packet out is the gateway's: a plain 12-byte header and 60 bytes of
+//! Opus. The packet is a browser's: Opus payload, and the audio level, absolute send
 //! time, transport-wide sequence number and MID extensions (RFC 8285 one-byte form).
 //! Run: `cargo bench -p gateway --bench srtp`.
 
@@ -30,6 +38,12 @@ fn browser_packet() -> Vec<u8> {
     p.push(0);
     // 20 ms of Opus at ~24 kbit/s.
     p.extend((0..60u8).map(|i| i.wrapping_mul(37)));
+    p
+}
+
+fn gateway_packet() -> Vec<u8> {
+    let mut p = vec![0x80, 111, 0x12, 0x34, 0, 1, 0xE2, 0x40, 0xAB, 0xCD, 0, 2];
+    p.extend((0..60u8).map(|i| i.wrapping_mul(41)));
     p
 }
 
@@ -66,6 +80,23 @@ fn main() {
                 black_box(
                     in_place
                         .decrypt_rtp_in_place(&mut buf[..sent.len()])
+                        .unwrap(),
+                );
+            })
+        });
+
+        let plain = gateway_packet();
+        let mut copying = new();
+        c.bench_function(&format!("{profile:?}: copying encrypt"), |b| {
+            b.iter(|| black_box(copying.encrypt_rtp(&plain).unwrap()))
+        });
+        let mut in_place = new();
+        c.bench_function(&format!("{profile:?}: in-place encrypt"), |b| {
+            b.iter(|| {
+                buf[..plain.len()].copy_from_slice(&plain);
+                black_box(
+                    in_place
+                        .encrypt_rtp_in_place(&mut buf, plain.len())
                         .unwrap(),
                 );
             })

@@ -532,10 +532,12 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             plain.resize(HEADER_LEN, 0);
                             write_header(&mut plain, marker, pt, sequence, ts, ssrc);
                             plain.extend_from_slice(&payload);
-                            match path.outbound.encrypt_rtp(&plain) {
-                                Ok(packet) => {
+                            let plain_len = plain.len();
+                            plain.resize(plain_len + 16, 0);
+                            match path.outbound.encrypt_rtp_in_place(&mut plain, plain_len) {
+                                Ok(n) => {
                                     if !dark {
-                                        let _ = socket.send_to(&packet, path.peer).await;
+                                        let _ = socket.send_to(&plain[..n], path.peer).await;
                                     }
                                     if pt == 111 {
                                         report.packets_sent += 1;

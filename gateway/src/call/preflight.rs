@@ -61,6 +61,7 @@ async fn echo(mut leg: BrowserLeg, mut route: MuxRoute, mux: MediaMux, until: In
         }
         while let Some((bytes, to)) = leg.poll_transmit() {
             mux.send(&bytes, to);
+            leg.reuse(bytes);
         }
         if now >= until {
             break;

@@ -317,10 +317,12 @@ impl SrtpSession {
         &self.keys
     }
 
-    /// Encrypts the RTP packet `plain` and authenticates it (RFC 3711 §3.3).
-    pub fn protect(&mut self, plain: &[u8]) -> Result<bytes::BytesMut, SrtpError> {
+    /// Encrypts the RTP packet in `buf[..plain_len]` where it lies and authenticates it
+    /// (RFC 3711 §3.3); returns the SRTP packet's length. `buf` needs room for the tag after
+    /// the packet (10 bytes at most for the SDES suites).
+    pub fn protect(&mut self, buf: &mut [u8], plain_len: usize) -> Result<usize, SrtpError> {
         exclusive(&mut self.outbound)
-            .encrypt_rtp(plain)
+            .encrypt_rtp_in_place(buf, plain_len)
             .map_err(|e| SrtpError(e.to_string()))
     }
 
@@ -386,6 +388,14 @@ mod tests {
         p
     }
 
+    fn protect(session: &mut SrtpSession, plain: &[u8]) -> Vec<u8> {
+        let mut buf = plain.to_vec();
+        buf.resize(plain.len() + 10, 0);
+        let n = session.protect(&mut buf, plain.len()).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
     #[test]
     fn a_packet_survives_the_round_trip_and_forgeries_and_replays_do_not() {
         for suite in CryptoSuite::ALL {
@@ -398,7 +408,7 @@ mod tests {
             let mut alice = SrtpSession::new(keys(a, b)).unwrap();
             let mut bob = SrtpSession::new(keys(b, a)).unwrap();
             let plain = rtp(7, 0x1234);
-            let sent = alice.protect(&plain).unwrap();
+            let sent = protect(&mut alice, &plain);
             let tag = if suite == CryptoSuite::AesCm128HmacSha1_80 {
                 10
             } else {
@@ -417,7 +427,7 @@ mod tests {
             let mut again = sent.to_vec();
             assert!(bob.unprotect(&mut again).is_err());
             // One bit flipped: refused.
-            let mut forged = alice.protect(&rtp(8, 0x1234)).unwrap().to_vec();
+            let mut forged = protect(&mut alice, &rtp(8, 0x1234));
             forged[20] ^= 1;
             assert!(bob.unprotect(&mut forged).is_err());
             // Plain RTP passed off as SRTP: refused.
@@ -479,6 +489,54 @@ mod tests {
                 "{profile:?}"
             );
             assert!(in_place.decrypt_rtp_in_place(&mut [0x80; 11]).is_err());
+        }
+    }
+
+    #[test]
+    fn the_in_place_encrypt_agrees_with_the_copying_one_for_every_profile() {
+        let profiles = [
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            ProtectionProfile::Aes128CmHmacSha1_32,
+            ProtectionProfile::AeadAes128Gcm,
+        ];
+        for profile in profiles {
+            let key_salt: Vec<u8> = (0..profile.key_len() + profile.salt_len())
+                .map(|i| i as u8 * 5)
+                .collect();
+            let (key, salt) = key_salt.split_at(profile.key_len());
+            let new = || Context::new(key, salt, profile, None, None, provider().crypto()).unwrap();
+            let (mut copying, mut in_place, mut receiver) = (new(), new(), new());
+            // Across a rollover (RFC 3711 §3.3.1), our own packets (no extensions) and a
+            // browser's (CSRC, extension block).
+            for sequence in [65_534, 65_535, 0, 1] {
+                let ours = rtp(sequence, 0x1234);
+                for plain in [ours, browser_rtp(sequence)] {
+                    let copied = copying.encrypt_rtp(&plain).unwrap();
+                    let mut buf = plain.clone();
+                    buf.resize(plain.len() + 16, 0xEE);
+                    let n = in_place
+                        .encrypt_rtp_in_place(&mut buf, plain.len())
+                        .unwrap();
+                    assert_eq!(&buf[..n], &copied[..], "{profile:?} #{sequence}");
+                    let back = receiver.decrypt_rtp(&buf[..n]).unwrap();
+                    assert_eq!(&back[..], &plain[..], "{profile:?} #{sequence}");
+                }
+            }
+            // No room for the tag, and a header longer than the packet: errors, no panic.
+            let plain = rtp(2, 0x1234);
+            let mut tight = plain.clone();
+            assert!(
+                in_place
+                    .encrypt_rtp_in_place(&mut tight, plain.len())
+                    .is_err()
+            );
+            let mut cut = browser_rtp(3);
+            cut[19] = 200;
+            let len = cut.len();
+            cut.resize(len + 16, 0);
+            assert!(in_place.encrypt_rtp_in_place(&mut cut, len).is_err());
+            assert!(in_place.encrypt_rtp_in_place(&mut [0x80; 30], 11).is_err());
+            assert!(in_place.encrypt_rtp_in_place(&mut [0x80; 30], 40).is_err());
         }
     }
 

@@ -3,11 +3,19 @@
 //! the keys DTLS-SRTP agreed, the RTP and RFC 4733 events in it, the report blocks of the
 //! browser's RTCP, and the Opus frames sent or relayed to it, protected the same way.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::{BrowserEvent, BrowserLeg, RtcError, stack};
 use crate::media::opus::RTP_TICKS_PER_FRAME;
 use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
+
+/// The capacity of a buffer for one protected RTP packet to the browser: an Opus frame of
+/// the rates browsers use, its header and its tag fit (a larger one grows its buffer, which
+/// is then not reused).
+pub(super) const PACKET_BUFFER: usize = 256;
+
+/// Room for the longest SRTP authentication tag (AEAD_AES_128_GCM's, RFC 7714 §8.2).
+const MAX_TAG: usize = 16;
 
 impl BrowserLeg {
     /// Authenticates and decrypts the browser's SRTP packet in place (RFC 3711 §3.3), and
@@ -80,17 +88,27 @@ impl BrowserLeg {
             .pc
             .srtp_path()
             .ok_or_else(|| stack("no SRTP keys yet: the DTLS handshake has not completed"))?;
-        self.plain.resize(HEADER_LEN, 0);
+        let mut packet = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(PACKET_BUFFER));
+        packet.resize(HEADER_LEN, 0);
         write_header(
-            &mut self.plain,
+            &mut packet,
             marker,
             self.opus_pt,
             sequence,
             timestamp,
             self.ssrc,
         );
-        self.plain.extend_from_slice(payload);
-        let packet = path.outbound.encrypt_rtp(&self.plain).map_err(stack)?;
+        packet.extend_from_slice(payload);
+        let plain_len = packet.len();
+        packet.resize(plain_len + MAX_TAG, 0);
+        let len = path
+            .outbound
+            .encrypt_rtp_in_place(&mut packet, plain_len)
+            .map_err(stack)?;
+        packet.truncate(len);
         self.outbox.push_back((packet, path.peer));
         Ok(())
     }

@@ -149,8 +149,9 @@ pub struct BrowserLeg {
     last_event_sequence: Option<u16>,
     /// The browser's RTP SSRCs the inbound SRTP context has state for.
     inbound_ssrcs: InboundSsrcs,
-    /// The RTP packet being protected, reused across packets.
-    plain: Vec<u8>,
+    /// Buffers of protected RTP the call sent and gave back ([`Self::reuse`]), for the next
+    /// packets: audio to the browser allocates nothing per packet.
+    spare: Vec<BytesMut>,
     /// Protected RTP waiting for [`Self::poll_transmit`], after what the stack sends.
     outbox: std::collections::VecDeque<(BytesMut, SocketAddr)>,
     /// The stack was called since its last datagram was taken (see `drain`).
@@ -285,7 +286,7 @@ impl BrowserLeg {
             event_packets: 0,
             last_event_sequence: None,
             inbound_ssrcs: InboundSsrcs::default(),
-            plain: Vec::new(),
+            spare: Vec::new(),
             outbox: Default::default(),
             stack_may_write: true,
             stack_deadline: None,
@@ -493,6 +494,16 @@ impl BrowserLeg {
             self.validated.push(peer);
         }
         Some((bytes, peer))
+    }
+
+    /// Takes back a datagram [`Self::poll_transmit`] gave once it is sent. Only this leg's
+    /// own audio buffers are kept (by their size, at most two): one the stack made may be a
+    /// view of a larger buffer, which keeping would keep whole.
+    pub fn reuse(&mut self, mut bytes: BytesMut) {
+        if bytes.capacity() == audio::PACKET_BUFFER && self.spare.len() < 2 {
+            bytes.clear();
+            self.spare.push(bytes);
+        }
     }
 
     /// The next event for the call.

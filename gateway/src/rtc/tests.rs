@@ -113,6 +113,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
     let mut gw_opus = 0;
     let mut gw_reports = Vec::new();
     let mut sent = 0u32;
+    let (mut opus_sent, mut opus_in_spare_buffers) = (0usize, 0usize);
     let mut genuine = None;
     let mut buf = vec![0u8; 2000];
     let mut gw_buf = vec![0u8; 2000];
@@ -130,6 +131,11 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         }
         while let Some((bytes, peer)) = leg.poll_transmit() {
             gw_socket.send_to(&bytes, peer).await.unwrap();
+            if is_rtp(&bytes) && bytes[1] & 0x7f == 111 {
+                opus_sent += 1;
+                opus_in_spare_buffers += usize::from(bytes.capacity() == audio::PACKET_BUFFER);
+            }
+            leg.reuse(bytes);
         }
         while let Some(ev) = client.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
@@ -222,6 +228,20 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
     assert!(
         gw_connected && client.connected,
         "ICE + DTLS did not complete"
+    );
+    // Our audio went out in buffers the leg reuses, and it keeps at most two of them, none
+    // of another size.
+    assert!(opus_sent >= 20);
+    assert_eq!(opus_in_spare_buffers, opus_sent);
+    while let Some((bytes, _)) = leg.poll_transmit() {
+        leg.reuse(bytes);
+    }
+    assert!((1..=2).contains(&leg.spare.len()));
+    leg.reuse(BytesMut::with_capacity(4096));
+    assert!(
+        leg.spare
+            .iter()
+            .all(|b| b.capacity() == audio::PACKET_BUFFER)
     );
     assert!(gw_opus >= 20, "gateway received {gw_opus} Opus packets");
     assert_eq!(gw_reports, [64], "the browser's report on our audio");

@@ -467,6 +467,7 @@ impl Run<'_> {
         if let Caller::Browser(b) = &mut self.caller {
             while let Some((bytes, peer)) = b.leg.poll_transmit() {
                 b.send(&bytes, peer);
+                b.leg.reuse(bytes);
             }
         }
     }

@@ -402,8 +402,8 @@ impl RtpStream {
         };
         let sent = match (remote.srtp, self.srtp.as_mut()) {
             (None, _) => outgoing::send(&self.sender_socket, &self.out[..len], Some(dest)),
-            (Some(_), Some(srtp)) => match srtp.protect(&self.out[..len]) {
-                Ok(packet) => outgoing::send(&self.sender_socket, &packet, Some(dest)),
+            (Some(_), Some(srtp)) => match srtp.protect(&mut self.out, len) {
+                Ok(n) => outgoing::send(&self.sender_socket, &self.out[..n], Some(dest)),
                 Err(e) => {
                     tracing::debug!(error = %e, "RTP packet not protected");
                     return;

@@ -89,6 +89,30 @@ impl Cipher for CipherAeadAesGcm {
         Ok(writer)
     }
 
+    fn encrypt_rtp_in_place(
+        &mut self,
+        buf: &mut [u8],
+        plain_len: usize,
+        header: &RtpHeaderFields,
+        roc: u32,
+    ) -> Result<usize> {
+        let tag_len = self.aead_auth_tag_len();
+        let end = plain_len + tag_len;
+        if buf.len() < end || plain_len < header.len {
+            return Err(Error::SrtpTooSmall(buf.len(), end));
+        }
+        let iv = self.rtp_iv(header.ssrc, header.sequence_number, roc);
+        let (body, rest) = buf.split_at_mut(plain_len);
+        // The header is the AAD (RFC 7714 §8.2), the payload is sealed where it lies.
+        let (aad, plaintext) = body.split_at_mut(header.len);
+        let mut tag = [0; CIPHER_AEAD_AES_GCM_AUTH_TAG_LEN];
+        self.srtp_cipher
+            .seal_in_place(&iv, aad, plaintext, &mut tag)
+            .map_err(crypto_error)?;
+        rest[..tag_len].copy_from_slice(&tag[..tag_len]);
+        Ok(end)
+    }
+
     fn decrypt_rtp_in_place(
         &mut self,
         packet: &mut [u8],

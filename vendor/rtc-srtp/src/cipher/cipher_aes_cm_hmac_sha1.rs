@@ -242,6 +242,33 @@ impl Cipher for CipherAesCmHmacSha1 {
         Ok(writer)
     }
 
+    fn encrypt_rtp_in_place(
+        &mut self,
+        buf: &mut [u8],
+        plain_len: usize,
+        header: &RtpHeaderFields,
+        roc: u32,
+    ) -> Result<usize> {
+        let tag_len = self.rtp_auth_tag_len();
+        let end = plain_len + tag_len;
+        if buf.len() < end || plain_len < header.len {
+            return Err(Error::SrtpTooSmall(buf.len(), end));
+        }
+        let counter = generate_counter(
+            header.sequence_number,
+            roc,
+            header.ssrc,
+            &self.srtp_session_salt,
+        );
+        self.srtp_cipher
+            .apply_keystream(&counter, &mut buf[header.len..plain_len])
+            .map_err(crypto_error)?;
+        // Encrypt, then authenticate the header and ciphertext (RFC 3711 §3.3, step 7).
+        let full_auth_tag = self.generate_srtp_auth_tag(&buf[..plain_len], roc)?;
+        buf[plain_len..end].copy_from_slice(&full_auth_tag[..tag_len]);
+        Ok(end)
+    }
+
     fn decrypt_rtp_in_place(
         &mut self,
         packet: &mut [u8],

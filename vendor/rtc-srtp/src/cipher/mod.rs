@@ -93,6 +93,17 @@ pub(crate) trait Cipher: Send {
     /// Decrypt RTP payload.
     fn decrypt_rtp(&mut self, payload: &[u8], header: &rtp::Header, roc: u32) -> Result<BytesMut>;
 
+    /// Encrypts the RTP packet in `buf[..plain_len]` in place, given its header's length and
+    /// fields, and writes its authentication tag after it; returns the length of the SRTP
+    /// packet now at the start of `buf`, which must have room for the tag.
+    fn encrypt_rtp_in_place(
+        &mut self,
+        buf: &mut [u8],
+        plain_len: usize,
+        header: &RtpHeaderFields,
+        roc: u32,
+    ) -> Result<usize>;
+
     /// Authenticates and decrypts the SRTP packet in `packet` in place, given its header's
     /// length and fields; returns the length of the plaintext packet (header included) now at
     /// its start.

@@ -90,6 +90,37 @@ impl Context {
         Ok(plain_len)
     }
 
+    /// Encrypts the RTP packet in `buf[..plain_len]` in place and appends its authentication
+    /// tag (RFC 3711 §3.3): the SRTP packet is then `buf[..n]` for the returned `n`. `buf`
+    /// must be longer than the packet by the profile's tag (16 bytes are enough for every
+    /// profile). Unlike [`Self::encrypt_rtp`] it allocates nothing: no new buffer, and no
+    /// `rtp::Header`. The header's length is taken from the wire (RFC 3711 §3.1), as
+    /// [`Self::decrypt_rtp_in_place`] does; the rollover count is that of
+    /// [`Self::encrypt_rtp`].
+    ///
+    /// # Errors
+    ///
+    /// Fails if the header is cut short, `buf` has no room for the tag, or 2^48 packets were
+    /// protected with this key (RFC 3711 §9.2). On an error `buf` may hold neither the
+    /// plaintext nor the ciphertext.
+    pub fn encrypt_rtp_in_place(&mut self, buf: &mut [u8], plain_len: usize) -> Result<usize> {
+        let header = crate::cipher::RtpHeaderFields::read(buf.get(..plain_len).ok_or(
+            Error::SrtpTooSmall(buf.len(), plain_len),
+        )?)?;
+        let (roc, diff, ovf) = self
+            .get_srtp_ssrc_state(header.ssrc)
+            .next_rollover_count(header.sequence_number);
+        if ovf {
+            return Err(Error::ErrExceededMaxPackets);
+        }
+        let len = self
+            .cipher
+            .encrypt_rtp_in_place(buf, plain_len, &header, roc)?;
+        self.get_srtp_ssrc_state(header.ssrc)
+            .update_rollover_count(header.sequence_number, diff);
+        Ok(len)
+    }
+
     /// Encrypts an RTP payload, using an already-parsed header.
     ///
     /// Saves re-parsing when the caller has just built the header. Returns the full protected
