@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::Refusal;
-use crate::media::bridge::Bridge;
+use crate::media::bridge::LazyBridge;
 use crate::media::tone::{ToneDetector, ToneGenerator};
 use crate::media::wideband::WideBridge;
 use crate::rtc::BrowserLeg;
@@ -31,8 +31,8 @@ pub struct BrowserCaller {
     /// When a direct path was last opened (or failed to): a browser whose media hops between
     /// addresses gets a new socket at most once per [`REDIRECT_AFTER`].
     direct_opened: Option<Instant>,
-    /// Opus ⇄ G.711, with its statistics for the CDR.
-    pub bridge: Bridge,
+    /// Opus ⇄ G.711, with its statistics for the CDR: made when the trunk's audio is G.711.
+    pub bridge: LazyBridge,
     /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722. Boxed: 2.5 KB that the
     /// other calls would carry unused.
     pub wide: Option<Box<WideBridge>>,
@@ -53,7 +53,7 @@ const REDIRECT_AFTER: Duration = Duration::from_secs(1);
 
 impl BrowserCaller {
     /// A browser leg whose datagrams arrive on `route`.
-    pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: Bridge) -> Self {
+    pub fn new(leg: BrowserLeg, route: MuxRoute, mux: MediaMux, bridge: LazyBridge) -> Self {
         BrowserCaller {
             leg,
             route,
@@ -182,7 +182,7 @@ impl BrowserCaller {
         crate::media::bridge::BridgeStats,
         crate::media::jitter::JitterStats,
     ) {
-        let (mut stats, mut jitter) = (self.bridge.stats, self.bridge.jitter_stats());
+        let (mut stats, mut jitter) = self.bridge.stats();
         if let Some(w) = &self.wide {
             stats.browser_packets += w.stats.browser_packets;
             stats.browser_packets_sent += w.stats.browser_packets_sent;

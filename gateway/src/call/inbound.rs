@@ -163,7 +163,7 @@ pub async fn run_inbound(
         };
         // Too short an interval was refused with 422 before (checked on arrival).
         let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
-        let (rtp, bridge) = ctx.trunk_media().map_err(|_| 503u16)?;
+        let rtp = ctx.trunk_media().map_err(|_| 503u16)?;
         let local = ctx.local_media(rtp.local_port(), &codecs, srtp);
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
@@ -184,9 +184,9 @@ pub async fn run_inbound(
             local,
             session,
         };
-        Ok((slot, browser, invite, rtp, bridge, leg, offer))
+        Ok((slot, browser, invite, rtp, leg, offer))
     };
-    let (_slot, browser, inbound, rtp, bridge, leg, offer) = match setup() {
+    let (_slot, browser, inbound, rtp, leg, offer) = match setup() {
         Ok(parts) => parts,
         Err(code) => {
             refuse(code);
@@ -211,10 +211,10 @@ pub async fn run_inbound(
     // and trunk RTP are driven there; the plugins' hooks stay where they were started.
     let worker_ctx = ctx.clone();
     // Boxed: the task's future keeps what it captured for its whole life, even once moved
-    // on, and the leg, RTP stream and bridge (13 KB) are kept again by the driver.
-    let (leg, media) = (Box::new(leg), Box::new((rtp, bridge)));
+    // on, and the leg and RTP stream (11 KB) are kept again by the driver.
+    let (leg, rtp) = (Box::new(leg), Box::new(rtp));
     ctx.workers.spawn(async move {
-        let (rtp, bridge) = *media;
+        let rtp = *rtp;
         let ctx = worker_ctx;
         let _slot = _slot;
         ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +247,7 @@ pub async fn run_inbound(
         let outcome = Box::pin(drive(
             ctx.wiring(),
             machine,
-            ctx.browser_caller(leg, route, bridge),
+            ctx.browser_caller(leg, route),
             rtp,
             Start {
                 routing: None,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::media::bridge::Bridge;
+use crate::media::bridge::LazyBridge;
 use crate::media::codec::Codec;
 use crate::media::opus::EncoderSettings;
 use crate::media::session::RtpStream;
@@ -115,9 +115,8 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    /// The trunk side's media for a new call: an RTP stream from the configured range and
-    /// the transcoding bridge.
-    fn trunk_media(&self) -> Result<(RtpStream, Bridge), &'static str> {
+    /// The trunk side's media for a new call: an RTP stream from the configured range.
+    fn trunk_media(&self) -> Result<RtpStream, &'static str> {
         let mut rtp = RtpStream::bind(
             self.config.rtp.ip,
             self.config.rtp.port_min,
@@ -125,14 +124,7 @@ impl CallContext {
         )
         .map_err(|_| "no free RTP port")?;
         rtp.set_drop_counters(self.metrics.media_drops.clone());
-        let settings = EncoderSettings {
-            complexity: self.config.media.opus_complexity,
-            complexity_under_loss: self.config.media.opus_complexity_under_loss,
-            ..Default::default()
-        };
-        let bridge =
-            Bridge::new(settings, self.config.media.jitter_ms).map_err(|_| "Opus unavailable")?;
-        Ok((rtp, bridge))
+        Ok(rtp)
     }
 
     /// What our SDP says about the stream `rtp_port` offering `codecs`.
@@ -146,20 +138,29 @@ impl CallContext {
         }
     }
 
-    /// A browser's side of a new call: its leg, its route on the media port and the bridge,
-    /// with the configured wideband settings.
+    /// A browser's side of a new call: its leg, its route on the media port and the bridges
+    /// to be made, with the configured settings.
     fn browser_caller(
         &self,
         leg: Box<crate::rtc::BrowserLeg>,
         route: crate::rtc::mux::MuxRoute,
-        bridge: Bridge,
     ) -> caller::Caller {
         caller::Caller::Browser(Box::new(
-            caller::BrowserCaller::new(*leg, route, self.mux.clone(), bridge).with_wideband(
+            caller::BrowserCaller::new(*leg, route, self.mux.clone(), self.bridge()).with_wideband(
                 self.config.media.opus_complexity,
                 self.config.media.jitter_ms,
             ),
         ))
+    }
+
+    /// The transcoding bridge a call makes when it needs one (not when it relays Opus).
+    fn bridge(&self) -> LazyBridge {
+        let settings = EncoderSettings {
+            complexity: self.config.media.opus_complexity,
+            complexity_under_loss: self.config.media.opus_complexity_under_loss,
+            ..Default::default()
+        };
+        LazyBridge::new(settings, self.config.media.jitter_ms)
     }
 
     /// What a call's driver runs with from this gateway.

@@ -119,7 +119,7 @@ fn driving<'a>(
         ctx.trunks.clone(),
         Instant::now(),
     );
-    let (rtp, bridge) = match ctx.trunk_media() {
+    let rtp = match ctx.trunk_media() {
         Ok(media) => media,
         Err(why) => {
             tracing::warn!(call_id = %call.call_id, why, "call not placed");
@@ -137,7 +137,7 @@ fn driving<'a>(
     Ok(Box::pin(drive(
         ctx.wiring(),
         machine,
-        ctx.browser_caller(leg, route, bridge),
+        ctx.browser_caller(leg, route),
         rtp,
         Start {
             routing: Some(routing),

@@ -237,6 +237,87 @@ impl Bridge {
     }
 }
 
+/// A call's bridge, made when the call first needs it: a call relayed to an Opus trunk never
+/// does, and a bridge is libopus's encoder and decoder and a second of jitter buffer, some
+/// 80 KB with what they allocate (heaptrack, BENCHMARKS.md §2).
+pub struct LazyBridge {
+    bridge: Option<Box<Bridge>>,
+    settings: EncoderSettings,
+    jitter_ms: u32,
+    /// Opus could not be set up: not tried again (the call has no transcoded audio).
+    failed: bool,
+    /// The browser's reports before the bridge was made: for the CDR, and the loss its
+    /// encoder starts out protecting against.
+    early_reports: u64,
+    early_loss_max: u8,
+    loss: LossEstimate,
+}
+
+impl LazyBridge {
+    /// A bridge to be made with these settings and jitter-buffer depth.
+    pub fn new(settings: EncoderSettings, jitter_ms: u32) -> LazyBridge {
+        LazyBridge {
+            bridge: None,
+            settings,
+            jitter_ms,
+            failed: false,
+            early_reports: 0,
+            early_loss_max: 0,
+            loss: LossEstimate {
+                percent: settings.expected_loss_pct,
+            },
+        }
+    }
+
+    /// The bridge, made now if it was not; `None` if Opus cannot be set up (said once).
+    pub fn get(&mut self) -> Option<&mut Bridge> {
+        if self.bridge.is_none() && !self.failed {
+            let settings = EncoderSettings {
+                expected_loss_pct: self.loss.percent(),
+                ..self.settings
+            };
+            match Bridge::new(settings, self.jitter_ms) {
+                Ok(bridge) => self.bridge = Some(Box::new(bridge)),
+                Err(e) => {
+                    self.failed = true;
+                    tracing::error!(error = %e, "no Opus bridge: the call has no audio");
+                }
+            }
+        }
+        self.bridge.as_deref_mut()
+    }
+
+    /// The bridge, if it was made.
+    pub fn made(&mut self) -> Option<&mut Bridge> {
+        self.bridge.as_deref_mut()
+    }
+
+    /// A receiver report block from the browser about our audio (see
+    /// [`Bridge::handle_browser_report`]); kept for the bridge if it is not made yet.
+    pub fn handle_browser_report(&mut self, fraction_lost: u8) {
+        match self.bridge.as_deref_mut() {
+            Some(bridge) => bridge.handle_browser_report(fraction_lost),
+            None => {
+                self.early_reports += 1;
+                self.early_loss_max = self.early_loss_max.max(fraction_lost);
+                self.loss.handle_report(fraction_lost);
+            }
+        }
+    }
+
+    /// The bridge's counters (zero for what it never did) and its jitter buffer's.
+    pub fn stats(&self) -> (BridgeStats, super::jitter::JitterStats) {
+        let (mut stats, jitter) = self
+            .bridge
+            .as_ref()
+            .map(|b| (b.stats, b.jitter_stats()))
+            .unwrap_or_default();
+        stats.browser_reports += self.early_reports;
+        stats.browser_reported_loss_max = stats.browser_reported_loss_max.max(self.early_loss_max);
+        (stats, jitter)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +525,28 @@ mod tests {
             settings.complexity,
             "back once the path is clean"
         );
+    }
+
+    #[test]
+    fn a_lazy_bridge_is_made_on_first_use_and_keeps_the_reports_before_it() {
+        let settings = EncoderSettings::default();
+        let mut lazy = LazyBridge::new(settings, 40);
+        assert!(lazy.made().is_none(), "nothing made up front");
+        // Reports before the bridge (a relayed call has only these): counted for the CDR,
+        // and the loss they show is what the bridge's encoder starts out protecting against.
+        lazy.handle_browser_report(64);
+        lazy.handle_browser_report(10);
+        assert!(lazy.made().is_none(), "a report makes no bridge");
+        assert_eq!(lazy.stats().0.browser_reports, 2);
+        assert_eq!(lazy.stats().0.browser_reported_loss_max, 64);
+        let bridge = lazy.get().expect("Opus set up");
+        // 25 % from the first report, decayed by a quarter by the second's 4 %.
+        assert_eq!(bridge.expected_loss(), 18);
+        assert_eq!(bridge.complexity(), settings.complexity_under_loss);
+        bridge.handle_browser_report(128);
+        assert!(lazy.made().is_some());
+        let (stats, _) = lazy.stats();
+        assert_eq!(stats.browser_reports, 3);
+        assert_eq!(stats.browser_reported_loss_max, 128);
     }
 }

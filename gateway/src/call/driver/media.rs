@@ -27,7 +27,9 @@ impl Run<'_> {
         let economy = self.wiring.metrics.load.level() >= crate::call::load::LoadLevel::Economy;
         let wideband = self.wideband();
         if let Caller::Browser(b) = &mut self.caller {
-            b.bridge.set_economy(economy);
+            if let Some(bridge) = b.bridge.made() {
+                bridge.set_economy(economy);
+            }
             if let Some(w) = b.wide.as_mut() {
                 w.set_economy(economy);
             }
@@ -56,7 +58,7 @@ impl Run<'_> {
                     }
                 }
             }
-            Caller::Browser(b) => match b.bridge.to_browser() {
+            Caller::Browser(b) => match b.bridge.get().and_then(|bridge| bridge.to_browser()) {
                 Some(packet) if b.connected => {
                     let start = std::mem::take(&mut b.talkspurt);
                     if let Err(e) = b.leg.send_opus(packet, start) {
@@ -144,7 +146,9 @@ impl Run<'_> {
                     }
                 }
                 Caller::Browser(b) => {
-                    b.bridge.from_trunk(timestamp, &pcm[..samples]);
+                    if let Some(bridge) = b.bridge.get() {
+                        bridge.from_trunk(timestamp, &pcm[..samples]);
+                    }
                     if self.tapping {
                         self.tap.trunk(&pcm[..samples]);
                     }
@@ -216,14 +220,16 @@ impl Run<'_> {
                     let (rtp, tap, tapping) = (&mut self.rtp, &mut self.tap, self.tapping);
                     // On hold the browser's audio is decoded (to keep the decoder's state)
                     // but not forwarded.
-                    b.bridge.from_browser(sequence, &payload, |pcm| {
-                        if !held {
-                            rtp.send_frame(&pcm[..FRAME_SAMPLES]);
-                            if tapping {
-                                tap.browser(&pcm[..FRAME_SAMPLES]);
+                    if let Some(bridge) = b.bridge.get() {
+                        bridge.from_browser(sequence, &payload, |pcm| {
+                            if !held {
+                                rtp.send_frame(&pcm[..FRAME_SAMPLES]);
+                                if tapping {
+                                    tap.browser(&pcm[..FRAME_SAMPLES]);
+                                }
                             }
-                        }
-                    });
+                        });
+                    }
                 }
                 BrowserEvent::Dtmf(d) => {
                     if let Some(h) = &self.hooks {
