@@ -447,17 +447,25 @@ mod tests {
         p
     }
 
-    #[test]
-    fn the_in_place_decrypt_agrees_with_the_copying_one_for_every_profile() {
-        let profiles = [
+    /// The profiles DTLS-SRTP may agree with a browser, each with a master key and salt
+    /// made from `seed`.
+    fn browser_profiles(seed: u8) -> Vec<(ProtectionProfile, Vec<u8>)> {
+        [
             ProtectionProfile::Aes128CmHmacSha1_80,
             ProtectionProfile::Aes128CmHmacSha1_32,
             ProtectionProfile::AeadAes128Gcm,
-        ];
-        for profile in profiles {
-            let key_salt: Vec<u8> = (0..profile.key_len() + profile.salt_len())
-                .map(|i| i as u8 * 7)
-                .collect();
+        ]
+        .into_iter()
+        .map(|profile| {
+            let len = profile.key_len() + profile.salt_len();
+            (profile, (0..len).map(|i| i as u8 * seed).collect())
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_in_place_decrypt_agrees_with_the_copying_one_for_every_profile() {
+        for (profile, key_salt) in browser_profiles(7) {
             let (key, salt) = key_salt.split_at(profile.key_len());
             let new = || {
                 let replay = Some(srtp_replay_protection(64));
@@ -494,15 +502,7 @@ mod tests {
 
     #[test]
     fn the_in_place_encrypt_agrees_with_the_copying_one_for_every_profile() {
-        let profiles = [
-            ProtectionProfile::Aes128CmHmacSha1_80,
-            ProtectionProfile::Aes128CmHmacSha1_32,
-            ProtectionProfile::AeadAes128Gcm,
-        ];
-        for profile in profiles {
-            let key_salt: Vec<u8> = (0..profile.key_len() + profile.salt_len())
-                .map(|i| i as u8 * 5)
-                .collect();
+        for (profile, key_salt) in browser_profiles(5) {
             let (key, salt) = key_salt.split_at(profile.key_len());
             let new = || Context::new(key, salt, profile, None, None, provider().crypto()).unwrap();
             let (mut copying, mut in_place, mut receiver) = (new(), new(), new());
