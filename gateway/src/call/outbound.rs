@@ -87,31 +87,26 @@ async fn run_outbound(
         from: call.from.clone(),
         to: call.to.clone(),
     };
-    let outcome = match driving(
-        &ctx, &parties, started_ms, call, leg, route, events, commands,
-    ) {
+    let outcome = match driving(&ctx, call, leg, route, events, commands) {
         Ok(driving) => Box::new(driving.await),
-        Err(refused) => return refused.await,
+        Err(machine) => {
+            let summary = MediaSummary::default();
+            return Box::pin(record(&ctx, &parties, started_ms, &machine, summary, None)).await;
+        }
     };
     Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
 }
 
 /// The call's driver; or, when the gateway has no trunk media to give it, the call refused
-/// and recorded.
-#[allow(clippy::too_many_arguments)]
+/// (its machine, to be recorded).
 fn driving<'a>(
     ctx: &'a Arc<CallContext>,
-    parties: &'a Parties,
-    started_ms: u64,
     call: Outbound,
     leg: Box<BrowserLeg>,
     route: MuxRoute,
     events: EventSink,
     commands: super::CommandReceiver,
-) -> Result<
-    std::pin::Pin<Box<impl Future<Output = super::driver::Outcome> + 'a>>,
-    std::pin::Pin<Box<impl Future<Output = ()> + 'a>>,
-> {
+) -> Result<std::pin::Pin<Box<impl Future<Output = super::driver::Outcome> + 'a>>, Box<Call>> {
     let mut machine = Call::outbound(
         &call.call_id,
         ctx.call_settings(),
@@ -127,10 +122,7 @@ fn driving<'a>(
             while let Some(event) = machine.poll_event() {
                 events.send((call.call_id.clone(), event));
             }
-            return Err(Box::pin(async move {
-                let summary = MediaSummary::default();
-                record(ctx, parties, started_ms, &machine, summary, None).await
-            }));
+            return Err(Box::new(machine));
         }
     };
     let routing = routing(ctx.clone(), call, rtp.local_port());
