@@ -132,6 +132,15 @@ async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
         per_worker, 1,
         "the call runs on one media worker: {metrics}"
     );
+    let busy: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_media_worker_busy_seconds_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        busy > 0.0,
+        "the workers count the time they run calls: {metrics}"
+    );
     let report = call.await.unwrap().unwrap();
     assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
     assert!(report.packets_sent >= 90, "{report:?}");

@@ -12,6 +12,13 @@
 //! A busy worker also paces its turns ([`Pace`]): it lets the packets of up to one turn
 //! (`[media] turn_ms`) gather before it wakes, so one wake-up serves many calls' packets and
 //! ticks rather than one each.
+//!
+//! New calls fill the first worker until it is half busy before the next takes any
+//! ([`choose`]). Why: a worker's thread costs the same to sleep and wake whether it carries
+//! ten calls or a hundred, so calls spread evenly over two workers paid that twice. On the
+//! benchmark box one worker carried 50 and 100 relayed calls at 0.122 and 0.097 % of a core
+//! per call where two evenly filled ones took 0.17 and 0.13 % (BENCHMARKS.md §2). A quiet
+//! gateway now wakes one thread, and a busy one still uses every core.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,7 +41,77 @@ struct Worker {
 #[derive(Debug)]
 pub struct MediaWorkers {
     workers: Vec<Worker>,
+    /// Each worker's load as placement last measured it.
+    measured: Mutex<Vec<Measured>>,
     control: Handle,
+}
+
+/// How busy a worker may be expected to get (a share of its thread's time) and still take a
+/// new call ahead of the workers after it. Half, so that a worker that took the calls of a
+/// quiet hour has room for their bursts of set-up work and for late ticks to catch up.
+const FILL_TO: f64 = 0.5;
+
+/// What a call placed since its worker was last measured is taken to add to its share: more
+/// than a running call costs (0.1–0.5 % of a core on the benchmark box, BENCHMARKS.md),
+/// because setting a call up (ICE, DTLS, the plugins' answers) costs more. A burst of new
+/// calls therefore puts at most 50 on an idle worker before the next one takes some.
+const NEW_CALL_SHARE: f64 = 0.01;
+
+/// How often placement measures a worker's busy share (when a call is placed).
+const MEASURE_EVERY: Duration = Duration::from_millis(500);
+
+/// A worker's load as placement sees it.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    at: Instant,
+    /// The worker's busy time ([`Pace::busy_ns`]) then.
+    busy_ns: u64,
+    /// The share of its thread's time it was busy over the last measurement's window.
+    share: f64,
+    /// Calls given to it since.
+    placed: u32,
+}
+
+impl Measured {
+    fn new(at: Instant) -> Measured {
+        Measured {
+            at,
+            busy_ns: 0,
+            share: 0.0,
+            placed: 0,
+        }
+    }
+
+    /// Its share with one more call.
+    fn expected(&self) -> f64 {
+        self.share + NEW_CALL_SHARE * f64::from(self.placed + 1)
+    }
+
+    /// Measures the worker again once a window has passed.
+    fn update(&mut self, now: Instant, busy_ns: u64) {
+        let window = now.saturating_duration_since(self.at);
+        if window < MEASURE_EVERY {
+            return;
+        }
+        *self = Measured {
+            at: now,
+            busy_ns,
+            share: busy_ns.saturating_sub(self.busy_ns) as f64 / window.as_nanos() as f64,
+            placed: 0,
+        };
+    }
+}
+
+/// The worker a new call goes to: the first whose expected share stays within [`FILL_TO`]
+/// with it, else the one expected to be least busy.
+fn choose(loads: &[Measured]) -> usize {
+    loads
+        .iter()
+        .position(|m| m.expected() <= FILL_TO)
+        .or_else(|| {
+            (0..loads.len()).min_by(|&a, &b| loads[a].expected().total_cmp(&loads[b].expected()))
+        })
+        .unwrap_or(0)
 }
 
 /// Counts a call on its worker for as long as the call's task lives.
@@ -68,16 +145,35 @@ struct Pace {
     woke: Mutex<Instant>,
     /// Times the worker's thread woke (for `/metrics`).
     wakeups: AtomicU64,
+    /// Time the worker's thread was awake, ns: from waking to the end of its turn's work
+    /// (the paced wait not included).
+    busy_ns: AtomicU64,
 }
 
 impl Pace {
-    /// Before the worker parks: wait out the rest of the turn, if it is busy enough.
+    fn new(turn: Duration) -> Pace {
+        Pace {
+            turn,
+            calls: Arc::new(AtomicUsize::new(0)),
+            woke: Mutex::new(Instant::now()),
+            wakeups: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Before the worker parks: count the turn's work, then wait out the rest of the turn if
+    /// it is busy enough.
     fn before_park(&self) {
+        let woke = *self.woke.lock().unwrap_or_else(|e| e.into_inner());
+        let awake = woke.elapsed();
+        self.busy_ns.fetch_add(
+            u64::try_from(awake.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if self.turn.is_zero() || self.calls.load(Ordering::Relaxed) < PACED_FROM_CALLS {
             return;
         }
-        let woke = *self.woke.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rest) = self.turn.checked_sub(woke.elapsed()) {
+        if let Some(rest) = self.turn.checked_sub(awake) {
             std::thread::sleep(rest);
         }
     }
@@ -97,12 +193,7 @@ impl MediaWorkers {
         let control = Handle::current();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count.max(1) {
-            let pace = Arc::new(Pace {
-                turn,
-                calls: Arc::new(AtomicUsize::new(0)),
-                woke: Mutex::new(Instant::now()),
-                wakeups: AtomicU64::new(0),
-            });
+            let pace = Arc::new(Pace::new(turn));
             let (parked, unparked) = (pace.clone(), pace.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -130,7 +221,12 @@ impl MediaWorkers {
                 _stop: stop,
             });
         }
-        Ok(MediaWorkers { workers, control })
+        let measured = Mutex::new(vec![Measured::new(Instant::now()); workers.len()]);
+        Ok(MediaWorkers {
+            workers,
+            measured,
+            control,
+        })
     }
 
     /// The shared runtime: signaling, SIP, plugins and DNS run there, never on a worker.
@@ -138,17 +234,22 @@ impl MediaWorkers {
         &self.control
     }
 
-    /// Runs a call on the worker with the fewest calls. Everything the call's task creates
-    /// (sockets, timers, tasks it spawns) belongs to that worker.
+    /// Runs a call on the first worker with room for it ([`choose`]). Everything the call's
+    /// task creates (sockets, timers, tasks it spawns) belongs to that worker.
     pub fn spawn<F>(&self, call: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let worker = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.pace.calls.load(Ordering::Relaxed))
-            .expect("at least one worker");
+        let worker = {
+            let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (m, w) in measured.iter_mut().zip(&self.workers) {
+                m.update(now, w.pace.busy_ns.load(Ordering::Relaxed));
+            }
+            let chosen = choose(&measured);
+            measured[chosen].placed += 1;
+            &self.workers[chosen]
+        };
         worker.pace.calls.fetch_add(1, Ordering::Relaxed);
         let running = Running(worker.pace.calls.clone());
         // Boxed: an async block awaiting a future it captured keeps room for it twice (the
@@ -176,43 +277,115 @@ impl MediaWorkers {
             .map(|w| w.pace.wakeups.load(Ordering::Relaxed))
             .collect()
     }
+
+    /// Seconds each worker's thread has been busy since it started (for `/metrics`).
+    pub fn busy_seconds(&self) -> Vec<f64> {
+        self.workers
+            .iter()
+            .map(|w| Duration::from_nanos(w.pace.busy_ns.load(Ordering::Relaxed)).as_secs_f64())
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Spawns a call on `workers` that reports the thread it runs on, then waits for `held`.
+    async fn spawn_held(
+        workers: &MediaWorkers,
+        held: &tokio::sync::watch::Receiver<bool>,
+    ) -> String {
+        let (tx, rx) = oneshot::channel();
+        let mut held = held.clone();
+        workers.spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_string));
+            let _ = held.wait_for(|r| *r).await;
+        });
+        rx.await.unwrap().unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn calls_go_to_the_least_busy_worker_and_run_on_its_thread() {
+    async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
         let workers = MediaWorkers::start(2, Duration::from_millis(2)).unwrap();
         let (release, held) = tokio::sync::watch::channel(false);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
-            let (tx, mut held) = (tx.clone(), held.clone());
-            workers.spawn(async move {
-                let thread = std::thread::current().name().map(str::to_string);
-                let _ = tx.send(thread);
-                let _ = held.wait_for(|r| *r).await;
-            });
+            assert_eq!(spawn_held(&workers, &held).await, "media-0");
         }
-        let mut threads = Vec::new();
-        for _ in 0..4 {
-            threads.push(rx.recv().await.unwrap().unwrap());
+        assert_eq!(workers.calls(), [4, 0], "a quiet gateway wakes one thread");
+
+        // A call that keeps the first worker's thread busy: 40 ms of work, 1 ms of rest.
+        let mut hog_held = held.clone();
+        workers.spawn(async move {
+            while !*hog_held.borrow_and_update() {
+                std::thread::sleep(Duration::from_millis(40));
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        assert_eq!(workers.calls(), [5, 0]);
+        tokio::time::sleep(MEASURE_EVERY + Duration::from_millis(300)).await;
+        for _ in 0..2 {
+            assert_eq!(
+                spawn_held(&workers, &held).await,
+                "media-1",
+                "the first worker is measured busy: {:?} s",
+                workers.busy_seconds()
+            );
         }
-        threads.sort();
-        assert_eq!(threads, ["media-0", "media-0", "media-1", "media-1"]);
-        assert_eq!(workers.calls(), [2, 2]);
+        assert_eq!(workers.calls(), [5, 2]);
+        let busy = workers.busy_seconds();
+        assert!(busy[0] > 0.5 && busy[1] < 0.1, "busy seconds {busy:?}");
+
         release.send(true).unwrap();
         for _ in 0..100 {
             if workers.calls() == [0, 0] {
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!(
             "calls still counted after they ended: {:?}",
             workers.calls()
         );
+    }
+
+    #[test]
+    fn placement_fills_a_worker_to_half_then_takes_the_least_busy() {
+        let t0 = Instant::now();
+        let mut loads = vec![Measured::new(t0); 2];
+        let place = |loads: &mut [Measured]| {
+            let i = choose(loads);
+            loads[i].placed += 1;
+            i
+        };
+        // Unmeasured calls count NEW_CALL_SHARE each: the first worker takes a burst's first
+        // 40 calls whole.
+        for _ in 0..40 {
+            assert_eq!(place(&mut loads), 0);
+        }
+        // Measured: the first worker was 60 % busy in the last window, the second 10.5 %.
+        let busy = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+        loads[0].update(t0 + MEASURE_EVERY, busy(0.6));
+        loads[1].update(t0 + MEASURE_EVERY, busy(0.105));
+        assert!((loads[0].share - 0.6).abs() < 1e-9 && loads[0].placed == 0);
+        assert!((loads[1].share - 0.105).abs() < 1e-9);
+        // The second has room for 39 more (10.5 % + 39 × 1 % ≤ 50 %).
+        for _ in 0..39 {
+            assert_eq!(place(&mut loads), 1);
+        }
+        // Neither has room: the one expected least busy takes the call.
+        assert_eq!(place(&mut loads), 1, "0.6 + 0.01 against 0.105 + 0.40");
+        assert_eq!(loads[1].placed, 40);
+        for _ in 0..20 {
+            place(&mut loads);
+        }
+        assert!((loads[0].expected() - loads[1].expected()).abs() <= NEW_CALL_SHARE + 1e-9);
+
+        // A window not yet over leaves the measurement as it is.
+        let before = loads[0];
+        loads[0].update(t0 + MEASURE_EVERY + MEASURE_EVERY / 2, u64::MAX);
+        assert_eq!(loads[0].placed, before.placed);
+        assert_eq!(loads[0].share, before.share);
     }
 
     /// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while
@@ -281,11 +454,10 @@ mod tests {
     #[test]
     fn a_worker_with_few_calls_or_no_turn_never_waits() {
         let turn = Duration::from_millis(300);
-        let pace = |calls: usize, turn: Duration| Pace {
-            turn,
-            calls: Arc::new(AtomicUsize::new(calls)),
-            woke: Mutex::new(Instant::now()),
-            wakeups: AtomicU64::new(0),
+        let pace = |calls: usize, turn: Duration| {
+            let pace = Pace::new(turn);
+            pace.calls.store(calls, Ordering::Relaxed);
+            pace
         };
         let waited = |pace: Pace| {
             pace.after_unpark();

@@ -199,6 +199,17 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "gateway_media_worker_wakeups_total{{worker=\"{worker}\"}} {wakeups}\n"
         ));
     }
+    text.push_str(
+        "# HELP gateway_media_worker_busy_seconds_total Time each media worker thread spent \
+         running its calls (its rate is the share of a core the worker uses; new calls go to \
+         the first worker under half busy).\n\
+         # TYPE gateway_media_worker_busy_seconds_total counter\n",
+    );
+    for (worker, busy) in ctx.workers.busy_seconds().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_busy_seconds_total{{worker=\"{worker}\"}} {busy:.6}\n"
+        ));
+    }
     let registered = ctx
         .registered
         .lock()
