@@ -12,6 +12,7 @@ use gateway::media::opus::{
     EncoderSettings, FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder, OpusEncoder,
 };
 use gateway::media::rtp::{HEADER_LEN, RtpPacket, write_header};
+use gateway::media::srtp::MAX_SRTP_TAG;
 use gateway::media::tone::{ToneDetector, ToneGenerator};
 use gateway::rtc::{is_rtp, opus_codec, telephone_event_codec as telephone_event};
 use rtc::media_stream::MediaStreamTrack;
@@ -533,7 +534,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             write_header(&mut plain, marker, pt, sequence, ts, ssrc);
                             plain.extend_from_slice(&payload);
                             let plain_len = plain.len();
-                            plain.resize(plain_len + 16, 0);
+                            plain.resize(plain_len + MAX_SRTP_TAG, 0);
                             match path.outbound.encrypt_rtp_in_place(&mut plain, plain_len) {
                                 Ok(n) => {
                                     if !dark {

@@ -36,8 +36,9 @@ pub struct BrowserCaller {
     /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722. Boxed: 2.5 KB that the
     /// other calls would carry unused.
     pub wide: Option<Box<WideBridge>>,
-    /// The wideband bridge's Opus complexity and jitter depth, ms.
-    pub(super) wide_settings: (u8, u32),
+    /// The wideband bridge's Opus complexity and jitter depth, ms, until it is made: taken
+    /// by the first try, so a call whose Opus cannot be set up says so once, not per frame.
+    wide_settings: Option<(u8, u32)>,
     pub(super) talkspurt: bool,
     pub(super) connected: bool,
     /// When the browser renegotiated in the last minute.
@@ -62,7 +63,7 @@ impl BrowserCaller {
             direct_opened: None,
             bridge,
             wide: None,
-            wide_settings: (1, 60),
+            wide_settings: Some((1, 60)),
             talkspurt: true,
             connected: false,
             renegotiations: VecDeque::new(),
@@ -159,14 +160,16 @@ impl BrowserCaller {
     /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity
     /// and jitter depth.
     pub fn with_wideband(mut self, complexity: u8, jitter_ms: u32) -> Self {
-        self.wide_settings = (complexity, jitter_ms);
+        self.wide_settings = Some((complexity, jitter_ms));
         self
     }
 
-    /// The G.722 bridge, made on first use; `None` if Opus could not be set up.
+    /// The G.722 bridge, made on first use; `None` if Opus could not be set up (not tried
+    /// again, as [`crate::media::bridge::LazyBridge`]).
     pub(super) fn wide(&mut self) -> Option<&mut WideBridge> {
-        if self.wide.is_none() {
-            let (complexity, jitter_ms) = self.wide_settings;
+        if self.wide.is_none()
+            && let Some((complexity, jitter_ms)) = self.wide_settings.take()
+        {
             match WideBridge::new(complexity, jitter_ms) {
                 Ok(bridge) => self.wide = Some(Box::new(bridge)),
                 Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),

@@ -19,6 +19,11 @@ use serde::Deserialize;
 /// Bytes of master key and salt for the AES_CM_128 suites (RFC 4568 §6.2: 16 + 14).
 pub const KEY_SALT_LEN: usize = 30;
 
+/// Room for the longest SRTP authentication tag the gateway's profiles append:
+/// AEAD_AES_128_GCM's 16 bytes (RFC 7714 §8.2), where the SDES suites' HMAC-SHA1 tags are 10
+/// or 4 (RFC 3711 §4.2). A buffer encrypted in place needs this much past its plaintext.
+pub const MAX_SRTP_TAG: usize = 16;
+
 /// Distinct SSRCs a stream's inbound context ever tries ([`InboundSsrcs`]).
 const MAX_INBOUND_SSRCS: usize = 16;
 
@@ -390,7 +395,7 @@ mod tests {
 
     fn protect(session: &mut SrtpSession, plain: &[u8]) -> Vec<u8> {
         let mut buf = plain.to_vec();
-        buf.resize(plain.len() + 10, 0);
+        buf.resize(plain.len() + MAX_SRTP_TAG, 0);
         let n = session.protect(&mut buf, plain.len()).unwrap();
         buf.truncate(n);
         buf

@@ -8,14 +8,12 @@ use bytes::{Bytes, BytesMut};
 use super::{BrowserEvent, BrowserLeg, RtcError, stack};
 use crate::media::opus::RTP_TICKS_PER_FRAME;
 use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
+use crate::media::srtp::MAX_SRTP_TAG;
 
 /// The capacity of a buffer for one protected RTP packet to the browser: an Opus frame of
 /// the rates browsers use, its header and its tag fit (a larger one grows its buffer, which
 /// is then not reused).
 pub(super) const PACKET_BUFFER: usize = 256;
-
-/// Room for the longest SRTP authentication tag (AEAD_AES_128_GCM's, RFC 7714 §8.2).
-const MAX_TAG: usize = 16;
 
 impl BrowserLeg {
     /// Authenticates and decrypts the browser's SRTP packet in place (RFC 3711 §3.3), and
@@ -103,7 +101,7 @@ impl BrowserLeg {
         );
         packet.extend_from_slice(payload);
         let plain_len = packet.len();
-        packet.resize(plain_len + MAX_TAG, 0);
+        packet.resize(plain_len + MAX_SRTP_TAG, 0);
         let len = path
             .outbound
             .encrypt_rtp_in_place(&mut packet, plain_len)
