@@ -123,22 +123,21 @@ async fn a_light_load_caller_is_heard_and_counts_the_echo_without_decoding() {
         metrics.contains("gateway_media_direct_paths 1"),
         "{metrics}"
     );
-    let per_worker: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("gateway_media_worker_calls{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    // A per-worker metric, summed over the workers.
+    let over_workers = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
     assert_eq!(
-        per_worker, 1,
+        over_workers("gateway_media_worker_calls"),
+        1.0,
         "the call runs on one media worker: {metrics}"
     );
-    let busy: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("gateway_media_worker_busy_seconds_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
     assert!(
-        busy > 0.0,
+        over_workers("gateway_media_worker_busy_seconds_total") > 0.0,
         "the workers count the time they run calls: {metrics}"
     );
     let report = call.await.unwrap().unwrap();
