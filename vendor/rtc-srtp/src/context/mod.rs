@@ -172,18 +172,27 @@ impl Context {
     }
 
     fn get_srtp_ssrc_state(&mut self, ssrc: u32) -> &mut SrtpSsrcState {
+        self.cipher_and_srtp_state(ssrc).1
+    }
+
+    /// Gateway patch (see the gateway's `vendor/README.md`): the cipher and the SSRC's state,
+    /// borrowed together, so that the in-place paths look the SSRC up once per packet where
+    /// the copying ones look it up twice.
+    fn cipher_and_srtp_state(&mut self, ssrc: u32) -> (&mut dyn Cipher, &mut SrtpSsrcState) {
         // `or_insert_with` so the replay detector (a boxed sliding-window
         // detector backed by a heap-allocated bit buffer) is only constructed on
         // the first packet for a given SSRC. `or_insert` would build — and then
         // immediately drop — a fresh detector on every decrypted packet.
         let new_srtp_replay_detector = &self.new_srtp_replay_detector;
-        self.srtp_ssrc_states
+        let state = self
+            .srtp_ssrc_states
             .entry(ssrc)
             .or_insert_with(|| SrtpSsrcState {
                 ssrc,
                 replay_detector: Some(new_srtp_replay_detector()),
                 ..Default::default()
-            })
+            });
+        (self.cipher.as_mut(), state)
     }
 
     fn get_srtcp_ssrc_state(&mut self, ssrc: u32) -> &mut SrtcpSsrcState {

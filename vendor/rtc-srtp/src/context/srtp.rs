@@ -71,7 +71,7 @@ impl Context {
         if packet.len() < header.len + self.cipher.rtp_auth_tag_len() {
             return Err(Error::ErrTooShortRtp);
         }
-        let state = self.get_srtp_ssrc_state(header.ssrc);
+        let (cipher, state) = self.cipher_and_srtp_state(header.ssrc);
         let (roc, diff, _) = state.next_rollover_count(header.sequence_number);
         if let Some(replay_detector) = &mut state.replay_detector
             && !replay_detector.check(header.sequence_number as u64)
@@ -81,8 +81,7 @@ impl Context {
                 header.sequence_number,
             ));
         }
-        let plain_len = self.cipher.decrypt_rtp_in_place(packet, &header, roc)?;
-        let state = self.get_srtp_ssrc_state(header.ssrc);
+        let plain_len = cipher.decrypt_rtp_in_place(packet, &header, roc)?;
         if let Some(replay_detector) = &mut state.replay_detector {
             replay_detector.accept();
         }
@@ -107,17 +106,13 @@ impl Context {
         let header = crate::cipher::RtpHeaderFields::read(buf.get(..plain_len).ok_or(
             Error::SrtpTooSmall(buf.len(), plain_len),
         )?)?;
-        let (roc, diff, ovf) = self
-            .get_srtp_ssrc_state(header.ssrc)
-            .next_rollover_count(header.sequence_number);
+        let (cipher, state) = self.cipher_and_srtp_state(header.ssrc);
+        let (roc, diff, ovf) = state.next_rollover_count(header.sequence_number);
         if ovf {
             return Err(Error::ErrExceededMaxPackets);
         }
-        let len = self
-            .cipher
-            .encrypt_rtp_in_place(buf, plain_len, &header, roc)?;
-        self.get_srtp_ssrc_state(header.ssrc)
-            .update_rollover_count(header.sequence_number, diff);
+        let len = cipher.encrypt_rtp_in_place(buf, plain_len, &header, roc)?;
+        state.update_rollover_count(header.sequence_number, diff);
         Ok(len)
     }
 
