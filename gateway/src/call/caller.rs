@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::Refusal;
 use crate::media::bridge::LazyBridge;
 use crate::media::tone::{ToneDetector, ToneGenerator};
-use crate::media::wideband::WideBridge;
+use crate::media::wideband::LazyWide;
 use crate::rtc::BrowserLeg;
 use crate::rtc::mux::{Datagram, DirectPath, MediaMux, MuxRoute};
 
@@ -33,12 +33,8 @@ pub struct BrowserCaller {
     direct_opened: Option<Instant>,
     /// Opus ⇄ G.711, with its statistics for the CDR: made when the trunk's audio is G.711.
     pub bridge: LazyBridge,
-    /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722. Boxed: 2.5 KB that the
-    /// other calls would carry unused.
-    pub wide: Option<Box<WideBridge>>,
-    /// The wideband bridge's Opus complexity and jitter depth, ms, until it is made: taken
-    /// by the first try, so a call whose Opus cannot be set up says so once, not per frame.
-    wide_settings: Option<(u8, u32)>,
+    /// Opus at 16 kHz ⇄ G.722, made when a trunk answers G.722.
+    pub wide: LazyWide,
     pub(super) talkspurt: bool,
     pub(super) connected: bool,
     /// When the browser renegotiated in the last minute.
@@ -62,8 +58,7 @@ impl BrowserCaller {
             direct: None,
             direct_opened: None,
             bridge,
-            wide: None,
-            wide_settings: Some((1, 60)),
+            wide: LazyWide::new(1, 60),
             talkspurt: true,
             connected: false,
             renegotiations: VecDeque::new(),
@@ -160,22 +155,8 @@ impl BrowserCaller {
     /// Sets up a G.722 call's bridge, when the trunk picks G.722, with this Opus complexity
     /// and jitter depth.
     pub fn with_wideband(mut self, complexity: u8, jitter_ms: u32) -> Self {
-        self.wide_settings = Some((complexity, jitter_ms));
+        self.wide = LazyWide::new(complexity, jitter_ms);
         self
-    }
-
-    /// The G.722 bridge, made on first use; `None` if Opus could not be set up (not tried
-    /// again, as [`crate::media::bridge::LazyBridge`]).
-    pub(super) fn wide(&mut self) -> Option<&mut WideBridge> {
-        if self.wide.is_none()
-            && let Some((complexity, jitter_ms)) = self.wide_settings.take()
-        {
-            match WideBridge::new(complexity, jitter_ms) {
-                Ok(bridge) => self.wide = Some(Box::new(bridge)),
-                Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),
-            }
-        }
-        self.wide.as_deref_mut()
     }
 
     /// Both bridges' counters, for the CDR.
@@ -186,7 +167,7 @@ impl BrowserCaller {
         crate::media::jitter::JitterStats,
     ) {
         let (mut stats, mut jitter) = self.bridge.stats();
-        if let Some(w) = &self.wide {
+        if let Some(w) = self.wide.made() {
             stats.browser_packets += w.stats.browser_packets;
             stats.browser_packets_sent += w.stats.browser_packets_sent;
             let wj = w.jitter_stats();

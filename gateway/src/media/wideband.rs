@@ -137,6 +137,48 @@ impl WideBridge {
     }
 }
 
+/// A call's wideband bridge, made when it first needs one (a trunk that answered G.722):
+/// the other calls never carry its 2.5 KB and libopus's state. As with
+/// [`super::bridge::LazyBridge`], a libopus refusal is said once and not tried again.
+pub struct LazyWide {
+    bridge: Option<Box<WideBridge>>,
+    /// Opus complexity and jitter depth, ms, until the first try takes them.
+    settings: Option<(u8, u32)>,
+}
+
+impl LazyWide {
+    /// A bridge to be made coding Opus at `complexity`, with a jitter buffer `jitter_ms` deep.
+    pub fn new(complexity: u8, jitter_ms: u32) -> LazyWide {
+        LazyWide {
+            bridge: None,
+            settings: Some((complexity, jitter_ms)),
+        }
+    }
+
+    /// The bridge, made now if it was not; `None` if Opus could not be set up.
+    pub fn get(&mut self) -> Option<&mut WideBridge> {
+        if self.bridge.is_none()
+            && let Some((complexity, jitter_ms)) = self.settings.take()
+        {
+            match WideBridge::new(complexity, jitter_ms) {
+                Ok(bridge) => self.bridge = Some(Box::new(bridge)),
+                Err(e) => tracing::error!(error = %e, "no wideband bridge; the call has no audio"),
+            }
+        }
+        self.bridge.as_deref_mut()
+    }
+
+    /// The bridge, if it was made.
+    pub fn made(&self) -> Option<&WideBridge> {
+        self.bridge.as_deref()
+    }
+
+    /// The bridge, if it was made, to change.
+    pub fn made_mut(&mut self) -> Option<&mut WideBridge> {
+        self.bridge.as_deref_mut()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ impl Run<'_> {
             if let Some(bridge) = b.bridge.made() {
                 bridge.set_economy(economy);
             }
-            if let Some(w) = b.wide.as_mut() {
+            if let Some(w) = b.wide.made_mut() {
                 w.set_economy(economy);
             }
         }
@@ -42,13 +42,16 @@ impl Run<'_> {
                 b.leg.skip_frame();
                 b.talkspurt = true;
             }
-            Caller::Browser(b) if wideband => {
-                let connected = b.connected;
-                let packet = b.wide().and_then(|w| w.to_browser()).map(<[u8]>::to_vec);
+            Caller::Browser(b) => {
+                let packet = if wideband {
+                    b.wide.get().and_then(|w| w.to_browser())
+                } else {
+                    b.bridge.get().and_then(|bridge| bridge.to_browser())
+                };
                 match packet {
-                    Some(packet) if connected => {
+                    Some(packet) if b.connected => {
                         let start = std::mem::take(&mut b.talkspurt);
-                        if let Err(e) = b.leg.send_opus(&packet, start) {
+                        if let Err(e) = b.leg.send_opus(packet, start) {
                             tracing::debug!(error = %e, "Opus to browser");
                         }
                     }
@@ -58,18 +61,6 @@ impl Run<'_> {
                     }
                 }
             }
-            Caller::Browser(b) => match b.bridge.get().and_then(|bridge| bridge.to_browser()) {
-                Some(packet) if b.connected => {
-                    let start = std::mem::take(&mut b.talkspurt);
-                    if let Err(e) = b.leg.send_opus(packet, start) {
-                        tracing::debug!(error = %e, "Opus to browser");
-                    }
-                }
-                _ => {
-                    b.leg.skip_frame();
-                    b.talkspurt = true;
-                }
-            },
             Caller::Tone(t) => {
                 // The tone caller is always there: its side never goes silent.
                 call.handle_media_received(MediaLeg::Browser, Instant::now());
@@ -141,7 +132,7 @@ impl Run<'_> {
                 // On hold the trunk's music is not ours to forward.
                 Caller::Browser(_) if held => {}
                 Caller::Browser(b) if samples == crate::media::session::WIDE_FRAME_SAMPLES => {
-                    if let Some(w) = b.wide() {
+                    if let Some(w) = b.wide.get() {
                         w.from_trunk(timestamp, &pcm[..samples]);
                     }
                 }
@@ -206,7 +197,7 @@ impl Run<'_> {
                 }
                 BrowserEvent::Opus { payload, .. } if wideband => {
                     let rtp = &mut self.rtp;
-                    if let Some(w) = b.wide() {
+                    if let Some(w) = b.wide.get() {
                         w.from_browser(&payload, |pcm| {
                             if !held {
                                 rtp.send_frame(pcm);
