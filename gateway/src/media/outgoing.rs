@@ -10,6 +10,10 @@
 //! relayed calls, whose sends already followed each other closely, cost the same
 //! (BENCHMARKS.md §2).
 //!
+//! The datagrams a turn holds for one socket go in one `sendmmsg(2)`: the browsers' audio all
+//! leaves from the browser port's shared socket, so a turn sends it in one system call rather
+//! than one per datagram.
+//!
 //! A media worker's thread holds what its calls send ([`hold_on_this_thread`]) and sends it
 //! before it parks ([`flush`]); on any other thread [`send`] sends at once. A datagram waits
 //! at most for the rest of its turn's work: the batch goes out early once it holds
@@ -17,9 +21,13 @@
 //! does not park.
 
 use std::cell::RefCell;
+use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 
 /// The most datagrams held at once.
 pub const MAX_HELD: usize = 64;
@@ -28,10 +36,11 @@ pub const MAX_HELD: usize = 64;
 pub const MAX_HOLD: Duration = Duration::from_millis(1);
 
 /// One held datagram: its socket (kept open until it is sent), where to, and where its bytes
-/// end in [`Held::bytes`].
+/// are in [`Held::bytes`].
 struct Datagram {
     socket: Arc<UdpSocket>,
     to: Option<SocketAddr>,
+    start: usize,
     end: usize,
 }
 
@@ -41,6 +50,8 @@ struct Held {
     bytes: Vec<u8>,
     datagrams: Vec<Datagram>,
     since: Option<Instant>,
+    /// `sendmmsg`'s headers, made on the first flush that needs them.
+    headers: Option<MultiHeaders<SockaddrStorage>>,
 }
 
 thread_local! {
@@ -60,10 +71,12 @@ pub fn send(socket: &Arc<UdpSocket>, bytes: &[u8], to: Option<SocketAddr>) -> st
     let full = HELD.with(|h| {
         let mut h = h.borrow_mut();
         let held = h.as_mut()?;
+        let start = held.bytes.len();
         held.bytes.extend_from_slice(bytes);
         held.datagrams.push(Datagram {
             socket: socket.clone(),
             to,
+            start,
             end: held.bytes.len(),
         });
         let since = *held.since.get_or_insert_with(Instant::now);
@@ -79,28 +92,90 @@ pub fn send(socket: &Arc<UdpSocket>, bytes: &[u8], to: Option<SocketAddr>) -> st
     }
 }
 
-/// Sends what this thread holds, in the order it was given.
+/// Sends what this thread holds: each socket's datagrams in the order they were given, in one
+/// system call.
 pub fn flush() {
     HELD.with(|h| {
         let mut h = h.borrow_mut();
-        let Some(Held {
-            bytes,
-            datagrams,
-            since,
-        }) = h.as_mut()
-        else {
+        let Some(held) = h.as_mut() else {
             return;
         };
-        let mut start = 0;
-        for d in datagrams.drain(..) {
-            if let Err(e) = send_now(&d.socket, &bytes[start..d.end], d.to) {
-                tracing::debug!(error = %e, to = ?d.to, "media send failed");
+        // Stable: a socket's datagrams keep their order (a flow's packets must not swap).
+        held.datagrams
+            .sort_by_key(|d| Arc::as_ptr(&d.socket) as usize);
+        for group in held
+            .datagrams
+            .chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket))
+        {
+            match group {
+                [one] => log_failure(
+                    send_now(&one.socket, &held.bytes[one.start..one.end], one.to),
+                    one.to,
+                ),
+                _ => send_together(&mut held.headers, group, &held.bytes),
             }
-            start = d.end;
         }
-        bytes.clear();
-        *since = None;
+        held.datagrams.clear();
+        held.bytes.clear();
+        held.since = None;
     });
+}
+
+/// Sends datagrams of one socket with `sendmmsg(2)`. A call stops at a datagram the kernel
+/// refuses, having sent those before it (sendmmsg(2), RETURN VALUE): that one is tried alone
+/// (its error logged) and the rest go in the next call.
+fn send_together(
+    headers: &mut Option<MultiHeaders<SockaddrStorage>>,
+    group: &[Datagram],
+    bytes: &[u8],
+) {
+    let headers = headers.get_or_insert_with(|| MultiHeaders::preallocate(MAX_HELD, None));
+    let fd = group[0].socket.as_raw_fd();
+    let mut rest = group;
+    while !rest.is_empty() {
+        let batch = &rest[..rest.len().min(MAX_HELD)];
+        let mut slices = [[IoSlice::new(&[])]; MAX_HELD];
+        let mut addrs = [None; MAX_HELD];
+        for ((d, slice), addr) in batch.iter().zip(&mut slices).zip(&mut addrs) {
+            *slice = [IoSlice::new(&bytes[d.start..d.end])];
+            *addr = d.to.map(SockaddrStorage::from);
+        }
+        let sent = sendmmsg(
+            fd,
+            headers,
+            &slices[..batch.len()],
+            &addrs[..batch.len()],
+            [],
+            MsgFlags::empty(),
+        )
+        .map(|results| results.count());
+        let sent = match sent {
+            Ok(n) if n == batch.len() => n,
+            // The datagram after the last one sent was refused.
+            Ok(n) => {
+                log_failure(
+                    send_now(
+                        &batch[n].socket,
+                        &bytes[batch[n].start..batch[n].end],
+                        batch[n].to,
+                    ),
+                    batch[n].to,
+                );
+                n + 1
+            }
+            Err(e) => {
+                log_failure(Err(e.into()), batch[0].to);
+                1
+            }
+        };
+        rest = &rest[sent..];
+    }
+}
+
+fn log_failure(sent: std::io::Result<()>, to: Option<SocketAddr>) {
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, ?to, "media send failed");
+    }
 }
 
 fn send_now(socket: &UdpSocket, bytes: &[u8], to: Option<SocketAddr>) -> std::io::Result<()> {
@@ -159,6 +234,51 @@ mod tests {
             std::thread::sleep(MAX_HOLD * 2);
             send(&connected, b"late", None).unwrap();
             assert_eq!(received(&a), vec![b"early".to_vec(), b"late".to_vec()]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn one_sockets_datagrams_keep_their_order_and_a_refused_one_loses_no_other() {
+        std::thread::spawn(|| {
+            let shared = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            let browsers: Vec<UdpSocket> = (0..3)
+                .map(|_| {
+                    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+                    b.set_nonblocking(true).unwrap();
+                    b
+                })
+                .collect();
+            let to = |i: usize| Some(browsers[i].local_addr().unwrap());
+            // An IPv6 address on an IPv4 socket: the kernel refuses it (EAFNOSUPPORT).
+            let nowhere = Some("[::1]:9".parse().unwrap());
+            let (trunk, trunk_peer) = pair();
+            hold_on_this_thread();
+            // Refused first in its batch, then in the middle of one.
+            send(&shared, b"refused", nowhere).unwrap();
+            for round in 0..3u8 {
+                for i in 0..3 {
+                    send(&shared, &[b'a' + i as u8, round], to(i)).unwrap();
+                }
+                send(&trunk, &[b't', round], None).unwrap();
+                if round == 1 {
+                    send(&shared, b"refused", nowhere).unwrap();
+                }
+            }
+            flush();
+            for (i, browser) in browsers.iter().enumerate() {
+                let c = b'a' + i as u8;
+                assert_eq!(
+                    received(browser),
+                    vec![vec![c, 0], vec![c, 1], vec![c, 2]],
+                    "browser {i}: each of its datagrams, in order"
+                );
+            }
+            assert_eq!(
+                received(&trunk_peer),
+                vec![b"t\0".to_vec(), b"t\x01".to_vec(), b"t\x02".to_vec()]
+            );
         })
         .join()
         .unwrap();

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -165,7 +167,11 @@ impl MediaMux {
         enlarge_receive_buffer(&socket)?;
         let local = socket.local_addr()?;
         let send = Arc::new(socket.try_clone()?);
-        let recv = UdpSocket::from_std(socket)?;
+        // Readable only: every worker sends its browsers' datagrams on this socket, and each
+        // send that frees room would otherwise wake the receive task's thread (EPOLLOUT).
+        // SAFETY: a std socket owns its descriptor from here until it is dropped, and
+        // `as_raw_fd` always names it (what `register_with_interest` asks of its caller).
+        let recv = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
         let routes = Arc::new(Mutex::new(Routes::default()));
         tokio::spawn(receive_loop(recv, routes.clone()));
         Ok(MediaMux {
@@ -219,13 +225,10 @@ impl MediaMux {
         // Until `connect` the socket is one more member of the port's group, and the kernel
         // may hash another browser's datagram to it: `DirectPath::poll_recv` hands such strays on.
         socket.connect(&peer.into())?;
-        let socket: std::net::UdpSocket = socket.into();
-        let sender = Arc::new(socket.try_clone()?);
-        let socket = UdpSocket::from_std(socket)?;
+        let socket = UdpSocket::from_std(socket.into())?;
         self.direct.fetch_add(1, Ordering::Relaxed);
         Ok(DirectPath {
             socket,
-            sender,
             peer,
             mux: self.clone(),
         })
@@ -249,10 +252,10 @@ impl MediaMux {
 /// A call's own socket for the one browser address its media comes from.
 #[derive(Debug)]
 pub struct DirectPath {
+    /// Receives only: what the call sends leaves from the port's shared socket, where a
+    /// worker's turn sends every browser's datagrams in one system call
+    /// ([`outgoing::flush`]).
     socket: UdpSocket,
-    /// The same socket for sending: tokio's `try_send` refuses until the reactor has seen
-    /// the new socket writable, and the first datagrams (a DTLS flight) would be lost.
-    sender: Arc<std::net::UdpSocket>,
     peer: SocketAddr,
     mux: MediaMux,
 }
@@ -301,18 +304,22 @@ impl DirectPath {
 
     /// Sends a datagram to the browser.
     pub fn send(&self, bytes: &[u8]) {
-        if let Err(e) = outgoing::send(&self.sender, bytes, None) {
-            tracing::debug!(error = %e, to = %self.peer, "browser media send failed");
-        }
+        self.mux.send(bytes, self.peer);
     }
 }
 
-async fn receive_loop(socket: UdpSocket, routes: Arc<Mutex<Routes>>) {
+async fn receive_loop(socket: AsyncFd<std::net::UdpSocket>, routes: Arc<Mutex<Routes>>) {
     let mut buf = vec![0u8; 2048];
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, peer)) => route(&routes, &buf[..n], peer),
-            Err(e) => tracing::debug!(error = %e, "browser media receive error"),
+        let mut ready = match socket.readable().await {
+            Ok(ready) => ready,
+            // Only when the runtime is shutting down.
+            Err(e) => return tracing::debug!(error = %e, "browser media socket"),
+        };
+        match ready.try_io(|s| s.get_ref().recv_from(&mut buf)) {
+            Ok(Ok((n, peer))) => route(&routes, &buf[..n], peer),
+            Ok(Err(e)) => tracing::debug!(error = %e, "browser media receive error"),
+            Err(_would_block) => {}
         }
     }
 }
