@@ -108,8 +108,8 @@ impl BrowserCaller {
     }
 
     /// The browser's next datagram on the call's direct path; none before it has one.
-    pub(super) fn poll_direct(&self, cx: &mut Context<'_>) -> Poll<Datagram> {
-        match &self.direct {
+    pub(super) fn poll_direct(&mut self, cx: &mut Context<'_>) -> Poll<Datagram> {
+        match &mut self.direct {
             Some(direct) => direct.poll_recv(cx),
             None => Poll::Pending,
         }

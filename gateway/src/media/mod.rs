@@ -6,6 +6,7 @@ pub mod codec;
 pub mod description;
 pub mod dtmf;
 pub mod g711;
+pub mod incoming;
 pub mod jitter;
 pub mod opus;
 pub mod outgoing;

@@ -25,7 +25,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::stun_username_ufrag;
-use crate::media::outgoing;
+use crate::media::{incoming, outgoing};
 
 /// A datagram for one call.
 pub type Datagram = (BytesMut, SocketAddr);
@@ -229,6 +229,7 @@ impl MediaMux {
         self.direct.fetch_add(1, Ordering::Relaxed);
         Ok(DirectPath {
             socket,
+            waiting: None,
             peer,
             mux: self.clone(),
         })
@@ -256,6 +257,8 @@ pub struct DirectPath {
     /// worker's turn sends every browser's datagrams in one system call
     /// ([`outgoing::flush`]).
     socket: UdpSocket,
+    /// A datagram read with the one before it, handed out next.
+    waiting: Option<Datagram>,
     peer: SocketAddr,
     mux: MediaMux,
 }
@@ -273,8 +276,11 @@ impl DirectPath {
     }
 
     /// The next datagram from the browser, if one waits; `cx` is woken when one arrives.
-    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Datagram> {
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Datagram> {
         loop {
+            if let Some(datagram) = self.waiting.take() {
+                return Poll::Ready(datagram);
+            }
             match self.socket.poll_recv_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
@@ -284,20 +290,31 @@ impl DirectPath {
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            // On the stack only while a datagram is read: not in the call's future.
-            let mut buf = [0u8; 2048];
-            match self.socket.try_recv_from(&mut buf) {
-                Ok((n, from)) if from == self.peer => {
-                    return Poll::Ready((BytesMut::from(&buf[..n]), from));
-                }
-                // Queued before the socket was connected: another call's.
-                Ok((n, from)) => route(&self.mux.routes, &buf[..n], from),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // On the stack only while datagrams are read: not in the call's future.
+            let mut bufs = [[0u8; incoming::DATAGRAM]; incoming::BATCH];
+            let mut got = [(0, self.peer); incoming::BATCH];
+            let count = match incoming::recv_waiting(&self.socket, &mut bufs, &mut got) {
+                Ok(count) => count,
                 // An ICMP error from an earlier send (the browser's port closed): the call's
                 // ICE consent notices the silence; nothing to do here.
                 Err(e) => {
-                    tracing::debug!(error = %e, peer = %self.peer, "browser media receive error")
+                    tracing::debug!(error = %e, peer = %self.peer, "browser media receive error");
+                    0
                 }
+            };
+            let mut ready = None;
+            for (buf, &(n, from)) in bufs.iter().zip(&got).take(count) {
+                if from != self.peer {
+                    // Queued before the socket was connected: another call's.
+                    route(&self.mux.routes, &buf[..n], from);
+                } else if ready.is_none() {
+                    ready = Some((BytesMut::from(&buf[..n]), from));
+                } else {
+                    self.waiting = Some((BytesMut::from(&buf[..n]), from));
+                }
+            }
+            if let Some(datagram) = ready {
+                return Poll::Ready(datagram);
             }
         }
     }
@@ -416,7 +433,7 @@ mod tests {
         browser.send_to(&binding_request("call"), to).unwrap();
         assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
 
-        let direct = mux.connect(browser.local_addr().unwrap()).unwrap();
+        let mut direct = mux.connect(browser.local_addr().unwrap()).unwrap();
         for i in 0..20u8 {
             browser.send_to(&[0x80, 0, 0, i], to).unwrap();
             let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
@@ -427,6 +444,17 @@ mod tests {
                 (&datagram[..], from),
                 (&[0x80, 0, 0, i][..], browser.local_addr().unwrap())
             );
+        }
+        // Several at once are read together and handed out one by one, in order.
+        for i in 20..23u8 {
+            browser.send_to(&[0x80, 0, 0, i], to).unwrap();
+        }
+        for i in 20..23u8 {
+            let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
+            let (datagram, _) = tokio::time::timeout(Duration::from_secs(1), next)
+                .await
+                .expect("each of a burst's datagrams");
+            assert_eq!(&datagram[..], &[0x80, 0, 0, i][..]);
         }
         assert_eq!(
             arrives(&mut route).await,

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -20,6 +21,7 @@ use super::caller::Caller;
 use super::machine::{Call, CallCommand, CallEvent, MediaLeg, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
+use crate::media::incoming;
 use crate::media::session::RtpStream;
 use crate::plugin::{CallHooks, Event, Party};
 use crate::rtc::mux::Datagram;
@@ -266,7 +268,7 @@ pub fn drive<'a>(
                         Caller::Browser(b) => some(b.poll_route(cx)).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
                     }),
-                    Source::DirectPath => turn.poll(source, media, |cx| match &run.caller {
+                    Source::DirectPath => turn.poll(source, media, |cx| match &mut run.caller {
                         Caller::Browser(b) => b.poll_direct(cx).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
                     }),
@@ -362,17 +364,22 @@ pub fn drive<'a>(
                 Input::Rtp => {
                     // The buffers live on the stack while the datagrams waiting are read, not
                     // in the call's future between packets.
-                    let mut rtp_buf = [0u8; 1500];
+                    let mut bufs = [[0u8; incoming::DATAGRAM]; incoming::BATCH];
+                    let mut got = [(0, SocketAddr::from(([0, 0, 0, 0], 0))); incoming::BATCH];
                     let mut pcm_in = [0i16; 1500];
-                    while let Ok((n, source)) = run.rtp.try_recv(&mut rtp_buf) {
-                        let accepted = run.rtp.stats.received;
-                        let got = run
-                            .rtp
-                            .handle_datagram(&mut rtp_buf[..n], source, &mut pcm_in);
-                        if run.rtp.stats.received != accepted {
-                            call.handle_media_received(MediaLeg::Trunk, Instant::now());
+                    loop {
+                        let count = run.rtp.recv_waiting(&mut bufs, &mut got).unwrap_or(0);
+                        for (buf, &(n, source)) in bufs.iter_mut().zip(&got).take(count) {
+                            let accepted = run.rtp.stats.received;
+                            let heard = run.rtp.handle_datagram(&mut buf[..n], source, &mut pcm_in);
+                            if run.rtp.stats.received != accepted {
+                                call.handle_media_received(MediaLeg::Trunk, Instant::now());
+                            }
+                            run.trunk_audio(heard, &buf[..n], &pcm_in, call.held());
                         }
-                        run.trunk_audio(got, &rtp_buf[..n], &pcm_in, call.held());
+                        if count < incoming::BATCH {
+                            break;
+                        }
                     }
                 }
                 Input::Command(command) => run.command(&mut call, command),

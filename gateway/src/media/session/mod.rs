@@ -20,9 +20,9 @@ use super::MediaDrops;
 use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
-use super::outgoing;
 use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
+use super::{incoming, outgoing};
 
 /// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
 /// latches to any source hands the call's audio to whoever sprays the port range).
@@ -433,9 +433,14 @@ impl RtpStream {
         }
     }
 
-    /// The next datagram waiting, into `buf`, or `WouldBlock` when none does.
-    pub fn try_recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        self.receiver()?.try_recv_from(buf)
+    /// The datagrams waiting, into `bufs`, each one's length and source into `got`; how many
+    /// ([`crate::media::incoming::recv_waiting`]: fewer than `BATCH` when drained).
+    pub fn recv_waiting(
+        &mut self,
+        bufs: &mut incoming::Buffers,
+        got: &mut [(usize, SocketAddr); incoming::BATCH],
+    ) -> std::io::Result<usize> {
+        incoming::recv_waiting(self.receiver()?, bufs, got)
     }
 
     /// The receiving socket, registered with the runtime of the first task that receives:

@@ -1,0 +1,140 @@
+//! Reading the datagrams waiting on a media socket with one `recvmmsg(2)`, without the read
+//! that only says `EAGAIN`.
+//!
+//! Why: tokio's readiness is edge-triggered, so a task that read a datagram had to read again
+//! until the socket said `EAGAIN` before it could wait. A call's socket seldom holds more
+//! than one datagram a turn, so every datagram cost two system calls (at 50 relayed calls
+//! 10,100 `recvfrom` a second for 5,050 datagrams, BENCHMARKS.md §2). A `recvmmsg` that asks
+//! for more datagrams than it finds has seen the queue empty in the same call: the readiness
+//! is then cleared as that `EAGAIN` would have cleared it.
+
+use std::cell::RefCell;
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// The most datagrams one read takes. A call's socket gathers one datagram in most 2 ms turns
+/// (50 a second); when it holds two, the next read drains the rest.
+pub const BATCH: usize = 2;
+
+/// Room for one datagram: media datagrams are far smaller, and a larger one is cut short
+/// (and then refused by whatever parses it).
+pub const DATAGRAM: usize = 2048;
+
+/// Buffers for one read, on the reading task's stack while it reads (not in a call's future).
+pub type Buffers = [[u8; DATAGRAM]; BATCH];
+
+thread_local! {
+    /// `recvmmsg`'s headers, made on the thread's first read.
+    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
+}
+
+/// Reads the datagrams waiting on `socket` into `bufs`, each one's length and source into
+/// `got`, and returns how many: none when none waited. Fewer than [`BATCH`] means the socket
+/// is drained and its readiness cleared: the task is woken through `poll_recv_ready` when
+/// the next one arrives.
+pub fn recv_waiting(
+    socket: &UdpSocket,
+    bufs: &mut Buffers,
+    got: &mut [(usize, SocketAddr); BATCH],
+) -> std::io::Result<usize> {
+    let mut count = 0;
+    let read = socket.try_io(Interest::READABLE, || {
+        HEADERS.with(|h| {
+            let mut h = h.borrow_mut();
+            let headers = h.get_or_insert_with(|| MultiHeaders::preallocate(BATCH, None));
+            let mut slices = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+            let results = recvmmsg(
+                socket.as_raw_fd(),
+                headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            )?;
+            for message in results {
+                if let Some(from) = message.address.as_ref().and_then(socket_addr) {
+                    got[count] = (message.bytes.min(DATAGRAM), from);
+                    count += 1;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })?;
+        if count < BATCH {
+            // Drained: let tokio clear the readiness, as an `EAGAIN` would.
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    match read {
+        Err(e) if e.kind() != ErrorKind::WouldBlock && count == 0 => Err(e),
+        _ => Ok(count),
+    }
+}
+
+fn socket_addr(address: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// Whether tokio still holds the socket readable (no system call: its own state).
+    async fn still_readable(socket: &UdpSocket) -> bool {
+        poll_fn(|cx| Poll::Ready(socket.poll_recv_ready(cx).is_ready())).await
+    }
+
+    #[tokio::test]
+    async fn a_short_read_drains_the_socket_without_a_read_that_finds_nothing() {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = socket.local_addr().unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut bufs = [[0u8; DATAGRAM]; BATCH];
+        let mut got = [(0, to); BATCH];
+
+        // More than one read takes: the first fills its batch and leaves the socket readable.
+        for i in 0..BATCH as u8 + 1 {
+            peer.send_to(&[i; 3], to).unwrap();
+        }
+        socket.readable().await.unwrap();
+        assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), BATCH);
+        assert_eq!(got[0], (3, peer.local_addr().unwrap()));
+        assert_eq!(&bufs[1][..3], &[1; 3]);
+        assert!(
+            still_readable(&socket).await,
+            "a full batch may have left more"
+        );
+
+        // The rest comes short: drained, and tokio knows it without another read.
+        assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 1);
+        assert_eq!(&bufs[0][..3], &[BATCH as u8; 3]);
+        assert!(
+            !still_readable(&socket).await,
+            "readiness cleared by the short read"
+        );
+
+        // The next datagram wakes the reader again.
+        peer.send_to(b"next", to).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), socket.readable())
+            .await
+            .expect("readable again")
+            .unwrap();
+        assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 1);
+        assert_eq!(&bufs[0][..got[0].0], b"next");
+
+        // Nothing waiting: none read, not an error.
+        assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 0);
+    }
+}
