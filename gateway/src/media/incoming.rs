@@ -42,8 +42,8 @@ pub fn recv_waiting(
     bufs: &mut Buffers,
     got: &mut [(usize, SocketAddr); BATCH],
 ) -> std::io::Result<usize> {
-    let mut count = 0;
-    let read = socket.try_io(Interest::READABLE, || {
+    let (mut count, mut read) = (0, 0);
+    let result = socket.try_io(Interest::READABLE, || {
         HEADERS.with(|h| {
             let mut h = h.borrow_mut();
             let headers = h.get_or_insert_with(|| MultiHeaders::preallocate(BATCH, None));
@@ -56,6 +56,7 @@ pub fn recv_waiting(
                 None,
             )?;
             for message in results {
+                read += 1;
                 if let Some(from) = message.address.as_ref().and_then(socket_addr) {
                     got[count] = (message.bytes.min(DATAGRAM), from);
                     count += 1;
@@ -63,13 +64,14 @@ pub fn recv_waiting(
             }
             Ok::<(), std::io::Error>(())
         })?;
-        if count < BATCH {
+        // Short of what was asked (whether or not each one named its source).
+        if read < BATCH {
             // Drained: let tokio clear the readiness, as an `EAGAIN` would.
             return Err(ErrorKind::WouldBlock.into());
         }
         Ok(())
     });
-    match read {
+    match result {
         Err(e) if e.kind() != ErrorKind::WouldBlock && count == 0 => Err(e),
         _ => Ok(count),
     }
