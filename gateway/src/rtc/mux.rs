@@ -250,6 +250,9 @@ impl MediaMux {
     }
 }
 
+// `DirectPath::waiting` holds the one datagram a read of two can leave over.
+const _: () = assert!(incoming::BATCH <= 2);
+
 /// A call's own socket for the one browser address its media comes from.
 #[derive(Debug)]
 pub struct DirectPath {
@@ -257,7 +260,8 @@ pub struct DirectPath {
     /// worker's turn sends every browser's datagrams in one system call
     /// ([`outgoing::flush`]).
     socket: UdpSocket,
-    /// A datagram read with the one before it, handed out next.
+    /// A datagram read with the one before it, handed out next: one read takes at most
+    /// [`incoming::BATCH`] (two), so one can wait.
     waiting: Option<Datagram>,
     peer: SocketAddr,
     mux: MediaMux,
@@ -295,8 +299,8 @@ impl DirectPath {
             let mut got = [(0, self.peer); incoming::BATCH];
             let count = match incoming::recv_waiting(&self.socket, &mut bufs, &mut got) {
                 Ok(count) => count,
-                // An ICMP error from an earlier send (the browser's port closed): the call's
-                // ICE consent notices the silence; nothing to do here.
+                // Nothing is sent on this socket, so no ICMP error should come back on it;
+                // whatever does is logged, and the call's ICE consent notices any silence.
                 Err(e) => {
                     tracing::debug!(error = %e, peer = %self.peer, "browser media receive error");
                     0

@@ -422,7 +422,7 @@ impl RtpStream {
         self.receiver()?.recv_from(buf).await
     }
 
-    /// Ready when [`Self::try_recv`] may find a datagram; `cx` is woken when one arrives. A
+    /// Ready when [`Self::recv_waiting`] may find a datagram; `cx` is woken when one arrives. A
     /// call's task waits here rather than in a receive, so that no receive buffer lives in its
     /// future between packets (each call's future is one allocation; 1.5 KB of buffer was 1.5
     /// KB per call).
