@@ -8,11 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway_tests::client::{CallOptions, CallReport, run_call};
-use gateway_tests::cluster::{
-    NodeProcess, SECRET, node_config, wait_for_metric, wait_for_registration,
-};
+use gateway_tests::cluster::{NodeProcess, SECRET, node_config, wait_for_registration};
 use gateway_tests::redis::Redis;
-use gateway_tests::{Sipp, out_dir};
+use gateway_tests::{Sipp, out_dir, wait_for_metric};
 
 const INBOUND: &str = "\n[inbound]\n\"+15550100\" = \"agent\"\n";
 

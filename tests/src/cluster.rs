@@ -136,20 +136,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// Waits up to `seconds` for the `/metrics` of the node at `http` to contain `line`.
-pub async fn wait_for_metric(http: SocketAddr, line: &str, seconds: u64) {
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let mut text = String::new();
-    while Instant::now() < until {
-        text = crate::http_get(http, "/metrics").await;
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no `{line}` within {seconds} s: {text}");
-}
-
 /// Waits up to `seconds` for Redis to say `identity` is registered on node `node`.
 pub async fn wait_for_registration(
     redis: &crate::redis::Redis,

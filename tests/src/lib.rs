@@ -20,7 +20,9 @@ pub fn ports() -> (u16, u16) {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed) % 40;
     // Per-process offset so two test binaries running at once do not collide.
-    let base = 20_000 + (std::process::id() % 100) as u16 * 200;
+    // Below 32,768, where Linux's ephemeral ports start (`ip_local_port_range`), so no socket
+    // bound to port 0 by this or another test can hold one of them.
+    let base = 20_000 + (std::process::id() % 60) as u16 * 200;
     (base + n, base + 40 + 4 * n)
 }
 
@@ -274,6 +276,22 @@ pub fn plugin_in(name: &str, file: &Path, policy: &str, settings: &str, config: 
 /// A plain HTTP/1.0 GET on loopback, for `/metrics` and `/healthz`; returns the whole reply.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http_request(addr, &format!("GET {path}"), &[]).await
+}
+
+/// Waits up to `seconds` for the `/metrics` of the gateway at `http` to contain `line`. A test
+/// waits for the state it needs (a browser registered, a call answered) rather than sleeping
+/// for a time that a loaded machine may outlast.
+pub async fn wait_for_metric(http: std::net::SocketAddr, line: &str, seconds: u64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut text = String::new();
+    while std::time::Instant::now() < until {
+        text = http_get(http, "/metrics").await;
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no `{line}` within {seconds} s: {text}");
 }
 
 /// One plain HTTP/1.0 request without a body on loopback: `line` is the method and path,

@@ -611,7 +611,9 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
     let url = format!("ws://{}/ws", gateway.http_addr);
     let opts = CallOptions::answering("agent-7", secret, 30.0);
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
+    // loaded machine, and the call would find nobody to ring.
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.
     let mut sipp = Sipp::uac(
         scenario,

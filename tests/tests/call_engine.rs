@@ -141,7 +141,9 @@ async fn a_missing_ack_ends_the_call_with_bye() {
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &agent("agent-1", 60.0, false)).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
+    // loaded machine, and the call would find nobody to ring.
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
     let mut sipp = Sipp::uac(
         "uac_no_ack.xml",
         "127.0.0.1",
@@ -214,7 +216,8 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
     let answering = call(agent("agent-a", 30.0, false));
     let cancelled_agent = call(agent("agent-c", 30.0, true));
     let unanswered_agent = call(agent("agent-n", 30.0, true));
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The trunk calls only once the three agents are registered (not after a fixed pause).
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 3", 10).await;
     let trunk = gateway.endpoint.udp_addr();
     let uac = |scenario: &str, sub: &str| {
         let d = dir.join(sub);

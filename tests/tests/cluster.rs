@@ -11,11 +11,9 @@ use std::time::Duration;
 
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call};
-use gateway_tests::cluster::{
-    SECRET, node_config, wait_for_metric, wait_for_redis, wait_for_registration,
-};
+use gateway_tests::cluster::{SECRET, node_config, wait_for_redis, wait_for_registration};
 use gateway_tests::redis::Redis;
-use gateway_tests::{Sipp, out_dir};
+use gateway_tests::{Sipp, out_dir, wait_for_metric};
 
 /// Node `id` of the cluster on `redis_url`, in this process (see
 /// [`gateway_tests::cluster::node_config`]).
