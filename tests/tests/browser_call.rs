@@ -660,7 +660,8 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
         let url = url.clone();
         async move { run_call(&url, &options(60.0)).await.unwrap() }
     });
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // Drain once the call is answered (not after a pause a loaded machine can outlast).
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
     let drain = tokio::spawn({
         let gateway = gateway.clone();
         async move { gateway.drain(std::time::Duration::from_secs(1)).await }

@@ -218,7 +218,8 @@ async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
             run_call(&ws, &o).await.unwrap()
         }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The poisoned call comes while the normal one is answered and running.
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
     let mut o = options();
     o.to = "bad".into();
     let poisoned = run_call(&ws, &o).await.unwrap();
@@ -438,7 +439,8 @@ async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
             run_call(&ws, &o).await.unwrap()
         }
     });
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    // The reloads come while the call is answered and running.
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
     // Wrong token: refused, nothing changes.
     assert!(
         admin_reload(gateway.http_addr, "wrong-token-wrong-token")
@@ -637,4 +639,49 @@ async fn a_data_directory_over_its_quota_is_read_only_for_new_calls() {
         "the recorder saw its write fail: {counters:?}"
     );
     assert!(sipp.finished().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loading_runs_an_init_that_overran_its_deadline_again_and_refuses_one_that_always_does() {
+    use gateway::plugin::PluginChain;
+    let hostile = build_plugin("hostile");
+    let dir = out_dir("plugin_init_stalls");
+    // The hostile plugin's `init` never returns on its first `stalls` runs, as a plugin whose
+    // thread a busy machine preempted for longer than its deadline would seem to.
+    let config = |stalls: u32| gateway::config::PluginConfig {
+        name: format!("stalls-{stalls}"),
+        path: hostile.clone(),
+        config_json: format!(r#"{{"mode":"continue","init_stalls":{stalls}}}"#),
+        policy: gateway::config::FailurePolicy::FailClosed,
+        reject_code: 503,
+        memory_bytes: 16 << 20,
+        deadline: std::time::Duration::from_millis(20),
+        max_instances: 10,
+        data_dir: Some(dir.join(format!("stalls-{stalls}"))),
+        data_quota_bytes: u64::MAX,
+        http: Default::default(),
+    };
+    let runs = |stalls: u32| {
+        std::fs::read(dir.join(format!("stalls-{stalls}")).join("init-runs"))
+            .unwrap_or_default()
+            .len()
+    };
+    // Two overruns: loaded on the third run.
+    PluginChain::load(&[config(2)], None)
+        .await
+        .expect("loads on the third run of init");
+    assert_eq!(runs(2), 3);
+    // An overrun on every run: refused, saying what to change.
+    let refused = PluginChain::load(&[config(3)], None)
+        .await
+        .map(|_| ())
+        .expect_err("three overruns refuse the plugin")
+        .to_string();
+    assert!(
+        refused.contains("stalls-3")
+            && refused.contains("ran past its deadline (20 ms), on each of 3 tries")
+            && refused.contains("deadline_ms"),
+        "{refused}"
+    );
+    assert_eq!(runs(3), 3, "no run after the third");
 }

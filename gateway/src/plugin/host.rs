@@ -339,6 +339,25 @@ fn ticks_until(deadline: Instant) -> u64 {
     left.clamp(1, SLICE_TICKS)
 }
 
+/// The trap of a hook that ran past its deadline: typed, so loading can tell it from a
+/// plugin's own failure (`wasmtime::Error::is`).
+#[derive(Debug)]
+pub(super) struct PastDeadline {
+    budget: Duration,
+}
+
+impl std::fmt::Display for PastDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the hook ran past its deadline ({} ms)",
+            self.budget.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for PastDeadline {}
+
 /// Starts the clock of a hook that may run for `budget`.
 pub(super) fn begin_hook(store: &mut wasmtime::Store<State>, budget: Duration) {
     let deadline = Instant::now() + budget;
@@ -352,10 +371,9 @@ pub(super) fn watch_deadline(store: &mut wasmtime::Store<State>) {
     store.epoch_deadline_callback(|store| {
         let hook = store.data().hook;
         if Instant::now() >= hook.deadline {
-            return Err(wasmtime::Error::msg(format!(
-                "the hook ran past its deadline ({} ms)",
-                hook.budget.as_millis()
-            )));
+            return Err(wasmtime::Error::new(PastDeadline {
+                budget: hook.budget,
+            }));
         }
         Ok(wasmtime::UpdateDeadline::Yield(ticks_until(hook.deadline)))
     });

@@ -20,6 +20,7 @@ mod engine;
 mod host;
 mod http;
 mod preinit;
+mod start_up;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -179,15 +180,6 @@ impl PluginChain {
         let mut plugins = Vec::new();
         let mut sources = Vec::new();
         for (c, engine::Compiled { pre, source }) in configs.iter().zip(compiled) {
-            let load_err = |reason: String| PluginError::Load {
-                name: c.name.clone(),
-                path: c.path.display().to_string(),
-                reason,
-            };
-            let init_err = |reason: String| PluginError::Init {
-                name: c.name.clone(),
-                reason,
-            };
             let shared = previous
                 .and_then(|p| p.plugins.iter().find(|l| l.config.name == c.name))
                 .map(|l| l.shared.clone())
@@ -200,48 +192,14 @@ impl PluginChain {
                 },
                 pre,
                 shared,
-                http: Arc::new(
-                    http::Callouts::new(&c.http)
-                        .map_err(|e| load_err(format!("its HTTP client: {e}")))?,
-                ),
+                http: Arc::new(http::Callouts::new(&c.http).map_err(|e| PluginError::Load {
+                    name: c.name.clone(),
+                    path: c.path.display().to_string(),
+                    reason: format!("its HTTP client: {e}"),
+                })?),
                 snapshot: std::sync::OnceLock::new(),
             };
-            let (mut store, plugin) = loaded
-                .instantiate(&loaded.pre, &engine, None)
-                .await
-                .map_err(|e| load_err(format!("{e:#}")))?;
-            loaded.manifest = plugin
-                .call_manifest(&mut store)
-                .await
-                .map_err(|e| init_err(format!("manifest trapped: {e:#}")))?;
-            match (&loaded.manifest.data_dir, &c.data_dir) {
-                (true, None) => {
-                    return Err(init_err(format!(
-                        "it asks for a data directory: set `data_dir` in its [[plugins]] entry (a folder only `{}` uses)",
-                        c.name
-                    )));
-                }
-                (true, Some(dir)) => std::fs::create_dir_all(dir).map_err(|e| {
-                    init_err(format!(
-                        "data_dir `{}` cannot be created: {e}",
-                        dir.display()
-                    ))
-                })?,
-                (false, Some(_)) => {
-                    tracing::warn!(plugin = %c.name, "data_dir is set but the plugin does not ask for one; not granted");
-                }
-                (false, None) => {}
-            }
-            // The data directory is granted from here on (the manifest was read without it).
-            let (mut store, plugin) = loaded
-                .instantiate(&loaded.pre, &engine, None)
-                .await
-                .map_err(|e| load_err(format!("{e:#}")))?;
-            match plugin.call_init(&mut store, &c.config_json).await {
-                Ok(Ok(())) => {}
-                Ok(Err(reason)) => return Err(init_err(reason)),
-                Err(e) => return Err(init_err(format!("trapped: {e:#}"))),
-            }
+            loaded.start_up(&engine).await?;
             let loaded = Arc::new(loaded);
             sources.push((Arc::downgrade(&loaded), source));
             plugins.push(loaded);

@@ -9,6 +9,8 @@
 //! a normal call beside a poisoned one. With `"init_host"` its `init` asks the host for
 //! something — `log` (a log line), `clock` (WASI's wall clock) or `random` (a hash map's
 //! random seed, from WASI) — which keeps the gateway from snapshotting it after `init`.
+//! With `"init_stalls": N` its `init` never returns on its first N runs (counted in a file in
+//! its data directory), as a plugin preempted on a busy machine would seem to.
 
 use gateway_plugin_sdk::{
     CallInfo, Level, Manifest, Plugin, Reject, Verdict, export_plugin, host, route,
@@ -42,6 +44,18 @@ impl Plugin for Hostile {
                 std::hint::black_box(seeded);
             }
             _ => {}
+        }
+        if let Some(stalls) = v.get("init_stalls").and_then(|n| n.as_u64()) {
+            let runs = gateway_plugin_sdk::data_dir().join("init-runs");
+            let mut count = std::fs::read(&runs).unwrap_or_default();
+            count.push(b'.');
+            std::fs::write(&runs, &count).map_err(|e| format!("hostile: counting runs: {e}"))?;
+            if count.len() as u64 <= stalls {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
         }
         Ok(Hostile {
             mode: v
