@@ -7,8 +7,9 @@ use super::{Loaded, PluginError, host};
 
 /// How many times loading runs a plugin's manifest and `init` before a deadline overrun
 /// counts against the plugin: its deadline is wall-clock time, and a busy machine can
-/// preempt the thread for longer than a hook's 20 ms (seen: a gateway that would not start
-/// during a loaded test run). A plugin that is too slow overruns every time.
+/// preempt the thread for longer than a hook's 20 ms (seen in a loaded test run: a
+/// snapshot's `init` given up for it, `preinit`). A plugin that is too slow overruns every
+/// time.
 const LOAD_TRIES: u32 = 3;
 
 /// Why a plugin could not start up, and whether only its deadline was to blame.
