@@ -42,8 +42,11 @@ pub fn recv_waiting(
     bufs: &mut Buffers,
     got: &mut [(usize, SocketAddr); BATCH],
 ) -> std::io::Result<usize> {
-    let (mut count, mut read) = (0, 0);
+    // Each datagram read, in the order of `bufs`: its length and source (none when it named
+    // no source, which UDP always does).
+    let mut read = [None; BATCH];
     let result = socket.try_io(Interest::READABLE, || {
+        let mut taken = 0;
         HEADERS.with(|h| {
             let mut h = h.borrow_mut();
             let headers = h.get_or_insert_with(|| MultiHeaders::preallocate(BATCH, None));
@@ -55,22 +58,34 @@ pub fn recv_waiting(
                 MsgFlags::MSG_DONTWAIT,
                 None,
             )?;
-            for message in results {
-                read += 1;
-                if let Some(from) = message.address.as_ref().and_then(socket_addr) {
-                    got[count] = (message.bytes.min(DATAGRAM), from);
-                    count += 1;
-                }
+            for (slot, message) in read.iter_mut().zip(results) {
+                taken += 1;
+                *slot = Some(
+                    message
+                        .address
+                        .as_ref()
+                        .and_then(socket_addr)
+                        .map(|from| (message.bytes.min(DATAGRAM), from)),
+                );
             }
             Ok::<(), std::io::Error>(())
         })?;
         // Short of what was asked (whether or not each one named its source).
-        if read < BATCH {
+        if taken < BATCH {
             // Drained: let tokio clear the readiness, as an `EAGAIN` would.
             return Err(ErrorKind::WouldBlock.into());
         }
         Ok(())
     });
+    // The datagrams that named a source, moved to the front so that `bufs[i]` is `got[i]`'s.
+    let mut count = 0;
+    for (i, datagram) in read.into_iter().flatten().enumerate() {
+        if let Some(source) = datagram {
+            bufs.swap(count, i);
+            got[count] = source;
+            count += 1;
+        }
+    }
     match result {
         Err(e) if e.kind() != ErrorKind::WouldBlock && count == 0 => Err(e),
         _ => Ok(count),
