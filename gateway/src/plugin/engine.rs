@@ -91,24 +91,19 @@ pub(super) fn compile(
         .map_err(|e| PluginError::Engine(e.to_string()))?;
     let mut compiled = Vec::new();
     for c in configs {
-        let load_err = |reason: String| PluginError::Load {
-            name: c.name.clone(),
-            path: c.path.display().to_string(),
-            reason,
-        };
-        let wasm = std::fs::read(&c.path).map_err(|e| load_err(e.to_string()))?;
+        let wasm = std::fs::read(&c.path).map_err(|e| PluginError::load(c, e.to_string()))?;
         // Not a component Wizer can instrument (or not a component at all): compiled as it
         // is, and compiling says what is wrong with it.
         let (component, source) = match preinit::instrument(&wasm) {
             Ok(instrumented) => (Component::new(&engine, &instrumented), Ok(wasm)),
             Err(why) => (Component::new(&engine, &wasm), Err(why)),
         };
-        let component = component.map_err(|e| load_err(format!("{e:#}")))?;
+        let component = component.map_err(|e| PluginError::load(c, format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(bindings::PluginPre::new)
             .map_err(|e| {
-                load_err(format!(
+                PluginError::load(c, format!(
                     "{e:#} (this gateway speaks {INTERFACE}: rebuild the plugin against plugin-sdk/wit)"
                 ))
             })?;

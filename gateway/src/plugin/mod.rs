@@ -87,6 +87,25 @@ pub enum PluginError {
     Engine(String),
 }
 
+impl PluginError {
+    /// `config`'s plugin could not be loaded, for `reason`.
+    fn load(config: &PluginConfig, reason: String) -> PluginError {
+        PluginError::Load {
+            name: config.name.clone(),
+            path: config.path.display().to_string(),
+            reason,
+        }
+    }
+
+    /// `config`'s plugin refused its configuration, for `reason`.
+    fn init(config: &PluginConfig, reason: String) -> PluginError {
+        PluginError::Init {
+            name: config.name.clone(),
+            reason,
+        }
+    }
+}
+
 struct Loaded {
     config: PluginConfig,
     manifest: Manifest,
@@ -192,11 +211,10 @@ impl PluginChain {
                 },
                 pre,
                 shared,
-                http: Arc::new(http::Callouts::new(&c.http).map_err(|e| PluginError::Load {
-                    name: c.name.clone(),
-                    path: c.path.display().to_string(),
-                    reason: format!("its HTTP client: {e}"),
-                })?),
+                http: Arc::new(
+                    http::Callouts::new(&c.http)
+                        .map_err(|e| PluginError::load(c, format!("its HTTP client: {e}")))?,
+                ),
                 snapshot: std::sync::OnceLock::new(),
             };
             loaded.start_up(&engine).await?;

@@ -65,18 +65,11 @@ impl Loaded {
         let c = &self.config;
         let load_err = |e: wasmtime::Error| StartUp {
             past_deadline: e.is::<host::PastDeadline>(),
-            error: PluginError::Load {
-                name: c.name.clone(),
-                path: c.path.display().to_string(),
-                reason: format!("{e:#}"),
-            },
+            error: PluginError::load(c, format!("{e:#}")),
         };
         let init_err = |reason: String, past_deadline: bool| StartUp {
             past_deadline,
-            error: PluginError::Init {
-                name: c.name.clone(),
-                reason,
-            },
+            error: PluginError::init(c, reason),
         };
         let trapped = |what: &str, e: wasmtime::Error| {
             init_err(
