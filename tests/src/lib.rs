@@ -294,6 +294,23 @@ pub async fn wait_for_metric(http: std::net::SocketAddr, line: &str, seconds: u6
     panic!("no `{line}` within {seconds} s: {text}");
 }
 
+/// Waits up to 10 s until the gateway at `http` counts `browsers` registered for inbound
+/// calls: a trunk calls one only then, or the call may find nobody to ring.
+pub async fn wait_for_registered(http: std::net::SocketAddr, browsers: usize) {
+    wait_for_metric(
+        http,
+        &format!("gateway_registered_identities {browsers}"),
+        10,
+    )
+    .await;
+}
+
+/// Waits up to 20 s until the gateway at `http` has answered `calls` calls: what a test does
+/// to a running call comes after that.
+pub async fn wait_for_answered(http: std::net::SocketAddr, calls: usize) {
+    wait_for_metric(http, &format!("gateway_calls_answered_total {calls}"), 20).await;
+}
+
 /// One plain HTTP/1.0 request without a body on loopback: `line` is the method and path,
 /// `headers` go after `Host`. Returns the whole reply.
 pub async fn http_request(

@@ -611,9 +611,8 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
     let url = format!("ws://{}/ws", gateway.http_addr);
     let opts = CallOptions::answering("agent-7", secret, 30.0);
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
-    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
-    // loaded machine, and the call would find nobody to ring.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
+    // sipp calls only once the browser is registered, not after a fixed pause.
+    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.
     let mut sipp = Sipp::uac(
         scenario,
@@ -661,7 +660,7 @@ async fn draining_refuses_new_calls_and_ends_running_ones_at_the_deadline() {
         async move { run_call(&url, &options(60.0)).await.unwrap() }
     });
     // Drain once the call is answered (not after a pause a loaded machine can outlast).
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
     let drain = tokio::spawn({
         let gateway = gateway.clone();
         async move { gateway.drain(std::time::Duration::from_secs(1)).await }

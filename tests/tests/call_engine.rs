@@ -141,9 +141,8 @@ async fn a_missing_ack_ends_the_call_with_bye() {
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &agent("agent-1", 60.0, false)).await });
-    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
-    // loaded machine, and the call would find nobody to ring.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
+    // sipp calls only once the browser is registered, not after a fixed pause.
+    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let mut sipp = Sipp::uac(
         "uac_no_ack.xml",
         "127.0.0.1",
@@ -217,7 +216,7 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
     let cancelled_agent = call(agent("agent-c", 30.0, true));
     let unanswered_agent = call(agent("agent-n", 30.0, true));
     // The trunk calls only once the three agents are registered (not after a fixed pause).
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 3", 10).await;
+    gateway_tests::wait_for_registered(gateway.http_addr, 3).await;
     let trunk = gateway.endpoint.udp_addr();
     let uac = |scenario: &str, sub: &str| {
         let d = dir.join(sub);
@@ -319,18 +318,7 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
         })
         .collect();
     let wakeups = "gateway_media_worker_wakeups_total{worker=\"0\"}";
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = http_get(gateway.http_addr, "/metrics").await;
-        if gauge(&metrics, "gateway_calls_answered_total") == Some(CALLS as u64) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the calls did not all answer: {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gateway_tests::wait_for_answered(gateway.http_addr, CALLS).await;
     // Media flows both ways on every call: ~1,000 trunk packets, as many browser packets and
     // ticks a second. Woken per event the worker would wake well over 1,000 times a second;
     // paced, at most once a turn.

@@ -56,12 +56,6 @@ fn call(gateway: &gateway::run::Gateway, seconds: f64) -> tokio::task::JoinHandl
     tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
 }
 
-/// Waits until the gateway's first call is answered: what a test does to a running call comes
-/// after that, not after a pause that a loaded machine can outlast.
-async fn answered(gateway: &gateway::run::Gateway) {
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
-}
-
 fn assert_clean_tone(report: &CallReport) {
     eprintln!("{}", serde_json::to_string_pretty(report).unwrap());
     assert!(
@@ -100,7 +94,7 @@ async fn a_stranger_spraying_the_rtp_range_hears_nothing_and_the_call_keeps_its_
     let range = (45000, 45998);
     let gateway = gateway(&dir, &sipp, range, "").await;
     let running = call(&gateway, 4.0);
-    answered(&gateway).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
 
     // PCMU with the payload type the trunk negotiated, to every even port, for 2 s; and
     // forged SRTP-looking datagrams at the browser media port.
@@ -374,7 +368,7 @@ async fn a_flood_of_stranger_invites_gets_at_most_one_reply_each_and_the_call_lo
     )
     .await;
     let running = call(&gateway, 5.0);
-    answered(&gateway).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
     let flood = invite_flood(gateway.endpoint.udp_addr(), FLOOD).await;
     let replies = flood.count;
     assert!((1..=FLOOD).contains(&replies), "{replies} replies");
@@ -414,7 +408,7 @@ async fn a_flood_of_stranger_invites_gets_at_most_one_reply_each_and_the_call_lo
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
     let gateway = self::gateway(&dir, &sipp, (48000, 48998), "").await;
     let running = call(&gateway, 5.0);
-    answered(&gateway).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
     let flood = invite_flood(gateway.endpoint.udp_addr(), FLOOD).await;
     assert_eq!(flood.count, 0, "{:?}", flood.first);
     let metrics = http_get(gateway.http_addr, "/metrics").await;

@@ -88,9 +88,8 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     let options = CallOptions::answering("agent-o", secret, 30.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &options).await.unwrap() });
-    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
-    // loaded machine, and the call would find nobody to ring.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
+    // sipp calls only once the browser is registered, not after a fixed pause.
+    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let mut sipp = Sipp::uac(
         "uac_call_echo_opus.xml",
         "127.0.0.1",

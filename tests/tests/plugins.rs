@@ -219,7 +219,7 @@ async fn hostile_plugins_are_contained_while_another_call_keeps_its_audio() {
         }
     });
     // The poisoned call comes while the normal one is answered and running.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
     let mut o = options();
     o.to = "bad".into();
     let poisoned = run_call(&ws, &o).await.unwrap();
@@ -440,7 +440,7 @@ async fn a_reload_during_a_live_call_keeps_the_call_and_applies_to_the_next() {
         }
     });
     // The reloads come while the call is answered and running.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_calls_answered_total 1", 20).await;
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
     // Wrong token: refused, nothing changes.
     assert!(
         admin_reload(gateway.http_addr, "wrong-token-wrong-token")

@@ -183,9 +183,8 @@ async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_
     let opts = CallOptions::answering("agent-7", secret, 3.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
-    // sipp calls only once the browser is registered: a fixed pause can be outlasted on a
-    // loaded machine, and the call would find nobody to ring.
-    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_registered_identities 1", 10).await;
+    // sipp calls only once the browser is registered, not after a fixed pause.
+    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
     peer.dial(&format!("sip:+15550100@{tls}"));
     let report = browser.await.unwrap();
