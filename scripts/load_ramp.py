@@ -114,6 +114,10 @@ def active_calls():
     return 0.0
 
 
+# Extra loadgen arguments for every step (`--full-band`).
+LOADGEN_EXTRA = []
+
+
 def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
          active=active_calls):
     """One step of n calls against the media process `gateway` (a Popen) signalled at `url`;
@@ -124,7 +128,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     generator = subprocess.Popen(
         prefix + [str(ROOT / "target/release/loadgen"), "--ws", url,
          "--to", "echo", "--calls", str(n), "--concurrency", str(n), "--seconds", str(seconds),
-         "--ramp-seconds", str(ramp), "--light", "--sample", "10", "--json"],
+         "--ramp-seconds", str(ramp), "--light", "--sample", "10", "--json"] + LOADGEN_EXTRA,
         stdout=subprocess.PIPE, text=True)
     time.sleep(ramp + settle)
     up0 = active()
@@ -190,9 +194,13 @@ def main():
                       help="the gateway's media.turn_ms (default: its default, 2)")
     args.add_argument("--opus-trunk", action="store_true",
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
+    args.add_argument("--full-band", action="store_true",
+                      help="callers code full band whatever the gateway's answer allows")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
+    if a.full_band:
+        LOADGEN_EXTRA.append("--full-band")
     cpus = sorted(os.sched_getaffinity(0))
     if a.pin and len(cpus) < 2:
         sys.exit("--pin needs at least two CPUs")

@@ -7,7 +7,12 @@ against the speech before it. For choosing `media.opus_complexity` by measuremen
 The speech is synthesised with espeak-ng (two voices, two passages of about 8 s each), so
 the scores compare settings with each other; they are not the scores of recorded speech.
 
-usage: scripts/opus_quality.py [--complexities 0,1,2,3,5,8,10]
+With --browser, the other direction instead, per band and bitrate a browser codes at (what
+the gateway's answer allows it): speech captured at 48 kHz → a browser's Opus encoder
+(libwebrtc's settings, tests/src/browser_opus.rs) → the gateway's decoder at 8 kHz → G.711
+(gateway/examples/browser_quality.rs), against the same speech at 8 kHz.
+
+usage: scripts/opus_quality.py [--complexities 0,1,2,3,5,8,10] [--browser]
 Needs espeak-ng (`apt-get install espeak-ng`); installs numpy and pesq from PyPI into
 target/quality-venv on first use. Writes target/opus-quality/quality.{json,md}.
 """
@@ -53,33 +58,62 @@ def in_venv(script=__file__):
     os.execv(str(python), [str(python), script, *sys.argv[1:]])
 
 
-def to_8k(samples, rate):
-    """Band-limited resampling to 8 kHz (spectrum cut at 4 kHz, inverse FFT at the new length)."""
+def resample(samples, rate, new_rate):
+    """Band-limited resampling (spectrum cut at the lower Nyquist frequency, inverse FFT at
+    the new length)."""
     import numpy as np
 
-    n = int(round(len(samples) * 8000 / rate))
+    n = int(round(len(samples) * new_rate / rate))
     spectrum = np.fft.rfft(samples)[: n // 2 + 1]
     return np.fft.irfft(spectrum, n) * (n / len(samples))
 
 
-def speech(text, voice):
+def speech(text, voice, rate=8000):
+    """The passage at 8 kHz, and at `rate` with the same gain (one recording, two rates)."""
     import numpy as np
 
     wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text],
                          check=True, capture_output=True).stdout
     # espeak-ng writes a 44-byte RIFF header and 16-bit mono PCM at 22050 Hz.
-    rate = int.from_bytes(wav[24:28], "little")
-    pcm = np.frombuffer(wav[44:], dtype="<i2").astype(np.float64)
-    pcm = to_8k(pcm, rate)
+    source_rate = int.from_bytes(wav[24:28], "little")
+    source = np.frombuffer(wav[44:], dtype="<i2").astype(np.float64)
+    pcm = resample(source, source_rate, 8000)
     # Active speech near -26 dBov, the level P.862 expects.
-    rms = np.sqrt(np.mean(pcm[np.abs(pcm) > 100] ** 2))
-    pcm = pcm * (32768 * 10 ** (-26 / 20) / rms)
-    return np.clip(np.round(pcm), -32768, 32767).astype("<i2")
+    gain = 32768 * 10 ** (-26 / 20) / np.sqrt(np.mean(pcm[np.abs(pcm) > 100] ** 2))
+    other = resample(source, source_rate, rate)
+    return tuple(np.clip(np.round(p * gain), -32768, 32767).astype("<i2") for p in (pcm, other))
+
+
+def browser_rows(np, pesq, samples):
+    """PESQ of the browser → trunk direction per browser band and bitrate."""
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
+                    "browser_quality"], cwd=ROOT, check=True)
+    tool = ROOT / "target" / "release" / "examples" / "browser_quality"
+    settings = [("full band, 32 kb/s (a browser's default)", 48000, 32000)]
+    settings += [(f"narrowband (maxplaybackrate=8000), {b // 1000} kb/s", 8000, b)
+                 for b in (12000, 16000, 20000, 24000, 32000)]
+    rows = []
+    for label, playback, bitrate in settings:
+        scores = []
+        for ref_path, wide_path in samples:
+            out = ref_path.with_suffix(f".browser-{playback}-{bitrate}.out")
+            subprocess.run([str(tool), str(wide_path), str(out), str(playback), str(bitrate)],
+                           check=True)
+            ref = np.frombuffer(ref_path.read_bytes(), dtype="<i2").astype(np.float64)
+            deg = np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float64)
+            scores.append(pesq(8000, ref, deg, "nb"))
+        rows.append({"setting": label, "playback_hz": playback, "bitrate": bitrate,
+                     "pesq_nb": [round(s, 3) for s in scores],
+                     "pesq_nb_mean": round(float(np.mean(scores)), 3)})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
 
 
 def main():
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--complexities", default="0,1,2,3,5,8,10")
+    args.add_argument("--browser", action="store_true",
+                      help="the browser → trunk direction, per browser band and bitrate")
     a = args.parse_args()
     if not shutil.which("espeak-ng"):
         sys.exit("espeak-ng not found: apt-get install espeak-ng")
@@ -87,16 +121,29 @@ def main():
     import numpy as np
     from pesq import pesq
 
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
-                    "opus_quality"], cwd=ROOT, check=True)
-    tool = ROOT / "target" / "release" / "examples" / "opus_quality"
     OUT.mkdir(parents=True, exist_ok=True)
     samples = []
     for i, text in enumerate(PASSAGES):
         for voice in VOICES:
             path = OUT / f"speech-{i}-{voice.replace('+', '-')}.s16le"
-            path.write_bytes(speech(text, voice).tobytes())
-            samples.append(path)
+            narrow, wide = speech(text, voice, 48000)
+            path.write_bytes(narrow.tobytes())
+            wide_path = path.with_suffix(".48k.s16le")
+            wide_path.write_bytes(wide.tobytes())
+            samples.append((path, wide_path))
+    if a.browser:
+        rows = browser_rows(np, pesq, samples)
+        (OUT / "browser.json").write_text(json.dumps(rows, indent=2))
+        lines = ["| browser codes | PESQ NB (MOS-LQO), mean of 4 | per sample |", "|---|---:|---|"]
+        for r in rows:
+            lines.append(f"| {r['setting']} | {r['pesq_nb_mean']} | {', '.join(map(str, r['pesq_nb']))} |")
+        (OUT / "browser.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
+    samples = [path for path, _ in samples]
+    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
+                    "opus_quality"], cwd=ROOT, check=True)
+    tool = ROOT / "target" / "release" / "examples" / "opus_quality"
     # (label, complexity, expected loss % the encoder codes FEC for, % of packets lost).
     settings = [("G.711 only (the ceiling)", "g711", 0, 0)]
     settings += [(f"complexity {c}", c, 0, 0) for c in map(int, a.complexities.split(","))]

@@ -1,7 +1,8 @@
 //! The per-call media pipeline, per 20 ms frame both ways, against the floor: raw libopus
 //! encode + decode of the same frame at the same rate (8 kHz) and settings, in the same run.
 //!
-//! - pipeline, browser → trunk: Opus packet → `Bridge::from_browser` (decode, FEC/loss
+//! - pipeline, browser → trunk: Opus packet (as a browser codes it for the gateway's answer
+//!   to a G.711 call: narrowband, 24 kb/s) → `Bridge::from_browser` (decode, FEC/loss
 //!   logic) → G.711 encode → RTP header;
 //! - pipeline, trunk → browser: RTP parse → G.711 decode → jitter buffer → Opus encode;
 //! - floor: `opus_decode` of the browser packet + `opus_encode` of the trunk frame, straight
@@ -21,9 +22,10 @@ use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate
 use criterion::Criterion;
 use gateway::media::bridge::Bridge;
 use gateway::media::g711::G711;
-use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K, OpusEncoder};
+use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
+use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
 
 const FRAMES: usize = 500;
 
@@ -87,16 +89,25 @@ fn main() {
         settings.complexity, settings.expected_loss_pct
     );
     let frames = signal();
-    // What the browser sends: the signal, Opus-encoded once, up front.
-    let mut browser = OpusEncoder::new(settings).unwrap();
-    let packets: Vec<Vec<u8>> = frames
-        .iter()
-        .map(|f| {
-            let mut out = [0u8; 400];
-            let n = browser.encode(f, &mut out).unwrap();
-            out[..n].to_vec()
-        })
-        .collect();
+    // What the browser sends: the signal as a browser captures it (48 kHz) and codes it for
+    // the gateway's answer to a G.711 call (narrowband, 24 kb/s), once, up front;
+    // and, for the comparison at the end, as it codes it for one that does not (full band,
+    // 32 kb/s).
+    let captured = at_48k(&frames);
+    let browser_packets = |playback_hz: u32, bitrate: u32| -> Vec<Vec<u8>> {
+        let mut browser = BrowserOpus::coding_up_to(playback_hz, true, 0.0).unwrap();
+        browser.set_bitrate(bitrate).unwrap();
+        captured
+            .iter()
+            .map(|f| {
+                let mut out = [0u8; 1500];
+                let n = browser.encode(f, &mut out).unwrap();
+                out[..n].to_vec()
+            })
+            .collect()
+    };
+    let packets = browser_packets(8000, 24_000);
+    let full_band = browser_packets(48_000, 32_000);
     // What the trunk sends: the signal as G.711 µ-law RTP.
     let mut trunk_sender = RtpSender::new();
     let trunk_packets: Vec<Vec<u8>> = frames
@@ -155,6 +166,23 @@ fn main() {
             black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
         })
     });
+    // What the browser's band costs the gateway: its packets decoded to the 8 kHz a G.711
+    // call needs, capped (as the gateway's answer asks) and not (a browser's default).
+    for (name, stream) in [
+        ("decode: browser narrowband 24 kb/s", &packets),
+        ("decode: browser full band 32 kb/s", &full_band),
+    ] {
+        let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+        let mut m = 0usize;
+        c.bench_function(name, |bench| {
+            bench.iter(|| {
+                let packet = Packet::try_from(stream[m % FRAMES].as_slice()).unwrap();
+                m += 1;
+                let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+                black_box(decoder.decode(Some(packet), signals, false).unwrap());
+            })
+        });
+    }
     c.final_summary();
 
     // The ratio, from criterion's own estimates (median of each).
@@ -185,4 +213,31 @@ fn main() {
         ),
         _ => println!("(criterion estimates not found; see target/criterion)"),
     }
+    let mean_len = |s: &[Vec<u8>]| s.iter().map(Vec::len).sum::<usize>() as f64 / s.len() as f64;
+    if let (Some(narrow), Some(full)) = (
+        median("decode: browser narrowband 24 kb/s"),
+        median("decode: browser full band 32 kb/s"),
+    ) {
+        println!(
+            "browser packets decoded to 8 kHz: narrowband {:.2} µs ({:.1} bytes), full band {:.2} µs ({:.1} bytes) a frame",
+            narrow / 1000.0,
+            mean_len(&packets),
+            full / 1000.0,
+            mean_len(&full_band)
+        );
+    }
+}
+
+/// The 8 kHz signal as a browser captures it, at 48 kHz (linear interpolation: the audio
+/// stays below 4 kHz, as speech bound for a G.711 call mostly is).
+fn at_48k(frames: &[[i16; FRAME_SAMPLES_8K]]) -> Vec<[i16; FRAME_48K]> {
+    let samples: Vec<i16> = frames.iter().flatten().copied().collect();
+    let mut out = vec![[0i16; FRAME_48K]; frames.len()];
+    for (i, s) in out.iter_mut().flatten().enumerate() {
+        let (at, frac) = (i / 6, (i % 6) as f64 / 6.0);
+        let a = f64::from(samples[at]);
+        let b = f64::from(*samples.get(at + 1).unwrap_or(&samples[at]));
+        *s = (a + (b - a) * frac) as i16;
+    }
+    out
 }

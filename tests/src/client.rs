@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use gateway::media::dtmf::{DtmfSender, EventPayload};
-use gateway::media::opus::{
-    EncoderSettings, FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder, OpusEncoder,
-};
+use gateway::media::opus::{FRAME_SAMPLES_8K, MAX_PACKET, OpusDecoder};
 use gateway::media::rtp::{HEADER_LEN, RtpPacket, write_header};
 use gateway::media::srtp::MAX_SRTP_TAG;
-use gateway::media::tone::{ToneDetector, ToneGenerator};
+use gateway::media::tone::ToneDetector;
+
+use crate::browser_opus::BrowserOpus;
 use gateway::rtc::{is_rtp, opus_codec, telephone_event_codec as telephone_event};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -66,6 +66,9 @@ pub struct CallOptions {
     pub transfer_after: Option<(f64, String)>,
     /// More RFC 4733 digits from the browser, each `(seconds after the answer, digits)`.
     pub dtmf_later: Vec<(f64, String)>,
+    /// Code full band whatever the gateway's description allows (a browser that ignores
+    /// `maxplaybackrate`); by default the client codes as Chromium does for it.
+    pub full_band: bool,
     /// Load mode: send a pre-encoded one-second Opus loop of the tone instead of encoding
     /// every frame, and only count and time what comes back (no decoding, no tone check).
     pub light: bool,
@@ -167,6 +170,9 @@ pub struct CallReport {
     pub jitter_ms: Option<f64>,
     /// ICE + DTLS completed.
     pub media_connected: bool,
+    /// The `maxplaybackrate` of the gateway's description (48000 when it gives none): the
+    /// widest audio this client then codes, as a browser does.
+    pub far_end_playback_hz: Option<u32>,
     /// Packets received in [`CallOptions::measure_window`].
     pub window_packets: u64,
     /// Median SNR of the tone in [`CallOptions::measure_window`], dB.
@@ -283,40 +289,24 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut dark = false;
     let mut bad_renegotiation_sent = false;
 
-    let mut encoder = OpusEncoder::new(EncoderSettings {
-        dtx: false,
-        complexity: 10,
-        ..Default::default()
-    })?;
+    // Set up from the gateway's description once it comes, as a browser's is.
+    let mut opus_sender: Option<BrowserOpus> = None;
     let mut decoder = OpusDecoder::new()?;
-    let mut tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
     let mut detector = ToneDetector::new(options.tone_hz, 8000, 800);
     let mut window_detector = ToneDetector::new(options.tone_hz, 8000, 800);
     let mut dtmf = DtmfSender::new(100, 60);
     let mut dtmf_queued = false;
     let mut dtmf_later_sent = 0;
     let mut dtmf_ts = 0u32;
-    let mut frame = [0i16; FRAME_SAMPLES_8K];
     let mut packet = [0u8; MAX_PACKET];
     let mut decoded = [0i16; FRAME_SAMPLES_8K];
     let mut sequence: u16 = 1;
     let mut timestamp: u32 = 1000;
     let mut answered_at: Option<Instant> = None;
     let mut buf = vec![0u8; 2000];
-    // Light mode: one second of the tone, encoded once (1004 Hz has a whole number of
-    // periods per second, so the loop is seamless).
-    let tone_loop: Vec<Bytes> = if options.light {
-        let mut loop_tone = ToneGenerator::new(options.tone_hz, 8000, 8000);
-        (0..50)
-            .map(|_| {
-                loop_tone.fill(&mut frame);
-                let n = encoder.encode(&frame, &mut packet)?;
-                Ok(Bytes::copy_from_slice(&packet[..n]))
-            })
-            .collect::<anyhow::Result<_>>()?
-    } else {
-        Vec::new()
-    };
+    // Light mode: one second of the tone, coded once the gateway's description is in (1004 Hz
+    // has a whole number of periods per second, so the loop is seamless).
+    let mut tone_loop: Vec<Bytes> = Vec::new();
     let mut loop_index = 0usize;
     let mut arrivals = Arrivals::new();
     // Light mode protects its RTP itself, without the stack's pipeline.
@@ -514,12 +504,15 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             (126u8, Bytes::copy_from_slice(&p), event.marker)
                         }
                         None if options.light => {
+                            if tone_loop.is_empty() {
+                                continue;
+                            }
                             loop_index = (loop_index + 1) % tone_loop.len();
                             (111u8, tone_loop[loop_index].clone(), false)
                         }
                         None => {
-                            tone.fill(&mut frame);
-                            let n = encoder.encode(&frame, &mut packet)?;
+                            let Some(opus) = opus_sender.as_mut() else { continue };
+                            let n = opus.next_packet(&mut packet)?;
                             (111u8, Bytes::copy_from_slice(&packet[..n]), false)
                         }
                     };
@@ -587,6 +580,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
                         resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                        start_sending(&mut opus_sender, &mut tone_loop, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
                     }
                     "incoming" if report.call_id.is_none() && options.ignore_incoming => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
@@ -596,6 +590,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         report.incoming = Some(v.clone());
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                        start_sending(&mut opus_sender, &mut tone_loop, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
                         let answer = pc.create_answer(None)?;
                         pc.set_local_description(Instant::now(), answer)?;
                         let sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
@@ -744,4 +739,33 @@ fn rand_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
+}
+
+/// Sets up the call's Opus sender from the gateway's first description, and in light mode
+/// codes the one-second tone loop with it.
+fn start_sending(
+    sender: &mut Option<BrowserOpus>,
+    tone_loop: &mut Vec<Bytes>,
+    description: &str,
+    options: &CallOptions,
+    report: &mut CallReport,
+) -> anyhow::Result<()> {
+    if sender.is_some() {
+        return Ok(());
+    }
+    report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
+    let mut opus = if options.full_band {
+        BrowserOpus::coding_up_to(48_000, true, options.tone_hz)?
+    } else {
+        BrowserOpus::new(description, options.tone_hz)?
+    };
+    if options.light {
+        let mut packet = [0u8; MAX_PACKET];
+        for _ in 0..50 {
+            let n = opus.next_packet(&mut packet)?;
+            tone_loop.push(Bytes::copy_from_slice(&packet[..n]));
+        }
+    }
+    *sender = Some(opus);
+    Ok(())
 }

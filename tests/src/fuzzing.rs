@@ -69,6 +69,8 @@ pub fn sdp_browser(data: &[u8]) -> bool {
         "127.0.0.1:10000".parse().expect("literal address"),
         "127.0.0.1".parse().expect("literal address"),
         certificate(),
+        // A G.711 gateway's: the answer's Opus line is rewritten too.
+        8000,
         Instant::now(),
     )
     .is_ok()
@@ -87,6 +89,7 @@ pub fn media_port(data: &[u8]) {
                 "127.0.0.1:10000".parse().expect("literal address"),
                 "127.0.0.1".parse().expect("literal address"),
                 certificate(),
+                8000,
                 Instant::now(),
             )
             .expect("a browser leg")

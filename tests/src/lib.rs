@@ -2,6 +2,7 @@
 //! `tests/sipp/` on loopback and writes gateway configurations pointing at them.
 
 pub mod baresip;
+pub mod browser_opus;
 pub mod client;
 pub mod cluster;
 pub mod coturn;

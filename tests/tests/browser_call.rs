@@ -49,6 +49,8 @@ async fn browser_tone_goes_through_opus_and_g711_and_comes_back() {
     let report = run_call(&url, &opts).await.unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(report.media_connected);
+    // A G.711 trunk: the answer asks the browser for 8 kHz audio at most (RFC 7587 §6.1).
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
     assert_eq!(&report.messages[..2], ["hello", "answer"]);
     assert!(report.messages.contains(&"ringing".to_string()));
     assert!(report.messages.contains(&"answered".to_string()));
@@ -629,6 +631,8 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
         "{report:?}"
     );
     assert!(report.messages.contains(&"answered".to_string()));
+    // Our offer caps the browser's audio at what the G.711 trunk carries, as an answer does.
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "browser tone → gateway → sipp echo → back: {report:?}"

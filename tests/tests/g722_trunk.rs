@@ -23,6 +23,9 @@ async fn a_g722_trunk_carries_the_tone_both_ways_and_digits() {
         .await
         .unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    // The trunk side carries 16 kHz at most: the browser is asked for no wider (RFC 7587
+    // §6.1), and codes wideband.
+    assert_eq!(report.far_end_playback_hz, Some(16000), "{report:?}");
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "browser → Opus 16 kHz → G.722 → sipp echo → G.722 → Opus → browser: {report:?}"

@@ -23,6 +23,8 @@ async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
         .unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(report.media_connected);
+    // The trunk takes Opus as the browser codes it: its band is not capped.
+    assert_eq!(report.far_end_playback_hz, Some(48000), "{report:?}");
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "the browser hears its own Opus back: {report:?}"

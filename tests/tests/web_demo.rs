@@ -118,6 +118,21 @@ fn check(target: &str, seen: &serde_json::Value, digits: &str) {
         (seen["unmutedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
         "{target}: unmuted, the tone is back: {seen}"
     );
+    // Every trunk here speaks G.711, so the answer asks Chromium for 8 kHz audio at 24 kb/s
+    // (RFC 7587 §6.1), and it codes that: ~60 bytes of Opus a packet, where its full-band
+    // default (32 kb/s) is ~83.
+    let sending = &seen["sending"];
+    assert!(
+        sending["fmtp"].as_str().is_some_and(
+            |f| f.contains("maxplaybackrate=8000") && f.contains("maxaveragebitrate=24000")
+        ),
+        "{target}: the answer caps the browser's audio at 8 kHz and 24 kb/s: {seen}"
+    );
+    assert!(
+        sending["packets"].as_u64().unwrap_or(0) >= 25
+            && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < 70.0,
+        "{target}: Chromium codes at 24 kb/s, not its full-band 32: {sending}"
+    );
     assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
     assert!(
         seen["detailEnded"]

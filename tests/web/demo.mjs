@@ -119,6 +119,23 @@ try {
   }
   result.statusInCall = await widget.locator('#status').textContent();
   await shot(page, '3-in-call');
+  // What Chromium's encoder makes of the gateway's answer: the Opus parameters it was given,
+  // and its payload bytes per packet so far (RTP headers are not counted in bytesSent).
+  result.sending = await page.evaluate(async () => {
+    const pc = window.GatewayCall.widgets[0].pc;
+    const sdp = pc.remoteDescription.sdp;
+    const pt = (sdp.match(/a=rtpmap:(\d+) opus\//i) || [])[1];
+    const fmtp = (sdp.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || '';
+    let bytes = 0;
+    let packets = 0;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'outbound-rtp' && r.kind === 'audio') {
+        bytes = r.bytesSent || 0;
+        packets = r.packetsSent || 0;
+      }
+    });
+    return { fmtp, bytes, packets, bytesPerPacket: packets ? bytes / packets : 0 };
+  });
 
   if (dropFlag === '--drop-connection') {
     // The network blinks: the signaling connection goes, the call must not.

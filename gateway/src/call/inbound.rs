@@ -13,6 +13,7 @@ use super::cdr::{Parties, record_outcome, unix_ms};
 use super::driver::{Start, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
+use crate::media::codec::Codec;
 use crate::media::srtp::LocalSrtp;
 use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
@@ -165,10 +166,13 @@ pub async fn run_inbound(
         let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
         let rtp = ctx.trunk_media().map_err(|_| 503u16)?;
         let local = ctx.local_media(rtp.local_port(), &codecs, srtp);
+        // What this trunk may carry, not only what its offer chose: a re-INVITE may move the
+        // call to another of its codecs.
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
             ctx.media_ip,
             &ctx.dtls,
+            Codec::widest_audio_hz(codecs.iter().copied()),
             Instant::now(),
         )
         .map_err(|_| 500u16)?;

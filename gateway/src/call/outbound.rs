@@ -48,6 +48,7 @@ pub fn start_outbound(
         ctx.mux.local_addr(),
         ctx.media_ip,
         &ctx.dtls,
+        ctx.trunks.widest_audio_hz(),
         Instant::now(),
     )?;
     let route = ctx.mux.register(leg.ufrag());

@@ -61,6 +61,17 @@ impl Codec {
         }
     }
 
+    /// The widest audio any of `codecs` carries, samples a second: as much as a browser bridged
+    /// to them needs to code (8 kHz for G.711, 16 kHz for G.722, 48 kHz where Opus is relayed).
+    /// 48 kHz when the list is empty: nothing is known to limit it.
+    pub fn widest_audio_hz(codecs: impl IntoIterator<Item = Codec>) -> u32 {
+        codecs
+            .into_iter()
+            .map(Codec::sample_rate)
+            .max()
+            .unwrap_or(48_000)
+    }
+
     /// RTP timestamp ticks in one 20 ms frame.
     pub const fn frame_ticks(self) -> u32 {
         self.clock_rate() / 50
@@ -127,5 +138,9 @@ mod tests {
         assert_eq!(Codec::G722.rtpmap(), "G722/8000");
         assert_eq!(Codec::G722.frame_ticks(), 160);
         assert_eq!(Codec::G722.sample_rate(), 16000);
+        assert_eq!(Codec::widest_audio_hz([Codec::Pcma, Codec::Pcmu]), 8000);
+        assert_eq!(Codec::widest_audio_hz([Codec::Pcmu, Codec::G722]), 16000);
+        assert_eq!(Codec::widest_audio_hz([Codec::Pcmu, Codec::Opus]), 48000);
+        assert_eq!(Codec::widest_audio_hz([]), 48000);
     }
 }

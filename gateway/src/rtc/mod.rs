@@ -32,7 +32,7 @@ mod reports;
 mod sdp;
 
 use sdp::{DTMF_PT, OPUS_PT, ice_ufrag, media_engine, negotiated_payload_types, relay_candidates};
-pub use sdp::{opus_codec, telephone_event_codec};
+pub use sdp::{cap_audio_rate, opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::srtp::InboundSsrcs;
@@ -128,6 +128,9 @@ pub struct BrowserLeg {
     ssrc: u32,
     opus_pt: u8,
     dtmf_pt: Option<u8>,
+    /// The widest audio the call's trunk side carries, samples a second: what our
+    /// descriptions let the browser's encoder code ([`cap_audio_rate`]).
+    audio_hz: u32,
     sequence: u16,
     timestamp: u32,
     /// Relayed Opus: our timestamp minus the trunk's, fixed at the first relayed packet, so
@@ -275,6 +278,7 @@ impl BrowserLeg {
             ssrc,
             opus_pt: OPUS_PT,
             dtmf_pt: Some(DTMF_PT),
+            audio_hz: 48_000,
             sequence: rand::random(),
             timestamp: rand::random(),
             relay_offset: None,
@@ -297,12 +301,15 @@ impl BrowserLeg {
 
     /// Answers a browser's offer. `local` is the shared media socket's address and
     /// `advertised` the IP the browser should send to (the public IP behind 1:1 NAT). The
-    /// answer carries our only candidate, so no trickle round-trip is needed.
+    /// answer carries our only candidate, so no trickle round-trip is needed. `audio_hz` is
+    /// the widest audio the call's trunk side carries (8000 for G.711, 16000 for G.722,
+    /// 48000 when Opus may be relayed): the browser is asked to code no wider.
     pub fn answer(
         offer_sdp: &str,
         local: SocketAddr,
         advertised: IpAddr,
         certificate: &DtlsCertificate,
+        audio_hz: u32,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
@@ -319,15 +326,18 @@ impl BrowserLeg {
         let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
         leg.opus_pt = opus_pt;
         leg.dtmf_pt = dtmf_pt;
+        leg.audio_hz = audio_hz;
         leg.relay_candidates = relay_candidates(offer_sdp);
-        Ok((leg, sdp))
+        Ok((leg, cap_audio_rate(&sdp, opus_pt, audio_hz)))
     }
 
     /// Offers a call to a browser (inbound calls); complete with [`Self::accept_answer`].
+    /// `audio_hz` as for [`Self::answer`].
     pub fn offer(
         local: SocketAddr,
         advertised: IpAddr,
         certificate: &DtlsCertificate,
+        audio_hz: u32,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
@@ -338,8 +348,9 @@ impl BrowserLeg {
             .local_description()
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after offering"))?;
-        let leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
-        Ok((leg, sdp))
+        let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
+        leg.audio_hz = audio_hz;
+        Ok((leg, cap_audio_rate(&sdp, OPUS_PT, audio_hz)))
     }
 
     /// Applies the browser's answer to our offer.
@@ -388,7 +399,7 @@ impl BrowserLeg {
             }
         }
         self.drain();
-        Ok(sdp)
+        Ok(cap_audio_rate(&sdp, opus_pt, self.audio_hz))
     }
 
     /// Where the browser's DTLS and SRTP last came from.

@@ -93,10 +93,19 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         gw_local,
         gw_local.ip(),
         &DtlsCertificate::generate().unwrap(),
+        8000,
         Instant::now(),
     )
     .unwrap();
     assert!(answer.contains("a=ice-lite"), "{answer}");
+    // A G.711 call: the browser is asked to code narrowband (RFC 7587 §6.1), and the
+    // rewritten answer is the one the stack runs with.
+    assert!(
+        answer.contains(
+            "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000\r\n"
+        ),
+        "{answer}"
+    );
     assert!(
         answer.contains(&format!("{} typ host", gw_local.port())),
         "the answer carries our candidate: {answer}"
@@ -294,5 +303,25 @@ fn stun_username_is_read_from_a_binding_request() {
     assert_eq!(
         stun_username_ufrag(b"\x80\x00 definitely RTP, not STUN"),
         None
+    );
+}
+
+#[test]
+fn chromes_offer_is_answered_with_its_opus_capped_at_the_trunk_sides_rate() {
+    let offer = include_str!("../../fuzz/seeds/browser_sdp/chrome.sdp").replace('\n', "\r\n");
+    let local = "127.0.0.1:10000".parse().unwrap();
+    let certificate = DtlsCertificate::generate().unwrap();
+    let (_, answer) = BrowserLeg::answer(
+        &offer,
+        local,
+        local.ip(),
+        &certificate,
+        8000,
+        Instant::now(),
+    )
+    .unwrap();
+    assert!(
+        answer.contains("a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000\r\n"),
+        "{answer}"
     );
 }

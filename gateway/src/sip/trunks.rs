@@ -145,6 +145,8 @@ pub struct Trunks {
     /// `(trunk, address)` → false while OPTIONS probes fail.
     health: Mutex<HashMap<(String, String), bool>>,
     channels: HashMap<String, Arc<SharedCount>>,
+    /// The widest audio any trunk's codecs carry ([`Codec::widest_audio_hz`]).
+    audio_hz: u32,
 }
 
 impl Trunks {
@@ -164,13 +166,21 @@ impl Trunks {
             channels.insert(c.name.clone(), Arc::new(SharedCount::default()));
             map.insert(c.name.clone(), c);
         }
+        let audio_hz = Codec::widest_audio_hz(map.values().flat_map(|c| c.codecs.iter().copied()));
         Ok(Arc::new(Trunks {
+            audio_hz,
             configs: map,
             tls,
             down_until: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             channels,
         }))
+    }
+
+    /// The widest audio any trunk's codecs carry, samples a second: as much as a browser's call
+    /// needs to code before its route is known (plugins may send it to any trunk).
+    pub fn widest_audio_hz(&self) -> u32 {
+        self.audio_hz
     }
 
     /// The configuration of trunk `name`.

@@ -47,6 +47,10 @@ struct Args {
     /// With `--light`: every Nth call decodes and checks the tone.
     #[arg(long, default_value_t = 10)]
     sample: usize,
+    /// Code full band at 32 kb/s whatever the gateway's description allows, as a browser that
+    /// ignores its `maxplaybackrate` would (by default callers code as Chromium does).
+    #[arg(long)]
+    full_band: bool,
     /// Seconds over which the calls are started (0: all at once, up to --concurrency).
     #[arg(long, default_value_t = 0.0)]
     ramp_seconds: f64,
@@ -93,6 +97,7 @@ async fn main() -> std::process::ExitCode {
         seconds: args.seconds,
         tone_hz: args.tone,
         dtmf: args.dtmf.clone(),
+        full_band: args.full_band,
         ..CallOptions::new(&args.to)
     };
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));

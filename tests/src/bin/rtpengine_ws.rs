@@ -4,7 +4,8 @@
 //! A `call` becomes an ng `offer` (the browser's WebRTC offer, turned by rtpengine into plain
 //! RTP with PCMU only: Opus is masked, so every call is transcoded) and an ng `answer` whose
 //! SDP is a trunk that answers PCMU at the `--echo` address (sipp `-rtp_echo`, which returns
-//! every packet to its sender). rtpengine's answer goes back as `answer`, then `answered`;
+//! every packet to its sender). rtpengine's answer goes back as `answer` (its Opus line capped
+//! at 8 kHz as the gateway's is, [`as_the_gateway_answers`]), then `answered`;
 //! `hangup` (or a closed WebSocket) is an ng `delete`. No SIP: the SIP leg costs rtpengine
 //! nothing (its SIP proxy would), so the comparison does not flatter the gateway.
 //!
@@ -258,10 +259,36 @@ async fn place(ng: &Ng, echo: SocketAddr, call_id: &str, offer: &str) -> anyhow:
             "replace": ["origin", "session-connection"],
         }))
         .await?;
-    reply
+    let sdp = reply
         .get("sdp")
         .and_then(Bencode::text)
-        .context("rtpengine's answer has no SDP")
+        .context("rtpengine's answer has no SDP")?;
+    Ok(as_the_gateway_answers(&sdp))
+}
+
+/// rtpengine's answer with its Opus line capped at 8 kHz, as the gateway caps its own for a
+/// G.711 trunk (`gateway::rtc::cap_audio_rate`): the browser then codes narrowband for both,
+/// and the comparison sets the two engines against the same packets. The line as rtpengine
+/// wrote it is printed once.
+fn as_the_gateway_answers(sdp: &str) -> String {
+    static SHOWN: std::sync::Once = std::sync::Once::new();
+    let opus = sdp.lines().find_map(|l| {
+        let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
+        codec
+            .to_ascii_lowercase()
+            .starts_with("opus/")
+            .then(|| pt.parse::<u8>().ok())
+            .flatten()
+    });
+    let Some(pt) = opus else {
+        return sdp.to_owned();
+    };
+    SHOWN.call_once(|| {
+        let fmtp = format!("a=fmtp:{pt} ");
+        let line = sdp.lines().find(|l| l.starts_with(&fmtp)).unwrap_or("none");
+        eprintln!("rtpengine's Opus parameters: {line}");
+    });
+    gateway::rtc::cap_audio_rate(sdp, pt, 8000)
 }
 
 async fn connection(
