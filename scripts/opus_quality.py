@@ -10,7 +10,8 @@ the scores compare settings with each other; they are not the scores of recorded
 With --browser, the other direction instead, per band and bitrate a browser codes at (what
 the gateway's answer allows it): speech captured at 48 kHz → a browser's Opus encoder
 (libwebrtc's settings, tests/src/browser_opus.rs) → the gateway's decoder at 8 kHz → G.711
-(gateway/examples/browser_quality.rs), against the same speech at 8 kHz.
+(gateway/examples/browser_quality.rs), against the same speech at 8 kHz (PESQ NB); and for
+HD voice, decoded at 16 kHz → G.722, against the speech at 16 kHz (PESQ WB, P.862.2).
 
 usage: scripts/opus_quality.py [--complexities 0,1,2,3,5,8,10] [--browser]
 Needs espeak-ng (`apt-get install espeak-ng`); installs numpy and pesq from PyPI into
@@ -68,8 +69,8 @@ def resample(samples, rate, new_rate):
     return np.fft.irfft(spectrum, n) * (n / len(samples))
 
 
-def speech(text, voice, rate=8000):
-    """The passage at 8 kHz, and at `rate` with the same gain (one recording, two rates)."""
+def speech(text, voice, rates=(8000,)):
+    """The passage at each of `rates`, all with the gain that puts the 8 kHz one at -26 dBov."""
     import numpy as np
 
     wav = subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "--stdout", text],
@@ -80,8 +81,8 @@ def speech(text, voice, rate=8000):
     pcm = resample(source, source_rate, 8000)
     # Active speech near -26 dBov, the level P.862 expects.
     gain = 32768 * 10 ** (-26 / 20) / np.sqrt(np.mean(pcm[np.abs(pcm) > 100] ** 2))
-    other = resample(source, source_rate, rate)
-    return tuple(np.clip(np.round(p * gain), -32768, 32767).astype("<i2") for p in (pcm, other))
+    return [np.clip(np.round(resample(source, source_rate, r) * gain), -32768, 32767)
+            .astype("<i2") for r in rates]
 
 
 def browser_rows(np, pesq, samples):
@@ -89,22 +90,29 @@ def browser_rows(np, pesq, samples):
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
                     "browser_quality"], cwd=ROOT, check=True)
     tool = ROOT / "target" / "release" / "examples" / "browser_quality"
-    settings = [("full band, 32 kb/s (a browser's default)", 48000, 32000)]
-    settings += [(f"narrowband (maxplaybackrate=8000), {b // 1000} kb/s", 8000, b)
+    # (label, trunk codec, the browser's maxplaybackrate, its bitrate)
+    settings = [("G.711 call: full band, 32 kb/s (a browser's default)", "g711", 48000, 32000)]
+    settings += [(f"G.711 call: narrowband, {b // 1000} kb/s", "g711", 8000, b)
                  for b in (12000, 16000, 20000, 24000, 32000)]
+    settings.append(("G.722 call: full band, 32 kb/s (a browser's default)", "g722", 48000, 32000))
+    settings += [(f"G.722 call: wideband, {b // 1000} kb/s", "g722", 16000, b)
+                 for b in (20000, 24000, 32000)]
     rows = []
-    for label, playback, bitrate in settings:
+    for label, codec, playback, bitrate in settings:
         scores = []
-        for ref_path, wide_path in samples:
-            out = ref_path.with_suffix(f".browser-{playback}-{bitrate}.out")
-            subprocess.run([str(tool), str(wide_path), str(out), str(playback), str(bitrate)],
-                           check=True)
-            ref = np.frombuffer(ref_path.read_bytes(), dtype="<i2").astype(np.float64)
+        for ref_path, wide_path, hd_path in samples:
+            out = ref_path.with_suffix(f".browser-{codec}-{playback}-{bitrate}.out")
+            subprocess.run([str(tool), str(wide_path), str(out), str(playback), str(bitrate),
+                            codec], check=True)
+            ref_file, rate, mode = (ref_path, 8000, "nb") if codec == "g711" else (hd_path, 16000, "wb")
+            ref = np.frombuffer(ref_file.read_bytes(), dtype="<i2").astype(np.float64)
             deg = np.frombuffer(out.read_bytes(), dtype="<i2").astype(np.float64)
-            scores.append(pesq(8000, ref, deg, "nb"))
-        rows.append({"setting": label, "playback_hz": playback, "bitrate": bitrate,
-                     "pesq_nb": [round(s, 3) for s in scores],
-                     "pesq_nb_mean": round(float(np.mean(scores)), 3)})
+            n = min(len(ref), len(deg))
+            scores.append(pesq(rate, ref[:n], deg[:n], mode))
+        rows.append({"setting": label, "codec": codec, "pesq_mode": mode,
+                     "playback_hz": playback, "bitrate": bitrate,
+                     "pesq": [round(s, 3) for s in scores],
+                     "pesq_mean": round(float(np.mean(scores)), 3)})
         print(json.dumps(rows[-1]), file=sys.stderr)
     return rows
 
@@ -126,21 +134,25 @@ def main():
     for i, text in enumerate(PASSAGES):
         for voice in VOICES:
             path = OUT / f"speech-{i}-{voice.replace('+', '-')}.s16le"
-            narrow, wide = speech(text, voice, 48000)
+            narrow, wide, hd = speech(text, voice, (8000, 48000, 16000))
             path.write_bytes(narrow.tobytes())
             wide_path = path.with_suffix(".48k.s16le")
             wide_path.write_bytes(wide.tobytes())
-            samples.append((path, wide_path))
+            hd_path = path.with_suffix(".16k.s16le")
+            hd_path.write_bytes(hd.tobytes())
+            samples.append((path, wide_path, hd_path))
     if a.browser:
         rows = browser_rows(np, pesq, samples)
         (OUT / "browser.json").write_text(json.dumps(rows, indent=2))
-        lines = ["| browser codes | PESQ NB (MOS-LQO), mean of 4 | per sample |", "|---|---:|---|"]
+        lines = ["| call, and what the browser codes | PESQ (MOS-LQO), mean of 4 | per sample |",
+                 "|---|---:|---|"]
         for r in rows:
-            lines.append(f"| {r['setting']} | {r['pesq_nb_mean']} | {', '.join(map(str, r['pesq_nb']))} |")
+            lines.append(f"| {r['setting']} | {r['pesq_mean']} ({r['pesq_mode'].upper()}) | "
+                         f"{', '.join(map(str, r['pesq']))} |")
         (OUT / "browser.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
-    samples = [path for path, _ in samples]
+    samples = [path for path, _, _ in samples]
     subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "--example",
                     "opus_quality"], cwd=ROOT, check=True)
     tool = ROOT / "target" / "release" / "examples" / "opus_quality"
