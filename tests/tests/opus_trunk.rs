@@ -61,7 +61,36 @@ async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
-    let dir = out_dir("opus_trunk_inbound");
+    let (report, metrics) =
+        call_from_opus_trunk("opus_trunk_inbound", "uac_call_echo_opus.xml").await;
+    // The browser's audio goes to the trunk as it is coded: its band is not capped.
+    assert_eq!(report.far_end_playback_hz, Some(48000), "{report:?}");
+    assert!(
+        metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "{metrics}"
+    );
+}
+
+/// A trunk that may speak Opus but offers G.711 only: the call is transcoded, and the
+/// browser is asked for no wider audio than G.711 carries.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_from_an_opus_trunk_that_offers_g711_asks_the_browser_for_narrowband() {
+    let (report, metrics) =
+        call_from_opus_trunk("opus_trunk_inbound_g711", "uac_call_echo.xml").await;
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    assert!(
+        !metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "{metrics}"
+    );
+}
+
+/// A call from a trunk whose `codecs` are Opus then PCMU, placed by sipp's `scenario`, to a
+/// registered browser that answers it; the browser's report and the metrics after it.
+async fn call_from_opus_trunk(
+    test: &str,
+    scenario: &str,
+) -> (gateway_tests::client::CallReport, String) {
+    let dir = out_dir(test);
     let (trunk_port, _) = gateway_tests::ports();
     let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
     let secret = "opus-agent-secret-0123456789abcd";
@@ -93,7 +122,7 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     // sipp calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let mut sipp = Sipp::uac(
-        "uac_call_echo_opus.xml",
+        scenario,
         "127.0.0.1",
         Some(trunk_port),
         gateway.endpoint.udp_addr(),
@@ -103,18 +132,14 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
-        "browser Opus → sipp echo → back, untranscoded: {report:?}"
+        "browser Opus → sipp echo → back: {report:?}"
     );
-    assert_eq!(report.ended.unwrap()["reason"], "remote_hangup");
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "remote_hangup");
     assert!(
         tokio::task::spawn_blocking(move || sipp.wait())
             .await
             .unwrap(),
-        "sipp did not get an Opus answer"
+        "sipp's call did not complete"
     );
-    let metrics = http_get(gateway.http_addr, "/metrics").await;
-    assert!(
-        metrics.contains("gateway_frames_transcoded_total 0\n"),
-        "{metrics}"
-    );
+    (report, http_get(gateway.http_addr, "/metrics").await)
 }

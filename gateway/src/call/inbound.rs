@@ -166,13 +166,18 @@ pub async fn run_inbound(
         let session = inbound_session(request, config.session_expires).unwrap_or((0, false));
         let rtp = ctx.trunk_media().map_err(|_| 503u16)?;
         let local = ctx.local_media(rtp.local_port(), &codecs, srtp);
-        // What this trunk may carry, not only what its offer chose: a re-INVITE may move the
-        // call to another of its codecs.
+        // The browser codes no wider than the codec the trunk's offer settled on, or, for a
+        // late offer, the widest this trunk may pick. A re-INVITE that later moved the call
+        // to a wider codec would keep the browser's narrower audio: it still plays.
+        let audio_hz = match &remote {
+            Some(remote) => remote.codec.sample_rate(),
+            None => Codec::widest_audio_hz(codecs.iter().copied()),
+        };
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
             ctx.media_ip,
             &ctx.dtls,
-            Codec::widest_audio_hz(codecs.iter().copied()),
+            audio_hz,
             Instant::now(),
         )
         .map_err(|_| 500u16)?;
