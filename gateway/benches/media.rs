@@ -97,6 +97,8 @@ fn main() {
     let browser_packets = |playback_hz: u32, bitrate: u32| -> Vec<Vec<u8>> {
         let mut browser = BrowserOpus::coding_up_to(playback_hz, true, 0.0).unwrap();
         browser.set_bitrate(bitrate).unwrap();
+        // The test signal stands in for speech, and is coded as a browser codes speech.
+        browser.code_as_speech().unwrap();
         captured
             .iter()
             .map(|f| {
@@ -191,7 +193,7 @@ fn main() {
             .parent()?
             .join("criterion")
             // criterion's file-name-safe form of the benchmark's name
-            .join(name.replace(':', "_"))
+            .join(name.replace([':', '/'], "_"))
             .join("new")
             .join("estimates.json");
         let text = std::fs::read_to_string(dir).ok()?;

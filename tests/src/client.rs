@@ -759,6 +759,8 @@ fn start_sending(
     } else {
         BrowserOpus::new(description, options.tone_hz)?
     };
+    // The tone stands in for a caller's voice: coded as a browser codes speech.
+    opus.code_as_speech()?;
     if options.light {
         let mut packet = [0u8; MAX_PACKET];
         for _ in 0..50 {

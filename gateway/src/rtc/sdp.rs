@@ -109,10 +109,10 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// libwebrtc takes as its bitrate). `hz` of 48 kHz or more leaves the description as it is.
 ///
 /// Why (BENCHMARKS.md §1): a browser told nothing codes full band at 32 kb/s, and the
-/// gateway decodes that to 8 kHz for G.711 at 23 µs a frame. Told 8 kHz, Chromium codes
+/// gateway decodes that to 8 kHz for G.711 at 22–26 µs a frame. Told 8 kHz, Chromium codes
 /// narrowband, but at 12 kb/s, which scores 0.21 lower (PESQ of speech through to the
 /// trunk, 3.72 against 3.93); at 24 kb/s it scores 4.04, above its full-band default, the
-/// browser's uplink carries a quarter less, and the decoder takes a third of the time. For
+/// browser's uplink carries a quarter less, and decoding takes 6.4–7.2 µs. For
 /// G.722 calls (16 kHz), wideband at 32 kb/s scores 3.32 (PESQ WB) where the full-band
 /// default scores 3.25 and Chromium's wideband default (20 kb/s) 3.23.
 ///
