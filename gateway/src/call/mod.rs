@@ -138,6 +138,24 @@ impl CallContext {
         }
     }
 
+    /// Our leg for a browser's `offer` (a call's or a preflight's), and its answer. The
+    /// browser is asked for no wider audio than the widest trunk carries: the answer goes out
+    /// before plugins route the call, and they may route it to any trunk.
+    fn answer_browser(
+        &self,
+        offer: &str,
+        now: std::time::Instant,
+    ) -> Result<(crate::rtc::BrowserLeg, String), crate::rtc::RtcError> {
+        crate::rtc::BrowserLeg::answer(
+            offer,
+            self.mux.local_addr(),
+            self.media_ip,
+            &self.dtls,
+            self.trunks.widest_audio_hz(),
+            now,
+        )
+    }
+
     /// A browser's side of a new call: its leg, its route on the media port and the bridges
     /// to be made, with the configured settings.
     fn browser_caller(

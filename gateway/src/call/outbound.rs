@@ -43,14 +43,7 @@ pub fn start_outbound(
     events: EventSink,
     commands: super::CommandReceiver,
 ) -> Result<String, crate::rtc::RtcError> {
-    let (leg, answer) = BrowserLeg::answer(
-        offer,
-        ctx.mux.local_addr(),
-        ctx.media_ip,
-        &ctx.dtls,
-        ctx.trunks.widest_audio_hz(),
-        Instant::now(),
-    )?;
+    let (leg, answer) = ctx.answer_browser(offer, Instant::now())?;
     let route = ctx.mux.register(leg.ufrag());
     // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and
     // the leg is 8.8 KB that the driver keeps again (boxed, in its caller).

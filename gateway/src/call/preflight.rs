@@ -23,15 +23,8 @@ pub fn start_preflight(
     offer: &str,
 ) -> Result<String, RtcError> {
     let now = Instant::now();
-    // Capped as a call's answer is, so the path is measured with the traffic a call sends.
-    let (leg, answer) = BrowserLeg::answer(
-        offer,
-        ctx.mux.local_addr(),
-        ctx.media_ip,
-        &ctx.dtls,
-        ctx.trunks.widest_audio_hz(),
-        now,
-    )?;
+    // Answered as a call's offer is, so the path is measured with the traffic a call sends.
+    let (leg, answer) = ctx.answer_browser(offer, now)?;
     let route = ctx.mux.register(leg.ufrag());
     ctx.metrics.preflights_total.fetch_add(1, Ordering::Relaxed);
     let until = now + Duration::from_secs(PREFLIGHT_SECONDS);
