@@ -114,7 +114,8 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// trunk, 3.72 against 3.93); at 24 kb/s it scores 4.04, above its full-band default, the
 /// browser's uplink carries a quarter less, and decoding takes 6.4–7.2 µs. For
 /// G.722 calls (16 kHz), wideband at 32 kb/s scores 3.32 (PESQ WB) where the full-band
-/// default scores 3.25 and libwebrtc's wideband default (20 kb/s) 3.23.
+/// default scores 3.25 and libwebrtc's wideband default (20 kb/s) 3.23, and decodes to
+/// 16 kHz in 13 µs a frame against 24.
 ///
 /// The stack's answer repeats the offer's Opus parameters rather than ours, and the stack
 /// takes no local description but the one it wrote, so the text the browser is sent is
