@@ -30,16 +30,21 @@ fn parameter(description: &str, name: &str) -> Option<u32> {
     })
 }
 
-/// The `a=fmtp` parameters of a description's Opus payload type.
-fn opus_parameters(description: &str) -> Option<&str> {
-    let pt = description.lines().find_map(|l| {
+/// The payload type a description's `a=rtpmap` gives Opus.
+pub fn opus_payload_type(description: &str) -> Option<u8> {
+    description.lines().find_map(|l| {
         let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
         codec
             .to_ascii_lowercase()
             .starts_with("opus/")
-            .then_some(pt)
-    })?;
-    let prefix = format!("a=fmtp:{pt} ");
+            .then(|| pt.parse().ok())
+            .flatten()
+    })
+}
+
+/// The `a=fmtp` parameters of a description's Opus payload type.
+pub fn opus_parameters(description: &str) -> Option<&str> {
+    let prefix = format!("a=fmtp:{} ", opus_payload_type(description)?);
     description
         .lines()
         .find_map(|l| l.trim().strip_prefix(prefix.as_str()))

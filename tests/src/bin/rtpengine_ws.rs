@@ -21,6 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
+use gateway_tests::browser_opus;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, oneshot};
@@ -272,21 +273,12 @@ async fn place(ng: &Ng, echo: SocketAddr, call_id: &str, offer: &str) -> anyhow:
 /// wrote it is printed once.
 fn as_the_gateway_answers(sdp: &str) -> String {
     static SHOWN: std::sync::Once = std::sync::Once::new();
-    let opus = sdp.lines().find_map(|l| {
-        let (pt, codec) = l.trim().strip_prefix("a=rtpmap:")?.split_once(' ')?;
-        codec
-            .to_ascii_lowercase()
-            .starts_with("opus/")
-            .then(|| pt.parse::<u8>().ok())
-            .flatten()
-    });
-    let Some(pt) = opus else {
+    let Some(pt) = browser_opus::opus_payload_type(sdp) else {
         return sdp.to_owned();
     };
-    SHOWN.call_once(|| {
-        let fmtp = format!("a=fmtp:{pt} ");
-        let line = sdp.lines().find(|l| l.starts_with(&fmtp)).unwrap_or("none");
-        eprintln!("rtpengine's Opus parameters: {line}");
+    SHOWN.call_once(|| match browser_opus::opus_parameters(sdp) {
+        Some(parameters) => eprintln!("rtpengine's Opus parameters: a=fmtp:{pt} {parameters}"),
+        None => eprintln!("rtpengine's Opus parameters: none"),
     });
     gateway::rtc::cap_audio_rate(sdp, pt, 8000)
 }
