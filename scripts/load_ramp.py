@@ -104,15 +104,36 @@ def media_section(complexity=None, workers=None, turn_ms=None):
     return "\n[media]\n" + "\n".join(media) + "\n" if media else ""
 
 
-def active_calls():
+def gateway_metrics():
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("gateway_active_calls "):
-                return float(line.split()[1])
+        return r.read().decode().splitlines()
+
+
+def active_calls():
+    for line in gateway_metrics():
+        if line.startswith("gateway_active_calls "):
+            return float(line.split()[1])
     return 0.0
 
+
+def media_demand():
+    """The gateway's media workers' demand (the share of a core each ran or waited for in
+    its last half second), highest first, and the calls it refused for load so far; `None`
+    where no gateway answers (another engine)."""
+    try:
+        lines = gateway_metrics()
+    except OSError:
+        return None
+    demand = sorted((float(l.split()[1]) for l in lines
+                     if l.startswith("gateway_media_worker_demand{")), reverse=True)
+    shed = next((int(l.split()[1]) for l in lines if l.startswith("gateway_calls_shed_total ")), 0)
+    return {"demand": demand, "shed": shed}
+
+
+# New calls a second while a step's calls start (`--ramp-rate`).
+RAMP = [100.0]
 
 # Extra loadgen arguments for every step (`--full-band`).
 LOADGEN_EXTRA = []
@@ -122,7 +143,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
          active=active_calls):
     """One step of n calls against the media process `gateway` (a Popen) signalled at `url`;
     `active()` counts the calls it carries; `idle` is its `memory_mb` before its first call."""
-    ramp = max(2.0, n / 100.0)  # start calls over this long: DTLS handshakes are CPU work
+    ramp = max(2.0, n / RAMP[0])  # start calls over this long: DTLS handshakes are CPU work
     settle = 3.0
     seconds = ramp + settle + window + 2.0
     generator = subprocess.Popen(
@@ -135,6 +156,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
+    load = media_demand() if active is active_calls else None
     rss, anon = memory_mb(gateway.pid)
     # Per-call figures divide by the calls actually up in the window (the gateway's own
     # gauge), not by the calls attempted: under overload many never connect.
@@ -162,6 +184,8 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "tone_intact": summary["tone_detected"],
         "tone_snr_db_p50": summary["tone_snr_db"],
         "tone_calls_checked": summary["tone_calls_checked"],
+        "worker_demand": load and load["demand"],
+        "calls_shed": load and load["shed"],
     }
 
 
@@ -196,11 +220,16 @@ def main():
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--full-band", action="store_true",
                       help="callers code full band whatever the gateway's answer allows")
+    args.add_argument("--ramp-rate", type=float, default=RAMP[0],
+                      help="new calls a second while a step's calls start (default 100)")
+    args.add_argument("--media-load-pct", type=int, default=None,
+                      help="the gateway's limits.media_load_pct (default: its default)")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
     if a.full_band:
         LOADGEN_EXTRA.append("--full-band")
+    RAMP[0] = a.ramp_rate
     cpus = sorted(os.sched_getaffinity(0))
     if a.pin and len(cpus) < 2:
         sys.exit("--pin needs at least two CPUs")
@@ -215,6 +244,8 @@ def main():
         sys.exit("sipp not found: scripts/install-deps.sh installs it")
     OUT.mkdir(parents=True, exist_ok=True)
     text = config(max(steps) + 100) + media_section(a.complexity, a.workers, a.turn_ms)
+    if a.media_load_pct is not None:
+        text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
     scenario = "echo.xml"
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')
@@ -256,7 +287,7 @@ def main():
     for i, n in enumerate(steps):
         per = [r[i] for r in runs]
         row = {k: median([p[k] for p in per]) for k in per[0]
-               if k not in ("calls", "tone_intact", "failures_sample")}
+               if k not in ("calls", "tone_intact", "failures_sample", "worker_demand")}
         row["calls"] = n
         row["tone_intact"] = all(p["tone_intact"] for p in per)
         table.append(row)

@@ -92,3 +92,115 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
     let metrics = http_get(gateway.http_addr, "/metrics").await;
     assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(1.0));
 }
+
+/// The gate in front of the media workers: with one worker allowed 1 % of a core, the worker
+/// running eight calls (fewer are always taken) has no room for a ninth (a call is taken to
+/// want 1 % until its worker has been measured, and never much less after), so the ninth is
+/// refused with `limit_reached` and `/healthz` says the gateway is full, while the running
+/// calls keep their audio; once they have ended, the idle worker takes a call again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
+    let dir = out_dir("media_load_gate");
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 9);
+    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[limits]\nmedia_load_pct = 1\n\n[media]\nworkers = 1\n"
+        ),
+    )
+    .unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let health = http_get(gateway.http_addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.0 200"), "idle: {health}");
+    // One call whose tone is checked, seven light ones beside it.
+    let running: Vec<_> = (0..8)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                run_call(
+                    &url,
+                    &CallOptions {
+                        seconds: 6.0,
+                        light: i > 0,
+                        ..CallOptions::new("echo")
+                    },
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while gauge(
+        &http_get(gateway.http_addr, "/metrics").await,
+        "gateway_active_calls",
+    ) != Some(8.0)
+    {
+        assert!(Instant::now() < deadline, "the eight calls never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = http_get(gateway.http_addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.0 503"), "{health}");
+    assert!(health.contains("media workers are busy"), "{health}");
+    let refused = run_call(&url, &CallOptions::new("echo")).await.unwrap();
+    let error = refused.errors.first().cloned().unwrap_or_default();
+    assert_eq!(error["code"], "limit_reached", "{refused:?}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("media workers are busy")),
+        "{refused:?}"
+    );
+    assert!(!refused.messages.contains(&"answer".to_string()));
+
+    for (i, call) in running.into_iter().enumerate() {
+        let report = call.await.unwrap();
+        assert!(report.errors.is_empty(), "{report:?}");
+        if i == 0 {
+            assert!(
+                report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+                "the running calls keep their audio: {report:?}"
+            );
+        }
+        assert_eq!(report.ended.unwrap()["reason"], "hangup");
+    }
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert_eq!(
+        gauge(&metrics, "gateway_load_level"),
+        Some(0.0),
+        "no tick ran late"
+    );
+    assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(1.0));
+    assert!(
+        metrics.contains("gateway_media_worker_demand{worker=\"0\"} "),
+        "{metrics}"
+    );
+
+    // The worker is idle again: it takes a call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(
+        &http_get(gateway.http_addr, "/metrics").await,
+        "gateway_active_calls",
+    ) != Some(0.0)
+    {
+        assert!(Instant::now() < deadline, "the calls never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = run_call(
+        &url,
+        &CallOptions {
+            seconds: 1.0,
+            ..CallOptions::new("echo")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(again.errors.is_empty(), "{again:?}");
+    assert_eq!(again.ended.unwrap()["reason"], "hangup");
+    assert!(sipp.finished().await);
+}

@@ -138,7 +138,7 @@ pub async fn run_inbound(
         if ctx.is_draining() {
             return Err(503);
         }
-        if ctx.metrics.load.level() == super::load::LoadLevel::Shedding {
+        if ctx.media_full().is_some() {
             ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
             return Err(503);
         }

@@ -210,6 +210,23 @@ impl CallContext {
         *self.draining.borrow()
     }
 
+    /// Why the media has no room for a new call, or `None` when it has: every worker is
+    /// asked for more than `limits.media_load_pct` of a core ([`workers::MediaWorkers::has_room`]),
+    /// or the calls' ticks run late ([`load::LoadLevel::Shedding`]).
+    pub fn media_full(&self) -> Option<&'static str> {
+        let why = if self.metrics.load.level() == load::LoadLevel::Shedding {
+            "its media runs late"
+        } else if !self
+            .workers
+            .has_room(f64::from(self.config.limits.media_load_pct) / 100.0)
+        {
+            "its media workers are busy"
+        } else {
+            return None;
+        };
+        Some(why)
+    }
+
     /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
     /// the increment are one atomic step, so a burst of calls cannot overshoot the limit.
     /// In a cluster, `[cluster] max_calls` bounds all nodes' calls together too.

@@ -19,8 +19,20 @@
 //! benchmark box one worker carried 50 and 100 relayed calls at 0.122 and 0.097 % of a core
 //! per call where two evenly filled ones took 0.17 and 0.13 % (BENCHMARKS.md §2). A quiet
 //! gateway now wakes one thread, and a busy one still uses every core.
+//!
+//! New calls are refused before running calls suffer ([`MediaWorkers::has_room`]): each
+//! worker's *demand* is measured — the share of time its thread ran or waited for a core
+//! (`/proc/thread-self/schedstat`) — and when every worker wants more than `[limits]
+//! media_load_pct` of a core, there is no room. Why demand and not lateness: ticks run late
+//! only once a worker is already short of a core, and by then the calls let in meanwhile have
+//! made it worse (at 500 callers offered on the benchmark box, 343 got in before lateness
+//! shed any, and the sampled calls' tone broke, BENCHMARKS.md). Waiting counts as well as
+//! running because the box is shared: with a PBX beside the gateway, its work leaves the
+//! workers less of a core than their own share shows.
 
+use std::fs::File;
 use std::future::Future;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +45,9 @@ use tokio::sync::oneshot;
 struct Worker {
     handle: Handle,
     pace: Arc<Pace>,
+    /// The worker thread's `/proc/thread-self/schedstat`, opened by the thread itself; `None`
+    /// where the kernel has no scheduler statistics (its demand is then its busy time).
+    schedstat: Option<File>,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
 }
@@ -60,6 +75,12 @@ const NEW_CALL_SHARE: f64 = 0.01;
 /// How often placement measures a worker's busy share (when a call is placed).
 const MEASURE_EVERY: Duration = Duration::from_millis(500);
 
+/// The weight of the latest window in a worker's demand per call. Smoothed because half a
+/// second of a busy worker reads anywhere from 0.6 to 1.0 of a core (250 calls on the
+/// benchmark box): one window's spike (calls set up or hung up together) is not a full
+/// worker.
+const DEMAND_WEIGHT: f64 = 0.3;
+
 /// A worker's load as placement sees it.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
@@ -68,6 +89,13 @@ struct Measured {
     busy_ns: u64,
     /// The share of its thread's time it was busy over the last measurement's window.
     share: f64,
+    /// The worker's demand time ([`Demand`]) then.
+    demand_ns: u64,
+    /// The share of a core its thread ran or waited for in the last window.
+    demand: f64,
+    /// What one of its calls adds to its demand: the windows' demand per call, smoothed
+    /// ([`DEMAND_WEIGHT`]); [`NEW_CALL_SHARE`] until a window with calls has been measured.
+    per_call: f64,
     /// Calls given to it since.
     placed: u32,
 }
@@ -78,6 +106,9 @@ impl Measured {
             at,
             busy_ns: 0,
             share: 0.0,
+            demand_ns: 0,
+            demand: 0.0,
+            per_call: NEW_CALL_SHARE,
             placed: 0,
         }
     }
@@ -87,18 +118,62 @@ impl Measured {
         self.share + NEW_CALL_SHARE * f64::from(self.placed + 1)
     }
 
-    /// Measures the worker again once a window has passed.
-    fn update(&mut self, now: Instant, busy_ns: u64) {
+    /// Measures the worker, now running `calls`, again once a window has passed.
+    fn update(&mut self, now: Instant, busy_ns: u64, demand_ns: u64, calls: usize) {
         let window = now.saturating_duration_since(self.at);
         if window < MEASURE_EVERY {
             return;
         }
+        let window = window.as_nanos() as f64;
+        let demand = demand_ns.saturating_sub(self.demand_ns) as f64 / window;
+        let per_call = if calls == 0 {
+            self.per_call
+        } else {
+            self.per_call * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * demand / calls as f64
+        };
         *self = Measured {
             at: now,
             busy_ns,
-            share: busy_ns.saturating_sub(self.busy_ns) as f64 / window.as_nanos() as f64,
+            share: busy_ns.saturating_sub(self.busy_ns) as f64 / window,
+            demand_ns,
+            demand,
+            per_call,
             placed: 0,
         };
+    }
+}
+
+/// Calls a worker takes whatever its demand. Fewer cannot fill a core with their own work,
+/// so a demand above the limit there comes from other programs on the box, and the ticks'
+/// lateness ([`super::load`]) is the judge of that.
+const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
+
+/// Whether a worker running `calls` has room for one more: its calls' expected demand with
+/// it stays within `up_to` (a share of a core), or it runs fewer than [`GATED_FROM_CALLS`].
+/// Counted per call, so that calls let in since the last window count at once: a burst of
+/// 100 calls a second is over before a measured demand alone would show it.
+fn has_room(measured: &Measured, calls: usize, up_to: f64) -> bool {
+    calls < GATED_FROM_CALLS || (calls + 1) as f64 * measured.per_call <= up_to
+}
+
+/// A worker thread's demand so far, ns: the time it ran plus the time it was runnable but
+/// waited for a core (the first two fields of `schedstat`, Documentation/scheduler/
+/// sched-stats.rst); its busy time where the kernel keeps no such statistics.
+fn demand_ns(schedstat: Option<&File>, busy_ns: u64) -> u64 {
+    let Some(file) = schedstat else {
+        return busy_ns;
+    };
+    let mut buf = [0u8; 96];
+    let Ok(n) = file.read_at(&mut buf, 0) else {
+        return busy_ns;
+    };
+    let mut fields = std::str::from_utf8(&buf[..n])
+        .unwrap_or("")
+        .split_ascii_whitespace()
+        .map(|f| f.parse::<u64>().ok());
+    match (fields.next().flatten(), fields.next().flatten()) {
+        (Some(ran), Some(waited)) => ran.saturating_add(waited),
+        _ => busy_ns,
     }
 }
 
@@ -207,9 +282,12 @@ impl MediaWorkers {
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            let (opened, schedstat) = std::sync::mpsc::sync_channel(1);
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || {
+                    // `thread-self` names this thread only when the thread itself opens it.
+                    let _ = opened.send(File::open("/proc/thread-self/schedstat").ok());
                     crate::media::outgoing::hold_on_this_thread();
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
@@ -218,6 +296,7 @@ impl MediaWorkers {
             workers.push(Worker {
                 handle,
                 pace,
+                schedstat: schedstat.recv().ok().flatten(),
                 _stop: stop,
             });
         }
@@ -234,6 +313,39 @@ impl MediaWorkers {
         &self.control
     }
 
+    /// The workers' measurements, taken again where their window has passed.
+    fn measure(&self) -> std::sync::MutexGuard<'_, Vec<Measured>> {
+        let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        for (m, w) in measured.iter_mut().zip(&self.workers) {
+            let busy_ns = w.pace.busy_ns.load(Ordering::Relaxed);
+            let calls = w.pace.calls.load(Ordering::Relaxed);
+            m.update(
+                now,
+                busy_ns,
+                demand_ns(w.schedstat.as_ref(), busy_ns),
+                calls,
+            );
+        }
+        measured
+    }
+
+    /// Whether some worker has room for one more call: its calls, and the calls placed on it
+    /// since it was last measured, want at most `up_to` of a core (see the module's text).
+    pub fn has_room(&self, up_to: f64) -> bool {
+        let measured = self.measure();
+        measured
+            .iter()
+            .zip(&self.workers)
+            .any(|(m, w)| has_room(m, w.pace.calls.load(Ordering::Relaxed), up_to))
+    }
+
+    /// Each worker's demand in its last measured window: the share of a core its thread ran
+    /// or waited for (for `/metrics`; measured again here if a window has passed).
+    pub fn demand(&self) -> Vec<f64> {
+        self.measure().iter().map(|m| m.demand).collect()
+    }
+
     /// Runs a call on the first worker with room for it ([`choose`]). Everything the call's
     /// task creates (sockets, timers, tasks it spawns) belongs to that worker.
     pub fn spawn<F>(&self, call: F)
@@ -241,11 +353,7 @@ impl MediaWorkers {
         F: Future<Output = ()> + Send + 'static,
     {
         let worker = {
-            let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            for (m, w) in measured.iter_mut().zip(&self.workers) {
-                m.update(now, w.pace.busy_ns.load(Ordering::Relaxed));
-            }
+            let mut measured = self.measure();
             let chosen = choose(&measured);
             measured[chosen].placed += 1;
             &self.workers[chosen]
@@ -365,8 +473,8 @@ mod tests {
         }
         // Measured: the first worker was 60 % busy in the last window, the second 10.5 %.
         let busy = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
-        loads[0].update(t0 + MEASURE_EVERY, busy(0.6));
-        loads[1].update(t0 + MEASURE_EVERY, busy(0.105));
+        loads[0].update(t0 + MEASURE_EVERY, busy(0.6), busy(0.6), 40);
+        loads[1].update(t0 + MEASURE_EVERY, busy(0.105), busy(0.105), 0);
         assert!((loads[0].share - 0.6).abs() < 1e-9 && loads[0].placed == 0);
         assert!((loads[1].share - 0.105).abs() < 1e-9);
         // The second has room for 39 more (10.5 % + 39 × 1 % ≤ 50 %).
@@ -383,9 +491,53 @@ mod tests {
 
         // A window not yet over leaves the measurement as it is.
         let before = loads[0];
-        loads[0].update(t0 + MEASURE_EVERY + MEASURE_EVERY / 2, u64::MAX);
+        loads[0].update(
+            t0 + MEASURE_EVERY + MEASURE_EVERY / 2,
+            u64::MAX,
+            u64::MAX,
+            40,
+        );
         assert_eq!(loads[0].placed, before.placed);
         assert_eq!(loads[0].share, before.share);
+    }
+
+    #[test]
+    fn the_gate_counts_every_running_call_at_its_measured_demand() {
+        let t0 = Instant::now();
+        let mut m = Measured::new(t0);
+        let few = GATED_FROM_CALLS - 1;
+        assert!(has_room(&m, few, 0.0), "a worker with few calls takes one");
+        // Unmeasured, a call is taken to want NEW_CALL_SHARE: 90 calls fit in 90 %.
+        assert!(has_room(&m, 89, 0.9));
+        assert!(!has_room(&m, 90, 0.9));
+        // Measured: 100 calls wanted 60 % of a core, 0.6 % each; smoothed from 1 %.
+        let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+        m.update(t0 + MEASURE_EVERY, ns(0.5), ns(0.6), 100);
+        assert!((m.demand - 0.6).abs() < 1e-9);
+        let per_call = 0.01 * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * 0.006;
+        assert!((m.per_call - per_call).abs() < 1e-12);
+        let fit = (0.9 / per_call) as usize; // 102
+        assert!(has_room(&m, fit - 1, 0.9));
+        assert!(!has_room(&m, fit, 0.9), "calls let in since count at once");
+        // A window without calls leaves the estimate as it was.
+        m.update(t0 + MEASURE_EVERY * 2, ns(0.5), ns(0.6), 0);
+        assert!((m.per_call - per_call).abs() < 1e-12 && m.demand == 0.0);
+    }
+
+    #[test]
+    fn a_worker_threads_demand_is_its_run_and_wait_time() {
+        let file = File::open("/proc/thread-self/schedstat").ok();
+        let busy = 7;
+        let first = demand_ns(file.as_ref(), busy);
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {}
+        let second = demand_ns(file.as_ref(), busy);
+        if file.is_some() {
+            assert!(second >= first + 15_000_000, "{first} then {second}");
+        } else {
+            assert_eq!((first, second), (busy, busy));
+        }
+        assert_eq!(demand_ns(None, busy), busy);
     }
 
     /// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while

@@ -151,6 +151,15 @@ impl Config {
                 );
                 Limits::default()
             }
+            Some(l) if !(1..=100).contains(&l.get_ref().media_load_pct) => {
+                c.issue(
+                    l.span(),
+                    "limits.media_load_pct",
+                    "media_load_pct is a percentage of a core each media worker may be asked \
+                     for: 1 to 100",
+                );
+                Limits::default()
+            }
             Some(l) => l.get_ref().clone(),
             None => Limits::default(),
         };

@@ -88,6 +88,16 @@ pub struct Limits {
     /// calls are refused.
     #[serde(default = "default_shed_late_pct")]
     pub shed_late_pct: u32,
+    /// Percent of a core each media worker's calls may want (running, or waiting for a
+    /// core) before new calls are refused: calls are refused before running ones run late.
+    #[serde(default = "default_media_load_pct")]
+    pub media_load_pct: u32,
+}
+
+/// On the benchmark box 250 calls clean read 0.72–0.79 and 300, whose ticks began to run
+/// late, 0.85–0.91 (BENCHMARKS.md).
+fn default_media_load_pct() -> u32 {
+    90
 }
 
 /// A whole frame late: the browser's jitter buffer is about to run dry.
@@ -124,6 +134,7 @@ impl Default for Limits {
             ring_seconds: default_ring_seconds(),
             late_tick_ms: default_late_tick_ms(),
             shed_late_pct: default_shed_late_pct(),
+            media_load_pct: default_media_load_pct(),
         }
     }
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use super::error;
 use super::protocol::{ErrorCode, ServerMessage};
 use crate::call::CallContext;
-use crate::call::load::LoadLevel;
 use crate::token::Claims;
 
 /// Without a token only an anonymous (demo) gateway lets a client start media sessions.
@@ -79,11 +78,11 @@ pub(super) fn admit(
             "the gateway is shutting down; try again shortly".into(),
         );
     }
-    if ctx.metrics.load.level() == LoadLevel::Shedding {
+    if let Some(why) = ctx.media_full() {
         ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
         return refuse(
             ErrorCode::LimitReached,
-            "the gateway is at capacity (its media runs late); try again shortly".into(),
+            format!("the gateway is at capacity ({why}); try again shortly"),
         );
     }
     if live >= ctx.config.limits.max_calls_per_connection as usize {

@@ -147,7 +147,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         &mut text,
         "gateway_calls_shed_total",
         "counter",
-        "New calls refused because the media ran late.",
+        "New calls refused for load: the media workers were busy ([limits] media_load_pct) or the media ran late.",
         load(&m.load.calls_shed),
     );
     // The tables calls fill and must empty again: a number that only grows is a leak.
@@ -208,6 +208,17 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     for (worker, busy) in ctx.workers.busy_seconds().into_iter().enumerate() {
         text.push_str(&format!(
             "gateway_media_worker_busy_seconds_total{{worker=\"{worker}\"}} {busy:.6}\n"
+        ));
+    }
+    text.push_str(
+        "# HELP gateway_media_worker_demand Share of a core each media worker's thread ran or \
+         waited for in its last measured half second; new calls are refused while every \
+         worker's is above [limits] media_load_pct.\n\
+         # TYPE gateway_media_worker_demand gauge\n",
+    );
+    for (worker, demand) in ctx.workers.demand().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_demand{{worker=\"{worker}\"}} {demand:.3}\n"
         ));
     }
     let registered = ctx

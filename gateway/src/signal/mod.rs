@@ -18,7 +18,6 @@ use axum::routing::{get, post};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use crate::call::load::LoadLevel;
 use crate::call::{CallCommand, CallContext, ConnectionEvent, Outbound, start_outbound};
 use crate::config::RegisterConflict;
 use crate::media::dtmf::validate_digits;
@@ -120,10 +119,10 @@ async fn reload_plugins(headers: HeaderMap, State(ctx): State<Arc<CallContext>>)
 async fn healthz(State(ctx): State<Arc<CallContext>>) -> Response {
     if ctx.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
-    } else if ctx.metrics.load.level() == LoadLevel::Shedding {
+    } else if let Some(why) = ctx.media_full() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded: media ticks run late; new calls are refused\n",
+            format!("overloaded: {why}; new calls are refused\n"),
         )
             .into_response()
     } else {
