@@ -9,7 +9,8 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
-       [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk] [--no-build]
+       [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk | --g722-trunk] [--no-build]
+       [--full-band] [--media-load-pct N] [--ramp-rate R]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
@@ -218,6 +219,8 @@ def main():
                       help="the gateway's media.turn_ms (default: its default, 2)")
     args.add_argument("--opus-trunk", action="store_true",
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
+    args.add_argument("--g722-trunk", action="store_true",
+                      help="the trunk speaks G.722 (HD voice): calls are transcoded at 16 kHz")
     args.add_argument("--full-band", action="store_true",
                       help="callers code full band whatever the gateway's answer allows")
     args.add_argument("--ramp-rate", type=float, default=RAMP[0],
@@ -250,6 +253,9 @@ def main():
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')
         scenario = "echo_opus.xml"
+    elif a.g722_trunk:
+        text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["G722", "PCMU"]\n')
+        scenario = "echo_g722.xml"
     (OUT / "gateway.toml").write_text(text)
     runs = []
     for run in range(a.runs):

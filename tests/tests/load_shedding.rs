@@ -3,9 +3,11 @@
 //! reports itself overloaded on `/healthz`, while the call it carries keeps its audio; and
 //! it recovers once the load is gone.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
+use gateway::run::Gateway;
 use gateway_tests::client::{CallOptions, run_call};
 use gateway_tests::{Sipp, http_get, out_dir, write_config};
 
@@ -16,22 +18,31 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A gateway with one trunk, `carrier` (sipp at `port`), a target `echo` on it, and `extra`
+/// configuration.
+async fn start(dir: &Path, port: u16, extra: &str) -> Gateway {
+    let path = write_config(dir, &[("carrier", port, "udp", &[])]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n{extra}"),
+    )
+    .unwrap();
+    gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
     let dir = out_dir("load_shedding");
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[limits]\nlate_tick_ms = 0\nshed_late_pct = 1\n"
-        ),
+    let gateway = start(
+        &dir,
+        sipp.port,
+        "[limits]\nlate_tick_ms = 0\nshed_late_pct = 1\n",
     )
-    .unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    .await;
     let url = format!("ws://{}/ws", gateway.http_addr);
     let running = {
         let url = url.clone();
@@ -102,18 +113,12 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
 async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
     let dir = out_dir("media_load_gate");
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 9);
-    let path = write_config(&dir, &[("carrier", sipp.port, "udp", &[])]);
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        format!(
-            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[limits]\nmedia_load_pct = 1\n\n[media]\nworkers = 1\n"
-        ),
+    let gateway = start(
+        &dir,
+        sipp.port,
+        "[limits]\nmedia_load_pct = 1\n\n[media]\nworkers = 1\n",
     )
-    .unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    .await;
     let url = format!("ws://{}/ws", gateway.http_addr);
     let health = http_get(gateway.http_addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.0 200"), "idle: {health}");
