@@ -318,6 +318,10 @@ impl MediaWorkers {
         let mut measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         for (m, w) in measured.iter_mut().zip(&self.workers) {
+            // The thread's statistics are read only when a window has passed.
+            if now.saturating_duration_since(m.at) < MEASURE_EVERY {
+                continue;
+            }
             let busy_ns = w.pace.busy_ns.load(Ordering::Relaxed);
             let calls = w.pace.calls.load(Ordering::Relaxed);
             m.update(
