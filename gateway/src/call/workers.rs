@@ -81,7 +81,7 @@ const MEASURE_EVERY: Duration = Duration::from_millis(500);
 /// worker.
 const DEMAND_WEIGHT: f64 = 0.3;
 
-/// A worker's load as placement sees it.
+/// A worker's load as placement and the admission gate see it.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
     at: Instant,
@@ -89,7 +89,7 @@ struct Measured {
     busy_ns: u64,
     /// The share of its thread's time it was busy over the last measurement's window.
     share: f64,
-    /// The worker's demand time ([`Demand`]) then.
+    /// The worker's demand time ([`demand_ns`]) then.
     demand_ns: u64,
     /// The share of a core its thread ran or waited for in the last window.
     demand: f64,
@@ -334,8 +334,9 @@ impl MediaWorkers {
         measured
     }
 
-    /// Whether some worker has room for one more call: its calls, and the calls placed on it
-    /// since it was last measured, want at most `up_to` of a core (see the module's text).
+    /// Whether some worker has room for one more call: with it, its calls (those placed since
+    /// its last measurement included) are expected to want at most `up_to` of a core
+    /// ([`has_room`], and the module's text).
     pub fn has_room(&self, up_to: f64) -> bool {
         let measured = self.measure();
         measured
