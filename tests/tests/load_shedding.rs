@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gateway::config::Config;
 use gateway::run::Gateway;
 use gateway_tests::client::{CallOptions, run_call};
-use gateway_tests::{Sipp, http_get, out_dir, write_config};
+use gateway_tests::{Sipp, http_get, out_dir, wait_for_metric, write_config};
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -140,15 +140,7 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while gauge(
-        &http_get(gateway.http_addr, "/metrics").await,
-        "gateway_active_calls",
-    ) != Some(8.0)
-    {
-        assert!(Instant::now() < deadline, "the eight calls never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(gateway.http_addr, "gateway_active_calls 8", 20).await;
     let health = http_get(gateway.http_addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.0 503"), "{health}");
     assert!(health.contains("media workers are busy"), "{health}");
@@ -187,15 +179,7 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
     );
 
     // The worker is idle again: it takes a call.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gauge(
-        &http_get(gateway.http_addr, "/metrics").await,
-        "gateway_active_calls",
-    ) != Some(0.0)
-    {
-        assert!(Instant::now() < deadline, "the calls never ended");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_metric(gateway.http_addr, "gateway_active_calls 0", 10).await;
     let again = run_call(
         &url,
         &CallOptions {

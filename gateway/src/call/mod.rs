@@ -214,17 +214,16 @@ impl CallContext {
     /// asked for more than `limits.media_load_pct` of a core ([`workers::MediaWorkers::has_room`]),
     /// or the calls' ticks run late ([`load::LoadLevel::Shedding`]).
     pub fn media_full(&self) -> Option<&'static str> {
-        let why = if self.metrics.load.level() == load::LoadLevel::Shedding {
-            "its media runs late"
+        if self.metrics.load.level() == load::LoadLevel::Shedding {
+            Some("its media runs late")
         } else if !self
             .workers
             .has_room(f64::from(self.config.limits.media_load_pct) / 100.0)
         {
-            "its media workers are busy"
+            Some("its media workers are busy")
         } else {
-            return None;
-        };
-        Some(why)
+            None
+        }
     }
 
     /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
