@@ -121,8 +121,8 @@ def active_calls():
 
 def media_demand():
     """The gateway's media workers' demand (the share of a core each ran or waited for in
-    its last half second), highest first, and the calls it refused for load so far; `None`
-    where no gateway answers (another engine)."""
+    its last half second), highest first, its load level (1: economy) and the calls it refused
+    for load so far; `None` where no gateway answers (another engine)."""
     try:
         lines = gateway_metrics()
     except OSError:
@@ -130,7 +130,8 @@ def media_demand():
     demand = sorted((float(l.split()[1]) for l in lines
                      if l.startswith("gateway_media_worker_demand{")), reverse=True)
     shed = next((int(l.split()[1]) for l in lines if l.startswith("gateway_calls_shed_total ")), 0)
-    return {"demand": demand, "shed": shed}
+    level = next((int(l.split()[1]) for l in lines if l.startswith("gateway_load_level ")), None)
+    return {"demand": demand, "shed": shed, "level": level}
 
 
 # New calls a second while a step's calls start (`--ramp-rate`).
@@ -187,6 +188,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "tone_calls_checked": summary["tone_calls_checked"],
         "worker_demand": load and load["demand"],
         "calls_shed": load and load["shed"],
+        "load_level": load and load["level"],
     }
 
 
@@ -227,6 +229,8 @@ def main():
                       help="new calls a second while a step's calls start (default 100)")
     args.add_argument("--media-load-pct", type=int, default=None,
                       help="the gateway's limits.media_load_pct (default: its default)")
+    args.add_argument("--economy-load-pct", type=int, default=None,
+                      help="the gateway's limits.economy_load_pct (default: its default)")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
@@ -249,6 +253,8 @@ def main():
     text = config(max(steps) + 100) + media_section(a.complexity, a.workers, a.turn_ms)
     if a.media_load_pct is not None:
         text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
+    if a.economy_load_pct is not None:
+        text = text.replace("[limits]\n", f"[limits]\neconomy_load_pct = {a.economy_load_pct}\n")
     scenario = "echo.xml"
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')

@@ -1,15 +1,17 @@
 //! Load shedding end to end: a gateway configured so that every media tick counts as late
 //! (a capacity of nothing) economises, then refuses new calls with `limit_reached` and
 //! reports itself overloaded on `/healthz`, while the call it carries keeps its audio; and
-//! it recovers once the load is gone.
+//! it recovers once the load is gone. The same with media workers configured nearly full:
+//! their calls economise first, and new calls are refused before running ones run late.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
 use gateway::run::Gateway;
-use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call};
 use gateway_tests::{Sipp, http_get, out_dir, wait_for_metric, write_config};
+use tokio::task::JoinHandle;
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -104,6 +106,46 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
     assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(1.0));
 }
 
+/// Starts eight 6 s calls to `echo` on the gateway at `url` (one whose tone is checked,
+/// seven light ones) and waits until they are up: a worker gates calls from eight on.
+async fn eight_calls(url: &str, http: std::net::SocketAddr) -> Vec<JoinHandle<CallReport>> {
+    let running = (0..8)
+        .map(|i| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                run_call(
+                    &url,
+                    &CallOptions {
+                        seconds: 6.0,
+                        light: i > 0,
+                        ..CallOptions::new("echo")
+                    },
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    wait_for_metric(http, "gateway_active_calls 8", 20).await;
+    running
+}
+
+/// Waits for the calls of [`eight_calls`]: each ended by its hangup, without errors, and the
+/// first with its tone intact.
+async fn ended_clean(running: Vec<JoinHandle<CallReport>>) {
+    for (i, call) in running.into_iter().enumerate() {
+        let report = call.await.unwrap();
+        assert!(report.errors.is_empty(), "{report:?}");
+        if i == 0 {
+            assert!(
+                report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+                "the running calls keep their audio: {report:?}"
+            );
+        }
+        assert_eq!(report.ended.unwrap()["reason"], "hangup");
+    }
+}
+
 /// The gate in front of the media workers: with one worker allowed 1 % of a core, the worker
 /// running eight calls (fewer are always taken) has no room for a ninth (a call is taken to
 /// want 1 % until its worker has been measured, and never much less after), so the ninth is
@@ -122,25 +164,7 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
     let url = format!("ws://{}/ws", gateway.http_addr);
     let health = http_get(gateway.http_addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.0 200"), "idle: {health}");
-    // One call whose tone is checked, seven light ones beside it.
-    let running: Vec<_> = (0..8)
-        .map(|i| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                run_call(
-                    &url,
-                    &CallOptions {
-                        seconds: 6.0,
-                        light: i > 0,
-                        ..CallOptions::new("echo")
-                    },
-                )
-                .await
-                .unwrap()
-            })
-        })
-        .collect();
-    wait_for_metric(gateway.http_addr, "gateway_active_calls 8", 20).await;
+    let running = eight_calls(&url, gateway.http_addr).await;
     let health = http_get(gateway.http_addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.0 503"), "{health}");
     assert!(health.contains("media workers are busy"), "{health}");
@@ -155,22 +179,12 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
     );
     assert!(!refused.messages.contains(&"answer".to_string()));
 
-    for (i, call) in running.into_iter().enumerate() {
-        let report = call.await.unwrap();
-        assert!(report.errors.is_empty(), "{report:?}");
-        if i == 0 {
-            assert!(
-                report.tone_snr_db.unwrap_or(0.0) >= 20.0,
-                "the running calls keep their audio: {report:?}"
-            );
-        }
-        assert_eq!(report.ended.unwrap()["reason"], "hangup");
-    }
+    ended_clean(running).await;
     let metrics = http_get(gateway.http_addr, "/metrics").await;
-    assert_eq!(
+    assert_ne!(
         gauge(&metrics, "gateway_load_level"),
-        Some(0.0),
-        "no tick ran late"
+        Some(2.0),
+        "refused by the gate, not for late ticks"
     );
     assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(1.0));
     assert!(
@@ -191,5 +205,49 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
     .unwrap();
     assert!(again.errors.is_empty(), "{again:?}");
     assert_eq!(again.ended.unwrap()["reason"], "hangup");
+    assert!(sipp.finished().await);
+}
+
+/// Economy before refusals: one worker whose calls economise from 1 % of a core
+/// (`economy_load_pct`) but may fill it (`media_load_pct` 100). Eight calls put the gateway in
+/// economy (every call codes Opus at complexity 0), a ninth call is still taken and keeps its
+/// tone, and three calm seconds after the calls end, economy ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn busy_media_workers_economise_before_they_refuse_calls() {
+    let dir = out_dir("media_load_economy");
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 9);
+    let gateway = start(
+        &dir,
+        sipp.port,
+        "[limits]\neconomy_load_pct = 1\nmedia_load_pct = 100\n\n[media]\nworkers = 1\n",
+    )
+    .await;
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let running = eight_calls(&url, gateway.http_addr).await;
+    wait_for_metric(gateway.http_addr, "gateway_load_level 1", 5).await;
+    let health = http_get(gateway.http_addr, "/healthz").await;
+    assert!(
+        health.starts_with("HTTP/1.0 200"),
+        "economy still takes calls: {health}"
+    );
+    let ninth = run_call(
+        &url,
+        &CallOptions {
+            seconds: 2.0,
+            ..CallOptions::new("echo")
+        },
+    )
+    .await
+    .unwrap();
+    assert!(ninth.errors.is_empty(), "{ninth:?}");
+    assert!(
+        ninth.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "a call coded at complexity 0 keeps its tone: {ninth:?}"
+    );
+    assert_eq!(ninth.ended.unwrap()["reason"], "hangup");
+    ended_clean(running).await;
+    wait_for_metric(gateway.http_addr, "gateway_load_level 0", 10).await;
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(0.0));
     assert!(sipp.finished().await);
 }

@@ -1,26 +1,51 @@
-//! The gateway's media load, read from how late the calls' 20 ms ticks run: when media falls
-//! behind, calls first code Opus at the cheapest complexity (economy), then new calls are
-//! refused (shedding) before running calls degrade. `/metrics` and `/healthz` show it, so a
-//! load balancer or the cluster sends calls elsewhere.
+//! The gateway's media load: as the media workers fill, calls first code Opus at the cheapest
+//! complexity (economy), then new calls are refused before running calls degrade.
+//! `/metrics` and `/healthz` show it, so a load balancer or the cluster sends calls elsewhere.
 //!
-//! Drivers count their ticks ([`LoadMonitor::handle_tick`]); once a second the gateway
-//! decides the level ([`LoadMonitor::handle_timeout`]) from the share of late ticks, with
-//! hysteresis so a single slow second does not flap it.
+//! Two measures decide it, once a second ([`LoadMonitor::handle_timeout`]), each with
+//! hysteresis so a single busy second does not flap it:
+//! - the workers' demand ([`Demand`], from `call::workers`): calls economise while no worker
+//!   has room within `[limits] economy_load_pct` of a core. Why: economy carries ~15 % more
+//!   calls (500 callers offered on the benchmark box: 274 and 250 carried at complexity 0
+//!   against 233 and 213 at 1, BENCHMARKS.md), so it must come before the refusals at
+//!   `media_load_pct`, not after them;
+//! - the calls' tick lateness (drivers count their ticks, [`LoadMonitor::handle_tick`]): the
+//!   backstop for what demand does not see. Late ticks economise, and ticks still late in
+//!   economy refuse new calls (shedding).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How loaded the media is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LoadLevel {
     /// Ticks on time.
+    #[default]
     Normal = 0,
     /// Ticks late: every call codes Opus at complexity 0.
     Economy = 1,
     /// Still late in economy: new calls are refused.
     Shedding = 2,
 }
+
+/// How full the media workers are against `[limits] economy_load_pct`, as the admission gate
+/// counts it (`call::workers::MediaWorkers::has_room`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// Some worker has room for a call within [`CALM_SHARE`] of it (or no worker is measured
+    /// full yet).
+    Calm,
+    /// Between.
+    Steady,
+    /// No worker has room for a call within it: calls economise.
+    High,
+}
+
+/// Economy ends once some worker has room within this share of `economy_load_pct`, for
+/// [`CALM_AFTER`] seconds. Below 0.85: economy itself lowers a call's demand by ~15 %, so an
+/// end at the threshold itself would turn it straight back on.
+pub const CALM_SHARE: f64 = 0.75;
 
 /// Late seconds in a row, at economy, before new calls are refused.
 const SHED_AFTER: u32 = 2;
@@ -29,8 +54,14 @@ const CALM_AFTER: u32 = 3;
 
 #[derive(Debug, Default)]
 struct Hysteresis {
+    /// The level the ticks' lateness alone decides.
+    late_level: LoadLevel,
     late_seconds: u32,
     calm_seconds: u32,
+    /// Calls economise for their workers' demand.
+    demand_high: bool,
+    /// Seconds in a row the demand was calm.
+    demand_calm_seconds: u32,
 }
 
 /// Counts ticks and decides the level.
@@ -81,16 +112,30 @@ impl LoadMonitor {
         }
     }
 
-    /// Once a second: the share of late ticks since the last call decides the level.
-    pub fn handle_timeout(&self) -> LoadLevel {
+    /// Once a second: the workers' `demand` and the share of late ticks since the last call
+    /// decide the level.
+    pub fn handle_timeout(&self, demand: Demand) -> LoadLevel {
         let ticks = self.ticks.swap(0, Ordering::Relaxed);
         let late = self.late.swap(0, Ordering::Relaxed);
         let permille = (late * 1000).checked_div(ticks).unwrap_or(0) as u32;
         self.late_permille.store(permille, Ordering::Relaxed);
         let threshold = self.shed_pct.load(Ordering::Relaxed) * 10;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let level = self.level();
-        let next = if ticks > 0 && permille >= threshold {
+        match demand {
+            Demand::High => {
+                state.demand_high = true;
+                state.demand_calm_seconds = 0;
+            }
+            Demand::Steady => state.demand_calm_seconds = 0,
+            Demand::Calm => {
+                state.demand_calm_seconds += 1;
+                if state.demand_calm_seconds >= CALM_AFTER {
+                    state.demand_high = false;
+                }
+            }
+        }
+        let level = state.late_level;
+        let by_lateness = if ticks > 0 && permille >= threshold {
             state.calm_seconds = 0;
             state.late_seconds += 1;
             match level {
@@ -113,8 +158,16 @@ impl LoadMonitor {
         } else {
             level
         };
+        state.late_level = by_lateness;
+        // Demand holds economy whatever the ticks say; late ticks in it still shed.
+        let next = if state.demand_high {
+            by_lateness.max(LoadLevel::Economy)
+        } else {
+            by_lateness
+        };
+        let level = self.level();
         if next != level {
-            tracing::warn!(from = ?level, to = ?next, late_permille = permille, "media load level changed");
+            tracing::warn!(from = ?level, to = ?next, late_permille = permille, ?demand, "media load level changed");
         }
         self.level.store(next as u8, Ordering::Relaxed);
         next
@@ -148,7 +201,7 @@ mod tests {
             };
             m.handle_tick(lateness);
         }
-        m.handle_timeout()
+        m.handle_timeout(Demand::Calm)
     }
 
     #[test]
@@ -180,6 +233,54 @@ mod tests {
         let m = LoadMonitor::default();
         m.configure(Duration::ZERO, 5);
         m.handle_tick(Duration::from_micros(1));
-        assert_eq!(m.handle_timeout(), LoadLevel::Economy);
+        assert_eq!(m.handle_timeout(Demand::Calm), LoadLevel::Economy);
+    }
+
+    /// A second of `demand` with every tick on time.
+    fn demand_second(m: &LoadMonitor, demand: Demand) -> LoadLevel {
+        m.handle_tick(Duration::ZERO);
+        m.handle_timeout(demand)
+    }
+
+    #[test]
+    fn full_workers_economise_at_once_and_only_calm_ones_end_it() {
+        let m = LoadMonitor::default();
+        assert_eq!(demand_second(&m, Demand::Steady), LoadLevel::Normal);
+        assert_eq!(demand_second(&m, Demand::High), LoadLevel::Economy);
+        // Economy lowered the demand, not below the calm line: it holds.
+        for _ in 0..5 {
+            assert_eq!(demand_second(&m, Demand::Steady), LoadLevel::Economy);
+        }
+        assert_eq!(demand_second(&m, Demand::Calm), LoadLevel::Economy);
+        assert_eq!(demand_second(&m, Demand::Calm), LoadLevel::Economy);
+        assert_eq!(
+            demand_second(&m, Demand::Steady),
+            LoadLevel::Economy,
+            "calm seconds must run in a row"
+        );
+        for _ in 0..2 {
+            assert_eq!(demand_second(&m, Demand::Calm), LoadLevel::Economy);
+        }
+        assert_eq!(demand_second(&m, Demand::Calm), LoadLevel::Normal);
+    }
+
+    #[test]
+    fn late_ticks_in_economy_for_demand_shed_and_calm_ticks_keep_it() {
+        let m = LoadMonitor::default();
+        m.configure(Duration::from_millis(10), 5);
+        let late_second = |demand| {
+            for _ in 0..10 {
+                m.handle_tick(Duration::from_millis(30));
+            }
+            m.handle_timeout(demand)
+        };
+        assert_eq!(late_second(Demand::High), LoadLevel::Economy);
+        assert_eq!(late_second(Demand::High), LoadLevel::Economy);
+        assert_eq!(late_second(Demand::High), LoadLevel::Shedding);
+        // The ticks calm down; the demand stays high: back to economy, not below it.
+        for _ in 0..10 {
+            demand_second(&m, Demand::High);
+        }
+        assert_eq!(m.level(), LoadLevel::Economy);
     }
 }

@@ -226,6 +226,20 @@ impl CallContext {
         }
     }
 
+    /// How full the media workers are against `limits.economy_load_pct` (never later than
+    /// `media_load_pct`), for the load level ([`load::LoadMonitor::handle_timeout`]).
+    pub fn media_demand(&self) -> load::Demand {
+        let limits = &self.config.limits;
+        let economy = f64::from(limits.economy_load_pct.min(limits.media_load_pct)) / 100.0;
+        if !self.workers.has_room(economy) {
+            load::Demand::High
+        } else if self.workers.has_room(economy * load::CALM_SHARE) {
+            load::Demand::Calm
+        } else {
+            load::Demand::Steady
+        }
+    }
+
     /// Takes a call slot, or `None` when `limits.max_calls` calls run already. The check and
     /// the increment are one atomic step, so a burst of calls cannot overshoot the limit.
     /// In a cluster, `[cluster] max_calls` bounds all nodes' calls together too.

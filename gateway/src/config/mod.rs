@@ -160,6 +160,15 @@ impl Config {
                 );
                 Limits::default()
             }
+            Some(l) if !(1..=100).contains(&l.get_ref().economy_load_pct) => {
+                c.issue(
+                    l.span(),
+                    "limits.economy_load_pct",
+                    "economy_load_pct is a percentage of a core each media worker may be asked \
+                     for before calls economise: 1 to 100",
+                );
+                Limits::default()
+            }
             Some(l) => l.get_ref().clone(),
             None => Limits::default(),
         };

@@ -217,11 +217,16 @@ fn the_load_thresholds_are_checked() {
     assert_eq!(err.issues[0].field, "limits.shed_late_pct");
     let c = parse("").unwrap();
     assert_eq!((c.limits.late_tick_ms, c.limits.shed_late_pct), (20, 10));
-    assert_eq!(c.limits.media_load_pct, 90);
-    for bad in ["0", "101"] {
-        let err = parse(&format!("[limits]\nmedia_load_pct = {bad}\n")).unwrap_err();
-        assert_eq!(err.issues[0].field, "limits.media_load_pct");
-        assert!(err.issues[0].message.contains("1 to 100"), "{err}");
+    assert_eq!(
+        (c.limits.media_load_pct, c.limits.economy_load_pct),
+        (90, 80)
+    );
+    for field in ["media_load_pct", "economy_load_pct"] {
+        for bad in ["0", "101"] {
+            let err = parse(&format!("[limits]\n{field} = {bad}\n")).unwrap_err();
+            assert_eq!(err.issues[0].field, format!("limits.{field}"));
+            assert!(err.issues[0].message.contains("1 to 100"), "{err}");
+        }
     }
 }
 

@@ -161,8 +161,8 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         Duration::from_millis(config.limits.late_tick_ms.into()),
         config.limits.shed_late_pct,
     );
-    // Once a second the calls' tick lateness decides the load level (call::load). The task
-    // holds the context weakly: it ends with the gateway.
+    // Once a second the workers' demand and the calls' tick lateness decide the load level
+    // (call::load). The task holds the context weakly: it ends with the gateway.
     let weak = Arc::downgrade(&calls);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -170,7 +170,10 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         loop {
             every.tick().await;
             let Some(calls) = weak.upgrade() else { return };
-            calls.metrics.load.handle_timeout();
+            let level = calls.metrics.load.handle_timeout(calls.media_demand());
+            calls
+                .workers
+                .set_economy(level >= crate::call::load::LoadLevel::Economy);
         }
     });
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -1,0 +1,250 @@
+use super::*;
+
+/// Spawns a call on `workers` that reports the thread it runs on, then waits for `held`.
+async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<bool>) -> String {
+    let (tx, rx) = oneshot::channel();
+    let mut held = held.clone();
+    workers.spawn(async move {
+        let _ = tx.send(std::thread::current().name().map(str::to_string));
+        let _ = held.wait_for(|r| *r).await;
+    });
+    rx.await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
+    let workers = MediaWorkers::start(2, Duration::from_millis(2)).unwrap();
+    let (release, held) = tokio::sync::watch::channel(false);
+    for _ in 0..4 {
+        assert_eq!(spawn_held(&workers, &held).await, "media-0");
+    }
+    assert_eq!(workers.calls(), [4, 0], "a quiet gateway wakes one thread");
+
+    // A call that keeps the first worker's thread busy: 40 ms of work, 1 ms of rest.
+    let mut hog_held = held.clone();
+    workers.spawn(async move {
+        while !*hog_held.borrow_and_update() {
+            std::thread::sleep(Duration::from_millis(40));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    assert_eq!(workers.calls(), [5, 0]);
+    tokio::time::sleep(MEASURE_EVERY + Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        assert_eq!(
+            spawn_held(&workers, &held).await,
+            "media-1",
+            "the first worker is measured busy: {:?} s",
+            workers.busy_seconds()
+        );
+    }
+    assert_eq!(workers.calls(), [5, 2]);
+    let busy = workers.busy_seconds();
+    assert!(busy[0] > 0.5 && busy[1] < 0.1, "busy seconds {busy:?}");
+
+    release.send(true).unwrap();
+    for _ in 0..100 {
+        if workers.calls() == [0, 0] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "calls still counted after they ended: {:?}",
+        workers.calls()
+    );
+}
+
+#[test]
+fn placement_fills_a_worker_to_half_then_takes_the_least_busy() {
+    let t0 = Instant::now();
+    let mut loads = vec![Measured::new(t0); 2];
+    let place = |loads: &mut [Measured]| {
+        let i = choose(loads);
+        loads[i].placed += 1;
+        i
+    };
+    // Unmeasured calls count NEW_CALL_SHARE each: the first worker takes a burst's first
+    // 40 calls whole.
+    for _ in 0..40 {
+        assert_eq!(place(&mut loads), 0);
+    }
+    // Measured: the first worker was 60 % busy in the last window, the second 10.5 %.
+    let busy = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+    loads[0].update(t0 + MEASURE_EVERY, busy(0.6), busy(0.6), 40, false);
+    loads[1].update(t0 + MEASURE_EVERY, busy(0.105), busy(0.105), 0, false);
+    assert!((loads[0].share - 0.6).abs() < 1e-9 && loads[0].placed == 0);
+    assert!((loads[1].share - 0.105).abs() < 1e-9);
+    // The second has room for 39 more (10.5 % + 39 × 1 % ≤ 50 %).
+    for _ in 0..39 {
+        assert_eq!(place(&mut loads), 1);
+    }
+    // Neither has room: the one expected least busy takes the call.
+    assert_eq!(place(&mut loads), 1, "0.6 + 0.01 against 0.105 + 0.40");
+    assert_eq!(loads[1].placed, 40);
+    for _ in 0..20 {
+        place(&mut loads);
+    }
+    assert!((loads[0].expected() - loads[1].expected()).abs() <= NEW_CALL_SHARE + 1e-9);
+
+    // A window not yet over leaves the measurement as it is.
+    let before = loads[0];
+    loads[0].update(
+        t0 + MEASURE_EVERY + MEASURE_EVERY / 2,
+        u64::MAX,
+        u64::MAX,
+        40,
+        false,
+    );
+    assert_eq!(loads[0].placed, before.placed);
+    assert_eq!(loads[0].share, before.share);
+}
+
+#[test]
+fn the_gate_counts_every_running_call_at_its_measured_demand() {
+    let t0 = Instant::now();
+    let mut m = Measured::new(t0);
+    let few = GATED_FROM_CALLS - 1;
+    assert!(has_room(&m, few, 0.0), "a worker with few calls takes one");
+    // Unmeasured, a call is taken to want NEW_CALL_SHARE: 90 calls fit in 90 %.
+    assert!(has_room(&m, 89, 0.9));
+    assert!(!has_room(&m, 90, 0.9));
+    // Measured: 100 calls wanted 60 % of a core, 0.6 % each; smoothed from 1 %.
+    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+    m.update(t0 + MEASURE_EVERY, ns(0.5), ns(0.6), 100, false);
+    assert!((m.demand - 0.6).abs() < 1e-9);
+    let per_call = 0.01 * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * 0.006;
+    assert!((m.per_call - per_call).abs() < 1e-12);
+    let fit = (0.9 / per_call) as usize; // 102
+    assert!(has_room(&m, fit - 1, 0.9));
+    assert!(!has_room(&m, fit, 0.9), "calls let in since count at once");
+    // A window without calls leaves the estimate as it was.
+    m.update(t0 + MEASURE_EVERY * 2, ns(0.5), ns(0.6), 0, false);
+    assert!((m.per_call - per_call).abs() < 1e-12 && m.demand == 0.0);
+}
+
+#[test]
+fn while_calls_economise_the_gate_counts_them_at_their_full_cost() {
+    let t0 = Instant::now();
+    let window = |i: u32| t0 + MEASURE_EVERY * i;
+    let ns = |share: f64, i: u32| (MEASURE_EVERY.as_nanos() as f64 * share * f64::from(i)) as u64;
+    let mut m = Measured::new(t0);
+    // Unlearned, economy does not hold the prior: the first window with calls teaches it.
+    m.update(window(1), 0, ns(0.6, 1), 100, true);
+    let full = 0.01 * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * 0.006;
+    assert!((m.per_call - full).abs() < 1e-12);
+    // Economised, the same 100 calls want 15 % less: the estimate holds.
+    m.update(window(2), 0, ns(0.6, 1) + ns(0.51, 1), 100, true);
+    assert!((m.per_call - full).abs() < 1e-12, "{}", m.per_call);
+    assert!(
+        (m.demand - 0.51).abs() < 1e-9,
+        "the demand itself is still measured"
+    );
+    // Economy over: it learns again.
+    m.update(
+        window(3),
+        0,
+        ns(0.6, 1) + ns(0.51, 1) + ns(0.6, 1),
+        100,
+        false,
+    );
+    assert!(m.per_call < full, "{}", m.per_call);
+}
+
+#[test]
+fn a_worker_threads_demand_is_its_run_and_wait_time() {
+    let file = File::open("/proc/thread-self/schedstat").ok();
+    let busy = 7;
+    let first = demand_ns(file.as_ref(), busy);
+    let spin = Instant::now();
+    while spin.elapsed() < Duration::from_millis(20) {}
+    let second = demand_ns(file.as_ref(), busy);
+    if file.is_some() {
+        assert!(second >= first + 15_000_000, "{first} then {second}");
+    } else {
+        assert_eq!((first, second), (busy, busy));
+    }
+    assert_eq!(demand_ns(None, busy), busy);
+}
+
+/// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while
+/// `held` other calls sit idle on the same worker.
+async fn reader_wakes(turn: Duration, held: usize) -> Vec<Instant> {
+    let workers = MediaWorkers::start(1, turn).unwrap();
+    let (release, hold) = tokio::sync::watch::channel(false);
+    for _ in 0..held {
+        let mut hold = hold.clone();
+        workers.spawn(async move {
+            let _ = hold.wait_for(|r| *r).await;
+        });
+    }
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = receiver.local_addr().unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let (tx, rx) = oneshot::channel();
+    workers.spawn(async move {
+        let socket = tokio::net::UdpSocket::from_std(receiver).unwrap();
+        let (mut wakes, mut got, mut buf) = (Vec::new(), 0, [0u8; 64]);
+        while got < 60 {
+            socket.readable().await.unwrap();
+            wakes.push(Instant::now());
+            while socket.try_recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        let _ = tx.send(wakes);
+    });
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..60 {
+            sender.send_to(b"rtp", to).unwrap();
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    })
+    .await
+    .unwrap();
+    let wakes = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("every datagram read")
+        .unwrap();
+    release.send(true).unwrap();
+    wakes
+}
+
+fn median_gap(wakes: &[Instant]) -> Duration {
+    let mut gaps: Vec<Duration> = wakes.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    gaps.get(gaps.len() / 2).copied().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_worker_gathers_packets_into_turns() {
+    let turn = Duration::from_millis(2);
+    let wakes = reader_wakes(turn, PACED_FROM_CALLS).await;
+    // A turn at least between two wake-ups (less the moment from waking to the read).
+    assert!(
+        median_gap(&wakes) >= turn * 3 / 4,
+        "a paced worker woke {} times for 60 datagrams, median gap {:?}",
+        wakes.len(),
+        median_gap(&wakes)
+    );
+}
+
+#[test]
+fn a_worker_with_few_calls_or_no_turn_never_waits() {
+    let turn = Duration::from_millis(300);
+    let pace = |calls: usize, turn: Duration| {
+        let pace = Pace::new(turn);
+        pace.calls.store(calls, Ordering::Relaxed);
+        pace
+    };
+    let waited = |pace: Pace| {
+        pace.after_unpark();
+        let start = Instant::now();
+        pace.before_park();
+        start.elapsed()
+    };
+    assert!(waited(pace(PACED_FROM_CALLS - 1, turn)) < turn / 2);
+    assert!(waited(pace(1000, Duration::ZERO)) < turn / 2);
+    assert!(waited(pace(PACED_FROM_CALLS, turn)) >= turn / 2);
+}
