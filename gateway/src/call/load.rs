@@ -8,7 +8,9 @@
 //!   has room within `[limits] economy_load_pct` of a core. Why: economy carries ~15 % more
 //!   calls (500 callers offered on the benchmark box: 274 and 250 carried at complexity 0
 //!   against 233 and 213 at 1, BENCHMARKS.md), so it must come before the refusals at
-//!   `media_load_pct`, not after them;
+//!   `media_load_pct`, not after them. The gate goes on counting economising calls at their
+//!   full cost (`call::workers::MediaWorkers::set_economy`): economy buys the running calls
+//!   headroom, not room for more;
 //! - the calls' tick lateness (drivers count their ticks, [`LoadMonitor::handle_tick`]): the
 //!   backstop for what demand does not see. Late ticks economise, and ticks still late in
 //!   economy refuse new calls (shedding).
@@ -23,7 +25,8 @@ pub enum LoadLevel {
     /// Ticks on time.
     #[default]
     Normal = 0,
-    /// Ticks late: every call codes Opus at complexity 0.
+    /// The workers full (`economy_load_pct`) or ticks late: every call codes Opus at
+    /// complexity 0.
     Economy = 1,
     /// Still late in economy: new calls are refused.
     Shedding = 2,
