@@ -10,7 +10,7 @@ ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
        [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk | --g722-trunk] [--no-build]
-       [--full-band] [--media-load-pct N] [--ramp-rate R]
+       [--full-band] [--media-load-pct N] [--economy-load-pct N] [--ramp-rate R] [--trace]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +135,34 @@ def media_demand():
     return {"demand": demand, "shed": shed, "level": level}
 
 
+def trace(path, stop, every=0.5):
+    """Until `stop` is set, appends the gateway's load to `path` every `every` seconds, one
+    JSON line each: active calls, the load level (1 economy, 2 shedding for late ticks), each
+    worker's calls and demand, the share of late ticks and the calls refused so far. For
+    seeing how a step's burst filled the workers and when the gate and economy acted."""
+    with open(path, "w") as out:
+        t0 = time.time()
+        while not stop.wait(every):
+            try:
+                lines = gateway_metrics()
+            except OSError:
+                continue
+            value = {l.split()[0]: float(l.split()[1]) for l in lines
+                     if l.startswith("gateway_") and len(l.split()) == 2}
+            out.write(json.dumps({
+                "t": round(time.time() - t0, 2),
+                "active": value.get("gateway_active_calls"),
+                "level": value.get("gateway_load_level"),
+                "late": value.get("gateway_late_ticks_ratio"),
+                "shed": value.get("gateway_calls_shed_total"),
+                "worker_calls": [v for k, v in sorted(value.items())
+                                 if k.startswith("gateway_media_worker_calls{")],
+                "worker_demand": [v for k, v in sorted(value.items())
+                                  if k.startswith("gateway_media_worker_demand{")],
+            }) + "\n")
+            out.flush()
+
+
 # New calls a second while a step's calls start (`--ramp-rate`).
 RAMP = [100.0]
 
@@ -231,6 +260,9 @@ def main():
                       help="the gateway's limits.media_load_pct (default: its default)")
     args.add_argument("--economy-load-pct", type=int, default=None,
                       help="the gateway's limits.economy_load_pct (default: its default)")
+    args.add_argument("--trace", action="store_true",
+                      help="sample the gateway's load every half second into "
+                           "target/load-ramp/trace-<run>.jsonl")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
@@ -272,8 +304,12 @@ def main():
         gateway = subprocess.Popen(
             gateway_prefix + [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
             stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
+        stop = threading.Event()
         try:
             wait_http(HTTP_PORT)
+            if a.trace:
+                threading.Thread(target=trace, args=(OUT / f"trace-{run + 1}.jsonl", stop),
+                                 daemon=True).start()
             # Memory per call is measured against the gateway before its first call: what an
             # earlier step left allocated (the allocator keeps freed pages) must not be
             # subtracted from a later one.
@@ -286,6 +322,7 @@ def main():
                 time.sleep(3)  # calls hang up; let the gateway settle
             runs.append(rows)
         finally:
+            stop.set()
             gateway.send_signal(signal.SIGTERM)
             sipp.terminate()
             gateway.wait(timeout=90)
