@@ -113,11 +113,19 @@ def gateway_metrics():
         return r.read().decode().splitlines()
 
 
+def gauges():
+    """The gateway's `/metrics` as a map from each series (name and labels) to its value."""
+    return {line.split()[0]: float(line.split()[1]) for line in gateway_metrics()
+            if line.startswith("gateway_") and len(line.split()) == 2}
+
+
+def per_worker(values, name):
+    """The values of `name{worker="…"}` in `values` (from `gauges`), by worker."""
+    return [v for k, v in sorted(values.items()) if k.startswith(name + "{")]
+
+
 def active_calls():
-    for line in gateway_metrics():
-        if line.startswith("gateway_active_calls "):
-            return float(line.split()[1])
-    return 0.0
+    return gauges().get("gateway_active_calls", 0.0)
 
 
 def media_demand():
@@ -125,14 +133,13 @@ def media_demand():
     its last half second), highest first, its load level (1: economy) and the calls it refused
     for load so far; `None` where no gateway answers (another engine)."""
     try:
-        lines = gateway_metrics()
+        values = gauges()
     except OSError:
         return None
-    demand = sorted((float(l.split()[1]) for l in lines
-                     if l.startswith("gateway_media_worker_demand{")), reverse=True)
-    shed = next((int(l.split()[1]) for l in lines if l.startswith("gateway_calls_shed_total ")), 0)
-    level = next((int(l.split()[1]) for l in lines if l.startswith("gateway_load_level ")), None)
-    return {"demand": demand, "shed": shed, "level": level}
+    level = values.get("gateway_load_level")
+    return {"demand": sorted(per_worker(values, "gateway_media_worker_demand"), reverse=True),
+            "shed": int(values.get("gateway_calls_shed_total", 0)),
+            "level": None if level is None else int(level)}
 
 
 def trace(path, stop, every=0.5):
@@ -144,21 +151,17 @@ def trace(path, stop, every=0.5):
         t0 = time.time()
         while not stop.wait(every):
             try:
-                lines = gateway_metrics()
+                value = gauges()
             except OSError:
                 continue
-            value = {l.split()[0]: float(l.split()[1]) for l in lines
-                     if l.startswith("gateway_") and len(l.split()) == 2}
             out.write(json.dumps({
                 "t": round(time.time() - t0, 2),
                 "active": value.get("gateway_active_calls"),
                 "level": value.get("gateway_load_level"),
                 "late": value.get("gateway_late_ticks_ratio"),
                 "shed": value.get("gateway_calls_shed_total"),
-                "worker_calls": [v for k, v in sorted(value.items())
-                                 if k.startswith("gateway_media_worker_calls{")],
-                "worker_demand": [v for k, v in sorted(value.items())
-                                  if k.startswith("gateway_media_worker_demand{")],
+                "worker_calls": per_worker(value, "gateway_media_worker_calls"),
+                "worker_demand": per_worker(value, "gateway_media_worker_demand"),
             }) + "\n")
             out.flush()
 

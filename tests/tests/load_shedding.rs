@@ -178,6 +178,9 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
         "{refused:?}"
     );
     assert!(!refused.messages.contains(&"answer".to_string()));
+    // Economy's line is the gate's here (never later than `media_load_pct`): the calls
+    // economise, for their demand and not for late ticks (that would be 2, shedding).
+    wait_for_metric(gateway.http_addr, "gateway_load_level 1", 5).await;
 
     ended_clean(running).await;
     let metrics = http_get(gateway.http_addr, "/metrics").await;
