@@ -110,12 +110,17 @@ impl JitterBuffer {
             self.next_ts = None;
             return self.push(timestamp, pcm);
         }
-        for (i, &s) in pcm.iter().enumerate() {
-            let ts = timestamp.wrapping_add(i as u32);
+        // Copied a frame's part at a time: a packet's samples fill one frame, or straddle two
+        // when its timestamps are not on the frame grid (10 or 30 ms packets).
+        let mut done = 0;
+        while done < pcm.len() {
+            let ts = timestamp.wrapping_add(done as u32);
             let slot = self.slot(ts);
             let offset = (ts.wrapping_sub(self.origin) % FRAME as u32) as usize;
-            self.pcm[slot][offset] = s;
-            self.filled[slot] = (self.filled[slot] + 1).min(FRAME as u16);
+            let n = (FRAME - offset).min(pcm.len() - done);
+            self.pcm[slot][offset..offset + n].copy_from_slice(&pcm[done..done + n]);
+            self.filled[slot] = (self.filled[slot] + n as u16).min(FRAME as u16);
+            done += n;
         }
     }
 
@@ -246,6 +251,25 @@ mod tests {
         let mut out = [0i16; FRAME];
         while jb.pop(&mut out) != Playout::Audio {}
         assert!(out.iter().all(|s| *s == 7));
+    }
+
+    #[test]
+    fn packets_off_the_frame_grid_play_every_sample_in_order() {
+        // 30 ms packets whose samples count up: each straddles two frames.
+        let mut jb = JitterBuffer::new(40);
+        let start = 1000u32;
+        for p in 0..8u32 {
+            let samples: Vec<i16> = (0..240).map(|i| (p * 240 + i) as i16).collect();
+            jb.push(start + p * 240, &samples);
+        }
+        let mut out = [0i16; FRAME];
+        while jb.pop(&mut out) != Playout::Audio {}
+        let mut played = out.to_vec();
+        while played.len() < 8 * 240 && jb.pop(&mut out) == Playout::Audio {
+            played.extend_from_slice(&out);
+        }
+        let expected: Vec<i16> = (0..8 * 240).map(|i| i as i16).collect();
+        assert_eq!(played, expected);
     }
 
     #[test]

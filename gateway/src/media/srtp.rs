@@ -441,6 +441,47 @@ mod tests {
         }
     }
 
+    /// Two streams through one context, their packets interleaved: each keeps its own
+    /// rollover count and replay list (RFC 3711 §3.2.3) although the context remembers the
+    /// SSRC it saw last (`vendor/README.md`).
+    #[test]
+    fn interleaved_streams_keep_their_own_state() {
+        for suite in CryptoSuite::ALL {
+            let (a, b) = (SdesKey::generate(1, suite), SdesKey::generate(1, suite));
+            let keys = |ours, theirs| SrtpKeys {
+                secure_profile: true,
+                ours,
+                theirs,
+            };
+            let mut alice = SrtpSession::new(keys(a, b)).unwrap();
+            let mut bob = SrtpSession::new(keys(b, a)).unwrap();
+            // The second stream crosses a rollover (65535 → 0) while the first does not.
+            let order = [
+                (0x1111, 100),
+                (0x2222, 65534),
+                (0x1111, 101),
+                (0x2222, 65535),
+                (0x2222, 0),
+                (0x1111, 102),
+            ];
+            let mut sent = Vec::new();
+            for (ssrc, sequence) in order {
+                let plain = rtp(sequence, ssrc);
+                let packet = protect(&mut alice, &plain);
+                let mut buf = packet.clone();
+                let n = bob.unprotect(&mut buf).unwrap_or_else(|e| {
+                    panic!("{suite:?}: SSRC {ssrc:#x} sequence {sequence}: {e}");
+                });
+                assert_eq!(&buf[..n], &plain[..]);
+                sent.push(packet);
+            }
+            // Every packet replayed, latest first: all refused.
+            for packet in sent.iter().rev() {
+                assert!(bob.unprotect(&mut packet.clone()).is_err(), "{suite:?}");
+            }
+        }
+    }
+
     /// A browser's audio packet: a CSRC, and an RFC 8285 one-byte extension block (audio
     /// level, transport sequence number) padded to whole words.
     fn browser_rtp(sequence: u16) -> Vec<u8> {

@@ -96,7 +96,12 @@ impl SrtpSsrcState {
 pub struct Context {
     cipher: Box<dyn Cipher>,
 
-    srtp_ssrc_states: HashMap<u32, SrtpSsrcState>,
+    /// Gateway patch (see the gateway's `vendor/README.md`): each SSRC's state in the order
+    /// first seen, where its place is found through `srtp_places` (SipHash), and the place of
+    /// the SSRC looked up last: a stream's packets find theirs without hashing.
+    srtp_ssrc_states: Vec<SrtpSsrcState>,
+    srtp_places: HashMap<u32, usize>,
+    srtp_last: usize,
     srtcp_ssrc_states: HashMap<u32, SrtcpSsrcState>,
 
     new_srtp_replay_detector: ContextOption,
@@ -164,7 +169,9 @@ impl Context {
 
         Ok(Context {
             cipher,
-            srtp_ssrc_states: HashMap::new(),
+            srtp_ssrc_states: Vec::new(),
+            srtp_places: HashMap::new(),
+            srtp_last: 0,
             srtcp_ssrc_states: HashMap::new(),
             new_srtp_replay_detector: srtp_ctx_opt,
             new_srtcp_replay_detector: srtcp_ctx_opt,
@@ -179,20 +186,27 @@ impl Context {
     /// borrowed together, so that the in-place paths look the SSRC up once per packet where
     /// the copying ones look it up twice.
     fn cipher_and_srtp_state(&mut self, ssrc: u32) -> (&mut dyn Cipher, &mut SrtpSsrcState) {
-        // `or_insert_with` so the replay detector (a boxed sliding-window
-        // detector backed by a heap-allocated bit buffer) is only constructed on
-        // the first packet for a given SSRC. `or_insert` would build — and then
-        // immediately drop — a fresh detector on every decrypted packet.
-        let new_srtp_replay_detector = &self.new_srtp_replay_detector;
-        let state = self
-            .srtp_ssrc_states
-            .entry(ssrc)
-            .or_insert_with(|| SrtpSsrcState {
-                ssrc,
-                replay_detector: Some(new_srtp_replay_detector()),
-                ..Default::default()
-            });
-        (self.cipher.as_mut(), state)
+        let place = match self.srtp_ssrc_states.get(self.srtp_last) {
+            Some(last) if last.ssrc == ssrc => self.srtp_last,
+            _ => {
+                // The replay detector (a boxed sliding-window detector backed by a
+                // heap-allocated bit buffer) is only constructed on the first packet for a
+                // given SSRC.
+                let new_srtp_replay_detector = &self.new_srtp_replay_detector;
+                let states = &mut self.srtp_ssrc_states;
+                let place = *self.srtp_places.entry(ssrc).or_insert_with(|| {
+                    states.push(SrtpSsrcState {
+                        ssrc,
+                        replay_detector: Some(new_srtp_replay_detector()),
+                        ..Default::default()
+                    });
+                    states.len() - 1
+                });
+                self.srtp_last = place;
+                place
+            }
+        };
+        (self.cipher.as_mut(), &mut self.srtp_ssrc_states[place])
     }
 
     fn get_srtcp_ssrc_state(&mut self, ssrc: u32) -> &mut SrtcpSsrcState {
@@ -208,9 +222,9 @@ impl Context {
 
     /// roc returns SRTP rollover counter value of specified SSRC.
     fn get_roc(&self, ssrc: u32) -> Option<u32> {
-        self.srtp_ssrc_states
+        self.srtp_places
             .get(&ssrc)
-            .map(|s| (s.index >> 16) as _)
+            .map(|&place| (self.srtp_ssrc_states[place].index >> 16) as _)
     }
 
     /// set_roc sets SRTP rollover counter value of specified SSRC.
