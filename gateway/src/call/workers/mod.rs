@@ -75,6 +75,17 @@ const FILL_TO: f64 = 0.5;
 /// calls therefore puts at most 50 on an idle worker before the next one takes some.
 const NEW_CALL_SHARE: f64 = 0.01;
 
+/// While calls economise, how many quiet windows (no call placed on the worker) the gate
+/// reads before it lets their demand lower a worker's demand per call, and then the highest
+/// of the last this many: one window that reads low does not open the gate.
+const QUIET_WINDOWS: usize = 4;
+
+/// The share of its full cost a call demands while it economises (Opus at complexity 0):
+/// offered 500 callers, the benchmark box carried 274 and 250 at complexity 0 where it
+/// carried 233 and 213 at complexity 1 (BENCHMARKS.md §1, "What economy is worth"). A
+/// relayed call, which codes nothing, saves nothing and is counted a little above its cost.
+const ECONOMY_COST: f64 = 0.85;
+
 /// How often placement measures a worker's busy share (when a call is placed).
 const MEASURE_EVERY: Duration = Duration::from_millis(500);
 
@@ -98,10 +109,20 @@ struct Measured {
     demand: f64,
     /// What one of its calls adds to its demand: the windows' demand per call, smoothed
     /// ([`DEMAND_WEIGHT`]); [`NEW_CALL_SHARE`] until a window with calls has been measured.
-    /// Held while calls economise ([`MediaWorkers::set_economy`]).
+    /// While calls economise ([`MediaWorkers::set_economy`]) it counts them at their full
+    /// cost: it holds, and only quiet windows' demand, scaled up to full cost, may change it
+    /// (`quiet`).
     per_call: f64,
     /// Whether `per_call` has been measured.
     learned: bool,
+    /// While calls economise: the demand per call, at full cost ([`ECONOMY_COST`]), of the
+    /// last [`QUIET_WINDOWS`] windows in which the worker took no new call, latest last, and
+    /// how many there were (at most that). Why: a worker learns mostly during bursts of new
+    /// calls, whose set-up (ICE, DTLS) its demand then includes; held through economy, that
+    /// estimate kept the gate shut at 251 calls that wanted only 0.55–0.70 of each core once
+    /// set up (BENCHMARKS.md §2, the traced run). Quiet windows show what the calls cost.
+    quiet: [f64; QUIET_WINDOWS],
+    quiet_seen: usize,
     /// Calls given to it since.
     placed: u32,
 }
@@ -116,6 +137,8 @@ impl Measured {
             demand: 0.0,
             per_call: NEW_CALL_SHARE,
             learned: false,
+            quiet: [0.0; QUIET_WINDOWS],
+            quiet_seen: 0,
             placed: 0,
         }
     }
@@ -126,7 +149,8 @@ impl Measured {
     }
 
     /// Measures the worker, now running `calls`, again once a window has passed; while calls
-    /// `economise`, its demand per call once learned is held.
+    /// `economise`, its demand per call once learned changes only as quiet windows say
+    /// (`quiet`).
     fn update(
         &mut self,
         now: Instant,
@@ -141,11 +165,28 @@ impl Measured {
         }
         let window = window.as_nanos() as f64;
         let demand = demand_ns.saturating_sub(self.demand_ns) as f64 / window;
-        let learn = calls > 0 && !(economise && self.learned);
-        let per_call = if !learn {
-            self.per_call
-        } else {
-            self.per_call * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * demand / calls as f64
+        let (mut quiet, mut quiet_seen) = (self.quiet, self.quiet_seen);
+        if !economise {
+            quiet_seen = 0;
+        }
+        let reading = (calls > 0).then(|| demand / calls as f64);
+        let per_call = match reading {
+            None => self.per_call,
+            Some(reading) if !(economise && self.learned) => {
+                self.per_call * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * reading
+            }
+            // A window with new calls: their set-up is in its demand.
+            Some(_) if self.placed > 0 => self.per_call,
+            Some(reading) => {
+                quiet.rotate_left(1);
+                quiet[QUIET_WINDOWS - 1] = reading / ECONOMY_COST;
+                quiet_seen = (quiet_seen + 1).min(QUIET_WINDOWS);
+                if quiet_seen < QUIET_WINDOWS {
+                    self.per_call
+                } else {
+                    quiet.iter().copied().fold(0.0, f64::max)
+                }
+            }
         };
         *self = Measured {
             at: now,
@@ -154,7 +195,9 @@ impl Measured {
             demand_ns,
             demand,
             per_call,
-            learned: self.learned || learn,
+            learned: self.learned || reading.is_some(),
+            quiet,
+            quiet_seen,
             placed: 0,
         };
     }
@@ -354,10 +397,12 @@ impl MediaWorkers {
     }
 
     /// Whether calls economise now (the load level, `super::load`). While they do, the gate
-    /// holds each worker's demand per call as it was at full complexity: economy buys the
-    /// running calls headroom, not room for more calls. Why: counted at their economy cost,
-    /// 500 callers offered on the benchmark box let in 312, 399 and 342 calls where the box
-    /// carries ~270 at complexity 0, and in one run the sampled tones broke (BENCHMARKS.md).
+    /// counts them at their full cost: it holds each worker's demand per call, and lowers it
+    /// only by the highest of [`QUIET_WINDOWS`] quiet windows' demand scaled up by
+    /// [`ECONOMY_COST`]. Economy buys the running calls headroom, not room for more calls.
+    /// Why: counted at their economy cost, 500 callers offered on the benchmark box let in
+    /// 312, 399 and 342 calls where the box carries ~270 at complexity 0, and in one run the
+    /// sampled tones broke (BENCHMARKS.md).
     pub fn set_economy(&self, on: bool) {
         self.economy.store(on, Ordering::Relaxed);
     }

@@ -152,6 +152,53 @@ fn while_calls_economise_the_gate_counts_them_at_their_full_cost() {
 }
 
 #[test]
+fn while_calls_economise_only_quiet_windows_lower_their_full_cost() {
+    let t0 = Instant::now();
+    let mut at = t0;
+    let mut total = 0u64;
+    // One more window in which the worker's calls wanted `share` of a core; `placed` new
+    // calls were given to it during the window.
+    let mut window = |m: &mut Measured, share: f64, placed: u32, economise: bool| {
+        at += MEASURE_EVERY;
+        total += (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+        m.placed = placed;
+        m.update(at, 0, total, 100, economise);
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    let mut m = Measured::new(t0);
+    // Learned during a burst of new calls: 0.9 of a core for 100 calls, set-up included.
+    for _ in 0..40 {
+        window(&mut m, 0.9, 50, false);
+    }
+    assert!(close(m.per_call, 0.009), "{}", m.per_call);
+    // Economy on. A window with new calls says nothing: their set-up is in it.
+    window(&mut m, 0.45, 10, true);
+    assert!(close(m.per_call, 0.009), "{}", m.per_call);
+    // Quiet windows: the 100 calls, set up, want 0.51 (0.6 at full cost). Three are not
+    // enough; the fourth lowers the estimate to 0.6 for 100 calls at full cost.
+    for _ in 0..3 {
+        window(&mut m, 0.51, 0, true);
+        assert!(close(m.per_call, 0.009), "{}", m.per_call);
+    }
+    window(&mut m, 0.51, 0, true);
+    assert!(close(m.per_call, 0.006), "{}", m.per_call);
+    // One window that reads low does not open the gate: the highest of the last four counts.
+    window(&mut m, 0.3, 0, true);
+    assert!(close(m.per_call, 0.006), "{}", m.per_call);
+    // One that reads high closes it at once.
+    window(&mut m, 0.68, 0, true);
+    assert!(close(m.per_call, 0.008), "{}", m.per_call);
+    // Economy over: quiet windows are forgotten and the estimate learns as before.
+    window(&mut m, 0.5, 0, false);
+    assert_eq!(m.quiet_seen, 0);
+    assert!(
+        close(m.per_call, 0.008 * 0.7 + 0.005 * 0.3),
+        "{}",
+        m.per_call
+    );
+}
+
+#[test]
 fn a_worker_threads_demand_is_its_run_and_wait_time() {
     let file = File::open("/proc/thread-self/schedstat").ok();
     let busy = 7;
