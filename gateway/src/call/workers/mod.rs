@@ -82,8 +82,9 @@ const QUIET_WINDOWS: usize = 4;
 
 /// The share of its full cost a call demands while it economises (Opus at complexity 0):
 /// offered 500 callers, the benchmark box carried 274 and 250 at complexity 0 where it
-/// carried 233 and 213 at complexity 1 (BENCHMARKS.md §1, "What economy is worth"). A
-/// relayed call, which codes nothing, saves nothing and is counted a little above its cost.
+/// carried 233 and 213 at complexity 1 (BENCHMARKS.md §2, "calls economise before new
+/// calls are refused"). A relayed call, which codes nothing, saves nothing and is counted a
+/// little above its cost.
 const ECONOMY_COST: f64 = 0.85;
 
 /// How often placement measures a worker's busy share (when a call is placed).
