@@ -401,17 +401,22 @@ mod tests {
         buf
     }
 
+    /// Two ends keyed for each other with `suite`: what one protects, the other unprotects.
+    fn pair(suite: CryptoSuite) -> (SrtpSession, SrtpSession) {
+        let (a, b) = (SdesKey::generate(1, suite), SdesKey::generate(1, suite));
+        let keys = |ours, theirs| SrtpKeys {
+            secure_profile: true,
+            ours,
+            theirs,
+        };
+        let alice = SrtpSession::new(keys(a, b)).unwrap();
+        (alice, SrtpSession::new(keys(b, a)).unwrap())
+    }
+
     #[test]
     fn a_packet_survives_the_round_trip_and_forgeries_and_replays_do_not() {
         for suite in CryptoSuite::ALL {
-            let (a, b) = (SdesKey::generate(1, suite), SdesKey::generate(1, suite));
-            let keys = |ours, theirs| SrtpKeys {
-                secure_profile: true,
-                ours,
-                theirs,
-            };
-            let mut alice = SrtpSession::new(keys(a, b)).unwrap();
-            let mut bob = SrtpSession::new(keys(b, a)).unwrap();
+            let (mut alice, mut bob) = pair(suite);
             let plain = rtp(7, 0x1234);
             let sent = protect(&mut alice, &plain);
             let tag = if suite == CryptoSuite::AesCm128HmacSha1_80 {
@@ -447,14 +452,7 @@ mod tests {
     #[test]
     fn interleaved_streams_keep_their_own_state() {
         for suite in CryptoSuite::ALL {
-            let (a, b) = (SdesKey::generate(1, suite), SdesKey::generate(1, suite));
-            let keys = |ours, theirs| SrtpKeys {
-                secure_profile: true,
-                ours,
-                theirs,
-            };
-            let mut alice = SrtpSession::new(keys(a, b)).unwrap();
-            let mut bob = SrtpSession::new(keys(b, a)).unwrap();
+            let (mut alice, mut bob) = pair(suite);
             // The second stream crosses a rollover (65535 → 0) while the first does not.
             let order = [
                 (0x1111, 100),
