@@ -199,6 +199,13 @@ fn text(m: &Value) -> Message {
     Message::Text(m.to_string().into())
 }
 
+/// Places one call through the gateway at `ws_url` on a task of its own ([`run_call`]); the
+/// task panics if the call could not be placed at all.
+pub fn spawn_call(ws_url: &str, options: CallOptions) -> tokio::task::JoinHandle<CallReport> {
+    let url = ws_url.to_string();
+    tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
+}
+
 /// Places one call through the gateway at `ws_url` and reports.
 pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<CallReport> {
     let mut ws = connect(ws_url).await?;

@@ -2,7 +2,7 @@
 //! `/ws` signaling onto a sipp trunk that echoes RTP; the tone must come back.
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{Sipp, out_dir, write_config};
 
 fn with_target(path: &std::path::Path, extra: &str) {
@@ -612,7 +612,7 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
     let opts = CallOptions::answering("agent-7", secret, 30.0);
-    let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
+    let browser = spawn_call(&url, opts);
     // sipp calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     // sipp calls from the trunk's own address, echoing whatever the browser sends.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{Sipp, http_get, out_dir, write_config};
 
 const SECRET: &str = "engine-secret-0123456789abcdef";
@@ -193,10 +193,7 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
         .await
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let call = |options: CallOptions| {
-        let url = url.clone();
-        tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
-    };
+    let call = |options: CallOptions| spawn_call(&url, options);
     // Browsers: two answered, one busy, one given up while ringing, one rung out; three
     // agents waiting for inbound calls.
     let outbound = vec![
@@ -303,18 +300,11 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
     let url = format!("ws://{}/ws", gateway.http_addr);
     let calls: Vec<_> = (0..CALLS)
         .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move {
-                run_call(
-                    &url,
-                    &CallOptions {
-                        seconds: 6.0,
-                        ..CallOptions::new("echo")
-                    },
-                )
-                .await
-                .unwrap()
-            })
+            let options = CallOptions {
+                seconds: 6.0,
+                ..CallOptions::new("echo")
+            };
+            spawn_call(&url, options)
         })
         .collect();
     let wakeups = "gateway_media_worker_wakeups_total{worker=\"0\"}";

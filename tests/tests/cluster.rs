@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::cluster::{SECRET, node_config, wait_for_redis, wait_for_registration};
 use gateway_tests::redis::Redis;
 use gateway_tests::{Sipp, out_dir, wait_for_metric};
@@ -44,7 +44,7 @@ fn call(node: &gateway::run::Gateway, seconds: f64) -> tokio::task::JoinHandle<C
         measure_window: Some((1.0, seconds - 0.5)),
         ..CallOptions::new("echo")
     };
-    tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
+    spawn_call(&url, options)
 }
 
 fn assert_tone(report: &CallReport) {
@@ -315,7 +315,7 @@ async fn inbound_pair(
     let url = format!("ws://{}/ws", b.http_addr);
     let mut agent = CallOptions::answering("agent", SECRET, 3.0);
     agent.ignore_incoming = !answer;
-    let browser = tokio::spawn(async move { run_call(&url, &agent).await.unwrap() });
+    let browser = spawn_call(&url, agent);
     wait_for_registration(&redis, "agent", "b", 5).await;
     metric(&a, "gateway_cluster_nodes 2", 5).await;
     (redis, a, b, browser)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, spawn_call};
 use gateway_tests::{Sipp, http_get, out_dir, write_config};
 use tokio::net::UdpSocket;
 
@@ -53,7 +53,7 @@ fn call(gateway: &gateway::run::Gateway, seconds: f64) -> tokio::task::JoinHandl
         seconds,
         ..CallOptions::new("echo")
     };
-    tokio::spawn(async move { run_call(&url, &options).await.unwrap() })
+    spawn_call(&url, options)
 }
 
 fn assert_clean_tone(report: &CallReport) {

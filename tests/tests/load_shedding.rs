@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use gateway::config::Config;
 use gateway::run::Gateway;
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{Sipp, http_get, out_dir, wait_for_metric, write_config};
 use tokio::task::JoinHandle;
 
@@ -46,20 +46,13 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
     )
     .await;
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let running = {
-        let url = url.clone();
-        tokio::spawn(async move {
-            run_call(
-                &url,
-                &CallOptions {
-                    seconds: 8.0,
-                    ..CallOptions::new("echo")
-                },
-            )
-            .await
-            .unwrap()
-        })
-    };
+    let running = spawn_call(
+        &url,
+        CallOptions {
+            seconds: 8.0,
+            ..CallOptions::new("echo")
+        },
+    );
     // Economy after the first late second, shedding after three.
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut levels = Vec::new();
@@ -111,19 +104,12 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
 async fn eight_calls(url: &str, http: std::net::SocketAddr) -> Vec<JoinHandle<CallReport>> {
     let running = (0..8)
         .map(|i| {
-            let url = url.to_string();
-            tokio::spawn(async move {
-                run_call(
-                    &url,
-                    &CallOptions {
-                        seconds: 6.0,
-                        light: i > 0,
-                        ..CallOptions::new("echo")
-                    },
-                )
-                .await
-                .unwrap()
-            })
+            let options = CallOptions {
+                seconds: 6.0,
+                light: i > 0,
+                ..CallOptions::new("echo")
+            };
+            spawn_call(url, options)
         })
         .collect();
     wait_for_metric(http, "gateway_active_calls 8", 20).await;

@@ -2,7 +2,7 @@
 //! the gateway decoding or encoding a frame (RFC 7587 on the trunk, SRTP ⇄ RTP only).
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, run_call};
+use gateway_tests::client::{CallOptions, run_call, spawn_call};
 use gateway_tests::{Sipp, codec_trunk_config, http_get, out_dir, write_config};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -118,7 +118,7 @@ async fn call_from_opus_trunk(
         .unwrap();
     let options = CallOptions::answering("agent-o", secret, 30.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let browser = tokio::spawn(async move { run_call(&url, &options).await.unwrap() });
+    let browser = spawn_call(&url, options);
     // sipp calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let mut sipp = Sipp::uac(

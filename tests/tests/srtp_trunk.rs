@@ -4,7 +4,7 @@
 
 use gateway::config::Config;
 use gateway_tests::baresip::{Baresip, MediaEncryption};
-use gateway_tests::client::{CallOptions, CallReport, run_call};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{Sipp, out_dir, write_config};
 
 /// A gateway whose trunk `carrier` is at 127.0.0.1:`port` over `transport`, its table
@@ -182,7 +182,7 @@ async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_
     let (gateway, cdr) = gateway_to(&dir, (peer.tls_port, "tls"), &settings, edit).await;
     let opts = CallOptions::answering("agent-7", secret, 3.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let browser = tokio::spawn(async move { run_call(&url, &opts).await.unwrap() });
+    let browser = spawn_call(&url, opts);
     // sipp calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
