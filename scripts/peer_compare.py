@@ -10,8 +10,11 @@ and the libopus floor of the same run.
   call protocol so `loadgen` drives both alike; rtpengine masks Opus towards the trunk and
   transcodes to PCMU; its trunk leg answers at sipp's echo port (no SIP: rtpengine is a
   media proxy and is charged nothing for signalling).
-- floor: raw libopus decode + encode per call at the gateway's settings (criterion,
-  gateway/benches/media.rs, "floor"), in % of a core per call.
+- floor: raw libopus decode + encode per call at the gateway's settings, of the signal these
+  calls carry (loadgen's tone, and sipp's echo of it: criterion, gateway/benches/media.rs,
+  "load floor"), in % of a core per call. The bench's speech-like signal ("floor"), which
+  SILK codes more cheaply, is printed beside it for comparison with figures before
+  2026-12-04's afternoon, which were set against it.
 
 CPU is the media process's own (utime + stime from /proc) over a steady window once every
 call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's ng `list`).
@@ -101,19 +104,23 @@ def wait_rtpengine(timeout=20):
 
 
 def floor_pct(complexity):
-    """The libopus floor per call (decode + encode, 50 frames a second) at the gateway's
-    settings, % of a core."""
+    """The libopus floors per call (decode + encode, 50 frames a second) at the gateway's
+    settings, % of a core: of the load's signal ("load") and of the bench's speech-like one
+    ("speech_like")."""
     env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
     out = subprocess.run(
         ["cargo", "bench", "--locked", "-p", "gateway", "--bench", "media", "--", "floor",
          "--warm-up-time", "1", "--measurement-time", "4", "--noplot"],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
-    m = re.search(r"floor[^\n]*\n\s*time:\s*\[\S+ \S+ (\S+) (\S+)", out)
-    if not m:
-        sys.exit(f"no floor figure in the bench's output:\n{out}")
-    value, unit = float(m.group(1)), m.group(2)
-    micros = value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
-    return round(micros * 50 / 1e6 * 100, 3)
+    floors = {}
+    for key, name in (("load", "load floor: "), ("speech_like", "floor: ")):
+        m = re.search(r"^" + re.escape(name) + r"[^\n]*\n\s*time:\s*\[\S+ \S+ (\S+) (\S+)", out, re.M)
+        if not m:
+            sys.exit(f"no {name!r} figure in the bench's output:\n{out}")
+        value, unit = float(m.group(1)), m.group(2)
+        micros = value * {"ns": 1e-3, "µs": 1.0, "us": 1.0, "ms": 1e3}[unit]
+        floors[key] = round(micros * 50 / 1e6 * 100, 3)
+    return floors
 
 
 def run_gateway(n, window, complexity=None, turn_ms=None):
@@ -205,7 +212,8 @@ def main():
     finally:
         sipp.terminate()
         sipp.wait(timeout=10)
-    floor = None if a.no_floor else floor_pct(a.complexity)
+    floors = None if a.no_floor else floor_pct(a.complexity)
+    floor = floors and floors["load"]
 
     def med(name, key):
         return median([r[name][key] for r in rounds])
@@ -233,7 +241,8 @@ def main():
                      f"{t['gateway_anon_mb_per_call']} | {t['calls_up']} | {t['loss_pct']} | {'yes' if t['tone_intact'] else 'NO'} "
                      f"({t['tone_snr_db_p50']}) | {t['calls_failed']} |")
     if floor is not None:
-        lines.append(f"| libopus floor | {floor} | | | | | | |")
+        lines.append(f"| libopus floor (these calls' signal) | {floor} | | | | | | |")
+        lines.append(f"| libopus floor (the bench's speech-like signal) | {floors['speech_like']} | | | | | | |")
     lines += ["", f"rtpengine / gateway CPU per call, per round: "
               f"{', '.join(f'{x:.2f}×' for x in ratios)}; median {median(ratios):.2f}×"]
     if e["gateway_rss_mb_per_call"] and g["gateway_rss_mb_per_call"]:
@@ -242,9 +251,11 @@ def main():
                      + (f" (anonymous: {e['gateway_anon_mb_per_call'] / g['gateway_anon_mb_per_call']:.2f}×)"
                         if e["gateway_anon_mb_per_call"] and g["gateway_anon_mb_per_call"] else ""))
     if floor:
-        lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}×")
+        lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}× "
+                     f"(against the speech-like signal's: {g['gateway_cpu_pct_per_call'] / floors['speech_like']:.2f}×)")
     (OUT / "compare.json").write_text(json.dumps(
         {"calls": a.calls, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
+         "floor_speech_like_pct_per_call": floors and floors["speech_like"],
          "ratio_rtpengine_over_gateway": ratios, "rtpengine": version}, indent=2))
     (OUT / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -6,7 +6,9 @@
 //!   logic) → G.711 encode → RTP header;
 //! - pipeline, trunk → browser: RTP parse → G.711 decode → jitter buffer → Opus encode;
 //! - floor: `opus_decode` of the browser packet + `opus_encode` of the trunk frame, straight
-//!   through audiopus, nothing else.
+//!   through audiopus, nothing else;
+//! - load floor: the same for the signal `loadgen`'s callers send and sipp echoes back, the
+//!   floor of the calls `scripts/load_ramp.py` and `scripts/peer_compare.py` measure.
 //!
 //! The UDP and SRTP work around it is not in either (it is the same syscall and cipher per
 //! packet whatever the pipeline does). Prints `pipeline / floor` at the end.
@@ -26,6 +28,7 @@ use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
+use gateway_tests::client::CallOptions;
 
 const FRAMES: usize = 500;
 
@@ -170,6 +173,21 @@ fn main() {
             black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
         })
     });
+    // The floor of the load's calls, after the pipeline's own floor (same settings).
+    let (load_packets, load_frames) = load_signal();
+    let load_encoder = floor_encoder(settings);
+    let mut load_decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+    let mut l = 0usize;
+    c.bench_function(LOAD_FLOOR, |bench| {
+        bench.iter(|| {
+            let k = l % FRAMES;
+            l += 1;
+            let packet = Packet::try_from(load_packets[k].as_slice()).unwrap();
+            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+            black_box(load_decoder.decode(Some(packet), signals, false).unwrap());
+            black_box(load_encoder.encode(&load_frames[k], &mut encoded).unwrap());
+        })
+    });
     // What the browser's band costs the gateway: its packets decoded to the 8 kHz a G.711
     // call needs, and to the 16 kHz of a G.722 call, capped (as the gateway's answer asks)
     // and not (a browser's default). The signal has nothing above 4 kHz, so the wideband
@@ -228,6 +246,13 @@ fn main() {
         ),
         _ => println!("(criterion estimates not found; see target/criterion)"),
     }
+    if let Some(t) = median(LOAD_FLOOR) {
+        println!(
+            "the load's calls (loadgen's tone, echoed): libopus floor {:.2} µs a frame, {:.3} % of a core per call",
+            t / 1000.0,
+            t * 50.0 / 1e7
+        );
+    }
     let mean_len = |s: &[Vec<u8>]| s.iter().map(Vec::len).sum::<usize>() as f64 / s.len() as f64;
     println!("browser packets decoded, a frame:");
     for (name, stream, _) in decodes {
@@ -239,6 +264,54 @@ fn main() {
             );
         }
     }
+}
+
+const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone";
+
+/// What the load's callers send, and what the gateway's encoder is then given, a frame at a
+/// time: `loadgen`'s tone coded as it codes it for the gateway's answer to a G.711 call, and
+/// that tone decoded, through PCMU to sipp's echo and back.
+///
+/// Why a floor of its own: the figures set against the floor (`load_ramp.py`,
+/// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
+/// this clean tone as voiced speech, with a pitch and long-term prediction search
+/// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which [`signal`]'s noise keeps
+/// it from doing: a frame of it costs 10–16 % more (BENCHMARKS.md §2, "afternoon").
+fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
+    let answer = gateway::rtc::cap_audio_rate(
+        "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",
+        111,
+        8000,
+    );
+    let mut browser = BrowserOpus::new(&answer, CallOptions::new("echo").tone_hz).unwrap();
+    browser.code_as_speech().unwrap();
+    let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+    let (packets, frames): (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) = (0..FRAMES)
+        .map(|_| {
+            let mut packet = [0u8; 1500];
+            let n = browser.next_packet(&mut packet).unwrap();
+            let mut pcm = [0i16; FRAME_SAMPLES_8K];
+            let signals = MutSignals::try_from(&mut pcm[..]).unwrap();
+            decoder
+                .decode(
+                    Some(Packet::try_from(&packet[..n]).unwrap()),
+                    signals,
+                    false,
+                )
+                .unwrap();
+            let mut law = [0u8; FRAME_SAMPLES_8K];
+            G711::Pcmu.encode(&pcm, &mut law);
+            G711::Pcmu.decode(&law, &mut pcm);
+            (packet[..n].to_vec(), pcm)
+        })
+        .unzip();
+    // A floor of silence would be no floor: the tone must be there, at its level (8000).
+    let peak = frames[FRAMES - 1].iter().map(|s| s.unsigned_abs()).max();
+    assert!(
+        peak > Some(4000),
+        "the load's tone is missing: peak {peak:?}"
+    );
+    (packets, frames)
 }
 
 const DECODE_NARROW: &str = "decode to 8 kHz: browser narrowband 24 kb/s";
