@@ -3,6 +3,7 @@
 //! tone as Opus and measures what comes back.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -72,6 +73,10 @@ pub struct CallOptions {
     /// Load mode: send a pre-encoded one-second Opus loop of the tone instead of encoding
     /// every frame, and only count and time what comes back (no decoding, no tone check).
     pub light: bool,
+    /// Send the tone from the same pre-encoded loop as [`Self::light`] callers, but otherwise
+    /// call as a browser does: through the stack's pipeline, decoding and checking what comes
+    /// back. For a load generator's sampled calls, which then code nothing live either.
+    pub looped_tone: bool,
     /// Send `hold` without the `unhold` that [`Self::hold_after`] sends 1.5 s later.
     pub hold_only: bool,
     /// Hang up this many seconds after `call` when no `answered` came by then.
@@ -311,9 +316,9 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut timestamp: u32 = 1000;
     let mut answered_at: Option<Instant> = None;
     let mut buf = vec![0u8; 2000];
-    // Light mode: one second of the tone, coded once the gateway's description is in (1004 Hz
-    // has a whole number of periods per second, so the loop is seamless).
-    let mut tone_loop: Vec<Bytes> = Vec::new();
+    // Light mode and a looped tone: one second of the tone, taken once the gateway's
+    // description is in ([`tone_loop`]).
+    let mut tone_loop: Arc<[Bytes]> = Arc::new([]);
     let mut loop_index = 0usize;
     let mut arrivals = Arrivals::new();
     // Light mode protects its RTP itself, without the stack's pipeline.
@@ -510,7 +515,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             EventPayload { ..event.payload }.write(&mut p);
                             (126u8, Bytes::copy_from_slice(&p), event.marker)
                         }
-                        None if options.light => {
+                        None if options.light || options.looped_tone => {
                             if tone_loop.is_empty() {
                                 continue;
                             }
@@ -748,33 +753,68 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Sets up the call's Opus sender from the gateway's first description, and in light mode
-/// codes the one-second tone loop with it.
+/// Sets up the call's Opus sender from the gateway's first description, or in light mode
+/// and with a looped tone takes the tone's loop for it ([`tone_loop`]).
 fn start_sending(
     sender: &mut Option<BrowserOpus>,
-    tone_loop: &mut Vec<Bytes>,
+    tone_loop: &mut Arc<[Bytes]>,
     description: &str,
     options: &CallOptions,
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
-    if sender.is_some() {
+    if sender.is_some() || !tone_loop.is_empty() {
         return Ok(());
     }
     report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
-    let mut opus = if options.full_band {
-        BrowserOpus::coding_up_to(48_000, true, options.tone_hz)?
-    } else {
-        BrowserOpus::new(description, options.tone_hz)?
+    let coder = || -> anyhow::Result<BrowserOpus> {
+        let mut opus = if options.full_band {
+            BrowserOpus::coding_up_to(48_000, true, options.tone_hz)?
+        } else {
+            BrowserOpus::new(description, options.tone_hz)?
+        };
+        // The tone stands in for a caller's voice: coded as a browser codes speech.
+        opus.code_as_speech()?;
+        Ok(opus)
     };
-    // The tone stands in for a caller's voice: coded as a browser codes speech.
-    opus.code_as_speech()?;
-    if options.light {
-        let mut packet = [0u8; MAX_PACKET];
-        for _ in 0..50 {
-            let n = opus.next_packet(&mut packet)?;
-            tone_loop.push(Bytes::copy_from_slice(&packet[..n]));
+    if options.light || options.looped_tone {
+        let key = format!(
+            "{} {} {}",
+            options.full_band,
+            options.tone_hz,
+            crate::browser_opus::opus_parameters(description).unwrap_or("")
+        );
+        *tone_loop = self::tone_loop(&key, coder)?;
+    } else {
+        *sender = Some(coder()?);
+    }
+    Ok(())
+}
+
+/// One second of the tone as `coder` codes it, coded once per process for each way of coding
+/// it (`key`): a load of callers then costs the generator no encoding, at set-up or after
+/// (each light caller used to code its own loop, 50 frames of 48 kHz at complexity 9). The
+/// loop is the coder's second second: by then it codes the steady tone as it goes on doing,
+/// so the seam (the far end's decoder given the loop's first packet after its last) is like
+/// any other frame boundary, 1004 Hz having a whole number of periods a second.
+fn tone_loop(
+    key: &str,
+    coder: impl FnOnce() -> anyhow::Result<BrowserOpus>,
+) -> anyhow::Result<Arc<[Bytes]>> {
+    static LOOPS: Mutex<Vec<(String, Arc<[Bytes]>)>> = Mutex::new(Vec::new());
+    let mut loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, coded)) = loops.iter().find(|(k, _)| k == key) {
+        return Ok(coded.clone());
+    }
+    let mut opus = coder()?;
+    let mut packet = [0u8; MAX_PACKET];
+    let mut coded = Vec::with_capacity(50);
+    for frame in 0..100 {
+        let n = opus.next_packet(&mut packet)?;
+        if frame >= 50 {
+            coded.push(Bytes::copy_from_slice(&packet[..n]));
         }
     }
-    *sender = Some(opus);
-    Ok(())
+    let coded: Arc<[Bytes]> = coded.into();
+    loops.push((key.to_owned(), coded.clone()));
+    Ok(coded)
 }
