@@ -143,3 +143,57 @@ async fn call_from_opus_trunk(
     );
     (report, http_get(gateway.http_addr, "/metrics").await)
 }
+
+/// An Opus trunk beside a G.711 one: a call dialled to the G.711 trunk asks the browser for
+/// narrowband as if the Opus trunk were not there (it was asked for full band, the widest of
+/// all trunks), and one dialled to the Opus trunk leaves the browser's band open.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_browsers_band_follows_the_dialled_trunk() {
+    let dir = out_dir("band_follows_trunk");
+    let opus_dir = dir.join("opus");
+    std::fs::create_dir_all(&opus_dir).unwrap();
+    let pbx = Sipp::uas("echo.xml", "u1", &dir);
+    let carrier = Sipp::uas("echo_opus.xml", "u1", &opus_dir);
+    let path = write_config(
+        &dir,
+        &[
+            ("pbx", pbx.port, "udp", &[]),
+            ("carrier", carrier.port, "udp", &[]),
+        ],
+    );
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[trunks.carrier]\n",
+        "[trunks.carrier]\ncodecs = [\"opus\", \"PCMU\"]\n",
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[targets.echo]\ntrunk = \"pbx\"\nnumber = \"100\"\n\n\
+             [targets.hd]\ntrunk = \"carrier\"\nnumber = \"100\"\n"
+        ),
+    )
+    .unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    for (target, hz) in [("echo", 8000), ("hd", 48000)] {
+        let options = CallOptions {
+            seconds: 2.0,
+            ..CallOptions::new(target)
+        };
+        let report = run_call(&url, &options).await.unwrap();
+        eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+        assert_eq!(report.far_end_playback_hz, Some(hz), "{target}: {report:?}");
+        assert!(
+            report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+            "{target}: the tone comes back: {report:?}"
+        );
+        assert_eq!(report.ended.unwrap()["reason"], "hangup", "{target}");
+    }
+    assert!(pbx.finished().await, "the G.711 trunk's sipp saw no call");
+    assert!(
+        carrier.finished().await,
+        "the Opus trunk's sipp saw no call"
+    );
+}

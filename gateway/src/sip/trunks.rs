@@ -177,10 +177,26 @@ impl Trunks {
         }))
     }
 
-    /// The widest audio any trunk's codecs carry, samples a second: as much as a browser's call
-    /// needs to code before its route is known (plugins may send it to any trunk).
+    /// The widest audio any trunk's codecs carry, samples a second: as much as a browser
+    /// needs to code when no trunk is named yet (a preflight).
     pub fn widest_audio_hz(&self) -> u32 {
         self.audio_hz
+    }
+
+    /// The widest audio trunk `first` and its failover trunks carry, samples a second: as much
+    /// as a browser's call dialled to it needs to code. For a trunk not configured, the widest
+    /// any trunk carries.
+    pub fn audio_hz_for(&self, first: &str) -> u32 {
+        if !self.configs.contains_key(first) {
+            return self.audio_hz;
+        }
+        let chain = self.chain(first);
+        Codec::widest_audio_hz(
+            chain
+                .iter()
+                .filter_map(|name| self.configs.get(name))
+                .flat_map(|c| c.codecs.iter().copied()),
+        )
     }
 
     /// The configuration of trunk `name`.
@@ -392,6 +408,36 @@ mod tests {
         .unwrap();
         assert_eq!(t.chain("a"), vec!["a", "b", "c"]);
         assert_eq!(t.chain("c"), vec!["c"]);
+    }
+
+    #[test]
+    fn a_trunks_audio_is_the_widest_of_its_failover_chain() {
+        let with = |name: &str, failover: &[&str], codecs: &[Codec]| TrunkConfig {
+            codecs: codecs.to_vec(),
+            ..trunk(name, failover)
+        };
+        let t = Trunks::new([
+            with("pbx", &[], &[Codec::Pcma, Codec::Pcmu]),
+            with("hd", &["pbx"], &[Codec::G722, Codec::Pcmu]),
+            with("backup", &["hd"], &[Codec::Pcmu]),
+            with("carrier", &[], &[Codec::Opus, Codec::Pcmu]),
+        ])
+        .unwrap();
+        // An Opus trunk elsewhere widens no other trunk's calls.
+        assert_eq!(t.audio_hz_for("pbx"), 8000);
+        assert_eq!(t.audio_hz_for("hd"), 16000);
+        assert_eq!(
+            t.audio_hz_for("backup"),
+            16000,
+            "its failover may carry G.722"
+        );
+        assert_eq!(t.audio_hz_for("carrier"), 48000);
+        assert_eq!(
+            t.audio_hz_for("nowhere"),
+            48000,
+            "not configured: the widest"
+        );
+        assert_eq!(t.widest_audio_hz(), 48000);
     }
 
     #[test]
