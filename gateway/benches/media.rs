@@ -158,36 +158,28 @@ fn main() {
         })
     });
 
-    let encoder = floor_encoder(settings);
-    let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-    let mut decoded = [0i16; FRAME_SAMPLES_8K];
-    let mut encoded = [0u8; 400];
-    let mut j = 0usize;
-    c.bench_function("floor: libopus decode + encode", |bench| {
-        bench.iter(|| {
-            let k = j % FRAMES;
-            j += 1;
-            let packet = Packet::try_from(packets[k].as_slice()).unwrap();
-            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
-            black_box(decoder.decode(Some(packet), signals, false).unwrap());
-            black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
-        })
-    });
-    // The floor of the load's calls, after the pipeline's own floor (same settings).
+    // The pipeline's floor, then the floor of the load's calls (same settings).
     let (load_packets, load_frames) = load_signal();
-    let load_encoder = floor_encoder(settings);
-    let mut load_decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-    let mut l = 0usize;
-    c.bench_function(LOAD_FLOOR, |bench| {
-        bench.iter(|| {
-            let k = l % FRAMES;
-            l += 1;
-            let packet = Packet::try_from(load_packets[k].as_slice()).unwrap();
-            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
-            black_box(load_decoder.decode(Some(packet), signals, false).unwrap());
-            black_box(load_encoder.encode(&load_frames[k], &mut encoded).unwrap());
-        })
-    });
+    for (name, packets, frames) in [
+        (FLOOR, &packets, &frames),
+        (LOAD_FLOOR, &load_packets, &load_frames),
+    ] {
+        let encoder = floor_encoder(settings);
+        let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+        let mut decoded = [0i16; FRAME_SAMPLES_8K];
+        let mut encoded = [0u8; 400];
+        let mut j = 0usize;
+        c.bench_function(name, |bench| {
+            bench.iter(|| {
+                let k = j % FRAMES;
+                j += 1;
+                let packet = Packet::try_from(packets[k].as_slice()).unwrap();
+                let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+                black_box(decoder.decode(Some(packet), signals, false).unwrap());
+                black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
+            })
+        });
+    }
     // What the browser's band costs the gateway: its packets decoded to the 8 kHz a G.711
     // call needs, and to the 16 kHz of a G.722 call, capped (as the gateway's answer asks)
     // and not (a browser's default). The signal has nothing above 4 kHz, so the wideband
@@ -231,10 +223,7 @@ fn main() {
         let v: serde_json::Value = serde_json::from_str(&text).ok()?;
         v["median"]["point_estimate"].as_f64()
     };
-    match (
-        median("pipeline: 20 ms both ways"),
-        median("floor: libopus decode + encode"),
-    ) {
+    match (median("pipeline: 20 ms both ways"), median(FLOOR)) {
         (Some(p), Some(f)) => println!(
             "\nper 20 ms frame, both ways: pipeline {:.2} µs, libopus floor {:.2} µs, ratio {:.3}× (goal ≤ 1.3×)\n\
              one call = 50 frames/s: pipeline {:.3} % of a core, floor {:.3} %",
@@ -266,6 +255,7 @@ fn main() {
     }
 }
 
+const FLOOR: &str = "floor: libopus decode + encode";
 const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone";
 
 /// What the load's callers send, and what the gateway's encoder is then given, a frame at a
@@ -276,7 +266,7 @@ const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone"
 /// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
 /// this clean tone as voiced speech, with a pitch and long-term prediction search
 /// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which [`signal`]'s noise keeps
-/// it from doing: a frame of it costs 10–16 % more (BENCHMARKS.md §2, "afternoon").
+/// it from doing: a frame of it costs 10–27 % more (BENCHMARKS.md §2, "afternoon").
 fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
     let answer = gateway::rtc::cap_audio_rate(
         "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",
