@@ -4,8 +4,11 @@
 
 /// Samples per output frame (20 ms at 8 kHz).
 pub const FRAME: usize = 160;
-/// Frames of storage: one second.
-const SLOTS: usize = 50;
+/// The most frames of storage, and how far behind the playout point a packet may be to count
+/// as late rather than as the far end's clock restarting: one second.
+const MAX_SLOTS: usize = 50;
+/// The fewest frames of storage: 320 ms.
+const MIN_SLOTS: usize = 16;
 
 /// What [`JitterBuffer::pop`] produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +37,9 @@ pub struct JitterStats {
 /// The jitter buffer.
 #[derive(Debug, Clone)]
 pub struct JitterBuffer {
-    pcm: Box<[[i16; FRAME]; SLOTS]>,
-    filled: [u16; SLOTS],
+    /// A ring of frames, sized to the depth ([`JitterBuffer::new`]).
+    pcm: Box<[[i16; FRAME]]>,
+    filled: Box<[u16]>,
     /// RTP timestamp of the next frame to play; `None` until the first packet.
     next_ts: Option<u32>,
     /// Timestamp that frame boundaries are counted from (the first packet's).
@@ -54,13 +58,21 @@ const MAX_CONCEALED: u32 = 3;
 
 impl JitterBuffer {
     /// A buffer that holds `depth_ms` of audio before playing (rounded to 20 ms frames).
+    ///
+    /// It stores four times its depth, at least 320 ms and at most a second: room for the
+    /// depth, jitter beyond it and a long packet, where a fixed second of storage was 16 KB
+    /// a call, two thirds of it never used at the default depth (60 ms). A far end whose
+    /// clock runs ahead of ours is resynchronised once it is a ring ahead, which also bounds
+    /// the delay that drift can build up.
     pub fn new(depth_ms: u32) -> Self {
+        let depth = (depth_ms / 20).clamp(1, MAX_SLOTS as u32 / 2);
+        let slots = (depth as usize * 4).clamp(MIN_SLOTS, MAX_SLOTS);
         JitterBuffer {
-            pcm: Box::new([[0; FRAME]; SLOTS]),
-            filled: [0; SLOTS],
+            pcm: vec![[0; FRAME]; slots].into_boxed_slice(),
+            filled: vec![0; slots].into_boxed_slice(),
             next_ts: None,
             origin: 0,
-            depth: (depth_ms / 20).clamp(1, SLOTS as u32 / 2),
+            depth,
             priming: true,
             last: [0; FRAME],
             losses_in_a_row: 0,
@@ -69,17 +81,17 @@ impl JitterBuffer {
     }
 
     fn slot(&self, ts: u32) -> usize {
-        (ts.wrapping_sub(self.origin) / FRAME as u32) as usize % SLOTS
+        (ts.wrapping_sub(self.origin) / FRAME as u32) as usize % self.pcm.len()
     }
 
     fn clear(&mut self) {
-        self.filled = [0; SLOTS];
+        self.filled.fill(0);
     }
 
     /// Frames buffered ahead of the playout point.
     pub fn buffered(&self) -> u32 {
         let Some(next) = self.next_ts else { return 0 };
-        (0..SLOTS as u32)
+        (0..self.pcm.len() as u32)
             .filter(|i| self.filled[self.slot(next.wrapping_add(i * FRAME as u32))] > 0)
             .count() as u32
     }
@@ -98,11 +110,11 @@ impl JitterBuffer {
             }
         };
         let ahead = timestamp.wrapping_sub(next) as i32;
-        if ahead < 0 && ahead > -(SLOTS as i32 * FRAME as i32) {
+        if ahead < 0 && ahead > -(MAX_SLOTS as i32 * FRAME as i32) {
             self.stats.late += 1;
             return;
         }
-        if ahead < 0 || ahead as usize + pcm.len() > (SLOTS - 1) * FRAME {
+        if ahead < 0 || ahead as usize + pcm.len() > (self.pcm.len() - 1) * FRAME {
             // Too far behind or ahead to be jitter: the far end restarted its clock or ours
             // drifted. Start again from this packet.
             self.stats.resyncs += 1;
@@ -270,6 +282,35 @@ mod tests {
         }
         let expected: Vec<i16> = (0..8 * 240).map(|i| i as i16).collect();
         assert_eq!(played, expected);
+    }
+
+    #[test]
+    fn storage_follows_the_depth_and_bounds_how_far_ahead_a_clock_may_run() {
+        // The default 60 ms holds 16 frames (5 KB), not a second's 50 (16 KB); 500 ms, the
+        // deepest, still holds a second.
+        assert_eq!(JitterBuffer::new(60).pcm.len(), MIN_SLOTS);
+        assert_eq!(JitterBuffer::new(120).pcm.len(), 24);
+        assert_eq!(JitterBuffer::new(500).pcm.len(), MAX_SLOTS);
+        let mut jb = JitterBuffer::new(60);
+        jb.push(0, &frame(1));
+        // 14 frames ahead is the last the ring takes (one slot stays free): kept.
+        jb.push(14 * FRAME as u32, &frame(2));
+        assert_eq!(jb.stats.resyncs, 0);
+        // 15 frames ahead (300 ms): the far end's clock has run ahead of ours; start again.
+        jb.push(15 * FRAME as u32, &frame(3));
+        assert_eq!(jb.stats.resyncs, 1);
+        // Half a second behind is still a late packet, not a restart: lateness is counted
+        // over a second whatever the ring holds.
+        jb.push(17 * FRAME as u32, &frame(4));
+        jb.push(18 * FRAME as u32, &frame(5));
+        let mut out = [0i16; FRAME];
+        assert_eq!(jb.pop(&mut out), Playout::Audio);
+        assert_eq!(out[0], 3);
+        jb.push(
+            (17 * FRAME as u32).wrapping_sub(25 * FRAME as u32),
+            &frame(6),
+        );
+        assert_eq!((jb.stats.late, jb.stats.resyncs), (1, 1));
     }
 
     #[test]
