@@ -28,7 +28,7 @@ use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
-use gateway_tests::client::CallOptions;
+use gateway_tests::client::{CallOptions, tone_loop_for};
 
 const FRAMES: usize = 500;
 
@@ -259,8 +259,9 @@ const FLOOR: &str = "floor: libopus decode + encode";
 const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone";
 
 /// What the load's callers send, and what the gateway's encoder is then given, a frame at a
-/// time: `loadgen`'s tone coded as it codes it for the gateway's answer to a G.711 call, and
-/// that tone decoded, through PCMU to sipp's echo and back.
+/// time: the tone loop `loadgen`'s callers send for the gateway's answer to a G.711 call
+/// ([`tone_loop_for`], the same function), and that tone decoded, through PCMU to sipp's echo
+/// and back.
 ///
 /// Why a floor of its own: the figures set against the floor (`load_ramp.py`,
 /// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
@@ -273,26 +274,22 @@ fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
         111,
         8000,
     );
-    let mut browser = BrowserOpus::new(&answer, CallOptions::new("echo").tone_hz).unwrap();
-    browser.code_as_speech().unwrap();
+    let tone = tone_loop_for(&answer, &CallOptions::new("echo")).unwrap();
     let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-    let (packets, frames): (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) = (0..FRAMES)
-        .map(|_| {
-            let mut packet = [0u8; 1500];
-            let n = browser.next_packet(&mut packet).unwrap();
+    let (packets, frames): (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) = tone
+        .iter()
+        .cycle()
+        .take(FRAMES)
+        .map(|packet| {
             let mut pcm = [0i16; FRAME_SAMPLES_8K];
             let signals = MutSignals::try_from(&mut pcm[..]).unwrap();
             decoder
-                .decode(
-                    Some(Packet::try_from(&packet[..n]).unwrap()),
-                    signals,
-                    false,
-                )
+                .decode(Some(Packet::try_from(&packet[..]).unwrap()), signals, false)
                 .unwrap();
             let mut law = [0u8; FRAME_SAMPLES_8K];
             G711::Pcmu.encode(&pcm, &mut law);
             G711::Pcmu.decode(&law, &mut pcm);
-            (packet[..n].to_vec(), pcm)
+            (packet.to_vec(), pcm)
         })
         .unzip();
     // A floor of silence would be no floor: the tone must be there, at its level (8000).

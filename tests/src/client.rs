@@ -99,6 +99,12 @@ pub struct CallOptions {
 }
 
 impl CallOptions {
+    /// Whether the call sends the pre-encoded tone loop rather than coding live
+    /// ([`Self::light`], [`Self::looped_tone`]).
+    pub fn sends_tone_loop(&self) -> bool {
+        self.light || self.looped_tone
+    }
+
     /// A two-second call to `to` sending a 1004 Hz tone; everything else off.
     pub fn new(to: &str) -> Self {
         CallOptions {
@@ -515,7 +521,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                             EventPayload { ..event.payload }.write(&mut p);
                             (126u8, Bytes::copy_from_slice(&p), event.marker)
                         }
-                        None if options.light || options.looped_tone => {
+                        None if options.sends_tone_loop() => {
                             if tone_loop.is_empty() {
                                 continue;
                             }
@@ -753,8 +759,8 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Sets up the call's Opus sender from the gateway's first description, or in light mode
-/// and with a looped tone takes the tone's loop for it ([`tone_loop`]).
+/// Sets up the call's Opus sender from the gateway's first description, or when it sends a
+/// tone loop ([`CallOptions::sends_tone_loop`]) takes the loop for it ([`tone_loop_for`]).
 fn start_sending(
     sender: &mut Option<BrowserOpus>,
     tone_loop: &mut Arc<[Bytes]>,
@@ -766,28 +772,37 @@ fn start_sending(
         return Ok(());
     }
     report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
-    let coder = || -> anyhow::Result<BrowserOpus> {
-        let mut opus = if options.full_band {
-            BrowserOpus::coding_up_to(48_000, true, options.tone_hz)?
-        } else {
-            BrowserOpus::new(description, options.tone_hz)?
-        };
-        // The tone stands in for a caller's voice: coded as a browser codes speech.
-        opus.code_as_speech()?;
-        Ok(opus)
-    };
-    if options.light || options.looped_tone {
-        let key = format!(
-            "{} {} {}",
-            options.full_band,
-            options.tone_hz,
-            crate::browser_opus::opus_parameters(description).unwrap_or("")
-        );
-        *tone_loop = self::tone_loop(&key, coder)?;
+    if options.sends_tone_loop() {
+        *tone_loop = tone_loop_for(description, options)?;
     } else {
-        *sender = Some(coder()?);
+        *sender = Some(tone_coder(description, options)?);
     }
     Ok(())
+}
+
+/// The call's tone coded as a browser codes a caller's voice for the far end's
+/// `description` (or full band, with [`CallOptions::full_band`]).
+fn tone_coder(description: &str, options: &CallOptions) -> anyhow::Result<BrowserOpus> {
+    let mut opus = if options.full_band {
+        BrowserOpus::coding_up_to(48_000, true, options.tone_hz)?
+    } else {
+        BrowserOpus::new(description, options.tone_hz)?
+    };
+    // The tone stands in for a caller's voice: coded as a browser codes speech.
+    opus.code_as_speech()?;
+    Ok(opus)
+}
+
+/// The one-second tone loop a caller with `options` sends for the far end's `description`:
+/// what `loadgen --light`'s callers send, and what the media bench's load floor codes.
+pub fn tone_loop_for(description: &str, options: &CallOptions) -> anyhow::Result<Arc<[Bytes]>> {
+    let key = format!(
+        "{} {} {}",
+        options.full_band,
+        options.tone_hz,
+        crate::browser_opus::opus_parameters(description).unwrap_or("")
+    );
+    tone_loop(&key, || tone_coder(description, options))
 }
 
 /// One second of the tone as `coder` codes it, coded once per process for each way of coding
