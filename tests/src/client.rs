@@ -539,17 +539,19 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         // As the gateway's browser leg does (gateway/src/rtc): the keys DTLS-SRTP
                         // agreed, to ICE's selected pair, so a load of light callers costs the
                         // generator little more than its system calls.
-                        if let Some(path) = pc.srtp_path() {
+                        if let Some(peer) = pc.selected_remote()
+                            && let Some(contexts) = pc.srtp_contexts()
+                        {
                             plain.clear();
                             plain.resize(HEADER_LEN, 0);
                             write_header(&mut plain, marker, pt, sequence, ts, ssrc);
                             plain.extend_from_slice(&payload);
                             let plain_len = plain.len();
                             plain.resize(plain_len + MAX_SRTP_TAG, 0);
-                            match path.outbound.encrypt_rtp_in_place(&mut plain, plain_len) {
+                            match contexts.outbound.encrypt_rtp_in_place(&mut plain, plain_len) {
                                 Ok(n) => {
                                     if !dark {
-                                        let _ = socket.send_to(&plain[..n], path.peer).await;
+                                        let _ = socket.send_to(&plain[..n], peer).await;
                                     }
                                     if pt == 111 {
                                         report.packets_sent += 1;

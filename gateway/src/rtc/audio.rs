@@ -20,12 +20,12 @@ impl BrowserLeg {
     /// returns the plaintext's length; a forged, replayed or early one (before DTLS
     /// completed) is an error.
     pub(super) fn unprotect(&mut self, datagram: &mut [u8]) -> Result<usize, RtcError> {
-        let path = self
+        let contexts = self
             .pc
-            .srtp_path()
+            .srtp_contexts()
             .ok_or_else(|| stack("SRTP before the DTLS handshake completed"))?;
         self.inbound_ssrcs
-            .unprotect(path.inbound, datagram)
+            .unprotect(contexts.inbound, datagram)
             .map_err(stack)
     }
 
@@ -82,9 +82,12 @@ impl BrowserLeg {
         let (sequence, timestamp) = (self.sequence, self.timestamp);
         self.sequence = self.sequence.wrapping_add(1);
         self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
-        let path = self
+        let peer = self
+            .media_to
+            .ok_or_else(|| stack("no ICE pair selected yet: nowhere to send audio"))?;
+        let contexts = self
             .pc
-            .srtp_path()
+            .srtp_contexts()
             .ok_or_else(|| stack("no SRTP keys yet: the DTLS handshake has not completed"))?;
         let mut packet = self
             .spare
@@ -102,12 +105,12 @@ impl BrowserLeg {
         packet.extend_from_slice(payload);
         let plain_len = packet.len();
         packet.resize(plain_len + MAX_SRTP_TAG, 0);
-        let len = path
+        let len = contexts
             .outbound
             .encrypt_rtp_in_place(&mut packet, plain_len)
             .map_err(stack)?;
         packet.truncate(len);
-        self.outbox.push_back((packet, path.peer));
+        self.outbox.push_back((packet, peer));
         Ok(())
     }
 

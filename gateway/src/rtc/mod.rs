@@ -145,6 +145,9 @@ pub struct BrowserLeg {
     relay_candidates: Vec<SocketAddr>,
     /// Where the browser's DTLS and SRTP last came from.
     media_from: Option<SocketAddr>,
+    /// Where our SRTP goes: ICE's selected pair's remote address, as the stack last had it
+    /// (see `drain`).
+    media_to: Option<SocketAddr>,
     /// RTP packets of RFC 4733 events received so far, and the last one's sequence: events
     /// share the audio's sequence space (RFC 4733 §2.1), so audio sequences are reported
     /// with them taken out, and the bridge does not take a digit for lost audio.
@@ -287,6 +290,7 @@ impl BrowserLeg {
             validated: Vec::new(),
             relay_candidates: Vec::new(),
             media_from: None,
+            media_to: None,
             event_packets: 0,
             last_event_sequence: None,
             inbound_ssrcs: InboundSsrcs::default(),
@@ -526,9 +530,14 @@ impl BrowserLeg {
     /// called (sans-I/O), so [`Self::poll_event`] and [`Self::poll_transmit`] do not pump
     /// its pipeline otherwise: the call polls after every packet, and pumping it for nothing
     /// was a visible share of a call's CPU.
+    ///
+    /// It also takes ICE's selected pair, which the stack changes only while it is called:
+    /// kept here, the audio sent between those calls does not walk the ICE agent's pairs and
+    /// candidates for it per packet.
     fn drain(&mut self) {
         self.stack_may_write = true;
         self.stack_deadline = None;
+        self.media_to = self.pc.selected_remote();
         while let Some(event) = self.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(

@@ -294,29 +294,34 @@ impl DirectPath {
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            // On the stack only while datagrams are read: not in the call's future.
-            let mut bufs = [[0u8; incoming::DATAGRAM]; incoming::BATCH];
-            let mut got = [(0, self.peer); incoming::BATCH];
-            let count = match incoming::recv_waiting(&self.socket, &mut bufs, &mut got) {
-                Ok(count) => count,
-                // Nothing is sent on this socket, so no ICMP error should come back on it;
-                // whatever does is logged, and the call's ICE consent notices any silence.
-                Err(e) => {
-                    tracing::debug!(error = %e, peer = %self.peer, "browser media receive error");
-                    0
+            let (peer, mux) = (self.peer, &self.mux);
+            let (ready, waiting) = incoming::with_scratch(|scratch| {
+                let bufs = &mut scratch.datagrams;
+                let mut got = [(0, peer); incoming::BATCH];
+                let count = match incoming::recv_waiting(&self.socket, bufs, &mut got) {
+                    Ok(count) => count,
+                    // Nothing is sent on this socket, so no ICMP error should come back on
+                    // it; whatever does is logged, and the call's ICE consent notices any
+                    // silence.
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "browser media receive error");
+                        0
+                    }
+                };
+                let (mut ready, mut waiting) = (None, None);
+                for (buf, &(n, from)) in bufs.iter().zip(&got).take(count) {
+                    if from != peer {
+                        // Queued before the socket was connected: another call's.
+                        route(&mux.routes, &buf[..n], from);
+                    } else if ready.is_none() {
+                        ready = Some((BytesMut::from(&buf[..n]), from));
+                    } else {
+                        waiting = Some((BytesMut::from(&buf[..n]), from));
+                    }
                 }
-            };
-            let mut ready = None;
-            for (buf, &(n, from)) in bufs.iter().zip(&got).take(count) {
-                if from != self.peer {
-                    // Queued before the socket was connected: another call's.
-                    route(&self.mux.routes, &buf[..n], from);
-                } else if ready.is_none() {
-                    ready = Some((BytesMut::from(&buf[..n]), from));
-                } else {
-                    self.waiting = Some((BytesMut::from(&buf[..n]), from));
-                }
-            }
+                (ready, waiting)
+            });
+            self.waiting = waiting;
             if let Some(datagram) = ready {
                 return Poll::Ready(datagram);
             }

@@ -361,27 +361,25 @@ pub fn drive<'a>(
                         .handle_tick(now.saturating_duration_since(scheduled));
                     run.tick(&mut call);
                 }
-                Input::Rtp => {
-                    // The buffers live on the stack while the datagrams waiting are read, not
-                    // in the call's future between packets.
-                    let mut bufs = [[0u8; incoming::DATAGRAM]; incoming::BATCH];
+                Input::Rtp => incoming::with_scratch(|scratch| {
                     let mut got = [(0, SocketAddr::from(([0, 0, 0, 0], 0))); incoming::BATCH];
-                    let mut pcm_in = [0i16; 1500];
                     loop {
-                        let count = run.rtp.recv_waiting(&mut bufs, &mut got).unwrap_or(0);
+                        let bufs = &mut scratch.datagrams;
+                        let count = run.rtp.recv_waiting(bufs, &mut got).unwrap_or(0);
                         for (buf, &(n, source)) in bufs.iter_mut().zip(&got).take(count) {
                             let accepted = run.rtp.stats.received;
-                            let heard = run.rtp.handle_datagram(&mut buf[..n], source, &mut pcm_in);
+                            let pcm = &mut scratch.pcm;
+                            let heard = run.rtp.handle_datagram(&mut buf[..n], source, pcm);
                             if run.rtp.stats.received != accepted {
                                 call.handle_media_received(MediaLeg::Trunk, Instant::now());
                             }
-                            run.trunk_audio(heard, &buf[..n], &pcm_in, call.held());
+                            run.trunk_audio(heard, &buf[..n], pcm, call.held());
                         }
                         if count < incoming::BATCH {
                             break;
                         }
                     }
-                }
+                }),
                 Input::Command(command) => run.command(&mut call, command),
                 Input::Shutdown => {
                     shutdown = None;

@@ -320,7 +320,7 @@ use shared::error::{Error, Result};
 use shared::util::math_rand_alpha;
 use std::time::Instant;
 
-pub use srtp_path::SrtpPath;
+pub use srtp_path::SrtpContexts;
 
 /// Builder for creating RTCPeerConnection instances.
 ///

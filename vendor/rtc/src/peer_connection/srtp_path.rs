@@ -10,32 +10,35 @@ use srtp::context::Context;
 
 use super::RTCPeerConnection;
 
-/// The SRTP contexts DTLS-SRTP keyed (RFC 5764 §4.2) and the selected candidate pair.
-pub struct SrtpPath<'a> {
+/// The SRTP contexts DTLS-SRTP keyed (RFC 5764 §4.2).
+pub struct SrtpContexts<'a> {
     /// Protects what we send.
     pub outbound: &'a mut Context,
     /// Unprotects what the peer sends.
     pub inbound: &'a mut Context,
-    /// Where ICE sends media: the selected pair's remote address.
-    pub peer: SocketAddr,
 }
 
 impl RTCPeerConnection {
-    /// The established SRTP path: `None` until the DTLS handshake has completed and ICE has
-    /// selected a pair.
-    pub fn srtp_path(&mut self) -> Option<SrtpPath<'_>> {
+    /// The SRTP contexts: `None` until the DTLS handshake has completed.
+    pub fn srtp_contexts(&mut self) -> Option<SrtpContexts<'_>> {
+        let srtp = &mut self.pipeline_context.srtp_handler_context;
+        Some(SrtpContexts {
+            outbound: srtp.local_srtp_context.as_mut()?,
+            inbound: srtp.remote_srtp_context.as_mut()?,
+        })
+    }
+
+    /// Where ICE sends media: the selected candidate pair's remote address, `None` before a
+    /// pair is selected. It changes only while the connection handles an input (a datagram,
+    /// a timeout, a description), so an application that sends media itself may keep it
+    /// between those calls rather than look it up per packet.
+    pub fn selected_remote(&self) -> Option<SocketAddr> {
         let (_, remote) = self
             .pipeline_context
             .ice_handler_context
             .ice_transport
             .agent
             .get_selected_candidate_pair()?;
-        let peer = remote.addr();
-        let srtp = &mut self.pipeline_context.srtp_handler_context;
-        Some(SrtpPath {
-            outbound: srtp.local_srtp_context.as_mut()?,
-            inbound: srtp.remote_srtp_context.as_mut()?,
-            peer,
-        })
+        Some(remote.addr())
     }
 }
