@@ -24,6 +24,9 @@ use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
 use super::{incoming, outgoing};
 
+mod timeline;
+use timeline::{Source, Timeline};
+
 /// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
 /// latches to any source hands the call's audio to whoever sprays the port range).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -186,6 +189,10 @@ pub struct RtpStream {
     dtmf_in: DtmfReceiver,
     event_timestamp: u32,
     reception: Option<Reception>,
+    /// Packets lost by the sources before the current one's `reception`.
+    lost_before: u64,
+    /// The trunk's sources on one clock.
+    timeline: Timeline,
     /// Coder state while the trunk speaks G.722. Boxed: 0.9 KB the other calls would carry
     /// unused.
     g722: Option<Box<G722State>>,
@@ -232,6 +239,8 @@ impl RtpStream {
             dtmf_in: DtmfReceiver::new(),
             event_timestamp: 0,
             reception: None,
+            lost_before: 0,
+            timeline: Timeline::default(),
             g722: None,
             srtp: None,
             out: [0; MAX_PACKET],
@@ -298,8 +307,10 @@ impl RtpStream {
         }
         if self.remote.is_none_or(|r| r.codec != remote.codec) {
             self.dtmf_out.set_frame_ticks(remote.codec.frame_ticks());
-            // Jitter is measured on the new clock from here.
-            self.reception = None;
+            // Jitter is measured on the new clock from here, and its timestamps are taken as
+            // they come.
+            self.end_reception();
+            self.timeline = Timeline::default();
             self.g722 = (remote.codec == Codec::G722).then(|| Box::new(G722State::new()));
         }
         // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
@@ -314,6 +325,14 @@ impl RtpStream {
             });
         }
         self.remote = Some(remote);
+    }
+
+    /// Closes the current source's loss count into the stream's: the next packet starts a
+    /// new one.
+    fn end_reception(&mut self) {
+        if let Some(reception) = self.reception.take() {
+            self.lost_before += reception.lost();
+        }
     }
 
     /// True when the stream's media is SRTP.
@@ -493,19 +512,32 @@ impl RtpStream {
         // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
         let now = std::time::Instant::now();
         let clock = remote.codec.clock_rate();
-        let reception = self
-            .reception
-            .get_or_insert_with(|| Reception::new(packet.sequence, clock, now));
-        reception.handle_packet(packet.sequence, is_audio.then_some(packet.timestamp), now);
-        self.stats.lost = reception.lost();
-        // Kept in 8 kHz units whatever the codec's clock, so every call's figure reads alike.
-        let per_8k = remote.codec.clock_rate() / 8000;
-        self.stats.jitter = (reception.jitter / per_8k as f64) as u32;
+        let (timestamp, from) = self.timeline.place(
+            packet.ssrc,
+            packet.timestamp,
+            is_audio,
+            (clock, remote.codec.frame_ticks()),
+            now,
+        );
+        if from == Source::New {
+            // A new source has its own sequence numbers (RFC 3550 §8.2).
+            self.end_reception();
+        }
+        if from != Source::Previous {
+            let reception = self
+                .reception
+                .get_or_insert_with(|| Reception::new(packet.sequence, clock, now));
+            reception.handle_packet(packet.sequence, is_audio.then_some(timestamp), now);
+            self.stats.lost = self.lost_before + reception.lost();
+            // Kept in 8 kHz units whatever the codec's clock, so every call's figure reads alike.
+            let per_8k = remote.codec.clock_rate() / 8000;
+            self.stats.jitter = (reception.jitter / per_8k as f64) as u32;
+        }
         self.latched = Some(source);
         if is_event {
             return self
                 .dtmf_in
-                .handle_packet(packet.timestamp, packet.payload)
+                .handle_packet(timestamp, packet.payload)
                 .map_or(Received::Nothing, Received::Digit);
         }
         if let Some(g722) = self.g722.as_mut() {
@@ -514,7 +546,7 @@ impl RtpStream {
             pcm[..n].copy_from_slice(&decoded[..n]);
             return Received::Audio {
                 samples: n,
-                timestamp: packet.timestamp,
+                timestamp,
             };
         }
         let Some(law) = remote.codec.g711() else {
@@ -522,14 +554,14 @@ impl RtpStream {
             return Received::Encoded {
                 start,
                 len: packet.payload.len(),
-                timestamp: packet.timestamp,
+                timestamp,
             };
         };
         let n = packet.payload.len().min(pcm.len());
         law.decode(&packet.payload[..n], &mut pcm[..n]);
         Received::Audio {
             samples: n,
-            timestamp: packet.timestamp,
+            timestamp,
         }
     }
 }

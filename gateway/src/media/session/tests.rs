@@ -86,6 +86,14 @@ fn pcmu(seq: u16) -> Vec<u8> {
     p
 }
 
+/// A PCMU packet of source `ssrc`, with sequence `seq` and timestamp `timestamp`.
+fn pcmu_of(ssrc: u32, seq: u16, timestamp: u32) -> Vec<u8> {
+    let mut p = pcmu(seq);
+    p[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
 async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let mut s = RtpStream::bind(ip, 41400, 41500).unwrap();
@@ -344,4 +352,37 @@ async fn srtp_streams_carry_audio_and_digits_and_refuse_plain_or_forged_packets(
     );
     assert_eq!(b.stats.received, 21);
     assert_eq!(b.stats.dropped, 2);
+}
+
+#[tokio::test]
+async fn a_new_source_from_the_trunk_continues_its_clock_and_counts_its_own_loss() {
+    let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
+    let from: SocketAddr = "192.0.2.10:4000".parse().unwrap();
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let mut stamps = Vec::new();
+    // Five packets of one source, then (the PBX transferred the call) five of another, with
+    // sequence and timestamp bases of its own (RFC 3550 §8.2).
+    let packets = (0..5u16).map(|i| pcmu_of(1, 100 + i, 8000 + 160 * u32::from(i)));
+    let packets =
+        packets.chain((0..5u16).map(|i| pcmu_of(2, 20000 + i, 3_000_000_000 + 160 * u32::from(i))));
+    for mut packet in packets {
+        match s.handle_datagram(&mut packet, from, &mut pcm) {
+            Received::Audio { timestamp, .. } => stamps.push(timestamp),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(stamps[..5], [8000, 8160, 8320, 8480, 8640]);
+    // The new source follows the last packet by whole frames (the time between them), then
+    // goes on a frame at a time: the jitter buffer and a relayed browser see one clock.
+    let gap = stamps[5].wrapping_sub(stamps[4]);
+    assert!(
+        gap % 160 == 0 && (160..=50 * 160).contains(&gap),
+        "{stamps:?}"
+    );
+    assert!(
+        stamps[5..].windows(2).all(|w| w[1] == w[0] + 160),
+        "{stamps:?}"
+    );
+    // Each source's sequence numbers count on their own: nothing was lost.
+    assert_eq!((s.stats.received, s.stats.lost), (10, 0));
 }
