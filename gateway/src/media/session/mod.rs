@@ -25,7 +25,7 @@ use super::srtp::SrtpSession;
 use super::{incoming, outgoing};
 
 mod timeline;
-use timeline::{Source, Timeline};
+use timeline::{Origin, Timeline};
 
 /// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
 /// latches to any source hands the call's audio to whoever sprays the port range).
@@ -519,11 +519,11 @@ impl RtpStream {
             (clock, remote.codec.frame_ticks()),
             now,
         );
-        if from == Source::New {
+        if from == Origin::New {
             // A new source has its own sequence numbers (RFC 3550 §8.2).
             self.end_reception();
         }
-        if from != Source::Previous {
+        if from != Origin::Previous {
             let reception = self
                 .reception
                 .get_or_insert_with(|| Reception::new(packet.sequence, clock, now));

@@ -25,9 +25,9 @@ struct Placed {
 
 /// Which source a packet came from, as [`Timeline::place`] saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Origin {
     /// The source of the packets before it (or the first one).
-    Same,
+    Current,
     /// One not heard before: its loss and jitter count afresh.
     New,
     /// The one before the current source: its stragglers.
@@ -54,15 +54,15 @@ impl Timeline {
         audio: bool,
         (clock, frame_ticks): (u32, u32),
         now: Instant,
-    ) -> (u32, Source) {
+    ) -> (u32, Origin) {
         let source = match (self.current, self.previous) {
-            (Some(c), _) if c.ssrc == ssrc => Source::Same,
+            (Some(c), _) if c.ssrc == ssrc => Origin::Current,
             (None, _) => {
                 self.current = Some(Placed { ssrc, offset: 0 });
-                Source::Same
+                Origin::Current
             }
             (Some(_), Some(p)) if p.ssrc == ssrc => {
-                return (timestamp.wrapping_add(p.offset), Source::Previous);
+                return (timestamp.wrapping_add(p.offset), Origin::Previous);
             }
             (Some(c), _) => {
                 // Where the last source's audio stopped, plus the time since in whole frames
@@ -80,7 +80,7 @@ impl Timeline {
                 };
                 self.previous = Some(c);
                 self.current = Some(Placed { ssrc, offset });
-                Source::New
+                Origin::New
             }
         };
         let offset = self.current.map_or(0, |c| c.offset);
@@ -108,28 +108,28 @@ mod tests {
             let at = t0 + Duration::from_millis(20 * u64::from(i));
             assert_eq!(
                 line.place(1, 5000 + 160 * i, true, PCMU, at),
-                (5000 + 160 * i, Source::Same)
+                (5000 + 160 * i, Origin::Current)
             );
         }
         // 60 ms after the last packet (stamped 6440) a new source starts at a random base.
         let at = t0 + Duration::from_millis(180 + 60);
         assert_eq!(
             line.place(2, 3_000_000_000, true, PCMU, at),
-            (6440 + 3 * 160, Source::New)
+            (6440 + 3 * 160, Origin::New)
         );
         let at = at + Duration::from_millis(20);
         assert_eq!(
             line.place(2, 3_000_000_160, true, PCMU, at),
-            (6440 + 4 * 160, Source::Same)
+            (6440 + 4 * 160, Origin::Current)
         );
         // A straggler of the first source lands where it belonged, and moves nothing.
         assert_eq!(
             line.place(1, 5000 + 160 * 10, true, PCMU, at),
-            (5000 + 160 * 10, Source::Previous)
+            (5000 + 160 * 10, Origin::Previous)
         );
         assert_eq!(
             line.place(2, 3_000_000_320, true, PCMU, at + Duration::from_millis(20)),
-            (6440 + 5 * 160, Source::Same)
+            (6440 + 5 * 160, Origin::Current)
         );
     }
 
@@ -148,14 +148,14 @@ mod tests {
         // The next source starts in the same instant as the last audio: one frame on.
         assert_eq!(
             line.place(8, 0xffff_fff0, true, opus, t0),
-            (1060, Source::New)
+            (1060, Origin::New)
         );
         // A third source: the first is forgotten and counts as new.
         let at = t0 + Duration::from_millis(1000);
         assert_eq!(
             line.place(9, 5, true, opus, at),
-            (1060 + 50 * 960, Source::New)
+            (1060 + 50 * 960, Origin::New)
         );
-        assert_eq!(line.place(7, 200, true, opus, at).1, Source::New);
+        assert_eq!(line.place(7, 200, true, opus, at).1, Origin::New);
     }
 }
