@@ -166,6 +166,11 @@ impl RtpSender {
         HEADER_LEN
     }
 
+    /// Puts the clock at `timestamp` for the next packet.
+    pub fn set_clock(&mut self, timestamp: u32) {
+        self.timestamp = timestamp;
+    }
+
     /// Advances the media clock without sending (silence, hold, or time spent on an event).
     pub fn skip(&mut self, samples: u32) {
         self.timestamp = self.timestamp.wrapping_add(samples);

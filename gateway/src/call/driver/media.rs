@@ -183,7 +183,9 @@ impl Run<'_> {
                     call.handle_caller_media(false, Instant::now())
                 }
                 BrowserEvent::Opus { .. } if !trunk_ready => {}
-                BrowserEvent::Opus { payload, .. } if relaying => {
+                BrowserEvent::Opus {
+                    payload, timestamp, ..
+                } if relaying => {
                     if !crate::media::opus::is_relayable(&payload) {
                         self.wiring
                             .metrics
@@ -191,7 +193,7 @@ impl Run<'_> {
                             .browser_malformed
                             .fetch_add(1, Ordering::Relaxed);
                     } else if !held {
-                        self.rtp.send_encoded(&payload);
+                        self.rtp.send_encoded(&payload, timestamp);
                         self.relayed += 1;
                     }
                 }

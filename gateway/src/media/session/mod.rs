@@ -193,6 +193,9 @@ pub struct RtpStream {
     lost_before: u64,
     /// The trunk's sources on one clock.
     timeline: Timeline,
+    /// Relayed frames ([`Self::send_encoded`]): our clock minus the browser's, fixed at the
+    /// first.
+    relay_offset: Option<u32>,
     /// Coder state while the trunk speaks G.722. Boxed: 0.9 KB the other calls would carry
     /// unused.
     g722: Option<Box<G722State>>,
@@ -241,6 +244,7 @@ impl RtpStream {
             reception: None,
             lost_before: 0,
             timeline: Timeline::default(),
+            relay_offset: None,
             g722: None,
             srtp: None,
             out: [0; MAX_PACKET],
@@ -311,6 +315,7 @@ impl RtpStream {
             // they come.
             self.end_reception();
             self.timeline = Timeline::default();
+            self.relay_offset = None;
             self.g722 = (remote.codec == Codec::G722).then(|| Box::new(G722State::new()));
         }
         // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
@@ -379,13 +384,38 @@ impl RtpStream {
     }
 
     /// Sends one 20 ms frame already encoded in the trunk's codec (Opus relayed from the
-    /// browser), or an event packet in its place while a digit plays.
-    pub fn send_encoded(&mut self, payload: &[u8]) {
+    /// browser), or an event packet in its place while a digit plays. `timestamp` is the
+    /// frame's on the browser's clock (48 kHz, Opus's RTP clock on both legs): the stream
+    /// keeps the browser's timing, moved onto its own clock, so a frame the browser lost or
+    /// did not send (DTX) is a gap the trunk's decoder conceals (or fills from the next
+    /// packet's in-band FEC, RFC 6716 §2.1.7), not the next frame played early, and a
+    /// reordered frame keeps its place.
+    pub fn send_encoded(&mut self, payload: &[u8], timestamp: u32) {
+        let next = self.sender.timestamp();
+        let offset = *self
+            .relay_offset
+            .get_or_insert_with(|| next.wrapping_sub(timestamp));
+        let at = timestamp.wrapping_add(offset);
         let len = payload.len().min(MAX_PACKET - HEADER_LEN);
-        self.send_with(|out| {
+        let write = |out: &mut [u8]| {
             out[..len].copy_from_slice(&payload[..len]);
             len
-        });
+        };
+        match at.wrapping_sub(next) as i32 {
+            0 => self.send_with(write),
+            // A gap: the clock runs over it, and the frame after it starts a talkspurt
+            // (RFC 3551 §4.1: its marker is set).
+            gap if gap > 0 => {
+                self.sender.skip(gap as u32);
+                self.send_with(write);
+            }
+            // Late: it goes out at its own place, and the clock stays where it was.
+            _ => {
+                self.sender.set_clock(at);
+                self.send_with(write);
+                self.sender.set_clock(next);
+            }
+        }
     }
 
     /// The one sending path: `write` puts the audio payload after the header and says how

@@ -202,10 +202,15 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
     let mut buf = [0u8; 1500];
     let mut pcm = [0i16; FRAME_SAMPLES];
     let mut timestamps = Vec::new();
-    for _ in 0..3 {
-        a.send_encoded(&frame);
+    // The browser's clock: three frames in a row, one lost before the fourth, the sixth before
+    // the fifth (reordered), then the seventh.
+    let browser = [7000u32, 7960, 8920, 10840, 12760, 11800, 13720];
+    let mut markers = Vec::new();
+    for at in browser {
+        a.send_encoded(&frame, at);
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
+        markers.push(buf[1] & 0x80 != 0);
         match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
             Received::Encoded {
                 start,
@@ -218,9 +223,18 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
             other => panic!("not relayed: {other:?}"),
         }
     }
-    assert_eq!(timestamps[1].wrapping_sub(timestamps[0]), 960);
+    // The browser's timing on our clock: the gap it left is kept (the trunk's decoder conceals
+    // it), and the frame that came late keeps its place.
+    let steps: Vec<i32> = timestamps
+        .windows(2)
+        .map(|w| w[1].wrapping_sub(w[0]) as i32)
+        .collect();
+    assert_eq!(steps, [960, 960, 1920, 1920, -960, 1920]);
+    // A talkspurt starts the stream, and so does each run of frames after a gap (RFC 3551
+    // §4.1).
+    assert_eq!(markers, [true, false, false, true, true, false, false]);
     a.send_digits("5");
-    a.send_encoded(&frame);
+    a.send_encoded(&frame, 14680);
     let (n, _) = b.recv(&mut buf).await.unwrap();
     assert_eq!(
         buf[1] & 0x7f,
