@@ -294,7 +294,7 @@ impl DirectPath {
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            let (peer, mux) = (self.peer, &self.mux);
+            let peer = self.peer;
             let (ready, waiting) = incoming::with_scratch(|scratch| {
                 let bufs = &mut scratch.datagrams;
                 let mut got = [(0, peer); incoming::BATCH];
@@ -312,7 +312,7 @@ impl DirectPath {
                 for (buf, &(n, from)) in bufs.iter().zip(&got).take(count) {
                     if from != peer {
                         // Queued before the socket was connected: another call's.
-                        route(&mux.routes, &buf[..n], from);
+                        route(&self.mux.routes, &buf[..n], from);
                     } else if ready.is_none() {
                         ready = Some((BytesMut::from(&buf[..n]), from));
                     } else {

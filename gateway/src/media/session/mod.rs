@@ -542,13 +542,9 @@ impl RtpStream {
         // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
         let now = std::time::Instant::now();
         let clock = remote.codec.clock_rate();
-        let (timestamp, from) = self.timeline.place(
-            packet.ssrc,
-            packet.timestamp,
-            is_audio,
-            (clock, remote.codec.frame_ticks()),
-            now,
-        );
+        let (timestamp, from) =
+            self.timeline
+                .place(packet.ssrc, packet.timestamp, is_audio, remote.codec, now);
         if from == Origin::New {
             // A new source has its own sequence numbers (RFC 3550 §8.2).
             self.end_reception();
@@ -560,7 +556,7 @@ impl RtpStream {
             reception.handle_packet(packet.sequence, is_audio.then_some(timestamp), now);
             self.stats.lost = self.lost_before + reception.lost();
             // Kept in 8 kHz units whatever the codec's clock, so every call's figure reads alike.
-            let per_8k = remote.codec.clock_rate() / 8000;
+            let per_8k = clock / 8000;
             self.stats.jitter = (reception.jitter / per_8k as f64) as u32;
         }
         self.latched = Some(source);

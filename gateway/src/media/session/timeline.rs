@@ -15,6 +15,8 @@
 
 use std::time::Instant;
 
+use crate::media::codec::Codec;
+
 /// One source's place on the timeline.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
@@ -44,15 +46,15 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    /// Places a packet of `ssrc` stamped `timestamp` (RTP clock `clock` Hz, frames of
-    /// `frame_ticks`). `audio` is false for RFC 4733 events, whose timestamp is their start
-    /// rather than the clock's position (RFC 4733 §2.3.5).
+    /// Places a packet of `ssrc` stamped `timestamp` on `codec`'s RTP clock. `audio` is false
+    /// for RFC 4733 events, whose timestamp is their start rather than the clock's position
+    /// (RFC 4733 §2.3.5).
     pub fn place(
         &mut self,
         ssrc: u32,
         timestamp: u32,
         audio: bool,
-        (clock, frame_ticks): (u32, u32),
+        codec: Codec,
         now: Instant,
     ) -> (u32, Origin) {
         let source = match (self.current, self.previous) {
@@ -69,9 +71,9 @@ impl Timeline {
                 // (at least one): the new source's first packet follows it.
                 let offset = match self.last_audio {
                     Some((last, at)) => {
-                        let frame = u64::from(frame_ticks.max(1));
+                        let frame = u64::from(codec.frame_ticks());
                         let elapsed = now.saturating_duration_since(at).as_micros() as u64
-                            * u64::from(clock)
+                            * u64::from(codec.clock_rate())
                             / 1_000_000;
                         let ticks = ((elapsed + frame / 2) / frame).max(1) * frame;
                         last.wrapping_add(ticks as u32).wrapping_sub(timestamp)
@@ -97,7 +99,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    const PCMU: (u32, u32) = (8000, 160);
+    const PCMU: Codec = Codec::Pcmu;
 
     #[test]
     fn a_new_source_continues_the_timeline_where_the_last_stopped() {
@@ -137,7 +139,7 @@ mod tests {
     fn a_source_that_starts_at_once_is_a_frame_on_and_events_do_not_move_the_clock() {
         let t0 = Instant::now();
         let mut line = Timeline::default();
-        let opus = (48000, 960);
+        let opus = Codec::Opus;
         assert_eq!(line.place(7, 100, true, opus, t0).0, 100);
         // An event's timestamp is its start, repeated while it lasts: not the clock.
         assert_eq!(
