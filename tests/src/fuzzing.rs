@@ -162,11 +162,11 @@ pub fn rtp_rtcp(data: &[u8]) {
         if let gateway::media::session::Received::Encoded { start, len, .. } =
             stream.handle_datagram(&mut copy, source, &mut pcm)
         {
-            let _ = gateway::media::opus::is_relayable(&copy[start..start + len]);
+            let _ = gateway::media::opus::relayable_ticks(&copy[start..start + len]);
         }
         stream.set_remote(remote);
     }
-    let _ = gateway::media::opus::is_relayable(data);
+    let _ = gateway::media::opus::relayable_ticks(data);
 }
 
 /// A text frame on the signaling WebSocket.

@@ -49,7 +49,11 @@ async fn echo(mut leg: BrowserLeg, mut route: MuxRoute, mux: MediaMux, until: In
                     payload, timestamp, ..
                 } => {
                     packets += 1;
-                    if let Err(e) = leg.relay_opus(&payload, timestamp) {
+                    // Only Opus goes back, as the trunk relay would send it.
+                    let Some(ticks) = crate::media::opus::relayable_ticks(&payload) else {
+                        continue;
+                    };
+                    if let Err(e) = leg.relay_opus(&payload, timestamp, ticks) {
                         tracing::debug!(error = %e, "preflight echo");
                     }
                 }

@@ -13,14 +13,17 @@ pub const RTP_TICKS_PER_FRAME: u32 = 960;
 /// Largest Opus packet we produce (RFC 6716 allows 1275; voice at 8 kHz is far below).
 pub const MAX_PACKET: usize = 400;
 
-/// True when `payload` is an Opus packet worth relaying untouched: its table-of-contents
-/// byte and frame count parse (RFC 6716 §3.1) and it holds 2.5 to 120 ms of audio. An SBC
-/// does not hand another party's decoder whatever bytes a stranger sent.
-pub fn is_relayable(payload: &[u8]) -> bool {
+/// How long `payload` plays, in RTP ticks (48 kHz), when it is an Opus packet worth relaying
+/// untouched: its table-of-contents byte and frame count parse (RFC 6716 §3.1) and it holds
+/// 2.5 to 120 ms of audio. `None` for anything else: an SBC does not hand another party's
+/// decoder whatever bytes a stranger sent. A relay moves its clock by this much, so a peer
+/// that packs 40 or 60 ms in a packet is not taken to leave gaps.
+pub fn relayable_ticks(payload: &[u8]) -> Option<u32> {
     Packet::try_from(payload)
         .ok()
         .and_then(|p| audiopus::packet::nb_samples(p, SampleRate::Hz48000).ok())
-        .is_some_and(|n| (120..=5760).contains(&n))
+        .filter(|n| (120..=5760).contains(n))
+        .map(|n| n as u32)
 }
 
 /// Opus failures name the operation.
@@ -294,9 +297,11 @@ mod tests {
         let mut encoder = OpusEncoder::new(EncoderSettings::default()).unwrap();
         let mut out = [0u8; MAX_PACKET];
         let n = encoder.encode(&[0i16; FRAME_SAMPLES_8K], &mut out).unwrap();
-        assert!(is_relayable(&out[..n]));
-        assert!(!is_relayable(&[]), "empty");
+        assert_eq!(relayable_ticks(&out[..n]), Some(RTP_TICKS_PER_FRAME));
+        // Code 1 (two frames of equal size) of 20 ms: 40 ms.
+        assert_eq!(relayable_ticks(&[0xf9, 0xff, 0xfe]), Some(1920));
+        assert_eq!(relayable_ticks(&[]), None, "empty");
         // Code 3 (arbitrary frame count) announcing 63 frames of 20 ms: 1.26 s, not a packet.
-        assert!(!is_relayable(&[0b0001_1011, 63]));
+        assert_eq!(relayable_ticks(&[0b0001_1011, 63]), None);
     }
 }

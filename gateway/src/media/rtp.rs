@@ -184,6 +184,55 @@ impl Default for RtpSender {
     }
 }
 
+/// Where a relayed frame goes on the stream it is relayed onto ([`RelayClock::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The first frame relayed: where the stream's clock stands, starting a talkspurt.
+    Start,
+    /// Where the stream's clock stands: the frame follows the last one.
+    Next,
+    /// This many ticks past the clock: the source left a gap (a frame lost, or not sent in
+    /// silence), which the clock runs over, and the frame starts a talkspurt (RFC 3551 §4.1).
+    After(u32),
+    /// At this timestamp, behind the clock: a reordered frame keeps its place, and the clock
+    /// stays where it was.
+    Late(u32),
+}
+
+/// Relays a source's frames onto a stream of ours with the source's timing: each frame at
+/// its own timestamp moved by an offset fixed at the first, so a gap the source left (loss,
+/// DTX) stays a gap the receiver's decoder conceals, rather than the next frame played early,
+/// and a reordered frame keeps its place. Both relays of an Opus call use it: the browser's
+/// frames to the trunk and the trunk's to the browser.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RelayClock {
+    /// Our clock minus the source's, fixed at the first frame.
+    offset: Option<u32>,
+}
+
+impl RelayClock {
+    /// Where the frame the source stamped `timestamp` goes, when our stream's next frame
+    /// would be at `next`.
+    pub fn place(&mut self, next: u32, timestamp: u32) -> Place {
+        let Some(offset) = self.offset else {
+            self.offset = Some(next.wrapping_sub(timestamp));
+            return Place::Start;
+        };
+        let at = timestamp.wrapping_add(offset);
+        match at.wrapping_sub(next) as i32 {
+            0 => Place::Next,
+            gap if gap > 0 => Place::After(gap as u32),
+            _ => Place::Late(at),
+        }
+    }
+
+    /// The next frame starts anew: our stream sent frames of its own meanwhile (transcoded),
+    /// or the source's clock changed (a new codec).
+    pub fn restart(&mut self) {
+        self.offset = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +279,33 @@ mod tests {
         pad_overrun[0] = 0xA0;
         pad_overrun[12] = 200;
         assert_eq!(RtpPacket::parse(&pad_overrun), Err(RtpError::Truncated(13)));
+    }
+
+    #[test]
+    fn a_relay_keeps_the_sources_gaps_and_order_on_our_clock() {
+        let mut clock = RelayClock::default();
+        // Our stream at 1000, the source's clock at 4_294_966_000 (about to wrap).
+        let base = 4_294_966_000u32;
+        assert_eq!(clock.place(1000, base), Place::Start);
+        assert_eq!(clock.place(1960, base.wrapping_add(960)), Place::Next);
+        // A frame lost: the one after it is one frame past our clock.
+        assert_eq!(
+            clock.place(2920, base.wrapping_add(2880)),
+            Place::After(960)
+        );
+        // Reordered: the later frame first, then the earlier one behind the clock.
+        assert_eq!(
+            clock.place(4840, base.wrapping_add(4800)),
+            Place::After(960)
+        );
+        assert_eq!(
+            clock.place(6760, base.wrapping_add(3840)),
+            Place::Late(4840)
+        );
+        assert_eq!(clock.place(6760, base.wrapping_add(5760)), Place::Next);
+        // Frames of our own went out meanwhile: the next relayed one starts where we are.
+        clock.restart();
+        assert_eq!(clock.place(9000, 7), Place::Start);
+        assert_eq!(clock.place(9960, 967), Place::Next);
     }
 }

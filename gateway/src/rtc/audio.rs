@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{BrowserEvent, BrowserLeg, RtcError, stack};
 use crate::media::opus::RTP_TICKS_PER_FRAME;
-use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
+use crate::media::rtp::{HEADER_LEN, Place, RtpPacket, write_header};
 use crate::media::srtp::MAX_SRTP_TAG;
 
 /// The capacity of a buffer for one protected RTP packet to the browser: an Opus frame of
@@ -79,9 +79,47 @@ impl BrowserLeg {
     /// Protected here with the keys DTLS-SRTP agreed and sent to ICE's selected pair, like
     /// the stack would, without its pipeline (see [`Self::handle_datagram`]).
     pub fn send_opus(&mut self, payload: &[u8], marker: bool) -> Result<(), RtcError> {
-        let (sequence, timestamp) = (self.sequence, self.timestamp);
+        // Our frames between relayed ones: a relay after them starts anew from our clock.
+        self.relay.restart();
+        let timestamp = self.timestamp;
+        self.timestamp = timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
+        self.send_packet(payload, marker, timestamp)
+    }
+
+    /// Relays an Opus packet from the trunk as it came (no transcoding), `ticks` long
+    /// ([`crate::media::opus::relayable_ticks`]). It keeps the trunk's timing on our clock
+    /// ([`crate::media::rtp::RelayClock`]): gaps the trunk left (DTX, loss) stay gaps, and
+    /// the packet after one starts a talkspurt (RFC 3551 §4.1); a reordered packet keeps its
+    /// place.
+    pub fn relay_opus(
+        &mut self,
+        payload: &[u8],
+        trunk_timestamp: u32,
+        ticks: u32,
+    ) -> Result<(), RtcError> {
+        let next = self.timestamp;
+        let (at, marker, resume) = match self.relay.place(next, trunk_timestamp) {
+            Place::Start => (next, true, next.wrapping_add(ticks)),
+            Place::Next => (next, false, next.wrapping_add(ticks)),
+            Place::After(gap) => {
+                let at = next.wrapping_add(gap);
+                (at, true, at.wrapping_add(ticks))
+            }
+            Place::Late(at) => (at, false, next),
+        };
+        self.timestamp = resume;
+        self.send_packet(payload, marker, at)
+    }
+
+    /// Protects and queues one Opus packet at `timestamp`, with the next sequence number.
+    fn send_packet(
+        &mut self,
+        payload: &[u8],
+        marker: bool,
+        timestamp: u32,
+    ) -> Result<(), RtcError> {
+        let sequence = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
-        self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
         let peer = self
             .media_to
             .ok_or_else(|| stack("no ICE pair selected yet: nowhere to send audio"))?;
@@ -114,19 +152,9 @@ impl BrowserLeg {
         Ok(())
     }
 
-    /// Relays an Opus packet from the trunk as it came (no transcoding): its timestamp is the
-    /// trunk's, moved onto our stream's clock, so gaps the trunk left (DTX, loss) stay gaps.
-    pub fn relay_opus(&mut self, payload: &[u8], trunk_timestamp: u32) -> Result<(), RtcError> {
-        let first = self.relay_offset.is_none();
-        let offset = *self
-            .relay_offset
-            .get_or_insert_with(|| self.timestamp.wrapping_sub(trunk_timestamp));
-        self.timestamp = trunk_timestamp.wrapping_add(offset);
-        self.send_opus(payload, first)
-    }
-
     /// Advances the outgoing clock by one frame without sending (DTX silence).
     pub fn skip_frame(&mut self) {
+        self.relay.restart();
         self.timestamp = self.timestamp.wrapping_add(RTP_TICKS_PER_FRAME);
     }
 }

@@ -133,9 +133,9 @@ pub struct BrowserLeg {
     audio_hz: u32,
     sequence: u16,
     timestamp: u32,
-    /// Relayed Opus: our timestamp minus the trunk's, fixed at the first relayed packet, so
-    /// the trunk's timing (silences included) reaches the browser as it was.
-    relay_offset: Option<u32>,
+    /// Relayed Opus on our clock, so the trunk's timing (silences included) reaches the
+    /// browser as it was.
+    relay: crate::media::rtp::RelayClock,
     dtmf: DtmfReceiver,
     events: std::collections::VecDeque<BrowserEvent>,
     /// Browser addresses whose ICE checks the stack answered with success: the only ones
@@ -284,7 +284,7 @@ impl BrowserLeg {
             audio_hz: 48_000,
             sequence: rand::random(),
             timestamp: rand::random(),
-            relay_offset: None,
+            relay: Default::default(),
             dtmf: DtmfReceiver::new(),
             events: Default::default(),
             validated: Vec::new(),

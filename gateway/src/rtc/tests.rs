@@ -289,6 +289,52 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
             "nothing from a replayed or altered packet"
         );
     }
+
+    // Opus relayed from the trunk keeps the trunk's timing on our clock (SRTP leaves the
+    // header in the clear, RFC 3711 §3.1): a frame lost, the next two reordered, a packet of
+    // two frames (40 ms), one after it; then a frame of our own, and a relay that starts anew.
+    while let Some((bytes, _)) = leg.poll_transmit() {
+        leg.reuse(bytes);
+    }
+    let next = leg.timestamp;
+    let (frame, double) = ([0xf8u8, 0xff, 0xfe], [0xf9u8, 0xff, 0xfe]);
+    let trunk = 4_294_966_000u32;
+    for (at, payload) in [
+        (0u32, &frame),
+        (960, &frame),
+        (2880, &frame),
+        (4800, &frame),
+        (3840, &frame),
+        (5760, &double),
+        (7680, &frame),
+    ] {
+        let ticks = crate::media::opus::relayable_ticks(payload).unwrap();
+        leg.relay_opus(payload, trunk.wrapping_add(at), ticks)
+            .unwrap();
+    }
+    leg.send_opus(&frame, false).unwrap();
+    leg.relay_opus(&frame, 5, 960).unwrap();
+    let mut sent = Vec::new();
+    while let Some((bytes, _)) = leg.poll_transmit() {
+        let timestamp = u32::from_be_bytes(bytes[4..8].try_into().unwrap());
+        sent.push((timestamp.wrapping_sub(next), bytes[1] & 0x80 != 0));
+        leg.reuse(bytes);
+    }
+    assert_eq!(
+        sent,
+        [
+            (0, true),
+            (960, false),
+            (2880, true),
+            (4800, true),
+            (3840, false),
+            (5760, false),
+            (7680, false),
+            (8640, false),
+            (9600, true),
+        ],
+        "(timestamp on our clock, marker) of each packet to the browser"
+    );
 }
 
 #[test]

@@ -112,17 +112,19 @@ impl Run<'_> {
                 timestamp,
             } => {
                 let payload = &data[start..start + len];
-                if !crate::media::opus::is_relayable(payload) {
+                let Some(ticks) = crate::media::opus::relayable_ticks(payload) else {
                     self.wiring
                         .metrics
                         .media_drops
                         .trunk_malformed
                         .fetch_add(1, Ordering::Relaxed);
-                } else if let Caller::Browser(b) = &mut self.caller
+                    return;
+                };
+                if let Caller::Browser(b) = &mut self.caller
                     && b.connected
                     && !held
                 {
-                    match b.leg.relay_opus(payload, timestamp) {
+                    match b.leg.relay_opus(payload, timestamp, ticks) {
                         Ok(()) => self.relayed += 1,
                         Err(e) => tracing::debug!(error = %e, "Opus relay to browser"),
                     }
@@ -185,18 +187,20 @@ impl Run<'_> {
                 BrowserEvent::Opus { .. } if !trunk_ready => {}
                 BrowserEvent::Opus {
                     payload, timestamp, ..
-                } if relaying => {
-                    if !crate::media::opus::is_relayable(&payload) {
+                } if relaying => match crate::media::opus::relayable_ticks(&payload) {
+                    None => {
                         self.wiring
                             .metrics
                             .media_drops
                             .browser_malformed
                             .fetch_add(1, Ordering::Relaxed);
-                    } else if !held {
-                        self.rtp.send_encoded(&payload, timestamp);
+                    }
+                    Some(_) if held => {}
+                    Some(ticks) => {
+                        self.rtp.send_encoded(&payload, timestamp, ticks);
                         self.relayed += 1;
                     }
-                }
+                },
                 BrowserEvent::Opus { payload, .. } if wideband => {
                     let rtp = &mut self.rtp;
                     if let Some(w) = b.wide.get() {

@@ -20,7 +20,7 @@ use super::MediaDrops;
 use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
-use super::rtp::{HEADER_LEN, RtpPacket, RtpSender};
+use super::rtp::{HEADER_LEN, Place, RelayClock, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
 use super::{incoming, outgoing};
 
@@ -193,9 +193,8 @@ pub struct RtpStream {
     lost_before: u64,
     /// The trunk's sources on one clock.
     timeline: Timeline,
-    /// Relayed frames ([`Self::send_encoded`]): our clock minus the browser's, fixed at the
-    /// first.
-    relay_offset: Option<u32>,
+    /// Relayed frames ([`Self::send_encoded`]) on our clock.
+    relay: RelayClock,
     /// Coder state while the trunk speaks G.722. Boxed: 0.9 KB the other calls would carry
     /// unused.
     g722: Option<Box<G722State>>,
@@ -244,7 +243,7 @@ impl RtpStream {
             reception: None,
             lost_before: 0,
             timeline: Timeline::default(),
-            relay_offset: None,
+            relay: RelayClock::default(),
             g722: None,
             srtp: None,
             out: [0; MAX_PACKET],
@@ -315,7 +314,7 @@ impl RtpStream {
             // they come.
             self.end_reception();
             self.timeline = Timeline::default();
-            self.relay_offset = None;
+            self.relay.restart();
             self.g722 = (remote.codec == Codec::G722).then(|| Box::new(G722State::new()));
         }
         // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
@@ -383,39 +382,36 @@ impl RtpStream {
         });
     }
 
-    /// Sends one 20 ms frame already encoded in the trunk's codec (Opus relayed from the
-    /// browser), or an event packet in its place while a digit plays. `timestamp` is the
-    /// frame's on the browser's clock (48 kHz, Opus's RTP clock on both legs): the stream
-    /// keeps the browser's timing, moved onto its own clock, so a frame the browser lost or
-    /// did not send (DTX) is a gap the trunk's decoder conceals (or fills from the next
-    /// packet's in-band FEC, RFC 6716 §2.1.7), not the next frame played early, and a
-    /// reordered frame keeps its place.
-    pub fn send_encoded(&mut self, payload: &[u8], timestamp: u32) {
+    /// Sends one frame already encoded in the trunk's codec (Opus relayed from the browser),
+    /// or an event packet in its place while a digit plays. `timestamp` is the frame's on
+    /// the browser's clock (48 kHz, Opus's RTP clock on both legs) and `ticks` how long it
+    /// plays ([`crate::media::opus::relayable_ticks`]): the stream keeps the browser's timing
+    /// ([`RelayClock`]), so a frame the browser lost or did not send (DTX) is a gap the
+    /// trunk's decoder conceals (or fills from the next packet's in-band FEC, RFC 6716
+    /// §2.1.7), not the next frame played early, and a reordered frame keeps its place.
+    pub fn send_encoded(&mut self, payload: &[u8], timestamp: u32, ticks: u32) {
         let next = self.sender.timestamp();
-        let offset = *self
-            .relay_offset
-            .get_or_insert_with(|| next.wrapping_sub(timestamp));
-        let at = timestamp.wrapping_add(offset);
         let len = payload.len().min(MAX_PACKET - HEADER_LEN);
         let write = |out: &mut [u8]| {
             out[..len].copy_from_slice(&payload[..len]);
             len
         };
-        match at.wrapping_sub(next) as i32 {
-            0 => self.send_with(write),
-            // A gap: the clock runs over it, and the frame after it starts a talkspurt
-            // (RFC 3551 §4.1: its marker is set).
-            gap if gap > 0 => {
-                self.sender.skip(gap as u32);
-                self.send_with(write);
+        let resume = match self.relay.place(next, timestamp) {
+            Place::Start | Place::Next => next.wrapping_add(ticks),
+            Place::After(gap) => {
+                // The sender marks the frame after the gap.
+                self.sender.skip(gap);
+                next.wrapping_add(gap).wrapping_add(ticks)
             }
-            // Late: it goes out at its own place, and the clock stays where it was.
-            _ => {
+            Place::Late(at) => {
                 self.sender.set_clock(at);
-                self.send_with(write);
-                self.sender.set_clock(next);
+                next
             }
-        }
+        };
+        self.send_with(write);
+        // However the frame went (audio, an event in its place, nothing on hold), the clock
+        // covers its length, not the codec's usual frame.
+        self.sender.set_clock(resume);
     }
 
     /// The one sending path: `write` puts the audio payload after the header and says how

@@ -203,11 +203,21 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
     let mut pcm = [0i16; FRAME_SAMPLES];
     let mut timestamps = Vec::new();
     // The browser's clock: three frames in a row, one lost before the fourth, the sixth before
-    // the fifth (reordered), then the seventh.
-    let browser = [7000u32, 7960, 8920, 10840, 12760, 11800, 13720];
+    // the fifth (reordered), then the seventh, a packet of two frames (40 ms), and one after
+    // it.
+    let browser = [
+        (7000u32, 960),
+        (7960, 960),
+        (8920, 960),
+        (10840, 960),
+        (12760, 960),
+        (11800, 960),
+        (13720, 1920),
+        (15640, 960),
+    ];
     let mut markers = Vec::new();
-    for at in browser {
-        a.send_encoded(&frame, at);
+    for (at, ticks) in browser {
+        a.send_encoded(&frame, at, ticks);
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
         markers.push(buf[1] & 0x80 != 0);
@@ -224,17 +234,20 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         }
     }
     // The browser's timing on our clock: the gap it left is kept (the trunk's decoder conceals
-    // it), and the frame that came late keeps its place.
+    // it), the frame that came late keeps its place, and the 40 ms packet's length is no gap.
     let steps: Vec<i32> = timestamps
         .windows(2)
         .map(|w| w[1].wrapping_sub(w[0]) as i32)
         .collect();
-    assert_eq!(steps, [960, 960, 1920, 1920, -960, 1920]);
+    assert_eq!(steps, [960, 960, 1920, 1920, -960, 1920, 1920]);
     // A talkspurt starts the stream, and so does each run of frames after a gap (RFC 3551
     // §4.1).
-    assert_eq!(markers, [true, false, false, true, true, false, false]);
+    assert_eq!(
+        markers,
+        [true, false, false, true, true, false, false, false]
+    );
     a.send_digits("5");
-    a.send_encoded(&frame, 14680);
+    a.send_encoded(&frame, 16600, 960);
     let (n, _) = b.recv(&mut buf).await.unwrap();
     assert_eq!(
         buf[1] & 0x7f,
