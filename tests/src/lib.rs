@@ -103,6 +103,24 @@ impl Sipp {
         }
     }
 
+    /// sipp as a trunk whose answer sends the media to `media_port` on 127.0.0.1 (a media
+    /// server beside its PBX, played by the test) in the one codec `rtpmap` names
+    /// (`"0 PCMU/8000"`, `"96 opus/48000/2"`).
+    pub fn media_server(media_port: u16, rtpmap: &str, log_dir: &Path) -> Sipp {
+        let format = rtpmap.split(' ').next().unwrap_or_default().to_string();
+        Self::uas_keyed(
+            "media_server.xml",
+            "u1",
+            log_dir,
+            1,
+            &[
+                ("media_server_port", media_port.to_string()),
+                ("media_server_format", format),
+                ("media_server_rtpmap", rtpmap.to_string()),
+            ],
+        )
+    }
+
     /// Starts `sipp -sf SCENARIO` as a UAC from `local_ip` (and `port`, else a fresh one),
     /// placing one call to `target`.
     pub fn uac(
@@ -466,4 +484,47 @@ pub async fn cdr_records(path: &Path, count: usize) -> Vec<serde_json::Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a CDR line is JSON"))
         .collect()
+}
+
+/// Plays a media server beside the trunk's PBX ([`Sipp::media_server`]): returns the
+/// gateway's RTP to where it came from, as one source for 1.5 s from the first packet, then
+/// as another (RFC 3550 §8.2) whose sequence numbers run 20,000 ahead and whose timestamps
+/// lie `behind` ticks behind the first's: a PBX handing the call to a media server, or a
+/// transfer, or hold music. Returns how many packets each source sent; ends two seconds
+/// after the last packet came.
+pub async fn media_server_that_changes_source(
+    socket: tokio::net::UdpSocket,
+    behind: u32,
+) -> (u64, u64) {
+    let switch = Duration::from_millis(1500);
+    let mut buf = [0u8; 1500];
+    let mut first = None;
+    let mut sent = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let got = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await;
+        let Ok(Ok((n, from))) = got else { break };
+        if n < 12 {
+            continue;
+        }
+        let second = first.get_or_insert_with(Instant::now).elapsed() >= switch;
+        let (ssrc, sequence_ahead, timestamp_ahead) = if second {
+            (0x2222_2222u32, 20_000u16, behind.wrapping_neg())
+        } else {
+            (0x1111_1111, 0, 0)
+        };
+        let sequence = u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(sequence_ahead);
+        let timestamp =
+            u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]).wrapping_add(timestamp_ahead);
+        buf[2..4].copy_from_slice(&sequence.to_be_bytes());
+        buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        socket.send_to(&buf[..n], from).await.unwrap();
+        if second {
+            sent.1 += 1;
+        } else {
+            sent.0 += 1;
+        }
+    }
+    sent
 }
