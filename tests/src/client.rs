@@ -96,6 +96,9 @@ pub struct CallOptions {
     /// With [`Self::answer_as`]: on `reconnect`, connect to this URL (standing in for the
     /// load balancer's next node) and register there.
     pub reconnect_to: Option<String>,
+    /// Lose every this-many-th Opus frame on the way to the gateway, as a lossy uplink
+    /// does: it is coded and numbered, and never arrives.
+    pub uplink_loss_every: Option<u64>,
 }
 
 impl CallOptions {
@@ -190,6 +193,9 @@ pub struct CallReport {
     pub window_tone_snr_db: Option<f64>,
     /// Packets received on the port taken at [`CallOptions::ice_restart_after`].
     pub packets_after_restart: u64,
+    /// Audio packets whose timestamp was not past the last one played: a browser drops them
+    /// as too late, and so does this client.
+    pub late_packets: u64,
 }
 
 type Signaling =
@@ -318,6 +324,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut dtmf_ts = 0u32;
     let mut packet = [0u8; MAX_PACKET];
     let mut decoded = [0i16; FRAME_SAMPLES_8K];
+    let mut last_timestamp: Option<u32> = None;
     let mut sequence: u16 = 1;
     let mut timestamp: u32 = 1000;
     let mut answered_at: Option<Instant> = None;
@@ -362,10 +369,20 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     options.measure_window,
                     restarted,
                 );
-                if !options.light
-                    && decoder.decode(&p.payload, &mut decoded).is_ok()
-                    && answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300))
-                {
+                if options.light {
+                    continue;
+                }
+                // Behind the last frame played: a browser's jitter buffer has played past it
+                // and drops it.
+                let ts = p.header.timestamp;
+                if last_timestamp.is_some_and(|last| (ts.wrapping_sub(last) as i32) <= 0) {
+                    report.late_packets += 1;
+                    continue;
+                }
+                last_timestamp = Some(ts);
+                let measuring =
+                    answered_at.is_some_and(|a| a.elapsed() > Duration::from_millis(300));
+                if decoder.decode(&p.payload, &mut decoded).is_ok() && measuring {
                     detector.push(&decoded);
                     if in_window {
                         window_detector.push(&decoded);
@@ -560,6 +577,10 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                                 Err(e) => eprintln!("client SRTP pt {pt}: {e}"),
                             }
                         }
+                    } else if pt == 111
+                        && options.uplink_loss_every.is_some_and(|n| sequence as u64 % n == n - 1)
+                    {
+                        // Lost on the way.
                     } else if let Some(mut s) = pc.rtp_sender(sender) {
                         let rtp = rtc::rtp::Packet { header: rtc::rtp::header::Header { version: 2, marker, payload_type: pt, sequence_number: sequence, timestamp: ts, ssrc, ..Default::default() }, payload };
                         match s.write_rtp(now, rtp) {

@@ -486,20 +486,41 @@ pub async fn cdr_records(path: &Path, count: usize) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// What [`media_server_that_changes_source`] saw and did.
+#[derive(Debug, Default)]
+pub struct MediaServerLog {
+    /// Packets returned as the first source.
+    pub first: u64,
+    /// Packets returned as the second.
+    pub second: u64,
+    /// Each RTP packet from the gateway: its timestamp and marker bit.
+    pub received: Vec<(u32, bool)>,
+}
+
+impl MediaServerLog {
+    /// The steps between consecutive timestamps from the gateway, each with the marker bit
+    /// of the packet after it.
+    pub fn steps(&self) -> Vec<(i32, bool)> {
+        self.received
+            .windows(2)
+            .map(|w| (w[1].0.wrapping_sub(w[0].0) as i32, w[1].1))
+            .collect()
+    }
+}
+
 /// Plays a media server beside the trunk's PBX ([`Sipp::media_server`]): returns the
 /// gateway's RTP to where it came from, as one source for 1.5 s from the first packet, then
 /// as another (RFC 3550 §8.2) whose sequence numbers run 20,000 ahead and whose timestamps
 /// lie `behind` ticks behind the first's: a PBX handing the call to a media server, or a
-/// transfer, or hold music. Returns how many packets each source sent; ends two seconds
-/// after the last packet came.
+/// transfer, or hold music. Ends two seconds after the last packet came.
 pub async fn media_server_that_changes_source(
     socket: tokio::net::UdpSocket,
     behind: u32,
-) -> (u64, u64) {
+) -> MediaServerLog {
     let switch = Duration::from_millis(1500);
     let mut buf = [0u8; 1500];
     let mut first = None;
-    let mut sent = (0, 0);
+    let mut log = MediaServerLog::default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let got = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await;
@@ -507,6 +528,8 @@ pub async fn media_server_that_changes_source(
         if n < 12 {
             continue;
         }
+        let timestamp = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        log.received.push((timestamp, buf[1] & 0x80 != 0));
         let second = first.get_or_insert_with(Instant::now).elapsed() >= switch;
         let (ssrc, sequence_ahead, timestamp_ahead) = if second {
             (0x2222_2222u32, 20_000u16, behind.wrapping_neg())
@@ -514,17 +537,15 @@ pub async fn media_server_that_changes_source(
             (0x1111_1111, 0, 0)
         };
         let sequence = u16::from_be_bytes([buf[2], buf[3]]).wrapping_add(sequence_ahead);
-        let timestamp =
-            u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]).wrapping_add(timestamp_ahead);
         buf[2..4].copy_from_slice(&sequence.to_be_bytes());
-        buf[4..8].copy_from_slice(&timestamp.to_be_bytes());
+        buf[4..8].copy_from_slice(&timestamp.wrapping_add(timestamp_ahead).to_be_bytes());
         buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
         socket.send_to(&buf[..n], from).await.unwrap();
         if second {
-            sent.1 += 1;
+            log.second += 1;
         } else {
-            sent.0 += 1;
+            log.first += 1;
         }
     }
-    sent
+    log
 }

@@ -779,10 +779,12 @@ async fn a_new_source_from_the_trunk_mid_call_keeps_the_tone_and_counts_no_loss(
         .await
         .unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let (first, second) = media.await.unwrap();
+    let media = media.await.unwrap();
     assert!(
-        first > 50 && second > 50,
-        "both sources sent: {first}, {second}"
+        media.first > 50 && media.second > 50,
+        "both sources sent: {}, {}",
+        media.first,
+        media.second
     );
     assert!(
         report.window_packets > 35 && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,

@@ -2,8 +2,11 @@
 //! the gateway decoding or encoding a frame (RFC 7587 on the trunk, SRTP ⇄ RTP only).
 
 use gateway::config::Config;
-use gateway_tests::client::{CallOptions, run_call, spawn_call};
-use gateway_tests::{Sipp, codec_trunk_config, http_get, out_dir, write_config};
+use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
+use gateway_tests::{
+    MediaServerLog, Sipp, codec_trunk_config, http_get, media_server_that_changes_source, out_dir,
+    write_config,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
@@ -196,4 +199,90 @@ async fn the_browsers_band_follows_the_dialled_trunk() {
         carrier.finished().await,
         "the Opus trunk's sipp saw no call"
     );
+}
+
+/// A browser call with `options` to an Opus trunk whose media a media server beside it
+/// returns, changing source 1.5 s in ([`media_server_that_changes_source`]); the browser's
+/// report, what the media server saw, and the call's CDR.
+async fn relayed_through_a_media_server(
+    test: &str,
+    options: CallOptions,
+) -> (CallReport, MediaServerLog, serde_json::Value) {
+    let dir = out_dir(test);
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    // Half a second behind on Opus's 48 kHz clock.
+    let media = tokio::spawn(media_server_that_changes_source(server, 24_000));
+    let sipp = Sipp::media_server(port, "96 opus/48000/2", &dir);
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let media = media.await.unwrap();
+    assert!(sipp.finished().await);
+    let record = gateway_tests::cdr_records(&cdr, 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("the call's CDR");
+    eprintln!("{record}");
+    assert_eq!(record["trunk_codec"], "opus", "{record}");
+    (report, media, record)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_opus_reaches_the_trunk_with_the_gaps_of_a_lossy_uplink() {
+    // The browser's uplink loses every tenth frame. What reaches the trunk has the browser's
+    // timing: each lost frame a gap of one frame, and the packet after it starts a talkspurt
+    // (RFC 3551 §4.1), so the trunk's decoder conceals the frame (or takes it from the next
+    // packet's in-band FEC) rather than play the next one early.
+    let options = CallOptions {
+        seconds: 3.0,
+        uplink_loss_every: Some(10),
+        ..CallOptions::new("echo")
+    };
+    let (report, media, _) = relayed_through_a_media_server("opus_uplink_loss", options).await;
+    let steps = media.steps();
+    assert!(
+        steps
+            .iter()
+            .all(|&step| step == (960, false) || step == (1920, true)),
+        "{steps:?}"
+    );
+    let gaps = steps.iter().filter(|&&(step, _)| step == 1920).count();
+    assert!(gaps >= 10, "3 s lose some 15 frames: {steps:?}");
+    assert!(report.packets_received > 100, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_opus_from_a_trunks_new_source_plays_on_in_the_browser() {
+    // The trunk's media moves to a new source 1.5 s in, its clock half a second behind: the
+    // gateway continues its stream's clock, so the browser's jitter buffer plays the new
+    // source's frames rather than drop them as late, and the tone goes on.
+    let options = CallOptions {
+        seconds: 3.0,
+        measure_window: Some((1.5, 2.4)),
+        ..CallOptions::new("echo")
+    };
+    let (report, media, record) =
+        relayed_through_a_media_server("opus_trunk_new_source", options).await;
+    assert!(media.second > 30, "the new source sent: {media:?}");
+    assert_eq!(report.late_packets, 0, "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0
+            && report.window_packets > 30
+            && report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "{report:?}"
+    );
+    assert_eq!(
+        record["trunk_packets_lost"], 0,
+        "the new source's sequence numbers are its own: {record}"
+    );
+    // Nothing was lost toward the trunk either: one frame after another, no talkspurt.
+    let steps = media.steps();
+    assert!(steps.iter().all(|&step| step == (960, false)), "{steps:?}");
 }
