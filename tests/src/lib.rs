@@ -549,3 +549,44 @@ pub async fn media_server_that_changes_source(
     }
     log
 }
+
+/// A browser call with `options` to the target `echo` on a trunk offering `codecs` (a
+/// `codecs = [...]` list), whose sipp answers in the one codec `rtpmap` names and sends the
+/// media to a media server beside it, played by [`media_server_that_changes_source`] (its new
+/// source `behind` ticks behind the old one). Returns the browser's report, what the media
+/// server saw, and the call's CDR; sipp must have seen the call through.
+pub async fn call_through_a_media_server(
+    test: &str,
+    (codecs, rtpmap): (&str, &str),
+    behind: u32,
+    options: &client::CallOptions,
+) -> (client::CallReport, MediaServerLog, serde_json::Value) {
+    let dir = out_dir(test);
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the media server's port");
+    let port = server.local_addr().expect("a bound port").port();
+    let media = tokio::spawn(media_server_that_changes_source(server, behind));
+    let sipp = Sipp::media_server(port, rtpmap, &dir);
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, codecs);
+    let config = gateway::config::Config::load(&path).expect("the test's configuration");
+    let gateway = gateway::run::start(&config)
+        .await
+        .expect("the gateway starts");
+    let report = client::run_call(&format!("ws://{}/ws", gateway.http_addr), options)
+        .await
+        .expect("the call is placed");
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    let media = media.await.expect("the media server ran");
+    assert!(sipp.finished().await, "sipp saw no call, or no BYE");
+    let record = cdr_records(&cdr, 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("the call's CDR");
+    eprintln!("{record}");
+    (report, media, record)
+}

@@ -4,7 +4,7 @@
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{
-    MediaServerLog, Sipp, codec_trunk_config, http_get, media_server_that_changes_source, out_dir,
+    MediaServerLog, Sipp, call_through_a_media_server, codec_trunk_config, http_get, out_dir,
     write_config,
 };
 
@@ -202,34 +202,14 @@ async fn the_browsers_band_follows_the_dialled_trunk() {
 }
 
 /// A browser call with `options` to an Opus trunk whose media a media server beside it
-/// returns, changing source 1.5 s in ([`media_server_that_changes_source`]); the browser's
-/// report, what the media server saw, and the call's CDR.
+/// returns, changing source 1.5 s in, its clock half a second (on Opus's 48 kHz clock)
+/// behind.
 async fn relayed_through_a_media_server(
     test: &str,
     options: CallOptions,
 ) -> (CallReport, MediaServerLog, serde_json::Value) {
-    let dir = out_dir(test);
-    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = server.local_addr().unwrap().port();
-    // Half a second behind on Opus's 48 kHz clock.
-    let media = tokio::spawn(media_server_that_changes_source(server, 24_000));
-    let sipp = Sipp::media_server(port, "96 opus/48000/2", &dir);
-    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
-        .await
-        .unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let media = media.await.unwrap();
-    assert!(sipp.finished().await);
-    let record = gateway_tests::cdr_records(&cdr, 1)
-        .await
-        .into_iter()
-        .next()
-        .expect("the call's CDR");
-    eprintln!("{record}");
+    let opus = ("\"opus\", \"PCMU\"", "96 opus/48000/2");
+    let (report, media, record) = call_through_a_media_server(test, opus, 24_000, &options).await;
     assert_eq!(record["trunk_codec"], "opus", "{record}");
     (report, media, record)
 }
