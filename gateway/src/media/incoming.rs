@@ -15,7 +15,23 @@ use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
+
+/// A media socket a call reads, registered with its worker's reactor for reading only
+/// ([`receiver`]).
+pub type Receiver = AsyncFd<std::net::UdpSocket>;
+
+/// Registers `socket` with the current runtime's reactor for reading only. Why not as a
+/// tokio `UdpSocket`: that registers for writing too, and a trunk's socket sends 50 datagrams
+/// a second through a clone of itself (`outgoing::send`): each send whose buffer the kernel
+/// freed then posted an `EPOLLOUT` event, which the worker's `epoll_wait` polled the socket
+/// for and its reactor handled, for nothing — no task ever waits to write.
+pub fn receiver(socket: std::net::UdpSocket) -> std::io::Result<Receiver> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: the std socket owns its descriptor until the `AsyncFd` drops it, and `as_raw_fd`
+    // always names it (what `register_with_interest` asks of its caller).
+    Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
+}
 
 /// The most datagrams one read takes. A call's socket gathers one datagram in most 2 ms turns
 /// (50 a second); when it holds two, the next read drains the rest.
@@ -73,14 +89,14 @@ pub fn with_scratch<R>(read: impl FnOnce(&mut Scratch) -> R) -> R {
 /// is drained and its readiness cleared: the task is woken through `poll_recv_ready` when
 /// the next one arrives.
 pub fn recv_waiting(
-    socket: &UdpSocket,
+    socket: &Receiver,
     bufs: &mut Buffers,
     got: &mut [(usize, SocketAddr); BATCH],
 ) -> std::io::Result<usize> {
     // Each datagram read, in the order of `bufs`: its length and source (none when it named
     // no source, which UDP always does).
     let mut read = [None; BATCH];
-    let result = socket.try_io(Interest::READABLE, || {
+    let result = socket.try_io(Interest::READABLE, |socket| {
         let mut taken = 0;
         HEADERS.with(|h| {
             let mut h = h.borrow_mut();
@@ -144,14 +160,14 @@ mod tests {
     use std::time::Duration;
 
     /// Whether tokio still holds the socket readable (no system call: its own state).
-    async fn still_readable(socket: &UdpSocket) -> bool {
-        poll_fn(|cx| Poll::Ready(socket.poll_recv_ready(cx).is_ready())).await
+    async fn still_readable(socket: &Receiver) -> bool {
+        poll_fn(|cx| Poll::Ready(socket.poll_read_ready(cx).is_ready())).await
     }
 
     #[tokio::test]
     async fn a_short_read_drains_the_socket_without_a_read_that_finds_nothing() {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let to = socket.local_addr().unwrap();
+        let socket = receiver(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let to = socket.get_ref().local_addr().unwrap();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut bufs = [[0u8; DATAGRAM]; BATCH];
         let mut got = [(0, to); BATCH];
@@ -160,7 +176,8 @@ mod tests {
         for i in 0..BATCH as u8 + 1 {
             peer.send_to(&[i; 3], to).unwrap();
         }
-        socket.readable().await.unwrap();
+        // Dropped, the guard leaves the readiness as it is.
+        drop(socket.readable().await.unwrap());
         assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), BATCH);
         assert_eq!(got[0], (3, peer.local_addr().unwrap()));
         assert_eq!(&bufs[1][..3], &[1; 3]);
@@ -179,10 +196,12 @@ mod tests {
 
         // The next datagram wakes the reader again.
         peer.send_to(b"next", to).unwrap();
-        tokio::time::timeout(Duration::from_secs(1), socket.readable())
-            .await
-            .expect("readable again")
-            .unwrap();
+        drop(
+            tokio::time::timeout(Duration::from_secs(1), socket.readable())
+                .await
+                .expect("readable again")
+                .unwrap(),
+        );
         assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 1);
         assert_eq!(&bufs[0][..got[0].0], b"next");
 

@@ -19,9 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::stun_username_ufrag;
@@ -169,9 +166,7 @@ impl MediaMux {
         let send = Arc::new(socket.try_clone()?);
         // Readable only: every worker sends its browsers' datagrams on this socket, and each
         // send that frees room would otherwise wake the receive task's thread (EPOLLOUT).
-        // SAFETY: a std socket owns its descriptor from here until it is dropped, and
-        // `as_raw_fd` always names it (what `register_with_interest` asks of its caller).
-        let recv = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
+        let recv = incoming::receiver(socket)?;
         let routes = Arc::new(Mutex::new(Routes::default()));
         tokio::spawn(receive_loop(recv, routes.clone()));
         Ok(MediaMux {
@@ -225,7 +220,7 @@ impl MediaMux {
         // Until `connect` the socket is one more member of the port's group, and the kernel
         // may hash another browser's datagram to it: `DirectPath::poll_recv` hands such strays on.
         socket.connect(&peer.into())?;
-        let socket = UdpSocket::from_std(socket.into())?;
+        let socket = incoming::receiver(socket.into())?;
         self.direct.fetch_add(1, Ordering::Relaxed);
         Ok(DirectPath {
             socket,
@@ -259,7 +254,7 @@ pub struct DirectPath {
     /// Receives only: what the call sends leaves from the port's shared socket, where a
     /// worker's turn sends every browser's datagrams in one system call
     /// ([`outgoing::flush`]).
-    socket: UdpSocket,
+    socket: incoming::Receiver,
     /// A datagram read with the one before it, handed out next: one read takes at most
     /// [`incoming::BATCH`] (two), so one can wait.
     waiting: Option<Datagram>,
@@ -285,7 +280,7 @@ impl DirectPath {
             if let Some(datagram) = self.waiting.take() {
                 return Poll::Ready(datagram);
             }
-            match self.socket.poll_recv_ready(cx) {
+            match self.socket.poll_read_ready(cx).map_ok(drop) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     // Only when the worker's runtime is shutting down: its calls end with it.
@@ -334,7 +329,7 @@ impl DirectPath {
     }
 }
 
-async fn receive_loop(socket: AsyncFd<std::net::UdpSocket>, routes: Arc<Mutex<Routes>>) {
+async fn receive_loop(socket: incoming::Receiver, routes: Arc<Mutex<Routes>>) {
     let mut buf = vec![0u8; 2048];
     loop {
         let mut ready = match socket.readable().await {

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use tokio::net::UdpSocket;
-
 use super::MediaDrops;
 use super::codec::Codec;
 use super::description::RemoteMedia;
@@ -171,7 +169,7 @@ pub struct RtpStream {
     /// The socket as the runtime's reactor knows it, registered on the first receive: with
     /// the reactor of the call's media worker, which runs the call (`call::workers`), not
     /// the one of the task that happened to bind it.
-    socket: Option<UdpSocket>,
+    socket: Option<incoming::Receiver>,
     /// The same socket for sending: a plain non-blocking send never waits for the reactor
     /// to learn the socket is writable, so no frame is lost at start-up.
     sender_socket: Arc<std::net::UdpSocket>,
@@ -464,7 +462,13 @@ impl RtpStream {
 
     /// Waits for the next datagram into `buf`; returns its length and source.
     pub async fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
-        self.receiver()?.recv_from(buf).await
+        let socket = self.receiver()?;
+        loop {
+            let mut ready = socket.readable().await?;
+            if let Ok(got) = ready.try_io(|s| s.get_ref().recv_from(buf)) {
+                return got;
+            }
+        }
     }
 
     /// Ready when [`Self::recv_waiting`] may find a datagram; `cx` is woken when one arrives. A
@@ -473,7 +477,7 @@ impl RtpStream {
     /// KB per call).
     pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.receiver() {
-            Ok(socket) => socket.poll_recv_ready(cx),
+            Ok(socket) => socket.poll_read_ready(cx).map_ok(drop),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
@@ -490,10 +494,10 @@ impl RtpStream {
 
     /// The receiving socket, registered with the runtime of the first task that receives:
     /// the call's media worker.
-    fn receiver(&mut self) -> std::io::Result<&UdpSocket> {
+    fn receiver(&mut self) -> std::io::Result<&incoming::Receiver> {
         Ok(match &mut self.socket {
             Some(socket) => socket,
-            empty => empty.insert(UdpSocket::from_std(self.sender_socket.try_clone()?)?),
+            empty => empty.insert(incoming::receiver(self.sender_socket.try_clone()?)?),
         })
     }
 
