@@ -199,6 +199,12 @@ pub enum Place {
     Late(u32),
 }
 
+/// How far behind our clock a relayed frame may be and still be a reordered one: a second on
+/// Opus's 48 kHz clock (the one codec relayed), longer than any jitter buffer waits. A frame
+/// further behind means the source's clock jumped back (a new stream from it), and the relay
+/// starts anew ([`Place::Start`]) rather than send the rest of the stream that far behind.
+pub const LATE_LIMIT: u32 = 48_000;
+
 /// Relays a source's frames onto a stream of ours with the source's timing: each frame at
 /// its own timestamp moved by an offset fixed at the first, so a gap the source left (loss,
 /// DTX) stays a gap the receiver's decoder conceals, rather than the next frame played early,
@@ -222,7 +228,11 @@ impl RelayClock {
         match at.wrapping_sub(next) as i32 {
             0 => Place::Next,
             gap if gap > 0 => Place::After(gap as u32),
-            _ => Place::Late(at),
+            behind if behind.unsigned_abs() <= LATE_LIMIT => Place::Late(at),
+            _ => {
+                self.offset = None;
+                self.place(next, timestamp)
+            }
         }
     }
 
@@ -303,6 +313,13 @@ mod tests {
             Place::Late(4840)
         );
         assert_eq!(clock.place(6760, base.wrapping_add(5760)), Place::Next);
+        // A second behind is still a late frame; further behind, the source started over.
+        assert_eq!(
+            clock.place(7720, base.wrapping_add(6720).wrapping_sub(LATE_LIMIT)),
+            Place::Late(7720u32.wrapping_sub(LATE_LIMIT))
+        );
+        assert_eq!(clock.place(7720, base.wrapping_sub(50_000)), Place::Start);
+        assert_eq!(clock.place(8680, base.wrapping_sub(49_040)), Place::Next);
         // Frames of our own went out meanwhile: the next relayed one starts where we are.
         clock.restart();
         assert_eq!(clock.place(9000, 7), Place::Start);
