@@ -171,6 +171,11 @@ impl RtpSender {
         self.timestamp = timestamp;
     }
 
+    /// Marks the next packet as the start of a talkspurt (RFC 3551 §4.1), where the clock is.
+    pub fn start_talkspurt(&mut self) {
+        self.talkspurt = true;
+    }
+
     /// Advances the media clock without sending (silence, hold, or time spent on an event).
     pub fn skip(&mut self, samples: u32) {
         self.timestamp = self.timestamp.wrapping_add(samples);

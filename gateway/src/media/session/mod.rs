@@ -395,7 +395,11 @@ impl RtpStream {
             len
         };
         let resume = match self.relay.place(next, timestamp) {
-            Place::Start | Place::Next => next.wrapping_add(ticks),
+            Place::Start => {
+                self.sender.start_talkspurt();
+                next.wrapping_add(ticks)
+            }
+            Place::Next => next.wrapping_add(ticks),
             Place::After(gap) => {
                 // The sender marks the frame after the gap.
                 self.sender.skip(gap);

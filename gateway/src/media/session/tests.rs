@@ -246,8 +246,19 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         markers,
         [true, false, false, true, true, false, false, false]
     );
+    // A browser stream that started over, its clock far behind: the relay starts anew where
+    // our clock stands, and the frame starts a talkspurt.
+    a.send_encoded(&frame, 3_000_000_000, 960);
+    let (n, src) = b.recv(&mut buf).await.unwrap();
+    let marker = buf[1] & 0x80 != 0;
+    let Received::Encoded { timestamp, .. } = b.handle_datagram(&mut buf[..n], src, &mut pcm)
+    else {
+        panic!("not relayed");
+    };
+    let last = timestamps.last().copied().unwrap_or_default();
+    assert_eq!((timestamp.wrapping_sub(last), marker), (960, true));
     a.send_digits("5");
-    a.send_encoded(&frame, 16600, 960);
+    a.send_encoded(&frame, 3_000_000_960, 960);
     let (n, _) = b.recv(&mut buf).await.unwrap();
     assert_eq!(
         buf[1] & 0x7f,
