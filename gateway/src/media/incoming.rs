@@ -86,7 +86,7 @@ pub fn with_scratch<R>(read: impl FnOnce(&mut Scratch) -> R) -> R {
 
 /// Reads the datagrams waiting on `socket` into `bufs`, each one's length and source into
 /// `got`, and returns how many: none when none waited. Fewer than [`BATCH`] means the socket
-/// is drained and its readiness cleared: the task is woken through `poll_recv_ready` when
+/// is drained and its readiness cleared: the task is woken through `poll_read_ready` when
 /// the next one arrives.
 pub fn recv_waiting(
     socket: &Receiver,
