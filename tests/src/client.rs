@@ -196,6 +196,12 @@ pub struct CallReport {
     /// Audio packets whose timestamp was not past the last one played: a browser drops them
     /// as too late, and so does this client.
     pub late_packets: u64,
+    /// Audio packets more than a 20 ms frame past the one before them (silence or loss the
+    /// gateway passed on).
+    pub gaps: u64,
+    /// Of [`Self::gaps`], the packets without the marker bit that should start the talkspurt
+    /// after a gap (RFC 3551 §4.1).
+    pub unmarked_gaps: u64,
 }
 
 type Signaling =
@@ -363,8 +369,11 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             {
                 let in_window = arrivals.opus(
                     &mut report,
-                    p.header.sequence_number,
-                    p.header.timestamp,
+                    (
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        p.header.marker,
+                    ),
                     answered_at,
                     options.measure_window,
                     restarted,
@@ -602,7 +611,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                     if let Ok(p) = RtpPacket::parse(&buf[..n])
                         && p.payload_type == 111
                     {
-                        arrivals.opus(&mut report, p.sequence, p.timestamp, answered_at, options.measure_window, restarted);
+                        arrivals.opus(&mut report, (p.sequence, p.timestamp, p.marker), answered_at, options.measure_window, restarted);
                     }
                     continue;
                 }
@@ -690,6 +699,8 @@ struct Arrivals {
     jitter: f64,
     first_seq: Option<u16>,
     highest_seq: u64,
+    /// The last audio packet's timestamp.
+    last_timestamp: Option<u32>,
 }
 
 impl Arrivals {
@@ -700,6 +711,7 @@ impl Arrivals {
             jitter: 0.0,
             first_seq: None,
             highest_seq: 0,
+            last_timestamp: None,
         }
     }
 
@@ -707,13 +719,22 @@ impl Arrivals {
     fn opus(
         &mut self,
         report: &mut CallReport,
-        sequence: u16,
-        timestamp: u32,
+        (sequence, timestamp, marker): (u16, u32, bool),
         answered_at: Option<Instant>,
         window: Option<(f64, f64)>,
         restarted: bool,
     ) -> bool {
         report.packets_received += 1;
+        // More than a 20 ms frame past the last packet: a gap, which should start a talkspurt
+        // (RFC 3551 §4.1).
+        let ahead = self
+            .last_timestamp
+            .map_or(0, |last| timestamp.wrapping_sub(last) as i32);
+        self.last_timestamp = Some(timestamp);
+        if ahead > 960 {
+            report.gaps += 1;
+            report.unmarked_gaps += u64::from(!marker);
+        }
         if restarted {
             report.packets_after_restart += 1;
         }

@@ -236,6 +236,12 @@ async fn relayed_opus_reaches_the_trunk_with_the_gaps_of_a_lossy_uplink() {
     let gaps = steps.iter().filter(|&&(step, _)| step == 1920).count();
     assert!(gaps >= 10, "3 s lose some 15 frames: {steps:?}");
     assert!(report.packets_received > 100, "{report:?}");
+    // The trunk returned the gaps, and the gateway relayed them to the browser as gaps too,
+    // each packet after one starting a talkspurt.
+    assert!(
+        report.gaps >= 10 && report.unmarked_gaps == 0 && report.late_packets == 0,
+        "{report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
