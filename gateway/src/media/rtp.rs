@@ -191,7 +191,7 @@ impl Default for RtpSender {
 
 /// Where a relayed frame goes on the stream it is relayed onto ([`RelayClock::place`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
+enum Place {
     /// The first frame relayed: where the stream's clock stands, starting a talkspurt.
     Start,
     /// Where the stream's clock stands: the frame follows the last one.
@@ -204,11 +204,23 @@ pub enum Place {
     Late(u32),
 }
 
+/// A relayed frame as its sender sends it ([`RelayClock::place_frame`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The frame's timestamp on our stream.
+    pub at: u32,
+    /// It starts a talkspurt (RFC 3551 §4.1): the first frame relayed, or the one after a gap.
+    pub marker: bool,
+    /// Where our stream's clock stands after it: past the frame, or where it was for a late
+    /// one.
+    pub resume: u32,
+}
+
 /// How far behind our clock a relayed frame may be and still be a reordered one: a second on
 /// Opus's 48 kHz clock (the one codec relayed), longer than any jitter buffer waits. A frame
 /// further behind means the source's clock jumped back (a new stream from it), and the relay
 /// starts anew ([`Place::Start`]) rather than send the rest of the stream that far behind.
-pub const LATE_LIMIT: u32 = 48_000;
+const LATE_LIMIT: u32 = 48_000;
 
 /// Relays a source's frames onto a stream of ours with the source's timing: each frame at
 /// its own timestamp moved by an offset fixed at the first, so a gap the source left (loss,
@@ -224,7 +236,7 @@ pub struct RelayClock {
 impl RelayClock {
     /// Where the frame the source stamped `timestamp` goes, when our stream's next frame
     /// would be at `next`.
-    pub fn place(&mut self, next: u32, timestamp: u32) -> Place {
+    fn place(&mut self, next: u32, timestamp: u32) -> Place {
         let Some(offset) = self.offset else {
             self.offset = Some(next.wrapping_sub(timestamp));
             return Place::Start;
@@ -238,6 +250,29 @@ impl RelayClock {
                 self.offset = None;
                 self.place(next, timestamp)
             }
+        }
+    }
+
+    /// Where the frame the source stamped `timestamp`, `ticks` long, goes when our stream's
+    /// next frame would be at `next`: its timestamp, whether it starts a talkspurt, and where
+    /// the clock stands after it.
+    pub fn place_frame(&mut self, next: u32, timestamp: u32, ticks: u32) -> Placed {
+        let (at, marker) = match self.place(next, timestamp) {
+            Place::Start => (next, true),
+            Place::Next => (next, false),
+            Place::After(gap) => (next.wrapping_add(gap), true),
+            Place::Late(at) => {
+                return Placed {
+                    at,
+                    marker: false,
+                    resume: next,
+                };
+            }
+        };
+        Placed {
+            at,
+            marker,
+            resume: at.wrapping_add(ticks),
         }
     }
 

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{BrowserEvent, BrowserLeg, RtcError, stack};
 use crate::media::opus::RTP_TICKS_PER_FRAME;
-use crate::media::rtp::{HEADER_LEN, Place, RtpPacket, write_header};
+use crate::media::rtp::{HEADER_LEN, RtpPacket, write_header};
 use crate::media::srtp::MAX_SRTP_TAG;
 
 /// The capacity of a buffer for one protected RTP packet to the browser: an Opus frame of
@@ -97,18 +97,11 @@ impl BrowserLeg {
         trunk_timestamp: u32,
         ticks: u32,
     ) -> Result<(), RtcError> {
-        let next = self.timestamp;
-        let (at, marker, resume) = match self.relay.place(next, trunk_timestamp) {
-            Place::Start => (next, true, next.wrapping_add(ticks)),
-            Place::Next => (next, false, next.wrapping_add(ticks)),
-            Place::After(gap) => {
-                let at = next.wrapping_add(gap);
-                (at, true, at.wrapping_add(ticks))
-            }
-            Place::Late(at) => (at, false, next),
-        };
-        self.timestamp = resume;
-        self.send_packet(payload, marker, at)
+        let placed = self
+            .relay
+            .place_frame(self.timestamp, trunk_timestamp, ticks);
+        self.timestamp = placed.resume;
+        self.send_packet(payload, placed.marker, placed.at)
     }
 
     /// Protects and queues one Opus packet at `timestamp`, with the next sequence number.

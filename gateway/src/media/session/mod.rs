@@ -18,7 +18,7 @@ use super::MediaDrops;
 use super::codec::Codec;
 use super::description::RemoteMedia;
 use super::dtmf::{DtmfReceiver, DtmfSender};
-use super::rtp::{HEADER_LEN, Place, RelayClock, RtpPacket, RtpSender};
+use super::rtp::{HEADER_LEN, RelayClock, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
 use super::{incoming, outgoing};
 
@@ -394,26 +394,15 @@ impl RtpStream {
             out[..len].copy_from_slice(&payload[..len]);
             len
         };
-        let resume = match self.relay.place(next, timestamp) {
-            Place::Start => {
-                self.sender.start_talkspurt();
-                next.wrapping_add(ticks)
-            }
-            Place::Next => next.wrapping_add(ticks),
-            Place::After(gap) => {
-                // The sender marks the frame after the gap.
-                self.sender.skip(gap);
-                next.wrapping_add(gap).wrapping_add(ticks)
-            }
-            Place::Late(at) => {
-                self.sender.set_clock(at);
-                next
-            }
-        };
+        let placed = self.relay.place_frame(next, timestamp, ticks);
+        self.sender.set_clock(placed.at);
+        if placed.marker {
+            self.sender.start_talkspurt();
+        }
         self.send_with(write);
         // However the frame went (audio, an event in its place, nothing on hold), the clock
         // covers its length, not the codec's usual frame.
-        self.sender.set_clock(resume);
+        self.sender.set_clock(placed.resume);
     }
 
     /// The one sending path: `write` puts the audio payload after the header and says how
