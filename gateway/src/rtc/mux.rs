@@ -309,9 +309,9 @@ impl DirectPath {
                         // Queued before the socket was connected: another call's.
                         route(&self.mux.routes, &buf[..n], from);
                     } else if ready.is_none() {
-                        ready = Some((BytesMut::from(&buf[..n]), from));
+                        ready = Some((own_copy(&buf[..n]), from));
                     } else {
-                        waiting = Some((BytesMut::from(&buf[..n]), from));
+                        waiting = Some((own_copy(&buf[..n]), from));
                     }
                 }
                 (ready, waiting)
@@ -326,6 +326,19 @@ impl DirectPath {
     /// Sends a datagram to the browser.
     pub fn send(&self, bytes: &[u8]) {
         self.mux.send(bytes, self.peer);
+    }
+}
+
+/// A datagram for a call, copied out of the read's buffers. Audio (SRTP) is cut from the
+/// thread's shared chunk ([`incoming::hand_out`]): the call decrypts it and is done with it
+/// within its turn. The rest (STUN, DTLS, SRTCP) goes to the WebRTC stack, which may keep it
+/// for a while; cut from a chunk, it would keep the whole chunk alive (at 100 calls the
+/// gateway's memory grew by 0.004 MB a call so), so it gets a buffer of its own.
+fn own_copy(data: &[u8]) -> BytesMut {
+    if super::is_rtp(data) {
+        incoming::hand_out(data)
+    } else {
+        BytesMut::from(data)
     }
 }
 
@@ -363,7 +376,7 @@ fn route(routes: &Mutex<Routes>, data: &[u8], peer: SocketAddr) {
         // A full queue means the call task is stalled: drop rather than stall every call.
         // The one copy a datagram gets before the call authenticates and decrypts it.
         Some(tx) => {
-            let _ = tx.try_send((BytesMut::from(data), peer));
+            let _ = tx.try_send((own_copy(data), peer));
         }
         None => tracing::trace!(%peer, "datagram for no call dropped"),
     }
@@ -387,6 +400,31 @@ mod tests {
         m.extend_from_slice(username.as_bytes());
         m.resize(20 + 4 + padded, 0);
         m
+    }
+
+    #[test]
+    fn audio_is_cut_from_the_shared_chunk_and_what_the_stack_may_keep_is_not() {
+        std::thread::spawn(|| {
+            // An SRTP packet (RTP version 2, Opus payload type 111) and a STUN request.
+            let audio = [&[0x80, 111][..], &[0; 98]].concat();
+            let first = own_copy(&audio);
+            let check = own_copy(&binding_request("abcd"));
+            let second = own_copy(&audio);
+            assert_eq!(
+                second.as_ptr(),
+                first.as_ptr().wrapping_add(audio.len()),
+                "the STUN request took room in the chunk"
+            );
+            assert_eq!(&check[..], &binding_request("abcd")[..]);
+            // SRTCP (a receiver report, packet type 201) is the stack's too.
+            let report = [&[0x81, 201][..], &[0; 30]].concat();
+            let kept = own_copy(&report);
+            let third = own_copy(&audio);
+            assert_eq!(third.as_ptr(), second.as_ptr().wrapping_add(audio.len()));
+            assert_eq!(&kept[..], &report[..]);
+        })
+        .join()
+        .unwrap();
     }
 
     async fn arrives(route: &mut MuxRoute) -> Option<SocketAddr> {
