@@ -6,7 +6,7 @@
 //! USERNAME on first contact ([`stun_username_ufrag`]) and by the peer's address after.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ::rtc::media_stream::MediaStreamTrack;
 use ::rtc::peer_connection::RTCPeerConnection;
@@ -165,7 +165,23 @@ pub struct BrowserLeg {
     /// The stack's next deadline, while it was not called since it was asked (see
     /// [`Self::poll_timeout`]).
     stack_deadline: Option<Option<Instant>>,
+    /// ICE and DTLS completed: the stack's timers run at most every [`CONNECTED_TICK`].
+    connected: bool,
+    /// When [`Self::handle_timeout`] last ran.
+    timers_ran: Option<Instant>,
 }
+
+/// Once ICE and DTLS have completed, the stack's timers run at most this often.
+///
+/// Why: the only timer the stack then keeps is the ICE agent's check that the browser is
+/// still heard from (`disconnected` after 5 s of silence, `failed` after 25 s), and the agent
+/// asks for it every 200 ms whatever its settings (`rtc-ice`'s `get_timeout_interval` only
+/// ever lowers its 200 ms default): five wake-ups of the call a second, each walking every
+/// handler and interceptor of the stack, for a verdict that can come up to a second later at
+/// no cost (2,479 runs in 5 s at 100 relayed calls, BENCHMARKS.md §2). Audio bypasses the
+/// stack ([`BrowserLeg::handle_datagram`]), and an ICE-lite agent sends no checks of its own
+/// on a timer (RFC 8445 §2.5), so nothing else waits on it.
+const CONNECTED_TICK: Duration = Duration::from_secs(1);
 
 /// Validated pairs one leg keeps; a browser has a handful of candidates at most.
 const MAX_VALIDATED: usize = 8;
@@ -298,6 +314,8 @@ impl BrowserLeg {
             outbox: Default::default(),
             stack_may_write: true,
             stack_deadline: None,
+            connected: false,
+            timers_ran: None,
         };
         leg.drain();
         Ok(leg)
@@ -471,6 +489,7 @@ impl BrowserLeg {
 
     /// Runs due timers (ICE checks' consent, DTLS retransmission, RTCP).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.timers_ran = Some(now);
         if let Err(e) = self.pc.handle_timeout(now) {
             tracing::debug!(error = %e, "browser leg timer");
         }
@@ -481,11 +500,16 @@ impl BrowserLeg {
     ///
     /// Asked of the stack only after it was called: its timers (ICE consent, DTLS, RTCP) move
     /// only then, since established audio bypasses it, and asking walks every one of its
-    /// handlers and interceptors, which the call did after each of its packets.
+    /// handlers and interceptors, which the call did after each of its packets. Once
+    /// connected, no sooner than [`CONNECTED_TICK`] after the timers last ran.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        *self
+        let asked = *self
             .stack_deadline
-            .get_or_insert_with(|| self.pc.poll_timeout())
+            .get_or_insert_with(|| self.pc.poll_timeout());
+        match self.timers_ran {
+            Some(ran) if self.connected => asked.map(|at| at.max(ran + CONNECTED_TICK)),
+            _ => asked,
+        }
     }
 
     /// The next datagram to send and where.
@@ -542,7 +566,10 @@ impl BrowserLeg {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
                     RTCPeerConnectionState::Connected,
-                ) => self.events.push_back(BrowserEvent::Connected),
+                ) => {
+                    self.connected = true;
+                    self.events.push_back(BrowserEvent::Connected)
+                }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
                     RTCPeerConnectionState::Disconnected,
                 ) => self.events.push_back(BrowserEvent::Interrupted),

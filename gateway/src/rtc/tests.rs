@@ -335,6 +335,22 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         ],
         "(timestamp on our clock, marker) of each packet to the browser"
     );
+
+    // Connected, the stack's timers run once a second, though ICE asks every 200 ms.
+    let now = Instant::now();
+    leg.handle_timeout(now);
+    let asked = leg
+        .pc
+        .poll_timeout()
+        .expect("ICE's check that the browser is heard");
+    assert!(
+        asked < now + CONNECTED_TICK,
+        "the stack asks sooner: {asked:?}"
+    );
+    assert_eq!(leg.poll_timeout(), Some(now + CONNECTED_TICK));
+    // A datagram through the stack does not bring its timers forward.
+    leg.handle_datagram(BytesMut::from(&[22u8, 254, 253, 0][..]), client.local, now);
+    assert_eq!(leg.poll_timeout(), Some(now + CONNECTED_TICK));
 }
 
 #[test]
