@@ -487,7 +487,8 @@ impl BrowserLeg {
         true
     }
 
-    /// Runs due timers (ICE checks' consent, DTLS retransmission, RTCP).
+    /// Runs due timers: ICE's check that the browser is still heard from, and DTLS's
+    /// retransmissions while the handshake runs.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.timers_ran = Some(now);
         if let Err(e) = self.pc.handle_timeout(now) {
@@ -498,7 +499,7 @@ impl BrowserLeg {
 
     /// When [`Self::handle_timeout`] wants to run.
     ///
-    /// Asked of the stack only after it was called: its timers (ICE consent, DTLS, RTCP) move
+    /// Asked of the stack only after it was called: its timers (ICE, DTLS) move
     /// only then, since established audio bypasses it, and asking walks every one of its
     /// handlers and interceptors, which the call did after each of its packets. Once
     /// connected, no sooner than [`CONNECTED_TICK`] after the timers last ran.
