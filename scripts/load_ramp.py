@@ -11,8 +11,15 @@ ramp.md and prints the table.
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
        [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk | --g722-trunk] [--no-build]
        [--full-band] [--media-load-pct N] [--economy-load-pct N] [--ramp-rate R] [--trace]
+       [--profile]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
+With --profile each step's window is also recorded with `perf` (sampling at 999 Hz, with call
+graphs, and counting the gateway's system calls): after the table it prints where the
+gateway's time went — libopus, the kernel (and within it each system call, and the loopback
+delivery to the generator and sipp that runs inside the gateway's sends), the gateway's own
+code and its busiest functions, libc — as shares of the samples and as % of a core per call.
+`perf` costs the gateway a few % while it records: compare profiled steps with each other.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
 """
 
@@ -173,13 +180,130 @@ RAMP = [100.0]
 LOADGEN_EXTRA = []
 
 
+# System calls counted by --profile: the media path's sends, receives and waits.
+SYSCALLS = ["sendto", "sendmmsg", "recvfrom", "recvmmsg", "epoll_wait", "clock_nanosleep"]
+
+# Where a sample's time is charged, by the object it ran in (`perf report --sort dso`).
+PLACES = [("libopus", "libopus"), ("kernel", "[kernel"), ("gateway's code", "gateway"),
+          ("libc", "libc"), ("libm", "libm")]
+
+# Kernel functions whose share (with what they call) --profile prints: the system calls, and
+# `net_rx_action`, the loopback's receiving half (queueing a datagram on the generator's or
+# sipp's socket and waking them), which runs inside the gateway's sends on loopback and on a
+# real network would be paid by the receiving machine.
+KERNEL_PARTS = [("sendto", "__x64_sys_sendto"), ("sendmmsg", "__x64_sys_sendmmsg"),
+                ("recvmmsg", "__x64_sys_recvmmsg"), ("recvfrom", "__x64_sys_recvfrom"),
+                ("epoll_wait", "__x64_sys_epoll_wait"),
+                ("clock_nanosleep (the paced turn)", "__x64_sys_clock_nanosleep"),
+                ("of which delivery to the peers (net_rx_action)", "net_rx_action")]
+
+
+# Seconds the system calls are counted for, after the window: counting them makes every
+# system call take the kernel's tracing path, which would inflate the kernel's share of the
+# profile if done during it.
+STAT_SECONDS = 5.0
+
+
+def start_profile(pid, window, base):
+    """`perf record` on the gateway for `window` seconds, into `base`.data."""
+    if not shutil.which("perf"):
+        sys.exit("--profile needs perf (Debian: apt-get install linux-perf)")
+    return subprocess.Popen(
+        ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", f"{base}.data", "--",
+         "sleep", str(window)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def report_shares(data, *args):
+    """`perf report`'s percentage per row, by the row's last column."""
+    out = subprocess.run(["perf", "report", "-i", data, "--stdio", *args],
+                         capture_output=True, text=True).stdout
+    shares = []
+    for line in out.splitlines():
+        fields = line.split()
+        pcts = [f for f in fields if f.endswith("%")]
+        if not pcts or line.lstrip().startswith("#"):
+            continue
+        try:
+            shares.append((float(pcts[0].rstrip("%")), " ".join(fields[len(pcts):])))
+        except ValueError:
+            continue
+    return shares
+
+
+def finish_recording(record, pid, base, window):
+    """Waits for the step's `perf record`, then counts the gateway's system calls for
+    `STAT_SECONDS` (the calls still up)."""
+    events = ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS)
+    stat = ["perf", "stat", "-x", ",", "-e", events, "-p", str(pid), "-o", f"{base}.stat", "--",
+            "sleep", str(STAT_SECONDS)]
+    for proc, what in ((record, "perf record"), (subprocess.Popen(
+            stat, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), "perf stat")):
+        _, err = proc.communicate(timeout=window + 60)
+        if proc.returncode != 0:
+            sys.exit(f"{what} failed ({err.strip()[-300:]}); as another user than root, "
+                     "`sysctl kernel.perf_event_paranoid=-1` lets it see the kernel")
+
+
+def read_profile(base, cpu_per_call, up):
+    """Where the gateway's time went, from `finish_recording`'s files."""
+    data = f"{base}.data"
+    by_dso = report_shares(data, "--no-children", "--sort", "dso", "-g", "none")
+    places = {name: 0.0 for name, _ in PLACES}
+    places["other"] = 0.0
+    for share, dso in by_dso:
+        name = next((n for n, key in PLACES if key in dso), "other")
+        places[name] += share
+    with_children = dict((sym.removeprefix("[k] ").removeprefix("[.] "), share) for share, sym in
+                         report_shares(data, "--children", "--sort", "sym", "-g", "none"))
+    kernel = {name: with_children.get(sym, 0.0) for name, sym in KERNEL_PARTS}
+    functions = report_shares(data, "--no-children", "--sort", "sym", "--dsos", "gateway", "-g", "none")
+    calls = {}
+    for line in Path(f"{base}.stat").read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2].startswith("syscalls:sys_enter_"):
+            try:
+                calls[fields[2].removeprefix("syscalls:sys_enter_")] = float(fields[0])
+            except ValueError:
+                pass
+    return {
+        "cpu_pct_per_call": cpu_per_call,
+        "places_pct": {k: round(v, 1) for k, v in places.items()},
+        "kernel_parts_pct": {k: round(v, 1) for k, v in kernel.items()},
+        "gateway_functions_pct": [(round(s, 2), f.removeprefix("[.] ")) for s, f in functions[:12]],
+        "syscalls_per_call_per_second": {k: round(v / STAT_SECONDS / up, 1)
+                                         for k, v in calls.items()},
+        "perf_data": data,
+    }
+
+
+def print_profile(row):
+    prof = row.get("profile")
+    if not prof:
+        return
+    per_call = prof["cpu_pct_per_call"]
+    print(f"\nWhere the time went at {row['calls']} calls ({per_call} % of a core a call, "
+          f"perf attached; `perf report -i {prof['perf_data']}`):\n")
+    print("| where | share of samples | % of a core per call |")
+    print("|---|---:|---:|")
+    for name, share in prof["places_pct"].items():
+        print(f"| {name} | {share} % | {per_call * share / 100:.4f} |")
+    for name, share in prof["kernel_parts_pct"].items():
+        print(f"| kernel: {name}, with what it calls | {share} % | {per_call * share / 100:.4f} |")
+    print("\nThe gateway's busiest functions (own time, share of all samples): " +
+          "; ".join(f"{f} {s} %" for s, f in prof["gateway_functions_pct"]))
+    print("System calls per call per second: " +
+          ", ".join(f"{k} {v}" for k, v in prof["syscalls_per_call_per_second"].items()))
+
+
 def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
-         active=active_calls):
+         active=active_calls, profile=None):
     """One step of n calls against the media process `gateway` (a Popen) signalled at `url`;
-    `active()` counts the calls it carries; `idle` is its `memory_mb` before its first call."""
+    `active()` counts the calls it carries; `idle` is its `memory_mb` before its first call;
+    with `profile` (a path without extension) the window is recorded with `perf` there."""
     ramp = max(2.0, n / RAMP[0])  # start calls over this long: DTLS handshakes are CPU work
     settle = 3.0
-    seconds = ramp + settle + window + 2.0
+    # With a profile, the calls stay up while their system calls are counted after the window.
+    seconds = ramp + settle + window + 2.0 + (STAT_SECONDS + 1.0 if profile else 0.0)
     generator = subprocess.Popen(
         prefix + [str(ROOT / "target/release/loadgen"), "--ws", url,
          "--to", "echo", "--calls", str(n), "--concurrency", str(n), "--seconds", str(seconds),
@@ -187,6 +311,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         stdout=subprocess.PIPE, text=True)
     time.sleep(ramp + settle)
     up0 = active()
+    perf = profile and start_profile(gateway.pid, window, profile)
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
@@ -195,10 +320,12 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     # Per-call figures divide by the calls actually up in the window (the gateway's own
     # gauge), not by the calls attempted: under overload many never connect.
     up = max(1.0, (up0 + active()) / 2)
+    if perf:
+        finish_recording(perf, gateway.pid, profile, window)
     out, _ = generator.communicate(timeout=seconds + 60)
     summary = json.loads(out)
     cpu = (c1 - c0) / (t1 - t0) * 100
-    return {
+    row = {
         "calls": n,
         "calls_up": round(up),
         "gateway_cpu_pct": round(cpu, 1),
@@ -222,6 +349,9 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "calls_shed": load and load["shed"],
         "load_level": load and load["level"],
     }
+    if perf:
+        row["profile"] = read_profile(profile, row["gateway_cpu_pct_per_call"], up)
+    return row
 
 
 def markdown(rows):
@@ -266,6 +396,8 @@ def main():
     args.add_argument("--trace", action="store_true",
                       help="sample the gateway's load every half second into "
                            "target/load-ramp/trace-<run>.jsonl")
+    args.add_argument("--profile", action="store_true",
+                      help="record each step's window with perf and print where the time went")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
     a = args.parse_args()
@@ -319,7 +451,8 @@ def main():
             idle = memory_mb(gateway.pid)
             rows = []
             for n in steps:
-                row = step(gateway, n, a.window, others_prefix, idle)
+                profile = a.profile and str(OUT / f"perf-{n}-run{run + 1}")
+                row = step(gateway, n, a.window, others_prefix, idle, profile=profile)
                 print(json.dumps(row), file=sys.stderr)
                 rows.append(row)
                 time.sleep(3)  # calls hang up; let the gateway settle
@@ -339,7 +472,7 @@ def main():
     for i, n in enumerate(steps):
         per = [r[i] for r in runs]
         row = {k: median([p[k] for p in per]) for k in per[0]
-               if k not in ("calls", "tone_intact", "failures_sample", "worker_demand")}
+               if k not in ("calls", "tone_intact", "failures_sample", "worker_demand", "profile")}
         row["calls"] = n
         row["tone_intact"] = all(p["tone_intact"] for p in per)
         table.append(row)
@@ -351,6 +484,9 @@ def main():
     (OUT / "ramp.md").write_text(md + "\n")
     print(f"{cpu}, {os.cpu_count()} cores, {a.runs} run(s), medians:\n")
     print(md)
+    for rows in runs:
+        for row in rows:
+            print_profile(row)
 
 
 if __name__ == "__main__":
