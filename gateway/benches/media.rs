@@ -267,7 +267,7 @@ const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone"
 /// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
 /// this clean tone as voiced speech, with a pitch and long-term prediction search
 /// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which [`signal`]'s noise keeps
-/// it from doing: a frame of it costs 10–27 % more (BENCHMARKS.md §2, "afternoon").
+/// it from doing: a frame of it costs 10–27 % more (docs/benchmarks-history.md §2, "afternoon").
 fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
     let answer = gateway::rtc::cap_audio_rate(
         "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",

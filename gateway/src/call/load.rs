@@ -7,7 +7,7 @@
 //! - the workers' demand ([`Demand`], from `call::workers`): calls economise while no worker
 //!   has room within `[limits] economy_load_pct` of a core. Why: economy carries ~15 % more
 //!   calls (500 callers offered on the benchmark box: 274 and 250 carried at complexity 0
-//!   against 233 and 213 at 1, BENCHMARKS.md), so it must come before the refusals at
+//!   against 233 and 213 at 1, docs/benchmarks-history.md), so it must come before the refusals at
 //!   `media_load_pct`, not after them. The gate goes on counting economising calls at their
 //!   full cost (`call::workers::MediaWorkers::set_economy`): economy buys the running calls
 //!   headroom, not room for more;

@@ -144,10 +144,10 @@ impl CallContext {
     /// For a call, that is the widest its dialled trunk and the trunk's failover carry
     /// ([`Trunks::audio_hz_for`]), not the widest of every trunk: with one Opus trunk beside
     /// G.711 ones, every browser coded full band at 32 kb/s, which its G.711 calls decode
-    /// to 8 kHz at 0.71 % of a core a call where narrowband costs 0.56 % (BENCHMARKS.md §1,
-    /// "What the browser sends"). The answer goes out before the plugins route the call; one
-    /// they move to another trunk keeps the audio asked for here, which plays either way
-    /// (narrower audio is carried as it is, wider is decoded down).
+    /// to 8 kHz at 0.71 % of a core a call where narrowband costs 0.56 %
+    /// (docs/benchmarks-history.md §1, "What the browser sends"). The answer goes out before the
+    /// plugins route the call; one they move to another trunk keeps the audio asked for here, which
+    /// plays either way (narrower audio is carried as it is, wider is decoded down).
     ///
     /// [`Trunks::audio_hz_for`]: crate::sip::trunks::Trunks::audio_hz_for
     fn answer_browser(

@@ -13,7 +13,8 @@ use super::machine::{CallCommand, CallEvent};
 
 /// One call event for a signaling connection, `(gateway call id, event)`. Boxed: tokio's
 /// channel allocates its slots 32 at a time and up front, so at 152 bytes an unboxed event
-/// made each connection's queue 4.9 KB before its first event (heaptrack, BENCHMARKS.md §2).
+/// made each connection's queue 4.9 KB before its first event (heaptrack,
+/// docs/benchmarks-history.md §2).
 pub type ConnectionEvent = Box<(String, CallEvent)>;
 
 /// A signaling connection's call events.

@@ -106,7 +106,7 @@ fn default_economy_load_pct() -> u32 {
 }
 
 /// On the benchmark box 250 calls clean read 0.72–0.79 and 300, whose ticks began to run
-/// late, 0.85–0.91 (BENCHMARKS.md).
+/// late, 0.85–0.91 (docs/benchmarks-history.md).
 fn default_media_load_pct() -> u32 {
     90
 }

@@ -239,7 +239,7 @@ impl Bridge {
 
 /// A call's bridge, made when the call first needs it: a call relayed to an Opus trunk never
 /// does, and a bridge is libopus's encoder and decoder and a second of jitter buffer, some
-/// 80 KB with what they allocate (heaptrack, BENCHMARKS.md §2).
+/// 80 KB with what they allocate (heaptrack, docs/benchmarks-history.md §2).
 pub struct LazyBridge {
     bridge: Option<Box<Bridge>>,
     settings: EncoderSettings,

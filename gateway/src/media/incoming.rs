@@ -4,9 +4,9 @@
 //! Why: tokio's readiness is edge-triggered, so a task that read a datagram had to read again
 //! until the socket said `EAGAIN` before it could wait. A call's socket seldom holds more
 //! than one datagram a turn, so every datagram cost two system calls (at 50 relayed calls
-//! 10,100 `recvfrom` a second for 5,050 datagrams, BENCHMARKS.md §2). A `recvmmsg` that asks
-//! for more datagrams than it finds has seen the queue empty in the same call: the readiness
-//! is then cleared as that `EAGAIN` would have cleared it.
+//! 10,100 `recvfrom` a second for 5,050 datagrams, docs/benchmarks-history.md §2). A `recvmmsg`
+//! that asks for more datagrams than it finds has seen the queue empty in the same call: the
+//! readiness is then cleared as that `EAGAIN` would have cleared it.
 
 use std::cell::RefCell;
 use std::io::{ErrorKind, IoSliceMut};
@@ -85,8 +85,8 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 ///
 /// Why not a buffer of its own: a browser's datagram then cost two allocations, its own and
 /// the shared header `Bytes` makes when a `Vec` shorter than its room (the SRTP tag cut off)
-/// is frozen: 80 % of the gateway's `malloc` calls at 100 relayed calls (BENCHMARKS.md §2).
-/// Here datagrams are cut from a chunk the thread shares out, [`CHUNK_BYTES`] at a time, and
+/// is frozen: 80 % of the gateway's `malloc` calls at 100 relayed calls (docs/benchmarks-history.md
+/// §2). Here datagrams are cut from a chunk the thread shares out, [`CHUNK_BYTES`] at a time, and
 /// a datagram cut from a chunk freezes without allocating. Once every datagram of a chunk is
 /// gone, as after each turn of a worker, the chunk is used again from its start; one kept
 /// for long keeps its chunk, so what may be kept needs a buffer of its own.

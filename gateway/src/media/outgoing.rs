@@ -8,7 +8,7 @@
 //! follow each other within microseconds. On the benchmarks' loopback (the browsers'
 //! generator and the SIP peer share the box) transcoded calls cost 5–10 % less CPU this way;
 //! relayed calls, whose sends already followed each other closely, cost the same
-//! (BENCHMARKS.md §2).
+//! (docs/benchmarks-history.md §2).
 //!
 //! The datagrams a turn holds for one socket go in one `sendmmsg(2)`: the browsers' audio all
 //! leaves from the browser port's shared socket, so a turn sends it in one system call rather

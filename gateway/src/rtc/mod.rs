@@ -178,8 +178,8 @@ pub struct BrowserLeg {
 /// asks for it every 200 ms whatever its settings (`rtc-ice`'s `get_timeout_interval` only
 /// ever lowers its 200 ms default): five wake-ups of the call a second, each walking every
 /// handler and interceptor of the stack, for a verdict that can come up to a second later at
-/// no cost (2,479 runs in 5 s at 100 relayed calls, BENCHMARKS.md §2). Audio bypasses the
-/// stack ([`BrowserLeg::handle_datagram`]), and an ICE-lite agent sends no checks of its own
+/// no cost (2,479 runs in 5 s at 100 relayed calls, docs/benchmarks-history.md §2). Audio bypasses
+/// the stack ([`BrowserLeg::handle_datagram`]), and an ICE-lite agent sends no checks of its own
 /// on a timer (RFC 8445 §2.5), so nothing else waits on it.
 const CONNECTED_TICK: Duration = Duration::from_secs(1);
 

@@ -108,7 +108,7 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// own encoder codes), and sets the bitrate it codes at (`maxaveragebitrate`, which
 /// libwebrtc takes as its bitrate). `hz` of 48 kHz or more leaves the description as it is.
 ///
-/// Why (BENCHMARKS.md §1): a browser told nothing codes full band at 32 kb/s, and the
+/// Why (docs/benchmarks-history.md §1): a browser told nothing codes full band at 32 kb/s, and the
 /// gateway decodes that to 8 kHz for G.711 at 22–26 µs a frame. Told 8 kHz, Chromium codes
 /// narrowband, but at 12 kb/s, which scores 0.21 lower (PESQ of speech through to the
 /// trunk, 3.72 against 3.93); at 24 kb/s it scores 4.04, above its full-band default, the

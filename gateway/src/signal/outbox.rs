@@ -17,8 +17,8 @@ pub const OUTBOX: usize = 256;
 ///
 /// Messages wait as their JSON text: a queue of `ServerMessage`s (168 bytes each) took
 /// 5.4 KB per connection before its first message, since tokio's channel allocates its
-/// slots 32 at a time and up front (heaptrack, BENCHMARKS.md §2); text is made once either
-/// way, and sent as it is.
+/// slots 32 at a time and up front (heaptrack, docs/benchmarks-history.md §2); text is made once
+/// either way, and sent as it is.
 pub struct Outbox {
     tx: mpsc::Sender<String>,
     overflowed: AtomicBool,

@@ -112,7 +112,7 @@ async fn main() -> std::process::ExitCode {
         options.light = args.light && i % args.sample.max(1) != 0;
         // The sampled calls check the tone in full, sending the light callers' loop: the
         // generator codes nothing live. At 250 calls their live encoders took some 40 % of
-        // its time (54 % of a core before, 32 % after, BENCHMARKS.md §2, "afternoon").
+        // its time (54 % of a core before, 32 % after, docs/benchmarks-history.md §2, "afternoon").
         options.looped_tone = args.light;
         tasks.push(tokio::spawn(async move {
             let result = run_call(&ws, &options).await;

@@ -4,8 +4,8 @@
 //! Why: on the gateway's shared multi-threaded runtime a call's task was woken per datagram
 //! on whichever thread was idle, and a relayed call's time went mostly to threads sleeping and
 //! waking (`perf`: 29 % of all samples in `finish_task_switch` at 100 relayed calls; the same
-//! build on one thread used 30 % less CPU per call, BENCHMARKS.md). A worker owns its calls:
-//! their sockets are registered with its reactor, their timers are on its wheel, and one
+//! build on one thread used 30 % less CPU per call, docs/benchmarks-history.md). A worker owns its
+//! calls: their sockets are registered with its reactor, their timers are on its wheel, and one
 //! `epoll_wait` hands it every call that has something to do. Signaling, SIP and plugins stay
 //! on the shared runtime ([`MediaWorkers::control`]) and talk to calls over channels.
 //!
@@ -17,8 +17,8 @@
 //! ([`choose`]). Why: a worker's thread costs the same to sleep and wake whether it carries
 //! ten calls or a hundred, so calls spread evenly over two workers paid that twice. On the
 //! benchmark box one worker carried 50 and 100 relayed calls at 0.122 and 0.097 % of a core
-//! per call where two evenly filled ones took 0.17 and 0.13 % (BENCHMARKS.md §2). A quiet
-//! gateway now wakes one thread, and a busy one still uses every core.
+//! per call where two evenly filled ones took 0.17 and 0.13 % (docs/benchmarks-history.md §2). A
+//! quiet gateway now wakes one thread, and a busy one still uses every core.
 //!
 //! New calls are refused before running calls suffer ([`MediaWorkers::has_room`]): each
 //! worker's *demand* is measured — the share of time its thread ran or waited for a core
@@ -26,8 +26,8 @@
 //! media_load_pct` of a core, there is no room. Why demand and not lateness: ticks run late
 //! only once a worker is already short of a core, and by then the calls let in meanwhile have
 //! made it worse (at 500 callers offered on the benchmark box, 343 got in before lateness
-//! shed any, and the sampled calls' tone broke, BENCHMARKS.md). Waiting counts as well as
-//! running because the box is shared: with a PBX beside the gateway, its work leaves the
+//! shed any, and the sampled calls' tone broke, docs/benchmarks-history.md). Waiting counts as well
+//! as running because the box is shared: with a PBX beside the gateway, its work leaves the
 //! workers less of a core than their own share shows. The same count, against `[limits]
 //! economy_load_pct`, puts calls in economy first (`super::load`).
 
@@ -70,9 +70,10 @@ pub struct MediaWorkers {
 const FILL_TO: f64 = 0.5;
 
 /// What a call placed since its worker was last measured is taken to add to its share: more
-/// than a running call costs (0.1–0.5 % of a core on the benchmark box, BENCHMARKS.md),
-/// because setting a call up (ICE, DTLS, the plugins' answers) costs more. A burst of new
-/// calls therefore puts at most 50 on an idle worker before the next one takes some.
+/// than a running call costs (0.1–0.5 % of a core on the benchmark box,
+/// docs/benchmarks-history.md), because setting a call up (ICE, DTLS, the plugins' answers) costs
+/// more. A burst of new calls therefore puts at most 50 on an idle worker before the next one takes
+/// some.
 const NEW_CALL_SHARE: f64 = 0.01;
 
 /// While calls economise, how many quiet windows (no call placed on the worker) the gate
@@ -82,7 +83,7 @@ const QUIET_WINDOWS: usize = 4;
 
 /// The share of its full cost a call demands while it economises (Opus at complexity 0):
 /// offered 500 callers, the benchmark box carried 274 and 250 at complexity 0 where it
-/// carried 233 and 213 at complexity 1 (BENCHMARKS.md §2, "calls economise before new
+/// carried 233 and 213 at complexity 1 (docs/benchmarks-history.md §2, "calls economise before new
 /// calls are refused"). A relayed call, which codes nothing, saves nothing and is counted a
 /// little above its cost.
 const ECONOMY_COST: f64 = 0.85;
@@ -121,7 +122,8 @@ struct Measured {
     /// how many there were (at most that). Why: a worker learns mostly during bursts of new
     /// calls, whose set-up (ICE, DTLS) its demand then includes; held through economy, that
     /// estimate kept the gate shut at 251 calls that wanted only 0.55–0.70 of each core once
-    /// set up (BENCHMARKS.md §2, the traced run). Quiet windows show what the calls cost.
+    /// set up (docs/benchmarks-history.md §2, the traced run). Quiet windows show what the calls
+    /// cost.
     quiet: [f64; QUIET_WINDOWS],
     quiet_seen: usize,
     /// Calls given to it since.
@@ -268,11 +270,11 @@ pub const PACED_FROM_CALLS: usize = 8;
 /// woke before it looks for more (the runtime's park hooks).
 ///
 /// Why: on this 2-core box a worker woke ~2,100 times a second at 25 calls, ~1.8 events per
-/// wake-up, and sleeping and waking was 13 % of the gateway's CPU (`perf`, BENCHMARKS.md §2).
-/// With 2 ms turns a worker wakes at most 500 times a second, whatever its load: relayed
-/// calls cost 17 % less, transcoded 1–4 % less. The price is up to one turn of delay on a
-/// packet's way through, and a tick up to one turn late: both far inside a jitter buffer.
-/// A worker with few calls is not paced (their packets rarely coincide).
+/// wake-up, and sleeping and waking was 13 % of the gateway's CPU (`perf`,
+/// docs/benchmarks-history.md §2). With 2 ms turns a worker wakes at most 500 times a second,
+/// whatever its load: relayed calls cost 17 % less, transcoded 1–4 % less. The price is up to one
+/// turn of delay on a packet's way through, and a tick up to one turn late: both far inside a
+/// jitter buffer. A worker with few calls is not paced (their packets rarely coincide).
 #[derive(Debug)]
 struct Pace {
     turn: Duration,
@@ -403,7 +405,7 @@ impl MediaWorkers {
     /// [`ECONOMY_COST`]. Economy buys the running calls headroom, not room for more calls.
     /// Why: counted at their economy cost, 500 callers offered on the benchmark box let in
     /// 312, 399 and 342 calls where the box carries ~270 at complexity 0, and in one run the
-    /// sampled tones broke (BENCHMARKS.md).
+    /// sampled tones broke (docs/benchmarks-history.md).
     pub fn set_economy(&self, on: bool) {
         self.economy.store(on, Ordering::Relaxed);
     }

@@ -45,7 +45,7 @@ pub struct EndpointConfig {
 /// Where the endpoint hands requests to a transaction user (the application, or a
 /// dialog's call). Boxed: tokio's channel allocates its slots 32 at a time and up front, and
 /// at 288 bytes an unboxed request made every call's queue 9.2 KB before its first request
-/// (heaptrack, BENCHMARKS.md §2).
+/// (heaptrack, docs/benchmarks-history.md §2).
 pub type RequestSender = mpsc::UnboundedSender<Box<IncomingRequest>>;
 
 /// The receiving end of a [`RequestSender`].
