@@ -281,3 +281,62 @@ async fn rfc4475_torture_messages_parse_or_are_refused_and_the_endpoint_survives
     let reply = exchange(&socket, to, options("after", "").as_bytes()).await;
     assert_eq!(status(&reply), Some("200"), "the endpoint still answers");
 }
+
+/// A call whose task falls behind (its worker stuck, or a peer outpacing it) holds at most
+/// `CALL_QUEUE` of its requests: the ones beyond are answered 503 with Retry-After on the
+/// wire, the queued ones reach the call intact and in order, and the loss is counted.
+#[tokio::test]
+async fn a_dialog_whose_call_falls_behind_gets_503_with_retry_after_beyond_its_queue() {
+    use gateway::sip::endpoint::CALL_QUEUE;
+    let endpoint = start().await;
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The call's queue, never read while the requests arrive.
+    let mut call = endpoint.register_dialog("behind@test");
+    // A round trip: the endpoint has taken the dialog's route before the requests come.
+    assert_eq!(
+        status(&exchange(&socket, to, options("r1", "").as_bytes()).await),
+        Some("200")
+    );
+    let info = |seq: usize| {
+        format!(
+            "INFO sip:gw@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKq{seq}\r\nFrom: <sip:t@127.0.0.1>;tag=a\r\nTo: <sip:gw@127.0.0.1>;tag=b\r\nCall-ID: behind@test\r\nCSeq: {seq} INFO\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    for seq in 1..=CALL_QUEUE + 3 {
+        socket.send_to(info(seq).as_bytes(), to).await.unwrap();
+    }
+    let mut refused = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await
+    {
+        let reply = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(reply.starts_with("SIP/2.0 503"), "{reply}");
+        assert!(reply.contains("Retry-After: 1\r\n"), "{reply}");
+        let cseq = reply
+            .split("CSeq: ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next());
+        refused.push(cseq.unwrap().parse::<usize>().unwrap());
+    }
+    assert_eq!(refused, [CALL_QUEUE + 1, CALL_QUEUE + 2, CALL_QUEUE + 3]);
+    for seq in 1..=CALL_QUEUE {
+        let queued = call.try_recv().expect("a queued request");
+        let text = queued.request.to_string();
+        assert!(text.contains(&format!("CSeq: {seq} INFO\r\n")), "{text}");
+    }
+    assert!(call.try_recv().is_err());
+    assert_eq!(
+        endpoint
+            .tables()
+            .queue_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        3
+    );
+    // The call answers what it took; the endpoint goes on serving.
+    assert_eq!(
+        status(&exchange(&socket, to, options("r2", "").as_bytes()).await),
+        Some("200")
+    );
+}

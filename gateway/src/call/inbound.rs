@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rsip::prelude::*;
-use tokio::sync::mpsc;
 
 use super::CallContext;
 use super::cdr::{Parties, record_outcome, unix_ms};
@@ -95,7 +94,7 @@ pub async fn run_inbound(
     // The trunk may give up (CANCEL) while the plugins decide: its requests for this call
     // are routed here from now on, and the call reads them once it runs.
     let sip_call_id = crate::sip::message::call_id(request).unwrap_or_default();
-    let requests = mpsc::unbounded_channel();
+    let requests = crate::sip::endpoint::request_channel();
     ctx.endpoint.route_dialog(&sip_call_id, requests.0.clone());
     // RFC 3325 and RFC 5806/7044: who the trunk vouches for, and where the call was
     // diverted from; for the plugins and the browser's `incoming`.

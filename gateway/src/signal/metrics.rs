@@ -168,6 +168,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     );
     metric(
         &mut text,
+        "gateway_sip_queue_full_total",
+        "counter",
+        "SIP messages a full queue turned away because a call or the application fell behind: requests answered 503 with Retry-After, ACKs and dispensable responses dropped.",
+        tables.queue_full.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut text,
         "gateway_media_routes",
         "gauge",
         "Browser legs routed on the shared WebRTC media port.",

@@ -88,7 +88,7 @@ struct Run<'a> {
     responders: HashMap<u64, Responder>,
     listening: Vec<String>,
     next_request: u64,
-    responses: mpsc::UnboundedSender<TaggedEvent>,
+    responses: mpsc::Sender<TaggedEvent>,
     requests: RequestSender,
     routed_at: Option<Instant>,
     setup: Option<Duration>,
@@ -136,8 +136,8 @@ pub fn drive<'a>(
         hooks,
         requests,
     } = start;
-    let (responses, mut response_rx) = mpsc::unbounded_channel();
-    let (requests, mut request_rx) = requests.unwrap_or_else(mpsc::unbounded_channel);
+    let (responses, mut response_rx) = crate::sip::endpoint::event_channel();
+    let (requests, mut request_rx) = requests.unwrap_or_else(crate::sip::endpoint::request_channel);
     // Who is who for plugins: the browser places outbound calls, the trunk inbound ones.
     let (browser_party, trunk_party) = match call.direction() {
         crate::plugin::Direction::Inbound => (Party::Callee, Party::Caller),

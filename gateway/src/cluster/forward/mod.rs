@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use rsip::prelude::*;
 use rsip::{Header, Request, Response};
-use tokio::sync::mpsc;
 
 use super::Cluster;
 use crate::sip::Transmit;
@@ -391,9 +390,9 @@ pub async fn run(
     tracing::info!(%node, trunk = %origin.trunk, "cluster: inbound call forwarded to the browser's node");
     // The trunk's CANCEL arrives here (the endpoint routes its Call-ID to us).
     let sip_call_id = message::call_id(&invite.request).unwrap_or_default();
-    let (requests_tx, mut requests) = mpsc::unbounded_channel();
+    let (requests_tx, mut requests) = crate::sip::endpoint::request_channel();
     endpoint.route_dialog(&sip_call_id, requests_tx);
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = crate::sip::endpoint::event_channel();
     loop {
         while let Some(response) = forward.poll_relay() {
             responder.relay(response);

@@ -14,7 +14,7 @@ use rsip::{Method, Request, Response, SipMessage};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-use super::{Command, EndpointTables, IncomingRequest, RequestSender, Responder, Sink};
+use super::{Command, EndpointTables, IncomingRequest, RequestSender, Responder, Sink, queues};
 use crate::sip::edge::{Admission, Edge, EdgeCounters};
 use crate::sip::message::{self, bad_request_for, response_to};
 use crate::sip::transaction::{
@@ -225,7 +225,7 @@ impl Core {
             Command::Request {
                 request,
                 target,
-                events,
+                mut events,
             } => {
                 let Some(branch) = message::top_branch(&request) else {
                     tracing::error!("request without a Via branch not sent");
@@ -377,12 +377,13 @@ impl Core {
                 self.dirty.push(TxKey::Server(key));
             }
             if let Some(d) = self.dialogs.get(&call_id) {
-                let _ = d.send(Box::new(IncomingRequest {
+                let ack = Box::new(IncomingRequest {
                     request: req,
                     source,
                     transport,
                     responder: None,
-                }));
+                });
+                self.count_lost(queues::deliver(d, ack, 481));
             }
             return;
         }
@@ -417,12 +418,13 @@ impl Core {
                 );
                 invite.tx.respond(&terminated, now);
                 let target = self.dialogs.get(&call_id).unwrap_or(&self.app);
-                let _ = target.send(Box::new(IncomingRequest {
+                let notice = Box::new(IncomingRequest {
                     request: req.clone(),
                     source,
                     transport,
                     responder: None,
-                }));
+                });
+                self.count_lost(queues::deliver(target, notice, 481));
             }
             self.servers.insert(
                 key.clone(),
@@ -468,11 +470,7 @@ impl Core {
             responder: Some(responder.clone()),
         });
         match (dialog, in_dialog, method) {
-            (Some(d), _, _) => {
-                if let Err(lost) = d.send(incoming) {
-                    responder.respond(response_for(&lost.0.request, 481));
-                }
-            }
+            (Some(d), _, _) => self.count_lost(queues::deliver(&d, incoming, 481)),
             (None, true, _) => {
                 // §12.2.2: a request for a dialog we do not know.
                 responder.respond(response_for(&incoming.request, 481));
@@ -491,11 +489,14 @@ impl Core {
                     )));
                 responder.respond(ok);
             }
-            (None, false, _) => {
-                if let Err(lost) = self.app.send(incoming) {
-                    responder.respond(response_for(&lost.0.request, 503));
-                }
-            }
+            (None, false, _) => self.count_lost(queues::deliver(&self.app, incoming, 503)),
+        }
+    }
+
+    /// Counts a message a full queue turned away ([`queues::deliver`] found no room).
+    fn count_lost(&self, had_room: bool) {
+        if !had_room {
+            self.tables.queue_full.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -581,7 +582,9 @@ impl Core {
             out.push(bytes);
         }
         while let Some(ev) = e.tx.poll_event() {
-            e.events.send(ev);
+            if !e.events.send(ev) {
+                self.tables.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let target = e.target.clone();
         if e.tx.is_terminated() {

@@ -6,10 +6,11 @@
 //! §17.2.3). This file is the handle the rest of the gateway holds.
 
 mod core;
+mod queues;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use rsip::prelude::*;
 use rsip::{Request, Response};
@@ -22,6 +23,11 @@ use super::message;
 use super::transaction::{ClientEvent, Timers};
 use super::transport::Target;
 use super::transport::Transport;
+
+use queues::Sink;
+pub use queues::{
+    APP_QUEUE, CALL_QUEUE, RequestReceiver, RequestSender, event_channel, request_channel,
+};
 
 /// How to start an endpoint.
 #[derive(Debug, Clone)]
@@ -41,15 +47,6 @@ pub struct EndpointConfig {
     /// Which sources are served, and how fast.
     pub edge: EdgePolicy,
 }
-
-/// Where the endpoint hands requests to a transaction user (the application, or a
-/// dialog's call). Boxed: tokio's channel allocates its slots 32 at a time and up front, and
-/// at 288 bytes an unboxed request made every call's queue 9.2 KB before its first request
-/// (heaptrack, docs/benchmarks-history.md §2).
-pub type RequestSender = mpsc::UnboundedSender<Box<IncomingRequest>>;
-
-/// The receiving end of a [`RequestSender`].
-pub type RequestReceiver = mpsc::UnboundedReceiver<Box<IncomingRequest>>;
 
 /// A request that reached a transaction user.
 #[derive(Debug)]
@@ -122,23 +119,6 @@ enum Command {
 /// unboxed event made each call's channel 3.1 KB before its first response (heaptrack).
 pub type TaggedEvent = Box<(u64, ClientEvent)>;
 
-/// Where a client transaction's events go: its own channel, or a call's shared channel
-/// tagged with the transaction's id there (one call has several transactions at once).
-#[derive(Debug)]
-enum Sink {
-    Own(mpsc::UnboundedSender<ClientEvent>),
-    Tagged(u64, mpsc::UnboundedSender<TaggedEvent>),
-}
-
-impl Sink {
-    fn send(&self, event: ClientEvent) {
-        match self {
-            Sink::Own(tx) => drop(tx.send(event)),
-            Sink::Tagged(id, tx) => drop(tx.send(Box::new((*id, event)))),
-        }
-    }
-}
-
 /// Sizes of the endpoint's tables, for `/metrics`: after calls end they return to zero,
 /// so a leak shows as a number that only grows.
 #[derive(Debug, Default)]
@@ -147,6 +127,9 @@ pub struct EndpointTables {
     pub transactions: AtomicUsize,
     /// Dialogs (Call-IDs) routed to a call.
     pub dialogs: AtomicUsize,
+    /// Messages a full queue turned away (`queues`): requests answered 503, ACKs and
+    /// dispensable responses dropped.
+    pub queue_full: AtomicU64,
 }
 
 /// What the endpoint says about itself in the messages it builds: the advertised address
@@ -298,7 +281,7 @@ impl Endpoint {
             }
         });
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (app_tx, app_rx) = mpsc::unbounded_channel();
+        let (app_tx, app_rx) = mpsc::channel(APP_QUEUE);
         let edge_counters = Arc::new(EdgeCounters::default());
         let tables = Arc::new(EndpointTables::default());
         let endpoint = Endpoint {
@@ -390,19 +373,24 @@ impl Endpoint {
         rx
     }
 
-    /// Starts a client transaction whose events arrive on `sink`, tagged with `id`: a call
-    /// runs all its transactions through one channel.
+    /// Starts a client transaction whose events arrive on `sink` ([`event_channel`]), tagged
+    /// with `id`: a call runs all its transactions through one channel. A full channel loses
+    /// only what the call can do without (`queues`).
     pub fn request_tagged(
         &self,
         request: Request,
         target: Target,
         id: u64,
-        sink: mpsc::UnboundedSender<TaggedEvent>,
+        sink: mpsc::Sender<TaggedEvent>,
     ) {
         let _ = self.commands.send(Command::Request {
             request,
             target,
-            events: Sink::Tagged(id, sink),
+            events: Sink::Tagged {
+                id,
+                tx: sink,
+                answered: false,
+            },
         });
     }
 
@@ -423,7 +411,7 @@ impl Endpoint {
     /// Routes requests carrying `call_id` (in-dialog requests, ACKs, CANCELs) to the
     /// returned receiver until [`Self::forget_dialog`].
     pub fn register_dialog(&self, call_id: &str) -> RequestReceiver {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = request_channel();
         let _ = self.commands.send(Command::Dialog {
             call_id: call_id.to_string(),
             tx: Some(tx),
