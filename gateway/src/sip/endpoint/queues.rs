@@ -19,6 +19,11 @@
 //!   one of per open transaction.
 //!
 //! Every message lost this way is counted (`/metrics`: `gateway_sip_queue_full_total`).
+//!
+//! The other way, what calls ask of the endpoint (their requests, their answers) stays
+//! unbounded: a call asks once per message it takes from these queues or per action of its
+//! browser, so these bounds bound it too, and the endpoint must neither make a call wait nor
+//! drop its BYE.
 
 use rsip::{Request, Response};
 use tokio::sync::mpsc;
