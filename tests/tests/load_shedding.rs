@@ -1,6 +1,7 @@
 //! Load shedding end to end: a gateway configured so that every media tick counts as late
-//! (a capacity of nothing) economises, then refuses new calls with `limit_reached` and
-//! reports itself overloaded on `/healthz`, while the call it carries keeps its audio; and
+//! (a capacity of nothing) economises, then refuses new calls with `limit_reached` (the
+//! trunk's with 503 and Retry-After) and reports itself overloaded on `/healthz`, while the
+//! call it carries keeps its audio; and
 //! it recovers once the load is gone. The same with media workers configured nearly full:
 //! their calls economise first, and new calls are refused before running ones run late.
 
@@ -42,7 +43,7 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
     let gateway = start(
         &dir,
         sipp.port,
-        "[limits]\nlate_tick_ms = 0\nshed_late_pct = 1\n",
+        "[limits]\nlate_tick_ms = 0\nshed_late_pct = 1\n\n[inbound]\n\"+15550100\" = \"agent-7\"\n",
     )
     .await;
     let url = format!("ws://{}/ws", gateway.http_addr);
@@ -78,6 +79,18 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
         "{refused:?}"
     );
     assert!(!refused.messages.contains(&"answer".to_string()));
+    // The trunk's new call is refused too, and told when to try again, so that it sends its
+    // calls to another gateway meanwhile (RFC 3261 §21.5.4).
+    let inbound_dir = out_dir("load_shedding_inbound");
+    let target = gateway.endpoint.udp_addr();
+    let mut from_trunk = Sipp::uac("uac_invite.xml", "127.0.0.1", None, target, &inbound_dir);
+    let from_trunk = tokio::task::spawn_blocking(move || (from_trunk.wait(), from_trunk))
+        .await
+        .unwrap();
+    let seen = from_trunk.1.messages();
+    assert!(from_trunk.0, "{seen}");
+    assert!(seen.contains("SIP/2.0 503"), "{seen}");
+    assert!(seen.contains("Retry-After: 5\r\n"), "{seen}");
     let report = running.await.unwrap();
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
@@ -96,7 +109,11 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let metrics = http_get(gateway.http_addr, "/metrics").await;
-    assert_eq!(gauge(&metrics, "gateway_calls_shed_total"), Some(1.0));
+    assert_eq!(
+        gauge(&metrics, "gateway_calls_shed_total"),
+        Some(2.0),
+        "the browser's call and the trunk's"
+    );
 }
 
 /// Starts eight 6 s calls to `echo` on the gateway at `url` (one whose tone is checked,

@@ -18,7 +18,7 @@ use crate::plugin::{CallEnd, CallInfo, Decision, Direction};
 use crate::rtc::BrowserLeg;
 use crate::sip::endpoint::IncomingRequest;
 use crate::sip::extensions;
-use crate::sip::message::{random_token, response_to, uri_user};
+use crate::sip::message::{random_token, refusal, response_to, uri_user};
 use crate::sip::sdp;
 
 /// How an inbound INVITE reached this node.
@@ -44,7 +44,9 @@ pub async fn run_inbound(
         return;
     };
     let request = &invite.request;
-    let refuse = |code: u16| responder.respond(response_to(request, code, Some(&random_token())));
+    // A 503 (draining, at capacity, out of call slots, trunk channels or media ports) says
+    // when to try again.
+    let refuse = |code: u16| responder.respond(refusal(request, code, BUSY_RETRY_AFTER_SECONDS));
     // An INVITE that requires an extension the gateway lacks (100rel, timer …) is refused
     // with the extensions named, so the trunk can retry without them (§8.2.2.3).
     if let Some(unsupported) = extensions::bad_extension(request) {
@@ -82,6 +84,16 @@ pub async fn run_inbound(
     {
         let endpoint = ctx.endpoint.clone();
         return crate::cluster::forward::run(endpoint, cluster.clone(), trunk, invite, node).await;
+    }
+    // A gateway that drains or is at capacity refuses before its plugins run or anything is
+    // set up, as `/ws` does (`signal::admission`): a refusal under load must cost little.
+    if ctx.is_draining() {
+        return refuse(503);
+    }
+    if let Some(why) = ctx.media_full() {
+        tracing::info!(%trunk, why, "inbound call refused for load: 503");
+        ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+        return refuse(503);
     }
     let from = request
         .from_header()
@@ -134,6 +146,7 @@ pub async fn run_inbound(
             .get(&identity)
             .cloned()
             .ok_or(480u16)?;
+        // Again: the plugins may have taken a while.
         if ctx.is_draining() {
             return Err(503);
         }
@@ -275,3 +288,8 @@ pub async fn run_inbound(
         Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
     });
 }
+
+/// Seconds a trunk is asked to wait after a 503 (RFC 3261 §21.5.4), so that it sends its
+/// calls to another gateway meanwhile: the load level steps down only after three calm
+/// seconds (`super::load`), so a retry sooner would most likely be refused again.
+const BUSY_RETRY_AFTER_SECONDS: u32 = 5;

@@ -437,6 +437,19 @@ pub fn new_branch() -> String {
     format!("z9hG4bK{}", random_token())
 }
 
+/// A final response refusing `req` (a fresh To-tag); a 503 says when to try again, in
+/// `retry_after` seconds (§21.5.4: the server is temporarily overloaded).
+pub fn refusal(req: &Request, code: u16, retry_after: u32) -> Response {
+    let mut response = response_to(req, code, Some(&random_token()));
+    if code == 503 {
+        response.headers.push(rsip::Header::Other(
+            "Retry-After".into(),
+            retry_after.to_string(),
+        ));
+    }
+    response
+}
+
 /// Builds a response to `req` with the headers §8.2.6.2 requires copied, and `to_tag`
 /// added to To when the request's To has none.
 pub fn response_to(req: &Request, code: u16, to_tag: Option<&str>) -> Response {

@@ -25,12 +25,11 @@
 //! browser, so these bounds bound it too, and the endpoint must neither make a call wait nor
 //! drop its BYE.
 
-use rsip::{Request, Response};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use super::{IncomingRequest, TaggedEvent};
-use crate::sip::message::{random_token, response_to};
+use crate::sip::message::refusal;
 use crate::sip::transaction::ClientEvent;
 
 /// Messages that may wait for one call, each way (its requests; its transactions' events).
@@ -76,21 +75,9 @@ pub(super) fn deliver(queue: &RequestSender, incoming: Box<IncomingRequest>, clo
         Err(TrySendError::Closed(lost)) => (lost, closed, true),
     };
     if let Some(responder) = &lost.responder {
-        responder.respond(refusal(&lost.request, code));
+        responder.respond(refusal(&lost.request, code, RETRY_AFTER_SECONDS));
     }
     had_room
-}
-
-/// The answer to a request its user cannot take: 503 asks the peer to retry shortly.
-fn refusal(request: &Request, code: u16) -> Response {
-    let mut response = response_to(request, code, Some(&random_token()));
-    if code == 503 {
-        response.headers.push(rsip::Header::Other(
-            "Retry-After".into(),
-            RETRY_AFTER_SECONDS.to_string(),
-        ));
-    }
-    response
 }
 
 /// Where a client transaction's events go: its own channel, or a call's shared channel

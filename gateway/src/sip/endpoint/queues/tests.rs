@@ -2,8 +2,11 @@ use std::net::SocketAddr;
 
 use tokio::sync::mpsc;
 
+use rsip::{Request, Response};
+
 use super::*;
 use crate::sip::endpoint::{Command, Responder};
+use crate::sip::message::response_to;
 use crate::sip::transport::Transport;
 
 fn request(text: &str) -> Request {
