@@ -19,7 +19,7 @@ graphs, and counting the gateway's system calls): after the table it prints wher
 gateway's time went — libopus, the kernel (and within it each system call, and the loopback
 delivery to the generator and sipp that runs inside the gateway's sends), the gateway's own
 code and its busiest functions, libc — as shares of the samples and as % of a core per call.
-`perf` costs the gateway a few % while it records: compare profiled steps with each other.
+`perf` takes some of the box while it records: compare profiled steps with each other.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
 """
 
