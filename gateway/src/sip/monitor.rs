@@ -21,7 +21,7 @@ pub type RegistrationStates = watch::Receiver<BTreeMap<String, RegistrationState
 
 /// Waits for the final response of a client transaction (`None` on timeout).
 async fn final_response(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<ClientEvent>,
+    mut events: tokio::sync::mpsc::Receiver<ClientEvent>,
 ) -> Option<rsip::Response> {
     loop {
         match events.recv().await? {

@@ -358,17 +358,14 @@ impl Endpoint {
         self.local.contact_uri(user, transport)
     }
 
-    /// Starts a client transaction for `request` towards `target`.
-    pub fn request(
-        &self,
-        request: Request,
-        target: Target,
-    ) -> mpsc::UnboundedReceiver<ClientEvent> {
-        let (events, rx) = mpsc::unbounded_channel();
+    /// Starts a client transaction for `request` towards `target`; its events arrive on the
+    /// returned channel, bounded as a call's are (`queues`).
+    pub fn request(&self, request: Request, target: Target) -> mpsc::Receiver<ClientEvent> {
+        let (events, rx) = Sink::own();
         let _ = self.commands.send(Command::Request {
             request,
             target,
-            events: Sink::Own(events),
+            events,
         });
         rx
     }
@@ -386,11 +383,7 @@ impl Endpoint {
         let _ = self.commands.send(Command::Request {
             request,
             target,
-            events: Sink::Tagged {
-                id,
-                tx: sink,
-                answered: false,
-            },
+            events: Sink::tagged(id, sink),
         });
     }
 

@@ -2,21 +2,23 @@
 //! full.
 //!
 //! A call's requests and its transactions' events go to the call's task on a media worker
-//! (`crate::call::workers`); new requests go to the application on the shared runtime. The
-//! queues are bounded, so that a worker or a runtime that falls behind, or a peer that floods
-//! one dialog, costs at most [`CALL_QUEUE`] (or [`APP_QUEUE`]) messages: the endpoint's task
-//! never waits for a user and never grows a user's queue without bound.
+//! (`crate::call::workers`); new requests go to the application, and the events of the
+//! gateway's own transactions (REGISTER, OPTIONS probes) to their tasks, on the shared
+//! runtime. The queues are bounded, so that a worker or a runtime that falls behind, or a
+//! peer that floods one dialog or transaction, costs at most [`CALL_QUEUE`] (or
+//! [`APP_QUEUE`]) messages: the endpoint's task never waits for a user and never grows a
+//! user's queue without bound.
 //!
 //! - A request that finds its queue full is answered 503 with Retry-After through its
 //!   transaction (RFC 3261 §21.5.4: temporarily overloaded), so its retransmissions get the
 //!   same answer and the peer tries again later. An ACK or a CANCEL's notice takes no answer
 //!   and is dropped: the ACK has already stopped the 2xx's retransmissions, and the CANCEL
 //!   has been answered and its INVITE ended with 487 by the endpoint itself.
-//! - A transaction's event that finds its call's queue full is dropped only if the call can
-//!   do without it: a provisional response, or a 2xx retransmission once a final response
-//!   has passed (the peer sends it again until the ACK). The last [`FINALS_RESERVED`] places
-//!   are kept for the rest — a first final response, a timeout — which a call has at most
-//!   one of per open transaction.
+//! - A transaction's event that finds its queue full is dropped only if its user can do
+//!   without it: a provisional response, or a 2xx retransmission once a final response has
+//!   passed (the peer sends it again until the ACK). The last [`FINALS_RESERVED`] places are
+//!   kept for the rest — a first final response, a timeout — which a user has at most one of
+//!   per open transaction.
 //!
 //! Every message lost this way is counted (`/metrics`: `gateway_sip_queue_full_total`).
 //!
@@ -40,7 +42,7 @@ pub const CALL_QUEUE: usize = 64;
 /// New requests (INVITEs, REGISTERs …) that may wait for the application.
 pub const APP_QUEUE: usize = 1024;
 
-/// Places in a call's event queue that only essential events may take ([`Sink::send`]).
+/// Places in an event queue that only essential events may take ([`Sink::send`]).
 pub const FINALS_RESERVED: usize = 16;
 
 /// Seconds a peer is asked to wait before it retries a request refused for a full queue.
@@ -83,42 +85,65 @@ pub(super) fn deliver(queue: &RequestSender, incoming: Box<IncomingRequest>, clo
 /// Where a client transaction's events go: its own channel, or a call's shared channel
 /// tagged with the transaction's id there (one call has several transactions at once).
 #[derive(Debug)]
-pub(super) enum Sink {
-    Own(mpsc::UnboundedSender<ClientEvent>),
-    Tagged {
-        id: u64,
-        tx: mpsc::Sender<TaggedEvent>,
-        /// A final response of this transaction has reached the call.
-        answered: bool,
-    },
+pub(super) struct Sink {
+    to: Queue,
+    /// A final response of this transaction has reached its user.
+    answered: bool,
+}
+
+#[derive(Debug)]
+enum Queue {
+    Own(mpsc::Sender<ClientEvent>),
+    Tagged(u64, mpsc::Sender<TaggedEvent>),
 }
 
 impl Sink {
-    /// Passes `event` on; false if a call's full queue dropped it (module text).
+    /// A transaction's own channel ([`event_channel`]'s size).
+    pub(super) fn own() -> (Sink, mpsc::Receiver<ClientEvent>) {
+        let (tx, rx) = mpsc::channel(CALL_QUEUE);
+        (Sink::new(Queue::Own(tx)), rx)
+    }
+
+    /// A call's shared channel, the transaction known there as `id`.
+    pub(super) fn tagged(id: u64, tx: mpsc::Sender<TaggedEvent>) -> Sink {
+        Sink::new(Queue::Tagged(id, tx))
+    }
+
+    fn new(to: Queue) -> Sink {
+        Sink {
+            to,
+            answered: false,
+        }
+    }
+
+    /// Passes `event` on; false if a full queue dropped it (module text).
     pub(super) fn send(&mut self, event: ClientEvent) -> bool {
-        let (id, tx, answered) = match self {
-            Sink::Own(tx) => {
-                let _ = tx.send(event);
-                return true;
-            }
-            Sink::Tagged { id, tx, answered } => (*id, tx, answered),
-        };
         let code = match &event {
             ClientEvent::Response(r) => Some(r.status_code.code()),
             ClientEvent::Timeout => None,
         };
-        let spare = code.is_some_and(|c| c < 200 || (*answered && (200..300).contains(&c)));
-        if spare && tx.capacity() <= FINALS_RESERVED {
+        let spare = code.is_some_and(|c| c < 200 || (self.answered && (200..300).contains(&c)));
+        let room = match &self.to {
+            Queue::Own(tx) => tx.capacity(),
+            Queue::Tagged(_, tx) => tx.capacity(),
+        };
+        if spare && room <= FINALS_RESERVED {
             return false;
         }
-        match tx.try_send(Box::new((id, event))) {
+        let sent = match &self.to {
+            Queue::Own(tx) => tx
+                .try_send(event)
+                .map_err(|e| matches!(e, TrySendError::Full(_))),
+            Queue::Tagged(id, tx) => tx
+                .try_send(Box::new((*id, event)))
+                .map_err(|e| matches!(e, TrySendError::Full(_))),
+        };
+        match sent {
             Ok(()) => {
-                *answered |= code.is_some_and(|c| c >= 200);
+                self.answered |= code.is_some_and(|c| c >= 200);
                 true
             }
-            Err(TrySendError::Full(_)) => false,
-            // The call is over: nothing waits for the event.
-            Err(TrySendError::Closed(_)) => true,
+            Err(full) => !full,
         }
     }
 }

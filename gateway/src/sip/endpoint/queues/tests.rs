@@ -115,11 +115,7 @@ fn a_request_beyond_a_full_queue_is_answered_503_with_retry_after_and_the_queue_
 #[test]
 fn a_calls_full_event_queue_drops_what_the_call_can_do_without_and_keeps_room_for_finals() {
     let (tx, mut rx) = event_channel();
-    let mut invite = Sink::Tagged {
-        id: 1,
-        tx: tx.clone(),
-        answered: false,
-    };
+    let mut invite = Sink::tagged(1, tx.clone());
     // A peer floods ringing: it fills the queue up to the reserved places, no further.
     let taken = (0..100).filter(|_| invite.send(response(180))).count();
     assert_eq!(taken, CALL_QUEUE - FINALS_RESERVED);
@@ -127,11 +123,7 @@ fn a_calls_full_event_queue_drops_what_the_call_can_do_without_and_keeps_room_fo
     assert!(invite.send(response(200)));
     assert!(!invite.send(response(200)));
     // Other transactions' final responses and timeouts take the reserved places ...
-    let mut others = (2..).map(|id| Sink::Tagged {
-        id,
-        tx: tx.clone(),
-        answered: false,
-    });
+    let mut others = (2..).map(|id| Sink::tagged(id, tx.clone()));
     for _ in 1..FINALS_RESERVED - 1 {
         assert!(others.next().expect("sink").send(response(200)));
     }
@@ -151,4 +143,18 @@ fn a_calls_full_event_queue_drops_what_the_call_can_do_without_and_keeps_room_fo
     // With room again, a 2xx retransmission reaches the call (it re-sends the ACK).
     assert!(invite.send(response(200)));
     assert_eq!(*rx.try_recv().expect("retransmission"), (1, response(200)));
+}
+
+#[test]
+fn a_transactions_own_event_queue_is_bounded_the_same_way() {
+    let (mut sink, mut rx) = Sink::own();
+    let taken = (0..100).filter(|_| sink.send(response(100))).count();
+    assert_eq!(taken, CALL_QUEUE - FINALS_RESERVED);
+    assert!(sink.send(response(200)), "the final response gets in");
+    let events: Vec<ClientEvent> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(events.len(), CALL_QUEUE - FINALS_RESERVED + 1);
+    assert_eq!(events.last(), Some(&response(200)));
+    // Its user gone, nothing waits for the event: not counted as lost.
+    drop(rx);
+    assert!(sink.send(ClientEvent::Timeout));
 }
