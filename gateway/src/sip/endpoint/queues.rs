@@ -34,7 +34,8 @@ use super::{IncomingRequest, TaggedEvent};
 use crate::sip::message::refusal;
 use crate::sip::transaction::ClientEvent;
 
-/// Messages that may wait for one call, each way (its requests; its transactions' events).
+/// Messages that may wait in each of a call's two queues (its requests; its transactions'
+/// events), and in a transaction's own queue of events.
 /// A call takes them as they come, a handful at a time (a re-INVITE, its ACK, a BYE); 64
 /// waiting means its worker is far behind or a peer floods the dialog.
 pub const CALL_QUEUE: usize = 64;
