@@ -170,7 +170,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         &mut text,
         "gateway_sip_queue_full_total",
         "counter",
-        "SIP messages a full queue turned away because a call or the application fell behind: requests answered 503 with Retry-After, ACKs and dispensable responses dropped.",
+        "SIP messages a full queue turned away because a call, the application or one of the gateway's own transactions fell behind: requests answered 503 with Retry-After, ACKs and dispensable responses dropped.",
         tables.queue_full.load(Ordering::Relaxed),
     );
     metric(
