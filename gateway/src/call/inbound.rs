@@ -87,12 +87,7 @@ pub async fn run_inbound(
     }
     // A gateway that drains or is at capacity refuses before its plugins run or anything is
     // set up, as `/ws` does (`signal::admission`): a refusal under load must cost little.
-    if ctx.is_draining() {
-        return refuse(503);
-    }
-    if let Some(why) = ctx.media_full() {
-        tracing::info!(%trunk, why, "inbound call refused for load: 503");
-        ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+    if refused_for_load(&ctx, &trunk) {
         return refuse(503);
     }
     let from = request
@@ -147,11 +142,7 @@ pub async fn run_inbound(
             .cloned()
             .ok_or(480u16)?;
         // Again: the plugins may have taken a while.
-        if ctx.is_draining() {
-            return Err(503);
-        }
-        if ctx.media_full().is_some() {
-            ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+        if refused_for_load(&ctx, &trunk) {
             return Err(503);
         }
         let slot = ctx.take_call_slot().ok_or(503u16)?;
@@ -287,6 +278,20 @@ pub async fn run_inbound(
         };
         Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
     });
+}
+
+/// Whether the gateway takes no new call now: it drains, or it is at capacity (counted as a
+/// call shed).
+fn refused_for_load(ctx: &CallContext, trunk: &str) -> bool {
+    if ctx.is_draining() {
+        return true;
+    }
+    let Some(why) = ctx.media_full() else {
+        return false;
+    };
+    tracing::info!(%trunk, why, "inbound call refused for load: 503");
+    ctx.metrics.load.calls_shed.fetch_add(1, Ordering::Relaxed);
+    true
 }
 
 /// Seconds a trunk is asked to wait after a 503 (RFC 3261 §21.5.4), so that it sends its
