@@ -214,7 +214,8 @@ def start_profile(pid, window, base):
 
 
 def report_shares(data, *args):
-    """`perf report`'s percentage per row, by the row's last column."""
+    """`perf report`'s percentage per row, by the row's label (a symbol without its `[k]` or
+    `[.]` mark)."""
     out = subprocess.run(["perf", "report", "-i", data, "--stdio", *args],
                          capture_output=True, text=True).stdout
     shares = []
@@ -224,7 +225,8 @@ def report_shares(data, *args):
         if not pcts or line.lstrip().startswith("#"):
             continue
         try:
-            shares.append((float(pcts[0].rstrip("%")), " ".join(fields[len(pcts):])))
+            label = " ".join(fields[len(pcts):]).removeprefix("[k] ").removeprefix("[.] ")
+            shares.append((float(pcts[0].rstrip("%")), label))
         except ValueError:
             continue
     return shares
@@ -253,8 +255,8 @@ def read_profile(base, cpu_per_call, up):
     for share, dso in by_dso:
         name = next((n for n, key in PLACES if key in dso), "other")
         places[name] += share
-    with_children = dict((sym.removeprefix("[k] ").removeprefix("[.] "), share) for share, sym in
-                         report_shares(data, "--children", "--sort", "sym", "-g", "none"))
+    with_children = {sym: share for share, sym in
+                     report_shares(data, "--children", "--sort", "sym", "-g", "none")}
     kernel = {name: with_children.get(sym, 0.0) for name, sym in KERNEL_PARTS}
     functions = report_shares(data, "--no-children", "--sort", "sym", "--dsos", "gateway", "-g", "none")
     calls = {}
@@ -269,7 +271,7 @@ def read_profile(base, cpu_per_call, up):
         "cpu_pct_per_call": cpu_per_call,
         "places_pct": {k: round(v, 1) for k, v in places.items()},
         "kernel_parts_pct": {k: round(v, 1) for k, v in kernel.items()},
-        "gateway_functions_pct": [(round(s, 2), f.removeprefix("[.] ")) for s, f in functions[:12]],
+        "gateway_functions_pct": [(round(s, 2), f) for s, f in functions[:12]],
         "syscalls_per_call_per_second": {k: round(v / STAT_SECONDS / up, 1)
                                          for k, v in calls.items()},
         "perf_data": data,
