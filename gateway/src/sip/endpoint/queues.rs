@@ -35,9 +35,9 @@ use crate::sip::message::refusal;
 use crate::sip::transaction::ClientEvent;
 
 /// Messages that may wait in each of a call's two queues (its requests; its transactions'
-/// events), and in a transaction's own queue of events.
-/// A call takes them as they come, a handful at a time (a re-INVITE, its ACK, a BYE); 64
-/// waiting means its worker is far behind or a peer floods the dialog.
+/// events), and in a transaction's own queue of events. A call takes them as they come, a
+/// handful at a time (a re-INVITE, its ACK, a BYE); 64 waiting means its worker is far
+/// behind or a peer floods the dialog.
 pub const CALL_QUEUE: usize = 64;
 
 /// New requests (INVITEs, REGISTERs …) that may wait for the application.
