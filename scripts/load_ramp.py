@@ -187,15 +187,27 @@ SYSCALLS = ["sendto", "sendmmsg", "recvfrom", "recvmmsg", "epoll_wait", "clock_n
 PLACES = [("libopus", "libopus"), ("kernel", "[kernel"), ("gateway's code", "gateway"),
           ("libc", "libc"), ("libm", "libm")]
 
-# Kernel functions whose share (with what they call) --profile prints: the system calls, and
+# Kernel functions whose share (with what they call) --profile prints: the system calls;
 # `net_rx_action`, the loopback's receiving half (queueing a datagram on the generator's or
 # sipp's socket and waking them), which runs inside the gateway's sends on loopback and on a
-# real network would be paid by the receiving machine.
+# real network would be paid by the receiving machine; and the gateway's thread preempted by
+# the peer its send woke, on the two cores they share: at the send's return
+# (`exit_to_user_mode_loop`) or between a `sendmmsg`'s datagrams (`__cond_resched`). Its
+# share is the switch's own cost, not the peer's run, which perf does not sample.
 KERNEL_PARTS = [("sendto", "__x64_sys_sendto"), ("sendmmsg", "__x64_sys_sendmmsg"),
                 ("recvmmsg", "__x64_sys_recvmmsg"), ("recvfrom", "__x64_sys_recvfrom"),
                 ("epoll_wait", "__x64_sys_epoll_wait"),
                 ("clock_nanosleep (the paced turn)", "__x64_sys_clock_nanosleep"),
-                ("of which delivery to the peers (net_rx_action)", "net_rx_action")]
+                ("of which delivery to the peers (net_rx_action)", "net_rx_action"),
+                ("preempted at a system call's return (mostly by a woken peer)",
+                 "exit_to_user_mode_loop"),
+                ("preempted between a sendmmsg's datagrams", "__cond_resched")]
+
+
+# The gateway's functions that wake and poll the calls' tasks, by a part of their names: what
+# a worker loop that drove the calls' media itself would replace (issue 13).
+WAKING = ["tokio::", "futures_core::", "raw_waker", "as core::future::future::Future>::poll",
+          "call::driver::sources::", "atomic_waker"]
 
 
 # Seconds the system calls are counted for, after the window: counting them makes every
@@ -259,6 +271,7 @@ def read_profile(base, cpu_per_call, up):
                      report_shares(data, "--children", "--sort", "sym", "-g", "none")}
     kernel = {name: with_children.get(sym, 0.0) for name, sym in KERNEL_PARTS}
     functions = report_shares(data, "--no-children", "--sort", "sym", "--dsos", "gateway", "-g", "none")
+    waking = sum(share for share, f in functions if any(m in f for m in WAKING))
     calls = {}
     for line in Path(f"{base}.stat").read_text().splitlines():
         fields = line.split(",")
@@ -272,6 +285,7 @@ def read_profile(base, cpu_per_call, up):
         "places_pct": {k: round(v, 1) for k, v in places.items()},
         "kernel_parts_pct": {k: round(v, 1) for k, v in kernel.items()},
         "gateway_functions_pct": [(round(s, 2), f) for s, f in functions[:12]],
+        "waking_pct": round(waking, 2),
         "syscalls_per_call_per_second": {k: round(v / STAT_SECONDS / up, 1)
                                          for k, v in calls.items()},
         "perf_data": data,
@@ -293,6 +307,8 @@ def print_profile(row):
         print(f"| kernel: {name}, with what it calls | {share} % | {per_call * share / 100:.4f} |")
     print("\nThe gateway's busiest functions (own time, share of all samples): " +
           "; ".join(f"{f} {s} %" for s, f in prof["gateway_functions_pct"]))
+    print(f"Waking and polling the calls' tasks (tokio's scheduler, timers and readiness, the "
+          f"wakers, the call's future; own time): {prof['waking_pct']} % of the samples")
     print("System calls per call per second: " +
           ", ".join(f"{k} {v}" for k, v in prof["syscalls_per_call_per_second"].items()))
 
