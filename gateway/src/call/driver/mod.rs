@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+mod clock;
 mod media;
 mod sources;
 
@@ -30,6 +31,7 @@ use crate::sip::endpoint::{
     Endpoint, IncomingRequest, RequestReceiver, RequestSender, Responder, TaggedEvent,
 };
 use crate::sip::transaction::ClientEvent;
+use clock::Clock;
 use sources::{Source, Sources};
 
 /// An outbound call's route, being decided (plugins on the blocking pool, DNS).
@@ -175,17 +177,12 @@ pub fn drive<'a>(
         call.handle_caller_media(true, Instant::now());
     }
     async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        // One Sleep each, re-armed when a deadline moves, rather than a new timer-wheel entry
-        // on every turn of the loop (three turns per 20 ms).
-        let call_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(call_timer);
-        let mut call_deadline: Option<Instant> = None;
-        let leg_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(leg_timer);
-        let mut leg_deadline: Option<Instant> = None;
-        let mut was_ticking = true;
+        let mut clock = Clock::new(Instant::now());
+        // One Sleep for the clock's deadline, re-armed when it moves, rather than a new
+        // timer-wheel entry on every turn of the loop.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         let mut transfer_route: Option<TransferRoute> = None;
         let mut shutdown = Some(shutdown_signal(run.wiring.shutdown.clone()));
         let mut sources = Sources::new();
@@ -209,35 +206,24 @@ pub fn drive<'a>(
                 }));
                 sources.mark(Source::Transfer);
             }
-            let next = call.poll_timeout();
-            if next != call_deadline {
-                call_deadline = next;
-                if let Some(at) = next {
-                    call_timer.as_mut().reset(at.into());
-                }
-                sources.mark(Source::CallTimer);
-            }
-            let next = match &mut run.caller {
-                Caller::Browser(b) if !run.ended => b.leg.poll_timeout(),
+            let media = !run.ended;
+            let leg_deadline = match &mut run.caller {
+                Caller::Browser(b) if media => b.leg.poll_timeout(),
                 _ => None,
             };
-            if next != leg_deadline {
-                leg_deadline = next;
-                if let Some(at) = next {
-                    leg_timer.as_mut().reset(at.into());
-                }
-                sources.mark(Source::LegTimer);
-            }
-            let media = !run.ended;
             // A relayed call has no clock of its own: packets go on as they arrive, so its task
             // is not woken every 20 ms for nothing. The clock starts afresh if the trunk moves
             // to a transcoded codec (re-INVITE).
             let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
-            if ticking && !was_ticking {
-                ticker.reset();
-                sources.mark(Source::Tick);
+            clock.set(call.poll_timeout(), leg_deadline, ticking, Instant::now());
+            let next = clock.poll_timeout();
+            if next != armed {
+                armed = next;
+                if let Some(at) = next {
+                    timer.as_mut().reset(at.into());
+                }
+                sources.mark(Source::Timer);
             }
-            was_ticking = ticking;
             let input = std::future::poll_fn(|cx| {
             let mut turn = sources.turn(cx.waker());
             for source in turn.order() {
@@ -258,11 +244,8 @@ pub fn drive<'a>(
                     Source::Request => turn.poll(source, true, |cx| {
                         some(request_rx.poll_recv(cx)).map(Input::Request)
                     }),
-                    Source::CallTimer => turn.poll(source, call_deadline.is_some(), |cx| {
-                        call_timer.as_mut().poll(cx).map(|()| Input::CallTimer)
-                    }),
-                    Source::LegTimer => turn.poll(source, leg_deadline.is_some(), |cx| {
-                        leg_timer.as_mut().poll(cx).map(|()| Input::LegTimer)
+                    Source::Timer => turn.poll(source, armed.is_some(), |cx| {
+                        timer.as_mut().poll(cx).map(|()| Input::Timer)
                     }),
                     Source::MuxRoute => turn.poll(source, media, |cx| match &mut run.caller {
                         Caller::Browser(b) => some(b.poll_route(cx)).map(Input::Browser),
@@ -271,9 +254,6 @@ pub fn drive<'a>(
                     Source::DirectPath => turn.poll(source, media, |cx| match &mut run.caller {
                         Caller::Browser(b) => b.poll_direct(cx).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
-                    }),
-                    Source::Tick => turn.poll(source, ticking, |cx| {
-                        ticker.poll_tick(cx).map(Input::Tick)
                     }),
                     Source::Rtp => turn.poll(source, media, |cx| {
                         match run.rtp.poll_readable(cx) {
@@ -326,14 +306,22 @@ pub fn drive<'a>(
                     }
                     call.handle_sip_request(id, incoming.request, incoming.source, Instant::now());
                 }
-                Input::CallTimer => {
-                    call_deadline = None;
-                    call.handle_timeout(Instant::now());
-                }
-                Input::LegTimer => {
-                    leg_deadline = None;
-                    if let Caller::Browser(b) = &mut run.caller {
-                        b.leg.handle_timeout(Instant::now());
+                Input::Timer => {
+                    // Fired: re-armed next turn even if the deadline stays where it was.
+                    armed = None;
+                    let now = Instant::now();
+                    let due = clock.handle_timeout(now);
+                    if due.call {
+                        call.handle_timeout(now);
+                    }
+                    if due.leg
+                        && let Caller::Browser(b) = &mut run.caller
+                    {
+                        b.leg.handle_timeout(now);
+                    }
+                    if let Some(lateness) = due.tick {
+                        run.wiring.metrics.load.handle_tick(lateness);
+                        run.tick(&mut call);
                     }
                 }
                 Input::Browser((datagram, peer)) => {
@@ -352,14 +340,6 @@ pub fn drive<'a>(
                                 .fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                }
-                Input::Tick(scheduled) => {
-                    let now = tokio::time::Instant::now();
-                    run.wiring
-                        .metrics
-                        .load
-                        .handle_tick(now.saturating_duration_since(scheduled));
-                    run.tick(&mut call);
                 }
                 Input::Rtp => incoming::with_scratch(|scratch| {
                     let mut got = [(0, SocketAddr::from(([0, 0, 0, 0], 0))); incoming::BATCH];
@@ -423,10 +403,9 @@ enum Input {
     Transferred(Result<Vec<crate::sip::uac::Candidate>, u16>),
     Response((u64, ClientEvent)),
     Request(Box<IncomingRequest>),
-    CallTimer,
-    LegTimer,
+    /// The clock's deadline came.
+    Timer,
     Browser(Datagram),
-    Tick(tokio::time::Instant),
     Rtp,
     Command(Option<CallCommand>),
     Shutdown,

@@ -1,7 +1,7 @@
 //! Which of a call's event sources woke its task, so that a wake-up polls only those.
 //!
-//! A call listens to twelve sources: its route or transfer being decided, SIP responses and
-//! requests, two timers, the 20 ms tick, the browser's datagrams (mux and direct path), the
+//! A call listens to ten sources: its route or transfer being decided, SIP responses and
+//! requests, its clock (`super::clock`), the browser's datagrams (mux and direct path), the
 //! trunk's RTP socket, the signaling side's commands and the shutdown. `tokio::select!`
 //! polls every one of them each time the task wakes, and it wakes for every media packet,
 //! 50 times a second each way. Here each source is polled with a waker of its own, which
@@ -20,27 +20,23 @@ pub(super) enum Source {
     Transfer,
     Response,
     Request,
-    CallTimer,
-    LegTimer,
+    Timer,
     MuxRoute,
     DirectPath,
-    Tick,
     Rtp,
     Command,
     Shutdown,
 }
 
 impl Source {
-    const ALL: [Source; 12] = [
+    const ALL: [Source; 10] = [
         Source::Routing,
         Source::Transfer,
         Source::Response,
         Source::Request,
-        Source::CallTimer,
-        Source::LegTimer,
+        Source::Timer,
         Source::MuxRoute,
         Source::DirectPath,
-        Source::Tick,
         Source::Rtp,
         Source::Command,
         Source::Shutdown,
@@ -209,7 +205,7 @@ mod tests {
                     asked.push(source);
                     assert!(turn.poll(source, true, |cx| rx.poll_recv(cx)).is_pending());
                 }
-                Source::CallTimer => {
+                Source::Timer => {
                     asked.push(source);
                     assert!(
                         turn.poll(source, true, |cx| sleep.as_mut().poll(cx))
@@ -217,7 +213,9 @@ mod tests {
                     );
                 }
                 // Disabled: stays due.
-                Source::Tick => assert!(turn.poll(source, false, |_| Poll::Ready(())).is_pending()),
+                Source::Transfer => {
+                    assert!(turn.poll(source, false, |_| Poll::Ready(())).is_pending())
+                }
                 _ => {}
             }
         }
@@ -234,7 +232,7 @@ mod tests {
                 polled.push(source);
                 match source {
                     Source::Command => rx.poll_recv(cx).map(|m| m.map(u32::from)),
-                    Source::CallTimer => sleep.as_mut().poll(cx).map(|()| None),
+                    Source::Timer => sleep.as_mut().poll(cx).map(|()| None),
                     _ => Poll::Pending,
                 }
             });
@@ -245,12 +243,9 @@ mod tests {
         }
         drop(turn);
         assert!(polled.contains(&Source::Command));
+        assert!(!polled.contains(&Source::Timer), "the timer did not wake");
         assert!(
-            !polled.contains(&Source::CallTimer),
-            "the timer did not wake"
-        );
-        assert!(
-            polled.contains(&Source::Tick),
+            polled.contains(&Source::Transfer),
             "a disabled source stays due"
         );
 
@@ -259,7 +254,7 @@ mod tests {
         let mut turn = sources.turn(&task);
         let mut polled = Vec::new();
         for source in turn.order() {
-            let _ = turn.poll(source, source != Source::Tick, |cx| {
+            let _ = turn.poll(source, source != Source::Transfer, |cx| {
                 polled.push(source);
                 match source {
                     Source::Command => rx.poll_recv(cx),
@@ -269,13 +264,13 @@ mod tests {
         }
         drop(turn);
         assert!(polled.contains(&Source::Command));
-        assert!(!polled.contains(&Source::CallTimer));
+        assert!(!polled.contains(&Source::Timer));
 
         // Nothing woke: a turn asks nothing.
         let mut turn = sources.turn(&task);
         let mut polled = 0;
         for source in turn.order() {
-            let _ = turn.poll(source, source != Source::Tick, |_| {
+            let _ = turn.poll(source, source != Source::Transfer, |_| {
                 polled += 1;
                 Poll::<()>::Pending
             });

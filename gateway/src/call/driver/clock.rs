@@ -1,0 +1,156 @@
+//! A call's three clocks as one deadline: the machine's timer (SIP timers, the ring and media
+//! watches), the browser leg's timer (ICE consent, DTLS retransmissions, RTCP reports) and the
+//! 20 ms media tick (a transcoded call's audio to the browser, a tone caller's frames).
+//!
+//! Why one: each was a timer of its own on the worker's wheel, and the tick re-armed its entry
+//! every 20 ms. One deadline is one wheel entry a call, re-armed when the earliest moves, and
+//! it is what a worker's own loop will hand its timer wheel (issue 13's per-worker loop): the
+//! clock answers `poll_timeout` and takes `handle_timeout` like the machines it serves.
+
+use std::time::{Duration, Instant};
+
+/// The media tick's period: one 20 ms frame.
+pub(super) const TICK: Duration = Duration::from_millis(20);
+
+/// What came due at a [`Clock::handle_timeout`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Due {
+    /// The machine's timer.
+    pub call: bool,
+    /// The browser leg's timer.
+    pub leg: bool,
+    /// A tick, this long after its time.
+    pub tick: Option<Duration>,
+}
+
+/// The call's deadlines.
+#[derive(Debug)]
+pub(super) struct Clock {
+    call: Option<Instant>,
+    leg: Option<Instant>,
+    /// The next tick's time; `None` while the call does not tick.
+    tick: Option<Instant>,
+}
+
+impl Clock {
+    /// A clock whose first tick is due at once (a call's first frame goes out as it starts).
+    pub(super) fn new(now: Instant) -> Clock {
+        Clock {
+            call: None,
+            leg: None,
+            tick: Some(now),
+        }
+    }
+
+    /// Takes the machine's and the leg's deadlines as they are now, and whether the call ticks.
+    /// A call that starts ticking again ticks a period from `now`; one that stops forgets its
+    /// tick (a relayed call sends packets as they arrive, on the browser's clock).
+    pub(super) fn set(
+        &mut self,
+        call: Option<Instant>,
+        leg: Option<Instant>,
+        ticking: bool,
+        now: Instant,
+    ) {
+        self.call = call;
+        self.leg = leg;
+        self.tick = match (ticking, self.tick) {
+            (false, _) => None,
+            (true, None) => Some(now + TICK),
+            (true, Some(at)) => Some(at),
+        };
+    }
+
+    /// The earliest deadline.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        [self.call, self.leg, self.tick].into_iter().flatten().min()
+    }
+
+    /// What is due at `now`. A tick that came due moves on by one period from its own time,
+    /// not from `now`: a late worker catches up with back-to-back ticks (the jitter buffer and
+    /// the tone keep their count of frames), as tokio's `MissedTickBehavior::Burst` did.
+    pub(super) fn handle_timeout(&mut self, now: Instant) -> Due {
+        let mut due = Due::default();
+        if self.call.is_some_and(|at| at <= now) {
+            self.call = None;
+            due.call = true;
+        }
+        if self.leg.is_some_and(|at| at <= now) {
+            self.leg = None;
+            due.leg = true;
+        }
+        if let Some(at) = self.tick
+            && at <= now
+        {
+            self.tick = Some(at + TICK);
+            due.tick = Some(now - at);
+        }
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_earliest_of_the_three_deadlines_is_the_calls_one_and_only_what_is_due_fires() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        assert_eq!(
+            clock.poll_timeout(),
+            Some(t0),
+            "the first tick is due at once"
+        );
+        assert_eq!(clock.handle_timeout(t0).tick, Some(Duration::ZERO));
+        clock.set(Some(t0 + ms(5)), Some(t0 + ms(30)), true, t0);
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(5)));
+        assert_eq!(
+            clock.handle_timeout(t0 + ms(4)),
+            Due::default(),
+            "nothing due yet"
+        );
+        let due = clock.handle_timeout(t0 + ms(6));
+        assert_eq!((due.call, due.leg, due.tick), (true, false, None));
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(20)), "the tick is next");
+        let due = clock.handle_timeout(t0 + ms(31));
+        assert_eq!((due.call, due.leg, due.tick), (false, true, Some(ms(11))));
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(40)));
+    }
+
+    #[test]
+    fn a_late_tick_catches_up_back_to_back_from_its_own_time() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        clock.handle_timeout(t0);
+        // The worker was away for 50 ms: the ticks of 20 and 40 ms are owed.
+        let now = t0 + ms(50);
+        assert_eq!(clock.handle_timeout(now).tick, Some(ms(30)));
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(40)), "due already");
+        assert_eq!(clock.handle_timeout(now).tick, Some(ms(10)));
+        assert_eq!(clock.handle_timeout(now).tick, None, "caught up");
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(60)));
+    }
+
+    #[test]
+    fn a_call_that_stops_ticking_forgets_its_tick_and_starts_a_period_later() {
+        let t0 = Instant::now();
+        let mut clock = Clock::new(t0);
+        clock.set(None, None, false, t0);
+        assert_eq!(
+            clock.poll_timeout(),
+            None,
+            "a relayed call has no clock of its own"
+        );
+        assert_eq!(clock.handle_timeout(t0 + ms(100)), Due::default());
+        clock.set(None, None, true, t0 + ms(100));
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(120)));
+        // Still ticking: the tick keeps its time.
+        clock.set(None, None, true, t0 + ms(110));
+        assert_eq!(clock.poll_timeout(), Some(t0 + ms(120)));
+    }
+}
