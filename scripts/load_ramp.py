@@ -205,7 +205,7 @@ KERNEL_PARTS = [("sendto", "__x64_sys_sendto"), ("sendmmsg", "__x64_sys_sendmmsg
 
 
 # The gateway's functions that wake and poll the calls' tasks, by a part of their names: what
-# a worker loop that drove the calls' media itself would replace (issue 13).
+# a worker loop that drove the calls' media itself would replace.
 WAKING = ["tokio::", "futures_core::", "raw_waker", "as core::future::future::Future>::poll",
           "call::driver::sources::", "atomic_waker"]
 

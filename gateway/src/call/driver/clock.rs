@@ -4,8 +4,9 @@
 //!
 //! Why one: each was a timer of its own on the worker's wheel, and the tick re-armed its entry
 //! every 20 ms. One deadline is one wheel entry a call, re-armed when the earliest moves, and
-//! it is what a worker's own loop will hand its timer wheel (issue 13's per-worker loop): the
-//! clock answers `poll_timeout` and takes `handle_timeout` like the machines it serves.
+//! it is what a worker loop of the gateway's own (polling its calls' sockets without tokio)
+//! would hand its timer wheel: the clock answers `poll_timeout` and takes `handle_timeout`
+//! like the machines it serves.
 
 use std::time::{Duration, Instant};
 
