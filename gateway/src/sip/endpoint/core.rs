@@ -383,7 +383,7 @@ impl Core {
                     transport,
                     responder: None,
                 });
-                self.count_lost(queues::deliver(d, ack, 481));
+                self.tables.count_lost(queues::deliver(d, ack, 481));
             }
             return;
         }
@@ -424,7 +424,7 @@ impl Core {
                     transport,
                     responder: None,
                 });
-                self.count_lost(queues::deliver(target, notice, 481));
+                self.tables.count_lost(queues::deliver(target, notice, 481));
             }
             self.servers.insert(
                 key.clone(),
@@ -470,7 +470,7 @@ impl Core {
             responder: Some(responder.clone()),
         });
         match (dialog, in_dialog, method) {
-            (Some(d), _, _) => self.count_lost(queues::deliver(&d, incoming, 481)),
+            (Some(d), _, _) => self.tables.count_lost(queues::deliver(&d, incoming, 481)),
             (None, true, _) => {
                 // §12.2.2: a request for a dialog we do not know.
                 responder.respond(response_for(&incoming.request, 481));
@@ -489,14 +489,9 @@ impl Core {
                     )));
                 responder.respond(ok);
             }
-            (None, false, _) => self.count_lost(queues::deliver(&self.app, incoming, 503)),
-        }
-    }
-
-    /// Counts a message a full queue turned away ([`queues::deliver`] found no room).
-    fn count_lost(&self, had_room: bool) {
-        if !had_room {
-            self.tables.queue_full.fetch_add(1, Ordering::Relaxed);
+            (None, false, _) => self
+                .tables
+                .count_lost(queues::deliver(&self.app, incoming, 503)),
         }
     }
 
@@ -582,9 +577,7 @@ impl Core {
             out.push(bytes);
         }
         while let Some(ev) = e.tx.poll_event() {
-            if !e.events.send(ev) {
-                self.tables.queue_full.fetch_add(1, Ordering::Relaxed);
-            }
+            self.tables.count_lost(e.events.send(ev));
         }
         let target = e.target.clone();
         if e.tx.is_terminated() {

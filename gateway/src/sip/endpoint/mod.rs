@@ -132,6 +132,17 @@ pub struct EndpointTables {
     pub queue_full: AtomicU64,
 }
 
+impl EndpointTables {
+    /// Counts a message a full queue turned away: `delivered` is what [`queues::deliver`] or
+    /// a transaction's sink answered.
+    fn count_lost(&self, delivered: bool) {
+        if !delivered {
+            self.queue_full
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// What the endpoint says about itself in the messages it builds: the advertised address
 /// and ports, and the User-Agent. Plain data, so sans-IO code builds requests with it.
 #[derive(Debug, Clone)]
