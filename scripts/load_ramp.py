@@ -181,7 +181,8 @@ LOADGEN_EXTRA = []
 
 
 # System calls counted by --profile: the media path's sends, receives and waits.
-SYSCALLS = ["sendto", "sendmmsg", "recvfrom", "recvmmsg", "epoll_wait", "clock_nanosleep"]
+SYSCALLS = ["io_uring_enter", "sendto", "sendmmsg", "recvfrom", "recvmmsg", "epoll_wait",
+            "clock_nanosleep"]
 
 # Where a sample's time is charged, by the object it ran in (`perf report --sort dso`).
 PLACES = [("libopus", "libopus"), ("kernel", "[kernel"), ("gateway's code", "gateway"),
@@ -194,7 +195,8 @@ PLACES = [("libopus", "libopus"), ("kernel", "[kernel"), ("gateway's code", "gat
 # the peer its send woke, on the two cores they share: at the send's return
 # (`exit_to_user_mode_loop`) or between a `sendmmsg`'s datagrams (`__cond_resched`). Its
 # share is the switch's own cost, not the peer's run, which perf does not sample.
-KERNEL_PARTS = [("sendto", "__x64_sys_sendto"), ("sendmmsg", "__x64_sys_sendmmsg"),
+KERNEL_PARTS = [("io_uring_enter (a turn's sends)", "__do_sys_io_uring_enter"),
+                ("sendto", "__x64_sys_sendto"), ("sendmmsg", "__x64_sys_sendmmsg"),
                 ("recvmmsg", "__x64_sys_recvmmsg"), ("recvfrom", "__x64_sys_recvfrom"),
                 ("epoll_wait", "__x64_sys_epoll_wait"),
                 ("clock_nanosleep (the paced turn)", "__x64_sys_clock_nanosleep"),

@@ -553,6 +553,7 @@ impl Config {
                 jitter_ms: raw.media.jitter_ms.unwrap_or(60),
                 workers,
                 turn_ms,
+                io_uring: raw.media.io_uring.unwrap_or(true),
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
             inbound: raw.inbound,

@@ -282,6 +282,9 @@ pub struct MediaConfig {
     /// How long a busy media worker lets packets gather before it wakes, ms (default 2;
     /// 0 wakes per packet): `call::workers::Pace`.
     pub turn_ms: u8,
+    /// Whether media workers send each turn's datagrams through an io_uring submission ring
+    /// where the kernel offers one (default true): `media::outgoing`.
+    pub io_uring: bool,
 }
 
 /// The validated configuration.

@@ -133,6 +133,16 @@ fn media_workers_default_to_one_per_core_and_a_count_out_of_range_is_named() {
 }
 
 #[test]
+fn media_workers_send_through_io_uring_unless_told_not_to() {
+    assert!(parse("").unwrap().media.io_uring);
+    assert!(!parse("[media]\nio_uring = false\n").unwrap().media.io_uring);
+    let err = parse("[media]\nio_uring = \"off\"\n").unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert!(err.to_string().contains("expected a boolean"), "{err}");
+    assert!(err.to_string().contains(":2:"), "the line is named: {err}");
+}
+
+#[test]
 fn a_media_turn_defaults_to_2_ms_and_a_long_one_is_named() {
     assert_eq!(parse("").unwrap().media.turn_ms, 2);
     assert_eq!(parse("[media]\nturn_ms = 0\n").unwrap().media.turn_ms, 0);

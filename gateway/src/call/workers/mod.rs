@@ -325,9 +325,10 @@ impl Pace {
 
 impl MediaWorkers {
     /// Starts `count` worker threads (`media-0`, `media-1` …), each paced by `turn` once it is
-    /// busy ([`Pace`]; zero wakes per event). Must be called on the shared runtime, which
-    /// becomes [`MediaWorkers::control`].
-    pub fn start(count: usize, turn: Duration) -> std::io::Result<MediaWorkers> {
+    /// busy ([`Pace`]; zero wakes per event), sending through io_uring where `use_ring` and the
+    /// kernel allow (`media::outgoing`). Must be called on the shared runtime, which becomes
+    /// [`MediaWorkers::control`].
+    pub fn start(count: usize, turn: Duration, use_ring: bool) -> std::io::Result<MediaWorkers> {
         let control = Handle::current();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count.max(1) {
@@ -351,7 +352,7 @@ impl MediaWorkers {
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
                     let _ = opened.send(File::open("/proc/thread-self/schedstat").ok());
-                    crate::media::outgoing::hold_on_this_thread();
+                    crate::media::outgoing::hold_on_this_thread(use_ring);
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
                     crate::media::outgoing::flush();

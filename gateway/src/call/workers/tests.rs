@@ -13,7 +13,7 @@ async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
-    let workers = MediaWorkers::start(2, Duration::from_millis(2)).unwrap();
+    let workers = MediaWorkers::start(2, Duration::from_millis(2), true).unwrap();
     let (release, held) = tokio::sync::watch::channel(false);
     for _ in 0..4 {
         assert_eq!(spawn_held(&workers, &held).await, "media-0");
@@ -217,7 +217,7 @@ fn a_worker_threads_demand_is_its_run_and_wait_time() {
 /// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while
 /// `held` other calls sit idle on the same worker.
 async fn reader_wakes(turn: Duration, held: usize) -> Vec<Instant> {
-    let workers = MediaWorkers::start(1, turn).unwrap();
+    let workers = MediaWorkers::start(1, turn, true).unwrap();
     let (release, hold) = tokio::sync::watch::channel(false);
     for _ in 0..held {
         let mut hold = hold.clone();

@@ -10,9 +10,9 @@
 //! relayed calls, whose sends already followed each other closely, cost the same
 //! (docs/benchmarks-history.md §2).
 //!
-//! The datagrams a turn holds for one socket go in one `sendmmsg(2)`: the browsers' audio all
-//! leaves from the browser port's shared socket, so a turn sends it in one system call rather
-//! than one per datagram.
+//! A turn's datagrams, for every socket, go in one `io_uring_enter(2)` ([`ring`]) where the
+//! kernel offers io_uring. Elsewhere the datagrams a turn holds for one socket go in one
+//! `sendmmsg(2)`, and a socket's lone datagram in a `sendto(2)`.
 //!
 //! A media worker's thread holds what its calls send ([`hold_on_this_thread`]) and sends it
 //! before it parks ([`flush`]); on any other thread [`send`] sends at once. A datagram waits
@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+
+mod ring;
 
 /// The most datagrams held at once.
 pub const MAX_HELD: usize = 64;
@@ -52,6 +54,8 @@ struct Held {
     since: Option<Instant>,
     /// `sendmmsg`'s headers, made on the first flush that needs them.
     headers: Option<MultiHeaders<SockaddrStorage>>,
+    /// The thread's submission ring, where it has one.
+    ring: Option<ring::Ring>,
 }
 
 thread_local! {
@@ -59,9 +63,31 @@ thread_local! {
 }
 
 /// From now on this thread holds what [`send`] is given until [`flush`]: a media worker's
-/// thread, which flushes before it parks.
-pub fn hold_on_this_thread() {
-    HELD.with(|h| *h.borrow_mut() = Some(Held::default()));
+/// thread, which flushes before it parks. With `use_ring` it sends each turn's datagrams
+/// through an io_uring submission ring where the kernel lets it have one (`[media] io_uring`).
+pub fn hold_on_this_thread(use_ring: bool) {
+    let ring = use_ring
+        .then(|| ring::Ring::new(MAX_HELD as u32))
+        .and_then(|made| {
+            made.inspect_err(|e| {
+                tracing::info!(
+                    error = %e,
+                    "media sends: no io_uring for this worker; it sends with sendmmsg and sendto"
+                );
+            })
+            .ok()
+        });
+    HELD.with(|h| {
+        *h.borrow_mut() = Some(Held {
+            ring,
+            ..Held::default()
+        })
+    });
+}
+
+/// Whether this thread sends its turns through a submission ring.
+pub fn sends_with_ring() -> bool {
+    HELD.with(|h| h.borrow().as_ref().is_some_and(|held| held.ring.is_some()))
 }
 
 /// Sends `bytes` on `socket`, to `to` or (`None`) to the peer it is connected to: at the end
@@ -100,6 +126,30 @@ pub fn flush() {
         let Some(held) = h.as_mut() else {
             return;
         };
+        if let Some(ring) = held.ring.as_mut() {
+            let sent = ring.send(&held.datagrams, &held.bytes, &mut |d, e| {
+                log_failure(Err(e), d.to)
+            });
+            match sent {
+                Ok(()) => {
+                    held.datagrams.clear();
+                    held.bytes.clear();
+                    held.since = None;
+                    return;
+                }
+                Err(e) => {
+                    // Dropped before the batch's bytes are: entries it did not take point
+                    // into them. The batch goes the other way; a datagram the ring sent
+                    // before it failed may go twice, which RTP and SRTP receivers discard.
+                    held.ring = None;
+                    tracing::warn!(
+                        error = %e,
+                        "media sends: the io_uring ring failed; this worker sends with \
+                         sendmmsg and sendto from now on"
+                    );
+                }
+            }
+        }
         // Stable: a socket's datagrams keep their order (a flow's packets must not swap).
         held.datagrams
             .sort_by_key(|d| Arc::as_ptr(&d.socket) as usize);
@@ -208,12 +258,40 @@ mod tests {
         got
     }
 
+    /// Runs `test` on a worker's thread that sends through a ring where the kernel offers one,
+    /// then on one that sends with `sendmmsg` and `sendto`.
+    fn on_each_path(test: fn()) {
+        for use_ring in [true, false] {
+            std::thread::spawn(move || {
+                hold_on_this_thread(use_ring);
+                test()
+            })
+            .join()
+            .unwrap_or_else(|_| panic!("failed with use_ring = {use_ring}"));
+        }
+    }
+
+    #[test]
+    fn a_worker_thread_sends_through_a_ring_where_the_kernel_offers_one() {
+        std::thread::spawn(|| {
+            let offered = ring::Ring::new(MAX_HELD as u32).is_ok();
+            hold_on_this_thread(true);
+            assert_eq!(sends_with_ring(), offered);
+            hold_on_this_thread(false);
+            assert!(!sends_with_ring());
+            if !offered {
+                eprintln!("no io_uring here: only the sendmmsg and sendto path is tested");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn a_worker_thread_holds_its_datagrams_until_its_turn_ends_and_keeps_their_order() {
-        std::thread::spawn(|| {
+        on_each_path(|| {
             let (connected, a) = pair();
             let (unconnected, b) = pair();
-            hold_on_this_thread();
             send(&connected, b"one", None).unwrap();
             send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
             send(&connected, b"three", None).unwrap();
@@ -234,14 +312,12 @@ mod tests {
             std::thread::sleep(MAX_HOLD * 2);
             send(&connected, b"late", None).unwrap();
             assert_eq!(received(&a), vec![b"early".to_vec(), b"late".to_vec()]);
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn one_sockets_datagrams_keep_their_order_and_a_refused_one_loses_no_other() {
-        std::thread::spawn(|| {
+        on_each_path(|| {
             let shared = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
             let browsers: Vec<UdpSocket> = (0..3)
                 .map(|_| {
@@ -254,7 +330,6 @@ mod tests {
             // An IPv6 address on an IPv4 socket: the kernel refuses it (EAFNOSUPPORT).
             let nowhere = Some("[::1]:9".parse().unwrap());
             let (trunk, trunk_peer) = pair();
-            hold_on_this_thread();
             // Refused first in its batch, then in the middle of one.
             send(&shared, b"refused", nowhere).unwrap();
             for round in 0..3u8 {
@@ -279,9 +354,7 @@ mod tests {
                 received(&trunk_peer),
                 vec![b"t\0".to_vec(), b"t\x01".to_vec(), b"t\x02".to_vec()]
             );
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
