@@ -9,9 +9,9 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
-       [--workers N] [--turn-ms N] [--complexity N] [--opus-trunk | --g722-trunk] [--no-build]
-       [--full-band] [--media-load-pct N] [--economy-load-pct N] [--ramp-rate R] [--trace]
-       [--profile]
+       [--workers N] [--turn-ms N] [--no-io-uring] [--complexity N]
+       [--opus-trunk | --g722-trunk] [--no-build] [--full-band] [--media-load-pct N]
+       [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 With --profile each step's window is also recorded with `perf` (sampling at 999 Hz, with call
@@ -105,10 +105,12 @@ number = "100"
 """
 
 
-def media_section(complexity=None, workers=None, turn_ms=None):
+def media_section(complexity=None, workers=None, turn_ms=None, io_uring=None):
     """The gateway's `[media]` settings that were asked for (none: its defaults)."""
-    media = [f"{key} = {value}" for key, value in
-             (("opus_complexity", complexity), ("workers", workers), ("turn_ms", turn_ms))
+    media = [f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
+             for key, value in
+             (("opus_complexity", complexity), ("workers", workers), ("turn_ms", turn_ms),
+              ("io_uring", io_uring))
              if value is not None]
     return "\n[media]\n" + "\n".join(media) + "\n" if media else ""
 
@@ -399,6 +401,9 @@ def main():
                       help="the gateway's media.opus_complexity (default: its default, 1)")
     args.add_argument("--workers", type=int, default=None,
                       help="the gateway's media.workers (default: its default, one per core)")
+    args.add_argument("--no-io-uring", action="store_true",
+                      help="the gateway's media workers send with sendmmsg and sendto, as where "
+                           "the kernel refuses io_uring (media.io_uring = false)")
     args.add_argument("--turn-ms", type=int, default=None,
                       help="the gateway's media.turn_ms (default: its default, 2)")
     args.add_argument("--opus-trunk", action="store_true",
@@ -437,7 +442,8 @@ def main():
     if not shutil.which("sipp"):
         sys.exit("sipp not found: scripts/install-deps.sh installs it")
     OUT.mkdir(parents=True, exist_ok=True)
-    text = config(max(steps) + 100) + media_section(a.complexity, a.workers, a.turn_ms)
+    text = config(max(steps) + 100) + media_section(
+        a.complexity, a.workers, a.turn_ms, False if a.no_io_uring else None)
     if a.media_load_pct is not None:
         text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
     if a.economy_load_pct is not None:

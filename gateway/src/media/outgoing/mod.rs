@@ -118,8 +118,8 @@ pub fn send(socket: &Arc<UdpSocket>, bytes: &[u8], to: Option<SocketAddr>) -> st
     }
 }
 
-/// Sends what this thread holds: each socket's datagrams in the order they were given, in one
-/// system call.
+/// Sends what this thread holds, each socket's datagrams in the order they were given: all in
+/// one system call through the thread's ring, else one system call per socket.
 pub fn flush() {
     HELD.with(|h| {
         let mut h = h.borrow_mut();

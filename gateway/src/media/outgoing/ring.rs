@@ -17,9 +17,9 @@
 //! from a buffer the worker has reused. The ring still waits for every completion before the
 //! batch's buffers are let go.
 //!
-//! Where the kernel has no io_uring for the gateway (older than 5.19, `kernel.io_uring_disabled`,
-//! a container's seccomp profile that refuses `io_uring_setup`), [`Ring::new`] says why and
-//! the worker sends as before, with `sendmmsg` and `sendto`.
+//! Where the kernel has no io_uring for the gateway (`kernel.io_uring_disabled`, a
+//! container's seccomp profile that refuses `io_uring_setup`, a kernel built without it),
+//! [`Ring::new`] says why and the worker sends as before, with `sendmmsg` and `sendto`.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -48,8 +48,13 @@ impl Ring {
             .setup_submit_all()
             // Completions need no interrupt of the worker's thread: it reaps them itself (5.19).
             .setup_coop_taskrun()
+            // Only this thread submits, so the kernel need not lock for others (6.0).
             .setup_single_issuer()
-            .build(entries)?;
+            .build(entries)
+            // An older kernel refuses those flags (EINVAL) but has the ring without them: an
+            // entry it cannot take then stops the submission, and `send_batch` submits the
+            // rest again.
+            .or_else(|_| IoUring::new(entries))?;
         let entries = entries as usize;
         Ok(Ring {
             ring,
