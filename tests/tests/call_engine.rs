@@ -280,6 +280,18 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
             "{name} is not empty: {metrics}"
         );
     }
+    // These calls' media went through io_uring wherever this kernel lets a process have it.
+    let offered = io_uring::IoUring::new(8).is_ok();
+    let workers: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_media_worker_io_uring{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!workers.is_empty(), "{metrics}");
+    assert!(
+        workers.iter().all(|&w| w == u64::from(offered)),
+        "io_uring offered: {offered}; the workers: {workers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,6 +340,11 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
     assert_eq!(
         gauge(&metrics, "gateway_media_worker_calls{worker=\"0\"}"),
         Some(CALLS as u64)
+    );
+    assert_eq!(
+        gauge(&metrics, "gateway_media_worker_io_uring{worker=\"0\"}"),
+        Some(0),
+        "told not to, the worker sends without io_uring"
     );
     assert!(
         woke as f64 <= turns * 1.1 + 5.0,

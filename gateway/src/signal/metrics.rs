@@ -207,6 +207,18 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         ));
     }
     text.push_str(
+        "# HELP gateway_media_worker_io_uring Whether each media worker thread sends through \
+         io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, or the kernel \
+         or a seccomp profile refused io_uring; the log says which).\n\
+         # TYPE gateway_media_worker_io_uring gauge\n",
+    );
+    for (worker, ring) in ctx.workers.io_uring().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_io_uring{{worker=\"{worker}\"}} {}\n",
+            u8::from(ring)
+        ));
+    }
+    text.push_str(
         "# HELP gateway_media_worker_busy_seconds_total Time each media worker thread spent \
          running its calls (its rate is the share of a core the worker uses; new calls go to \
          the first worker under half busy).\n\

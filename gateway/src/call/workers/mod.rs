@@ -49,6 +49,8 @@ struct Worker {
     /// The worker thread's `/proc/thread-self/schedstat`, opened by the thread itself; `None`
     /// where the kernel has no scheduler statistics (its demand is then its busy time).
     schedstat: Option<File>,
+    /// Whether the thread sends through an io_uring ring (`media::outgoing`).
+    io_uring: bool,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
 }
@@ -351,16 +353,19 @@ impl MediaWorkers {
                 .name(format!("media-{i}"))
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
-                    let _ = opened.send(File::open("/proc/thread-self/schedstat").ok());
+                    let schedstat = File::open("/proc/thread-self/schedstat").ok();
                     crate::media::outgoing::hold_on_this_thread(use_ring);
+                    let _ = opened.send((schedstat, crate::media::outgoing::sends_with_ring()));
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
                     crate::media::outgoing::flush();
                 })?;
+            let (schedstat, io_uring) = schedstat.recv().unwrap_or((None, false));
             workers.push(Worker {
                 handle,
                 pace,
-                schedstat: schedstat.recv().ok().flatten(),
+                schedstat,
+                io_uring,
                 _stop: stop,
             });
         }
@@ -466,6 +471,12 @@ impl MediaWorkers {
             .iter()
             .map(|w| w.pace.wakeups.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Whether each worker's thread sends through an io_uring ring (for `/metrics`): not where
+    /// `[media] io_uring` is off or the kernel refused the ring.
+    pub fn io_uring(&self) -> Vec<bool> {
+        self.workers.iter().map(|w| w.io_uring).collect()
     }
 
     /// Seconds each worker's thread has been busy since it started (for `/metrics`).
