@@ -288,6 +288,36 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_that_fails_is_dropped_and_its_batch_goes_the_other_way() {
+        std::thread::spawn(|| {
+            hold_on_this_thread(true);
+            if !sends_with_ring() {
+                eprintln!("no io_uring here: nothing to fail");
+                return;
+            }
+            let (connected, a) = pair();
+            let (unconnected, b) = pair();
+            HELD.with(|h| {
+                let mut h = h.borrow_mut();
+                h.as_mut().unwrap().ring.as_mut().unwrap().refuse_next = true;
+            });
+            send(&connected, b"one", None).unwrap();
+            send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
+            send(&connected, b"three", None).unwrap();
+            flush();
+            // Each once, in order: the entries the ring did not take went with it.
+            assert_eq!(received(&a), vec![b"one".to_vec(), b"three".to_vec()]);
+            assert_eq!(received(&b), vec![b"two".to_vec()]);
+            assert!(!sends_with_ring(), "a ring that failed is not used again");
+            send(&connected, b"four", None).unwrap();
+            flush();
+            assert_eq!(received(&a), vec![b"four".to_vec()]);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn a_worker_thread_holds_its_datagrams_until_its_turn_ends_and_keeps_their_order() {
         on_each_path(|| {
             let (connected, a) = pair();
