@@ -1,6 +1,8 @@
 //! `gateway run`: the long-running gateway: SIP listeners, trunk registrations and health
 //! checks, the inbound policy, the shared WebRTC media port and the HTTP side.
 
+mod descriptors;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -72,6 +74,20 @@ async fn wait_while(limit: Duration, busy: impl Fn() -> bool) {
 
 /// Starts listeners, registrations, health checks and the inbound-request policy.
 pub async fn start(config: &Config) -> Result<Gateway, String> {
+    // Before any call opens a descriptor: the table does not grow under calls (`descriptors`).
+    let wanted =
+        config.limits.max_calls as usize * descriptors::PER_CALL + descriptors::BESIDES_CALLS;
+    match descriptors::reserve(wanted) {
+        Ok(room) if room < wanted => tracing::warn!(
+            room,
+            wanted,
+            max_calls = config.limits.max_calls,
+            "the open-files limit (RLIMIT_NOFILE) is below what [limits] max_calls may need: \
+             raise it (`ulimit -n`, systemd's LimitNOFILE, the container's nofile ulimit)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot grow the file descriptor table"),
+    }
     let tls = match (&config.sip.tls, &config.sip.tls_identity) {
         (Some(addr), Some((cert, key))) => Some((*addr, tls_server_config(cert, key)?)),
         _ => None,
