@@ -282,10 +282,13 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
     }
     // These calls' media went through io_uring wherever this kernel lets a process have it.
     let offered = io_uring::IoUring::new(8).is_ok();
-    let workers: Vec<u64> = metrics
-        .lines()
-        .filter(|l| l.starts_with("gateway_media_worker_io_uring{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+    let workers: Vec<u64> = (0..)
+        .map_while(|w| {
+            gauge(
+                &metrics,
+                &format!("gateway_media_worker_io_uring{{worker=\"{w}\"}}"),
+            )
+        })
         .collect();
     assert!(!workers.is_empty(), "{metrics}");
     assert!(

@@ -126,43 +126,42 @@ pub fn flush() {
         let Some(held) = h.as_mut() else {
             return;
         };
-        if let Some(ring) = held.ring.as_mut() {
-            let sent = ring.send(&held.datagrams, &held.bytes, &mut |d, e| {
+        let by_ring = held.ring.as_mut().map(|ring| {
+            ring.send(&held.datagrams, &held.bytes, &mut |d, e| {
                 log_failure(Err(e), d.to)
-            });
-            match sent {
-                Ok(()) => {
-                    held.datagrams.clear();
-                    held.bytes.clear();
-                    held.since = None;
-                    return;
-                }
-                Err(e) => {
-                    // Dropped before the batch's bytes are: entries it did not take point
-                    // into them. The batch goes the other way; a datagram the ring sent
-                    // before it failed may go twice, which RTP and SRTP receivers discard.
-                    held.ring = None;
-                    tracing::warn!(
-                        error = %e,
-                        "media sends: the io_uring ring failed; this worker sends with \
-                         sendmmsg and sendto from now on"
-                    );
-                }
+            })
+        });
+        let sent = match by_ring {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                // Dropped before the batch's bytes are: entries it did not take point into
+                // them. The batch goes the other way; a datagram the ring sent before it
+                // failed may go twice, which RTP and SRTP receivers discard.
+                held.ring = None;
+                tracing::warn!(
+                    error = %e,
+                    "media sends: the io_uring ring failed; this worker sends with sendmmsg \
+                     and sendto from now on"
+                );
+                false
             }
-        }
-        // Stable: a socket's datagrams keep their order (a flow's packets must not swap).
-        held.datagrams
-            .sort_by_key(|d| Arc::as_ptr(&d.socket) as usize);
-        for group in held
-            .datagrams
-            .chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket))
-        {
-            match group {
-                [one] => log_failure(
-                    send_now(&one.socket, &held.bytes[one.start..one.end], one.to),
-                    one.to,
-                ),
-                _ => send_together(&mut held.headers, group, &held.bytes),
+            None => false,
+        };
+        if !sent {
+            // Stable: a socket's datagrams keep their order (a flow's packets must not swap).
+            held.datagrams
+                .sort_by_key(|d| Arc::as_ptr(&d.socket) as usize);
+            for group in held
+                .datagrams
+                .chunk_by(|a, b| Arc::ptr_eq(&a.socket, &b.socket))
+            {
+                match group {
+                    [one] => log_failure(
+                        send_now(&one.socket, &held.bytes[one.start..one.end], one.to),
+                        one.to,
+                    ),
+                    _ => send_together(&mut held.headers, group, &held.bytes),
+                }
             }
         }
         held.datagrams.clear();
