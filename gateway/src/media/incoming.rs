@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::io::{ErrorKind, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
@@ -19,18 +20,20 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 /// A media socket a call reads, registered with its worker's reactor for reading only
-/// ([`receiver`]).
-pub type Receiver = AsyncFd<std::net::UdpSocket>;
+/// ([`receiver`]). Shared: what the call sends on the same socket holds it too
+/// ([`crate::media::outgoing::send`]), so it needs no second descriptor.
+pub type Receiver = AsyncFd<Arc<std::net::UdpSocket>>;
 
 /// Registers `socket` with the current runtime's reactor for reading only. Why not as a
 /// tokio `UdpSocket`: that registers for writing too, and a trunk's socket sends 50 datagrams
-/// a second through a clone of itself (`outgoing::send`): each send whose buffer the kernel
-/// freed then posted an `EPOLLOUT` event, which the worker's `epoll_wait` polled the socket
-/// for and its reactor handled, for nothing — no task ever waits to write.
-pub fn receiver(socket: std::net::UdpSocket) -> std::io::Result<Receiver> {
+/// a second (`outgoing::send`): each send whose buffer the kernel freed then posted an
+/// `EPOLLOUT` event, which the worker's `epoll_wait` polled the socket for and its reactor
+/// handled, for nothing — no task ever waits to write.
+pub fn receiver(socket: Arc<std::net::UdpSocket>) -> std::io::Result<Receiver> {
     socket.set_nonblocking(true)?;
-    // SAFETY: the std socket owns its descriptor until the `AsyncFd` drops it, and `as_raw_fd`
-    // always names it (what `register_with_interest` asks of its caller).
+    // SAFETY: the socket's descriptor stays open while the `AsyncFd` holds its share, and
+    // `as_raw_fd` always names it (what `register_with_interest` asks of its caller). The
+    // `AsyncFd` deregisters it when dropped; a send still held elsewhere closes it later.
     Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
 }
 
@@ -248,7 +251,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_short_read_drains_the_socket_without_a_read_that_finds_nothing() {
-        let socket = receiver(std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).unwrap();
+        let socket = receiver(Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())).unwrap();
         let to = socket.get_ref().local_addr().unwrap();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut bufs = [[0u8; DATAGRAM]; BATCH];

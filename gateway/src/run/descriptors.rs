@@ -3,20 +3,21 @@
 //! Why: Linux grows a process's descriptor table by doubling it when a new descriptor does not
 //! fit, and in a process of more than one thread it waits for an RCU grace period before it
 //! lets the old table go (`expand_fdtable`, fs/file.c). The thread that opens the descriptor
-//! waits. On the benchmark box a media worker copying a new call's RTP socket (`dup`) crossed
-//! 256 descriptors and took 12 ms (`perf trace --duration 2 -t <media-0>`), and every call on
-//! that worker waited with it: the set-up p99 of 100 relayed calls read 16–21 ms in half the
-//! runs instead of 7–9 (BENCHMARKS.md §3). Grown at start-up, the table does not grow while
-//! calls run.
+//! waits. On the benchmark box a media worker copying a new call's RTP socket (`dup`; calls
+//! now share the socket instead) crossed 256 descriptors and took 12 ms (`perf trace
+//! --duration 2 -t <media-0>`), and every call on that worker waited with it: the set-up p99
+//! of 100 relayed calls read 16–21 ms in half the runs instead of 7–9 (BENCHMARKS.md §3). A
+//! worker opening a call's direct path crosses the same lines. Grown at start-up, the table
+//! does not grow while calls run.
 
 use std::io;
 use std::os::fd::AsRawFd;
 
 use nix::libc;
 
-/// Descriptors a call may hold: its trunk RTP socket and the copy its receiver reads, its
-/// browser leg's direct path, and its share of a WebSocket.
-pub const PER_CALL: usize = 4;
+/// Descriptors a call may hold: its trunk RTP socket, its browser leg's direct path, and its
+/// share of a WebSocket.
+pub const PER_CALL: usize = 3;
 
 /// Descriptors besides the calls': listeners, SIP connections, plugins, logs.
 pub const BESIDES_CALLS: usize = 256;

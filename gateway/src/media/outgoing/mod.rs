@@ -90,6 +90,19 @@ pub fn sends_with_ring() -> bool {
     HELD.with(|h| h.borrow().as_ref().is_some_and(|held| held.ring.is_some()))
 }
 
+/// Tests: the socket and address of each datagram this thread holds, in order.
+#[cfg(test)]
+pub(crate) fn held() -> Vec<(std::os::fd::RawFd, Option<SocketAddr>)> {
+    HELD.with(|h| {
+        h.borrow().as_ref().map_or(Vec::new(), |held| {
+            held.datagrams
+                .iter()
+                .map(|d| (d.socket.as_raw_fd(), d.to))
+                .collect()
+        })
+    })
+}
+
 /// Sends `bytes` on `socket`, to `to` or (`None`) to the peer it is connected to: at the end
 /// of the worker's turn on a media worker's thread, else now. A send that fails later is
 /// logged, as one that fails now is by the caller.

@@ -170,8 +170,8 @@ pub struct RtpStream {
     /// the reactor of the call's media worker, which runs the call (`call::workers`), not
     /// the one of the task that happened to bind it.
     socket: Option<incoming::Receiver>,
-    /// The same socket for sending: a plain non-blocking send never waits for the reactor
-    /// to learn the socket is writable, so no frame is lost at start-up.
+    /// The same socket, shared, for sending: a plain non-blocking send never waits for the
+    /// reactor to learn the socket is writable, so no frame is lost at start-up.
     sender_socket: Arc<std::net::UdpSocket>,
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
@@ -490,7 +490,7 @@ impl RtpStream {
     fn receiver(&mut self) -> std::io::Result<&incoming::Receiver> {
         Ok(match &mut self.socket {
             Some(socket) => socket,
-            empty => empty.insert(incoming::receiver(self.sender_socket.try_clone()?)?),
+            empty => empty.insert(incoming::receiver(self.sender_socket.clone())?),
         })
     }
 
