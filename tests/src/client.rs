@@ -338,6 +338,8 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     // Light mode and a looped tone: one second of the tone, taken once the gateway's
     // description is in ([`tone_loop`]).
     let mut tone_loop: Arc<[Bytes]> = Arc::new([]);
+    // The loop while a blocking thread codes it ([`start_sending`]).
+    let mut loop_coding: Option<tokio::task::JoinHandle<anyhow::Result<Arc<[Bytes]>>>> = None;
     let mut loop_index = 0usize;
     let mut arrivals = Arrivals::new();
     // Light mode protects its RTP itself, without the stack's pipeline.
@@ -620,6 +622,10 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
             _ = tokio::time::sleep_until(timer.into()) => {
                 let _ = pc.handle_timeout(Instant::now());
             }
+            coded = async { loop_coding.as_mut().expect("guarded").await }, if loop_coding.is_some() => {
+                loop_coding = None;
+                tone_loop = coded??;
+            }
             msg = ws.next() => {
                 let Some(Ok(Message::Text(t))) = msg else { break };
                 let v: Value = serde_json::from_str(&t)?;
@@ -630,7 +636,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
                         resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
-                        start_sending(&mut opus_sender, &mut tone_loop, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
+                        start_sending(&mut opus_sender, &mut tone_loop, &mut loop_coding, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
                     }
                     "incoming" if report.call_id.is_none() && options.ignore_incoming => {
                         report.call_id = v["call_id"].as_str().map(str::to_owned);
@@ -640,7 +646,7 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         resume_token = v["resume_token"].as_str().unwrap_or("").to_owned();
                         report.incoming = Some(v.clone());
                         pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
-                        start_sending(&mut opus_sender, &mut tone_loop, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
+                        start_sending(&mut opus_sender, &mut tone_loop, &mut loop_coding, v["sdp"].as_str().unwrap_or(""), options, &mut report)?;
                         let answer = pc.create_answer(None)?;
                         pc.set_local_description(Instant::now(), answer)?;
                         let sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
@@ -804,20 +810,30 @@ fn rand_u32() -> u32 {
 }
 
 /// Sets up the call's Opus sender from the gateway's first description, or when it sends a
-/// tone loop ([`CallOptions::sends_tone_loop`]) takes the loop for it ([`tone_loop_for`]).
+/// tone loop ([`CallOptions::sends_tone_loop`]) has the loop for it taken on a blocking thread
+/// (`coding`, [`tone_loop_for`]).
+///
+/// Why not here: the first caller of a process codes the loop, 100 frames at 48 kHz, some 20
+/// ms. Coded on the call's task, it held up the call's signaling and ICE meanwhile: the first
+/// call of every `loadgen --light` run read 20 ms of set-up, which at 50 calls was the p99
+/// (the gateway's own INVITE to 2xx for that call: 1.5–3.5 ms).
 fn start_sending(
     sender: &mut Option<BrowserOpus>,
     tone_loop: &mut Arc<[Bytes]>,
+    coding: &mut Option<tokio::task::JoinHandle<anyhow::Result<Arc<[Bytes]>>>>,
     description: &str,
     options: &CallOptions,
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
-    if sender.is_some() || !tone_loop.is_empty() {
+    if sender.is_some() || !tone_loop.is_empty() || coding.is_some() {
         return Ok(());
     }
     report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
     if options.sends_tone_loop() {
-        *tone_loop = tone_loop_for(description, options)?;
+        let (description, options) = (description.to_owned(), options.clone());
+        *coding = Some(tokio::task::spawn_blocking(move || {
+            tone_loop_for(&description, &options)
+        }));
     } else {
         *sender = Some(tone_coder(description, options)?);
     }

@@ -65,6 +65,10 @@ struct Summary {
     calls_failed: usize,
     setup_ms_p50: Option<f64>,
     setup_ms_p99: Option<f64>,
+    /// The slowest call's setup, and the first call's (the gateway's first call after it
+    /// starts pages in code and warms its caches).
+    setup_ms_max: Option<f64>,
+    setup_ms_first: Option<f64>,
     packets_sent: u64,
     packets_received: u64,
     loss_pct: f64,
@@ -150,6 +154,12 @@ async fn main() -> std::process::ExitCode {
         calls_failed: args.calls - good.len(),
         setup_ms_p50: percentile(&setups, 50.0),
         setup_ms_p99: percentile(&setups, 99.0),
+        setup_ms_max: setups.last().map(|ms| (ms * 100.0).round() / 100.0),
+        setup_ms_first: reports
+            .first()
+            .filter(|r| ok(r))
+            .and_then(|r| r.setup_ms)
+            .map(|ms| (ms * 100.0).round() / 100.0),
         packets_sent: sent,
         packets_received: received,
         // Loss on the way back to the callers, from RTP sequence gaps: the pipeline's start-up
