@@ -576,6 +576,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_browser_port_that_closes_and_opens_again_costs_its_direct_path_one_error() {
+        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = browser.local_addr().unwrap();
+        let mut direct = mux.connect(peer).unwrap();
+        drop(browser);
+        // Sent on the connected socket itself (this is no worker's thread): the closed port
+        // answers with an ICMP error, which the socket reports to its next read.
+        outgoing::send(direct.socket.get_ref(), b"audio", None).unwrap();
+        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), next)
+                .await
+                .is_err(),
+            "no datagram, and the error read and let go"
+        );
+        // The browser's port again: its datagrams come through.
+        let browser = std::net::UdpSocket::bind(peer).unwrap();
+        browser.send_to(&[0x80, 0, 0, 1], mux.local_addr()).unwrap();
+        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
+        let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("the browser's datagram after the error");
+        assert_eq!((&datagram[..], from), (&[0x80, 0, 0, 1][..], peer));
+    }
+
+    #[tokio::test]
     async fn an_ice_restart_routes_the_new_ufrag_and_forgets_all_but_the_media_address() {
         let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let to = mux.local_addr();
