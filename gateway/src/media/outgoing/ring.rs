@@ -18,7 +18,8 @@
 //! batch's buffers are let go.
 //!
 //! Where the kernel has no io_uring for the gateway (`kernel.io_uring_disabled`, a
-//! container's seccomp profile that refuses `io_uring_setup`, a kernel built without it),
+//! container's seccomp profile that refuses `io_uring_setup`, a kernel built without it or
+//! older than 5.6, which cannot say whether its ring sends datagrams),
 //! [`Ring::new`] says why and the worker sends as before, with `sendmmsg` and `sendto`.
 
 use std::io;
@@ -58,6 +59,22 @@ impl Ring {
             // entry it cannot take then stops the submission, and `send_batch` submits the
             // rest again.
             .or_else(|_| IoUring::new(entries))?;
+        // Linux 5.1 and 5.2 have rings but no `IORING_OP_SENDMSG` (5.3): there every entry
+        // would fail, and the worker's datagrams with it. Probing needs 5.6; a kernel that
+        // cannot say is taken for one without.
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot ask the ring what it supports: {e}"),
+            )
+        })?;
+        if !probe.is_supported(opcode::SendMsg::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this kernel's io_uring cannot send datagrams (no IORING_OP_SENDMSG)",
+            ));
+        }
         let entries = entries as usize;
         Ok(Ring {
             ring,
