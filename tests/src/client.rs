@@ -816,7 +816,7 @@ fn rand_u32() -> u32 {
 /// Why not here: the first caller of a process codes the loop, 100 frames at 48 kHz, some 20
 /// ms. Coded on the call's task, it held up the call's signaling and ICE meanwhile: the first
 /// call of every `loadgen --light` run read 20 ms of set-up, which at 50 calls was the p99
-/// (the gateway's own INVITE to 2xx for that call: 1.5–3.5 ms).
+/// (the gateway's own INVITE to 2xx for that call: 1.3–3.8 ms).
 fn start_sending(
     sender: &mut Option<BrowserOpus>,
     tone_loop: &mut Arc<[Bytes]>,
