@@ -327,8 +327,8 @@ impl DirectPath {
     ///
     /// Why: an unconnected socket looks the route up for every datagram it sends
     /// (`ip_route_output_flow`), a connected one keeps the route it found at `connect` (UDP's
-    /// cached destination, net/ipv4/udp.c); on the benchmark box a loopback send cost 10 %
-    /// less so. A ring sends every socket's datagrams in one submission, so nothing is lost
+    /// cached destination, net/ipv4/udp.c); on the benchmark box a loopback send through a
+    /// ring cost 8–10 % less so (`cargo bench -p gateway --bench udp_send`). A ring sends every socket's datagrams in one submission, so nothing is lost
     /// by using the call's own. Without a ring, one `sendmmsg` on the shared socket carries
     /// all the browsers' datagrams of a turn ([`outgoing::flush`]): fewer system calls is the
     /// larger saving there.

@@ -65,8 +65,8 @@ struct Summary {
     calls_failed: usize,
     setup_ms_p50: Option<f64>,
     setup_ms_p99: Option<f64>,
-    /// The slowest call's setup, and the first call's (the gateway's first call after it
-    /// starts pages in code and warms its caches).
+    /// The slowest call's set-up, and the first call's: of 50 calls the p99's rank is the
+    /// slowest, so these say whether one call alone made it.
     setup_ms_max: Option<f64>,
     setup_ms_first: Option<f64>,
     packets_sent: u64,
