@@ -325,8 +325,52 @@ mod tests {
         .unwrap();
     }
 
+    /// From now on this thread's `io_uring_enter(2)` fails with `EPERM`, as under a seccomp
+    /// profile that lets a process set a ring up but not use it: a filter of this thread alone
+    /// (seccomp(2), `SECCOMP_MODE_FILTER` without `TSYNC`). False where the kernel refuses
+    /// the filter.
+    fn refuse_io_uring_enter_on_this_thread() -> bool {
+        let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: code as u16,
+            jt,
+            jf,
+            k,
+        };
+        let filter = [
+            // The system call's number (`seccomp_data.nr`, offset 0).
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
+            op(
+                libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                libc::SYS_io_uring_enter as u32,
+                0,
+                1,
+            ),
+            op(
+                libc::BPF_RET | libc::BPF_K,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+                0,
+                0,
+            ),
+            op(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW, 0, 0),
+        ];
+        let program = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: prctl(2) with these options reads only the program given, which outlives
+        // the call; both apply to this thread alone.
+        unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                && libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) == 0
+        }
+    }
+
     #[test]
-    fn a_ring_that_fails_is_dropped_and_its_batch_goes_the_other_way() {
+    fn a_ring_the_kernel_stops_using_is_dropped_and_its_batch_goes_the_other_way() {
         std::thread::spawn(|| {
             hold_on_this_thread(true);
             if !sends_with_ring() {
@@ -335,13 +379,13 @@ mod tests {
             }
             let (connected, a) = pair();
             let (unconnected, b) = pair();
-            HELD.with(|h| {
-                let mut h = h.borrow_mut();
-                h.as_mut().unwrap().ring.as_mut().unwrap().refuse_next = true;
-            });
             send(&connected, b"one", None).unwrap();
             send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
             send(&connected, b"three", None).unwrap();
+            if !refuse_io_uring_enter_on_this_thread() {
+                eprintln!("no seccomp filter for this test: the ring's failure is not tested");
+                return;
+            }
             flush();
             // Each once, in order: the entries the ring did not take went with it.
             assert_eq!(received(&a), vec![b"one".to_vec(), b"three".to_vec()]);

@@ -39,9 +39,6 @@ pub(super) struct Ring {
     headers: Vec<libc::msghdr>,
     slices: Vec<libc::iovec>,
     addrs: Vec<Option<SockaddrStorage>>,
-    /// Tests: the next batch fails as if `io_uring_enter` refused it, its entries queued.
-    #[cfg(test)]
-    pub(super) refuse_next: bool,
 }
 
 impl Ring {
@@ -82,8 +79,6 @@ impl Ring {
             headers: Vec::with_capacity(entries),
             slices: Vec::with_capacity(entries),
             addrs: Vec::with_capacity(entries),
-            #[cfg(test)]
-            refuse_next: false,
         })
     }
 
@@ -142,10 +137,6 @@ impl Ring {
                 unsafe { queue.push(&entry) }
                     .map_err(|_| io::Error::other("the submission ring is full"))?;
             }
-        }
-        #[cfg(test)]
-        if std::mem::take(&mut self.refuse_next) {
-            return Err(io::Error::other("refused by a test"));
         }
         let mut done = 0;
         while done < batch.len() {
