@@ -325,11 +325,10 @@ mod tests {
         .unwrap();
     }
 
-    /// From now on this thread's `io_uring_enter(2)` fails with `EPERM`, as under a seccomp
-    /// profile that lets a process set a ring up but not use it: a filter of this thread alone
-    /// (seccomp(2), `SECCOMP_MODE_FILTER` without `TSYNC`). False where the kernel refuses
-    /// the filter.
-    fn refuse_io_uring_enter_on_this_thread() -> bool {
+    /// From now on this thread's system call `number` fails with `EPERM`, as under a
+    /// container's seccomp profile: a filter of this thread alone (seccomp(2),
+    /// `SECCOMP_MODE_FILTER` without `TSYNC`). False where the kernel refuses the filter.
+    fn refuse_on_this_thread(number: libc::c_long) -> bool {
         let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
             code: code as u16,
             jt,
@@ -341,7 +340,7 @@ mod tests {
             op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0),
             op(
                 libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
-                libc::SYS_io_uring_enter as u32,
+                number as u32,
                 0,
                 1,
             ),
@@ -382,7 +381,8 @@ mod tests {
             send(&connected, b"one", None).unwrap();
             send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
             send(&connected, b"three", None).unwrap();
-            if !refuse_io_uring_enter_on_this_thread() {
+            // A profile that lets a process set a ring up but not use it.
+            if !refuse_on_this_thread(libc::SYS_io_uring_enter) {
                 eprintln!("no seccomp filter for this test: the ring's failure is not tested");
                 return;
             }
@@ -397,6 +397,31 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_worker_whose_kernel_refuses_it_a_ring_sends_without_one() {
+        // Docker's default profile refuses `io_uring_setup`; one that allows setting a ring up
+        // but not asking it what it supports (`io_uring_register`) leaves the probe unanswered.
+        for (name, number) in [
+            ("io_uring_setup", libc::SYS_io_uring_setup),
+            ("io_uring_register", libc::SYS_io_uring_register),
+        ] {
+            std::thread::spawn(move || {
+                if !refuse_on_this_thread(number) {
+                    eprintln!("no seccomp filter for this test: nothing refused");
+                    return;
+                }
+                hold_on_this_thread(true);
+                assert!(!sends_with_ring(), "{name} refused");
+                let (connected, a) = pair();
+                send(&connected, b"one", None).unwrap();
+                flush();
+                assert_eq!(received(&a), vec![b"one".to_vec()]);
+            })
+            .join()
+            .unwrap();
+        }
     }
 
     #[test]
