@@ -208,8 +208,8 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     }
     text.push_str(
         "# HELP gateway_media_worker_io_uring Whether each media worker thread sends through \
-         io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, or the kernel \
-         or a seccomp profile refused io_uring; the log says which).\n\
+         io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, the kernel \
+         or a seccomp profile refused io_uring, or the ring failed; the log says which).\n\
          # TYPE gateway_media_worker_io_uring gauge\n",
     );
     for (worker, ring) in ctx.workers.io_uring().into_iter().enumerate() {

@@ -49,8 +49,6 @@ struct Worker {
     /// The worker thread's `/proc/thread-self/schedstat`, opened by the thread itself; `None`
     /// where the kernel has no scheduler statistics (its demand is then its busy time).
     schedstat: Option<File>,
-    /// Whether the thread sends through an io_uring ring (`media::outgoing`).
-    io_uring: bool,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
 }
@@ -288,6 +286,9 @@ struct Pace {
     /// Time the worker's thread was awake, ns: from waking to the end of its turn's work
     /// (the paced wait not included).
     busy_ns: AtomicU64,
+    /// Whether the thread sends through an io_uring ring (`media::outgoing`), as of its last
+    /// turn: a ring that fails is dropped, and the thread sends without one from then on.
+    io_uring: AtomicBool,
 }
 
 impl Pace {
@@ -298,6 +299,7 @@ impl Pace {
             woke: Mutex::new(Instant::now()),
             wakeups: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            io_uring: AtomicBool::new(false),
         }
     }
 
@@ -342,6 +344,9 @@ impl MediaWorkers {
                 .on_thread_park(move || {
                     // The turn's datagrams go before any wait for the next.
                     crate::media::outgoing::flush();
+                    parked
+                        .io_uring
+                        .store(crate::media::outgoing::sends_with_ring(), Ordering::Relaxed);
                     parked.before_park()
                 })
                 .on_thread_unpark(move || unparked.after_unpark())
@@ -349,23 +354,25 @@ impl MediaWorkers {
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let (opened, schedstat) = std::sync::mpsc::sync_channel(1);
+            let started = pace.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
                     let schedstat = File::open("/proc/thread-self/schedstat").ok();
                     crate::media::outgoing::hold_on_this_thread(use_ring);
-                    let _ = opened.send((schedstat, crate::media::outgoing::sends_with_ring()));
+                    started
+                        .io_uring
+                        .store(crate::media::outgoing::sends_with_ring(), Ordering::Relaxed);
+                    let _ = opened.send(schedstat);
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
                     crate::media::outgoing::flush();
                 })?;
-            let (schedstat, io_uring) = schedstat.recv().unwrap_or((None, false));
             workers.push(Worker {
                 handle,
                 pace,
-                schedstat,
-                io_uring,
+                schedstat: schedstat.recv().ok().flatten(),
                 _stop: stop,
             });
         }
@@ -474,9 +481,12 @@ impl MediaWorkers {
     }
 
     /// Whether each worker's thread sends through an io_uring ring (for `/metrics`): not where
-    /// `[media] io_uring` is off or the kernel refused the ring.
+    /// `[media] io_uring` is off, the kernel refused the ring, or the ring failed since.
     pub fn io_uring(&self) -> Vec<bool> {
-        self.workers.iter().map(|w| w.io_uring).collect()
+        self.workers
+            .iter()
+            .map(|w| w.pace.io_uring.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Seconds each worker's thread has been busy since it started (for `/metrics`).
