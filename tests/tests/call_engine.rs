@@ -280,8 +280,13 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
             "{name} is not empty: {metrics}"
         );
     }
-    // These calls' media went through io_uring wherever this kernel lets a process have it.
-    let offered = io_uring::IoUring::new(8).is_ok();
+    // These calls' media went through io_uring wherever this kernel lets a process have a
+    // ring and says it sends datagrams through it (`IORING_OP_SENDMSG`).
+    let offered = io_uring::IoUring::new(8).is_ok_and(|ring| {
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe).is_ok()
+            && probe.is_supported(io_uring::opcode::SendMsg::CODE)
+    });
     let workers: Vec<u64> = (0..)
         .map_while(|w| {
             gauge(
