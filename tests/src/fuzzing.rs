@@ -133,7 +133,7 @@ pub fn rtp_rtcp(data: &[u8]) {
     let source = "127.0.0.1:4000".parse().expect("literal address");
     let mut stream = stream.lock().unwrap_or_else(|e| e.into_inner());
     let mut copy = data.to_vec();
-    let _ = stream.handle_datagram(&mut copy, source, &mut pcm);
+    let _ = stream.handle_datagram(&mut copy, source, std::time::Instant::now(), &mut pcm);
     // The same bytes as SRTP: authentication refuses them before anything parses them.
     let remote = stream.remote();
     if let Some(remote) = remote {
@@ -147,7 +147,7 @@ pub fn rtp_rtcp(data: &[u8]) {
             ..remote
         });
         let mut copy = data.to_vec();
-        let _ = stream.handle_datagram(&mut copy, source, &mut pcm);
+        let _ = stream.handle_datagram(&mut copy, source, std::time::Instant::now(), &mut pcm);
         stream.set_remote(remote);
     }
     // The same bytes as an Opus trunk's RTP, and the check before they are relayed.
@@ -160,7 +160,7 @@ pub fn rtp_rtcp(data: &[u8]) {
         });
         let mut copy = data.to_vec();
         if let gateway::media::session::Received::Encoded { start, len, .. } =
-            stream.handle_datagram(&mut copy, source, &mut pcm)
+            stream.handle_datagram(&mut copy, source, std::time::Instant::now(), &mut pcm)
         {
             let _ = gateway::media::opus::relayable_ticks(&copy[start..start + len]);
         }

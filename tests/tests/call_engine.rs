@@ -368,3 +368,81 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
     }
     assert!(echo.finished().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transcoded_calls_worker_is_not_woken_by_each_datagram_on_its_trunk_port() {
+    let dir = out_dir("engine_trunk_at_tick");
+    let echo = Sipp::uas("echo.xml", "u1", &dir);
+    let path = write_config(&dir, &[("echo", echo.port, "udp", &[])]);
+    // One worker, and one call: fewer than a paced worker's, so its thread wakes for anything
+    // its reactor hears.
+    extend(
+        &dir,
+        &path,
+        "[media]\nworkers = 1\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let options = CallOptions {
+        seconds: 5.0,
+        ..CallOptions::new("echo")
+    };
+    let call = spawn_call(&url, options);
+    gateway_tests::wait_for_answered(gateway.http_addr, 1).await;
+    // The call's RTP port, from the SDP of the gateway's INVITE.
+    let port: u16 = echo
+        .messages()
+        .lines()
+        .find_map(|l| l.strip_prefix("m=audio ")?.split(' ').next()?.parse().ok())
+        .expect("the INVITE's SDP names the call's RTP port");
+    let wakeups = "gateway_media_worker_wakeups_total{worker=\"0\"}";
+    let dropped = "gateway_media_dropped_total{leg=\"trunk\",reason=\"source\"}";
+    let count = |metrics: &str, name: &str| gauge(metrics, name).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A second of the call alone: its browser's packets, the trunk's echo and its ticks.
+    let before = http_get(gateway.http_addr, "/metrics").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let quiet = http_get(gateway.http_addr, "/metrics").await;
+    let alone = count(&quiet, wakeups) - count(&before, wakeups);
+
+    // A second in which a stranger also sends 2,000 datagrams to the call's RTP port.
+    const STRANGER: u64 = 2_000;
+    let flood = tokio::task::spawn_blocking(move || {
+        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+        for i in 0..STRANGER {
+            stranger
+                .send_to(
+                    &[0x80, 0, (i >> 8) as u8, i as u8, 0, 0, 0, 0, 0, 0, 0, 1],
+                    ("127.0.0.1", port),
+                )
+                .unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    });
+    flood.await.unwrap();
+    // The last ones are taken at the call's next tick.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flooded = http_get(gateway.http_addr, "/metrics").await;
+    let with_stranger = count(&flooded, wakeups) - count(&quiet, wakeups);
+    assert!(
+        with_stranger < alone + STRANGER / 4,
+        "the worker woke {with_stranger} times while a stranger sent {STRANGER} datagrams, \
+         {alone} in a second without: the call's trunk socket wakes it"
+    );
+    // Read all the same, at the call's ticks, and counted.
+    assert_eq!(
+        count(&flooded, dropped) - count(&quiet, dropped),
+        STRANGER,
+        "every datagram of the stranger's is read and refused"
+    );
+    let report = call.await.unwrap();
+    assert_eq!(reason(&report).0, "hangup", "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the call kept its audio: {report:?}"
+    );
+    assert!(echo.finished().await);
+}

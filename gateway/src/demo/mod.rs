@@ -105,7 +105,7 @@ async fn answer(endpoint: Endpoint, invite: IncomingRequest) {
             }
             received = rtp.recv(&mut buf) => {
                 let Ok((n, source)) = received else { continue };
-                match rtp.handle_datagram(&mut buf[..n], source, &mut pcm) {
+                match rtp.handle_datagram(&mut buf[..n], source, std::time::Instant::now(), &mut pcm) {
                     // Echo frame by frame; packets of other sizes are cut to 20 ms frames.
                     Received::Audio { samples, .. } if echo => {
                         for chunk in pcm[..samples].chunks_exact(FRAME_SAMPLES) {

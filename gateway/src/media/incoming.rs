@@ -9,13 +9,14 @@
 //! readiness is then cleared as that `EAGAIN` would have cleared it.
 
 use std::cell::RefCell;
-use std::io::{ErrorKind, IoSliceMut};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::libc;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -70,8 +71,6 @@ impl Scratch {
 }
 
 thread_local! {
-    /// `recvmmsg`'s headers, made on the thread's first read.
-    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
     /// The thread's scratch, made on its first read.
     static SCRATCH: RefCell<Option<Box<Scratch>>> = const { RefCell::new(None) };
     /// Where [`hand_out`] copies datagrams: the rest of the thread's current chunk.
@@ -117,43 +116,61 @@ pub fn with_scratch<R>(read: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
-/// Reads the datagrams waiting on `socket` into `bufs`, each one's length and source into
-/// `got`, and returns how many: none when none waited. Fewer than [`BATCH`] means the socket
-/// is drained and its readiness cleared: the task is woken through `poll_read_ready` when
-/// the next one arrives.
+/// One datagram a read took: its length, where it came from, and when it arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Got {
+    /// Its length in the read's buffer.
+    pub len: usize,
+    /// Its source.
+    pub source: SocketAddr,
+    /// When the kernel received it, where the socket asks for that ([`stamp_arrivals`]);
+    /// else when it was read.
+    pub at: Instant,
+}
+
+impl Got {
+    /// A slot for a read to fill.
+    pub fn empty() -> Got {
+        // Any time will do, and one read once costs no clock reading per slot.
+        static SOME_TIME: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        Got {
+            len: 0,
+            source: SocketAddr::from(([0, 0, 0, 0], 0)),
+            at: *SOME_TIME,
+        }
+    }
+}
+
+/// Asks the kernel to stamp each datagram `socket` receives with the time it arrived
+/// (`SO_TIMESTAMPNS`, socket(7)), which [`recv_waiting`] and [`recv_unwatched`] then give as
+/// [`Got::at`].
+///
+/// Why: a call that reads its trunk's RTP once a tick (`call::driver`) reads a datagram up
+/// to 20 ms after it arrived, and the interarrival jitter it reports (RFC 3550 §6.4.1) must
+/// be the network's, not its own reading's.
+///
+/// The kernel stamps arrivals only while some socket asks, and turns that on from a work
+/// item (`net_enable_timestamp`, net/core/dev.c): datagrams that arrive in the moment after
+/// the first such socket opens are stamped when read. A call's socket opens with its offer,
+/// well before its trunk's media.
+pub fn stamp_arrivals(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(std::io::Error::from)
+}
+
+/// Reads the datagrams waiting on `socket` into `bufs`, each one's length, source and arrival
+/// into `got`, and returns how many: none when none waited. Fewer than [`BATCH`] means the
+/// socket is drained and its readiness cleared: the task is woken through `poll_read_ready`
+/// when the next one arrives.
 pub fn recv_waiting(
     socket: &Receiver,
     bufs: &mut Buffers,
-    got: &mut [(usize, SocketAddr); BATCH],
+    got: &mut [Got; BATCH],
 ) -> std::io::Result<usize> {
-    // Each datagram read, in the order of `bufs`: its length and source (none when it named
-    // no source, which UDP always does).
-    let mut read = [None; BATCH];
+    let mut count = 0;
     let result = socket.try_io(Interest::READABLE, |socket| {
-        let mut taken = 0;
-        HEADERS.with(|h| {
-            let mut h = h.borrow_mut();
-            let headers = h.get_or_insert_with(|| MultiHeaders::preallocate(BATCH, None));
-            let mut slices = bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
-            let results = recvmmsg(
-                socket.as_raw_fd(),
-                headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            )?;
-            for (slot, message) in read.iter_mut().zip(results) {
-                taken += 1;
-                *slot = Some(
-                    message
-                        .address
-                        .as_ref()
-                        .and_then(socket_addr)
-                        .map(|from| (message.bytes.min(DATAGRAM), from)),
-                );
-            }
-            Ok::<(), std::io::Error>(())
-        })?;
+        let taken;
+        (taken, count) = recv_batch(socket.as_raw_fd(), bufs, got)?;
         // Short of what was asked (whether or not each one named its source).
         if taken < BATCH {
             // Drained: let tokio clear the readiness, as an `EAGAIN` would.
@@ -161,36 +178,171 @@ pub fn recv_waiting(
         }
         Ok(())
     });
-    // The datagrams that named a source, moved to the front so that `bufs[i]` is `got[i]`'s.
-    let mut count = 0;
-    for (i, datagram) in read.into_iter().flatten().enumerate() {
-        if let Some(source) = datagram {
-            bufs.swap(count, i);
-            got[count] = source;
-            count += 1;
-        }
-    }
     match result {
         Err(e) if e.kind() != ErrorKind::WouldBlock && count == 0 => Err(e),
         _ => Ok(count),
     }
 }
 
-fn socket_addr(address: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = address.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
+/// [`recv_waiting`] on a socket no reactor watches: a read a call makes at its own time (its
+/// tick), not because the socket became readable. `Ok(0)` when none waited.
+pub fn recv_unwatched(
+    socket: &std::net::UdpSocket,
+    bufs: &mut Buffers,
+    got: &mut [Got; BATCH],
+) -> std::io::Result<usize> {
+    match recv_batch(socket.as_raw_fd(), bufs, got) {
+        Ok((_, count)) => Ok(count),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
     }
-    address
-        .as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6((*v6).into()))
+}
+
+/// Room for the control messages of one datagram: its arrival time (`SCM_TIMESTAMPNS`).
+const CONTROL: usize = 64;
+
+/// One `recvmmsg(2)` of up to [`BATCH`] datagrams: how many it took, and how many of them
+/// named a source, moved to the front so that `bufs[i]` is `got[i]`'s.
+///
+/// Why by hand and not `nix::sys::socket::recvmmsg`: that keeps each header's address and
+/// control lengths as the last read left them, so that a worker's read of an IPv6 peer after
+/// an IPv4 one would cut its address short, and a read after one without an arrival time
+/// would have no room for one. Here every read sets them afresh.
+fn recv_batch(
+    fd: std::os::fd::RawFd,
+    bufs: &mut Buffers,
+    got: &mut [Got; BATCH],
+) -> std::io::Result<(usize, usize)> {
+    #[repr(C, align(8))]
+    struct Control([u8; CONTROL]);
+    // SAFETY (all three): plain C structures for which all-zero bytes are a valid value.
+    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut controls: [Control; BATCH] = unsafe { std::mem::zeroed() };
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut iovs = bufs.each_mut().map(|b| libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
+    });
+    for (((header, name), control), iov) in headers
+        .iter_mut()
+        .zip(&mut names)
+        .zip(&mut controls)
+        .zip(&mut iovs)
+    {
+        header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
+        header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+        header.msg_hdr.msg_iov = iov;
+        header.msg_hdr.msg_iovlen = 1;
+        header.msg_hdr.msg_control = control.0.as_mut_ptr().cast();
+        header.msg_hdr.msg_controllen = CONTROL as _;
+    }
+    // SAFETY: every header points at live buffers of the lengths it names, all of which
+    // outlive the call; no timeout.
+    let taken = unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            BATCH as _,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if taken < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let taken = taken as usize;
+    let read_at = Instant::now();
+    let mut wall = None;
+    let mut count = 0;
+    for i in 0..taken {
+        let header = &headers[i];
+        let Some(source) = socket_addr(&names[i], header.msg_hdr.msg_namelen) else {
+            continue;
+        };
+        let at = arrival(&header.msg_hdr).map_or(read_at, |stamp| since(stamp, read_at, &mut wall));
+        bufs.swap(count, i);
+        got[count] = Got {
+            len: (header.msg_len as usize).min(DATAGRAM),
+            source,
+            at,
+        };
+        count += 1;
+    }
+    Ok((taken, count))
+}
+
+/// The arrival time the kernel stamped a datagram with, if it did.
+fn arrival(header: &libc::msghdr) -> Option<libc::timespec> {
+    // SAFETY: `header` is one `recvmmsg` filled: its control pointer and length name what
+    // the kernel wrote, and the CMSG macros stay within them.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                return Some(std::ptr::read_unaligned(
+                    libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
+                ));
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
+/// The [`Instant`] of a kernel's arrival stamp (the system's wall clock), read at `read_at`;
+/// `wall` is the wall clock then, taken once a read. A stamp ahead of the wall clock or
+/// more than a second behind it (the clock was set meanwhile) counts as `read_at`.
+fn since(
+    stamp: libc::timespec,
+    read_at: Instant,
+    wall: &mut Option<std::time::SystemTime>,
+) -> Instant {
+    let wall = *wall.get_or_insert_with(std::time::SystemTime::now);
+    let stamped = std::time::UNIX_EPOCH
+        + Duration::new(
+            stamp.tv_sec.max(0) as u64,
+            stamp.tv_nsec.clamp(0, 999_999_999) as u32,
+        );
+    match wall.duration_since(stamped) {
+        Ok(age) if age <= Duration::from_secs(1) => read_at.checked_sub(age).unwrap_or(read_at),
+        _ => read_at,
+    }
+}
+
+/// The address a read wrote, `len` bytes of it.
+fn socket_addr(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match name.ss_family as libc::c_int {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a `sockaddr_in` there, as its family and length say.
+            let v4 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                u16::from_be(v4.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, a `sockaddr_in6`.
+            let v6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                v6.sin6_addr.s6_addr.into(),
+                u16::from_be(v6.sin6_port),
+                u32::from_be(v6.sin6_flowinfo),
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::future::poll_fn;
     use std::task::Poll;
-    use std::time::Duration;
 
     #[test]
     fn handed_out_datagrams_share_a_chunk_that_is_used_again_once_they_are_gone() {
@@ -244,6 +396,61 @@ mod tests {
         .unwrap();
     }
 
+    #[test]
+    fn a_read_after_another_of_a_different_kind_gets_its_whole_address_and_arrival() {
+        // One thread's reads go to sockets of both families, stamped and not.
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let Ok(v6) = std::net::UdpSocket::bind("[::1]:0") else {
+            eprintln!("no IPv6 loopback here: nothing checked");
+            return;
+        };
+        stamp_arrivals(&v6).unwrap();
+        until_stamping_is_on();
+        let (peer4, peer6) = (
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("[::1]:0").unwrap(),
+        );
+        let mut bufs = [[0u8; DATAGRAM]; BATCH];
+        let mut got = [Got::empty(); BATCH];
+        for _ in 0..2 {
+            peer4.send_to(b"four", v4.local_addr().unwrap()).unwrap();
+            let sent = Instant::now();
+            peer6.send_to(b"six", v6.local_addr().unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(recv_unwatched(&v4, &mut bufs, &mut got).unwrap(), 1);
+            assert_eq!(got[0].source, peer4.local_addr().unwrap());
+            assert_eq!(recv_unwatched(&v6, &mut bufs, &mut got).unwrap(), 1);
+            assert_eq!(
+                (got[0].source, &bufs[0][..got[0].len]),
+                (peer6.local_addr().unwrap(), &b"six"[..])
+            );
+            assert!(
+                got[0].at <= sent + Duration::from_millis(5),
+                "stamped on arrival, not on reading: {:?} after sending",
+                got[0].at.saturating_duration_since(sent)
+            );
+        }
+    }
+
+    /// Returns once the kernel stamps datagrams as they arrive (see [`stamp_arrivals`]).
+    pub(crate) fn until_stamping_is_on() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        stamp_arrivals(&socket).unwrap();
+        let to = socket.local_addr().unwrap();
+        let (mut bufs, mut got) = ([[0u8; DATAGRAM]; BATCH], [Got::empty(); BATCH]);
+        for _ in 0..200 {
+            socket.send_to(b"probe", to).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            let read_at = Instant::now();
+            if recv_unwatched(&socket, &mut bufs, &mut got).unwrap() == 1
+                && read_at.saturating_duration_since(got[0].at) >= Duration::from_millis(4)
+            {
+                return;
+            }
+        }
+        panic!("the kernel never stamped a datagram's arrival");
+    }
+
     /// Whether tokio still holds the socket readable (no system call: its own state).
     async fn still_readable(socket: &Receiver) -> bool {
         poll_fn(|cx| Poll::Ready(socket.poll_read_ready(cx).is_ready())).await
@@ -255,7 +462,7 @@ mod tests {
         let to = socket.get_ref().local_addr().unwrap();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut bufs = [[0u8; DATAGRAM]; BATCH];
-        let mut got = [(0, to); BATCH];
+        let mut got = [Got::empty(); BATCH];
 
         // More than one read takes: the first fills its batch and leaves the socket readable.
         for i in 0..BATCH as u8 + 1 {
@@ -264,7 +471,7 @@ mod tests {
         // Dropped, the guard leaves the readiness as it is.
         drop(socket.readable().await.unwrap());
         assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), BATCH);
-        assert_eq!(got[0], (3, peer.local_addr().unwrap()));
+        assert_eq!((got[0].len, got[0].source), (3, peer.local_addr().unwrap()));
         assert_eq!(&bufs[1][..3], &[1; 3]);
         assert!(
             still_readable(&socket).await,
@@ -288,7 +495,7 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 1);
-        assert_eq!(&bufs[0][..got[0].0], b"next");
+        assert_eq!(&bufs[0][..got[0].len], b"next");
 
         // Nothing waiting: none read, not an error.
         assert_eq!(recv_waiting(&socket, &mut bufs, &mut got).unwrap(), 0);

@@ -291,7 +291,7 @@ impl DirectPath {
             let peer = self.peer;
             let (ready, waiting) = incoming::with_scratch(|scratch| {
                 let bufs = &mut scratch.datagrams;
-                let mut got = [(0, peer); incoming::BATCH];
+                let mut got = [incoming::Got::empty(); incoming::BATCH];
                 let count = match incoming::recv_waiting(&self.socket, bufs, &mut got) {
                     Ok(count) => count,
                     // A browser gone (its port closed) answers what the call sent on this
@@ -303,7 +303,8 @@ impl DirectPath {
                     }
                 };
                 let (mut ready, mut waiting) = (None, None);
-                for (buf, &(n, from)) in bufs.iter().zip(&got).take(count) {
+                for (buf, got) in bufs.iter().zip(&got).take(count) {
+                    let (n, from) = (got.len, got.source);
                     if from != peer {
                         // Queued before the socket was connected: another call's.
                         route(&self.mux.routes, &buf[..n], from);

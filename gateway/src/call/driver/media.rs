@@ -8,6 +8,7 @@ use super::Run;
 use crate::call::caller::Caller;
 use crate::call::machine::{Call, CallCommand, CallEvent, MediaLeg};
 use crate::media::codec::Codec;
+use crate::media::incoming;
 use crate::media::session::{FRAME_SAMPLES, Received};
 use crate::plugin::{Event, Party};
 use crate::rtc::BrowserEvent;
@@ -88,6 +89,30 @@ impl Run<'_> {
                 }
             }
         }
+    }
+
+    /// Takes the datagrams waiting on the trunk's RTP socket: audio and digits to the caller.
+    pub(super) fn read_trunk(&mut self, call: &mut Call) {
+        incoming::with_scratch(|scratch| {
+            let mut got = [incoming::Got::empty(); incoming::BATCH];
+            loop {
+                let bufs = &mut scratch.datagrams;
+                let count = self.rtp.recv_waiting(bufs, &mut got).unwrap_or(0);
+                for (buf, got) in bufs.iter_mut().zip(&got).take(count) {
+                    let accepted = self.rtp.stats.received;
+                    let pcm = &mut scratch.pcm;
+                    let data = &mut buf[..got.len];
+                    let heard = self.rtp.handle_datagram(data, got.source, got.at, pcm);
+                    if self.rtp.stats.received != accepted {
+                        call.handle_media_received(MediaLeg::Trunk, got.at);
+                    }
+                    self.trunk_audio(heard, data, pcm, call.held());
+                }
+                if count < incoming::BATCH {
+                    break;
+                }
+            }
+        })
     }
 
     /// True while the trunk speaks G.722: the 16 kHz bridge transcodes.

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -22,7 +21,6 @@ use super::caller::Caller;
 use super::machine::{Call, CallCommand, CallEvent, MediaLeg, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
-use crate::media::incoming;
 use crate::media::session::RtpStream;
 use crate::plugin::{CallHooks, Event, Party};
 use crate::rtc::mux::Datagram;
@@ -216,6 +214,20 @@ pub fn drive<'a>(
             // to a transcoded codec (re-INVITE).
             let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
             clock.set(call.poll_timeout(), leg_deadline, ticking, Instant::now());
+            // A ticking call reads its trunk's RTP at each tick, not as each datagram arrives:
+            // the tick is when the trunk's audio is played out (a transcoded call's jitter
+            // buffer, a tone caller's recording), so reading it earlier gains nothing, and a
+            // call then wakes once a frame for the trunk's side, not twice. The kernel stamps
+            // each datagram's arrival, so the jitter the call reports is the network's. Only
+            // a relayed call, which forwards each packet as it comes, watches the socket.
+            let watch_rtp = media && !ticking;
+            if watch_rtp != run.rtp.is_watched() {
+                if watch_rtp {
+                    sources.mark(Source::Rtp);
+                } else {
+                    run.rtp.unwatch();
+                }
+            }
             let next = clock.poll_timeout();
             if next != armed {
                 armed = next;
@@ -255,7 +267,7 @@ pub fn drive<'a>(
                         Caller::Browser(b) => b.poll_direct(cx).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
                     }),
-                    Source::Rtp => turn.poll(source, media, |cx| {
+                    Source::Rtp => turn.poll(source, watch_rtp, |cx| {
                         match run.rtp.poll_readable(cx) {
                             Poll::Ready(Ok(())) => Poll::Ready(Input::Rtp),
                             Poll::Ready(Err(e)) => {
@@ -321,6 +333,10 @@ pub fn drive<'a>(
                     }
                     if let Some(lateness) = due.tick {
                         run.wiring.metrics.load.handle_tick(lateness);
+                        if !run.rtp.is_watched() {
+                            // What the trunk sent since the last tick, before this tick plays.
+                            run.read_trunk(&mut call);
+                        }
                         run.tick(&mut call);
                     }
                 }
@@ -341,25 +357,7 @@ pub fn drive<'a>(
                         }
                     }
                 }
-                Input::Rtp => incoming::with_scratch(|scratch| {
-                    let mut got = [(0, SocketAddr::from(([0, 0, 0, 0], 0))); incoming::BATCH];
-                    loop {
-                        let bufs = &mut scratch.datagrams;
-                        let count = run.rtp.recv_waiting(bufs, &mut got).unwrap_or(0);
-                        for (buf, &(n, source)) in bufs.iter_mut().zip(&got).take(count) {
-                            let accepted = run.rtp.stats.received;
-                            let pcm = &mut scratch.pcm;
-                            let heard = run.rtp.handle_datagram(&mut buf[..n], source, pcm);
-                            if run.rtp.stats.received != accepted {
-                                call.handle_media_received(MediaLeg::Trunk, Instant::now());
-                            }
-                            run.trunk_audio(heard, &buf[..n], pcm, call.held());
-                        }
-                        if count < incoming::BATCH {
-                            break;
-                        }
-                    }
-                }),
+                Input::Rtp => run.read_trunk(&mut call),
                 Input::Command(command) => run.command(&mut call, command),
                 Input::Shutdown => {
                     shutdown = None;
@@ -442,6 +440,14 @@ impl Run<'_> {
             }
             while let Some(event) = call.poll_event() {
                 progressed = true;
+                let moves = matches!(event, CallEvent::TrunkMedia(_) | CallEvent::Answered);
+                if moves && !self.rtp.is_watched() {
+                    // What arrived from the trunk before its media moved, or before the answer,
+                    // is read as such, as it would have been on arrival: else the old peer's
+                    // last packets, read at the next tick, could be the first the moved stream
+                    // latches to, and early media would count as the answered call's.
+                    self.read_trunk(call);
+                }
                 self.event(event);
             }
             if !progressed {

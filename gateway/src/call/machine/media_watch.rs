@@ -31,8 +31,9 @@ impl Call {
     pub fn handle_media_received(&mut self, leg: MediaLeg, now: Instant) {
         if let Some(w) = self.media_watch.as_mut() {
             match leg {
-                MediaLeg::Trunk => w.last_trunk = now,
-                MediaLeg::Browser => w.last_browser = now,
+                // The latest: a datagram read late may have arrived before one seen already.
+                MediaLeg::Trunk => w.last_trunk = w.last_trunk.max(now),
+                MediaLeg::Browser => w.last_browser = w.last_browser.max(now),
             }
         }
     }

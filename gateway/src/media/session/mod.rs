@@ -166,9 +166,10 @@ pub enum Received {
 /// An RTP stream towards one trunk peer.
 #[derive(Debug)]
 pub struct RtpStream {
-    /// The socket as the runtime's reactor knows it, registered on the first receive: with
-    /// the reactor of the call's media worker, which runs the call (`call::workers`), not
-    /// the one of the task that happened to bind it.
+    /// The socket as the runtime's reactor knows it, registered on the first wait for a
+    /// datagram ([`Self::poll_readable`]): with the reactor of the call's media worker, which
+    /// runs the call (`call::workers`), not the one of the task that happened to bind it.
+    /// `None` while nothing waits on it ([`Self::unwatch`]).
     socket: Option<incoming::Receiver>,
     /// The same socket, shared, for sending: a plain non-blocking send never waits for the
     /// reactor to learn the socket is writable, so no frame is lost at start-up.
@@ -226,6 +227,10 @@ impl RtpStream {
 
     fn with_socket(socket: std::net::UdpSocket) -> std::io::Result<RtpStream> {
         socket.set_nonblocking(true)?;
+        if let Err(e) = incoming::stamp_arrivals(&socket) {
+            // Then a datagram's arrival is when it was read, and jitter reads that much higher.
+            tracing::warn!(error = %e, "RTP arrival times unavailable (SO_TIMESTAMPNS)");
+        }
         Ok(RtpStream {
             socket: None,
             sender_socket: Arc::new(socket),
@@ -475,14 +480,30 @@ impl RtpStream {
         }
     }
 
-    /// The datagrams waiting, into `bufs`, each one's length and source into `got`; how many
-    /// ([`crate::media::incoming::recv_waiting`]: fewer than `BATCH` when drained).
+    /// The datagrams waiting, into `bufs`, each one's length, source and arrival into `got`;
+    /// how many ([`crate::media::incoming::recv_waiting`]: fewer than `BATCH` when drained).
+    /// Reads whether or not the reactor watches the socket.
     pub fn recv_waiting(
         &mut self,
         bufs: &mut incoming::Buffers,
-        got: &mut [(usize, SocketAddr); incoming::BATCH],
+        got: &mut [incoming::Got; incoming::BATCH],
     ) -> std::io::Result<usize> {
-        incoming::recv_waiting(self.receiver()?, bufs, got)
+        match &self.socket {
+            Some(watched) => incoming::recv_waiting(watched, bufs, got),
+            None => incoming::recv_unwatched(&self.sender_socket, bufs, got),
+        }
+    }
+
+    /// Takes the socket off the reactor until the next [`Self::poll_readable`]: a call that
+    /// reads its datagrams at its own time is then not woken, nor its worker's thread, by
+    /// each one that arrives.
+    pub fn unwatch(&mut self) {
+        self.socket = None;
+    }
+
+    /// Whether the reactor watches the socket.
+    pub fn is_watched(&self) -> bool {
+        self.socket.is_some()
     }
 
     /// The receiving socket, registered with the runtime of the first task that receives:
@@ -494,12 +515,13 @@ impl RtpStream {
         })
     }
 
-    /// Interprets a received datagram; audio is decoded into `pcm` (at least 160 samples).
-    /// SRTP is decrypted in place, so `data` holds the plain packet afterwards.
+    /// Interprets a datagram that arrived `at`; audio is decoded into `pcm` (at least 160
+    /// samples). SRTP is decrypted in place, so `data` holds the plain packet afterwards.
     pub fn handle_datagram(
         &mut self,
         data: &mut [u8],
         source: SocketAddr,
+        at: std::time::Instant,
         pcm: &mut [i16],
     ) -> Received {
         // Before the trunk's SDP, nobody's media is expected.
@@ -533,7 +555,7 @@ impl RtpStream {
         self.stats.received += 1;
         // Audio and RFC 4733 events share one sequence space; only audio has a steadily
         // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
-        let now = std::time::Instant::now();
+        let now = at;
         let clock = remote.codec.clock_rate();
         let (timestamp, from) =
             self.timeline

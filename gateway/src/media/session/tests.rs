@@ -32,7 +32,7 @@ async fn audio_and_digits_cross_a_loopback_pair() {
             .await
             .expect("frame arrives")
             .unwrap();
-        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm) {
             Received::Audio { .. } => audio += 1,
             Received::Digit(d) => digits.push(d),
             Received::Nothing | Received::Encoded { .. } => {}
@@ -79,6 +79,54 @@ fn loss_and_jitter_follow_rfc3550() {
 }
 
 /// A PCMU packet with sequence `seq`.
+#[test]
+fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
+    // A ticking call reads its trunk's RTP up to 20 ms after it arrived, on a socket no
+    // reactor watches: the jitter it reports must be the network's, by the kernel's stamps.
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut stream = RtpStream::bind(ip, 41000, 41100).unwrap();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stream.set_remote(RemoteMedia {
+        addr: peer.local_addr().unwrap(),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+        srtp: None,
+    });
+    let to = SocketAddr::new(ip, stream.local_port());
+    incoming::tests::until_stamping_is_on();
+    // Two packets 20 ms apart on the wire and in RTP time, read together 30 ms later.
+    let sent = std::time::Instant::now();
+    peer.send_to(&pcmu_of(7, 1, 0), to).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    peer.send_to(&pcmu_of(7, 2, 160), to).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let read_at = std::time::Instant::now();
+    let mut bufs = [[0; incoming::DATAGRAM]; incoming::BATCH];
+    let mut got = [incoming::Got::empty(); incoming::BATCH];
+    assert!(!stream.is_watched());
+    assert_eq!(stream.recv_waiting(&mut bufs, &mut got).unwrap(), 2);
+    let apart = got[1].at.saturating_duration_since(got[0].at);
+    assert!(
+        got[0].at >= sent - std::time::Duration::from_millis(2)
+            && apart >= std::time::Duration::from_millis(19)
+            && read_at.saturating_duration_since(got[1].at) >= std::time::Duration::from_millis(28),
+        "arrivals {:?} and {:?} after sending, read {:?} after",
+        got[0].at.saturating_duration_since(sent),
+        got[1].at.saturating_duration_since(sent),
+        read_at.saturating_duration_since(sent),
+    );
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    for (buf, got) in bufs.iter_mut().zip(&got) {
+        let heard = stream.handle_datagram(&mut buf[..got.len], got.source, got.at, &mut pcm);
+        assert!(matches!(heard, Received::Audio { .. }), "{heard:?}");
+    }
+    // Read together but timed by arrival: no more jitter than the sleep's own overshoot (a
+    // reading time would make it 160 / 16 = 10 units).
+    assert!(stream.stats.jitter < 8, "jitter {}", stream.stats.jitter);
+}
+
 fn pcmu(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
@@ -115,11 +163,21 @@ async fn strict_mode_takes_media_only_from_the_sdp_address() {
     let mut s = stream_towards("192.0.2.10:4000", RtpSource::Strict).await;
     let mut pcm = [0i16; FRAME_SAMPLES];
     for stranger in ["198.51.100.1:4000", "192.0.2.10:4002", "192.0.2.7:4000"] {
-        let got = s.handle_datagram(&mut pcmu(1), stranger.parse().unwrap(), &mut pcm);
+        let got = s.handle_datagram(
+            &mut pcmu(1),
+            stranger.parse().unwrap(),
+            std::time::Instant::now(),
+            &mut pcm,
+        );
         assert_eq!(got, Received::Nothing, "{stranger}");
     }
     assert_eq!(s.stats.dropped_source, 3);
-    let got = s.handle_datagram(&mut pcmu(2), "192.0.2.10:4000".parse().unwrap(), &mut pcm);
+    let got = s.handle_datagram(
+        &mut pcmu(2),
+        "192.0.2.10:4000".parse().unwrap(),
+        std::time::Instant::now(),
+        &mut pcm,
+    );
     assert!(matches!(got, Received::Audio { .. }));
     let drops = s.drops.as_ref().unwrap();
     assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 3);
@@ -132,17 +190,22 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
     let mut pcm = [0i16; FRAME_SAMPLES];
     let stranger: SocketAddr = "198.51.100.1:4000".parse().unwrap();
     assert_eq!(
-        s.handle_datagram(&mut pcmu(1), stranger, &mut pcm),
+        s.handle_datagram(&mut pcmu(1), stranger, std::time::Instant::now(), &mut pcm),
         Received::Nothing
     );
     let nat: SocketAddr = "192.0.2.7:31000".parse().unwrap();
     assert!(matches!(
-        s.handle_datagram(&mut pcmu(2), nat, &mut pcm),
+        s.handle_datagram(&mut pcmu(2), nat, std::time::Instant::now(), &mut pcm),
         Received::Audio { .. }
     ));
     // Latched: another port of the same IP, or the SDP address itself, is refused now.
     for other in ["192.0.2.7:31002", "10.0.0.5:4000"] {
-        let got = s.handle_datagram(&mut pcmu(3), other.parse().unwrap(), &mut pcm);
+        let got = s.handle_datagram(
+            &mut pcmu(3),
+            other.parse().unwrap(),
+            std::time::Instant::now(),
+            &mut pcm,
+        );
         assert_eq!(got, Received::Nothing, "{other}");
     }
     assert_eq!(
@@ -162,7 +225,12 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
         srtp: None,
     });
     assert!(matches!(
-        s.handle_datagram(&mut pcmu(4), "192.0.2.20:5000".parse().unwrap(), &mut pcm),
+        s.handle_datagram(
+            &mut pcmu(4),
+            "192.0.2.20:5000".parse().unwrap(),
+            std::time::Instant::now(),
+            &mut pcm
+        ),
         Received::Audio { .. }
     ));
 }
@@ -221,7 +289,7 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(buf[1] & 0x7f, 96, "sent with the peer's payload type");
         markers.push(buf[1] & 0x80 != 0);
-        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm) {
             Received::Encoded {
                 start,
                 len,
@@ -251,7 +319,8 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
     a.send_encoded(&frame, 3_000_000_000, 960);
     let (n, src) = b.recv(&mut buf).await.unwrap();
     let marker = buf[1] & 0x80 != 0;
-    let Received::Encoded { timestamp, .. } = b.handle_datagram(&mut buf[..n], src, &mut pcm)
+    let Received::Encoded { timestamp, .. } =
+        b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm)
     else {
         panic!("not relayed");
     };
@@ -297,7 +366,7 @@ async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
         a.send_frame(&frame);
         let (n, src) = b.recv(&mut buf).await.unwrap();
         assert_eq!(n, 12 + 160, "64 kbit/s: 160 bytes per 20 ms");
-        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm) {
             Received::Audio { samples, timestamp } => {
                 assert_eq!(samples, WIDE_FRAME_SAMPLES);
                 timestamps.push(timestamp);
@@ -356,7 +425,7 @@ async fn srtp_streams_carry_audio_and_digits_and_refuse_plain_or_forged_packets(
             .unwrap();
         // On the wire: 12 bytes of header, 160 of encrypted PCMU, a 10-byte tag.
         assert!(n == 12 + 160 + 10 || n == 12 + 4 + 10, "{n}");
-        match b.handle_datagram(&mut buf[..n], src, &mut pcm) {
+        match b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm) {
             Received::Audio { samples, .. } => {
                 assert_eq!(samples, FRAME_SAMPLES);
                 assert!(pcm.iter().all(|s| (s - 1000).abs() < 40), "decoded tone");
@@ -373,19 +442,19 @@ async fn srtp_streams_carry_audio_and_digits_and_refuse_plain_or_forged_packets(
     plain.extend_from_slice(&[0xff; 160]);
     let src = SocketAddr::new(ip, a.local_port());
     assert_eq!(
-        b.handle_datagram(&mut plain, src, &mut pcm),
+        b.handle_datagram(&mut plain, src, std::time::Instant::now(), &mut pcm),
         Received::Nothing
     );
     a.send_frame(&tone);
     let (n, _) = b.recv(&mut buf).await.unwrap();
     let copy = buf[..n].to_vec();
     assert!(matches!(
-        b.handle_datagram(&mut buf[..n], src, &mut pcm),
+        b.handle_datagram(&mut buf[..n], src, std::time::Instant::now(), &mut pcm),
         Received::Audio { .. }
     ));
     let mut replay = copy.clone();
     assert_eq!(
-        b.handle_datagram(&mut replay, src, &mut pcm),
+        b.handle_datagram(&mut replay, src, std::time::Instant::now(), &mut pcm),
         Received::Nothing
     );
     assert_eq!(b.stats.received, 21);
@@ -404,7 +473,7 @@ async fn a_new_source_from_the_trunk_continues_its_clock_and_counts_its_own_loss
     let packets =
         packets.chain((0..5u16).map(|i| pcmu_of(2, 20000 + i, 3_000_000_000 + 160 * u32::from(i))));
     for mut packet in packets {
-        match s.handle_datagram(&mut packet, from, &mut pcm) {
+        match s.handle_datagram(&mut packet, from, std::time::Instant::now(), &mut pcm) {
             Received::Audio { timestamp, .. } => stamps.push(timestamp),
             other => panic!("{other:?}"),
         }
