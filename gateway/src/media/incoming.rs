@@ -126,6 +126,10 @@ pub struct Got {
     /// When the kernel received it, where the socket asks for that ([`stamp_arrivals`]);
     /// else when it was read.
     pub at: Instant,
+    /// How many datagrams the kernel had dropped on the socket, full, when this one was
+    /// queued; where the socket asks ([`count_overflows`]) and any were. The kernel's own
+    /// count, from the socket's start: it only grows.
+    pub overflows: Option<u32>,
 }
 
 impl Got {
@@ -137,6 +141,7 @@ impl Got {
             len: 0,
             source: SocketAddr::from(([0, 0, 0, 0], 0)),
             at: *SOME_TIME,
+            overflows: None,
         }
     }
 }
@@ -155,6 +160,16 @@ impl Got {
 /// well before its trunk's media.
 pub fn stamp_arrivals(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .map_err(std::io::Error::from)
+}
+
+/// Asks the kernel to say, with each datagram `socket` receives, how many it dropped on it
+/// for want of room (`SO_RXQ_OVFL`, socket(7)), which the reads give as [`Got::overflows`].
+///
+/// Why: a call that reads its trunk's socket once a tick leaves a flood to its receive
+/// buffer, and the kernel drops what does not fit; the operator should see that it did.
+pub fn count_overflows(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RxqOvfl, &1)
         .map_err(std::io::Error::from)
 }
 
@@ -198,7 +213,8 @@ pub fn recv_unwatched(
     }
 }
 
-/// Room for the control messages of one datagram: its arrival time (`SCM_TIMESTAMPNS`).
+/// Room for the control messages of one datagram: its arrival time (`SCM_TIMESTAMPNS`, 32
+/// bytes) and the socket's drops (`SO_RXQ_OVFL`, 24).
 const CONTROL: usize = 64;
 
 /// One `recvmmsg(2)` of up to [`BATCH`] datagrams: how many it took, and how many of them
@@ -259,35 +275,42 @@ fn recv_batch(
         let Some(source) = socket_addr(&names[i], header.msg_hdr.msg_namelen) else {
             continue;
         };
-        let at = arrival(&header.msg_hdr).map_or(read_at, |stamp| since(stamp, read_at, &mut wall));
+        let (stamp, overflows) = control(&header.msg_hdr);
+        let at = stamp.map_or(read_at, |stamp| since(stamp, read_at, &mut wall));
         bufs.swap(count, i);
         got[count] = Got {
             len: (header.msg_len as usize).min(DATAGRAM),
             source,
             at,
+            overflows,
         };
         count += 1;
     }
     Ok((taken, count))
 }
 
-/// The arrival time the kernel stamped a datagram with, if it did.
-fn arrival(header: &libc::msghdr) -> Option<libc::timespec> {
+/// The arrival time the kernel stamped a datagram with, and the socket's drops it told of.
+fn control(header: &libc::msghdr) -> (Option<libc::timespec>, Option<u32>) {
+    let (mut stamp, mut overflows) = (None, None);
     // SAFETY: `header` is one `recvmmsg` filled: its control pointer and length name what
     // the kernel wrote, and the CMSG macros stay within them.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(header);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-            {
-                return Some(std::ptr::read_unaligned(
-                    libc::CMSG_DATA(cmsg).cast::<libc::timespec>(),
-                ));
+            let data = libc::CMSG_DATA(cmsg);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    stamp = Some(std::ptr::read_unaligned(data.cast::<libc::timespec>()))
+                }
+                (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
+                    overflows = Some(std::ptr::read_unaligned(data.cast::<u32>()))
+                }
+                _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(header, cmsg);
         }
     }
-    None
+    (stamp, overflows)
 }
 
 /// The [`Instant`] of a kernel's arrival stamp (the system's wall clock), read at `read_at`;

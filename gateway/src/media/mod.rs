@@ -25,6 +25,9 @@ pub struct MediaDrops {
     pub trunk_source: AtomicU64,
     /// Trunk-side datagrams that were not RTP of a negotiated payload type.
     pub trunk_malformed: AtomicU64,
+    /// Trunk-side datagrams the kernel dropped because the call's socket was full: a flood
+    /// sent faster than the call reads, once a tick (`SO_RXQ_OVFL`, socket(7)).
+    pub trunk_overflow: AtomicU64,
     /// Browser-side DTLS/SRTP from an address that is not an ICE-validated pair.
     pub browser_source: AtomicU64,
     /// Browser Opus that does not parse as a packet, kept from an Opus trunk.
@@ -33,11 +36,12 @@ pub struct MediaDrops {
 
 impl MediaDrops {
     /// `(leg, reason, count)` rows for the metrics page.
-    pub fn rows(&self) -> [(&'static str, &'static str, u64); 4] {
+    pub fn rows(&self) -> [(&'static str, &'static str, u64); 5] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("trunk", "source", get(&self.trunk_source)),
             ("trunk", "malformed", get(&self.trunk_malformed)),
+            ("trunk", "overflow", get(&self.trunk_overflow)),
             ("browser", "source", get(&self.browser_source)),
             ("browser", "malformed", get(&self.browser_malformed)),
         ]

@@ -82,6 +82,8 @@ pub struct RtpStats {
     pub dropped: u64,
     /// Datagrams dropped because they came from an address the signalling did not name.
     pub dropped_source: u64,
+    /// Datagrams the kernel dropped because the socket was full (a flood between two reads).
+    pub dropped_overflow: u64,
     /// Packets the peer sent that never arrived, from sequence gaps (RFC 3550 §6.4.1).
     pub lost: u64,
     /// Interarrival jitter, in 8 kHz timestamp units (RFC 3550 §6.4.1, A.8).
@@ -190,6 +192,8 @@ pub struct RtpStream {
     reception: Option<Reception>,
     /// Packets lost by the sources before the current one's `reception`.
     lost_before: u64,
+    /// The kernel's count of datagrams it dropped on the socket, full, as last told.
+    overflows: u32,
     /// The trunk's sources on one clock.
     timeline: Timeline,
     /// Relayed frames ([`Self::send_encoded`]) on our clock.
@@ -231,6 +235,9 @@ impl RtpStream {
             // Then a datagram's arrival is when it was read, and jitter reads that much higher.
             tracing::warn!(error = %e, "RTP arrival times unavailable (SO_TIMESTAMPNS)");
         }
+        if let Err(e) = incoming::count_overflows(&socket) {
+            tracing::warn!(error = %e, "RTP socket drops not counted (SO_RXQ_OVFL)");
+        }
         Ok(RtpStream {
             socket: None,
             sender_socket: Arc::new(socket),
@@ -245,6 +252,7 @@ impl RtpStream {
             event_timestamp: 0,
             reception: None,
             lost_before: 0,
+            overflows: 0,
             timeline: Timeline::default(),
             relay: RelayClock::default(),
             g722: None,
@@ -488,10 +496,21 @@ impl RtpStream {
         bufs: &mut incoming::Buffers,
         got: &mut [incoming::Got; incoming::BATCH],
     ) -> std::io::Result<usize> {
-        match &self.socket {
+        let count = match &self.socket {
             Some(watched) => incoming::recv_waiting(watched, bufs, got),
             None => incoming::recv_unwatched(&self.sender_socket, bufs, got),
+        }?;
+        for overflows in got[..count].iter().filter_map(|g| g.overflows) {
+            let new = overflows.wrapping_sub(self.overflows);
+            self.overflows = overflows;
+            self.stats.dropped_overflow += u64::from(new);
+            if let Some(drops) = &self.drops {
+                drops
+                    .trunk_overflow
+                    .fetch_add(u64::from(new), Ordering::Relaxed);
+            }
         }
+        Ok(count)
     }
 
     /// Takes the socket off the reactor until the next [`Self::poll_readable`]: a call that

@@ -127,6 +127,54 @@ fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
     assert!(stream.stats.jitter < 8, "jitter {}", stream.stats.jitter);
 }
 
+#[test]
+fn a_flood_the_socket_cannot_hold_is_counted_as_the_kernels_drops() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut stream = RtpStream::bind(ip, 41000, 41100).unwrap();
+    let drops = Arc::new(MediaDrops::default());
+    stream.set_drop_counters(drops.clone());
+    stream.set_remote(RemoteMedia {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+        srtp: None,
+    });
+    // Room for a few datagrams only (the kernel's least).
+    socket2::SockRef::from(&*stream.sender_socket)
+        .set_recv_buffer_size(1)
+        .unwrap();
+    let to = SocketAddr::new(ip, stream.local_port());
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut read = 0;
+    let mut bufs = [[0; incoming::DATAGRAM]; incoming::BATCH];
+    let mut got = [incoming::Got::empty(); incoming::BATCH];
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    // A flood between two reads, then one datagram more: the kernel tells its count of drops
+    // with the next datagram it queues.
+    for flood in [200, 1] {
+        for i in 0..flood {
+            stranger.send_to(&pcmu(i), to).unwrap();
+        }
+        loop {
+            let count = stream.recv_waiting(&mut bufs, &mut got).unwrap();
+            for (buf, got) in bufs.iter_mut().zip(&got).take(count) {
+                stream.handle_datagram(&mut buf[..got.len], got.source, got.at, &mut pcm);
+                read += 1;
+            }
+            if count < incoming::BATCH {
+                break;
+            }
+        }
+    }
+    let dropped = stream.stats.dropped_overflow;
+    assert!(read < 200 && dropped > 0, "read {read}, dropped {dropped}");
+    assert_eq!(read + dropped, 201, "every datagram read or counted");
+    assert_eq!(stream.stats.dropped_source, read);
+    assert_eq!(drops.trunk_overflow.load(Ordering::Relaxed), dropped);
+}
+
 fn pcmu(seq: u16) -> Vec<u8> {
     let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     p[2..4].copy_from_slice(&seq.to_be_bytes());
