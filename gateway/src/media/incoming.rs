@@ -38,16 +38,21 @@ pub fn receiver(socket: Arc<std::net::UdpSocket>) -> std::io::Result<Receiver> {
     Ok(unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?)
 }
 
-/// The most datagrams one read takes. A call's socket gathers one datagram in most 2 ms turns
-/// (50 a second); when it holds two, the next read drains the rest.
-pub const BATCH: usize = 2;
+/// The most datagrams one read takes. A socket read as it becomes readable holds one datagram
+/// in most 2 ms turns (50 a second); a trunk's socket read once a 20 ms tick holds one, or two
+/// where the trunk's packets arrive close to the tick. A read that takes fewer than it asked
+/// for has found the socket drained, so these need one `recvmmsg` each.
+pub const BATCH: usize = 4;
 
 /// Room for one datagram: media datagrams are far smaller, and a larger one is cut short
 /// (and then refused by whatever parses it).
 pub const DATAGRAM: usize = 2048;
 
+/// Room for one datagram.
+pub type Buffer = [u8; DATAGRAM];
+
 /// Buffers for one read.
-pub type Buffers = [[u8; DATAGRAM]; BATCH];
+pub type Buffers = [Buffer; BATCH];
 
 /// Room for the audio one datagram decodes to: 20 ms of G.711 is 160 samples, of G.722 320;
 /// a trunk that packs more into a packet (a longer `ptime`) still fits.
@@ -174,20 +179,21 @@ pub fn count_overflows(socket: &std::net::UdpSocket) -> std::io::Result<()> {
 }
 
 /// Reads the datagrams waiting on `socket` into `bufs`, each one's length, source and arrival
-/// into `got`, and returns how many: none when none waited. Fewer than [`BATCH`] means the
-/// socket is drained and its readiness cleared: the task is woken through `poll_read_ready`
-/// when the next one arrives.
+/// into `got`, and returns how many: none when none waited. Fewer than `bufs` holds (at most
+/// [`BATCH`]) means the socket is drained and its readiness cleared: the task is woken
+/// through `poll_read_ready` when the next one arrives.
 pub fn recv_waiting(
     socket: &Receiver,
-    bufs: &mut Buffers,
-    got: &mut [Got; BATCH],
+    bufs: &mut [Buffer],
+    got: &mut [Got],
 ) -> std::io::Result<usize> {
     let mut count = 0;
+    let asked = bufs.len().min(got.len()).min(BATCH);
     let result = socket.try_io(Interest::READABLE, |socket| {
         let taken;
         (taken, count) = recv_batch(socket.as_raw_fd(), bufs, got)?;
         // Short of what was asked (whether or not each one named its source).
-        if taken < BATCH {
+        if taken < asked {
             // Drained: let tokio clear the readiness, as an `EAGAIN` would.
             return Err(ErrorKind::WouldBlock.into());
         }
@@ -203,8 +209,8 @@ pub fn recv_waiting(
 /// tick), not because the socket became readable. `Ok(0)` when none waited.
 pub fn recv_unwatched(
     socket: &std::net::UdpSocket,
-    bufs: &mut Buffers,
-    got: &mut [Got; BATCH],
+    bufs: &mut [Buffer],
+    got: &mut [Got],
 ) -> std::io::Result<usize> {
     match recv_batch(socket.as_raw_fd(), bufs, got) {
         Ok((_, count)) => Ok(count),
@@ -217,8 +223,9 @@ pub fn recv_unwatched(
 /// bytes) and the socket's drops (`SO_RXQ_OVFL`, 24).
 const CONTROL: usize = 64;
 
-/// One `recvmmsg(2)` of up to [`BATCH`] datagrams: how many it took, and how many of them
-/// named a source, moved to the front so that `bufs[i]` is `got[i]`'s.
+/// One `recvmmsg(2)` of as many datagrams as `bufs` and `got` have room for, up to [`BATCH`]:
+/// how many it took, and how many of them named a source, moved to the front so that
+/// `bufs[i]` is `got[i]`'s.
 ///
 /// Why by hand and not `nix::sys::socket::recvmmsg`: that keeps each header's address and
 /// control lengths as the last read left them, so that a worker's read of an IPv6 peer after
@@ -226,19 +233,22 @@ const CONTROL: usize = 64;
 /// would have no room for one. Here every read sets them afresh.
 fn recv_batch(
     fd: std::os::fd::RawFd,
-    bufs: &mut Buffers,
-    got: &mut [Got; BATCH],
+    bufs: &mut [Buffer],
+    got: &mut [Got],
 ) -> std::io::Result<(usize, usize)> {
+    let asked = bufs.len().min(got.len()).min(BATCH);
     #[repr(C, align(8))]
     struct Control([u8; CONTROL]);
     // SAFETY (all three): plain C structures for which all-zero bytes are a valid value.
     let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
     let mut controls: [Control; BATCH] = unsafe { std::mem::zeroed() };
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovs = bufs.each_mut().map(|b| libc::iovec {
-        iov_base: b.as_mut_ptr().cast(),
-        iov_len: b.len(),
-    });
+    // SAFETY: as above.
+    let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    for (iov, buf) in iovs.iter_mut().zip(bufs.iter_mut()) {
+        iov.iov_base = buf.as_mut_ptr().cast();
+        iov.iov_len = buf.len();
+    }
     for (((header, name), control), iov) in headers
         .iter_mut()
         .zip(&mut names)
@@ -258,7 +268,7 @@ fn recv_batch(
         libc::recvmmsg(
             fd,
             headers.as_mut_ptr(),
-            BATCH as _,
+            asked as _,
             libc::MSG_DONTWAIT,
             std::ptr::null_mut(),
         )

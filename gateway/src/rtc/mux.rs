@@ -246,7 +246,9 @@ impl MediaMux {
 }
 
 // `DirectPath::waiting` holds the one datagram a read of two can leave over.
-const _: () = assert!(incoming::BATCH <= 2);
+/// The most datagrams a direct path's read takes: two, so that one can wait
+/// ([`DirectPath::waiting`]).
+const READ: usize = 2;
 
 /// A call's own socket for the one browser address its media comes from.
 #[derive(Debug)]
@@ -255,7 +257,7 @@ pub struct DirectPath {
     /// worker sends through a ring ([`DirectPath::send`]).
     socket: incoming::Receiver,
     /// A datagram read with the one before it, handed out next: one read takes at most
-    /// [`incoming::BATCH`] (two), so one can wait.
+    /// [`READ`] (two), so one can wait.
     waiting: Option<Datagram>,
     peer: SocketAddr,
     mux: MediaMux,
@@ -290,8 +292,8 @@ impl DirectPath {
             }
             let peer = self.peer;
             let (ready, waiting) = incoming::with_scratch(|scratch| {
-                let bufs = &mut scratch.datagrams;
-                let mut got = [incoming::Got::empty(); incoming::BATCH];
+                let bufs = &mut scratch.datagrams[..READ];
+                let mut got = [incoming::Got::empty(); READ];
                 let count = match incoming::recv_waiting(&self.socket, bufs, &mut got) {
                     Ok(count) => count,
                     // A browser gone (its port closed) answers what the call sent on this

@@ -489,12 +489,12 @@ impl RtpStream {
     }
 
     /// The datagrams waiting, into `bufs`, each one's length, source and arrival into `got`;
-    /// how many ([`crate::media::incoming::recv_waiting`]: fewer than `BATCH` when drained).
+    /// how many ([`crate::media::incoming::recv_waiting`]: fewer than asked for when drained).
     /// Reads whether or not the reactor watches the socket.
     pub fn recv_waiting(
         &mut self,
-        bufs: &mut incoming::Buffers,
-        got: &mut [incoming::Got; incoming::BATCH],
+        bufs: &mut [incoming::Buffer],
+        got: &mut [incoming::Got],
     ) -> std::io::Result<usize> {
         let count = match &self.socket {
             Some(watched) => incoming::recv_waiting(watched, bufs, got),

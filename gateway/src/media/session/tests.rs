@@ -118,7 +118,7 @@ fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
         read_at.saturating_duration_since(sent),
     );
     let mut pcm = [0i16; FRAME_SAMPLES];
-    for (buf, got) in bufs.iter_mut().zip(&got) {
+    for (buf, got) in bufs.iter_mut().zip(&got).take(2) {
         let heard = stream.handle_datagram(&mut buf[..got.len], got.source, got.at, &mut pcm);
         assert!(matches!(heard, Received::Audio { .. }), "{heard:?}");
     }
