@@ -108,10 +108,22 @@ def floor_pct(complexity):
     settings, % of a core: of the load's signal ("load") and of the bench's speech-like one
     ("speech_like")."""
     env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
-    out = subprocess.run(
-        ["cargo", "bench", "--locked", "-p", "gateway", "--bench", "media", "--", "floor",
-         "--warm-up-time", "1", "--measurement-time", "4", "--noplot"],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    # `cargo bench -p gateway` also links target/release/gateway, with the features of the
+    # gateway alone rather than those the build above unifies with gateway-tests': keep the
+    # binary that was measured (or put in place to be measured) for the next run.
+    gateway = ROOT / "target/release/gateway"
+    kept = OUT / "gateway.measured"
+    shutil.copy2(gateway, kept)
+    try:
+        out = subprocess.run(
+            ["cargo", "bench", "--locked", "-p", "gateway", "--bench", "media", "--", "floor",
+             "--warm-up-time", "1", "--measurement-time", "4", "--noplot"],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
+    finally:
+        # A new file, not a write into the old one, which cargo's own copy may share (a hard
+        # link) and would then take for its build.
+        gateway.unlink(missing_ok=True)
+        shutil.copy2(kept, gateway)
     floors = {}
     for key, name in (("load", "load floor: "), ("speech_like", "floor: ")):
         m = re.search(r"^" + re.escape(name) + r"[^\n]*\n\s*time:\s*\[\S+ \S+ (\S+) (\S+)", out, re.M)
