@@ -188,12 +188,10 @@ pub fn recv_waiting(
     got: &mut [Got],
 ) -> std::io::Result<usize> {
     let mut count = 0;
-    let asked = bufs.len().min(got.len()).min(BATCH);
     let result = socket.try_io(Interest::READABLE, |socket| {
-        let taken;
-        (taken, count) = recv_batch(socket.as_raw_fd(), bufs, got)?;
-        // Short of what was asked (whether or not each one named its source).
-        if taken < asked {
+        let drained;
+        (drained, count) = recv_batch(socket.as_raw_fd(), bufs, got)?;
+        if drained {
             // Drained: let tokio clear the readiness, as an `EAGAIN` would.
             return Err(ErrorKind::WouldBlock.into());
         }
@@ -224,8 +222,9 @@ pub fn recv_unwatched(
 const CONTROL: usize = 64;
 
 /// One `recvmmsg(2)` of as many datagrams as `bufs` and `got` have room for, up to [`BATCH`]:
-/// how many it took, and how many of them named a source, moved to the front so that
-/// `bufs[i]` is `got[i]`'s.
+/// whether it took fewer than it asked for (whether or not each one named its source: the
+/// socket is drained), and how many named a source, moved to the front so that `bufs[i]` is
+/// `got[i]`'s.
 ///
 /// Why by hand and not `nix::sys::socket::recvmmsg`: that keeps each header's address and
 /// control lengths as the last read left them, so that a worker's read of an IPv6 peer after
@@ -235,7 +234,7 @@ fn recv_batch(
     fd: std::os::fd::RawFd,
     bufs: &mut [Buffer],
     got: &mut [Got],
-) -> std::io::Result<(usize, usize)> {
+) -> std::io::Result<(bool, usize)> {
     let asked = bufs.len().min(got.len()).min(BATCH);
     #[repr(C, align(8))]
     struct Control([u8; CONTROL]);
@@ -296,7 +295,7 @@ fn recv_batch(
         };
         count += 1;
     }
-    Ok((taken, count))
+    Ok((taken < asked, count))
 }
 
 /// The arrival time the kernel stamped a datagram with, and the socket's drops it told of.

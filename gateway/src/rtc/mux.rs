@@ -245,7 +245,6 @@ impl MediaMux {
     }
 }
 
-// `DirectPath::waiting` holds the one datagram a read of two can leave over.
 /// The most datagrams a direct path's read takes: two, so that one can wait
 /// ([`DirectPath::waiting`]).
 const READ: usize = 2;
@@ -331,8 +330,8 @@ impl DirectPath {
     /// Why: an unconnected socket looks the route up for every datagram it sends
     /// (`ip_route_output_flow`), a connected one keeps the route it found at `connect` (UDP's
     /// cached destination, net/ipv4/udp.c); on the benchmark box a loopback send through a
-    /// ring cost 8–10 % less so (`cargo bench -p gateway --bench udp_send`). A ring sends every socket's datagrams in one submission, so nothing is lost
-    /// by using the call's own. Without a ring, one `sendmmsg` on the shared socket carries
+    /// ring cost 8–10 % less so (`cargo bench -p gateway --bench udp_send`). A ring sends
+    /// every socket's datagrams in one submission, so nothing is lost by using the call's own. Without a ring, one `sendmmsg` on the shared socket carries
     /// all the browsers' datagrams of a turn ([`outgoing::flush`]): fewer system calls is the
     /// larger saving there.
     pub fn send(&self, bytes: &[u8]) {

@@ -574,11 +574,10 @@ impl RtpStream {
         self.stats.received += 1;
         // Audio and RFC 4733 events share one sequence space; only audio has a steadily
         // advancing timestamp (an event keeps its start time), so only audio feeds jitter.
-        let now = at;
         let clock = remote.codec.clock_rate();
         let (timestamp, from) =
             self.timeline
-                .place(packet.ssrc, packet.timestamp, is_audio, remote.codec, now);
+                .place(packet.ssrc, packet.timestamp, is_audio, remote.codec, at);
         if from == Origin::New {
             // A new source has its own sequence numbers (RFC 3550 §8.2).
             self.end_reception();
@@ -586,8 +585,8 @@ impl RtpStream {
         if from != Origin::Previous {
             let reception = self
                 .reception
-                .get_or_insert_with(|| Reception::new(packet.sequence, clock, now));
-            reception.handle_packet(packet.sequence, is_audio.then_some(timestamp), now);
+                .get_or_insert_with(|| Reception::new(packet.sequence, clock, at));
+            reception.handle_packet(packet.sequence, is_audio.then_some(timestamp), at);
             self.stats.lost = self.lost_before + reception.lost();
             // Kept in 8 kHz units whatever the codec's clock, so every call's figure reads alike.
             let per_8k = clock / 8000;
