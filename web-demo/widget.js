@@ -546,11 +546,26 @@
           this.iceServers = m.ice_servers || this.iceServers;
           await this.offer();
           break;
+        case 'renegotiation_needed':
+          // The trunk chose a codec narrower (or wider) than the answer let us code: a new
+          // offer, whose answer re-tells our encoder. After the one in flight, if any.
+          if (m.call_id === this.callId && this.pc) {
+            if (this.restarting) {
+              this.renegotiateAgain = true;
+            } else {
+              await this.renegotiate(false);
+            }
+          }
+          break;
         case 'renegotiated':
           if (this.pc && this.pc.signalingState === 'have-local-offer') {
             await this.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
           }
           this.restarting = false;
+          if (this.renegotiateAgain && this.pc) {
+            this.renegotiateAgain = false;
+            await this.renegotiate(false);
+          }
           break;
         case 'answer':
           this.callId = m.call_id;
@@ -644,15 +659,24 @@
       if (!this.ws || this.ws.readyState !== WebSocket.OPEN || this.restarts >= MAX_RESTARTS) {
         return;
       }
-      this.restarting = true;
       this.restarts += 1;
+      await this.renegotiate(true);
+    }
+
+    // Sends a new offer in `renegotiate`, one at a time (`restarting` until the answer): an
+    // ICE restart, or, when the gateway asks (`renegotiation_needed`), the same path again
+    // for the answer's new audio caps.
+    async renegotiate(iceRestart) {
+      const pc = this.pc;
+      this.restarting = true;
       try {
-        await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+        await pc.setLocalDescription(await pc.createOffer({ iceRestart: iceRestart }));
         await gathered(pc);
         this.send({ type: 'renegotiate', call_id: this.callId, sdp: pc.localDescription.sdp });
       } catch (e) {
         this.restarting = false;
-        this.emit('error', { message: 'The audio path could not be renewed: ' + e.message });
+        const what = iceRestart ? 'The audio path could not be renewed: ' : 'The audio could not be renegotiated: ';
+        this.emit('error', { message: what + e.message });
       }
     }
 
@@ -711,6 +735,7 @@
     cleanup() {
       live.delete(this);
       this.restarting = false;
+      this.renegotiateAgain = false;
       clearInterval(this.qualityTimer);
       this.poorReadings = 0;
       clearInterval(this.timer);

@@ -184,8 +184,8 @@ pub struct CallReport {
     pub jitter_ms: Option<f64>,
     /// ICE + DTLS completed.
     pub media_connected: bool,
-    /// The `maxplaybackrate` of the gateway's description (48000 when it gives none): the
-    /// widest audio this client then codes, as a browser does.
+    /// The `maxplaybackrate` of the gateway's last description (48000 when it gives none):
+    /// the widest audio this client then codes, as a browser does.
     pub far_end_playback_hz: Option<u32>,
     /// Packets received in [`CallOptions::measure_window`].
     pub window_packets: u64,
@@ -653,8 +653,18 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                         ws.send(text(&json!({"type": "answer", "call_id": report.call_id, "sdp": sdp}))).await?;
                         call_sent = Instant::now();
                     }
+                    "renegotiation_needed" => {
+                        // The trunk settled on another width: a new offer, as a browser's
+                        // `negotiationneeded` makes, on the same ICE credentials.
+                        let offer = pc.create_offer(None)?;
+                        pc.set_local_description(Instant::now(), offer)?;
+                        let sdp = pc.local_description().map(|d| d.sdp).unwrap_or_default();
+                        ws.send(text(&json!({"type": "renegotiate", "call_id": report.call_id, "sdp": sdp}))).await?;
+                    }
                     "renegotiated" => {
-                        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(v["sdp"].as_str().unwrap_or("").to_owned())?)?;
+                        let sdp = v["sdp"].as_str().unwrap_or("");
+                        pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(sdp.to_owned())?)?;
+                        recode(&mut opus_sender, &mut loop_coding, sdp, options, &mut report)?;
                     }
                     "answered" => {
                         answered_at = Some(Instant::now());
@@ -836,6 +846,32 @@ fn start_sending(
         }));
     } else {
         *sender = Some(tone_coder(description, options)?);
+    }
+    Ok(())
+}
+
+/// A new answer's Opus caps, applied as a browser's encoder applies them: a caller whose far
+/// end now plays another width codes anew for it (the tone loop is coded aside, the old one
+/// sent meanwhile).
+fn recode(
+    sender: &mut Option<BrowserOpus>,
+    coding: &mut Option<tokio::task::JoinHandle<anyhow::Result<Arc<[Bytes]>>>>,
+    description: &str,
+    options: &CallOptions,
+    report: &mut CallReport,
+) -> anyhow::Result<()> {
+    let hz = crate::browser_opus::max_playback_rate(description);
+    if report.far_end_playback_hz == Some(hz) {
+        return Ok(());
+    }
+    report.far_end_playback_hz = Some(hz);
+    if sender.is_some() {
+        *sender = Some(tone_coder(description, options)?);
+    } else if options.sends_tone_loop() {
+        let (description, options) = (description.to_owned(), options.clone());
+        *coding = Some(tokio::task::spawn_blocking(move || {
+            tone_loop_for(&description, &options)
+        }));
     }
     Ok(())
 }

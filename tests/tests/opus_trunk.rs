@@ -87,6 +87,24 @@ async fn a_call_from_an_opus_trunk_that_offers_g711_asks_the_browser_for_narrowb
     );
 }
 
+/// A late offer (an INVITE without SDP) from a trunk that may speak Opus: the answering
+/// browser is offered full band, the widest the trunk lists; once the trunk's answer in the
+/// ACK settles on PCMU, the browser is asked for a new offer and capped at narrowband.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_offer_answered_in_g711_narrows_the_answering_browsers_band() {
+    let (report, metrics) =
+        call_from_opus_trunk("opus_trunk_late_offer", "uac_call_late_offer.xml").await;
+    let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
+    assert_eq!(count("renegotiation_needed"), 1, "{report:?}");
+    assert_eq!(count("renegotiated"), 1, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    assert!(
+        !metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "{metrics}"
+    );
+}
+
 /// A call from a trunk whose `codecs` are Opus then PCMU, placed by sipp's `scenario`, to a
 /// registered browser that answers it; the browser's report and the metrics after it.
 async fn call_from_opus_trunk(
@@ -189,6 +207,10 @@ async fn the_browsers_band_follows_the_dialled_trunk() {
         eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
         assert_eq!(report.far_end_playback_hz, Some(hz), "{target}: {report:?}");
         assert!(
+            !report.messages.iter().any(|m| m == "renegotiation_needed"),
+            "{target}: the trunk answered as wide as the browser was told: {report:?}"
+        );
+        assert!(
             report.tone_snr_db.unwrap_or(0.0) >= 20.0,
             "{target}: the tone comes back: {report:?}"
         );
@@ -199,6 +221,40 @@ async fn the_browsers_band_follows_the_dialled_trunk() {
         carrier.finished().await,
         "the Opus trunk's sipp saw no call"
     );
+}
+
+/// A trunk that may speak Opus but answers G.711: the call's answer let the browser code
+/// full band, since the trunk had not chosen yet; once it has, the gateway asks the browser
+/// for a new offer and caps it at narrowband in the answer, and the call goes on through it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_may_speak_opus_but_answers_g711_narrows_the_browsers_band() {
+    let dir = out_dir("opus_trunk_answers_g711");
+    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let options = CallOptions {
+        seconds: 3.0,
+        ..CallOptions::new("echo")
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
+    assert_eq!(count("renegotiation_needed"), 1, "{report:?}");
+    assert_eq!(count("renegotiated"), 1, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone, coded narrowband after the new answer, comes back: {report:?}"
+    );
+    assert_eq!(report.ended.unwrap()["reason"], "hangup");
+    assert!(sipp.finished().await, "sipp saw no call, or no BYE");
+    let record = gateway_tests::cdr_records(&cdr, 1).await.remove(0);
+    assert_eq!(record["trunk_codec"], "PCMU", "{record}");
 }
 
 /// A browser call with `options` to an Opus trunk whose media a media server beside it

@@ -118,10 +118,13 @@ fn check(target: &str, seen: &serde_json::Value, digits: &str) {
         (seen["unmutedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
         "{target}: unmuted, the tone is back: {seen}"
     );
-    // Every trunk here speaks G.711, so the answer asks Chromium for 8 kHz audio at 24 kb/s
-    // (RFC 7587 §6.1), and it codes that: ~60 bytes of Opus a packet, where its full-band
-    // default (32 kb/s) is ~83.
+    // Every trunk here answers G.711, so the gateway's answer asks Chromium for 8 kHz audio at
+    // 24 kb/s (RFC 7587 §6.1), and it codes that: ~60 bytes of Opus a packet, where its
+    // full-band default (32 kb/s) is ~83. The PBX may speak Opus too, so the call's first
+    // answer left the band open; when the PBX answered PCMU the gateway asked the widget for
+    // a new offer (`renegotiation_needed`), and this is the answer to it.
     let sending = &seen["sending"];
+    eprintln!("{target}: Chromium sending {sending}");
     assert!(
         sending["fmtp"].as_str().is_some_and(
             |f| f.contains("maxplaybackrate=8000") && f.contains("maxaveragebitrate=24000")
@@ -161,7 +164,7 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
          [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n\n\
          [cdr]\npath = \"{}\"\n\n\
          [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
-         [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\n\n\
+         [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\", \"PCMU\"]\n\n\
          [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
          [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n",
         cdr.display(),
@@ -232,6 +235,7 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     let sales = &records[1];
     assert_eq!(sales["to"], "sales", "{sales}");
     assert_eq!(sales["trunk"], "pbx", "{sales}");
+    assert_eq!(sales["trunk_codec"], "PCMU", "{sales}");
     assert_eq!(sales["end_reason"], "hangup", "{sales}");
     assert_eq!(sales["sip_code"], 200, "{sales}");
     assert!(sales["sip_call_id"].is_string(), "{sales}");

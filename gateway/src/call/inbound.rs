@@ -170,8 +170,9 @@ pub async fn run_inbound(
         let rtp = ctx.trunk_media().map_err(|_| 503u16)?;
         let local = ctx.local_media(rtp.local_port(), &codecs, srtp);
         // The browser codes no wider than the codec the trunk's offer settled on, or, for a
-        // late offer, the widest this trunk may pick. A re-INVITE that later moved the call
-        // to a wider codec would keep the browser's narrower audio: it still plays.
+        // late offer, the widest this trunk may pick. Where the trunk later settles on another
+        // width (the late offer's answer, a re-INVITE), the driver asks the browser for a new
+        // offer (`renegotiation_needed`) and answers it with the new caps.
         let audio_hz = match &remote {
             Some(remote) => remote.codec.sample_rate(),
             None => Codec::widest_audio_hz(codecs.iter().copied()),

@@ -389,8 +389,9 @@ impl BrowserLeg {
         Ok(())
     }
 
-    /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2). One with new
-    /// ICE credentials is an ICE restart (RFC 8445 §9): the stack draws new local credentials
+    /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2): one it made
+    /// because the gateway asked ([`Self::set_audio_hz`]), or one with new ICE credentials, an
+    /// ICE restart (RFC 8445 §9): the stack draws new local credentials
     /// too, so [`Self::ufrag`] changes and the media port must route the new one, and new
     /// checks pick the path. DTLS and SRTP go on unchanged over it (RFC 8842 §4).
     pub fn renegotiate(&mut self, offer_sdp: &str, now: Instant) -> Result<String, RtcError> {
@@ -434,6 +435,17 @@ impl BrowserLeg {
     pub fn relayed(&self) -> bool {
         self.media_from
             .is_some_and(|p| self.relay_candidates.contains(&p))
+    }
+
+    /// The call's trunk side now carries audio up to `hz` samples a second (its answer settled
+    /// on a codec, or a re-INVITE moved it). True when that differs from what our last
+    /// description let the browser code: the browser is then to be asked for a new offer, since
+    /// only a new answer re-tells its encoder (RFC 7587 §6.1), and [`Self::renegotiate`]
+    /// answers it with the new caps.
+    pub fn set_audio_hz(&mut self, hz: u32) -> bool {
+        let changed = self.audio_hz.min(48_000) != hz.min(48_000);
+        self.audio_hz = hz;
+        changed
     }
 
     /// Our ICE username fragment: STUN requests from the browser carry it first in USERNAME.

@@ -387,3 +387,44 @@ fn chromes_offer_is_answered_with_its_opus_capped_at_the_trunk_sides_rate() {
         "{answer}"
     );
 }
+
+/// A trunk that may speak Opus answered G.711: the browser, told full band in the call's
+/// answer, is asked for a new offer (no ICE restart), and the answer to it caps its audio at
+/// 8 kHz and 24 kb/s, on the same ICE credentials.
+#[tokio::test]
+async fn a_new_offer_after_the_trunk_narrowed_is_answered_with_the_narrower_caps() {
+    let (mut client, offer) = client().await;
+    let local = "127.0.0.1:10000".parse().unwrap();
+    let now = Instant::now();
+    let (mut leg, answer) = BrowserLeg::answer(
+        &offer,
+        local,
+        local.ip(),
+        &DtlsCertificate::generate().unwrap(),
+        48_000,
+        now,
+    )
+    .unwrap();
+    assert!(!answer.contains("maxplaybackrate"), "{answer}");
+    client
+        .pc
+        .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
+        .unwrap();
+    assert!(!leg.set_audio_hz(48_000), "nothing changed");
+    assert!(leg.set_audio_hz(8000), "the trunk answered G.711");
+    let ufrag = leg.ufrag().to_owned();
+    let offer = client.pc.create_offer(None).unwrap();
+    client.pc.set_local_description(now, offer).unwrap();
+    let offer = client.pc.local_description().unwrap().sdp;
+    let answer = leg.renegotiate(&offer, now).unwrap();
+    assert!(
+        answer.contains("maxplaybackrate=8000;sprop-maxcapturerate=8000;maxaveragebitrate=24000"),
+        "{answer}"
+    );
+    assert_eq!(leg.ufrag(), ufrag, "no ICE restart");
+    client
+        .pc
+        .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
+        .unwrap();
+    assert!(!leg.set_audio_hz(8000));
+}

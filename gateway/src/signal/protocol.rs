@@ -177,6 +177,15 @@ pub enum ServerMessage {
         /// The call.
         call_id: String,
     },
+    /// The trunk settled on a codec of another width than the call's answer let the browser
+    /// code (a trunk that speaks Opus and G.711 answered G.711): the client is to send a new
+    /// offer in `renegotiate` (no ICE restart), whose answer carries the new caps.
+    RenegotiationNeeded {
+        /// The call.
+        call_id: String,
+        /// The widest audio the trunk side now carries, samples a second.
+        audio_hz: u32,
+    },
     /// The gateway's SDP answer to `renegotiate`; media moves to the path the new ICE checks
     /// select.
     Renegotiated {
@@ -338,6 +347,9 @@ pub fn from_call_event(call_id: String, event: CallEvent) -> Option<ServerMessag
             sip_code: code,
         },
         CallEvent::Answered => ServerMessage::Answered { call_id },
+        CallEvent::RenegotiationNeeded { audio_hz } => {
+            ServerMessage::RenegotiationNeeded { call_id, audio_hz }
+        }
         CallEvent::Renegotiated { sdp } => ServerMessage::Renegotiated { call_id, sdp },
         CallEvent::TransferProgress { code } => ServerMessage::TransferProgress {
             call_id,

@@ -496,7 +496,22 @@ impl Run<'_> {
 
     fn event(&mut self, event: CallEvent) {
         match &event {
-            CallEvent::TrunkMedia(remote) => self.rtp.set_remote(*remote),
+            CallEvent::TrunkMedia(remote) => {
+                self.rtp.set_remote(*remote);
+                // The browser was told how wide to code before the trunk chose its codec (an
+                // outbound call answers the browser at once; an inbound late offer): a trunk
+                // that may speak Opus but answered G.711 would otherwise get full-band Opus at
+                // 32 kb/s decoded down to 8 kHz (3.5 times the decoding, and the trunk hears
+                // it worse, docs/benchmarks-history.md §1).
+                if let Caller::Browser(b) = &mut self.caller
+                    && !self.ended
+                    && b.leg.set_audio_hz(remote.codec.sample_rate())
+                {
+                    let audio_hz = remote.codec.sample_rate();
+                    self.sink.send((self.call_id.clone(), event));
+                    return self.event(CallEvent::RenegotiationNeeded { audio_hz });
+                }
+            }
             CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
             CallEvent::TransferRequested {
                 trunk,

@@ -71,6 +71,13 @@ pub enum CallEvent {
         /// The REFER's Referred-By (RFC 3892), if any.
         referred_by: Option<String>,
     },
+    /// The trunk's codec carries audio of another width than the browser was last told
+    /// (`audio_hz` samples a second): the browser is asked for a new offer, whose answer
+    /// caps its encoder anew. Emitted by the call's driver.
+    RenegotiationNeeded {
+        /// The widest audio the trunk side now carries.
+        audio_hz: u32,
+    },
     /// The gateway's SDP answer to the browser's `renegotiate` offer.
     Renegotiated {
         /// The answer.
