@@ -10,7 +10,8 @@ ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
        [--workers N] [--turn-ms N] [--no-io-uring] [--complexity N]
-       [--opus-trunk | --g722-trunk] [--no-build] [--full-band] [--media-load-pct N]
+       [--opus-trunk | --g722-trunk | --trunk-codecs LIST] [--no-build] [--full-band]
+       [--media-load-pct N]
        [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
@@ -412,6 +413,10 @@ def main():
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--g722-trunk", action="store_true",
                       help="the trunk speaks G.722 (HD voice): calls are transcoded at 16 kHz")
+    args.add_argument("--trunk-codecs", default=None,
+                      help="the trunk's `codecs`, comma-separated (e.g. opus,PCMU), sipp "
+                           "answering G.711 all the same: a trunk that may speak a wider codec "
+                           "answers a narrower one")
     args.add_argument("--full-band", action="store_true",
                       help="callers code full band whatever the gateway's answer allows")
     args.add_argument("--ramp-rate", type=float, default=RAMP[0],
@@ -457,6 +462,9 @@ def main():
     elif a.g722_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["G722", "PCMU"]\n')
         scenario = "echo_g722.xml"
+    elif a.trunk_codecs:
+        codecs = ", ".join(f'"{c.strip()}"' for c in a.trunk_codecs.split(","))
+        text = text.replace("[trunks.echo]\n", f"[trunks.echo]\ncodecs = [{codecs}]\n")
     (OUT / "gateway.toml").write_text(text)
     runs = []
     for run in range(a.runs):
