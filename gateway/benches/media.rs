@@ -269,10 +269,10 @@ const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone"
 /// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which [`signal`]'s noise keeps
 /// it from doing: a frame of it costs 10–27 % more (docs/benchmarks-history.md §2, "afternoon").
 fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
-    let answer = gateway::rtc::cap_audio_rate(
+    let answer = gateway::rtc::cap_audio(
         "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",
         111,
-        8000,
+        gateway::rtc::AudioCaps::up_to(8000),
     );
     let tone = tone_loop_for(&answer, &CallOptions::new("echo")).unwrap();
     let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();

@@ -70,7 +70,7 @@ pub fn sdp_browser(data: &[u8]) -> bool {
         "127.0.0.1".parse().expect("literal address"),
         certificate(),
         // A G.711 gateway's: the answer's Opus line is rewritten too.
-        8000,
+        gateway::rtc::AudioCaps::up_to(8000),
         Instant::now(),
     )
     .is_ok()
@@ -89,7 +89,7 @@ pub fn media_port(data: &[u8]) {
                 "127.0.0.1:10000".parse().expect("literal address"),
                 "127.0.0.1".parse().expect("literal address"),
                 certificate(),
-                8000,
+                gateway::rtc::AudioCaps::up_to(8000),
                 Instant::now(),
             )
             .expect("a browser leg")
@@ -126,6 +126,7 @@ pub fn rtp_rtcp(data: &[u8]) {
             dtmf_payload_type: Some(101),
             direction: Direction::SendRecv,
             srtp: None,
+            opus: Default::default(),
         });
         Mutex::new(stream)
     });

@@ -257,6 +257,43 @@ async fn a_trunk_that_may_speak_opus_but_answers_g711_narrows_the_browsers_band(
     assert_eq!(record["trunk_codec"], "PCMU", "{record}");
 }
 
+/// An Opus trunk that renders no wider than 16 kHz and takes at most 20 kb/s: the browser,
+/// whose Opus goes to it untouched, is asked for no more once the trunk has answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_opus_trunks_own_limits_reach_the_browser() {
+    let dir = out_dir("opus_trunk_limits");
+    let sipp = Sipp::uas("echo_opus_limits.xml", "u1", &dir);
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let options = CallOptions {
+        seconds: 3.0,
+        ..CallOptions::new("echo")
+    };
+    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
+        .await
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
+    assert_eq!(count("renegotiation_needed"), 1, "{report:?}");
+    assert_eq!(count("renegotiated"), 1, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.far_end_playback_hz, Some(16000), "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the browser hears its own Opus back: {report:?}"
+    );
+    assert!(sipp.finished().await, "sipp saw no call, or no BYE");
+    let record = gateway_tests::cdr_records(&cdr, 1).await.remove(0);
+    assert_eq!(record["trunk_codec"], "opus", "{record}");
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "relayed, not transcoded: {metrics}"
+    );
+}
+
 /// A browser call with `options` to an Opus trunk whose media a media server beside it
 /// returns, changing source 1.5 s in, its clock half a second (on Opus's 48 kHz clock)
 /// behind.

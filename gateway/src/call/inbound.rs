@@ -173,15 +173,15 @@ pub async fn run_inbound(
         // late offer, the widest this trunk may pick. Where the trunk later settles on another
         // width (the late offer's answer, a re-INVITE), the driver asks the browser for a new
         // offer (`renegotiation_needed`) and answers it with the new caps.
-        let audio_hz = match &remote {
-            Some(remote) => remote.codec.sample_rate(),
-            None => Codec::widest_audio_hz(codecs.iter().copied()),
+        let audio = match &remote {
+            Some(remote) => crate::rtc::AudioCaps::of_trunk(remote),
+            None => crate::rtc::AudioCaps::up_to(Codec::widest_audio_hz(codecs.iter().copied())),
         };
         let (leg, offer) = BrowserLeg::offer(
             ctx.mux.local_addr(),
             ctx.media_ip,
             &ctx.dtls,
-            audio_hz,
+            audio,
             Instant::now(),
         )
         .map_err(|_| 500u16)?;

@@ -139,21 +139,22 @@ impl CallContext {
     }
 
     /// Our leg for a browser's `offer` (a call's or a preflight's), and its answer, asking
-    /// the browser for no wider audio than `audio_hz` (samples a second).
+    /// the browser for no wider audio than `audio`.
     ///
     /// For a call, that is the widest its dialled trunk and the trunk's failover carry
     /// ([`Trunks::audio_hz_for`]), not the widest of every trunk: with one Opus trunk beside
     /// G.711 ones, every browser coded full band at 32 kb/s, which its G.711 calls decode
     /// to 8 kHz at 0.71 % of a core a call where narrowband costs 0.56 %
     /// (docs/benchmarks-history.md §1, "What the browser sends"). The answer goes out before the
-    /// plugins route the call; one they move to another trunk keeps the audio asked for here, which
-    /// plays either way (narrower audio is carried as it is, wider is decoded down).
+    /// plugins route the call and before the trunk chooses its codec: where either narrows or
+    /// widens the audio, the call's driver asks the browser for a new offer and answers it
+    /// anew (`BrowserLeg::set_audio`).
     ///
     /// [`Trunks::audio_hz_for`]: crate::sip::trunks::Trunks::audio_hz_for
     fn answer_browser(
         &self,
         offer: &str,
-        audio_hz: u32,
+        audio: crate::rtc::AudioCaps,
         now: std::time::Instant,
     ) -> Result<(crate::rtc::BrowserLeg, String), crate::rtc::RtcError> {
         crate::rtc::BrowserLeg::answer(
@@ -161,7 +162,7 @@ impl CallContext {
             self.mux.local_addr(),
             self.media_ip,
             &self.dtls,
-            audio_hz,
+            audio,
             now,
         )
     }

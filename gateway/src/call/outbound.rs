@@ -43,8 +43,8 @@ pub fn start_outbound(
     events: EventSink,
     commands: super::CommandReceiver,
 ) -> Result<String, crate::rtc::RtcError> {
-    let audio_hz = ctx.trunks.audio_hz_for(&call.trunk);
-    let (leg, answer) = ctx.answer_browser(offer, audio_hz, Instant::now())?;
+    let audio = crate::rtc::AudioCaps::up_to(ctx.trunks.audio_hz_for(&call.trunk));
+    let (leg, answer) = ctx.answer_browser(offer, audio, Instant::now())?;
     let route = ctx.mux.register(leg.ufrag());
     // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and
     // the leg is 8.8 KB that the driver keeps again (boxed, in its caller).

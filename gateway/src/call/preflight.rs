@@ -25,7 +25,11 @@ pub fn start_preflight(
     let now = Instant::now();
     // Answered as a call's offer is, so the path is measured with the traffic a call sends:
     // as wide as the widest trunk's (no trunk is dialled yet).
-    let (leg, answer) = ctx.answer_browser(offer, ctx.trunks.widest_audio_hz(), now)?;
+    let (leg, answer) = ctx.answer_browser(
+        offer,
+        crate::rtc::AudioCaps::up_to(ctx.trunks.widest_audio_hz()),
+        now,
+    )?;
     let route = ctx.mux.register(leg.ufrag());
     ctx.metrics.preflights_total.fetch_add(1, Ordering::Relaxed);
     let until = now + Duration::from_secs(PREFLIGHT_SECONDS);

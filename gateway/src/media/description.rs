@@ -77,4 +77,36 @@ pub struct RemoteMedia {
     pub direction: Direction,
     /// The SRTP keys both sides settled on; `None`: plain RTP.
     pub srtp: Option<SrtpKeys>,
+    /// What the peer asks of the Opus it receives, when its codec is Opus.
+    pub opus: OpusLimits,
+}
+
+/// What a peer asks of the Opus it receives, from its `a=fmtp` line (RFC 7587 §6.1): the
+/// sender SHOULD NOT code wider or faster. A relayed call's sender is the browser.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpusLimits {
+    /// `maxplaybackrate`: the widest audio it renders, samples a second.
+    pub max_playback_hz: Option<u32>,
+    /// `maxaveragebitrate`: the most it takes, bits a second.
+    pub max_average_bitrate: Option<u32>,
+}
+
+impl OpusLimits {
+    /// Reads an Opus `a=fmtp` line's parameters (`minptime=10;useinbandfec=1;…`). Values out
+    /// of RFC 7587's ranges (8000–48000 Hz, 6000–510000 b/s) are brought into them.
+    pub fn parse(fmtp: &str) -> OpusLimits {
+        let value = |name: &str| {
+            fmtp.split(';').find_map(|p| {
+                let (key, value) = p.split_once('=')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| value.trim().parse::<u32>().ok())
+                    .flatten()
+            })
+        };
+        OpusLimits {
+            max_playback_hz: value("maxplaybackrate").map(|hz| hz.clamp(8000, 48_000)),
+            max_average_bitrate: value("maxaveragebitrate").map(|b| b.clamp(6000, 510_000)),
+        }
+    }
 }

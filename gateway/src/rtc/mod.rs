@@ -31,8 +31,8 @@ pub mod mux;
 mod reports;
 mod sdp;
 
+pub use sdp::{AudioCaps, cap_audio, opus_codec, telephone_event_codec};
 use sdp::{DTMF_PT, OPUS_PT, ice_ufrag, media_engine, negotiated_payload_types, relay_candidates};
-pub use sdp::{cap_audio_rate, opus_codec, telephone_event_codec};
 
 use crate::media::dtmf::DtmfReceiver;
 use crate::media::srtp::InboundSsrcs;
@@ -128,9 +128,9 @@ pub struct BrowserLeg {
     ssrc: u32,
     opus_pt: u8,
     dtmf_pt: Option<u8>,
-    /// The widest audio the call's trunk side carries, samples a second: what our
-    /// descriptions let the browser's encoder code ([`cap_audio_rate`]).
-    audio_hz: u32,
+    /// What the call's trunk side carries: what our descriptions let the browser's encoder
+    /// code ([`cap_audio`]).
+    audio: AudioCaps,
     sequence: u16,
     timestamp: u32,
     /// Relayed Opus on our clock, so the trunk's timing (silences included) reaches the
@@ -297,7 +297,7 @@ impl BrowserLeg {
             ssrc,
             opus_pt: OPUS_PT,
             dtmf_pt: Some(DTMF_PT),
-            audio_hz: 48_000,
+            audio: AudioCaps::up_to(48_000),
             sequence: rand::random(),
             timestamp: rand::random(),
             relay: Default::default(),
@@ -323,15 +323,15 @@ impl BrowserLeg {
 
     /// Answers a browser's offer. `local` is the shared media socket's address and
     /// `advertised` the IP the browser should send to (the public IP behind 1:1 NAT). The
-    /// answer carries our only candidate, so no trickle round-trip is needed. `audio_hz` is
-    /// the widest audio the call's trunk side carries (8000 for G.711, 16000 for G.722,
-    /// 48000 when Opus may be relayed): the browser is asked to code no wider.
+    /// answer carries our only candidate, so no trickle round-trip is needed. `audio` is what
+    /// the call's trunk side carries (8 kHz for G.711, 16 kHz for G.722, up to 48 kHz when
+    /// Opus may be relayed): the browser is asked to code no wider.
     pub fn answer(
         offer_sdp: &str,
         local: SocketAddr,
         advertised: IpAddr,
         certificate: &DtlsCertificate,
-        audio_hz: u32,
+        audio: AudioCaps,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
@@ -348,18 +348,18 @@ impl BrowserLeg {
         let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
         leg.opus_pt = opus_pt;
         leg.dtmf_pt = dtmf_pt;
-        leg.audio_hz = audio_hz;
+        leg.audio = audio;
         leg.relay_candidates = relay_candidates(offer_sdp);
-        Ok((leg, cap_audio_rate(&sdp, opus_pt, audio_hz)))
+        Ok((leg, cap_audio(&sdp, opus_pt, audio)))
     }
 
     /// Offers a call to a browser (inbound calls); complete with [`Self::accept_answer`].
-    /// `audio_hz` as for [`Self::answer`].
+    /// `audio` as for [`Self::answer`].
     pub fn offer(
         local: SocketAddr,
         advertised: IpAddr,
         certificate: &DtlsCertificate,
-        audio_hz: u32,
+        audio: AudioCaps,
         now: Instant,
     ) -> Result<(BrowserLeg, String), RtcError> {
         let (mut pc, ssrc) = Self::build(certificate, now)?;
@@ -371,8 +371,8 @@ impl BrowserLeg {
             .map(|d| d.sdp)
             .ok_or_else(|| stack("no local description after offering"))?;
         let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
-        leg.audio_hz = audio_hz;
-        Ok((leg, cap_audio_rate(&sdp, OPUS_PT, audio_hz)))
+        leg.audio = audio;
+        Ok((leg, cap_audio(&sdp, OPUS_PT, audio)))
     }
 
     /// Applies the browser's answer to our offer.
@@ -390,7 +390,7 @@ impl BrowserLeg {
     }
 
     /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2): one it made
-    /// because the gateway asked ([`Self::set_audio_hz`]), or one with new ICE credentials, an
+    /// because the gateway asked ([`Self::set_audio`]), or one with new ICE credentials, an
     /// ICE restart (RFC 8445 §9): the stack draws new local credentials
     /// too, so [`Self::ufrag`] changes and the media port must route the new one, and new
     /// checks pick the path. DTLS and SRTP go on unchanged over it (RFC 8842 §4).
@@ -422,7 +422,7 @@ impl BrowserLeg {
             }
         }
         self.drain();
-        Ok(cap_audio_rate(&sdp, opus_pt, self.audio_hz))
+        Ok(cap_audio(&sdp, opus_pt, self.audio))
     }
 
     /// Where the browser's DTLS and SRTP last came from.
@@ -437,14 +437,15 @@ impl BrowserLeg {
             .is_some_and(|p| self.relay_candidates.contains(&p))
     }
 
-    /// The call's trunk side now carries audio up to `hz` samples a second (its answer settled
-    /// on a codec, or a re-INVITE moved it). True when that differs from what our last
-    /// description let the browser code: the browser is then to be asked for a new offer, since
-    /// only a new answer re-tells its encoder (RFC 7587 §6.1), and [`Self::renegotiate`]
-    /// answers it with the new caps.
-    pub fn set_audio_hz(&mut self, hz: u32) -> bool {
-        let changed = self.audio_hz.min(48_000) != hz.min(48_000);
-        self.audio_hz = hz;
+    /// The call's trunk side now carries `audio` (its answer settled on a codec, or a
+    /// re-INVITE moved it). True when that differs from what our last description let the
+    /// browser code: the browser is then to be asked for a new offer, since only a new answer
+    /// re-tells its encoder (RFC 7587 §6.1), and [`Self::renegotiate`] answers it with the new
+    /// caps.
+    pub fn set_audio(&mut self, audio: AudioCaps) -> bool {
+        let open = |c: AudioCaps| (c.hz.min(48_000), c.bitrate());
+        let changed = open(self.audio) != open(audio);
+        self.audio = audio;
         changed
     }
 

@@ -102,11 +102,63 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
         .filter(|u| !u.is_empty())
 }
 
-/// Caps the audio the browser codes at `hz`, the widest the call's trunk side carries, by
-/// the Opus line's `maxplaybackrate` (RFC 7587 §6.1: the most the receiver will render,
+/// What the browser is asked to code at most: the widest audio, samples a second, and for a
+/// relayed call the most bits a second its trunk takes (RFC 7587 §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AudioCaps {
+    /// The widest audio: 8000 for G.711, 16000 for G.722, up to 48000 for Opus.
+    pub hz: u32,
+    /// An Opus trunk's `maxaveragebitrate`.
+    pub max_bitrate: Option<u32>,
+}
+
+impl AudioCaps {
+    /// Up to `hz`, at the bitrate the gateway picks for it.
+    pub const fn up_to(hz: u32) -> AudioCaps {
+        AudioCaps {
+            hz,
+            max_bitrate: None,
+        }
+    }
+
+    /// What a trunk's stream carries: its codec's width, and for Opus (relayed to the trunk as
+    /// the browser codes it) no wider than the trunk's `maxplaybackrate` nor faster than its
+    /// `maxaveragebitrate`.
+    pub fn of_trunk(remote: &crate::media::description::RemoteMedia) -> AudioCaps {
+        let hz = remote.codec.sample_rate();
+        AudioCaps {
+            hz: remote.opus.max_playback_hz.map_or(hz, |max| max.min(hz)),
+            max_bitrate: remote.opus.max_average_bitrate,
+        }
+    }
+
+    /// The bitrate the browser is asked for: 24 kb/s for narrowband, 32 kb/s for wideband
+    /// (the evidence is on [`cap_audio`]), none (the browser's own choice) above; never more
+    /// than the trunk takes.
+    pub fn bitrate(self) -> Option<u32> {
+        let ours = match self.hz {
+            ..=8000 => Some(24_000),
+            8001..=16_000 => Some(32_000),
+            _ => None,
+        };
+        match (ours, self.max_bitrate) {
+            (Some(ours), Some(max)) => Some(ours.min(max)),
+            (ours, max) => ours.or(max),
+        }
+    }
+
+    /// Nothing to ask: the browser codes as it would.
+    fn is_open(self) -> bool {
+        self.hz >= 48_000 && self.max_bitrate.is_none()
+    }
+}
+
+/// Caps the audio the browser codes at `caps`: `caps.hz`, the widest the call's trunk side
+/// carries, by the Opus line's `maxplaybackrate` (RFC 7587 §6.1: the most the receiver will render,
 /// which the sender's encoder should not exceed) and `sprop-maxcapturerate` (the most our
 /// own encoder codes), and sets the bitrate it codes at (`maxaveragebitrate`, which
-/// libwebrtc takes as its bitrate). `hz` of 48 kHz or more leaves the description as it is.
+/// libwebrtc takes as its bitrate: [`AudioCaps::bitrate`]). Open caps (48 kHz, no trunk
+/// bitrate) leave the description as it is.
 ///
 /// Why (docs/benchmarks-history.md §1): a browser told nothing codes full band at 32 kb/s, and the
 /// gateway decodes that to 8 kHz for G.711 at 22–26 µs a frame. Told 8 kHz, Chromium codes
@@ -122,13 +174,16 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
 /// rewritten here and the stack keeps its own. These parameters say what we receive, which
 /// the stack's own sending does not read. The line's other parameters stay; earlier rate
 /// caps go.
-pub fn cap_audio_rate(sdp: &str, opus_pt: u8, hz: u32) -> String {
-    if hz >= 48_000 {
+pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
+    if caps.is_open() {
         return sdp.to_owned();
     }
-    let bitrate = if hz <= 8000 { 24_000 } else { 32_000 };
-    let caps =
-        format!("maxplaybackrate={hz};sprop-maxcapturerate={hz};maxaveragebitrate={bitrate}");
+    let hz = caps.hz.min(48_000);
+    let mut caps_text = format!("maxplaybackrate={hz};sprop-maxcapturerate={hz}");
+    if let Some(bitrate) = caps.bitrate() {
+        caps_text.push_str(&format!(";maxaveragebitrate={bitrate}"));
+    }
+    let caps = caps_text;
     let fmtp = format!("a=fmtp:{opus_pt} ");
     let rtpmap = format!("a=rtpmap:{opus_pt} ");
     let has_fmtp = sdp.lines().any(|l| l.starts_with(&fmtp));
@@ -178,7 +233,11 @@ pub fn cap_audio_rate(sdp: &str, opus_pt: u8, hz: u32) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cap_audio_rate;
+    use super::{AudioCaps, cap_audio};
+
+    fn cap_audio_rate(sdp: &str, opus_pt: u8, hz: u32) -> String {
+        cap_audio(sdp, opus_pt, AudioCaps::up_to(hz))
+    }
 
     const ANSWER: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 109 126\r\na=rtpmap:109 opus/48000/2\r\n\
                           a=fmtp:109 minptime=10;useinbandfec=1;maxplaybackrate=48000\r\n\
@@ -204,6 +263,52 @@ mod tests {
             "maxplaybackrate=16000;sprop-maxcapturerate=16000;maxaveragebitrate=32000\r\n"
         ));
         assert_eq!(cap_audio_rate(ANSWER, 109, 48000), ANSWER);
+    }
+
+    /// An Opus trunk's own limits (RFC 7587 §6.1) reach the browser: never wider than the
+    /// trunk renders, nor faster than it takes.
+    #[test]
+    fn an_opus_trunks_limits_cap_the_browser() {
+        use crate::media::codec::Codec;
+        use crate::media::description::{Direction, OpusLimits, RemoteMedia};
+        let trunk = |codec, opus| {
+            AudioCaps::of_trunk(&RemoteMedia {
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                codec,
+                payload_type: 96,
+                dtmf_payload_type: None,
+                direction: Direction::SendRecv,
+                srtp: None,
+                opus,
+            })
+        };
+        let limits = |hz, bitrate| OpusLimits {
+            max_playback_hz: hz,
+            max_average_bitrate: bitrate,
+        };
+        assert_eq!(
+            trunk(Codec::Opus, OpusLimits::default()),
+            AudioCaps::up_to(48_000)
+        );
+        assert_eq!(cap_audio(ANSWER, 109, AudioCaps::up_to(48_000)), ANSWER);
+        let wide = trunk(Codec::Opus, limits(Some(16000), Some(20_000)));
+        assert_eq!((wide.hz, wide.bitrate()), (16000, Some(20_000)));
+        assert!(cap_audio(ANSWER, 109, wide).contains(
+            "maxplaybackrate=16000;sprop-maxcapturerate=16000;maxaveragebitrate=20000\r\n"
+        ));
+        // A trunk that takes more than we would ask for gets what we ask for.
+        let generous = trunk(Codec::Opus, limits(Some(8000), Some(64_000)));
+        assert_eq!(generous.bitrate(), Some(24_000));
+        // Full band at the trunk's bitrate; the browser's own bitrate otherwise.
+        let fast = trunk(Codec::Opus, limits(None, Some(40_000)));
+        assert!(cap_audio(ANSWER, 109, fast).contains(
+            "maxplaybackrate=48000;sprop-maxcapturerate=48000;maxaveragebitrate=40000\r\n"
+        ));
+        // A transcoded trunk's codec decides; Opus parameters it never sent change nothing.
+        assert_eq!(
+            trunk(Codec::G722, OpusLimits::default()),
+            AudioCaps::up_to(16000)
+        );
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         gw_local,
         gw_local.ip(),
         &DtlsCertificate::generate().unwrap(),
-        8000,
+        AudioCaps::up_to(8000),
         Instant::now(),
     )
     .unwrap();
@@ -378,7 +378,7 @@ fn chromes_offer_is_answered_with_its_opus_capped_at_the_trunk_sides_rate() {
         local,
         local.ip(),
         &certificate,
-        8000,
+        AudioCaps::up_to(8000),
         Instant::now(),
     )
     .unwrap();
@@ -401,7 +401,7 @@ async fn a_new_offer_after_the_trunk_narrowed_is_answered_with_the_narrower_caps
         local,
         local.ip(),
         &DtlsCertificate::generate().unwrap(),
-        48_000,
+        AudioCaps::up_to(48_000),
         now,
     )
     .unwrap();
@@ -410,8 +410,11 @@ async fn a_new_offer_after_the_trunk_narrowed_is_answered_with_the_narrower_caps
         .pc
         .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
         .unwrap();
-    assert!(!leg.set_audio_hz(48_000), "nothing changed");
-    assert!(leg.set_audio_hz(8000), "the trunk answered G.711");
+    assert!(!leg.set_audio(AudioCaps::up_to(48_000)), "nothing changed");
+    assert!(
+        leg.set_audio(AudioCaps::up_to(8000)),
+        "the trunk answered G.711"
+    );
     let ufrag = leg.ufrag().to_owned();
     let offer = client.pc.create_offer(None).unwrap();
     client.pc.set_local_description(now, offer).unwrap();
@@ -426,5 +429,5 @@ async fn a_new_offer_after_the_trunk_narrowed_is_answered_with_the_narrower_caps
         .pc
         .set_remote_description(now, RTCSessionDescription::answer(answer).unwrap())
         .unwrap();
-    assert!(!leg.set_audio_hz(8000));
+    assert!(!leg.set_audio(AudioCaps::up_to(8000)));
 }

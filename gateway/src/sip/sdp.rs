@@ -11,7 +11,7 @@ use rtc_sdp::description::session::{Origin, TimeDescription, Timing};
 use thiserror::Error;
 
 use crate::media::codec::Codec;
-pub use crate::media::description::{Direction, LocalMedia, RemoteMedia};
+pub use crate::media::description::{Direction, LocalMedia, OpusLimits, RemoteMedia};
 use crate::media::srtp::{LocalSrtp, SdesKey, SrtpKeys, SrtpPolicy};
 
 /// Payload type we offer for RFC 4733 events at 8 kHz (dynamic range, the common choice).
@@ -290,6 +290,21 @@ pub fn parse_remote(
     };
     let (payload_type, codec) =
         chosen.ok_or_else(|| SdpError::NoCommonCodec(media.media_name.formats.clone()))?;
+    // Read here rather than from `rtpmap`: its parser drops a line whose parameters have a
+    // space after `;`, as FreeSWITCH writes them.
+    let fmtp = |pt: u8| {
+        media.attributes.iter().find_map(|a| {
+            let value = a.value.as_deref().filter(|_| a.key == "fmtp")?;
+            let (format, params) = value.trim().split_once(char::is_whitespace)?;
+            (format.parse::<u8>().ok()? == pt).then_some(params)
+        })
+    };
+    let opus = match codec {
+        Codec::Opus => fmtp(payload_type)
+            .map(OpusLimits::parse)
+            .unwrap_or_default(),
+        _ => OpusLimits::default(),
+    };
     // RFC 4733 §2.1: the events' clock is the audio's; a peer that lists only 8 kHz events
     // beside Opus still gets them understood rather than lost.
     let events = || {
@@ -323,6 +338,7 @@ pub fn parse_remote(
         dtmf_payload_type,
         direction,
         srtp,
+        opus,
     })
 }
 
@@ -471,6 +487,28 @@ mod tests {
             remote.dtmf_payload_type,
             Some(97),
             "events on the audio's clock"
+        );
+        assert_eq!(remote.opus, OpusLimits::default(), "it asked nothing");
+        // Its limits on the Opus it takes (RFC 7587 §6.1), read from its format's line only.
+        let limited = pbx.replace(
+            "a=rtpmap:97",
+            "a=fmtp:96 useinbandfec=1; maxplaybackrate=16000;maxaveragebitrate=2000\r\n\
+             a=fmtp:101 maxplaybackrate=8000\r\na=rtpmap:97",
+        );
+        let remote = parse_remote(
+            limited.as_bytes(),
+            &[Codec::Opus, Codec::Pcmu],
+            &LocalSrtp::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            remote.opus,
+            OpusLimits {
+                max_playback_hz: Some(16000),
+                // Below RFC 7587's least, 6 kb/s.
+                max_average_bitrate: Some(6000),
+            }
         );
         let text = answer(&ours, 2, &remote);
         assert!(text.contains("m=audio 30000 RTP/AVP 96 97\r\n"), "{text}");

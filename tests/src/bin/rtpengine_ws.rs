@@ -268,7 +268,7 @@ async fn place(ng: &Ng, echo: SocketAddr, call_id: &str, offer: &str) -> anyhow:
 }
 
 /// rtpengine's answer with its Opus line capped at 8 kHz, as the gateway caps its own for a
-/// G.711 trunk (`gateway::rtc::cap_audio_rate`): the browser then codes narrowband for both,
+/// G.711 trunk (`gateway::rtc::cap_audio`): the browser then codes narrowband for both,
 /// and the comparison sets the two engines against the same packets. The line as rtpengine
 /// wrote it is printed once.
 fn as_the_gateway_answers(sdp: &str) -> String {
@@ -280,7 +280,7 @@ fn as_the_gateway_answers(sdp: &str) -> String {
         Some(parameters) => eprintln!("rtpengine's Opus parameters: a=fmtp:{pt} {parameters}"),
         None => eprintln!("rtpengine's Opus parameters: none"),
     });
-    gateway::rtc::cap_audio_rate(sdp, pt, 8000)
+    gateway::rtc::cap_audio(sdp, pt, gateway::rtc::AudioCaps::up_to(8000))
 }
 
 async fn connection(

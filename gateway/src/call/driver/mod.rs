@@ -503,12 +503,14 @@ impl Run<'_> {
                 // that may speak Opus but answered G.711 would otherwise get full-band Opus at
                 // 32 kb/s decoded down to 8 kHz (3.5 times the decoding, and the trunk hears
                 // it worse, docs/benchmarks-history.md §1).
+                // An Opus trunk's own limits reach the browser the same way.
+                let audio = crate::rtc::AudioCaps::of_trunk(remote);
                 if let Caller::Browser(b) = &mut self.caller
                     && !self.ended
-                    && b.leg.set_audio_hz(remote.codec.sample_rate())
+                    && b.leg.set_audio(audio)
                 {
-                    let audio_hz = remote.codec.sample_rate();
                     self.sink.send((self.call_id.clone(), event));
+                    let audio_hz = audio.hz;
                     return self.event(CallEvent::RenegotiationNeeded { audio_hz });
                 }
             }

@@ -17,6 +17,7 @@ async fn audio_and_digits_cross_a_loopback_pair() {
         dtmf_payload_type: Some(101),
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -93,6 +94,7 @@ fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     });
     let to = SocketAddr::new(ip, stream.local_port());
     incoming::tests::until_stamping_is_on();
@@ -140,6 +142,7 @@ fn a_flood_the_socket_cannot_hold_is_counted_as_the_kernels_drops() {
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     });
     // Room for a few datagrams only (the kernel's least).
     socket2::SockRef::from(&*stream.sender_socket)
@@ -200,6 +203,7 @@ async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     });
     s.set_source_policy(source, Some("192.0.2.7".parse().unwrap()));
     s.set_drop_counters(Arc::new(MediaDrops::default()));
@@ -271,6 +275,7 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
         dtmf_payload_type: None,
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     });
     assert!(matches!(
         s.handle_datagram(
@@ -294,6 +299,7 @@ async fn a_held_peer_gets_no_media() {
         dtmf_payload_type: None,
         direction: Direction::SendOnly,
         srtp: None,
+        opus: Default::default(),
     });
     a.send_frame(&[0; FRAME_SAMPLES]);
     assert_eq!(a.stats.sent, 0);
@@ -311,6 +317,7 @@ async fn opus_frames_are_relayed_untouched_with_events_on_the_48k_clock() {
         dtmf_payload_type: Some(110),
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -399,6 +406,7 @@ async fn g722_carries_16_khz_audio_on_the_8_khz_rtp_clock() {
         dtmf_payload_type: Some(101),
         direction: Direction::SendRecv,
         srtp: None,
+        opus: Default::default(),
     };
     a.set_remote(remote(b.local_port()));
     b.set_remote(remote(a.local_port()));
@@ -456,6 +464,7 @@ async fn srtp_streams_carry_audio_and_digits_and_refuse_plain_or_forged_packets(
             ours,
             theirs,
         }),
+        opus: Default::default(),
     };
     a.set_remote(remote(b.local_port(), ka, kb));
     b.set_remote(remote(a.local_port(), kb, ka));
