@@ -74,6 +74,23 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     );
 }
 
+/// A call from an Opus trunk that renders no wider than 16 kHz: the browser's offer says so
+/// from the start, so nothing needs renegotiating.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_from_an_opus_trunk_with_limits_offers_the_browser_no_more() {
+    let (report, metrics) =
+        call_from_opus_trunk("opus_trunk_inbound_limits", "uac_call_echo_opus_limits.xml").await;
+    assert_eq!(report.far_end_playback_hz, Some(16000), "{report:?}");
+    assert!(
+        !report.messages.iter().any(|m| m == "renegotiation_needed"),
+        "{report:?}"
+    );
+    assert!(
+        metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "{metrics}"
+    );
+}
+
 /// A trunk that may speak Opus but offers G.711 only: the call is transcoded, and the
 /// browser is asked for no wider audio than G.711 carries.
 #[tokio::test(flavor = "multi_thread")]
