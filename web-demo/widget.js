@@ -609,6 +609,10 @@
               await this.pc.setLocalDescription({ type: 'rollback' });
             }
             this.emit('error', { message: m.message, code: m.code });
+            if (this.renegotiateAgain && this.pc) {
+              this.renegotiateAgain = false;
+              await this.renegotiate(false);
+            }
           } else {
             this.emit('error', { message: m.message, code: m.code });
           }
