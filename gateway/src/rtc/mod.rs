@@ -389,11 +389,12 @@ impl BrowserLeg {
         Ok(())
     }
 
-    /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2): one it made
-    /// because the gateway asked ([`Self::set_audio`]), or one with new ICE credentials, an
-    /// ICE restart (RFC 8445 §9): the stack draws new local credentials
-    /// too, so [`Self::ufrag`] changes and the media port must route the new one, and new
-    /// checks pick the path. DTLS and SRTP go on unchanged over it (RFC 8842 §4).
+    /// Answers a new offer from the browser on a live call (RFC 8829 §5.3.2), with the audio
+    /// caps the trunk side now asks for: one it made because the gateway asked
+    /// ([`Self::set_audio`]), or an ICE restart. One with new ICE credentials is an ICE
+    /// restart (RFC 8445 §9): the stack draws new local credentials too, so [`Self::ufrag`]
+    /// changes and the media port must route the new one, and new checks pick the path. DTLS
+    /// and SRTP go on unchanged over it (RFC 8842 §4).
     pub fn renegotiate(&mut self, offer_sdp: &str, now: Instant) -> Result<String, RtcError> {
         // Checked before the stack applies anything: a restart cannot be rolled back.
         negotiated_payload_types(offer_sdp).ok_or(RtcError::NoOpus)?;
@@ -443,8 +444,8 @@ impl BrowserLeg {
     /// re-tells its encoder (RFC 7587 §6.1), and [`Self::renegotiate`] answers it with the new
     /// caps.
     pub fn set_audio(&mut self, audio: AudioCaps) -> bool {
-        let open = |c: AudioCaps| (c.hz.min(48_000), c.bitrate());
-        let changed = open(self.audio) != open(audio);
+        let asked = |c: AudioCaps| (c.hz.min(48_000), c.bitrate());
+        let changed = asked(self.audio) != asked(audio);
         self.audio = audio;
         changed
     }

@@ -154,9 +154,9 @@ impl AudioCaps {
 }
 
 /// Caps the audio the browser codes at `caps`: `caps.hz`, the widest the call's trunk side
-/// carries, by the Opus line's `maxplaybackrate` (RFC 7587 §6.1: the most the receiver will render,
-/// which the sender's encoder should not exceed) and `sprop-maxcapturerate` (the most our
-/// own encoder codes), and sets the bitrate it codes at (`maxaveragebitrate`, which
+/// carries, by the Opus line's `maxplaybackrate` (RFC 7587 §6.1: the most the receiver will
+/// render, which the sender's encoder should not exceed) and `sprop-maxcapturerate` (the most
+/// our own encoder codes), and sets the bitrate it codes at (`maxaveragebitrate`, which
 /// libwebrtc takes as its bitrate: [`AudioCaps::bitrate`]). Open caps (48 kHz, no trunk
 /// bitrate) leave the description as it is.
 ///
