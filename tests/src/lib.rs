@@ -264,6 +264,49 @@ pub fn codec_trunk_config(dir: &Path, port: u16, codecs: &str) -> (PathBuf, Path
     (path, cdr)
 }
 
+/// A browser's call through a trunk listing some codecs, and what it leaves to check.
+pub struct CodecTrunkCall {
+    /// The browser's report.
+    pub report: client::CallReport,
+    /// The trunk, to ask whether it saw the call through.
+    pub sipp: Sipp,
+    /// The gateway, still up for its metrics.
+    pub gateway: gateway::run::Gateway,
+    /// The gateway's CDR file.
+    pub cdr: PathBuf,
+}
+
+/// A browser call with `options` to the target `echo` on a trunk listing `codecs` (as
+/// [`codec_trunk_config`]) that sipp's UAS `scenario` plays.
+pub async fn call_through_codec_trunk(
+    test: &str,
+    scenario: &str,
+    codecs: &str,
+    options: &client::CallOptions,
+) -> CodecTrunkCall {
+    let dir = out_dir(test);
+    let sipp = Sipp::uas(scenario, "u1", &dir);
+    let (path, cdr) = codec_trunk_config(&dir, sipp.port, codecs);
+    let config = gateway::config::Config::load(&path).expect("the test's configuration");
+    let gateway = gateway::run::start(&config)
+        .await
+        .expect("the gateway starts");
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    let report = client::run_call(&url, options)
+        .await
+        .expect("the call runs");
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&report).unwrap_or_default()
+    );
+    CodecTrunkCall {
+        report,
+        sipp,
+        gateway,
+        cdr,
+    }
+}
+
 /// A configuration for plugin tests: targets `sales` and `bad` dial 030-1234 on `carrier`
 /// (where nothing answers), a trunk `berlin` at `sipp_port`, and the `[[plugins]]` entries.
 pub fn plugins_config(dir: &Path, sipp_port: u16, plugins: &str) -> PathBuf {

@@ -2,27 +2,25 @@
 //! coded G.722 on the 8 kHz RTP clock of RFC 3551 §4.5.2) and its audio comes back to the
 //! browser the same way.
 
-use gateway::config::Config;
-use gateway_tests::client::{CallOptions, run_call};
-use gateway_tests::{Sipp, codec_trunk_config, out_dir};
+use gateway_tests::client::CallOptions;
+use gateway_tests::{CodecTrunkCall, call_through_codec_trunk};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_g722_trunk_carries_the_tone_both_ways_and_digits() {
-    let dir = out_dir("g722_trunk");
-    let sipp = Sipp::uas("echo_g722.xml", "u1", &dir);
-    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"G722\", \"PCMU\"");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
     let options = CallOptions {
         seconds: 3.0,
         dtmf: Some("7".into()),
         ..CallOptions::new("echo")
     };
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
-        .await
-        .unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let CodecTrunkCall {
+        report, sipp, cdr, ..
+    } = call_through_codec_trunk(
+        "g722_trunk",
+        "echo_g722.xml",
+        "\"G722\", \"PCMU\"",
+        &options,
+    )
+    .await;
     // The trunk side carries 16 kHz at most: the browser is asked for no wider (RFC 7587
     // §6.1), and codes wideband.
     assert_eq!(report.far_end_playback_hz, Some(16000), "{report:?}");

@@ -4,27 +4,26 @@
 use gateway::config::Config;
 use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
 use gateway_tests::{
-    MediaServerLog, Sipp, call_through_a_media_server, codec_trunk_config, http_get, out_dir,
-    write_config,
+    CodecTrunkCall, MediaServerLog, Sipp, call_through_a_media_server, call_through_codec_trunk,
+    http_get, out_dir, write_config,
 };
+
+/// The `codecs` of a trunk that may speak Opus, and G.711 otherwise.
+const OPUS_FIRST: &str = "\"opus\", \"PCMU\"";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
-    let dir = out_dir("opus_trunk");
-    let sipp = Sipp::uas("echo_opus.xml", "u1", &dir);
-    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
     let options = CallOptions {
         seconds: 3.0,
         dtmf: Some("42".into()),
         ..CallOptions::new("echo")
     };
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
-        .await
-        .unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let CodecTrunkCall {
+        report,
+        sipp,
+        gateway,
+        cdr,
+    } = call_through_codec_trunk("opus_trunk", "echo_opus.xml", OPUS_FIRST, &options).await;
     assert!(report.media_connected);
     // The trunk takes Opus as the browser codes it: its band is not capped.
     assert_eq!(report.far_end_playback_hz, Some(48000), "{report:?}");
@@ -268,20 +267,16 @@ async fn an_opus_trunks_own_limits_reach_the_browser() {
 /// `scenario`, in which the gateway asks the browser to renegotiate once and the tone comes
 /// back through the new answer; the browser's report, the call's CDR record and the metrics.
 async fn renegotiated_call(test: &str, scenario: &str) -> (CallReport, serde_json::Value, String) {
-    let dir = out_dir(test);
-    let sipp = Sipp::uas(scenario, "u1", &dir);
-    let (path, cdr) = codec_trunk_config(&dir, sipp.port, "\"opus\", \"PCMU\"");
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
     let options = CallOptions {
         seconds: 3.0,
         ..CallOptions::new("echo")
     };
-    let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &options)
-        .await
-        .unwrap();
-    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let CodecTrunkCall {
+        report,
+        sipp,
+        gateway,
+        cdr,
+    } = call_through_codec_trunk(test, scenario, OPUS_FIRST, &options).await;
     let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
     assert_eq!(count("renegotiation_needed"), 1, "{report:?}");
     assert_eq!(count("renegotiated"), 1, "{report:?}");
@@ -307,7 +302,7 @@ async fn relayed_through_a_media_server(
     test: &str,
     options: CallOptions,
 ) -> (CallReport, MediaServerLog, serde_json::Value) {
-    let opus = ("\"opus\", \"PCMU\"", "96 opus/48000/2");
+    let opus = (OPUS_FIRST, "96 opus/48000/2");
     let (report, media, record) = call_through_a_media_server(test, opus, 24_000, &options).await;
     assert_eq!(record["trunk_codec"], "opus", "{record}");
     (report, media, record)
