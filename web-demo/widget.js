@@ -603,12 +603,17 @@
           if (this.state === 'connecting' && !this.callId) {
             this.fail(FAILURES[m.code] || 'The call could not start: ' + m.message);
           } else if (this.restarting && m.call_id === this.callId && ['bad_sdp', 'limit_reached'].includes(m.code)) {
-            // The gateway kept the old path: so does the peer connection.
+            // The gateway kept the old path: so does the peer connection. A refused band
+            // renegotiation leaves the wider audio, which still plays: nothing for the page.
             this.restarting = false;
             if (this.pc && this.pc.signalingState === 'have-local-offer') {
               await this.pc.setLocalDescription({ type: 'rollback' });
             }
-            this.emit('error', { message: m.message, code: m.code });
+            if (this.restartingIce) {
+              this.emit('error', { message: m.message, code: m.code });
+            } else {
+              console.warn('gateway-call: the audio was not renegotiated: ' + m.message);
+            }
             if (this.renegotiateAgain && this.pc) {
               this.renegotiateAgain = false;
               await this.renegotiate(false);
@@ -673,14 +678,18 @@
     async renegotiate(iceRestart) {
       const pc = this.pc;
       this.restarting = true;
+      this.restartingIce = iceRestart;
       try {
         await pc.setLocalDescription(await pc.createOffer({ iceRestart: iceRestart }));
         await gathered(pc);
         this.send({ type: 'renegotiate', call_id: this.callId, sdp: pc.localDescription.sdp });
       } catch (e) {
         this.restarting = false;
-        const what = iceRestart ? 'The audio path could not be renewed: ' : 'The audio could not be renegotiated: ';
-        this.emit('error', { message: what + e.message });
+        if (iceRestart) {
+          this.emit('error', { message: 'The audio path could not be renewed: ' + e.message });
+        } else {
+          console.warn('gateway-call: the audio was not renegotiated: ' + e.message);
+        }
       }
     }
 
