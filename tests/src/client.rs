@@ -253,9 +253,14 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
     let mut pc = RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         // An ICE restart here means a new socket: the old candidate goes with the old port.
+        // Checks paced as Chromium paces them while it connects (every ~50 ms, RFC 8445
+        // §14.2's Ta), for as long in all as the stack's default (1.4 s): the gateway is an
+        // ICE-lite agent that sends no checks of its own, so the client's pace alone decides
+        // how soon its audio flows (the stack's 200 ms default took ~0.4 s more).
         .with_setting_engine(
             SettingEngineBuilder::new()
                 .with_discard_local_candidates_during_ice_restart(true)
+                .with_ice_connection_attempts(Some(Duration::from_millis(50)), Some(28))
                 .build(),
         )
         .with_media_engine(engine)

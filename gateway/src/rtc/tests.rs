@@ -123,6 +123,8 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
     let mut gw_reports = Vec::new();
     let mut sent = 0u32;
     let (mut opus_sent, mut opus_in_spare_buffers) = (0usize, 0usize);
+    // STUN Binding requests from the leg (RFC 5389 §6: message type 0x0001).
+    let mut checks_sent = 0usize;
     let mut genuine = None;
     let mut buf = vec![0u8; 2000];
     let mut gw_buf = vec![0u8; 2000];
@@ -140,6 +142,7 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         }
         while let Some((bytes, peer)) = leg.poll_transmit() {
             gw_socket.send_to(&bytes, peer).await.unwrap();
+            checks_sent += usize::from(bytes.starts_with(&[0x00, 0x01]));
             if is_rtp(&bytes) && bytes[1] & 0x7f == 111 {
                 opus_sent += 1;
                 opus_in_spare_buffers += usize::from(bytes.capacity() == audio::PACKET_BUFFER);
@@ -238,6 +241,8 @@ async fn browser_leg_connects_and_carries_opus_both_ways() {
         gw_connected && client.connected,
         "ICE + DTLS did not complete"
     );
+    // An ICE-lite agent answers the browser's checks and sends none (RFC 8445 §2.5).
+    assert_eq!(checks_sent, 0, "binding requests from the lite leg");
     // Our audio went out in buffers the leg reuses, and it keeps at most two of them, none
     // of another size.
     assert!(opus_sent >= 20);
