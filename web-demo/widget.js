@@ -561,11 +561,7 @@
           if (this.pc && this.pc.signalingState === 'have-local-offer') {
             await this.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
           }
-          this.restarting = false;
-          if (this.renegotiateAgain && this.pc) {
-            this.renegotiateAgain = false;
-            await this.renegotiate(false);
-          }
+          await this.renegotiated();
           break;
         case 'answer':
           this.callId = m.call_id;
@@ -603,21 +599,13 @@
           if (this.state === 'connecting' && !this.callId) {
             this.fail(FAILURES[m.code] || 'The call could not start: ' + m.message);
           } else if (this.restarting && m.call_id === this.callId && ['bad_sdp', 'limit_reached'].includes(m.code)) {
-            // The gateway kept the old path: so does the peer connection. A refused band
-            // renegotiation leaves the wider audio, which still plays: nothing for the page.
+            // The gateway kept the old path: so does the peer connection.
             this.restarting = false;
             if (this.pc && this.pc.signalingState === 'have-local-offer') {
               await this.pc.setLocalDescription({ type: 'rollback' });
             }
-            if (this.restartingIce) {
-              this.emit('error', { message: m.message, code: m.code });
-            } else {
-              console.warn('gateway-call: the audio was not renegotiated: ' + m.message);
-            }
-            if (this.renegotiateAgain && this.pc) {
-              this.renegotiateAgain = false;
-              await this.renegotiate(false);
-            }
+            this.renegotiationFailed(this.restartingIce, m.message, m.code);
+            await this.renegotiated();
           } else {
             this.emit('error', { message: m.message, code: m.code });
           }
@@ -685,11 +673,27 @@
         this.send({ type: 'renegotiate', call_id: this.callId, sdp: pc.localDescription.sdp });
       } catch (e) {
         this.restarting = false;
-        if (iceRestart) {
-          this.emit('error', { message: 'The audio path could not be renewed: ' + e.message });
-        } else {
-          console.warn('gateway-call: the audio was not renegotiated: ' + e.message);
-        }
+        this.renegotiationFailed(iceRestart, iceRestart ? 'The audio path could not be renewed: ' + e.message : e.message);
+      }
+    }
+
+    // A `renegotiate` came to an end, answered or refused: the next, if one was asked for
+    // meanwhile, goes now.
+    async renegotiated() {
+      this.restarting = false;
+      if (this.renegotiateAgain && this.pc) {
+        this.renegotiateAgain = false;
+        await this.renegotiate(false);
+      }
+    }
+
+    // A failed ICE restart is the page's to hear of; a failed band renegotiation leaves the
+    // wider audio, which still plays: nothing for the page.
+    renegotiationFailed(iceRestart, message, code) {
+      if (iceRestart) {
+        this.emit('error', { message: message, code: code });
+      } else {
+        console.warn('gateway-call: the audio was not renegotiated: ' + message);
       }
     }
 

@@ -843,16 +843,7 @@ fn start_sending(
     if sender.is_some() || !tone_loop.is_empty() || coding.is_some() {
         return Ok(());
     }
-    report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
-    if options.sends_tone_loop() {
-        let (description, options) = (description.to_owned(), options.clone());
-        *coding = Some(tokio::task::spawn_blocking(move || {
-            tone_loop_for(&description, &options)
-        }));
-    } else {
-        *sender = Some(tone_coder(description, options)?);
-    }
-    Ok(())
+    code_for(sender, coding, description, options, report)
 }
 
 /// A new answer's Opus caps, applied as a browser's encoder applies them: a caller whose far
@@ -865,18 +856,29 @@ fn recode(
     options: &CallOptions,
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
-    let hz = crate::browser_opus::max_playback_rate(description);
-    if report.far_end_playback_hz == Some(hz) {
+    if report.far_end_playback_hz == Some(crate::browser_opus::max_playback_rate(description)) {
         return Ok(());
     }
-    report.far_end_playback_hz = Some(hz);
-    if sender.is_some() {
-        *sender = Some(tone_coder(description, options)?);
-    } else if options.sends_tone_loop() {
+    code_for(sender, coding, description, options, report)
+}
+
+/// Codes the tone for the far end's `description`: the coder, or the tone loop on the
+/// blocking pool (see [`start_sending`]).
+fn code_for(
+    sender: &mut Option<BrowserOpus>,
+    coding: &mut Option<tokio::task::JoinHandle<anyhow::Result<Arc<[Bytes]>>>>,
+    description: &str,
+    options: &CallOptions,
+    report: &mut CallReport,
+) -> anyhow::Result<()> {
+    report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
+    if options.sends_tone_loop() {
         let (description, options) = (description.to_owned(), options.clone());
         *coding = Some(tokio::task::spawn_blocking(move || {
             tone_loop_for(&description, &options)
         }));
+    } else {
+        *sender = Some(tone_coder(description, options)?);
     }
     Ok(())
 }

@@ -331,9 +331,9 @@ impl DirectPath {
     /// (`ip_route_output_flow`), a connected one keeps the route it found at `connect` (UDP's
     /// cached destination, net/ipv4/udp.c); on the benchmark box a loopback send through a
     /// ring cost 8–10 % less so (`cargo bench -p gateway --bench udp_send`). A ring sends
-    /// every socket's datagrams in one submission, so nothing is lost by using the call's own. Without a ring, one `sendmmsg` on the shared socket carries
-    /// all the browsers' datagrams of a turn ([`outgoing::flush`]): fewer system calls is the
-    /// larger saving there.
+    /// every socket's datagrams in one submission, so nothing is lost by using the call's own.
+    /// Without a ring, one `sendmmsg` on the shared socket carries all the browsers' datagrams
+    /// of a turn ([`outgoing::flush`]): fewer system calls is the larger saving there.
     pub fn send(&self, bytes: &[u8]) {
         if !outgoing::sends_with_ring() {
             return self.mux.send(bytes, self.peer);

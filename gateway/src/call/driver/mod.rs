@@ -495,6 +495,8 @@ impl Run<'_> {
     }
 
     fn event(&mut self, event: CallEvent) {
+        // The browser to be asked for a new offer, after this event.
+        let mut renegotiate = None;
         match &event {
             CallEvent::TrunkMedia(remote) => {
                 self.rtp.set_remote(*remote);
@@ -509,9 +511,7 @@ impl Run<'_> {
                     && !self.ended
                     && b.leg.set_audio(audio)
                 {
-                    self.sink.send((self.call_id.clone(), event));
-                    let audio_hz = audio.hz;
-                    return self.event(CallEvent::RenegotiationNeeded { audio_hz });
+                    renegotiate = Some(audio.hz);
                 }
             }
             CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
@@ -558,6 +558,9 @@ impl Run<'_> {
             _ => {}
         }
         self.sink.send((self.call_id.clone(), event));
+        if let Some(audio_hz) = renegotiate {
+            self.event(CallEvent::RenegotiationNeeded { audio_hz });
+        }
     }
 
     fn plugin_event(&self, event: Event) {
