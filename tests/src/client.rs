@@ -91,8 +91,9 @@ pub struct CallOptions {
     /// With [`Self::ice_restart_after`]: first this many seconds with no network at all
     /// (nothing sent, nothing received), then the restart.
     pub ice_restart_silence: f64,
-    /// Send a `renegotiate` whose SDP has no audio this many seconds after the answer.
-    pub bad_renegotiation_after: Option<f64>,
+    /// `(seconds, n)`: send `n` `renegotiate`s whose SDP has no audio this many seconds after
+    /// the answer.
+    pub bad_renegotiation_after: Option<(f64, usize)>,
     /// With [`Self::answer_as`]: on `reconnect`, connect to this URL (standing in for the
     /// load balancer's next node) and register there.
     pub reconnect_to: Option<String>,
@@ -463,16 +464,18 @@ pub async fn run_call(ws_url: &str, options: &CallOptions) -> anyhow::Result<Cal
                 ))
                 .await?;
             }
-            if let Some(after) = options.bad_renegotiation_after
+            if let Some((after, n)) = options.bad_renegotiation_after
                 && !bad_renegotiation_sent
                 && at.elapsed().as_secs_f64() >= after
             {
                 bad_renegotiation_sent = true;
                 let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
-                ws.send(text(
-                    &json!({"type": "renegotiate", "call_id": id, "sdp": sdp}),
-                ))
-                .await?;
+                for _ in 0..n {
+                    ws.send(text(
+                        &json!({"type": "renegotiate", "call_id": id, "sdp": sdp}),
+                    ))
+                    .await?;
+                }
             }
             if let Some(after) = options.ice_restart_after
                 && !restarted

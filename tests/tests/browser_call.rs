@@ -495,7 +495,7 @@ async fn an_ice_restart_from_a_new_port_keeps_the_call_and_its_tone() {
     // path. A renegotiation without audio before it is refused and changes nothing.
     let (gateway, sipp) = resumable("browser_ice_restart", "echo.xml", 20).await;
     let mut opts = options(5.0);
-    opts.bad_renegotiation_after = Some(0.8);
+    opts.bad_renegotiation_after = Some((0.8, 1));
     opts.ice_restart_after = Some(1.5);
     opts.measure_window = Some((2.5, 4.8));
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)

@@ -256,6 +256,56 @@ async fn an_opus_trunks_own_limits_reach_the_browser() {
     );
 }
 
+/// A relayed call that the trunk moves to PCMU by re-INVITE two seconds in: the gateway asks
+/// the browser for narrowband, and the call goes on transcoded. The browser had sent ten
+/// renegotiations of its own (bad ones, refused) before: the one the gateway asked for is
+/// not the browser's doing and goes ahead all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_moves_the_call_to_g711_narrows_the_band_whatever_the_browser_spent() {
+    let options = CallOptions {
+        seconds: 5.0,
+        bad_renegotiation_after: Some((0.5, 10)),
+        measure_window: Some((3.5, 4.8)),
+        ..CallOptions::new("echo")
+    };
+    let CodecTrunkCall {
+        report,
+        sipp,
+        gateway,
+        ..
+    } = call_through_codec_trunk(
+        "opus_trunk_reinvite_g711",
+        "echo_opus_then_pcmu.xml",
+        OPUS_FIRST,
+        &options,
+    )
+    .await;
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
+    assert_eq!(report.errors.len(), 10, "{report:?}");
+    assert!(
+        report.errors.iter().all(|e| e["code"] == "bad_sdp"),
+        "the browser's ten were refused as bad, and none after them for the limit: {report:?}"
+    );
+    assert_eq!(count("renegotiation_needed"), 1, "{report:?}");
+    assert_eq!(count("renegotiated"), 1, "{report:?}");
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    assert!(
+        report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone comes back through PCMU: {report:?}"
+    );
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
+    assert!(
+        sipp.finished().await,
+        "sipp saw no call, or the re-INVITE's answer did not take PCMU"
+    );
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        !metrics.contains("gateway_frames_transcoded_total 0\n"),
+        "transcoded once on PCMU: {metrics}"
+    );
+}
+
 /// A 3 s browser call through a trunk whose `codecs` are Opus then PCMU, answered by sipp's
 /// `scenario`, in which the gateway asks the browser to renegotiate once and the tone comes
 /// back through the new answer; the browser's report, the call's CDR record and the metrics.

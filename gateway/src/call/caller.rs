@@ -37,13 +37,56 @@ pub struct BrowserCaller {
     pub wide: LazyWide,
     pub(super) talkspurt: bool,
     pub(super) connected: bool,
-    /// When the browser renegotiated in the last minute.
-    renegotiations: VecDeque<Instant>,
+    renegotiations: Renegotiations,
 }
 
 /// Renegotiations (ICE restarts) a browser may make in a minute: a network change takes one
 /// or two; more is a page gone wrong, and each costs the gateway a new ICE session.
 const RENEGOTIATIONS_PER_MINUTE: usize = 10;
+
+/// The browser's renegotiations in the last minute, against [`RENEGOTIATIONS_PER_MINUTE`].
+/// The one that answers the gateway's own `renegotiation_needed` is not the browser's doing
+/// and is not counted: a browser that restarted ICE through a bad minute of network still
+/// gets the band its trunk settled on, rather than coding full band for a G.711 trunk.
+#[derive(Debug, Default)]
+struct Renegotiations {
+    recent: VecDeque<Instant>,
+    /// The gateway asked for a new offer, and none came since.
+    asked: bool,
+}
+
+impl Renegotiations {
+    /// The gateway asks the browser for a new offer. Asking twice before it comes still
+    /// leaves one uncounted: one offer answers with the latest caps.
+    fn ask(&mut self) {
+        self.asked = true;
+    }
+
+    /// Whether a renegotiation at `now` may go ahead; counts it if so.
+    fn admit(&mut self, now: Instant) -> Result<(), (Refusal, String)> {
+        if std::mem::take(&mut self.asked) {
+            return Ok(());
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= RENEGOTIATIONS_PER_MINUTE {
+            return Err((
+                Refusal::TooManyRenegotiations,
+                format!(
+                    "{RENEGOTIATIONS_PER_MINUTE} renegotiations in the last minute already; \
+                     wait before renegotiating again"
+                ),
+            ));
+        }
+        self.recent.push_back(now);
+        Ok(())
+    }
+}
 
 /// The least time between two direct paths of one call.
 const REDIRECT_AFTER: Duration = Duration::from_secs(1);
@@ -61,7 +104,7 @@ impl BrowserCaller {
             wide: LazyWide::new(1, 60),
             talkspurt: true,
             connected: false,
-            renegotiations: VecDeque::new(),
+            renegotiations: Renegotiations::default(),
         }
     }
 
@@ -73,23 +116,7 @@ impl BrowserCaller {
         offer: &str,
         now: Instant,
     ) -> Result<String, (Refusal, String)> {
-        while self
-            .renegotiations
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            self.renegotiations.pop_front();
-        }
-        if self.renegotiations.len() >= RENEGOTIATIONS_PER_MINUTE {
-            return Err((
-                Refusal::TooManyRenegotiations,
-                format!(
-                    "{RENEGOTIATIONS_PER_MINUTE} renegotiations in the last minute already; \
-                     wait before restarting ICE again"
-                ),
-            ));
-        }
-        self.renegotiations.push_back(now);
+        self.renegotiations.admit(now)?;
         let before = self.leg.ufrag().to_owned();
         let answer = self
             .leg
@@ -99,6 +126,12 @@ impl BrowserCaller {
             self.route.rekey(self.leg.ufrag(), self.leg.media_source());
         }
         Ok(answer)
+    }
+
+    /// The gateway asks the browser for a new offer (`renegotiation_needed`): the one that
+    /// answers it is not counted against the browser's limit.
+    pub(super) fn ask_renegotiation(&mut self) {
+        self.renegotiations.ask();
     }
 
     /// The browser's next datagram through the media port's mux (ICE checks from other
@@ -213,5 +246,52 @@ impl ToneCaller {
             dtmf_received: String::new(),
             frames_held: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RENEGOTIATIONS_PER_MINUTE, Refusal, Renegotiations};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_browser_may_renegotiate_ten_times_a_minute() {
+        let start = Instant::now();
+        let mut budget = Renegotiations::default();
+        for i in 0..RENEGOTIATIONS_PER_MINUTE {
+            assert!(budget.admit(start + Duration::from_secs(i as u64)).is_ok());
+        }
+        let refused = budget.admit(start + Duration::from_secs(30));
+        assert!(
+            matches!(refused, Err((Refusal::TooManyRenegotiations, ref m)) if m.contains("10 renegotiations")),
+            "{refused:?}"
+        );
+        // A minute after the first, one more may go.
+        assert!(budget.admit(start + Duration::from_secs(60)).is_ok());
+        assert!(budget.admit(start + Duration::from_secs(60)).is_err());
+    }
+
+    /// The offer that answers the gateway's own request is not the browser's doing: it goes
+    /// ahead when the browser's own are used up, and counts against none after it.
+    #[test]
+    fn the_renegotiation_the_gateway_asked_for_is_not_counted() {
+        let start = Instant::now();
+        let mut budget = Renegotiations::default();
+        for _ in 0..RENEGOTIATIONS_PER_MINUTE {
+            budget.admit(start).unwrap();
+        }
+        budget.ask();
+        budget.ask();
+        assert!(budget.admit(start + Duration::from_secs(1)).is_ok());
+        assert!(budget.admit(start + Duration::from_secs(2)).is_err());
+        // Asked for while the browser still had room: still free, so the browser's own
+        // count stays where it was.
+        let mut budget = Renegotiations::default();
+        budget.ask();
+        budget.admit(start).unwrap();
+        for _ in 0..RENEGOTIATIONS_PER_MINUTE {
+            budget.admit(start).unwrap();
+        }
+        assert!(budget.admit(start).is_err());
     }
 }

@@ -511,6 +511,7 @@ impl Run<'_> {
                     && !self.ended
                     && b.leg.set_audio(audio)
                 {
+                    b.ask_renegotiation();
                     renegotiate = Some(audio.hz);
                 }
             }
