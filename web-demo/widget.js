@@ -547,8 +547,9 @@
           await this.offer();
           break;
         case 'renegotiation_needed':
-          // The trunk chose a codec narrower (or wider) than the answer let us code: a new
-          // offer, whose answer re-tells our encoder. After the one in flight, if any.
+          // The trunk chose a codec narrower (or wider) than the answer let us code, or Opus
+          // modes other than it said: a new offer, whose answer re-tells our encoder. After
+          // the one in flight, if any.
           if (m.call_id === this.callId && this.pc) {
             if (this.restarting) {
               this.renegotiateAgain = true;

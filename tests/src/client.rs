@@ -188,6 +188,8 @@ pub struct CallReport {
     /// The `maxplaybackrate` of the gateway's last description (48000 when it gives none):
     /// the widest audio this client then codes, as a browser does.
     pub far_end_playback_hz: Option<u32>,
+    /// The Opus `a=fmtp` parameters of the gateway's last description.
+    pub far_end_opus_fmtp: Option<String>,
     /// Packets received in [`CallOptions::measure_window`].
     pub window_packets: u64,
     /// Median SNR of the tone in [`CallOptions::measure_window`], dB.
@@ -859,6 +861,7 @@ fn recode(
     options: &CallOptions,
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
+    report.far_end_opus_fmtp = crate::browser_opus::opus_parameters(description).map(str::to_owned);
     if report.far_end_playback_hz == Some(crate::browser_opus::max_playback_rate(description)) {
         return Ok(());
     }
@@ -875,6 +878,7 @@ fn code_for(
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
     report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
+    report.far_end_opus_fmtp = crate::browser_opus::opus_parameters(description).map(str::to_owned);
     if options.sends_tone_loop() {
         let (description, options) = (description.to_owned(), options.clone());
         *coding = Some(tokio::task::spawn_blocking(move || {

@@ -60,17 +60,19 @@ async fn a_call_from_an_opus_trunk_is_answered_in_opus_and_relayed() {
     relayed_from_opus_trunk("opus_trunk_inbound", "uac_call_echo_opus.xml", 48000).await;
 }
 
-/// A call from an Opus trunk that renders no wider than 16 kHz: the browser's offer says so
-/// from the start, so nothing needs renegotiating.
+/// A call from an Opus trunk that renders no wider than 16 kHz, wants constant bitrate and
+/// no in-band FEC: the browser's offer says so from the start, so nothing needs
+/// renegotiating.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_call_from_an_opus_trunk_with_limits_offers_the_browser_no_more() {
     let scenario = "uac_call_echo_opus_limits.xml";
-    relayed_from_opus_trunk("opus_trunk_inbound_limits", scenario, 16000).await;
+    let report = relayed_from_opus_trunk("opus_trunk_inbound_limits", scenario, 16000).await;
+    assert_eq!(modes_told(&report), ["cbr"], "{report:?}");
 }
 
 /// A call from an Opus trunk by sipp's `scenario`, answered in Opus and relayed, the browser
 /// offered audio up to `hz` from the start.
-async fn relayed_from_opus_trunk(test: &str, scenario: &str, hz: u32) {
+async fn relayed_from_opus_trunk(test: &str, scenario: &str, hz: u32) -> CallReport {
     let (report, metrics) = call_from_opus_trunk(test, scenario).await;
     assert_eq!(report.far_end_playback_hz, Some(hz), "{report:?}");
     assert!(
@@ -81,6 +83,17 @@ async fn relayed_from_opus_trunk(test: &str, scenario: &str, hz: u32) {
         metrics.contains("gateway_frames_transcoded_total 0\n"),
         "{metrics}"
     );
+    report
+}
+
+/// The Opus modes (RFC 7587 §6.1) the gateway's last description to the browser prefers,
+/// from the report: which of `useinbandfec`, `usedtx`, `cbr` and `stereo` are `1`.
+fn modes_told(report: &CallReport) -> Vec<&'static str> {
+    let fmtp = report.far_end_opus_fmtp.as_deref().unwrap_or("");
+    ["useinbandfec", "usedtx", "cbr", "stereo"]
+        .into_iter()
+        .filter(|m| fmtp.split(';').any(|p| p.trim() == format!("{m}=1")))
+        .collect()
 }
 
 /// A trunk that may speak Opus but offers G.711 only: the call is transcoded, and the
@@ -242,13 +255,19 @@ async fn a_trunk_that_may_speak_opus_but_answers_g711_narrows_the_browsers_band(
     assert_eq!(record["trunk_codec"], "PCMU", "{record}");
 }
 
-/// An Opus trunk that renders no wider than 16 kHz and takes at most 20 kb/s: the browser,
-/// whose Opus goes to it untouched, is asked for no more once the trunk has answered.
+/// An Opus trunk that renders no wider than 16 kHz, takes at most 20 kb/s and prefers DTX
+/// and constant bitrate: the browser, whose Opus goes to it untouched, is asked for no more,
+/// in the trunk's modes, once the trunk has answered.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_opus_trunks_own_limits_reach_the_browser() {
     let (report, record, metrics) =
         renegotiated_call("opus_trunk_limits", "echo_opus_limits.xml").await;
     assert_eq!(report.far_end_playback_hz, Some(16000), "{report:?}");
+    assert_eq!(
+        modes_told(&report),
+        ["useinbandfec", "usedtx", "cbr"],
+        "the trunk's modes, not the browser's own: {report:?}"
+    );
     assert_eq!(record["trunk_codec"], "opus", "{record}");
     assert!(
         metrics.contains("gateway_frames_transcoded_total 0\n"),

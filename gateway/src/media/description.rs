@@ -82,31 +82,76 @@ pub struct RemoteMedia {
 }
 
 /// What a peer asks of the Opus it receives, from its `a=fmtp` line (RFC 7587 §6.1): the
-/// sender SHOULD NOT code wider or faster. A relayed call's sender is the browser.
+/// sender SHOULD NOT code wider or faster, and should follow its preferences among the
+/// codec's modes. A relayed call's sender is the browser.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OpusLimits {
     /// `maxplaybackrate`: the widest audio it renders, samples a second.
     pub max_playback_hz: Option<u32>,
     /// `maxaveragebitrate`: the most it takes, bits a second.
     pub max_average_bitrate: Option<u32>,
+    /// The modes it prefers.
+    pub modes: OpusModes,
+}
+
+/// A receiver's preferences among Opus's modes (RFC 7587 §6.1), each `1` or `0` on its
+/// `a=fmtp` line and `0` when absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpusModes {
+    /// `useinbandfec`: it decodes in-band FEC, so coding it is worth the bits.
+    pub fec: bool,
+    /// `usedtx`: it prefers discontinuous transmission.
+    pub dtx: bool,
+    /// `cbr`: it prefers a constant bitrate.
+    pub cbr: bool,
+    /// `stereo`: it prefers stereo.
+    pub stereo: bool,
+}
+
+impl OpusModes {
+    /// The parameters' names, as [`Self::flags`] lists them.
+    pub const NAMES: [&'static str; 4] = ["useinbandfec", "usedtx", "cbr", "stereo"];
+
+    /// Reads the modes from an Opus `a=fmtp` line's parameters.
+    pub fn parse(fmtp: &str) -> OpusModes {
+        let on = |name: &str| param(fmtp, name).is_some_and(|v| v == "1");
+        OpusModes {
+            fec: on("useinbandfec"),
+            dtx: on("usedtx"),
+            cbr: on("cbr"),
+            stereo: on("stereo"),
+        }
+    }
+
+    /// Each mode's parameter name and whether it is preferred, in [`Self::NAMES`]' order.
+    pub fn flags(self) -> [(&'static str, bool); 4] {
+        let [fec, dtx, cbr, stereo] = Self::NAMES;
+        [
+            (fec, self.fec),
+            (dtx, self.dtx),
+            (cbr, self.cbr),
+            (stereo, self.stereo),
+        ]
+    }
+}
+
+/// The value of the parameter `name` (any case) in an `a=fmtp` line's `key=value;…` list.
+fn param<'a>(fmtp: &'a str, name: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|p| {
+        let (key, value) = p.split_once('=')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
 }
 
 impl OpusLimits {
     /// Reads an Opus `a=fmtp` line's parameters (`minptime=10;useinbandfec=1;…`). Values out
     /// of RFC 7587's ranges (8000–48000 Hz, 6000–510000 b/s) are brought into them.
     pub fn parse(fmtp: &str) -> OpusLimits {
-        let value = |name: &str| {
-            fmtp.split(';').find_map(|p| {
-                let (key, value) = p.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| value.trim().parse::<u32>().ok())
-                    .flatten()
-            })
-        };
+        let value = |name: &str| param(fmtp, name).and_then(|v| v.parse::<u32>().ok());
         OpusLimits {
             max_playback_hz: value("maxplaybackrate").map(|hz| hz.clamp(8000, 48_000)),
             max_average_bitrate: value("maxaveragebitrate").map(|b| b.clamp(6000, 510_000)),
+            modes: OpusModes::parse(fmtp),
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct BrowserLeg {
     /// What the call's trunk side carries: what our descriptions let the browser's encoder
     /// code ([`cap_audio`]).
     audio: AudioCaps,
+    /// The Opus modes our last description to the browser preferred (RFC 7587 §6.1).
+    told_modes: crate::media::description::OpusModes,
     sequence: u16,
     timestamp: u32,
     /// Relayed Opus on our clock, so the trunk's timing (silences included) reaches the
@@ -298,6 +300,7 @@ impl BrowserLeg {
             opus_pt: OPUS_PT,
             dtmf_pt: Some(DTMF_PT),
             audio: AudioCaps::up_to(48_000),
+            told_modes: Default::default(),
             sequence: rand::random(),
             timestamp: rand::random(),
             relay: Default::default(),
@@ -350,7 +353,8 @@ impl BrowserLeg {
         leg.dtmf_pt = dtmf_pt;
         leg.audio = audio;
         leg.relay_candidates = relay_candidates(offer_sdp);
-        Ok((leg, cap_audio(&sdp, opus_pt, audio)))
+        let answer = leg.describe(&sdp);
+        Ok((leg, answer))
     }
 
     /// Offers a call to a browser (inbound calls); complete with [`Self::accept_answer`].
@@ -372,7 +376,8 @@ impl BrowserLeg {
             .ok_or_else(|| stack("no local description after offering"))?;
         let mut leg = Self::finish(pc, local, advertised, &sdp, ssrc)?;
         leg.audio = audio;
-        Ok((leg, cap_audio(&sdp, OPUS_PT, audio)))
+        let offer = leg.describe(&sdp);
+        Ok((leg, offer))
     }
 
     /// Applies the browser's answer to our offer.
@@ -423,7 +428,14 @@ impl BrowserLeg {
             }
         }
         self.drain();
-        Ok(cap_audio(&sdp, opus_pt, self.audio))
+        Ok(self.describe(&sdp))
+    }
+
+    /// The stack's description `sdp` as the browser is sent it, with [`Self::audio`]'s caps.
+    fn describe(&mut self, sdp: &str) -> String {
+        let text = cap_audio(sdp, self.opus_pt, self.audio);
+        self.told_modes = sdp::opus_modes(&text, self.opus_pt);
+        text
     }
 
     /// Where the browser's DTLS and SRTP last came from.
@@ -439,12 +451,12 @@ impl BrowserLeg {
     }
 
     /// The call's trunk side now carries `audio` (its answer settled on a codec, or a
-    /// re-INVITE moved it). True when that differs from what our last description let the
-    /// browser code: the browser is then to be asked for a new offer, since only a new answer
-    /// re-tells its encoder (RFC 7587 §6.1), and [`Self::renegotiate`] answers it with the new
-    /// caps.
+    /// re-INVITE moved it). True when that differs from what our last description told the
+    /// browser: only a new answer re-tells its encoder (RFC 7587 §6.1), so the browser is to be
+    /// asked for a new offer, which [`Self::renegotiate`] answers with the new caps.
     pub fn set_audio(&mut self, audio: AudioCaps) -> bool {
-        let asked = |c: AudioCaps| (c.hz.min(48_000), c.bitrate());
+        let told = self.told_modes;
+        let asked = |c: AudioCaps| (c.hz.min(48_000), c.bitrate(), c.modes.unwrap_or(told));
         let changed = asked(self.audio) != asked(audio);
         self.audio = audio;
         changed

@@ -10,6 +10,8 @@ use ::rtc::peer_connection::configuration::media_engine::{
 use ::rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 
 use super::{MAX_VALIDATED, RtcError, stack};
+use crate::media::codec::Codec;
+use crate::media::description::{OpusModes, RemoteMedia};
 
 /// Payload types we register; an offer's own numbers win in the answer.
 pub(super) const OPUS_PT: u8 = 111;
@@ -103,13 +105,17 @@ pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
 }
 
 /// What the browser is asked to code at most: the widest audio, samples a second, and for a
-/// relayed call the most bits a second its trunk takes (RFC 7587 §6.1).
+/// relayed call the most bits a second its trunk takes and the modes it prefers (RFC 7587
+/// §6.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AudioCaps {
     /// The widest audio: 8000 for G.711, 16000 for G.722, up to 48000 for Opus.
     pub hz: u32,
     /// An Opus trunk's `maxaveragebitrate`.
     pub max_bitrate: Option<u32>,
+    /// An Opus trunk's preferences (FEC, DTX, CBR, stereo); `None` when the gateway decodes
+    /// the browser's Opus, which then codes as its own offer said.
+    pub modes: Option<OpusModes>,
 }
 
 impl AudioCaps {
@@ -118,17 +124,19 @@ impl AudioCaps {
         AudioCaps {
             hz,
             max_bitrate: None,
+            modes: None,
         }
     }
 
     /// What a trunk's stream carries: its codec's width, and for Opus (relayed to the trunk as
-    /// the browser codes it) no wider than the trunk's `maxplaybackrate` nor faster than its
-    /// `maxaveragebitrate`.
-    pub fn of_trunk(remote: &crate::media::description::RemoteMedia) -> AudioCaps {
+    /// the browser codes it) no wider than the trunk's `maxplaybackrate`, nor faster than its
+    /// `maxaveragebitrate`, in the modes it prefers.
+    pub fn of_trunk(remote: &RemoteMedia) -> AudioCaps {
         let hz = remote.codec.sample_rate();
         AudioCaps {
             hz: remote.opus.max_playback_hz.map_or(hz, |max| max.min(hz)),
             max_bitrate: remote.opus.max_average_bitrate,
+            modes: (remote.codec == Codec::Opus).then_some(remote.opus.modes),
         }
     }
 
@@ -147,18 +155,32 @@ impl AudioCaps {
         }
     }
 
-    /// Nothing to ask: the browser codes as it would.
-    fn is_open(self) -> bool {
-        self.hz >= 48_000 && self.max_bitrate.is_none()
+    /// The width and bitrate asked for, when they are asked for at all.
+    fn rate(self) -> Option<(u32, Option<u32>)> {
+        let hz = self.hz.min(48_000);
+        (hz < 48_000 || self.max_bitrate.is_some()).then(|| (hz, self.bitrate()))
     }
+}
+
+/// The Opus modes `sdp`'s line for payload type `opus_pt` prefers.
+pub fn opus_modes(sdp: &str, opus_pt: u8) -> OpusModes {
+    let fmtp = format!("a=fmtp:{opus_pt} ");
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix(&fmtp))
+        .map(OpusModes::parse)
+        .unwrap_or_default()
 }
 
 /// Caps the audio the browser codes at `caps`: `caps.hz`, the widest the call's trunk side
 /// carries, by the Opus line's `maxplaybackrate` (RFC 7587 §6.1: the most the receiver will
 /// render, which the sender's encoder should not exceed) and `sprop-maxcapturerate` (the most
 /// our own encoder codes), and sets the bitrate it codes at (`maxaveragebitrate`, which
-/// libwebrtc takes as its bitrate: [`AudioCaps::bitrate`]). Open caps (48 kHz, no trunk
-/// bitrate) leave the description as it is.
+/// libwebrtc takes as its bitrate: [`AudioCaps::bitrate`]). A relayed call's Opus goes to
+/// the trunk as the browser codes it, so the trunk's own preferences among Opus's modes
+/// (`useinbandfec`, `usedtx`, `cbr`, `stereo`) replace the ones the answer would otherwise
+/// repeat from the browser's offer: a carrier that asks for constant bitrate gets it, and
+/// one that cannot use in-band FEC is not sent its bits. Open caps (48 kHz, no trunk
+/// bitrate, the gateway decoding) leave the description as it is.
 ///
 /// Why (docs/benchmarks-history.md §1): a browser told nothing codes full band at 32 kb/s, and the
 /// gateway decodes that to 8 kHz for G.711 at 22–26 µs a frame. Told 8 kHz, Chromium codes
@@ -172,18 +194,37 @@ impl AudioCaps {
 /// The stack's answer repeats the offer's Opus parameters rather than ours, and the stack
 /// takes no local description but the one it wrote, so the text the browser is sent is
 /// rewritten here and the stack keeps its own. These parameters say what we receive, which
-/// the stack's own sending does not read. The line's other parameters stay; earlier rate
-/// caps go.
+/// the stack's own sending does not read. The line's other parameters stay; the ones
+/// written here go first.
 pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
-    if caps.is_open() {
+    let mut written: Vec<&str> = Vec::new();
+    let mut params: Vec<String> = Vec::new();
+    if let Some((hz, bitrate)) = caps.rate() {
+        written.extend([
+            "maxplaybackrate",
+            "sprop-maxcapturerate",
+            "maxaveragebitrate",
+        ]);
+        params.push(format!("maxplaybackrate={hz};sprop-maxcapturerate={hz}"));
+        if let Some(bitrate) = bitrate {
+            params.push(format!("maxaveragebitrate={bitrate}"));
+        }
+    }
+    if let Some(modes) = caps.modes {
+        written.extend(OpusModes::NAMES);
+        // Absent is 0 (RFC 7587 §6.1): only the preferred ones are written.
+        params.extend(
+            modes
+                .flags()
+                .iter()
+                .filter(|(_, on)| *on)
+                .map(|(name, _)| format!("{name}=1")),
+        );
+    }
+    if written.is_empty() {
         return sdp.to_owned();
     }
-    let hz = caps.hz.min(48_000);
-    let mut caps_text = format!("maxplaybackrate={hz};sprop-maxcapturerate={hz}");
-    if let Some(bitrate) = caps.bitrate() {
-        caps_text.push_str(&format!(";maxaveragebitrate={bitrate}"));
-    }
-    let caps = caps_text;
+    let caps = params.join(";");
     let fmtp = format!("a=fmtp:{opus_pt} ");
     let rtpmap = format!("a=rtpmap:{opus_pt} ");
     let has_fmtp = sdp.lines().any(|l| l.starts_with(&fmtp));
@@ -194,32 +235,21 @@ pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
             None => line.strip_suffix('\n').map_or((line, ""), |t| (t, "\n")),
         };
         if let Some(params) = text.strip_prefix(&fmtp) {
-            let kept: Vec<&str> = params
-                .split(';')
-                .map(str::trim)
-                .filter(|p| {
-                    let name = p.split('=').next().unwrap_or("").trim();
-                    !p.is_empty()
-                        && ![
-                            "maxplaybackrate",
-                            "sprop-maxcapturerate",
-                            "maxaveragebitrate",
-                        ]
-                        .iter()
-                        .any(|cap| name.eq_ignore_ascii_case(cap))
-                })
+            let kept = params.split(';').map(str::trim).filter(|p| {
+                let name = p.split('=').next().unwrap_or("").trim();
+                !p.is_empty() && !written.iter().any(|w| name.eq_ignore_ascii_case(w))
+            });
+            let line: Vec<&str> = kept
+                .chain([caps.as_str()])
+                .filter(|p| !p.is_empty())
                 .collect();
             out.push_str(&fmtp);
-            for p in kept {
-                out.push_str(p);
-                out.push(';');
-            }
-            out.push_str(&caps);
+            out.push_str(&line.join(";"));
             out.push_str(end);
             continue;
         }
         out.push_str(line);
-        if !has_fmtp && text.starts_with(&rtpmap) {
+        if !has_fmtp && !caps.is_empty() && text.starts_with(&rtpmap) {
             if end.is_empty() {
                 out.push_str("\r\n");
             }
@@ -233,7 +263,7 @@ pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{AudioCaps, cap_audio};
+    use super::{AudioCaps, cap_audio, opus_modes};
 
     fn cap_audio_rate(sdp: &str, opus_pt: u8, hz: u32) -> String {
         cap_audio(sdp, opus_pt, AudioCaps::up_to(hz))
@@ -270,7 +300,7 @@ mod tests {
     #[test]
     fn an_opus_trunks_limits_cap_the_browser() {
         use crate::media::codec::Codec;
-        use crate::media::description::{Direction, OpusLimits, RemoteMedia};
+        use crate::media::description::{Direction, OpusLimits, OpusModes, RemoteMedia};
         let trunk = |codec, opus| {
             AudioCaps::of_trunk(&RemoteMedia {
                 addr: "127.0.0.1:4000".parse().unwrap(),
@@ -285,12 +315,22 @@ mod tests {
         let limits = |hz, bitrate| OpusLimits {
             max_playback_hz: hz,
             max_average_bitrate: bitrate,
+            modes: OpusModes::default(),
         };
+        let plain = trunk(Codec::Opus, OpusLimits::default());
         assert_eq!(
-            trunk(Codec::Opus, OpusLimits::default()),
-            AudioCaps::up_to(48_000)
+            plain,
+            AudioCaps {
+                modes: Some(OpusModes::default()),
+                ..AudioCaps::up_to(48_000)
+            }
         );
         assert_eq!(cap_audio(ANSWER, 109, AudioCaps::up_to(48_000)), ANSWER);
+        // A trunk that said nothing of FEC does not decode it (RFC 7587 §6.1: absent is 0).
+        assert_eq!(
+            cap_audio(ANSWER, 109, plain),
+            ANSWER.replace("useinbandfec=1;", "")
+        );
         let wide = trunk(Codec::Opus, limits(Some(16000), Some(20_000)));
         assert_eq!((wide.hz, wide.bitrate()), (16000, Some(20_000)));
         assert!(cap_audio(ANSWER, 109, wide).contains(
@@ -308,6 +348,53 @@ mod tests {
         assert_eq!(
             trunk(Codec::G722, OpusLimits::default()),
             AudioCaps::up_to(16000)
+        );
+    }
+
+    /// A relayed call's trunk decodes the browser's Opus: its preferences among Opus's modes
+    /// replace the ones the answer repeats from the browser's offer, with or without rate
+    /// caps. A call the gateway decodes keeps the browser's own.
+    #[test]
+    fn an_opus_trunks_modes_replace_the_browsers_own() {
+        use crate::media::description::OpusModes;
+        let modes = |fmtp| Some(OpusModes::parse(fmtp));
+        let full = AudioCaps {
+            modes: modes("useinbandfec=1;usedtx=1;cbr=1"),
+            ..AudioCaps::up_to(48_000)
+        };
+        let text = cap_audio(ANSWER, 109, full);
+        assert!(
+            text.contains(
+                "a=fmtp:109 minptime=10;maxplaybackrate=48000;useinbandfec=1;usedtx=1;cbr=1\r\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(opus_modes(&text, 109), full.modes.unwrap());
+        let narrow = AudioCaps {
+            hz: 16000,
+            max_bitrate: Some(20_000),
+            modes: modes("usedtx=1; stereo=0"),
+        };
+        let text = cap_audio(ANSWER, 109, narrow);
+        assert!(
+            text.contains(
+                "a=fmtp:109 minptime=10;maxplaybackrate=16000;sprop-maxcapturerate=16000;\
+                 maxaveragebitrate=20000;usedtx=1\r\n"
+            ),
+            "{text}"
+        );
+        // The browser offered stereo and DTX; a G.711 call's answer leaves them.
+        let stereo = ANSWER.replace("useinbandfec=1", "useinbandfec=1;stereo=1;usedtx=1");
+        let text = cap_audio(&stereo, 109, AudioCaps::up_to(8000));
+        assert!(text.contains("useinbandfec=1;stereo=1;usedtx=1;maxplaybackrate=8000"));
+        assert_eq!(
+            opus_modes(&text, 109),
+            OpusModes {
+                fec: true,
+                dtx: true,
+                cbr: false,
+                stereo: true
+            }
         );
     }
 

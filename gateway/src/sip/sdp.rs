@@ -11,7 +11,7 @@ use rtc_sdp::description::session::{Origin, TimeDescription, Timing};
 use thiserror::Error;
 
 use crate::media::codec::Codec;
-pub use crate::media::description::{Direction, LocalMedia, OpusLimits, RemoteMedia};
+pub use crate::media::description::{Direction, LocalMedia, OpusLimits, OpusModes, RemoteMedia};
 use crate::media::srtp::{LocalSrtp, SdesKey, SrtpKeys, SrtpPolicy};
 
 /// Payload type we offer for RFC 4733 events at 8 kHz (dynamic range, the common choice).
@@ -492,7 +492,7 @@ mod tests {
         // Its limits on the Opus it takes (RFC 7587 §6.1), read from its format's line only.
         let limited = pbx.replace(
             "a=rtpmap:97",
-            "a=fmtp:96 useinbandfec=1; maxplaybackrate=16000;maxaveragebitrate=2000\r\n\
+            "a=fmtp:96 useinbandfec=1; maxplaybackrate=16000;maxaveragebitrate=2000; cbr=0; USEDTX=1\r\n\
              a=fmtp:101 maxplaybackrate=8000\r\na=rtpmap:97",
         );
         let remote = parse_remote(
@@ -508,6 +508,12 @@ mod tests {
                 max_playback_hz: Some(16000),
                 // Below RFC 7587's least, 6 kb/s.
                 max_average_bitrate: Some(6000),
+                modes: OpusModes {
+                    fec: true,
+                    dtx: true,
+                    cbr: false,
+                    stereo: false,
+                },
             }
         );
         let text = answer(&ours, 2, &remote);
