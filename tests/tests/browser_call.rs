@@ -592,6 +592,28 @@ async fn a_late_offer_from_the_trunk_is_answered_with_our_offer_and_carries_audi
 /// sipp calls a registered browser from the trunk with `scenario`; the call must ring it,
 /// carry the tone both ways and end when sipp hangs up.
 async fn inbound_call(test: &str, scenario: &str) -> CallReport {
+    let (report, sipp) = ring_browser(test, scenario, false).await;
+    assert_eq!(
+        &report.messages[..4],
+        ["hello", "authenticated", "registered", "incoming"],
+        "{report:?}"
+    );
+    assert!(report.messages.contains(&"answered".to_string()));
+    // Our offer caps the browser's audio at what the G.711 trunk carries, as an answer does.
+    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    assert!(
+        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "browser tone → gateway → sipp echo → back: {report:?}"
+    );
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "remote_hangup");
+    assert!(sipp, "sipp's call did not complete");
+    report
+}
+
+/// sipp calls `+15550100`, the browser registered as `agent-7`, from the trunk with
+/// `scenario`; the browser answers unless `ignore` says to let it ring. The browser's report,
+/// and whether sipp's scenario completed.
+async fn ring_browser(test: &str, scenario: &str, ignore: bool) -> (CallReport, bool) {
     let dir = out_dir(test);
     let (trunk_port, _) = gateway_tests::ports();
     let path = write_config(&dir, &[("carrier", trunk_port, "udp", &[])]);
@@ -611,7 +633,8 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
         .await
         .unwrap();
     let url = format!("ws://{}/ws", gateway.http_addr);
-    let opts = CallOptions::answering("agent-7", secret, 30.0);
+    let mut opts = CallOptions::answering("agent-7", secret, 30.0);
+    opts.ignore_incoming = ignore;
     let browser = spawn_call(&url, opts);
     // sipp calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
@@ -625,26 +648,36 @@ async fn inbound_call(test: &str, scenario: &str) -> CallReport {
     );
     let report = browser.await.unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
-    assert_eq!(
-        &report.messages[..4],
-        ["hello", "authenticated", "registered", "incoming"],
+    let done = tokio::task::spawn_blocking(move || sipp.wait())
+        .await
+        .unwrap();
+    (report, done)
+}
+
+/// A trunk that, while the browser rings, offers anew by UPDATE (refused: its INVITE's offer
+/// is unanswered, RFC 3311 §5.2), refreshes by UPDATE without an offer (200), and then ends
+/// the early dialog with BYE (RFC 3261 §15): the BYE gets 200, the INVITE 487, and the
+/// browser's ringing call ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_ends_the_early_dialog_with_bye_stops_the_ringing() {
+    let (report, sipp) = ring_browser(
+        "browser_inbound_early_bye",
+        "uac_early_update_bye.xml",
+        true,
+    )
+    .await;
+    assert!(
+        report.messages.contains(&"incoming".to_string()),
         "{report:?}"
     );
-    assert!(report.messages.contains(&"answered".to_string()));
-    // Our offer caps the browser's audio at what the G.711 trunk carries, as an answer does.
-    assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
+    let ended = report.ended.as_ref().expect("the ringing call ended");
+    assert_eq!(ended["reason"], "remote_hangup", "{report:?}");
+    assert_eq!(ended["sip_code"], 487, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
     assert!(
-        report.tone_snr_db.unwrap_or(0.0) >= 20.0,
-        "browser tone → gateway → sipp echo → back: {report:?}"
+        sipp,
+        "sipp expected 500 with Retry-After, 200 with Contact, 200 for its BYE and 487"
     );
-    assert_eq!(report.ended.as_ref().unwrap()["reason"], "remote_hangup");
-    assert!(
-        tokio::task::spawn_blocking(move || sipp.wait())
-            .await
-            .unwrap(),
-        "sipp's call did not complete"
-    );
-    report
 }
 
 #[tokio::test(flavor = "multi_thread")]

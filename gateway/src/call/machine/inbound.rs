@@ -83,8 +83,20 @@ impl Call {
         call
     }
 
-    /// Inbound, before the browser answered: the trunk may only give up (CANCEL).
+    /// Inbound, before the browser answered. The trunk may give up by CANCEL, or by BYE on
+    /// the early dialog our 180 made (RFC 3261 §15: a caller may end an early dialog so; the
+    /// INVITE then gets 487, §15.1.2). An UPDATE with an offer is refused with 500 and a
+    /// Retry-After of up to ten seconds (RFC 3311 §5.2: the INVITE's offer is not answered
+    /// yet, and the browser's answer is what answers it); retried once the browser answered,
+    /// it is taken as any mid-call UPDATE. One without, and OPTIONS, get 200.
     pub(super) fn while_offered(&mut self, id: u64, request: Request, now: Instant) {
+        let respond = |this: &mut Call, response| {
+            this.transmits.push_back(Transmit::Respond { id, response });
+        };
+        let in_dialog = matches!(
+            request.method,
+            Method::Bye | Method::Update | Method::Options
+        );
         match request.method {
             // The endpoint has answered the CANCEL and sent 487 (§9.2).
             Method::Cancel => {
@@ -93,11 +105,59 @@ impl Call {
                 self.finish("remote_hangup", 487, now);
             }
             Method::Ack => {}
+            _ if in_dialog && !self.names_early_dialog(&request) => {
+                respond(self, response_to(&request, 481, None));
+            }
+            Method::Bye => {
+                respond(self, response_to(&request, 200, None));
+                if let Some((invite, tag)) = self.invite.take() {
+                    self.transmits.push_back(Transmit::Respond {
+                        id: invite.id,
+                        response: response_to(&invite.request, 487, Some(&tag)),
+                    });
+                    self.forget_dialog();
+                }
+                self.finish("remote_hangup", 487, now);
+            }
+            Method::Update if !request.body.is_empty() => {
+                let mut response = response_to(&request, 500, None);
+                let wait = rand::random_range(0..=10u32);
+                response
+                    .headers
+                    .push(Header::Other("Retry-After".into(), wait.to_string()));
+                respond(self, response);
+            }
+            Method::Update | Method::Options => {
+                let mut response = response_to(&request, 200, None);
+                if let Some((invite, _)) = &self.invite {
+                    // A 2xx to UPDATE names our target (RFC 3311 §5.2).
+                    let sips = crate::sip::dialog::is_sips(&invite.request.uri);
+                    let contact = self.sip.dialog_contact_uri("gw", invite.transport, sips);
+                    response
+                        .headers
+                        .push(Header::Contact(rsip::headers::Contact::new(format!(
+                            "<{contact}>"
+                        ))));
+                }
+                response.headers.push(message::allow_header());
+                respond(self, response);
+            }
             _ => {
                 let response = response_to(&request, 491, Some(&message::random_token()));
-                self.transmits.push_back(Transmit::Respond { id, response });
+                respond(self, response);
             }
         }
+    }
+
+    /// Whether `request` is in the early dialog our 180 made: the trunk's tag as its INVITE
+    /// gave it, ours as the 180 did (§12.2.2).
+    fn names_early_dialog(&self, request: &Request) -> bool {
+        let Some((invite, tag)) = &self.invite else {
+            return false;
+        };
+        message::from_tag(request).is_some()
+            && message::from_tag(request) == message::from_tag(&invite.request)
+            && message::to_tag(request).as_deref() == Some(tag.as_str())
     }
 
     /// The browser accepted an inbound call (its answer already applied to its leg): the

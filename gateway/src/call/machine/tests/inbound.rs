@@ -123,3 +123,68 @@ fn a_late_offer_gets_our_offer_in_the_200_and_the_answer_from_the_ack() {
     assert_eq!(b.ended(), Some(("rejected".into(), 488)));
     assert_eq!(b.count(Method::Bye), 1);
 }
+
+/// The trunk's `method` in the early dialog of the 180 it got (its To-tag, or `to_tag`), with
+/// `body`, as request 7; the call's responses to it.
+fn early_request(b: &mut Bench, method: Method, to_tag: Option<&str>, body: &[u8]) -> Response {
+    let ringing = b.response(0);
+    let ours = message::to_tag(&ringing).expect("the 180 made an early dialog");
+    let mut request = invite_from_trunk();
+    request.method = method;
+    request
+        .headers
+        .retain(|h| !matches!(h, rsip::Header::To(_)));
+    request
+        .headers
+        .push(rsip::Header::To(rsip::headers::To::new(format!(
+            "<sip:+15550199@127.0.0.9>;tag={}",
+            to_tag.unwrap_or(&ours)
+        ))));
+    request.body = body.to_vec();
+    b.call
+        .handle_sip_request(7, request, TRUNK.parse().unwrap(), b.now);
+    b.drain();
+    b.response(7)
+}
+
+/// RFC 3261 §15: the caller may end an early dialog with BYE. It gets 200, the INVITE 487,
+/// and the browser stops ringing.
+#[test]
+fn a_bye_on_the_early_dialog_ends_the_ringing() {
+    let mut b = Bench::inbound();
+    let stranger = early_request(&mut b, Method::Bye, Some("not-ours"), b"");
+    assert_eq!(stranger.status_code.code(), 481, "not this call's dialog");
+    assert!(b.call.is_offered() && b.ended().is_none());
+    let bye = early_request(&mut b, Method::Bye, None, b"");
+    assert_eq!(bye.status_code.code(), 200);
+    assert_eq!(b.responded(0), [180, 487]);
+    assert_eq!(b.ended(), Some(("remote_hangup".into(), 487)));
+    assert!(b.call.is_finished() && !b.call.is_offered());
+    assert!(b.sent.iter().any(|t| matches!(t, Transmit::Forget(_))));
+}
+
+/// RFC 3311 §5.2: the INVITE's offer is unanswered while the browser rings, so an UPDATE
+/// with a new offer is refused with 500 and a Retry-After of up to ten seconds; one without
+/// an offer (a session refresh) gets 200 and our Contact. Neither ends the ringing.
+#[test]
+fn an_update_while_ringing_is_refused_if_it_offers_and_answered_if_not() {
+    let mut b = Bench::inbound();
+    let offer = trunk_sdp(Direction::SendRecv);
+    let refused = early_request(&mut b, Method::Update, None, &offer);
+    assert_eq!(refused.status_code.code(), 500);
+    let wait: u32 = message::header_value(&refused.headers, "Retry-After")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!(wait <= 10, "{wait}");
+    let refresh = early_request(&mut b, Method::Update, None, b"");
+    assert_eq!(refresh.status_code.code(), 200);
+    assert!(message::header_value(&refresh.headers, "Contact").is_some());
+    let options = early_request(&mut b, Method::Options, None, b"");
+    assert_eq!(options.status_code.code(), 200);
+    assert!(b.call.is_offered() && b.ended().is_none());
+    assert_eq!(b.responded(0), [180]);
+    // The browser answers as before.
+    b.call.handle_caller_answered(b.now);
+    b.drain();
+    assert_eq!(b.responded(0), [180, 200]);
+}
