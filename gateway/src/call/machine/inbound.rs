@@ -75,12 +75,23 @@ impl Call {
         if let Some(remote) = invite.remote {
             call.events.push_back(CallEvent::TrunkMedia(remote));
         }
+        // The 180 makes an early dialog, so it names our target (§12.1.1): the trunk's BYE or
+        // UPDATE in it comes here, or to the node that rings the browser.
+        let mut ringing = response_to(&invite.request, 180, Some(&tag));
+        ringing.headers.push(call.contact(&invite));
         call.transmits.push_back(Transmit::Respond {
             id: invite.id,
-            response: response_to(&invite.request, 180, Some(&tag)),
+            response: ringing,
         });
         call.invite = Some((invite, tag));
         call
+    }
+
+    /// Our Contact for the dialog `invite` makes.
+    fn contact(&self, invite: &InboundInvite) -> Header {
+        let sips = crate::sip::dialog::is_sips(&invite.request.uri);
+        let uri = self.sip.dialog_contact_uri("gw", invite.transport, sips);
+        Header::Contact(rsip::headers::Contact::new(format!("<{uri}>")))
     }
 
     /// Inbound, before the browser answered. The trunk may give up by CANCEL, or by BYE on
@@ -131,13 +142,7 @@ impl Call {
                 let mut response = response_to(&request, 200, None);
                 if let Some((invite, _)) = &self.invite {
                     // A 2xx to UPDATE names our target (RFC 3311 §5.2).
-                    let sips = crate::sip::dialog::is_sips(&invite.request.uri);
-                    let contact = self.sip.dialog_contact_uri("gw", invite.transport, sips);
-                    response
-                        .headers
-                        .push(Header::Contact(rsip::headers::Contact::new(format!(
-                            "<{contact}>"
-                        ))));
+                    response.headers.push(self.contact(invite));
                 }
                 response.headers.push(message::allow_header());
                 respond(self, response);
@@ -176,15 +181,7 @@ impl Call {
             return self.finish("rejected", 400, now);
         };
         let mut ok = response_to(&invite.request, 200, Some(&tag));
-        ok.headers
-            .push(Header::Contact(rsip::headers::Contact::new(format!(
-                "<{}>",
-                self.sip.dialog_contact_uri(
-                    "gw",
-                    invite.transport,
-                    crate::sip::dialog::is_sips(&invite.request.uri)
-                )
-            ))));
+        ok.headers.push(self.contact(&invite));
         ok.headers
             .push(Header::ContentType(rsip::headers::ContentType::new(
                 "application/sdp",

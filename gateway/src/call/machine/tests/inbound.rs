@@ -152,6 +152,11 @@ fn early_request(b: &mut Bench, method: Method, to_tag: Option<&str>, body: &[u8
 #[test]
 fn a_bye_on_the_early_dialog_ends_the_ringing() {
     let mut b = Bench::inbound();
+    let ringing = b.response(0);
+    assert!(
+        message::header_value(&ringing.headers, "Contact").is_some(),
+        "the 180 makes an early dialog and names our target (§12.1.1)"
+    );
     let stranger = early_request(&mut b, Method::Bye, Some("not-ours"), b"");
     assert_eq!(stranger.status_code.code(), 481, "not this call's dialog");
     assert!(b.call.is_offered() && b.ended().is_none());
