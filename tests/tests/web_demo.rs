@@ -74,7 +74,26 @@ async fn visit_with(
     })
 }
 
+/// What Chromium is asked to code on a call, and so codes.
+struct Coding {
+    /// Parameters the answer's Opus `a=fmtp` line carries.
+    fmtp: &'static [&'static str],
+    /// The most bytes of Opus a packet it may code on average.
+    max_bytes_per_packet: f64,
+}
+
+/// A G.711 trunk: 8 kHz audio at 24 kb/s (RFC 7587 §6.1), ~60 bytes of Opus a packet,
+/// where Chromium's full-band default (32 kb/s) is ~83.
+const G711: Coding = Coding {
+    fmtp: &["maxplaybackrate=8000", "maxaveragebitrate=24000"],
+    max_bytes_per_packet: 70.0,
+};
+
 fn check(target: &str, seen: &serde_json::Value, digits: &str) {
+    check_coding(target, seen, digits, &G711);
+}
+
+fn check_coding(target: &str, seen: &serde_json::Value, digits: &str, coding: &Coding) {
     let states: Vec<&str> = seen["states"]
         .as_array()
         .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
@@ -118,23 +137,21 @@ fn check(target: &str, seen: &serde_json::Value, digits: &str) {
         (seen["unmutedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
         "{target}: unmuted, the tone is back: {seen}"
     );
-    // Every trunk here answers G.711, so the gateway's answer asks Chromium for 8 kHz audio at
-    // 24 kb/s (RFC 7587 §6.1), and it codes that: ~60 bytes of Opus a packet, where its
-    // full-band default (32 kb/s) is ~83. The PBX may speak Opus too, so the call's first
-    // answer left the band open; when the PBX answered PCMU the gateway asked the widget for
+    // The trunks here may speak Opus, so the call's first answer left the band open; when the
+    // trunk answered (PCMU, or Opus with limits of its own) the gateway asked the widget for
     // a new offer (`renegotiation_needed`), and this is the answer to it.
     let sending = &seen["sending"];
     eprintln!("{target}: Chromium sending {sending}");
+    let fmtp = sending["fmtp"].as_str().unwrap_or("");
     assert!(
-        sending["fmtp"].as_str().is_some_and(
-            |f| f.contains("maxplaybackrate=8000") && f.contains("maxaveragebitrate=24000")
-        ),
-        "{target}: the answer caps the browser's audio at 8 kHz and 24 kb/s: {seen}"
+        coding.fmtp.iter().all(|p| fmtp.split(';').any(|q| q == *p)),
+        "{target}: the answer asks Chromium for {:?}: {seen}",
+        coding.fmtp
     );
     assert!(
         sending["packets"].as_u64().unwrap_or(0) >= 25
-            && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < 70.0,
-        "{target}: Chromium codes at 24 kb/s, not its full-band 32: {sending}"
+            && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < coding.max_bytes_per_packet,
+        "{target}: Chromium codes as asked: {sending}"
     );
     assert_eq!(seen["statusEnded"].as_str(), Some("Call ended"), "{seen}");
     assert!(
@@ -158,6 +175,9 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     tone_wav(&tone);
     let demo_trunk = gateway::demo::start().await.expect("demo trunk");
     let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let carrier_dir = dir.join("carrier");
+    std::fs::create_dir_all(&carrier_dir).unwrap();
+    let carrier = Sipp::uas("echo_opus_limits.xml", "u1", &carrier_dir);
     let cdr = dir.join("cdr.jsonl");
     let text = format!(
         "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 45000\nport_max = 45999\n\n\
@@ -165,10 +185,13 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
          [cdr]\npath = \"{}\"\n\n\
          [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
          [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\", \"PCMU\"]\n\n\
+         [trunks.carrier]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\"]\n\n\
          [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
-         [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n",
+         [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n\n\
+         [targets.hd]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
         cdr.display(),
-        sipp.port
+        sipp.port,
+        carrier.port
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -197,6 +220,27 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     .await;
     check("sales", &seen, "7#");
     assert!(sipp.finished().await, "sipp saw the call through");
+
+    // sipp as a carrier that speaks Opus but renders no wider than 16 kHz, takes at most
+    // 20 kb/s and prefers DTX and constant bitrate: Chromium's Opus goes to it untouched,
+    // coded as the carrier asks (50 bytes a packet at 20 kb/s: Chromium read exactly 50.0 over
+    // 61 packets, constant bitrate), and comes back untouched.
+    let seen = visit(format!("{base}/?target=hd"), dir.join("hd"), &tone, "5").await;
+    let opus_trunk = Coding {
+        fmtp: &[
+            "maxplaybackrate=16000",
+            "maxaveragebitrate=20000",
+            "useinbandfec=1",
+            "usedtx=1",
+            "cbr=1",
+        ],
+        max_bytes_per_packet: 55.0,
+    };
+    check_coding("hd", &seen, "5", &opus_trunk);
+    assert!(
+        carrier.finished().await,
+        "the carrier's sipp saw the call through"
+    );
 
     // A gateway that cannot be reached is reported in plain words, not a stack trace.
     let closed = std::net::UdpSocket::bind("127.0.0.1:0")
@@ -229,9 +273,16 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
         "{seen}"
     );
 
-    // The CDR: one line per call, the second the sipp one.
-    let records = gateway_tests::cdr_records(&cdr, 2).await;
-    assert_eq!(records.len(), 2, "{records:?}");
+    // The CDR: one line per call, the second the PBX's, the third the carrier's.
+    let records = gateway_tests::cdr_records(&cdr, 3).await;
+    assert_eq!(records.len(), 3, "{records:?}");
+    let hd = &records[2];
+    assert_eq!(hd["trunk"], "carrier", "{hd}");
+    assert_eq!(hd["trunk_codec"], "opus", "{hd}");
+    assert!(
+        hd["frames_relayed"].as_u64().unwrap_or(0) > 50,
+        "Chromium's Opus relayed, not transcoded: {hd}"
+    );
     let sales = &records[1];
     assert_eq!(sales["to"], "sales", "{sales}");
     assert_eq!(sales["trunk"], "pbx", "{sales}");
