@@ -29,7 +29,7 @@ impl Call {
     ) {
         let method = request.method;
         if self.invite.is_some() {
-            return self.while_offered(id, request, now);
+            return self.while_offered(id, request, source, now);
         }
         if method == Method::Ack || method == Method::Cancel {
             if method == Method::Ack && self.ack_deadline.take().is_some() {

@@ -99,8 +99,15 @@ impl Call {
     /// INVITE then gets 487, §15.1.2). An UPDATE with an offer is refused with 500 and a
     /// Retry-After of up to ten seconds (RFC 3311 §5.2: the INVITE's offer is not answered
     /// yet, and the browser's answer is what answers it); retried once the browser answered,
-    /// it is taken as any mid-call UPDATE. One without, and OPTIONS, get 200.
-    pub(super) fn while_offered(&mut self, id: u64, request: Request, now: Instant) {
+    /// it is taken as any mid-call UPDATE. One without, and OPTIONS, get 200. Only the host
+    /// that sent the INVITE may act in its early dialog, as in a confirmed one.
+    pub(super) fn while_offered(
+        &mut self,
+        id: u64,
+        request: Request,
+        source: SocketAddr,
+        now: Instant,
+    ) {
         let respond = |this: &mut Call, response| {
             this.transmits.push_back(Transmit::Respond { id, response });
         };
@@ -118,6 +125,15 @@ impl Call {
             Method::Ack => {}
             _ if in_dialog && !self.names_early_dialog(&request) => {
                 respond(self, response_to(&request, 481, None));
+            }
+            _ if in_dialog
+                && self
+                    .invite
+                    .as_ref()
+                    .is_some_and(|(invite, _)| invite.source.ip() != source.ip()) =>
+            {
+                tracing::warn!(source = %source.ip(), %request.method, "early-dialog request from an address that is not the INVITE's refused");
+                respond(self, response_to(&request, 403, None));
             }
             Method::Bye => {
                 respond(self, response_to(&request, 200, None));

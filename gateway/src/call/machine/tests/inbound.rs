@@ -160,6 +160,21 @@ fn a_bye_on_the_early_dialog_ends_the_ringing() {
     let stranger = early_request(&mut b, Method::Bye, Some("not-ours"), b"");
     assert_eq!(stranger.status_code.code(), 481, "not this call's dialog");
     assert!(b.call.is_offered() && b.ended().is_none());
+    // The dialog's tags, from another host of the trunk's (the endpoint lets it in).
+    let mut bye = invite_from_trunk();
+    bye.method = Method::Bye;
+    let to = format!(
+        "<sip:+15550199@127.0.0.9>;tag={}",
+        message::to_tag(&b.response(0)).unwrap()
+    );
+    bye.headers.retain(|h| !matches!(h, rsip::Header::To(_)));
+    bye.headers
+        .push(rsip::Header::To(rsip::headers::To::new(to)));
+    b.call
+        .handle_sip_request(8, bye, "127.0.0.77:5060".parse().unwrap(), b.now);
+    b.drain();
+    assert_eq!(b.response(8).status_code.code(), 403);
+    assert!(b.call.is_offered() && b.ended().is_none());
     let bye = early_request(&mut b, Method::Bye, None, b"");
     assert_eq!(bye.status_code.code(), 200);
     assert_eq!(b.responded(0), [180, 487]);
