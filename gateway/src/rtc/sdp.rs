@@ -243,6 +243,10 @@ pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
                 .chain([caps.as_str()])
                 .filter(|p| !p.is_empty())
                 .collect();
+            if line.is_empty() {
+                // Nothing left to say: no line rather than one without parameters.
+                continue;
+            }
             out.push_str(&fmtp);
             out.push_str(&line.join(";"));
             out.push_str(end);
@@ -382,6 +386,17 @@ mod tests {
                  maxaveragebitrate=20000;usedtx=1\r\n"
             ),
             "{text}"
+        );
+        // A line left with nothing goes (RFC 4566 §6: an `a=fmtp` line carries parameters).
+        let bare =
+            "v=0\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\na=sendrecv\r\n";
+        let plain = AudioCaps {
+            modes: modes(""),
+            ..AudioCaps::up_to(48_000)
+        };
+        assert_eq!(
+            cap_audio(bare, 111, plain),
+            "v=0\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n"
         );
         // The browser offered stereo and DTX; a G.711 call's answer leaves them.
         let stereo = ANSWER.replace("useinbandfec=1", "useinbandfec=1;stereo=1;usedtx=1");
