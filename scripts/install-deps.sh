@@ -22,6 +22,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # Headless Chromium for the web demo's browser test (driven by playwright-core from npm).
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Headless Firefox ESR, the second browser stack (driven by puppeteer-core over WebDriver BiDi).
+command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 # libopus for the Opus <-> G.711 bridge (audiopus links the system library through pkg-config).
 pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
 

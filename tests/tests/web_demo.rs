@@ -493,3 +493,141 @@ async fn the_gateway_serves_the_page_and_the_widget() {
     );
     assert!(widget.contains("GatewayCall"), "{widget}");
 }
+
+/// Firefox (`tests/web/firefox.mjs`, over WebDriver BiDi) against `url`, its fake microphone
+/// at `hz`, pressing `digits`: what the driver saw.
+async fn visit_in_firefox(url: String, hz: u32, digits: &str) -> serde_json::Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    gateway_tests::npm_ci(&dir, "puppeteer-core");
+    let digits = digits.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(dir.join("firefox.mjs"))
+            .arg(url)
+            .arg(hz.to_string())
+            .arg(digits)
+            .output()
+            .expect("run node (the README's test command installs Node.js)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
+        panic!("the Firefox driver printed no result ({e}); stdout: {stdout}\nstderr: {stderr}")
+    })
+}
+
+/// A second browser stack: Firefox calls the demo trunk's echo and a PBX that may speak Opus
+/// but answers PCMU (the gateway asks it to renegotiate to narrowband), and an Opus carrier
+/// whose limits and modes its encoder then follows, relayed untouched. Its SDP is not
+/// Chromium's (no `minptime`, `stereo=1`), nor are its ICE agent, DTLS and encoder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
+    let dir = out_dir("web_demo_firefox");
+    let demo_trunk = gateway::demo::start().await.expect("demo trunk");
+    let pbx = Sipp::uas("echo.xml", "u1", &dir);
+    let carrier_dir = dir.join("carrier");
+    std::fs::create_dir_all(&carrier_dir).unwrap();
+    let carrier = Sipp::uas("echo_opus_limits.xml", "u1", &carrier_dir);
+    let cdr = dir.join("cdr.jsonl");
+    let text = format!(
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 41000\nport_max = 41999\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n\n\
+         [cdr]\npath = \"{}\"\n\n\
+         [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
+         [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\", \"PCMU\"]\n\n\
+         [trunks.carrier]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\"]\n\n\
+         [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
+         [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n\n\
+         [targets.hd]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
+        cdr.display(),
+        pbx.port,
+        carrier.port
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let base = format!("http://{}", gateway.http_addr);
+    let calls: [(&str, &str, &[&str], f64); 3] = [
+        (
+            "echo",
+            "42",
+            &["maxplaybackrate=8000", "maxaveragebitrate=24000"],
+            70.0,
+        ),
+        (
+            "sales",
+            "7",
+            &["maxplaybackrate=8000", "maxaveragebitrate=24000"],
+            70.0,
+        ),
+        // Firefox keeps no `cbr` of a description it is given (`remoteDescription` is its
+        // own rewrite of ours, without it): only Chromium is asked for constant bitrate.
+        (
+            "hd",
+            "5",
+            &[
+                "maxplaybackrate=16000",
+                "maxaveragebitrate=20000",
+                "usedtx=1",
+            ],
+            55.0,
+        ),
+    ];
+    for (target, digits, fmtp, max_bytes) in calls {
+        let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits).await;
+        eprintln!("firefox {target}: {seen}");
+        assert!(
+            seen["errors"].as_array().is_some_and(|e| e.is_empty()),
+            "{target}: no errors: {seen}"
+        );
+        let states: Vec<&str> = seen["states"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            states.contains(&"in-call") && states.last() == Some(&"ended"),
+            "{target}: in call, then ended: {seen}"
+        );
+        assert!(
+            (seen["peakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+            "{target}: the page hears Firefox's tone come back: {seen}"
+        );
+        assert_eq!(seen["digits"].as_str(), Some(digits), "{target}: {seen}");
+        let sending = &seen["sending"];
+        let given = sending["fmtp"].as_str().unwrap_or("");
+        assert!(
+            fmtp.iter().all(|p| given.split(';').any(|q| q == *p)),
+            "{target}: the answer asks Firefox for {fmtp:?}: {seen}"
+        );
+        // Firefox offers `stereo=1`; neither the gateway's decoder nor these trunks want it.
+        assert!(
+            !given.split(';').any(|q| q == "stereo=1"),
+            "{target}: Firefox is asked for mono: {seen}"
+        );
+        assert!(
+            sending["packets"].as_u64().unwrap_or(0) >= 25
+                && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < max_bytes,
+            "{target}: Firefox codes as asked: {sending}"
+        );
+    }
+    assert!(pbx.finished().await, "the PBX's sipp saw the call through");
+    assert!(
+        carrier.finished().await,
+        "the carrier's sipp saw the call through"
+    );
+    let records = gateway_tests::cdr_records(&cdr, 3).await;
+    let codecs: Vec<&str> = records
+        .iter()
+        .map(|r| r["trunk_codec"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(codecs, ["PCMU", "PCMU", "opus"], "{records:?}");
+    assert!(
+        records[2]["frames_relayed"].as_u64().unwrap_or(0) > 50,
+        "Firefox's Opus relayed untouched: {:?}",
+        records[2]
+    );
+}

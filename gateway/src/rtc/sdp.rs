@@ -179,8 +179,9 @@ pub fn opus_modes(sdp: &str, opus_pt: u8) -> OpusModes {
 /// the trunk as the browser codes it, so the trunk's own preferences among Opus's modes
 /// (`useinbandfec`, `usedtx`, `cbr`, `stereo`) replace the ones the answer would otherwise
 /// repeat from the browser's offer: a carrier that asks for constant bitrate gets it, and
-/// one that cannot use in-band FEC is not sent its bits. Open caps (48 kHz, no trunk
-/// bitrate, the gateway decoding) leave the description as it is.
+/// one that cannot use in-band FEC is not sent its bits. A call the gateway decodes asks for
+/// mono whatever the browser offered (Firefox offers `stereo=1`); open caps (48 kHz, no trunk
+/// bitrate) change nothing else.
 ///
 /// Why (docs/benchmarks-history.md §1): a browser told nothing codes full band at 32 kb/s, and the
 /// gateway decodes that to 8 kHz for G.711 at 22–26 µs a frame. Told 8 kHz, Chromium codes
@@ -210,16 +211,21 @@ pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
             params.push(format!("maxaveragebitrate={bitrate}"));
         }
     }
-    if let Some(modes) = caps.modes {
-        written.extend(OpusModes::NAMES);
-        // Absent is 0 (RFC 7587 §6.1): only the preferred ones are written.
-        params.extend(
-            modes
-                .flags()
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(name, _)| format!("{name}=1")),
-        );
+    match caps.modes {
+        Some(modes) => {
+            written.extend(OpusModes::NAMES);
+            // Absent is 0 (RFC 7587 §6.1): only the preferred ones are written.
+            params.extend(
+                modes
+                    .flags()
+                    .iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(name, _)| format!("{name}=1")),
+            );
+        }
+        // The gateway decodes to mono: a browser that offers `stereo=1` (Firefox) is not
+        // asked for stereo back, which would spend the call's bits on a second channel.
+        None => written.push("stereo"),
     }
     if written.is_empty() {
         return sdp.to_owned();
@@ -398,19 +404,30 @@ mod tests {
             cap_audio(bare, 111, plain),
             "v=0\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n"
         );
-        // The browser offered stereo and DTX; a G.711 call's answer leaves them.
+        // The browser offered stereo and DTX; a call the gateway decodes keeps DTX and asks
+        // for mono, full band included.
         let stereo = ANSWER.replace("useinbandfec=1", "useinbandfec=1;stereo=1;usedtx=1");
-        let text = cap_audio(&stereo, 109, AudioCaps::up_to(8000));
-        assert!(text.contains("useinbandfec=1;stereo=1;usedtx=1;maxplaybackrate=8000"));
-        assert_eq!(
-            opus_modes(&text, 109),
-            OpusModes {
-                fec: true,
-                dtx: true,
-                cbr: false,
-                stereo: true
-            }
-        );
+        for (hz, rest) in [
+            (8000, ";maxplaybackrate=8000"),
+            (48_000, ";maxplaybackrate=48000"),
+        ] {
+            let text = cap_audio(&stereo, 109, AudioCaps::up_to(hz));
+            assert!(
+                text.contains(&format!(
+                    "a=fmtp:109 minptime=10;useinbandfec=1;usedtx=1{rest}"
+                )),
+                "{text}"
+            );
+            assert_eq!(
+                opus_modes(&text, 109),
+                OpusModes {
+                    fec: true,
+                    dtx: true,
+                    cbr: false,
+                    stereo: false
+                }
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,110 @@
+// Drives the gateway's demo page in headless Firefox (Debian's firefox-esr, over WebDriver
+// BiDi) like a visitor: open it, click Call, wait for "in call", listen (the page's WebAudio
+// analyser) for Firefox's fake microphone tone coming back, press keypad digits, hang up.
+// Prints one JSON line with what it saw; tests/tests/web_demo.rs checks it. Firefox is not
+// Chromium: its own ICE agent, DTLS, Opus encoder and SDP (no `minptime`, `stereo=1`), so the
+// gateway's answer and caps meet a second browser stack.
+//
+// usage: node firefox.mjs URL EXPECT_HZ DIGITS
+
+import puppeteer from 'puppeteer-core';
+
+const [url, expectHzText, digits] = process.argv.slice(2);
+const expectHz = Number(expectHzText);
+const result = { states: [], peakHz: 0, digits: '', errors: [] };
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const browser = await puppeteer.launch({
+  browser: 'firefox',
+  executablePath: process.env.FIREFOX || '/usr/bin/firefox-esr',
+  headless: true,
+  extraPrefsFirefox: {
+    // A fake microphone (a sine tone) without a permission prompt.
+    'media.navigator.streams.fake': true,
+    'media.navigator.permission.disabled': true,
+    // A page allowed the microphone gets all its host candidates, loopback included; one
+    // not allowed it only the default route's address (and the gateway is on loopback).
+    'permissions.default.microphone': 1,
+    'media.navigator.audio.fake_frequency': expectHz,
+    // The gateway listens on loopback in the tests.
+    'media.peerconnection.ice.loopback': true,
+    'media.peerconnection.ice.obfuscate_host_addresses': false,
+    'media.autoplay.default': 0,
+    'media.autoplay.blocking_policy': 0,
+    // A headless box has no sound card, and an AudioContext with no output device never
+    // runs (the page's analyser would hear nothing): Firefox's own test audio backend.
+    'media.cubeb.force_mock_context': true,
+  },
+});
+
+async function poll(page, fn, arg, timeoutMs) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await page.evaluate(fn, arg);
+    if (value) return value;
+    if (Date.now() > until) return null;
+    await sleep(100);
+  }
+}
+
+let failure = null;
+try {
+  const page = await browser.newPage();
+  page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
+  page.on('pageerror', (e) => result.errors.push(`page error: ${e.message}`));
+  await page.goto(url);
+  await page.waitForSelector('.gateway-call >>> #status');
+  await page.click('.gateway-call >>> #call');
+  const inCall = await poll(page, () => window.demo.states.includes('in-call') || window.demo.states.includes('ended'), null, 20000);
+  if (!inCall || !(await page.evaluate(() => window.demo.states.includes('in-call')))) {
+    throw new Error('the call never reached "in call"');
+  }
+  // Listen: the tone must come back, steadily, for a second.
+  let steady = 0;
+  const until = Date.now() + 15000;
+  while (Date.now() < until && steady < 10) {
+    result.peakHz = await page.evaluate(() => window.demo.peakHz);
+    result.levelDb = await page.evaluate(() => window.demo.levelDb);
+    steady = Math.abs(result.peakHz - expectHz) <= 25 ? steady + 1 : 0;
+    await sleep(100);
+  }
+  // What Firefox's encoder makes of the gateway's answer: the Opus parameters it was given,
+  // and its payload bytes per packet so far.
+  result.sending = await page.evaluate(async () => {
+    const pc = window.GatewayCall.widgets[0].pc;
+    const sdp = pc.remoteDescription.sdp;
+    const pt = (sdp.match(/a=rtpmap:(\d+) opus\//i) || [])[1];
+    const fmtp = (sdp.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || '';
+    let bytes = 0;
+    let packets = 0;
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === 'outbound-rtp' && r.kind === 'audio') {
+        bytes = r.bytesSent || 0;
+        packets = r.packetsSent || 0;
+      }
+    });
+    return { fmtp, bytes, packets, bytesPerPacket: packets ? bytes / packets : 0 };
+  });
+  if (digits) {
+    await page.click('.gateway-call >>> #keypad');
+    for (const key of digits) {
+      await page.click(`.gateway-call >>> button[data-key="${key}"]`);
+      await sleep(300);
+    }
+    await poll(page, (n) => window.demo.digits.length >= n, digits.length, 10000);
+  }
+  await page.click('.gateway-call >>> #call');
+  await poll(page, () => window.demo.states.includes('ended'), null, 10000);
+  const demo = await page.evaluate(() => window.demo);
+  result.states = demo.states;
+  result.digits = demo.digits;
+  result.errors.push(...demo.errors);
+} catch (e) {
+  failure = e;
+} finally {
+  await browser.close();
+}
+if (failure) {
+  result.errors.push(String(failure.stack || failure));
+}
+console.log(JSON.stringify(result));
