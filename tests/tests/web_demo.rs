@@ -48,20 +48,24 @@ async fn visit_with(
     digits: &str,
     extra: Option<&str>,
 ) -> serde_json::Value {
-    let extra = extra.map(str::to_owned);
     std::fs::create_dir_all(&out).unwrap();
-    let script = driver();
-    let digits = digits.to_string();
-    let tone = tone.to_path_buf();
+    let mut args = vec![
+        url,
+        out.display().to_string(),
+        tone.display().to_string(),
+        "1004".into(),
+        digits.into(),
+    ];
+    args.extend(extra.map(str::to_owned));
+    run_driver(driver(), args).await
+}
+
+/// Runs a browser driver (`tests/web/*.mjs`) with `args`: the JSON line it printed last.
+async fn run_driver(script: PathBuf, args: Vec<String>) -> serde_json::Value {
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
-            .arg(script)
-            .arg(url)
-            .arg(&out)
-            .arg(tone)
-            .arg("1004")
-            .arg(digits)
-            .args(extra)
+            .arg(&script)
+            .args(args)
             .output()
             .expect("run node (the README's test command installs Node.js)")
     })
@@ -168,19 +172,25 @@ fn check_coding(target: &str, seen: &serde_json::Value, digits: &str, coding: &C
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
-    let dir = out_dir("web_demo");
-    let tone = dir.join("tone-1004.wav");
-    tone_wav(&tone);
+/// A gateway whose targets are the built-in demo trunk's echo (`echo`), a PBX that may speak
+/// Opus but answers PCMU (`sales`, sipp's `echo.xml`) and an Opus carrier with limits of its
+/// own (`hd`, `echo_opus_limits.xml`), its RTP on the thousand ports from `rtp_min`.
+struct Trunks {
+    gateway: gateway::run::Gateway,
+    pbx: Sipp,
+    carrier: Sipp,
+    cdr: PathBuf,
+}
+
+async fn three_trunks(dir: &Path, rtp_min: u16) -> Trunks {
     let demo_trunk = gateway::demo::start().await.expect("demo trunk");
-    let sipp = Sipp::uas("echo.xml", "u1", &dir);
+    let pbx = Sipp::uas("echo.xml", "u1", dir);
     let carrier_dir = dir.join("carrier");
     std::fs::create_dir_all(&carrier_dir).unwrap();
     let carrier = Sipp::uas("echo_opus_limits.xml", "u1", &carrier_dir);
     let cdr = dir.join("cdr.jsonl");
     let text = format!(
-        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 45000\nport_max = 45999\n\n\
+        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = {rtp_min}\nport_max = {}\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n\n\
          [cdr]\npath = \"{}\"\n\n\
          [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
@@ -189,8 +199,9 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
          [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
          [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n\n\
          [targets.hd]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
+        rtp_min + 999,
         cdr.display(),
-        sipp.port,
+        pbx.port,
         carrier.port
     );
     let path = dir.join("gateway.toml");
@@ -198,6 +209,25 @@ async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
         .unwrap();
+    Trunks {
+        gateway,
+        pbx,
+        carrier,
+        cdr,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_visitor_calls_from_the_demo_page_through_the_demo_trunk_and_sipp() {
+    let dir = out_dir("web_demo");
+    let tone = dir.join("tone-1004.wav");
+    tone_wav(&tone);
+    let Trunks {
+        gateway,
+        pbx: sipp,
+        carrier,
+        cdr,
+    } = three_trunks(&dir, 45000).await;
     let base = format!("http://{}", gateway.http_addr);
 
     // The built-in demo trunk: audio and digits echoed.
@@ -499,23 +529,11 @@ async fn the_gateway_serves_the_page_and_the_widget() {
 async fn visit_in_firefox(url: String, hz: u32, digits: &str) -> serde_json::Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     gateway_tests::npm_ci(&dir, "puppeteer-core");
-    let digits = digits.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("firefox.mjs"))
-            .arg(url)
-            .arg(hz.to_string())
-            .arg(digits)
-            .output()
-            .expect("run node (the README's test command installs Node.js)")
-    })
+    run_driver(
+        dir.join("firefox.mjs"),
+        vec![url, hz.to_string(), digits.into()],
+    )
     .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap_or_else(|e| {
-        panic!("the Firefox driver printed no result ({e}); stdout: {stdout}\nstderr: {stderr}")
-    })
 }
 
 /// A second browser stack: Firefox calls the demo trunk's echo and a PBX that may speak Opus
@@ -525,31 +543,12 @@ async fn visit_in_firefox(url: String, hz: u32, digits: &str) -> serde_json::Val
 #[tokio::test(flavor = "multi_thread")]
 async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
     let dir = out_dir("web_demo_firefox");
-    let demo_trunk = gateway::demo::start().await.expect("demo trunk");
-    let pbx = Sipp::uas("echo.xml", "u1", &dir);
-    let carrier_dir = dir.join("carrier");
-    std::fs::create_dir_all(&carrier_dir).unwrap();
-    let carrier = Sipp::uas("echo_opus_limits.xml", "u1", &carrier_dir);
-    let cdr = dir.join("cdr.jsonl");
-    let text = format!(
-        "[sip]\nudp = \"127.0.0.1:0\"\n\n[rtp]\nip = \"127.0.0.1\"\nport_min = 41000\nport_max = 41999\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\nanonymous = true\n\n[webrtc]\nudp = \"127.0.0.1:0\"\n\n\
-         [cdr]\npath = \"{}\"\n\n\
-         [trunks.demo]\naddresses = [\"{demo_trunk}\"]\noptions_interval = 0\n\n\
-         [trunks.pbx]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\", \"PCMU\"]\n\n\
-         [trunks.carrier]\naddresses = [\"127.0.0.1:{}\"]\noptions_interval = 0\ncodecs = [\"opus\"]\n\n\
-         [targets.echo]\ntrunk = \"demo\"\nnumber = \"echo\"\n\n\
-         [targets.sales]\ntrunk = \"pbx\"\nnumber = \"100\"\n\n\
-         [targets.hd]\ntrunk = \"carrier\"\nnumber = \"100\"\n",
-        cdr.display(),
-        pbx.port,
-        carrier.port
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
+    let Trunks {
+        gateway,
+        pbx,
+        carrier,
+        cdr,
+    } = three_trunks(&dir, 41000).await;
     let base = format!("http://{}", gateway.http_addr);
     let calls: [(&str, &str, &[&str], f64); 3] = [
         (

@@ -14,6 +14,7 @@
 // `quality` events.
 
 import { chromium } from 'playwright-core';
+import { poll, sendingStats } from './page.mjs';
 
 const [url, outDir, toneWav, expectHzText, digits, dropFlag] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
@@ -58,16 +59,6 @@ async function listenAgain(page) {
     await page.waitForTimeout(100);
   }
   return hz;
-}
-
-async function poll(page, fn, arg, timeoutMs) {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await page.evaluate(fn, arg);
-    if (value) return value;
-    if (Date.now() > until) return null;
-    await page.waitForTimeout(100);
-  }
 }
 
 let failure = null; // `throw null` ends a scenario early without an error
@@ -119,23 +110,8 @@ try {
   }
   result.statusInCall = await widget.locator('#status').textContent();
   await shot(page, '3-in-call');
-  // What Chromium's encoder makes of the gateway's answer: the Opus parameters it was given,
-  // and its payload bytes per packet so far (RTP headers are not counted in bytesSent).
-  result.sending = await page.evaluate(async () => {
-    const pc = window.GatewayCall.widgets[0].pc;
-    const sdp = pc.remoteDescription.sdp;
-    const pt = (sdp.match(/a=rtpmap:(\d+) opus\//i) || [])[1];
-    const fmtp = (sdp.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || '';
-    let bytes = 0;
-    let packets = 0;
-    (await pc.getStats()).forEach((r) => {
-      if (r.type === 'outbound-rtp' && r.kind === 'audio') {
-        bytes = r.bytesSent || 0;
-        packets = r.packetsSent || 0;
-      }
-    });
-    return { fmtp, bytes, packets, bytesPerPacket: packets ? bytes / packets : 0 };
-  });
+  // What Chromium's encoder makes of the gateway's answer.
+  result.sending = await page.evaluate(sendingStats);
 
   if (dropFlag === '--drop-connection') {
     // The network blinks: the signaling connection goes, the call must not.

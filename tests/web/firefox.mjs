@@ -8,11 +8,11 @@
 // usage: node firefox.mjs URL EXPECT_HZ DIGITS
 
 import puppeteer from 'puppeteer-core';
+import { poll, sendingStats, sleep } from './page.mjs';
 
 const [url, expectHzText, digits] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
 const result = { states: [], peakHz: 0, digits: '', errors: [] };
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const browser = await puppeteer.launch({
   browser: 'firefox',
@@ -37,16 +37,6 @@ const browser = await puppeteer.launch({
   },
 });
 
-async function poll(page, fn, arg, timeoutMs) {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await page.evaluate(fn, arg);
-    if (value) return value;
-    if (Date.now() > until) return null;
-    await sleep(100);
-  }
-}
-
 let failure = null;
 try {
   const page = await browser.newPage();
@@ -68,23 +58,8 @@ try {
     steady = Math.abs(result.peakHz - expectHz) <= 25 ? steady + 1 : 0;
     await sleep(100);
   }
-  // What Firefox's encoder makes of the gateway's answer: the Opus parameters it was given,
-  // and its payload bytes per packet so far.
-  result.sending = await page.evaluate(async () => {
-    const pc = window.GatewayCall.widgets[0].pc;
-    const sdp = pc.remoteDescription.sdp;
-    const pt = (sdp.match(/a=rtpmap:(\d+) opus\//i) || [])[1];
-    const fmtp = (sdp.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || '';
-    let bytes = 0;
-    let packets = 0;
-    (await pc.getStats()).forEach((r) => {
-      if (r.type === 'outbound-rtp' && r.kind === 'audio') {
-        bytes = r.bytesSent || 0;
-        packets = r.packetsSent || 0;
-      }
-    });
-    return { fmtp, bytes, packets, bytesPerPacket: packets ? bytes / packets : 0 };
-  });
+  // What Firefox's encoder makes of the gateway's answer.
+  result.sending = await page.evaluate(sendingStats);
   if (digits) {
     await page.click('.gateway-call >>> #keypad');
     for (const key of digits) {
