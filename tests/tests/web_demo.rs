@@ -525,20 +525,25 @@ async fn the_gateway_serves_the_page_and_the_widget() {
 }
 
 /// Firefox (`tests/web/firefox.mjs`, over WebDriver BiDi) against `url`, its fake microphone
-/// at `hz`, pressing `digits`: what the driver saw.
-async fn visit_in_firefox(url: String, hz: u32, digits: &str) -> serde_json::Value {
+/// at `hz`, pressing `digits`, with the driver's optional `flag` (`--restart-ice`): what the
+/// driver saw.
+async fn visit_in_firefox(
+    url: String,
+    hz: u32,
+    digits: &str,
+    flag: Option<&str>,
+) -> serde_json::Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     gateway_tests::npm_ci(&dir, "puppeteer-core");
-    run_driver(
-        dir.join("firefox.mjs"),
-        vec![url, hz.to_string(), digits.into()],
-    )
-    .await
+    let mut args = vec![url, hz.to_string(), digits.into()];
+    args.extend(flag.map(str::to_owned));
+    run_driver(dir.join("firefox.mjs"), args).await
 }
 
-/// A second browser stack: Firefox calls the demo trunk's echo and a PBX that may speak Opus
-/// but answers PCMU (the gateway asks it to renegotiate to narrowband), and an Opus carrier
-/// whose limits and modes its encoder then follows, relayed untouched. Its SDP is not
+/// A second browser stack: Firefox calls the demo trunk's echo (restarting ICE mid-call) and
+/// a PBX that may speak Opus but answers PCMU (the gateway asks it to renegotiate to
+/// narrowband), and an Opus carrier whose limits and modes its encoder then follows, relayed
+/// untouched. Its SDP is not
 /// Chromium's (no `minptime`, `stereo=1`), nor are its ICE agent, DTLS and encoder.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
@@ -577,7 +582,10 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
         ),
     ];
     for (target, digits, fmtp, max_bytes) in calls {
-        let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits).await;
+        // The echo call also restarts ICE mid-call, as on a network change.
+        let restart = target == "echo";
+        let flag = restart.then_some("--restart-ice");
+        let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits, flag).await;
         eprintln!("firefox {target}: {seen}");
         assert!(
             seen["errors"].as_array().is_some_and(|e| e.is_empty()),
@@ -612,6 +620,17 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
                 && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < max_bytes,
             "{target}: Firefox codes as asked: {sending}"
         );
+        if restart {
+            let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
+            assert!(
+                before.is_string() && after.is_string() && before != after,
+                "the gateway answered Firefox's restart with new ICE credentials: {seen}"
+            );
+            assert!(
+                (seen["restartedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+                "the tone is heard again over Firefox's restarted path: {seen}"
+            );
+        }
     }
     assert!(pbx.finished().await, "the PBX's sipp saw the call through");
     assert!(

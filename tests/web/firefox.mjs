@@ -5,12 +5,14 @@
 // Chromium: its own ICE agent, DTLS, Opus encoder and SDP (no `minptime`, `stereo=1`), so the
 // gateway's answer and caps meet a second browser stack.
 //
-// usage: node firefox.mjs URL EXPECT_HZ DIGITS
+// usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice]
+// With --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
+// the gateway's answer must carry new ICE credentials and the tone must be heard again.
 
 import puppeteer from 'puppeteer-core';
 import { poll, sendingStats, sleep } from './page.mjs';
 
-const [url, expectHzText, digits] = process.argv.slice(2);
+const [url, expectHzText, digits, flag] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
 const result = { states: [], peakHz: 0, digits: '', errors: [] };
 
@@ -37,6 +39,19 @@ const browser = await puppeteer.launch({
   },
 });
 
+// Listens until the tone comes back steadily for a second (or 15 s pass): the last peak heard.
+async function listen(page) {
+  let steady = 0;
+  let hz = 0;
+  const until = Date.now() + 15000;
+  while (Date.now() < until && steady < 10) {
+    hz = await page.evaluate(() => window.demo.peakHz);
+    steady = Math.abs(hz - expectHz) <= 25 ? steady + 1 : 0;
+    await sleep(100);
+  }
+  return hz;
+}
+
 let failure = null;
 try {
   const page = await browser.newPage();
@@ -49,17 +64,22 @@ try {
   if (!inCall || !(await page.evaluate(() => window.demo.states.includes('in-call')))) {
     throw new Error('the call never reached "in call"');
   }
-  // Listen: the tone must come back, steadily, for a second.
-  let steady = 0;
-  const until = Date.now() + 15000;
-  while (Date.now() < until && steady < 10) {
-    result.peakHz = await page.evaluate(() => window.demo.peakHz);
-    result.levelDb = await page.evaluate(() => window.demo.levelDb);
-    steady = Math.abs(result.peakHz - expectHz) <= 25 ? steady + 1 : 0;
-    await sleep(100);
-  }
+  result.peakHz = await listen(page);
   // What Firefox's encoder makes of the gateway's answer.
   result.sending = await page.evaluate(sendingStats);
+  if (flag === '--restart-ice') {
+    const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
+    result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
+    await page.evaluate(() => window.GatewayCall.widgets[0].restartIce());
+    await poll(page, () => {
+      const w = window.GatewayCall.widgets[0];
+      return w.restarts === 1 && !w.restarting && w.pc.signalingState === 'stable' && ['connected', 'completed'].includes(w.pc.iceConnectionState);
+    }, null, 10000);
+    result.gatewayUfragAfter = await page.evaluate(gatewayUfrag);
+    result.iceStateRestarted = await page.evaluate(() => window.GatewayCall.widgets[0].pc.iceConnectionState);
+    await page.evaluate(() => { window.demo.peakHz = 0; });
+    result.restartedPeakHz = await listen(page);
+  }
   if (digits) {
     await page.click('.gateway-call >>> #keypad');
     for (const key of digits) {
