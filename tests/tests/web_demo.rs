@@ -542,8 +542,8 @@ async fn visit_in_firefox(
 
 /// A second browser stack: Firefox calls the demo trunk's echo (restarting ICE mid-call) and
 /// a PBX that may speak Opus but answers PCMU (the gateway asks it to renegotiate to
-/// narrowband), and an Opus carrier whose limits and modes its encoder then follows, relayed
-/// untouched. Its SDP is not
+/// narrowband), and, after the widget's preflight, an Opus carrier whose limits and modes its
+/// encoder then follows, relayed untouched. Its SDP is not
 /// Chromium's (no `minptime`, `stereo=1`), nor are its ICE agent, DTLS and encoder.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
@@ -582,9 +582,14 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
         ),
     ];
     for (target, digits, fmtp, max_bytes) in calls {
-        // The echo call also restarts ICE mid-call, as on a network change.
+        // The echo call also restarts ICE mid-call, as on a network change; the carrier's
+        // checks the line first (`preflight()`).
         let restart = target == "echo";
-        let flag = restart.then_some("--restart-ice");
+        let flag = match target {
+            "echo" => Some("--restart-ice"),
+            "hd" => Some("--preflight"),
+            _ => None,
+        };
         let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits, flag).await;
         eprintln!("firefox {target}: {seen}");
         assert!(
@@ -620,6 +625,26 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
                 && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < max_bytes,
             "{target}: Firefox codes as asked: {sending}"
         );
+        // Its stats make the widget's `quality` events and its preflight, all good on
+        // loopback.
+        let quality = seen["quality"].as_array().cloned().unwrap_or_default();
+        assert!(
+            !quality.is_empty()
+                && quality.iter().all(|q| {
+                    q["level"] == "good" && q["mos"].as_f64().is_some_and(|m| m >= 4.0)
+                }),
+            "{target}: `quality` events from Firefox's stats: {seen}"
+        );
+        if target == "hd" {
+            let preflight = &seen["preflight"];
+            for part in ["ok", "microphone", "gateway", "media"] {
+                assert_eq!(preflight[part], true, "preflight {part}: {seen}");
+            }
+            assert!(
+                preflight["mos"].as_f64().unwrap_or(0.0) >= 4.0,
+                "Firefox's preflight measures loopback as a good line: {seen}"
+            );
+        }
         if restart {
             let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
             assert!(

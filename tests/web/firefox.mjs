@@ -5,9 +5,11 @@
 // Chromium: its own ICE agent, DTLS, Opus encoder and SDP (no `minptime`, `stereo=1`), so the
 // gateway's answer and caps meet a second browser stack.
 //
-// usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice]
+// usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice|--preflight]
 // With --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
-// the gateway's answer must carry new ICE credentials and the tone must be heard again.
+// the gateway's answer must carry new ICE credentials and the tone must be heard again. With
+// --preflight the widget's preflight() runs before the call. Every run records the widget's
+// `quality` events.
 
 import puppeteer from 'puppeteer-core';
 import { poll, sendingStats, sleep } from './page.mjs';
@@ -59,6 +61,13 @@ try {
   page.on('pageerror', (e) => result.errors.push(`page error: ${e.message}`));
   await page.goto(url);
   await page.waitForSelector('.gateway-call >>> #status');
+  if (flag === '--preflight') {
+    result.preflight = await page.evaluate(() => window.GatewayCall.widgets[0].preflight());
+  }
+  await page.evaluate(() => {
+    window.qualityEvents = [];
+    window.GatewayCall.widgets[0].on('quality', (q) => window.qualityEvents.push(q));
+  });
   await page.click('.gateway-call >>> #call');
   const inCall = await poll(page, () => window.demo.states.includes('in-call') || window.demo.states.includes('ended'), null, 20000);
   if (!inCall || !(await page.evaluate(() => window.demo.states.includes('in-call')))) {
@@ -88,6 +97,9 @@ try {
     }
     await poll(page, (n) => window.demo.digits.length >= n, digits.length, 10000);
   }
+  // The widget's first `quality` event comes 4 s into a call (two 2 s samples).
+  await poll(page, () => window.qualityEvents.length > 0, null, 8000);
+  result.quality = await page.evaluate(() => window.qualityEvents);
   await page.click('.gateway-call >>> #call');
   await poll(page, () => window.demo.states.includes('ended'), null, 10000);
   const demo = await page.evaluate(() => window.demo);
