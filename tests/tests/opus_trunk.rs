@@ -325,6 +325,39 @@ async fn a_trunk_that_moves_the_call_to_g711_narrows_the_band_whatever_the_brows
     );
 }
 
+/// A trunk that flips its codec between PCMU and Opus twelve times by UPDATE: the gateway
+/// asks the browser for its band ten times, then stops asking for the rest of the minute, and
+/// the call goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trunk_that_keeps_changing_its_codec_gets_ten_renegotiations_a_minute() {
+    let options = CallOptions {
+        seconds: 5.5,
+        measure_window: Some((4.3, 5.3)),
+        ..CallOptions::new("echo")
+    };
+    let CodecTrunkCall { report, sipp, .. } = call_through_codec_trunk(
+        "opus_trunk_flapping",
+        "echo_opus_flapping.xml",
+        OPUS_FIRST,
+        &options,
+    )
+    .await;
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let count = |kind: &str| report.messages.iter().filter(|m| *m == kind).count();
+    assert_eq!(count("renegotiation_needed"), 10, "{report:?}");
+    assert_eq!(count("renegotiated"), 10, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(
+        report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the tone comes back once the trunk settles on Opus: {report:?}"
+    );
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
+    assert!(
+        sipp.finished().await,
+        "sipp saw no call, or an answer did not take the codec it offered"
+    );
+}
+
 /// A 3 s browser call through a trunk whose `codecs` are Opus then PCMU, answered by sipp's
 /// `scenario`, in which the gateway asks the browser to renegotiate once and the tone comes
 /// back through the new answer; the browser's report, the call's CDR record and the metrics.

@@ -47,19 +47,40 @@ const RENEGOTIATIONS_PER_MINUTE: usize = 10;
 /// The browser's renegotiations in the last minute, against [`RENEGOTIATIONS_PER_MINUTE`].
 /// The one that answers the gateway's own `renegotiation_needed` is not the browser's doing
 /// and is not counted: a browser that restarted ICE through a bad minute of network still
-/// gets the band its trunk settled on, rather than coding full band for a G.711 trunk.
+/// gets the band its trunk settled on, rather than coding full band for a G.711 trunk. The
+/// gateway's own asks have the same limit, so a trunk that flips its codec by re-INVITE over
+/// and over cannot keep the browser renegotiating.
 #[derive(Debug, Default)]
 struct Renegotiations {
     recent: VecDeque<Instant>,
     /// The gateway asked for a new offer, and none came since.
     asked: bool,
+    /// When the gateway asked, in the last minute.
+    asks: VecDeque<Instant>,
+}
+
+/// Drops the times a minute or more before `now`.
+fn within_a_minute(times: &mut VecDeque<Instant>, now: Instant) {
+    while times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+    {
+        times.pop_front();
+    }
 }
 
 impl Renegotiations {
-    /// The gateway asks the browser for a new offer. Asking twice before it comes still
-    /// leaves one uncounted: one offer answers with the latest caps.
-    fn ask(&mut self) {
+    /// Whether the gateway may ask the browser for a new offer at `now`; if so, the one that
+    /// comes is not counted. Asking twice before it comes still leaves one uncounted: one
+    /// offer answers with the latest caps.
+    fn ask(&mut self, now: Instant) -> bool {
+        within_a_minute(&mut self.asks, now);
+        if self.asks.len() >= RENEGOTIATIONS_PER_MINUTE {
+            return false;
+        }
+        self.asks.push_back(now);
         self.asked = true;
+        true
     }
 
     /// Whether a renegotiation at `now` may go ahead; counts it if so.
@@ -67,13 +88,7 @@ impl Renegotiations {
         if std::mem::take(&mut self.asked) {
             return Ok(());
         }
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            self.recent.pop_front();
-        }
+        within_a_minute(&mut self.recent, now);
         if self.recent.len() >= RENEGOTIATIONS_PER_MINUTE {
             return Err((
                 Refusal::TooManyRenegotiations,
@@ -128,10 +143,11 @@ impl BrowserCaller {
         Ok(answer)
     }
 
-    /// The gateway asks the browser for a new offer (`renegotiation_needed`): the one that
-    /// answers it is not counted against the browser's limit.
-    pub(super) fn ask_renegotiation(&mut self) {
-        self.renegotiations.ask();
+    /// Whether the gateway may ask the browser for a new offer (`renegotiation_needed`) at
+    /// `now`: the one that answers it is not counted against the browser's limit, and the
+    /// gateway asks at most ten times a minute.
+    pub(super) fn ask_renegotiation(&mut self, now: Instant) -> bool {
+        self.renegotiations.ask(now)
     }
 
     /// The browser's next datagram through the media port's mux (ICE checks from other
@@ -280,18 +296,36 @@ mod tests {
         for _ in 0..RENEGOTIATIONS_PER_MINUTE {
             budget.admit(start).unwrap();
         }
-        budget.ask();
-        budget.ask();
+        assert!(budget.ask(start));
+        assert!(budget.ask(start));
         assert!(budget.admit(start + Duration::from_secs(1)).is_ok());
         assert!(budget.admit(start + Duration::from_secs(2)).is_err());
         // Asked for while the browser still had room: still free, so the browser's own
         // count stays where it was.
         let mut budget = Renegotiations::default();
-        budget.ask();
+        assert!(budget.ask(start));
         budget.admit(start).unwrap();
         for _ in 0..RENEGOTIATIONS_PER_MINUTE {
             budget.admit(start).unwrap();
         }
         assert!(budget.admit(start).is_err());
+    }
+
+    /// A trunk that flips its codec by re-INVITE over and over: the gateway asks the browser
+    /// ten times in a minute, then no more until the minute has passed.
+    #[test]
+    fn the_gateway_asks_at_most_ten_times_a_minute() {
+        let start = Instant::now();
+        let mut budget = Renegotiations::default();
+        for i in 0..RENEGOTIATIONS_PER_MINUTE {
+            assert!(budget.ask(start + Duration::from_secs(i as u64)), "ask {i}");
+            budget.admit(start + Duration::from_secs(i as u64)).unwrap();
+        }
+        assert!(!budget.ask(start + Duration::from_secs(30)));
+        assert!(
+            budget.admit(start + Duration::from_secs(30)).is_ok(),
+            "the browser's own ten are untouched"
+        );
+        assert!(budget.ask(start + Duration::from_secs(60)));
     }
 }

@@ -511,8 +511,12 @@ impl Run<'_> {
                     && !self.ended
                     && b.leg.set_audio(audio)
                 {
-                    b.ask_renegotiation();
-                    renegotiate = Some(audio.hz);
+                    // The caps apply from the browser's next offer either way.
+                    if b.ask_renegotiation(Instant::now()) {
+                        renegotiate = Some(audio.hz);
+                    } else {
+                        tracing::warn!(call_id = %self.call_id, "the trunk changed the call's codec ten times in a minute; the browser is not asked to renegotiate again yet");
+                    }
                 }
             }
             CallEvent::TrunkSource { policy, ip } => self.rtp.set_source_policy(*policy, Some(*ip)),
