@@ -335,7 +335,12 @@ async fn a_trunk_that_keeps_changing_its_codec_gets_ten_renegotiations_a_minute(
         measure_window: Some((4.3, 5.3)),
         ..CallOptions::new("echo")
     };
-    let CodecTrunkCall { report, sipp, .. } = call_through_codec_trunk(
+    let CodecTrunkCall {
+        report,
+        sipp,
+        gateway,
+        ..
+    } = call_through_codec_trunk(
         "opus_trunk_flapping",
         "echo_opus_flapping.xml",
         OPUS_FIRST,
@@ -355,6 +360,12 @@ async fn a_trunk_that_keeps_changing_its_codec_gets_ten_renegotiations_a_minute(
     assert!(
         sipp.finished().await,
         "sipp saw no call, or an answer did not take the codec it offered"
+    );
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_renegotiations_asked_total 10\n")
+            && metrics.contains("gateway_renegotiations_withheld_total 2\n"),
+        "{metrics}"
     );
 }
 

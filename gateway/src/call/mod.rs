@@ -307,6 +307,11 @@ pub struct Metrics {
     pub frames_transcoded: AtomicU64,
     /// Pre-call tests (`preflight`) started.
     pub preflights_total: AtomicU64,
+    /// Browsers asked for a new offer because their trunk's codec changed
+    /// (`renegotiation_needed`).
+    pub renegotiations_asked: AtomicU64,
+    /// Such asks withheld: the call's browser was asked ten times in the last minute already.
+    pub renegotiations_withheld: AtomicU64,
     /// The media load, from the calls' tick lateness.
     pub load: load::LoadMonitor,
     /// Media datagrams refused (wrong source, not RTP), live.

@@ -117,6 +117,20 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     );
     metric(
         &mut text,
+        "gateway_renegotiations_asked_total",
+        "counter",
+        "Browsers asked for a new offer (`renegotiation_needed`) because their trunk's codec changed.",
+        load(&m.renegotiations_asked),
+    );
+    metric(
+        &mut text,
+        "gateway_renegotiations_withheld_total",
+        "counter",
+        "Such asks withheld: the call's browser was asked ten times in the last minute (a trunk that keeps changing its codec).",
+        load(&m.renegotiations_withheld),
+    );
+    metric(
+        &mut text,
         "gateway_frames_relayed_total",
         "counter",
         "Opus frames relayed untouched between browser and an Opus trunk (ended calls).",

@@ -512,9 +512,14 @@ impl Run<'_> {
                     && b.leg.set_audio(audio)
                 {
                     // The caps apply from the browser's next offer either way.
+                    let metrics = &self.wiring.metrics;
                     if b.ask_renegotiation(Instant::now()) {
+                        metrics.renegotiations_asked.fetch_add(1, Ordering::Relaxed);
                         renegotiate = Some(audio.hz);
                     } else {
+                        metrics
+                            .renegotiations_withheld
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(call_id = %self.call_id, "the trunk changed the call's codec ten times in a minute; the browser is not asked to renegotiate again yet");
                     }
                 }
