@@ -540,10 +540,11 @@ async fn visit_in_firefox(
     run_driver(dir.join("firefox.mjs"), args).await
 }
 
-/// A second browser stack: Firefox calls the demo trunk's echo (restarting ICE mid-call) and
-/// a PBX that may speak Opus but answers PCMU (the gateway asks it to renegotiate to
-/// narrowband), and, after the widget's preflight, an Opus carrier whose limits and modes its
-/// encoder then follows, relayed untouched. Its SDP is not
+/// A second browser stack: Firefox calls the demo trunk's echo (restarting ICE mid-call), a
+/// PBX that may speak Opus but answers PCMU (the gateway asks it to renegotiate to narrowband;
+/// the page's signaling connection drops mid-call and resumes), and, after the widget's
+/// preflight, an Opus carrier whose limits and modes its encoder then follows, relayed
+/// untouched. Its SDP is not
 /// Chromium's (no `minptime`, `stereo=1`), nor are its ICE agent, DTLS and encoder.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
@@ -582,13 +583,14 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
         ),
     ];
     for (target, digits, fmtp, max_bytes) in calls {
-        // The echo call also restarts ICE mid-call, as on a network change; the carrier's
-        // checks the line first (`preflight()`).
+        // The echo call also restarts ICE mid-call, as on a network change; the PBX's loses
+        // its signaling connection mid-call and resumes; the carrier's checks the line first
+        // (`preflight()`).
         let restart = target == "echo";
         let flag = match target {
             "echo" => Some("--restart-ice"),
-            "hd" => Some("--preflight"),
-            _ => None,
+            "sales" => Some("--drop-connection"),
+            _ => Some("--preflight"),
         };
         let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits, flag).await;
         eprintln!("firefox {target}: {seen}");
@@ -643,6 +645,21 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
             assert!(
                 preflight["mos"].as_f64().unwrap_or(0.0) >= 4.0,
                 "Firefox's preflight measures loopback as a good line: {seen}"
+            );
+        }
+        if target == "sales" {
+            let states: Vec<&str> = seen["states"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            let reconnecting = states.iter().position(|s| *s == "reconnecting");
+            assert!(
+                reconnecting.is_some_and(|i| states[i + 1..].contains(&"in-call")),
+                "in call, reconnecting, in call again: {seen}"
+            );
+            assert!(
+                (seen["resumedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+                "the tone is heard again after Firefox's page reconnected: {seen}"
             );
         }
         if restart {

@@ -5,8 +5,9 @@
 // Chromium: its own ICE agent, DTLS, Opus encoder and SDP (no `minptime`, `stereo=1`), so the
 // gateway's answer and caps meet a second browser stack.
 //
-// usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice|--preflight]
-// With --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
+// usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice|--preflight|--drop-connection]
+// With --drop-connection the page's WebSocket is closed once the tone is heard: the widget
+// must resume the call and the tone must be heard again. With --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
 // the gateway's answer must carry new ICE credentials and the tone must be heard again. With
 // --preflight the widget's preflight() runs before the call. Every run records the widget's
 // `quality` events.
@@ -76,6 +77,14 @@ try {
   result.peakHz = await listen(page);
   // What Firefox's encoder makes of the gateway's answer.
   result.sending = await page.evaluate(sendingStats);
+  if (flag === '--drop-connection') {
+    // The network blinks: the signaling connection goes, the call must not.
+    await page.evaluate(() => window.GatewayCall.widgets[0].ws.close());
+    result.reconnecting = Boolean(await poll(page, () => window.demo.states.includes('reconnecting'), null, 5000));
+    await poll(page, () => window.demo.states.lastIndexOf('in-call') > window.demo.states.indexOf('reconnecting'), null, 15000);
+    await page.evaluate(() => { window.demo.peakHz = 0; });
+    result.resumedPeakHz = await listen(page);
+  }
   if (flag === '--restart-ice') {
     const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
     result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
