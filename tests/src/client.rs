@@ -207,6 +207,13 @@ pub struct CallReport {
     pub unmarked_gaps: u64,
 }
 
+impl CallReport {
+    /// How many of the gateway's messages were of `kind` (`renegotiated`, `error` …).
+    pub fn count(&self, kind: &str) -> usize {
+        self.messages.iter().filter(|m| *m == kind).count()
+    }
+}
+
 type Signaling =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -845,6 +852,7 @@ fn start_sending(
     options: &CallOptions,
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
+    report.far_end_opus_fmtp = crate::browser_opus::opus_parameters(description).map(str::to_owned);
     if sender.is_some() || !tone_loop.is_empty() || coding.is_some() {
         return Ok(());
     }
@@ -878,7 +886,6 @@ fn code_for(
     report: &mut CallReport,
 ) -> anyhow::Result<()> {
     report.far_end_playback_hz = Some(crate::browser_opus::max_playback_rate(description));
-    report.far_end_opus_fmtp = crate::browser_opus::opus_parameters(description).map(str::to_owned);
     if options.sends_tone_loop() {
         let (description, options) = (description.to_owned(), options.clone());
         *coding = Some(tokio::task::spawn_blocking(move || {

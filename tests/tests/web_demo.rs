@@ -98,10 +98,7 @@ fn check(target: &str, seen: &serde_json::Value, digits: &str) {
 }
 
 fn check_coding(target: &str, seen: &serde_json::Value, digits: &str, coding: &Coding) {
-    let states: Vec<&str> = seen["states"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
+    let states = states(seen);
     assert!(
         seen["errors"].as_array().is_some_and(|e| e.is_empty()),
         "{target}: no errors: {seen}"
@@ -430,23 +427,27 @@ async fn a_visitor_whose_network_changes_restarts_ice_and_keeps_the_call() {
     let (seen, _gateway) =
         demo_call("web_demo_ice_restart", "restart", "--restart-ice", 43000).await;
     check("restart", &seen, "5");
-    let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
-    assert!(
-        before.is_string() && after.is_string() && before != after,
-        "the gateway answered the restart with new ICE credentials (RFC 8839 §4.4.1.1.2): {seen}"
-    );
-    assert!(
-        (seen["restartedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
-        "the tone is heard again over the restarted path: {seen}"
-    );
+    assert_ice_restarted(&seen);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_visitor_checks_the_line_before_calling_and_sees_the_calls_quality() {
     let (seen, gateway) = demo_call("web_demo_preflight", "preflight", "--preflight", 44000).await;
     check("preflight", &seen, "5");
+    eprintln!(
+        "preflight: {}\nquality: {}",
+        seen["preflight"], seen["quality"]
+    );
+    assert_line_good(&seen);
+    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
+    assert!(metrics.contains("gateway_preflights_total 1"), "{metrics}");
+    assert_quality_good(&seen);
+}
+
+/// A driver run with `--preflight`: the widget's `preflight()` found everything ready and
+/// measured loopback as a good line.
+fn assert_line_good(seen: &serde_json::Value) {
     let preflight = &seen["preflight"];
-    eprintln!("preflight: {preflight}\nquality: {}", seen["quality"]);
     for part in ["ok", "microphone", "gateway", "media"] {
         assert_eq!(preflight[part], true, "{part}: {seen}");
     }
@@ -457,8 +458,11 @@ async fn a_visitor_checks_the_line_before_calling_and_sees_the_calls_quality() {
             && preflight["rttMs"].as_f64().is_some_and(|r| r >= 0.0),
         "loopback measures as a good line: {seen}"
     );
-    let metrics = gateway_tests::http_get(gateway.http_addr, "/metrics").await;
-    assert!(metrics.contains("gateway_preflights_total 1"), "{metrics}");
+}
+
+/// The widget's `quality` events during the call, from the browser's own statistics: some,
+/// and all good on loopback.
+fn assert_quality_good(seen: &serde_json::Value) {
     let quality = seen["quality"].as_array().cloned().unwrap_or_default();
     assert!(
         !quality.is_empty()
@@ -473,15 +477,7 @@ async fn a_visitor_checks_the_line_before_calling_and_sees_the_calls_quality() {
 async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_call() {
     let (seen, _gateway) = demo_call("web_demo_resume", "drop", "--drop-connection", 47000).await;
     check("drop", &seen, "5");
-    let states: Vec<&str> = seen["states"]
-        .as_array()
-        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
-        .unwrap_or_default();
-    let reconnecting = states.iter().position(|s| *s == "reconnecting");
-    assert!(
-        reconnecting.is_some_and(|i| states[i + 1..].contains(&"in-call")),
-        "in call, reconnecting, in call again: {seen}"
-    );
+    assert_resumed(&seen);
     assert_eq!(
         seen["statusReconnecting"].as_str(),
         Some("Reconnecting…"),
@@ -494,9 +490,40 @@ async fn a_visitor_whose_connection_drops_mid_call_is_reconnected_and_keeps_the_
             .starts_with("In call"),
         "{seen}"
     );
+}
+
+/// What a driver saw: the widget's states in order.
+fn states(seen: &serde_json::Value) -> Vec<&str> {
+    seen["states"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// A driver run with `--drop-connection`: the call went on after its page reconnected.
+fn assert_resumed(seen: &serde_json::Value) {
+    let states = states(seen);
+    let reconnecting = states.iter().position(|s| *s == "reconnecting");
+    assert!(
+        reconnecting.is_some_and(|i| states[i + 1..].contains(&"in-call")),
+        "in call, reconnecting, in call again: {seen}"
+    );
     assert!(
         (seen["resumedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
         "the tone is heard again after the reconnection: {seen}"
+    );
+}
+
+/// A driver run with `--restart-ice`: the call went on over the restarted path.
+fn assert_ice_restarted(seen: &serde_json::Value) {
+    let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
+    assert!(
+        before.is_string() && after.is_string() && before != after,
+        "the gateway answered the restart with new ICE credentials (RFC 8839 §4.4.1.1.2): {seen}"
+    );
+    assert!(
+        (seen["restartedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
+        "the tone is heard again over the restarted path: {seen}"
     );
 }
 
@@ -525,18 +552,12 @@ async fn the_gateway_serves_the_page_and_the_widget() {
 }
 
 /// Firefox (`tests/web/firefox.mjs`, over WebDriver BiDi) against `url`, its fake microphone
-/// at `hz`, pressing `digits`, with the driver's optional `flag` (`--restart-ice`): what the
-/// driver saw.
-async fn visit_in_firefox(
-    url: String,
-    hz: u32,
-    digits: &str,
-    flag: Option<&str>,
-) -> serde_json::Value {
+/// at `hz`, pressing `digits`, with the driver's `flag` (`--restart-ice`, `--drop-connection`,
+/// `--preflight`): what the driver saw.
+async fn visit_in_firefox(url: String, hz: u32, digits: &str, flag: &str) -> serde_json::Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
     gateway_tests::npm_ci(&dir, "puppeteer-core");
-    let mut args = vec![url, hz.to_string(), digits.into()];
-    args.extend(flag.map(str::to_owned));
+    let args = vec![url, hz.to_string(), digits.into(), flag.into()];
     run_driver(dir.join("firefox.mjs"), args).await
 }
 
@@ -586,11 +607,10 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
         // The echo call also restarts ICE mid-call, as on a network change; the PBX's loses
         // its signaling connection mid-call and resumes; the carrier's checks the line first
         // (`preflight()`).
-        let restart = target == "echo";
         let flag = match target {
-            "echo" => Some("--restart-ice"),
-            "sales" => Some("--drop-connection"),
-            _ => Some("--preflight"),
+            "echo" => "--restart-ice",
+            "sales" => "--drop-connection",
+            _ => "--preflight",
         };
         let seen = visit_in_firefox(format!("{base}/?target={target}"), 1004, digits, flag).await;
         eprintln!("firefox {target}: {seen}");
@@ -598,10 +618,7 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
             seen["errors"].as_array().is_some_and(|e| e.is_empty()),
             "{target}: no errors: {seen}"
         );
-        let states: Vec<&str> = seen["states"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
-            .unwrap_or_default();
+        let states = states(&seen);
         assert!(
             states.contains(&"in-call") && states.last() == Some(&"ended"),
             "{target}: in call, then ended: {seen}"
@@ -627,51 +644,12 @@ async fn a_firefox_visitor_calls_the_echo_a_g711_pbx_and_an_opus_carrier() {
                 && sending["bytesPerPacket"].as_f64().unwrap_or(f64::MAX) < max_bytes,
             "{target}: Firefox codes as asked: {sending}"
         );
-        // Its stats make the widget's `quality` events and its preflight, all good on
-        // loopback.
-        let quality = seen["quality"].as_array().cloned().unwrap_or_default();
-        assert!(
-            !quality.is_empty()
-                && quality.iter().all(|q| {
-                    q["level"] == "good" && q["mos"].as_f64().is_some_and(|m| m >= 4.0)
-                }),
-            "{target}: `quality` events from Firefox's stats: {seen}"
-        );
-        if target == "hd" {
-            let preflight = &seen["preflight"];
-            for part in ["ok", "microphone", "gateway", "media"] {
-                assert_eq!(preflight[part], true, "preflight {part}: {seen}");
-            }
-            assert!(
-                preflight["mos"].as_f64().unwrap_or(0.0) >= 4.0,
-                "Firefox's preflight measures loopback as a good line: {seen}"
-            );
-        }
-        if target == "sales" {
-            let states: Vec<&str> = seen["states"]
-                .as_array()
-                .map(|s| s.iter().filter_map(|v| v.as_str()).collect())
-                .unwrap_or_default();
-            let reconnecting = states.iter().position(|s| *s == "reconnecting");
-            assert!(
-                reconnecting.is_some_and(|i| states[i + 1..].contains(&"in-call")),
-                "in call, reconnecting, in call again: {seen}"
-            );
-            assert!(
-                (seen["resumedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
-                "the tone is heard again after Firefox's page reconnected: {seen}"
-            );
-        }
-        if restart {
-            let (before, after) = (&seen["gatewayUfragBefore"], &seen["gatewayUfragAfter"]);
-            assert!(
-                before.is_string() && after.is_string() && before != after,
-                "the gateway answered Firefox's restart with new ICE credentials: {seen}"
-            );
-            assert!(
-                (seen["restartedPeakHz"].as_f64().unwrap_or(0.0) - 1004.0).abs() <= 25.0,
-                "the tone is heard again over Firefox's restarted path: {seen}"
-            );
+        // Its stats make the widget's `quality` events, all good on loopback.
+        assert_quality_good(&seen);
+        match flag {
+            "--restart-ice" => assert_ice_restarted(&seen),
+            "--drop-connection" => assert_resumed(&seen),
+            _ => assert_line_good(&seen),
         }
     }
     assert!(pbx.finished().await, "the PBX's sipp saw the call through");

@@ -227,9 +227,6 @@ pub fn cap_audio(sdp: &str, opus_pt: u8, caps: AudioCaps) -> String {
         // asked for stereo back, which would spend the call's bits on a second channel.
         None => written.push("stereo"),
     }
-    if written.is_empty() {
-        return sdp.to_owned();
-    }
     let caps = params.join(";");
     let fmtp = format!("a=fmtp:{opus_pt} ");
     let rtpmap = format!("a=rtpmap:{opus_pt} ");

@@ -137,13 +137,6 @@ impl Call {
             }
             Method::Bye => {
                 respond(self, response_to(&request, 200, None));
-                if let Some((invite, tag)) = self.invite.take() {
-                    self.transmits.push_back(Transmit::Respond {
-                        id: invite.id,
-                        response: response_to(&invite.request, 487, Some(&tag)),
-                    });
-                    self.forget_dialog();
-                }
                 self.finish("remote_hangup", 487, now);
             }
             Method::Update if !request.body.is_empty() => {
@@ -176,8 +169,9 @@ impl Call {
         let Some((invite, tag)) = &self.invite else {
             return false;
         };
-        message::from_tag(request).is_some()
-            && message::from_tag(request) == message::from_tag(&invite.request)
+        let from = message::from_tag(request);
+        from.is_some()
+            && from == message::from_tag(&invite.request)
             && message::to_tag(request).as_deref() == Some(tag.as_str())
     }
 

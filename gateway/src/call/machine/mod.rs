@@ -322,8 +322,13 @@ impl Call {
             self.pump_uac(now);
         }
         if let Some((invite, tag)) = self.invite.take() {
-            // The browser never answered: the trunk's INVITE gets its final response.
-            let code = if reason == "no_answer" { 480 } else { 603 };
+            // The browser never answered: the trunk's INVITE gets its final response. One the
+            // trunk ended itself (BYE on the early dialog) gets 487 (RFC 3261 §15.1.2).
+            let code = match reason {
+                "no_answer" => 480,
+                "remote_hangup" => 487,
+                _ => 603,
+            };
             self.transmits.push_back(Transmit::Respond {
                 id: invite.id,
                 response: response_to(&invite.request, code, Some(&tag)),

@@ -125,10 +125,9 @@ fn a_late_offer_gets_our_offer_in_the_200_and_the_answer_from_the_ack() {
 }
 
 /// The trunk's `method` in the early dialog of the 180 it got (its To-tag, or `to_tag`), with
-/// `body`, as request 7; the call's responses to it.
-fn early_request(b: &mut Bench, method: Method, to_tag: Option<&str>, body: &[u8]) -> Response {
-    let ringing = b.response(0);
-    let ours = message::to_tag(&ringing).expect("the 180 made an early dialog");
+/// `body`.
+fn in_early_dialog(b: &Bench, method: Method, to_tag: Option<&str>, body: &[u8]) -> Request {
+    let ours = message::to_tag(&b.response(0)).expect("the 180 made an early dialog");
     let mut request = invite_from_trunk();
     request.method = method;
     request
@@ -141,10 +140,21 @@ fn early_request(b: &mut Bench, method: Method, to_tag: Option<&str>, body: &[u8
             to_tag.unwrap_or(&ours)
         ))));
     request.body = body.to_vec();
+    request
+}
+
+/// [`in_early_dialog`]'s request from `source`, as request `id`; the call's response to it.
+fn early_request_from(b: &mut Bench, id: u64, request: Request, source: &str) -> Response {
     b.call
-        .handle_sip_request(7, request, TRUNK.parse().unwrap(), b.now);
+        .handle_sip_request(id, request, source.parse().unwrap(), b.now);
     b.drain();
-    b.response(7)
+    b.response(id)
+}
+
+/// [`in_early_dialog`]'s request from the trunk; the call's response to it.
+fn early_request(b: &mut Bench, method: Method, to_tag: Option<&str>, body: &[u8]) -> Response {
+    let request = in_early_dialog(b, method, to_tag, body);
+    early_request_from(b, 7, request, TRUNK)
 }
 
 /// RFC 3261 §15: the caller may end an early dialog with BYE. It gets 200, the INVITE 487,
@@ -161,19 +171,9 @@ fn a_bye_on_the_early_dialog_ends_the_ringing() {
     assert_eq!(stranger.status_code.code(), 481, "not this call's dialog");
     assert!(b.call.is_offered() && b.ended().is_none());
     // The dialog's tags, from another host of the trunk's (the endpoint lets it in).
-    let mut bye = invite_from_trunk();
-    bye.method = Method::Bye;
-    let to = format!(
-        "<sip:+15550199@127.0.0.9>;tag={}",
-        message::to_tag(&b.response(0)).unwrap()
-    );
-    bye.headers.retain(|h| !matches!(h, rsip::Header::To(_)));
-    bye.headers
-        .push(rsip::Header::To(rsip::headers::To::new(to)));
-    b.call
-        .handle_sip_request(8, bye, "127.0.0.77:5060".parse().unwrap(), b.now);
-    b.drain();
-    assert_eq!(b.response(8).status_code.code(), 403);
+    let bye = in_early_dialog(&b, Method::Bye, None, b"");
+    let other_host = early_request_from(&mut b, 8, bye, "127.0.0.77:5060");
+    assert_eq!(other_host.status_code.code(), 403);
     assert!(b.call.is_offered() && b.ended().is_none());
     let bye = early_request(&mut b, Method::Bye, None, b"");
     assert_eq!(bye.status_code.code(), 200);
