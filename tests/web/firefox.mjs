@@ -7,10 +7,10 @@
 //
 // usage: node firefox.mjs URL EXPECT_HZ DIGITS [--restart-ice|--preflight|--drop-connection]
 // With --drop-connection the page's WebSocket is closed once the tone is heard: the widget
-// must resume the call and the tone must be heard again. With --restart-ice the widget restarts ICE once the tone is heard (as on a network change):
-// the gateway's answer must carry new ICE credentials and the tone must be heard again. With
-// --preflight the widget's preflight() runs before the call. Every run records the widget's
-// `quality` events.
+// must resume the call and the tone must be heard again. With --restart-ice the widget
+// restarts ICE once the tone is heard (as on a network change): the gateway's answer must
+// carry new ICE credentials and the tone must be heard again. With --preflight the widget's
+// preflight() runs before the call. Every run records the widget's `quality` events.
 
 import puppeteer from 'puppeteer-core';
 import { poll, sendingStats, sleep } from './page.mjs';
