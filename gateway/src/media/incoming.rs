@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -135,6 +135,8 @@ pub struct Got {
     /// queued; where the socket asks ([`count_overflows`]) and any were. The kernel's own
     /// count, from the socket's start: it only grows.
     pub overflows: Option<u32>,
+    /// The address it was sent to, where the socket asks ([`note_destinations`]).
+    pub to: Option<IpAddr>,
 }
 
 impl Got {
@@ -147,6 +149,7 @@ impl Got {
             source: SocketAddr::from(([0, 0, 0, 0], 0)),
             at: *SOME_TIME,
             overflows: None,
+            to: None,
         }
     }
 }
@@ -176,6 +179,43 @@ pub fn stamp_arrivals(socket: &std::net::UdpSocket) -> std::io::Result<()> {
 pub fn count_overflows(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::RxqOvfl, &1)
         .map_err(std::io::Error::from)
+}
+
+/// Asks the kernel to say, with each datagram `socket` receives, the address it was sent to
+/// (`IP_PKTINFO`, ip(7); `IPV6_RECVPKTINFO`, ipv6(7)), which the reads give as [`Got::to`].
+///
+/// Why: a socket bound to every address that is then connected to its peer hears only what
+/// arrives at the one address the route to that peer leaves from. Before connecting, the
+/// caller checks that its peer sends there (`media::session`).
+pub fn note_destinations(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let v4 = setsockopt(socket, sockopt::Ipv4PacketInfo, &true);
+    match socket.local_addr()? {
+        SocketAddr::V4(_) => v4,
+        // An IPv6 socket hears IPv4 peers too, as mapped addresses, told with `IP_PKTINFO`.
+        SocketAddr::V6(_) => setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true),
+    }
+    .map_err(std::io::Error::from)
+}
+
+/// Undoes `connect(2)` on a datagram socket (an `AF_UNSPEC` address, connect(2)): it hears
+/// every source again, on every address it was bound to.
+pub fn disconnect(socket: &std::net::UdpSocket) -> std::io::Result<()> {
+    // SAFETY: all-zero bytes are a valid `sockaddr`; its family then only changes.
+    let mut unspecified: libc::sockaddr = unsafe { std::mem::zeroed() };
+    unspecified.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: the address is a live `sockaddr` of the length given.
+    let done = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            &unspecified,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if done < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Reads the datagrams waiting on `socket` into `bufs`, each one's length, source and arrival
@@ -218,8 +258,9 @@ pub fn recv_unwatched(
 }
 
 /// Room for the control messages of one datagram: its arrival time (`SCM_TIMESTAMPNS`, 32
-/// bytes) and the socket's drops (`SO_RXQ_OVFL`, 24).
-const CONTROL: usize = 64;
+/// bytes), the socket's drops (`SO_RXQ_OVFL`, 24) and where it was sent (`IP_PKTINFO`, 32,
+/// and on an IPv6 socket `IPV6_PKTINFO`, 40).
+const CONTROL: usize = 128;
 
 /// One `recvmmsg(2)` of as many datagrams as `bufs` and `got` have room for, up to [`BATCH`]:
 /// whether it took fewer than it asked for (whether or not each one named its source: the
@@ -284,23 +325,37 @@ fn recv_batch(
         let Some(source) = socket_addr(&names[i], header.msg_hdr.msg_namelen) else {
             continue;
         };
-        let (stamp, overflows) = control(&header.msg_hdr);
-        let at = stamp.map_or(read_at, |stamp| since(stamp, read_at, &mut wall));
+        let told = control(&header.msg_hdr);
+        let at = told
+            .stamp
+            .map_or(read_at, |stamp| since(stamp, read_at, &mut wall));
         bufs.swap(count, i);
         got[count] = Got {
             len: (header.msg_len as usize).min(DATAGRAM),
             source,
             at,
-            overflows,
+            overflows: told.overflows,
+            to: told.to,
         };
         count += 1;
     }
     Ok((taken < asked, count))
 }
 
-/// The arrival time the kernel stamped a datagram with, and the socket's drops it told of.
-fn control(header: &libc::msghdr) -> (Option<libc::timespec>, Option<u32>) {
-    let (mut stamp, mut overflows) = (None, None);
+/// What the kernel told with a datagram.
+#[derive(Default)]
+struct Told {
+    /// Its arrival time ([`stamp_arrivals`]).
+    stamp: Option<libc::timespec>,
+    /// The socket's drops ([`count_overflows`]).
+    overflows: Option<u32>,
+    /// Where it was sent ([`note_destinations`]).
+    to: Option<IpAddr>,
+}
+
+/// What the kernel told with a datagram, in its control messages.
+fn control(header: &libc::msghdr) -> Told {
+    let mut told = Told::default();
     // SAFETY: `header` is one `recvmmsg` filled: its control pointer and length name what
     // the kernel wrote, and the CMSG macros stay within them.
     unsafe {
@@ -309,17 +364,28 @@ fn control(header: &libc::msghdr) -> (Option<libc::timespec>, Option<u32>) {
             let data = libc::CMSG_DATA(cmsg);
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
                 (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
-                    stamp = Some(std::ptr::read_unaligned(data.cast::<libc::timespec>()))
+                    told.stamp = Some(std::ptr::read_unaligned(data.cast::<libc::timespec>()))
                 }
                 (libc::SOL_SOCKET, libc::SO_RXQ_OVFL) => {
-                    overflows = Some(std::ptr::read_unaligned(data.cast::<u32>()))
+                    told.overflows = Some(std::ptr::read_unaligned(data.cast::<u32>()))
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    // The header's destination (`ipi_addr`), in network order.
+                    told.to = Some(IpAddr::from(
+                        u32::from_be(info.ipi_addr.s_addr).to_be_bytes(),
+                    ));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    told.to = Some(IpAddr::from(info.ipi6_addr.s6_addr));
                 }
                 _ => {}
             }
             cmsg = libc::CMSG_NXTHDR(header, cmsg);
         }
     }
-    (stamp, overflows)
+    told
 }
 
 /// The [`Instant`] of a kernel's arrival stamp (the system's wall clock), read at `read_at`;

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Media datagrams refused, all calls, for `/metrics` (`gateway_media_dropped_total`).
 #[derive(Debug, Default)]
 pub struct MediaDrops {
-    /// Trunk-side datagrams from an address the trunk's SDP did not name.
+    /// Trunk-side datagrams from an address the trunk's SDP did not name, before its stream
+    /// latched: after that the call's socket is connected and the kernel refuses them.
     pub trunk_source: AtomicU64,
     /// Trunk-side datagrams that were not RTP of a negotiated payload type.
     pub trunk_malformed: AtomicU64,

@@ -339,7 +339,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
         ));
     }
-    text.push_str("# HELP gateway_media_dropped_total Media datagrams refused, by leg and reason (source: not from where signalling said; overflow: dropped by the kernel, the call's socket full).\n# TYPE gateway_media_dropped_total counter\n");
+    text.push_str("# HELP gateway_media_dropped_total Media datagrams refused, by leg and reason (source: not from where signalling said, before a trunk's stream latched, after which the kernel refuses them; overflow: dropped by the kernel, the call's socket full).\n# TYPE gateway_media_dropped_total counter\n");
     for (leg, reason, count) in m.media_drops.rows() {
         text.push_str(&format!(
             "gateway_media_dropped_total{{leg=\"{leg}\",reason=\"{reason}\"}} {count}\n"

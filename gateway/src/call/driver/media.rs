@@ -102,7 +102,7 @@ impl Run<'_> {
                     let accepted = self.rtp.stats.received;
                     let pcm = &mut scratch.pcm;
                     let data = &mut buf[..got.len];
-                    let heard = self.rtp.handle_datagram(data, got.source, got.at, pcm);
+                    let heard = self.rtp.handle_received(data, got, pcm);
                     if self.rtp.stats.received != accepted {
                         call.handle_media_received(MediaLeg::Trunk, got.at);
                     }

@@ -22,7 +22,9 @@ use super::rtp::{HEADER_LEN, RelayClock, RtpPacket, RtpSender};
 use super::srtp::SrtpSession;
 use super::{incoming, outgoing};
 
+mod reception;
 mod timeline;
+use reception::Reception;
 use timeline::{Origin, Timeline};
 
 /// Where a trunk's RTP may come from (RTP bleed is the classic SBC hole: a leg that
@@ -90,56 +92,6 @@ pub struct RtpStats {
     pub jitter: u32,
 }
 
-/// Receive-side bookkeeping for loss and jitter (RFC 3550 appendix A.1, A.8).
-#[derive(Debug, Clone, Copy)]
-struct Reception {
-    /// Highest sequence seen, extended with wrap-arounds, relative to the first.
-    highest: u32,
-    last_sequence: u16,
-    received: u64,
-    last_transit: Option<i64>,
-    jitter: f64,
-    /// The RTP clock, Hz.
-    clock: u32,
-    started: std::time::Instant,
-}
-
-impl Reception {
-    fn new(sequence: u16, clock: u32, now: std::time::Instant) -> Self {
-        Reception {
-            highest: 0,
-            last_sequence: sequence,
-            received: 0,
-            last_transit: None,
-            jitter: 0.0,
-            clock,
-            started: now,
-        }
-    }
-
-    fn handle_packet(&mut self, sequence: u16, timestamp: Option<u32>, now: std::time::Instant) {
-        self.received += 1;
-        let delta = sequence.wrapping_sub(self.last_sequence);
-        if delta < 0x8000 {
-            self.highest = self.highest.wrapping_add(delta as u32);
-            self.last_sequence = sequence;
-        }
-        let Some(timestamp) = timestamp else { return };
-        // Transit time in timestamp units; only its variation matters, not its origin.
-        let arrival = (now - self.started).as_micros() as i64 * self.clock as i64 / 1_000_000;
-        let transit = arrival - timestamp as i64;
-        if let Some(last) = self.last_transit {
-            let d = (transit - last).abs() as f64;
-            self.jitter += (d - self.jitter) / 16.0;
-        }
-        self.last_transit = Some(transit);
-    }
-
-    fn lost(&self) -> u64 {
-        (self.highest as u64 + 1).saturating_sub(self.received)
-    }
-}
-
 /// What one received datagram turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
@@ -179,6 +131,10 @@ pub struct RtpStream {
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
     latched: Option<SocketAddr>,
+    /// The latched source, once the socket is connected to it ([`Self::handle_received`]).
+    connected: Option<SocketAddr>,
+    /// The latched source a connect was tried for: tried once, kept or not.
+    tried: Option<SocketAddr>,
     /// Which sources may be latched to.
     source: RtpSource,
     /// The trunk's SIP address: behind NAT its media comes from there, not from the SDP's IP.
@@ -238,11 +194,17 @@ impl RtpStream {
         if let Err(e) = incoming::count_overflows(&socket) {
             tracing::warn!(error = %e, "RTP socket drops not counted (SO_RXQ_OVFL)");
         }
+        if let Err(e) = incoming::note_destinations(&socket) {
+            // Then a socket bound to every address is never connected to its trunk.
+            tracing::warn!(error = %e, "RTP datagrams' destinations unknown (IP_PKTINFO)");
+        }
         Ok(RtpStream {
             socket: None,
             sender_socket: Arc::new(socket),
             remote: None,
             latched: None,
+            connected: None,
+            tried: None,
             source: RtpSource::default(),
             signalling_ip: None,
             drops: None,
@@ -318,6 +280,8 @@ impl RtpStream {
     pub fn set_remote(&mut self, remote: RemoteMedia) {
         if self.remote.is_some_and(|r| r.addr != remote.addr) {
             self.latched = None;
+            self.tried = None;
+            self.disconnect();
         }
         if self.remote.is_none_or(|r| r.codec != remote.codec) {
             self.dtmf_out.set_frame_ticks(remote.codec.frame_ticks());
@@ -449,10 +413,13 @@ impl RtpStream {
                 n + write(&mut self.out[n..])
             }
         };
+        // A connected socket sends without an address: the kernel keeps the route it found at
+        // `connect` rather than looking it up for every datagram.
+        let to = (self.connected != Some(dest)).then_some(dest);
         let sent = match (remote.srtp, self.srtp.as_mut()) {
-            (None, _) => outgoing::send(&self.sender_socket, &self.out[..len], Some(dest)),
+            (None, _) => outgoing::send(&self.sender_socket, &self.out[..len], to),
             (Some(_), Some(srtp)) => match srtp.protect(&mut self.out, len) {
-                Ok(n) => outgoing::send(&self.sender_socket, &self.out[..n], Some(dest)),
+                Ok(n) => outgoing::send(&self.sender_socket, &self.out[..n], to),
                 Err(e) => {
                     tracing::debug!(error = %e, "RTP packet not protected");
                     return;
@@ -532,6 +499,65 @@ impl RtpStream {
             Some(socket) => socket,
             empty => empty.insert(incoming::receiver(self.sender_socket.clone())?),
         })
+    }
+
+    /// [`Self::handle_datagram`] for a datagram [`Self::recv_waiting`] read; once the stream
+    /// latches, the socket is connected to its source.
+    ///
+    /// Why: a connected UDP socket is handed its peer's datagrams alone (udp(7)). A call
+    /// checked each sender itself, so a stranger's flood took the worker's time to read and
+    /// refuse, and filled the socket until the kernel dropped the trunk's own packets. Now the
+    /// kernel refuses a stranger's datagram as at a closed port (`UdpNoPorts` in `nstat`), and
+    /// the call's sends keep the route found at `connect`. Until the trunk's first packet,
+    /// strangers' are still read and counted as `source` drops.
+    pub fn handle_received(
+        &mut self,
+        data: &mut [u8],
+        got: &incoming::Got,
+        pcm: &mut [i16],
+    ) -> Received {
+        let heard = self.handle_datagram(data, got.source, got.at, pcm);
+        if self.latched == Some(got.source) && self.tried != self.latched {
+            self.tried = self.latched;
+            self.connect(got.source, got.to);
+        }
+        heard
+    }
+
+    /// Connects the socket to `peer`, whose datagram was sent to `to`.
+    fn connect(&mut self, peer: SocketAddr, to: Option<IpAddr>) {
+        let socket = &self.sender_socket;
+        let Ok(bound) = socket.local_addr() else {
+            return;
+        };
+        // Bound to every address, a connected socket hears only the one the route to its peer
+        // leaves from (the kernel fixes it at `connect`): kept only when the peer sends there.
+        let everywhere = bound.ip().is_unspecified();
+        if everywhere && to.is_none() {
+            return;
+        }
+        if let Err(e) = socket.connect(peer) {
+            tracing::debug!(%peer, error = %e, "RTP socket not connected to its trunk");
+            return;
+        }
+        let heard_at = socket.local_addr().ok().map(|a| a.ip().to_canonical());
+        if everywhere && heard_at != to.map(|ip| ip.to_canonical()) {
+            tracing::debug!(%peer, ?to, ?heard_at, "RTP socket left unconnected: its trunk sends to another of our addresses");
+            if let Err(e) = incoming::disconnect(socket) {
+                tracing::warn!(%peer, error = %e, "RTP socket not disconnected");
+            }
+            return;
+        }
+        self.connected = Some(peer);
+    }
+
+    /// Undoes [`Self::connect`]: the socket hears every source again (the stream's peer moved).
+    fn disconnect(&mut self) {
+        if self.connected.take().is_some()
+            && let Err(e) = incoming::disconnect(&self.sender_socket)
+        {
+            tracing::warn!(error = %e, "RTP socket not disconnected from its old peer");
+        }
     }
 
     /// Interprets a datagram that arrived `at`; audio is decoded into `pcm` (at least 160

@@ -45,42 +45,6 @@ async fn audio_and_digits_cross_a_loopback_pair() {
 }
 
 #[test]
-fn loss_and_jitter_follow_rfc3550() {
-    let t0 = std::time::Instant::now();
-    let mut r = Reception::new(65530, 8000, t0);
-    // Ten packets 20 ms apart, sequence wrapping, two of them lost.
-    for i in 0..10u16 {
-        if i == 3 || i == 7 {
-            continue;
-        }
-        r.handle_packet(
-            65530u16.wrapping_add(i),
-            Some(1000 + i as u32 * 160),
-            t0 + std::time::Duration::from_millis(20 * i as u64),
-        );
-    }
-    assert_eq!(r.lost(), 2);
-    assert!(
-        r.jitter < 1.0,
-        "perfectly paced packets have no jitter: {}",
-        r.jitter
-    );
-    // Arrivals alternately on time and 20 ms late: consecutive transits differ by 160
-    // units, so the estimate converges to 160 (20 ms).
-    let mut r = Reception::new(0, 8000, t0);
-    for i in 0..200u16 {
-        let skew = if i % 2 == 0 { 0 } else { 20 };
-        r.handle_packet(
-            i,
-            Some(i as u32 * 160),
-            t0 + std::time::Duration::from_millis(20 * i as u64 + skew),
-        );
-    }
-    assert!(r.jitter > 150.0 && r.jitter < 165.0, "{}", r.jitter);
-}
-
-/// A PCMU packet with sequence `seq`.
-#[test]
 fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
     // A ticking call reads its trunk's RTP up to 20 ms after it arrived, on a socket no
     // reactor watches: the jitter it reports must be the network's, by the kernel's stamps.
@@ -549,4 +513,143 @@ async fn a_new_source_from_the_trunk_continues_its_clock_and_counts_its_own_loss
     );
     // Each source's sequence numbers count on their own: nothing was lost.
     assert_eq!((s.stats.received, s.stats.lost), (10, 0));
+}
+
+/// Reads what waits on `stream`'s socket as a call does, each datagram's source in turn.
+fn read_as_a_call(stream: &mut RtpStream) -> Vec<(SocketAddr, Received)> {
+    let mut bufs = [[0; incoming::DATAGRAM]; incoming::BATCH];
+    let mut got = [incoming::Got::empty(); incoming::BATCH];
+    let mut pcm = [0i16; FRAME_SAMPLES];
+    let mut heard = Vec::new();
+    loop {
+        let count = stream.recv_waiting(&mut bufs, &mut got).unwrap_or(0);
+        for (buf, got) in bufs.iter_mut().zip(&got).take(count) {
+            let received = stream.handle_received(&mut buf[..got.len], got, &mut pcm);
+            heard.push((got.source, received));
+        }
+        if count < incoming::BATCH {
+            return heard;
+        }
+    }
+}
+
+fn pcmu_towards(addr: SocketAddr) -> RemoteMedia {
+    RemoteMedia {
+        addr,
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        dtmf_payload_type: None,
+        direction: Direction::SendRecv,
+        srtp: None,
+        opus: Default::default(),
+    }
+}
+
+#[test]
+fn once_latched_the_socket_hears_its_trunk_alone() {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut stream = RtpStream::bind(ip, 41600, 41700).unwrap();
+    let drops = Arc::new(MediaDrops::default());
+    stream.set_drop_counters(drops.clone());
+    let trunk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    stream.set_remote(pcmu_towards(trunk.local_addr().unwrap()));
+    let to = SocketAddr::new(ip, stream.local_port());
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(20));
+
+    // Before the trunk's first packet a stranger's are read, and refused.
+    stranger.send_to(&pcmu(1), to).unwrap();
+    trunk.send_to(&pcmu(2), to).unwrap();
+    settle();
+    let heard = read_as_a_call(&mut stream);
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert_eq!(stream.stats.dropped_source, 1);
+    assert_eq!(
+        stream.sender_socket.peer_addr().ok(),
+        trunk.local_addr().ok(),
+        "latched, the socket is connected to the trunk"
+    );
+
+    // Then the kernel hands the call its trunk's datagrams alone, however many a stranger
+    // sends, and what the call sends still reaches the trunk.
+    for i in 0..500 {
+        stranger.send_to(&pcmu(i), to).unwrap();
+    }
+    trunk.send_to(&pcmu(3), to).unwrap();
+    settle();
+    let heard = read_as_a_call(&mut stream);
+    assert_eq!(heard.len(), 1, "the trunk's packet alone: {heard:?}");
+    assert_eq!(heard[0].0, trunk.local_addr().unwrap());
+    assert!(matches!(heard[0].1, Received::Audio { .. }), "{heard:?}");
+    assert_eq!(stream.stats.dropped_source, 1);
+    assert_eq!(drops.trunk_source.load(Ordering::Relaxed), 1);
+    assert_eq!(stream.stats.dropped_overflow, 0);
+    stream.send_frame(&[0; FRAME_SAMPLES]);
+    trunk
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = trunk.recv_from(&mut buf).expect("the call's frame arrives");
+    assert_eq!((n, from), (12 + FRAME_SAMPLES, to));
+
+    // The trunk's media moves (a re-INVITE): the socket hears every source again, and latches
+    // anew.
+    let moved = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stream.set_remote(pcmu_towards(moved.local_addr().unwrap()));
+    assert!(stream.sender_socket.peer_addr().is_err(), "disconnected");
+    stranger.send_to(&pcmu(4), to).unwrap();
+    moved.send_to(&pcmu(5), to).unwrap();
+    settle();
+    let heard = read_as_a_call(&mut stream);
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert_eq!(stream.stats.dropped_source, 2);
+    assert_eq!(
+        stream.sender_socket.peer_addr().ok(),
+        moved.local_addr().ok()
+    );
+}
+
+#[test]
+fn a_socket_bound_everywhere_is_connected_only_where_its_trunk_sends() {
+    let everywhere: IpAddr = "0.0.0.0".parse().unwrap();
+    let trunk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(20));
+    // The route to the trunk leaves from 127.0.0.1, and the trunk sends there: connected, the
+    // socket hears on that address alone.
+    let mut stream = RtpStream::bind(everywhere, 41600, 41700).unwrap();
+    stream.set_remote(pcmu_towards(trunk.local_addr().unwrap()));
+    let port = stream.local_port();
+    trunk.send_to(&pcmu(1), ("127.0.0.1", port)).unwrap();
+    settle();
+    assert_eq!(read_as_a_call(&mut stream).len(), 1);
+    assert_eq!(
+        stream.sender_socket.peer_addr().ok(),
+        trunk.local_addr().ok()
+    );
+    assert_eq!(
+        stream.sender_socket.local_addr().unwrap().ip(),
+        trunk.local_addr().unwrap().ip()
+    );
+
+    // The trunk sends to 127.0.0.3, another of the box's addresses (the one the SDP named,
+    // say): connecting would leave the socket deaf to it, so it stays unconnected.
+    let mut stream = RtpStream::bind(everywhere, 41600, 41700).unwrap();
+    stream.set_remote(pcmu_towards(trunk.local_addr().unwrap()));
+    let port = stream.local_port();
+    for seq in 1..=3 {
+        trunk.send_to(&pcmu(seq), ("127.0.0.3", port)).unwrap();
+        settle();
+        let heard = read_as_a_call(&mut stream);
+        assert_eq!(heard.len(), 1, "packet {seq} heard: {heard:?}");
+        assert!(matches!(heard[0].1, Received::Audio { .. }), "{heard:?}");
+    }
+    assert!(stream.sender_socket.peer_addr().is_err(), "not connected");
+    assert!(
+        stream
+            .sender_socket
+            .local_addr()
+            .unwrap()
+            .ip()
+            .is_unspecified()
+    );
 }
