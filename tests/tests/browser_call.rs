@@ -673,10 +673,12 @@ async fn a_trunk_that_ends_the_early_dialog_with_bye_stops_the_ringing() {
     let ended = report.ended.as_ref().expect("the ringing call ended");
     assert_eq!(ended["reason"], "remote_hangup", "{report:?}");
     assert_eq!(ended["sip_code"], 487, "{report:?}");
+    assert_eq!(report.dtmf_received, "5", "the INFO's digit: {report:?}");
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(
         sipp,
-        "sipp expected 500 with Retry-After, 200 with Contact, 200 for its BYE and 487"
+        "sipp expected 500 with Retry-After, 200 with Contact, 200 for its INFO and its BYE, \
+         and 487"
     );
 }
 

@@ -198,6 +198,28 @@ pub fn note_destinations(socket: &std::net::UdpSocket) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Connects `socket` to `peer`, whose datagram was sent to `to`, so that it hears `peer`
+/// alone; whether it did. Bound to every address, a connected socket hears only on the one the
+/// route to its peer leaves from (the kernel fixes it at `connect`): the connect is undone when
+/// that is not `to`, or `to` is unknown ([`note_destinations`]).
+pub fn hear_only(
+    socket: &std::net::UdpSocket,
+    peer: SocketAddr,
+    to: Option<IpAddr>,
+) -> std::io::Result<bool> {
+    let everywhere = socket.local_addr()?.ip().is_unspecified();
+    if everywhere && to.is_none() {
+        return Ok(false);
+    }
+    socket.connect(peer)?;
+    let heard_at = socket.local_addr()?.ip().to_canonical();
+    if everywhere && Some(heard_at) != to.map(|ip| ip.to_canonical()) {
+        disconnect(socket)?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 /// Undoes `connect(2)` on a datagram socket (an `AF_UNSPEC` address, connect(2)): it hears
 /// every source again, on every address it was bound to.
 pub fn disconnect(socket: &std::net::UdpSocket) -> std::io::Result<()> {

@@ -156,19 +156,8 @@ impl Call {
             }
             Method::Update | Method::Options => respond(self, 200, None),
             Method::Info => {
-                let body = String::from_utf8_lossy(&request.body).to_string();
-                let digit = body
-                    .lines()
-                    .find_map(|l| {
-                        l.trim()
-                            .strip_prefix("Signal")
-                            .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
-                    })
-                    .and_then(|v| v.chars().next());
-                respond(self, if digit.is_some() { 200 } else { 415 }, None);
-                if let Some(d) = digit {
-                    self.events.push_back(CallEvent::Dtmf(d));
-                }
+                let code = self.take_info(&request);
+                respond(self, code, None);
             }
             // RFC 3262 §3: no reliable provisional of ours awaits this PRACK.
             Method::PRack => respond(self, 481, None),
@@ -191,6 +180,27 @@ impl Call {
             // Methods the gateway knows but does not act on (REFER, NOTIFY, MESSAGE …): a
             // 200 would claim a transfer or delivery that never happens (§21.4.6).
             _ => respond(self, 405, None),
+        }
+    }
+
+    /// A key the trunk's side pressed, told by SIP INFO (`application/dtmf-relay`, `Signal=5`):
+    /// the response's status, 200 for a digit (passed on to the caller), else 415.
+    pub(super) fn take_info(&mut self, request: &Request) -> u16 {
+        let body = String::from_utf8_lossy(&request.body);
+        let digit = body
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Signal")
+                    .map(|v| v.trim_start_matches([' ', '=']).trim().to_string())
+            })
+            .and_then(|v| v.chars().next());
+        match digit {
+            Some(d) => {
+                self.events.push_back(CallEvent::Dtmf(d));
+                200
+            }
+            None => 415,
         }
     }
 

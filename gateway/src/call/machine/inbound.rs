@@ -99,8 +99,11 @@ impl Call {
     /// INVITE then gets 487, §15.1.2). An UPDATE with an offer is refused with 500 and a
     /// Retry-After of up to ten seconds (RFC 3311 §5.2: the INVITE's offer is not answered
     /// yet, and the browser's answer is what answers it); retried once the browser answered,
-    /// it is taken as any mid-call UPDATE. One without, and OPTIONS, get 200. Only the host
-    /// that sent the INVITE may act in its early dialog, as in a confirmed one.
+    /// it is taken as any mid-call UPDATE. One without, and OPTIONS, get 200; an INFO's digit
+    /// reaches the browser as in a call. A re-INVITE gets 491 (§14.1: the first INVITE's
+    /// transaction is still open), a PRACK 481 (no reliable 18x of ours awaits one, RFC 3262
+    /// §3), and the rest 405 as in a call. Only the host that sent the INVITE may act in its
+    /// early dialog, as in a confirmed one.
     pub(super) fn while_offered(
         &mut self,
         id: u64,
@@ -111,9 +114,9 @@ impl Call {
         let respond = |this: &mut Call, response| {
             this.transmits.push_back(Transmit::Respond { id, response });
         };
-        let in_dialog = matches!(
+        let in_dialog = !matches!(
             request.method,
-            Method::Bye | Method::Update | Method::Options
+            Method::Cancel | Method::Ack | Method::Invite
         );
         match request.method {
             // The endpoint has answered the CANCEL and sent 487 (§9.2).
@@ -156,8 +159,18 @@ impl Call {
                 response.headers.push(message::allow_header());
                 respond(self, response);
             }
-            _ => {
+            Method::Info => {
+                let code = self.take_info(&request);
+                respond(self, response_to(&request, code, None));
+            }
+            Method::PRack => respond(self, response_to(&request, 481, None)),
+            Method::Invite => {
                 let response = response_to(&request, 491, Some(&message::random_token()));
+                respond(self, response);
+            }
+            _ => {
+                let mut response = response_to(&request, 405, None);
+                response.headers.push(message::allow_header());
                 respond(self, response);
             }
         }

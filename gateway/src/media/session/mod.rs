@@ -194,8 +194,13 @@ impl RtpStream {
         if let Err(e) = incoming::count_overflows(&socket) {
             tracing::warn!(error = %e, "RTP socket drops not counted (SO_RXQ_OVFL)");
         }
-        if let Err(e) = incoming::note_destinations(&socket) {
-            // Then a socket bound to every address is never connected to its trunk.
+        // Bound to every address, the socket must learn where its trunk sends before it may
+        // connect (`Self::connect`); bound to one, it is told nothing it does not know.
+        let everywhere = socket.local_addr()?.ip().is_unspecified();
+        if let Err(e) = everywhere
+            .then(|| incoming::note_destinations(&socket))
+            .transpose()
+        {
             tracing::warn!(error = %e, "RTP datagrams' destinations unknown (IP_PKTINFO)");
         }
         Ok(RtpStream {
@@ -524,31 +529,15 @@ impl RtpStream {
         heard
     }
 
-    /// Connects the socket to `peer`, whose datagram was sent to `to`.
+    /// Connects the socket to `peer`, whose datagram was sent to `to`, where it may.
     fn connect(&mut self, peer: SocketAddr, to: Option<IpAddr>) {
-        let socket = &self.sender_socket;
-        let Ok(bound) = socket.local_addr() else {
-            return;
-        };
-        // Bound to every address, a connected socket hears only the one the route to its peer
-        // leaves from (the kernel fixes it at `connect`): kept only when the peer sends there.
-        let everywhere = bound.ip().is_unspecified();
-        if everywhere && to.is_none() {
-            return;
-        }
-        if let Err(e) = socket.connect(peer) {
-            tracing::debug!(%peer, error = %e, "RTP socket not connected to its trunk");
-            return;
-        }
-        let heard_at = socket.local_addr().ok().map(|a| a.ip().to_canonical());
-        if everywhere && heard_at != to.map(|ip| ip.to_canonical()) {
-            tracing::debug!(%peer, ?to, ?heard_at, "RTP socket left unconnected: its trunk sends to another of our addresses");
-            if let Err(e) = incoming::disconnect(socket) {
-                tracing::warn!(%peer, error = %e, "RTP socket not disconnected");
+        match incoming::hear_only(&self.sender_socket, peer, to) {
+            Ok(true) => self.connected = Some(peer),
+            Ok(false) => {
+                tracing::debug!(%peer, ?to, "RTP socket left unconnected: its trunk sends to another of our addresses")
             }
-            return;
+            Err(e) => tracing::debug!(%peer, error = %e, "RTP socket not connected to its trunk"),
         }
-        self.connected = Some(peer);
     }
 
     /// Undoes [`Self::connect`]: the socket hears every source again (the stream's peer moved).

@@ -208,3 +208,36 @@ fn an_update_while_ringing_is_refused_if_it_offers_and_answered_if_not() {
     b.drain();
     assert_eq!(b.responded(0), [180, 200]);
 }
+
+/// The rest of what a trunk may send while the browser rings: an INFO's digit reaches the
+/// browser as in a call (RFC 6086 lets INFO use an early dialog); a re-INVITE gets 491 (§14.1,
+/// our INVITE transaction is open), a PRACK 481 (no reliable 18x awaits one, RFC 3262 §3), and
+/// what the gateway never acts on 405 with its Allow (§21.4.6). None ends the ringing.
+#[test]
+fn an_info_while_ringing_passes_its_digit_and_other_requests_get_what_a_call_gives() {
+    let mut b = Bench::inbound();
+    let info = early_request(&mut b, Method::Info, None, b"Signal=7\r\nDuration=160\r\n");
+    assert_eq!(info.status_code.code(), 200);
+    assert!(b.saw(&CallEvent::Dtmf('7')));
+    let unknown = early_request(&mut b, Method::Info, None, b"<xml/>");
+    assert_eq!(unknown.status_code.code(), 415);
+    let stranger = early_request(&mut b, Method::Info, Some("not-ours"), b"Signal=1\r\n");
+    assert_eq!(stranger.status_code.code(), 481);
+    assert!(!b.saw(&CallEvent::Dtmf('1')));
+    let reinvite = early_request(
+        &mut b,
+        Method::Invite,
+        None,
+        &trunk_sdp(Direction::SendRecv),
+    );
+    assert_eq!(reinvite.status_code.code(), 491);
+    let prack = early_request(&mut b, Method::PRack, None, b"");
+    assert_eq!(prack.status_code.code(), 481);
+    for method in [Method::Refer, Method::Message] {
+        let refused = early_request(&mut b, method, None, b"");
+        assert_eq!(refused.status_code.code(), 405, "{method}");
+        assert!(message::header_value(&refused.headers, "Allow").is_some());
+    }
+    assert!(b.call.is_offered() && b.ended().is_none());
+    assert_eq!(b.responded(0), [180]);
+}
