@@ -14,7 +14,10 @@ and the libopus floor of the same run.
   calls carry (loadgen's tone, and sipp's echo of it: criterion, gateway/benches/media.rs,
   "load floor"), in % of a core per call. The bench's speech-like signal ("floor"), which
   SILK codes more cheaply, is printed beside it for comparison with figures before
-  2026-12-04's afternoon, which were set against it.
+  2026-12-04's afternoon, which were set against it. So is the load floor for 50 calls'
+  coders a frame each in turn ("load floor, 50 calls in turn"), each coder's state then
+  waiting while the others' pass through the core's caches. The goals are set against the
+  load floor.
 
 CPU is the media process's own (utime + stime from /proc) over a steady window once every
 call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's ng `list`).
@@ -105,8 +108,9 @@ def wait_rtpengine(timeout=20):
 
 def floor_pct(complexity):
     """The libopus floors per call (decode + encode, 50 frames a second) at the gateway's
-    settings, % of a core: of the load's signal ("load") and of the bench's speech-like one
-    ("speech_like")."""
+    settings, % of a core: of the load's signal ("load"), the same for 50 calls' coders a
+    frame each in turn ("calls", their states then out of the core's caches, as in a box
+    carrying those calls), and of the bench's speech-like signal ("speech_like")."""
     env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
     # `cargo bench -p gateway` also links target/release/gateway, with the features of the
     # gateway alone rather than those the build above unifies with gateway-tests': keep the
@@ -125,7 +129,8 @@ def floor_pct(complexity):
         gateway.unlink(missing_ok=True)
         shutil.copy2(kept, gateway)
     floors = {}
-    for key, name in (("load", "load floor: "), ("speech_like", "floor: ")):
+    for key, name in (("load", "load floor: "), ("calls", "load floor, 50 calls in turn"),
+                      ("speech_like", "floor: ")):
         m = re.search(r"^" + re.escape(name) + r"[^\n]*\n\s*time:\s*\[\S+ \S+ (\S+) (\S+)", out, re.M)
         if not m:
             sys.exit(f"no {name!r} figure in the bench's output:\n{out}")
@@ -254,6 +259,7 @@ def main():
                      f"({t['tone_snr_db_p50']}) | {t['calls_failed']} |")
     if floor is not None:
         lines.append(f"| libopus floor (these calls' signal) | {floor} | | | | | | |")
+        lines.append(f"| … 50 calls' coders in turn | {floors['calls']} | | | | | | |")
         lines.append(f"| libopus floor (the bench's speech-like signal) | {floors['speech_like']} | | | | | | |")
     lines += ["", f"rtpengine / gateway CPU per call, per round: "
               f"{', '.join(f'{x:.2f}×' for x in ratios)}; median {median(ratios):.2f}×"]
@@ -268,6 +274,7 @@ def main():
     (OUT / "compare.json").write_text(json.dumps(
         {"calls": a.calls, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
          "floor_speech_like_pct_per_call": floors and floors["speech_like"],
+         "floor_calls_in_turn_pct_per_call": floors and floors["calls"],
          "ratio_rtpengine_over_gateway": ratios, "rtpengine": version}, indent=2))
     (OUT / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
