@@ -51,15 +51,7 @@ fn datagrams_read_a_tick_late_keep_their_arrival_times_for_jitter() {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let mut stream = RtpStream::bind(ip, 41000, 41100).unwrap();
     let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    stream.set_remote(RemoteMedia {
-        addr: peer.local_addr().unwrap(),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        direction: Direction::SendRecv,
-        srtp: None,
-        opus: Default::default(),
-    });
+    stream.set_remote(pcmu_towards(peer.local_addr().unwrap()));
     let to = SocketAddr::new(ip, stream.local_port());
     incoming::tests::until_stamping_is_on();
     // Two packets 20 ms apart on the wire and in RTP time, read together 30 ms later.
@@ -99,15 +91,7 @@ fn a_flood_the_socket_cannot_hold_is_counted_as_the_kernels_drops() {
     let mut stream = RtpStream::bind(ip, 41000, 41100).unwrap();
     let drops = Arc::new(MediaDrops::default());
     stream.set_drop_counters(drops.clone());
-    stream.set_remote(RemoteMedia {
-        addr: "127.0.0.1:9".parse().unwrap(),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        direction: Direction::SendRecv,
-        srtp: None,
-        opus: Default::default(),
-    });
+    stream.set_remote(pcmu_towards("127.0.0.1:9".parse().unwrap()));
     // Room for a few datagrams only (the kernel's least).
     socket2::SockRef::from(&*stream.sender_socket)
         .set_recv_buffer_size(1)
@@ -160,15 +144,7 @@ fn pcmu_of(ssrc: u32, seq: u16, timestamp: u32) -> Vec<u8> {
 async fn stream_towards(sdp_addr: &str, source: RtpSource) -> RtpStream {
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
     let mut s = RtpStream::bind(ip, 41400, 41500).unwrap();
-    s.set_remote(RemoteMedia {
-        addr: sdp_addr.parse().unwrap(),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        direction: Direction::SendRecv,
-        srtp: None,
-        opus: Default::default(),
-    });
+    s.set_remote(pcmu_towards(sdp_addr.parse().unwrap()));
     s.set_source_policy(source, Some("192.0.2.7".parse().unwrap()));
     s.set_drop_counters(Arc::new(MediaDrops::default()));
     s
@@ -232,15 +208,7 @@ async fn latch_mode_latches_once_to_the_trunks_ip_and_ignores_everyone_else() {
     assert_eq!(s.stats.received, 1);
     assert_eq!(s.stats.dropped_source, 3);
     // A re-INVITE moving the media starts over.
-    s.set_remote(RemoteMedia {
-        addr: "192.0.2.20:5000".parse().unwrap(),
-        codec: Codec::Pcmu,
-        payload_type: 0,
-        dtmf_payload_type: None,
-        direction: Direction::SendRecv,
-        srtp: None,
-        opus: Default::default(),
-    });
+    s.set_remote(pcmu_towards("192.0.2.20:5000".parse().unwrap()));
     assert!(matches!(
         s.handle_datagram(
             &mut pcmu(4),
@@ -558,17 +526,8 @@ fn once_latched_the_socket_hears_its_trunk_alone() {
     let settle = || std::thread::sleep(std::time::Duration::from_millis(20));
 
     // Before the trunk's first packet a stranger's are read, and refused.
-    stranger.send_to(&pcmu(1), to).unwrap();
-    trunk.send_to(&pcmu(2), to).unwrap();
-    settle();
-    let heard = read_as_a_call(&mut stream);
-    assert_eq!(heard.len(), 2, "{heard:?}");
+    latch_past(&mut stream, &stranger, &trunk);
     assert_eq!(stream.stats.dropped_source, 1);
-    assert_eq!(
-        stream.sender_socket.peer_addr().ok(),
-        trunk.local_addr().ok(),
-        "latched, the socket is connected to the trunk"
-    );
 
     // Then the kernel hands the call its trunk's datagrams alone, however many a stranger
     // sends, and what the call sends still reaches the trunk.
@@ -597,15 +556,23 @@ fn once_latched_the_socket_hears_its_trunk_alone() {
     let moved = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     stream.set_remote(pcmu_towards(moved.local_addr().unwrap()));
     assert!(stream.sender_socket.peer_addr().is_err(), "disconnected");
-    stranger.send_to(&pcmu(4), to).unwrap();
-    moved.send_to(&pcmu(5), to).unwrap();
-    settle();
-    let heard = read_as_a_call(&mut stream);
-    assert_eq!(heard.len(), 2, "{heard:?}");
+    latch_past(&mut stream, &stranger, &moved);
     assert_eq!(stream.stats.dropped_source, 2);
+}
+
+/// A stranger's datagram, then `trunk`'s, to `stream` on 127.0.0.1: both are read, and the
+/// stream latches to the trunk and connects its socket to it.
+fn latch_past(stream: &mut RtpStream, stranger: &std::net::UdpSocket, trunk: &std::net::UdpSocket) {
+    let to = SocketAddr::from(([127, 0, 0, 1], stream.local_port()));
+    stranger.send_to(&pcmu(1), to).unwrap();
+    trunk.send_to(&pcmu(2), to).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let heard = read_as_a_call(stream);
+    assert_eq!(heard.len(), 2, "{heard:?}");
     assert_eq!(
         stream.sender_socket.peer_addr().ok(),
-        moved.local_addr().ok()
+        trunk.local_addr().ok(),
+        "latched, the socket is connected to the trunk"
     );
 }
 
