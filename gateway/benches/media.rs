@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
-use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate, Signal};
+use audiopus::{Channels, MutSignals, SampleRate};
 use criterion::Criterion;
 use gateway::media::bridge::Bridge;
 use gateway::media::g711::G711;
@@ -30,7 +30,7 @@ use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
-use gateway_tests::client::{CallOptions, tone_loop_for};
+use gateway_tests::floor::{floor_encoder, load_signal};
 
 const FRAMES: usize = 500;
 
@@ -55,19 +55,6 @@ fn signal() -> Vec<[i16; FRAME_SAMPLES_8K]> {
             x
         })
         .collect()
-}
-
-fn floor_encoder(settings: EncoderSettings) -> Encoder {
-    // The same settings as gateway::media::opus::OpusEncoder.
-    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
-    e.set_complexity(settings.complexity).unwrap();
-    e.set_signal(Signal::Voice).unwrap();
-    e.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
-    e.set_bitrate(Bitrate::BitsPerSecond(24_000)).unwrap();
-    e.set_inband_fec(true).unwrap();
-    e.set_packet_loss_perc(settings.expected_loss_pct).unwrap();
-    e.set_dtx(settings.dtx).unwrap();
-    e
 }
 
 fn main() {
@@ -161,7 +148,7 @@ fn main() {
     });
 
     // The pipeline's floor, then the floor of the load's calls (same settings).
-    let (load_packets, load_frames) = load_signal();
+    let (load_packets, load_frames) = load_signal(FRAMES);
     for (name, packets, frames) in [
         (FLOOR, &packets, &frames),
         (LOAD_FLOOR, &load_packets, &load_frames),
@@ -295,49 +282,6 @@ fn main() {
 const FLOOR: &str = "floor: libopus decode + encode";
 const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone";
 const LOAD_FLOOR_CALLS: &str = "load floor, 50 calls in turn";
-
-/// What the load's callers send, and what the gateway's encoder is then given, a frame at a
-/// time: the tone loop `loadgen`'s callers send for the gateway's answer to a G.711 call
-/// ([`tone_loop_for`], the same function), and that tone decoded, through PCMU to sipp's echo
-/// and back.
-///
-/// Why a floor of its own: the figures set against the floor (`load_ramp.py`,
-/// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
-/// this clean tone as voiced speech, with a pitch and long-term prediction search
-/// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which [`signal`]'s noise keeps
-/// it from doing: a frame of it costs 10–27 % more (docs/benchmarks-history.md §2, "afternoon").
-fn load_signal() -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
-    let answer = gateway::rtc::cap_audio(
-        "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",
-        111,
-        gateway::rtc::AudioCaps::up_to(8000),
-    );
-    let tone = tone_loop_for(&answer, &CallOptions::new("echo")).unwrap();
-    let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-    let (packets, frames): (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) = tone
-        .iter()
-        .cycle()
-        .take(FRAMES)
-        .map(|packet| {
-            let mut pcm = [0i16; FRAME_SAMPLES_8K];
-            let signals = MutSignals::try_from(&mut pcm[..]).unwrap();
-            decoder
-                .decode(Some(Packet::try_from(&packet[..]).unwrap()), signals, false)
-                .unwrap();
-            let mut law = [0u8; FRAME_SAMPLES_8K];
-            G711::Pcmu.encode(&pcm, &mut law);
-            G711::Pcmu.decode(&law, &mut pcm);
-            (packet.to_vec(), pcm)
-        })
-        .unzip();
-    // A floor of silence would be no floor: the tone must be there, at its level (8000).
-    let peak = frames[FRAMES - 1].iter().map(|s| s.unsigned_abs()).max();
-    assert!(
-        peak > Some(4000),
-        "the load's tone is missing: peak {peak:?}"
-    );
-    (packets, frames)
-}
 
 const DECODE_NARROW: &str = "decode to 8 kHz: browser narrowband 24 kb/s";
 const DECODE_FULL_TO_8K: &str = "decode to 8 kHz: browser full band 32 kb/s";

@@ -6,6 +6,7 @@ pub mod browser_opus;
 pub mod client;
 pub mod cluster;
 pub mod coturn;
+pub mod floor;
 pub mod fuzzing;
 pub mod redis;
 

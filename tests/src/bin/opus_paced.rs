@@ -1,0 +1,88 @@
+//! The libopus floor as a media server meets it: `--calls N` calls' Opus decoders and
+//! encoders, each given a frame every 20 ms tick, the thread asleep between ticks; prints the
+//! process's CPU a call, in % of a core.
+//!
+//! Why beside the criterion floor (`gateway/benches/media.rs`, "load floor"): that one codes
+//! frame after frame and never lets its core idle, where a media server codes 20 ms of audio
+//! for every call and then waits for the next 20 ms. On a virtual machine an idle core may be
+//! given to other work by the host, and what the codec finds in the caches afterwards differs
+//! (docs/benchmarks-history.md, "2026-12-05, evening"). The work here is the same as the load
+//! floor's — the same signal, settings and frames — but paced as real calls are.
+//!
+//! Usage: `opus-paced [--calls 50] [--seconds 10]`; add `--busy` to code frame after frame
+//! instead (the criterion floor's way, for comparison in the same run).
+
+use std::time::{Duration, Instant};
+
+use audiopus::coder::Decoder;
+use audiopus::packet::Packet;
+use audiopus::{Channels, MutSignals, SampleRate};
+use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
+use gateway_tests::floor::{floor_encoder, load_signal};
+
+/// Frames of signal, cycled (ten seconds).
+const FRAMES: usize = 500;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{name} takes a number, not {v}"))
+            })
+            .unwrap_or(default)
+    };
+    let calls = value("--calls", 50) as usize;
+    let seconds = value("--seconds", 10);
+    let busy = args.iter().any(|a| a == "--busy");
+    let settings = EncoderSettings::default();
+    let (packets, frames) = load_signal(FRAMES);
+    let mut coders: Vec<_> = (0..calls)
+        .map(|_| {
+            let decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+            (floor_encoder(settings), decoder)
+        })
+        .collect();
+    let mut decoded = [0i16; FRAME_SAMPLES_8K];
+    let mut encoded = [0u8; 400];
+    let ticks = seconds * 50;
+    let (cpu_before, start) = (cpu_seconds(), Instant::now());
+    for tick in 0..ticks {
+        let k = tick as usize % FRAMES;
+        for (encoder, decoder) in &mut coders {
+            let packet = Packet::try_from(packets[k].as_slice()).unwrap();
+            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+            std::hint::black_box(decoder.decode(Some(packet), signals, false).unwrap());
+            std::hint::black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
+        }
+        if !busy {
+            let next = start + Duration::from_millis(20 * (tick + 1));
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    // What the frames coded would have taken in real time: `busy` runs ahead of it.
+    let audio = ticks as f64 * 0.020;
+    println!(
+        "{} {calls} calls, {ticks} ticks: {:.3} % of a core a call ({:.2} µs a frame both ways)",
+        if busy { "busy" } else { "paced" },
+        cpu / audio / calls as f64 * 100.0,
+        cpu / (ticks as f64 * calls as f64) * 1e6,
+    );
+}
+
+/// The time this (single-threaded) process has run on a core so far, seconds: the first field
+/// of `/proc/self/schedstat`, in nanoseconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/schedstat")
+        .expect("/proc/self/schedstat: this measures on Linux with scheduler statistics");
+    let ns: f64 = stat
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    ns / 1e9
+}

@@ -1,0 +1,70 @@
+//! The libopus floor: what decoding a call's Opus and encoding its answer costs with nothing
+//! else around it, at the gateway's settings (`gateway/benches/media.rs`, `opus-paced`).
+
+use audiopus::coder::{Decoder, Encoder};
+use audiopus::packet::Packet;
+use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate, Signal};
+use gateway::media::g711::G711;
+use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
+
+use crate::client::{CallOptions, tone_loop_for};
+
+/// An encoder with the gateway's settings (`gateway::media::opus::OpusEncoder`), straight
+/// through audiopus.
+pub fn floor_encoder(settings: EncoderSettings) -> Encoder {
+    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
+    e.set_complexity(settings.complexity).unwrap();
+    e.set_signal(Signal::Voice).unwrap();
+    e.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
+    e.set_bitrate(Bitrate::BitsPerSecond(24_000)).unwrap();
+    e.set_inband_fec(true).unwrap();
+    e.set_packet_loss_perc(settings.expected_loss_pct).unwrap();
+    e.set_dtx(settings.dtx).unwrap();
+    e
+}
+
+/// What the load's callers send, and what the gateway's encoder is then given, a frame at a
+/// time: the tone loop `loadgen`'s callers send for the gateway's answer to a G.711 call
+/// ([`tone_loop_for`], the same function), and that tone decoded, through PCMU to sipp's echo
+/// and back.
+///
+/// Why a floor of its own: the figures set against the floor (`load_ramp.py`,
+/// `peer_compare.py`) are of these calls, and libopus's work depends on the signal. SILK codes
+/// this clean tone as voiced speech, with a pitch and long-term prediction search
+/// (`silk_VQ_WMat_EC`, `silk_LTP_analysis_filter` in `perf`), which the criterion bench's speech-like
+/// signal's noise keeps it from doing: a frame of it costs 10–27 % more (docs/benchmarks-history.md §2, "afternoon").
+pub fn load_signal(frames: usize) -> (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) {
+    let answer = gateway::rtc::cap_audio(
+        "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n",
+        111,
+        gateway::rtc::AudioCaps::up_to(8000),
+    );
+    let tone = tone_loop_for(&answer, &CallOptions::new("echo")).unwrap();
+    let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
+    let (packets, frames): (Vec<Vec<u8>>, Vec<[i16; FRAME_SAMPLES_8K]>) = tone
+        .iter()
+        .cycle()
+        .take(frames)
+        .map(|packet| {
+            let mut pcm = [0i16; FRAME_SAMPLES_8K];
+            let signals = MutSignals::try_from(&mut pcm[..]).unwrap();
+            decoder
+                .decode(Some(Packet::try_from(&packet[..]).unwrap()), signals, false)
+                .unwrap();
+            let mut law = [0u8; FRAME_SAMPLES_8K];
+            G711::Pcmu.encode(&pcm, &mut law);
+            G711::Pcmu.decode(&law, &mut pcm);
+            (packet.to_vec(), pcm)
+        })
+        .unzip();
+    // A floor of silence would be no floor: the tone must be there, at its level (8000).
+    let peak = frames[frames.len() - 1]
+        .iter()
+        .map(|s| s.unsigned_abs())
+        .max();
+    assert!(
+        peak > Some(4000),
+        "the load's tone is missing: peak {peak:?}"
+    );
+    (packets, frames)
+}
