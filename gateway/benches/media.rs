@@ -20,7 +20,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use audiopus::coder::{Decoder, Encoder};
+use audiopus::coder::Decoder;
 use audiopus::packet::Packet;
 use audiopus::{Channels, MutSignals, SampleRate};
 use criterion::Criterion;
@@ -30,7 +30,7 @@ use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
-use gateway_tests::floor::{floor_encoder, load_signal};
+use gateway_tests::floor::{FloorCall, load_signal};
 
 const FRAMES: usize = 500;
 
@@ -153,19 +153,13 @@ fn main() {
         (FLOOR, &packets, &frames),
         (LOAD_FLOOR, &load_packets, &load_frames),
     ] {
-        let encoder = floor_encoder(settings);
-        let mut decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-        let mut decoded = [0i16; FRAME_SAMPLES_8K];
-        let mut encoded = [0u8; 400];
+        let mut call = FloorCall::new(settings);
         let mut j = 0usize;
         c.bench_function(name, |bench| {
             bench.iter(|| {
                 let k = j % FRAMES;
                 j += 1;
-                let packet = Packet::try_from(packets[k].as_slice()).unwrap();
-                let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
-                black_box(decoder.decode(Some(packet), signals, false).unwrap());
-                black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
+                call.code(&packets[k], &frames[k]);
             })
         });
     }
@@ -176,24 +170,13 @@ fn main() {
     // four runs, not dearer: not explained yet (each of these coders is in its first few
     // thousand frames, the one pair far beyond; a call's coders are in their first too).
     const CALLS: usize = 50;
-    let mut coders: Vec<(Encoder, Decoder)> = (0..CALLS)
-        .map(|_| {
-            let decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-            (floor_encoder(settings), decoder)
-        })
-        .collect();
-    let mut decoded = [0i16; FRAME_SAMPLES_8K];
-    let mut encoded = [0u8; 400];
+    let mut calls: Vec<FloorCall> = (0..CALLS).map(|_| FloorCall::new(settings)).collect();
     let mut n = 0usize;
     c.bench_function(LOAD_FLOOR_CALLS, |bench| {
         bench.iter(|| {
             let (call, k) = (n % CALLS, (n / CALLS) % FRAMES);
             n += 1;
-            let (encoder, decoder) = &mut coders[call];
-            let packet = Packet::try_from(load_packets[k].as_slice()).unwrap();
-            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
-            black_box(decoder.decode(Some(packet), signals, false).unwrap());
-            black_box(encoder.encode(&load_frames[k], &mut encoded).unwrap());
+            calls[call].code(&load_packets[k], &load_frames[k]);
         })
     });
     // What the browser's band costs the gateway: its packets decoded to the 8 kHz a G.711

@@ -1,6 +1,8 @@
 //! The libopus floor: what decoding a call's Opus and encoding its answer costs with nothing
 //! else around it, at the gateway's settings (`gateway/benches/media.rs`, `opus-paced`).
 
+use std::hint::black_box;
+
 use audiopus::coder::{Decoder, Encoder};
 use audiopus::packet::Packet;
 use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate, Signal};
@@ -9,9 +11,35 @@ use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 
 use crate::client::{CallOptions, tone_loop_for};
 
-/// An encoder with the gateway's settings (`gateway::media::opus::OpusEncoder`), straight
-/// through audiopus.
-pub fn floor_encoder(settings: EncoderSettings) -> Encoder {
+/// One call's Opus coders as the floor runs them, straight through audiopus: a decoder for
+/// the browser's packets and an encoder with the gateway's settings for what goes back.
+pub struct FloorCall {
+    encoder: Encoder,
+    decoder: Decoder,
+}
+
+impl FloorCall {
+    /// A call's coders at `settings`.
+    pub fn new(settings: EncoderSettings) -> FloorCall {
+        FloorCall {
+            encoder: floor_encoder(settings),
+            decoder: Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap(),
+        }
+    }
+
+    /// One 20 ms frame both ways: decodes the browser's `packet` and encodes `frame`.
+    pub fn code(&mut self, packet: &[u8], frame: &[i16; FRAME_SAMPLES_8K]) {
+        let mut decoded = [0i16; FRAME_SAMPLES_8K];
+        let mut encoded = [0u8; 400];
+        let packet = Packet::try_from(packet).unwrap();
+        let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
+        black_box(self.decoder.decode(Some(packet), signals, false).unwrap());
+        black_box(self.encoder.encode(frame, &mut encoded).unwrap());
+    }
+}
+
+/// An encoder with the gateway's settings (`gateway::media::opus::OpusEncoder`).
+fn floor_encoder(settings: EncoderSettings) -> Encoder {
     let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
     e.set_complexity(settings.complexity).unwrap();
     e.set_signal(Signal::Voice).unwrap();

@@ -113,8 +113,7 @@ async fn a_call_from_an_opus_trunk_that_offers_g711_asks_the_browser_for_narrowb
 async fn a_late_offer_answered_in_g711_narrows_the_answering_browsers_band() {
     let (report, metrics) =
         call_from_opus_trunk("opus_trunk_late_offer", "uac_call_late_offer.xml").await;
-    assert_eq!(report.count("renegotiation_needed"), 1, "{report:?}");
-    assert_eq!(report.count("renegotiated"), 1, "{report:?}");
+    assert_renegotiated(&report, 1);
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
     assert!(
@@ -300,18 +299,18 @@ async fn a_trunk_that_moves_the_call_to_g711_narrows_the_band_whatever_the_brows
         report.errors.iter().all(|e| e["code"] == "bad_sdp"),
         "the browser's ten were refused as bad, and none after them for the limit: {report:?}"
     );
-    assert_eq!(report.count("renegotiation_needed"), 1, "{report:?}");
-    assert_eq!(report.count("renegotiated"), 1, "{report:?}");
+    assert_renegotiated(&report, 1);
     assert_eq!(report.far_end_playback_hz, Some(8000), "{report:?}");
     assert!(
         report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
         "the tone comes back through PCMU: {report:?}"
     );
-    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
-    assert!(
-        sipp.finished().await,
-        "sipp saw no call, or the re-INVITE's answer did not take PCMU"
-    );
+    assert_hung_up(
+        &report,
+        sipp,
+        "sipp saw no call, or the re-INVITE's answer did not take PCMU",
+    )
+    .await;
     let metrics = http_get(gateway.http_addr, "/metrics").await;
     assert!(
         !metrics.contains("gateway_frames_transcoded_total 0\n"),
@@ -341,24 +340,37 @@ async fn a_trunk_that_keeps_changing_its_codec_gets_ten_renegotiations_a_minute(
         &options,
     )
     .await;
-    assert_eq!(report.count("renegotiation_needed"), 10, "{report:?}");
-    assert_eq!(report.count("renegotiated"), 10, "{report:?}");
+    assert_renegotiated(&report, 10);
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(
         report.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
         "the tone comes back once the trunk settles on Opus: {report:?}"
     );
-    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
-    assert!(
-        sipp.finished().await,
-        "sipp saw no call, or an answer did not take the codec it offered"
-    );
+    assert_hung_up(
+        &report,
+        sipp,
+        "sipp saw no call, or an answer did not take the codec it offered",
+    )
+    .await;
     let metrics = http_get(gateway.http_addr, "/metrics").await;
     assert!(
         metrics.contains("gateway_renegotiations_asked_total 10\n")
             && metrics.contains("gateway_renegotiations_withheld_total 2\n"),
         "{metrics}"
     );
+}
+
+/// The gateway asked the browser for a new offer `times` times, and each renegotiation went
+/// through.
+fn assert_renegotiated(report: &CallReport, times: usize) {
+    assert_eq!(report.count("renegotiation_needed"), times, "{report:?}");
+    assert_eq!(report.count("renegotiated"), times, "{report:?}");
+}
+
+/// The browser hung up, and sipp's scenario ran to its end (`why_not` says what it failed on).
+async fn assert_hung_up(report: &CallReport, sipp: Sipp, why_not: &str) {
+    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
+    assert!(sipp.finished().await, "{why_not}");
 }
 
 /// A 3 s browser call through a trunk whose `codecs` are Opus then PCMU, answered by sipp's
@@ -375,15 +387,13 @@ async fn renegotiated_call(test: &str, scenario: &str) -> (CallReport, serde_jso
         gateway,
         cdr,
     } = call_through_codec_trunk(test, scenario, OPUS_FIRST, &options).await;
-    assert_eq!(report.count("renegotiation_needed"), 1, "{report:?}");
-    assert_eq!(report.count("renegotiated"), 1, "{report:?}");
+    assert_renegotiated(&report, 1);
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "the tone, coded anew after the new answer, comes back: {report:?}"
     );
-    assert_eq!(report.ended.as_ref().unwrap()["reason"], "hangup");
-    assert!(sipp.finished().await, "sipp saw no call, or no BYE");
+    assert_hung_up(&report, sipp, "sipp saw no call, or no BYE").await;
     let record = gateway_tests::cdr_records(&cdr, 1).await.remove(0);
     (
         report,

@@ -14,7 +14,7 @@
 // `quality` events.
 
 import { chromium } from 'playwright-core';
-import { poll, sendingStats } from './page.mjs';
+import { poll, recordCall, restartIce, runAndReport, sendingStats } from './page.mjs';
 
 const [url, outDir, toneWav, expectHzText, digits, dropFlag] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
@@ -61,8 +61,7 @@ async function listenAgain(page) {
   return hz;
 }
 
-let failure = null; // `throw null` ends a scenario early without an error
-try {
+await runAndReport(browser, result, async () => {
   const context = await browser.newContext({ permissions: digits === '--no-mic' ? [] : ['microphone'] });
   const page = await context.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
@@ -92,7 +91,7 @@ try {
     const demo = await page.evaluate(() => window.demo);
     result.states = demo.states;
     result.shownErrors = demo.errors;
-    throw null;
+    return;
   }
   const inCall = await poll(page, () => window.demo.states.includes('in-call') || window.demo.states.includes('ended'), null, 20000);
   if (!inCall || !(await page.evaluate(() => window.demo.states.includes('in-call')))) {
@@ -125,15 +124,7 @@ try {
   }
 
   if (dropFlag === '--restart-ice') {
-    const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
-    result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
-    await page.evaluate(() => window.GatewayCall.widgets[0].restartIce());
-    await poll(page, () => {
-      const w = window.GatewayCall.widgets[0];
-      return w.restarts === 1 && !w.restarting && w.pc.signalingState === 'stable' && ['connected', 'completed'].includes(w.pc.iceConnectionState);
-    }, null, 10000);
-    result.gatewayUfragAfter = await page.evaluate(gatewayUfrag);
-    result.iceStateRestarted = await page.evaluate(() => window.GatewayCall.widgets[0].pc.iceConnectionState);
+    await restartIce(page, result);
     result.restartedPeakHz = await listenAgain(page);
   }
 
@@ -161,16 +152,5 @@ try {
   result.statusEnded = await widget.locator('#status').textContent();
   result.detailEnded = await widget.locator('#detail').textContent();
   await shot(page, '5-ended');
-  const demo = await page.evaluate(() => window.demo);
-  result.states = demo.states;
-  result.digits = demo.digits;
-  result.errors.push(...demo.errors);
-} catch (e) {
-  failure = e;
-} finally {
-  await browser.close();
-}
-if (failure) {
-  result.errors.push(String(failure.stack || failure));
-}
-console.log(JSON.stringify(result));
+  await recordCall(page, result);
+});

@@ -13,7 +13,7 @@
 // preflight() runs before the call. Every run records the widget's `quality` events.
 
 import puppeteer from 'puppeteer-core';
-import { poll, sendingStats, sleep } from './page.mjs';
+import { poll, recordCall, restartIce, runAndReport, sendingStats, sleep } from './page.mjs';
 
 const [url, expectHzText, digits, flag] = process.argv.slice(2);
 const expectHz = Number(expectHzText);
@@ -55,8 +55,7 @@ async function listen(page) {
   return hz;
 }
 
-let failure = null;
-try {
+await runAndReport(browser, result, async () => {
   const page = await browser.newPage();
   page.on('console', (m) => process.stderr.write(`page: ${m.text()}\n`));
   page.on('pageerror', (e) => result.errors.push(`page error: ${e.message}`));
@@ -86,15 +85,7 @@ try {
     result.resumedPeakHz = await listen(page);
   }
   if (flag === '--restart-ice') {
-    const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
-    result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
-    await page.evaluate(() => window.GatewayCall.widgets[0].restartIce());
-    await poll(page, () => {
-      const w = window.GatewayCall.widgets[0];
-      return w.restarts === 1 && !w.restarting && w.pc.signalingState === 'stable' && ['connected', 'completed'].includes(w.pc.iceConnectionState);
-    }, null, 10000);
-    result.gatewayUfragAfter = await page.evaluate(gatewayUfrag);
-    result.iceStateRestarted = await page.evaluate(() => window.GatewayCall.widgets[0].pc.iceConnectionState);
+    await restartIce(page, result);
     await page.evaluate(() => { window.demo.peakHz = 0; });
     result.restartedPeakHz = await listen(page);
   }
@@ -111,16 +102,5 @@ try {
   result.quality = await page.evaluate(() => window.qualityEvents);
   await page.click('.gateway-call >>> #call');
   await poll(page, () => window.demo.states.includes('ended'), null, 10000);
-  const demo = await page.evaluate(() => window.demo);
-  result.states = demo.states;
-  result.digits = demo.digits;
-  result.errors.push(...demo.errors);
-} catch (e) {
-  failure = e;
-} finally {
-  await browser.close();
-}
-if (failure) {
-  result.errors.push(String(failure.stack || failure));
-}
-console.log(JSON.stringify(result));
+  await recordCall(page, result);
+});

@@ -32,3 +32,40 @@ export async function sendingStats() {
   });
   return { fmtp, bytes, packets, bytesPerPacket: packets ? bytes / packets : 0 };
 }
+
+// What the page recorded of its call, into `result`: the states it went through, the digits
+// it heard back, and its errors.
+export async function recordCall(page, result) {
+  const demo = await page.evaluate(() => window.demo);
+  result.states = demo.states;
+  result.digits = demo.digits;
+  result.errors.push(...demo.errors);
+}
+
+// Runs `scenario`, closes `browser` however it went, and prints `result` as one JSON line,
+// the scenario's failure among its errors.
+export async function runAndReport(browser, result, scenario) {
+  try {
+    await scenario();
+  } catch (e) {
+    result.errors.push(String(e.stack || e));
+  } finally {
+    await browser.close();
+  }
+  console.log(JSON.stringify(result));
+}
+
+// Has the widget restart ICE (as on a network change) and waits until the call is connected
+// again; records into `result` the gateway's ICE username fragment before and after, and the
+// ICE state reached.
+export async function restartIce(page, result) {
+  const gatewayUfrag = () => (window.GatewayCall.widgets[0].pc.remoteDescription.sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
+  result.gatewayUfragBefore = await page.evaluate(gatewayUfrag);
+  await page.evaluate(() => window.GatewayCall.widgets[0].restartIce());
+  await poll(page, () => {
+    const w = window.GatewayCall.widgets[0];
+    return w.restarts === 1 && !w.restarting && w.pc.signalingState === 'stable' && ['connected', 'completed'].includes(w.pc.iceConnectionState);
+  }, null, 10000);
+  result.gatewayUfragAfter = await page.evaluate(gatewayUfrag);
+  result.iceStateRestarted = await page.evaluate(() => window.GatewayCall.widgets[0].pc.iceConnectionState);
+}

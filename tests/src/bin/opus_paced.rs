@@ -14,11 +14,8 @@
 
 use std::time::{Duration, Instant};
 
-use audiopus::coder::Decoder;
-use audiopus::packet::Packet;
-use audiopus::{Channels, MutSignals, SampleRate};
-use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
-use gateway_tests::floor::{floor_encoder, load_signal};
+use gateway::media::opus::EncoderSettings;
+use gateway_tests::floor::{FloorCall, load_signal};
 
 /// Frames of signal, cycled (ten seconds).
 const FRAMES: usize = 500;
@@ -40,23 +37,13 @@ fn main() {
     let busy = args.iter().any(|a| a == "--busy");
     let settings = EncoderSettings::default();
     let (packets, frames) = load_signal(FRAMES);
-    let mut coders: Vec<_> = (0..calls)
-        .map(|_| {
-            let decoder = Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap();
-            (floor_encoder(settings), decoder)
-        })
-        .collect();
-    let mut decoded = [0i16; FRAME_SAMPLES_8K];
-    let mut encoded = [0u8; 400];
+    let mut coders: Vec<FloorCall> = (0..calls).map(|_| FloorCall::new(settings)).collect();
     let ticks = seconds * 50;
     let (cpu_before, start) = (cpu_seconds(), Instant::now());
     for tick in 0..ticks {
         let k = tick as usize % FRAMES;
-        for (encoder, decoder) in &mut coders {
-            let packet = Packet::try_from(packets[k].as_slice()).unwrap();
-            let signals = MutSignals::try_from(&mut decoded[..]).unwrap();
-            std::hint::black_box(decoder.decode(Some(packet), signals, false).unwrap());
-            std::hint::black_box(encoder.encode(&frames[k], &mut encoded).unwrap());
+        for call in &mut coders {
+            call.code(&packets[k], &frames[k]);
         }
         if !busy {
             let next = start + Duration::from_millis(20 * (tick + 1));
