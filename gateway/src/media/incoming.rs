@@ -393,10 +393,8 @@ fn control(header: &libc::msghdr) -> Told {
                 }
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
                     let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
-                    // The header's destination (`ipi_addr`), in network order.
-                    told.to = Some(IpAddr::from(
-                        u32::from_be(info.ipi_addr.s_addr).to_be_bytes(),
-                    ));
+                    // The header's destination (`ipi_addr`), its bytes in network order.
+                    told.to = Some(IpAddr::from(info.ipi_addr.s_addr.to_ne_bytes()));
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                     let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());

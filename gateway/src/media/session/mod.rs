@@ -117,6 +117,17 @@ pub enum Received {
     Nothing,
 }
 
+/// Whether a stream's socket is connected to the source it latched to (`connect(2)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    /// Not tried for the latched source, or none latched.
+    Untried,
+    /// Tried once, and left unconnected.
+    Declined,
+    /// Connected: the kernel hands the socket that source's datagrams alone.
+    Connected,
+}
+
 /// An RTP stream towards one trunk peer.
 #[derive(Debug)]
 pub struct RtpStream {
@@ -131,10 +142,8 @@ pub struct RtpStream {
     remote: Option<RemoteMedia>,
     /// Where the peer's RTP actually comes from; we send there (symmetric RTP, RFC 4961).
     latched: Option<SocketAddr>,
-    /// The latched source, once the socket is connected to it ([`Self::handle_received`]).
-    connected: Option<SocketAddr>,
-    /// The latched source a connect was tried for: tried once, kept or not.
-    tried: Option<SocketAddr>,
+    /// Whether the socket is connected to the latched source ([`Self::handle_received`]).
+    connection: Connection,
     /// Which sources may be latched to.
     source: RtpSource,
     /// The trunk's SIP address: behind NAT its media comes from there, not from the SDP's IP.
@@ -208,8 +217,7 @@ impl RtpStream {
             sender_socket: Arc::new(socket),
             remote: None,
             latched: None,
-            connected: None,
-            tried: None,
+            connection: Connection::Untried,
             source: RtpSource::default(),
             signalling_ip: None,
             drops: None,
@@ -285,7 +293,6 @@ impl RtpStream {
     pub fn set_remote(&mut self, remote: RemoteMedia) {
         if self.remote.is_some_and(|r| r.addr != remote.addr) {
             self.latched = None;
-            self.tried = None;
             self.disconnect();
         }
         if self.remote.is_none_or(|r| r.codec != remote.codec) {
@@ -420,7 +427,7 @@ impl RtpStream {
         };
         // A connected socket sends without an address: the kernel keeps the route it found at
         // `connect` rather than looking it up for every datagram.
-        let to = (self.connected != Some(dest)).then_some(dest);
+        let to = (self.connection != Connection::Connected).then_some(dest);
         let sent = match (remote.srtp, self.srtp.as_mut()) {
             (None, _) => outgoing::send(&self.sender_socket, &self.out[..len], to),
             (Some(_), Some(srtp)) => match srtp.protect(&mut self.out, len) {
@@ -522,27 +529,26 @@ impl RtpStream {
         pcm: &mut [i16],
     ) -> Received {
         let heard = self.handle_datagram(data, got.source, got.at, pcm);
-        if self.latched == Some(got.source) && self.tried != self.latched {
-            self.tried = self.latched;
-            self.connect(got.source, got.to);
+        if self.latched == Some(got.source) && self.connection == Connection::Untried {
+            self.connection = match incoming::hear_only(&self.sender_socket, got.source, got.to) {
+                Ok(true) => Connection::Connected,
+                Ok(false) => {
+                    tracing::debug!(peer = %got.source, to = ?got.to, "RTP socket left unconnected: its trunk sends to another of our addresses");
+                    Connection::Declined
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %got.source, error = %e, "RTP socket not connected to its trunk");
+                    Connection::Declined
+                }
+            };
         }
         heard
     }
 
-    /// Connects the socket to `peer`, whose datagram was sent to `to`, where it may.
-    fn connect(&mut self, peer: SocketAddr, to: Option<IpAddr>) {
-        match incoming::hear_only(&self.sender_socket, peer, to) {
-            Ok(true) => self.connected = Some(peer),
-            Ok(false) => {
-                tracing::debug!(%peer, ?to, "RTP socket left unconnected: its trunk sends to another of our addresses")
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "RTP socket not connected to its trunk"),
-        }
-    }
-
-    /// Undoes [`Self::connect`]: the socket hears every source again (the stream's peer moved).
+    /// Undoes [`Self::handle_received`]'s connect: every source is heard, the next latch tried.
     fn disconnect(&mut self) {
-        if self.connected.take().is_some()
+        let was = std::mem::replace(&mut self.connection, Connection::Untried);
+        if was == Connection::Connected
             && let Err(e) = incoming::disconnect(&self.sender_socket)
         {
             tracing::warn!(error = %e, "RTP socket not disconnected from its old peer");
