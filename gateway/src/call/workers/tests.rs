@@ -295,3 +295,49 @@ fn a_worker_with_few_calls_or_no_turn_never_waits() {
     assert!(waited(pace(1000, Duration::ZERO)) < turn / 2);
     assert!(waited(pace(PACED_FROM_CALLS, turn)) >= turn / 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_gauge_shows_its_ring_failing_while_it_runs_and_its_datagram_still_goes() {
+    let workers = MediaWorkers::start(1, Duration::from_millis(2), true).unwrap();
+    if workers.io_uring() != [true] {
+        eprintln!("no io_uring here: the worker never had a ring to lose");
+        return;
+    }
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.connect(receiver.local_addr().unwrap()).unwrap();
+    let sender = Arc::new(sender);
+    let (tx, rx) = oneshot::channel();
+    workers.spawn(async move {
+        // A profile that lets the worker's thread keep its ring but no longer enter it, as
+        // a seccomp profile tightened under a running gateway would.
+        let refused =
+            crate::media::outgoing::tests::refuse_on_this_thread(nix::libc::SYS_io_uring_enter);
+        if refused {
+            crate::media::outgoing::send(&sender, b"after", None).unwrap();
+        }
+        let _ = tx.send(refused);
+    });
+    if !rx.await.unwrap() {
+        eprintln!("no seccomp filter for this test: the ring's failure is not tested");
+        return;
+    }
+    let mut buf = [0u8; 16];
+    let n = receiver
+        .recv(&mut buf)
+        .expect("the datagram held when the ring failed");
+    assert_eq!(&buf[..n], b"after");
+    for _ in 0..100 {
+        if workers.io_uring() == [false] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the gauge still shows a ring the worker dropped: {:?}",
+        workers.io_uring()
+    );
+}

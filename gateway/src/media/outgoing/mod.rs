@@ -248,7 +248,7 @@ fn send_now(socket: &UdpSocket, bytes: &[u8], to: Option<SocketAddr>) -> std::io
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use nix::libc;
 
@@ -328,7 +328,7 @@ mod tests {
     /// From now on this thread's system call `number` fails with `EPERM`, as under a
     /// container's seccomp profile: a filter of this thread alone (seccomp(2),
     /// `SECCOMP_MODE_FILTER` without `TSYNC`). False where the kernel refuses the filter.
-    fn refuse_on_this_thread(number: libc::c_long) -> bool {
+    pub(crate) fn refuse_on_this_thread(number: libc::c_long) -> bool {
         let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
             code: code as u16,
             jt,
