@@ -223,7 +223,8 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
     text.push_str(
         "# HELP gateway_media_worker_io_uring Whether each media worker thread sends through \
          io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, the kernel \
-         or a seccomp profile refused io_uring, or the ring failed; the log says which).\n\
+         or a seccomp profile refused io_uring, or the ring failed or refused sends; the log \
+         says which).\n\
          # TYPE gateway_media_worker_io_uring gauge\n",
     );
     for (worker, ring) in ctx.workers.io_uring().into_iter().enumerate() {

@@ -481,7 +481,8 @@ impl MediaWorkers {
     }
 
     /// Whether each worker's thread sends through an io_uring ring (for `/metrics`): not where
-    /// `[media] io_uring` is off, the kernel refused the ring, or the ring failed since.
+    /// `[media] io_uring` is off, the kernel refused the ring, or the ring failed or refused
+    /// sends since.
     pub fn io_uring(&self) -> Vec<bool> {
         self.workers
             .iter()

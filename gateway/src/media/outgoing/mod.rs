@@ -85,6 +85,17 @@ pub fn hold_on_this_thread(use_ring: bool) {
     });
 }
 
+/// Tests: from now on this thread holds what [`send`] is given, to send through `ring`.
+#[cfg(test)]
+fn hold_with_ring(ring: ring::Ring) {
+    HELD.with(|h| {
+        *h.borrow_mut() = Some(Held {
+            ring: Some(ring),
+            ..Held::default()
+        })
+    });
+}
+
 /// Whether this thread sends its turns through a submission ring.
 pub fn sends_with_ring() -> bool {
     HELD.with(|h| h.borrow().as_ref().is_some_and(|held| held.ring.is_some()))
@@ -139,11 +150,29 @@ pub fn flush() {
         let Some(held) = h.as_mut() else {
             return;
         };
+        let mut ring_refused = None;
         let by_ring = held.ring.as_mut().map(|ring| {
             ring.send(&held.datagrams, &held.bytes, &mut |d, e| {
-                log_failure(Err(e), d.to)
+                let again = refused_by_ring(&e)
+                    .then(|| send_now(&d.socket, &held.bytes[d.start..d.end], d.to));
+                match again {
+                    // Sent the plain way where the ring would not: the ring is at fault.
+                    Some(Ok(())) => ring_refused = Some(e),
+                    Some(Err(plain)) => log_failure(Err(plain), d.to),
+                    None => log_failure(Err(e), d.to),
+                }
             })
         });
+        if let Some(e) = ring_refused {
+            // Every datagram it refused went the plain way; the next turns' go that way too,
+            // rather than each failing first.
+            held.ring = None;
+            tracing::warn!(
+                error = %e,
+                "media sends: the io_uring ring refused datagrams that sendmsg sent; this \
+                 worker sends with sendmmsg and sendto from now on"
+            );
+        }
         let sent = match by_ring {
             Some(Ok(())) => true,
             Some(Err(e)) => {
@@ -232,6 +261,19 @@ fn send_together(
         };
         rest = &rest[sent..];
     }
+}
+
+/// Whether a datagram's failure in the ring may be the ring's own rather than the network's:
+/// an entry the kernel's io_uring would not run — an operation it lacks (`EINVAL`,
+/// `EOPNOTSUPP`) or one its restrictions or a security module deny (`EACCES`) — where
+/// `sendmsg(2)` may well succeed. A failure the socket reports (`ECONNREFUSED` after an
+/// ICMP error, `EAGAIN` on a full buffer) is not tried again: a second send would succeed
+/// for reasons of its own and blame the ring.
+fn refused_by_ring(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::EINVAL | nix::libc::EOPNOTSUPP | nix::libc::EACCES)
+    )
 }
 
 fn log_failure(sent: std::io::Result<()>, to: Option<SocketAddr>) {
@@ -368,6 +410,27 @@ pub(crate) mod tests {
         }
     }
 
+    /// On this thread, whose ring `fail` makes fail (false where it cannot): a batch of three
+    /// datagrams on two sockets each arrives once and in order, the ring is dropped, and the
+    /// next batch goes without it.
+    fn a_failed_rings_batch_goes_the_plain_way(fail: impl FnOnce() -> bool) {
+        let (connected, a) = pair();
+        let (unconnected, b) = pair();
+        send(&connected, b"one", None).unwrap();
+        send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
+        send(&connected, b"three", None).unwrap();
+        if !fail() {
+            return;
+        }
+        flush();
+        assert_eq!(received(&a), vec![b"one".to_vec(), b"three".to_vec()]);
+        assert_eq!(received(&b), vec![b"two".to_vec()]);
+        assert!(!sends_with_ring(), "a ring that failed is not used again");
+        send(&connected, b"four", None).unwrap();
+        flush();
+        assert_eq!(received(&a), vec![b"four".to_vec()]);
+    }
+
     #[test]
     fn a_ring_the_kernel_stops_using_is_dropped_and_its_batch_goes_the_other_way() {
         std::thread::spawn(|| {
@@ -376,24 +439,63 @@ pub(crate) mod tests {
                 eprintln!("no io_uring here: nothing to fail");
                 return;
             }
-            let (connected, a) = pair();
-            let (unconnected, b) = pair();
-            send(&connected, b"one", None).unwrap();
-            send(&unconnected, b"two", Some(b.local_addr().unwrap())).unwrap();
-            send(&connected, b"three", None).unwrap();
-            // A profile that lets a process set a ring up but not use it.
-            if !refuse_on_this_thread(libc::SYS_io_uring_enter) {
-                eprintln!("no seccomp filter for this test: the ring's failure is not tested");
+            a_failed_rings_batch_goes_the_plain_way(|| {
+                // A profile that lets a process set a ring up but not use it: the entries
+                // the ring did not take go with the batch.
+                let refused = refuse_on_this_thread(libc::SYS_io_uring_enter);
+                if !refused {
+                    eprintln!("no seccomp filter for this test: the ring's failure is not tested");
+                }
+                refused
+            });
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_ring_that_refuses_its_sends_is_dropped_and_what_it_refused_goes_the_plain_way() {
+        std::thread::spawn(|| {
+            match ring::Ring::refusing_sends(8) {
+                Ok(ring) => hold_with_ring(ring),
+                Err(e) => {
+                    eprintln!("no restricted io_uring here ({e}): the refusal is not tested");
+                    return;
+                }
+            };
+            assert!(sends_with_ring());
+            a_failed_rings_batch_goes_the_plain_way(|| true);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_peer_that_is_not_listening_does_not_cost_a_worker_its_ring() {
+        std::thread::spawn(|| {
+            hold_on_this_thread(true);
+            if !sends_with_ring() {
+                eprintln!("no io_uring here: nothing to keep");
                 return;
             }
-            flush();
-            // Each once, in order: the entries the ring did not take went with it.
-            assert_eq!(received(&a), vec![b"one".to_vec(), b"three".to_vec()]);
-            assert_eq!(received(&b), vec![b"two".to_vec()]);
-            assert!(!sends_with_ring(), "a ring that failed is not used again");
-            send(&connected, b"four", None).unwrap();
-            flush();
-            assert_eq!(received(&a), vec![b"four".to_vec()]);
+            // A port nobody listens on: the first send goes, the ICMP port unreachable it
+            // meets makes the socket's next send fail with ECONNREFUSED (udp(7)).
+            let closed = UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.connect(closed).unwrap();
+            let socket = Arc::new(socket);
+            for _ in 0..3 {
+                send(&socket, b"anyone?", None).unwrap();
+                flush();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                sends_with_ring(),
+                "a refusal by the network is the network's, not the ring's"
+            );
         })
         .join()
         .unwrap();

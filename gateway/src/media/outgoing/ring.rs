@@ -20,7 +20,9 @@
 //! Where the kernel has no io_uring for the gateway (`kernel.io_uring_disabled`, a
 //! container's seccomp profile that refuses `io_uring_setup`, a kernel built without it or
 //! older than 5.6, which cannot say whether its ring sends datagrams),
-//! [`Ring::new`] says why and the worker sends as before, with `sendmmsg` and `sendto`.
+//! [`Ring::new`] says why and the worker sends as before, with `sendmmsg` and `sendto`. A
+//! ring the kernel stops taking, or whose sends it refuses where `sendmsg(2)` goes, is
+//! dropped by the worker (`super::flush`), which then sends the same way.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -56,6 +58,28 @@ impl Ring {
             // entry it cannot take then stops the submission, and `send_batch` submits the
             // rest again.
             .or_else(|_| IoUring::new(entries))?;
+        Ring::probed(ring, entries)
+    }
+
+    /// A ring whose every `IORING_OP_SENDMSG` entry the kernel refuses (`EACCES`), though
+    /// its probe says the kernel has them: io_uring's restrictions (5.10) let it run no-ops
+    /// alone, as a security module or a kernel that refuses entries for reasons of its own
+    /// would.
+    #[cfg(test)]
+    pub(super) fn refusing_sends(entries: u32) -> io::Result<Ring> {
+        use io_uring::register::Restriction;
+        let ring = IoUring::builder().setup_r_disabled().build(entries)?;
+        ring.submitter().register_restrictions(&mut [
+            Restriction::sqe_op(opcode::Nop::CODE),
+            // IORING_REGISTER_PROBE (include/uapi/linux/io_uring.h), which `probed` asks.
+            Restriction::register_op(8),
+        ])?;
+        ring.submitter().register_enable_rings()?;
+        Ring::probed(ring, entries)
+    }
+
+    /// `ring`, where its kernel says it sends datagrams.
+    fn probed(ring: IoUring, entries: u32) -> io::Result<Ring> {
         // Linux 5.1 and 5.2 have rings but no `IORING_OP_SENDMSG` (5.3): there every entry
         // would fail, and the worker's datagrams with it. Probing needs 5.6; a kernel that
         // cannot say is taken for one without.
