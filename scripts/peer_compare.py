@@ -18,6 +18,13 @@ and the libopus floor of the same run.
   coders a frame each in turn ("load floor, 50 calls in turn"), each coder's state then
   waiting while the others' pass through the core's caches. The goals are set against the
   load floor.
+- floor beside each round: the same load floor's work (one call's coders, frame after frame,
+  `opus-paced --busy --calls 1`, tests/src/bin/opus_paced.rs), measured by its process's CPU
+  time just before and just after the gateway's run in each round, and the gateway's cost
+  that round set against their mean. Why: the box's speed drifts within minutes (the load
+  floor read 46 and 73 µs a frame five minutes apart one night, docs/benchmarks-history.md),
+  and the criterion floor, measured once after all rounds, may meet another minute than the
+  gateway did. The per-round ratios' median is printed beside the criterion floor's ratio.
 
 CPU is the media process's own (utime + stime from /proc) over a steady window once every
 call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's ng `list`).
@@ -140,6 +147,22 @@ def floor_pct(complexity):
     return floors
 
 
+def floor_beside(complexity):
+    """The load floor now, % of a core per call: one call's Opus coders frame after frame
+    (`opus-paced --busy --calls 1`), 1,000 seconds of audio (about 2–4 s of CPU)."""
+    env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
+    binary = ROOT / "target/release/opus-paced"
+    if not binary.exists():
+        sys.exit(f"{binary} is missing: run without --no-build, or build it with "
+                 "`cargo build --release -p gateway-tests --bin opus-paced`")
+    out = subprocess.run([str(binary), "--busy", "--calls", "1", "--seconds", "1000"],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    m = re.search(r"\(([0-9.]+) µs a frame both ways\)", out)
+    if not m:
+        sys.exit(f"no figure in opus-paced's output: {out!r}")
+    return round(float(m.group(1)) * 50 / 1e6 * 100, 4)
+
+
 def run_gateway(n, window, complexity=None, turn_ms=None):
     text = config(n + 100) + media_section(complexity, turn_ms=turn_ms)
     (OUT / "gateway.toml").write_text(text)
@@ -205,7 +228,7 @@ def main():
     if not a.no_build:
         subprocess.run(["cargo", "build", "--release", "--locked", "-p", "gateway", "-p",
                         "gateway-tests", "--bin", "gateway", "--bin", "loadgen", "--bin",
-                        "rtpengine-ws"], cwd=ROOT, check=True)
+                        "rtpengine-ws", "--bin", "opus-paced"], cwd=ROOT, check=True)
     OUT.mkdir(parents=True, exist_ok=True)
     version = subprocess.run(["rtpengine", "--version"], capture_output=True, text=True)
     version = (version.stdout + version.stderr).strip()
@@ -215,10 +238,23 @@ def main():
          "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
         cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rounds = []
+
+    def bracketed(run):
+        # The floor just before and just after the run, unless told to skip the floor.
+        if a.no_floor:
+            return run()
+        before = floor_beside(a.complexity)
+        row = run()
+        after = floor_beside(a.complexity)
+        row["floor_beside_pct_per_call"] = round((before + after) / 2, 4)
+        row["floor_beside_before_after"] = [before, after]
+        return row
+
     try:
         for r in range(a.rounds):
             # Alternate who goes first, so neither always meets the box warmer.
-            order = [("gateway", lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms)),
+            order = [("gateway", lambda: bracketed(
+                          lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms))),
                      ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
             row = {}
             for name, run in (order if r % 2 == 0 else order[::-1]):
@@ -244,6 +280,8 @@ def main():
     g, e = table["gateway"], table["rtpengine"]
     ratios = [r["rtpengine"]["gateway_cpu_pct_per_call"] / r["gateway"]["gateway_cpu_pct_per_call"]
               for r in rounds if r["gateway"]["gateway_cpu_pct_per_call"]]
+    beside = [r["gateway"]["gateway_cpu_pct_per_call"] / r["gateway"]["floor_beside_pct_per_call"]
+              for r in rounds if r["gateway"].get("floor_beside_pct_per_call")]
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
         f"{cpu}, {os.cpu_count()} cores; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
@@ -268,6 +306,11 @@ def main():
                      f"{e['gateway_rss_mb_per_call'] / g['gateway_rss_mb_per_call']:.2f}×"
                      + (f" (anonymous: {e['gateway_anon_mb_per_call'] / g['gateway_anon_mb_per_call']:.2f}×)"
                         if e["gateway_anon_mb_per_call"] and g["gateway_anon_mb_per_call"] else ""))
+    if beside:
+        lines.append(f"gateway / libopus floor beside each round (opus-paced --busy --calls 1, before "
+                     f"and after the gateway's run: "
+                     f"{', '.join(str(r['gateway']['floor_beside_pct_per_call']) for r in rounds)} %): "
+                     f"{', '.join(f'{x:.2f}×' for x in beside)}; median {median(beside):.2f}×")
     if floor:
         lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}× "
                      f"(against the speech-like signal's: {g['gateway_cpu_pct_per_call'] / floors['speech_like']:.2f}×)")
@@ -275,7 +318,8 @@ def main():
         {"calls": a.calls, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
          "floor_speech_like_pct_per_call": floors and floors["speech_like"],
          "floor_calls_in_turn_pct_per_call": floors and floors["calls"],
-         "ratio_rtpengine_over_gateway": ratios, "rtpengine": version}, indent=2))
+         "ratio_rtpengine_over_gateway": ratios, "ratio_gateway_over_floor_beside": beside,
+         "rtpengine": version}, indent=2))
     (OUT / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

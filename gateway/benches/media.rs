@@ -26,11 +26,11 @@ use audiopus::{Channels, MutSignals, SampleRate};
 use criterion::Criterion;
 use gateway::media::bridge::Bridge;
 use gateway::media::g711::G711;
-use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
+use gateway::media::opus::FRAME_SAMPLES_8K;
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
-use gateway_tests::floor::{FloorCall, load_signal};
+use gateway_tests::floor::{FloorCall, load_signal, settings_from_env};
 
 const FRAMES: usize = 500;
 
@@ -58,24 +58,7 @@ fn signal() -> Vec<[i16; FRAME_SAMPLES_8K]> {
 }
 
 fn main() {
-    // OPUS_COMPLEXITY=0..10 measures another setting (the gateway's `media.opus_complexity`).
-    let complexity = std::env::var("OPUS_COMPLEXITY")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(EncoderSettings::default().complexity);
-    let settings = EncoderSettings {
-        complexity,
-        // One complexity per run, lossy or not, so pipeline and floor encode alike (the
-        // gateway itself switches to `complexity_under_loss` while FEC is coded).
-        complexity_under_loss: complexity,
-        // The default is a clean path (the browser reports no loss: no FEC is coded);
-        // OPUS_LOSS_PCT=N measures the encoder protecting against N % loss with in-band FEC.
-        expected_loss_pct: std::env::var("OPUS_LOSS_PCT")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(EncoderSettings::default().expected_loss_pct),
-        ..EncoderSettings::default()
-    };
+    let settings = settings_from_env();
     println!(
         "Opus complexity {}, expected loss {} %",
         settings.complexity, settings.expected_loss_pct

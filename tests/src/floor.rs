@@ -38,6 +38,24 @@ impl FloorCall {
     }
 }
 
+/// The settings a floor codes at: the gateway's defaults, or another complexity
+/// (`OPUS_COMPLEXITY=0..10`, the gateway's `media.opus_complexity`) or in-band FEC against an
+/// expected loss (`OPUS_LOSS_PCT=N`) from the environment. One complexity whether lossy or
+/// not, so pipeline and floor encode alike (the gateway itself switches to
+/// `complexity_under_loss` while FEC is coded).
+pub fn settings_from_env() -> EncoderSettings {
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let complexity = var("OPUS_COMPLEXITY").unwrap_or(EncoderSettings::default().complexity);
+    EncoderSettings {
+        complexity,
+        complexity_under_loss: complexity,
+        // The default is a clean path (the browser reports no loss: no FEC is coded).
+        expected_loss_pct: var("OPUS_LOSS_PCT")
+            .unwrap_or(EncoderSettings::default().expected_loss_pct),
+        ..EncoderSettings::default()
+    }
+}
+
 /// An encoder with the gateway's settings (`gateway::media::opus::OpusEncoder`).
 fn floor_encoder(settings: EncoderSettings) -> Encoder {
     let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();

@@ -10,12 +10,12 @@
 //! floor's — the same signal, settings and frames — but paced as real calls are.
 //!
 //! Usage: `opus-paced [--calls 50] [--seconds 10]`; add `--busy` to code frame after frame
-//! instead (the criterion floor's way, for comparison in the same run).
+//! instead (the criterion floor's way, for comparison in the same run). `OPUS_COMPLEXITY` and
+//! `OPUS_LOSS_PCT` set the encoder as for the criterion bench (`settings_from_env`).
 
 use std::time::{Duration, Instant};
 
-use gateway::media::opus::EncoderSettings;
-use gateway_tests::floor::{FloorCall, load_signal};
+use gateway_tests::floor::{FloorCall, load_signal, settings_from_env};
 
 /// Frames of signal, cycled (ten seconds).
 const FRAMES: usize = 500;
@@ -35,7 +35,7 @@ fn main() {
     let calls = value("--calls", 50) as usize;
     let seconds = value("--seconds", 10);
     let busy = args.iter().any(|a| a == "--busy");
-    let settings = EncoderSettings::default();
+    let settings = settings_from_env();
     let (packets, frames) = load_signal(FRAMES);
     let mut coders: Vec<FloorCall> = (0..calls).map(|_| FloorCall::new(settings)).collect();
     let ticks = seconds * 50;
