@@ -113,12 +113,18 @@ def wait_rtpengine(timeout=20):
     sys.exit("rtpengine did not come up; see target/peer-compare/rtpengine.log")
 
 
+def opus_env(complexity):
+    """The environment for a floor's run: ours, with the gateway's Opus complexity where one
+    was given (`OPUS_COMPLEXITY`, which the bench and `opus-paced` read)."""
+    return {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
+
+
 def floor_pct(complexity):
     """The libopus floors per call (decode + encode, 50 frames a second) at the gateway's
     settings, % of a core: of the load's signal ("load"), the same for 50 calls' coders a
     frame each in turn ("calls", their states then out of the core's caches, as in a box
     carrying those calls), and of the bench's speech-like signal ("speech_like")."""
-    env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
+    env = opus_env(complexity)
     # `cargo bench -p gateway` also links target/release/gateway, with the features of the
     # gateway alone rather than those the build above unifies with gateway-tests': keep the
     # binary that was measured (or put in place to be measured) for the next run.
@@ -150,7 +156,7 @@ def floor_pct(complexity):
 def floor_beside(complexity):
     """The load floor now, % of a core per call: one call's Opus coders frame after frame
     (`opus-paced --busy --calls 1`), 1,000 seconds of audio (about 2–4 s of CPU)."""
-    env = {**os.environ, **({"OPUS_COMPLEXITY": str(complexity)} if complexity is not None else {})}
+    env = opus_env(complexity)
     binary = ROOT / "target/release/opus-paced"
     if not binary.exists():
         sys.exit(f"{binary} is missing: run without --no-build, or build it with "
