@@ -3,18 +3,20 @@
 
 use std::hint::black_box;
 
-use audiopus::coder::{Decoder, Encoder};
+use audiopus::coder::Decoder;
 use audiopus::packet::Packet;
-use audiopus::{Application, Bandwidth, Bitrate, Channels, MutSignals, SampleRate, Signal};
+use audiopus::{Channels, MutSignals, SampleRate};
 use gateway::media::g711::G711;
-use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
+use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K, OpusEncoder};
 
 use crate::client::{CallOptions, tone_loop_for};
 
-/// One call's Opus coders as the floor runs them, straight through audiopus: a decoder for
-/// the browser's packets and an encoder with the gateway's settings for what goes back.
+/// One call's Opus coders as the floor runs them, with nothing around them: a decoder for
+/// the browser's packets, straight through audiopus, and the gateway's own encoder
+/// ([`OpusEncoder`], a call to `opus_encode` once set up), so the floor codes at the settings
+/// the gateway sets and cannot drift from them.
 pub struct FloorCall {
-    encoder: Encoder,
+    encoder: OpusEncoder,
     decoder: Decoder,
 }
 
@@ -22,7 +24,7 @@ impl FloorCall {
     /// A call's coders at `settings`.
     pub fn new(settings: EncoderSettings) -> FloorCall {
         FloorCall {
-            encoder: floor_encoder(settings),
+            encoder: OpusEncoder::new(settings).unwrap(),
             decoder: Decoder::new(SampleRate::Hz8000, Channels::Mono).unwrap(),
         }
     }
@@ -54,19 +56,6 @@ pub fn settings_from_env() -> EncoderSettings {
             .unwrap_or(EncoderSettings::default().expected_loss_pct),
         ..EncoderSettings::default()
     }
-}
-
-/// An encoder with the gateway's settings (`gateway::media::opus::OpusEncoder`).
-fn floor_encoder(settings: EncoderSettings) -> Encoder {
-    let mut e = Encoder::new(SampleRate::Hz8000, Channels::Mono, Application::Voip).unwrap();
-    e.set_complexity(settings.complexity).unwrap();
-    e.set_signal(Signal::Voice).unwrap();
-    e.set_max_bandwidth(Bandwidth::Narrowband).unwrap();
-    e.set_bitrate(Bitrate::BitsPerSecond(24_000)).unwrap();
-    e.set_inband_fec(true).unwrap();
-    e.set_packet_loss_perc(settings.expected_loss_pct).unwrap();
-    e.set_dtx(settings.dtx).unwrap();
-    e
 }
 
 /// What the load's callers send, and what the gateway's encoder is then given, a frame at a
