@@ -12,7 +12,7 @@ usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1
        [--workers N] [--turn-ms N] [--no-io-uring] [--complexity N]
        [--opus-trunk | --g722-trunk | --trunk-codecs LIST] [--no-build] [--full-band]
        [--media-load-pct N]
-       [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile]
+       [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile] [--awake]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 With --profile each step's window is also recorded with `perf` (sampling at 999 Hz, with call
@@ -21,10 +21,13 @@ gateway's time went — libopus, the kernel (and within it each system call, and
 delivery to the generator and sipp that runs inside the gateway's sends), the gateway's own
 code and its busiest functions, libc — as shares of the samples and as % of a core per call.
 `perf` takes some of the box while it records: compare profiled steps with each other.
+With --awake every CPU also runs a spinner at the lowest priority there is (SCHED_IDLE, one
+per CPU, killed at the end), so no core ever goes idle: see `cores_kept_awake`.
 Bounded: every step ends within its call length plus the generator's own 30 s limit.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +65,34 @@ def memory_mb(pid):
     status = Path(f"/proc/{pid}/status").read_text()
     anon_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:"))
     return rss_mb(pid), anon_kb * 1024 / 1e6
+
+
+@contextlib.contextmanager
+def cores_kept_awake(enabled=True):
+    """While in it (when `enabled`), a spinner on each CPU this process may use, at SCHED_IDLE:
+    it runs only when nothing else wants the CPU, so the CPU never idles, and it takes no time
+    from the gateway, the peers or the generator, whose CPU is measured per process.
+
+    Why: on a virtual machine an idle CPU halts (HLT leaves the guest), and the host may then
+    run other work on that core and take its caches. A paced process pays for that after each
+    sleep: on the Intel host, a pass over 1 MB took 28.6 µs after a 2 ms sleep against 6.5 µs
+    back to back and 10.6 µs with a spinner keeping the core (docs/benchmarks-history.md,
+    "2026-12-05, late night"). The libopus floor codes frame after frame and never sleeps, and
+    rtpengine's busier threads sleep less than the gateway's one worker: with the cores kept
+    awake, every party is measured on a core that keeps its caches. It is a measuring aid, not
+    a deployment setting: the spinners burn the cores' idle time."""
+    spinners = []
+    try:
+        if enabled:
+            for cpu in sorted(os.sched_getaffinity(0)):
+                spinners.append(subprocess.Popen(
+                    ["taskset", "-c", str(cpu), "chrt", "--idle", "0",
+                     sys.executable, "-c", "while True: pass"]))
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def wait_http(port, timeout=20):
@@ -432,6 +463,9 @@ def main():
                       help="record each step's window with perf and print where the time went")
     args.add_argument("--pin", action="store_true",
                       help="gateway on CPU 0 only; generator and sipp on the other CPUs")
+    args.add_argument("--awake", action="store_true",
+                      help="keep every CPU from idling with a lowest-priority spinner (see "
+                      "cores_kept_awake): the cost on a core that keeps its caches")
     a = args.parse_args()
     if a.full_band:
         LOADGEN_EXTRA.append("--full-band")
@@ -467,38 +501,39 @@ def main():
         text = text.replace("[trunks.echo]\n", f"[trunks.echo]\ncodecs = [{codecs}]\n")
     (OUT / "gateway.toml").write_text(text)
     runs = []
-    for run in range(a.runs):
-        sipp = subprocess.Popen(
-            others_prefix + ["sipp", "-sf", str(ROOT / "tests/sipp" / scenario), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
-             "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
-            cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        gateway = subprocess.Popen(
-            gateway_prefix + [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
-            stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
-        stop = threading.Event()
-        try:
-            wait_http(HTTP_PORT)
-            if a.trace:
-                threading.Thread(target=trace, args=(OUT / f"trace-{run + 1}.jsonl", stop),
-                                 daemon=True).start()
-            # Memory per call is measured against the gateway before its first call: what an
-            # earlier step left allocated (the allocator keeps freed pages) must not be
-            # subtracted from a later one.
-            idle = memory_mb(gateway.pid)
-            rows = []
-            for n in steps:
-                profile = a.profile and str(OUT / f"perf-{n}-run{run + 1}")
-                row = step(gateway, n, a.window, others_prefix, idle, profile=profile)
-                print(json.dumps(row), file=sys.stderr)
-                rows.append(row)
-                time.sleep(3)  # calls hang up; let the gateway settle
-            runs.append(rows)
-        finally:
-            stop.set()
-            gateway.send_signal(signal.SIGTERM)
-            sipp.terminate()
-            gateway.wait(timeout=90)
-            sipp.wait(timeout=10)
+    with cores_kept_awake(a.awake):
+        for run in range(a.runs):
+            sipp = subprocess.Popen(
+                others_prefix + ["sipp", "-sf", str(ROOT / "tests/sipp" / scenario), "-i", "127.0.0.1", "-p", str(SIPP_PORT),
+                 "-mp", str(SIPP_MEDIA), "-rtp_echo", "-m", "1000000", "-nostdin", "-timeout", "3600s"],
+                cwd=OUT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            gateway = subprocess.Popen(
+                gateway_prefix + [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
+                stdout=subprocess.DEVNULL, stderr=open(OUT / "gateway.log", "w"))
+            stop = threading.Event()
+            try:
+                wait_http(HTTP_PORT)
+                if a.trace:
+                    threading.Thread(target=trace, args=(OUT / f"trace-{run + 1}.jsonl", stop),
+                                     daemon=True).start()
+                # Memory per call is measured against the gateway before its first call: what an
+                # earlier step left allocated (the allocator keeps freed pages) must not be
+                # subtracted from a later one.
+                idle = memory_mb(gateway.pid)
+                rows = []
+                for n in steps:
+                    profile = a.profile and str(OUT / f"perf-{n}-run{run + 1}")
+                    row = step(gateway, n, a.window, others_prefix, idle, profile=profile)
+                    print(json.dumps(row), file=sys.stderr)
+                    rows.append(row)
+                    time.sleep(3)  # calls hang up; let the gateway settle
+                runs.append(rows)
+            finally:
+                stop.set()
+                gateway.send_signal(signal.SIGTERM)
+                sipp.terminate()
+                gateway.wait(timeout=90)
+                sipp.wait(timeout=10)
     # Medians across runs, per step.
     def median(values):
         values = sorted(v for v in values if v is not None)
@@ -514,11 +549,12 @@ def main():
         table.append(row)
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     result = {"machine": {"cpu": cpu, "cores": os.cpu_count()}, "opus_complexity": 1 if a.complexity is None else a.complexity,
-              "pinned": a.pin, "runs": runs, "median": table}
+              "pinned": a.pin, "cores_kept_awake": a.awake, "runs": runs, "median": table}
     (OUT / "ramp.json").write_text(json.dumps(result, indent=2))
     md = markdown(table)
     (OUT / "ramp.md").write_text(md + "\n")
-    print(f"{cpu}, {os.cpu_count()} cores, {a.runs} run(s), medians:\n")
+    print(f"{cpu}, {os.cpu_count()} cores{', kept awake' if a.awake else ''}, {a.runs} run(s), "
+          "medians:\n")
     print(md)
     for rows in runs:
         for row in rows:

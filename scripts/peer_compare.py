@@ -30,8 +30,13 @@ CPU is the media process's own (utime + stime from /proc) over a steady window o
 call is up, divided by the calls it reports up (the gateway's gauge; rtpengine's ng `list`).
 Memory is its RSS above its idle RSS, per call. The generator, shim and sipp share the box.
 
+With --awake every CPU runs a lowest-priority spinner throughout (load_ramp.py's
+`cores_kept_awake`), so that no party's core idles and gives up its caches to the host: the
+floor never sleeps, the gateway's paced worker does, and the comparison is then made on cores
+that keep their caches.
+
 usage: scripts/peer_compare.py [--calls 50] [--rounds 3] [--window 10] [--no-build] [--no-floor]
-       [--complexity N] [--turn-ms N]
+       [--complexity N] [--turn-ms N] [--awake]
 Installs rtpengine-daemon from Debian when it is missing. Bounded: each round ends within
 the call length plus the generator's own 30 s limit.
 """
@@ -50,8 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_ramp import (  # noqa: E402
-    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, media_section, memory_mb, step,
-    wait_http,
+    HTTP_PORT, ROOT, SIPP_MEDIA, SIPP_PORT, active_calls, config, cores_kept_awake, media_section,
+    memory_mb, step, wait_http,
 )
 
 OUT = ROOT / "target" / "peer-compare"
@@ -224,6 +229,8 @@ def main():
                       "rtpengine always codes at its own default")
     args.add_argument("--turn-ms", type=int, default=None,
                       help="the gateway's media.turn_ms (default: its default, 2)")
+    args.add_argument("--awake", action="store_true",
+                      help="keep every CPU from idling with a lowest-priority spinner throughout")
     a = args.parse_args()
     if not shutil.which("rtpengine"):
         print("installing rtpengine-daemon (Debian)", file=sys.stderr)
@@ -256,22 +263,23 @@ def main():
         row["floor_beside_before_after"] = [before, after]
         return row
 
-    try:
-        for r in range(a.rounds):
-            # Alternate who goes first, so neither always meets the box warmer.
-            order = [("gateway", lambda: bracketed(
-                          lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms))),
-                     ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
-            row = {}
-            for name, run in (order if r % 2 == 0 else order[::-1]):
-                row[name] = run()
-                print(name, json.dumps(row[name]), file=sys.stderr)
-                time.sleep(3)
-            rounds.append(row)
-    finally:
-        sipp.terminate()
-        sipp.wait(timeout=10)
-    floors = None if a.no_floor else floor_pct(a.complexity)
+    with cores_kept_awake(a.awake):
+        try:
+            for r in range(a.rounds):
+                # Alternate who goes first, so neither always meets the box warmer.
+                order = [("gateway", lambda: bracketed(
+                              lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms))),
+                         ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
+                row = {}
+                for name, run in (order if r % 2 == 0 else order[::-1]):
+                    row[name] = run()
+                    print(name, json.dumps(row[name]), file=sys.stderr)
+                    time.sleep(3)
+                rounds.append(row)
+        finally:
+            sipp.terminate()
+            sipp.wait(timeout=10)
+        floors = None if a.no_floor else floor_pct(a.complexity)
     floor = floors and floors["load"]
 
     def med(name, key):
@@ -290,7 +298,7 @@ def main():
               for r in rounds if r["gateway"].get("floor_beside_pct_per_call")]
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
-        f"{cpu}, {os.cpu_count()} cores; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
+        f"{cpu}, {os.cpu_count()} cores{' kept awake' if a.awake else ''}; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
         f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, "
         f"media turn {2 if a.turn_ms is None else a.turn_ms} ms",
         "",
@@ -321,7 +329,7 @@ def main():
         lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}× "
                      f"(against the speech-like signal's: {g['gateway_cpu_pct_per_call'] / floors['speech_like']:.2f}×)")
     (OUT / "compare.json").write_text(json.dumps(
-        {"calls": a.calls, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
+        {"calls": a.calls, "cores_kept_awake": a.awake, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
          "floor_speech_like_pct_per_call": floors and floors["speech_like"],
          "floor_calls_in_turn_pct_per_call": floors and floors["calls"],
          "ratio_rtpengine_over_gateway": ratios, "ratio_gateway_over_floor_beside": beside,
