@@ -28,6 +28,7 @@ Bounded: every step ends within its call length plus the generator's own 30 s li
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -81,13 +82,18 @@ def cores_kept_awake(enabled=True):
     rtpengine's busier threads sleep less than the gateway's one worker: with the cores kept
     awake, every party is measured on a core that keeps its caches. It is a measuring aid, not
     a deployment setting: the spinners burn the cores' idle time."""
+    def die_with_us():
+        # A spinner left behind would keep the box awake for every later measurement: it gets
+        # SIGKILL when this process ends, however it ends (prctl(2), PR_SET_PDEATHSIG).
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
     spinners = []
     try:
         if enabled:
             for cpu in sorted(os.sched_getaffinity(0)):
                 spinners.append(subprocess.Popen(
                     ["taskset", "-c", str(cpu), "chrt", "--idle", "0",
-                     sys.executable, "-c", "while True: pass"]))
+                     sys.executable, "-c", "while True: pass"], preexec_fn=die_with_us))
         yield
     finally:
         for spinner in spinners:
