@@ -13,20 +13,23 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
+/// `cache-after-sleep`'s arguments.
+#[derive(Parser)]
+#[command(about = "What a sleep costs a paced process in its caches")]
+struct Args {
+    /// The buffer passed over, KB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    kb: u64,
+    /// Passes back to back and after 2 ms sleeps (a tenth as many after 20 ms).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    passes: u64,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str, default: usize| -> usize {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name} takes a number, not {v}"))
-            })
-            .unwrap_or(default)
-    };
-    let kb = value("--kb", 1024).max(1);
-    let passes = value("--passes", 1000).max(1);
+    let Args { kb, passes } = Args::parse();
+    let (kb, passes) = (kb as usize, passes as usize);
     let words = kb * 1024 / 8;
     let buffer: Vec<u64> = (0..words as u64).collect();
     for sleep in [

@@ -15,26 +15,34 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 use gateway_tests::floor::{FloorCall, load_signal, settings_from_env};
 
 /// Frames of signal, cycled (ten seconds).
 const FRAMES: usize = 500;
 
+/// `opus-paced`'s arguments.
+#[derive(Parser)]
+#[command(about = "The libopus floor's work for N calls, paced as real calls or frame after frame")]
+struct Args {
+    /// Calls whose coders each code a frame every tick.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    calls: u64,
+    /// Seconds of audio to code (50 ticks a second).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
+    /// Code frame after frame, never idling (the criterion floor's way).
+    #[arg(long)]
+    busy: bool,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |name: &str, default: u64| -> u64 {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| panic!("{name} takes a number, not {v}"))
-            })
-            .unwrap_or(default)
-    };
-    let calls = value("--calls", 50) as usize;
-    let seconds = value("--seconds", 10);
-    let busy = args.iter().any(|a| a == "--busy");
+    let Args {
+        calls,
+        seconds,
+        busy,
+    } = Args::parse();
     let settings = settings_from_env();
     let (packets, frames) = load_signal(FRAMES);
     let mut coders: Vec<FloorCall> = (0..calls).map(|_| FloorCall::new(settings)).collect();
