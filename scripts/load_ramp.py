@@ -78,10 +78,10 @@ def cores_kept_awake(enabled=True):
     run other work on that core and take its caches. A paced process pays for that after each
     sleep: on the Intel host, a pass over 1 MB took 28.6 µs after a 2 ms sleep against 6.5 µs
     back to back and 10.6 µs with a spinner keeping the core (docs/benchmarks-history.md,
-    "2026-12-05, late night"). The libopus floor codes frame after frame and never sleeps, and
-    rtpengine's busier threads sleep less than the gateway's one worker: with the cores kept
-    awake, every party is measured on a core that keeps its caches. It is a measuring aid, not
-    a deployment setting: the spinners burn the cores' idle time."""
+    "2026-12-05, late night"). The libopus floor codes frame after frame and never sleeps; the
+    gateway's workers and rtpengine's threads do, each as much as its load leaves it. With the
+    cores kept awake, every party is measured on a core that keeps its caches. It is a
+    measuring aid, not a deployment setting: the spinners burn the cores' idle time."""
     def die_with_us():
         # A spinner left behind would keep the box awake for every later measurement: it gets
         # SIGKILL when this process ends, however it ends (prctl(2), PR_SET_PDEATHSIG).
