@@ -32,17 +32,12 @@ fn main() {
     let (kb, passes) = (kb as usize, passes as usize);
     let words = kb * 1024 / 8;
     let buffer: Vec<u64> = (0..words as u64).collect();
-    for sleep in [
-        None,
-        Some(Duration::from_millis(2)),
-        Some(Duration::from_millis(20)),
+    // Fewer passes after the long sleep: the same few seconds each.
+    for (sleep, n) in [
+        (None, passes),
+        (Some(Duration::from_millis(2)), passes),
+        (Some(Duration::from_millis(20)), (passes / 10).max(1)),
     ] {
-        // Fewer passes after the long sleep: the same few seconds each.
-        let n = if sleep == Some(Duration::from_millis(20)) {
-            (passes / 10).max(1)
-        } else {
-            passes
-        };
         let mut spent = Duration::ZERO;
         for _ in 0..n {
             if let Some(sleep) = sleep {

@@ -431,14 +431,24 @@ pub(crate) mod tests {
         assert_eq!(received(&a), vec![b"four".to_vec()]);
     }
 
-    #[test]
-    fn a_ring_the_kernel_stops_using_is_dropped_and_its_batch_goes_the_other_way() {
-        std::thread::spawn(|| {
+    /// Runs `test` on a thread of its own that sends through a ring, where the kernel gives
+    /// one; elsewhere says so, with what is then `untested`.
+    fn on_a_thread_with_a_ring(untested: &'static str, test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
             hold_on_this_thread(true);
             if !sends_with_ring() {
-                eprintln!("no io_uring here: nothing to fail");
+                eprintln!("no io_uring here: {untested}");
                 return;
             }
+            test();
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_ring_the_kernel_stops_using_is_dropped_and_its_batch_goes_the_other_way() {
+        on_a_thread_with_a_ring("nothing to fail", || {
             a_failed_rings_batch_goes_the_plain_way(|| {
                 // A profile that lets a process set a ring up but not use it: the entries
                 // the ring did not take go with the batch.
@@ -448,9 +458,7 @@ pub(crate) mod tests {
                 }
                 refused
             });
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
@@ -472,12 +480,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_peer_that_is_not_listening_does_not_cost_a_worker_its_ring() {
-        std::thread::spawn(|| {
-            hold_on_this_thread(true);
-            if !sends_with_ring() {
-                eprintln!("no io_uring here: nothing to keep");
-                return;
-            }
+        on_a_thread_with_a_ring("nothing to keep", || {
             // A port nobody listens on: the first send goes, the ICMP port unreachable it
             // meets makes the socket's next send fail with ECONNREFUSED (udp(7)).
             let closed = UdpSocket::bind("127.0.0.1:0")
@@ -496,9 +499,7 @@ pub(crate) mod tests {
                 sends_with_ring(),
                 "a refusal by the network is the network's, not the ring's"
             );
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
