@@ -5,7 +5,7 @@
 # --- build: the gateway binary and the example plugins (wasm components) ---
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus-dev pkg-config \
+ && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 RUN rustup target add wasm32-wasip2
 WORKDIR /src
@@ -20,10 +20,10 @@ RUN cargo build --release --locked -p gateway --bin gateway \
        target/plugins/wasm32-wasip2/release/recorder.wasm \
        target/plugins/wasm32-wasip2/release/crm_router.wasm /out/plugins/
 
-# --- runtime: the binary (the web demo and widget are built into it), libopus, a user ---
+# --- runtime: the binary (the web demo, the widget and libopus are built into it), a user ---
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopus0 ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/gateway --create-home gateway \
  && mkdir -p /etc/gateway /var/lib/gateway/recordings /var/log/gateway \

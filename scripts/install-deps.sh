@@ -15,7 +15,6 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # Node.js and npm build the JavaScript example plugin (jco/componentize-js from npm).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -24,8 +23,9 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # Headless Firefox ESR, the second browser stack (driven by puppeteer-core over WebDriver BiDi).
 command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
-# libopus for the Opus <-> G.711 bridge (audiopus links the system library through pkg-config).
-pkg-config --exists opus 2>/dev/null || need+=(libopus-dev)
+# CMake builds libopus 1.6.1 from source for the Opus <-> G.711 bridge (the `opusic-sys`
+# crate under audiopus, vendor/README.md), linked into the binaries statically.
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
 
 if ((${#need[@]})); then
   sudo=""

@@ -173,6 +173,11 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         )
         .map_err(|e| format!("cannot start the media worker threads: {e}"))?,
     });
+    tracing::info!(
+        workers = config.media.workers,
+        libopus = crate::media::opus::libopus_version(),
+        "media workers started"
+    );
     tokio::spawn(police_inbound(inbound, sources, calls.clone()));
     calls.metrics.load.configure(
         Duration::from_millis(config.limits.late_tick_ms.into()),
