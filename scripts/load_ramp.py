@@ -225,6 +225,8 @@ SYSCALLS = ["io_uring_enter", "sendto", "sendmmsg", "recvfrom", "recvmmsg", "epo
             "clock_nanosleep"]
 
 # Where a sample's time is charged, by the object it ran in (`perf report --sort dso`).
+# libopus is linked into the gateway statically (vendor/README.md), so its samples are also
+# told from the gateway's own by their function: `libopus_functions`.
 PLACES = [("libopus", "libopus"), ("kernel", "[kernel"), ("gateway's code", "gateway"),
           ("libc", "libc"), ("libm", "libm")]
 
@@ -300,6 +302,20 @@ def finish_recording(record, pid, base, window):
                      "`sysctl kernel.perf_event_paranoid=-1` lets it see the kernel")
 
 
+def libopus_functions():
+    """The functions of the libopus the build linked statically: every function the static
+    library `opusic-sys` built defines, by `nm`. Empty when there is none (a build linked
+    against a shared libopus, whose samples `PLACES` charges by object)."""
+    archives = sorted((ROOT / "target/release/build").glob("opusic-sys-*/out/lib/libopus.a"),
+                      key=lambda a: a.stat().st_mtime)
+    if not archives:
+        return set()
+    out = subprocess.run(["nm", "--defined-only", str(archives[-1])], capture_output=True,
+                         text=True, check=True).stdout
+    return {f[2] for f in (line.split() for line in out.splitlines())
+            if len(f) == 3 and f[1] in "tT"}
+
+
 def read_profile(base, cpu_per_call, up):
     """Where the gateway's time went, from `finish_recording`'s files."""
     data = f"{base}.data"
@@ -313,6 +329,11 @@ def read_profile(base, cpu_per_call, up):
                      report_shares(data, "--children", "--sort", "sym", "-g", "none")}
     kernel = {name: with_children.get(sym, 0.0) for name, sym in KERNEL_PARTS}
     functions = report_shares(data, "--no-children", "--sort", "sym", "--dsos", "gateway", "-g", "none")
+    codec = libopus_functions()
+    in_libopus = sum(share for share, f in functions if f in codec)
+    places["libopus"] += in_libopus
+    places["gateway's code"] -= in_libopus
+    functions = [(share, f) for share, f in functions if f not in codec]
     waking = sum(share for share, f in functions if any(m in f for m in WAKING))
     calls = {}
     for line in Path(f"{base}.stat").read_text().splitlines():
