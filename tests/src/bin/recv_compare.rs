@@ -239,10 +239,10 @@ fn read_with_io_uring(sockets: &[UdpSocket], until: Instant) -> u64 {
         unsafe { ring.submission().push(&entry) }.expect("room in the submission queue");
     };
     for i in 0..sockets.len() {
-        arm(&mut ring, i);
         if ring.submission().is_full() {
             ring.submit().expect("io_uring_enter");
         }
+        arm(&mut ring, i);
     }
     ring.submit().expect("io_uring_enter");
     let (mut read, mut turn, mut rearm) = (0u64, Instant::now(), Vec::new());
@@ -271,6 +271,9 @@ fn read_with_io_uring(sockets: &[UdpSocket], until: Instant) -> u64 {
         }
         tail_at.store(tail, Ordering::Release);
         for i in rearm.drain(..) {
+            if ring.submission().is_full() {
+                ring.submit().expect("io_uring_enter");
+            }
             arm(&mut ring, i);
         }
         if !ring.submission().is_empty() {
