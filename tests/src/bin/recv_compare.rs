@@ -1,6 +1,6 @@
 //! What reading media datagrams costs a paced worker two ways: as the gateway reads them
-//! (`epoll_wait` once a 2 ms turn, then one `recvmmsg` per readable socket,
-//! `gateway::media::incoming`), and through io_uring (a multishot `recvmsg` armed on every
+//! (`epoll_wait` once a 2 ms turn, then the gateway's own read, one `recvmmsg`, per readable
+//! socket: `gateway::media::incoming::recv_unwatched`), and through io_uring (a multishot `recvmsg` armed on every
 //! socket, its datagrams landing in a ring of provided buffers, gathered once a turn by one
 //! `io_uring_enter`, `IORING_SETUP_DEFER_TASKRUN`). Prints the reading thread's CPU per
 //! datagram for each, rounds alternated, and the medians.
@@ -13,6 +13,8 @@
 //! A sender thread sends 172-byte datagrams (20 ms of G.711 in RTP) on loopback to every
 //! socket, spread over each turn; only the reading thread's CPU time is counted
 //! (`CLOCK_THREAD_CPUTIME_ID`), including its sleeps' wake-ups, which both ways pay alike.
+//! The gateway's read also parses each datagram's source and control messages, which the
+//! io_uring way here skips: what it saves is at most what io_uring would save the gateway.
 //!
 //! Usage: `recv-compare [--sockets 100] [--pps 50] [--seconds 10] [--rounds 3]`.
 
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gateway::media::incoming::{self, BATCH, DATAGRAM, Got};
 use nix::libc;
 
 /// `recv-compare`'s arguments.
@@ -44,10 +47,6 @@ struct Args {
 
 /// A worker's turn.
 const TURN: Duration = Duration::from_millis(2);
-/// The most datagrams one `recvmmsg` takes, as in `gateway::media::incoming::BATCH`.
-const BATCH: usize = 4;
-/// Room for one datagram.
-const DATAGRAM: usize = 2048;
 /// Buffers in the io_uring's provided-buffer ring (a power of two).
 const BUFFERS: u16 = 1024;
 /// The buffer group the ring's buffers are provided under.
@@ -87,8 +86,9 @@ fn send(ports: Vec<u16>, pps: u64, until: Instant) {
     }
 }
 
-/// The gateway's way: a turn's `epoll_wait`, then `recvmmsg` on each readable socket until it
-/// takes fewer than it asked for. Returns the datagrams read.
+/// The gateway's way: a turn's `epoll_wait`, then its own read
+/// (`gateway::media::incoming::recv_unwatched`, one `recvmmsg`) on each readable socket until
+/// it takes fewer than it asked for. Returns the datagrams read.
 fn read_with_recvmmsg(sockets: &[UdpSocket], until: Instant) -> u64 {
     // SAFETY: plain system calls on descriptors this function owns or borrows for its run.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -109,45 +109,17 @@ fn read_with_recvmmsg(sockets: &[UdpSocket], until: Instant) -> u64 {
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; sockets.len()];
     let mut bufs = [[0u8; DATAGRAM]; BATCH];
-    // SAFETY: all-zero bytes are valid for these C structs.
-    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
-    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut got = [Got::empty(); BATCH];
     let (mut read, mut turn) = (0u64, Instant::now());
     while Instant::now() < until {
         // SAFETY: `events` has room for the count given.
         let ready = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 0) };
         for event in &events[..ready.max(0) as usize] {
-            let fd = sockets[event.u64 as usize].as_raw_fd();
-            loop {
-                // Every read sets its headers afresh, as the gateway's does.
-                for i in 0..BATCH {
-                    iovecs[i] = libc::iovec {
-                        iov_base: bufs[i].as_mut_ptr().cast(),
-                        iov_len: DATAGRAM,
-                    };
-                    headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-                    headers[i].msg_hdr.msg_iovlen = 1;
-                    headers[i].msg_hdr.msg_name =
-                        (&mut names[i] as *mut libc::sockaddr_storage).cast();
-                    headers[i].msg_hdr.msg_namelen =
-                        std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                }
-                // SAFETY: every header points at live buffers of the lengths it gives.
-                let got = unsafe {
-                    libc::recvmmsg(
-                        fd,
-                        headers.as_mut_ptr(),
-                        BATCH as u32,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut(),
-                    )
-                };
-                if got <= 0 {
-                    break;
-                }
-                read += got as u64;
-                if (got as usize) < BATCH {
+            let socket = &sockets[event.u64 as usize];
+            // The gateway's own read: fewer than a batch means the socket is drained.
+            while let Ok(taken) = incoming::recv_unwatched(socket, &mut bufs, &mut got) {
+                read += taken as u64;
+                if taken < BATCH {
                     break;
                 }
             }
