@@ -303,18 +303,19 @@ async fn after_a_burst_of_calls_every_table_is_empty_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() {
+async fn a_busy_media_worker_wakes_once_a_turn_naps_when_asked_and_its_calls_keep_their_audio() {
     const CALLS: usize = 20;
     let dir = out_dir("engine_paced");
     let echo = Sipp::uas_calls("echo.xml", "u1", &dir, CALLS as u32);
     let path = write_config(&dir, &[("echo", echo.port, "udp", &[])]);
-    // One worker carries every call: more than PACED_FROM_CALLS, so it paces its 2 ms turns.
-    // It sends with sendmmsg and sendto, not io_uring: every other call test here takes the
-    // default, so both ways of sending carry calls end to end.
+    // One worker carries every call: more than PACED_FROM_CALLS, so it paces its 2 ms turns,
+    // and waits them out in naps of 100 µs. It sends with sendmmsg and sendto, not io_uring:
+    // every other call test here takes the defaults (io_uring, one sleep a turn), so both ways
+    // of sending and of waiting carry calls end to end.
     extend(
         &dir,
         &path,
-        "[media]\nworkers = 1\nturn_ms = 2\nio_uring = false\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
+        "[media]\nworkers = 1\nturn_ms = 2\nnap_us = 100\nio_uring = false\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
     );
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
@@ -330,20 +331,20 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
         })
         .collect();
     let wakeups = "gateway_media_worker_wakeups_total{worker=\"0\"}";
+    let sleeps = "gateway_media_worker_sleeps_total{worker=\"0\"}";
     gateway_tests::wait_for_answered(gateway.http_addr, CALLS).await;
     // Media flows both ways on every call: ~1,000 trunk packets, as many browser packets and
     // ticks a second. Woken per event the worker would wake well over 1,000 times a second;
     // paced, at most once a turn.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (start, woken) = (
-        std::time::Instant::now(),
-        gauge(&http_get(gateway.http_addr, "/metrics").await, wakeups).unwrap(),
-    );
+    let before = http_get(gateway.http_addr, "/metrics").await;
+    let start = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let metrics = http_get(gateway.http_addr, "/metrics").await;
-    let (turns, woke) = (
+    let (turns, woke, slept) = (
         start.elapsed().as_secs_f64() / 0.002,
-        gauge(&metrics, wakeups).unwrap() - woken,
+        gauge(&metrics, wakeups).unwrap() - gauge(&before, wakeups).unwrap(),
+        gauge(&metrics, sleeps).unwrap() - gauge(&before, sleeps).unwrap(),
     );
     assert_eq!(
         gauge(&metrics, "gateway_media_worker_calls{worker=\"0\"}"),
@@ -357,6 +358,12 @@ async fn a_busy_media_worker_wakes_once_a_turn_and_its_calls_keep_their_audio() 
     assert!(
         woke as f64 <= turns * 1.1 + 5.0,
         "the worker woke {woke} times in {turns:.0} turns"
+    );
+    // A turn's rest is most of 2 ms: in naps of 100 µs, several a turn however late each
+    // ends; in one sleep, one.
+    assert!(
+        slept >= 2 * woke,
+        "the worker slept {slept} times over {woke} turns: it did not nap"
     );
     for call in calls {
         let report = call.await.unwrap();

@@ -340,6 +340,26 @@ impl Checker<'_> {
         Some(bytes)
     }
 
+    /// A number that goes up to `max`: `default` where it is left out; over it, the issue
+    /// `message` for `field` (and `default`).
+    pub(super) fn at_most(
+        &mut self,
+        value: &Option<Spanned<u32>>,
+        max: u32,
+        field: &str,
+        default: u32,
+        message: impl Into<String>,
+    ) -> u32 {
+        match value {
+            Some(v) if *v.get_ref() > max => {
+                self.issue(v.span(), field, message);
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
     pub(super) fn issue(
         &mut self,
         span: std::ops::Range<usize>,

@@ -282,6 +282,10 @@ pub struct MediaConfig {
     /// How long a busy media worker lets packets gather before it wakes, ms (default 2;
     /// 0 wakes per packet): `call::workers::Pace`.
     pub turn_ms: u8,
+    /// The longest a busy media worker sleeps at once while it waits out a turn, µs (default
+    /// 0: the rest of the turn in one sleep). For a virtual machine that carries the gateway
+    /// alone: a core that naps is not given away by the host (`call::workers::sleep_in_naps`).
+    pub nap_us: u16,
     /// Whether media workers send each turn's datagrams through an io_uring submission ring
     /// where the kernel offers one (default true): `media::outgoing`.
     pub io_uring: bool,

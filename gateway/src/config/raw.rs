@@ -153,6 +153,7 @@ pub(super) struct RawMedia {
     pub(super) jitter_ms: Option<u32>,
     pub(super) workers: Option<Spanned<u32>>,
     pub(super) turn_ms: Option<Spanned<u32>>,
+    pub(super) nap_us: Option<Spanned<u32>>,
     pub(super) io_uring: Option<bool>,
 }
 

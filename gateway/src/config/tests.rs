@@ -157,6 +157,20 @@ fn a_media_turn_defaults_to_2_ms_and_a_long_one_is_named() {
 }
 
 #[test]
+fn a_media_worker_sleeps_in_one_piece_unless_naps_are_asked_for_and_a_long_nap_is_named() {
+    assert_eq!(parse("").unwrap().media.nap_us, 0);
+    assert_eq!(parse("[media]\nnap_us = 100\n").unwrap().media.nap_us, 100);
+    assert_eq!(
+        parse("[media]\nnap_us = 1000\n").unwrap().media.nap_us,
+        1000
+    );
+    let err = parse("[media]\nnap_us = 1001\n").unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert_eq!(err.issues[0].field, "media.nap_us");
+    assert!(err.issues[0].message.contains("1000 µs"), "{err}");
+}
+
+#[test]
 fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -169,6 +169,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         workers: crate::call::workers::MediaWorkers::start(
             config.media.workers,
             Duration::from_millis(config.media.turn_ms.into()),
+            Duration::from_micros(config.media.nap_us.into()),
             config.media.io_uring,
         )
         .map_err(|e| format!("cannot start the media worker threads: {e}"))?,

@@ -221,6 +221,16 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         ));
     }
     text.push_str(
+        "# HELP gateway_media_worker_sleeps_total Sleeps each busy media worker thread took \
+         waiting out its turns: one a turn, or one a nap ([media] nap_us).\n\
+         # TYPE gateway_media_worker_sleeps_total counter\n",
+    );
+    for (worker, sleeps) in ctx.workers.sleeps().into_iter().enumerate() {
+        text.push_str(&format!(
+            "gateway_media_worker_sleeps_total{{worker=\"{worker}\"}} {sleeps}\n"
+        ));
+    }
+    text.push_str(
         "# HELP gateway_media_worker_io_uring Whether each media worker thread sends through \
          io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, the kernel \
          or a seccomp profile refused io_uring, or the ring failed or refused sends; the log \

@@ -11,7 +11,8 @@
 //!
 //! A busy worker also paces its turns ([`Pace`]): it lets the packets of up to one turn
 //! (`[media] turn_ms`) gather before it wakes, so one wake-up serves many calls' packets and
-//! ticks rather than one each.
+//! ticks rather than one each. Where `[media] nap_us` asks, it waits out a turn in short naps
+//! ([`sleep_in_naps`]), so that a virtual machine's host does not give its core away.
 //!
 //! New calls fill the first worker until it is half busy before the next takes any
 //! ([`choose`]). Why: a worker's thread costs the same to sleep and wake whether it carries
@@ -278,6 +279,10 @@ pub const PACED_FROM_CALLS: usize = 8;
 #[derive(Debug)]
 struct Pace {
     turn: Duration,
+    /// The longest sleep while the worker waits out a turn; zero: one sleep ([`sleep_in_naps`]).
+    nap: Duration,
+    /// Sleeps taken waiting out turns (for `/metrics`): one a turn, or one a nap.
+    sleeps: AtomicU64,
     /// Calls running on the worker.
     calls: Arc<AtomicUsize>,
     woke: Mutex<Instant>,
@@ -292,9 +297,11 @@ struct Pace {
 }
 
 impl Pace {
-    fn new(turn: Duration) -> Pace {
+    fn new(turn: Duration, nap: Duration) -> Pace {
         Pace {
             turn,
+            nap,
+            sleeps: AtomicU64::new(0),
             calls: Arc::new(AtomicUsize::new(0)),
             woke: Mutex::new(Instant::now()),
             wakeups: AtomicU64::new(0),
@@ -316,7 +323,8 @@ impl Pace {
             return;
         }
         if let Some(rest) = self.turn.checked_sub(awake) {
-            std::thread::sleep(rest);
+            let sleeps = sleep_in_naps(rest, self.nap);
+            self.sleeps.fetch_add(sleeps, Ordering::Relaxed);
         }
     }
 
@@ -327,16 +335,55 @@ impl Pace {
     }
 }
 
+/// Sleeps for `rest`: in one sleep where `nap` is zero, else in naps no longer than `nap`.
+/// Returns the sleeps taken.
+///
+/// Why naps: on a virtual machine a CPU with nothing to run halts, and the host, once it has
+/// polled a while for the CPU to want its core back (KVM polls up to 200 µs by default), gives
+/// the core to other work, whose data then fills its caches. The worker comes back to them
+/// emptied: a chain of 1 MB of lines in random order read 6.3 ns a line back to back, 6.5 ns
+/// after a 200 µs sleep, 30 ns after a 2 ms one and 105 ns after 20 ms (`cache-after-sleep
+/// --chase`, pinned, on the benchmark box's Intel Xeon host); 2 ms slept in naps of 200 µs
+/// read 6.5 ns. A nap costs its thread about 3.3 µs (a system call and a timer), so a worker
+/// that naps 100 µs at a time spends about 2 % of a core on it while it waits. That buys back
+/// more than it costs only where the worker's core would otherwise go to other work, and only
+/// where nothing else of the box's runs on it in between: with the gateway alone on its core,
+/// 50 transcoded calls cost 8–20 % less with naps of 100 µs; beside the load generator and the
+/// trunk on the same two cores, no less (BENCHMARKS.md, "a worker that naps"). Hence opt-in
+/// (`[media] nap_us`), for a virtual machine that carries the gateway alone.
+fn sleep_in_naps(rest: Duration, nap: Duration) -> u64 {
+    if nap.is_zero() {
+        std::thread::sleep(rest);
+        return 1;
+    }
+    let until = Instant::now() + rest;
+    let mut sleeps = 0;
+    while let Some(left) = until
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+    {
+        std::thread::sleep(left.min(nap));
+        sleeps += 1;
+    }
+    sleeps
+}
+
 impl MediaWorkers {
     /// Starts `count` worker threads (`media-0`, `media-1` …), each paced by `turn` once it is
-    /// busy ([`Pace`]; zero wakes per event), sending through io_uring where `use_ring` and the
+    /// busy ([`Pace`]; zero wakes per event) and waiting out its turns in naps of `nap`
+    /// ([`sleep_in_naps`]; zero: one sleep), sending through io_uring where `use_ring` and the
     /// kernel allow (`media::outgoing`). Must be called on the shared runtime, which becomes
     /// [`MediaWorkers::control`].
-    pub fn start(count: usize, turn: Duration, use_ring: bool) -> std::io::Result<MediaWorkers> {
+    pub fn start(
+        count: usize,
+        turn: Duration,
+        nap: Duration,
+        use_ring: bool,
+    ) -> std::io::Result<MediaWorkers> {
         let control = Handle::current();
         let mut workers = Vec::with_capacity(count);
         for i in 0..count.max(1) {
-            let pace = Arc::new(Pace::new(turn));
+            let pace = Arc::new(Pace::new(turn, nap));
             let (parked, unparked) = (pace.clone(), pace.clone());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -477,6 +524,15 @@ impl MediaWorkers {
         self.workers
             .iter()
             .map(|w| w.pace.wakeups.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Sleeps each worker's thread took waiting out its paced turns (for `/metrics`): one a
+    /// turn, or one a nap where `[media] nap_us` asks for naps.
+    pub fn sleeps(&self) -> Vec<u64> {
+        self.workers
+            .iter()
+            .map(|w| w.pace.sleeps.load(Ordering::Relaxed))
             .collect()
     }
 

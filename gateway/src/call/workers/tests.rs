@@ -13,7 +13,7 @@ async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
-    let workers = MediaWorkers::start(2, Duration::from_millis(2), true).unwrap();
+    let workers = MediaWorkers::start(2, Duration::from_millis(2), Duration::ZERO, true).unwrap();
     let (release, held) = tokio::sync::watch::channel(false);
     for _ in 0..4 {
         assert_eq!(spawn_held(&workers, &held).await, "media-0");
@@ -217,7 +217,7 @@ fn a_worker_threads_demand_is_its_run_and_wait_time() {
 /// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while
 /// `held` other calls sit idle on the same worker.
 async fn reader_wakes(turn: Duration, held: usize) -> Vec<Instant> {
-    let workers = MediaWorkers::start(1, turn, true).unwrap();
+    let workers = MediaWorkers::start(1, turn, Duration::ZERO, true).unwrap();
     let (release, hold) = tokio::sync::watch::channel(false);
     for _ in 0..held {
         let mut hold = hold.clone();
@@ -281,7 +281,7 @@ async fn a_busy_worker_gathers_packets_into_turns() {
 fn a_worker_with_few_calls_or_no_turn_never_waits() {
     let turn = Duration::from_millis(300);
     let pace = |calls: usize, turn: Duration| {
-        let pace = Pace::new(turn);
+        let pace = Pace::new(turn, Duration::ZERO);
         pace.calls.store(calls, Ordering::Relaxed);
         pace
     };
@@ -296,9 +296,34 @@ fn a_worker_with_few_calls_or_no_turn_never_waits() {
     assert!(waited(pace(PACED_FROM_CALLS, turn)) >= turn / 2);
 }
 
+#[test]
+fn a_paced_worker_waits_out_its_turn_in_naps_when_asked_and_in_one_sleep_otherwise() {
+    let (turn, nap) = (Duration::from_millis(120), Duration::from_millis(20));
+    let paced = |nap: Duration| {
+        let pace = Pace::new(turn, nap);
+        pace.calls.store(PACED_FROM_CALLS, Ordering::Relaxed);
+        pace.after_unpark();
+        let start = Instant::now();
+        pace.before_park();
+        (start.elapsed(), pace.sleeps.load(Ordering::Relaxed))
+    };
+    let (waited, sleeps) = paced(Duration::ZERO);
+    assert!(waited >= turn / 2, "{waited:?}");
+    assert_eq!(sleeps, 1, "one sleep a turn");
+    // Six naps' worth: however late each nap ends on a busy box, more than one is taken,
+    // and the turn is still waited out.
+    let (waited, sleeps) = paced(nap);
+    assert!(waited >= turn / 2, "{waited:?}");
+    assert!(sleeps >= 2, "the turn was slept in {sleeps} piece(s)");
+    assert!(sleeps <= 7, "no nap is taken after the turn: {sleeps}");
+
+    // Nothing left of the turn: no sleep at all.
+    assert_eq!(sleep_in_naps(Duration::ZERO, nap), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_gauge_shows_its_ring_failing_while_it_runs_and_its_datagram_still_goes() {
-    let workers = MediaWorkers::start(1, Duration::from_millis(2), true).unwrap();
+    let workers = MediaWorkers::start(1, Duration::from_millis(2), Duration::ZERO, true).unwrap();
     if workers.io_uring() != [true] {
         eprintln!("no io_uring here: the worker never had a ring to lose");
         return;
