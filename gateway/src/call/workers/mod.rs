@@ -348,9 +348,11 @@ impl Pace {
 /// that naps 100 µs at a time spends about 2 % of a core on it while it waits. That buys back
 /// more than it costs only where the worker's core would otherwise go to other work, and only
 /// where nothing else of the box's runs on it in between: with the gateway alone on its core,
-/// 50 transcoded calls cost 8–20 % less with naps of 100 µs; beside the load generator and the
-/// trunk on the same two cores, no less (BENCHMARKS.md, "a worker that naps"). Hence opt-in
-/// (`[media] nap_us`), for a virtual machine that carries the gateway alone.
+/// 50 transcoded calls cost 14 % less with naps of 100 µs (median of four pairs, each lower)
+/// and 100 relayed ones 13–21 % less; beside the load generator and the trunk on the same two
+/// cores, 50 transcoded calls cost 6 % less, 100 relayed ones the same and 10 transcoded ones
+/// 15 % more (BENCHMARKS.md, "a worker that naps"). Hence opt-in (`[media] nap_us`), for a
+/// virtual machine that carries the gateway alone.
 fn sleep_in_naps(rest: Duration, nap: Duration) -> u64 {
     if nap.is_zero() {
         std::thread::sleep(rest);
