@@ -299,23 +299,30 @@ fn a_worker_with_few_calls_or_no_turn_never_waits() {
 #[test]
 fn a_paced_worker_waits_out_its_turn_in_naps_when_asked_and_in_one_sleep_otherwise() {
     let (turn, nap) = (Duration::from_millis(120), Duration::from_millis(20));
-    let paced = |nap: Duration| {
+    let paced = |calls: usize, nap: Duration| {
         let pace = Pace::new(turn, nap);
-        pace.calls.store(PACED_FROM_CALLS, Ordering::Relaxed);
+        pace.calls.store(calls, Ordering::Relaxed);
         pace.after_unpark();
         let start = Instant::now();
         pace.before_park();
         (start.elapsed(), pace.sleeps.load(Ordering::Relaxed))
     };
-    let (waited, sleeps) = paced(Duration::ZERO);
+    let (waited, sleeps) = paced(NAP_FROM_CALLS, Duration::ZERO);
     assert!(waited >= turn / 2, "{waited:?}");
     assert_eq!(sleeps, 1, "one sleep a turn");
     // Six naps' worth: however late each nap ends on a busy box, more than one is taken,
     // and the turn is still waited out.
-    let (waited, sleeps) = paced(nap);
+    let (waited, sleeps) = paced(NAP_FROM_CALLS, nap);
     assert!(waited >= turn / 2, "{waited:?}");
     assert!(sleeps >= 2, "the turn was slept in {sleeps} piece(s)");
     assert!(sleeps <= 7, "no nap is taken after the turn: {sleeps}");
+    // Paced, but with too few calls for the naps to keep more than they cost.
+    let (waited, sleeps) = paced(NAP_FROM_CALLS - 1, nap);
+    assert!(waited >= turn / 2, "{waited:?}");
+    assert_eq!(
+        sleeps, 1,
+        "a worker of few calls sleeps its turn in one piece"
+    );
 
     // Nothing left of the turn: no sleep at all.
     assert_eq!(sleep_in_naps(Duration::ZERO, nap), 0);
