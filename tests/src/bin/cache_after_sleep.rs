@@ -14,8 +14,11 @@
 //! a chain of lines in random order, each load waiting for the one before, as a walk through a
 //! call's boxed and hashed state does, where the sequential pass lets the prefetcher run ahead.
 //!
-//! Usage: `cache-after-sleep [--kb 1024] [--passes 1000] [--huge] [--chase]`, pinned with
-//! `taskset -c N`.
+//! With `--sleeps-us` the sleeps are the ones named; with `--nap-us` each is slept in naps of
+//! that length, as a media worker does where `[media] nap_us` asks.
+//!
+//! Usage: `cache-after-sleep [--kb 1024] [--passes 1000] [--huge] [--chase]
+//! [--sleeps-us 2000,20000] [--nap-us N]`, pinned with `taskset -c N`.
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
