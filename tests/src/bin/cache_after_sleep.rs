@@ -26,6 +26,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gateway::call::workers::sleep_in_naps;
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous};
 
 /// `cache-after-sleep`'s arguments.
@@ -63,6 +64,7 @@ const LINE_WORDS: usize = 8;
 fn buffer(words: usize, huge: bool) -> &'static mut [u64] {
     let len = (words * 8).div_ceil(HUGE) * HUGE;
     // One huge page more, so that the buffer can start on a 2 MB boundary.
+    // SAFETY: a fresh anonymous mapping, placed where the kernel chooses; nothing aliases it.
     let map = unsafe {
         mmap_anonymous(
             None,
@@ -76,10 +78,13 @@ fn buffer(words: usize, huge: bool) -> &'static mut [u64] {
     let start = NonNull::new(start as *mut std::ffi::c_void).expect("mapped, so not null");
     if huge {
         // A kernel without THP says so; the probe runs on small pages then and prints it.
+        // SAFETY: advice on `len` bytes from `start`, inside the mapping made above.
         if let Err(e) = unsafe { madvise(start, len, MmapAdvise::MADV_HUGEPAGE) } {
             eprintln!("madvise(MADV_HUGEPAGE): {e}");
         }
     }
+    // SAFETY: `words` words from `start` lie inside the mapping, which is zeroed, aligned,
+    // never unmapped and handed out once.
     unsafe { std::slice::from_raw_parts_mut(start.as_ptr().cast::<u64>(), words) }
 }
 
@@ -169,7 +174,8 @@ fn main() {
     for (sleep, n) in rounds {
         let mut spent = Duration::ZERO;
         for _ in 0..n {
-            nap(sleep, nap_us.map(Duration::from_micros));
+            // The gateway's own wait (`[media] nap_us`): one sleep, or naps of `nap_us`.
+            sleep_in_naps(sleep, Duration::from_micros(nap_us.unwrap_or(0)));
             let start = Instant::now();
             black_box(pass(buffer, chase));
             spent += start.elapsed();
@@ -185,23 +191,5 @@ fn main() {
             each.as_secs_f64() * 1e6,
             each.as_secs_f64() * 1e9 / (words / LINE_WORDS) as f64
         );
-    }
-}
-
-/// Sleeps for `sleep`, in one go or in naps of `nap`.
-fn nap(sleep: Duration, nap: Option<Duration>) {
-    let Some(nap) = nap.filter(|n| !n.is_zero()) else {
-        if !sleep.is_zero() {
-            std::thread::sleep(sleep);
-        }
-        return;
-    };
-    let until = Instant::now() + sleep;
-    loop {
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        std::thread::sleep(nap.min(until - now));
     }
 }

@@ -365,7 +365,7 @@ const NAP_FROM_CALLS: usize = 16;
 /// cores, 50 transcoded calls cost 6 % less, 100 relayed ones the same and 10 transcoded ones
 /// 15 % more (BENCHMARKS.md, "a worker that naps"). Hence opt-in (`[media] nap_us`), for a
 /// virtual machine that carries the gateway alone.
-fn sleep_in_naps(rest: Duration, nap: Duration) -> u64 {
+pub fn sleep_in_naps(rest: Duration, nap: Duration) -> u64 {
     if nap.is_zero() {
         std::thread::sleep(rest);
         return 1;
