@@ -16,6 +16,20 @@ fn metric(text: &mut String, name: &str, kind: &str, help: &str, value: impl std
     ));
 }
 
+/// One series per media worker, labelled `worker="N"` in the workers' order.
+fn per_worker<T: std::fmt::Display>(
+    text: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    values: impl IntoIterator<Item = T>,
+) {
+    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    for (worker, value) in values.into_iter().enumerate() {
+        text.push_str(&format!("{name}{{worker=\"{worker}\"}} {value}\n"));
+    }
+}
+
 fn histogram(
     text: &mut String,
     name: &str,
@@ -201,70 +215,59 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Browser legs whose media the call reads on a socket of its own (connected to the browser).",
         ctx.mux.direct_paths(),
     );
-    text.push_str(
-        "# HELP gateway_media_worker_calls Calls running on each media worker thread.\n\
-         # TYPE gateway_media_worker_calls gauge\n",
+    let workers = &ctx.workers;
+    per_worker(
+        &mut text,
+        "gateway_media_worker_calls",
+        "gauge",
+        "Calls running on each media worker thread.",
+        workers.calls(),
     );
-    for (worker, calls) in ctx.workers.calls().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_calls{{worker=\"{worker}\"}} {calls}\n"
-        ));
-    }
-    text.push_str(
-        "# HELP gateway_media_worker_wakeups_total Times each media worker thread woke to run \
-         its calls: per event when quiet, at most once a turn ([media] turn_ms) when busy.\n\
-         # TYPE gateway_media_worker_wakeups_total counter\n",
+    per_worker(
+        &mut text,
+        "gateway_media_worker_wakeups_total",
+        "counter",
+        "Times each media worker thread woke to run its calls: per event when quiet, at most \
+         once a turn ([media] turn_ms) when busy.",
+        workers.wakeups(),
     );
-    for (worker, wakeups) in ctx.workers.wakeups().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_wakeups_total{{worker=\"{worker}\"}} {wakeups}\n"
-        ));
-    }
-    text.push_str(
-        "# HELP gateway_media_worker_sleeps_total Sleeps each busy media worker thread took \
-         waiting out its turns: one a turn, or one a nap ([media] nap_us).\n\
-         # TYPE gateway_media_worker_sleeps_total counter\n",
+    per_worker(
+        &mut text,
+        "gateway_media_worker_sleeps_total",
+        "counter",
+        "Sleeps each busy media worker thread took waiting out its turns: one a turn, or one a \
+         nap ([media] nap_us).",
+        workers.sleeps(),
     );
-    for (worker, sleeps) in ctx.workers.sleeps().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_sleeps_total{{worker=\"{worker}\"}} {sleeps}\n"
-        ));
-    }
-    text.push_str(
-        "# HELP gateway_media_worker_io_uring Whether each media worker thread sends through \
-         io_uring (1), or with sendmmsg and sendto (0: [media] io_uring = false, the kernel \
-         or a seccomp profile refused io_uring, or the ring failed or refused sends; the log \
-         says which).\n\
-         # TYPE gateway_media_worker_io_uring gauge\n",
+    per_worker(
+        &mut text,
+        "gateway_media_worker_io_uring",
+        "gauge",
+        "Whether each media worker thread sends through io_uring (1), or with sendmmsg and \
+         sendto (0: [media] io_uring = false, the kernel or a seccomp profile refused io_uring, \
+         or the ring failed or refused sends; the log says which).",
+        workers.io_uring().into_iter().map(u8::from),
     );
-    for (worker, ring) in ctx.workers.io_uring().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_io_uring{{worker=\"{worker}\"}} {}\n",
-            u8::from(ring)
-        ));
-    }
-    text.push_str(
-        "# HELP gateway_media_worker_busy_seconds_total Time each media worker thread spent \
-         running its calls (its rate is the share of a core the worker uses; new calls go to \
-         the first worker under half busy).\n\
-         # TYPE gateway_media_worker_busy_seconds_total counter\n",
+    per_worker(
+        &mut text,
+        "gateway_media_worker_busy_seconds_total",
+        "counter",
+        "Time each media worker thread spent running its calls (its rate is the share of a \
+         core the worker uses; new calls go to the first worker under half busy).",
+        workers
+            .busy_seconds()
+            .into_iter()
+            .map(|b| format!("{b:.6}")),
     );
-    for (worker, busy) in ctx.workers.busy_seconds().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_busy_seconds_total{{worker=\"{worker}\"}} {busy:.6}\n"
-        ));
-    }
-    text.push_str(
-        "# HELP gateway_media_worker_demand Share of a core each media worker's thread ran or \
-         waited for in its last measured half second; new calls are refused while every \
-         worker's is above [limits] media_load_pct.\n\
-         # TYPE gateway_media_worker_demand gauge\n",
+    per_worker(
+        &mut text,
+        "gateway_media_worker_demand",
+        "gauge",
+        "Share of a core each media worker's thread ran or waited for in its last measured \
+         half second; new calls are refused while every worker's is above [limits] \
+         media_load_pct.",
+        workers.demand().into_iter().map(|d| format!("{d:.3}")),
     );
-    for (worker, demand) in ctx.workers.demand().into_iter().enumerate() {
-        text.push_str(&format!(
-            "gateway_media_worker_demand{{worker=\"{worker}\"}} {demand:.3}\n"
-        ));
-    }
     let registered = ctx
         .registered
         .lock()

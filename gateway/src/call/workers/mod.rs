@@ -524,48 +524,38 @@ impl MediaWorkers {
         });
     }
 
+    /// `read` of each worker's pace, in the workers' order: what `/metrics` shows of them.
+    fn each_pace<T>(&self, read: impl Fn(&Pace) -> T) -> Vec<T> {
+        self.workers.iter().map(|w| read(&w.pace)).collect()
+    }
+
     /// Calls per worker (for `/metrics`).
     pub fn calls(&self) -> Vec<usize> {
-        self.workers
-            .iter()
-            .map(|w| w.pace.calls.load(Ordering::Relaxed))
-            .collect()
+        self.each_pace(|p| p.calls.load(Ordering::Relaxed))
     }
 
     /// Times each worker's thread woke since it started (for `/metrics`): with paced turns
     /// at most one a turn, however many packets and ticks its calls have.
     pub fn wakeups(&self) -> Vec<u64> {
-        self.workers
-            .iter()
-            .map(|w| w.pace.wakeups.load(Ordering::Relaxed))
-            .collect()
+        self.each_pace(|p| p.wakeups.load(Ordering::Relaxed))
     }
 
     /// Sleeps each worker's thread took waiting out its paced turns (for `/metrics`): one a
     /// turn, or one a nap where `[media] nap_us` asks for naps.
     pub fn sleeps(&self) -> Vec<u64> {
-        self.workers
-            .iter()
-            .map(|w| w.pace.sleeps.load(Ordering::Relaxed))
-            .collect()
+        self.each_pace(|p| p.sleeps.load(Ordering::Relaxed))
     }
 
     /// Whether each worker's thread sends through an io_uring ring (for `/metrics`): not where
     /// `[media] io_uring` is off, the kernel refused the ring, or the ring failed or refused
     /// sends since.
     pub fn io_uring(&self) -> Vec<bool> {
-        self.workers
-            .iter()
-            .map(|w| w.pace.io_uring.load(Ordering::Relaxed))
-            .collect()
+        self.each_pace(|p| p.io_uring.load(Ordering::Relaxed))
     }
 
     /// Seconds each worker's thread has been busy since it started (for `/metrics`).
     pub fn busy_seconds(&self) -> Vec<f64> {
-        self.workers
-            .iter()
-            .map(|w| Duration::from_nanos(w.pace.busy_ns.load(Ordering::Relaxed)).as_secs_f64())
-            .collect()
+        self.each_pace(|p| Duration::from_nanos(p.busy_ns.load(Ordering::Relaxed)).as_secs_f64())
     }
 }
 
