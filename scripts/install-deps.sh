@@ -7,6 +7,9 @@ need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)   # the SIP peer playing the trunk
 # A second, independent SIP peer where sipp 3.6 cannot be one: SIP over TLS with SRTP (SDES).
 command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
+# SpanDSP's G.722, the reference the gateway's G.722 coder is tested against (loaded at run
+# time by `gateway::media::g722`'s tests).
+ls /usr/lib/*/libspandsp.so.2 >/dev/null 2>&1 || need+=(libspandsp2)
 # The TURN relay browsers behind strict firewalls reach the gateway through.
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # The shared state of several gateways ([cluster]); the cluster tests start their own.

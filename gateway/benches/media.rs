@@ -12,6 +12,9 @@
 //! - load floor, 50 calls in turn: the load floor's work for 50 calls' coders, a frame each in
 //!   turn, as a box carrying those calls runs them.
 //!
+//! - G.722: a 20 ms frame of 16 kHz audio (two tones) encoded and decoded by the gateway's
+//!   G.722 coder (`gateway::media::g722`), the HD voice trunk's side of a call.
+//!
 //! The UDP and SRTP work around it is not in either (it is the same syscall and cipher per
 //! packet whatever the pipeline does). Prints `pipeline / floor` at the end.
 //! Run: `cargo bench -p gateway --bench media` (`OPUS_COMPLEXITY=N`, `OPUS_LOSS_PCT=N` for
@@ -26,6 +29,7 @@ use audiopus::{Channels, MutSignals, SampleRate};
 use criterion::Criterion;
 use gateway::media::bridge::Bridge;
 use gateway::media::g711::G711;
+use gateway::media::g722;
 use gateway::media::opus::FRAME_SAMPLES_8K;
 use gateway::media::rtp::{RtpPacket, RtpSender};
 use gateway::media::tone::ToneGenerator;
@@ -190,6 +194,28 @@ fn main() {
             })
         });
     }
+    let mut wide = vec![0i16; FRAMES * 2 * FRAME_SAMPLES_8K];
+    let (mut low, mut high) = (
+        ToneGenerator::new(440.0, 16_000, 8000),
+        ToneGenerator::new(5200.0, 16_000, 2000),
+    );
+    let mut upper = vec![0i16; wide.len()];
+    low.fill(&mut wide);
+    high.fill(&mut upper);
+    for (w, u) in wide.iter_mut().zip(&upper) {
+        *w = w.saturating_add(*u);
+    }
+    let (mut encoder, mut decoder) = (g722::Encoder::new(), g722::Decoder::new());
+    let (mut codes, mut decoded) = ([0u8; FRAME_SAMPLES_8K], [0i16; 2 * FRAME_SAMPLES_8K]);
+    let mut k = 0usize;
+    c.bench_function(G722, |bench| {
+        bench.iter(|| {
+            let frame = wide.chunks(2 * FRAME_SAMPLES_8K).nth(k % FRAMES).unwrap();
+            k += 1;
+            let n = encoder.encode(black_box(frame), &mut codes);
+            black_box(decoder.decode(&codes[..n], &mut decoded));
+        })
+    });
     c.final_summary();
 
     // The ratio, from criterion's own estimates (median of each).
@@ -232,6 +258,13 @@ fn main() {
             );
         }
     }
+    if let Some(t) = median(G722) {
+        println!(
+            "G.722, a 20 ms frame encoded and decoded: {:.2} µs, {:.3} % of a core per call",
+            t / 1000.0,
+            t * 50.0 / 1e7
+        );
+    }
     let mean_len = |s: &[Vec<u8>]| s.iter().map(Vec::len).sum::<usize>() as f64 / s.len() as f64;
     println!("browser packets decoded, a frame:");
     for (name, stream, _) in decodes {
@@ -248,6 +281,8 @@ fn main() {
 const FLOOR: &str = "floor: libopus decode + encode";
 const LOAD_FLOOR: &str = "load floor: libopus decode + encode of loadgen's tone";
 const LOAD_FLOOR_CALLS: &str = "load floor, 50 calls in turn";
+
+const G722: &str = "g722: encode + decode a 20 ms frame";
 
 const DECODE_NARROW: &str = "decode to 8 kHz: browser narrowband 24 kb/s";
 const DECODE_FULL_TO_8K: &str = "decode to 8 kHz: browser full band 32 kb/s";

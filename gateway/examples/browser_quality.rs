@@ -9,6 +9,7 @@
 //! (the output is what the trunk decodes: 8 kHz PCM for G.711, 16 kHz for G.722)
 
 use gateway::media::g711::G711;
+use gateway::media::g722;
 use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K, OpusDecoder};
 use gateway::media::wideband::WideBridge;
 use gateway_tests::browser_opus::{BrowserOpus, FRAME_48K};
@@ -55,10 +56,9 @@ fn hd_voice(
     browser: &mut BrowserOpus,
     out: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use ezk_g722::libg722::{Bitrate, decoder, encoder};
     let mut bridge = WideBridge::new(EncoderSettings::default().complexity, 40)?;
-    let mut enc = encoder::Encoder::new(Bitrate::Mode1_64000, false, false);
-    let mut dec = decoder::Decoder::new(Bitrate::Mode1_64000, false, false);
+    let (mut enc, mut dec) = (g722::Encoder::new(), g722::Decoder::new());
+    let (mut codes, mut trunk) = ([0u8; FRAME_48K], [0i16; FRAME_48K]);
     let mut packet = [0u8; 1500];
     let mut output = Vec::with_capacity(input.len() / 3 * 2);
     for frame in input.chunks(FRAME_48K) {
@@ -66,8 +66,9 @@ fn hd_voice(
         pcm[..frame.len()].copy_from_slice(frame);
         let n = browser.encode(&pcm, &mut packet)?;
         bridge.from_browser(&packet[..n], |wide| {
-            let trunk = dec.decode(&enc.encode(wide));
-            output.extend(trunk.iter().flat_map(|s| s.to_le_bytes()));
+            let n = enc.encode(wide, &mut codes);
+            let n = dec.decode(&codes[..n], &mut trunk);
+            output.extend(trunk[..n].iter().flat_map(|s| s.to_le_bytes()));
         });
     }
     std::fs::write(out, output)?;

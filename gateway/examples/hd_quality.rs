@@ -15,6 +15,7 @@ use audiopus::packet::Packet;
 use audiopus::{Channels, MutSignals, SampleRate};
 use gateway::media::bridge::Bridge;
 use gateway::media::g711::G711;
+use gateway::media::g722;
 use gateway::media::opus::{EncoderSettings, FRAME_SAMPLES_8K};
 use gateway::media::session::WIDE_FRAME_SAMPLES;
 use gateway::media::wideband::WideBridge;
@@ -44,14 +45,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         "g722" => {
-            use ezk_g722::libg722::{Bitrate, decoder, encoder};
             let mut bridge = WideBridge::new(complexity, 40)?;
-            let mut enc = encoder::Encoder::new(Bitrate::Mode1_64000, false, false);
-            let mut dec = decoder::Decoder::new(Bitrate::Mode1_64000, false, false);
+            let (mut enc, mut dec) = (g722::Encoder::new(), g722::Decoder::new());
+            let (mut codes, mut trunk) = ([0u8; WIDE_FRAME_SAMPLES], [0i16; WIDE_FRAME_SAMPLES]);
             for (i, frame) in input.chunks(WIDE_FRAME_SAMPLES).enumerate() {
                 let mut pcm = [0i16; WIDE_FRAME_SAMPLES];
                 pcm[..frame.len()].copy_from_slice(frame);
-                let trunk = dec.decode(&enc.encode(&pcm));
+                let n = enc.encode(&pcm, &mut codes);
+                dec.decode(&codes[..n], &mut trunk);
                 // RFC 3551 §4.5.2: 160 RTP ticks per 20 ms.
                 bridge.from_trunk(i as u32 * 160, &trunk);
                 packets.push(bridge.to_browser().map(<[u8]>::to_vec));

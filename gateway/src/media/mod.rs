@@ -1,4 +1,4 @@
-//! Media: G.711, RTP, RFC 4733 DTMF, test tones, and the RTP sessions of the trunk leg
+//! Media: G.711, G.722, RTP, RFC 4733 DTMF, test tones, and the RTP sessions of the trunk leg
 //! (SRTP keyed by SDES where the trunk asks for it).
 
 pub mod bridge;
@@ -6,6 +6,7 @@ pub mod codec;
 pub mod description;
 pub mod dtmf;
 pub mod g711;
+pub mod g722;
 pub mod incoming;
 pub mod jitter;
 pub mod opus;

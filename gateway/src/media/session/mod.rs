@@ -48,26 +48,10 @@ pub const WIDE_FRAME_SAMPLES: usize = 320;
 
 /// A G.722 stream's coder state: ADPCM predicts from the samples before, so each direction
 /// keeps one for the life of the stream.
+#[derive(Debug, Default)]
 struct G722State {
-    encoder: ezk_g722::libg722::encoder::Encoder,
-    decoder: ezk_g722::libg722::decoder::Decoder,
-}
-
-impl G722State {
-    fn new() -> Self {
-        use ezk_g722::libg722::Bitrate;
-        G722State {
-            // 64 kbit/s, 16 kHz samples, unpacked: RFC 3551 §4.5.2.
-            encoder: ezk_g722::libg722::encoder::Encoder::new(Bitrate::Mode1_64000, false, false),
-            decoder: ezk_g722::libg722::decoder::Decoder::new(Bitrate::Mode1_64000, false, false),
-        }
-    }
-}
-
-impl std::fmt::Debug for G722State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("G722State")
-    }
+    encoder: crate::media::g722::Encoder,
+    decoder: crate::media::g722::Decoder,
 }
 
 /// The largest RTP packet sent: a header and an Opus packet (at most 1275 bytes, RFC 6716).
@@ -302,7 +286,7 @@ impl RtpStream {
             self.end_reception();
             self.timeline = Timeline::default();
             self.relay.restart();
-            self.g722 = (remote.codec == Codec::G722).then(|| Box::new(G722State::new()));
+            self.g722 = (remote.codec == Codec::G722).then(Box::default);
         }
         // New keys (a re-INVITE may rekey, RFC 4568 §7.1.4) get new contexts; the same keys
         // keep theirs, with the rollover counters and replay lists they have built.
@@ -351,13 +335,12 @@ impl RtpStream {
     /// peer does not want media (hold: it said sendonly or inactive).
     /// G.722 takes 320 samples at 16 kHz, G.711 160 at 8 kHz.
     pub fn send_frame(&mut self, pcm: &[i16]) {
-        if let Some(g722) = self.g722.as_mut() {
+        // Taken out while it codes into the packet (`send_with` borrows the whole session).
+        if let Some(mut g722) = self.g722.take() {
+            // 64 kbit/s, a byte per pair of 16 kHz samples: RFC 3551 §4.5.2.
             let n = WIDE_FRAME_SAMPLES.min(pcm.len());
-            let bytes = g722.encoder.encode(&pcm[..n]);
-            self.send_with(|out| {
-                out[..bytes.len()].copy_from_slice(&bytes);
-                bytes.len()
-            });
+            self.send_with(|out| g722.encoder.encode(&pcm[..n], out));
+            self.g722 = Some(g722);
             return;
         }
         let Some(law) = self.remote.and_then(|r| r.codec.g711()) else {
@@ -621,13 +604,8 @@ impl RtpStream {
                 .map_or(Received::Nothing, Received::Digit);
         }
         if let Some(g722) = self.g722.as_mut() {
-            let decoded = g722.decoder.decode(packet.payload);
-            let n = decoded.len().min(pcm.len());
-            pcm[..n].copy_from_slice(&decoded[..n]);
-            return Received::Audio {
-                samples: n,
-                timestamp,
-            };
+            let samples = g722.decoder.decode(packet.payload, pcm);
+            return Received::Audio { samples, timestamp };
         }
         let Some(law) = remote.codec.g711() else {
             let start = packet.payload.as_ptr() as usize - data.as_ptr() as usize;
