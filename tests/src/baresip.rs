@@ -1,7 +1,8 @@
 //! baresip (Debian's `baresip-core`) as an independent SIP peer where sipp 3.6 cannot be
 //! one: SIP over TLS and SRTP keyed by SDES (RFC 4568) through libsrtp. As the trunk
 //! answering our calls its `echo` module sends the decoded audio back re-encoded; as a
-//! caller it plays a 1004 Hz tone from a file and records what it decodes.
+//! caller it plays a 1004 Hz tone from a file and records what it decodes. It speaks G.711,
+//! or G.722 through SpanDSP's coder: a G.722 peer that is not the gateway's own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +20,39 @@ pub enum MediaEncryption {
     /// Plain RTP only.
     None,
 }
+
+/// The audio codec the peer speaks: the one codec module it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCodec {
+    /// G.711 (`g711.so`: PCMU and PCMA), 8 kHz.
+    G711,
+    /// G.722 (`g722.so`, SpanDSP's coder), 16 kHz.
+    G722,
+}
+
+impl PeerCodec {
+    fn module(self) -> &'static str {
+        match self {
+            PeerCodec::G711 => "g711.so",
+            PeerCodec::G722 => "g722.so",
+        }
+    }
+
+    /// The rate of the audio it codes, and so of the tone file a caller plays (baresip's
+    /// `aufile` refuses a file of another rate).
+    fn rate(self) -> u32 {
+        match self {
+            PeerCodec::G711 => 8000,
+            PeerCodec::G722 => 16_000,
+        }
+    }
+}
+
+/// The number a caller dials at the gateway ([`Baresip::gateway_taking_calls`]), the browser
+/// it reaches, and the secret that browser's tokens are signed with.
+pub const INBOUND_NUMBER: &str = "+15550100";
+pub const INBOUND_AGENT: &str = "agent-7";
+pub const AGENT_SECRET: &str = "agent-secret-0123456789abcdef";
 
 /// What the peer does with a call's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +83,21 @@ pub const TONE_HZ: f64 = 1004.0;
 impl Baresip {
     /// A peer in `dir/baresip` answering every call as `sip:echo@127.0.0.1` with its audio.
     pub fn echo(dir: &Path, encryption: MediaEncryption) -> Baresip {
-        Self::start(dir, encryption, Role::Echo)
+        Self::start(dir, encryption, Role::Echo, PeerCodec::G711)
     }
 
     /// A peer in `dir/baresip` that calls out with [`Baresip::dial`], playing ten seconds
     /// of a [`TONE_HZ`] tone and recording what it decodes.
     pub fn caller(dir: &Path, encryption: MediaEncryption) -> Baresip {
-        Self::start(dir, encryption, Role::Caller)
+        Self::start(dir, encryption, Role::Caller, PeerCodec::G711)
     }
 
-    fn start(dir: &Path, encryption: MediaEncryption, role: Role) -> Baresip {
+    /// A caller as [`Baresip::caller`] that offers and speaks `codec` only.
+    pub fn caller_speaking(dir: &Path, encryption: MediaEncryption, codec: PeerCodec) -> Baresip {
+        Self::start(dir, encryption, Role::Caller, codec)
+    }
+
+    fn start(dir: &Path, encryption: MediaEncryption, role: Role, codec: PeerCodec) -> Baresip {
         let home = dir.join("baresip");
         let recordings = home.join("received");
         std::fs::create_dir_all(&recordings).expect("baresip folder");
@@ -82,7 +121,7 @@ impl Baresip {
             Role::Echo => "audio_player aubridge,nil\naudio_source aubridge,nil\n".to_string(),
             Role::Caller => {
                 let tone = home.join("tone.wav");
-                write_tone_wav(&tone);
+                write_tone_wav(&tone, codec.rate());
                 format!(
                     "audio_player aubridge,nil\naudio_source aufile,{}\nmodule aufile.so\n\
                      module sndfile.so\nsnd_path {}\n",
@@ -94,12 +133,13 @@ impl Baresip {
         let config = format!(
             "poll_method epoll\nsip_listen 127.0.0.1:{base}\nsip_certificate {}\n{audio}\
              audio_alert aubridge,alert\nrtp_ports {}-{}\nmodule_path /usr/lib/baresip/modules\n\
-             module g711.so\nmodule aubridge.so\nmodule srtp.so\nmodule_app account.so\n\
+             module {}\nmodule aubridge.so\nmodule srtp.so\nmodule_app account.so\n\
              module_app echo.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\n\
              ctrl_tcp_listen 127.0.0.1:{ctrl_port}\n",
             tls.display(),
             base + 2,
-            base + 3
+            base + 3,
+            codec.module()
         );
         let config = match role {
             Role::Echo => config,
@@ -166,16 +206,66 @@ impl Baresip {
         let _ = std::io::Read::read(&mut ctrl, &mut [0u8; 512]);
     }
 
-    /// The [`TONE_HZ`] tone in what a caller decoded from its call (after SRTP, PCMU).
-    pub fn received_tone(&self) -> Option<ToneReport> {
+    /// The [`TONE_HZ`] tone in what a caller decoded from its call (after SRTP, its codec),
+    /// at the rate it decoded (`sndfile` writes what the decoder gave), and that rate.
+    pub fn received_tone(&self) -> Option<(ToneReport, u32)> {
         let entry = std::fs::read_dir(&self.recordings)
             .ok()?
             .filter_map(Result::ok)
             .find(|e| e.file_name().to_string_lossy().ends_with("-dec.wav"))?;
-        let pcm = wav_samples(&std::fs::read(entry.path()).ok()?)?;
-        let mut detector = ToneDetector::new(TONE_HZ, 8000, 800);
+        let (rate, pcm) = wav_samples(&std::fs::read(entry.path()).ok()?)?;
+        // Blocks of 100 ms.
+        let mut detector = ToneDetector::new(TONE_HZ, rate, rate as usize / 10);
         detector.push(&pcm);
-        Some(detector.report())
+        Some((detector.report(), rate))
+    }
+
+    /// Waits for the peer to log its call's end; returns its log. libre reports a BYE
+    /// received as ECONNRESET ("Connection reset by peer"), whatever the transport did.
+    pub async fn wait_for_hangup(&self) -> String {
+        for _ in 0..100 {
+            let log = self.log();
+            if log.contains(" terminated (duration") {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("baresip never saw the call end: {}", self.log());
+    }
+
+    /// A gateway whose trunk `carrier` is this peer over TLS, its table extended with
+    /// `settings`, listening for SIP over TLS itself (with a certificate of its own), and
+    /// sending calls for [`INBOUND_NUMBER`] to the browser [`INBOUND_AGENT`], whose tokens
+    /// are signed with [`AGENT_SECRET`]; CDRs in `dir/cdr.jsonl`, whose path comes back too.
+    pub async fn gateway_taking_calls(
+        &self,
+        dir: &Path,
+        settings: &str,
+    ) -> (gateway::run::Gateway, PathBuf) {
+        let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        std::fs::write(dir.join("gw-cert.pem"), own.cert.pem()).unwrap();
+        std::fs::write(dir.join("gw-key.pem"), own.signing_key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("secret"), AGENT_SECRET).unwrap();
+        let edit = |text: String| {
+            let text = text
+                .replace(
+                    "[sip]\n",
+                    &format!(
+                        "[sip]\ntls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+                        dir.join("gw-cert.pem").display(),
+                        dir.join("gw-key.pem").display()
+                    ),
+                )
+                .replace(
+                    "[http]\n",
+                    &format!(
+                        "[http]\ntoken_secret_file = \"{}\"\n",
+                        dir.join("secret").display()
+                    ),
+                );
+            format!("{text}\n[inbound]\n\"{INBOUND_NUMBER}\" = \"{INBOUND_AGENT}\"\n")
+        };
+        crate::gateway_to(dir, (self.tls_port, "tls"), settings, edit).await
     }
 
     /// What baresip printed so far.
@@ -191,27 +281,31 @@ impl Drop for Baresip {
     }
 }
 
-/// Ten seconds of the tone, 8 kHz mono 16-bit PCM WAV.
-fn write_tone_wav(path: &Path) {
-    let mut pcm = vec![0i16; 80_000];
-    ToneGenerator::new(TONE_HZ, 8000, 8000).fill(&mut pcm);
-    crate::write_wav(path, 8000, &pcm);
+/// Ten seconds of the tone at `rate`, mono 16-bit PCM WAV.
+fn write_tone_wav(path: &Path, rate: u32) {
+    let mut pcm = vec![0i16; 10 * rate as usize];
+    ToneGenerator::new(TONE_HZ, rate, 8000).fill(&mut pcm);
+    crate::write_wav(path, rate, &pcm);
 }
 
-/// The 16-bit samples of a RIFF WAV file's `data` chunk (libsndfile may write other
-/// chunks before it).
-fn wav_samples(file: &[u8]) -> Option<Vec<i16>> {
+/// The sample rate of a RIFF WAV file (its `fmt ` chunk) and the 16-bit samples of its
+/// `data` chunk (libsndfile may write other chunks between them).
+fn wav_samples(file: &[u8]) -> Option<(u32, Vec<i16>)> {
+    let mut rate = None;
     let mut at = 12;
     while at + 8 <= file.len() {
         let id = &file[at..at + 4];
         let len = u32::from_le_bytes(file[at + 4..at + 8].try_into().ok()?) as usize;
         let body = file.get(at + 8..(at + 8 + len).min(file.len()))?;
+        if id == b"fmt " {
+            rate = Some(u32::from_le_bytes(body.get(4..8)?.try_into().ok()?));
+        }
         if id == b"data" {
-            return Some(
-                body.chunks_exact(2)
-                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
-                    .collect(),
-            );
+            let samples = body
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                .collect();
+            return Some((rate?, samples));
         }
         at += 8 + len + (len & 1);
     }

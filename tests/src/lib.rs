@@ -514,6 +514,42 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
     std::fs::write(path, wav).expect("write the WAV file");
 }
 
+/// A gateway whose trunk `carrier` is at 127.0.0.1:`port` over `transport`, its table
+/// extended with `settings`, the whole text then passed through `edit`; with the target
+/// `echo` (the number `echo`) and CDRs in `dir/cdr.jsonl`, whose path comes back too.
+pub async fn gateway_to(
+    dir: &std::path::Path,
+    (port, transport): (u16, &str),
+    settings: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (gateway::run::Gateway, std::path::PathBuf) {
+    let path = write_config(dir, &[("carrier", port, transport, &[])]);
+    let cdr = dir.join("cdr.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[trunks.carrier]\n",
+        &format!("[trunks.carrier]\n{settings}"),
+    );
+    let text = format!(
+        "{}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"echo\"\n\n[cdr]\npath = \"{}\"\n",
+        edit(text),
+        cdr.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    let gateway = gateway::run::start(&gateway::config::Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    (gateway, cdr)
+}
+
+/// The first record of the CDR file at `path`, waiting for it as [`cdr_records`] does.
+pub async fn cdr_record(path: &Path) -> serde_json::Value {
+    cdr_records(path, 1)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no CDR in {}", path.display()))
+}
+
 /// The records of the CDR file at `path` once it holds `count` (a call's record follows its
 /// end), waiting up to 5 s; whatever it holds by then otherwise.
 pub async fn cdr_records(path: &Path, count: usize) -> Vec<serde_json::Value> {

@@ -2,37 +2,11 @@
 //! SIP stack and libsrtp — answering with its echo module; and a trunk that must not fall
 //! back to plain RTP, against sipp.
 
-use gateway::config::Config;
-use gateway_tests::baresip::{Baresip, MediaEncryption};
+use gateway_tests::baresip::{
+    AGENT_SECRET, Baresip, INBOUND_AGENT, INBOUND_NUMBER, MediaEncryption,
+};
 use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
-use gateway_tests::{Sipp, out_dir, write_config};
-
-/// A gateway whose trunk `carrier` is at 127.0.0.1:`port` over `transport`, its table
-/// extended with `settings`, the whole text then passed through `edit`; with the target
-/// `echo` (the number `echo`) and CDRs in `dir/cdr.jsonl`, whose path comes back too.
-async fn gateway_to(
-    dir: &std::path::Path,
-    (port, transport): (u16, &str),
-    settings: &str,
-    edit: impl FnOnce(String) -> String,
-) -> (gateway::run::Gateway, std::path::PathBuf) {
-    let path = write_config(dir, &[("carrier", port, transport, &[])]);
-    let cdr = dir.join("cdr.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        &format!("[trunks.carrier]\n{settings}"),
-    );
-    let text = format!(
-        "{}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"echo\"\n\n[cdr]\npath = \"{}\"\n",
-        edit(text),
-        cdr.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    let gateway = gateway::run::start(&Config::load(&path).unwrap())
-        .await
-        .unwrap();
-    (gateway, cdr)
-}
+use gateway_tests::{Sipp, gateway_to, out_dir};
 
 /// A browser call of three seconds (with DTMF) to baresip over TLS, the trunk's table
 /// extended with `settings`; returns the report and the call's CDR.
@@ -51,29 +25,8 @@ async fn call_baresip(
     let report = run_call(&format!("ws://{}/ws", gateway.http_addr), &opts)
         .await
         .unwrap();
-    let record = wait_for_cdr(&cdr).await;
+    let record = gateway_tests::cdr_record(&cdr).await;
     (report, record)
-}
-
-async fn wait_for_cdr(path: &std::path::Path) -> serde_json::Value {
-    gateway_tests::cdr_records(path, 1)
-        .await
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no CDR in {}", path.display()))
-}
-
-/// baresip logs the call's end; libre reports a BYE received as ECONNRESET ("Connection
-/// reset by peer"), whatever the transport did.
-async fn wait_for_hangup(peer: &Baresip) -> String {
-    for _ in 0..100 {
-        let log = peer.log();
-        if log.contains(" terminated (duration") {
-            return log;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("baresip never saw the call end: {}", peer.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,7 +35,7 @@ async fn a_browser_call_over_tls_with_srtp_carries_the_tone_and_digits_both_ways
     // baresip refuses any call without SRTP: the call can only work encrypted.
     let peer = Baresip::echo(&dir, MediaEncryption::SrtpMandatory);
     let (report, cdr) = call_baresip(&peer, &dir, "srtp = \"required\"\n").await;
-    let log = wait_for_hangup(&peer).await;
+    let log = peer.wait_for_hangup().await;
     eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
     assert!(
         report.tone_snr_db.unwrap_or(f64::NEG_INFINITY) >= 20.0,
@@ -108,7 +61,7 @@ async fn optional_srtp_is_used_when_the_peer_takes_it_and_plain_rtp_when_it_does
     let dir = out_dir("srtp_optional_taken");
     let peer = Baresip::echo(&dir, MediaEncryption::SrtpBestEffort);
     let (report, cdr) = call_baresip(&peer, &dir, "srtp = \"optional\"\n").await;
-    let log = wait_for_hangup(&peer).await;
+    let log = peer.wait_for_hangup().await;
     assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
     assert!(log.contains("SRTP is Enabled"), "{log}");
     assert_eq!(cdr["trunk_srtp"], "AES_CM_128_HMAC_SHA1_80", "{cdr}");
@@ -117,7 +70,7 @@ async fn optional_srtp_is_used_when_the_peer_takes_it_and_plain_rtp_when_it_does
     let dir = out_dir("srtp_optional_plain");
     let peer = Baresip::echo(&dir, MediaEncryption::None);
     let (report, cdr) = call_baresip(&peer, &dir, "srtp = \"optional\"\n").await;
-    let log = wait_for_hangup(&peer).await;
+    let log = peer.wait_for_hangup().await;
     assert!(report.tone_snr_db.unwrap_or(0.0) >= 20.0, "{report:?}");
     assert!(!log.contains("SRTP is Enabled"), "{log}");
     assert_eq!(cdr["trunk_srtp"], serde_json::Value::Null, "{cdr}");
@@ -141,7 +94,7 @@ async fn a_trunk_requiring_srtp_that_answers_plain_rtp_is_hung_up_without_sendin
     assert_eq!(ended["reason"], "media_refused", "{report:?}");
     assert_eq!(ended["sip_code"], 488, "{report:?}");
     assert!(sipp.finished().await, "sipp got ACK and then BYE");
-    let cdr = wait_for_cdr(&cdr).await;
+    let cdr = gateway_tests::cdr_record(&cdr).await;
     assert_eq!(cdr["trunk_packets_out"], 0, "no plain RTP ever left: {cdr}");
     assert_eq!(cdr["end_reason"], "media_refused", "{cdr}");
 }
@@ -150,45 +103,20 @@ async fn a_trunk_requiring_srtp_that_answers_plain_rtp_is_hung_up_without_sendin
 async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_tone_both_ways() {
     let dir = out_dir("srtp_tls_inbound");
     let peer = Baresip::caller(&dir, MediaEncryption::SrtpMandatory);
-    // The gateway's own TLS listener, with a certificate of its own.
-    let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-    std::fs::write(dir.join("gw-cert.pem"), own.cert.pem()).unwrap();
-    std::fs::write(dir.join("gw-key.pem"), own.signing_key.serialize_pem()).unwrap();
-    let secret = "agent-secret-0123456789abcdef";
-    std::fs::write(dir.join("secret"), secret).unwrap();
     let settings = format!(
         "ca_file = \"{}\"\nsrtp = \"required\"\n",
         peer.ca_file.display()
     );
-    let edit = |text: String| {
-        let text = text
-            .replace(
-                "[sip]\n",
-                &format!(
-                    "[sip]\ntls = \"127.0.0.1:0\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-                    dir.join("gw-cert.pem").display(),
-                    dir.join("gw-key.pem").display()
-                ),
-            )
-            .replace(
-                "[http]\n",
-                &format!(
-                    "[http]\ntoken_secret_file = \"{}\"\n",
-                    dir.join("secret").display()
-                ),
-            );
-        format!("{text}\n[inbound]\n\"+15550100\" = \"agent-7\"\n")
-    };
-    let (gateway, cdr) = gateway_to(&dir, (peer.tls_port, "tls"), &settings, edit).await;
-    let opts = CallOptions::answering("agent-7", secret, 3.0);
+    let (gateway, cdr) = peer.gateway_taking_calls(&dir, &settings).await;
+    let opts = CallOptions::answering(INBOUND_AGENT, AGENT_SECRET, 3.0);
     let url = format!("ws://{}/ws", gateway.http_addr);
     let browser = spawn_call(&url, opts);
-    // sipp calls only once the browser is registered, not after a fixed pause.
+    // baresip calls only once the browser is registered, not after a fixed pause.
     gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
     let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
-    peer.dial(&format!("sip:+15550100@{tls}"));
+    peer.dial(&format!("sip:{INBOUND_NUMBER}@{tls}"));
     let report = browser.await.unwrap();
-    let log = wait_for_hangup(&peer).await;
+    let log = peer.wait_for_hangup().await;
     eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
     assert!(
         report.messages.contains(&"incoming".to_string()),
@@ -198,13 +126,13 @@ async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "baresip's tone → SRTP → the gateway decrypts → Opus → the browser: {report:?}"
     );
-    let heard = peer.received_tone().expect("baresip recorded the call");
+    let (heard, _) = peer.received_tone().expect("baresip recorded the call");
     eprintln!("baresip heard: {heard:?}");
     assert!(
         heard.snr_db >= 20.0 && heard.voiced_blocks >= 20,
         "the browser's tone → the gateway encrypts → baresip decrypts: {heard:?}"
     );
     assert!(log.contains("SRTP is Enabled"), "{log}");
-    let cdr = wait_for_cdr(&cdr).await;
+    let cdr = gateway_tests::cdr_record(&cdr).await;
     assert_eq!(cdr["trunk_srtp"], "AES_CM_128_HMAC_SHA1_80", "{cdr}");
 }
