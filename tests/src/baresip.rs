@@ -50,9 +50,9 @@ impl PeerCodec {
 
 /// The number a caller dials at the gateway ([`Baresip::gateway_taking_calls`]), the browser
 /// it reaches, and the secret that browser's tokens are signed with.
-pub const INBOUND_NUMBER: &str = "+15550100";
-pub const INBOUND_AGENT: &str = "agent-7";
-pub const AGENT_SECRET: &str = "agent-secret-0123456789abcdef";
+const INBOUND_NUMBER: &str = "+15550100";
+const INBOUND_AGENT: &str = "agent-7";
+const AGENT_SECRET: &str = "agent-secret-0123456789abcdef";
 
 /// What the peer does with a call's audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,6 +231,27 @@ impl Baresip {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("baresip never saw the call end: {}", self.log());
+    }
+
+    /// Calls [`INBOUND_NUMBER`] at `gateway` (one from [`Baresip::gateway_taking_calls`])
+    /// once the browser [`INBOUND_AGENT`], answering for `seconds`, has registered; returns
+    /// the browser's report and the peer's log once it saw the call end.
+    pub async fn call_in(
+        &self,
+        gateway: &gateway::run::Gateway,
+        seconds: f64,
+    ) -> (crate::client::CallReport, String) {
+        let url = format!("ws://{}/ws", gateway.http_addr);
+        let options = crate::client::CallOptions::answering(INBOUND_AGENT, AGENT_SECRET, seconds);
+        let browser = crate::client::spawn_call(&url, options);
+        // The call is placed only once the browser is registered, not after a fixed pause.
+        crate::wait_for_registered(gateway.http_addr, 1).await;
+        let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
+        self.dial(&format!("sip:{INBOUND_NUMBER}@{tls}"));
+        let report = browser.await.expect("the browser's call");
+        let log = self.wait_for_hangup().await;
+        eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
+        (report, log)
     }
 
     /// A gateway whose trunk `carrier` is this peer over TLS, its table extended with

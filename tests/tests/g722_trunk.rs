@@ -3,10 +3,8 @@
 //! browser the same way; and G.722 from a stack that is not the gateway's (baresip, whose
 //! coder is SpanDSP's) is heard, and hears, each way on its own.
 
-use gateway_tests::baresip::{
-    AGENT_SECRET, Baresip, INBOUND_AGENT, INBOUND_NUMBER, MediaEncryption, PeerCodec,
-};
-use gateway_tests::client::{CallOptions, spawn_call};
+use gateway_tests::baresip::{Baresip, MediaEncryption, PeerCodec};
+use gateway_tests::client::CallOptions;
 use gateway_tests::{CodecTrunkCall, call_through_codec_trunk, out_dir};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,17 +53,7 @@ async fn an_independent_g722_stack_hears_the_browser_and_is_heard_each_way_on_it
         peer.ca_file.display()
     );
     let (gateway, cdr) = peer.gateway_taking_calls(&dir, &settings).await;
-    let url = format!("ws://{}/ws", gateway.http_addr);
-    let browser = spawn_call(
-        &url,
-        CallOptions::answering(INBOUND_AGENT, AGENT_SECRET, 3.0),
-    );
-    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
-    let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
-    peer.dial(&format!("sip:{INBOUND_NUMBER}@{tls}"));
-    let report = browser.await.unwrap();
-    let log = peer.wait_for_hangup().await;
-    eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
+    let (report, _) = peer.call_in(&gateway, 3.0).await;
     assert!(
         report.tone_snr_db.unwrap_or(0.0) >= 20.0,
         "baresip's tone → SpanDSP's G.722 → the gateway decodes → Opus 16 kHz → the browser: \

@@ -2,10 +2,8 @@
 //! SIP stack and libsrtp — answering with its echo module; and a trunk that must not fall
 //! back to plain RTP, against sipp.
 
-use gateway_tests::baresip::{
-    AGENT_SECRET, Baresip, INBOUND_AGENT, INBOUND_NUMBER, MediaEncryption,
-};
-use gateway_tests::client::{CallOptions, CallReport, run_call, spawn_call};
+use gateway_tests::baresip::{Baresip, MediaEncryption};
+use gateway_tests::client::{CallOptions, CallReport, run_call};
 use gateway_tests::{Sipp, gateway_to, out_dir};
 
 /// A browser call of three seconds (with DTMF) to baresip over TLS, the trunk's table
@@ -108,16 +106,7 @@ async fn an_inbound_srtp_call_over_tls_is_answered_with_our_key_and_carries_the_
         peer.ca_file.display()
     );
     let (gateway, cdr) = peer.gateway_taking_calls(&dir, &settings).await;
-    let opts = CallOptions::answering(INBOUND_AGENT, AGENT_SECRET, 3.0);
-    let url = format!("ws://{}/ws", gateway.http_addr);
-    let browser = spawn_call(&url, opts);
-    // baresip calls only once the browser is registered, not after a fixed pause.
-    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
-    let tls = gateway.endpoint.tls_addr().expect("a TLS listener");
-    peer.dial(&format!("sip:{INBOUND_NUMBER}@{tls}"));
-    let report = browser.await.unwrap();
-    let log = peer.wait_for_hangup().await;
-    eprintln!("{}\n{log}", serde_json::to_string_pretty(&report).unwrap());
+    let (report, log) = peer.call_in(&gateway, 3.0).await;
     assert!(
         report.messages.contains(&"incoming".to_string()),
         "{report:?}"

@@ -69,6 +69,17 @@ const ILB: [i32; 32] = [
     2896, 2960, 3025, 3091, 3158, 3228, 3298, 3371, 3444, 3520, 3597, 3676, 3756, 3838, 3922, 4008,
 ];
 
+/// The QMF's two filters over 24 `taps`, oldest first: the coefficients over the even taps,
+/// and reversed over the odd ones.
+fn qmf(taps: &[i32; 24]) -> (i32, i32) {
+    let (mut even_taps, mut odd_taps) = (0, 0);
+    for i in 0..12 {
+        even_taps += taps[2 * i] * QMF[i];
+        odd_taps += taps[2 * i + 1] * QMF[11 - i];
+    }
+    (even_taps, odd_taps)
+}
+
 /// Saturates to 16 bits, as G.722's arithmetic does.
 fn sat(x: i32) -> i32 {
     x.clamp(i32::from(i16::MIN), i32::from(i16::MAX))
@@ -215,12 +226,7 @@ impl Encoder {
             }
             for (k, code) in out.iter_mut().enumerate() {
                 // The transmit QMF, over the 24 latest samples.
-                let taps = &window[2 * k..2 * k + 24];
-                let (mut even, mut odd) = (0, 0);
-                for i in 0..12 {
-                    odd += taps[2 * i] * QMF[i];
-                    even += taps[2 * i + 1] * QMF[11 - i];
-                }
+                let (odd, even) = qmf(window[2 * k..2 * k + 24].try_into().unwrap());
                 let low = self.encode_low((even + odd) >> 14);
                 let high = self.encode_high((even - odd) >> 14);
                 *code = ((high << 6) | low) as u8;
@@ -309,12 +315,7 @@ impl Decoder {
             // The receive QMF, over the 24 latest sums and differences; saturated,
             // not wrapped (the module's text).
             for (k, out) in pcm.chunks_exact_mut(2).enumerate() {
-                let taps = &window[2 * k..2 * k + 24];
-                let (mut x1, mut x2) = (0, 0);
-                for i in 0..12 {
-                    x2 += taps[2 * i] * QMF[i];
-                    x1 += taps[2 * i + 1] * QMF[11 - i];
-                }
+                let (x2, x1) = qmf(window[2 * k..2 * k + 24].try_into().unwrap());
                 out[0] = sat(x1 >> 11) as i16;
                 out[1] = sat(x2 >> 11) as i16;
             }
