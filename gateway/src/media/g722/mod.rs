@@ -12,9 +12,9 @@
 //! a standard decoder fed its stream disagreed with it for the first 0.3 s of every call.
 //! Coding into the caller's buffers also ends an allocation per frame each way.
 //!
-//! One departure, on hostile input only: the receive QMF's output is saturated to 16 bits
-//! (as the ITU-T reference's LIMIT does) where SpanDSP lets it wrap, which turns a crafted
-//! stream's overflow into the loudest click there is.
+//! One departure, on hostile input only: the receive QMF's output is saturated to 16 bits,
+//! as the rest of G.722's arithmetic is, where SpanDSP lets it wrap, which turns a crafted
+//! stream's overflow into a full-scale jump to the other sign.
 
 /// The QMF's coefficients, oldest sample first.
 const QMF: [i32; 12] = [3, -11, 12, 32, -210, 951, 3876, -805, 362, -156, 53, -11];
