@@ -102,8 +102,8 @@ pub fn media_port(data: &[u8]) {
     });
 }
 
-/// Trunk RTP through the stream's source check, RTP header, events and G.711; RTCP as the
-/// WebRTC stack parses it from the browser.
+/// Trunk RTP through the stream's source check, RTP header, events, G.711 and G.722; RTCP as
+/// the WebRTC stack parses it from the browser.
 pub fn rtp_rtcp(data: &[u8]) {
     static STREAM: OnceLock<Mutex<RtpStream>> = OnceLock::new();
     let _ = gateway::media::rtp::RtpPacket::parse(data);
@@ -165,6 +165,14 @@ pub fn rtp_rtcp(data: &[u8]) {
         {
             let _ = gateway::media::opus::relayable_ticks(&copy[start..start + len]);
         }
+        // The same bytes as a G.722 trunk's RTP, through the gateway's own G.722 decoder.
+        stream.set_remote(RemoteMedia {
+            codec: Codec::G722,
+            payload_type: 9,
+            ..remote
+        });
+        let mut copy = data.to_vec();
+        let _ = stream.handle_datagram(&mut copy, source, std::time::Instant::now(), &mut pcm);
         stream.set_remote(remote);
     }
     let _ = gateway::media::opus::relayable_ticks(data);
