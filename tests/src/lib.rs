@@ -246,18 +246,30 @@ pub fn write_config(dir: &Path, trunks: &[(&str, u16, &str, &[&str])]) -> PathBu
 /// A configuration with one trunk `carrier` at `port` listing `codecs` (e.g. `"opus", "PCMU"`),
 /// the target `echo` on it, and a CDR file; returns the configuration and the CDR path.
 pub fn codec_trunk_config(dir: &Path, port: u16, codecs: &str) -> (PathBuf, PathBuf) {
-    let path = write_config(dir, &[("carrier", port, "udp", &[])]);
+    carrier_config(dir, (port, "udp"), &format!("codecs = [{codecs}]\n"), "100")
+}
+
+/// A configuration with one trunk `carrier` at 127.0.0.1:`port` over `transport`, its table
+/// extended with `settings`, the target `echo` dialling `number` on it, and CDRs in
+/// `dir/cdr.jsonl`; returns the configuration's path and the CDR path.
+fn carrier_config(
+    dir: &Path,
+    (port, transport): (u16, &str),
+    settings: &str,
+    number: &str,
+) -> (PathBuf, PathBuf) {
+    let path = write_config(dir, &[("carrier", port, transport, &[])]);
     let text = std::fs::read_to_string(&path)
         .expect("read the config just written")
         .replace(
             "[trunks.carrier]\n",
-            &format!("[trunks.carrier]\ncodecs = [{codecs}]\n"),
+            &format!("[trunks.carrier]\n{settings}"),
         );
     let cdr = dir.join("cdr.jsonl");
     std::fs::write(
         &path,
         format!(
-            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"100\"\n\n[cdr]\npath = \"{}\"\n",
+            "{text}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"{number}\"\n\n[cdr]\npath = \"{}\"\n",
             cdr.display()
         ),
     )
@@ -518,23 +530,14 @@ pub fn write_wav(path: &Path, rate: u32, samples: &[i16]) {
 /// extended with `settings`, the whole text then passed through `edit`; with the target
 /// `echo` (the number `echo`) and CDRs in `dir/cdr.jsonl`, whose path comes back too.
 pub async fn gateway_to(
-    dir: &std::path::Path,
-    (port, transport): (u16, &str),
+    dir: &Path,
+    trunk: (u16, &str),
     settings: &str,
     edit: impl FnOnce(String) -> String,
-) -> (gateway::run::Gateway, std::path::PathBuf) {
-    let path = write_config(dir, &[("carrier", port, transport, &[])]);
-    let cdr = dir.join("cdr.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        "[trunks.carrier]\n",
-        &format!("[trunks.carrier]\n{settings}"),
-    );
-    let text = format!(
-        "{}\n[targets.echo]\ntrunk = \"carrier\"\nnumber = \"echo\"\n\n[cdr]\npath = \"{}\"\n",
-        edit(text),
-        cdr.display()
-    );
-    std::fs::write(&path, text).unwrap();
+) -> (gateway::run::Gateway, PathBuf) {
+    let (path, cdr) = carrier_config(dir, trunk, settings, "echo");
+    let text = std::fs::read_to_string(&path).expect("read the config just written");
+    std::fs::write(&path, edit(text)).expect("write config");
     let gateway = gateway::run::start(&gateway::config::Config::load(&path).unwrap())
         .await
         .unwrap();
@@ -662,11 +665,7 @@ pub async fn call_through_a_media_server(
     );
     let media = media.await.expect("the media server ran");
     assert!(sipp.finished().await, "sipp saw no call, or no BYE");
-    let record = cdr_records(&cdr, 1)
-        .await
-        .into_iter()
-        .next()
-        .expect("the call's CDR");
+    let record = cdr_record(&cdr).await;
     eprintln!("{record}");
     (report, media, record)
 }

@@ -37,7 +37,7 @@ async fn an_opus_trunk_gets_the_browsers_opus_untranscoded() {
     );
     assert_eq!(report.ended.unwrap()["reason"], "hangup");
     assert!(sipp.finished().await, "sipp saw no Opus offer, or no BYE");
-    let record = gateway_tests::cdr_records(&cdr, 1).await.remove(0);
+    let record = gateway_tests::cdr_record(&cdr).await;
     assert_eq!(record["trunk_codec"], "opus", "{record}");
     assert!(
         record["frames_relayed"].as_u64().unwrap() > 200,
@@ -394,7 +394,7 @@ async fn renegotiated_call(test: &str, scenario: &str) -> (CallReport, serde_jso
         "the tone, coded anew after the new answer, comes back: {report:?}"
     );
     assert_hung_up(&report, sipp, "sipp saw no call, or no BYE").await;
-    let record = gateway_tests::cdr_records(&cdr, 1).await.remove(0);
+    let record = gateway_tests::cdr_record(&cdr).await;
     (
         report,
         record,

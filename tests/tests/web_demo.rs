@@ -370,11 +370,7 @@ async fn a_visitor_allowed_only_relayed_media_calls_through_coturn_with_minted_c
     )
     .await;
     check("relay", &seen, "42");
-    let record = gateway_tests::cdr_records(&cdr, 1)
-        .await
-        .into_iter()
-        .next()
-        .expect("the call's CDR");
+    let record = gateway_tests::cdr_record(&cdr).await;
     assert_eq!(
         record["browser_relayed"], true,
         "the media came through coturn: {record}"
