@@ -342,14 +342,14 @@ impl Checker<'_> {
 
     /// A number that goes up to `max`: `default` where it is left out; over it, the issue
     /// `message` for `field` (and `default`).
-    pub(super) fn at_most(
+    pub(super) fn at_most<T: Copy + PartialOrd>(
         &mut self,
-        value: &Option<Spanned<u32>>,
-        max: u32,
+        value: &Option<Spanned<T>>,
+        max: T,
         field: &str,
-        default: u32,
+        default: T,
         message: impl Into<String>,
-    ) -> u32 {
+    ) -> T {
         match value {
             Some(v) if *v.get_ref() > max => {
                 self.issue(v.span(), field, message);

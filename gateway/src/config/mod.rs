@@ -251,20 +251,17 @@ impl Config {
         }
         let plugins = plugins::plugins(&mut c, &raw.plugins, path);
         let defaults = EncoderSettings::default();
-        let mut complexity = |v: &Option<Spanned<u8>>, key: &str, default: u8| match v {
-            Some(v) if *v.get_ref() > 10 => {
-                c.issue(v.span(), key, "Opus complexity goes from 0 to 10");
-                default
-            }
-            Some(v) => *v.get_ref(),
-            None => default,
+        let complexity = |c: &mut Checker, v: &Option<Spanned<u8>>, key: &str, default: u8| {
+            c.at_most(v, 10, key, default, "Opus complexity goes from 0 to 10")
         };
         let opus_complexity = complexity(
+            &mut c,
             &raw.media.opus_complexity,
             "media.opus_complexity",
             defaults.complexity,
         );
         let opus_complexity_under_loss = complexity(
+            &mut c,
             &raw.media.opus_complexity_under_loss,
             "media.opus_complexity_under_loss",
             defaults.complexity_under_loss,

@@ -10,10 +10,14 @@ use axum::response::{IntoResponse, Response};
 
 use crate::call::CallContext;
 
+/// A metric's `# HELP` and `# TYPE` lines.
+fn header(text: &mut String, name: &str, kind: &str, help: &str) {
+    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+}
+
 fn metric(text: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    text.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-    ));
+    header(text, name, kind, help);
+    text.push_str(&format!("{name} {value}\n"));
 }
 
 /// One series per media worker, labelled `worker="N"` in the workers' order.
@@ -24,7 +28,7 @@ fn per_worker<T: std::fmt::Display>(
     help: &str,
     values: impl IntoIterator<Item = T>,
 ) {
-    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+    header(text, name, kind, help);
     for (worker, value) in values.into_iter().enumerate() {
         text.push_str(&format!("{name}{{worker=\"{worker}\"}} {value}\n"));
     }
@@ -39,7 +43,7 @@ fn histogram(
     total: u64,
     sum: f64,
 ) {
-    text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} histogram\n"));
+    header(text, name, "histogram", help);
     histogram_series(text, name, "", bounds, counts, total, sum);
 }
 
