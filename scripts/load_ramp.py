@@ -9,7 +9,8 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
-       [--workers N] [--turn-ms N] [--nap-us N] [--no-io-uring] [--complexity N]
+       [--workers N] [--turn-ms N] [--nap-us N] [--no-io-uring] [--no-worker-clock]
+       [--complexity N]
        [--opus-trunk | --g722-trunk | --trunk-codecs LIST] [--no-build] [--full-band]
        [--media-load-pct N]
        [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile] [--awake]
@@ -143,12 +144,13 @@ number = "100"
 """
 
 
-def media_section(complexity=None, workers=None, turn_ms=None, io_uring=None, nap_us=None):
+def media_section(complexity=None, workers=None, turn_ms=None, io_uring=None, nap_us=None,
+                  worker_clock=None):
     """The gateway's `[media]` settings that were asked for (none: its defaults)."""
     media = [f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
              for key, value in
              (("opus_complexity", complexity), ("workers", workers), ("turn_ms", turn_ms),
-              ("io_uring", io_uring), ("nap_us", nap_us))
+              ("io_uring", io_uring), ("nap_us", nap_us), ("worker_clock", worker_clock))
              if value is not None]
     return "\n[media]\n" + "\n".join(media) + "\n" if media else ""
 
@@ -467,6 +469,9 @@ def main():
                            "the kernel refuses io_uring (media.io_uring = false)")
     args.add_argument("--turn-ms", type=int, default=None,
                       help="the gateway's media.turn_ms (default: its default, 2)")
+    args.add_argument("--no-worker-clock", action="store_true",
+                      help="transcoding calls tick at their own times and send the browser's "
+                           "audio on as it arrives (media.worker_clock = false)")
     args.add_argument("--nap-us", type=int, default=None,
                       help="the gateway's media.nap_us: a busy worker waits out its turn in naps "
                            "this long (default: its default, 0: one sleep)")
@@ -514,7 +519,8 @@ def main():
         sys.exit("sipp not found: scripts/install-deps.sh installs it")
     OUT.mkdir(parents=True, exist_ok=True)
     text = config(max(steps) + 100) + media_section(
-        a.complexity, a.workers, a.turn_ms, False if a.no_io_uring else None, a.nap_us)
+        a.complexity, a.workers, a.turn_ms, False if a.no_io_uring else None, a.nap_us,
+        False if a.no_worker_clock else None)
     if a.media_load_pct is not None:
         text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
     if a.economy_load_pct is not None:

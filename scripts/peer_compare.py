@@ -174,8 +174,8 @@ def floor_beside(complexity):
     return round(float(m.group(1)) * 50 / 1e6 * 100, 4)
 
 
-def run_gateway(n, window, complexity=None, turn_ms=None):
-    text = config(n + 100) + media_section(complexity, turn_ms=turn_ms)
+def run_gateway(n, window, complexity=None, turn_ms=None, worker_clock=None):
+    text = config(n + 100) + media_section(complexity, turn_ms=turn_ms, worker_clock=worker_clock)
     (OUT / "gateway.toml").write_text(text)
     gateway = subprocess.Popen(
         [str(ROOT / "target/release/gateway"), "run", "--config", str(OUT / "gateway.toml")],
@@ -229,6 +229,9 @@ def main():
                       "rtpengine always codes at its own default")
     args.add_argument("--turn-ms", type=int, default=None,
                       help="the gateway's media.turn_ms (default: its default, 2)")
+    args.add_argument("--no-worker-clock", action="store_true",
+                      help="the gateway's transcoding calls tick at their own times and send the "
+                           "browser's audio on as it arrives (media.worker_clock = false)")
     args.add_argument("--awake", action="store_true",
                       help="keep every CPU from idling with a lowest-priority spinner throughout")
     a = args.parse_args()
@@ -268,7 +271,8 @@ def main():
             for r in range(a.rounds):
                 # Alternate who goes first, so neither always meets the box warmer.
                 order = [("gateway", lambda: bracketed(
-                              lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms))),
+                              lambda: run_gateway(a.calls, a.window, a.complexity, a.turn_ms,
+                                                 False if a.no_worker_clock else None))),
                          ("rtpengine", lambda: run_rtpengine(a.calls, a.window))]
                 row = {}
                 for name, run in (order if r % 2 == 0 else order[::-1]):
@@ -300,7 +304,8 @@ def main():
     lines = [
         f"{cpu}, {os.cpu_count()} cores{' kept awake' if a.awake else ''}; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
         f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, "
-        f"media turn {2 if a.turn_ms is None else a.turn_ms} ms",
+        f"media turn {2 if a.turn_ms is None else a.turn_ms} ms"
+        f"{', calls at their own times' if a.no_worker_clock else ''}",
         "",
         "| | % of a core per call | MB per call | anon MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -38,6 +38,9 @@ pub struct BrowserCaller {
     pub(super) talkspurt: bool,
     pub(super) connected: bool,
     renegotiations: Renegotiations,
+    /// Whether the call, while it transcodes, ticks on its worker's clock and reads the
+    /// browser's audio at its tick (`[media] worker_clock`, `super::driver::clock`).
+    pub(super) on_worker_clock: bool,
 }
 
 /// Renegotiations (ICE restarts) a browser may make in a minute: a network change takes one
@@ -120,7 +123,15 @@ impl BrowserCaller {
             talkspurt: true,
             connected: false,
             renegotiations: Renegotiations::default(),
+            on_worker_clock: false,
         }
+    }
+
+    /// Ticks on its worker's clock while it transcodes, reading the browser's audio at its
+    /// tick (`[media] worker_clock`).
+    pub fn on_worker_clock(mut self, on: bool) -> Self {
+        self.on_worker_clock = on;
+        self
     }
 
     /// Answers the browser's new offer on the live call. An ICE restart moves the call's
@@ -162,6 +173,17 @@ impl BrowserCaller {
             Some(direct) => direct.poll_recv(cx),
             None => Poll::Pending,
         }
+    }
+
+    /// Whether the browser's media comes on a direct path (which a call may read at its tick).
+    pub(super) fn has_direct_path(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// The browser's next datagram waiting on the direct path, read at the call's tick; the
+    /// path is no longer watched until [`Self::poll_direct`] ([`DirectPath::try_recv`]).
+    pub(super) fn try_recv_direct(&mut self) -> Option<Datagram> {
+        self.direct.as_mut()?.try_recv()
     }
 
     /// Sends a datagram to the browser.

@@ -175,10 +175,12 @@ impl CallContext {
         route: crate::rtc::mux::MuxRoute,
     ) -> caller::Caller {
         caller::Caller::Browser(Box::new(
-            caller::BrowserCaller::new(*leg, route, self.mux.clone(), self.bridge()).with_wideband(
-                self.config.media.opus_complexity,
-                self.config.media.jitter_ms,
-            ),
+            caller::BrowserCaller::new(*leg, route, self.mux.clone(), self.bridge())
+                .with_wideband(
+                    self.config.media.opus_complexity,
+                    self.config.media.jitter_ms,
+                )
+                .on_worker_clock(self.config.media.worker_clock),
         ))
     }
 

@@ -555,6 +555,7 @@ impl Config {
                 turn_ms,
                 nap_us,
                 io_uring: raw.media.io_uring.unwrap_or(true),
+                worker_clock: raw.media.worker_clock.unwrap_or(true),
             },
             cdr_path: raw.cdr.path.map(PathBuf::from),
             inbound: raw.inbound,

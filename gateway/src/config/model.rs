@@ -289,6 +289,12 @@ pub struct MediaConfig {
     /// Whether media workers send each turn's datagrams through an io_uring submission ring
     /// where the kernel offers one (default true): `media::outgoing`.
     pub io_uring: bool,
+    /// Whether a media worker's transcoding calls tick together, once a 20 ms frame on the
+    /// worker's clock, and take the browser's audio at their tick rather than as it arrives
+    /// (default true): the worker then wakes about once a frame, and a call costs less
+    /// (`call::driver::clock`). The browser's audio waits up to a frame (10 ms on average)
+    /// longer on its way to the trunk; false sends it on as it arrives.
+    pub worker_clock: bool,
 }
 
 /// The validated configuration.

@@ -133,6 +133,21 @@ fn media_workers_default_to_one_per_core_and_a_count_out_of_range_is_named() {
 }
 
 #[test]
+fn transcoding_calls_tick_on_their_workers_clock_unless_told_not_to() {
+    assert!(parse("").unwrap().media.worker_clock);
+    assert!(
+        !parse("[media]\nworker_clock = false\n")
+            .unwrap()
+            .media
+            .worker_clock
+    );
+    let err = parse("[media]\nworker_clock = 1\n").unwrap_err();
+    assert_eq!(err.issues.len(), 1, "{err}");
+    assert!(err.to_string().contains("expected a boolean"), "{err}");
+    assert!(err.to_string().contains(":2:"), "the line is named: {err}");
+}
+
+#[test]
 fn media_workers_send_through_io_uring_unless_told_not_to() {
     assert!(parse("").unwrap().media.io_uring);
     assert!(!parse("[media]\nio_uring = false\n").unwrap().media.io_uring);

@@ -12,6 +12,7 @@ use crate::media::incoming;
 use crate::media::session::{FRAME_SAMPLES, Received};
 use crate::plugin::{Event, Party};
 use crate::rtc::BrowserEvent;
+use crate::rtc::mux::Datagram;
 
 impl Run<'_> {
     /// Every 20 ms: audio to the caller, the tone to the trunk, plugins' audio frames.
@@ -113,6 +114,37 @@ impl Run<'_> {
                 }
             }
         })
+    }
+
+    /// A datagram from the browser, to its leg; true when the call opened a direct path for
+    /// the browser's media with it.
+    pub(super) fn browser_datagram(&mut self, call: &mut Call, (datagram, peer): Datagram) -> bool {
+        let Caller::Browser(b) = &mut self.caller else {
+            return false;
+        };
+        let now = Instant::now();
+        if !b.leg.handle_datagram(datagram, peer, now) {
+            self.wiring
+                .metrics
+                .media_drops
+                .browser_source
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        let opened = b.follow_media(now);
+        call.handle_media_received(MediaLeg::Browser, now);
+        opened
+    }
+
+    /// Takes the datagrams waiting on the browser's direct path (at the tick of a call on its
+    /// worker's clock): audio to the trunk, the rest to the browser leg.
+    pub(super) fn read_browser(&mut self, call: &mut Call) {
+        while let Caller::Browser(b) = &mut self.caller
+            && let Some(datagram) = b.try_recv_direct()
+        {
+            self.browser_datagram(call, datagram);
+            self.caller_events(call);
+        }
     }
 
     /// True while the trunk speaks G.722: the 16 kHz bridge transcodes.

@@ -18,7 +18,7 @@ mod media;
 mod sources;
 
 use super::caller::Caller;
-use super::machine::{Call, CallCommand, CallEvent, MediaLeg, Route};
+use super::machine::{Call, CallCommand, CallEvent, Route};
 use super::tap::AudioTap;
 use super::{EventSink, Metrics};
 use crate::media::session::RtpStream;
@@ -175,7 +175,12 @@ pub fn drive<'a>(
         call.handle_caller_media(true, Instant::now());
     }
     async move {
-        let mut clock = Clock::new(Instant::now());
+        let mut clock = match &run.caller {
+            Caller::Browser(b) if b.on_worker_clock => {
+                Clock::on_worker_clock(Instant::now(), clock::worker_epoch())
+            }
+            _ => Clock::new(Instant::now()),
+        };
         // One Sleep for the clock's deadline, re-armed when it moves, rather than a new
         // timer-wheel entry on every turn of the loop.
         let timer = tokio::time::sleep(Duration::ZERO);
@@ -184,6 +189,7 @@ pub fn drive<'a>(
         let mut transfer_route: Option<TransferRoute> = None;
         let mut shutdown = Some(shutdown_signal(run.wiring.shutdown.clone()));
         let mut sources = Sources::new();
+        let mut reads_at_tick = false;
         loop {
             run.carry_out(&mut call);
             if call.is_finished() {
@@ -221,6 +227,17 @@ pub fn drive<'a>(
             // each datagram's arrival, so the jitter the call reports is the network's. Only
             // a relayed call, which forwards each packet as it comes, watches the socket.
             let watch_rtp = media && !ticking;
+            // The same for the browser's audio on a call on its worker's clock: read at the
+            // tick, so that the worker wakes once a frame for all its calls (`clock`). Its
+            // direct path is watched again once the call stops ticking (it relays, or ends).
+            let at_tick = ticking
+                && matches!(&run.caller, Caller::Browser(b) if b.on_worker_clock && b.has_direct_path());
+            if at_tick != reads_at_tick {
+                reads_at_tick = at_tick;
+                if !at_tick {
+                    sources.mark(Source::DirectPath);
+                }
+            }
             if watch_rtp != run.rtp.is_watched() {
                 if watch_rtp {
                     sources.mark(Source::Rtp);
@@ -263,7 +280,7 @@ pub fn drive<'a>(
                         Caller::Browser(b) => some(b.poll_route(cx)).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
                     }),
-                    Source::DirectPath => turn.poll(source, media, |cx| match &mut run.caller {
+                    Source::DirectPath => turn.poll(source, media && !at_tick, |cx| match &mut run.caller {
                         Caller::Browser(b) => b.poll_direct(cx).map(Input::Browser),
                         Caller::Tone(_) => Poll::Pending,
                     }),
@@ -333,6 +350,10 @@ pub fn drive<'a>(
                     }
                     if let Some(lateness) = due.tick {
                         run.wiring.metrics.load.handle_tick(lateness);
+                        if at_tick {
+                            // The browser's audio of the frame, to the trunk first.
+                            run.read_browser(&mut call);
+                        }
                         if !run.rtp.is_watched() {
                             // What the trunk sent since the last tick, before this tick plays.
                             run.read_trunk(&mut call);
@@ -340,21 +361,9 @@ pub fn drive<'a>(
                         run.tick(&mut call);
                     }
                 }
-                Input::Browser((datagram, peer)) => {
-                    if let Caller::Browser(b) = &mut run.caller {
-                        let now = Instant::now();
-                        if b.leg.handle_datagram(datagram, peer, now) {
-                            if b.follow_media(now) {
-                                sources.mark(Source::DirectPath);
-                            }
-                            call.handle_media_received(MediaLeg::Browser, now);
-                        } else {
-                            run.wiring
-                                .metrics
-                                .media_drops
-                                .browser_source
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
+                Input::Browser(datagram) => {
+                    if run.browser_datagram(&mut call, datagram) {
+                        sources.mark(Source::DirectPath);
                     }
                 }
                 Input::Rtp => run.read_trunk(&mut call),

@@ -220,10 +220,12 @@ impl MediaMux {
         // Until `connect` the socket is one more member of the port's group, and the kernel
         // may hash another browser's datagram to it: `DirectPath::poll_recv` hands such strays on.
         socket.connect(&peer.into())?;
-        let socket = incoming::receiver(Arc::new(socket.into()))?;
+        let socket = Arc::new(std::net::UdpSocket::from(socket));
+        let watched = incoming::receiver(socket.clone())?;
         self.direct.fetch_add(1, Ordering::Relaxed);
         Ok(DirectPath {
             socket,
+            watched: Some(watched),
             waiting: None,
             peer,
             mux: self.clone(),
@@ -246,7 +248,7 @@ impl MediaMux {
 }
 
 /// The most datagrams a direct path's read takes: two, so that one can wait
-/// ([`DirectPath::waiting`]).
+/// ([`DirectPath::waiting`]). A call that reads at its tick finds one in most ticks.
 const READ: usize = 2;
 
 /// A call's own socket for the one browser address its media comes from.
@@ -254,7 +256,11 @@ const READ: usize = 2;
 pub struct DirectPath {
     /// Connected to the browser: the call reads its media here, and sends on it where its
     /// worker sends through a ring ([`DirectPath::send`]).
-    socket: incoming::Receiver,
+    socket: Arc<std::net::UdpSocket>,
+    /// The socket's registration with the worker's reactor, while the call waits for its
+    /// datagrams ([`DirectPath::poll_recv`]); none while it reads them at its own time
+    /// ([`DirectPath::try_recv`]), so that their arrival wakes nothing.
+    watched: Option<incoming::Receiver>,
     /// A datagram read with the one before it, handed out next: one read takes at most
     /// [`READ`] (two), so one can wait.
     waiting: Option<Datagram>,
@@ -280,7 +286,17 @@ impl DirectPath {
             if let Some(datagram) = self.waiting.take() {
                 return Poll::Ready(datagram);
             }
-            match self.socket.poll_read_ready(cx).map_ok(drop) {
+            let watched = match &mut self.watched {
+                Some(watched) => watched,
+                unwatched => match incoming::receiver(self.socket.clone()) {
+                    Ok(watched) => unwatched.insert(watched),
+                    Err(e) => {
+                        tracing::warn!(error = %e, peer = %self.peer, "the browser's media socket cannot be watched; no audio from the browser");
+                        return Poll::Pending;
+                    }
+                },
+            };
+            match watched.poll_read_ready(cx).map_ok(drop) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => {
                     // Only when the worker's runtime is shutting down: its calls end with it.
@@ -289,39 +305,67 @@ impl DirectPath {
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            let peer = self.peer;
-            let (ready, waiting) = incoming::with_scratch(|scratch| {
-                let bufs = &mut scratch.datagrams[..READ];
-                let mut got = [incoming::Got::empty(); READ];
-                let count = match incoming::recv_waiting(&self.socket, bufs, &mut got) {
-                    Ok(count) => count,
-                    // A browser gone (its port closed) answers what the call sent on this
-                    // socket with an ICMP error, which comes back here (`ECONNREFUSED`): it
-                    // is logged, and the call's ICE consent notices the silence.
-                    Err(e) => {
-                        tracing::debug!(error = %e, %peer, "browser media receive error");
-                        0
-                    }
-                };
-                let (mut ready, mut waiting) = (None, None);
-                for (buf, got) in bufs.iter().zip(&got).take(count) {
-                    let (n, from) = (got.len, got.source);
-                    if from != peer {
-                        // Queued before the socket was connected: another call's.
-                        route(&self.mux.routes, &buf[..n], from);
-                    } else if ready.is_none() {
-                        ready = Some((own_copy(&buf[..n]), from));
-                    } else {
-                        waiting = Some((own_copy(&buf[..n]), from));
-                    }
-                }
-                (ready, waiting)
-            });
-            self.waiting = waiting;
-            if let Some(datagram) = ready {
+            if let (Some(datagram), _) = self.read() {
                 return Poll::Ready(datagram);
             }
         }
+    }
+
+    /// The next datagram from the browser, if one waits, read at the call's own time (its
+    /// tick). The socket is taken off the reactor until the next [`Self::poll_recv`]: its
+    /// datagrams then wake neither the call nor its worker's thread as they arrive.
+    pub fn try_recv(&mut self) -> Option<Datagram> {
+        self.watched = None;
+        loop {
+            if let Some(datagram) = self.waiting.take() {
+                return Some(datagram);
+            }
+            match self.read() {
+                (Some(datagram), _) => return Some(datagram),
+                (None, false) => return None,
+                // Only other calls' datagrams in a full read: more may wait.
+                (None, true) => {}
+            }
+        }
+    }
+
+    /// One read of up to [`READ`] datagrams: the first for this call, another kept in
+    /// `waiting`, and whether the read was full (more may wait). Datagrams from other
+    /// addresses were queued before the socket was connected: they go to their calls.
+    fn read(&mut self) -> (Option<Datagram>, bool) {
+        let peer = self.peer;
+        let (ready, waiting, full) = incoming::with_scratch(|scratch| {
+            let bufs = &mut scratch.datagrams[..READ];
+            let mut got = [incoming::Got::empty(); READ];
+            let read = match &self.watched {
+                Some(watched) => incoming::recv_waiting(watched, bufs, &mut got),
+                None => incoming::recv_unwatched(&self.socket, bufs, &mut got),
+            };
+            let count = match read {
+                Ok(count) => count,
+                // A browser gone (its port closed) answers what the call sent on this
+                // socket with an ICMP error, which comes back here (`ECONNREFUSED`): it
+                // is logged, and the call's ICE consent notices the silence.
+                Err(e) => {
+                    tracing::debug!(error = %e, %peer, "browser media receive error");
+                    0
+                }
+            };
+            let (mut ready, mut waiting) = (None, None);
+            for (buf, got) in bufs.iter().zip(&got).take(count) {
+                let (n, from) = (got.len, got.source);
+                if from != peer {
+                    route(&self.mux.routes, &buf[..n], from);
+                } else if ready.is_none() {
+                    ready = Some((own_copy(&buf[..n]), from));
+                } else {
+                    waiting = Some((own_copy(&buf[..n]), from));
+                }
+            }
+            (ready, waiting, count == READ)
+        });
+        self.waiting = waiting;
+        (ready, full)
     }
 
     /// Sends a datagram to the browser: from this socket where the worker's turns go through
@@ -338,7 +382,7 @@ impl DirectPath {
         if !outgoing::sends_with_ring() {
             return self.mux.send(bytes, self.peer);
         }
-        if let Err(e) = outgoing::send(self.socket.get_ref(), bytes, None) {
+        if let Err(e) = outgoing::send(&self.socket, bytes, None) {
             tracing::debug!(error = %e, peer = %self.peer, "browser media send failed");
         }
     }
@@ -398,245 +442,4 @@ fn route(routes: &Mutex<Routes>, data: &[u8], peer: SocketAddr) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// A STUN Binding request whose USERNAME is `ufrag:browser` (RFC 5389 §6, §15.3).
-    fn binding_request(ufrag: &str) -> Vec<u8> {
-        let username = format!("{ufrag}:browser");
-        let padded = username.len().div_ceil(4) * 4;
-        let mut m = vec![0x00, 0x01];
-        m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
-        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
-        m.extend_from_slice(&[7; 12]);
-        m.extend_from_slice(&[0x00, 0x06]);
-        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
-        m.extend_from_slice(username.as_bytes());
-        m.resize(20 + 4 + padded, 0);
-        m
-    }
-
-    #[test]
-    fn audio_is_cut_from_the_shared_chunk_and_what_the_stack_may_keep_is_not() {
-        std::thread::spawn(|| {
-            // An SRTP packet (RTP version 2, Opus payload type 111) and a STUN request.
-            let audio = [&[0x80, 111][..], &[0; 98]].concat();
-            let first = own_copy(&audio);
-            let check = own_copy(&binding_request("abcd"));
-            let second = own_copy(&audio);
-            assert_eq!(
-                second.as_ptr(),
-                first.as_ptr().wrapping_add(audio.len()),
-                "the STUN request took room in the chunk"
-            );
-            assert_eq!(&check[..], &binding_request("abcd")[..]);
-            // SRTCP (a receiver report, packet type 201) is the stack's too.
-            let report = [&[0x81, 201][..], &[0; 30]].concat();
-            let kept = own_copy(&report);
-            let third = own_copy(&audio);
-            assert_eq!(third.as_ptr(), second.as_ptr().wrapping_add(audio.len()));
-            assert_eq!(&kept[..], &report[..]);
-        })
-        .join()
-        .unwrap();
-    }
-
-    async fn arrives(route: &mut MuxRoute) -> Option<SocketAddr> {
-        tokio::time::timeout(Duration::from_millis(300), route.recv())
-            .await
-            .ok()
-            .flatten()
-            .map(|(_, from)| from)
-    }
-
-    #[test]
-    fn media_ports_asked_for_as_port_0_are_never_shared() {
-        // Five hundred gateways' ports at once: a `SO_REUSEPORT` bind to port 0 alone gives
-        // two of them the same port every few hundred.
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let sockets: Vec<_> = (0..500).map(|_| first_socket(any).unwrap()).collect();
-        let ports: std::collections::BTreeSet<u16> = sockets
-            .iter()
-            .map(|s| s.local_addr().unwrap().as_socket().unwrap().port())
-            .collect();
-        assert_eq!(ports.len(), sockets.len(), "every port its own");
-    }
-
-    #[test]
-    fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
-        let granted = enlarge_receive_buffer(&socket).unwrap();
-        // What the kernel allows: net.core.rmem_max caps an unprivileged request.
-        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(before);
-        assert_eq!(
-            granted,
-            RECEIVE_BUFFER.min(cap.max(before)),
-            "default was {before}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_direct_path_takes_its_browsers_datagrams_and_leaves_the_others_to_the_mux() {
-        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let to = mux.local_addr();
-        let mut route = mux.register("call");
-        let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        browser.send_to(&binding_request("call"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
-
-        let mut direct = mux.connect(browser.local_addr().unwrap()).unwrap();
-        for i in 0..20u8 {
-            browser.send_to(&[0x80, 0, 0, i], to).unwrap();
-            let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-            let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
-                .await
-                .expect("the browser's datagram on the direct path");
-            assert_eq!(
-                (&datagram[..], from),
-                (&[0x80, 0, 0, i][..], browser.local_addr().unwrap())
-            );
-        }
-        // Several at once are read together and handed out one by one, in order.
-        for i in 20..23u8 {
-            browser.send_to(&[0x80, 0, 0, i], to).unwrap();
-        }
-        for i in 20..23u8 {
-            let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-            let (datagram, _) = tokio::time::timeout(Duration::from_secs(1), next)
-                .await
-                .expect("each of a burst's datagrams");
-            assert_eq!(&datagram[..], &[0x80, 0, 0, i][..]);
-        }
-        assert_eq!(
-            arrives(&mut route).await,
-            None,
-            "nothing of it through the mux"
-        );
-        // Another address of the same browser still reaches the call through the mux.
-        other.send_to(&binding_request("call"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, other.local_addr().ok());
-        // Replies leave from the media port, as the browser's ICE pair expects.
-        direct.send(b"reply");
-        let mut buf = [0u8; 16];
-        browser
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        let (n, from) = browser.recv_from(&mut buf).unwrap();
-        assert_eq!((&buf[..n], from), (&b"reply"[..], to));
-        // Closed, its browser's datagrams come through the mux again.
-        drop(direct);
-        assert_eq!(mux.direct_paths(), 0);
-        browser.send_to(&[0x80, 0, 0, 99], to).unwrap();
-        assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
-    }
-
-    #[test]
-    fn a_worker_with_a_ring_sends_a_browsers_datagrams_from_its_connected_direct_path() {
-        use std::os::fd::AsRawFd;
-        // A thread of its own: what it holds to send is its own (`outgoing`).
-        std::thread::spawn(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                browser
-                    .set_read_timeout(Some(Duration::from_secs(1)))
-                    .unwrap();
-                let peer = browser.local_addr().unwrap();
-                let direct = mux.connect(peer).unwrap();
-                let shared = mux.send.as_raw_fd();
-                let own = direct.socket.get_ref().as_raw_fd();
-                let mut buf = [0u8; 16];
-                for use_ring in [false, true] {
-                    outgoing::hold_on_this_thread(use_ring);
-                    direct.send(b"audio");
-                    let expected = if outgoing::sends_with_ring() {
-                        // Connected: no address, and the route the kernel found at `connect`.
-                        (own, None)
-                    } else {
-                        // One `sendmmsg` on the shared socket carries every browser's.
-                        (shared, Some(peer))
-                    };
-                    assert_eq!(outgoing::held(), [expected], "ring asked: {use_ring}");
-                    outgoing::flush();
-                    let (n, from) = browser.recv_from(&mut buf).unwrap();
-                    assert_eq!((&buf[..n], from), (&b"audio"[..], mux.local_addr()));
-                }
-            });
-        })
-        .join()
-        .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_browser_port_that_closes_and_opens_again_costs_its_direct_path_one_error() {
-        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let peer = browser.local_addr().unwrap();
-        let mut direct = mux.connect(peer).unwrap();
-        drop(browser);
-        // Sent on the connected socket itself (this is no worker's thread): the closed port
-        // answers with an ICMP error, which the socket reports to its next read.
-        outgoing::send(direct.socket.get_ref(), b"audio", None).unwrap();
-        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), next)
-                .await
-                .is_err(),
-            "no datagram, and the error read and let go"
-        );
-        // The browser's port again: its datagrams come through.
-        let browser = std::net::UdpSocket::bind(peer).unwrap();
-        browser.send_to(&[0x80, 0, 0, 1], mux.local_addr()).unwrap();
-        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-        let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
-            .await
-            .expect("the browser's datagram after the error");
-        assert_eq!((&datagram[..], from), (&[0x80, 0, 0, 1][..], peer));
-    }
-
-    #[tokio::test]
-    async fn an_ice_restart_routes_the_new_ufrag_and_forgets_all_but_the_media_address() {
-        let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let to = mux.local_addr();
-        let mut route = mux.register("before");
-        let wifi = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mobile = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        wifi.send_to(&binding_request("before"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, wifi.local_addr().ok());
-        other.send_to(&binding_request("before"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, other.local_addr().ok());
-
-        route.rekey("after", wifi.local_addr().ok());
-        assert_eq!(mux.calls(), 1);
-        // Media goes on from the address it came from.
-        wifi.send_to(&[0x80, 0, 0, 1], to).unwrap();
-        assert_eq!(arrives(&mut route).await, wifi.local_addr().ok());
-        // The other old address and the old ufrag lead nowhere now.
-        other.send_to(&[0x80, 0, 0, 1], to).unwrap();
-        mobile.send_to(&binding_request("before"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, None);
-        // The new ufrag from the new network does.
-        mobile.send_to(&binding_request("after"), to).unwrap();
-        assert_eq!(arrives(&mut route).await, mobile.local_addr().ok());
-        mobile.send_to(&[0x80, 0, 0, 2], to).unwrap();
-        assert_eq!(arrives(&mut route).await, mobile.local_addr().ok());
-
-        drop(route);
-        assert_eq!(
-            mux.calls(),
-            0,
-            "the new ufrag is unregistered with the call"
-        );
-    }
-}
+mod tests;
