@@ -180,9 +180,10 @@ impl BrowserCaller {
         self.direct.is_some()
     }
 
-    /// The browser's next datagram waiting on the direct path, read at the call's tick; the
-    /// path is no longer watched until [`Self::poll_direct`] ([`DirectPath::try_recv`]).
-    pub(super) fn try_recv_direct(&mut self) -> Option<Datagram> {
+    /// The browser's next datagram waiting on the direct path, read at the call's tick, and
+    /// whether more may wait; the path is no longer watched until [`Self::poll_direct`]
+    /// ([`DirectPath::try_recv`]).
+    pub(super) fn try_recv_direct(&mut self) -> Option<(Datagram, bool)> {
         self.direct.as_mut()?.try_recv()
     }
 

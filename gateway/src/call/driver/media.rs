@@ -140,10 +140,13 @@ impl Run<'_> {
     /// worker's clock): audio to the trunk, the rest to the browser leg.
     pub(super) fn read_browser(&mut self, call: &mut Call) {
         while let Caller::Browser(b) = &mut self.caller
-            && let Some(datagram) = b.try_recv_direct()
+            && let Some((datagram, more)) = b.try_recv_direct()
         {
             self.browser_datagram(call, datagram);
             self.caller_events(call);
+            if !more {
+                break;
+            }
         }
     }
 

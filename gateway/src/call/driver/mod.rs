@@ -219,17 +219,10 @@ pub fn drive<'a>(
             // is not woken every 20 ms for nothing. The clock starts afresh if the trunk moves
             // to a transcoded codec (re-INVITE).
             let ticking = media && !(run.relaying() && matches!(run.caller, Caller::Browser(_)));
-            clock.set(call.poll_timeout(), leg_deadline, ticking, Instant::now());
-            // A ticking call reads its trunk's RTP at each tick, not as each datagram arrives:
-            // the tick is when the trunk's audio is played out (a transcoded call's jitter
-            // buffer, a tone caller's recording), so reading it earlier gains nothing, and a
-            // call then wakes once a frame for the trunk's side, not twice. The kernel stamps
-            // each datagram's arrival, so the jitter the call reports is the network's. Only
-            // a relayed call, which forwards each packet as it comes, watches the socket.
-            let watch_rtp = media && !ticking;
-            // The same for the browser's audio on a call on its worker's clock: read at the
-            // tick, so that the worker wakes once a frame for all its calls (`clock`). Its
-            // direct path is watched again once the call stops ticking (it relays, or ends).
+            // A call on its worker's clock reads the browser's audio at its tick too, and its
+            // own timers wait for the tick, so that the worker wakes once a frame for all its
+            // calls (`clock`). Its direct path is watched again once the call stops ticking
+            // (it relays, or ends).
             let at_tick = ticking
                 && matches!(&run.caller, Caller::Browser(b) if b.on_worker_clock && b.has_direct_path());
             if at_tick != reads_at_tick {
@@ -238,6 +231,15 @@ pub fn drive<'a>(
                     sources.mark(Source::DirectPath);
                 }
             }
+            clock.set_together(at_tick);
+            clock.set(call.poll_timeout(), leg_deadline, ticking, Instant::now());
+            // A ticking call reads its trunk's RTP at each tick, not as each datagram arrives:
+            // the tick is when the trunk's audio is played out (a transcoded call's jitter
+            // buffer, a tone caller's recording), so reading it earlier gains nothing, and a
+            // call then wakes once a frame for the trunk's side, not twice. The kernel stamps
+            // each datagram's arrival, so the jitter the call reports is the network's. Only
+            // a relayed call, which forwards each packet as it comes, watches the socket.
+            let watch_rtp = media && !ticking;
             if watch_rtp != run.rtp.is_watched() {
                 if watch_rtp {
                     sources.mark(Source::Rtp);

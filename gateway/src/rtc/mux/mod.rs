@@ -227,6 +227,7 @@ impl MediaMux {
             socket,
             watched: Some(watched),
             waiting: None,
+            more: false,
             peer,
             mux: self.clone(),
         })
@@ -264,6 +265,8 @@ pub struct DirectPath {
     /// A datagram read with the one before it, handed out next: one read takes at most
     /// [`READ`] (two), so one can wait.
     waiting: Option<Datagram>,
+    /// The last read was full: more may wait behind it.
+    more: bool,
     peer: SocketAddr,
     mux: MediaMux,
 }
@@ -312,16 +315,18 @@ impl DirectPath {
     }
 
     /// The next datagram from the browser, if one waits, read at the call's own time (its
-    /// tick). The socket is taken off the reactor until the next [`Self::poll_recv`]: its
-    /// datagrams then wake neither the call nor its worker's thread as they arrive.
-    pub fn try_recv(&mut self) -> Option<Datagram> {
+    /// tick), and whether more may wait behind it: a read that found fewer than it asked for
+    /// drained the socket, and asking again would cost a system call for nothing. The socket
+    /// is taken off the reactor until the next [`Self::poll_recv`]: its datagrams then wake
+    /// neither the call nor its worker's thread as they arrive.
+    pub fn try_recv(&mut self) -> Option<(Datagram, bool)> {
         self.watched = None;
         loop {
             if let Some(datagram) = self.waiting.take() {
-                return Some(datagram);
+                return Some((datagram, self.more));
             }
             match self.read() {
-                (Some(datagram), _) => return Some(datagram),
+                (Some(datagram), more) => return Some((datagram, more || self.waiting.is_some())),
                 (None, false) => return None,
                 // Only other calls' datagrams in a full read: more may wait.
                 (None, true) => {}
@@ -365,6 +370,7 @@ impl DirectPath {
             (ready, waiting, count == READ)
         });
         self.waiting = waiting;
+        self.more = full;
         (ready, full)
     }
 

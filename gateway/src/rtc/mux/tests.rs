@@ -257,8 +257,13 @@ async fn a_direct_path_read_at_the_calls_tick_is_not_watched_and_is_watched_agai
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 0..3u8 {
-        let (datagram, from) = direct.try_recv().expect("each datagram that waited");
+        let ((datagram, from), more) = direct.try_recv().expect("each datagram that waited");
         assert_eq!((&datagram[..], from), (&[0x80, 0, 0, i][..], peer));
+        assert_eq!(
+            more,
+            i < 2,
+            "the third came alone from a read that drained the socket"
+        );
     }
     assert_eq!(direct.try_recv(), None, "drained");
     // One that arrives while nobody watches is found once the call waits for it again.
