@@ -308,7 +308,7 @@ impl DirectPath {
                 }
                 Poll::Pending => return Poll::Pending,
             }
-            if let (Some(datagram), _) = self.read() {
+            if let Some(datagram) = self.read() {
                 return Poll::Ready(datagram);
             }
         }
@@ -326,18 +326,19 @@ impl DirectPath {
                 return Some((datagram, self.more));
             }
             match self.read() {
-                (Some(datagram), more) => return Some((datagram, more || self.waiting.is_some())),
-                (None, false) => return None,
+                Some(datagram) => return Some((datagram, self.more)),
+                None if !self.more => return None,
                 // Only other calls' datagrams in a full read: more may wait.
-                (None, true) => {}
+                None => {}
             }
         }
     }
 
     /// One read of up to [`READ`] datagrams: the first for this call, another kept in
-    /// `waiting`, and whether the read was full (more may wait). Datagrams from other
-    /// addresses were queued before the socket was connected: they go to their calls.
-    fn read(&mut self) -> (Option<Datagram>, bool) {
+    /// `waiting`, and in `more` whether the read was full (more may wait; a second datagram
+    /// kept means it was). Datagrams from other addresses were queued before the socket was
+    /// connected: they go to their calls.
+    fn read(&mut self) -> Option<Datagram> {
         let peer = self.peer;
         let (ready, waiting, full) = incoming::with_scratch(|scratch| {
             let bufs = &mut scratch.datagrams[..READ];
@@ -371,7 +372,7 @@ impl DirectPath {
         });
         self.waiting = waiting;
         self.more = full;
-        (ready, full)
+        ready
     }
 
     /// Sends a datagram to the browser: from this socket where the worker's turns go through
