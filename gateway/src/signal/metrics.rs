@@ -351,19 +351,34 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         load(&m.jitter_calls),
         load(&m.jitter_us_sum) as f64 / 1000.0,
     );
-    text.push_str("# HELP gateway_calls_ended_total Calls ended, by reason.\n# TYPE gateway_calls_ended_total counter\n");
+    header(
+        &mut text,
+        "gateway_calls_ended_total",
+        "counter",
+        "Calls ended, by reason.",
+    );
     for (reason, count) in m.ended.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         text.push_str(&format!(
             "gateway_calls_ended_total{{reason=\"{reason}\"}} {count}\n"
         ));
     }
-    text.push_str("# HELP gateway_media_dropped_total Media datagrams refused, by leg and reason (source: not from where signalling said, before a trunk's stream latched, after which the kernel refuses them; overflow: dropped by the kernel, the call's socket full).\n# TYPE gateway_media_dropped_total counter\n");
+    header(
+        &mut text,
+        "gateway_media_dropped_total",
+        "counter",
+        "Media datagrams refused, by leg and reason (source: not from where signalling said, before a trunk's stream latched, after which the kernel refuses them; overflow: dropped by the kernel, the call's socket full).",
+    );
     for (leg, reason, count) in m.media_drops.rows() {
         text.push_str(&format!(
             "gateway_media_dropped_total{{leg=\"{leg}\",reason=\"{reason}\"}} {count}\n"
         ));
     }
-    text.push_str("# HELP gateway_sip_refused_total SIP requests kept out at the edge: from addresses that are no trunk (dropped or one stateless 403), or over a source's rate.\n# TYPE gateway_sip_refused_total counter\n");
+    header(
+        &mut text,
+        "gateway_sip_refused_total",
+        "counter",
+        "SIP requests kept out at the edge: from addresses that are no trunk (dropped or one stateless 403), or over a source's rate.",
+    );
     let edge = ctx.endpoint.edge_counters();
     for (reason, count) in edge.rows() {
         text.push_str(&format!(
@@ -377,7 +392,12 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Times a SIP source went over its request rate and was ignored for a while.",
         edge.sources_banned.load(Ordering::Relaxed),
     );
-    text.push_str("# HELP gateway_plugin_counter Counters plugins keep through the host.\n# TYPE gateway_plugin_counter counter\n");
+    header(
+        &mut text,
+        "gateway_plugin_counter",
+        "counter",
+        "Counters plugins keep through the host.",
+    );
     for (plugin, name, value) in ctx.plugins.current().counters() {
         text.push_str(&format!(
             "gateway_plugin_counter{{plugin=\"{}\",name=\"{}\"}} {value}\n",
@@ -385,7 +405,12 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             label_value(&name)
         ));
     }
-    text.push_str("# HELP gateway_plugin_preinitialised 1 when a plugin's calls start from a snapshot taken after its init; 0 when each call runs init.\n# TYPE gateway_plugin_preinitialised gauge\n");
+    header(
+        &mut text,
+        "gateway_plugin_preinitialised",
+        "gauge",
+        "1 when a plugin's calls start from a snapshot taken after its init; 0 when each call runs init.",
+    );
     for (plugin, snapshot) in ctx.plugins.current().preinitialised() {
         text.push_str(&format!(
             "gateway_plugin_preinitialised{{plugin=\"{}\"}} {}\n",
@@ -393,7 +418,12 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
             u8::from(snapshot)
         ));
     }
-    text.push_str("# HELP gateway_plugin_kv_bytes Bytes of keys and values a plugin holds in its key-value store.\n# TYPE gateway_plugin_kv_bytes gauge\n");
+    header(
+        &mut text,
+        "gateway_plugin_kv_bytes",
+        "gauge",
+        "Bytes of keys and values a plugin holds in its key-value store.",
+    );
     for (plugin, bytes) in ctx.plugins.current().kv_bytes() {
         text.push_str(&format!(
             "gateway_plugin_kv_bytes{{plugin=\"{}\"}} {bytes}\n",
@@ -409,7 +439,12 @@ fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
     use crate::plugin::{HTTP_DURATION_BUCKETS, HTTP_OUTCOMES};
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let stats = chain.http_stats();
-    text.push_str("# HELP gateway_plugin_http_requests_total Plugins' HTTP callouts, by how they ended (denied and busy ones were not sent).\n# TYPE gateway_plugin_http_requests_total counter\n");
+    header(
+        text,
+        "gateway_plugin_http_requests_total",
+        "counter",
+        "Plugins' HTTP callouts, by how they ended (denied and busy ones were not sent).",
+    );
     for (plugin, s) in &stats {
         for (outcome, count) in HTTP_OUTCOMES.iter().zip(&s.outcomes) {
             text.push_str(&format!(
@@ -419,7 +454,12 @@ fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
             ));
         }
     }
-    text.push_str("# HELP gateway_plugin_http_seconds Duration of plugins' HTTP callouts that were sent, to the whole response or the error.\n# TYPE gateway_plugin_http_seconds histogram\n");
+    header(
+        text,
+        "gateway_plugin_http_seconds",
+        "histogram",
+        "Duration of plugins' HTTP callouts that were sent, to the whole response or the error.",
+    );
     for (plugin, s) in &stats {
         histogram_series(
             text,
