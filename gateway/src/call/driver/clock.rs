@@ -20,11 +20,37 @@
 //! with both legs' audio read at the tick (BENCHMARKS.md, "a worker's clock"). Ticking together
 //! alone, with the browser's audio still read as it arrived, saved nothing: the thread still
 //! woke every turn.
+//!
+//! A busy worker's frame is split into [`PHASES`] phases, [`PHASE`] apart ([`Phases`]): a
+//! call joins the first phase whose calls' ticks are expected to fit in a phase with it, by
+//! what a tick has taken on the thread lately. Why: calls that tick together run
+//! one after another, so the last of them ticks as late as all the others take. With one
+//! phase, 500 callers offered on the benchmark box (about 210 calls a worker, some 12 ms of
+//! ticks a frame) ran ticks late and the browsers' jitter p99 up at demands the staggered
+//! ticks carried cleanly (p99 at the browsers 1.9–49 ms, median 4.7 ms over eight runs,
+//! against 1.3–18.8 ms, median 1.6 ms, without the worker's clock; BENCHMARKS.md). A worker
+//! of 50 calls still ticks them all in one phase, once a frame.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 /// The media tick's period: one 20 ms frame.
 pub(super) const TICK: Duration = Duration::from_millis(20);
+
+/// The phases of a worker's frame ([`Phases`]), [`PHASE`] apart.
+pub(super) const PHASES: usize = 4;
+
+/// The time from one phase of a worker's frame to the next, and what a phase's ticks, all its
+/// calls one after another, may be expected to take before the next call goes to the next
+/// phase: its last call then ticks before the next phase is due.
+pub(super) const PHASE: Duration = Duration::from_millis(5);
+
+/// What a tick is taken to cost before the thread has timed one: about a transcoded call's
+/// on the benchmark box, cold caches included.
+const FIRST_TICK_COST: Duration = Duration::from_micros(60);
+
+/// The weight of the latest tick in the thread's tick cost.
+const TICK_COST_WEIGHT: f64 = 1.0 / 64.0;
 
 /// What came due at a [`Clock::handle_timeout`].
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -44,9 +70,11 @@ pub(super) struct Clock {
     leg: Option<Instant>,
     /// The next tick's time; `None` while the call does not tick.
     tick: Option<Instant>,
-    /// The instant its ticks are a whole number of frames from, when it ticks on its worker's
-    /// clock.
-    epoch: Option<Instant>,
+    /// Whether it ticks on its worker's clock.
+    on_worker: bool,
+    /// Its phase of the worker's frame and the instant its ticks are a whole number of frames
+    /// from, while it ticks on its worker's clock.
+    seat: Option<(usize, Instant)>,
     /// Whether the machine's and the leg's deadlines wait for the next tick on the worker's
     /// clock too ([`Clock::set_together`]).
     together: bool,
@@ -59,18 +87,42 @@ impl Clock {
             call: None,
             leg: None,
             tick: Some(now),
-            epoch: None,
+            on_worker: false,
+            seat: None,
             together: false,
         }
     }
 
-    /// A clock whose ticks fall a whole number of frames after `epoch` (the worker's, see the
-    /// module's text): its first at the first such instant from `now`.
-    pub(super) fn on_worker_clock(now: Instant, epoch: Instant) -> Clock {
+    /// A clock that ticks on the thread's worker clock (the module's text): in a phase of the
+    /// thread's frame ([`Phases::join`]), a whole number of frames after the phase's epoch,
+    /// its first tick at the first such instant from `now`.
+    pub(super) fn on_worker_clock(now: Instant) -> Clock {
         let mut clock = Clock::new(now);
-        clock.epoch = Some(epoch);
+        clock.on_worker = true;
+        clock.seat = with_phases(Phases::join);
         clock.tick = Some(clock.align(now));
         clock
+    }
+
+    /// Its phase of the worker's frame, while it ticks on the worker's clock.
+    #[cfg(test)]
+    fn phase(&self) -> Option<usize> {
+        self.seat.map(|(phase, _)| phase)
+    }
+
+    /// A tick of this call took `took`, from its timer's firing to its audio sent: what the
+    /// thread's phases are filled by ([`Phases::record_tick`]).
+    pub(super) fn record_tick(&self, took: Duration) {
+        if self.seat.is_some() {
+            with_phases(|phases| phases.record_tick(took));
+        }
+    }
+
+    /// Leaves its phase of the worker's frame (it stops ticking, or ends).
+    fn leave(&mut self) {
+        if let Some((phase, _)) = self.seat.take() {
+            with_phases(|phases| phases.leave(phase));
+        }
     }
 
     /// While `together`, the machine's and the leg's deadlines ([`Clock::set`]) wait for the
@@ -80,12 +132,12 @@ impl Clock {
     /// some 150 times a second where its ticks ask for 50). Not while the call sets up: its
     /// handshakes' retransmissions are not held back.
     pub(super) fn set_together(&mut self, together: bool) {
-        self.together = together && self.epoch.is_some();
+        self.together = together && self.on_worker;
     }
 
     /// The first tick time at or after `at`.
     fn align(&self, at: Instant) -> Instant {
-        let Some(epoch) = self.epoch else {
+        let Some((_, epoch)) = self.seat else {
             return at;
         };
         let frames = at
@@ -96,8 +148,9 @@ impl Clock {
     }
 
     /// Takes the machine's and the leg's deadlines as they are now, and whether the call ticks.
-    /// A call that starts ticking again ticks a period from `now`; one that stops forgets its
-    /// tick (a relayed call sends packets as they arrive, on the browser's clock).
+    /// A call that starts ticking again ticks a period from `now` (on the worker's clock, in
+    /// the phase it joins then); one that stops forgets its tick and leaves its phase (a
+    /// relayed call sends packets as they arrive, on the browser's clock).
     pub(super) fn set(
         &mut self,
         call: Option<Instant>,
@@ -113,8 +166,16 @@ impl Clock {
         self.call = call;
         self.leg = leg;
         self.tick = match (ticking, self.tick) {
-            (false, _) => None,
-            (true, None) => Some(self.align(now + TICK)),
+            (false, _) => {
+                self.leave();
+                None
+            }
+            (true, None) => {
+                if self.on_worker && self.seat.is_none() {
+                    self.seat = with_phases(Phases::join);
+                }
+                Some(self.align(now + TICK))
+            }
             (true, Some(at)) => Some(at),
         };
     }
@@ -147,16 +208,76 @@ impl Clock {
     }
 }
 
-thread_local! {
-    /// The thread's frame clock: when it first asked (a worker's thread asks as its first
-    /// call on the worker's clock starts).
-    static EPOCH: Instant = Instant::now();
+impl Drop for Clock {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
-/// The instant every call on this thread that ticks on its worker's clock counts its frames
-/// from ([`Clock::on_worker_clock`]).
-pub(super) fn worker_epoch() -> Instant {
-    EPOCH.with(|epoch| *epoch)
+/// A worker's frame in phases: the calls ticking in each, and what a tick has cost on the
+/// thread lately (the module's text).
+#[derive(Debug)]
+pub(super) struct Phases {
+    /// The instant the first phase's ticks are a whole number of frames from.
+    epoch: Instant,
+    calls: [u32; PHASES],
+    /// What one call's tick took on the thread, smoothed ([`TICK_COST_WEIGHT`]), ns.
+    tick_ns: f64,
+}
+
+impl Phases {
+    /// No calls yet; the first phase's ticks fall a whole number of frames after `epoch`.
+    pub(super) fn new(epoch: Instant) -> Phases {
+        Phases {
+            epoch,
+            calls: [0; PHASES],
+            tick_ns: FIRST_TICK_COST.as_nanos() as f64,
+        }
+    }
+
+    /// A call joins: the first phase whose calls' ticks with it are expected to take at most
+    /// [`PHASE`], else the one with the fewest calls (every phase is full: the worker
+    /// is past what its frame holds, and the gate's and the load level's business). Returns
+    /// the phase and the instant its ticks count their frames from.
+    pub(super) fn join(&mut self) -> (usize, Instant) {
+        let budget = PHASE.as_nanos() as f64;
+        let phase = (0..PHASES)
+            .find(|&p| f64::from(self.calls[p] + 1) * self.tick_ns <= budget)
+            .or_else(|| (0..PHASES).min_by_key(|&p| self.calls[p]))
+            .unwrap_or(0);
+        self.calls[phase] += 1;
+        (phase, self.epoch + PHASE * phase as u32)
+    }
+
+    /// A call leaves `phase`.
+    pub(super) fn leave(&mut self, phase: usize) {
+        self.calls[phase] = self.calls[phase].saturating_sub(1);
+    }
+
+    /// A call's tick on the thread took `took`.
+    pub(super) fn record_tick(&mut self, took: Duration) {
+        self.tick_ns += (took.as_nanos() as f64 - self.tick_ns) * TICK_COST_WEIGHT;
+    }
+
+    /// The calls in each phase.
+    #[cfg(test)]
+    fn calls(&self) -> [u32; PHASES] {
+        self.calls
+    }
+}
+
+thread_local! {
+    /// The thread's phases: their epoch is when the thread first asked (a worker's thread
+    /// asks as its first call on the worker's clock starts).
+    static PHASES_OF_THREAD: RefCell<Phases> = RefCell::new(Phases::new(Instant::now()));
+}
+
+/// `f` of this thread's [`Phases`]; `None` while the thread ends (a clock dropped with the
+/// thread's other locals).
+fn with_phases<T>(f: impl FnOnce(&mut Phases) -> T) -> Option<T> {
+    PHASES_OF_THREAD
+        .try_with(|phases| f(&mut phases.borrow_mut()))
+        .ok()
 }
 
 #[cfg(test)]
@@ -206,11 +327,16 @@ mod tests {
         assert_eq!(clock.poll_timeout(), Some(t0 + ms(60)));
     }
 
+    /// The instant this (test) thread's first phase counts its frames from.
+    fn thread_epoch() -> Instant {
+        with_phases(|phases| phases.epoch).unwrap()
+    }
+
     #[test]
     fn calls_on_a_workers_clock_tick_together_a_whole_number_of_frames_from_its_epoch() {
-        let epoch = Instant::now();
-        let mut first = Clock::on_worker_clock(epoch + ms(3), epoch);
-        let mut second = Clock::on_worker_clock(epoch + ms(17), epoch);
+        let epoch = thread_epoch();
+        let mut first = Clock::on_worker_clock(epoch + ms(3));
+        let mut second = Clock::on_worker_clock(epoch + ms(17));
         assert_eq!(first.poll_timeout(), Some(epoch + ms(20)));
         assert_eq!(
             second.poll_timeout(),
@@ -218,7 +344,7 @@ mod tests {
             "the same instant"
         );
         assert_eq!(
-            Clock::on_worker_clock(epoch + ms(40), epoch).poll_timeout(),
+            Clock::on_worker_clock(epoch + ms(40)).poll_timeout(),
             Some(epoch + ms(40)),
             "on the clock already: due at once"
         );
@@ -265,5 +391,66 @@ mod tests {
         // Still ticking: the tick keeps its time.
         clock.set(None, None, true, t0 + ms(110));
         assert_eq!(clock.poll_timeout(), Some(t0 + ms(120)));
+    }
+
+    #[test]
+    fn a_busy_workers_calls_fill_its_frames_phases_by_what_their_ticks_take() {
+        let epoch = Instant::now();
+        let mut phases = Phases::new(epoch);
+        for _ in 0..1000 {
+            phases.record_tick(ms(1));
+        }
+        // A phase holds five ticks of 1 ms in its 5 ms; the sixth call starts the next
+        // phase, 5 ms on.
+        let joined: Vec<(usize, Instant)> = (0..6).map(|_| phases.join()).collect();
+        assert_eq!(joined[4], (0, epoch));
+        assert_eq!(joined[5], (1, epoch + ms(5)));
+        for _ in 0..14 {
+            phases.join();
+        }
+        assert_eq!(phases.calls(), [5, 5, 5, 5], "the frame is full");
+        assert_eq!(
+            phases.join(),
+            (0, epoch),
+            "past a full frame: the phase with the fewest calls"
+        );
+        phases.leave(2);
+        phases.leave(2);
+        assert_eq!(
+            phases.join(),
+            (2, epoch + ms(10)),
+            "the first phase with room again"
+        );
+        assert_eq!(phases.calls(), [6, 5, 4, 5]);
+    }
+
+    #[test]
+    fn a_call_ticks_in_the_phase_it_joined_and_leaves_it_when_it_stops_ticking() {
+        let epoch = thread_epoch();
+        let first = Clock::on_worker_clock(epoch + ms(1));
+        assert_eq!(first.phase(), Some(0), "a quiet worker: one phase");
+        // Ticks of 2 ms: the first phase holds two calls.
+        for _ in 0..1000 {
+            first.record_tick(ms(2));
+        }
+        let second = Clock::on_worker_clock(epoch + ms(1));
+        let mut third = Clock::on_worker_clock(epoch + ms(1));
+        assert_eq!((second.phase(), third.phase()), (Some(0), Some(1)));
+        assert_eq!(
+            third.poll_timeout(),
+            Some(epoch + ms(5)),
+            "the second phase ticks 5 ms into each frame"
+        );
+        third.set(None, None, false, epoch + ms(30));
+        assert_eq!(third.phase(), None);
+        assert_eq!(with_phases(|p| p.calls()), Some([2, 0, 0, 0]));
+        drop(second);
+        // Ticking again, it joins the first phase with room, now the first.
+        third.set(None, None, true, epoch + ms(31));
+        assert_eq!(third.phase(), Some(0));
+        assert_eq!(third.poll_timeout(), Some(epoch + ms(60)));
+        drop(first);
+        drop(third);
+        assert_eq!(with_phases(|p| p.calls()), Some([0; PHASES]));
     }
 }

@@ -176,9 +176,7 @@ pub fn drive<'a>(
     }
     async move {
         let mut clock = match &run.caller {
-            Caller::Browser(b) if b.on_worker_clock => {
-                Clock::on_worker_clock(Instant::now(), clock::worker_epoch())
-            }
+            Caller::Browser(b) if b.on_worker_clock => Clock::on_worker_clock(Instant::now()),
             _ => Clock::new(Instant::now()),
         };
         // One Sleep for the clock's deadline, re-armed when it moves, rather than a new
@@ -361,6 +359,7 @@ pub fn drive<'a>(
                             run.read_trunk(&mut call);
                         }
                         run.tick(&mut call);
+                        clock.record_tick(now.elapsed());
                     }
                 }
                 Input::Browser(datagram) => {
