@@ -23,13 +23,12 @@
 //!
 //! A busy worker's frame is split into [`PHASES`] phases, [`PHASE`] apart ([`Phases`]): a
 //! call joins the first phase whose calls' ticks are expected to fit in a phase with it, by
-//! what a tick has taken on the thread lately. Why: calls that tick together run
-//! one after another, so the last of them ticks as late as all the others take. With one
-//! phase, 500 callers offered on the benchmark box (about 210 calls a worker, some 12 ms of
-//! ticks a frame) ran ticks late and the browsers' jitter p99 up at demands the staggered
-//! ticks carried cleanly (p99 at the browsers 1.9–49 ms, median 4.7 ms over eight runs,
-//! against 1.3–18.8 ms, median 1.6 ms, without the worker's clock; BENCHMARKS.md). A worker
-//! of 50 calls still ticks them all in one phase, once a frame.
+//! what a tick has taken on the thread lately. Why: calls that tick together run one after
+//! another, so the last of them ticks as late as all the others take, some 12 ms at 200
+//! calls a worker (60–110 µs a tick on the benchmark box). Offered 500 callers there, in four
+//! alternated rounds the browsers' jitter p99 read 1.58–2.20 ms (median 1.85) with phases
+//! against 2.06–3.47 ms (median 2.84) with one (BENCHMARKS.md, "a busy worker's frame in
+//! phases"). A worker of 50 calls still ticks them all in one phase, once a frame.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -49,8 +48,10 @@ pub(super) const PHASE: Duration = Duration::from_millis(5);
 /// on the benchmark box, cold caches included.
 const FIRST_TICK_COST: Duration = Duration::from_micros(60);
 
-/// The weight of the latest tick in the thread's tick cost.
-const TICK_COST_WEIGHT: f64 = 1.0 / 64.0;
+/// The weight of the latest tick in the thread's tick cost: at 50 calls, about the last half
+/// second's ticks, so that one slow frame (the host took the core) does not send the next
+/// call to another phase.
+const TICK_COST_WEIGHT: f64 = 1.0 / 1024.0;
 
 /// What came due at a [`Clock::handle_timeout`].
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -397,7 +398,7 @@ mod tests {
     fn a_busy_workers_calls_fill_its_frames_phases_by_what_their_ticks_take() {
         let epoch = Instant::now();
         let mut phases = Phases::new(epoch);
-        for _ in 0..1000 {
+        for _ in 0..20_000 {
             phases.record_tick(ms(1));
         }
         // A phase holds five ticks of 1 ms in its 5 ms; the sixth call starts the next
@@ -430,7 +431,7 @@ mod tests {
         let first = Clock::on_worker_clock(epoch + ms(1));
         assert_eq!(first.phase(), Some(0), "a quiet worker: one phase");
         // Ticks of 2 ms: the first phase holds two calls.
-        for _ in 0..1000 {
+        for _ in 0..20_000 {
             first.record_tick(ms(2));
         }
         let second = Clock::on_worker_clock(epoch + ms(1));
