@@ -212,12 +212,20 @@ impl Measured {
 /// lateness ([`super::load`]) is the judge of that.
 const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 
-/// Whether a worker running `calls` has room for one more: its calls' expected demand with
-/// it stays within `up_to` (a share of a core), or it runs fewer than [`GATED_FROM_CALLS`].
+/// Whether a worker running `calls` has room for one more: its last window's demand and its
+/// calls' expected demand with it both stay within `up_to` (a share of a core), or it runs
+/// fewer than [`GATED_FROM_CALLS`].
+///
 /// Counted per call, so that calls let in since the last window count at once: a burst of
-/// 100 calls a second is over before a measured demand alone would show it.
+/// 100 calls a second is over before a measured demand alone would show it. And the measured
+/// demand too, because a call's demand grows as the box fills (waiting for a core counts, and
+/// the box's other programs want more of it too): in a traced run on the benchmark box a
+/// worker's demand per call read 0.0022 of a core at 45 calls and 0.0042 at 227, so the
+/// per-call count, learned on the way up and held while calls economise, let a worker that
+/// had just read 0.954 take 35 more calls in the next half second (BENCHMARKS.md, section 2).
 fn has_room(measured: &Measured, calls: usize, up_to: f64) -> bool {
-    calls < GATED_FROM_CALLS || (calls + 1) as f64 * measured.per_call <= up_to
+    calls < GATED_FROM_CALLS
+        || (measured.demand <= up_to && (calls + 1) as f64 * measured.per_call <= up_to)
 }
 
 /// A worker thread's demand so far, ns: the time it ran plus the time it was runnable but

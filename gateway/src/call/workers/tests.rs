@@ -124,6 +124,41 @@ fn the_gate_counts_every_running_call_at_its_measured_demand() {
 }
 
 #[test]
+fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() {
+    let t0 = Instant::now();
+    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+    let mut m = Measured::new(t0);
+    // Learned on the way up: 45 calls wanted 0.0022 of a core each.
+    for i in 1..=40u32 {
+        let total = ns(0.1) * u64::from(i);
+        m.update(t0 + MEASURE_EVERY * i, total, total, 45, false);
+    }
+    assert!((m.per_call - 0.1 / 45.0).abs() < 1e-6, "{}", m.per_call);
+    // Then 227 calls read 0.954: each wants more now than the estimate says.
+    let before = ns(0.1) * 40;
+    m.update(t0 + MEASURE_EVERY * 41, 0, before + ns(0.954), 227, false);
+    assert!(
+        228.0 * m.per_call <= 0.9,
+        "the calls still count to less than the limit ({})",
+        228.0 * m.per_call
+    );
+    assert!(!has_room(&m, 227, 0.9), "but the worker measured past it");
+    // A window that reads within the limit opens it again.
+    m.update(
+        t0 + MEASURE_EVERY * 42,
+        0,
+        before + ns(0.954) + ns(0.85),
+        227,
+        false,
+    );
+    assert!(has_room(&m, 227, 0.9), "{}", 228.0 * m.per_call);
+    assert!(
+        has_room(&m, GATED_FROM_CALLS - 1, 0.0),
+        "a worker with few calls takes one"
+    );
+}
+
+#[test]
 fn while_calls_economise_the_gate_counts_them_at_their_full_cost() {
     let t0 = Instant::now();
     let window = |i: u32| t0 + MEASURE_EVERY * i;
