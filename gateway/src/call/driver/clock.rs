@@ -111,10 +111,12 @@ impl Clock {
         self.seat.map(|(phase, _)| phase)
     }
 
-    /// A tick of this call took `took`, from its timer's firing to its audio sent: what the
-    /// thread's phases are filled by ([`Phases::record_tick`]).
-    pub(super) fn record_tick(&self, took: Duration) {
+    /// A tick of this call ran from `since` (its timer's firing) to now (its audio sent): what
+    /// the thread's phases are filled by ([`Phases::record_tick`]). Timed only on the worker's
+    /// clock: other calls' ticks fill no phase.
+    pub(super) fn record_tick(&self, since: Instant) {
         if self.seat.is_some() {
+            let took = since.elapsed();
             with_phases(|phases| phases.record_tick(took));
         }
     }
@@ -430,9 +432,10 @@ mod tests {
         let epoch = thread_epoch();
         let first = Clock::on_worker_clock(epoch + ms(1));
         assert_eq!(first.phase(), Some(0), "a quiet worker: one phase");
-        // Ticks of 2 ms: the first phase holds two calls.
+        // Ticks of 2 ms (and the little it takes to time them): the first phase holds two
+        // calls.
         for _ in 0..20_000 {
-            first.record_tick(ms(2));
+            first.record_tick(Instant::now() - ms(2));
         }
         let second = Clock::on_worker_clock(epoch + ms(1));
         let mut third = Clock::on_worker_clock(epoch + ms(1));

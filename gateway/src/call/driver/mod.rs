@@ -359,7 +359,7 @@ pub fn drive<'a>(
                             run.read_trunk(&mut call);
                         }
                         run.tick(&mut call);
-                        clock.record_tick(now.elapsed());
+                        clock.record_tick(now);
                     }
                 }
                 Input::Browser(datagram) => {
