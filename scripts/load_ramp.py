@@ -191,18 +191,59 @@ def media_demand():
             "level": None if level is None else int(level)}
 
 
+TICK_LATENESS = "gateway_media_tick_lateness_seconds"
+
+
+def tick_lateness():
+    """The gateway's ticks so far by lateness: [(upper bound in ms, cumulative count)], the
+    last bound infinite; `None` where no gateway answers (another engine)."""
+    try:
+        values = gauges()
+    except OSError:
+        return None
+    buckets = []
+    for key, count in values.items():
+        if key.startswith(TICK_LATENESS + "_bucket{le=\""):
+            bound = key.split('le="')[1].rstrip('"}')
+            buckets.append((float("inf") if bound == "+Inf" else float(bound) * 1000, count))
+    return sorted(buckets) or None
+
+
+def lateness_quantile(before, after, q):
+    """The upper bound, ms, of the bucket holding quantile `q` of the ticks between two
+    `tick_lateness()` readings (`inf` past the last bound, which Python's json writes as
+    `Infinity`); `None` without ticks."""
+    if not before or not after:
+        return None
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before)]
+    total = counts[-1][1]
+    if total <= 0:
+        return None
+    return next(bound for bound, cumulative in counts if cumulative >= q * total)
+
+
+def bucket_ms(bound):
+    """A `lateness_quantile` for a table: "≤ 5", "> 100", "–"."""
+    if bound is None:
+        return "–"
+    return "> 100" if bound == float("inf") else f"≤ {bound:g}"
+
+
 def trace(path, stop, every=0.5):
     """Until `stop` is set, appends the gateway's load to `path` every `every` seconds, one
     JSON line each: active calls, the load level (1 economy, 2 shedding for late ticks), each
-    worker's calls and demand, the share of late ticks and the calls refused so far. For
+    worker's calls and demand, the share of late ticks, the calls refused so far and the
+    ticks' lateness p99 since the last line (the bucket it falls in, ms). For
     seeing how a step's burst filled the workers and when the gate and economy acted."""
     with open(path, "w") as out:
         t0 = time.time()
+        lateness = tick_lateness()
         while not stop.wait(every):
             try:
                 value = gauges()
             except OSError:
                 continue
+            before, lateness = lateness, tick_lateness()
             out.write(json.dumps({
                 "t": round(time.time() - t0, 2),
                 "active": value.get("gateway_active_calls"),
@@ -211,6 +252,7 @@ def trace(path, stop, every=0.5):
                 "shed": value.get("gateway_calls_shed_total"),
                 "worker_calls": per_worker(value, "gateway_media_worker_calls"),
                 "worker_demand": per_worker(value, "gateway_media_worker_demand"),
+                "tick_late_ms_p99": lateness_quantile(before, lateness, 0.99),
             }) + "\n")
             out.flush()
 
@@ -395,9 +437,11 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     time.sleep(ramp + settle)
     up0 = active()
     perf = profile and start_profile(gateway.pid, window, profile)
+    lateness0 = tick_lateness() if active is active_calls else None
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
+    lateness1 = tick_lateness() if active is active_calls else None
     load = media_demand() if active is active_calls else None
     rss, anon = memory_mb(gateway.pid)
     # Per-call figures divide by the calls actually up in the window (the gateway's own
@@ -427,6 +471,11 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "loss_pct": summary["loss_pct"],
         "jitter_ms_p50": summary["jitter_ms_p50"],
         "jitter_ms_p99": summary["jitter_ms_p99"],
+        # The gateway's own lateness over the window: how late its ticks sent their frames, by
+        # the bucket the quantile falls in (ms; `inf` past the last bound).
+        "tick_late_ms_p50": lateness_quantile(lateness0, lateness1, 0.5),
+        "tick_late_ms_p99": lateness_quantile(lateness0, lateness1, 0.99),
+        "tick_late_ms_p999": lateness_quantile(lateness0, lateness1, 0.999),
         "tone_intact": summary["tone_detected"],
         "tone_snr_db_p50": summary["tone_snr_db"],
         "tone_calls_checked": summary["tone_calls_checked"],
@@ -441,8 +490,9 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
 
 def markdown(rows):
     head = ("| calls | up | gateway CPU % | % per call | RSS MB | MB per call | anon MB per call | "
-            "setup p50 ms | setup p99 ms | loss % | jitter p50/p99 ms | tone (sampled) | failed |")
-    lines = [head, "|" + "---:|" * 13]
+            "setup p50 ms | setup p99 ms | loss % | jitter p50/p99 ms | gateway's tick lateness "
+            "p99 ms | tone (sampled) | failed |")
+    lines = [head, "|" + "---:|" * 14]
     for r in rows:
         tone = f"{'yes' if r['tone_intact'] else 'NO'} ({r['tone_calls_checked']}, {r['tone_snr_db_p50']} dB)"
         lines.append(
@@ -450,7 +500,7 @@ def markdown(rows):
             f"{r['gateway_rss_mb']} | {r['gateway_rss_mb_per_call']} | {r['gateway_anon_mb_per_call']} | "
             f"{r['setup_ms_p50']} | "
             f"{r['setup_ms_p99']} | {r['loss_pct']} | {r['jitter_ms_p50']}/{r['jitter_ms_p99']} | "
-            f"{tone} | {r['calls_failed']} |")
+            f"{bucket_ms(r.get('tick_late_ms_p99'))} | {tone} | {r['calls_failed']} |")
     return "\n".join(lines)
 
 

@@ -114,6 +114,17 @@ async fn late_media_sheds_new_calls_and_keeps_the_running_one() {
         Some(2.0),
         "the browser's call and the trunk's"
     );
+    // Every tick the running call made is in the lateness histogram, whatever counted it late.
+    let ticks = gauge(&metrics, "gateway_media_tick_lateness_seconds_count").unwrap();
+    assert!(ticks >= 200.0, "8 s of a call ticking every 20 ms: {ticks}");
+    assert_eq!(
+        gauge(
+            &metrics,
+            "gateway_media_tick_lateness_seconds_bucket{le=\"+Inf\"}"
+        ),
+        Some(ticks),
+        "{metrics}"
+    );
 }
 
 /// Starts eight 6 s calls to `echo` on the gateway at `url` (one whose tone is checked,

@@ -14,6 +14,12 @@
 //! - the calls' tick lateness (drivers count their ticks, [`LoadMonitor::handle_tick`]): the
 //!   backstop for what demand does not see. Late ticks economise, and ticks still late in
 //!   economy refuse new calls (shedding).
+//!
+//! Every tick's lateness also goes into a histogram (`gateway_media_tick_lateness_seconds`),
+//! which says how late the gateway sends each frame — the delay it adds to the audio beyond
+//! the network's — whatever the thresholds above. Why: at saturation the browsers' jitter is
+//! what callers hear, but the browsers share the box (or the network) with the gateway, so
+//! their jitter alone cannot say whose lateness it was.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
@@ -67,10 +73,22 @@ struct Hysteresis {
     demand_calm_seconds: u32,
 }
 
+/// Upper bounds, seconds, of the tick-lateness histogram (`+Inf` is implied): a 2 ms turn,
+/// a worker's phase (5 ms), half a frame, a frame (20 ms, `[limits] late_tick_ms`' default),
+/// and beyond, where a browser's jitter buffer has run dry.
+pub const TICK_LATENESS_BUCKETS: [f64; 7] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
+
 /// Counts ticks and decides the level.
 #[derive(Debug)]
 pub struct LoadMonitor {
+    /// Ticks since the gateway started.
     ticks: AtomicU64,
+    /// Ticks counted by the last [`LoadMonitor::handle_timeout`].
+    ticks_seen: AtomicU64,
+    /// Ticks by lateness, per bucket of [`TICK_LATENESS_BUCKETS`] (not cumulative).
+    lateness_buckets: [AtomicU64; TICK_LATENESS_BUCKETS.len()],
+    /// The ticks' lateness summed, µs.
+    lateness_us_sum: AtomicU64,
     late: AtomicU64,
     /// A tick this much after its time counts as late, µs.
     late_after_us: AtomicU64,
@@ -88,6 +106,9 @@ impl Default for LoadMonitor {
     fn default() -> Self {
         LoadMonitor {
             ticks: AtomicU64::new(0),
+            ticks_seen: AtomicU64::new(0),
+            lateness_buckets: Default::default(),
+            lateness_us_sum: AtomicU64::new(0),
             late: AtomicU64::new(0),
             late_after_us: AtomicU64::new(20_000),
             shed_pct: AtomicU32::new(10),
@@ -110,7 +131,13 @@ impl LoadMonitor {
     /// One call's 20 ms tick ran `lateness` after its time.
     pub fn handle_tick(&self, lateness: Duration) {
         self.ticks.fetch_add(1, Ordering::Relaxed);
-        if lateness.as_micros() as u64 > self.late_after_us.load(Ordering::Relaxed) {
+        let us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
+        self.lateness_us_sum.fetch_add(us, Ordering::Relaxed);
+        let secs = lateness.as_secs_f64();
+        if let Some(i) = TICK_LATENESS_BUCKETS.iter().position(|b| secs <= *b) {
+            self.lateness_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if us > self.late_after_us.load(Ordering::Relaxed) {
             self.late.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -118,7 +145,8 @@ impl LoadMonitor {
     /// Once a second: the workers' `demand` and the share of late ticks since the last call
     /// decide the level.
     pub fn handle_timeout(&self, demand: Demand) -> LoadLevel {
-        let ticks = self.ticks.swap(0, Ordering::Relaxed);
+        let total = self.ticks.load(Ordering::Relaxed);
+        let ticks = total.saturating_sub(self.ticks_seen.swap(total, Ordering::Relaxed));
         let late = self.late.swap(0, Ordering::Relaxed);
         let permille = (late * 1000).checked_div(ticks).unwrap_or(0) as u32;
         self.late_permille.store(permille, Ordering::Relaxed);
@@ -189,6 +217,17 @@ impl LoadMonitor {
     pub fn late_permille(&self) -> u32 {
         self.late_permille.load(Ordering::Relaxed)
     }
+
+    /// Every tick since the gateway started, by lateness: the count per bucket of
+    /// [`TICK_LATENESS_BUCKETS`] (not cumulative; ticks later than the last bound are in the
+    /// total only), the total, and the lateness summed in seconds.
+    pub fn tick_lateness(&self) -> (&[AtomicU64], u64, f64) {
+        (
+            &self.lateness_buckets,
+            self.ticks.load(Ordering::Relaxed),
+            self.lateness_us_sum.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +268,28 @@ mod tests {
             second(&m, 0, 0);
         }
         assert_eq!(m.level(), LoadLevel::Normal, "no calls is calm");
+    }
+
+    #[test]
+    fn every_tick_is_counted_by_its_lateness_whatever_the_thresholds() {
+        let m = LoadMonitor::default();
+        m.configure(Duration::from_millis(10), 5);
+        for us in [0, 1_000, 1_001, 4_000, 19_000, 150_000] {
+            m.handle_tick(Duration::from_micros(us));
+        }
+        let (buckets, ticks, sum) = m.tick_lateness();
+        let counts: Vec<u64> = buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        // ≤ 1 ms twice, ≤ 2 ms, ≤ 5 ms, ≤ 20 ms; 150 ms past the last bound.
+        assert_eq!(counts, [2, 1, 1, 0, 1, 0, 0]);
+        assert_eq!(ticks, 6);
+        assert!((sum - 0.175_001).abs() < 1e-9, "{sum}");
+        // The level's second reads the ticks since the last one; the histogram keeps them all.
+        assert_eq!(m.handle_timeout(Demand::Calm), LoadLevel::Economy);
+        assert_eq!(m.late_permille(), 333, "two of six later than 10 ms");
+        m.handle_tick(Duration::ZERO);
+        m.handle_timeout(Demand::Calm);
+        assert_eq!(m.late_permille(), 0, "one tick, on time");
+        assert_eq!(m.tick_lateness().1, 7);
     }
 
     #[test]

@@ -175,6 +175,16 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Share of the calls' 20 ms media ticks that ran late in the last second.",
         format!("{:.3}", m.load.late_permille() as f64 / 1000.0),
     );
+    let (buckets, ticks, late_sum) = m.load.tick_lateness();
+    histogram(
+        &mut text,
+        "gateway_media_tick_lateness_seconds",
+        "How late the calls' 20 ms media ticks ran after their time: the delay the gateway adds to each frame it codes.",
+        &crate::call::load::TICK_LATENESS_BUCKETS,
+        buckets,
+        ticks,
+        late_sum,
+    );
     metric(
         &mut text,
         "gateway_calls_shed_total",
