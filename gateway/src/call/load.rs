@@ -128,8 +128,9 @@ impl LoadMonitor {
         self.shed_pct.store(shed_pct, Ordering::Relaxed);
     }
 
-    /// One call's 20 ms tick ran `lateness` after its time.
-    pub fn handle_tick(&self, lateness: Duration) {
+    /// One call's 20 ms tick ran `lateness` after its time. Returns whether that counts as
+    /// late (`[limits] late_tick_ms`).
+    pub fn handle_tick(&self, lateness: Duration) -> bool {
         self.ticks.fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
         self.lateness_us_sum.fetch_add(us, Ordering::Relaxed);
@@ -137,9 +138,11 @@ impl LoadMonitor {
         if let Some(i) = TICK_LATENESS_BUCKETS.iter().position(|b| secs <= *b) {
             self.lateness_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        if us > self.late_after_us.load(Ordering::Relaxed) {
+        let late = us > self.late_after_us.load(Ordering::Relaxed);
+        if late {
             self.late.fetch_add(1, Ordering::Relaxed);
         }
+        late
     }
 
     /// Once a second: the workers' `demand` and the share of late ticks since the last call

@@ -349,7 +349,8 @@ pub fn drive<'a>(
                         b.leg.handle_timeout(now);
                     }
                     if let Some(lateness) = due.tick {
-                        run.wiring.metrics.load.handle_tick(lateness);
+                        let late = run.wiring.metrics.load.handle_tick(lateness);
+                        crate::call::workers::count_tick(late);
                         if at_tick {
                             // The browser's audio of the frame, to the trunk first.
                             run.read_browser(&mut call);

@@ -24,7 +24,8 @@
 //! New calls are refused before running calls suffer ([`MediaWorkers::has_room`]): each
 //! worker's *demand* is measured — the share of time its thread ran or waited for a core
 //! (`/proc/thread-self/schedstat`) — and when every worker wants more than `[limits]
-//! media_load_pct` of a core, there is no room. Why demand and not lateness: ticks run late
+//! media_load_pct` of a core, or ran more than [`LATE_SHARE`] of its calls' ticks late in its
+//! last window, there is no room. Why demand and not lateness alone: ticks run late
 //! only once a worker is already short of a core, and by then the calls let in meanwhile have
 //! made it worse (at 500 callers offered on the benchmark box, 343 got in before lateness
 //! shed any, and the sampled calls' tone broke, docs/benchmarks-history.md). Waiting counts as well
@@ -129,6 +130,11 @@ struct Measured {
     quiet_seen: usize,
     /// Calls given to it since.
     placed: u32,
+    /// The share of its calls' ticks in the last window that ran late (`[limits]
+    /// late_tick_ms`), and its tick counts then ([`Pace::ticks`], [`Pace::late_ticks`]).
+    late: f64,
+    ticks_seen: u64,
+    late_seen: u64,
 }
 
 impl Measured {
@@ -144,6 +150,9 @@ impl Measured {
             quiet: [0.0; QUIET_WINDOWS],
             quiet_seen: 0,
             placed: 0,
+            late: 0.0,
+            ticks_seen: 0,
+            late_seen: 0,
         }
     }
 
@@ -203,7 +212,21 @@ impl Measured {
             quiet,
             quiet_seen,
             placed: 0,
+            ..*self
         };
+    }
+
+    /// Takes the worker's tick counts so far (all its calls' ticks, and those that ran late)
+    /// at the window [`Measured::update`] just measured: the window's share of late ticks.
+    fn count_ticks(&mut self, ticks: u64, late: u64) {
+        let window_ticks = ticks.saturating_sub(self.ticks_seen);
+        let window_late = late.saturating_sub(self.late_seen);
+        self.late = if window_ticks == 0 {
+            0.0
+        } else {
+            window_late as f64 / window_ticks as f64
+        };
+        (self.ticks_seen, self.late_seen) = (ticks, late);
     }
 }
 
@@ -212,9 +235,20 @@ impl Measured {
 /// lateness ([`super::load`]) is the judge of that.
 const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 
+/// At most this share of a worker's ticks in its last window may have run late (`[limits]
+/// late_tick_ms`) for it to take a new call. Why: a worker's demand is a half second's average,
+/// and it can read within the limit while its calls' frames already go out a frame late. Offered
+/// 500 callers on the benchmark box, workers admitted up to 0.9 of a core each, then
+/// read 0.6–1.0 with no call added, and 0.1–71 % of the ticks ran 20 ms late over the whole
+/// window (the ticks' lateness on `/metrics`); 250 calls, which fit, ran up to 0.7 % late
+/// until the box slowed (BENCHMARKS.md, section 2). One tick in a hundred a frame late is a
+/// worker already falling behind, not one with room for more.
+const LATE_SHARE: f64 = 0.01;
+
 /// Whether a worker running `calls` has room for one more: its last window's demand and its
-/// calls' expected demand with it both stay within `up_to` (a share of a core), or it runs
-/// fewer than [`GATED_FROM_CALLS`].
+/// calls' expected demand with it both stay within `up_to` (a share of a core), and no more
+/// than [`LATE_SHARE`] of its ticks ran late in that window; or it runs fewer than
+/// [`GATED_FROM_CALLS`].
 ///
 /// Counted per call, so that calls let in since the last window count at once: a burst of
 /// 100 calls a second is over before a measured demand alone would show it. And the measured
@@ -225,7 +259,9 @@ const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 /// had just read 0.954 take 35 more calls in the next half second (BENCHMARKS.md, section 2).
 fn has_room(measured: &Measured, calls: usize, up_to: f64) -> bool {
     calls < GATED_FROM_CALLS
-        || (measured.demand <= up_to && (calls + 1) as f64 * measured.per_call <= up_to)
+        || (measured.demand <= up_to
+            && measured.late <= LATE_SHARE
+            && (calls + 1) as f64 * measured.per_call <= up_to)
 }
 
 /// A worker thread's demand so far, ns: the time it ran plus the time it was runnable but
@@ -302,6 +338,9 @@ struct Pace {
     /// Whether the thread sends through an io_uring ring (`media::outgoing`), as of its last
     /// turn: a ring that fails is dropped, and the thread sends without one from then on.
     io_uring: AtomicBool,
+    /// Its calls' media ticks, and those that ran late ([`count_tick`]).
+    ticks: AtomicU64,
+    late_ticks: AtomicU64,
 }
 
 impl Pace {
@@ -315,6 +354,8 @@ impl Pace {
             wakeups: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             io_uring: AtomicBool::new(false),
+            ticks: AtomicU64::new(0),
+            late_ticks: AtomicU64::new(0),
         }
     }
 
@@ -347,6 +388,26 @@ impl Pace {
         *self.woke.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+thread_local! {
+    /// The pace of the worker this thread is, if it is one.
+    static PACE_OF_THREAD: std::cell::RefCell<Option<Arc<Pace>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Counts a call's media tick, `late` or not, on the worker it runs on (the admission gate's
+/// [`LATE_SHARE`]); nothing off the workers. Counted by the worker's thread alone, so the
+/// counts cost it no shared cache line.
+pub fn count_tick(late: bool) {
+    PACE_OF_THREAD.with_borrow(|pace| {
+        if let Some(pace) = pace {
+            pace.ticks.fetch_add(1, Ordering::Relaxed);
+            if late {
+                pace.late_ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
 }
 
 /// Calls a worker must carry before it naps, where `[media] nap_us` asks it to. A nap costs
@@ -429,6 +490,7 @@ impl MediaWorkers {
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
                     let schedstat = File::open("/proc/thread-self/schedstat").ok();
+                    PACE_OF_THREAD.set(Some(started.clone()));
                     crate::media::outgoing::hold_on_this_thread(use_ring);
                     started
                         .io_uring
@@ -476,6 +538,10 @@ impl MediaWorkers {
                 demand_ns(w.schedstat.as_ref(), busy_ns),
                 calls,
                 self.economy.load(Ordering::Relaxed),
+            );
+            m.count_ticks(
+                w.pace.ticks.load(Ordering::Relaxed),
+                w.pace.late_ticks.load(Ordering::Relaxed),
             );
         }
         measured

@@ -159,6 +159,41 @@ fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() 
 }
 
 #[test]
+fn a_worker_whose_ticks_ran_late_takes_no_call_until_a_window_runs_on_time() {
+    let t0 = Instant::now();
+    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
+    let mut m = Measured::new(t0);
+    // 176 calls at 0.75 of a core: room by their demand, and every tick on time.
+    for i in 1..=30u32 {
+        m.update(
+            t0 + MEASURE_EVERY * i,
+            0,
+            ns(0.75) * u64::from(i),
+            176,
+            false,
+        );
+        m.count_ticks(4_400 * u64::from(i), 0);
+    }
+    assert!(has_room(&m, 176, 0.9), "{m:?}");
+    let (demand, ticks) = (ns(0.75) * 30, 4_400 * 30);
+    // The same demand, with 45 of the window's 4,400 ticks a frame late (1.02 %).
+    m.update(t0 + MEASURE_EVERY * 31, 0, demand + ns(0.75), 176, false);
+    m.count_ticks(ticks + 4_400, 45);
+    assert!(m.demand <= 0.9 && 177.0 * m.per_call <= 0.9, "{m:?}");
+    assert!(!has_room(&m, 176, 0.9), "late ticks close it: {}", m.late);
+    // 44 of them (1 %) is as many as it tolerates.
+    m.update(t0 + MEASURE_EVERY * 32, 0, demand + ns(1.5), 176, false);
+    m.count_ticks(ticks + 8_800, 89);
+    assert!(has_room(&m, 176, 0.9), "{}", m.late);
+    // A window without ticks is on time; a worker with few calls takes one whatever.
+    m.count_ticks(ticks + 8_800, 89);
+    assert_eq!(m.late, 0.0);
+    m.count_ticks(ticks + 8_900, 189);
+    assert!(has_room(&m, GATED_FROM_CALLS - 1, 0.9));
+    assert!(!has_room(&m, GATED_FROM_CALLS, 0.9));
+}
+
+#[test]
 fn while_calls_economise_the_gate_counts_them_at_their_full_cost() {
     let t0 = Instant::now();
     let window = |i: u32| t0 + MEASURE_EVERY * i;
