@@ -239,10 +239,10 @@ const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 /// late_tick_ms`) for it to take a new call. Why: a worker's demand is a half second's average,
 /// and it can read within the limit while its calls' frames already go out a frame late. Offered
 /// 500 callers on the benchmark box, workers admitted up to 0.9 of a core each, then
-/// read 0.6–1.0 with no call added, and 0.1–71 % of the ticks ran 20 ms late over the whole
-/// window (the ticks' lateness on `/metrics`); 250 calls, which fit, ran up to 0.7 % late
-/// until the box slowed (BENCHMARKS.md, section 2). One tick in a hundred a frame late is a
-/// worker already falling behind, not one with room for more.
+/// read 0.6–1.0 with no call added, and up to 71 % of a second's ticks ran 20 ms late
+/// (`gateway_late_ticks_ratio`, traced); 250 calls, which fit, ran at most 0.7 % late until
+/// the box slowed (docs/benchmarks-history.md, "2026-12-06, night"). One tick in a hundred a
+/// frame late is a worker already falling behind, not one with room for more.
 const LATE_SHARE: f64 = 0.01;
 
 /// Whether a worker running `calls` has room for one more: its last window's demand and its
