@@ -177,13 +177,19 @@ def active_calls():
     return gauges().get("gateway_active_calls", 0.0)
 
 
-def media_demand():
-    """The gateway's media workers' demand (the share of a core each ran or waited for in
-    its last half second), highest first, its load level (1: economy) and the calls it refused
-    for load so far; `None` where no gateway answers (another engine)."""
+def gauges_if_any():
+    """`gauges()`, or `None` where no gateway answers (another engine)."""
     try:
-        values = gauges()
+        return gauges()
     except OSError:
+        return None
+
+
+def media_demand(values):
+    """From `gauges_if_any()`: the gateway's media workers' demand (the share of a core each
+    ran or waited for in its last half second), highest first, its load level (1: economy) and
+    the calls it refused for load so far; `None` where no gateway answered."""
+    if values is None:
         return None
     level = values.get("gateway_load_level")
     return {"demand": sorted(per_worker(values, "gateway_media_worker_demand"), reverse=True),
@@ -194,12 +200,10 @@ def media_demand():
 TICK_LATENESS = "gateway_media_tick_lateness_seconds"
 
 
-def tick_lateness():
-    """The gateway's ticks so far by lateness: [(upper bound in ms, cumulative count)], the
-    last bound infinite; `None` where no gateway answers (another engine)."""
-    try:
-        values = gauges()
-    except OSError:
+def tick_lateness(values):
+    """From `gauges_if_any()`: the gateway's ticks so far by lateness, [(upper bound in ms,
+    cumulative count)], the last bound infinite; `None` where no gateway answered."""
+    if values is None:
         return None
     buckets = []
     for key, count in values.items():
@@ -237,13 +241,12 @@ def trace(path, stop, every=0.5):
     seeing how a step's burst filled the workers and when the gate and economy acted."""
     with open(path, "w") as out:
         t0 = time.time()
-        lateness = tick_lateness()
+        lateness = tick_lateness(gauges_if_any())
         while not stop.wait(every):
-            try:
-                value = gauges()
-            except OSError:
+            value = gauges_if_any()
+            if value is None:
                 continue
-            before, lateness = lateness, tick_lateness()
+            before, lateness = lateness, tick_lateness(value)
             out.write(json.dumps({
                 "t": round(time.time() - t0, 2),
                 "active": value.get("gateway_active_calls"),
@@ -437,12 +440,13 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     time.sleep(ramp + settle)
     up0 = active()
     perf = profile and start_profile(gateway.pid, window, profile)
-    lateness0 = tick_lateness() if active is active_calls else None
+    ours = active is active_calls
+    lateness0 = tick_lateness(gauges_if_any()) if ours else None
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
-    lateness1 = tick_lateness() if active is active_calls else None
-    load = media_demand() if active is active_calls else None
+    after = gauges_if_any() if ours else None
+    lateness1, load = tick_lateness(after), media_demand(after)
     rss, anon = memory_mb(gateway.pid)
     # Per-call figures divide by the calls actually up in the window (the gateway's own
     # gauge), not by the calls attempted: under overload many never connect.

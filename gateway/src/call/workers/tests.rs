@@ -100,6 +100,11 @@ fn placement_fills_a_worker_to_half_then_takes_the_least_busy() {
     assert_eq!(loads[0].share, before.share);
 }
 
+/// `share` of a measurement window, in ns: a worker's busy or demand time over one window.
+fn window_ns(share: f64) -> u64 {
+    (MEASURE_EVERY.as_nanos() as f64 * share) as u64
+}
+
 #[test]
 fn the_gate_counts_every_running_call_at_its_measured_demand() {
     let t0 = Instant::now();
@@ -110,8 +115,13 @@ fn the_gate_counts_every_running_call_at_its_measured_demand() {
     assert!(has_room(&m, 89, 0.9));
     assert!(!has_room(&m, 90, 0.9));
     // Measured: 100 calls wanted 60 % of a core, 0.6 % each; smoothed from 1 %.
-    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
-    m.update(t0 + MEASURE_EVERY, ns(0.5), ns(0.6), 100, false);
+    m.update(
+        t0 + MEASURE_EVERY,
+        window_ns(0.5),
+        window_ns(0.6),
+        100,
+        false,
+    );
     assert!((m.demand - 0.6).abs() < 1e-9);
     let per_call = 0.01 * (1.0 - DEMAND_WEIGHT) + DEMAND_WEIGHT * 0.006;
     assert!((m.per_call - per_call).abs() < 1e-12);
@@ -119,24 +129,35 @@ fn the_gate_counts_every_running_call_at_its_measured_demand() {
     assert!(has_room(&m, fit - 1, 0.9));
     assert!(!has_room(&m, fit, 0.9), "calls let in since count at once");
     // A window without calls leaves the estimate as it was.
-    m.update(t0 + MEASURE_EVERY * 2, ns(0.5), ns(0.6), 0, false);
+    m.update(
+        t0 + MEASURE_EVERY * 2,
+        window_ns(0.5),
+        window_ns(0.6),
+        0,
+        false,
+    );
     assert!((m.per_call - per_call).abs() < 1e-12 && m.demand == 0.0);
 }
 
 #[test]
 fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() {
     let t0 = Instant::now();
-    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
     let mut m = Measured::new(t0);
     // Learned on the way up: 45 calls wanted 0.0022 of a core each.
     for i in 1..=40u32 {
-        let total = ns(0.1) * u64::from(i);
+        let total = window_ns(0.1) * u64::from(i);
         m.update(t0 + MEASURE_EVERY * i, total, total, 45, false);
     }
     assert!((m.per_call - 0.1 / 45.0).abs() < 1e-6, "{}", m.per_call);
     // Then 227 calls read 0.954: each wants more now than the estimate says.
-    let before = ns(0.1) * 40;
-    m.update(t0 + MEASURE_EVERY * 41, 0, before + ns(0.954), 227, false);
+    let before = window_ns(0.1) * 40;
+    m.update(
+        t0 + MEASURE_EVERY * 41,
+        0,
+        before + window_ns(0.954),
+        227,
+        false,
+    );
     assert!(
         228.0 * m.per_call <= 0.9,
         "the calls still count to less than the limit ({})",
@@ -147,7 +168,7 @@ fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() 
     m.update(
         t0 + MEASURE_EVERY * 42,
         0,
-        before + ns(0.954) + ns(0.85),
+        before + window_ns(0.954) + window_ns(0.85),
         227,
         false,
     );
@@ -161,28 +182,39 @@ fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() 
 #[test]
 fn a_worker_whose_ticks_ran_late_takes_no_call_until_a_window_runs_on_time() {
     let t0 = Instant::now();
-    let ns = |share: f64| (MEASURE_EVERY.as_nanos() as f64 * share) as u64;
     let mut m = Measured::new(t0);
     // 176 calls at 0.75 of a core: room by their demand, and every tick on time.
     for i in 1..=30u32 {
         m.update(
             t0 + MEASURE_EVERY * i,
             0,
-            ns(0.75) * u64::from(i),
+            window_ns(0.75) * u64::from(i),
             176,
             false,
         );
         m.count_ticks(4_400 * u64::from(i), 0);
     }
     assert!(has_room(&m, 176, 0.9), "{m:?}");
-    let (demand, ticks) = (ns(0.75) * 30, 4_400 * 30);
+    let (demand, ticks) = (window_ns(0.75) * 30, 4_400 * 30);
     // The same demand, with 45 of the window's 4,400 ticks a frame late (1.02 %).
-    m.update(t0 + MEASURE_EVERY * 31, 0, demand + ns(0.75), 176, false);
+    m.update(
+        t0 + MEASURE_EVERY * 31,
+        0,
+        demand + window_ns(0.75),
+        176,
+        false,
+    );
     m.count_ticks(ticks + 4_400, 45);
     assert!(m.demand <= 0.9 && 177.0 * m.per_call <= 0.9, "{m:?}");
     assert!(!has_room(&m, 176, 0.9), "late ticks close it: {}", m.late);
     // 44 of them (1 %) is as many as it tolerates.
-    m.update(t0 + MEASURE_EVERY * 32, 0, demand + ns(1.5), 176, false);
+    m.update(
+        t0 + MEASURE_EVERY * 32,
+        0,
+        demand + window_ns(1.5),
+        176,
+        false,
+    );
     m.count_ticks(ticks + 8_800, 89);
     assert!(has_room(&m, 176, 0.9), "{}", m.late);
     // A window without ticks is on time; a worker with few calls takes one whatever.
