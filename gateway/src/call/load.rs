@@ -21,8 +21,8 @@
 //! what callers hear, but the browsers share the box (or the network) with the gateway, so
 //! their jitter alone cannot say whose lateness it was.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How loaded the media is.
@@ -71,6 +71,9 @@ struct Hysteresis {
     demand_high: bool,
     /// Seconds in a row the demand was calm.
     demand_calm_seconds: u32,
+    /// All ticks, and the late ones, as the last second counted them.
+    ticks_seen: u64,
+    late_seen: u64,
 }
 
 /// Upper bounds, seconds, of the tick-lateness histogram (`+Inf` is implied): a 2 ms turn,
@@ -78,18 +81,75 @@ struct Hysteresis {
 /// and beyond, where a browser's jitter buffer has run dry.
 pub const TICK_LATENESS_BUCKETS: [f64; 7] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1];
 
+/// The ticks of the calls one thread runs, counted by that thread alone: a media worker's
+/// (`call::workers`), or every other thread's together ([`LoadMonitor`]'s own). Why per
+/// thread: counted in one shared place, each of the 25,000 ticks a second of 500 calls moved
+/// the counters' cache line between the workers' cores.
+#[derive(Debug, Default)]
+pub struct TickCounts {
+    ticks: AtomicU64,
+    late: AtomicU64,
+    /// Ticks by lateness, per bucket of [`TICK_LATENESS_BUCKETS`] (not cumulative).
+    buckets: [AtomicU64; TICK_LATENESS_BUCKETS.len()],
+    /// The ticks' lateness summed, µs.
+    lateness_us_sum: AtomicU64,
+}
+
+impl TickCounts {
+    fn count(&self, lateness: Duration, us: u64, late: bool) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.lateness_us_sum.fetch_add(us, Ordering::Relaxed);
+        let secs = lateness.as_secs_f64();
+        if let Some(i) = TICK_LATENESS_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        if late {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Its ticks so far, and how many of them ran late (`[limits] late_tick_ms`).
+    pub fn ticks(&self) -> (u64, u64) {
+        (
+            self.ticks.load(Ordering::Relaxed),
+            self.late.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Every tick counted, by lateness: what `/metrics` shows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TickLateness {
+    /// The count per bucket of [`TICK_LATENESS_BUCKETS`] (not cumulative; ticks later than
+    /// the last bound are in `ticks` only).
+    pub buckets: [u64; TICK_LATENESS_BUCKETS.len()],
+    /// All ticks.
+    pub ticks: u64,
+    /// Those that ran late (`[limits] late_tick_ms`).
+    pub late: u64,
+    /// Their lateness summed, seconds.
+    pub sum_seconds: f64,
+}
+
+thread_local! {
+    /// The counts of the thread's ticks, where the thread keeps its own ([`count_ticks_here`]).
+    static TICKS_OF_THREAD: std::cell::RefCell<Option<Arc<TickCounts>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// From now on the ticks of calls this thread runs are counted in `counts` (from
+/// [`LoadMonitor::thread_counts`]): a media worker's thread calls it as it starts.
+pub fn count_ticks_here(counts: Arc<TickCounts>) {
+    TICKS_OF_THREAD.set(Some(counts));
+}
+
 /// Counts ticks and decides the level.
 #[derive(Debug)]
 pub struct LoadMonitor {
-    /// Ticks since the gateway started.
-    ticks: AtomicU64,
-    /// Ticks counted by the last [`LoadMonitor::handle_timeout`].
-    ticks_seen: AtomicU64,
-    /// Ticks by lateness, per bucket of [`TICK_LATENESS_BUCKETS`] (not cumulative).
-    lateness_buckets: [AtomicU64; TICK_LATENESS_BUCKETS.len()],
-    /// The ticks' lateness summed, µs.
-    lateness_us_sum: AtomicU64,
-    late: AtomicU64,
+    /// The ticks of threads without counts of their own.
+    shared: Arc<TickCounts>,
+    /// The counts of threads that keep their own ([`LoadMonitor::thread_counts`]).
+    threads: Mutex<Vec<Arc<TickCounts>>>,
     /// A tick this much after its time counts as late, µs.
     late_after_us: AtomicU64,
     /// Share of late ticks, percent, at which the gateway economises and then sheds.
@@ -105,11 +165,8 @@ pub struct LoadMonitor {
 impl Default for LoadMonitor {
     fn default() -> Self {
         LoadMonitor {
-            ticks: AtomicU64::new(0),
-            ticks_seen: AtomicU64::new(0),
-            lateness_buckets: Default::default(),
-            lateness_us_sum: AtomicU64::new(0),
-            late: AtomicU64::new(0),
+            shared: Arc::default(),
+            threads: Mutex::default(),
             late_after_us: AtomicU64::new(20_000),
             shed_pct: AtomicU32::new(10),
             level: AtomicU8::new(0),
@@ -128,33 +185,39 @@ impl LoadMonitor {
         self.shed_pct.store(shed_pct, Ordering::Relaxed);
     }
 
-    /// One call's 20 ms tick ran `lateness` after its time. Returns whether that counts as
-    /// late (`[limits] late_tick_ms`).
-    pub fn handle_tick(&self, lateness: Duration) -> bool {
-        self.ticks.fetch_add(1, Ordering::Relaxed);
+    /// New counts for one thread's ticks ([`count_ticks_here`]), summed with the others'.
+    pub fn thread_counts(&self) -> Arc<TickCounts> {
+        let counts = Arc::<TickCounts>::default();
+        self.threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(counts.clone());
+        counts
+    }
+
+    /// One call's 20 ms tick ran `lateness` after its time: counted in the thread's own
+    /// counts where it keeps them ([`count_ticks_here`]), else in the shared ones.
+    pub fn handle_tick(&self, lateness: Duration) {
         let us = u64::try_from(lateness.as_micros()).unwrap_or(u64::MAX);
-        self.lateness_us_sum.fetch_add(us, Ordering::Relaxed);
-        let secs = lateness.as_secs_f64();
-        if let Some(i) = TICK_LATENESS_BUCKETS.iter().position(|b| secs <= *b) {
-            self.lateness_buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
         let late = us > self.late_after_us.load(Ordering::Relaxed);
-        if late {
-            self.late.fetch_add(1, Ordering::Relaxed);
-        }
-        late
+        TICKS_OF_THREAD.with_borrow(|own| {
+            own.as_deref()
+                .unwrap_or(&self.shared)
+                .count(lateness, us, late)
+        });
     }
 
     /// Once a second: the workers' `demand` and the share of late ticks since the last call
     /// decide the level.
     pub fn handle_timeout(&self, demand: Demand) -> LoadLevel {
-        let total = self.ticks.load(Ordering::Relaxed);
-        let ticks = total.saturating_sub(self.ticks_seen.swap(total, Ordering::Relaxed));
-        let late = self.late.swap(0, Ordering::Relaxed);
+        let counted = self.tick_lateness();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ticks = counted.ticks.saturating_sub(state.ticks_seen);
+        let late = counted.late.saturating_sub(state.late_seen);
+        (state.ticks_seen, state.late_seen) = (counted.ticks, counted.late);
         let permille = (late * 1000).checked_div(ticks).unwrap_or(0) as u32;
         self.late_permille.store(permille, Ordering::Relaxed);
         let threshold = self.shed_pct.load(Ordering::Relaxed) * 10;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match demand {
             Demand::High => {
                 state.demand_high = true;
@@ -221,15 +284,27 @@ impl LoadMonitor {
         self.late_permille.load(Ordering::Relaxed)
     }
 
-    /// Every tick since the gateway started, by lateness: the count per bucket of
-    /// [`TICK_LATENESS_BUCKETS`] (not cumulative; ticks later than the last bound are in the
-    /// total only), the total, and the lateness summed in seconds.
-    pub fn tick_lateness(&self) -> (&[AtomicU64], u64, f64) {
-        (
-            &self.lateness_buckets,
-            self.ticks.load(Ordering::Relaxed),
-            self.lateness_us_sum.load(Ordering::Relaxed) as f64 / 1e6,
-        )
+    /// Every tick since the gateway started, by lateness: every thread's counts summed.
+    pub fn tick_lateness(&self) -> TickLateness {
+        let mut sum = TickLateness {
+            buckets: [0; TICK_LATENESS_BUCKETS.len()],
+            ticks: 0,
+            late: 0,
+            sum_seconds: 0.0,
+        };
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lateness_us = 0u64;
+        for counts in threads.iter().chain([&self.shared]) {
+            let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            for (total, bucket) in sum.buckets.iter_mut().zip(&counts.buckets) {
+                *total += load(bucket);
+            }
+            sum.ticks += load(&counts.ticks);
+            sum.late += load(&counts.late);
+            lateness_us = lateness_us.saturating_add(load(&counts.lateness_us_sum));
+        }
+        sum.sum_seconds = lateness_us as f64 / 1e6;
+        sum
     }
 }
 
@@ -280,11 +355,11 @@ mod tests {
         for us in [0, 1_000, 1_001, 4_000, 19_000, 150_000] {
             m.handle_tick(Duration::from_micros(us));
         }
-        let (buckets, ticks, sum) = m.tick_lateness();
-        let counts: Vec<u64> = buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counted = m.tick_lateness();
         // ≤ 1 ms twice, ≤ 2 ms, ≤ 5 ms, ≤ 20 ms; 150 ms past the last bound.
-        assert_eq!(counts, [2, 1, 1, 0, 1, 0, 0]);
-        assert_eq!(ticks, 6);
+        assert_eq!(counted.buckets, [2, 1, 1, 0, 1, 0, 0]);
+        assert_eq!((counted.ticks, counted.late), (6, 2));
+        let sum = counted.sum_seconds;
         assert!((sum - 0.175_001).abs() < 1e-9, "{sum}");
         // The level's second reads the ticks since the last one; the histogram keeps them all.
         assert_eq!(m.handle_timeout(Demand::Calm), LoadLevel::Economy);
@@ -292,7 +367,46 @@ mod tests {
         m.handle_tick(Duration::ZERO);
         m.handle_timeout(Demand::Calm);
         assert_eq!(m.late_permille(), 0, "one tick, on time");
-        assert_eq!(m.tick_lateness().1, 7);
+        assert_eq!(m.tick_lateness().ticks, 7);
+    }
+
+    #[test]
+    fn threads_with_counts_of_their_own_are_summed_with_the_rest() {
+        let m = Arc::new(LoadMonitor::default());
+        m.configure(Duration::from_millis(10), 5);
+        m.handle_tick(Duration::from_millis(30));
+        let counts: Vec<Arc<TickCounts>> = (0..2).map(|_| m.thread_counts()).collect();
+        let threads: Vec<_> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, own)| {
+                let (m, own) = (m.clone(), own.clone());
+                std::thread::spawn(move || {
+                    count_ticks_here(own);
+                    for _ in 0..=i {
+                        m.handle_tick(Duration::from_millis(3));
+                    }
+                    m.handle_tick(Duration::from_millis(15));
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Each thread's ticks in its own counts; the test thread's in the shared ones.
+        assert_eq!(counts[0].ticks(), (2, 1));
+        assert_eq!(counts[1].ticks(), (3, 1));
+        assert_eq!(m.shared.ticks(), (1, 1));
+        let counted = m.tick_lateness();
+        assert_eq!(counted.buckets, [0, 0, 3, 0, 2, 1, 0]);
+        assert_eq!((counted.ticks, counted.late), (6, 3));
+        assert!((counted.sum_seconds - 0.069).abs() < 1e-9);
+        assert_eq!(m.handle_timeout(Demand::Calm), LoadLevel::Economy);
+        assert_eq!(
+            m.late_permille(),
+            500,
+            "three of six, from all three places"
+        );
     }
 
     #[test]

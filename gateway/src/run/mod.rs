@@ -150,6 +150,14 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         plugins.join_cluster(cluster.clone());
         cluster
     });
+    let workers = crate::call::workers::MediaWorkers::start(
+        &metrics.load,
+        config.media.workers,
+        Duration::from_millis(config.media.turn_ms.into()),
+        Duration::from_micros(config.media.nap_us.into()),
+        config.media.io_uring,
+    )
+    .map_err(|e| format!("cannot start the media worker threads: {e}"))?;
     let calls = Arc::new(CallContext {
         config: config.clone(),
         endpoint: endpoint.clone(),
@@ -166,13 +174,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         parked: Default::default(),
         shutdown: tokio::sync::watch::channel(false).0,
         cluster,
-        workers: crate::call::workers::MediaWorkers::start(
-            config.media.workers,
-            Duration::from_millis(config.media.turn_ms.into()),
-            Duration::from_micros(config.media.nap_us.into()),
-            config.media.io_uring,
-        )
-        .map_err(|e| format!("cannot start the media worker threads: {e}"))?,
+        workers,
     });
     tracing::info!(
         workers = config.media.workers,

@@ -39,7 +39,7 @@ fn histogram(
     name: &str,
     help: &str,
     bounds: &[f64],
-    counts: &[std::sync::atomic::AtomicU64],
+    counts: impl IntoIterator<Item = u64>,
     total: u64,
     sum: f64,
 ) {
@@ -54,7 +54,7 @@ fn histogram_series(
     name: &str,
     labels: &str,
     bounds: &[f64],
-    counts: &[std::sync::atomic::AtomicU64],
+    counts: impl IntoIterator<Item = u64>,
     total: u64,
     sum: f64,
 ) {
@@ -65,7 +65,7 @@ fn histogram_series(
     };
     let mut cumulative = 0;
     for (bound, count) in bounds.iter().zip(counts) {
-        cumulative += count.load(Ordering::Relaxed);
+        cumulative += count;
         text.push_str(&format!(
             "{name}_bucket{{{with}le=\"{bound}\"}} {cumulative}\n"
         ));
@@ -175,15 +175,15 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Share of the calls' 20 ms media ticks that ran late in the last second.",
         format!("{:.3}", m.load.late_permille() as f64 / 1000.0),
     );
-    let (buckets, ticks, late_sum) = m.load.tick_lateness();
+    let ticks = m.load.tick_lateness();
     histogram(
         &mut text,
         "gateway_media_tick_lateness_seconds",
         "How late the calls' 20 ms media ticks ran after their time: the delay the gateway adds to each frame it codes.",
         &crate::call::load::TICK_LATENESS_BUCKETS,
-        buckets,
-        ticks,
-        late_sum,
+        ticks.buckets,
+        ticks.ticks,
+        ticks.sum_seconds,
     );
     metric(
         &mut text,
@@ -320,7 +320,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "gateway_setup_seconds",
         "Time to answer: INVITE to 2xx for outbound calls, offer to browser answer for inbound.",
         &crate::call::SETUP_BUCKETS,
-        &m.setup_buckets,
+        m.setup_buckets.iter().map(load),
         answered,
         load(&m.setup_us_sum) as f64 / 1e6,
     );
@@ -357,7 +357,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "gateway_trunk_jitter_ms",
         "Interarrival jitter of trunk RTP per call (RFC 3550).",
         &crate::call::JITTER_BUCKETS_MS,
-        &m.jitter_buckets,
+        m.jitter_buckets.iter().map(load),
         load(&m.jitter_calls),
         load(&m.jitter_us_sum) as f64 / 1000.0,
     );
@@ -476,7 +476,7 @@ fn plugin_http(text: &mut String, chain: &crate::plugin::PluginChain) {
             "gateway_plugin_http_seconds",
             &format!("plugin=\"{}\"", label_value(plugin)),
             &HTTP_DURATION_BUCKETS,
-            &s.buckets,
+            s.buckets.iter().map(load),
             load(&s.sent),
             load(&s.sum_us) as f64 / 1e6,
         );

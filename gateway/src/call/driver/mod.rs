@@ -349,8 +349,7 @@ pub fn drive<'a>(
                         b.leg.handle_timeout(now);
                     }
                     if let Some(lateness) = due.tick {
-                        let late = run.wiring.metrics.load.handle_tick(lateness);
-                        crate::call::workers::count_tick(late);
+                        run.wiring.metrics.load.handle_tick(lateness);
                         if at_tick {
                             // The browser's audio of the frame, to the trunk first.
                             run.read_browser(&mut call);

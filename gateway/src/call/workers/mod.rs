@@ -43,6 +43,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::load::{LoadMonitor, TickCounts};
+
 /// One worker: its runtime, and its pace (which counts the calls it runs).
 #[derive(Debug)]
 struct Worker {
@@ -51,6 +53,9 @@ struct Worker {
     /// The worker thread's `/proc/thread-self/schedstat`, opened by the thread itself; `None`
     /// where the kernel has no scheduler statistics (its demand is then its busy time).
     schedstat: Option<File>,
+    /// Its calls' media ticks, and those that ran late (the thread's own counts,
+    /// `super::load::count_ticks_here`).
+    ticks: Arc<TickCounts>,
     /// Dropped with the workers: the thread's runtime then ends, and the calls on it.
     _stop: oneshot::Sender<()>,
 }
@@ -131,7 +136,7 @@ struct Measured {
     /// Calls given to it since.
     placed: u32,
     /// The share of its calls' ticks in the last window that ran late (`[limits]
-    /// late_tick_ms`), and its tick counts then ([`Pace::ticks`], [`Pace::late_ticks`]).
+    /// late_tick_ms`), and its tick counts then ([`TickCounts::ticks`]).
     late: f64,
     ticks_seen: u64,
     late_seen: u64,
@@ -338,9 +343,6 @@ struct Pace {
     /// Whether the thread sends through an io_uring ring (`media::outgoing`), as of its last
     /// turn: a ring that fails is dropped, and the thread sends without one from then on.
     io_uring: AtomicBool,
-    /// Its calls' media ticks, and those that ran late ([`count_tick`]).
-    ticks: AtomicU64,
-    late_ticks: AtomicU64,
 }
 
 impl Pace {
@@ -354,8 +356,6 @@ impl Pace {
             wakeups: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             io_uring: AtomicBool::new(false),
-            ticks: AtomicU64::new(0),
-            late_ticks: AtomicU64::new(0),
         }
     }
 
@@ -388,26 +388,6 @@ impl Pace {
         *self.woke.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         self.wakeups.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-thread_local! {
-    /// The pace of the worker this thread is, if it is one.
-    static PACE_OF_THREAD: std::cell::RefCell<Option<Arc<Pace>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Counts a call's media tick, `late` or not, on the worker it runs on (the admission gate's
-/// [`LATE_SHARE`]); nothing off the workers. Counted by the worker's thread alone, so the
-/// counts cost it no shared cache line.
-pub fn count_tick(late: bool) {
-    PACE_OF_THREAD.with_borrow(|pace| {
-        if let Some(pace) = pace {
-            pace.ticks.fetch_add(1, Ordering::Relaxed);
-            if late {
-                pace.late_ticks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    });
 }
 
 /// Calls a worker must carry before it naps, where `[media] nap_us` asks it to. A nap costs
@@ -456,8 +436,10 @@ impl MediaWorkers {
     /// busy ([`Pace`]; zero wakes per event) and waiting out its turns in naps of `nap`
     /// ([`sleep_in_naps`]; zero: one sleep), sending through io_uring where `use_ring` and the
     /// kernel allow (`media::outgoing`). Must be called on the shared runtime, which becomes
-    /// [`MediaWorkers::control`].
+    /// [`MediaWorkers::control`]. Each worker counts its calls' ticks in counts of its own,
+    /// which `load` sums with the rest.
     pub fn start(
+        load: &LoadMonitor,
         count: usize,
         turn: Duration,
         nap: Duration,
@@ -485,12 +467,14 @@ impl MediaWorkers {
             let (stop, stopped) = oneshot::channel::<()>();
             let (opened, schedstat) = std::sync::mpsc::sync_channel(1);
             let started = pace.clone();
+            let ticks = load.thread_counts();
+            let own_ticks = ticks.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
                     let schedstat = File::open("/proc/thread-self/schedstat").ok();
-                    PACE_OF_THREAD.set(Some(started.clone()));
+                    super::load::count_ticks_here(own_ticks);
                     crate::media::outgoing::hold_on_this_thread(use_ring);
                     started
                         .io_uring
@@ -504,6 +488,7 @@ impl MediaWorkers {
                 handle,
                 pace,
                 schedstat: schedstat.recv().ok().flatten(),
+                ticks,
                 _stop: stop,
             });
         }
@@ -539,10 +524,8 @@ impl MediaWorkers {
                 calls,
                 self.economy.load(Ordering::Relaxed),
             );
-            m.count_ticks(
-                w.pace.ticks.load(Ordering::Relaxed),
-                w.pace.late_ticks.load(Ordering::Relaxed),
-            );
+            let (ticks, late) = w.ticks.ticks();
+            m.count_ticks(ticks, late);
         }
         measured
     }

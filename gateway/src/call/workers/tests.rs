@@ -13,7 +13,14 @@ async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
-    let workers = MediaWorkers::start(2, Duration::from_millis(2), Duration::ZERO, true).unwrap();
+    let workers = MediaWorkers::start(
+        &LoadMonitor::default(),
+        2,
+        Duration::from_millis(2),
+        Duration::ZERO,
+        true,
+    )
+    .unwrap();
     let (release, held) = tokio::sync::watch::channel(false);
     for _ in 0..4 {
         assert_eq!(spawn_held(&workers, &held).await, "media-0");
@@ -319,7 +326,8 @@ fn a_worker_threads_demand_is_its_run_and_wait_time() {
 /// Wake-up times of a task on a worker that reads 60 datagrams sent 300 µs apart, while
 /// `held` other calls sit idle on the same worker.
 async fn reader_wakes(turn: Duration, held: usize) -> Vec<Instant> {
-    let workers = MediaWorkers::start(1, turn, Duration::ZERO, true).unwrap();
+    let workers =
+        MediaWorkers::start(&LoadMonitor::default(), 1, turn, Duration::ZERO, true).unwrap();
     let (release, hold) = tokio::sync::watch::channel(false);
     for _ in 0..held {
         let mut hold = hold.clone();
@@ -432,7 +440,14 @@ fn a_paced_worker_waits_out_its_turn_in_naps_when_asked_and_in_one_sleep_otherwi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_gauge_shows_its_ring_failing_while_it_runs_and_its_datagram_still_goes() {
-    let workers = MediaWorkers::start(1, Duration::from_millis(2), Duration::ZERO, true).unwrap();
+    let workers = MediaWorkers::start(
+        &LoadMonitor::default(),
+        1,
+        Duration::from_millis(2),
+        Duration::ZERO,
+        true,
+    )
+    .unwrap();
     if workers.io_uring() != [true] {
         eprintln!("no io_uring here: the worker never had a ring to lose");
         return;
@@ -474,4 +489,38 @@ async fn a_workers_gauge_shows_its_ring_failing_while_it_runs_and_its_datagram_s
         "the gauge still shows a ring the worker dropped: {:?}",
         workers.io_uring()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_counts_its_calls_ticks_for_its_gate_and_the_gateways_totals() {
+    let load = Arc::new(LoadMonitor::default());
+    load.configure(Duration::from_millis(20), 10);
+    let workers =
+        MediaWorkers::start(&load, 2, Duration::from_millis(2), Duration::ZERO, true).unwrap();
+    let (tx, rx) = oneshot::channel();
+    let on_worker = load.clone();
+    workers.spawn(async move {
+        for late_ms in [1, 30, 2] {
+            on_worker.handle_tick(Duration::from_millis(late_ms));
+        }
+        let _ = tx.send(());
+    });
+    rx.await.unwrap();
+    // A tick off the workers (a tone caller's, say) goes to the shared counts: 30 and 40 ms
+    // both fall in the 50 ms bucket.
+    load.handle_tick(Duration::from_millis(40));
+    let own: Vec<(u64, u64)> = workers.workers.iter().map(|w| w.ticks.ticks()).collect();
+    assert_eq!(own, [(3, 1), (0, 0)], "the first worker ran the call");
+    let counted = load.tick_lateness();
+    assert_eq!((counted.ticks, counted.late), (4, 2));
+    assert_eq!(counted.buckets, [1, 1, 0, 0, 0, 2, 0]);
+    // The worker's gate reads its own window: one tick in three late.
+    tokio::time::sleep(MEASURE_EVERY).await;
+    let measured = workers.measure();
+    assert!(
+        (measured[0].late - 1.0 / 3.0).abs() < 1e-9,
+        "{}",
+        measured[0].late
+    );
+    assert_eq!(measured[1].late, 0.0);
 }
