@@ -311,11 +311,13 @@ async fn a_busy_media_worker_wakes_once_a_turn_naps_when_asked_and_its_calls_kee
     // One worker carries every call: more than PACED_FROM_CALLS, so it paces its 2 ms turns,
     // and waits them out in naps of 100 µs. It sends with sendmmsg and sendto, not io_uring:
     // every other call test here takes the defaults (io_uring, one sleep a turn), so both ways
-    // of sending and of waiting carry calls end to end.
+    // of sending and of waiting carry calls end to end. Lateness is not judged (`late_tick_ms`
+    // a second): a tick the busy test box runs late would close the only worker to calls past
+    // the eighth for two seconds (`call::workers`); tests/load_shedding.rs judges it.
     extend(
         &dir,
         &path,
-        "[media]\nworkers = 1\nturn_ms = 2\nnap_us = 100\nio_uring = false\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
+        "[limits]\nlate_tick_ms = 1000\n\n[media]\nworkers = 1\nturn_ms = 2\nnap_us = 100\nio_uring = false\n\n[targets.echo]\ntrunk = \"echo\"\nnumber = \"100\"\n",
     );
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await

@@ -229,6 +229,9 @@ async fn a_full_media_worker_refuses_new_calls_before_its_calls_run_late() {
 /// (`economy_load_pct`) but may fill it (`media_load_pct` 100). Eight calls put the gateway in
 /// economy (every call codes Opus at complexity 0), a ninth call is still taken and keeps its
 /// tone, and three calm seconds after the calls end, economy ends.
+/// Lateness is not judged here (`late_tick_ms` a second): a tick the busy test box runs late
+/// would close the worker to the ninth call for two seconds (`call::workers`), and the late
+/// media's own path is the first test's.
 #[tokio::test(flavor = "multi_thread")]
 async fn busy_media_workers_economise_before_they_refuse_calls() {
     let dir = out_dir("media_load_economy");
@@ -236,7 +239,7 @@ async fn busy_media_workers_economise_before_they_refuse_calls() {
     let gateway = start(
         &dir,
         sipp.port,
-        "[limits]\neconomy_load_pct = 1\nmedia_load_pct = 100\n\n[media]\nworkers = 1\n",
+        "[limits]\neconomy_load_pct = 1\nmedia_load_pct = 100\nlate_tick_ms = 1000\n\n[media]\nworkers = 1\n",
     )
     .await;
     let url = format!("ws://{}/ws", gateway.http_addr);

@@ -24,8 +24,9 @@
 //! New calls are refused before running calls suffer ([`MediaWorkers::has_room`]): each
 //! worker's *demand* is measured — the share of time its thread ran or waited for a core
 //! (`/proc/thread-self/schedstat`) — and when every worker wants more than `[limits]
-//! media_load_pct` of a core, or ran more than [`LATE_SHARE`] of its calls' ticks late in its
-//! last window, there is no room. Why demand and not lateness alone: ticks run late
+//! media_load_pct` of a core, or ran more than [`LATE_SHARE`] of its calls' ticks late in one
+//! of its last windows, or carries as many calls as when its ticks last ran late
+//! ([`Lateness`]), there is no room. Why demand and not lateness alone: ticks run late
 //! only once a worker is already short of a core, and by then the calls let in meanwhile have
 //! made it worse (at 500 callers offered on the benchmark box, 343 got in before lateness
 //! shed any, and the sampled calls' tone broke, docs/benchmarks-history.md). Waiting counts as well
@@ -44,6 +45,9 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use super::load::{LoadMonitor, TickCounts};
+
+mod lateness;
+use lateness::{LATE_SHARE, Lateness};
 
 /// One worker: its runtime, and its pace (which counts the calls it runs).
 #[derive(Debug)]
@@ -140,6 +144,8 @@ struct Measured {
     late: f64,
     ticks_seen: u64,
     late_seen: u64,
+    /// What its late windows say about its room.
+    lateness: Lateness,
 }
 
 impl Measured {
@@ -158,6 +164,7 @@ impl Measured {
             late: 0.0,
             ticks_seen: 0,
             late_seen: 0,
+            lateness: Lateness::ON_TIME,
         }
     }
 
@@ -222,8 +229,9 @@ impl Measured {
     }
 
     /// Takes the worker's tick counts so far (all its calls' ticks, and those that ran late)
-    /// at the window [`Measured::update`] just measured: the window's share of late ticks.
-    fn count_ticks(&mut self, ticks: u64, late: u64) {
+    /// at the window [`Measured::update`] just measured, in which it carried `calls`: the
+    /// window's share of late ticks, and what that says of its room ([`Lateness`]).
+    fn count_ticks(&mut self, ticks: u64, late: u64, calls: usize) {
         let window_ticks = ticks.saturating_sub(self.ticks_seen);
         let window_late = late.saturating_sub(self.late_seen);
         self.late = if window_ticks == 0 {
@@ -232,6 +240,7 @@ impl Measured {
             window_late as f64 / window_ticks as f64
         };
         (self.ticks_seen, self.late_seen) = (ticks, late);
+        self.lateness.handle_window(self.late > LATE_SHARE, calls);
     }
 }
 
@@ -240,20 +249,9 @@ impl Measured {
 /// lateness ([`super::load`]) is the judge of that.
 const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 
-/// At most this share of a worker's ticks in its last window may have run late (`[limits]
-/// late_tick_ms`) for it to take a new call. Why: a worker's demand is a half second's average,
-/// and it can read within the limit while its calls' frames already go out a frame late. Offered
-/// 500 callers on the benchmark box, workers admitted up to 0.9 of a core each, then
-/// read 0.6–1.0 with no call added, and up to 71 % of a second's ticks ran 20 ms late
-/// (`gateway_late_ticks_ratio`, traced); 250 calls, which fit, ran at most 0.7 % late until
-/// the box slowed (docs/benchmarks-history.md, "2026-12-06, night"). One tick in a hundred a
-/// frame late is a worker already falling behind, not one with room for more.
-const LATE_SHARE: f64 = 0.01;
-
 /// Whether a worker running `calls` has room for one more: its last window's demand and its
-/// calls' expected demand with it both stay within `up_to` (a share of a core), and no more
-/// than [`LATE_SHARE`] of its ticks ran late in that window; or it runs fewer than
-/// [`GATED_FROM_CALLS`].
+/// calls' expected demand with it both stay within `up_to` (a share of a core), and its
+/// late windows leave it room ([`Lateness`]); or it runs fewer than [`GATED_FROM_CALLS`].
 ///
 /// Counted per call, so that calls let in since the last window count at once: a burst of
 /// 100 calls a second is over before a measured demand alone would show it. And the measured
@@ -265,7 +263,7 @@ const LATE_SHARE: f64 = 0.01;
 fn has_room(measured: &Measured, calls: usize, up_to: f64) -> bool {
     calls < GATED_FROM_CALLS
         || (measured.demand <= up_to
-            && measured.late <= LATE_SHARE
+            && measured.lateness.has_room(calls)
             && (calls + 1) as f64 * measured.per_call <= up_to)
 }
 
@@ -525,7 +523,7 @@ impl MediaWorkers {
                 self.economy.load(Ordering::Relaxed),
             );
             let (ticks, late) = w.ticks.ticks();
-            m.count_ticks(ticks, late);
+            m.count_ticks(ticks, late, calls);
         }
         measured
     }

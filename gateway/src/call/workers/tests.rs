@@ -1,3 +1,4 @@
+use super::lateness::ON_TIME_TO_FORGET;
 use super::*;
 
 /// Spawns a call on `workers` that reports the thread it runs on, then waits for `held`.
@@ -186,11 +187,10 @@ fn a_worker_measured_past_the_limit_takes_no_call_whatever_its_calls_count_to() 
     );
 }
 
-#[test]
-fn a_worker_whose_ticks_ran_late_takes_no_call_until_a_window_runs_on_time() {
-    let t0 = Instant::now();
+/// A worker measured for 30 windows at 0.75 of a core with 176 calls, every tick on time;
+/// returns it and its demand and tick counts so far.
+fn on_time_worker(t0: Instant) -> (Measured, u64, u64) {
     let mut m = Measured::new(t0);
-    // 176 calls at 0.75 of a core: room by their demand, and every tick on time.
     for i in 1..=30u32 {
         m.update(
             t0 + MEASURE_EVERY * i,
@@ -199,37 +199,64 @@ fn a_worker_whose_ticks_ran_late_takes_no_call_until_a_window_runs_on_time() {
             176,
             false,
         );
-        m.count_ticks(4_400 * u64::from(i), 0);
+        m.count_ticks(4_400 * u64::from(i), 0, 176);
     }
+    (m, window_ns(0.75) * 30, 4_400 * 30)
+}
+
+#[test]
+fn a_worker_whose_ticks_ran_late_takes_no_call_until_it_has_run_on_time_a_while() {
+    let t0 = Instant::now();
+    let (mut m, mut demand, mut ticks) = on_time_worker(t0);
     assert!(has_room(&m, 176, 0.9), "{m:?}");
-    let (demand, ticks) = (window_ns(0.75) * 30, 4_400 * 30);
-    // The same demand, with 45 of the window's 4,400 ticks a frame late (1.02 %).
-    m.update(
-        t0 + MEASURE_EVERY * 31,
-        0,
-        demand + window_ns(0.75),
-        176,
-        false,
-    );
-    m.count_ticks(ticks + 4_400, 45);
-    assert!(m.demand <= 0.9 && 177.0 * m.per_call <= 0.9, "{m:?}");
-    assert!(!has_room(&m, 176, 0.9), "late ticks close it: {}", m.late);
-    // 44 of them (1 %) is as many as it tolerates.
-    m.update(
-        t0 + MEASURE_EVERY * 32,
-        0,
-        demand + window_ns(1.5),
-        176,
-        false,
-    );
-    m.count_ticks(ticks + 8_800, 89);
+    let mut window = 30;
+    // Each window at 0.75 of a core with 176 calls, `late` of its 4,400 ticks a frame late.
+    let mut next = |m: &mut Measured, late: u64, late_so_far: &mut u64| {
+        window += 1;
+        demand += window_ns(0.75);
+        ticks += 4_400;
+        *late_so_far += late;
+        m.update(t0 + MEASURE_EVERY * window, 0, demand, 176, false);
+        m.count_ticks(ticks, *late_so_far, 176);
+    };
+    let mut late = 0;
+    // 44 of them (1 %) is as many as a window on time tolerates.
+    next(&mut m, 44, &mut late);
     assert!(has_room(&m, 176, 0.9), "{}", m.late);
+    // 45 (1.02 %): the worker is closed, although its demand and per-call count have room.
+    next(&mut m, 45, &mut late);
+    assert!(m.demand <= 0.9 && 177.0 * m.per_call <= 0.9, "{m:?}");
+    assert!(!has_room(&m, 170, 0.9), "late ticks close it: {}", m.late);
+    // Three windows on time are not enough; the fourth opens it again, to fewer calls than
+    // it ran late with.
+    for _ in 0..3 {
+        next(&mut m, 0, &mut late);
+        assert!(!has_room(&m, 170, 0.9), "{:?}", m.lateness);
+    }
+    next(&mut m, 0, &mut late);
+    assert!(has_room(&m, 174, 0.9), "{:?}", m.lateness);
+    assert!(!has_room(&m, 175, 0.9), "176 calls ran late");
+    // A late window with fewer calls lowers the bound; one with more does not raise it.
+    m.count_ticks(ticks + 4_400, late + 100, 150);
+    m.count_ticks(ticks + 8_800, late + 200, 160);
+    assert_eq!(m.lateness.late_with, Some(150));
     // A window without ticks is on time; a worker with few calls takes one whatever.
-    m.count_ticks(ticks + 8_800, 89);
+    m.count_ticks(ticks + 8_800, late + 200, 160);
     assert_eq!(m.late, 0.0);
-    m.count_ticks(ticks + 8_900, 189);
     assert!(has_room(&m, GATED_FROM_CALLS - 1, 0.9));
     assert!(!has_room(&m, GATED_FROM_CALLS, 0.9));
+}
+
+#[test]
+fn a_minute_on_time_forgets_the_calls_a_worker_ran_late_with() {
+    let (mut m, _, ticks) = on_time_worker(Instant::now());
+    m.count_ticks(ticks + 4_400, 100, 176);
+    for i in 1..ON_TIME_TO_FORGET {
+        m.count_ticks(ticks + 4_400 * u64::from(i + 1), 100, 170);
+        assert!(!has_room(&m, 175, 0.9), "window {i}: {:?}", m.lateness);
+    }
+    m.count_ticks(ticks + 4_400 * u64::from(ON_TIME_TO_FORGET + 1), 100, 170);
+    assert!(has_room(&m, 176, 0.9), "{:?}", m.lateness);
 }
 
 #[test]
