@@ -19,7 +19,7 @@ pub(super) const LATE_SHARE: f64 = 0.01;
 /// box, the workers' ticks ran late at 341 calls, and each half second that happened to run
 /// on time in between let the next dozen callers in: the workers reached 389 calls while 3–27 %
 /// of each second's ticks ran late, and up to 50 % later on (docs/benchmarks-history.md,
-/// "2026-12-06, late evening"). The calls a worker carried when it ran late are what it is
+/// "2026-12-06, late night"). The calls a worker carried when it ran late are what it is
 /// known not to carry on time, as the box is now.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Lateness {
