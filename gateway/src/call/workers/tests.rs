@@ -12,16 +12,21 @@ async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<
     rx.await.unwrap().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
-    let workers = MediaWorkers::start(
+/// `count` workers with the defaults: 2 ms turns, one sleep a turn, io_uring where it works.
+fn started(count: usize) -> MediaWorkers {
+    MediaWorkers::start(
         &LoadMonitor::default(),
-        2,
+        count,
         Duration::from_millis(2),
         Duration::ZERO,
         true,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
+    let workers = started(2);
     let (release, held) = tokio::sync::watch::channel(false);
     for _ in 0..4 {
         assert_eq!(spawn_held(&workers, &held).await, "media-0");
@@ -467,14 +472,7 @@ fn a_paced_worker_waits_out_its_turn_in_naps_when_asked_and_in_one_sleep_otherwi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workers_gauge_shows_its_ring_failing_while_it_runs_and_its_datagram_still_goes() {
-    let workers = MediaWorkers::start(
-        &LoadMonitor::default(),
-        1,
-        Duration::from_millis(2),
-        Duration::ZERO,
-        true,
-    )
-    .unwrap();
+    let workers = started(1);
     if workers.io_uring() != [true] {
         eprintln!("no io_uring here: the worker never had a ring to lose");
         return;
