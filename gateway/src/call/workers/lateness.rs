@@ -14,6 +14,7 @@ pub(super) const LATE_SHARE: f64 = 0.01;
 /// What a worker's late windows (more than [`LATE_SHARE`] of its ticks late) say about its
 /// room: none until [`ON_TIME_TO_REOPEN`] windows in a row have run on time, and none beyond
 /// the calls it carried when its ticks last ran late until [`ON_TIME_TO_FORGET`] have.
+/// Placement passes it over too while another worker has room (`super::choose`).
 ///
 /// Why: at saturation lateness comes in bursts. Offered 25 callers a second on the benchmark
 /// box, the workers' ticks ran late at 341 calls, and each half second that happened to run

@@ -288,15 +288,18 @@ fn demand_ns(schedstat: Option<&File>, busy_ns: u64) -> u64 {
     }
 }
 
-/// The worker a new call goes to: the first whose expected share stays within [`FILL_TO`]
-/// with it, else the one expected to be least busy.
-fn choose(loads: &[Measured]) -> usize {
-    loads
-        .iter()
-        .position(|m| m.expected() <= FILL_TO)
-        .or_else(|| {
-            (0..loads.len()).min_by(|&a, &b| loads[a].expected().total_cmp(&loads[b].expected()))
-        })
+/// The worker a new call goes to, of those running `calls`: the first whose expected share
+/// stays within [`FILL_TO`] with it, else the one expected to be least busy; among the
+/// workers whose late ticks leave them room ([`Lateness`]) while any does. Why: the gate lets
+/// a call in while some worker has room, and placement by busy share alone could still hand it
+/// to one whose ticks run late (waiting for a core is not being busy).
+fn choose(loads: &[Measured], calls: &[usize]) -> usize {
+    let open = |i: &usize| calls[*i] < GATED_FROM_CALLS || loads[*i].lateness.has_room(calls[*i]);
+    let any_open = (0..loads.len()).any(|i| open(&i));
+    let pool = || (0..loads.len()).filter(move |i| !any_open || open(i));
+    pool()
+        .find(|&i| loads[i].expected() <= FILL_TO)
+        .or_else(|| pool().min_by(|&a, &b| loads[a].expected().total_cmp(&loads[b].expected())))
         .unwrap_or(0)
 }
 
@@ -556,7 +559,7 @@ impl MediaWorkers {
         self.measure().iter().map(|m| m.demand).collect()
     }
 
-    /// Runs a call on the first worker with room for it ([`choose`]). Everything the call's
+    /// Runs a call on the worker [`choose`] picks. Everything the call's
     /// task creates (sockets, timers, tasks it spawns) belongs to that worker.
     pub fn spawn<F>(&self, call: F)
     where
@@ -564,7 +567,8 @@ impl MediaWorkers {
     {
         let worker = {
             let mut measured = self.measure();
-            let chosen = choose(&measured);
+            let calls = self.calls();
+            let chosen = choose(&measured, &calls);
             measured[chosen].placed += 1;
             &self.workers[chosen]
         };

@@ -73,7 +73,7 @@ fn placement_fills_a_worker_to_half_then_takes_the_least_busy() {
     let t0 = Instant::now();
     let mut loads = vec![Measured::new(t0); 2];
     let place = |loads: &mut [Measured]| {
-        let i = choose(loads);
+        let i = choose(loads, &[0, 0]);
         loads[i].placed += 1;
         i
     };
@@ -250,6 +250,21 @@ fn a_worker_whose_ticks_ran_late_takes_no_call_until_it_has_run_on_time_a_while(
     assert_eq!(m.late, 0.0);
     assert!(has_room(&m, GATED_FROM_CALLS - 1, 0.9));
     assert!(!has_room(&m, GATED_FROM_CALLS, 0.9));
+}
+
+#[test]
+fn a_worker_whose_ticks_ran_late_gets_no_call_while_another_has_room() {
+    let t0 = Instant::now();
+    let mut loads = vec![Measured::new(t0); 2];
+    // The first worker is the less busy, but its ticks ran late with 100 calls in its last
+    // window: the call goes to the second.
+    loads[1].share = 0.8;
+    loads[0].count_ticks(2_500, 100, 100);
+    assert_eq!(choose(&loads, &[100, 60]), 1);
+    // Below the calls that are gated, or once both ran late, busy share decides again.
+    assert_eq!(choose(&loads, &[GATED_FROM_CALLS - 1, 60]), 0);
+    loads[1].count_ticks(2_500, 100, 60);
+    assert_eq!(choose(&loads, &[100, 60]), 0);
 }
 
 #[test]
