@@ -1,6 +1,8 @@
 //! What a media worker's late ticks say about its room for new calls (the admission gate,
 //! `super::has_room`).
 
+use super::GATED_FROM_CALLS;
+
 /// At most this share of a worker's ticks in a window may run late (`[limits] late_tick_ms`)
 /// for the window to count as on time ([`Lateness`]). Why: a worker's demand is a half
 /// second's average, and it can read within the limit while its calls' frames already go out a
@@ -57,8 +59,11 @@ impl Lateness {
         }
     }
 
-    /// Whether it lets a worker carrying `calls` take one more.
+    /// Whether it lets a worker carrying `calls` take one more: always below
+    /// [`GATED_FROM_CALLS`], whose calls cannot have made the ticks late themselves.
     pub(super) fn has_room(&self, calls: usize) -> bool {
-        self.on_time >= ON_TIME_TO_REOPEN && self.late_with.is_none_or(|late| calls + 1 < late)
+        calls < GATED_FROM_CALLS
+            || (self.on_time >= ON_TIME_TO_REOPEN
+                && self.late_with.is_none_or(|late| calls + 1 < late))
     }
 }

@@ -294,7 +294,7 @@ fn demand_ns(schedstat: Option<&File>, busy_ns: u64) -> u64 {
 /// a call in while some worker has room, and placement by busy share alone could still hand it
 /// to one whose ticks run late (waiting for a core is not being busy).
 fn choose(loads: &[Measured], calls: &[usize]) -> usize {
-    let open = |i: &usize| calls[*i] < GATED_FROM_CALLS || loads[*i].lateness.has_room(calls[*i]);
+    let open = |i: &usize| loads[*i].lateness.has_room(calls[*i]);
     let any_open = (0..loads.len()).any(|i| open(&i));
     let pool = || (0..loads.len()).filter(move |i| !any_open || open(i));
     pool()
