@@ -9,7 +9,8 @@ generator the setup time p50/p99, packet loss, jitter and whether the sampled ca
 ramp.md and prints the table.
 
 usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1] [--pin]
-       [--workers N] [--turn-ms N] [--nap-us N] [--no-io-uring] [--no-worker-clock]
+       [--workers N] [--turn-ms N] [--nap-us N] [--nice N] [--no-io-uring]
+       [--no-worker-clock]
        [--complexity N]
        [--opus-trunk | --g722-trunk | --trunk-codecs LIST] [--no-build] [--full-band]
        [--media-load-pct N]
@@ -145,12 +146,13 @@ number = "100"
 
 
 def media_section(complexity=None, workers=None, turn_ms=None, io_uring=None, nap_us=None,
-                  worker_clock=None):
+                  worker_clock=None, nice=None):
     """The gateway's `[media]` settings that were asked for (none: its defaults)."""
     media = [f"{key} = {str(value).lower() if isinstance(value, bool) else value}"
              for key, value in
              (("opus_complexity", complexity), ("workers", workers), ("turn_ms", turn_ms),
-              ("io_uring", io_uring), ("nap_us", nap_us), ("worker_clock", worker_clock))
+              ("io_uring", io_uring), ("nap_us", nap_us), ("worker_clock", worker_clock),
+              ("nice", nice))
              if value is not None]
     return "\n[media]\n" + "\n".join(media) + "\n" if media else ""
 
@@ -224,6 +226,19 @@ def lateness_quantile(before, after, q):
     if total <= 0:
         return None
     return next(bound for bound, cumulative in counts if cumulative >= q * total)
+
+
+def mean_lateness_ms(before, after):
+    """The ticks' mean lateness, ms, between two `gauges_if_any()` readings (the histogram's
+    sum over its count): finer than a bucket, for comparing builds whose ticks all fall in
+    the same ones; `None` without ticks."""
+    if not before or not after:
+        return None
+    ticks = after.get(TICK_LATENESS + "_count", 0) - before.get(TICK_LATENESS + "_count", 0)
+    if ticks <= 0:
+        return None
+    seconds = after.get(TICK_LATENESS + "_sum", 0) - before.get(TICK_LATENESS + "_sum", 0)
+    return round(seconds / ticks * 1000, 3)
 
 
 def bucket_ms(bound):
@@ -441,7 +456,8 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
     up0 = active()
     perf = profile and start_profile(gateway.pid, window, profile)
     ours = active is active_calls
-    lateness0 = tick_lateness(gauges_if_any()) if ours else None
+    values0 = gauges_if_any() if ours else None
+    lateness0 = tick_lateness(values0)
     c0, g0, t0 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
     time.sleep(window)
     c1, g1, t1 = cpu_seconds(gateway.pid), cpu_seconds(generator.pid), time.time()
@@ -480,6 +496,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "tick_late_ms_p50": lateness_quantile(lateness0, lateness1, 0.5),
         "tick_late_ms_p99": lateness_quantile(lateness0, lateness1, 0.99),
         "tick_late_ms_p999": lateness_quantile(lateness0, lateness1, 0.999),
+        "tick_late_ms_mean": mean_lateness_ms(values0, after),
         "tone_intact": summary["tone_detected"],
         "tone_snr_db_p50": summary["tone_snr_db"],
         "tone_calls_checked": summary["tone_calls_checked"],
@@ -529,6 +546,10 @@ def main():
     args.add_argument("--nap-us", type=int, default=None,
                       help="the gateway's media.nap_us: a busy worker waits out its turn in naps "
                            "this long (default: its default, 0: one sleep)")
+    args.add_argument("--nice", type=int, default=None,
+                      help="the gateway's media.nice: the nice value its media workers run at "
+                           "(default: its default, 0: the gateway's own; negative needs "
+                           "CAP_SYS_NICE)")
     args.add_argument("--opus-trunk", action="store_true",
                       help="the trunk speaks Opus: calls are relayed, not transcoded")
     args.add_argument("--g722-trunk", action="store_true",
@@ -574,7 +595,7 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     text = config(max(steps) + 100) + media_section(
         a.complexity, a.workers, a.turn_ms, False if a.no_io_uring else None, a.nap_us,
-        False if a.no_worker_clock else None)
+        False if a.no_worker_clock else None, a.nice)
     if a.media_load_pct is not None:
         text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
     if a.economy_load_pct is not None:

@@ -360,6 +360,26 @@ impl Checker<'_> {
         }
     }
 
+    /// `value` where it lies in `range`; otherwise `message` is noted against it and `default`
+    /// taken.
+    pub(super) fn within<T: Copy + PartialOrd>(
+        &mut self,
+        value: &Option<Spanned<T>>,
+        range: std::ops::RangeInclusive<T>,
+        field: &str,
+        default: T,
+        message: impl Into<String>,
+    ) -> T {
+        match value {
+            Some(v) if !range.contains(v.get_ref()) => {
+                self.issue(v.span(), field, message);
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
     pub(super) fn issue(
         &mut self,
         span: std::ops::Range<usize>,

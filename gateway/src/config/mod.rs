@@ -24,6 +24,8 @@ const MAX_TURN_MS: u32 = 5;
 /// The longest nap `[media] nap_us` may ask for: a nap longer than the host polls a halted
 /// core (KVM: 200 µs by default) keeps nothing, and one of a turn is no nap.
 const MAX_NAP_US: u32 = 1_000;
+/// The nice values `[media] nice` may ask for (setpriority(2)).
+const NICE: std::ops::RangeInclusive<i32> = -20..=19;
 
 /// One mistake in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +303,14 @@ impl Config {
                  {MAX_NAP_US} µs; 100 keeps a virtual machine's core from the host"
             ),
         ) as u16;
+        let nice = c.within(
+            &raw.media.nice,
+            NICE,
+            "media.nice",
+            0,
+            "a media worker's nice value goes from -20 (first) to 19 (last); 0 leaves the \
+             gateway's own",
+        ) as i8;
 
         let mut trunks = BTreeMap::new();
         for (name, spanned) in &raw.trunks {
@@ -554,6 +564,7 @@ impl Config {
                 workers,
                 turn_ms,
                 nap_us,
+                nice,
                 io_uring: raw.media.io_uring.unwrap_or(true),
                 worker_clock: raw.media.worker_clock.unwrap_or(true),
             },

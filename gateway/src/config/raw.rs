@@ -154,6 +154,7 @@ pub(super) struct RawMedia {
     pub(super) workers: Option<Spanned<u32>>,
     pub(super) turn_ms: Option<Spanned<u32>>,
     pub(super) nap_us: Option<Spanned<u32>>,
+    pub(super) nice: Option<Spanned<i32>>,
     pub(super) io_uring: Option<bool>,
     pub(super) worker_clock: Option<bool>,
 }

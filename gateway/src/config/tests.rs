@@ -186,6 +186,23 @@ fn a_media_worker_sleeps_in_one_piece_unless_naps_are_asked_for_and_a_long_nap_i
 }
 
 #[test]
+fn media_workers_keep_the_gateways_nice_unless_told_and_a_nice_out_of_range_is_named() {
+    assert_eq!(parse("").unwrap().media.nice, 0);
+    assert_eq!(parse("[media]\nnice = -10\n").unwrap().media.nice, -10);
+    assert_eq!(parse("[media]\nnice = -20\n").unwrap().media.nice, -20);
+    assert_eq!(parse("[media]\nnice = 19\n").unwrap().media.nice, 19);
+    for bad in [-21, 20, 1000] {
+        let err = parse(&format!("[media]\nnice = {bad}\n")).unwrap_err();
+        assert_eq!(err.issues.len(), 1, "{err}");
+        assert_eq!(err.issues[0].field, "media.nice");
+        assert!(
+            err.issues[0].message.contains("from -20 (first) to 19"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn token_keys_rotation_and_public_keys_load_and_bad_ones_are_named() {
     let dir = std::env::temp_dir().join(format!("gw-token-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

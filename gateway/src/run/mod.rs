@@ -156,6 +156,7 @@ pub async fn start(config: &Config) -> Result<Gateway, String> {
         Duration::from_millis(config.media.turn_ms.into()),
         Duration::from_micros(config.media.nap_us.into()),
         config.media.io_uring,
+        config.media.nice,
     )
     .map_err(|e| format!("cannot start the media worker threads: {e}"))?;
     let calls = Arc::new(CallContext {

@@ -48,6 +48,7 @@ use super::load::{LoadMonitor, TickCounts};
 
 mod lateness;
 use lateness::{LATE_SHARE, Lateness};
+mod priority;
 
 /// One worker: its runtime, and its pace (which counts the calls it runs).
 #[derive(Debug)]
@@ -436,18 +437,20 @@ impl MediaWorkers {
     /// Starts `count` worker threads (`media-0`, `media-1` …), each paced by `turn` once it is
     /// busy ([`Pace`]; zero wakes per event) and waiting out its turns in naps of `nap`
     /// ([`sleep_in_naps`]; zero: one sleep), sending through io_uring where `use_ring` and the
-    /// kernel allow (`media::outgoing`). Must be called on the shared runtime, which becomes
-    /// [`MediaWorkers::control`]. Each worker counts its calls' ticks in counts of its own,
-    /// which `load` sums with the rest.
+    /// kernel allow (`media::outgoing`), at `nice` (zero: the gateway's own; [`priority`]).
+    /// Must be called on the shared runtime, which becomes [`MediaWorkers::control`]. Each
+    /// worker counts its calls' ticks in counts of its own, which `load` sums with the rest.
     pub fn start(
         load: &LoadMonitor,
         count: usize,
         turn: Duration,
         nap: Duration,
         use_ring: bool,
+        nice: i8,
     ) -> std::io::Result<MediaWorkers> {
         let control = Handle::current();
         let mut workers = Vec::with_capacity(count);
+        let mut prioritised = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let pace = Arc::new(Pace::new(turn, nap));
             let (parked, unparked) = (pace.clone(), pace.clone());
@@ -475,24 +478,30 @@ impl MediaWorkers {
                 .spawn(move || {
                     // `thread-self` names this thread only when the thread itself opens it.
                     let schedstat = File::open("/proc/thread-self/schedstat").ok();
+                    let niced = priority::set_for_this_thread(nice);
                     super::load::count_ticks_here(own_ticks);
                     crate::media::outgoing::hold_on_this_thread(use_ring);
                     started
                         .io_uring
                         .store(crate::media::outgoing::sends_with_ring(), Ordering::Relaxed);
-                    let _ = opened.send(schedstat);
+                    let _ = opened.send((schedstat, niced));
                     // A current-thread runtime runs its tasks while a thread blocks on it.
                     let _ = runtime.block_on(stopped);
                     crate::media::outgoing::flush();
                 })?;
+            let (schedstat, niced) = schedstat
+                .recv()
+                .map_err(|_| std::io::Error::other("a media worker thread ended as it started"))?;
+            prioritised.push(niced);
             workers.push(Worker {
                 handle,
                 pace,
-                schedstat: schedstat.recv().ok().flatten(),
+                schedstat,
                 ticks,
                 _stop: stop,
             });
         }
+        priority::report(nice, &prioritised);
         let measured = Mutex::new(vec![Measured::new(Instant::now()); workers.len()]);
         Ok(MediaWorkers {
             workers,

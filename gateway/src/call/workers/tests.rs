@@ -12,7 +12,8 @@ async fn spawn_held(workers: &MediaWorkers, held: &tokio::sync::watch::Receiver<
     rx.await.unwrap().unwrap()
 }
 
-/// `count` workers with the defaults: 2 ms turns, one sleep a turn, io_uring where it works.
+/// `count` workers with the defaults: 2 ms turns, one sleep a turn, io_uring where it works,
+/// the gateway's own nice.
 fn started(count: usize) -> MediaWorkers {
     MediaWorkers::start(
         &LoadMonitor::default(),
@@ -20,8 +21,59 @@ fn started(count: usize) -> MediaWorkers {
         Duration::from_millis(2),
         Duration::ZERO,
         true,
+        0,
     )
     .unwrap()
+}
+
+/// The nice value each of `workers`' threads runs at.
+async fn nice_of(workers: &MediaWorkers) -> Vec<i32> {
+    let mut nice = Vec::new();
+    for w in &workers.workers {
+        let (tx, rx) = oneshot::channel();
+        w.handle.spawn(async move {
+            let _ = tx.send(priority::of_this_thread());
+        });
+        nice.push(rx.await.unwrap());
+    }
+    nice
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_runs_at_the_nice_it_was_given_and_the_rest_of_the_gateway_does_not() {
+    let own = priority::of_this_thread();
+    let start = |nice| {
+        MediaWorkers::start(
+            &LoadMonitor::default(),
+            2,
+            Duration::from_millis(2),
+            Duration::ZERO,
+            true,
+            nice,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        nice_of(&start(0)).await,
+        [own, own],
+        "zero leaves the gateway's own"
+    );
+    // A lower priority, which any thread may take.
+    let lower = (own + 3).min(19) as i8;
+    assert_eq!(nice_of(&start(lower)).await, [i32::from(lower); 2]);
+    // A higher one where this process may raise it (CAP_SYS_NICE, as root usually has);
+    // where it may not, the workers run at the gateway's own (and the log says so).
+    let higher = (own - 5).max(-20) as i8;
+    let may_raise = std::thread::spawn(move || priority::set_for_this_thread(higher).is_ok())
+        .join()
+        .unwrap();
+    let expected = if may_raise { i32::from(higher) } else { own };
+    assert_eq!(nice_of(&start(higher)).await, [expected, expected]);
+    assert_eq!(
+        priority::of_this_thread(),
+        own,
+        "the control runtime keeps its nice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +426,7 @@ fn a_worker_threads_demand_is_its_run_and_wait_time() {
 /// `held` other calls sit idle on the same worker.
 async fn reader_wakes(turn: Duration, held: usize) -> Vec<Instant> {
     let workers =
-        MediaWorkers::start(&LoadMonitor::default(), 1, turn, Duration::ZERO, true).unwrap();
+        MediaWorkers::start(&LoadMonitor::default(), 1, turn, Duration::ZERO, true, 0).unwrap();
     let (release, hold) = tokio::sync::watch::channel(false);
     for _ in 0..held {
         let mut hold = hold.clone();
@@ -536,7 +588,7 @@ async fn each_worker_counts_its_calls_ticks_for_its_gate_and_the_gateways_totals
     let load = Arc::new(LoadMonitor::default());
     load.configure(Duration::from_millis(20), 10);
     let workers =
-        MediaWorkers::start(&load, 2, Duration::from_millis(2), Duration::ZERO, true).unwrap();
+        MediaWorkers::start(&load, 2, Duration::from_millis(2), Duration::ZERO, true, 0).unwrap();
     let (tx, rx) = oneshot::channel();
     let on_worker = load.clone();
     workers.spawn(async move {
