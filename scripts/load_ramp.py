@@ -14,7 +14,7 @@ usage: scripts/load_ramp.py [--steps 50,100,200,300,400] [--window 10] [--runs 1
        [--complexity N]
        [--opus-trunk | --g722-trunk | --trunk-codecs LIST] [--no-build] [--full-band]
        [--media-load-pct N]
-       [--economy-load-pct N] [--ramp-rate R] [--trace] [--profile] [--awake]
+       [--economy-load-pct N] [--late-tick-ms N] [--ramp-rate R] [--trace] [--profile] [--awake]
 With --pin the gateway runs on CPU 0 alone and the generator and sipp on the other CPUs, so a
 step shows what one core of gateway carries, without the generator competing for it.
 With --profile each step's window is also recorded with `perf` (sampling at 999 Hz, with call
@@ -241,6 +241,19 @@ def mean_lateness_ms(before, after):
     return round(seconds / ticks * 1000, 3)
 
 
+def share_later_than(before, after, ms):
+    """The share of the ticks between two `tick_lateness()` readings that ran later than the
+    bucket bound `ms`: the same measure whatever `late_tick_ms` counts as late; `None` without
+    ticks."""
+    if not before or not after:
+        return None
+    counts = {bound: a - b for (bound, a), (_, b) in zip(after, before)}
+    total = counts.get(float("inf"), 0)
+    if total <= 0:
+        return None
+    return round(1 - counts.get(float(ms), 0) / total, 4)
+
+
 def bucket_ms(bound):
     """A `lateness_quantile` for a table: "≤ 5", "> 100", "–"."""
     if bound is None:
@@ -252,7 +265,8 @@ def trace(path, stop, every=0.5):
     """Until `stop` is set, appends the gateway's load to `path` every `every` seconds, one
     JSON line each: active calls, the load level (1 economy, 2 shedding for late ticks), each
     worker's calls and demand, the share of late ticks, the calls refused so far and the
-    ticks' lateness p99 since the last line (the bucket it falls in, ms). For
+    ticks' lateness p99 since the last line (the bucket it falls in, ms) and the share of
+    them later than 20 ms (`over_20ms`, whatever `late_tick_ms` says). For
     seeing how a step's burst filled the workers and when the gate and economy acted."""
     with open(path, "w") as out:
         t0 = time.time()
@@ -271,6 +285,7 @@ def trace(path, stop, every=0.5):
                 "worker_calls": per_worker(value, "gateway_media_worker_calls"),
                 "worker_demand": per_worker(value, "gateway_media_worker_demand"),
                 "tick_late_ms_p99": lateness_quantile(before, lateness, 0.99),
+                "over_20ms": share_later_than(before, lateness, 20),
             }) + "\n")
             out.flush()
 
@@ -566,6 +581,9 @@ def main():
                       help="the gateway's limits.media_load_pct (default: its default)")
     args.add_argument("--economy-load-pct", type=int, default=None,
                       help="the gateway's limits.economy_load_pct (default: its default)")
+    args.add_argument("--late-tick-ms", type=int, default=None,
+                      help="the gateway's limits.late_tick_ms: a tick this late counts as late "
+                           "(default: its default, 20)")
     args.add_argument("--trace", action="store_true",
                       help="sample the gateway's load every half second into "
                            "target/load-ramp/trace-<run>.jsonl")
@@ -600,6 +618,8 @@ def main():
         text = text.replace("[limits]\n", f"[limits]\nmedia_load_pct = {a.media_load_pct}\n")
     if a.economy_load_pct is not None:
         text = text.replace("[limits]\n", f"[limits]\neconomy_load_pct = {a.economy_load_pct}\n")
+    if a.late_tick_ms is not None:
+        text = text.replace("[limits]\n", f"[limits]\nlate_tick_ms = {a.late_tick_ms}\n")
     scenario = "echo.xml"
     if a.opus_trunk:
         text = text.replace("[trunks.echo]\n", '[trunks.echo]\ncodecs = ["opus", "PCMU"]\n')

@@ -1,16 +1,17 @@
 //! A media worker's priority: the nice value its thread runs at (`[media] nice`).
 //!
-//! Why: on a box the gateway shares (the PBX, or the benchmark's load generator and trunk),
-//! the workers' ticks ran late while the workers themselves wanted well under a core each,
-//! because a worker that woke for its turn waited behind other programs' threads: offered
-//! 500 callers at 25 a second on the benchmark box, the gate closed on late ticks at 317, 403
-//! and 292 calls, and with the workers at nice -10 at 483 (no late window at all), 395 and 423,
-//! with their ticks on time where the others' ran up to 16 % late in a second
-//! (docs/benchmarks-history.md, "2026-12-07"). A lower nice gives a worker a larger share of a
-//! contended core (sched(7)); what it takes, the box's other programs lose, so it is the
-//! operator's choice, as rtpengine's `--priority` is. Raising a thread's priority needs an
-//! `RLIMIT_NICE` of 20 − nice or more, or `CAP_SYS_NICE` (setpriority(2), getrlimit(2));
-//! without either the workers run at the gateway's own nice and the log says what to grant.
+//! Why: on a box the gateway shares (the PBX, or the benchmark's load generator and trunk), a
+//! worker that wakes for its turn can wait behind other programs' threads, and its ticks then
+//! run late while it wants well under a core: in a traced ramp on the benchmark box the workers
+//! read 0.61–0.99 of a core while up to 27 % of a second's ticks ran a frame late, and the
+//! gate, which closes on late ticks, refused calls they could have carried. Offered 500
+//! callers, workers at nice -10 carried 427–489 calls where those at the gateway's own carried
+//! 268–408 (docs/benchmarks-history.md, "2026-12-07, early morning"). A lower nice gives a
+//! worker a larger share of a contended core (sched(7)); what it takes, the box's other
+//! programs lose (there, the generator's jitter and setup time grew), so it is the operator's
+//! choice, as rtpengine's `--priority` is. Raising a thread's priority needs an `RLIMIT_NICE`
+//! of 20 − nice or more, or `CAP_SYS_NICE` (setpriority(2), getrlimit(2)); without either the
+//! workers run at the gateway's own nice and the log says what to grant.
 
 use nix::libc;
 
