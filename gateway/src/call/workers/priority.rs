@@ -61,7 +61,15 @@ pub(super) fn report(nice: i8, got: &[std::io::Result<()>]) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::runtime::Handle;
+    use tokio::sync::oneshot;
+
+    use super::super::MediaWorkers;
     use super::*;
+    use crate::call::load::LoadMonitor;
 
     /// A thread lowers its priority, which any thread may; zero leaves it as it was.
     #[test]
@@ -82,5 +90,166 @@ mod tests {
             before,
             "the thread set its own nice, not the process's"
         );
+    }
+
+    /// The nice value each of `workers`' threads runs at.
+    async fn nice_of(workers: &MediaWorkers) -> Vec<i32> {
+        let mut nice = Vec::new();
+        for w in &workers.workers {
+            let (tx, rx) = oneshot::channel();
+            w.handle.spawn(async move {
+                let _ = tx.send(of_this_thread());
+            });
+            nice.push(rx.await.unwrap());
+        }
+        nice
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_worker_runs_at_the_nice_it_was_given_and_the_rest_of_the_gateway_does_not() {
+        let own = of_this_thread();
+        let start = |nice| {
+            MediaWorkers::start(
+                &LoadMonitor::default(),
+                2,
+                Duration::from_millis(2),
+                Duration::ZERO,
+                true,
+                nice,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            nice_of(&start(0)).await,
+            [own, own],
+            "zero leaves the gateway's own"
+        );
+        // A lower priority, which any thread may take.
+        let lower = (own + 3).min(19) as i8;
+        assert_eq!(nice_of(&start(lower)).await, [i32::from(lower); 2]);
+        // A higher one where this process may raise it (CAP_SYS_NICE, as root usually has);
+        // where it may not, the workers run at the gateway's own (and the log says so).
+        let higher = (own - 5).max(-20) as i8;
+        let may_raise = std::thread::spawn(move || set_for_this_thread(higher).is_ok())
+            .join()
+            .unwrap();
+        let expected = if may_raise { i32::from(higher) } else { own };
+        assert_eq!(nice_of(&start(higher)).await, [expected, expected]);
+        assert_eq!(of_this_thread(), own, "the control runtime keeps its nice");
+    }
+
+    /// Drops `CAP_SYS_NICE` from the calling thread's effective and permitted sets (capabilities
+    /// are per thread, and threads it starts inherit them): as an unprivileged gateway, or one in
+    /// a container without the capability, runs. Returns whether the thread had it.
+    fn drop_sys_nice_here() -> bool {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const VERSION_3: u32 = 0x2008_0522;
+        const SYS_NICE: u32 = 1 << 23;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget writes two `Data` for version 3, which `data` holds.
+        let got =
+            unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+        assert_eq!(got, 0, "capget: {}", std::io::Error::last_os_error());
+        let had = data[0].effective & SYS_NICE != 0;
+        data[0].effective &= !SYS_NICE;
+        data[0].permitted &= !SYS_NICE;
+        // SAFETY: as above; capset only reads them.
+        let set = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &header, data.as_ptr()) };
+        assert_eq!(set, 0, "capset: {}", std::io::Error::last_os_error());
+        had
+    }
+
+    /// A `Write` into a shared buffer, for reading what the gateway logged.
+    #[derive(Clone, Default)]
+    struct Logged(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_refused_a_higher_priority_run_at_the_gateways_own_and_the_log_says_what_to_grant()
+     {
+        let own = of_this_thread();
+        let handle = Handle::current();
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let (workers, had) = std::thread::spawn(move || {
+            let _runtime = handle.enter();
+            let had = drop_sys_nice_here();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            let workers = tracing::subscriber::with_default(subscriber, || {
+                MediaWorkers::start(
+                    &LoadMonitor::default(),
+                    2,
+                    Duration::from_millis(2),
+                    Duration::ZERO,
+                    true,
+                    -5,
+                )
+            });
+            (workers, had)
+        })
+        .join()
+        .unwrap();
+        let workers = workers.expect("the workers start at the gateway's own nice");
+        eprintln!("this thread had CAP_SYS_NICE before the test dropped it: {had}");
+        // Where RLIMIT_NICE allows -5 without the capability, the workers get it all the same.
+        let limit = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let nice_limit: i32 = limit
+            .lines()
+            .find(|l| l.starts_with("Max nice priority"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let log = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        if 20 - nice_limit <= -5 {
+            assert_eq!(
+                nice_of(&workers).await,
+                [-5, -5],
+                "RLIMIT_NICE allows it: {log}"
+            );
+            return;
+        }
+        assert_eq!(nice_of(&workers).await, [own, own]);
+        assert!(log.contains("WARN"), "{log}");
+        assert!(
+            log.contains("cannot run at nice -5")
+                && log.contains("RLIMIT_NICE of 25 or more")
+                && log.contains("--ulimit nice=25")
+                && log.contains("CAP_SYS_NICE")
+                && log.contains("[media] nice = 0"),
+            "{log}"
+        );
+        // And they run calls.
+        let (tx, rx) = oneshot::channel();
+        workers.spawn(async move {
+            let _ = tx.send(std::thread::current().name().map(str::to_string));
+        });
+        assert_eq!(rx.await.unwrap().as_deref(), Some("media-0"));
     }
 }

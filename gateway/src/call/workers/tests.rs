@@ -26,56 +26,6 @@ fn started(count: usize) -> MediaWorkers {
     .unwrap()
 }
 
-/// The nice value each of `workers`' threads runs at.
-async fn nice_of(workers: &MediaWorkers) -> Vec<i32> {
-    let mut nice = Vec::new();
-    for w in &workers.workers {
-        let (tx, rx) = oneshot::channel();
-        w.handle.spawn(async move {
-            let _ = tx.send(priority::of_this_thread());
-        });
-        nice.push(rx.await.unwrap());
-    }
-    nice
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_worker_runs_at_the_nice_it_was_given_and_the_rest_of_the_gateway_does_not() {
-    let own = priority::of_this_thread();
-    let start = |nice| {
-        MediaWorkers::start(
-            &LoadMonitor::default(),
-            2,
-            Duration::from_millis(2),
-            Duration::ZERO,
-            true,
-            nice,
-        )
-        .unwrap()
-    };
-    assert_eq!(
-        nice_of(&start(0)).await,
-        [own, own],
-        "zero leaves the gateway's own"
-    );
-    // A lower priority, which any thread may take.
-    let lower = (own + 3).min(19) as i8;
-    assert_eq!(nice_of(&start(lower)).await, [i32::from(lower); 2]);
-    // A higher one where this process may raise it (CAP_SYS_NICE, as root usually has);
-    // where it may not, the workers run at the gateway's own (and the log says so).
-    let higher = (own - 5).max(-20) as i8;
-    let may_raise = std::thread::spawn(move || priority::set_for_this_thread(higher).is_ok())
-        .join()
-        .unwrap();
-    let expected = if may_raise { i32::from(higher) } else { own };
-    assert_eq!(nice_of(&start(higher)).await, [expected, expected]);
-    assert_eq!(
-        priority::of_this_thread(),
-        own,
-        "the control runtime keeps its nice"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_fill_the_first_worker_until_it_is_busy_then_go_to_the_next() {
     let workers = started(2);
