@@ -350,22 +350,15 @@ impl Checker<'_> {
         default: T,
         message: impl Into<String>,
     ) -> T {
-        match value {
-            Some(v) if *v.get_ref() > max => {
-                self.issue(v.span(), field, message);
-                default
-            }
-            Some(v) => *v.get_ref(),
-            None => default,
-        }
+        self.within(value, ..=max, field, default, message)
     }
 
-    /// `value` where it lies in `range`; otherwise `message` is noted against it and `default`
-    /// taken.
+    /// A number within `range`: `default` where it is left out; outside it, the issue
+    /// `message` for `field` (and `default`).
     pub(super) fn within<T: Copy + PartialOrd>(
         &mut self,
         value: &Option<Spanned<T>>,
-        range: std::ops::RangeInclusive<T>,
+        range: impl std::ops::RangeBounds<T>,
         field: &str,
         default: T,
         message: impl Into<String>,

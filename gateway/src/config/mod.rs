@@ -24,8 +24,6 @@ const MAX_TURN_MS: u32 = 5;
 /// The longest nap `[media] nap_us` may ask for: a nap longer than the host polls a halted
 /// core (KVM: 200 µs by default) keeps nothing, and one of a turn is no nap.
 const MAX_NAP_US: u32 = 1_000;
-/// The nice values `[media] nice` may ask for (setpriority(2)).
-const NICE: std::ops::RangeInclusive<i32> = -20..=19;
 
 /// One mistake in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,7 +303,7 @@ impl Config {
         ) as u16;
         let nice = c.within(
             &raw.media.nice,
-            NICE,
+            -20..=19, // setpriority(2)
             "media.nice",
             0,
             "a media worker's nice value goes from -20 (first) to 19 (last); 0 leaves the \

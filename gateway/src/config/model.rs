@@ -287,8 +287,8 @@ pub struct MediaConfig {
     /// alone: a core that naps is not given away by the host (`call::workers::sleep_in_naps`).
     pub nap_us: u16,
     /// The nice value media workers run at, -20 to 19 (default 0: the gateway's own); a
-    /// negative one, which needs `CAP_SYS_NICE`, gives them the box's cores before its other
-    /// programs (`call::workers::priority`).
+    /// negative one, which needs an `RLIMIT_NICE` that allows it or `CAP_SYS_NICE`, gives them
+    /// the box's cores before its other programs (`call::workers::priority`).
     pub nice: i8,
     /// Whether media workers send each turn's datagrams through an io_uring submission ring
     /// where the kernel offers one (default true): `media::outgoing`.

@@ -49,11 +49,11 @@ pub(super) fn report(nice: i8, got: &[std::io::Result<()>]) {
     match got.iter().find_map(|g| g.as_ref().err()) {
         Some(e) => tracing::warn!(
             "the media workers cannot run at nice {nice} ({e}), and run at the gateway's own: \
-             raising a thread's priority needs an RLIMIT_NICE of {} or more (docker run \
-             --ulimit nice={}; systemd LimitNICE={nice}) or CAP_SYS_NICE; or set [media] \
+             raising a thread's priority needs an RLIMIT_NICE of {limit} or more (docker run \
+             --ulimit nice={limit}; systemd LimitNICE={nice}) or CAP_SYS_NICE; or set [media] \
              nice = 0",
-            20 - i32::from(nice),
-            20 - i32::from(nice)
+            // getrlimit(2): the ceiling RLIMIT_NICE allows is 20 - its value.
+            limit = 20 - i32::from(nice)
         ),
         None => tracing::info!("media workers run at nice {nice}"),
     }
@@ -162,14 +162,13 @@ mod tests {
         };
         let mut data = [Data::default(); 2];
         // SAFETY: capget writes two `Data` for version 3, which `data` holds.
-        let got =
-            unsafe { nix::libc::syscall(nix::libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+        let got = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
         assert_eq!(got, 0, "capget: {}", std::io::Error::last_os_error());
         let had = data[0].effective & SYS_NICE != 0;
         data[0].effective &= !SYS_NICE;
         data[0].permitted &= !SYS_NICE;
         // SAFETY: as above; capset only reads them.
-        let set = unsafe { nix::libc::syscall(nix::libc::SYS_capset, &header, data.as_ptr()) };
+        let set = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
         assert_eq!(set, 0, "capset: {}", std::io::Error::last_os_error());
         had
     }
