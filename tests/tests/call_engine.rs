@@ -470,3 +470,71 @@ async fn a_strangers_flood_on_a_trunk_port_wakes_no_worker_and_crowds_out_no_pac
     );
     assert!(echo.finished().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fault_in_one_calls_task_ends_that_call_with_bye_and_a_cdr_while_the_other_keeps_its_audio()
+ {
+    let dir = out_dir("engine_fault");
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 2);
+    let (path, cdr) = gateway_tests::codec_trunk_config(&dir, sipp.port, "\"PCMU\"");
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    // Digits no other test sends: only this test's first call panics, on its media worker,
+    // half a second after the answer. Two calls fill the first worker before the next takes
+    // any, so the other call runs on the same thread.
+    gateway::call::driver::fault_injection::panic_on_dtmf("D9D9");
+    let faulty = spawn_call(
+        &url,
+        CallOptions {
+            seconds: 6.0,
+            dtmf_message: Some("D9D9".into()),
+            ..CallOptions::new("echo")
+        },
+    );
+    let healthy = spawn_call(
+        &url,
+        CallOptions {
+            seconds: 6.0,
+            measure_window: Some((1.5, 5.0)),
+            ..CallOptions::new("echo")
+        },
+    );
+    let (faulty, healthy) = (faulty.await.unwrap(), healthy.await.unwrap());
+    eprintln!("{}", serde_json::to_string_pretty(&faulty).unwrap());
+    eprintln!("{}", serde_json::to_string_pretty(&healthy).unwrap());
+    assert_eq!(
+        reason(&faulty),
+        ("internal_error".into(), 500),
+        "{faulty:?}"
+    );
+    assert_eq!(reason(&healthy), ("hangup".into(), 200), "{healthy:?}");
+    assert!(
+        healthy.window_packets >= 150 && healthy.window_tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "3.5 s after the other call's fault, 175 packets of the tone: {healthy:?}"
+    );
+    // The trunk saw both calls end with BYE, the faulty one's saying why (RFC 3326).
+    let mut sipp = sipp;
+    let (finished, messages) = tokio::task::spawn_blocking(move || (sipp.wait(), sipp.messages()))
+        .await
+        .unwrap();
+    assert!(finished, "sipp expected a BYE for each call");
+    assert!(
+        messages.contains("Reason: Q.850;cause=41;text=\"internal_error\""),
+        "{messages}"
+    );
+    let mut reasons: Vec<String> = gateway_tests::cdr_records(&cdr, 2)
+        .await
+        .iter()
+        .map(|r| r["end_reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons, ["hangup", "internal_error"]);
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("gateway_calls_ended_total{reason=\"internal_error\"} 1"),
+        "{metrics}"
+    );
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_active_calls 0", 5).await;
+}

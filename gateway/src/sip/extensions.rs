@@ -151,7 +151,7 @@ pub fn reason_header(reason: &str) -> Header {
         "no_ack" | "session_expired" => 102, // recovery on timer expiry
         "transferred" => 16,
         "media_failed" | "media_timeout" => 41, // temporary failure
-        "shutdown" => 41,
+        "shutdown" | "internal_error" => 41,
         _ => 16,
     };
     let text: String = reason

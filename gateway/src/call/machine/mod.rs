@@ -327,6 +327,7 @@ impl Call {
             let code = match reason {
                 "no_answer" => 480,
                 "remote_hangup" => 487,
+                "internal_error" => 500,
                 _ => 603,
             };
             self.transmits.push_back(Transmit::Respond {
@@ -458,6 +459,13 @@ impl Call {
     pub fn handle_shutdown(&mut self, now: Instant) {
         let code = if self.answered_at.is_some() { 200 } else { 487 };
         self.finish("shutdown", code, now);
+    }
+
+    /// The call's task failed (a panic in the gateway, `call::driver`'s `fault`): the call
+    /// ends as any other would, its trunk leg hung up (BYE, CANCEL, or 500 to the trunk's
+    /// INVITE), so that a fault costs its caller the call and nobody a trunk channel.
+    pub fn handle_fault(&mut self, now: Instant) {
+        self.finish("internal_error", 500, now);
     }
 
     /// Runs the timers that are due.

@@ -104,6 +104,46 @@ fn our_bye_and_cancel_say_why_in_a_reason_header() {
 }
 
 #[test]
+fn a_fault_in_the_calls_task_hangs_up_its_trunk_leg_in_every_state() {
+    let reason = Some("Q.850;cause=41;text=\"internal_error\"");
+    // Answered: BYE, saying why, and the call waits for its answer.
+    let mut b = answered_outbound();
+    b.call.handle_fault(b.now);
+    b.drain();
+    assert_eq!(b.ended(), Some(("internal_error".into(), 500)));
+    assert!(b.saw(&CallEvent::Ended {
+        reason: "internal_error".into(),
+        sip_code: 500
+    }));
+    let (_, bye) = b.request(Method::Bye);
+    assert_eq!(
+        message::header_value(&bye.headers, "Reason").as_deref(),
+        reason
+    );
+    assert!(!b.call.is_finished());
+    b.reply(Method::Bye, 200, None);
+    assert!(b.call.is_finished());
+    // Ringing out: CANCEL, then the INVITE's 487 finishes it.
+    let mut b = Bench::outbound();
+    b.reply(Method::Invite, 180, None);
+    b.call.handle_fault(b.now);
+    b.drain();
+    let (_, cancel) = b.request(Method::Cancel);
+    assert_eq!(
+        message::header_value(&cancel.headers, "Reason").as_deref(),
+        reason
+    );
+    b.reply(Method::Invite, 487, None);
+    assert!(b.call.is_finished());
+    // A trunk's call ringing at the browser: 500 to its INVITE (RFC 3261 §21.5.1).
+    let mut b = Bench::inbound();
+    b.call.handle_fault(b.now);
+    b.drain();
+    assert_eq!(b.responded(0), [180, 500]);
+    assert!(b.call.is_finished());
+}
+
+#[test]
 fn a_trunk_that_stops_sending_rtp_ends_the_call_with_media_timeout() {
     let mut b = answered_outbound();
     b.media_for(20, &[MediaLeg::Trunk, MediaLeg::Browser]);
