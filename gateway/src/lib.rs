@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dial;
+pub mod fault;
 pub mod media;
 pub mod plugin;
 pub mod rtc;

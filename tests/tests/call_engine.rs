@@ -484,7 +484,7 @@ async fn a_fault_in_one_calls_task_ends_that_call_with_bye_and_a_cdr_while_the_o
     // Digits no other test sends: only this test's first call panics, on its media worker,
     // half a second after the answer. Two calls fill the first worker before the next takes
     // any, so the other call runs on the same thread.
-    gateway::call::driver::fault_injection::panic_on_dtmf("D9D9");
+    gateway::fault::injection::panic_on_dtmf("D9D9");
     let faulty = spawn_call(
         &url,
         CallOptions {

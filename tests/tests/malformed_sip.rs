@@ -1,6 +1,7 @@
 //! Hostile and broken SIP straight at the endpoint's sockets: every message gets a 400 or
 //! is dropped, nothing panics, and the endpoint keeps answering well-formed requests.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gateway::sip::endpoint::{Endpoint, EndpointConfig};
@@ -95,6 +96,51 @@ async fn udp_garbage_gets_400_or_silence_and_the_endpoint_survives() {
         .unwrap()
         .unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("SIP/2.0 503"));
+}
+
+#[tokio::test]
+async fn a_fault_on_one_message_drops_that_message_alone_and_the_endpoint_goes_on() {
+    let endpoint = start().await;
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = endpoint.tcp_addr().unwrap();
+    let mut stream = TcpStream::connect(tcp_addr).await.unwrap();
+    // A Call-ID no other test sends: the endpoint panics on its first message, once.
+    gateway::fault::injection::panic_on_sip_call_id("fault1@test");
+    let faulty = options("fault1", "");
+    assert_eq!(exchange(&socket, to, faulty.as_bytes()).await, None);
+    assert_eq!(endpoint.edge_counters().faults.load(Ordering::Relaxed), 1);
+    // Its retransmission, other messages, over UDP and over the TCP connection opened before
+    // the fault, are all served.
+    assert_eq!(
+        status(&exchange(&socket, to, faulty.as_bytes()).await),
+        Some("200")
+    );
+    assert_eq!(
+        status(&exchange(&socket, to, options("after1", "").as_bytes()).await),
+        Some("200")
+    );
+    let over_tcp = options("after2", "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream.write_all(over_tcp.as_bytes()).await.unwrap();
+    assert_eq!(
+        status(&tcp_reply(&mut stream).await),
+        Some("200"),
+        "the TCP connection carries on"
+    );
+    // The same fault over TCP is dropped alike.
+    gateway::fault::injection::panic_on_sip_call_id("fault2@test");
+    let faulty = options("fault2", "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream.write_all(faulty.as_bytes()).await.unwrap();
+    stream
+        .write_all(over_tcp.replace("after2", "after3").as_bytes())
+        .await
+        .unwrap();
+    let reply = tcp_reply(&mut stream).await.unwrap_or_default();
+    assert!(
+        reply.starts_with("SIP/2.0 200") && reply.contains("after3@test"),
+        "only the message after the faulty one is answered: {reply}"
+    );
+    assert_eq!(endpoint.edge_counters().faults.load(Ordering::Relaxed), 2);
 }
 
 async fn tcp_reply(stream: &mut TcpStream) -> Option<String> {

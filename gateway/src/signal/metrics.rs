@@ -402,6 +402,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Times a SIP source went over its request rate and was ignored for a while.",
         edge.sources_banned.load(Ordering::Relaxed),
     );
+    metric(
+        &mut text,
+        "gateway_sip_faults_total",
+        "counter",
+        "SIP messages dropped because handling them faulted: a bug in the gateway (the log has each).",
+        edge.faults.load(Ordering::Relaxed),
+    );
     header(
         &mut text,
         "gateway_plugin_counter",

@@ -26,11 +26,7 @@ pub(super) fn contain(
     panic: &(dyn Any + Send),
     faults: &mut u32,
 ) -> bool {
-    let what = panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic without a message");
+    let what = crate::fault::message(panic);
     *faults += 1;
     if *faults > 1 {
         tracing::error!(
@@ -56,31 +52,5 @@ pub(super) fn contain(
     match ending {
         Ok(()) => true,
         Err(again) => contain(run, call, &*again, faults),
-    }
-}
-
-/// Test support, with the `fault-injection` feature only (the test suite's): makes a call's
-/// task panic on cue, so that tests can show a fault ends that call alone.
-#[cfg(feature = "fault-injection")]
-pub mod injection {
-    use std::sync::Mutex;
-
-    /// DTMF digits that make the call whose browser sends them panic, once.
-    static ON_DTMF: Mutex<Option<String>> = Mutex::new(None);
-
-    /// The next call whose browser sends exactly `digits` panics on its media worker as it
-    /// handles them. Digits no other test sends keep the fault to the test's own call.
-    pub fn panic_on_dtmf(digits: &str) {
-        *ON_DTMF.lock().unwrap_or_else(|e| e.into_inner()) = Some(digits.to_string());
-    }
-
-    /// Panics if `digits` are the armed ones (and disarms them).
-    pub(in crate::call::driver) fn dtmf(digits: &str) {
-        let mut armed = ON_DTMF.lock().unwrap_or_else(|e| e.into_inner());
-        if armed.as_deref() == Some(digits) {
-            *armed = None;
-            drop(armed);
-            panic!("a fault injected by a test, on DTMF {digits}");
-        }
     }
 }

@@ -16,8 +16,6 @@ use tokio::sync::{mpsc, watch};
 
 mod clock;
 mod fault;
-#[cfg(feature = "fault-injection")]
-pub use fault::injection as fault_injection;
 mod media;
 mod sources;
 mod turns;
@@ -384,7 +382,7 @@ impl Run<'_> {
             None => call.handle_command(CallCommand::Hangup, now),
             Some(CallCommand::Dtmf(digits)) => {
                 #[cfg(feature = "fault-injection")]
-                fault::injection::dtmf(&digits);
+                crate::fault::injection::dtmf(&digits);
                 self.dtmf_event(self.browser_party, &digits);
                 self.rtp.send_digits(&digits);
             }

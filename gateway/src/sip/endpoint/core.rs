@@ -302,7 +302,29 @@ impl Core {
         }
     }
 
+    /// Handles a message from `source`. A fault in that (a panic: a bug) drops the message
+    /// alone. Why: this task carries every call's SIP, and a panic would end it, and with it
+    /// every call's signalling and every new call, on one message.
     fn on_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
+        let Err(fault) = crate::fault::catch(|| self.handle_message(bytes, source, transport))
+        else {
+            return;
+        };
+        self.edge_counters.faults.fetch_add(1, Ordering::Relaxed);
+        let first_line = String::from_utf8_lossy(bytes);
+        let first_line = first_line.lines().next().unwrap_or("").chars().take(120);
+        tracing::error!(
+            %source,
+            first_line = %first_line.collect::<String>(),
+            fault,
+            "a fault in the gateway while it handled a SIP message; that message is dropped and \
+             everything else goes on. This is a bug in the gateway: please report it with this log"
+        );
+    }
+
+    fn handle_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
+        #[cfg(feature = "fault-injection")]
+        crate::fault::injection::sip_message(bytes);
         let now = Instant::now();
         // Responses only ever match our own transactions (by a branch we made up); anything
         // else is a request, or junk in its place, and meets the edge policy before parsing.

@@ -1,0 +1,70 @@
+//! Faults — panics, which are the gateway's bugs — caught where one input must not take down a
+//! task that serves many: a call's task on a media worker (`call::driver`), which then ends
+//! that call properly, and the SIP endpoint's, which drops the one message it faulted on
+//! (`sip::endpoint`). Everywhere else a panic ends the task it happened in, as tokio has it.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+/// Runs `f`; a panic in it comes back as its message.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|panic| message(&*panic).to_string())
+}
+
+/// What a panic said.
+pub(crate) fn message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
+/// Test support, with the `fault-injection` feature only (the test suite's): makes the gateway
+/// panic on cue, so that tests can show what a fault costs. Each fault is armed once, by an
+/// input no other test sends, and disarmed when it fires.
+#[cfg(feature = "fault-injection")]
+pub mod injection {
+    use std::sync::Mutex;
+
+    static ON_DTMF: Mutex<Option<String>> = Mutex::new(None);
+    static ON_SIP_CALL_ID: Mutex<Option<String>> = Mutex::new(None);
+
+    /// The next call whose browser sends exactly `digits` (a `dtmf` message) panics on its
+    /// media worker as it handles them.
+    pub fn panic_on_dtmf(digits: &str) {
+        arm(&ON_DTMF, digits);
+    }
+
+    /// The SIP endpoint panics on the next message it is handed whose Call-ID is `call_id`.
+    pub fn panic_on_sip_call_id(call_id: &str) {
+        arm(&ON_SIP_CALL_ID, call_id);
+    }
+
+    fn arm(fault: &Mutex<Option<String>>, cue: &str) {
+        *fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(cue.to_string());
+    }
+
+    /// Panics if `cue` fires `fault` (and disarms it).
+    fn fire(fault: &Mutex<Option<String>>, cue: impl Fn(&str) -> bool, what: &str) {
+        let mut armed = fault.lock().unwrap_or_else(|e| e.into_inner());
+        if armed.as_deref().is_some_and(&cue) {
+            *armed = None;
+            drop(armed);
+            panic!("a fault injected by a test, on {what}");
+        }
+    }
+
+    pub(crate) fn dtmf(digits: &str) {
+        fire(&ON_DTMF, |armed| armed == digits, "DTMF");
+    }
+
+    pub(crate) fn sip_message(bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        fire(
+            &ON_SIP_CALL_ID,
+            |armed| text.contains(&format!("Call-ID: {armed}\r\n")),
+            "a SIP message",
+        );
+    }
+}
