@@ -29,6 +29,9 @@ command -v firefox-esr >/dev/null 2>&1 || need+=(firefox-esr)
 # CMake builds libopus 1.6.1 from source for the Opus <-> G.711 bridge (the `opusic-sys`
 # crate under audiopus, vendor/README.md), linked into the binaries statically.
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# setpriv runs the gateway without CAP_SYS_NICE in the test of `[media] nice` (util-linux,
+# on every Debian; named in case a slimmed image left it out).
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 
 if ((${#need[@]})); then
   sudo=""

@@ -10,23 +10,15 @@
 //! browser told, the CDR written), and the turns run again to see the trunk leg's ending
 //! through, with the call's media off. A second fault while it ends gives up at once.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use super::Run;
 use crate::call::machine::Call;
 
-/// After the call's turns panicked with `panic`: logs it, ends the call (the module's text)
+/// After the call's turns panicked with `what`: logs it, ends the call (the module's text)
 /// and says whether its turns should run again to see the ending through. `faults` counts the
 /// call's faults so far.
-pub(super) fn contain(
-    run: &mut Run<'_>,
-    call: &mut Call,
-    panic: &(dyn Any + Send),
-    faults: &mut u32,
-) -> bool {
-    let what = crate::fault::message(panic);
+pub(super) fn contain(run: &mut Run<'_>, call: &mut Call, what: &str, faults: &mut u32) -> bool {
     *faults += 1;
     if *faults > 1 {
         tracing::error!(
@@ -45,12 +37,12 @@ pub(super) fn contain(
          hung up and the other calls go on. This is a bug in the gateway: please report it \
          with this log"
     );
-    let ending = std::panic::catch_unwind(AssertUnwindSafe(|| {
+    let ending = crate::fault::catch(|| {
         call.handle_fault(Instant::now());
         run.carry_out(call);
-    }));
+    });
     match ending {
         Ok(()) => true,
-        Err(again) => contain(run, call, &*again, faults),
+        Err(again) => contain(run, call, &again, faults),
     }
 }

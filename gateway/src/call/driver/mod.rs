@@ -183,8 +183,12 @@ pub fn drive<'a>(
             );
             match AssertUnwindSafe(turns).catch_unwind().await {
                 Ok(()) => break,
-                Err(panic) if fault::contain(&mut run, &mut call, &*panic, &mut faults) => {}
-                Err(_) => break,
+                Err(panic) => {
+                    let what = crate::fault::message(&*panic);
+                    if !fault::contain(&mut run, &mut call, what, &mut faults) {
+                        break;
+                    }
+                }
             }
         }
         // A call ended while its plugins still decided: wait for them (bounded by their
