@@ -1,7 +1,8 @@
 //! Faults — panics, which are the gateway's bugs — caught where one input must not take down a
 //! task that serves many: a call's task on a media worker (`call::driver`), which then ends
-//! that call properly, and the SIP endpoint's, which drops the one message it faulted on
-//! (`sip::endpoint`). Everywhere else a panic ends the task it happened in, as tokio has it.
+//! that call properly; the SIP endpoint's (`sip::endpoint`) and the browser port's mux
+//! (`rtc::mux`), which drop the one message or datagram they faulted on. Everywhere else a
+//! panic ends the task it happened in, as tokio has it.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -29,6 +30,7 @@ pub mod injection {
 
     static ON_DTMF: Mutex<Option<String>> = Mutex::new(None);
     static ON_SIP_CALL_ID: Mutex<Option<String>> = Mutex::new(None);
+    static ON_BROWSER_DATAGRAM: Mutex<Option<String>> = Mutex::new(None);
 
     /// The next call whose browser sends exactly `digits` (a `dtmf` message) panics on its
     /// media worker as it handles them.
@@ -39,6 +41,11 @@ pub mod injection {
     /// The SIP endpoint panics on the next message it is handed whose Call-ID is `call_id`.
     pub fn panic_on_sip_call_id(call_id: &str) {
         arm(&ON_SIP_CALL_ID, call_id);
+    }
+
+    /// The browser port's mux panics on the next datagram it routes from `peer`.
+    pub fn panic_on_browser_datagram_from(peer: std::net::SocketAddr) {
+        arm(&ON_BROWSER_DATAGRAM, &peer.to_string());
     }
 
     fn arm(fault: &Mutex<Option<String>>, cue: &str) {
@@ -65,6 +72,15 @@ pub mod injection {
             &ON_SIP_CALL_ID,
             |armed| text.contains(&format!("Call-ID: {armed}\r\n")),
             "a SIP message",
+        );
+    }
+
+    pub(crate) fn browser_datagram(peer: std::net::SocketAddr) {
+        let peer = peer.to_string();
+        fire(
+            &ON_BROWSER_DATAGRAM,
+            |armed| armed == peer,
+            "a browser's datagram",
         );
     }
 }

@@ -417,7 +417,19 @@ async fn receive_loop(socket: incoming::Receiver, routes: Arc<Mutex<Routes>>) {
             Err(e) => return tracing::debug!(error = %e, "browser media socket"),
         };
         match ready.try_io(|s| s.get_ref().recv_from(&mut buf)) {
-            Ok(Ok((n, peer))) => route(&routes, &buf[..n], peer),
+            // A fault (a panic: a bug) drops this datagram alone: the task routes every
+            // browser's ICE and DTLS, and a panic would end it (`crate::fault`).
+            Ok(Ok((n, peer))) => {
+                if let Err(fault) = crate::fault::catch(|| route(&routes, &buf[..n], peer)) {
+                    tracing::error!(
+                        %peer,
+                        fault,
+                        "a fault in the gateway while it routed a browser's datagram; that \
+                         datagram is dropped and everything else goes on. This is a bug in \
+                         the gateway: please report it with this log"
+                    );
+                }
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "browser media receive error"),
             Err(_would_block) => {}
         }
@@ -426,6 +438,8 @@ async fn receive_loop(socket: incoming::Receiver, routes: Arc<Mutex<Routes>>) {
 
 /// Hands a datagram to its call's queue.
 fn route(routes: &Mutex<Routes>, data: &[u8], peer: SocketAddr) {
+    #[cfg(feature = "fault-injection")]
+    crate::fault::injection::browser_datagram(peer);
     let mut table = routes.lock().unwrap_or_else(|e| e.into_inner());
     let table = &mut *table;
     let target = match table.by_addr.get(&peer) {

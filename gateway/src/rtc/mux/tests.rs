@@ -79,6 +79,33 @@ fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
     );
 }
 
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+async fn a_fault_on_one_datagram_drops_it_alone_and_the_port_goes_on_routing() {
+    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to = mux.local_addr();
+    let mut route = mux.register("call");
+    let (first, second) = (
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    crate::fault::injection::panic_on_browser_datagram_from(first.local_addr().unwrap());
+    first.send_to(&binding_request("call"), to).unwrap();
+    assert_eq!(
+        arrives(&mut route).await,
+        None,
+        "the datagram it faulted on"
+    );
+    second.send_to(&binding_request("call"), to).unwrap();
+    assert_eq!(arrives(&mut route).await, second.local_addr().ok());
+    first.send_to(&binding_request("call"), to).unwrap();
+    assert_eq!(
+        arrives(&mut route).await,
+        first.local_addr().ok(),
+        "the next one from the same address"
+    );
+}
+
 #[tokio::test]
 async fn a_direct_path_takes_its_browsers_datagrams_and_leaves_the_others_to_the_mux() {
     let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
