@@ -1,8 +1,9 @@
 //! Faults — panics, which are the gateway's bugs — caught where one input must not take down a
 //! task that serves many: a call's task on a media worker (`call::driver`), which then ends
 //! that call properly; the SIP endpoint's (`sip::endpoint`) and the browser port's mux
-//! (`rtc::mux`), which drop the one message or datagram they faulted on. Everywhere else a
-//! panic ends the task it happened in, as tokio has it.
+//! (`rtc::mux`), which drop the one message or datagram they faulted on; and a media worker's
+//! sends at the end of its turn (`call::workers`), which drop that turn's datagrams. Everywhere
+//! else a panic ends the task it happened in, as tokio has it.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -31,6 +32,7 @@ pub mod injection {
     static ON_DTMF: Mutex<Option<String>> = Mutex::new(None);
     static ON_SIP_CALL_ID: Mutex<Option<String>> = Mutex::new(None);
     static ON_BROWSER_DATAGRAM: Mutex<Option<String>> = Mutex::new(None);
+    static ON_MEDIA_SEND: Mutex<Option<String>> = Mutex::new(None);
 
     /// The next call whose browser sends exactly `digits` (a `dtmf` message) panics on its
     /// media worker as it handles them.
@@ -46,6 +48,20 @@ pub mod injection {
     /// The browser port's mux panics on the next datagram it routes from `peer`.
     pub fn panic_on_browser_datagram_from(peer: std::net::SocketAddr) {
         arm(&ON_BROWSER_DATAGRAM, &peer.to_string());
+    }
+
+    /// A media worker panics as it sends its turn's datagrams, the next time one of them is
+    /// for `to`.
+    pub fn panic_on_media_send_to(to: std::net::SocketAddr) {
+        arm(&ON_MEDIA_SEND, &to.to_string());
+    }
+
+    /// Whether the fault [`panic_on_media_send_to`] armed has yet to fire.
+    pub fn media_send_fault_pending() -> bool {
+        ON_MEDIA_SEND
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     fn arm(fault: &Mutex<Option<String>>, cue: &str) {
@@ -82,5 +98,16 @@ pub mod injection {
             |armed| armed == peer,
             "a browser's datagram",
         );
+    }
+
+    pub(crate) fn media_send(to: Option<std::net::SocketAddr>) {
+        if let Some(to) = to {
+            let to = to.to_string();
+            fire(
+                &ON_MEDIA_SEND,
+                |armed| armed == to,
+                "a media worker's sends",
+            );
+        }
     }
 }

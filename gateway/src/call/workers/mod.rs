@@ -458,8 +458,19 @@ impl MediaWorkers {
                 .enable_all()
                 .thread_name(format!("media-{i}-blocking"))
                 .on_thread_park(move || {
-                    // The turn's datagrams go before any wait for the next.
-                    crate::media::outgoing::flush();
+                    // The turn's datagrams go before any wait for the next. A fault there (a
+                    // panic: a bug) would end the thread, and every call on it without a BYE:
+                    // it drops the turn's datagrams instead (`crate::fault`).
+                    if let Err(fault) = crate::fault::catch(crate::media::outgoing::flush) {
+                        crate::media::outgoing::reset_after_fault();
+                        tracing::error!(
+                            fault,
+                            "a fault in the gateway while a media worker sent its turn's \
+                             datagrams; they are dropped, the worker sends without io_uring \
+                             from now on, and its calls go on. This is a bug in the gateway: \
+                             please report it with this log"
+                        );
+                    }
                     parked
                         .io_uring
                         .store(crate::media::outgoing::sends_with_ring(), Ordering::Relaxed);

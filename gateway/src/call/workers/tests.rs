@@ -566,3 +566,46 @@ async fn each_worker_counts_its_calls_ticks_for_its_gate_and_the_gateways_totals
     );
     assert_eq!(measured[1].late, 0.0);
 }
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_while_a_worker_sends_its_turn_drops_that_turn_and_the_worker_goes_on() {
+    let workers = started(1);
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap();
+    // A send held for the end of a turn, on the worker.
+    let send = |payload: &'static [u8]| {
+        let (sent, done) = oneshot::channel();
+        workers.spawn(async move {
+            let socket = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+            let _ = sent.send(crate::media::outgoing::send(&socket, payload, Some(to)).is_ok());
+        });
+        done
+    };
+    crate::fault::injection::panic_on_media_send_to(to);
+    assert!(send(b"first").await.unwrap());
+    let fired = Instant::now() + Duration::from_secs(5);
+    while crate::fault::injection::media_send_fault_pending() && Instant::now() < fired {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!crate::fault::injection::media_send_fault_pending());
+    assert!(send(b"second").await.unwrap());
+    let got = tokio::task::spawn_blocking(move || {
+        let mut buf = [0u8; 16];
+        let (n, _) = receiver
+            .recv_from(&mut buf)
+            .expect("the next turn's datagram");
+        buf[..n].to_vec()
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, b"second", "the faulted turn's datagram is dropped");
+    assert_eq!(
+        workers.io_uring(),
+        [false],
+        "and the worker sends without its ring"
+    );
+}

@@ -96,6 +96,19 @@ fn hold_with_ring(ring: ring::Ring) {
     });
 }
 
+/// After a fault while this thread sent its turn (a panic: a bug; `crate::fault`): what it
+/// held is dropped, and it sends without a ring from now on, so that a fault on the ring's
+/// path does not come back every turn.
+pub fn reset_after_fault() {
+    HELD.with(|h| {
+        if let Ok(mut h) = h.try_borrow_mut()
+            && let Some(held) = h.as_mut()
+        {
+            *held = Held::default();
+        }
+    });
+}
+
 /// Whether this thread sends its turns through a submission ring.
 pub fn sends_with_ring() -> bool {
     HELD.with(|h| h.borrow().as_ref().is_some_and(|held| held.ring.is_some()))
@@ -150,6 +163,10 @@ pub fn flush() {
         let Some(held) = h.as_mut() else {
             return;
         };
+        #[cfg(feature = "fault-injection")]
+        for d in &held.datagrams {
+            crate::fault::injection::media_send(d.to);
+        }
         let mut ring_refused = None;
         let by_ring = held.ring.as_mut().map(|ring| {
             ring.send(&held.datagrams, &held.bytes, &mut |d, e| {
