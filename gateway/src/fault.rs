@@ -29,10 +29,13 @@ pub(crate) fn message(panic: &(dyn Any + Send)) -> &str {
 pub mod injection {
     use std::sync::Mutex;
 
-    static ON_DTMF: Mutex<Option<String>> = Mutex::new(None);
-    static ON_SIP_CALL_ID: Mutex<Option<String>> = Mutex::new(None);
-    static ON_BROWSER_DATAGRAM: Mutex<Option<String>> = Mutex::new(None);
-    static ON_MEDIA_SEND: Mutex<Option<String>> = Mutex::new(None);
+    /// The cues armed for each fault: several, as tests run side by side in one process.
+    type Armed = Mutex<Vec<String>>;
+
+    static ON_DTMF: Armed = Mutex::new(Vec::new());
+    static ON_SIP_CALL_ID: Armed = Mutex::new(Vec::new());
+    static ON_BROWSER_DATAGRAM: Armed = Mutex::new(Vec::new());
+    static ON_MEDIA_SEND: Armed = Mutex::new(Vec::new());
 
     /// The next call whose browser sends exactly `digits` (a `dtmf` message) panics on its
     /// media worker as it handles them.
@@ -40,7 +43,8 @@ pub mod injection {
         arm(&ON_DTMF, digits);
     }
 
-    /// The SIP endpoint panics on the next message it is handed whose Call-ID is `call_id`.
+    /// The SIP endpoint panics on the next message it is handed, or request a call asks it
+    /// to send, whose Call-ID is `call_id`.
     pub fn panic_on_sip_call_id(call_id: &str) {
         arm(&ON_SIP_CALL_ID, call_id);
     }
@@ -56,23 +60,27 @@ pub mod injection {
         arm(&ON_MEDIA_SEND, &to.to_string());
     }
 
-    /// Whether the fault [`panic_on_media_send_to`] armed has yet to fire.
-    pub fn media_send_fault_pending() -> bool {
+    /// Whether the fault [`panic_on_media_send_to`] armed for `to` has yet to fire.
+    pub fn media_send_fault_pending(to: std::net::SocketAddr) -> bool {
+        let to = to.to_string();
         ON_MEDIA_SEND
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .contains(&to)
     }
 
-    fn arm(fault: &Mutex<Option<String>>, cue: &str) {
-        *fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(cue.to_string());
+    fn arm(fault: &Armed, cue: &str) {
+        fault
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(cue.to_string());
     }
 
-    /// Panics if `cue` fires `fault` (and disarms it).
-    fn fire(fault: &Mutex<Option<String>>, cue: impl Fn(&str) -> bool, what: &str) {
+    /// Panics if `fires` says one of `fault`'s cues has come (and disarms that one).
+    fn fire(fault: &Armed, fires: impl Fn(&str) -> bool, what: &str) {
         let mut armed = fault.lock().unwrap_or_else(|e| e.into_inner());
-        if armed.as_deref().is_some_and(&cue) {
-            *armed = None;
+        if let Some(i) = armed.iter().position(|cue| fires(cue)) {
+            armed.swap_remove(i);
             drop(armed);
             panic!("a fault injected by a test, on {what}");
         }

@@ -143,6 +143,52 @@ async fn a_fault_on_one_message_drops_that_message_alone_and_the_endpoint_goes_o
     assert_eq!(endpoint.edge_counters().faults.load(Ordering::Relaxed), 2);
 }
 
+#[tokio::test]
+async fn a_fault_on_a_request_a_call_sends_drops_that_request_alone() {
+    let endpoint = start().await;
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target = gateway::sip::transport::Target {
+        addr: peer.local_addr().unwrap(),
+        transport: gateway::sip::transport::Transport::Udp,
+        host: "127.0.0.1".into(),
+        tls: None,
+    };
+    let request = |call_id: &str| {
+        let text = options(call_id, "").replace(&format!("{call_id}@test"), call_id);
+        match gateway::sip::message::parse(text.as_bytes()).unwrap() {
+            rsip::SipMessage::Request(r) => r,
+            other => panic!("{other:?}"),
+        }
+    };
+    // A Call-ID no other test sends: the endpoint panics as it takes this request, once.
+    gateway::fault::injection::panic_on_sip_call_id("fault3");
+    let mut dropped = endpoint.request(request("fault3"), target.clone());
+    let ended = tokio::time::timeout(Duration::from_secs(2), dropped.recv()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the faulty request's caller hears its end: {ended:?}"
+    );
+    assert_eq!(endpoint.edge_counters().faults.load(Ordering::Relaxed), 1);
+    // The next request goes out, and the endpoint still answers.
+    let _sent = endpoint.request(request("after4"), target);
+    let mut buf = [0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(2), peer.recv(&mut buf))
+        .await
+        .expect("the next request reaches the peer")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(got.contains("Call-ID: after4"), "{got}");
+    assert!(!got.contains("fault3"), "{got}");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let reply = exchange(
+        &socket,
+        endpoint.udp_addr(),
+        options("after5", "").as_bytes(),
+    )
+    .await;
+    assert_eq!(status(&reply), Some("200"));
+}
+
 async fn tcp_reply(stream: &mut TcpStream) -> Option<String> {
     let mut buf = vec![0u8; 4096];
     match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {

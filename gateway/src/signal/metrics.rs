@@ -406,7 +406,7 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         &mut text,
         "gateway_sip_faults_total",
         "counter",
-        "SIP messages dropped because handling them faulted: a bug in the gateway (the log has each).",
+        "Faults (bugs) the SIP endpoint survived, each dropping the message, request or timers' run it happened in (the log has each).",
         edge.faults.load(Ordering::Relaxed),
     );
     header(

@@ -83,7 +83,8 @@ pub struct EdgeCounters {
     pub rate_limited: AtomicU64,
     /// Sources that went over the rate limit (each time a ban started).
     pub sources_banned: AtomicU64,
-    /// Messages dropped because handling them faulted (a panic: a bug; `crate::fault`).
+    /// Faults the endpoint survived (a panic: a bug; `crate::fault`): each dropped the message,
+    /// the call's request or the timers' run it happened in.
     pub faults: AtomicU64,
 }
 

@@ -588,10 +588,10 @@ async fn a_fault_while_a_worker_sends_its_turn_drops_that_turn_and_the_worker_go
     crate::fault::injection::panic_on_media_send_to(to);
     assert!(send(b"first").await.unwrap());
     let fired = Instant::now() + Duration::from_secs(5);
-    while crate::fault::injection::media_send_fault_pending() && Instant::now() < fired {
+    while crate::fault::injection::media_send_fault_pending(to) && Instant::now() < fired {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!crate::fault::injection::media_send_fault_pending());
+    assert!(!crate::fault::injection::media_send_fault_pending(to));
     assert!(send(b"second").await.unwrap());
     let got = tokio::task::spawn_blocking(move || {
         let mut buf = [0u8; 16];

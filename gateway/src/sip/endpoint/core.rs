@@ -180,11 +180,16 @@ impl Core {
                 }
                 command = commands.recv() => {
                     match command {
-                        Some(c) => self.on_command(c),
+                        Some(c) => self.contained("took a call's request or response", |core| {
+                            core.on_command(c)
+                        }),
                         None => return,
                     }
                 }
-                _ = sleep_until_opt(next) => self.handle_timers(Instant::now()),
+                _ = sleep_until_opt(next) => {
+                    let now = Instant::now();
+                    self.contained("ran its transactions' timers", |core| core.handle_timers(now))
+                }
             }
             self.flush().await;
         }
@@ -220,6 +225,10 @@ impl Core {
     }
 
     fn on_command(&mut self, command: Command) {
+        #[cfg(feature = "fault-injection")]
+        if let Command::Request { request, .. } = &command {
+            crate::fault::injection::sip_message(&message::request_bytes(request));
+        }
         let now = Instant::now();
         match command {
             Command::Request {
@@ -299,6 +308,20 @@ impl Core {
                     }
                 }
             }
+        }
+    }
+
+    /// Runs `work` on the endpoint; a fault in it (a panic: a bug) is logged and counted, and
+    /// the endpoint goes on without what it was `doing` (as [`Self::on_message`] does).
+    fn contained(&mut self, doing: &str, work: impl FnOnce(&mut Self)) {
+        if let Err(fault) = crate::fault::catch(|| work(self)) {
+            self.edge_counters.faults.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                fault,
+                "a fault in the gateway while the SIP endpoint {doing}; that work is dropped \
+                 and everything else goes on. This is a bug in the gateway: please report it \
+                 with this log"
+            );
         }
     }
 
