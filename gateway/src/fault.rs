@@ -1,10 +1,10 @@
 //! Faults — panics, which are the gateway's bugs — caught where one input must not take down a
 //! task that serves many: a call's task on a media worker (`call::driver`), which then ends
 //! that call properly; the SIP endpoint's (`sip::endpoint`: a message, a call's request, a
-//! run of its timers) and the browser port's mux (`rtc::mux`: a datagram), which drop the one
-//! piece of work they faulted on; and a media worker's sends at the end of its turn
-//! (`call::workers`), which drop that turn's datagrams. Everywhere else a panic ends the task
-//! it happened in, as tokio has it.
+//! connection's event, a run of its timers) and the browser port's mux (`rtc::mux`: a
+//! datagram), which drop the one piece of work they faulted on; and a media worker's sends at
+//! the end of its turn (`call::workers`), which drop that turn's datagrams. Everywhere else a
+//! panic ends the task it happened in, as tokio has it.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;

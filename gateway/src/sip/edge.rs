@@ -84,7 +84,7 @@ pub struct EdgeCounters {
     /// Sources that went over the rate limit (each time a ban started).
     pub sources_banned: AtomicU64,
     /// Faults the endpoint survived (a panic: a bug; `crate::fault`): each dropped the message,
-    /// the call's request or the timers' run it happened in.
+    /// the call's request, the connection's event or the timers' run it happened in.
     pub faults: AtomicU64,
 }
 

@@ -176,7 +176,11 @@ impl Core {
                     }
                 }
                 event = streams.recv() => {
-                    if let Some(event) = event { self.on_stream_event(event) }
+                    if let Some(event) = event {
+                        self.contained("took a connection's event", |core| {
+                            core.on_stream_event(event)
+                        })
+                    }
                 }
                 command = commands.recv() => {
                     match command {
