@@ -23,10 +23,11 @@ pub(crate) fn message(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("a panic without a message")
 }
 
-/// Test support, with the `fault-injection` feature only (the test suite's): makes the gateway
-/// panic on cue, so that tests can show what a fault costs. Each fault is armed once, by an
-/// input no other test sends, and disarmed when it fires.
-#[cfg(feature = "fault-injection")]
+/// Test support, in the gateway's unit tests and with the `fault-injection` feature (the
+/// end-to-end tests'): makes the gateway panic on cue, so that tests can show what a fault
+/// costs. Each fault is armed once, by an input no other test sends, and disarmed when it
+/// fires.
+#[cfg(any(test, feature = "fault-injection"))]
 pub mod injection {
     use std::sync::Mutex;
 
@@ -87,36 +88,27 @@ pub mod injection {
         }
     }
 
+    // Each cue's check makes what it compares only while a cue is armed.
+
     pub(crate) fn dtmf(digits: &str) {
-        fire(&ON_DTMF, |armed| armed == digits, "DTMF");
+        fire(&ON_DTMF, |cue| cue == digits, "DTMF");
     }
 
-    pub(crate) fn sip_message(bytes: &[u8]) {
-        let text = String::from_utf8_lossy(bytes);
-        fire(
-            &ON_SIP_CALL_ID,
-            |armed| text.contains(&format!("Call-ID: {armed}\r\n")),
-            "a SIP message",
-        );
+    /// `message` makes the message's bytes.
+    pub(crate) fn sip_message(message: impl Fn() -> Vec<u8>) {
+        let names = |cue: &str| {
+            String::from_utf8_lossy(&message()).contains(&format!("Call-ID: {cue}\r\n"))
+        };
+        fire(&ON_SIP_CALL_ID, names, "a SIP message");
     }
 
     pub(crate) fn browser_datagram(peer: std::net::SocketAddr) {
-        let peer = peer.to_string();
-        fire(
-            &ON_BROWSER_DATAGRAM,
-            |armed| armed == peer,
-            "a browser's datagram",
-        );
+        let from = |cue: &str| cue == peer.to_string();
+        fire(&ON_BROWSER_DATAGRAM, from, "a browser's datagram");
     }
 
     pub(crate) fn media_send(to: Option<std::net::SocketAddr>) {
-        if let Some(to) = to {
-            let to = to.to_string();
-            fire(
-                &ON_MEDIA_SEND,
-                |armed| armed == to,
-                "a media worker's sends",
-            );
-        }
+        let for_cue = |cue: &str| to.is_some_and(|to| cue == to.to_string());
+        fire(&ON_MEDIA_SEND, for_cue, "a media worker's sends");
     }
 }

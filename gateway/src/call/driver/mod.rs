@@ -385,7 +385,7 @@ impl Run<'_> {
         match command {
             None => call.handle_command(CallCommand::Hangup, now),
             Some(CallCommand::Dtmf(digits)) => {
-                #[cfg(feature = "fault-injection")]
+                #[cfg(any(test, feature = "fault-injection"))]
                 crate::fault::injection::dtmf(&digits);
                 self.dtmf_event(self.browser_party, &digits);
                 self.rtp.send_digits(&digits);

@@ -567,7 +567,6 @@ async fn each_worker_counts_its_calls_ticks_for_its_gate_and_the_gateways_totals
     assert_eq!(measured[1].late, 0.0);
 }
 
-#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fault_while_a_worker_sends_its_turn_drops_that_turn_and_the_worker_goes_on() {
     let workers = started(1);

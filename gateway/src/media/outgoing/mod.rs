@@ -163,7 +163,7 @@ pub fn flush() {
         let Some(held) = h.as_mut() else {
             return;
         };
-        #[cfg(feature = "fault-injection")]
+        #[cfg(any(test, feature = "fault-injection"))]
         for d in &held.datagrams {
             crate::fault::injection::media_send(d.to);
         }

@@ -438,7 +438,7 @@ async fn receive_loop(socket: incoming::Receiver, routes: Arc<Mutex<Routes>>) {
 
 /// Hands a datagram to its call's queue.
 fn route(routes: &Mutex<Routes>, data: &[u8], peer: SocketAddr) {
-    #[cfg(feature = "fault-injection")]
+    #[cfg(any(test, feature = "fault-injection"))]
     crate::fault::injection::browser_datagram(peer);
     let mut table = routes.lock().unwrap_or_else(|e| e.into_inner());
     let table = &mut *table;

@@ -79,7 +79,6 @@ fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
     );
 }
 
-#[cfg(feature = "fault-injection")]
 #[tokio::test]
 async fn a_fault_on_one_datagram_drops_it_alone_and_the_port_goes_on_routing() {
     let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -17,10 +17,10 @@ use tokio::sync::mpsc;
 use super::{Command, EndpointTables, IncomingRequest, RequestSender, Responder, Sink, queues};
 use crate::sip::edge::{Admission, Edge, EdgeCounters};
 use crate::sip::message::{self, bad_request_for, response_to};
-use crate::sip::transaction::{
-    ClientEvent, ClientTransaction, ServerEvent, ServerTransaction, Timers,
-};
+use crate::sip::transaction::{ClientEvent, ClientTransaction, ServerTransaction, Timers};
 use crate::sip::transport::{self, StreamEvent, Target, Transport};
+
+mod sending;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -177,22 +177,23 @@ impl Core {
                 }
                 event = streams.recv() => {
                     if let Some(event) = event {
-                        self.contained("took a connection's event", |core| {
-                            core.on_stream_event(event)
-                        })
+                        let event = |core: &mut Self| core.on_stream_event(event);
+                        self.contained(event, || "took a connection's event".into())
                     }
                 }
                 command = commands.recv() => {
                     match command {
-                        Some(c) => self.contained("took a call's request or response", |core| {
-                            core.on_command(c)
-                        }),
+                        Some(c) => self.contained(
+                            |core| core.on_command(c),
+                            || "took a call's request or response".into(),
+                        ),
                         None => return,
                     }
                 }
                 _ = sleep_until_opt(next) => {
                     let now = Instant::now();
-                    self.contained("ran its transactions' timers", |core| core.handle_timers(now))
+                    let timers = |core: &mut Self| core.handle_timers(now);
+                    self.contained(timers, || "ran its transactions' timers".into())
                 }
             }
             self.flush().await;
@@ -229,9 +230,9 @@ impl Core {
     }
 
     fn on_command(&mut self, command: Command) {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(any(test, feature = "fault-injection"))]
         if let Command::Request { request, .. } = &command {
-            crate::fault::injection::sip_message(&message::request_bytes(request));
+            crate::fault::injection::sip_message(|| message::request_bytes(request));
         }
         let now = Instant::now();
         match command {
@@ -315,43 +316,42 @@ impl Core {
         }
     }
 
-    /// Runs `work` on the endpoint; a fault in it (a panic: a bug) is logged and counted, and
-    /// the endpoint goes on without what it was `doing` (as [`Self::on_message`] does).
-    fn contained(&mut self, doing: &str, work: impl FnOnce(&mut Self)) {
+    /// Runs `work` on the endpoint; a fault in it (a panic: a bug) is counted and logged with
+    /// what the endpoint was `doing` (made only then), and the endpoint goes on without that
+    /// work. Why: this task carries every call's SIP, and a panic would end it, and with it
+    /// every call's signalling and every new call.
+    fn contained(&mut self, work: impl FnOnce(&mut Self), doing: impl FnOnce() -> String) {
         if let Err(fault) = crate::fault::catch(|| work(self)) {
             self.edge_counters.faults.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 fault,
-                "a fault in the gateway while the SIP endpoint {doing}; that work is dropped \
-                 and everything else goes on. This is a bug in the gateway: please report it \
-                 with this log"
+                "a fault in the gateway while the SIP endpoint {}; that work is dropped and \
+                 everything else goes on. This is a bug in the gateway: please report it with \
+                 this log",
+                doing()
             );
         }
     }
 
-    /// Handles a message from `source`. A fault in that (a panic: a bug) drops the message
-    /// alone. Why: this task carries every call's SIP, and a panic would end it, and with it
-    /// every call's signalling and every new call, on one message.
+    /// Handles a message from `source`; a fault drops that message alone.
     fn on_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
-        let Err(fault) = crate::fault::catch(|| self.handle_message(bytes, source, transport))
-        else {
-            return;
-        };
-        self.edge_counters.faults.fetch_add(1, Ordering::Relaxed);
-        let first_line = String::from_utf8_lossy(bytes);
-        let first_line = first_line.lines().next().unwrap_or("").chars().take(120);
-        tracing::error!(
-            %source,
-            first_line = %first_line.collect::<String>(),
-            fault,
-            "a fault in the gateway while it handled a SIP message; that message is dropped and \
-             everything else goes on. This is a bug in the gateway: please report it with this log"
-        );
+        let message = |core: &mut Self| core.handle_message(bytes, source, transport);
+        self.contained(message, || {
+            let text = String::from_utf8_lossy(bytes);
+            let first_line: String = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(120)
+                .collect();
+            format!("handled a SIP message from {source} ({first_line})")
+        });
     }
 
     fn handle_message(&mut self, bytes: &[u8], source: SocketAddr, transport: Transport) {
-        #[cfg(feature = "fault-injection")]
-        crate::fault::injection::sip_message(bytes);
+        #[cfg(any(test, feature = "fault-injection"))]
+        crate::fault::injection::sip_message(|| bytes.to_vec());
         let now = Instant::now();
         // Responses only ever match our own transactions (by a branch we made up); anything
         // else is a request, or junk in its place, and meets the edge policy before parsing.
@@ -541,130 +541,6 @@ impl Core {
             (None, false, _) => self
                 .tables
                 .count_lost(queues::deliver(&self.app, incoming, 503)),
-        }
-    }
-
-    fn send_back(&mut self, peer: SocketAddr, transport: Transport, bytes: Vec<u8>) {
-        match transport {
-            Transport::Udp => {
-                let _ = self.udp_send.send_to(&bytes, peer);
-            }
-            _ => self.send_on_stream(peer, bytes),
-        }
-    }
-
-    /// Queues `bytes` on an open connection. A full queue means the peer has stopped
-    /// reading: the connection is dropped (its writer ends, the stream closes) rather than
-    /// let it hold our memory.
-    fn send_on_stream(&mut self, peer: SocketAddr, bytes: Vec<u8>) {
-        let Some(tx) = self.streams.get(&peer) else {
-            return;
-        };
-        match tx.try_send(bytes) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(%peer, "SIP connection's write queue is full; dropping the connection");
-                self.streams.remove(&peer);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.streams.remove(&peer);
-            }
-        }
-    }
-
-    fn send_to_target(&mut self, target: &Target, bytes: Vec<u8>) {
-        if target.transport == Transport::Udp {
-            if let Err(e) = self.udp_send.send_to(&bytes, target.addr) {
-                tracing::debug!(peer = %target.addr, error = %e, "UDP send failed");
-            }
-            return;
-        }
-        if self.streams.contains_key(&target.addr) {
-            self.send_on_stream(target.addr, bytes);
-            return;
-        }
-        if let Some(queue) = self.pending_streams.get_mut(&target.addr) {
-            if queue.len() < transport::WRITE_QUEUE {
-                queue.push(bytes);
-            }
-            return;
-        }
-        self.pending_streams.insert(target.addr, Vec::new());
-        tokio::spawn(transport::connect(
-            target.clone(),
-            self.stream_tx.clone(),
-            vec![bytes],
-        ));
-    }
-
-    /// Carries out what the transactions touched since the last flush want: bytes to
-    /// send, events for their users, their next timer; ended transactions leave the tables.
-    async fn flush(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        dirty.sort();
-        dirty.dedup();
-        for key in dirty {
-            match key {
-                TxKey::Client(k) => self.flush_client(k),
-                TxKey::Server(k) => self.flush_server(k),
-            }
-        }
-        self.tables
-            .transactions
-            .store(self.clients.len() + self.servers.len(), Ordering::Relaxed);
-        self.tables
-            .dialogs
-            .store(self.dialogs.len(), Ordering::Relaxed);
-    }
-
-    fn flush_client(&mut self, key: String) {
-        let Some(e) = self.clients.get_mut(&key) else {
-            return;
-        };
-        let mut out = Vec::new();
-        while let Some(bytes) = e.tx.poll_transmit() {
-            out.push(bytes);
-        }
-        while let Some(ev) = e.tx.poll_event() {
-            self.tables.count_lost(e.events.send(ev));
-        }
-        let target = e.target.clone();
-        if e.tx.is_terminated() {
-            self.clients.remove(&key);
-        } else if let Some(at) = e.tx.poll_timeout() {
-            self.timer_heap.push(Reverse((at, TxKey::Client(key))));
-        }
-        for bytes in out {
-            self.send_to_target(&target, bytes);
-        }
-    }
-
-    fn flush_server(&mut self, key: String) {
-        let Some(e) = self.servers.get_mut(&key) else {
-            return;
-        };
-        let mut out = Vec::new();
-        while let Some(bytes) = e.tx.poll_transmit() {
-            out.push(bytes);
-        }
-        while let Some(ev) = e.tx.poll_event() {
-            if ev == ServerEvent::AckTimeout {
-                // The call that sent the 2xx runs its own ACK timer and ends itself.
-                tracing::warn!(call_id = %e.call_id, "no ACK for final response (Timer H)");
-            }
-        }
-        let (source, transport) = (e.source, e.transport);
-        if e.tx.is_terminated() {
-            let ended = (e.call_id.clone(), e.cseq);
-            if self.invites.get(&ended) == Some(&key) {
-                self.invites.remove(&ended);
-            }
-            self.servers.remove(&key);
-        } else if let Some(at) = e.tx.poll_timeout() {
-            self.timer_heap.push(Reverse((at, TxKey::Server(key))));
-        }
-        for bytes in out {
-            self.send_back(source, transport, bytes);
         }
     }
 }
