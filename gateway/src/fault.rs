@@ -1,13 +1,47 @@
 //! Faults — panics, which are the gateway's bugs — caught where one input must not take down a
 //! task that serves many: a call's task on a media worker (`call::driver`), which then ends
-//! that call properly; the SIP endpoint's (`sip::endpoint`: a message, a call's request, a
+//! that call properly, its set-up and record included; the SIP endpoint's (`sip::endpoint`: a message, a call's request, a
 //! connection's event, a run of its timers) and the browser port's mux (`rtc::mux`: a
 //! datagram), which drop the one piece of work they faulted on; and a media worker's sends at
 //! the end of its turn (`call::workers`), which drop that turn's datagrams. Everywhere else a
 //! panic ends the task it happened in, as tokio has it.
+//!
+//! Wherever it happens, caught or not, a panic is logged and counted ([`log_panics`]).
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Panics anywhere in the gateway since it started, caught or not (`gateway_faults_total`),
+/// once [`log_panics`] counts them.
+pub static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// From now on every panic, on any thread, is counted in [`FAULTS`] and logged as an ERROR
+/// event with its message, where in the source it happened and the thread it happened on (a
+/// backtrace too where `RUST_BACKTRACE` asks), in place of the standard library's line on
+/// stderr. What catches it, if anything, then logs what it did about it.
+///
+/// Why: with `GATEWAY_LOG_FORMAT=json` a log pipeline reads JSON lines, and the standard
+/// line is none; and a panic that ends a task nothing guards (a signaling connection's, say)
+/// would otherwise show nowhere in `/metrics`. An operator alerts on the counter and reports
+/// the log.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        FAULTS.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::current();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::capture();
+        let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+            .then(|| backtrace.to_string());
+        tracing::error!(
+            fault = message(info.payload()),
+            %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace,
+            "a panic: a bug in the gateway; please report it with this log"
+        );
+    }));
+}
 
 /// Runs `f`; a panic in it comes back as its message.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, String> {
@@ -38,6 +72,7 @@ pub mod injection {
     static ON_SIP_CALL_ID: Armed = Mutex::new(Vec::new());
     static ON_BROWSER_DATAGRAM: Armed = Mutex::new(Vec::new());
     static ON_MEDIA_SEND: Armed = Mutex::new(Vec::new());
+    static ON_CALL_SET_UP: Armed = Mutex::new(Vec::new());
 
     /// The next call whose browser sends exactly `digits` (a `dtmf` message) panics on its
     /// media worker as it handles them.
@@ -69,6 +104,12 @@ pub mod injection {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&to)
+    }
+
+    /// The next call to `to` (what a browser asked to call, or the number a trunk dialled)
+    /// panics on its media worker as it is set up there, before its driver runs.
+    pub fn panic_on_call_to(to: &str) {
+        arm(&ON_CALL_SET_UP, to);
     }
 
     fn arm(fault: &Armed, cue: &str) {
@@ -110,5 +151,9 @@ pub mod injection {
     pub(crate) fn media_send(to: Option<std::net::SocketAddr>) {
         let for_cue = |cue: &str| to.is_some_and(|to| cue == to.to_string());
         fire(&ON_MEDIA_SEND, for_cue, "a media worker's sends");
+    }
+
+    pub(crate) fn call_set_up(to: &str) {
+        fire(&ON_CALL_SET_UP, |cue| cue == to, "a call's set-up");
     }
 }

@@ -82,6 +82,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     init_logging();
+    gateway::fault::log_panics();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config: path } => {

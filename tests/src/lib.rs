@@ -123,9 +123,21 @@ impl Sipp {
     }
 
     /// Starts `sipp -sf SCENARIO` as a UAC from `local_ip` (and `port`, else a fresh one),
-    /// placing one call to `target`.
+    /// placing one call to `target`, dialling +15550100.
     pub fn uac(
         scenario: &str,
+        local_ip: &str,
+        port: Option<u16>,
+        target: std::net::SocketAddr,
+        log_dir: &Path,
+    ) -> Sipp {
+        Sipp::uac_dialling(scenario, "+15550100", local_ip, port, target, log_dir)
+    }
+
+    /// [`Sipp::uac`], dialling `number` (the scenario's `[service]`).
+    pub fn uac_dialling(
+        scenario: &str,
+        number: &str,
         local_ip: &str,
         port: Option<u16>,
         target: std::net::SocketAddr,
@@ -138,7 +150,7 @@ impl Sipp {
             .arg(target.to_string())
             .args(["-sf"])
             .arg(&file)
-            .args(["-i", local_ip, "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo", "-s", "+15550100"])
+            .args(["-i", local_ip, "-p", &port.to_string(), "-mp", &media_port.to_string(), "-rtp_echo", "-s", number])
             .args(["-m", "1", "-nostdin", "-timeout", "44s", "-timeout_error", "-trace_err", "-trace_msg"])
             .current_dir(log_dir)
             .stdin(Stdio::null())

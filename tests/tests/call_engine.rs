@@ -538,3 +538,83 @@ async fn a_fault_in_one_calls_task_ends_that_call_with_bye_and_a_cdr_while_the_o
     );
     gateway_tests::wait_for_metric(gateway.http_addr, "gateway_active_calls 0", 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_the_browser_told_and_the_trunk_answered_500()
+ {
+    let dir = out_dir("engine_setup_fault");
+    let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 1);
+    let (inbound_port, _) = gateway_tests::ports();
+    let path = write_config(
+        &dir,
+        &[
+            ("echo", sipp.port, "udp", &[]),
+            ("carrier", inbound_port, "udp", &[]),
+        ],
+    );
+    extend(
+        &dir,
+        &path,
+        "[targets.setup-fault]\ntrunk = \"echo\"\nnumber = \"100\"\n\n\
+         [inbound]\n\"+15550177\" = \"agent-f\"\n",
+    );
+    let gateway = gateway::run::start(&Config::load(&path).unwrap())
+        .await
+        .unwrap();
+    let url = format!("ws://{}/ws", gateway.http_addr);
+    // Cues no other test uses: the first call to each panics on its media worker as it is set
+    // up there, before its driver runs.
+    gateway::fault::injection::panic_on_call_to("setup-fault");
+    gateway::fault::injection::panic_on_call_to("+15550177");
+    // The browser that placed the call hears its end at once (it waited 30 s before).
+    let options = CallOptions {
+        seconds: 2.0,
+        ..CallOptions::new("setup-fault")
+    };
+    let faulty = tokio::time::timeout(Duration::from_secs(10), run_call(&url, &options))
+        .await
+        .expect("the browser hears the call's end")
+        .unwrap();
+    assert_eq!(
+        reason(&faulty),
+        ("internal_error".into(), 500),
+        "{faulty:?}"
+    );
+    // The next call to the same place is set up, answered and carries its audio.
+    let next = run_call(&url, &options).await.unwrap();
+    assert_eq!(reason(&next), ("hangup".into(), 200), "{next:?}");
+    assert!(
+        next.tone_snr_db.unwrap_or(0.0) >= 20.0,
+        "the next call's audio: {next:?}"
+    );
+    assert!(sipp.finished().await, "the trunk took the next call alone");
+    // A trunk's call whose set-up faults is answered 500, not left ringing nowhere.
+    let waiting = spawn_call(&url, agent("agent-f", 30.0, false));
+    gateway_tests::wait_for_registered(gateway.http_addr, 1).await;
+    let trunk = gateway.endpoint.udp_addr();
+    let from_dir = dir.join("from_trunk");
+    std::fs::create_dir_all(&from_dir).unwrap();
+    let mut from_trunk = Sipp::uac_dialling(
+        "uac_invite.xml",
+        "+15550177",
+        "127.0.0.1",
+        None,
+        trunk,
+        &from_dir,
+    );
+    let (completed, seen) =
+        tokio::task::spawn_blocking(move || (from_trunk.wait(), from_trunk.messages()))
+            .await
+            .unwrap();
+    assert!(completed, "{seen}");
+    assert!(seen.contains("SIP/2.0 500"), "{seen}");
+    waiting.abort();
+    let metrics = http_get(gateway.http_addr, "/metrics").await;
+    for line in [
+        "gateway_calls_ended_total{reason=\"internal_error\"} 2",
+        "gateway_sip_unanswered_total 1",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
+    gateway_tests::wait_for_metric(gateway.http_addr, "gateway_active_calls 0", 5).await;
+}

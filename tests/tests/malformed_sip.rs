@@ -15,8 +15,30 @@ fn options(branch: &str, extra: &str) -> String {
     )
 }
 
+fn invite(branch: &str) -> String {
+    options(branch, "")
+        .replace("OPTIONS sip", "INVITE sip")
+        .replace("1 OPTIONS", "1 INVITE")
+}
+
+/// The next datagram on `socket`, as text, within two seconds; else a panic saying `what`.
+async fn next_reply(socket: &UdpSocket, what: &str) -> String {
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 2 s"))
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
 async fn start() -> Endpoint {
-    let (endpoint, _inbound) = Endpoint::start(EndpointConfig {
+    // The inbound receiver is dropped: out-of-dialog INVITEs must then get 503, not vanish.
+    start_taking().await.0
+}
+
+/// An endpoint, and what it hands its transaction users.
+async fn start_taking() -> (Endpoint, gateway::sip::endpoint::RequestReceiver) {
+    Endpoint::start(EndpointConfig {
         udp: "127.0.0.1:0".parse().unwrap(),
         tcp: Some("127.0.0.1:0".parse().unwrap()),
         tls: None,
@@ -26,9 +48,7 @@ async fn start() -> Endpoint {
         edge: Default::default(),
     })
     .await
-    .unwrap();
-    // The inbound receiver is dropped: out-of-dialog INVITEs must then get 503, not vanish.
-    endpoint
+    .unwrap()
 }
 
 async fn exchange(socket: &UdpSocket, to: std::net::SocketAddr, message: &[u8]) -> Option<String> {
@@ -83,9 +103,7 @@ async fn udp_garbage_gets_400_or_silence_and_the_endpoint_survives() {
         Some("200")
     );
     // An INVITE nobody takes (no transaction user) gets 100 then 503, never silence.
-    let invite = options("inv1", "")
-        .replace("OPTIONS sip", "INVITE sip")
-        .replace("1 OPTIONS", "1 INVITE");
+    let invite = invite("inv1");
     assert_eq!(
         status(&exchange(&socket, to, invite.as_bytes()).await),
         Some("100")
@@ -141,6 +159,67 @@ async fn a_fault_on_one_message_drops_that_message_alone_and_the_endpoint_goes_o
         "only the message after the faulty one is answered: {reply}"
     );
     assert_eq!(endpoint.edge_counters().faults.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn a_request_its_taker_drops_unanswered_gets_500_and_an_answered_one_its_answer_alone() {
+    let (endpoint, mut inbound) = start_taking().await;
+    let to = endpoint.udp_addr();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut take = async || {
+        tokio::time::timeout(Duration::from_secs(2), inbound.recv())
+            .await
+            .expect("the request reaches its transaction user")
+            .unwrap()
+    };
+    // An INVITE whose taker drops it, as a call's task that faulted would: 100, then 500.
+    let invite = invite("dropped1");
+    assert_eq!(
+        status(&exchange(&socket, to, invite.as_bytes()).await),
+        Some("100")
+    );
+    let taken = take().await;
+    assert!(taken.responder.is_some());
+    // A clone kept elsewhere (a call keeps one to answer provisionally) holds it open.
+    let kept = taken.responder.clone();
+    drop(taken);
+    let mut buf = [0u8; 2048];
+    let quiet = tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await;
+    assert!(quiet.is_err(), "no answer while a clone is held");
+    drop(kept);
+    let reply = next_reply(&socket, "answer to the dropped INVITE").await;
+    assert!(reply.starts_with("SIP/2.0 500"), "{reply}");
+    assert!(reply.contains("CSeq: 1 INVITE") && reply.contains("dropped1@test"));
+    assert_eq!(
+        endpoint.edge_counters().unanswered.load(Ordering::Relaxed),
+        1
+    );
+    // Its retransmission gets the 500 again, as §17.2.1 has it.
+    assert_eq!(
+        status(&exchange(&socket, to, invite.as_bytes()).await),
+        Some("500")
+    );
+    // A request answered before its taker drops it gets that answer alone.
+    let message = options("answered1", "")
+        .replace("OPTIONS sip", "MESSAGE sip")
+        .replace("1 OPTIONS", "1 MESSAGE");
+    socket.send_to(message.as_bytes(), to).await.unwrap();
+    let taken = take().await;
+    let responder = taken.responder.clone().unwrap();
+    responder.respond(gateway::sip::message::response_to(
+        &taken.request,
+        202,
+        Some("t1"),
+    ));
+    drop((taken, responder));
+    let reply = next_reply(&socket, "answer").await;
+    assert!(reply.starts_with("SIP/2.0 202"), "{reply}");
+    let after = tokio::time::timeout(Duration::from_millis(400), socket.recv(&mut buf)).await;
+    assert!(after.is_err(), "nothing after the answer: {after:?}");
+    assert_eq!(
+        endpoint.edge_counters().unanswered.load(Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]
@@ -260,9 +339,7 @@ async fn cancel_ends_a_pending_inbound_invite_with_487() {
     .unwrap();
     let to = endpoint.udp_addr();
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let invite = options("c1", "")
-        .replace("OPTIONS sip", "INVITE sip")
-        .replace("1 OPTIONS", "1 INVITE");
+    let invite = invite("c1");
     assert_eq!(
         status(&exchange(&socket, to, invite.as_bytes()).await),
         Some("100")
@@ -417,8 +494,20 @@ async fn a_dialog_whose_call_falls_behind_gets_503_with_retry_after_beyond_its_q
         let queued = call.try_recv().expect("a queued request");
         let text = queued.request.to_string();
         assert!(text.contains(&format!("CSeq: {seq} INFO\r\n")), "{text}");
+        let ok = gateway::sip::message::response_to(&queued.request, 200, None);
+        queued.responder.as_ref().unwrap().respond(ok);
     }
     assert!(call.try_recv().is_err());
+    // The call answers what it took, each once.
+    let mut answered = Vec::new();
+    for _ in 1..=CALL_QUEUE {
+        let reply = next_reply(&socket, "answer to a queued request").await;
+        assert!(reply.starts_with("SIP/2.0 200"), "{reply}");
+        answered.push(reply.split("CSeq: ").nth(1).unwrap().to_string());
+    }
+    answered.sort();
+    answered.dedup();
+    assert_eq!(answered.len(), CALL_QUEUE);
     assert_eq!(
         endpoint
             .tables()
@@ -426,7 +515,7 @@ async fn a_dialog_whose_call_falls_behind_gets_503_with_retry_after_beyond_its_q
             .load(std::sync::atomic::Ordering::Relaxed),
         3
     );
-    // The call answers what it took; the endpoint goes on serving.
+    // The endpoint goes on serving.
     assert_eq!(
         status(&exchange(&socket, to, options("r2", "").as_bytes()).await),
         Some("200")

@@ -9,7 +9,7 @@ use rsip::prelude::*;
 
 use super::CallContext;
 use super::cdr::{Parties, record_outcome, unix_ms};
-use super::driver::{Start, drive};
+use super::driver::{Start, contain_task, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
 use crate::media::codec::Codec;
@@ -226,11 +226,15 @@ pub async fn run_inbound(
     // Boxed: the task's future keeps what it captured for its whole life, even once moved
     // on, and the leg and RTP stream (11 KB) are kept again by the driver.
     let (leg, rtp) = (Box::new(leg), Box::new(rtp));
-    ctx.workers.spawn(async move {
+    let events = super::EventSink::new(browser.events.clone());
+    let (guarded_id, sink, guarded) = (call_id.clone(), events.clone(), ctx.clone());
+    let task = Box::pin(async move {
         let rtp = *rtp;
         let ctx = worker_ctx;
         let _slot = _slot;
         ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+        #[cfg(any(test, feature = "fault-injection"))]
+        crate::fault::injection::call_set_up(&dialled);
         let machine = Call::inbound(
             &call_id,
             ctx.call_settings(),
@@ -241,7 +245,6 @@ pub async fn run_inbound(
         );
         let route = ctx.mux.register(leg.ufrag());
         let (commands_tx, commands) = super::command_channel();
-        let events = super::EventSink::new(browser.events.clone());
         let _ = browser
             .calls
             .send(Box::new((call_id.clone(), commands_tx, events.clone())));
@@ -278,6 +281,11 @@ pub async fn run_inbound(
             to: dialled,
         };
         Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
+    });
+    // A fault on the worker before the browser was offered the call tells it nothing; the
+    // trunk's INVITE is answered 500 all the same (`contain_task`).
+    ctx.workers.spawn(async move {
+        contain_task(guarded_id, sink, false, &guarded.metrics, task).await;
     });
 }
 

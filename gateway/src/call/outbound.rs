@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
-use super::driver::{Routing, Start, drive};
+use super::driver::{Routing, Start, contain_task, drive};
 use super::machine::{Call, Route};
 use super::{CallContext, CallSlot, EventSink};
 use crate::media::srtp::LocalSrtp;
@@ -48,7 +48,9 @@ pub fn start_outbound(
     let route = ctx.mux.register(leg.ufrag());
     // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and
     // the leg is 8.8 KB that the driver keeps again (boxed, in its caller).
-    ctx.workers.spawn(run_outbound(
+    // Boxed too: the guard's future would otherwise keep it twice (captured, and awaited).
+    let (call_id, sink) = (call.call_id.clone(), events.clone());
+    let task = Box::pin(run_outbound(
         ctx.clone(),
         slot,
         call,
@@ -57,6 +59,10 @@ pub fn start_outbound(
         events,
         commands,
     ));
+    let guarded = ctx.clone();
+    ctx.workers.spawn(async move {
+        contain_task(call_id, sink, true, &guarded.metrics, task).await;
+    });
     Ok(answer)
 }
 
@@ -77,6 +83,8 @@ async fn run_outbound(
 ) {
     let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
+    #[cfg(any(test, feature = "fault-injection"))]
+    crate::fault::injection::call_set_up(&call.to);
     let parties = Parties {
         call_id: call.call_id.clone(),
         from: call.from.clone(),

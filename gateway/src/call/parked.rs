@@ -32,7 +32,15 @@ enum SinkState {
 /// Where one call's events go: the connection that owns the call, or, while the call waits
 /// to be resumed, a short queue handed to the connection that resumes it.
 #[derive(Clone)]
-pub struct EventSink(Arc<Mutex<SinkState>>);
+pub struct EventSink(Arc<Mutex<Sink>>);
+
+struct Sink {
+    to: SinkState,
+    /// Some event has passed (or been held).
+    passed_any: bool,
+    /// The call's end ([`CallEvent::Ended`]) has passed.
+    ended: bool,
+}
 
 impl std::fmt::Debug for EventSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,16 +51,33 @@ impl std::fmt::Debug for EventSink {
 impl EventSink {
     /// A sink feeding `events`.
     pub fn new(events: ConnectionEvents) -> EventSink {
-        EventSink(Arc::new(Mutex::new(SinkState::Live(events))))
+        EventSink(Arc::new(Mutex::new(Sink {
+            to: SinkState::Live(events),
+            passed_any: false,
+            ended: false,
+        })))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, SinkState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, Sink> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the call's end has been passed on (or held).
+    pub fn has_ended(&self) -> bool {
+        self.state().ended
+    }
+
+    /// Whether any of the call's events has been passed on (or held).
+    pub fn has_passed_any(&self) -> bool {
+        self.state().passed_any
     }
 
     /// Passes an event on, or holds it while the call is parked.
     pub fn send(&self, item: (String, CallEvent)) {
-        match &mut *self.state() {
+        let mut sink = self.state();
+        sink.passed_any = true;
+        sink.ended |= matches!(item.1, CallEvent::Ended { .. });
+        match &mut sink.to {
             SinkState::Live(events) => {
                 let _ = events.send(Box::new(item));
             }
@@ -67,18 +92,18 @@ impl EventSink {
 
     /// Holds events from now on (the connection is gone).
     pub fn hold(&self) {
-        *self.state() = SinkState::Held(VecDeque::new());
+        self.state().to = SinkState::Held(VecDeque::new());
     }
 
     /// Hands the held events to `events`, and every later one.
     pub fn attach(&self, events: ConnectionEvents) {
-        let mut state = self.state();
-        if let SinkState::Held(queue) = &mut *state {
+        let mut sink = self.state();
+        if let SinkState::Held(queue) = &mut sink.to {
             for item in queue.drain(..) {
                 let _ = events.send(Box::new(item));
             }
         }
-        *state = SinkState::Live(events);
+        sink.to = SinkState::Live(events);
     }
 }
 

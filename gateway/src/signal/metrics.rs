@@ -409,6 +409,20 @@ pub(super) async fn metrics(State(ctx): State<Arc<CallContext>>) -> Response {
         "Faults (bugs) the SIP endpoint survived, each dropping the message, request or timers' run it happened in (the log has each).",
         edge.faults.load(Ordering::Relaxed),
     );
+    metric(
+        &mut text,
+        "gateway_faults_total",
+        "counter",
+        "Panics (bugs) anywhere in the gateway, caught or not; the log has each, with where it happened.",
+        crate::fault::FAULTS.load(Ordering::Relaxed),
+    );
+    metric(
+        &mut text,
+        "gateway_sip_unanswered_total",
+        "counter",
+        "Requests the gateway took and then dropped without a final response (a bug, or a call that faulted), answered 500 in their place (the log has each).",
+        edge.unanswered.load(Ordering::Relaxed),
+    );
     header(
         &mut text,
         "gateway_plugin_counter",

@@ -86,6 +86,9 @@ pub struct EdgeCounters {
     /// Faults the endpoint survived (a panic: a bug; `crate::fault`): each dropped the message,
     /// the call's request, the connection's event or the timers' run it happened in.
     pub faults: AtomicU64,
+    /// Requests the gateway took and dropped without a final response (a bug, or a call's
+    /// task that faulted), answered 500 in their place (`endpoint::Responder`).
+    pub unanswered: AtomicU64,
 }
 
 impl EdgeCounters {

@@ -9,11 +9,20 @@
 //! any other reason (`internal_error`: BYE, CANCEL or a 500 to the trunk's INVITE, the
 //! browser told, the CDR written), and the turns run again to see the trunk leg's ending
 //! through, with the call's media off. A second fault while it ends gives up at once.
+//!
+//! Around the driver, the call's whole task is guarded too ([`contain_task`]): a fault while
+//! the call is set up on its worker, or while its record is written, ends the task but not
+//! in silence.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
+use futures_util::FutureExt;
+
 use super::Run;
-use crate::call::machine::Call;
+use crate::call::machine::{Call, CallEvent};
+use crate::call::{EventSink, Metrics};
 
 /// After the call's turns panicked with `what`: logs it, ends the call (the module's text)
 /// and says whether its turns should run again to see the ending through. `faults` counts the
@@ -44,5 +53,58 @@ pub(super) fn contain(run: &mut Run<'_>, call: &mut Call, what: &str, faults: &m
     match ending {
         Ok(()) => true,
         Err(again) => contain(run, call, &again, faults),
+    }
+}
+
+/// Runs `task`, the whole task of call `call_id` on its media worker: its set-up there, its
+/// driver (whose turns contain their own faults, [`contain`]) and its record. A fault outside
+/// the driver's turns ends the task, and is logged. If the call had not ended yet, its
+/// browser is told it ended (`internal_error`, 500) where the browser knows of the call — it
+/// placed it (`placed_by_browser`), or was offered it through `events` — and the call counts
+/// among the ended calls; it has no CDR. A trunk's INVITE the task held is answered 500 by
+/// the SIP endpoint once it is dropped unanswered (`sip::endpoint::Responder`).
+///
+/// Why: without this, a browser whose call faulted before its driver ran waited for an end
+/// that never came, as the driver's own callers did before [`contain`] (the client gave up
+/// after 30 s in `tests/call_engine.rs`).
+pub(in crate::call) async fn contain_task(
+    call_id: String,
+    events: EventSink,
+    placed_by_browser: bool,
+    metrics: &Metrics,
+    task: impl Future<Output = ()>,
+) {
+    let Err(panic) = AssertUnwindSafe(task).catch_unwind().await else {
+        return;
+    };
+    let fault = crate::fault::message(&*panic);
+    if events.has_ended() {
+        tracing::error!(
+            %call_id,
+            fault,
+            "a fault in the gateway after this call ended: its record (CDR) or its plugins' \
+             end may be missing. This is a bug in the gateway: please report it with this log"
+        );
+        return;
+    }
+    tracing::error!(
+        %call_id,
+        fault,
+        "a fault in the gateway ended this call as it was set up (reason internal_error); no \
+         record (CDR) is written for it, and the other calls go on. This is a bug in the \
+         gateway: please report it with this log"
+    );
+    *metrics
+        .ended
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry("internal_error".into())
+        .or_default() += 1;
+    if placed_by_browser || events.has_passed_any() {
+        let ended = CallEvent::Ended {
+            reason: "internal_error".into(),
+            sip_code: 500,
+        };
+        events.send((call_id, ended));
     }
 }

@@ -20,6 +20,8 @@ mod media;
 mod sources;
 mod turns;
 
+pub(super) use fault::contain_task;
+
 use super::caller::Caller;
 use super::machine::{Call, CallCommand, CallEvent, Route};
 use super::tap::AudioTap;

@@ -61,18 +61,39 @@ pub struct IncomingRequest {
     pub responder: Option<Responder>,
 }
 
-/// Answers one server transaction.
+/// Answers one server transaction. Clones answer the same one.
+///
+/// A request the gateway took is always answered: when the last clone is dropped before a
+/// final response went out, the endpoint answers 500 (RFC 3261 §21.5.1) in its place
+/// ([`Command::Unanswered`]). Why: a transaction user that faulted (a panic in a call's task,
+/// `crate::fault`), or a path that forgot to answer, would otherwise leave the trunk's INVITE
+/// in Proceeding — the carrier's call up, ringing nowhere, until its own Timer C (three
+/// minutes, §16.6) gave up — and the server transaction in the endpoint's table for good.
 #[derive(Debug, Clone)]
-pub struct Responder {
+pub struct Responder(Arc<Answering>);
+
+#[derive(Debug)]
+struct Answering {
     key: String,
     commands: mpsc::UnboundedSender<Command>,
 }
 
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let key = std::mem::take(&mut self.key);
+        let _ = self.commands.send(Command::Unanswered { key });
+    }
+}
+
 impl Responder {
+    fn new(key: String, commands: mpsc::UnboundedSender<Command>) -> Responder {
+        Responder(Arc::new(Answering { key, commands }))
+    }
+
     /// Sends `response` through the server transaction (retransmitted as §17.2 requires).
     pub fn respond(&self, response: Response) {
-        let _ = self.commands.send(Command::Respond {
-            key: self.key.clone(),
+        let _ = self.0.commands.send(Command::Respond {
+            key: self.0.key.clone(),
             response,
             relayed: false,
         });
@@ -81,8 +102,8 @@ impl Responder {
     /// Relays a response from the element the request was forwarded to (see
     /// [`super::transaction::ServerTransaction::relay`]).
     pub fn relay(&self, response: Response) {
-        let _ = self.commands.send(Command::Respond {
-            key: self.key.clone(),
+        let _ = self.0.commands.send(Command::Respond {
+            key: self.0.key.clone(),
             response,
             relayed: true,
         });
@@ -110,6 +131,11 @@ enum Command {
         tx: Option<RequestSender>,
     },
     Abandon {
+        key: String,
+    },
+    /// Every [`Responder`] of the server transaction is gone: unless it was answered, it is
+    /// answered 500.
+    Unanswered {
         key: String,
     },
 }

@@ -79,6 +79,9 @@ struct ServerEntry {
     transport: Transport,
     call_id: String,
     cseq: u32,
+    /// The 500 it gets if its transaction user drops it unanswered ([`Command::Unanswered`]),
+    /// made while the request is at hand; `None` once it needs none.
+    if_unanswered: Option<Response>,
 }
 
 pub(super) struct Core {
@@ -272,6 +275,9 @@ impl Core {
                     } else {
                         e.tx.respond(&response, now);
                     }
+                    if !e.tx.awaiting_final() {
+                        e.if_unanswered = None;
+                    }
                     self.dirty.push(TxKey::Server(key));
                 }
             }
@@ -286,6 +292,26 @@ impl Core {
             }
             Command::Abandon { key } => {
                 self.clients.remove(&key);
+            }
+            Command::Unanswered { key } => {
+                if let Some(e) = self.servers.get_mut(&key)
+                    && e.tx.awaiting_final()
+                    && let Some(error) = e.if_unanswered.take()
+                {
+                    self.edge_counters
+                        .unanswered
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        call_id = %e.call_id,
+                        cseq = e.cseq,
+                        source = %e.source,
+                        "a request the gateway took was dropped without an answer; answered 500 \
+                         in its place. This is a bug in the gateway (the log before this may \
+                         show a fault): please report it with this log"
+                    );
+                    e.tx.respond(&error, now);
+                    self.dirty.push(TxKey::Server(key));
+                }
             }
         }
     }
@@ -483,6 +509,8 @@ impl Core {
                     transport,
                     call_id,
                     cseq,
+                    // The endpoint answered it itself.
+                    if_unanswered: None,
                 },
             );
             self.dirty.push(TxKey::Server(key));
@@ -492,10 +520,8 @@ impl Core {
             // §17.2.1: a 100 at once stops the client's retransmissions while the TU decides.
             tx.respond(&response_to(&req, 100, None), now);
         }
-        let responder = Responder {
-            key: key.clone(),
-            commands: self.commands.clone(),
-        };
+        let responder = Responder::new(key.clone(), self.commands.clone());
+        let if_unanswered = Some(response_for(&req, 500));
         let in_dialog = message::to_tag(&req).is_some();
         let dialog = self.dialogs.get(&call_id).cloned();
         if method == Method::Invite {
@@ -510,6 +536,7 @@ impl Core {
                 transport,
                 call_id,
                 cseq,
+                if_unanswered,
             },
         );
         let incoming = Box::new(IncomingRequest {

@@ -34,10 +34,7 @@ fn incoming(
     answered: bool,
 ) -> (Box<IncomingRequest>, mpsc::UnboundedReceiver<Command>) {
     let (commands, answers) = mpsc::unbounded_channel();
-    let responder = answered.then(|| Responder {
-        key: "k".into(),
-        commands,
-    });
+    let responder = answered.then(|| Responder::new("k".into(), commands));
     let source: SocketAddr = "127.0.0.2:5060".parse().expect("literal");
     let incoming = IncomingRequest {
         request,
