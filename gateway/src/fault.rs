@@ -16,6 +16,66 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// once [`log_panics`] counts them.
 pub static FAULTS: AtomicU64 = AtomicU64::new(0);
 
+/// Fault log events a second, at most: a panic's own (the hook's) and what caught it each
+/// take one. Beyond, faults are counted but not logged, and the first log of a later second
+/// says how many were withheld.
+///
+/// Why: a bug some input sets off can be set off by a stranger, datagram after datagram (the
+/// browser port's mux catches one fault per datagram), and each fault's lines — a backtrace
+/// too, with `RUST_BACKTRACE` — would have the gateway write and spend at the stranger's rate.
+pub const LOGS_A_SECOND: u32 = 20;
+
+/// A second's count of fault logs ([`may_log`]).
+#[derive(Debug, Default)]
+struct LogWindow {
+    second: u64,
+    logged: u32,
+    withheld: u64,
+}
+
+impl LogWindow {
+    /// Whether a fault log in `second` (since some start) may be written, and how many were
+    /// withheld before it, to be said first, when there were any.
+    fn admit(&mut self, second: u64) -> (bool, Option<u64>) {
+        if second != self.second {
+            self.second = second;
+            self.logged = 0;
+        }
+        if self.logged >= LOGS_A_SECOND {
+            self.withheld += 1;
+            return (false, None);
+        }
+        self.logged += 1;
+        let withheld = std::mem::take(&mut self.withheld);
+        (true, (withheld > 0).then_some(withheld))
+    }
+}
+
+/// Whether a fault's log event may be written now ([`LOGS_A_SECOND`]); every caller of
+/// [`catch`] and the panic hook ask before they log.
+pub(crate) fn may_log() -> bool {
+    static START: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    static WINDOW: std::sync::Mutex<LogWindow> = std::sync::Mutex::new(LogWindow {
+        second: 0,
+        logged: 0,
+        withheld: 0,
+    });
+    let second = START.elapsed().as_secs();
+    let (admitted, withheld) = WINDOW
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(second);
+    if let Some(withheld) = withheld {
+        tracing::error!(
+            withheld,
+            "fault log events withheld: more than {LOGS_A_SECOND} a second came \
+             (gateway_faults_total counts every panic)"
+        );
+    }
+    admitted
+}
+
 /// From now on every panic, on any thread, is counted in [`FAULTS`] and logged as an ERROR
 /// event with its message, where in the source it happened and the thread it happened on (a
 /// backtrace too where `RUST_BACKTRACE` asks), in place of the standard library's line on
@@ -28,6 +88,9 @@ pub static FAULTS: AtomicU64 = AtomicU64::new(0);
 pub fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         FAULTS.fetch_add(1, Ordering::Relaxed);
+        if !may_log() {
+            return;
+        }
         let thread = std::thread::current();
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let backtrace = std::backtrace::Backtrace::capture();
@@ -155,5 +218,27 @@ pub mod injection {
 
     pub(crate) fn call_set_up(to: &str) {
         fire(&ON_CALL_SET_UP, |cue| cue == to, "a call's set-up");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LOGS_A_SECOND, LogWindow};
+
+    #[test]
+    fn a_second_logs_its_share_of_faults_and_the_next_says_how_many_it_withheld() {
+        let mut window = LogWindow::default();
+        for _ in 0..LOGS_A_SECOND {
+            assert_eq!(window.admit(7), (true, None));
+        }
+        assert_eq!(window.admit(7), (false, None));
+        assert_eq!(window.admit(7), (false, None));
+        assert_eq!(
+            window.admit(8),
+            (true, Some(2)),
+            "the next second says so, once"
+        );
+        assert_eq!(window.admit(8), (true, None));
+        assert_eq!(window.admit(30), (true, None));
     }
 }
