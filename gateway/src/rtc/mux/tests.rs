@@ -41,6 +41,22 @@ fn audio_is_cut_from_the_shared_chunk_and_what_the_stack_may_keep_is_not() {
     .unwrap();
 }
 
+/// A browser port on loopback.
+fn port() -> MediaMux {
+    MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A browser's socket on loopback.
+fn browser_socket() -> std::net::UdpSocket {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap()
+}
+
+/// The next datagram on `direct` within `wait`; `None` if none came.
+async fn next_on(direct: &mut DirectPath, wait: Duration) -> Option<Datagram> {
+    let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
+    tokio::time::timeout(wait, next).await.ok()
+}
+
 async fn arrives(route: &mut MuxRoute) -> Option<SocketAddr> {
     tokio::time::timeout(Duration::from_millis(300), route.recv())
         .await
@@ -64,7 +80,7 @@ fn media_ports_asked_for_as_port_0_are_never_shared() {
 
 #[test]
 fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let socket = browser_socket();
     let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap() / 2;
     let granted = enlarge_receive_buffer(&socket).unwrap();
     // What the kernel allows: net.core.rmem_max caps an unprivileged request.
@@ -81,13 +97,10 @@ fn the_port_asks_for_a_receive_buffer_that_rides_out_a_late_receive_task() {
 
 #[tokio::test]
 async fn a_fault_on_one_datagram_drops_it_alone_and_the_port_goes_on_routing() {
-    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mux = port();
     let to = mux.local_addr();
     let mut route = mux.register("call");
-    let (first, second) = (
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
-        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
-    );
+    let (first, second) = (browser_socket(), browser_socket());
     crate::fault::injection::panic_on_browser_datagram_from(first.local_addr().unwrap());
     first.send_to(&binding_request("call"), to).unwrap();
     assert_eq!(
@@ -107,19 +120,18 @@ async fn a_fault_on_one_datagram_drops_it_alone_and_the_port_goes_on_routing() {
 
 #[tokio::test]
 async fn a_direct_path_takes_its_browsers_datagrams_and_leaves_the_others_to_the_mux() {
-    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mux = port();
     let to = mux.local_addr();
     let mut route = mux.register("call");
-    let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let browser = browser_socket();
+    let other = browser_socket();
     browser.send_to(&binding_request("call"), to).unwrap();
     assert_eq!(arrives(&mut route).await, browser.local_addr().ok());
 
     let mut direct = mux.connect(browser.local_addr().unwrap()).unwrap();
     for i in 0..20u8 {
         browser.send_to(&[0x80, 0, 0, i], to).unwrap();
-        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-        let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
+        let (datagram, from) = next_on(&mut direct, Duration::from_secs(1))
             .await
             .expect("the browser's datagram on the direct path");
         assert_eq!(
@@ -132,8 +144,7 @@ async fn a_direct_path_takes_its_browsers_datagrams_and_leaves_the_others_to_the
         browser.send_to(&[0x80, 0, 0, i], to).unwrap();
     }
     for i in 20..23u8 {
-        let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-        let (datagram, _) = tokio::time::timeout(Duration::from_secs(1), next)
+        let (datagram, _) = next_on(&mut direct, Duration::from_secs(1))
             .await
             .expect("each of a burst's datagrams");
         assert_eq!(&datagram[..], &[0x80, 0, 0, i][..]);
@@ -171,8 +182,8 @@ fn a_worker_with_a_ring_sends_a_browsers_datagrams_from_its_connected_direct_pat
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mux = port();
+            let browser = browser_socket();
             browser
                 .set_read_timeout(Some(Duration::from_secs(1)))
                 .unwrap();
@@ -204,26 +215,24 @@ fn a_worker_with_a_ring_sends_a_browsers_datagrams_from_its_connected_direct_pat
 
 #[tokio::test]
 async fn a_browser_port_that_closes_and_opens_again_costs_its_direct_path_one_error() {
-    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mux = port();
+    let browser = browser_socket();
     let peer = browser.local_addr().unwrap();
     let mut direct = mux.connect(peer).unwrap();
     drop(browser);
     // Sent on the connected socket itself (this is no worker's thread): the closed port
     // answers with an ICMP error, which the socket reports to its next read.
     outgoing::send(&direct.socket, b"audio", None).unwrap();
-    let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), next)
+        next_on(&mut direct, Duration::from_millis(200))
             .await
-            .is_err(),
+            .is_none(),
         "no datagram, and the error read and let go"
     );
     // The browser's port again: its datagrams come through.
     let browser = std::net::UdpSocket::bind(peer).unwrap();
     browser.send_to(&[0x80, 0, 0, 1], mux.local_addr()).unwrap();
-    let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-    let (datagram, from) = tokio::time::timeout(Duration::from_secs(1), next)
+    let (datagram, from) = next_on(&mut direct, Duration::from_secs(1))
         .await
         .expect("the browser's datagram after the error");
     assert_eq!((&datagram[..], from), (&[0x80, 0, 0, 1][..], peer));
@@ -231,12 +240,12 @@ async fn a_browser_port_that_closes_and_opens_again_costs_its_direct_path_one_er
 
 #[tokio::test]
 async fn an_ice_restart_routes_the_new_ufrag_and_forgets_all_but_the_media_address() {
-    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mux = port();
     let to = mux.local_addr();
     let mut route = mux.register("before");
-    let wifi = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mobile = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let other = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wifi = browser_socket();
+    let mobile = browser_socket();
+    let other = browser_socket();
     wifi.send_to(&binding_request("before"), to).unwrap();
     assert_eq!(arrives(&mut route).await, wifi.local_addr().ok());
     other.send_to(&binding_request("before"), to).unwrap();
@@ -267,8 +276,8 @@ async fn an_ice_restart_routes_the_new_ufrag_and_forgets_all_but_the_media_addre
 
 #[tokio::test]
 async fn a_direct_path_read_at_the_calls_tick_is_not_watched_and_is_watched_again_when_asked() {
-    let mux = MediaMux::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let browser = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mux = port();
+    let browser = browser_socket();
     let peer = browser.local_addr().unwrap();
     let mut direct = mux.connect(peer).unwrap();
     assert!(direct.watched.is_some(), "a new path is watched");
@@ -295,8 +304,7 @@ async fn a_direct_path_read_at_the_calls_tick_is_not_watched_and_is_watched_agai
     // One that arrives while nobody watches is found once the call waits for it again.
     browser.send_to(&[0x80, 0, 0, 7], mux.local_addr()).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let next = std::future::poll_fn(|cx| direct.poll_recv(cx));
-    let (datagram, _) = tokio::time::timeout(Duration::from_secs(1), next)
+    let (datagram, _) = next_on(&mut direct, Duration::from_secs(1))
         .await
         .expect("the datagram that arrived unwatched");
     assert_eq!(&datagram[..], &[0x80, 0, 0, 7][..]);
