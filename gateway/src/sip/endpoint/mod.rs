@@ -67,8 +67,10 @@ pub struct IncomingRequest {
 /// final response went out, the endpoint answers 500 (RFC 3261 §21.5.1) in its place
 /// ([`Command::Unanswered`]). Why: a transaction user that faulted (a panic in a call's task,
 /// `crate::fault`), or a path that forgot to answer, would otherwise leave the trunk's INVITE
-/// in Proceeding — the carrier's call up, ringing nowhere, until its own Timer C (three
-/// minutes, §16.6) gave up — and the server transaction in the endpoint's table for good.
+/// in Proceeding — the carrier's call up, ringing nowhere, until some timer of its own gave
+/// up (the protocol sets none once a 100 came: Timer B stops there, §17.1.1.2; a proxy's
+/// Timer C runs over three minutes, §16.6) — and the server transaction in the endpoint's
+/// table for good.
 #[derive(Debug, Clone)]
 pub struct Responder(Arc<Answering>);
 
