@@ -189,14 +189,16 @@ def gauges_if_any():
 
 def media_demand(values):
     """From `gauges_if_any()`: the gateway's media workers' demand (the share of a core each
-    ran or waited for in its last half second), highest first, its load level (1: economy) and
-    the calls it refused for load so far; `None` where no gateway answered."""
+    ran or waited for in its last half second), highest first, its load level (1: economy),
+    the calls it refused for load so far, and its panics so far (bugs, `gateway_faults_total`);
+    `None` where no gateway answered."""
     if values is None:
         return None
     level = values.get("gateway_load_level")
     return {"demand": sorted(per_worker(values, "gateway_media_worker_demand"), reverse=True),
             "shed": int(values.get("gateway_calls_shed_total", 0)),
-            "level": None if level is None else int(level)}
+            "level": None if level is None else int(level),
+            "faults": int(values.get("gateway_faults_total", 0))}
 
 
 TICK_LATENESS = "gateway_media_tick_lateness_seconds"
@@ -518,6 +520,7 @@ def step(gateway, n, window, prefix, idle, url=f"ws://127.0.0.1:{HTTP_PORT}/ws",
         "worker_demand": load and load["demand"],
         "calls_shed": load and load["shed"],
         "load_level": load and load["level"],
+        "gateway_faults": load and load["faults"],
     }
     if perf:
         row["profile"] = read_profile(profile, row["gateway_cpu_pct_per_call"], up)
@@ -687,6 +690,13 @@ def main():
     print(f"{cpu}, {os.cpu_count()} cores{', kept awake' if a.awake else ''}, {a.runs} run(s), "
           "medians:\n")
     print(md)
+    # A panic is a bug, and one the gateway survived still cost some call or datagram: the
+    # figures above are then not of a healthy gateway.
+    faults = max((row.get("gateway_faults") or 0 for rows in runs for row in rows), default=0)
+    if faults:
+        print(f"\nTHE GATEWAY PANICKED ({faults} in a run, `gateway_faults_total`): a bug; the log "
+              f"of its last run, {OUT / 'gateway.log'}, says where. The figures above include what "
+              "it cost.")
     for rows in runs:
         for row in rows:
             print_profile(row)

@@ -333,6 +333,11 @@ def main():
     if floor:
         lines.append(f"gateway / libopus floor: {g['gateway_cpu_pct_per_call'] / floor:.2f}× "
                      f"(against the speech-like signal's: {g['gateway_cpu_pct_per_call'] / floors['speech_like']:.2f}×)")
+    # A panic is a bug; one the gateway survived still cost some call or datagram.
+    faults = max((r["gateway"].get("gateway_faults") or 0 for r in rounds), default=0)
+    if faults:
+        lines.append(f"THE GATEWAY PANICKED ({faults} in a round, `gateway_faults_total`): a bug; "
+                     f"the log of its last round, {OUT / 'gateway.log'}, says where. Its figures include what it cost.")
     (OUT / "compare.json").write_text(json.dumps(
         {"calls": a.calls, "cores_kept_awake": a.awake, "rounds": rounds, "median": table, "floor_pct_per_call": floor,
          "floor_speech_like_pct_per_call": floors and floors["speech_like"],
