@@ -51,8 +51,19 @@ impl LogWindow {
     }
 }
 
-/// Whether a fault's log event may be written now ([`LOGS_A_SECOND`]); every caller of
-/// [`catch`] and the panic hook ask before they log.
+/// Logs an ERROR about a fault, as `tracing::error!` takes it, where [`may_log`] allows:
+/// every place that catches a fault logs through this, so none can log past the limit.
+macro_rules! fault_error {
+    ($($event:tt)*) => {
+        if $crate::fault::may_log() {
+            tracing::error!($($event)*);
+        }
+    };
+}
+pub(crate) use fault_error;
+
+/// Whether a fault's log event may be written now ([`LOGS_A_SECOND`]); the panic hook and
+/// [`fault_error`] ask before they log.
 pub(crate) fn may_log() -> bool {
     static START: std::sync::LazyLock<std::time::Instant> =
         std::sync::LazyLock::new(std::time::Instant::now);

@@ -188,12 +188,7 @@ pub async fn record(
         .end()
         .cloned()
         .unwrap_or_else(|| ("hangup".into(), 200));
-    *metrics
-        .ended
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(reason.clone())
-        .or_default() += 1;
+    metrics.count_ended(&reason);
     let MediaSummary {
         bridge: (media, jitter),
         rtp,

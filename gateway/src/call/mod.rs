@@ -327,6 +327,17 @@ pub const JITTER_BUCKETS_MS: [f64; 6] = [1.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 pub const SETUP_BUCKETS: [f64; 8] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 impl Metrics {
+    /// Counts one ended call under `reason` (`gateway_calls_ended_total`).
+    pub fn count_ended(&self, reason: &str) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        match ended.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                ended.insert(reason.to_string(), 1);
+            }
+        }
+    }
+
     /// Counts one answered call's setup time.
     pub fn record_setup(&self, setup: Duration) {
         self.setup_us_sum

@@ -30,26 +30,22 @@ use crate::call::{EventSink, Metrics};
 pub(super) fn contain(run: &mut Run<'_>, call: &mut Call, what: &str, faults: &mut u32) -> bool {
     *faults += 1;
     if *faults > 1 {
-        if crate::fault::may_log() {
-            tracing::error!(
-                call_id = %run.call_id,
-                fault = what,
-                "the call failed again while it was being ended; given up: if its trunk leg \
-                 was up, the trunk's own timers end it. This is a bug in the gateway: please \
-                 report it with this log"
-            );
-        }
-        return false;
-    }
-    if crate::fault::may_log() {
-        tracing::error!(
+        crate::fault::fault_error!(
             call_id = %run.call_id,
             fault = what,
-            "a fault in the gateway ended this call (reason internal_error); its legs are being \
-             hung up and the other calls go on. This is a bug in the gateway: please report it \
-             with this log"
+            "the call failed again while it was being ended; given up: if its trunk leg \
+             was up, the trunk's own timers end it. This is a bug in the gateway: please \
+             report it with this log"
         );
+        return false;
     }
+    crate::fault::fault_error!(
+        call_id = %run.call_id,
+        fault = what,
+        "a fault in the gateway ended this call (reason internal_error); its legs are being \
+         hung up and the other calls go on. This is a bug in the gateway: please report it \
+         with this log"
+    );
     let ending = crate::fault::catch(|| {
         call.handle_fault(Instant::now());
         run.carry_out(call);
@@ -83,31 +79,22 @@ pub(in crate::call) async fn contain_task(
     };
     let fault = crate::fault::message(&*panic);
     if events.has_ended() {
-        if crate::fault::may_log() {
-            tracing::error!(
-                %call_id,
-                fault,
-                "a fault in the gateway after this call ended: its record (CDR) or its plugins' \
-                 end may be missing. This is a bug in the gateway: please report it with this log"
-            );
-        }
-        return;
-    }
-    if crate::fault::may_log() {
-        tracing::error!(
+        crate::fault::fault_error!(
             %call_id,
             fault,
-            "a fault in the gateway ended this call as it was set up (reason internal_error); no \
-             record (CDR) is written for it, and the other calls go on. This is a bug in the \
-             gateway: please report it with this log"
+            "a fault in the gateway after this call ended: its record (CDR) or its plugins' \
+             end may be missing. This is a bug in the gateway: please report it with this log"
         );
+        return;
     }
-    *metrics
-        .ended
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry("internal_error".into())
-        .or_default() += 1;
+    crate::fault::fault_error!(
+        %call_id,
+        fault,
+        "a fault in the gateway ended this call as it was set up (reason internal_error); no \
+         record (CDR) is written for it, and the other calls go on. This is a bug in the \
+         gateway: please report it with this log"
+    );
+    metrics.count_ended("internal_error");
     if placed_by_browser || events.has_passed_any() {
         let ended = CallEvent::Ended {
             reason: "internal_error".into(),

@@ -463,15 +463,13 @@ impl MediaWorkers {
                     // it drops the turn's datagrams instead (`crate::fault`).
                     if let Err(fault) = crate::fault::catch(crate::media::outgoing::flush) {
                         crate::media::outgoing::reset_after_fault();
-                        if crate::fault::may_log() {
-                            tracing::error!(
-                                fault,
-                                "a fault in the gateway while a media worker sent its turn's \
-                                 datagrams; they are dropped, the worker sends without io_uring \
-                                 from now on, and its calls go on. This is a bug in the gateway: \
-                                 please report it with this log"
-                            );
-                        }
+                        crate::fault::fault_error!(
+                            fault,
+                            "a fault in the gateway while a media worker sent its turn's \
+                             datagrams; they are dropped, the worker sends without io_uring \
+                             from now on, and its calls go on. This is a bug in the gateway: \
+                             please report it with this log"
+                        );
                     }
                     parked
                         .io_uring

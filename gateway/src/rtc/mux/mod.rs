@@ -420,10 +420,8 @@ async fn receive_loop(socket: incoming::Receiver, routes: Arc<Mutex<Routes>>) {
             // A fault (a panic: a bug) drops this datagram alone: the task routes every
             // browser's ICE and DTLS, and a panic would end it (`crate::fault`).
             Ok(Ok((n, peer))) => {
-                if let Err(fault) = crate::fault::catch(|| route(&routes, &buf[..n], peer))
-                    && crate::fault::may_log()
-                {
-                    tracing::error!(
+                if let Err(fault) = crate::fault::catch(|| route(&routes, &buf[..n], peer)) {
+                    crate::fault::fault_error!(
                         %peer,
                         fault,
                         "a fault in the gateway while it routed a browser's datagram; that \

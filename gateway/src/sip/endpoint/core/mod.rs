@@ -301,16 +301,14 @@ impl Core {
                     self.edge_counters
                         .unanswered
                         .fetch_add(1, Ordering::Relaxed);
-                    if crate::fault::may_log() {
-                        tracing::error!(
-                            call_id = %e.call_id,
-                            cseq = e.cseq,
-                            source = %e.source,
-                            "a request the gateway took was dropped without an answer; \
-                             answered 500 in its place. This is a bug in the gateway (the log \
-                             before this may show a fault): please report it with this log"
-                        );
-                    }
+                    crate::fault::fault_error!(
+                        call_id = %e.call_id,
+                        cseq = e.cseq,
+                        source = %e.source,
+                        "a request the gateway took was dropped without an answer; \
+                         answered 500 in its place. This is a bug in the gateway (the log \
+                         before this may show a fault): please report it with this log"
+                    );
                     e.tx.respond(&error, now);
                     self.dirty.push(TxKey::Server(key));
                 }
@@ -351,15 +349,13 @@ impl Core {
     fn contained(&mut self, work: impl FnOnce(&mut Self), doing: impl FnOnce() -> String) {
         if let Err(fault) = crate::fault::catch(|| work(self)) {
             self.edge_counters.faults.fetch_add(1, Ordering::Relaxed);
-            if crate::fault::may_log() {
-                tracing::error!(
-                    fault,
-                    "a fault in the gateway while the SIP endpoint {}; that work is dropped and \
-                     everything else goes on. This is a bug in the gateway: please report it with \
-                     this log",
-                    doing()
-                );
-            }
+            crate::fault::fault_error!(
+                fault,
+                "a fault in the gateway while the SIP endpoint {}; that work is dropped and \
+                 everything else goes on. This is a bug in the gateway: please report it with \
+                 this log",
+                doing()
+            );
         }
     }
 
