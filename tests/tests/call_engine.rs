@@ -540,7 +540,7 @@ async fn a_fault_in_one_calls_task_ends_that_call_with_bye_and_a_cdr_while_the_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_the_browser_told_and_the_trunk_answered_500()
+async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_told_to_its_browser_trunk_plugins_and_cdr()
  {
     let dir = out_dir("engine_setup_fault");
     let sipp = Sipp::uas_calls("echo.xml", "u1", &dir, 1);
@@ -552,11 +552,23 @@ async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_the_browser_told_and_
             ("carrier", inbound_port, "udp", &[]),
         ],
     );
+    // A plugin that counts the ends it hears of, by reason; and a CDR log.
+    let cdr = dir.join("cdr.jsonl");
     extend(
         &dir,
         &path,
-        "[targets.setup-fault]\ntrunk = \"echo\"\nnumber = \"100\"\n\n\
-         [inbound]\n\"+15550177\" = \"agent-f\"\n",
+        &format!(
+            "[targets.setup-fault]\ntrunk = \"echo\"\nnumber = \"100\"\n\n\
+             [inbound]\n\"+15550177\" = \"agent-f\"\n\n[cdr]\npath = \"{}\"\n{}",
+            cdr.display(),
+            gateway_tests::plugin_in(
+                "ledger",
+                &gateway_tests::build_plugin("hostile"),
+                "fail-open",
+                &format!("data_dir = \"{}\"", dir.join("ledger").display()),
+                "mode = \"continue\""
+            )
+        ),
     );
     let gateway = gateway::run::start(&Config::load(&path).unwrap())
         .await
@@ -617,4 +629,75 @@ async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_the_browser_told_and_
         assert!(metrics.contains(line), "{line}: {metrics}");
     }
     gateway_tests::wait_for_metric(gateway.http_addr, "gateway_active_calls 0", 5).await;
+    // Each call has its record: the two that faulted say so, with who called whom.
+    let records = gateway_tests::cdr_records(&cdr, 3).await;
+    let summary: Vec<(String, String, String, u64)> = records
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            (
+                text("direction"),
+                text("to"),
+                text("end_reason"),
+                r["sip_code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let fault = |direction: &str, to: &str| {
+        (
+            direction.to_string(),
+            to.to_string(),
+            "internal_error".to_string(),
+            500,
+        )
+    };
+    assert_eq!(
+        summary,
+        [
+            fault("outbound", "setup-fault"),
+            (
+                "outbound".into(),
+                "setup-fault".into(),
+                "hangup".into(),
+                200
+            ),
+            fault("inbound", "+15550177"),
+        ],
+        "{records:?}"
+    );
+    let from_trunk = &records[2];
+    assert!(
+        from_trunk["sip_call_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+            && from_trunk["from"].as_str().is_some_and(|f| !f.is_empty())
+            && from_trunk["started_ms"]
+                .as_u64()
+                .is_some_and(|at| at > 0 && Some(at) <= from_trunk["ended_ms"].as_u64()),
+        "{from_trunk}"
+    );
+    // The trunk's call had been offered to the plugins before its set-up faulted: they hear
+    // of its end. The browser's faulted before its plugins were asked, so they never saw it.
+    let ledger = |name: &str| {
+        gateway
+            .calls
+            .plugins
+            .current()
+            .counters()
+            .into_iter()
+            .find(|(plugin, counter, _)| plugin == "ledger" && counter == name)
+            .map_or(0, |(.., n)| n)
+    };
+    for _ in 0..50 {
+        if ledger("ended_internal_error") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (ledger("ended_internal_error"), ledger("ended_hangup")),
+        (1, 1),
+        "{:?}",
+        gateway.calls.plugins.current().counters()
+    );
 }

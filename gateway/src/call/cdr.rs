@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 /// One finished call.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Cdr {
     /// Gateway call id (browser side).
     pub call_id: String,
@@ -118,6 +118,20 @@ pub struct Parties {
     pub from: String,
     /// What was dialled.
     pub to: String,
+}
+
+/// What is known of a call as its task starts on a media worker: enough for the record of a
+/// call that a fault ends there before its driver runs ([`record_fault`]).
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// Who it is between.
+    pub parties: Parties,
+    /// Browser → trunk or trunk → browser.
+    pub direction: crate::plugin::Direction,
+    /// The trunk's Call-ID, for a call from a trunk.
+    pub sip_call_id: Option<String>,
+    /// Unix milliseconds.
+    pub started_ms: u64,
 }
 
 /// What a call's media did, for its record.
@@ -234,10 +248,7 @@ pub async fn record(
     let record = Cdr {
         call_id: parties.call_id.clone(),
         sip_call_id: call.sip_call_id().map(str::to_string),
-        direction: match call.direction() {
-            crate::plugin::Direction::Outbound => "outbound",
-            crate::plugin::Direction::Inbound => "inbound",
-        },
+        direction: direction_name(call.direction()),
         from: parties.from.clone(),
         to: parties.to.clone(),
         trunk: call.trunk_used().map(str::to_string),
@@ -275,9 +286,43 @@ pub async fn record(
             })
             .await;
     }
+    append(ctx, &record).await;
+}
+
+/// Records a call that a fault in the gateway ended on its media worker before its driver ran
+/// (`super::driver::fault::contain_task`): it counts among the ended calls (`internal_error`)
+/// and its CDR says so, with no media and no answer. Why: a CDR is the one place an operator
+/// (and billing) sees every call; a call missing there cannot be looked into. Its plugins hear
+/// of its end as their hooks are dropped (`crate::plugin::CallHooks`).
+pub async fn record_fault(ctx: &super::CallContext, placed: &Placed) {
+    ctx.metrics.count_ended("internal_error");
+    let record = Cdr {
+        call_id: placed.parties.call_id.clone(),
+        sip_call_id: placed.sip_call_id.clone(),
+        direction: direction_name(placed.direction),
+        from: placed.parties.from.clone(),
+        to: placed.parties.to.clone(),
+        started_ms: placed.started_ms,
+        ended_ms: unix_ms(),
+        sip_code: 500,
+        end_reason: "internal_error".into(),
+        ..Cdr::default()
+    };
+    append(ctx, &record).await;
+}
+
+fn direction_name(direction: crate::plugin::Direction) -> &'static str {
+    match direction {
+        crate::plugin::Direction::Outbound => "outbound",
+        crate::plugin::Direction::Inbound => "inbound",
+    }
+}
+
+/// Appends `record` to the CDR log, if the gateway keeps one.
+async fn append(ctx: &super::CallContext, record: &Cdr) {
     if let Some(log) = &ctx.cdr
-        && let Err(e) = log.append(&record).await
+        && let Err(e) = log.append(record).await
     {
-        tracing::error!(error = %e, call_id = %parties.call_id, "CDR could not be written");
+        tracing::error!(error = %e, call_id = %record.call_id, "CDR could not be written");
     }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rsip::prelude::*;
 
 use super::CallContext;
-use super::cdr::{Parties, record_outcome, unix_ms};
+use super::cdr::{Parties, Placed, record_outcome, unix_ms};
 use super::driver::{Start, contain_task, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
@@ -199,7 +199,7 @@ pub async fn run_inbound(
         };
         Ok((slot, browser, invite, rtp, leg, offer))
     };
-    let (_slot, browser, inbound, rtp, leg, offer) = match setup() {
+    let (slot, browser, inbound, rtp, leg, offer) = match setup() {
         Ok(parts) => parts,
         Err(code) => {
             refuse(code);
@@ -227,11 +227,20 @@ pub async fn run_inbound(
     // on, and the leg and RTP stream (11 KB) are kept again by the driver.
     let (leg, rtp) = (Box::new(leg), Box::new(rtp));
     let events = super::EventSink::new(browser.events.clone());
-    let (guarded_id, sink, guarded) = (call_id.clone(), events.clone(), ctx.clone());
+    let placed = Placed {
+        parties: Parties {
+            call_id: call_id.clone(),
+            from: from.clone(),
+            to: dialled.clone(),
+        },
+        direction: Direction::Inbound,
+        sip_call_id: Some(sip_call_id),
+        started_ms,
+    };
+    let (parties, sink, guarded) = (placed.parties.clone(), events.clone(), ctx.clone());
     let task = Box::pin(async move {
         let rtp = *rtp;
         let ctx = worker_ctx;
-        let _slot = _slot;
         ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
         #[cfg(any(test, feature = "fault-injection"))]
         crate::fault::injection::call_set_up(&dialled);
@@ -275,17 +284,14 @@ pub async fn run_inbound(
             commands,
         ));
         let outcome = Box::new(outcome.await);
-        let parties = Parties {
-            call_id,
-            from,
-            to: dialled,
-        };
         Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
     });
     // A fault on the worker before the browser was offered the call tells it nothing; the
-    // trunk's INVITE is answered 500 all the same (`contain_task`).
+    // trunk's INVITE is answered 500 all the same (`contain_task`). The slot is held until the
+    // call's record is written, whether or not the task faults.
     ctx.workers.spawn(async move {
-        contain_task(guarded_id, sink, false, &guarded.metrics, task).await;
+        contain_task(placed, sink, false, &guarded, task).await;
+        drop(slot);
     });
 }
 

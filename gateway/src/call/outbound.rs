@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::cdr::{MediaSummary, Parties, record, record_outcome, unix_ms};
+use super::cdr::{MediaSummary, Parties, Placed, record, record_outcome, unix_ms};
 use super::driver::{Routing, Start, contain_task, drive};
 use super::machine::{Call, Route};
 use super::{CallContext, CallSlot, EventSink};
@@ -46,13 +46,23 @@ pub fn start_outbound(
     let audio = crate::rtc::AudioCaps::up_to(ctx.trunks.audio_hz_for(&call.trunk));
     let (leg, answer) = ctx.answer_browser(offer, audio, Instant::now())?;
     let route = ctx.mux.register(leg.ufrag());
+    let placed = Placed {
+        parties: Parties {
+            call_id: call.call_id.clone(),
+            from: call.from.clone(),
+            to: call.to.clone(),
+        },
+        direction: Direction::Outbound,
+        sip_call_id: None,
+        started_ms: unix_ms(),
+    };
+    let sink = events.clone();
     // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and
     // the leg is 8.8 KB that the driver keeps again (boxed, in its caller).
     // Boxed too: the guard's future would otherwise keep it twice (captured, and awaited).
-    let (call_id, sink) = (call.call_id.clone(), events.clone());
     let task = Box::pin(run_outbound(
         ctx.clone(),
-        slot,
+        placed.clone(),
         call,
         Box::new(leg),
         route,
@@ -60,8 +70,10 @@ pub fn start_outbound(
         commands,
     ));
     let guarded = ctx.clone();
+    // The slot is held until the call's record is written, whether or not the task faults.
     ctx.workers.spawn(async move {
-        contain_task(call_id, sink, true, &guarded.metrics, task).await;
+        contain_task(placed, sink, true, &guarded, task).await;
+        drop(slot);
     });
     Ok(answer)
 }
@@ -74,22 +86,20 @@ pub fn start_outbound(
 /// what the driver holds.
 async fn run_outbound(
     ctx: Arc<CallContext>,
-    _slot: CallSlot,
+    Placed {
+        parties,
+        started_ms,
+        ..
+    }: Placed,
     call: Outbound,
     leg: Box<BrowserLeg>,
     route: MuxRoute,
     events: EventSink,
     commands: super::CommandReceiver,
 ) {
-    let started_ms = unix_ms();
     ctx.metrics.calls_total.fetch_add(1, Ordering::Relaxed);
     #[cfg(any(test, feature = "fault-injection"))]
     crate::fault::injection::call_set_up(&call.to);
-    let parties = Parties {
-        call_id: call.call_id.clone(),
-        from: call.from.clone(),
-        to: call.to.clone(),
-    };
     let outcome = match driving(&ctx, call, leg, route, events, commands) {
         Ok(driving) => Box::new(driving.await),
         Err(machine) => {

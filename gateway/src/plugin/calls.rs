@@ -140,6 +140,8 @@ enum Work {
     Event(Event),
     Audio(AudioFrame),
     Transfer(TransferRequest, oneshot::Sender<Option<Reject>>),
+    /// Nothing follows: the feeder ends, and the call's instances are dropped.
+    Finish,
 }
 
 /// Feeds one call's plugin instances from the call's task, in order, in a task of their own:
@@ -152,6 +154,11 @@ pub struct CallHooks {
     audio_queued: Arc<AtomicUsize>,
     audio_dropped: u64,
     events_queued: Arc<AtomicUsize>,
+    /// Unix milliseconds when the hooks started: the call's start, as near as they know it.
+    started_ms: u64,
+    /// The plugins were told how the call ended ([`CallHooks::end`]). Hooks dropped before
+    /// that tell them it ended with `internal_error` ([`Drop`]).
+    ended: bool,
 }
 
 impl std::fmt::Debug for Work {
@@ -160,6 +167,7 @@ impl std::fmt::Debug for Work {
             Work::Event(e) => write!(f, "{e:?}"),
             Work::Audio(_) => write!(f, "audio"),
             Work::Transfer(r, _) => write!(f, "transfer to {} on {}", r.number, r.trunk),
+            Work::Finish => write!(f, "finish"),
         }
     }
 }
@@ -195,6 +203,7 @@ impl CallHooks {
                         let _ =
                             answer.send(chain.transfer(&mut instances, &call_id, &request).await);
                     }
+                    Work::Finish => break,
                 }
             }
         });
@@ -205,6 +214,8 @@ impl CallHooks {
             audio_queued,
             audio_dropped: 0,
             events_queued,
+            started_ms: crate::call::cdr::unix_ms(),
+            ended: false,
         }
     }
 
@@ -249,20 +260,39 @@ impl CallHooks {
 
     /// Tells the plugins how the call ended, then waits until every queued hook has run
     /// and the instances are dropped (a recording's file closed).
-    pub async fn end(self, end: CallEnd) {
+    pub async fn end(mut self, end: CallEnd) {
         self.event(Event::Ended(end));
-        self.finish().await;
-    }
-
-    /// Waits until every queued hook has run and the instances are dropped (files closed).
-    async fn finish(self) {
-        drop(self.tx);
-        let _ = self.worker.await;
+        self.ended = true;
+        let _ = self.tx.send(Work::Finish);
+        let _ = (&mut self.worker).await;
         if self.audio_dropped > 0 {
             tracing::warn!(
                 frames = self.audio_dropped,
                 "plugins fell behind; audio frames were not delivered"
             );
         }
+    }
+}
+
+/// Hooks dropped without [`CallHooks::end`] — the call's task faulted, or a path that ends a
+/// call forgot them — still tell the plugins the call ended, with `internal_error` and 500,
+/// and their feeder then finishes what was queued and drops the instances. Why: a plugin
+/// that keeps a ledger of calls (compliance, billing) or an open file per call (a recording)
+/// must hear of every call's end, the gateway's faults' included.
+impl Drop for CallHooks {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        self.event(Event::Ended(CallEnd {
+            reason: "internal_error".into(),
+            sip_code: 500,
+            duration_ms: 0,
+            trunk: None,
+            sip_call_id: None,
+            started_ms: self.started_ms,
+            answered_ms: None,
+        }));
     }
 }

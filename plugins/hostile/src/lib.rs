@@ -11,9 +11,11 @@
 //! random seed, from WASI) — which keeps the gateway from snapshotting it after `init`.
 //! With `"init_stalls": N` its `init` never returns on its first N runs (counted in a file in
 //! its data directory), as a plugin preempted on a busy machine would seem to.
+//! In every mode it counts the ends it hears of by their reason (counter `ended_<reason>`), so
+//! tests can see that the plugins of a call hear of its end however it ended.
 
 use gateway_plugin_sdk::{
-    CallInfo, Level, Manifest, Plugin, Reject, Verdict, export_plugin, host, route,
+    CallInfo, Event, Level, Manifest, Plugin, Reject, Verdict, export_plugin, host, route,
 };
 
 /// The plugin; the mode is its whole state.
@@ -65,6 +67,12 @@ impl Plugin for Hostile {
                 .to_string(),
             when_to: v.get("when_to").and_then(|w| w.as_str()).map(str::to_owned),
         })
+    }
+
+    fn on_event(&mut self, _call_id: &str, event: &Event) {
+        if let Event::Ended(end) = event {
+            host::counter(&format!("ended_{}", end.reason), 1);
+        }
     }
 
     fn on_call_start(&mut self, call: &CallInfo) -> Verdict {

@@ -21,8 +21,9 @@ use std::time::Instant;
 use futures_util::FutureExt;
 
 use super::Run;
+use crate::call::cdr::{Placed, record_fault};
 use crate::call::machine::{Call, CallEvent};
-use crate::call::{EventSink, Metrics};
+use crate::call::{CallContext, EventSink};
 
 /// After the call's turns panicked with `what`: logs it, ends the call (the module's text)
 /// and says whether its turns should run again to see the ending through. `faults` counts the
@@ -56,50 +57,53 @@ pub(super) fn contain(run: &mut Run<'_>, call: &mut Call, what: &str, faults: &m
     }
 }
 
-/// Runs `task`, the whole task of call `call_id` on its media worker: its set-up there, its
+/// Runs `task`, the whole task of the call `placed` on its media worker: its set-up there, its
 /// driver (whose turns contain their own faults, [`contain`]) and its record. A fault outside
 /// the driver's turns ends the task, and is logged. If the call had not ended yet, its
 /// browser is told it ended (`internal_error`, 500) where the browser knows of the call — it
-/// placed it (`placed_by_browser`), or was offered it through `events` — and the call counts
-/// among the ended calls; it has no CDR. A trunk's INVITE the task held is answered 500 by
-/// the SIP endpoint once it is dropped unanswered (`sip::endpoint::Responder`).
+/// placed it (`placed_by_browser`), or was offered it through `events` — and the call is
+/// recorded as ended by the fault (`cdr::record_fault`). A trunk's INVITE the task held is
+/// answered 500 by the SIP endpoint once it is dropped unanswered
+/// (`sip::endpoint::Responder`), and the call's plugins hear of its end as their hooks are
+/// dropped (`plugin::CallHooks`).
 ///
 /// Why: without this, a browser whose call faulted before its driver ran waited for an end
 /// that never came, as the driver's own callers did before [`contain`] (the client gave up
 /// after 30 s in `tests/call_engine.rs`).
 pub(in crate::call) async fn contain_task(
-    call_id: String,
+    placed: Placed,
     events: EventSink,
     placed_by_browser: bool,
-    metrics: &Metrics,
+    ctx: &CallContext,
     task: impl Future<Output = ()>,
 ) {
     let Err(panic) = AssertUnwindSafe(task).catch_unwind().await else {
         return;
     };
     let fault = crate::fault::message(&*panic);
+    let call_id = &placed.parties.call_id;
     if events.has_ended() {
         crate::fault::fault_error!(
             %call_id,
             fault,
-            "a fault in the gateway after this call ended: its record (CDR) or its plugins' \
-             end may be missing. This is a bug in the gateway: please report it with this log"
+            "a fault in the gateway after this call ended: its record (CDR) may be missing, \
+             and plugins not yet told of its end were told internal_error. This is a bug in \
+             the gateway: please report it with this log"
         );
         return;
     }
     crate::fault::fault_error!(
         %call_id,
         fault,
-        "a fault in the gateway ended this call as it was set up (reason internal_error); no \
-         record (CDR) is written for it, and the other calls go on. This is a bug in the \
-         gateway: please report it with this log"
+        "a fault in the gateway ended this call as it was set up (reason internal_error); \
+         the other calls go on. This is a bug in the gateway: please report it with this log"
     );
-    metrics.count_ended("internal_error");
     if placed_by_browser || events.has_passed_any() {
         let ended = CallEvent::Ended {
             reason: "internal_error".into(),
             sip_code: 500,
         };
-        events.send((call_id, ended));
+        events.send((call_id.clone(), ended));
     }
+    record_fault(ctx, &placed).await;
 }
