@@ -360,6 +360,19 @@ pub fn plugin_in(name: &str, file: &Path, policy: &str, settings: &str, config: 
     )
 }
 
+/// The counter `name` that plugin `plugin` of the gateway's current chain keeps (0 before it
+/// counts).
+pub fn plugin_counter(gateway: &gateway::run::Gateway, plugin: &str, name: &str) -> u64 {
+    gateway
+        .calls
+        .plugins
+        .current()
+        .counters()
+        .into_iter()
+        .find(|(p, n, _)| p == plugin && n == name)
+        .map_or(0, |(.., v)| v)
+}
+
 /// A plain HTTP/1.0 GET on loopback, for `/metrics` and `/healthz`; returns the whole reply.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     http_request(addr, &format!("GET {path}"), &[]).await

@@ -678,16 +678,7 @@ async fn a_fault_as_a_call_is_set_up_on_its_worker_ends_it_told_to_its_browser_t
     );
     // The trunk's call had been offered to the plugins before its set-up faulted: they hear
     // of its end. The browser's faulted before its plugins were asked, so they never saw it.
-    let ledger = |name: &str| {
-        gateway
-            .calls
-            .plugins
-            .current()
-            .counters()
-            .into_iter()
-            .find(|(plugin, counter, _)| plugin == "ledger" && counter == name)
-            .map_or(0, |(.., n)| n)
-    };
+    let ledger = |name: &str| gateway_tests::plugin_counter(&gateway, "ledger", name);
     for _ in 0..50 {
         if ledger("ended_internal_error") > 0 {
             break;

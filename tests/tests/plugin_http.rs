@@ -184,14 +184,7 @@ async fn callouts(gateway: &gateway::run::Gateway, outcome: &str) -> String {
 }
 
 fn counter(gateway: &gateway::run::Gateway, name: &str) -> u64 {
-    gateway
-        .calls
-        .plugins
-        .current()
-        .counters()
-        .into_iter()
-        .find(|(p, n, _)| p == "crm" && n == name)
-        .map_or(0, |(_, _, v)| v)
+    gateway_tests::plugin_counter(gateway, "crm", name)
 }
 
 fn heard(report: &CallReport) -> bool {
