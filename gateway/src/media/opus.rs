@@ -218,7 +218,7 @@ mod tests {
 
     /// The codec is the libopus the workspace builds, not a system library found at link
     /// time: Debian 12's 1.3.1 cost the gateway 6–15 % more a transcoded call, and its FEC
-    /// scored lower under loss (BENCHMARKS.md §1).
+    /// scored lower under loss (BENCHMARKS.md §1 and §5).
     #[test]
     fn the_codec_is_libopus_1_5_or_newer() {
         let version = libopus_version();

@@ -260,7 +260,8 @@ const GATED_FROM_CALLS: usize = PACED_FROM_CALLS;
 /// the box's other programs want more of it too): in a traced run on the benchmark box a
 /// worker's demand per call read 0.0022 of a core at 45 calls and 0.0042 at 227, so the
 /// per-call count, learned on the way up and held while calls economise, let a worker that
-/// had just read 0.954 take 35 more calls in the next half second (BENCHMARKS.md, section 2).
+/// had just read 0.954 take 35 more calls in the next half second (docs/benchmarks-history.md,
+/// "2026-12-06, evening").
 fn has_room(measured: &Measured, calls: usize, up_to: f64) -> bool {
     calls < GATED_FROM_CALLS
         || (measured.demand <= up_to
