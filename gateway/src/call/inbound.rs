@@ -83,7 +83,7 @@ pub async fn run_inbound(
         && let Some(node) = cluster.locate(&identity).await
     {
         let endpoint = ctx.endpoint.clone();
-        return crate::cluster::forward::run(endpoint, cluster.clone(), trunk, invite, node).await;
+        return super::forward::run(endpoint, cluster.clone(), trunk, invite, node).await;
     }
     // A gateway that drains or is at capacity refuses before its plugins run or anything is
     // set up, as `/ws` does (`signal::admission`): a refusal under load must cost little.

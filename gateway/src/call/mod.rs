@@ -10,6 +10,7 @@
 pub mod caller;
 pub mod cdr;
 pub mod driver;
+pub mod forward;
 mod inbound;
 pub mod load;
 pub mod machine;

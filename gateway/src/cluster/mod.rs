@@ -12,7 +12,6 @@
 //! Redis a node says so at once (`gateway_cluster_connected 0`), keeps the others' counts as
 //! last read for one lease (a hiccup is not an outage), then serves with its own alone.
 
-pub mod forward;
 mod kv;
 mod redis_state;
 

@@ -214,7 +214,9 @@ impl CallHooks {
             audio_queued,
             audio_dropped: 0,
             events_queued,
-            started_ms: crate::call::cdr::unix_ms(),
+            started_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             ended: false,
         }
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::call::cdr::CdrLog;
+use crate::call::forward::Forwarded;
 use crate::call::{Arrival, CallContext, run_inbound};
-use crate::cluster::forward::Forwarded;
 use crate::config::Config;
 use crate::rtc::mux::MediaMux;
 use crate::sip::edge::EdgePolicy;

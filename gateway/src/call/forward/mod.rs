@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rsip::prelude::*;
 use rsip::{Header, Request, Response};
 
-use super::Cluster;
+use crate::cluster::Cluster;
 use crate::sip::Transmit;
 use crate::sip::endpoint::{Endpoint, IncomingRequest, SipLocal};
 use crate::sip::message::{self, response_to};
