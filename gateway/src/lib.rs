@@ -6,6 +6,7 @@
 pub mod call;
 pub mod cluster;
 pub mod config;
+pub mod count;
 pub mod demo;
 pub mod dial;
 pub mod fault;

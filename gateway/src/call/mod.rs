@@ -279,7 +279,7 @@ impl Drop for CallSlot {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Calls in progress, here (and, in a cluster, on the other nodes).
-    pub calls: Arc<crate::cluster::SharedCount>,
+    pub calls: Arc<crate::count::SharedCount>,
     /// Calls started.
     pub calls_total: AtomicU64,
     /// Calls answered.

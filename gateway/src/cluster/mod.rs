@@ -17,55 +17,14 @@ mod redis_state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use crate::count::SharedCount;
+
 pub use kv::KvUnavailable;
 pub use redis_state::run;
-
-/// A count kept by every node: this node's part, and the other live nodes' as last read.
-#[derive(Debug, Default)]
-pub struct SharedCount {
-    /// This node's.
-    pub local: AtomicU32,
-    /// The rest of the cluster's, as last read from Redis (0 without a cluster).
-    pub others: AtomicU32,
-    /// Wakes the cluster task to share a change at once (set in a cluster).
-    changed: OnceLock<Arc<Notify>>,
-}
-
-impl SharedCount {
-    /// Takes one if this node stays under `local_max` and the cluster under `total_max`.
-    pub fn try_take(&self, local_max: u32, total_max: u32) -> bool {
-        let others = self.others.load(Ordering::Acquire);
-        self.local
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < local_max && n.saturating_add(others) < total_max).then_some(n + 1)
-            })
-            .inspect(|_| self.touch())
-            .is_ok()
-    }
-
-    /// Gives one back.
-    pub fn release(&self) {
-        let _ = self
-            .local
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.touch();
-    }
-
-    /// This node's count.
-    pub fn get(&self) -> u32 {
-        self.local.load(Ordering::Acquire)
-    }
-
-    fn touch(&self) {
-        if let Some(changed) = self.changed.get() {
-            changed.notify_one();
-        }
-    }
-}
 
 /// What this node shares, and what it knows of the others.
 #[derive(Debug)]
@@ -102,7 +61,7 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let changed = Arc::new(Notify::new());
         for count in channels.values().chain([&calls]) {
-            let _ = count.changed.set(changed.clone());
+            count.share_changes(changed.clone());
         }
         Arc::new(Cluster {
             config,

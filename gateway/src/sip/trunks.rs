@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::transport::Transport;
 use super::transport::{Target, split_host_port, tls_client_config};
-use crate::cluster::SharedCount;
+use crate::count::SharedCount;
 use crate::media::codec::Codec;
 use crate::media::session::RtpSource;
 use crate::media::srtp::SrtpPolicy;
