@@ -237,7 +237,7 @@ pub async fn run_inbound(
         sip_call_id: Some(sip_call_id),
         started_ms,
     };
-    let (parties, sink, guarded) = (placed.parties.clone(), events.clone(), ctx.clone());
+    let (sink, guarded) = (events.clone(), ctx.clone());
     let task = Box::pin(async move {
         let rtp = *rtp;
         let ctx = worker_ctx;
@@ -284,6 +284,11 @@ pub async fn run_inbound(
             commands,
         ));
         let outcome = Box::new(outcome.await);
+        let parties = Parties {
+            call_id,
+            from,
+            to: dialled,
+        };
         Box::pin(record_outcome(&ctx, &parties, started_ms, *outcome)).await;
     });
     // A fault on the worker before the browser was offered the call tells it nothing; the
