@@ -263,21 +263,33 @@ def bucket_ms(bound):
     return "> 100" if bound == float("inf") else f"≤ {bound:g}"
 
 
+def box_cpu():
+    """The box's CPU time so far, all of it and idle (with I/O wait), in clock ticks
+    (`/proc/stat`'s first line)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields[:8]), fields[3] + fields[4]
+
+
 def trace(path, stop, every=0.5):
     """Until `stop` is set, appends the gateway's load to `path` every `every` seconds, one
     JSON line each: active calls, the load level (1 economy, 2 shedding for late ticks), each
     worker's calls and demand, the share of late ticks, the calls refused so far and the
     ticks' lateness p99 since the last line (the bucket it falls in, ms) and the share of
-    them later than 20 ms (`over_20ms`, whatever `late_tick_ms` says). For
-    seeing how a step's burst filled the workers and when the gate and economy acted."""
+    them later than 20 ms (`over_20ms`, whatever `late_tick_ms` says), and the box's idle
+    share of its cores since the last line (`box_idle`, `/proc/stat`). For seeing how a step's
+    burst filled the workers and the box, and when the gate and economy acted."""
     with open(path, "w") as out:
         t0 = time.time()
         lateness = tick_lateness(gauges_if_any())
+        cpu = box_cpu()
         while not stop.wait(every):
             value = gauges_if_any()
             if value is None:
                 continue
             before, lateness = lateness, tick_lateness(value)
+            was, cpu = cpu, box_cpu()
+            total = cpu[0] - was[0]
             out.write(json.dumps({
                 "t": round(time.time() - t0, 2),
                 "active": value.get("gateway_active_calls"),
@@ -288,6 +300,7 @@ def trace(path, stop, every=0.5):
                 "worker_demand": per_worker(value, "gateway_media_worker_demand"),
                 "tick_late_ms_p99": lateness_quantile(before, lateness, 0.99),
                 "over_20ms": share_later_than(before, lateness, 20),
+                "box_idle": round((cpu[1] - was[1]) / total, 3) if total else None,
             }) + "\n")
             out.flush()
 
