@@ -17,3 +17,4 @@ pub mod run;
 pub mod signal;
 pub mod sip;
 pub mod token;
+pub mod wall;

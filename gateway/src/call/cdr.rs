@@ -101,14 +101,6 @@ impl CdrLog {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Who a call was between, for its record.
 #[derive(Debug, Clone)]
 pub struct Parties {
@@ -241,7 +233,7 @@ pub async fn record(
             .jitter_us_sum
             .fetch_add((jitter_ms * 1000.0) as u64, Ordering::Relaxed);
     }
-    let ended_ms = unix_ms();
+    let ended_ms = crate::wall::unix_ms();
     let answered_ms = call
         .answered_at()
         .map(|at| ended_ms.saturating_sub(at.elapsed().as_millis() as u64));
@@ -303,7 +295,7 @@ pub async fn record_fault(ctx: &super::CallContext, placed: &Placed) {
         from: placed.parties.from.clone(),
         to: placed.parties.to.clone(),
         started_ms: placed.started_ms,
-        ended_ms: unix_ms(),
+        ended_ms: crate::wall::unix_ms(),
         sip_code: 500,
         end_reason: "internal_error".into(),
         ..Cdr::default()

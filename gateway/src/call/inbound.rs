@@ -8,7 +8,7 @@ use std::time::Instant;
 use rsip::prelude::*;
 
 use super::CallContext;
-use super::cdr::{Parties, Placed, record_outcome, unix_ms};
+use super::cdr::{Parties, Placed, record_outcome};
 use super::driver::{Start, contain_task, drive};
 use super::machine::{Call, CallEvent, InboundInvite, inbound_session};
 use super::outbound::decide;
@@ -97,7 +97,7 @@ pub async fn run_inbound(
         .and_then(|f| uri_user(&f.uri))
         .unwrap_or_else(|| "anonymous".into());
     let call_id = format!("c-{}", random_token());
-    let started_ms = unix_ms();
+    let started_ms = crate::wall::unix_ms();
     // The trunk may give up (CANCEL) while the plugins decide: its requests for this call
     // are routed here from now on, and the call reads them once it runs.
     let sip_call_id = crate::sip::message::call_id(request).unwrap_or_default();

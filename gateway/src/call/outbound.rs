@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::cdr::{MediaSummary, Parties, Placed, record, record_outcome, unix_ms};
+use super::cdr::{MediaSummary, Parties, Placed, record, record_outcome};
 use super::driver::{Routing, Start, contain_task, drive};
 use super::machine::{Call, Route};
 use super::{CallContext, CallSlot, EventSink};
@@ -54,7 +54,7 @@ pub fn start_outbound(
         },
         direction: Direction::Outbound,
         sip_call_id: None,
-        started_ms: unix_ms(),
+        started_ms: crate::wall::unix_ms(),
     };
     let sink = events.clone();
     // Boxed: a call's future keeps its arguments for its whole life, even once moved on, and

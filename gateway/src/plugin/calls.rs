@@ -214,9 +214,7 @@ impl CallHooks {
             audio_queued,
             audio_dropped: 0,
             events_queued,
-            started_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            started_ms: crate::wall::unix_ms(),
             ended: false,
         }
     }

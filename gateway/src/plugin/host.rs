@@ -496,10 +496,7 @@ impl host::Host for State {
     }
 
     fn now_seconds(&mut self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
+        crate::wall::unix_secs()
     }
 
     async fn http_fetch(

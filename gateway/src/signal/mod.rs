@@ -182,13 +182,6 @@ fn no_such_call(call_id: &str) -> ServerMessage {
     )
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// The identity a connection registered: removed from the table when the connection ends,
 /// however it ends, unless another connection has taken it since.
 struct Registration {
@@ -337,7 +330,9 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
             ClientMessage::Call { .. }
                 | ClientMessage::Register { .. }
                 | ClientMessage::Preflight { .. }
-        ) && claims.as_ref().is_some_and(|c| c.exp <= now_secs())
+        ) && claims
+            .as_ref()
+            .is_some_and(|c| c.exp <= crate::wall::unix_secs())
         {
             claims = None;
             out.send(error(
@@ -356,7 +351,7 @@ async fn connection(socket: WebSocket, ctx: Arc<CallContext>) {
                         None,
                     ));
                 }
-                Some(tokens) => match tokens.verify(&token, now_secs()) {
+                Some(tokens) => match tokens.verify(&token, crate::wall::unix_secs()) {
                     Ok(c) => {
                         out.send(ServerMessage::Authenticated {
                             subject: c.sub.clone(),
