@@ -9,7 +9,9 @@ and the libopus floor of the same run.
   protocol by `rtpengine-ws` (tests/src/bin/rtpengine_ws.rs), which speaks the gateway's /ws
   call protocol so `loadgen` drives both alike; rtpengine masks Opus towards the trunk and
   transcodes to PCMU; its trunk leg answers at sipp's echo port (no SIP: rtpengine is a
-  media proxy and is charged nothing for signalling).
+  media proxy and is charged nothing for signalling). Its Opus encoder runs at libavcodec's
+  defaults, which the header line reads from the library (complexity 10, full band): not
+  the gateway's settings, whatever `--complexity` says.
 - floor: raw libopus decode + encode per call at the gateway's settings, of the signal these
   calls carry (loadgen's tone, and sipp's echo of it: criterion, gateway/benches/media.rs,
   "load floor"), in % of a core per call. The bench's speech-like signal ("floor"), which
@@ -116,6 +118,40 @@ def wait_rtpengine(timeout=20):
         except OSError:
             time.sleep(0.1)
     sys.exit("rtpengine did not come up; see target/peer-compare/rtpengine.log")
+
+
+def rtpengine_opus_encoder():
+    """How rtpengine codes Opus, read from the libavcodec it links: rtpengine 10.5 codes Opus
+    through libavcodec's `libopus` encoder and sets only its frame duration
+    (`opus_set_enc_options` in its lib/codeclib.c), so that encoder's defaults are its
+    settings. `--complexity` changes only the gateway's."""
+    import ctypes
+    import ctypes.util
+    try:
+        avcodec = ctypes.CDLL(ctypes.util.find_library("avcodec") or "libavcodec.so.59")
+        avutil = ctypes.CDLL(ctypes.util.find_library("avutil") or "libavutil.so.57")
+        avcodec.avcodec_find_encoder_by_name.restype = ctypes.c_void_p
+        avcodec.avcodec_alloc_context3.restype = ctypes.c_void_p
+        avcodec.avcodec_alloc_context3.argtypes = [ctypes.c_void_p]
+        avcodec.avcodec_free_context.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        avutil.av_opt_get_int.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                                          ctypes.POINTER(ctypes.c_int64)]
+        codec = avcodec.avcodec_find_encoder_by_name(b"libopus")
+        ctx = ctypes.c_void_p(avcodec.avcodec_alloc_context3(codec)) if codec else None
+        if not ctx:
+            return "rtpengine's Opus encoder: libavcodec has no libopus encoder here"
+        values = {}
+        for name in (b"compression_level", b"cutoff"):
+            value = ctypes.c_int64()
+            # AV_OPT_SEARCH_CHILDREN (1): the codec's private options as well as the context's.
+            if avutil.av_opt_get_int(ctx, name, 1, ctypes.byref(value)) == 0:
+                values[name.decode()] = value.value
+        avcodec.avcodec_free_context(ctypes.byref(ctx))
+    except (OSError, AttributeError) as e:
+        return f"rtpengine's Opus encoder: not read ({e})"
+    band = {0: "full band"}.get(values.get("cutoff"), f"cutoff {values.get('cutoff')} Hz")
+    return (f"rtpengine's Opus encoder at libavcodec's defaults: complexity "
+            f"{values.get('compression_level', '?')}, {band}, at 48 kHz (as rtpengine codes all Opus)")
 
 
 def opus_env(complexity):
@@ -303,9 +339,9 @@ def main():
     cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
     lines = [
         f"{cpu}, {os.cpu_count()} cores{' kept awake' if a.awake else ''}; {a.calls} calls, {a.rounds} rounds, medians; {version}; "
-        f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, "
+        f"gateway Opus complexity {1 if a.complexity is None else a.complexity}, narrow band, "
         f"media turn {2 if a.turn_ms is None else a.turn_ms} ms"
-        f"{', calls at their own times' if a.no_worker_clock else ''}",
+        f"{', calls at their own times' if a.no_worker_clock else ''}; {rtpengine_opus_encoder()}",
         "",
         "| | % of a core per call | MB per call | anon MB per call | calls up | loss % | tone (sampled, SNR dB) | failed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
